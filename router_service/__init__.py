@@ -1,0 +1,1 @@
+"""The router service: catalog, health, sketches and ranking behind a gRPC API."""

@@ -1,0 +1,62 @@
+"""The catalog's data: providers, models and their endpoints, immutable once loaded.
+
+Loading and validation live in router_service.catalog; this module only holds
+the shapes, so that ranking can depend on them without pulling in YAML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from router_service.model import EndpointKey
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """An upstream host. The router stores the *name* of the key's env var, never the key."""
+
+    name: str
+    base_url: str
+    api_key_env: str
+    zero_data_retention: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One provider serving one model, at a price in USD per million tokens."""
+
+    model: str
+    provider: Provider
+    upstream_model: str
+    input_price_per_mtok: float
+    output_price_per_mtok: float
+
+    @property
+    def key(self) -> EndpointKey:
+        return EndpointKey(self.model, self.provider.name)
+
+    def request_cost(self, input_tokens: int, output_tokens: int) -> float:
+        """Estimated USD cost of one request with these token counts."""
+        return (
+            input_tokens * self.input_price_per_mtok + output_tokens * self.output_price_per_mtok
+        ) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A model id (``creator/name``) and the endpoints serving it, in catalog order."""
+
+    id: str
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """The whole catalog. ``models`` preserves file order."""
+
+    providers: Mapping[str, Provider]
+    models: Mapping[str, Model]
+
+    def endpoint_keys(self) -> frozenset[EndpointKey]:
+        return frozenset(e.key for m in self.models.values() for e in m.endpoints)

@@ -1,0 +1,149 @@
+"""Shared domain vocabulary: endpoints, outcomes, and the read-only stats views.
+
+Every domain module (sketches, health, ranking) speaks in these types so that
+they can be tested without sockets and wired together by the server at the
+edge. Nothing here does I/O or reads a clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+#: A clock returns Unix time in seconds. Injected everywhere time matters.
+Clock = Callable[[], float]
+
+#: Percentiles the router keeps cached for ranking, as quantiles in (0, 1).
+RANKING_QUANTILES: tuple[float, ...] = (0.5, 0.75, 0.9, 0.95, 0.99)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class EndpointKey:
+    """A (model, provider) pair: the unit that is ranked, measured and health-checked."""
+
+    model: str
+    provider: str
+
+    def __str__(self) -> str:
+        return f"{self.provider} | {self.model}"
+
+
+class ErrorClass(enum.StrEnum):
+    """Why an upstream attempt failed, as the sidecar classified it."""
+
+    NONE = "none"
+    CONNECT = "connect"
+    TIMEOUT = "timeout"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    AUTH = "auth"
+    CLIENT_ERROR = "client_error"
+    STREAM_ABORT = "stream_abort"
+
+    @property
+    def counts_against_endpoint(self) -> bool:
+        """A client error (400/422) is the caller's fault, so it never hurts the endpoint."""
+        return self not in (ErrorClass.NONE, ErrorClass.CLIENT_ERROR)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The validated result of one upstream attempt.
+
+    ``ttft_ms`` and ``tokens_per_second`` are None when the attempt did not get
+    that far (a connection error has no TTFT).
+    """
+
+    endpoint: EndpointKey
+    timestamp: float
+    success: bool
+    error_class: ErrorClass = ErrorClass.NONE
+    http_status: int = 0
+    ttft_ms: float | None = None
+    tokens_per_second: float | None = None
+    output_tokens: int = 0
+    duration_ms: float = 0.0
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSummary:
+    """Cached quantiles of one metric over one window.
+
+    ``quantiles`` maps each of RANKING_QUANTILES to a value; it is empty when
+    ``count`` is 0, so "no data" can never leak a NaN into a ranking.
+    """
+
+    count: int = 0
+    quantiles: Mapping[float, float] = field(default_factory=dict)
+
+    def get(self, q: float) -> float | None:
+        """The q-quantile, or None when there is no data."""
+        if self.count == 0:
+            return None
+        return self.quantiles.get(q)
+
+
+@dataclass(frozen=True, slots=True)
+class Uptime:
+    """Attempt counters over a window; successes + failures == attempts."""
+
+    attempts: int = 0
+    successes: int = 0
+    failures: int = 0
+
+    @property
+    def ratio(self) -> float | None:
+        """Success ratio, or None with no attempts (unknown is not 100%)."""
+        if self.attempts == 0:
+            return None
+        return self.successes / self.attempts
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStats:
+    """Everything ranking and the metrics API read about one endpoint, precomputed."""
+
+    ttft_5m: MetricSummary = MetricSummary()
+    ttft_1h: MetricSummary = MetricSummary()
+    ttft_1d: MetricSummary = MetricSummary()
+    tps_5m: MetricSummary = MetricSummary()
+    tps_1h: MetricSummary = MetricSummary()
+    tps_1d: MetricSummary = MetricSummary()
+    uptime_15m: Uptime = Uptime()
+    uptime_1h: Uptime = Uptime()
+    uptime_1d: Uptime = Uptime()
+    last_sample_at: float | None = None
+
+
+EMPTY_STATS = EndpointStats()
+
+
+class HealthState(enum.StrEnum):
+    """Per-endpoint health, driven by outcomes (see router_service.health)."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    EJECTED = "ejected"
+    PROBING = "probing"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthView:
+    """A point-in-time view of one endpoint's health, as ranking consumes it.
+
+    ``probe_available`` only matters in PROBING: whether the half-open state
+    has a free probe slot right now (if not, the endpoint is treated as ejected).
+    """
+
+    state: HealthState = HealthState.HEALTHY
+    reason: str = ""
+    since: float = 0.0
+    ejected_until: float | None = None
+    last_failure_at: float | None = None
+    consecutive_failures: int = 0
+    probe_available: bool = False
+
+
+HEALTHY = HealthView()

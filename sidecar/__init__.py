@@ -1,0 +1,1 @@
+"""The sidecar: an OpenAI-compatible proxy on localhost that ranks, falls back, measures, reports."""
