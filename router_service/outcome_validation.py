@@ -1,0 +1,118 @@
+"""Turns wire outcomes into domain Outcomes, rejecting junk item by item.
+
+Outcomes come from every sidecar in the fleet; one buggy or hostile client must
+not poison the sketches (a NaN TTFT would break every quantile) or create state
+(an outcome for a made-up model must not allocate a window). So each item is
+checked against physical bounds and the current catalog before anything is
+stored, and a rejection names the field that was wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from router_service.model import EndpointKey, ErrorClass, Outcome
+from router_service.pb import router_pb2
+
+#: Upper bounds beyond which a value is a bug, not a measurement.
+MAX_TTFT_MS = 600_000.0  # 10 minutes
+MAX_TOKENS_PER_SECOND = 100_000.0
+MAX_OUTPUT_TOKENS = 10_000_000
+MAX_DURATION_MS = 3_600_000.0  # 1 hour
+MAX_RETRY_AFTER_S = 86_400.0
+#: How far an outcome's start may lie in the past (older is outside every
+#: window anyway) or in the future (clock skew between pods).
+MAX_AGE_S = 86_400.0
+MAX_FUTURE_SKEW_S = 60.0
+MAX_NAME_LENGTH = 256
+
+_ERROR_CLASSES: dict[int, ErrorClass] = {
+    router_pb2.ERROR_CLASS_NONE: ErrorClass.NONE,
+    router_pb2.ERROR_CLASS_CONNECT: ErrorClass.CONNECT,
+    router_pb2.ERROR_CLASS_TIMEOUT: ErrorClass.TIMEOUT,
+    router_pb2.ERROR_CLASS_RATE_LIMITED: ErrorClass.RATE_LIMITED,
+    router_pb2.ERROR_CLASS_SERVER_ERROR: ErrorClass.SERVER_ERROR,
+    router_pb2.ERROR_CLASS_AUTH: ErrorClass.AUTH,
+    router_pb2.ERROR_CLASS_CLIENT_ERROR: ErrorClass.CLIENT_ERROR,
+    router_pb2.ERROR_CLASS_STREAM_ABORT: ErrorClass.STREAM_ABORT,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why one outcome was refused; ``field`` names the offending field."""
+
+    field: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.problem}"
+
+
+def _bounded(name: str, value: float, upper: float) -> Rejection | None:
+    if not math.isfinite(value):
+        return Rejection(name, f"must be finite, got {value}")
+    if value < 0 or value > upper:
+        return Rejection(name, f"must be within [0, {upper:g}], got {value:g}")
+    return None
+
+
+def validate_outcome(
+    msg: router_pb2.Outcome, known: Collection[EndpointKey], now: float
+) -> Outcome | Rejection:
+    """Return the domain Outcome, or a Rejection naming what was wrong."""
+    if len(msg.model) > MAX_NAME_LENGTH or len(msg.provider) > MAX_NAME_LENGTH:
+        return Rejection("model/provider", f"longer than {MAX_NAME_LENGTH} characters")
+    key = EndpointKey(msg.model, msg.provider)
+    if key not in known:
+        return Rejection("model/provider", f"endpoint {key} is not in the catalog")
+    started = msg.started_at or now
+    if not math.isfinite(started) or not now - MAX_AGE_S <= started <= now + MAX_FUTURE_SKEW_S:
+        return Rejection("started_at", f"must be within the last day (router clock {now:.0f})")
+    error_class = _error_class(msg)
+    if isinstance(error_class, Rejection):
+        return error_class
+    checks = [
+        _bounded("duration_ms", msg.duration_ms, MAX_DURATION_MS),
+        _bounded("output_tokens", float(msg.output_tokens), MAX_OUTPUT_TOKENS),
+    ]
+    if msg.HasField("ttft_ms"):
+        checks.append(_bounded("ttft_ms", msg.ttft_ms, MAX_TTFT_MS))
+    if msg.HasField("tokens_per_second"):
+        checks.append(_bounded("tokens_per_second", msg.tokens_per_second, MAX_TOKENS_PER_SECOND))
+    if msg.HasField("retry_after_seconds"):
+        checks.append(_bounded("retry_after_seconds", msg.retry_after_seconds, MAX_RETRY_AFTER_S))
+    if msg.http_status and not 100 <= msg.http_status <= 599:
+        checks.append(Rejection("http_status", f"must be 0 or 100..599, got {msg.http_status}"))
+    for problem in checks:
+        if problem is not None:
+            return problem
+    return Outcome(
+        endpoint=key,
+        timestamp=started,
+        success=msg.success,
+        error_class=error_class,
+        http_status=msg.http_status,
+        ttft_ms=msg.ttft_ms if msg.HasField("ttft_ms") else None,
+        tokens_per_second=msg.tokens_per_second if msg.HasField("tokens_per_second") else None,
+        output_tokens=msg.output_tokens,
+        duration_ms=msg.duration_ms,
+        retry_after_s=msg.retry_after_seconds if msg.HasField("retry_after_seconds") else None,
+    )
+
+
+def _error_class(msg: router_pb2.Outcome) -> ErrorClass | Rejection:
+    if msg.error_class == router_pb2.ERROR_CLASS_UNSPECIFIED:
+        if msg.success:
+            return ErrorClass.NONE
+        return Rejection("error_class", "required when success is false")
+    error_class = _ERROR_CLASSES.get(msg.error_class)
+    if error_class is None:
+        return Rejection("error_class", f"unknown value {msg.error_class}")
+    if msg.success != (error_class is ErrorClass.NONE):
+        return Rejection(
+            "error_class", f"{error_class.value} contradicts success={str(msg.success).lower()}"
+        )
+    return error_class

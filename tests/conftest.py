@@ -1,0 +1,71 @@
+"""Fixtures shared across the suite: the example catalog and a real router on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_CATALOG = REPO_ROOT / "router_service" / "examples" / "catalog.yaml"
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02):
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``.
+
+    The suite synchronises on conditions, never on fixed sleeps: the deadline
+    only bounds how long a broken build takes to fail.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def example_catalog() -> Path:
+    return EXAMPLE_CATALOG
+
+
+@pytest.fixture
+async def router_app(tmp_path: Path) -> AsyncIterator:
+    """A real router on loopback ports picked by the OS, with a private copy of the catalog."""
+    from router_service.app import RouterApp, Settings
+
+    config = tmp_path / "catalog.yaml"
+    config.write_text(EXAMPLE_CATALOG.read_text())
+    app = RouterApp(
+        Settings(
+            config_path=str(config),
+            grpc_host="127.0.0.1",
+            grpc_port=0,
+            http_host="127.0.0.1",
+            http_port=0,
+            drain_seconds=1.0,
+            seed=1234,
+        )
+    )
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+@pytest.fixture
+async def router_stub(router_app) -> AsyncIterator:
+    from router_service.pb import router_pb2_grpc
+
+    async with grpc.aio.insecure_channel(router_app.grpc_address) as channel:
+        yield router_pb2_grpc.RouterStub(channel)
