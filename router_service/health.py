@@ -1,0 +1,611 @@
+"""Per-endpoint health: a small state machine driven by outcomes.
+
+States (see DESIGN.md, "Health")::
+
+    HEALTHY ⇄ DEGRADED ──▶ EJECTED ──(time)──▶ PROBING ──(N probe successes)──▶ HEALTHY
+        └──────────────────────▲  ▲──────(probe failure, longer)──┘
+
+* **Ejection** happens on ``consecutive_failures_to_eject`` failures in a row, on a
+  failure rate of at least ``failure_rate_to_eject`` over the last
+  ``failure_rate_window_s`` seconds once there were ``failure_rate_min_attempts``
+  attempts, or at once on a 429 carrying Retry-After (until then, capped by
+  ``max_retry_after_s`` so that a hostile header cannot eject an endpoint forever).
+* **Ejection time** grows with each ejection of a streak:
+  ``min(base * multiplier**n, max) * (1 ± jitter)``. The jitter comes from an
+  injected ``random.Random`` so that a fleet of routers does not re-probe an
+  endpoint in lock-step, and so that tests are deterministic. A streak ends
+  (``n`` back to 0) once the endpoint has stayed out of ejection for
+  ``ejection_decay_s`` after recovering.
+* **Probing** (half-open) starts lazily, the first time the endpoint is looked at
+  after ``ejected_until``. At most ``probe_permits`` requests may be in flight at
+  once (the router calls :meth:`HealthTracker.grant_probe` when it routes one);
+  a permit whose outcome never arrives frees itself after ``probe_timeout_s``.
+  ``probe_successes_to_recover`` successes restore HEALTHY; one failure
+  re-ejects, for longer.
+* **Degraded** is a soft state (ranking deprioritises, never drops): the median
+  TTFT of the recent successful attempts is more than ``degraded_ttft_ratio``
+  times the endpoint's own hourly P50 (passed in by the caller), or the
+  failure rate is elevated (``degraded_failure_rate``) but below ejection. It
+  clears by itself when the condition does, including by the evidence ageing
+  out, so that an endpoint that gets little traffic because it is degraded is
+  not stuck there.
+
+What counts: an outcome is a *failure* when ``error_class.counts_against_endpoint``
+(timeouts, connection errors, 429, 5xx, 401/403, mid-stream aborts), or when it
+is unsuccessful and unclassified; a *success* when ``success`` is true and its
+error class is NONE; CLIENT_ERROR (400/422) is the caller's fault and is neither.
+
+Time: every decision uses the injected clock at the moment an outcome is
+*recorded*, not ``Outcome.timestamp``. Sidecar clocks are not ours and batched
+reports arrive late; the router's own clock is the only one that makes
+``ejected_until`` and the rate window mutually consistent.
+
+The module is pure: no I/O, no wall clock, no global randomness. A lock makes
+one tracker safe to share between gRPC worker threads; every operation is O(1)
+amortised apart from the (bounded) median over recent TTFTs.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import threading
+from collections import deque
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field, fields
+
+from router_service.model import (
+    HEALTHY,
+    Clock,
+    EndpointKey,
+    ErrorClass,
+    HealthState,
+    HealthView,
+    Outcome,
+)
+
+__all__ = ["HealthConfig", "HealthTracker", "Transition"]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Every health threshold, with its default and why.
+
+    ==============================  ========  ==============================================
+    field                           default   meaning
+    ==============================  ========  ==============================================
+    consecutive_failures_to_eject   5         failures in a row that eject (catches a hard
+                                              outage within a handful of requests)
+    failure_rate_window_s           30.0      length of the sliding failure-rate window, s
+    failure_rate_to_eject           0.5       failure ratio (>=) in the window that ejects
+    failure_rate_min_attempts       10        attempts needed in the window before either
+                                              failure-rate rule (eject or degrade) applies,
+                                              so two unlucky requests cannot eject
+    failure_rate_max_samples        1000      memory bound of the window; at higher rates it
+                                              covers the most recent attempts only
+    degraded_failure_rate           0.2       failure ratio (>=) in the window that degrades;
+                                              must not exceed failure_rate_to_eject
+    degraded_ttft_ratio             3.0       degraded when recent median TTFT is more than
+                                              this multiple of the endpoint's hourly P50
+    degraded_min_samples            5         recent TTFT samples needed for the TTFT rule
+    degraded_ttft_samples           20        how many recent successful TTFTs are kept
+                                              (the "last N" of the median)
+    degraded_ttft_max_age_s         300.0     older TTFT samples no longer count, so the
+                                              TTFT rule clears without new traffic
+    base_ejection_s                 10.0      first ejection of a streak, before jitter
+    max_ejection_s                  300.0     cap of the growing ejection, before jitter
+    ejection_multiplier             2.0       growth per repeated ejection (>= 1)
+    ejection_jitter                 0.2       ± fraction applied to every computed ejection;
+                                              bounds: [base*(1-j), max*(1+j)]
+    max_retry_after_s               600.0     cap on a 429's Retry-After ejection
+    probe_permits                   1         concurrent probes allowed in PROBING
+    probe_successes_to_recover      2         probe successes that restore HEALTHY
+    probe_timeout_s                 30.0      a granted probe that never reports frees its
+                                              permit after this
+    ejection_decay_s                600.0     after this long out of ejection since the last
+                                              recovery, the next ejection starts from base
+    transition_log_size             256       recent transitions kept for the dashboard
+    ==============================  ========  ==============================================
+
+    Invalid values raise ``ValueError`` naming the field, at construction, so a bad
+    config file fails at load rather than at the first incident.
+    """
+
+    consecutive_failures_to_eject: int = 5
+    failure_rate_window_s: float = 30.0
+    failure_rate_to_eject: float = 0.5
+    failure_rate_min_attempts: int = 10
+    failure_rate_max_samples: int = 1000
+    degraded_failure_rate: float = 0.2
+    degraded_ttft_ratio: float = 3.0
+    degraded_min_samples: int = 5
+    degraded_ttft_samples: int = 20
+    degraded_ttft_max_age_s: float = 300.0
+    base_ejection_s: float = 10.0
+    max_ejection_s: float = 300.0
+    ejection_multiplier: float = 2.0
+    ejection_jitter: float = 0.2
+    max_retry_after_s: float = 600.0
+    probe_permits: int = 1
+    probe_successes_to_recover: int = 2
+    probe_timeout_s: float = 30.0
+    ejection_decay_s: float = 600.0
+    transition_log_size: int = 256
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", int):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(f"HealthConfig.{f.name} must be an int, got {value!r}")
+            elif (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise ValueError(f"HealthConfig.{f.name} must be a finite number, got {value!r}")
+
+        def need(name: str, ok: bool, what: str) -> None:
+            if not ok:
+                raise ValueError(f"HealthConfig.{name} {what}, got {getattr(self, name)!r}")
+
+        for name in (
+            "consecutive_failures_to_eject",
+            "failure_rate_min_attempts",
+            "failure_rate_max_samples",
+            "degraded_min_samples",
+            "degraded_ttft_samples",
+            "probe_permits",
+            "probe_successes_to_recover",
+            "transition_log_size",
+        ):
+            need(name, getattr(self, name) >= 1, "must be >= 1")
+        for name in (
+            "failure_rate_window_s",
+            "degraded_ttft_max_age_s",
+            "base_ejection_s",
+            "max_retry_after_s",
+            "probe_timeout_s",
+        ):
+            need(name, getattr(self, name) > 0, "must be > 0")
+        need("ejection_decay_s", self.ejection_decay_s >= 0, "must be >= 0")
+        need("failure_rate_to_eject", 0 < self.failure_rate_to_eject <= 1, "must be in (0, 1]")
+        need("degraded_failure_rate", 0 < self.degraded_failure_rate <= 1, "must be in (0, 1]")
+        need(
+            "degraded_failure_rate",
+            self.degraded_failure_rate <= self.failure_rate_to_eject,
+            f"must be <= failure_rate_to_eject ({self.failure_rate_to_eject})",
+        )
+        need("degraded_ttft_ratio", self.degraded_ttft_ratio > 1, "must be > 1")
+        need(
+            "degraded_min_samples",
+            self.degraded_min_samples <= self.degraded_ttft_samples,
+            f"must be <= degraded_ttft_samples ({self.degraded_ttft_samples})",
+        )
+        need(
+            "failure_rate_min_attempts",
+            self.failure_rate_min_attempts <= self.failure_rate_max_samples,
+            f"must be <= failure_rate_max_samples ({self.failure_rate_max_samples})",
+        )
+        need(
+            "max_ejection_s",
+            self.max_ejection_s >= self.base_ejection_s,
+            f"must be >= base_ejection_s ({self.base_ejection_s})",
+        )
+        need("ejection_multiplier", self.ejection_multiplier >= 1, "must be >= 1")
+        need("ejection_jitter", 0 <= self.ejection_jitter < 1, "must be in [0, 1)")
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One state change, for the dashboard, logs and metrics."""
+
+    key: EndpointKey
+    from_state: HealthState
+    to_state: HealthState
+    reason: str
+    at: float
+
+
+@dataclass(slots=True)
+class _EndpointHealth:
+    """Mutable per-endpoint state; every collection in it is bounded."""
+
+    since: float
+    state: HealthState = HealthState.HEALTHY
+    reason: str = ""
+    ejected_until: float | None = None
+    last_failure_at: float | None = None
+    consecutive_failures: int = 0
+    #: (recorded_at, failed) for attempts in the failure-rate window.
+    window: deque[tuple[float, bool]] = field(default_factory=deque)
+    #: (recorded_at, ttft_ms) of recent successful attempts.
+    ttfts: deque[tuple[float, float]] = field(default_factory=deque)
+    baseline_ttft_ms: float | None = None
+    #: Ejections in the current streak; drives the growing ejection time.
+    ejections: int = 0
+    #: When the endpoint last recovered from PROBING (for the streak decay).
+    recovered_at: float | None = None
+    #: Grant times of probes in flight (at most probe_permits).
+    probe_grants: deque[float] = field(default_factory=deque)
+    probe_successes: int = 0
+
+
+def _describe_failure(outcome: Outcome) -> str:
+    """'server_error 503', 'timeout': what the reason strings say about a failure."""
+    name = "unclassified failure" if outcome.error_class is ErrorClass.NONE else outcome.error_class
+    return f"{name} {outcome.http_status}" if outcome.http_status else str(name)
+
+
+def _fmt_s(seconds: float) -> str:
+    """Seconds for humans: '20s', '12.3s'."""
+    return f"{seconds:.0f}s" if abs(seconds - round(seconds)) < 0.05 else f"{seconds:.1f}s"
+
+
+class HealthTracker:
+    """Holds the health state of every endpoint it has seen an outcome for.
+
+    Reads (:meth:`view`) are what ranking calls on its hot path; they are O(1)
+    apart from lazily applying time-driven transitions (end of ejection, expired
+    probe permits, ageing degraded evidence).
+
+    ``on_transition``, if given, is called (under the tracker's lock, after the
+    state is fully updated) for each state change, so the server can count
+    transitions in Prometheus or log them; it must be quick and must not call
+    back into the tracker.
+    """
+
+    def __init__(
+        self,
+        config: HealthConfig,
+        clock: Clock,
+        rng: random.Random,
+        *,
+        on_transition: Callable[[Transition], None] | None = None,
+    ) -> None:
+        self._cfg = config
+        self._clock = clock
+        self._rng = rng
+        self._on_transition = on_transition
+        self._states: dict[EndpointKey, _EndpointHealth] = {}
+        self._log: deque[Transition] = deque(maxlen=config.transition_log_size)
+        self._lock = threading.RLock()
+
+    @property
+    def config(self) -> HealthConfig:
+        return self._cfg
+
+    # ------------------------------------------------------------------ writes
+
+    def record(self, outcome: Outcome, baseline_ttft_ms: float | None = None) -> None:
+        """Feed one attempt's outcome.
+
+        ``baseline_ttft_ms`` is the endpoint's hourly P50 TTFT from the stats
+        store (None if unknown). The last known positive baseline is kept, so a
+        caller that cannot supply it on some call does not switch the TTFT rule off.
+        """
+        cfg = self._cfg
+        key = outcome.endpoint
+        with self._lock:
+            now = self._clock()
+            st = self._states.get(key)
+            if st is None:
+                st = self._states[key] = _EndpointHealth(since=now)
+            if (
+                baseline_ttft_ms is not None
+                and math.isfinite(baseline_ttft_ms)
+                and baseline_ttft_ms > 0
+            ):
+                st.baseline_ttft_ms = baseline_ttft_ms
+            self._advance(key, st, now)
+
+            if outcome.error_class is ErrorClass.CLIENT_ERROR:
+                # The caller's fault: no evidence either way. A probe that ended
+                # this way has still finished, so it gives its permit back.
+                if st.state is HealthState.PROBING and st.probe_grants:
+                    st.probe_grants.popleft()
+                return
+
+            failed = outcome.error_class.counts_against_endpoint or not outcome.success
+            st.window.append((now, failed))
+            if len(st.window) > cfg.failure_rate_max_samples:
+                st.window.popleft()
+            if failed:
+                st.consecutive_failures += 1
+                st.last_failure_at = now
+            else:
+                st.consecutive_failures = 0
+                ttft = outcome.ttft_ms
+                if ttft is not None and math.isfinite(ttft) and ttft >= 0:
+                    st.ttfts.append((now, ttft))
+                    if len(st.ttfts) > cfg.degraded_ttft_samples:
+                        st.ttfts.popleft()
+
+            retry_after = self._retry_after(outcome) if failed else None
+
+            if st.state is HealthState.EJECTED:
+                # Late reports (or panic-mode traffic) do not move the timer,
+                # except that a provider asking for longer is obeyed.
+                assert st.ejected_until is not None
+                if retry_after is not None and now + retry_after > st.ejected_until:
+                    st.ejected_until = now + retry_after
+                    st.reason = f"429 Retry-After {_fmt_s(retry_after)}"
+                return
+
+            if st.state is HealthState.PROBING:
+                if st.probe_grants:
+                    st.probe_grants.popleft()
+                if failed:
+                    self._eject(
+                        key,
+                        st,
+                        now,
+                        f"probe failed ({_describe_failure(outcome)})",
+                        retry_after=retry_after,
+                        probe_failure=True,
+                    )
+                    return
+                st.probe_successes += 1
+                need = cfg.probe_successes_to_recover
+                msg = f"probe {st.probe_successes}/{need} succeeded"
+                if st.probe_successes >= need:
+                    self._recover(key, st, now, f"recovered: {msg}")
+                else:
+                    st.reason = msg
+                return
+
+            # HEALTHY or DEGRADED.
+            if failed:
+                if retry_after is not None:
+                    self._eject(
+                        key,
+                        st,
+                        now,
+                        f"429 Retry-After {_fmt_s(retry_after)}",
+                        retry_after=retry_after,
+                    )
+                    return
+                if st.consecutive_failures >= cfg.consecutive_failures_to_eject:
+                    self._eject(
+                        key,
+                        st,
+                        now,
+                        f"{st.consecutive_failures} consecutive failures "
+                        f"(last: {_describe_failure(outcome)})",
+                    )
+                    return
+                attempts, failures = self._window_counts(st, now)
+                if (
+                    attempts >= cfg.failure_rate_min_attempts
+                    and failures / attempts >= cfg.failure_rate_to_eject
+                ):
+                    self._eject(key, st, now, self._rate_reason(failures, attempts))
+                    return
+            self._evaluate_degraded(key, st, now)
+
+    def grant_probe(self, key: EndpointKey) -> None:
+        """The router sent a request to this PROBING endpoint: take a permit.
+
+        A no-op when the endpoint is not probing or no permit is free (two
+        routers raced for the last one; the request is simply not counted).
+        """
+        with self._lock:
+            st = self._states.get(key)
+            if st is None:
+                return
+            now = self._clock()
+            self._advance(key, st, now)
+            if st.state is HealthState.PROBING and len(st.probe_grants) < self._cfg.probe_permits:
+                st.probe_grants.append(now)
+
+    def retain(self, keys: Collection[EndpointKey]) -> None:
+        """Catalog reload: forget endpoints that are no longer in the catalog."""
+        keep = keys if isinstance(keys, set | frozenset) else set(keys)
+        with self._lock:
+            for key in [k for k in self._states if k not in keep]:
+                del self._states[key]
+
+    # ------------------------------------------------------------------- reads
+
+    def view(self, key: EndpointKey) -> HealthView:
+        """The endpoint's health now. Unknown endpoints are HEALTHY (no evidence)."""
+        with self._lock:
+            st = self._states.get(key)
+            if st is None:
+                return HEALTHY
+            self._advance(key, st, self._clock())
+            return HealthView(
+                state=st.state,
+                reason=st.reason,
+                since=st.since,
+                ejected_until=st.ejected_until,
+                last_failure_at=st.last_failure_at,
+                consecutive_failures=st.consecutive_failures,
+                probe_available=(
+                    st.state is HealthState.PROBING
+                    and len(st.probe_grants) < self._cfg.probe_permits
+                ),
+            )
+
+    def views(self, keys: Iterable[EndpointKey]) -> dict[EndpointKey, HealthView]:
+        """:meth:`view` for many endpoints at once (one ranking request)."""
+        with self._lock:
+            return {key: self.view(key) for key in keys}
+
+    def known(self) -> list[EndpointKey]:
+        """Endpoints with health state (those that have reported outcomes), sorted."""
+        with self._lock:
+            return sorted(self._states)
+
+    def transitions(
+        self, key: EndpointKey | None = None, limit: int | None = None
+    ) -> list[Transition]:
+        """Recent state changes, oldest first; optionally for one endpoint, last ``limit``.
+
+        The log is bounded (``transition_log_size``), so it is a window for the
+        dashboard, not an audit trail.
+        """
+        with self._lock:
+            items = [t for t in self._log if key is None or t.key == key]
+        if limit is not None:
+            items = items[-limit:] if limit > 0 else []
+        return items
+
+    # --------------------------------------------------------------- internals
+
+    def _advance(self, key: EndpointKey, st: _EndpointHealth, now: float) -> None:
+        """Apply the transitions that only need time to pass."""
+        if st.state is HealthState.EJECTED:
+            assert st.ejected_until is not None
+            if now >= st.ejected_until:
+                st.ejected_until = None
+                st.probe_successes = 0
+                st.probe_grants.clear()
+                self._set_state(
+                    key,
+                    st,
+                    HealthState.PROBING,
+                    now,
+                    f"ejection over; probing (0/{self._cfg.probe_successes_to_recover} "
+                    "probe successes)",
+                )
+        elif st.state is HealthState.PROBING:
+            horizon = now - self._cfg.probe_timeout_s
+            while st.probe_grants and st.probe_grants[0] <= horizon:
+                st.probe_grants.popleft()
+        elif st.state is HealthState.DEGRADED:
+            self._evaluate_degraded(key, st, now)
+
+    def _window_counts(self, st: _EndpointHealth, now: float) -> tuple[int, int]:
+        """(attempts, failures) in the failure-rate window, after dropping old ones."""
+        horizon = now - self._cfg.failure_rate_window_s
+        while st.window and st.window[0][0] < horizon:
+            st.window.popleft()
+        failures = sum(1 for _, failed in st.window if failed)
+        return len(st.window), failures
+
+    def _rate_reason(self, failures: int, attempts: int) -> str:
+        return (
+            f"failure rate {failures / attempts:.2f} over {attempts} attempts "
+            f"in {_fmt_s(self._cfg.failure_rate_window_s)}"
+        )
+
+    def _evaluate_degraded(self, key: EndpointKey, st: _EndpointHealth, now: float) -> None:
+        """Move between HEALTHY and DEGRADED according to the current evidence."""
+        cfg = self._cfg
+        reasons: list[str] = []
+        attempts, failures = self._window_counts(st, now)
+        if attempts >= cfg.failure_rate_min_attempts and (
+            failures / attempts >= cfg.degraded_failure_rate
+        ):
+            reasons.append(self._rate_reason(failures, attempts))
+        horizon = now - cfg.degraded_ttft_max_age_s
+        while st.ttfts and st.ttfts[0][0] < horizon:
+            st.ttfts.popleft()
+        baseline = st.baseline_ttft_ms
+        if baseline is not None and len(st.ttfts) >= cfg.degraded_min_samples:
+            p50 = statistics.median(t for _, t in st.ttfts)
+            if p50 > cfg.degraded_ttft_ratio * baseline:
+                reasons.append(
+                    f"TTFT p50 {p50:.0f}ms is {p50 / baseline:.1f}\u00d7 baseline {baseline:.0f}ms"
+                )
+        if reasons:
+            reason = "; ".join(reasons)
+            if st.state is HealthState.DEGRADED:
+                st.reason = reason  # same state, fresher numbers: not a transition
+            else:
+                self._set_state(key, st, HealthState.DEGRADED, now, reason)
+        elif st.state is HealthState.DEGRADED:
+            self._set_state(key, st, HealthState.HEALTHY, now, f"recovered: was {st.reason}")
+
+    def _retry_after(self, outcome: Outcome) -> float | None:
+        """A 429's Retry-After, capped; None when absent or meaningless (<= 0, NaN)."""
+        ra = outcome.retry_after_s
+        if outcome.error_class is not ErrorClass.RATE_LIMITED and outcome.http_status != 429:
+            return None
+        if ra is None or math.isnan(ra) or ra <= 0:
+            return None
+        return min(ra, self._cfg.max_retry_after_s)
+
+    def _ejection_duration(self, n: int) -> float:
+        """``min(base * mult**n, max) * (1 ± jitter)`` without overflowing for large n."""
+        cfg = self._cfg
+        if cfg.ejection_multiplier == 1 or n == 0:
+            raw = cfg.base_ejection_s
+        else:
+            log_raw = math.log(cfg.base_ejection_s) + n * math.log(cfg.ejection_multiplier)
+            raw = (
+                cfg.max_ejection_s if log_raw >= math.log(cfg.max_ejection_s) else math.exp(log_raw)
+            )
+        raw = min(raw, cfg.max_ejection_s)
+        if cfg.ejection_jitter:
+            raw *= 1 + self._rng.uniform(-cfg.ejection_jitter, cfg.ejection_jitter)
+        return raw
+
+    def _eject(
+        self,
+        key: EndpointKey,
+        st: _EndpointHealth,
+        now: float,
+        cause: str,
+        *,
+        retry_after: float | None = None,
+        probe_failure: bool = False,
+    ) -> None:
+        """Eject: for exactly Retry-After if the provider gave one, else the backoff.
+
+        A failed probe is part of the same streak, so it always grows the
+        backoff; a fresh ejection after a long healthy spell starts from base.
+        On a failed probe that also carried Retry-After, the longer of the two
+        wins: the provider's wish is a floor, not a discount.
+        """
+        if (
+            not probe_failure
+            and st.recovered_at is not None
+            and now - st.recovered_at >= self._cfg.ejection_decay_s
+        ):
+            st.ejections = 0
+        backoff = None
+        if retry_after is None or probe_failure:
+            backoff = self._ejection_duration(st.ejections)
+        duration = max(d for d in (backoff, retry_after) if d is not None)
+        st.ejections += 1
+        st.ejected_until = now + duration
+        st.probe_grants.clear()
+        st.probe_successes = 0
+        self._set_state(
+            key,
+            st,
+            HealthState.EJECTED,
+            now,
+            f"{cause}; ejected for {_fmt_s(duration)} (ejection #{st.ejections})",
+        )
+
+    def _recover(self, key: EndpointKey, st: _EndpointHealth, now: float, reason: str) -> None:
+        """Back to HEALTHY with a clean slate: pre-ejection evidence no longer describes it."""
+        st.consecutive_failures = 0
+        st.window.clear()
+        st.ttfts.clear()
+        st.probe_grants.clear()
+        st.probe_successes = 0
+        st.recovered_at = now
+        self._set_state(key, st, HealthState.HEALTHY, now, reason)
+
+    def _set_state(
+        self,
+        key: EndpointKey,
+        st: _EndpointHealth,
+        to: HealthState,
+        now: float,
+        reason: str,
+    ) -> None:
+        transition = Transition(key, st.state, to, reason, now)
+        st.state = to
+        st.reason = reason
+        st.since = now
+        if to is not HealthState.EJECTED:
+            st.ejected_until = None
+        self._log.append(transition)
+        if self._on_transition is not None:
+            self._on_transition(transition)
