@@ -1,0 +1,151 @@
+"""``fake-provider`` console script: run one fake provider as its own process.
+
+Used by the demo and by Kubernetes/compose setups where each fake provider is a
+separate process. Logs one JSON line per request to stderr (status, model,
+token count, timings), never prompt text, completion text or API keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from fake_provider.config import FakeProviderConfig, parse_incident_spec
+from fake_provider.server import FakeProvider
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, so log shippers need no parsing rules."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fake_fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"), default=str)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fake-provider",
+        description="A fake OpenAI-compatible LLM provider with configurable latency and failures.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9001, help="port, 0 = any free port (default 9001)")
+    p.add_argument("--name", default="fake", help="provider name, shown in logs and headers")
+    p.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated model ids served (others get 404); default: accept any",
+    )
+    p.add_argument("--ttft-ms", type=float, default=50.0, help="median TTFT in ms (default 50)")
+    p.add_argument(
+        "--ttft-sigma", type=float, default=0.0, help="lognormal sigma of TTFT, 0 = constant"
+    )
+    p.add_argument("--tps", type=float, default=200.0, help="output tokens/s, 0 = unpaced")
+    p.add_argument("--error-rate", type=float, default=0.0, help="share of requests failing")
+    p.add_argument("--error-status", type=int, default=500, help="status for random errors")
+    p.add_argument("--rate-limit-rate", type=float, default=0.0, help="share of requests 429'd")
+    p.add_argument("--retry-after-s", type=float, default=1.0, help="Retry-After on 429s")
+    p.add_argument(
+        "--api-key-env",
+        default=None,
+        help="name of the env var holding the expected API key (default: no auth)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="RNG seed for reproducible runs")
+    p.add_argument(
+        "--incident",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="scripted incident, repeatable: fail:STATUS:T1[:T2], slowdown:FACTOR:T1[:T2], "
+        "drop:AFTER_TOKENS:T1[:T2], hang:T1[:T2], refuse:T1[:T2] (seconds since start)",
+    )
+    p.add_argument("--default-max-tokens", type=int, default=32, help="tokens when unspecified")
+    p.add_argument("--record-limit", type=int, default=10_000, help="requests kept in memory")
+    p.add_argument("--log-level", default="INFO", help="INFO logs every request (default)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> FakeProviderConfig:
+    """Translate CLI flags into a config; raises ValueError with a readable message."""
+    api_key: str | None = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise ValueError(f"--api-key-env: environment variable {args.api_key_env} is not set")
+    models = None
+    if args.models:
+        models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    return FakeProviderConfig(
+        name=args.name,
+        served_models=models,
+        ttft_median_ms=args.ttft_ms,
+        ttft_sigma=args.ttft_sigma,
+        tokens_per_second=args.tps,
+        error_rate=args.error_rate,
+        error_status=args.error_status,
+        rate_limit_rate=args.rate_limit_rate,
+        retry_after_s=args.retry_after_s,
+        expected_api_key=api_key,
+        seed=args.seed,
+        incidents=tuple(parse_incident_spec(s) for s in args.incident),
+        default_max_tokens=args.default_max_tokens,
+        record_limit=args.record_limit,
+    )
+
+
+async def serve(config: FakeProviderConfig, host: str, port: int) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down cleanly."""
+    log = logging.getLogger("fake_provider")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows
+            loop.add_signal_handler(sig, stop.set)
+    async with FakeProvider(config, host=host, port=port) as fp:
+        log.warning(
+            "listening",
+            extra={"fake_fields": {"provider": config.name, "base_url": fp.base_url}},
+        )
+        await stop.wait()
+        log.warning("shutting down", extra={"fake_fields": {"provider": config.name}})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("fake_provider")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(args.log_level.upper())
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    # KeyboardInterrupt: a signal arrived before the handlers were installed.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config, args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
