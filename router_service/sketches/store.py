@@ -1,0 +1,205 @@
+"""The stats store: outcomes in, cached per-endpoint stats out.
+
+Why a store with an explicit ``refresh``: ranking reads P50/P95 on every
+request, and merging up to 24 digests per window per metric costs tens of
+microseconds per endpoint. So writes (``record``) only append to bucket
+digests and mark the endpoint dirty; ``refresh`` (called by the server after
+each ingested batch and about once a second) recomputes ``EndpointStats`` for
+dirty endpoints and for endpoints whose rings rolled over; reads (``stats``,
+``snapshot``) return the cached immutable value: a dict lookup, O(1), no merge.
+
+Why a Protocol: a later store shared by router replicas (Redis) implements the
+same ``StatsStore`` and nothing in ranking changes. ``bucket_digests`` is the
+hook for that: it exports every live bucket as serialised digests plus
+counters, which a peer merges into its own view (digests are mergeable,
+counters add).
+
+Uptime and client errors: an outcome whose ``error_class`` is CLIENT_ERROR
+(400/422: the caller's fault) counts as neither attempt, success nor failure,
+so ``Uptime.successes + failures == attempts`` holds and a misbehaving caller
+cannot lower an endpoint's uptime. Its TTFT/throughput, if measured, are still
+real observations of the endpoint and are recorded.
+
+Timestamps: outcomes are bucketed by ``outcome.timestamp``; older than the
+longest window (1 day) they are ignored, in the future (clock skew between
+pods, bounded by outcome validation) they land in the current bucket.
+
+Thread safety: mutations and refresh hold one lock; ``stats``/``snapshot``
+only read a dict of immutable values and need none.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from router_service.model import (
+    EMPTY_STATS,
+    Clock,
+    EndpointKey,
+    EndpointStats,
+    ErrorClass,
+    Outcome,
+)
+from router_service.sketches.windows import BucketExport, EndpointWindows, SeriesPoint
+
+__all__ = ["BucketExport", "InMemoryStatsStore", "SeriesPoint", "StatsStore"]
+
+
+@runtime_checkable
+class StatsStore(Protocol):
+    """What the router needs from a stats backend (in-memory now, shared later)."""
+
+    def record(self, outcome: Outcome) -> None:
+        """Add one outcome to its endpoint's windows; does not recompute quantiles."""
+        ...
+
+    def record_many(self, outcomes: Iterable[Outcome]) -> None:
+        """Add a batch of outcomes; does not recompute quantiles."""
+        ...
+
+    def refresh(self, now: float | None = None) -> None:
+        """Recompute cached stats of endpoints that changed or whose windows rolled over."""
+        ...
+
+    def stats(self, key: EndpointKey) -> EndpointStats:
+        """Cached stats of one endpoint (EMPTY_STATS if unknown). O(1), never merges."""
+        ...
+
+    def snapshot(self, keys: Iterable[EndpointKey]) -> dict[EndpointKey, EndpointStats]:
+        """Cached stats of several endpoints, as of the last refresh."""
+        ...
+
+    def timeseries(self, key: EndpointKey) -> list[SeriesPoint]:
+        """The last hour of one endpoint in 5-minute points, oldest first."""
+        ...
+
+    def retain(self, keys: Collection[EndpointKey]) -> None:
+        """Drop every endpoint not in ``keys``; the others keep their data."""
+        ...
+
+    def keys(self) -> frozenset[EndpointKey]:
+        """Endpoints that hold state."""
+        ...
+
+    def bucket_digests(self, key: EndpointKey, now: float | None = None) -> list[BucketExport]:
+        """Every live bucket of ``key`` serialised, for replicas to publish and merge."""
+        ...
+
+
+@dataclass(slots=True)
+class _Entry:
+    windows: EndpointWindows
+    last_sample_at: float | None = None
+    epoch: tuple[int, int, int] | None = None  # rings' current buckets at last compute
+
+
+class InMemoryStatsStore:
+    """Single-process ``StatsStore``: windows per endpoint, stats cached until refresh."""
+
+    def __init__(self, clock: Clock, compression: float = 100.0) -> None:
+        self._clock = clock
+        self._compression = compression
+        self._lock = threading.Lock()
+        self._entries: dict[EndpointKey, _Entry] = {}
+        self._cache: dict[EndpointKey, EndpointStats] = {}
+        self._dirty: set[EndpointKey] = set()
+        #: Outcomes dropped for being older than every window (for metrics).
+        self.ignored_too_old = 0
+
+    # ---------------------------------------------------------------- writes
+
+    def record(self, outcome: Outcome) -> None:
+        self.record_many((outcome,))
+
+    def record_many(self, outcomes: Iterable[Outcome]) -> None:
+        now = self._clock()
+        with self._lock:
+            for outcome in outcomes:
+                self._record_one(outcome, now)
+
+    def _record_one(self, outcome: Outcome, now: float) -> None:
+        key = outcome.endpoint
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = _Entry(EndpointWindows(self._compression))
+        ts = min(outcome.timestamp, now)
+        if not entry.windows.record(
+            ts, now, _uptime_effect(outcome), outcome.ttft_ms, outcome.tokens_per_second
+        ):
+            self.ignored_too_old += 1
+            return
+        self._entries[key] = entry
+        if entry.last_sample_at is None or ts > entry.last_sample_at:
+            entry.last_sample_at = ts
+        self._dirty.add(key)
+
+    def refresh(self, now: float | None = None) -> None:
+        now = self._clock() if now is None else now
+        with self._lock:
+            for key, entry in self._entries.items():
+                epoch = entry.windows.epoch(now)
+                if key in self._dirty or epoch != entry.epoch:
+                    self._recompute(key, entry, now, epoch)
+            self._dirty.clear()
+
+    def _recompute(
+        self, key: EndpointKey, entry: _Entry, now: float, epoch: tuple[int, int, int]
+    ) -> None:
+        entry.windows.prune(now)
+        s = entry.windows.summary(now)
+        self._cache[key] = EndpointStats(
+            ttft_5m=s.ttft_5m,
+            ttft_1h=s.ttft_1h,
+            ttft_1d=s.ttft_1d,
+            tps_5m=s.tps_5m,
+            tps_1h=s.tps_1h,
+            tps_1d=s.tps_1d,
+            uptime_15m=s.uptime_15m,
+            uptime_1h=s.uptime_1h,
+            uptime_1d=s.uptime_1d,
+            last_sample_at=entry.last_sample_at,
+        )
+        entry.epoch = epoch
+
+    def retain(self, keys: Collection[EndpointKey]) -> None:
+        keep = frozenset(keys)
+        with self._lock:
+            for key in [k for k in self._entries if k not in keep]:
+                del self._entries[key]
+                self._cache.pop(key, None)
+                self._dirty.discard(key)
+
+    # ----------------------------------------------------------------- reads
+
+    def stats(self, key: EndpointKey) -> EndpointStats:
+        return self._cache.get(key, EMPTY_STATS)
+
+    def snapshot(self, keys: Iterable[EndpointKey]) -> dict[EndpointKey, EndpointStats]:
+        cache = self._cache
+        return {k: cache.get(k, EMPTY_STATS) for k in keys}
+
+    def keys(self) -> frozenset[EndpointKey]:
+        return frozenset(self._entries)
+
+    def timeseries(self, key: EndpointKey) -> list[SeriesPoint]:
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            windows = entry.windows if entry is not None else EndpointWindows(self._compression)
+            return windows.series(now)
+
+    def bucket_digests(self, key: EndpointKey, now: float | None = None) -> list[BucketExport]:
+        now = self._clock() if now is None else now
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry.windows.export(now) if entry is not None else []
+
+
+def _uptime_effect(outcome: Outcome) -> bool | None:
+    """True: success, False: failure, None: not counted (the caller's fault)."""
+    if outcome.error_class is ErrorClass.CLIENT_ERROR:
+        return None
+    return outcome.success
