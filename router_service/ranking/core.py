@@ -1,0 +1,343 @@
+"""``rank()``: a pure function from (request, endpoints, stats, health, now, rng) to an order.
+
+Nothing here reads a clock, touches I/O or keeps state between calls except a
+bounded cache of per-model precomputed tuples (keyed by object identity, so a
+reloaded catalog simply misses). Randomness comes only from the injected
+``rng``, so a seeded ``random.Random`` makes every ranking reproducible.
+
+Pipeline (DESIGN.md, "Ranking semantics"):
+
+1. Candidates are the model's endpoints, in catalog order.
+2. Hard filters, first match wins, each recorded as an ``Exclusion``: ``only``,
+   ``ignore``, ``zero_data_retention``, max input price, max output price, then
+   health (EJECTED, or PROBING without a free probe permit). Panic: if the
+   health filter alone removed every remaining candidate, the health-excluded
+   ones are returned anyway, least-recently-failed first. The preference
+   filters are never undone by panic (a ZDR request never sees a non-ZDR host).
+3. Every candidate gets a tier; the result is tier by tier, and inside a tier
+   ``order`` providers first (in ``order`` order), then the rest:
+   tier 0 fine; 1 missed a soft preference; 2 no data for the sort metric;
+   3 DEGRADED; 4 PROBING (routed as a probe). ``order`` providers are only
+   moved for health (tiers 3-4): an explicit order outranks soft preferences.
+4. The rest of a tier is ordered by ``sort`` (cost / ttft ascending, tps
+   descending) with near-ties (within ``near_tie_tolerance`` of the best value
+   of their cluster) shuffled; without ``sort`` it is a weighted random order
+   (load balance), and without ``order`` either, an ``exploration_share`` of
+   requests put one thin- or stale-data healthy endpoint first.
+5. ``allow_fallbacks=False`` keeps only the first endpoint.
+
+Metrics come from the 5-minute window when it has ``min_samples`` samples,
+else from the 1-hour window when it has ``min_samples_1h``, else "none".
+
+Cost: with token estimates, ``input_tokens * input_price + max_output_tokens *
+output_price`` (USD per request); without, the blended price
+``(input + k * output) / (1 + k)`` USD per million tokens, k =
+``blend_output_weight`` (default 3).
+
+Load-balance weight of endpoint i (all factors in (0, 1], relative to the best
+candidate of this request, so the formula is scale-free)::
+
+    w_i = max(lb_min_weight, P_i * L_i * U_i)
+    P_i = (c_min / c_i) ** lb_price_exponent   # c = cost above; c_min = cheapest
+                                               # positive cost; P = 1 if c_i == 0
+    L_i = (t_min / t_i) ** lb_ttft_exponent    # t = TTFT at the percentile;
+                                               # unknown t -> lb_unknown_ttft_factor
+    U_i = uptime_1h ** lb_uptime_exponent      # unknown uptime -> 1
+
+Defaults (2, 1, 2, 0.5, 0.01): inverse-square of price like OpenRouter's
+default balancing, inverse TTFT, squared uptime. The order is drawn without
+replacement in proportion to w (Efraimidis-Spirakis: sort by -ln(1-u)/w), so
+P(first = i) = w_i / sum(w) and the floor keeps every endpoint in rotation.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+
+from router_service.catalog_model import Model
+from router_service.model import (
+    EMPTY_STATS,
+    HEALTHY,
+    EndpointKey,
+    EndpointStats,
+    HealthState,
+    HealthView,
+)
+from router_service.ranking import result as r
+from router_service.ranking.filters import (
+    Prep,
+    degraded_reason,
+    hard_filter,
+    no_data_reason,
+    pick,
+    prepare,
+    probing_reason,
+    tps_reason,
+    ttft_reason,
+    unhealthy_reason,
+)
+from router_service.ranking.ordering import (
+    TIER_DEGRADED,
+    TIER_NODATA,
+    TIER_OK,
+    TIER_PROBING,
+    TIER_SOFT,
+    lb_weights,
+    order_positions,
+)
+from router_service.ranking.request import (
+    DEFAULT_CONFIG,
+    RankingConfig,
+    RankingInputError,
+    RoutingRequest,
+    Sort,
+)
+from router_service.ranking.result import (
+    Exclusion,
+    RankedEndpoint,
+    RankingResult,
+    Reason,
+    make_ranked,
+)
+
+_EJECTED = HealthState.EJECTED
+_PROBING = HealthState.PROBING
+_DEGRADED = HealthState.DEGRADED
+_HEALTHY = HealthState.HEALTHY
+
+
+def _strategy(request: RoutingRequest) -> str:
+    if request.order:
+        return r.STRATEGY_ORDER_SORT if request.sort is not None else r.STRATEGY_ORDER
+    return r.STRATEGY_SORT if request.sort is not None else r.STRATEGY_LOAD_BALANCE
+
+
+def _panic_key(ph: tuple[Prep, HealthView]) -> tuple[float, float, int]:
+    """Least-recently-failed first (never failed before any failure), then catalog order."""
+    hv = ph[1]
+    last = hv.last_failure_at
+    until = hv.ejected_until
+    return (
+        -math.inf if last is None else last,
+        -math.inf if until is None else until,
+        ph[0][0],
+    )
+
+
+def rank(
+    request: RoutingRequest,
+    model: Model,
+    stats: Mapping[EndpointKey, EndpointStats],
+    health: Mapping[EndpointKey, HealthView],
+    now: float,
+    rng: random.Random,
+    config: RankingConfig = DEFAULT_CONFIG,
+) -> RankingResult:
+    """Order ``model``'s endpoints for ``request`` and explain every placement.
+
+    Raises RankingInputError for an invalid request (or one for another
+    model); never raises for "nothing left": ``ranked`` is then empty and
+    ``excluded`` says why.
+    """
+    request.validate()
+    if request.model != model.id:
+        raise RankingInputError(
+            "model", f"request is for {request.model!r} but the catalog model is {model.id!r}"
+        )
+    sort = request.sort
+    if sort is not None and type(sort) is not Sort:
+        sort = Sort(sort)  # a plain "ttft" string passed validation; normalise for `is`
+    q = request.percentile
+    order_pos = {name: i for i, name in enumerate(request.order)} if request.order else {}
+    strategy = _strategy(request)
+
+    # 1-2. Candidates and hard filters.
+    only = request.only
+    ignore = request.ignore
+    zdr = request.zero_data_retention
+    max_in = request.max_input_price
+    max_out = request.max_output_price
+    filtering = only is not None or bool(ignore) or zdr or max_in is not None or max_out is not None
+    excluded: list[Exclusion] = []
+    live: list[tuple[Prep, HealthView]] = []
+    unhealthy: list[tuple[Prep, HealthView]] = []
+    hget = health.get
+    for p in prepare(model):
+        if filtering:
+            reason = hard_filter(p, only, ignore, zdr, max_in, max_out)
+            if reason is not None:
+                excluded.append(Exclusion(p[1], reason))
+                continue
+        hv = hget(p[2], HEALTHY)
+        st = hv.state
+        if st is _EJECTED or (st is _PROBING and not hv.probe_available):
+            unhealthy.append((p, hv))
+        else:
+            live.append((p, hv))
+
+    panic = not live and bool(unhealthy)
+    if panic:
+        unhealthy.sort(key=_panic_key)
+        live = unhealthy
+        strategy = r.STRATEGY_PANIC
+    else:
+        for p, hv in unhealthy:
+            excluded.append(Exclusion(p[1], unhealthy_reason(hv, now, panic=False)))
+
+    # Per-candidate metrics: one row each.
+    min5 = config.min_samples
+    min1h = config.min_samples_1h
+    in_tok = request.input_tokens
+    out_tok = request.max_output_tokens
+    per_request = bool(in_tok or out_tok)
+    if per_request:
+        fin, fout = in_tok / 1_000_000, out_tok / 1_000_000
+    else:
+        k = config.blend_output_weight
+        fin, fout = 1.0 / (1.0 + k), k / (1.0 + k)
+    sget = stats.get
+    rows = []
+    for p, _hv in live:
+        s = sget(p[2], EMPTY_STATS)
+        t, tw, tc = pick(s.ttft_5m, s.ttft_1h, q, min5, min1h)
+        v, vw, vc = pick(s.tps_5m, s.tps_1h, q, min5, min1h)
+        u = s.uptime_1h
+        a = u.attempts
+        rows.append(
+            (t, tw, tc, v, vw, vc, u.successes / a if a else None, p[5] * fin + p[6] * fout, s)
+        )
+
+    # Load-balance weights, when no sort decides the non-`order` part.
+    weights = lb_weights(rows, config) if sort is None and not panic else None
+
+    # Tiers, deprioritization reasons, and the ranked entries (in candidate order).
+    pref_ttft = request.preferred_max_ttft_ms
+    pref_tps = request.preferred_min_tps
+    soft = pref_ttft is not None or pref_tps is not None or sort is Sort.TTFT or sort is Sort.TPS
+    sort_tps = sort is Sort.TPS
+    entries: list[RankedEndpoint] = []
+    tiers: list[int] = []
+    for i, (p, hv) in enumerate(live):
+        t, tw, tc, v, vw, vc, up, cost, _s = rows[i]
+        st = hv.state
+        tier = TIER_OK
+        reason: Reason | None = None
+        if panic:
+            reason = unhealthy_reason(hv, now, panic=True)
+        elif st is _PROBING:
+            tier, reason = TIER_PROBING, probing_reason(hv, now)
+        elif st is _DEGRADED:
+            tier, reason = TIER_DEGRADED, degraded_reason(hv, now, t)
+        elif soft and p[3] not in order_pos:  # an explicit order outranks soft preferences
+            if sort is Sort.TTFT and t is None:
+                tier, reason = TIER_NODATA, no_data_reason("ttft", tc, min5, min1h)
+            elif sort_tps and v is None:
+                tier, reason = TIER_NODATA, no_data_reason("tps", vc, min5, min1h)
+            elif pref_ttft is not None and t is not None and t > pref_ttft:
+                tier, reason = TIER_SOFT, ttft_reason(t, tw, tc, pref_ttft, q)
+            elif pref_tps is not None and v is not None and v < pref_tps:
+                tier, reason = TIER_SOFT, tps_reason(v, vw, vc, pref_tps, q)
+        tiers.append(tier)
+        entries.append(
+            make_ranked(
+                p[1],
+                t,
+                v,
+                vw if sort_tps else tw,
+                tc,
+                vc,
+                up,
+                cost,
+                st,
+                reason,
+                False,
+                tw,
+                vw,
+                None if weights is None else weights[i],
+            )
+        )
+
+    # 3-4. Execution order.
+    if panic:
+        positions = list(range(len(live)))
+    else:
+        names = [p[3] for p, _hv in live] if order_pos else []
+        positions = order_positions(
+            names, entries, tiers, order_pos, sort, weights, config.near_tie_tolerance, rng
+        )
+
+    # Exploration (load balance only): sometimes put a thin/stale healthy endpoint first.
+    exploration_reason: Reason | None = None
+    if strategy == r.STRATEGY_LOAD_BALANCE and config.exploration_share > 0:
+        stale_after = config.stale_after_s
+        pool = []
+        for i, (_p, hv) in enumerate(live):
+            if tiers[i] != TIER_OK or hv.state is not _HEALTHY:
+                continue
+            s = rows[i][8]
+            last = s.last_sample_at
+            if s.ttft_5m.count < min5 or last is None or now - last > stale_after:
+                pool.append(i)
+        if pool and rng.random() < config.exploration_share:
+            chosen = pool[rng.randrange(len(pool))] if len(pool) > 1 else pool[0]
+            positions.remove(chosen)
+            positions.insert(0, chosen)
+            exploration_reason = _exploration_reason(
+                live[chosen][0][3], rows[chosen][8], now, min5, stale_after
+            )
+            e = entries[chosen]
+            entries[chosen] = make_ranked(
+                e.endpoint, e.ttft_ms, e.tps, e.window, e.ttft_samples, e.tps_samples,
+                e.uptime, e.cost_usd, e.health, e.deprioritized, True, e.ttft_window,
+                e.tps_window, e.weight,
+            )  # fmt: skip
+    ranked = [entries[i] for i in positions]
+
+    # 5. allow_fallbacks=False: the first endpoint only.
+    if not request.allow_fallbacks and len(ranked) > 1:
+        first = ranked[0].endpoint.provider.name
+        for pos, dropped in enumerate(ranked[1:], start=2):
+            why = "" if dropped.deprioritized is None else f" (also {dropped.deprioritized.code})"
+            excluded.append(
+                Exclusion(
+                    dropped.endpoint,
+                    Reason(
+                        r.FALLBACKS_DISABLED,
+                        f"allow_fallbacks=false: only {first} is tried; this was #{pos}{why}",
+                        {"position": float(pos)},
+                    ),
+                )
+            )
+        del ranked[1:]
+
+    return RankingResult(
+        ranked=tuple(ranked),
+        excluded=tuple(excluded),
+        strategy=strategy,
+        sort=sort,
+        percentile=q,
+        panic=panic,
+        exploration=exploration_reason is not None,
+        probing=tuple(x.endpoint.key for x in ranked if x.health is _PROBING),
+        exploration_reason=exploration_reason,
+        cost_basis="request" if per_request else "blended_per_mtok",
+    )
+
+
+def _exploration_reason(
+    name: str, s: EndpointStats, now: float, min5: int, stale_after: float
+) -> Reason:
+    last = s.last_sample_at
+    age = None if last is None else now - last
+    nums = {"samples_5m": float(s.ttft_5m.count), "min_samples": float(min5)}
+    if age is not None:
+        nums["last_sample_age_s"] = round(age, 3)
+    return Reason(
+        r.EXPLORATION,
+        f"exploring {name}: {s.ttft_5m.count} TTFT samples in 5m (min {min5}), last sample "
+        + ("never" if age is None else f"{age:.0f}s ago")
+        + f" (stale after {stale_after:g}s)",
+        nums,
+    )

@@ -1,0 +1,219 @@
+"""What a caller may ask of the ranking, and the knobs the operator tunes it with.
+
+Validation lives here, next to the shapes, so that every entry point (gRPC,
+sidecar fallback, tests) rejects the same bad input with the same message, and
+so that no request can make ranking do unbounded work: list lengths, name
+lengths and token counts are capped before anything iterates over them.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from router_service.model import RANKING_QUANTILES
+
+#: At most this many provider names in ``order``, ``only`` or ``ignore``.
+MAX_PROVIDER_LIST = 64
+#: At most this many characters in one provider name (and 2x that in a model id).
+MAX_NAME_LEN = 128
+#: Token estimates above this are nonsense (and would overflow cost arithmetic).
+MAX_TOKENS = 1_000_000_000
+
+
+class Sort(enum.StrEnum):
+    """The metric a ``sort`` request ranks by. Values match the Vercel/OpenRouter spelling."""
+
+    COST = "cost"
+    TTFT = "ttft"
+    TPS = "tps"
+
+
+_SORTS = frozenset(Sort)
+
+
+class RankingInputError(ValueError):
+    """A routing request that cannot be honoured as written.
+
+    ``field`` names the offending request field so the server can map it to an
+    INVALID_ARGUMENT with a precise message instead of a generic failure.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _is_number(x: object) -> bool:
+    """int or float but not bool (``True`` as a price is a bug, not a dollar)."""
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _check_price(field: str, value: float | None) -> None:
+    if value is None:
+        return
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
+        raise RankingInputError(field, f"must be a finite number >= 0, got {value!r}")
+
+
+def _check_tokens(field: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TOKENS:
+        raise RankingInputError(field, f"must be an integer in [0, {MAX_TOKENS}], got {value!r}")
+
+
+def _check_names(field: str, names: object) -> None:
+    """Bounded list of short, non-empty strings; checked before anything iterates over it."""
+    try:
+        n = len(names)  # type: ignore[arg-type]
+    except TypeError:
+        raise RankingInputError(field, "must be a collection of provider names") from None
+    if isinstance(names, str):
+        raise RankingInputError(field, "must be a collection of provider names, not a string")
+    if n > MAX_PROVIDER_LIST:
+        raise RankingInputError(field, f"at most {MAX_PROVIDER_LIST} providers, got {n}")
+    for name in names:  # type: ignore[attr-defined]
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME_LEN:
+            raise RankingInputError(
+                field, f"provider names must be 1..{MAX_NAME_LEN} characters, got {name!r:.40}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingRequest:
+    """The routing preferences of one request (the union of Vercel's and OpenRouter's).
+
+    Hard filters: ``only``, ``ignore``, ``zero_data_retention``,
+    ``max_input_price`` / ``max_output_price`` (USD per million tokens).
+    Order: ``order`` providers first, the rest by ``sort`` at ``percentile``.
+    Soft preferences (a miss moves the endpoint down, never drops it):
+    ``preferred_max_ttft_ms``, ``preferred_min_tps``.
+    ``input_tokens`` / ``max_output_tokens`` turn prices into a per-request
+    cost estimate; when both are 0 a blended price is used instead.
+    """
+
+    model: str
+    sort: Sort | None = None
+    percentile: float = 0.5
+    order: tuple[str, ...] = ()
+    only: frozenset[str] | None = None
+    ignore: frozenset[str] = frozenset()
+    zero_data_retention: bool = False
+    max_input_price: float | None = None
+    max_output_price: float | None = None
+    preferred_max_ttft_ms: float | None = None
+    preferred_min_tps: float | None = None
+    allow_fallbacks: bool = True
+    input_tokens: int = 0
+    max_output_tokens: int = 0
+
+    def validate(self) -> None:
+        """Raise RankingInputError naming the first bad field; cheap for default requests."""
+        model = self.model
+        if not isinstance(model, str) or not model or len(model) > 2 * MAX_NAME_LEN:
+            raise RankingInputError("model", f"must be 1..{2 * MAX_NAME_LEN} characters")
+        if self.sort is not None and self.sort not in _SORTS:
+            raise RankingInputError(
+                "sort", f"must be one of {', '.join(s.value for s in Sort)}, got {self.sort!r:.40}"
+            )
+        if self.percentile not in RANKING_QUANTILES or isinstance(self.percentile, bool):
+            allowed = ", ".join(str(q) for q in RANKING_QUANTILES)
+            raise RankingInputError(
+                "percentile", f"must be one of {allowed}, got {self.percentile!r:.40}"
+            )
+        order = self.order
+        if order:
+            _check_names("order", order)
+            if len(set(order)) != len(order):
+                raise RankingInputError("order", "lists a provider more than once")
+        only = self.only
+        if only is not None:
+            _check_names("only", only)
+            if not only:
+                raise RankingInputError(
+                    "only", "must name at least one provider (leave it unset for no restriction)"
+                )
+        ignore = self.ignore
+        if ignore:
+            _check_names("ignore", ignore)
+            if only is not None:
+                both = only & ignore
+                if both:
+                    raise RankingInputError(
+                        "ignore", f"providers in both only and ignore: {sorted(both)}"
+                    )
+        if order:
+            if ignore:
+                bad = [p for p in order if p in ignore]
+                if bad:
+                    raise RankingInputError("order", f"providers also in ignore: {bad}")
+            if only is not None:
+                bad = [p for p in order if p not in only]
+                if bad:
+                    raise RankingInputError("order", f"providers outside only: {bad}")
+        if not isinstance(self.zero_data_retention, bool):
+            raise RankingInputError("zero_data_retention", "must be a boolean")
+        if not isinstance(self.allow_fallbacks, bool):
+            raise RankingInputError("allow_fallbacks", "must be a boolean")
+        _check_price("max_input_price", self.max_input_price)
+        _check_price("max_output_price", self.max_output_price)
+        _check_price("preferred_max_ttft_ms", self.preferred_max_ttft_ms)
+        _check_price("preferred_min_tps", self.preferred_min_tps)
+        if self.input_tokens:
+            _check_tokens("input_tokens", self.input_tokens)
+        if self.max_output_tokens:
+            _check_tokens("max_output_tokens", self.max_output_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class RankingConfig:
+    """Operator knobs for ranking, with the defaults the design assumes.
+
+    - ``near_tie_tolerance``: sort values within this relative distance of the
+      best value in their group are a tie and shuffled per request (0.05 = 5%),
+      so a thousand sidecars asking at once do not stampede one endpoint.
+    - ``exploration_share``: in load-balance mode, the share of requests that
+      put an endpoint with thin or stale data first, to keep its metrics fresh.
+    - ``min_samples``: the 5-minute window is used when it has at least this
+      many samples; otherwise the 1-hour window if it has ``min_samples_1h``.
+    - ``stale_after_s``: an endpoint whose last sample is older is "stale".
+    - ``blend_output_weight``: without token estimates, cost is the blended
+      price ``(input + k * output) / (1 + k)`` per million tokens (k=3: chat
+      workloads are output-heavy and output tokens dominate the bill).
+    - ``lb_*``: the load-balance weight (see ``router_service.ranking.core``).
+    """
+
+    near_tie_tolerance: float = 0.05
+    exploration_share: float = 0.05
+    min_samples: int = 5
+    min_samples_1h: int = 1
+    stale_after_s: float = 300.0
+    blend_output_weight: float = 3.0
+    lb_price_exponent: float = 2.0
+    lb_ttft_exponent: float = 1.0
+    lb_uptime_exponent: float = 2.0
+    lb_unknown_ttft_factor: float = 0.5
+    lb_min_weight: float = 0.01
+
+    def __post_init__(self) -> None:
+        """Refuse a config that would make ranking misbehave, at load rather than per request."""
+        checks = (
+            ("near_tie_tolerance", 0.0 <= self.near_tie_tolerance < 1.0),
+            ("exploration_share", 0.0 <= self.exploration_share <= 1.0),
+            ("min_samples", self.min_samples >= 1),
+            ("min_samples_1h", self.min_samples_1h >= 1),
+            ("stale_after_s", self.stale_after_s > 0),
+            ("blend_output_weight", self.blend_output_weight >= 0),
+            ("lb_price_exponent", 0 <= self.lb_price_exponent <= 8),
+            ("lb_ttft_exponent", 0 <= self.lb_ttft_exponent <= 8),
+            ("lb_uptime_exponent", 0 <= self.lb_uptime_exponent <= 8),
+            ("lb_unknown_ttft_factor", 0 < self.lb_unknown_ttft_factor <= 1),
+            ("lb_min_weight", 0 < self.lb_min_weight <= 1),
+        )
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"RankingConfig.{name} out of range: {getattr(self, name)!r}")
+
+
+DEFAULT_CONFIG = RankingConfig()
