@@ -10,7 +10,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CATALOG = REPO_ROOT / "router_service" / "examples" / "catalog.yaml"
 

@@ -10,12 +10,18 @@ from router_service.catalog import CatalogError, load_catalog, parse_catalog
 
 GOOD = """
 providers:
-  groq: {base_url: "https://api.groq.com/openai/v1/", api_key_env: GROQ_API_KEY, zero_data_retention: true}
+  groq:
+    base_url: "https://api.groq.com/openai/v1/"
+    api_key_env: GROQ_API_KEY
+    zero_data_retention: true
   together: {base_url: "https://api.together.xyz/v1", api_key_env: TOGETHER_API_KEY}
 models:
   zai/glm-4.7:
     endpoints:
-      - {provider: groq, upstream_model: glm-4.7, input_price_per_million: 0.6, output_price_per_million: 2.2}
+      - provider: groq
+        upstream_model: glm-4.7
+        input_price_per_million: 0.6
+        output_price_per_million: 2.2
       - {provider: together, input_price_per_million: 0.5, output_price_per_million: 2}
 """
 
@@ -45,24 +51,52 @@ def test_parses_fields_and_defaults() -> None:
         ("[1, 2]", "(root)", "expected a mapping"),
         ("providers: {}\nmodels: {}", "providers", "at least one provider"),
         (GOOD.replace("models:", "extra: 1\nmodels:"), "(root).extra", "unknown key"),
-        (GOOD.replace("https://api.groq.com/openai/v1/", "ftp://x"), "providers.groq.base_url",
-         "http(s) URL"),
-        (GOOD.replace("GROQ_API_KEY", "'not a var'"), "providers.groq.api_key_env", "does not match"),
-        (GOOD.replace("zero_data_retention: true", "zero_data_retention: yes-please"),
-         "providers.groq.zero_data_retention", "true or false"),
-        (GOOD.replace("provider: together", "provider: nobody"),
-         "models.zai/glm-4.7.endpoints[1].provider", "unknown provider 'nobody'"),
-        (GOOD.replace("input_price_per_million: 0.6", "input_price_per_million: -1"),
-         "models.zai/glm-4.7.endpoints[0].input_price_per_million", "price in [0"),
-        (GOOD.replace("input_price_per_million: 0.6", "input_price_per_million: .nan"),
-         "models.zai/glm-4.7.endpoints[0].input_price_per_million", "price in [0"),
-        (GOOD.replace("output_price_per_million: 2}", "output_price_per_million: cheap}"),
-         "models.zai/glm-4.7.endpoints[1].output_price_per_million", "expected a number"),
-        (GOOD.replace("provider: together", "provider: groq"),
-         "models.zai/glm-4.7.endpoints[1].provider", "listed twice"),
+        (
+            GOOD.replace("https://api.groq.com/openai/v1/", "ftp://x"),
+            "providers.groq.base_url",
+            "http(s) URL",
+        ),
+        (
+            GOOD.replace("GROQ_API_KEY", "'not a var'"),
+            "providers.groq.api_key_env",
+            "does not match",
+        ),
+        (
+            GOOD.replace("zero_data_retention: true", "zero_data_retention: yes-please"),
+            "providers.groq.zero_data_retention",
+            "true or false",
+        ),
+        (
+            GOOD.replace("provider: together", "provider: nobody"),
+            "models.zai/glm-4.7.endpoints[1].provider",
+            "unknown provider 'nobody'",
+        ),
+        (
+            GOOD.replace("input_price_per_million: 0.6\n", "input_price_per_million: -1\n"),
+            "models.zai/glm-4.7.endpoints[0].input_price_per_million",
+            "price in [0",
+        ),
+        (
+            GOOD.replace("input_price_per_million: 0.6\n", "input_price_per_million: .nan\n"),
+            "models.zai/glm-4.7.endpoints[0].input_price_per_million",
+            "price in [0",
+        ),
+        (
+            GOOD.replace("output_price_per_million: 2}", "output_price_per_million: cheap}"),
+            "models.zai/glm-4.7.endpoints[1].output_price_per_million",
+            "expected a number",
+        ),
+        (
+            GOOD.replace("provider: together", "provider: groq"),
+            "models.zai/glm-4.7.endpoints[1].provider",
+            "listed twice",
+        ),
         (GOOD.replace("zai/glm-4.7:", "no-slash:"), "models.no-slash", "does not match"),
-        (GOOD.replace("      - {provider: groq", "      - {provder: groq"),
-         "models.zai/glm-4.7.endpoints[0]", "missing required key 'provider'"),
+        (
+            GOOD.replace("      - provider: groq", "      - provder: groq"),
+            "models.zai/glm-4.7.endpoints[0]",
+            "missing required key 'provider'",
+        ),
         ("providers: [\n", "line", "not valid YAML"),
     ],
 )

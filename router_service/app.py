@@ -1,0 +1,220 @@
+"""Wires the router's pieces into one running process (the I/O edge).
+
+Owns the gRPC server (Router + grpc.health.v1 + reflection), the HTTP server
+(metrics API, dashboard, /metrics), the coalescing quantile refresher and the
+catalog watcher. Start/stop are explicit so tests and the demo run it
+in-process on port 0, and the CLI adds only signals and logging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from router_service import defaults
+from router_service.catalog import CatalogError, catalog_version, load_catalog
+from router_service.core import RouterCore
+from router_service.grpc_api import RouterServicer
+from router_service.health import HealthConfig
+from router_service.http_api import build_http_app
+from router_service.model import Clock
+from router_service.pb import router_pb2
+from router_service.ranking import RankingConfig
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Process settings; the CLI fills them from flags and environment."""
+
+    config_path: str
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = defaults.GRPC_PORT
+    http_host: str = "0.0.0.0"
+    http_port: int = defaults.HTTP_PORT
+    #: Seconds in-flight RPCs get to finish on shutdown (SIGTERM).
+    drain_seconds: float = 10.0
+    #: Quantile refresh: at most this often after new data, at least once a second.
+    refresh_min_interval_s: float = 0.1
+    refresh_max_interval_s: float = 1.0
+    #: Watch the catalog file and reload on change (SIGHUP always reloads).
+    watch_catalog: bool = True
+    health: HealthConfig = field(default_factory=HealthConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    seed: int | None = None
+
+
+class RouterApp:
+    """One router process: call start(), then stop() (or use ``async with``)."""
+
+    def __init__(self, settings: Settings, clock: Clock = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.core: RouterCore | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._http: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._data_arrived = asyncio.Event()
+        self.servicer: RouterServicer | None = None
+
+    @property
+    def grpc_address(self) -> str:
+        host = self.settings.grpc_host
+        return f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        host = self.settings.http_host
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.http_port}"
+
+    async def __aenter__(self) -> RouterApp:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Load the catalog (CatalogError if bad), then serve gRPC and HTTP."""
+        await self._set_serving(False)
+        path = self.settings.config_path
+        catalog = load_catalog(path)
+        rng = random.Random(self.settings.seed)
+        self.core = RouterCore(
+            catalog,
+            catalog_version(path),
+            self.clock,
+            rng,
+            health_config=self.settings.health,
+            ranking_config=self.settings.ranking,
+        )
+        self.servicer = RouterServicer(self.core, self._data_arrived.set)
+        await self._start_grpc()
+        await self._start_http()
+        self._tasks.append(asyncio.create_task(self._refresh_loop(), name="refresh"))
+        if self.settings.watch_catalog:
+            self._tasks.append(asyncio.create_task(self._watch_catalog(), name="watch-catalog"))
+        await self._set_serving(True)
+        log.info(
+            "router started",
+            extra={"grpc": self.grpc_address, "http": self.http_url, "config": path},
+        )
+
+    async def _start_grpc(self) -> None:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        from router_service.pb import router_pb2_grpc
+
+        router_pb2_grpc.add_RouterServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        self.grpc_port = server.add_insecure_port(address)
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC to {address}")
+        await server.start()
+        self._grpc = server
+
+    async def _start_http(self) -> None:
+        assert self.core is not None and self.servicer is not None
+        app = build_http_app(self.core, self.servicer.rpc_counter)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
+        await site.start()
+        self._http = runner
+        sockets = site._server.sockets if site._server else []
+        self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self._health.set("", status)
+        await self._health.set(SERVICE_NAME, status)
+
+    async def _refresh_loop(self) -> None:
+        """Coalesce quantile refreshes: at most every min interval, at least every max."""
+        settings = self.settings
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._data_arrived.wait(), settings.refresh_max_interval_s)
+            self._data_arrived.clear()
+            try:
+                self.refresh_now()
+            except Exception:
+                log.exception("quantile refresh failed")
+            await asyncio.sleep(settings.refresh_min_interval_s)
+
+    def refresh_now(self) -> None:
+        assert self.core is not None
+        self.core.refresh()
+
+    def reload_catalog(self) -> bool:
+        """Reload the catalog file; a bad file is refused and the old catalog kept."""
+        assert self.core is not None
+        path = self.settings.config_path
+        try:
+            catalog = load_catalog(path)
+            version = catalog_version(path)
+        except (CatalogError, OSError) as exc:
+            log.error("catalog reload refused, keeping the previous one", extra={"error": str(exc)})
+            return False
+        if version != self.core.catalog_version:
+            self.core.replace_catalog(catalog, version)
+        return True
+
+    async def _watch_catalog(self) -> None:
+        """Reload when the file changes; watch its directory to see ConfigMap symlink swaps."""
+        from watchfiles import awatch
+
+        path = Path(self.settings.config_path).resolve()
+        try:
+            async for _changes in awatch(path.parent, debounce=200, recursive=False):
+                self.reload_catalog()
+        except Exception:
+            log.exception("catalog watcher stopped; SIGHUP still reloads")
+
+    async def stop(self) -> None:
+        """Graceful: report NOT_SERVING, drain in-flight RPCs, then close."""
+        if self._grpc is None and self._http is None:
+            return
+        await self._set_serving(False)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.drain_seconds)
+            self._grpc = None
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        log.info("router stopped")

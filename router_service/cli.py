@@ -1,0 +1,103 @@
+"""``router-service``: run the router until SIGTERM.
+
+Each flag can also come from an environment variable (flag wins), which is how
+Kubernetes manifests usually configure a container. SIGTERM and SIGINT drain
+in-flight RPCs and exit 0; SIGHUP reloads the catalog. A bad catalog at start
+exits 2 with the file, key path and problem on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from router_service import defaults
+from router_service.app import RouterApp, Settings
+from router_service.catalog import CatalogError
+from router_service.logs import LEVELS, configure_logging
+
+log = logging.getLogger("router_service")
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ
+    parser = argparse.ArgumentParser(
+        prog="router-service", description="LLM provider router: gRPC ranking service."
+    )
+    parser.add_argument(
+        "--config",
+        default=env.get(defaults.ENV_CONFIG),
+        required=defaults.ENV_CONFIG not in env,
+        help=f"catalog YAML (env {defaults.ENV_CONFIG})",
+    )
+    parser.add_argument(
+        "--grpc-port",
+        type=_port,
+        default=_port(env.get(defaults.ENV_GRPC_PORT, str(defaults.GRPC_PORT))),
+        help=f"gRPC port (env {defaults.ENV_GRPC_PORT}, default {defaults.GRPC_PORT})",
+    )
+    parser.add_argument(
+        "--http-port",
+        type=_port,
+        default=_port(env.get(defaults.ENV_HTTP_PORT, str(defaults.HTTP_PORT))),
+        help=f"HTTP port for /metrics, the metrics API and the dashboard "
+        f"(env {defaults.ENV_HTTP_PORT}, default {defaults.HTTP_PORT})",
+    )
+    parser.add_argument(
+        "--host", default=env.get("ROUTER_HOST", "0.0.0.0"), help="bind address (env ROUTER_HOST)"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        default=env.get(defaults.ENV_LOG_LEVEL, defaults.LOG_LEVEL).lower(),
+        help=f"(env {defaults.ENV_LOG_LEVEL}, default {defaults.LOG_LEVEL})",
+    )
+    return parser.parse_args(argv)
+
+
+async def serve(settings: Settings) -> int:
+    app = RouterApp(settings)
+    try:
+        await app.start()
+    except CatalogError as exc:
+        log.error("cannot load catalog", extra={"error": str(exc)})
+        print(f"router-service: {exc}", file=sys.stderr)
+        await app.stop()
+        return 2
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload_catalog)
+    await stopping.wait()
+    log.info("shutting down: draining in-flight calls")
+    await app.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    settings = Settings(
+        config_path=args.config,
+        grpc_host=args.host,
+        grpc_port=args.grpc_port,
+        http_host=args.host,
+        http_port=args.http_port,
+    )
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

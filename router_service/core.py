@@ -1,0 +1,156 @@
+"""The router's in-memory state and the operations both its APIs share.
+
+gRPC and HTTP handlers are thin translations onto this object; it owns the
+catalog (swapped atomically on reload), the stats store, the health tracker
+and the random source, and ties them together: ranking reads a snapshot,
+outcomes feed both the sketches and health. It does no I/O, so it is tested
+without sockets; the clock and rng are injected.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from router_service.catalog_model import Catalog, Model
+from router_service.health import HealthConfig, HealthTracker
+from router_service.model import Clock, EndpointKey, EndpointStats, HealthView
+from router_service.outcome_validation import Rejection, validate_outcome
+from router_service.pb import router_pb2
+from router_service.ranking import RankingConfig, RankingResult, RoutingRequest, rank
+from router_service.sketches.store import InMemoryStatsStore, StatsStore
+
+log = logging.getLogger(__name__)
+
+#: Rejection details returned per acknowledgement; the count is always exact.
+MAX_REJECTIONS_REPORTED = 100
+
+
+class UnknownModelError(LookupError):
+    """The model is not in the catalog (NOT_FOUND on the wire)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        shown = model if len(model) <= 128 else model[:128] + "…"
+        super().__init__(f"model {shown!r} is not in the catalog")
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """What happened to one batch of outcomes."""
+
+    accepted: int = 0
+    rejected: int = 0
+    rejections: list[tuple[int, Rejection]] | None = None
+
+
+class RouterCore:
+    """Catalog + stats + health, and the rank/record operations over them."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        catalog_version: str,
+        clock: Clock,
+        rng: random.Random | None = None,
+        store: StatsStore | None = None,
+        health_config: HealthConfig | None = None,
+        ranking_config: RankingConfig | None = None,
+    ) -> None:
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.store: StatsStore = store or InMemoryStatsStore(clock=clock)
+        self.health = HealthTracker(health_config or HealthConfig(), clock, self.rng)
+        self.ranking_config = ranking_config or RankingConfig()
+        self.catalog = catalog
+        self.catalog_version = catalog_version
+        self._known = catalog.endpoint_keys()
+        #: Outcomes by (error class) and rejected outcomes, for /metrics.
+        self.outcomes_by_class: Counter[str] = Counter()
+        self.outcomes_rejected = 0
+
+    # -- catalog -------------------------------------------------------------
+
+    def replace_catalog(self, catalog: Catalog, version: str) -> None:
+        """Swap in a reloaded catalog; endpoints that still exist keep their metrics."""
+        self.catalog = catalog
+        self.catalog_version = version
+        self._known = catalog.endpoint_keys()
+        self.store.retain(self._known)
+        self.health.retain(self._known)
+        log.info(
+            "catalog loaded",
+            extra={
+                "catalog_version": version,
+                "models": len(catalog.models),
+                "endpoints": len(self._known),
+            },
+        )
+
+    def model(self, model_id: str) -> Model:
+        """The catalog entry for a model, or UnknownModelError."""
+        found = self.catalog.models.get(model_id)
+        if found is None:
+            raise UnknownModelError(model_id)
+        return found
+
+    # -- ranking -------------------------------------------------------------
+
+    def rank(self, request: RoutingRequest) -> RankingResult:
+        """Rank a model's endpoints. Raises UnknownModelError or RankingInputError."""
+        request.validate()
+        model = self.model(request.model)
+        keys = [e.key for e in model.endpoints]
+        result = rank(
+            request,
+            model,
+            self.store.snapshot(keys),
+            self.health.views(keys),
+            self.clock(),
+            self.rng,
+            self.ranking_config,
+        )
+        for key in result.probing:
+            self.health.grant_probe(key)
+        return result
+
+    # -- outcomes ------------------------------------------------------------
+
+    def record(self, messages: Iterable[router_pb2.Outcome], first_index: int = 0) -> IngestResult:
+        """Validate and store outcomes; junk is rejected item by item and stores nothing."""
+        result = IngestResult(rejections=[])
+        now = self.clock()
+        accepted = []
+        for offset, msg in enumerate(messages):
+            checked = validate_outcome(msg, self._known, now)
+            if isinstance(checked, Rejection):
+                result.rejected += 1
+                if len(result.rejections) < MAX_REJECTIONS_REPORTED:
+                    result.rejections.append((first_index + offset, checked))
+                continue
+            accepted.append(checked)
+        # Baselines are read before this batch lands, so a slowdown does not
+        # pull its own yardstick up (the cache refreshes later anyway).
+        baselines = {o.endpoint: self.store.stats(o.endpoint).ttft_1h.get(0.5) for o in accepted}
+        self.store.record_many(accepted)
+        for outcome in accepted:
+            self.health.record(outcome, baselines[outcome.endpoint])
+            self.outcomes_by_class[outcome.error_class.value] += 1
+        result.accepted = len(accepted)
+        self.outcomes_rejected += result.rejected
+        return result
+
+    def refresh(self) -> None:
+        """Recompute cached quantiles (coalesced: called per batch and on a timer)."""
+        self.store.refresh(self.clock())
+
+    # -- reads -----------------------------------------------------------------
+
+    def endpoint_stats(self, key: EndpointKey) -> EndpointStats:
+        return self.store.stats(key)
+
+    def health_view(self, key: EndpointKey) -> HealthView:
+        return self.health.view(key)

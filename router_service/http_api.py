@@ -1,0 +1,118 @@
+"""The router's HTTP side: metrics API, dashboard, Prometheus ``/metrics``, liveness.
+
+Routes (documents are built in :mod:`router_service.metrics_json`):
+
+=============================================  ============================================
+``GET /healthz``                               liveness + catalog version
+``GET /v1/models``                             model list with best P50 TTFT/throughput
+``GET /v1/models/{creator}/{name}/endpoints``  per-provider metrics, uptime, health
+``GET /v1/models/{creator}/{name}/timeseries`` last hour per provider, 5-minute points
+``GET /metrics``                               Prometheus (text or OpenMetrics, negotiated)
+``GET /``                                      dashboard: model list
+``GET /models/{creator}/{name}``               dashboard: one model's providers
+``GET /static/...``                            dashboard assets (no CDN, works offline)
+=============================================  ============================================
+
+Handlers are thin: they look the model up in the catalog (unknown → 404 with
+a JSON error body under ``/v1``) and serialise a pure function's result.
+Model ids contain a slash, hence the two path segments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from router_service.catalog_model import Model
+from router_service.core import RouterCore, UnknownModelError
+from router_service.grpc_api import RpcCounter
+from router_service.metrics_json import (
+    endpoints_document,
+    models_document,
+    not_found_document,
+    timeseries_document,
+)
+from router_service.prometheus import build_registry
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+#: Dynamic documents must never be cached: the dashboard polls them.
+NO_STORE = {"Cache-Control": "no-store"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Under /v1, answer unknown paths and methods in JSON like every other API error."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if not request.path.startswith("/v1/") or exc.status < 400:
+            raise
+        kind = "not_found" if exc.status == 404 else "invalid_request"
+        body = {"error": {"message": f"{exc.reason}: {request.method} {request.path}",
+                          "type": kind}}
+        return web.json_response(body, status=exc.status, headers=NO_STORE)
+
+
+def build_http_app(core: RouterCore, rpc_counter: RpcCounter) -> web.Application:
+    """The aiohttp application mounted on the router's HTTP port."""
+    app = web.Application(middlewares=[json_errors])
+    registry = build_registry(core, rpc_counter)
+
+    def lookup(request: web.Request) -> Model:
+        model_id = f"{request.match_info['creator']}/{request.match_info['name']}"
+        return core.model(model_id)
+
+    def model_not_found(exc: UnknownModelError) -> web.Response:
+        return web.json_response(not_found_document(str(exc)), status=404, headers=NO_STORE)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "catalog_version": core.catalog_version})
+
+    async def list_models(_: web.Request) -> web.Response:
+        return web.json_response(models_document(core), headers=NO_STORE)
+
+    async def model_endpoints(request: web.Request) -> web.Response:
+        try:
+            model = lookup(request)
+        except UnknownModelError as exc:
+            return model_not_found(exc)
+        return web.json_response(endpoints_document(core, model), headers=NO_STORE)
+
+    async def model_timeseries(request: web.Request) -> web.Response:
+        try:
+            model = lookup(request)
+        except UnknownModelError as exc:
+            return model_not_found(exc)
+        return web.json_response(timeseries_document(core, model), headers=NO_STORE)
+
+    async def metrics(request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(
+            body=encoder(registry), headers={"Content-Type": content_type, **NO_STORE}
+        )
+
+    async def dashboard_index(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC_DIR / "index.html", headers=NO_STORE)
+
+    async def dashboard_model(request: web.Request) -> web.StreamResponse:
+        try:
+            lookup(request)
+        except UnknownModelError as exc:
+            raise web.HTTPNotFound(text=f"{exc}\n") from exc
+        return web.FileResponse(STATIC_DIR / "model.html", headers=NO_STORE)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{creator}/{name}/endpoints", model_endpoints)
+    app.router.add_get("/v1/models/{creator}/{name}/timeseries", model_timeseries)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", dashboard_index)
+    app.router.add_get("/models/{creator}/{name}", dashboard_model)
+    app.router.add_static("/static", STATIC_DIR)
+    return app

@@ -1,0 +1,194 @@
+"""Translation between router.v1 protobuf messages and domain objects.
+
+Kept apart from the servicer so the mapping (enum tables, optional fields,
+field names in error messages) is tested directly and reused by the metrics
+API. Unknown enum numbers are rejected here, naming the field, because proto3
+enums are open and a newer client may send values this server does not know.
+"""
+
+from __future__ import annotations
+
+import math
+
+from router_service.catalog_model import Endpoint, Provider
+from router_service.model import EndpointStats, HealthState, HealthView, MetricSummary, Uptime
+from router_service.pb import router_pb2
+from router_service.ranking import RankingInputError, RankingResult, RoutingRequest, Sort
+
+SORT_FROM_WIRE: dict[int, Sort | None] = {
+    router_pb2.SORT_BY_UNSPECIFIED: None,
+    router_pb2.SORT_BY_COST: Sort.COST,
+    router_pb2.SORT_BY_TTFT: Sort.TTFT,
+    router_pb2.SORT_BY_TPS: Sort.TPS,
+}
+SORT_TO_WIRE = {v: k for k, v in SORT_FROM_WIRE.items()}
+PERCENTILE_FROM_WIRE: dict[int, float] = {
+    router_pb2.PERCENTILE_UNSPECIFIED: 0.5,
+    router_pb2.PERCENTILE_P50: 0.5,
+    router_pb2.PERCENTILE_P75: 0.75,
+    router_pb2.PERCENTILE_P90: 0.9,
+    router_pb2.PERCENTILE_P95: 0.95,
+    router_pb2.PERCENTILE_P99: 0.99,
+}
+PERCENTILE_TO_WIRE: dict[float, int] = {
+    0.5: router_pb2.PERCENTILE_P50,
+    0.75: router_pb2.PERCENTILE_P75,
+    0.9: router_pb2.PERCENTILE_P90,
+    0.95: router_pb2.PERCENTILE_P95,
+    0.99: router_pb2.PERCENTILE_P99,
+}
+HEALTH_TO_WIRE: dict[HealthState, int] = {
+    HealthState.HEALTHY: router_pb2.HEALTH_STATE_HEALTHY,
+    HealthState.DEGRADED: router_pb2.HEALTH_STATE_DEGRADED,
+    HealthState.EJECTED: router_pb2.HEALTH_STATE_EJECTED,
+    HealthState.PROBING: router_pb2.HEALTH_STATE_PROBING,
+}
+
+
+def routing_request(msg: router_pb2.RankProvidersRequest) -> RoutingRequest:
+    """Build a RoutingRequest; RankingInputError names any bad field."""
+    prefs = msg.preferences
+    if prefs.sort not in SORT_FROM_WIRE:
+        raise RankingInputError("preferences.sort", f"unknown value {prefs.sort}")
+    if prefs.percentile not in PERCENTILE_FROM_WIRE:
+        raise RankingInputError("preferences.percentile", f"unknown value {prefs.percentile}")
+    for name in ("order", "only", "ignore"):
+        if len(getattr(prefs, name)) > 64:
+            raise RankingInputError(f"preferences.{name}", "at most 64 providers")
+    if msg.estimated_input_tokens < 0:
+        raise RankingInputError("estimated_input_tokens", "must not be negative")
+    if msg.max_output_tokens < 0:
+        raise RankingInputError("max_output_tokens", "must not be negative")
+    max_price = prefs.max_price
+    return RoutingRequest(
+        model=msg.model,
+        sort=SORT_FROM_WIRE[prefs.sort],
+        percentile=PERCENTILE_FROM_WIRE[prefs.percentile],
+        order=tuple(prefs.order),
+        only=frozenset(prefs.only) if prefs.only else None,
+        ignore=frozenset(prefs.ignore),
+        zero_data_retention=prefs.zero_data_retention,
+        max_input_price=_optional(max_price, "input_per_million"),
+        max_output_price=_optional(max_price, "output_per_million"),
+        preferred_max_ttft_ms=_optional(prefs, "preferred_max_ttft_ms"),
+        preferred_min_tps=_optional(prefs, "preferred_min_tps"),
+        allow_fallbacks=prefs.allow_fallbacks if prefs.HasField("allow_fallbacks") else True,
+        input_tokens=msg.estimated_input_tokens,
+        max_output_tokens=msg.max_output_tokens,
+    )
+
+
+def _optional(msg, field: str) -> float | None:
+    return getattr(msg, field) if msg.HasField(field) else None
+
+
+def provider_info(provider: Provider) -> router_pb2.ProviderInfo:
+    return router_pb2.ProviderInfo(
+        name=provider.name,
+        base_url=provider.base_url,
+        api_key_env=provider.api_key_env,
+        zero_data_retention=provider.zero_data_retention,
+    )
+
+
+def reason(code: str, detail: str, numbers) -> router_pb2.Reason:
+    return router_pb2.Reason(
+        code=code,
+        detail=detail,
+        numbers={k: float(v) for k, v in numbers.items() if math.isfinite(v)},
+    )
+
+
+def rank_response(
+    result: RankingResult, model: str, catalog_version: str, now: float
+) -> router_pb2.RankProvidersResponse:
+    """The wire form of a ranking, with its metadata block."""
+    response = router_pb2.RankProvidersResponse(model=model)
+    meta = response.metadata
+    meta.strategy = result.strategy
+    meta.sort = SORT_TO_WIRE[result.sort]
+    meta.percentile = PERCENTILE_TO_WIRE[result.percentile]
+    meta.panic = result.panic
+    meta.exploration = result.exploration
+    meta.catalog_version = catalog_version
+    meta.ranked_at = now
+    for item in result.ranked:
+        endpoint: Endpoint = item.endpoint
+        out = response.endpoints.add(
+            provider=provider_info(endpoint.provider),
+            upstream_model=endpoint.upstream_model,
+            input_price_per_million=endpoint.input_price_per_mtok,
+            output_price_per_million=endpoint.output_price_per_mtok,
+            estimated_cost_usd=item.cost_usd,
+            window=item.window,
+            ttft_samples=item.ttft_samples,
+            tps_samples=item.tps_samples,
+            health=HEALTH_TO_WIRE[item.health],
+            exploration=item.exploration,
+        )
+        if item.ttft_ms is not None:
+            out.ttft_ms = item.ttft_ms
+        if item.tps is not None:
+            out.tokens_per_second = item.tps
+        if item.uptime is not None:
+            out.uptime_1h = item.uptime
+        if item.deprioritized is not None:
+            why = item.deprioritized
+            out.deprioritized.CopyFrom(reason(why.code, why.detail, why.numbers))
+            meta.deprioritized.add(provider=endpoint.provider.name, reason=out.deprioritized)
+        meta.execution_order.append(endpoint.provider.name)
+    for excluded in result.excluded:
+        why = excluded.reason
+        meta.excluded.add(
+            provider=excluded.endpoint.provider.name,
+            reason=reason(why.code, why.detail, why.numbers),
+        )
+    return response
+
+
+def percentiles(summary: MetricSummary) -> router_pb2.Percentiles:
+    out = router_pb2.Percentiles(samples=summary.count)
+    p50, p95 = summary.get(0.5), summary.get(0.95)
+    if p50 is not None:
+        out.p50 = p50
+    if p95 is not None:
+        out.p95 = p95
+    return out
+
+
+def uptime_window(uptime: Uptime) -> router_pb2.UptimeWindow:
+    out = router_pb2.UptimeWindow(attempts=uptime.attempts, failures=uptime.failures)
+    if uptime.ratio is not None:
+        out.ratio = uptime.ratio
+    return out
+
+
+def endpoint_health(endpoint: Endpoint, view: HealthView) -> router_pb2.EndpointHealth:
+    out = router_pb2.EndpointHealth(
+        provider=endpoint.provider.name,
+        model=endpoint.model,
+        state=HEALTH_TO_WIRE[view.state],
+        reason=view.reason,
+        since=view.since,
+        consecutive_failures=view.consecutive_failures,
+    )
+    if view.ejected_until is not None and view.state is HealthState.EJECTED:
+        out.ejected_until = view.ejected_until
+    return out
+
+
+def endpoint_metrics(
+    endpoint: Endpoint, stats: EndpointStats, view: HealthView
+) -> router_pb2.EndpointMetrics:
+    return router_pb2.EndpointMetrics(
+        provider=provider_info(endpoint.provider),
+        upstream_model=endpoint.upstream_model,
+        input_price_per_million=endpoint.input_price_per_mtok,
+        output_price_per_million=endpoint.output_price_per_mtok,
+        latency_last_1h=percentiles(stats.ttft_1h),
+        throughput_last_1h=percentiles(stats.tps_1h),
+        uptime_last_15m=uptime_window(stats.uptime_15m),
+        uptime_last_1h=uptime_window(stats.uptime_1h),
+        uptime_last_1d=uptime_window(stats.uptime_1d),
+        health=endpoint_health(endpoint, view),
+    )

@@ -1,0 +1,85 @@
+"""`router-service` as a real process: bad config exits 2 naming it; SIGTERM drains and exits 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from router_service.cli import parse_args
+
+
+def _router(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "router_service.cli", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _read_started(proc: subprocess.Popen, timeout: float = 20.0) -> dict:
+    """Read JSON log lines until the start line; it carries the bound addresses."""
+    deadline = time.monotonic() + timeout
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        record = json.loads(line)
+        if record["message"] == "router started":
+            return record
+        assert time.monotonic() < deadline, "router did not start in time"
+    raise AssertionError(f"router exited early with {proc.wait()}")
+
+
+def test_bad_catalog_exits_2_naming_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("providers:\n  x: {base_url: nope, api_key_env: K}\nmodels: {}\n")
+    proc = _router("--config", str(bad), "--grpc-port", "0", "--http-port", "0")
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert f"{bad}: providers.x.base_url: expected an http(s) URL" in stderr
+
+
+def test_sigterm_drains_and_exits_zero(example_catalog: Path) -> None:
+    proc = _router(
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+        env={"ROUTER_CONFIG": str(example_catalog), "ROUTER_HOST": "127.0.0.1"},
+    )
+    try:
+        started = _read_started(proc)
+        assert started["level"] == "INFO" and started["logger"] == "router_service.app"
+        with grpc.insecure_channel(started["grpc"]) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="router.v1.Router"), timeout=5
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        assert '"router stopped"' in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_flags_fall_back_to_environment(monkeypatch) -> None:
+    monkeypatch.setenv("ROUTER_CONFIG", "/etc/router/catalog.yaml")
+    monkeypatch.setenv("ROUTER_GRPC_PORT", "6000")
+    monkeypatch.setenv("ROUTER_LOG_LEVEL", "debug")
+    args = parse_args([])
+    assert (args.config, args.grpc_port, args.http_port, args.log_level) == (
+        "/etc/router/catalog.yaml",
+        6000,
+        8081,
+        "debug",
+    )
+    assert parse_args(["--config", "x.yaml", "--grpc-port", "7000"]).grpc_port == 7000
