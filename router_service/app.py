@@ -52,6 +52,9 @@ class Settings:
     refresh_max_interval_s: float = 1.0
     #: Watch the catalog file and reload on change (SIGHUP always reloads).
     watch_catalog: bool = True
+    #: Also re-hash the catalog this often, for filesystems without inotify
+    #: (NFS, some overlay setups) and changes made before the watch began.
+    catalog_poll_s: float = 5.0
     health: HealthConfig = field(default_factory=HealthConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     seed: int | None = None
@@ -72,6 +75,7 @@ class RouterApp:
         self._tasks: list[asyncio.Task] = []
         self._data_arrived = asyncio.Event()
         self.servicer: RouterServicer | None = None
+        self._refused_version: str | None = None
 
     @property
     def grpc_address(self) -> str:
@@ -179,23 +183,40 @@ class RouterApp:
         """Reload the catalog file; a bad file is refused and the old catalog kept."""
         assert self.core is not None
         path = self.settings.config_path
+        version: str | None = None
         try:
-            catalog = load_catalog(path)
             version = catalog_version(path)
+            if version == self.core.catalog_version:
+                return True
+            if version == self._refused_version:
+                return False  # already logged; wait for the file to change again
+            catalog = load_catalog(path)
         except (CatalogError, OSError) as exc:
             log.error("catalog reload refused, keeping the previous one", extra={"error": str(exc)})
+            self._refused_version = version
             return False
-        if version != self.core.catalog_version:
-            self.core.replace_catalog(catalog, version)
+        self.core.replace_catalog(catalog, version)
         return True
 
     async def _watch_catalog(self) -> None:
-        """Reload when the file changes; watch its directory to see ConfigMap symlink swaps."""
+        """Reload when the file changes.
+
+        Watches the file's directory as named, not resolved: a Kubernetes
+        ConfigMap volume updates by swapping the ``..data`` symlink in that
+        directory and deleting the old timestamped directory the file resolved
+        into, so watching the resolved path would miss every later update.
+        """
         from watchfiles import awatch
 
-        path = Path(self.settings.config_path).resolve()
+        directory = Path(self.settings.config_path).absolute().parent
         try:
-            async for _changes in awatch(path.parent, debounce=200, recursive=False):
+            async for _changes in awatch(
+                directory,
+                debounce=200,
+                recursive=False,
+                yield_on_timeout=True,
+                rust_timeout=int(self.settings.catalog_poll_s * 1000),
+            ):
                 self.reload_catalog()
         except Exception:
             log.exception("catalog watcher stopped; SIGHUP still reloads")

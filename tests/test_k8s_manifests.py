@@ -1,0 +1,720 @@
+"""The k8s/ manifests and the Dockerfile agree with the Kubernetes schemas and with the code.
+
+No cluster, kubectl or kustomize is needed: every manifest is validated offline
+with ``kubernetes_validate`` (strict: unknown fields fail), the kustomization is
+checked by hand (every resource exists, every manifest is listed), and the values
+the manifests repeat from the code (ports, paths, env var names, console scripts,
+the health service name, the image's UID) are compared with the code's own
+constants, so changing one side without the other fails here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+import tomllib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from router_service import app as router_app
+from router_service import defaults as router_defaults
+from router_service.catalog import load_catalog
+from sidecar import defaults as sidecar_defaults
+from sidecar.config import SidecarSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+KUSTOMIZATION = K8S / "kustomization.yaml"
+EXAMPLE_SECRET = K8S / "provider-keys.example.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+PYPROJECT = ROOT / "pyproject.toml"
+PROTO = ROOT / "proto" / "router" / "v1" / "router.proto"
+
+#: Oldest Kubernetes the manifests target: native sidecars (init containers with
+#: restartPolicy: Always) are on by default from 1.29, the preStop sleep action from 1.30.
+MIN_K8S_VERSION = "1.30.0"
+K8S_VERSIONS = sorted({MIN_K8S_VERSION, kubernetes_validate.utils.latest_version()})
+
+POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _yaml_docs(path: Path) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+
+
+def _is_manifest(doc: Any) -> bool:
+    return isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc
+
+
+@cache
+def kustomization() -> dict[str, Any]:
+    (doc,) = _yaml_docs(KUSTOMIZATION)
+    assert doc["kind"] == "Kustomization"
+    return doc
+
+
+@cache
+def manifest_files() -> tuple[Path, ...]:
+    """k8s/*.yaml files made of Kubernetes objects (not the kustomization, not the catalog)."""
+    files = []
+    for path in sorted(K8S.glob("*.y*ml")):
+        if path == KUSTOMIZATION:
+            continue
+        docs = _yaml_docs(path)
+        if docs and all(_is_manifest(doc) for doc in docs):
+            files.append(path)
+    return tuple(files)
+
+
+def generated_configmaps() -> Iterator[dict[str, Any]]:
+    """What kustomize's configMapGenerator would emit (files: key = file name)."""
+    for gen in kustomization().get("configMapGenerator", []):
+        data = {}
+        for entry in gen.get("files", []):
+            key, _, source = entry.partition("=") if "=" in entry else (Path(entry).name, "", entry)
+            data[key] = (K8S / source).read_text(encoding="utf-8")
+        labels = gen.get("options", {}).get("labels", {})
+        yield {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": gen["name"],
+                "namespace": kustomization()["namespace"],
+                "labels": labels,
+            },
+            "data": data,
+        }
+
+
+@cache
+def objects() -> tuple[dict[str, Any], ...]:
+    """Every object the kustomization applies, plus the example Secret."""
+    docs: list[dict[str, Any]] = []
+    for path in manifest_files():
+        docs.extend(_yaml_docs(path))
+    docs.extend(generated_configmaps())
+    return tuple(docs)
+
+
+def find(kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [
+        o
+        for o in objects()
+        if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
+
+
+def namespace_of(obj: dict[str, Any]) -> str:
+    return obj["metadata"].get("namespace") or kustomization()["namespace"]
+
+
+# --------------------------------------------------------------------------- the code's facts
+
+
+@cache
+def project() -> dict[str, Any]:
+    return tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+
+
+def script_for(module: str) -> str:
+    """The console script whose entry point lives in ``module`` (e.g. router_service.cli)."""
+    names = [n for n, target in project()["scripts"].items() if target.split(":")[0] == module]
+    assert len(names) == 1, f"expected one console script for {module}, got {names}"
+    return names[0]
+
+
+ROUTER_SCRIPT = script_for("router_service.cli")  # router-service
+SIDECAR_SCRIPT = script_for("sidecar.cli")  # router-sidecar
+
+
+@cache
+def router_health_service() -> str:
+    """The name the router reports on grpc.health.v1, which must be ``<package>.<Service>``."""
+    text = PROTO.read_text(encoding="utf-8")
+    package = re.search(r"^package\s+([\w.]+)\s*;", text, re.MULTILINE)
+    service = re.search(r"^service\s+(\w+)\s*\{", text, re.MULTILINE)
+    assert package and service
+    assert f"{package.group(1)}.{service.group(1)}" == router_app.SERVICE_NAME
+    return router_app.SERVICE_NAME
+
+
+@cache
+def dockerfile() -> dict[str, Any]:
+    """The final stage's USER, ENTRYPOINT, CMD, ENV and EXPOSE."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    lines = [
+        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+    last_from = max(i for i, ln in enumerate(lines) if ln.upper().startswith("FROM "))
+    info: dict[str, Any] = {"env": {}, "expose": set(), "entrypoint": [], "cmd": [], "user": None}
+    for line in lines[last_from:]:
+        instr, _, rest = line.partition(" ")
+        instr, rest = instr.upper(), rest.strip()
+        if instr == "USER":
+            info["user"] = rest
+        elif instr in ("ENTRYPOINT", "CMD"):
+            info[instr.lower()] = json.loads(rest)  # exec form only: no shell in between
+        elif instr == "ENV":
+            for pair in shlex.split(rest):
+                key, _, value = pair.partition("=")
+                info["env"][key] = value
+        elif instr == "EXPOSE":
+            info["expose"].update(int(p.split("/")[0]) for p in rest.split())
+    return info
+
+
+def dockerfile_uid_gid() -> tuple[int, int | None]:
+    user = dockerfile()["user"]
+    assert user, "the Dockerfile must set USER"
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit(), f"USER must be numeric for runAsNonRoot checks, got {user!r}"
+    return int(uid), int(gid) if gid else None
+
+
+@cache
+def catalog_keys() -> dict[str, str]:
+    """ConfigMap key -> content, for the catalog ConfigMap(s)."""
+    return {k: v for cm in find("ConfigMap") for k, v in cm.get("data", {}).items()}
+
+
+# --------------------------------------------------------------------------- pod helpers
+
+
+def image_repo() -> str:
+    (entry,) = kustomization()["images"]
+    return entry["name"]
+
+
+def is_our_image(container: dict[str, Any]) -> bool:
+    return container["image"].rsplit(":", 1)[0] == image_repo()
+
+
+def argv(container: dict[str, Any]) -> list[str]:
+    """The process command line, with Kubernetes' command/args vs ENTRYPOINT/CMD rules."""
+    if "command" in container:
+        return [*container["command"], *container.get("args", [])]
+    assert is_our_image(container), f"{container['name']}: set command for third-party images"
+    return [*dockerfile()["entrypoint"], *container.get("args", dockerfile()["cmd"])]
+
+
+def program(container: dict[str, Any]) -> list[str]:
+    """argv minus the image's ENTRYPOINT wrapper (tini --): the console script and its flags."""
+    args = argv(container)
+    entry = dockerfile()["entrypoint"]
+    if is_our_image(container) and "command" not in container and entry:
+        args = args[len(entry) :]
+    return [PurePosixPath(args[0]).name, *args[1:]] if args else []
+
+
+def flag(args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == name:
+            assert i + 1 < len(args), f"{name} has no value"
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def env_value(container: dict[str, Any], name: str) -> str | None:
+    for var in container.get("env", []):
+        if var["name"] == name:
+            return var.get("value")
+    return None
+
+
+def pod_owners() -> list[dict[str, Any]]:
+    return [o for o in objects() if o["kind"] in POD_OWNERS]
+
+
+def pod_spec(owner: dict[str, Any]) -> dict[str, Any]:
+    return owner["spec"]["template"]["spec"]
+
+
+def pod_labels(owner: dict[str, Any]) -> dict[str, str]:
+    return owner["spec"]["template"]["metadata"].get("labels", {})
+
+
+def all_containers(owner: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod_spec(owner)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def running(owner: dict[str, Any], script: str) -> list[dict[str, Any]]:
+    return [c for c in all_containers(owner) if c.get("image") and program(c)[:1] == [script]]
+
+
+def the_one(script: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The single workload running ``script`` and its container."""
+    hits = [(o, c) for o in pod_owners() for c in running(o, script)]
+    assert len(hits) == 1, f"expected exactly one container running {script}, got {len(hits)}"
+    return hits[0]
+
+
+def router() -> tuple[dict[str, Any], dict[str, Any]]:
+    return the_one(ROUTER_SCRIPT)
+
+
+def sidecar() -> tuple[dict[str, Any], dict[str, Any]]:
+    return the_one(SIDECAR_SCRIPT)
+
+
+def container_ports(container: dict[str, Any]) -> dict[str, int]:
+    return {
+        p.get("name", str(p["containerPort"])): p["containerPort"]
+        for p in container.get("ports", [])
+    }
+
+
+def match_labels(selector: dict[str, Any]) -> dict[str, str]:
+    assert not selector.get("matchExpressions"), "this test only understands matchLabels"
+    return selector.get("matchLabels", {})
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector ({matchLabels: ...}) selects a pod with ``labels``."""
+    return all(labels.get(k) == v for k, v in match_labels(selector).items())
+
+
+def service_selects(svc: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Service's selector is a plain label map, not a LabelSelector."""
+    selector = svc["spec"].get("selector")
+    assert selector, f"Service {svc['metadata']['name']} has no selector"
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def mount_for(
+    owner: dict[str, Any], container: dict[str, Any], path: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The volumeMount (and its volume) under which ``path`` lies, deepest first."""
+    mounts = sorted(container.get("volumeMounts", []), key=lambda m: -len(m["mountPath"]))
+    for mount in mounts:
+        if PurePosixPath(path).is_relative_to(mount["mountPath"]):
+            (volume,) = [v for v in pod_spec(owner)["volumes"] if v["name"] == mount["name"]]
+            return mount, volume
+    raise AssertionError(f"{container['name']}: nothing is mounted at {path}")
+
+
+def assert_catalog_file(owner: dict[str, Any], container: dict[str, Any], path: str) -> None:
+    mount, volume = mount_for(owner, container, path)
+    assert "configMap" in volume, f"{path} must come from the catalog ConfigMap"
+    assert not mount.get("subPath"), "mount the ConfigMap directory: subPath mounts never update"
+    (cm,) = find("ConfigMap", volume["configMap"]["name"])
+    key = str(PurePosixPath(path).relative_to(mount["mountPath"]))
+    assert key in cm["data"], f"ConfigMap {cm['metadata']['name']} has no key {key!r}"
+
+
+# --------------------------------------------------------------------------- kustomization & schema
+
+
+def test_kustomization_lists_every_manifest_and_nothing_missing() -> None:
+    k = kustomization()
+    resources = k["resources"]
+    for name in resources:
+        assert (K8S / name).is_file(), f"kustomization resource {name} does not exist"
+    generated = {
+        entry.split("=", 1)[-1] for gen in k.get("configMapGenerator", []) for entry in gen["files"]
+    }
+    for name in generated:
+        assert (K8S / name).is_file(), f"configMapGenerator file {name} does not exist"
+    listed = set(resources) | generated | {KUSTOMIZATION.name}
+    for path in sorted(K8S.glob("*.y*ml")):
+        if path == EXAMPLE_SECRET:
+            assert path.name not in resources, "the example Secret must not be applied by default"
+            continue
+        assert path.name in listed, f"{path.name} is neither a kustomization resource nor generated"
+    assert EXAMPLE_SECRET.is_file()
+
+
+def _schema_cases() -> Iterator[Any]:
+    docs = [*objects(), *_yaml_docs(EXAMPLE_SECRET)]
+    for doc in docs:
+        for version in K8S_VERSIONS:
+            yield pytest.param(
+                doc, version, id=f"{doc['kind']}/{doc['metadata']['name']}@{version}"
+            )
+
+
+@pytest.mark.parametrize(("doc", "version"), list(_schema_cases()))
+def test_manifest_matches_kubernetes_schema(doc: dict[str, Any], version: str) -> None:
+    kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_everything_in_one_namespace_that_is_created() -> None:
+    ns = kustomization()["namespace"]
+    assert find("Namespace", ns), f"no Namespace {ns} among the resources"
+    for obj in objects():
+        if obj["kind"] != "Namespace":
+            assert namespace_of(obj) == ns, f"{obj['kind']}/{obj['metadata']['name']}"
+    assert router_defaults.CONFIG_PATH_IN_CONTAINER  # imported facts exist
+    assert sidecar_defaults.ROUTER_ADDRESS.split(":")[0].split(".")[1] == ns
+
+
+# --------------------------------------------------------------------------- router
+
+
+def test_router_container_ports_are_the_code_defaults() -> None:
+    _, c = router()
+    ports = container_ports(c)
+    assert ports.get("grpc") == router_defaults.GRPC_PORT
+    assert ports.get("http") == router_defaults.HTTP_PORT
+
+
+def test_router_command_line_matches_ports_and_catalog_mount() -> None:
+    owner, c = router()
+    args = program(c)
+    config = flag(args, "--config") or env_value(c, router_defaults.ENV_CONFIG)
+    assert config == router_defaults.CONFIG_PATH_IN_CONTAINER
+    assert_catalog_file(owner, c, config)
+    for name, default, env in (
+        ("--grpc-port", router_defaults.GRPC_PORT, router_defaults.ENV_GRPC_PORT),
+        ("--http-port", router_defaults.HTTP_PORT, router_defaults.ENV_HTTP_PORT),
+    ):
+        value = flag(args, name) or env_value(c, env)
+        assert value is None or int(value) == default, (
+            f"{name}={value} but the pod declares {default}"
+        )
+
+
+def test_router_grpc_probes_target_the_grpc_port_and_health_service() -> None:
+    _, c = router()
+    service = router_health_service()
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        probe = c.get(kind)
+        assert probe and "grpc" in probe, f"router needs a native grpc {kind}"
+        assert probe["grpc"]["port"] == router_defaults.GRPC_PORT, kind
+        assert probe["grpc"].get("service", "") in ("", service), kind
+    assert c["readinessProbe"]["grpc"]["service"] == service, (
+        "readiness must ask for the Router service"
+    )
+
+
+def test_router_rollout_and_shutdown() -> None:
+    owner, c = router()
+    spec = owner["spec"]
+    assert spec["replicas"] >= 2
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert selects(spec["selector"], pod_labels(owner))
+    pod = pod_spec(owner)
+    assert pod.get("topologySpreadConstraints") or pod.get("affinity", {}).get("podAntiAffinity")
+    pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    # The router drains in-flight RPCs for Settings.drain_seconds after SIGTERM.
+    drain = router_app.Settings(config_path=router_defaults.CONFIG_PATH_IN_CONTAINER).drain_seconds
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace > pre_stop + drain, (
+        f"grace {grace}s must exceed preStop {pre_stop}s + drain {drain}s"
+    )
+
+
+def test_prometheus_annotations_point_at_metrics() -> None:
+    owner, _ = router()
+    annotations = owner["spec"]["template"]["metadata"].get("annotations", {})
+    assert annotations.get("prometheus.io/scrape") == "true", "the router must be scraped"
+    for o in pod_owners():
+        ann = o["spec"]["template"]["metadata"].get("annotations", {})
+        if ann.get("prometheus.io/scrape") != "true":
+            continue
+        assert ann.get("prometheus.io/path") == "/metrics"
+        port = int(ann["prometheus.io/port"])
+        declared = {p for c in all_containers(o) for p in container_ports(c).values()}
+        assert port in declared, (
+            f"{o['metadata']['name']}: scrape port {port} is not a container port"
+        )
+        # A loopback-only listener (the sidecar) cannot be scraped from outside the pod.
+        for c in running(o, SIDECAR_SCRIPT):
+            assert port not in container_ports(c).values()
+    assert int(annotations["prometheus.io/port"]) == router_defaults.HTTP_PORT
+
+
+def test_service_routes_named_ports_to_router_container() -> None:
+    owner, c = router()
+    ports = container_ports(c)
+    services = [s for s in find("Service") if service_selects(s, pod_labels(owner))]
+    assert len(services) == 1
+    (svc,) = services
+    assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"
+    by_name = {p["name"]: p for p in svc["spec"]["ports"]}
+    for name, expected, proto in (
+        ("grpc", router_defaults.GRPC_PORT, "grpc"),
+        ("http", router_defaults.HTTP_PORT, "http"),
+    ):
+        port = by_name[name]
+        target = port.get("targetPort", port["port"])
+        assert (ports[target] if isinstance(target, str) else target) == expected, name
+        assert port.get("appProtocol") == proto, name
+    for o in pod_owners():
+        if o is not owner:
+            assert not service_selects(svc, pod_labels(o)), "Service selects other pods"
+
+
+def test_pdb_keeps_one_router_without_blocking_drains() -> None:
+    owner, _ = router()
+    (pdb,) = [
+        p for p in find("PodDisruptionBudget") if selects(p["spec"]["selector"], pod_labels(owner))
+    ]
+    assert 1 <= pdb["spec"]["minAvailable"] < owner["spec"]["replicas"]
+
+
+# --------------------------------------------------------------------------- network policy
+
+
+def _peer_admits(peer: dict[str, Any], labels: dict[str, str], ns: str, policy_ns: str) -> bool:
+    if "ipBlock" in peer:
+        return False
+    if "namespaceSelector" in peer:
+        ns_ok = selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": ns})
+    else:
+        ns_ok = ns == policy_ns
+    return ns_ok and selects(peer.get("podSelector", {}), labels)
+
+
+def _rules_for(policy: dict[str, Any], port: int) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in policy["spec"].get("ingress", [])
+        if any(p.get("port") == port for p in r.get("ports", []))
+    ]
+
+
+def test_network_policy_admits_only_sidecars_to_grpc_and_monitoring_to_http() -> None:
+    router_owner, router_c = router()
+    app_owner, _ = sidecar()
+    (policy,) = [
+        p
+        for p in find("NetworkPolicy")
+        if selects(p["spec"]["podSelector"], pod_labels(router_owner))
+    ]
+    assert match_labels(policy["spec"]["podSelector"]), "an empty podSelector would pick every pod"
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    policy_ns = namespace_of(policy)
+
+    grpc_rules = _rules_for(policy, router_defaults.GRPC_PORT)
+    assert grpc_rules, "no ingress rule for the gRPC port"
+    for rule in grpc_rules:
+        assert rule.get("from"), "the gRPC port must not be open to everyone"
+        for peer in rule["from"]:
+            assert match_labels(peer.get("podSelector", {})), (
+                "gRPC peers must be selected by pod label"
+            )
+    admitted = [
+        peer
+        for rule in grpc_rules
+        for peer in rule["from"]
+        if _peer_admits(peer, pod_labels(app_owner), namespace_of(app_owner), policy_ns)
+    ]
+    assert admitted, "the example app's pod labels are not admitted to the router's gRPC port"
+    # A pod without the sidecar label (e.g. the router itself) is not admitted.
+    assert not any(
+        _peer_admits(peer, pod_labels(router_owner), namespace_of(router_owner), policy_ns)
+        for rule in grpc_rules
+        for peer in rule["from"]
+    )
+
+    http_rules = _rules_for(policy, router_defaults.HTTP_PORT)
+    assert http_rules, "no ingress rule for the HTTP (metrics) port"
+    for rule in http_rules:
+        assert rule.get("from"), "the HTTP port must not be open to everyone"
+        for peer in rule["from"]:
+            assert "kubernetes.io/metadata.name" in match_labels(peer.get("namespaceSelector", {}))
+
+    allowed = {p.get("port") for r in policy["spec"]["ingress"] for p in r.get("ports", [])}
+    assert allowed <= set(container_ports(router_c).values()), (
+        f"policy opens unknown ports {allowed}"
+    )
+
+
+# --------------------------------------------------------------------------- sidecar & example app
+
+
+def test_sidecar_is_a_native_sidecar_init_container() -> None:
+    owner, c = sidecar()
+    assert c in pod_spec(owner).get("initContainers", []), "the sidecar must be an initContainer"
+    assert c.get("restartPolicy") == "Always"
+
+
+def test_sidecar_dials_the_router_service_grpc_port() -> None:
+    _, c = sidecar()
+    args = program(c)
+    address = flag(args, "--router") or env_value(c, sidecar_defaults.ENV_ROUTER)
+    address = address or sidecar_defaults.ROUTER_ADDRESS
+    host, _, port = address.rpartition(":")
+    parts = host.split(".")
+    assert len(parts) >= 2 and (len(parts) == 2 or parts[2] == "svc"), (
+        f"{host} is not a Service name"
+    )
+    name, ns = parts[0], parts[1]
+    services = [s for s in find("Service", name) if namespace_of(s) == ns]
+    assert services, f"no Service {name} in namespace {ns}"
+    (svc,) = services
+    (svc_port,) = [p for p in svc["spec"]["ports"] if p["port"] == int(port)]
+    router_owner, router_c = router()
+    assert service_selects(svc, pod_labels(router_owner))
+    target = svc_port.get("targetPort", svc_port["port"])
+    target = container_ports(router_c)[target] if isinstance(target, str) else target
+    assert target == router_defaults.GRPC_PORT
+
+
+def test_sidecar_listens_where_the_probes_and_the_app_look() -> None:
+    owner, c = sidecar()
+    args = program(c)
+    listen = flag(args, "--listen") or env_value(c, sidecar_defaults.ENV_LISTEN)
+    expected = f"{sidecar_defaults.LISTEN_HOST}:{sidecar_defaults.LISTEN_PORT}"
+    assert listen in (None, expected)
+    assert sidecar_defaults.LISTEN_PORT in container_ports(c).values()
+
+    fallback = flag(args, "--fallback-catalog") or env_value(
+        c, sidecar_defaults.ENV_FALLBACK_CATALOG
+    )
+    assert fallback, "the sidecar should get the catalog as its fallback"
+    assert_catalog_file(owner, c, fallback)
+
+    base = f"http://{sidecar_defaults.LISTEN_HOST}:{sidecar_defaults.LISTEN_PORT}"
+    app_scripts = [" ".join(argv(x)) for x in pod_spec(owner)["containers"]]
+    assert any(f"{base}/v1/chat/completions" in s for s in app_scripts), (
+        "the app must call the sidecar"
+    )
+    models = set(load_catalog(K8S / "catalog.yaml").models)
+    called = {m for s in app_scripts for m in re.findall(r'"model":\s*"([^"]+)"', s)}
+    assert called and called <= models, f"the app asks for {called}, the catalog has {models}"
+
+
+def _probe_url(probe: dict[str, Any]) -> tuple[str | None, int, str]:
+    if "httpGet" in probe:
+        get = probe["httpGet"]
+        return get.get("host"), get["port"], get.get("path", "/")
+    assert "exec" in probe, f"unsupported probe {probe}"
+    (url,) = [a for a in probe["exec"]["command"] if a.startswith("http://")]
+    parts = urlsplit(url)
+    return parts.hostname, parts.port or 80, parts.path
+
+
+def test_sidecar_probes_use_readyz_and_healthz_on_the_listen_port() -> None:
+    _, c = sidecar()
+    venv = dockerfile()["env"].get("VIRTUAL_ENV")
+    for kind, path in (
+        ("startupProbe", "/readyz"),
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+    ):
+        probe = c.get(kind)
+        assert probe, f"sidecar needs a {kind}"
+        host, port, got = _probe_url(probe)
+        assert (port, got) == (sidecar_defaults.LISTEN_PORT, path), kind
+        if "httpGet" in probe:
+            # The kubelet dials the pod IP, which a loopback-only listener never answers.
+            assert not sidecar_defaults.LISTEN_HOST.startswith("127."), f"{kind} cannot use httpGet"
+        else:
+            assert host == sidecar_defaults.LISTEN_HOST, kind
+            exe = probe["exec"]["command"][0]
+            assert venv and PurePosixPath(exe).is_relative_to(venv), (
+                f"{exe} is not in the image's venv"
+            )
+
+
+def test_sidecar_reads_provider_keys_from_the_secret() -> None:
+    _, c = sidecar()
+    refs = [e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e]
+    (secret,) = _yaml_docs(EXAMPLE_SECRET)
+    assert secret["kind"] == "Secret"
+    assert refs == [secret["metadata"]["name"]]
+    keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    needed = {p.api_key_env for p in load_catalog(K8S / "catalog.yaml").providers.values()}
+    assert needed <= keys, f"example Secret lacks {sorted(needed - keys)}"
+
+
+# --------------------------------------------------------------------------- all pods, image
+
+
+def test_env_var_names_are_ones_the_code_reads() -> None:
+    known = {
+        v
+        for mod in (router_defaults, sidecar_defaults)
+        for k, v in vars(mod).items()
+        if k.startswith("ENV_")
+    }
+    # Every other sidecar setting is read from SIDECAR_<FIELD NAME>.
+    known |= {f"SIDECAR_{f.name.upper()}" for f in dataclasses.fields(SidecarSettings)}
+    for o in pod_owners():
+        for c in all_containers(o):
+            for var in c.get("env", []):
+                if var["name"].startswith(("ROUTER_", "SIDECAR_")):
+                    assert var["name"] in known, f"{c['name']}: unknown setting {var['name']}"
+
+
+def test_every_container_is_locked_down_and_sized() -> None:
+    for o in pod_owners():
+        pod_sc = pod_spec(o).get("securityContext", {})
+        for c in all_containers(o):
+            sc = c.get("securityContext", {})
+            where = f"{o['metadata']['name']}/{c['name']}"
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert "ALL" in sc.get("capabilities", {}).get("drop", []), where
+            assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, where
+            seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {}))
+            assert seccomp.get("type") == "RuntimeDefault", where
+            res = c.get("resources", {})
+            assert {"cpu", "memory"} <= set(res.get("requests", {})), where
+            assert "memory" in res.get("limits", {}), where
+
+
+def test_our_containers_run_as_the_dockerfile_user() -> None:
+    uid, gid = dockerfile_uid_gid()
+    ours = [(o, c) for o in pod_owners() for c in all_containers(o) if is_our_image(c)]
+    assert ours
+    for o, c in ours:
+        pod_sc = pod_spec(o).get("securityContext", {})
+        sc = c.get("securityContext", {})
+        assert sc.get("runAsUser", pod_sc.get("runAsUser")) == uid, c["name"]
+        # A pod-level value that a container overrides is still a trap for the next container.
+        assert pod_sc.get("runAsUser", uid) == uid, o["metadata"]["name"]
+        if gid is not None:
+            assert sc.get("runAsGroup", pod_sc.get("runAsGroup", gid)) == gid, c["name"]
+            assert pod_sc.get("runAsGroup", gid) == gid, o["metadata"]["name"]
+
+
+def test_images_match_the_kustomization_and_the_project_version() -> None:
+    (entry,) = kustomization()["images"]
+    assert entry["newTag"] == project()["version"]
+    for o in pod_owners():
+        for c in all_containers(o):
+            if is_our_image(c):
+                assert c["image"] == f"{entry['name']}:{entry['newTag']}", c["name"]
+
+
+def test_console_scripts_in_manifests_and_dockerfile_exist() -> None:
+    scripts = set(project()["scripts"])
+    used = {program(c)[0] for o in pod_owners() for c in all_containers(o) if is_our_image(c)}
+    assert {ROUTER_SCRIPT, SIDECAR_SCRIPT} <= used
+    assert used <= scripts, f"manifests run {used - scripts}, not console scripts"
+    info = dockerfile()
+    assert info["entrypoint"], "ENTRYPOINT must be set (exec form) so args name the script"
+    cmd = info["cmd"]
+    assert cmd and cmd[0] in scripts
+    assert flag(cmd, "--config") == router_defaults.CONFIG_PATH_IN_CONTAINER
+    venv = info["env"].get("VIRTUAL_ENV")
+    assert venv and info["env"]["PATH"].split(":")[0] == f"{venv}/bin", "venv bin must lead PATH"
+    expected = {router_defaults.GRPC_PORT, router_defaults.HTTP_PORT, sidecar_defaults.LISTEN_PORT}
+    assert info["expose"] == expected
+
+
+def test_k8s_catalog_matches_the_example_catalog() -> None:
+    """kustomize cannot read outside k8s/, so the catalog is a copy; it must not drift."""
+    from router_service.catalog import load_catalog
+
+    assert load_catalog(ROOT / "k8s" / "catalog.yaml") == load_catalog(
+        ROOT / "router_service" / "examples" / "catalog.yaml"
+    )
