@@ -12,8 +12,11 @@ Pipeline (DESIGN.md, "Ranking semantics"):
    ``ignore``, ``zero_data_retention``, max input price, max output price, then
    health (EJECTED, or PROBING without a free probe permit). Panic: if the
    health filter alone removed every remaining candidate, the health-excluded
-   ones are returned anyway, least-recently-failed first. The preference
-   filters are never undone by panic (a ZDR request never sees a non-ZDR host).
+   ones are returned anyway, least-recently-failed first (``panic`` flag,
+   strategy "panic", each carrying its health reason as ``deprioritized``).
+   The preference filters are never undone by panic: a ZDR request never
+   sees a non-ZDR host, and preferences filtering everything gives an empty
+   ``ranked`` (the server's error), not panic.
 3. Every candidate gets a tier; the result is tier by tier, and inside a tier
    ``order`` providers first (in ``order`` order), then the rest:
    tier 0 fine; 1 missed a soft preference; 2 no data for the sort metric;
@@ -22,9 +25,17 @@ Pipeline (DESIGN.md, "Ranking semantics"):
 4. The rest of a tier is ordered by ``sort`` (cost / ttft ascending, tps
    descending) with near-ties (within ``near_tie_tolerance`` of the best value
    of their cluster) shuffled; without ``sort`` it is a weighted random order
-   (load balance), and without ``order`` either, an ``exploration_share`` of
-   requests put one thin- or stale-data healthy endpoint first.
-5. ``allow_fallbacks=False`` keeps only the first endpoint.
+   (load balance). Without ``order`` either (strategy "load_balance"), an
+   ``exploration_share`` of requests put one healthy, otherwise-undemoted
+   endpoint with thin data (< ``min_samples`` TTFT samples in 5m) or stale
+   data (no sample, or the last older than ``stale_after_s``) first, chosen
+   uniformly among such endpoints (``exploration`` flag + reason).
+5. ``allow_fallbacks=False`` keeps only the first endpoint; the others are
+   excluded with "fallbacks_disabled" (and no probe permit is asked for them).
+
+Percentiles are literal quantiles of the metric: ``percentile=0.9`` ranks by
+the p90 TTFT (slow tail) and by the p90 throughput (fast tail), the same
+numbers the metrics API reports.
 
 Metrics come from the 5-minute window when it has ``min_samples`` samples,
 else from the 1-hour window when it has ``min_samples_1h``, else "none".
@@ -67,7 +78,6 @@ from router_service.model import (
 )
 from router_service.ranking import result as r
 from router_service.ranking.filters import (
-    Prep,
     degraded_reason,
     hard_filter,
     no_data_reason,
@@ -84,8 +94,10 @@ from router_service.ranking.ordering import (
     TIER_OK,
     TIER_PROBING,
     TIER_SOFT,
+    Row,
     lb_weights,
     order_positions,
+    sort_keys,
 )
 from router_service.ranking.request import (
     DEFAULT_CONFIG,
@@ -114,15 +126,15 @@ def _strategy(request: RoutingRequest) -> str:
     return r.STRATEGY_SORT if request.sort is not None else r.STRATEGY_LOAD_BALANCE
 
 
-def _panic_key(ph: tuple[Prep, HealthView]) -> tuple[float, float, int]:
+def _panic_key(row: Row) -> tuple[float, float, int]:
     """Least-recently-failed first (never failed before any failure), then catalog order."""
-    hv = ph[1]
+    hv: HealthView = row[1]
     last = hv.last_failure_at
     until = hv.ejected_until
     return (
         -math.inf if last is None else last,
         -math.inf if until is None else until,
-        ph[0][0],
+        row[0][0],
     )
 
 
@@ -153,40 +165,15 @@ def rank(
     order_pos = {name: i for i, name in enumerate(request.order)} if request.order else {}
     strategy = _strategy(request)
 
-    # 1-2. Candidates and hard filters.
+    # 1-2. Candidates, hard filters, and one metrics row per survivor:
+    # (prep, health, stats, ttft, ttft window, ttft samples, tps, tps window, tps samples,
+    #  uptime, cost). Computed for unhealthy endpoints too, for panic mode.
     only = request.only
     ignore = request.ignore
     zdr = request.zero_data_retention
     max_in = request.max_input_price
     max_out = request.max_output_price
     filtering = only is not None or bool(ignore) or zdr or max_in is not None or max_out is not None
-    excluded: list[Exclusion] = []
-    live: list[tuple[Prep, HealthView]] = []
-    unhealthy: list[tuple[Prep, HealthView]] = []
-    hget = health.get
-    for p in prepare(model):
-        if filtering:
-            reason = hard_filter(p, only, ignore, zdr, max_in, max_out)
-            if reason is not None:
-                excluded.append(Exclusion(p[1], reason))
-                continue
-        hv = hget(p[2], HEALTHY)
-        st = hv.state
-        if st is _EJECTED or (st is _PROBING and not hv.probe_available):
-            unhealthy.append((p, hv))
-        else:
-            live.append((p, hv))
-
-    panic = not live and bool(unhealthy)
-    if panic:
-        unhealthy.sort(key=_panic_key)
-        live = unhealthy
-        strategy = r.STRATEGY_PANIC
-    else:
-        for p, hv in unhealthy:
-            excluded.append(Exclusion(p[1], unhealthy_reason(hv, now, panic=False)))
-
-    # Per-candidate metrics: one row each.
     min5 = config.min_samples
     min1h = config.min_samples_1h
     in_tok = request.input_tokens
@@ -197,20 +184,53 @@ def rank(
     else:
         k = config.blend_output_weight
         fin, fout = 1.0 / (1.0 + k), k / (1.0 + k)
+    excluded: list[Exclusion] = []
+    live: list[Row] = []
+    unhealthy: list[Row] = []
+    hget = health.get
     sget = stats.get
-    rows = []
-    for p, _hv in live:
+    for p in prepare(model):
+        if filtering:
+            reason = hard_filter(p, only, ignore, zdr, max_in, max_out)
+            if reason is not None:
+                excluded.append(Exclusion(p[1], reason))
+                continue
+        hv = hget(p[2], HEALTHY)
         s = sget(p[2], EMPTY_STATS)
         t, tw, tc = pick(s.ttft_5m, s.ttft_1h, q, min5, min1h)
         v, vw, vc = pick(s.tps_5m, s.tps_1h, q, min5, min1h)
         u = s.uptime_1h
         a = u.attempts
-        rows.append(
-            (t, tw, tc, v, vw, vc, u.successes / a if a else None, p[5] * fin + p[6] * fout, s)
+        row = (
+            p,
+            hv,
+            s,
+            t,
+            tw,
+            tc,
+            v,
+            vw,
+            vc,
+            u.successes / a if a else None,
+            p[5] * fin + p[6] * fout,
         )
+        st = hv.state
+        if st is _EJECTED or (st is _PROBING and not hv.probe_available):
+            unhealthy.append(row)
+        else:
+            live.append(row)
+
+    panic = not live and bool(unhealthy)
+    if panic:
+        unhealthy.sort(key=_panic_key)
+        live = unhealthy
+        strategy = r.STRATEGY_PANIC
+    else:
+        for row in unhealthy:
+            excluded.append(Exclusion(row[0][1], unhealthy_reason(row[1], now, panic=False)))
 
     # Load-balance weights, when no sort decides the non-`order` part.
-    weights = lb_weights(rows, config) if sort is None and not panic else None
+    weights = lb_weights(live, config) if sort is None and not panic else None
 
     # Tiers, deprioritization reasons, and the ranked entries (in candidate order).
     pref_ttft = request.preferred_max_ttft_ms
@@ -219,8 +239,7 @@ def rank(
     sort_tps = sort is Sort.TPS
     entries: list[RankedEndpoint] = []
     tiers: list[int] = []
-    for i, (p, hv) in enumerate(live):
-        t, tw, tc, v, vw, vc, up, cost, _s = rows[i]
+    for i, (p, hv, _s, t, tw, tc, v, vw, vc, up, cost) in enumerate(live):
         st = hv.state
         tier = TIER_OK
         reason: Reason | None = None
@@ -263,29 +282,32 @@ def rank(
     if panic:
         positions = list(range(len(live)))
     else:
-        names = [p[3] for p, _hv in live] if order_pos else []
+        names = [row[0][3] for row in live] if order_pos else []
+        keys = None if sort is None else sort_keys(live, sort)
         positions = order_positions(
-            names, entries, tiers, order_pos, sort, weights, config.near_tie_tolerance, rng
+            names, tiers, order_pos, keys, weights, config.near_tie_tolerance, rng
         )
 
     # Exploration (load balance only): sometimes put a thin/stale healthy endpoint first.
     exploration_reason: Reason | None = None
-    if strategy == r.STRATEGY_LOAD_BALANCE and config.exploration_share > 0:
+    # The coin is tossed first so the pool scan costs nothing on the other 95% of requests.
+    share = config.exploration_share
+    if strategy == r.STRATEGY_LOAD_BALANCE and share > 0 and rng.random() < share:
         stale_after = config.stale_after_s
         pool = []
-        for i, (_p, hv) in enumerate(live):
-            if tiers[i] != TIER_OK or hv.state is not _HEALTHY:
+        for i, row in enumerate(live):
+            if tiers[i] != TIER_OK or row[1].state is not _HEALTHY:
                 continue
-            s = rows[i][8]
+            s = row[2]
             last = s.last_sample_at
             if s.ttft_5m.count < min5 or last is None or now - last > stale_after:
                 pool.append(i)
-        if pool and rng.random() < config.exploration_share:
+        if pool:
             chosen = pool[rng.randrange(len(pool))] if len(pool) > 1 else pool[0]
             positions.remove(chosen)
             positions.insert(0, chosen)
             exploration_reason = _exploration_reason(
-                live[chosen][0][3], rows[chosen][8], now, min5, stale_after
+                live[chosen][0][3], live[chosen][2], now, min5, stale_after
             )
             e = entries[chosen]
             entries[chosen] = make_ranked(

@@ -10,7 +10,6 @@ import random
 from collections.abc import Sequence
 
 from router_service.ranking.request import RankingConfig, Sort
-from router_service.ranking.result import RankedEndpoint
 
 #: Tiers, best first. ``order`` providers can only be in OK, DEGRADED or PROBING.
 N_TIERS = 5
@@ -18,17 +17,23 @@ TIER_OK, TIER_SOFT, TIER_NODATA, TIER_DEGRADED, TIER_PROBING = range(N_TIERS)
 
 _log = math.log
 
-#: Row of per-candidate metrics: (ttft, ttft window, ttft samples, tps, tps window,
-#: tps samples, uptime, cost, stats).
+#: Per-candidate row: (prep, health view, stats, ttft, ttft window, ttft samples,
+#: tps, tps window, tps samples, uptime, cost). A plain tuple: rank() builds 8 per call.
 Row = tuple
 
 
 def lb_weights(rows: Sequence[Row], config: RankingConfig) -> list[float]:
     """The load-balance weight of each candidate (formula in the core module docstring)."""
-    cmin = min((row[7] for row in rows if row[7] > 0), default=0.0)
-    tmin = min((row[0] for row in rows if row[0] is not None), default=None)
-    if tmin is not None:
-        tmin = max(tmin, 1e-3)
+    cmin = math.inf
+    tmin = math.inf
+    for row in rows:
+        c = row[10]
+        t = row[3]
+        if 0 < c < cmin:
+            cmin = c
+        if t is not None and t < tmin:
+            tmin = t
+    tmin = max(tmin, 1e-3)
     pe = config.lb_price_exponent
     te = config.lb_ttft_exponent
     ue = config.lb_uptime_exponent
@@ -36,11 +41,11 @@ def lb_weights(rows: Sequence[Row], config: RankingConfig) -> list[float]:
     floor = config.lb_min_weight
     out = []
     for row in rows:
-        c = row[7]
-        t = row[0]
-        u = row[6]
-        pf = 1.0 if c <= 0 or cmin <= 0 else (cmin / c) ** pe
-        lf = unknown if t is None or tmin is None else (tmin / max(t, 1e-3)) ** te
+        c = row[10]
+        t = row[3]
+        u = row[9]
+        pf = 1.0 if c <= 0 else (cmin / c) ** pe  # c > 0 implies a finite cmin
+        lf = unknown if t is None else (tmin / (t if t > 1e-3 else 1e-3)) ** te
         uf = 1.0 if u is None else u**ue
         w = pf * lf * uf
         out.append(w if w > floor else floor)
@@ -57,6 +62,7 @@ def near_tie_order(known: list[tuple[float, int]], tol: float, rng: random.Rando
     n = len(known)
     if n == 1:
         return [known[0][1]]
+    rnd = rng.random
     out: list[int] = []
     i = 0
     while i < n:
@@ -67,32 +73,26 @@ def near_tie_order(known: list[tuple[float, int]], tol: float, rng: random.Rando
             j += 1
         if j - i == 1:
             out.append(known[i][1])
-        else:
-            group = [k[1] for k in known[i:j]]
-            rng.shuffle(group)
-            out.extend(group)
+        elif j - i == 2:
+            a, b = known[i][1], known[i + 1][1]
+            out.extend((a, b) if rnd() < 0.5 else (b, a))
+        else:  # uniform shuffle via random sort keys (C-level random(), unlike rng.shuffle)
+            group = [(rnd(), k[1]) for k in known[i:j]]
+            group.sort()
+            out.extend(g[1] for g in group)
         i = j
     return out
 
 
-def _sort_key(e: RankedEndpoint, sort: Sort) -> float | None:
-    if sort is Sort.COST:
-        return e.cost_usd
-    if sort is Sort.TTFT:
-        return e.ttft_ms
-    return None if e.tps is None else -e.tps
-
-
 def _order_rest(
-    rest: list[int],
-    entries: Sequence[RankedEndpoint],
-    sort: Sort | None,
+    rest: Sequence[int],
+    keys: Sequence[float | None] | None,
     weights: Sequence[float] | None,
     tol: float,
     rng: random.Random,
 ) -> list[int]:
-    """The non-`order` part of one tier: by sort (near-ties shuffled) or weighted random."""
-    if sort is None:
+    """The non-`order` part of one tier: by sort key (near-ties shuffled) or weighted random."""
+    if keys is None:
         assert weights is not None
         rnd = rng.random
         # Efraimidis-Spirakis: ascending Exp(1)/w is a weighted draw without replacement.
@@ -102,7 +102,7 @@ def _order_rest(
     known: list[tuple[float, int]] = []
     unknown: list[int] = []
     for i in rest:
-        k = _sort_key(entries[i], sort)
+        k = keys[i]
         if k is None:
             unknown.append(i)
         else:
@@ -114,20 +114,31 @@ def _order_rest(
     return out
 
 
+def sort_keys(rows: Sequence[Row], sort: Sort) -> list[float | None]:
+    """Ascending keys for ``sort``: cost, ttft, or negated tps (None = no data)."""
+    if sort is Sort.COST:
+        return [row[10] for row in rows]
+    if sort is Sort.TTFT:
+        return [row[3] for row in rows]
+    return [None if row[6] is None else -row[6] for row in rows]
+
+
 def order_positions(
     names: Sequence[str],
-    entries: Sequence[RankedEndpoint],
     tiers: Sequence[int],
     order_pos: dict[str, int],
-    sort: Sort | None,
+    keys: Sequence[float | None] | None,
     weights: Sequence[float] | None,
     tol: float,
     rng: random.Random,
 ) -> list[int]:
-    """Candidate indices in execution order: tier by tier, `order` first, then the rest."""
-    n = len(entries)
+    """Candidate indices in execution order: tier by tier, `order` first, then the rest.
+
+    ``keys`` (sort strategies) or ``weights`` (load balance) order the rest.
+    """
+    n = len(tiers)
     if not order_pos and max(tiers, default=0) == TIER_OK:  # the common case
-        return _order_rest(list(range(n)), entries, sort, weights, tol, rng)
+        return _order_rest(range(n), keys, weights, tol, rng)
     out: list[int] = []
     for tier in range(N_TIERS):
         ordered: list[tuple[int, int]] = []
@@ -144,5 +155,5 @@ def order_positions(
             ordered.sort()
             out.extend(i for _, i in ordered)
         if rest:
-            out.extend(_order_rest(rest, entries, sort, weights, tol, rng))
+            out.extend(_order_rest(rest, keys, weights, tol, rng))
     return out

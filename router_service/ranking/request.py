@@ -88,7 +88,8 @@ class RoutingRequest:
     ``max_input_price`` / ``max_output_price`` (USD per million tokens).
     Order: ``order`` providers first, the rest by ``sort`` at ``percentile``.
     Soft preferences (a miss moves the endpoint down, never drops it):
-    ``preferred_max_ttft_ms``, ``preferred_min_tps``.
+    ``preferred_max_ttft_ms``, ``preferred_min_tps``, judged at ``percentile``.
+    ``percentile`` is a quantile in RANKING_QUANTILES (0.5 = p50).
     ``input_tokens`` / ``max_output_tokens`` turn prices into a per-request
     cost estimate; when both are 0 a blended price is used instead.
     """
@@ -124,17 +125,23 @@ class RoutingRequest:
             )
         order = self.order
         if order:
+            if not isinstance(order, tuple | list):
+                raise RankingInputError("order", "must be a sequence of provider names")
             _check_names("order", order)
             if len(set(order)) != len(order):
                 raise RankingInputError("order", "lists a provider more than once")
         only = self.only
         if only is not None:
+            if not isinstance(only, frozenset | set):
+                raise RankingInputError("only", "must be a set of provider names")
             _check_names("only", only)
             if not only:
                 raise RankingInputError(
                     "only", "must name at least one provider (leave it unset for no restriction)"
                 )
         ignore = self.ignore
+        if not isinstance(ignore, frozenset | set):
+            raise RankingInputError("ignore", "must be a set of provider names")
         if ignore:
             _check_names("ignore", ignore)
             if only is not None:
@@ -181,7 +188,9 @@ class RankingConfig:
     - ``blend_output_weight``: without token estimates, cost is the blended
       price ``(input + k * output) / (1 + k)`` per million tokens (k=3: chat
       workloads are output-heavy and output tokens dominate the bill).
-    - ``lb_*``: the load-balance weight (see ``router_service.ranking.core``).
+    - ``lb_*``: the load-balance weight ``max(lb_min_weight, (c_min/c)**price_exp
+      * (t_min/t)**ttft_exp * uptime**uptime_exp)``, unknown TTFT counting as
+      ``lb_unknown_ttft_factor`` (see ``router_service.ranking.core``).
     """
 
     near_tie_tolerance: float = 0.05
