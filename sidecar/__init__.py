@@ -1,1 +1,4 @@
-"""The sidecar: an OpenAI-compatible proxy on localhost that ranks, falls back, measures, reports."""
+"""The sidecar: an OpenAI-compatible proxy on localhost.
+
+It ranks, falls back, measures and reports every upstream attempt.
+"""

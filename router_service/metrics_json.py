@@ -1,0 +1,217 @@
+"""The JSON documents of the router's metrics API, built from RouterCore state.
+
+Why pure functions: the HTTP handlers only serialise what these return, so the
+shapes and the "not enough data" rule are tested without sockets, and the
+dashboard, the API and its tests agree on one definition.
+
+Shapes follow Vercel AI Gateway's endpoints API (``latency_last_1h`` and
+``throughput_last_1h`` with ``p50``/``p95``, in ms and tokens/s), so tools
+written against it read ours:
+
+* ``GET /v1/models`` → :func:`models_document`
+* ``GET /v1/models/{creator}/{name}/endpoints`` → :func:`endpoints_document`
+* ``GET /v1/models/{creator}/{name}/timeseries`` → :func:`timeseries_document`
+
+Too few samples: a percentile over a handful of values is noise (the P95 of
+three samples is just their maximum), and an uptime of "100 %" after two
+requests says nothing. So every rolling figure needs :data:`MIN_SAMPLES`
+observations in its window; below that it is ``null``, ``enough_data`` is
+false, and the dashboard prints "not enough data". The raw counts are always
+given, so a reader can see why a figure is missing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from router_service.catalog_model import Endpoint, Model
+from router_service.core import RouterCore
+from router_service.health import Transition
+from router_service.model import EndpointStats, HealthView, MetricSummary, Uptime
+from router_service.sketches.windows import HOUR, SeriesPoint
+
+#: Observations a window needs before its percentiles or uptime are published.
+MIN_SAMPLES = 5
+
+#: Health transitions returned with a model's endpoints (most recent last).
+TRANSITIONS_SHOWN = 20
+
+JSON = dict[str, Any]
+
+
+def _num(value: float | None, digits: int = 3) -> float | None:
+    """Round for display and map non-finite values to null (JSON has no NaN)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), digits)
+
+
+def percentiles(summary: MetricSummary) -> JSON | None:
+    """``{"p50", "p95"}`` of one metric, or None below MIN_SAMPLES."""
+    if summary.count < MIN_SAMPLES:
+        return None
+    p50, p95 = _num(summary.get(0.5)), _num(summary.get(0.95))
+    if p50 is None or p95 is None:
+        return None
+    return {"p50": p50, "p95": p95}
+
+
+def uptime_ratio(uptime: Uptime) -> float | None:
+    """Success ratio of a window, or None below MIN_SAMPLES attempts."""
+    if uptime.attempts < MIN_SAMPLES:
+        return None
+    return _num(uptime.ratio, 4)
+
+
+def endpoint_document(endpoint: Endpoint, stats: EndpointStats, view: HealthView) -> JSON:
+    """One provider's row: price, data policy, last-hour metrics, uptime and health."""
+    latency = percentiles(stats.ttft_1h)
+    throughput = percentiles(stats.tps_1h)
+    return {
+        "name": str(endpoint.key),
+        "provider_name": endpoint.provider.name,
+        "upstream_model": endpoint.upstream_model,
+        "pricing": {
+            "input_per_million": endpoint.input_price_per_mtok,
+            "output_per_million": endpoint.output_price_per_mtok,
+        },
+        "zero_data_retention": endpoint.provider.zero_data_retention,
+        "latency_last_1h": latency,
+        "throughput_last_1h": throughput,
+        "sample_size_last_1h": stats.ttft_1h.count,
+        "throughput_sample_size_last_1h": stats.tps_1h.count,
+        "uptime_last_15m": uptime_ratio(stats.uptime_15m),
+        "uptime_last_1h": uptime_ratio(stats.uptime_1h),
+        "uptime_last_1d": uptime_ratio(stats.uptime_1d),
+        "attempts": {
+            "last_15m": stats.uptime_15m.attempts,
+            "last_1h": stats.uptime_1h.attempts,
+            "last_1d": stats.uptime_1d.attempts,
+        },
+        "enough_data": latency is not None,
+        "last_sample_at": _num(stats.last_sample_at),
+        "status": view.state.value,
+        "status_reason": view.reason,
+        "status_since": _num(view.since) if view.since else None,
+        "ejected_until": _num(view.ejected_until),
+        "consecutive_failures": view.consecutive_failures,
+    }
+
+
+def transition_document(transition: Transition) -> JSON:
+    """One health state change, for the model page's event list."""
+    return {
+        "provider_name": transition.key.provider,
+        "from": transition.from_state.value,
+        "to": transition.to_state.value,
+        "reason": transition.reason,
+        "at": _num(transition.at),
+    }
+
+
+def endpoints_document(core: RouterCore, model: Model) -> JSON:
+    """``/v1/models/{id}/endpoints``: every catalog endpoint of the model, in catalog order."""
+    endpoints = [
+        endpoint_document(e, core.store.stats(e.key), core.health.view(e.key))
+        for e in model.endpoints
+    ]
+    keys = {e.key for e in model.endpoints}
+    transitions = [t for t in core.health.transitions() if t.key in keys][-TRANSITIONS_SHOWN:]
+    return {
+        "data": {
+            "id": model.id,
+            "object": "model",
+            "owned_by": model.id.split("/", 1)[0],
+            "min_samples": MIN_SAMPLES,
+            "generated_at": _num(core.clock()),
+            "catalog_version": core.catalog_version,
+            "endpoints": endpoints,
+            "health_events": [transition_document(t) for t in transitions],
+        }
+    }
+
+
+def model_summary(core: RouterCore, model: Model) -> JSON:
+    """One row of the model list: best P50 TTFT (lowest) and throughput (highest)."""
+    best_ttft: tuple[float, str] | None = None
+    best_tps: tuple[float, str] | None = None
+    status_counts: dict[str, int] = {}
+    for endpoint in model.endpoints:
+        stats = core.store.stats(endpoint.key)
+        name = endpoint.provider.name
+        latency = percentiles(stats.ttft_1h)
+        if latency is not None and (best_ttft is None or latency["p50"] < best_ttft[0]):
+            best_ttft = (latency["p50"], name)
+        throughput = percentiles(stats.tps_1h)
+        if throughput is not None and (best_tps is None or throughput["p50"] > best_tps[0]):
+            best_tps = (throughput["p50"], name)
+        state = core.health.view(endpoint.key).state.value
+        status_counts[state] = status_counts.get(state, 0) + 1
+    return {
+        "id": model.id,
+        "object": "model",
+        "owned_by": model.id.split("/", 1)[0],
+        "endpoint_count": len(model.endpoints),
+        "providers": [e.provider.name for e in model.endpoints],
+        "best_p50_ttft_ms": best_ttft[0] if best_ttft else None,
+        "best_p50_ttft_provider": best_ttft[1] if best_ttft else None,
+        "best_p50_throughput": best_tps[0] if best_tps else None,
+        "best_p50_throughput_provider": best_tps[1] if best_tps else None,
+        "status_counts": status_counts,
+    }
+
+
+def models_document(core: RouterCore) -> JSON:
+    """``/v1/models``: every catalog model, in catalog order, with its best P50s."""
+    return {
+        "object": "list",
+        "min_samples": MIN_SAMPLES,
+        "generated_at": _num(core.clock()),
+        "catalog_version": core.catalog_version,
+        "data": [model_summary(core, m) for m in core.catalog.models.values()],
+    }
+
+
+def series_point_document(point: SeriesPoint) -> JSON:
+    """One 5-minute bucket of the chart.
+
+    The same minimum applies per bucket, counted in successful attempts (the
+    ones that carry TTFT and throughput samples): a bucket with fewer has null
+    metrics, so the chart never plots a point the table calls "not enough data".
+    """
+    enough = point.successes >= MIN_SAMPLES
+    return {
+        "start": _num(point.start),
+        "end": _num(point.end),
+        "ttft_p50": _num(point.ttft_p50) if enough else None,
+        "ttft_p95": _num(point.ttft_p95) if enough else None,
+        "throughput_p50": _num(point.tps_p50) if enough else None,
+        "attempts": point.attempts,
+        "successes": point.successes,
+        "failures": point.failures,
+    }
+
+
+def timeseries_document(core: RouterCore, model: Model) -> JSON:
+    """``/v1/models/{id}/timeseries``: the last hour per provider, oldest bucket first."""
+    return {
+        "data": {
+            "id": model.id,
+            "window": "1h",
+            "bucket_seconds": HOUR.width,
+            "generated_at": _num(core.clock()),
+            "series": [
+                {
+                    "provider_name": e.provider.name,
+                    "points": [series_point_document(p) for p in core.store.timeseries(e.key)],
+                }
+                for e in model.endpoints
+            ],
+        }
+    }
+
+
+def not_found_document(message: str) -> JSON:
+    """The error body of every 404 under /v1 (OpenAI-style ``error`` object)."""
+    return {"error": {"message": message, "type": "not_found"}}

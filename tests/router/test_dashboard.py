@@ -1,0 +1,195 @@
+"""The dashboard in a real headless Chromium (Debian's package) driven by Playwright.
+
+Why a real browser: the pages are plain JS rendering the JSON API, so only a
+browser shows whether the list loads, sorting reorders rows, the model page
+shows every provider and "not enough data" instead of numbers, and whether
+the page refreshes live. Every request the page makes is checked to stay on
+the router (no CDN: the pages must work offline).
+
+Skipped only when chromium is missing outside CI; in CI (``CI`` set) a missing
+browser fails. Set ``DASHBOARD_SCREENSHOTS=/some/dir`` to keep screenshots.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from router_service.pb import router_pb2
+from tests.router.test_grpc_server import failure, outcome
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+GLM = "zai/glm-4.7"
+CATALOG_ORDER = [GLM, "openai/gpt-oss-120b", "meta/llama-3.3-70b", "moonshotai/kimi-k2"]
+
+if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
+    pytest.skip("chromium is not installed (scripts/setup --browser)", allow_module_level=True)
+
+playwright_api = pytest.importorskip("playwright.async_api")
+expect = playwright_api.expect
+
+
+def seeded_outcomes() -> list[router_pb2.Outcome]:
+    """Best P50s chosen so that TTFT order, throughput order and catalog order all differ."""
+    def many(provider: str, model: str, ttft: float, tps: float, n: int = 8) -> list:
+        return [outcome(provider, model=model, ttft_ms=ttft + i, tokens_per_second=tps)
+                for i in range(n)]
+
+    return [
+        *many("cerebras", GLM, 300.0, 1000.0),
+        *many("together", GLM, 500.0, 80.0),
+        *many("fireworks", GLM, 50.0, 3000.0, n=2),  # too few samples: "not enough data"
+        *[failure("baseten") for _ in range(6)],  # ejected
+        *many("groq", "openai/gpt-oss-120b", 100.0, 400.0),
+        *many("deepinfra", "meta/llama-3.3-70b", 200.0, 50.0),
+    ]
+
+
+@pytest.fixture
+async def page(router_app, router_stub) -> AsyncIterator:
+    """A fresh Chromium page on a router holding the seeded outcomes; offline-checked."""
+    ack = await router_stub.RecordOutcome(
+        router_pb2.RecordOutcomeRequest(outcomes=seeded_outcomes())
+    )
+    assert ack.rejected == 0
+    router_app.refresh_now()
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context(viewport={"width": 1400, "height": 900})
+            page = await context.new_page()
+            page.set_default_timeout(10_000)
+            router_host = urlsplit(router_app.http_url).netloc
+            foreign: list[str] = []
+            errors: list[str] = []
+            page.on("request", lambda r: urlsplit(r.url).netloc != router_host
+                    and foreign.append(r.url))
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            yield page
+            assert not foreign, f"the dashboard fetched off-router resources: {foreign}"
+            assert not errors, f"JavaScript errors: {errors}"
+        finally:
+            await browser.close()
+
+
+async def row_order(page, selector: str, attribute: str) -> list[str]:
+    return await page.locator(selector).evaluate_all(
+        f"rows => rows.map(r => r.getAttribute('{attribute}'))"
+    )
+
+
+async def screenshot(page, name: str) -> None:
+    folder = os.environ.get("DASHBOARD_SCREENSHOTS")
+    if folder:
+        await page.screenshot(path=str(Path(folder) / name), full_page=True)
+
+
+async def test_model_list_loads_and_sorts(router_app, page) -> None:
+    await page.goto(router_app.http_url + "/")
+    rows = page.locator("#models tbody tr[data-model-id]")
+    await expect(rows).to_have_count(4)
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    assert await row_order(page, "#models tbody tr", "data-model-id") == CATALOG_ORDER
+    glm = page.locator(f'tr[data-model-id="{GLM}"]')
+    await expect(glm.locator('td[data-col="ttft"]')).to_contain_text("304 ms")
+    await expect(glm.locator('td[data-col="ttft"]')).to_contain_text("via cerebras")
+    await expect(glm.locator('td[data-col="throughput"]')).to_contain_text("1000 tok/s")
+    kimi = page.locator('tr[data-model-id="moonshotai/kimi-k2"]')
+    await expect(kimi.locator('td[data-col="ttft"]')).to_have_text("not enough data")
+    await screenshot(page, "dashboard-list.png")
+
+    ttft = page.locator('th[data-sort="ttft"]')
+    await ttft.click()
+    await expect(ttft).to_have_attribute("aria-sort", "ascending")
+    assert await row_order(page, "#models tbody tr", "data-model-id") == [
+        "openai/gpt-oss-120b", "meta/llama-3.3-70b", GLM, "moonshotai/kimi-k2"]
+    await ttft.click()  # descending; no data stays last
+    assert await row_order(page, "#models tbody tr", "data-model-id") == [
+        GLM, "meta/llama-3.3-70b", "openai/gpt-oss-120b", "moonshotai/kimi-k2"]
+    await page.locator('th[data-sort="throughput"]').click()
+    assert await row_order(page, "#models tbody tr", "data-model-id") == [
+        GLM, "openai/gpt-oss-120b", "meta/llama-3.3-70b", "moonshotai/kimi-k2"]
+    # The sort survives the live refresh (the poll re-renders the rows).
+    refreshes = int(await page.locator("#status").get_attribute("data-refreshes"))
+    await expect(page.locator("#status")).not_to_have_attribute("data-refreshes", str(refreshes))
+    assert (await row_order(page, "#models tbody tr", "data-model-id"))[0] == GLM
+
+
+async def test_model_page_shows_every_provider(router_app, page) -> None:
+    await page.goto(router_app.http_url + "/")
+    await page.locator(f'tr[data-model-id="{GLM}"] a').click()
+    await page.wait_for_url(f"**/models/{GLM}")
+    rows = page.locator("#providers tbody tr[data-provider]")
+    await expect(rows).to_have_count(5)
+    catalog = [e.provider.name for e in router_app.core.catalog.models[GLM].endpoints]
+    assert sorted(await row_order(page, "#providers tbody tr", "data-provider")) == sorted(catalog)
+
+    cerebras = page.locator('tr[data-provider="cerebras"]')
+    await expect(cerebras.locator('td[data-col="ttft_p50"]')).to_have_text("304 ms")
+    await expect(cerebras.locator('td[data-col="uptime_1h"]')).to_have_text("100%")
+    await expect(cerebras.locator('td[data-col="samples"]')).to_have_text("8")
+    fireworks = page.locator('tr[data-provider="fireworks"]')
+    await expect(fireworks).to_have_attribute("data-enough-data", "false")
+    await expect(fireworks.locator('td[data-col="ttft"]')).to_have_text("not enough data")
+    baseten = page.locator('tr[data-provider="baseten"]')
+    await expect(baseten).to_have_attribute("data-status", "ejected")
+    await expect(baseten.locator('td[data-col="status"]')).to_contain_text("consecutive")
+    await expect(page.locator("#events li[data-provider=baseten]")).to_have_count(1)
+    # One line per provider with enough data (fireworks' 2 samples are not plotted either).
+    await expect(page.locator("#chart-ttft path[data-provider]")).to_have_count(2)
+    await expect(page.locator("#chart-throughput path[data-provider]")).to_have_count(2)
+    await expect(page.locator("#chart-ttft path[data-provider=fireworks]")).to_have_count(0)
+    await expect(page.locator("#legend span[data-provider]")).to_have_count(5)
+    await screenshot(page, "dashboard-model.png")
+
+    await page.locator('th[data-sort="ttft"]').click()
+    assert await row_order(page, "#providers tbody tr", "data-provider") == [
+        "cerebras", "together", "fireworks", "deepinfra", "baseten"]
+    await page.locator('th[data-sort="status"]').click()
+    assert (await row_order(page, "#providers tbody tr", "data-provider"))[-1] == "baseten"
+    await page.locator('th[data-sort="price"]').click()
+    assert (await row_order(page, "#providers tbody tr", "data-provider"))[0] == "deepinfra"
+
+
+async def test_model_page_refreshes_live(router_app, router_stub, page) -> None:
+    await page.goto(router_app.http_url + f"/models/{GLM}")
+    deepinfra = page.locator('tr[data-provider="deepinfra"]')
+    await expect(deepinfra).to_have_attribute("data-enough-data", "false")
+    await router_stub.RecordOutcome(router_pb2.RecordOutcomeRequest(outcomes=[
+        outcome("deepinfra", ttft_ms=120.0, tokens_per_second=250.0, started_at=time.time())
+        for _ in range(6)
+    ]))
+    # No reload: the page's own 2 s poll picks the new numbers up.
+    await expect(deepinfra).to_have_attribute("data-enough-data", "true")
+    await expect(deepinfra.locator('td[data-col="ttft_p50"]')).to_have_text("120 ms")
+    await expect(page.locator("#chart-ttft path[data-provider=deepinfra]")).to_have_count(1)
+
+
+async def test_fresh_router_dashboard_shows_not_enough_data(router_app) -> None:
+    """An empty store: every figure reads "not enough data", and nothing breaks."""
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(router_app.http_url + "/")
+            await expect(page.locator("#models tbody tr")).to_have_count(4)
+            await expect(page.locator("#models .nodata")).to_have_count(8)
+            await page.goto(router_app.http_url + f"/models/{GLM}")
+            await expect(page.locator("#providers tbody tr")).to_have_count(5)
+            await expect(page.locator("#providers td[data-col=ttft]")).to_have_count(5)
+            await expect(page.locator("#chart-ttft [data-empty]")).to_have_text("not enough data")
+            assert not errors
+        finally:
+            await browser.close()

@@ -1,0 +1,347 @@
+"""The router's HTTP side against a known set of outcomes sent over real gRPC.
+
+Why this shape: the JSON API and /metrics are read by dashboards, alerting and
+other tools, so these tests pin the documents' fields and the numbers in them
+(percentiles against numpy's exact ones, uptime ratios, health states) for a
+recorded set of outcomes, end to end through a real router on loopback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import grpc
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from router_service.catalog import load_catalog
+from router_service.core import RouterCore
+from router_service.grpc_api import RpcCounter
+from router_service.http_api import build_http_app
+from router_service.metrics_json import MIN_SAMPLES, endpoints_document, models_document
+from router_service.pb import router_pb2
+from tests.conftest import EXAMPLE_CATALOG, wait_for
+from tests.router.test_grpc_server import failure, outcome
+
+GLM = "zai/glm-4.7"
+OSS = "openai/gpt-oss-120b"
+
+CEREBRAS_TTFT = [100.0 + 10 * i for i in range(20)]
+CEREBRAS_TPS = [300.0 + 20 * i for i in range(20)]
+
+
+def recorded_outcomes() -> list[router_pb2.Outcome]:
+    """The known set: enough data, too little, failures, a client error, another model."""
+    batch = [
+        outcome("cerebras", ttft_ms=t, tokens_per_second=s)
+        for t, s in zip(CEREBRAS_TTFT, CEREBRAS_TPS, strict=True)
+    ]
+    for i in range(20):  # 20 successes and 2 failures, never in a row: stays healthy
+        batch.append(outcome("together", ttft_ms=400.0, tokens_per_second=80.0))
+        if i in (5, 15):
+            batch.append(failure("together"))
+    batch += [outcome("fireworks", ttft_ms=90.0, tokens_per_second=2000.0)] * (MIN_SAMPLES - 2)
+    batch.append(
+        router_pb2.Outcome(
+            model=GLM, provider="deepinfra", started_at=time.time(), success=False,
+            error_class=router_pb2.ERROR_CLASS_CLIENT_ERROR, http_status=400, duration_ms=5.0,
+        )
+    )
+    batch += [failure("baseten") for _ in range(6)]
+    batch += [outcome("groq", model=OSS, ttft_ms=150.0, tokens_per_second=900.0)] * 8
+    return batch
+
+
+@pytest.fixture
+async def http(router_app) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=router_app.http_url) as session:
+        yield session
+
+
+@pytest.fixture
+async def recorded(router_app, router_stub, http) -> dict[str, Any]:
+    """Send the known outcomes (plus one junk one and one NOT_FOUND rank), wait until visible."""
+    ack = await router_stub.RecordOutcome(
+        router_pb2.RecordOutcomeRequest(outcomes=recorded_outcomes())
+    )
+    assert ack.rejected == 0
+    junk = await router_stub.RecordOutcome(
+        router_pb2.RecordOutcomeRequest(outcomes=[outcome("groq")])  # groq does not serve GLM
+    )
+    assert junk.rejected == 1
+    with pytest.raises(grpc.aio.AioRpcError):
+        await router_stub.RankProviders(router_pb2.RankProvidersRequest(model="nobody/nothing"))
+
+    async def refreshed() -> dict[str, Any] | None:
+        async with http.get(f"/v1/models/{GLM}/endpoints") as response:
+            doc = await response.json()
+        rows = {e["provider_name"]: e for e in doc["data"]["endpoints"]}
+        return rows if rows["cerebras"]["sample_size_last_1h"] == 20 else None
+
+    return await wait_for(refreshed)
+
+
+async def get_json(http: aiohttp.ClientSession, path: str, status: int = 200) -> Any:
+    async with http.get(path) as response:
+        assert response.status == status, await response.text()
+        assert response.content_type == "application/json"
+        return await response.json()
+
+
+async def scrape(http: aiohttp.ClientSession) -> dict[tuple[str, frozenset], float]:
+    """/metrics as {(sample name, labels): value}, via prometheus_client's own parser."""
+    async with http.get("/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = await response.text()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def labels(**kv: str) -> frozenset:
+    return frozenset(kv.items())
+
+
+# -- the JSON API ---------------------------------------------------------------------
+
+
+async def test_endpoints_document_matches_recorded_outcomes(recorded) -> None:
+    rows = recorded
+    assert list(rows) == ["cerebras", "together", "fireworks", "deepinfra", "baseten"]
+
+    cerebras = rows["cerebras"]
+    assert cerebras["name"] == "cerebras | zai/glm-4.7"
+    assert cerebras["upstream_model"] == "zai-glm-4.7"
+    assert cerebras["pricing"] == {"input_per_million": 2.25, "output_per_million": 2.75}
+    assert cerebras["zero_data_retention"] is True
+    assert cerebras["enough_data"] is True
+    for field, values in (("latency_last_1h", CEREBRAS_TTFT), ("throughput_last_1h", CEREBRAS_TPS)):
+        assert set(cerebras[field]) == {"p50", "p95"}
+        assert cerebras[field]["p50"] == pytest.approx(np.quantile(values, 0.5), rel=0.02)
+        assert cerebras[field]["p95"] == pytest.approx(np.quantile(values, 0.95), rel=0.02)
+    assert cerebras["uptime_last_15m"] == cerebras["uptime_last_1h"] == 1.0
+    assert cerebras["uptime_last_1d"] == 1.0
+    assert cerebras["attempts"] == {"last_15m": 20, "last_1h": 20, "last_1d": 20}
+    assert cerebras["status"] == "healthy"
+
+    together = rows["together"]
+    assert together["latency_last_1h"] == {"p50": 400.0, "p95": 400.0}
+    assert together["throughput_last_1h"] == {"p50": 80.0, "p95": 80.0}
+    assert together["sample_size_last_1h"] == 20  # failures have no TTFT
+    assert together["uptime_last_1h"] == pytest.approx(20 / 22, abs=1e-4)
+    assert together["attempts"]["last_1h"] == 22
+    assert together["status"] == "healthy"
+
+    fireworks = rows["fireworks"]  # below the minimum: nulls, not numbers
+    assert fireworks["sample_size_last_1h"] == MIN_SAMPLES - 2
+    assert fireworks["enough_data"] is False
+    assert fireworks["latency_last_1h"] is None
+    assert fireworks["throughput_last_1h"] is None
+    assert fireworks["uptime_last_1h"] is None
+
+    deepinfra = rows["deepinfra"]  # one client error: the caller's fault, not an attempt
+    assert deepinfra["attempts"] == {"last_15m": 0, "last_1h": 0, "last_1d": 0}
+    assert deepinfra["uptime_last_1h"] is None
+    assert deepinfra["status"] == "healthy"
+
+    baseten = rows["baseten"]
+    assert baseten["status"] == "ejected"
+    assert "consecutive" in baseten["status_reason"]
+    assert baseten["ejected_until"] > time.time()
+    assert baseten["attempts"]["last_1h"] == 6
+    assert baseten["uptime_last_1h"] == 0.0
+    assert baseten["latency_last_1h"] is None
+
+
+async def test_endpoints_document_lists_health_events(recorded, http) -> None:
+    doc = await get_json(http, f"/v1/models/{GLM}/endpoints")
+    events = doc["data"]["health_events"]
+    expected = {"provider_name": "baseten", "from": "healthy", "to": "ejected"}
+    assert expected.items() <= events[-1].items()
+    assert doc["data"]["min_samples"] == MIN_SAMPLES
+
+
+async def test_models_list_has_best_p50_per_model(recorded, http) -> None:
+    doc = await get_json(http, "/v1/models")
+    assert doc["object"] == "list"
+    by_id = {m["id"]: m for m in doc["data"]}
+    assert list(by_id) == [GLM, OSS, "meta/llama-3.3-70b", "moonshotai/kimi-k2"]
+    glm = by_id[GLM]
+    assert glm["endpoint_count"] == 5
+    assert glm["providers"] == ["cerebras", "together", "fireworks", "deepinfra", "baseten"]
+    # fireworks is faster, but with too few samples it does not count.
+    assert glm["best_p50_ttft_ms"] == recorded["cerebras"]["latency_last_1h"]["p50"]
+    assert glm["best_p50_ttft_provider"] == "cerebras"
+    assert glm["best_p50_throughput"] == recorded["cerebras"]["throughput_last_1h"]["p50"]
+    assert glm["status_counts"] == {"healthy": 4, "ejected": 1}
+    assert by_id[OSS]["best_p50_ttft_ms"] == 150.0
+    assert by_id[OSS]["best_p50_throughput"] == 900.0
+    assert by_id["meta/llama-3.3-70b"]["best_p50_ttft_ms"] is None
+    assert by_id["meta/llama-3.3-70b"]["best_p50_throughput"] is None
+
+
+async def test_timeseries_has_the_last_hour_per_provider(recorded, http) -> None:
+    doc = await get_json(http, f"/v1/models/{GLM}/timeseries")
+    data = doc["data"]
+    assert data["bucket_seconds"] == 300
+    series = {s["provider_name"]: s["points"] for s in data["series"]}
+    assert list(series) == ["cerebras", "together", "fireworks", "deepinfra", "baseten"]
+    points = series["cerebras"]
+    assert len(points) == 12
+    assert [p["start"] for p in points] == sorted(p["start"] for p in points)
+    assert points[-1]["start"] <= time.time() < points[-1]["end"]
+    assert points[-1]["attempts"] == 20  # all recorded just now
+    assert points[-1]["ttft_p50"] == pytest.approx(np.median(CEREBRAS_TTFT), rel=0.02)
+    assert all(p["ttft_p50"] is None for p in points[:-2])
+    assert all(p["throughput_p50"] is None for p in series["deepinfra"])
+    # Too few samples in a bucket: counted, not plotted.
+    assert series["fireworks"][-1]["attempts"] == MIN_SAMPLES - 2
+    assert series["fireworks"][-1]["ttft_p50"] is None
+
+
+async def test_unknown_model_is_404_json(router_app, http) -> None:
+    for path in ("/v1/models/x/y/endpoints", "/v1/models/x/y/timeseries"):
+        doc = await get_json(http, path, status=404)
+        assert doc == {"error": {"message": "model 'x/y' is not in the catalog",
+                                 "type": "not_found"}}
+    doc = await get_json(http, "/v1/models/zai", status=404)
+    assert doc["error"]["type"] == "not_found"
+    async with http.get("/models/x/y") as response:
+        assert response.status == 404
+
+
+async def test_fresh_router_reports_not_enough_data(router_app, http) -> None:
+    """An empty store (fresh start) yields nulls everywhere, never zeros or NaN."""
+    doc = await get_json(http, "/v1/models")
+    assert len(doc["data"]) == 4
+    for model in doc["data"]:
+        assert model["best_p50_ttft_ms"] is None
+        assert model["best_p50_throughput"] is None
+        endpoints = await get_json(http, f"/v1/models/{model['id']}/endpoints")
+        for row in endpoints["data"]["endpoints"]:
+            assert row["enough_data"] is False
+            assert row["sample_size_last_1h"] == 0
+            assert row["latency_last_1h"] is row["throughput_last_1h"] is None
+            assert row["uptime_last_15m"] is row["uptime_last_1h"] is row["uptime_last_1d"] is None
+            assert row["status"] == "healthy"
+    series = await get_json(http, f"/v1/models/{GLM}/timeseries")
+    assert all(p["ttft_p50"] is None for s in series["data"]["series"] for p in s["points"])
+    metrics = await scrape(http)
+    assert not [k for k in metrics if k[0] == "router_endpoint_ttft_seconds"]
+    assert metrics[("router_endpoint_samples", labels(model=GLM, provider="cerebras",
+                                                      window="1h", metric="ttft"))] == 0
+    assert metrics[("router_outcomes_total", labels(error_class="none"))] == 0
+    for page in ("/", f"/models/{GLM}", "/static/common.js", "/static/style.css"):
+        async with http.get(page) as response:
+            assert response.status == 200, page
+
+
+# -- Prometheus -----------------------------------------------------------------------
+
+
+async def test_metrics_match_recorded_outcomes(router_app, recorded, http) -> None:
+    metrics = await scrape(http)
+    cerebras = {"model": GLM, "provider": "cerebras"}
+
+    def value(name: str, **kv: str) -> float:
+        return metrics[(name, labels(**kv))]
+
+    p50 = recorded["cerebras"]["latency_last_1h"]["p50"]
+    assert value("router_endpoint_ttft_seconds", **cerebras, window="1h", quantile="0.5") == (
+        pytest.approx(p50 / 1000, rel=1e-3)
+    )
+    assert value("router_endpoint_ttft_seconds", **cerebras, window="5m", quantile="0.95") == (
+        pytest.approx(np.quantile(CEREBRAS_TTFT, 0.95) / 1000, rel=0.02)
+    )
+    assert value(
+        "router_endpoint_throughput_tokens_per_second", **cerebras, window="1h", quantile="0.5"
+    ) == pytest.approx(np.quantile(CEREBRAS_TPS, 0.5), rel=0.02)
+    assert value("router_endpoint_samples", **cerebras, window="1h", metric="ttft") == 20
+    # Too few samples: the count is there, the quantiles are not.
+    fireworks = {"model": GLM, "provider": "fireworks"}
+    fireworks_samples = value("router_endpoint_samples", **fireworks, window="1h", metric="ttft")
+    assert fireworks_samples == MIN_SAMPLES - 2
+    assert ("router_endpoint_ttft_seconds",
+            labels(**fireworks, window="1h", quantile="0.5")) not in metrics
+
+    together = {"model": GLM, "provider": "together"}
+    assert value("router_endpoint_uptime_ratio", **together, window="1h") == pytest.approx(20 / 22)
+    assert value("router_endpoint_attempts", **together, window="15m") == 22
+
+    baseten = {"model": GLM, "provider": "baseten"}
+    states = {s: value("router_endpoint_health_state", **baseten, state=s)
+              for s in ("healthy", "degraded", "ejected", "probing")}
+    assert states == {"healthy": 0, "degraded": 0, "ejected": 1, "probing": 0}
+    assert value("router_endpoint_health_state", **cerebras, state="healthy") == 1
+    assert value("router_endpoint_consecutive_failures", **baseten) == 6
+
+    assert value("router_outcomes_total", error_class="none") == 20 + 20 + 3 + 8
+    assert value("router_outcomes_total", error_class="server_error") == 2 + 6
+    assert value("router_outcomes_total", error_class="client_error") == 1
+    assert value("router_outcomes_total", error_class="timeout") == 0
+    assert value("router_outcomes_rejected_total") == 1
+    assert value("router_rpc_requests_total", method="RecordOutcome", code="OK") == 2
+    assert value("router_rpc_requests_total", method="RankProviders", code="NOT_FOUND") == 1
+    version = router_app.core.catalog_version
+    assert value("router_catalog_info", version=version) == 1
+    assert value("router_catalog_models") == 4
+    assert value("router_catalog_endpoints") == 19
+
+
+async def test_metrics_label_values_come_from_the_catalog_only(router_app, recorded, http) -> None:
+    """Junk model names sent by callers never become label values (bounded cardinality)."""
+    metrics = await scrape(http)
+    catalog = router_app.core.catalog
+    for name, label_set in metrics:
+        found = dict(label_set)
+        if "model" in found:
+            assert found["model"] in catalog.models, name
+            providers = {e.provider.name for e in catalog.models[found["model"]].endpoints}
+            assert found["provider"] in providers, name
+    assert not any("nobody" in v for _, ls in metrics for _, v in ls)
+
+
+async def test_metrics_negotiates_openmetrics(router_app, http) -> None:
+    async with http.get("/metrics", headers={"Accept": "application/openmetrics-text"}) as response:
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+        text = await response.text()
+    assert text.rstrip().endswith("# EOF")
+    assert "router_outcomes_total" in text
+
+
+# -- without sockets ------------------------------------------------------------------
+
+
+def endpoint_rows(core: RouterCore) -> dict[str, dict[str, Any]]:
+    doc = endpoints_document(core, core.model(GLM))
+    return {e["provider_name"]: e for e in doc["data"]["endpoints"]}
+
+
+def test_minimum_samples_boundary_and_private_registries() -> None:
+    """Exactly MIN_SAMPLES makes a number; one fewer is null. Apps never share a registry."""
+    now = [time.time()]
+    core = RouterCore(load_catalog(EXAMPLE_CATALOG), "v1", lambda: now[0])
+    core.record([outcome("cerebras", started_at=now[0], ttft_ms=250.0)] * (MIN_SAMPLES - 1))
+    core.refresh()
+    rows = endpoint_rows(core)
+    assert rows["cerebras"]["latency_last_1h"] is None
+    assert rows["cerebras"]["enough_data"] is False
+    assert models_document(core)["data"][0]["best_p50_ttft_ms"] is None
+    core.record([outcome("cerebras", started_at=now[0], ttft_ms=250.0)])
+    core.refresh()
+    rows = endpoint_rows(core)
+    assert rows["cerebras"]["latency_last_1h"] == {"p50": 250.0, "p95": 250.0}
+    assert rows["cerebras"]["uptime_last_15m"] == 1.0
+    assert models_document(core)["data"][0]["best_p50_ttft_ms"] == 250.0
+
+    build_http_app(core, RpcCounter())
+    build_http_app(core, RpcCounter())  # a second app on the same core: no duplicate-metric error
+    assert not [m.name for m in REGISTRY.collect() if m.name.startswith("router_")]
