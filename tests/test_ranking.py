@@ -284,13 +284,33 @@ def test_ejected_and_permitless_probing_are_excluded() -> None:
     assert a.reason.numbers["ejected_for_s"] == 30.0
 
 
-def test_degraded_and_probing_go_last_probing_listed_for_permits() -> None:
+def test_probe_goes_first_degraded_goes_last_probe_listed_for_its_permit() -> None:
     health = {"b": hv(H.PROBING, probe=True), "c": hv(H.DEGRADED, reason="TTFT 4x baseline")}
     result = run(eps=ABC, st_=ABC_STATS, health=health, sort=Sort.TTFT)
-    assert names(result) == ["a", "c", "b"]  # healthy, then degraded, then the probe
-    assert deprio(result) == {"c": "degraded", "b": "probing"}
+    # The half-open probe is tried first (healthy endpoints are its fallback);
+    # at the tail it would never be reached and never recover.
+    assert names(result) == ["b", "a", "c"]
+    assert deprio(result) == {"c": "degraded"}
     assert result.probing == (key("b"),)
-    assert result.ranked[1].deprioritized.numbers["ttft_ms"] == 200.0
+    assert result.ranked[2].deprioritized.numbers["ttft_ms"] == 200.0
+
+
+def test_probe_stays_last_under_an_explicit_order_or_without_fallbacks() -> None:
+    health = {"b": hv(H.PROBING, probe=True)}
+    ordered = run(eps=ABC, st_=ABC_STATS, health=health, order=("c",), sort=Sort.TTFT)
+    assert names(ordered) == ["c", "a", "b"]
+    assert deprio(ordered) == {"b": "probing"}
+    assert ordered.probing == ()
+    alone = run(eps=ABC, st_=ABC_STATS, health=health, sort=Sort.TTFT, allow_fallbacks=False)
+    assert len(names(alone)) == 1 and names(alone) != ["b"]
+    assert alone.probing == ()
+
+
+def test_only_one_probe_per_request() -> None:
+    health = {"b": hv(H.PROBING, probe=True), "c": hv(H.PROBING, probe=True)}
+    result = run(eps=ABC, st_=ABC_STATS, health=health, sort=Sort.TTFT)
+    assert names(result)[0] in {"b", "c"} and names(result)[1] == "a"
+    assert result.probing == (result.ranked[0].endpoint.key,)
 
 
 def test_degraded_order_provider_is_moved_down_too() -> None:
@@ -745,7 +765,11 @@ def test_property_result_is_a_permutation_of_the_filtered_candidates(scenario: t
     else:
         assert len(ranked) == min(1, len(expected))
         assert all(e in expected for e in ranked)
-    assert set(result.probing) == {r.endpoint.key for r in result.ranked if r.health is H.PROBING}
+    # At most one probe per request, and it is tried first.
+    assert len(result.probing) <= 1
+    if result.probing:
+        assert result.ranked[0].endpoint.key == result.probing[0]
+        assert result.ranked[0].health is H.PROBING
 
 
 @settings(max_examples=300, deadline=None)
@@ -757,10 +781,15 @@ def test_property_order_providers_come_first_within_their_health_tier(scenario: 
     if result.panic:
         return
     tier_of = {H.HEALTHY: 0, H.DEGRADED: 1, H.PROBING: 2}
-    tiers = [tier_of[r.health] for r in result.ranked]
+    assert not (req.order and result.probing)  # a probe never jumps an explicit order
+    tiers = [tier_of[r.health] for r in result.ranked[len(result.probing) :]]
     assert tiers == sorted(tiers)  # health tiers never interleave
     for tier in set(tiers):
-        group = [r.endpoint.provider.name for r in result.ranked if tier_of[r.health] == tier]
+        group = [
+            r.endpoint.provider.name
+            for r in result.ranked[len(result.probing) :]
+            if tier_of[r.health] == tier
+        ]
         ordered = [n for n in group if n in req.order]
         assert group[: len(ordered)] == ordered  # order providers lead their tier
         assert ordered == sorted(ordered, key=req.order.index)  # in `order` order

@@ -20,8 +20,11 @@ Pipeline (DESIGN.md, "Ranking semantics"):
 3. Every candidate gets a tier; the result is tier by tier, and inside a tier
    ``order`` providers first (in ``order`` order), then the rest:
    tier 0 fine; 1 missed a soft preference; 2 no data for the sort metric;
-   3 DEGRADED; 4 PROBING (routed as a probe). ``order`` providers are only
-   moved for health (tiers 3-4): an explicit order outranks soft preferences.
+   3 DEGRADED; 4 PROBING. ``order`` providers are only moved for health
+   (tiers 3-4): an explicit order outranks soft preferences. Exception: without
+   ``order``, one PROBING endpoint with a free permit goes first as the
+   half-open probe (the others follow as its fallbacks), and only it is
+   reported in ``probing`` so the server grants exactly one permit.
 4. The rest of a tier is ordered by ``sort`` (cost / ttft ascending, tps
    descending) with near-ties (within ``near_tie_tolerance`` of the best value
    of their cluster) shuffled; without ``sort`` it is a weighted random order
@@ -315,6 +318,22 @@ def rank(
                 e.uptime, e.cost_usd, e.health, e.deprioritized, True, e.ttft_window,
                 e.tps_window, e.weight,
             )  # fmt: skip
+    # Half-open probe: without an explicit order, one PROBING endpoint with a free
+    # permit goes first, so recovery is tested on real traffic (the rest of the
+    # order is its fallback). Left at the tail it would never be reached while
+    # healthy endpoints answer, and would stay PROBING forever.
+    probe = -1
+    if not panic and not order_pos and request.allow_fallbacks and exploration_reason is None:
+        probe = next((i for i in positions if live[i][1].state is _PROBING), -1)
+        if probe >= 0:
+            positions.remove(probe)
+            positions.insert(0, probe)
+            e = entries[probe]
+            entries[probe] = make_ranked(
+                e.endpoint, e.ttft_ms, e.tps, e.window, e.ttft_samples, e.tps_samples,
+                e.uptime, e.cost_usd, e.health, None, False, e.ttft_window,
+                e.tps_window, e.weight,
+            )  # fmt: skip
     ranked = [entries[i] for i in positions]
 
     # 5. allow_fallbacks=False: the first endpoint only.
@@ -342,7 +361,7 @@ def rank(
         percentile=q,
         panic=panic,
         exploration=exploration_reason is not None,
-        probing=tuple(x.endpoint.key for x in ranked if x.health is _PROBING),
+        probing=(live[probe][0][1].key,) if probe >= 0 else (),
         exploration_reason=exploration_reason,
         cost_basis="request" if per_request else "blended_per_mtok",
     )
