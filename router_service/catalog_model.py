@@ -7,7 +7,7 @@ the shapes, so that ranking can depend on them without pulling in YAML.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from router_service.model import EndpointKey
 
@@ -31,10 +31,11 @@ class Endpoint:
     upstream_model: str
     input_price_per_mtok: float
     output_price_per_mtok: float
+    #: Built once: the key is looked up on every ranking and every outcome.
+    key: EndpointKey = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> EndpointKey:
-        return EndpointKey(self.model, self.provider.name)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", EndpointKey(self.model, self.provider.name))
 
     def request_cost(self, input_tokens: int, output_tokens: int) -> float:
         """Estimated USD cost of one request with these token counts."""

@@ -100,8 +100,11 @@ class RouterCore:
     # -- ranking -------------------------------------------------------------
 
     def rank(self, request: RoutingRequest) -> RankingResult:
-        """Rank a model's endpoints. Raises UnknownModelError or RankingInputError."""
-        request.validate()
+        """Rank a model's endpoints. Raises UnknownModelError or RankingInputError.
+
+        The model is looked up before rank() validates the rest, so an unknown
+        model is NOT_FOUND even when its preferences are also odd.
+        """
         model = self.model(request.model)
         keys = [e.key for e in model.endpoints]
         result = rank(

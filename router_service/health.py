@@ -220,6 +220,8 @@ class _EndpointHealth:
     consecutive_failures: int = 0
     #: (recorded_at, failed) for attempts in the failure-rate window.
     window: deque[tuple[float, bool]] = field(default_factory=deque)
+    #: Failures currently in ``window``, kept in step so reading the rate is O(1).
+    window_failures: int = 0
     #: (recorded_at, ttft_ms) of recent successful attempts.
     ttfts: deque[tuple[float, float]] = field(default_factory=deque)
     baseline_ttft_ms: float | None = None
@@ -309,8 +311,9 @@ class HealthTracker:
 
             failed = outcome.error_class.counts_against_endpoint or not outcome.success
             st.window.append((now, failed))
+            st.window_failures += failed
             if len(st.window) > cfg.failure_rate_max_samples:
-                st.window.popleft()
+                st.window_failures -= st.window.popleft()[1]
             if failed:
                 st.consecutive_failures += 1
                 st.last_failure_at = now
@@ -481,9 +484,8 @@ class HealthTracker:
         """(attempts, failures) in the failure-rate window, after dropping old ones."""
         horizon = now - self._cfg.failure_rate_window_s
         while st.window and st.window[0][0] < horizon:
-            st.window.popleft()
-        failures = sum(1 for _, failed in st.window if failed)
-        return len(st.window), failures
+            st.window_failures -= st.window.popleft()[1]
+        return len(st.window), st.window_failures
 
     def _rate_reason(self, failures: int, attempts: int) -> str:
         return (
@@ -586,6 +588,7 @@ class HealthTracker:
         """Back to HEALTHY with a clean slate: pre-ejection evidence no longer describes it."""
         st.consecutive_failures = 0
         st.window.clear()
+        st.window_failures = 0
         st.ttfts.clear()
         st.probe_grants.clear()
         st.probe_successes = 0
