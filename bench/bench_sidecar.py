@@ -1,0 +1,240 @@
+"""Added latency of the sidecar vs. calling the fake provider directly and vs. a bare proxy.
+
+Each server runs in its own process (its own event loop), like in production:
+the fake provider, a bare aiohttp pass-through proxy (the baseline hop), a real
+router, and the sidecar (ranking from the router, cached; outcomes reported in
+the background). The client streams chat completions and measures TTFT (first
+content token) and total time, against the three targets in interleaved rounds
+so drift hits all three alike.
+
+    .venv/bin/python bench/bench_sidecar.py [--requests 400] [--concurrency 1 32]
+
+Not a timed test: the numbers depend on the machine. Results in bench/sidecar.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+MODEL = "bench/model"
+BODY = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "benchmark prompt " * 8}],
+    "max_tokens": 16,
+    "stream": True,
+}
+
+
+# -- servers (each in a child process) -----------------------------------------------
+
+
+def _serve(kind: str, arg: dict[str, Any], q: Any) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_async(kind, arg, q))
+
+
+async def _serve_async(kind: str, arg: dict[str, Any], q: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if kind == "fake":
+        from fake_provider import FakeProvider, FakeProviderConfig
+
+        fp = FakeProvider(FakeProviderConfig(name="fake", ttft_median_ms=arg["ttft_ms"],
+                                             tokens_per_second=arg["tps"], seed=1))
+        await fp.start()
+        q.put(fp.base_url)
+        await stop.wait()
+        await fp.stop()
+    elif kind == "proxy":
+        runner = await start_bare_proxy(arg["upstream"])
+        q.put(f"http://127.0.0.1:{runner.addresses[0][1]}/v1")
+        await stop.wait()
+        await runner.cleanup()
+    elif kind == "router":
+        from router_service.app import RouterApp, Settings
+
+        app = RouterApp(Settings(config_path=arg["catalog"], grpc_host="127.0.0.1",
+                                 grpc_port=0, http_host="127.0.0.1", http_port=0,
+                                 watch_catalog=False))
+        await app.start()
+        q.put(app.grpc_address)
+        await stop.wait()
+        await app.stop()
+    elif kind == "sidecar":
+        import logging
+
+        from sidecar.app import SidecarApp
+        from sidecar.config import SidecarSettings
+
+        logging.getLogger().setLevel(logging.WARNING)
+        sc = SidecarApp(SidecarSettings(router=arg["router"], listen="127.0.0.1:0",
+                                        fallback_catalog=arg["catalog"]))
+        await sc.start()
+        q.put(sc.base_url)
+        await stop.wait()
+        await sc.stop()
+
+
+async def start_bare_proxy(upstream: str) -> web.AppRunner:
+    """The baseline: the least a Python aiohttp hop can do (stream bytes through)."""
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        async with session.post(upstream + "/chat/completions", data=body,
+                                headers={"Content-Type": "application/json"}) as up:
+            resp = web.StreamResponse(status=up.status, headers={
+                "Content-Type": up.headers.get("Content-Type", "text/event-stream")})
+            await resp.prepare(request)
+            async for chunk in up.content.iter_any():
+                await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+
+    async def close(_: web.Application) -> None:
+        await session.close()
+
+    app.on_cleanup.append(close)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+# -- client -------------------------------------------------------------------------------
+
+
+async def one(session: aiohttp.ClientSession, base: str) -> tuple[float, float]:
+    """(TTFT, total) in seconds for one streamed completion."""
+    t0 = time.perf_counter()
+    ttft = None
+    async with session.post(base + "/chat/completions", json=BODY) as r:
+        if r.status != 200:
+            raise RuntimeError(f"{base}: HTTP {r.status}: {await r.text()}")
+        async for line in r.content:
+            if ttft is None and b'"content":"' in line and b'"content":""' not in line:
+                ttft = time.perf_counter() - t0
+    total = time.perf_counter() - t0
+    return (ttft if ttft is not None else total), total
+
+
+async def run_round(session: aiohttp.ClientSession, base: str, n: int, conc: int,
+                    out: list[tuple[float, float]]) -> None:
+    sem = asyncio.Semaphore(conc)
+
+    async def task() -> None:
+        async with sem:
+            out.append(await one(session, base))
+
+    await asyncio.gather(*(task() for _ in range(n)))
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
+
+
+async def measure(targets: dict[str, str], requests: int, conc: int, rounds: int
+                  ) -> dict[str, list[tuple[float, float]]]:
+    results: dict[str, list[tuple[float, float]]] = {k: [] for k in targets}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        for base in targets.values():  # warm-up: connections, caches, JIT-less imports
+            await run_round(session, base, max(conc, 20), conc, [])
+        per_round = max(1, requests // rounds)
+        for _ in range(rounds):
+            for name, base in targets.items():
+                await run_round(session, base, per_round, conc, results[name])
+    return results
+
+
+def table(all_results: dict[int, dict[str, list[tuple[float, float]]]]) -> str:
+    rows = ["| streams | target | TTFT p50 | TTFT p99 | total p50 | total p99 "
+            "| added TTFT p50 | added total p50 |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for conc, res in all_results.items():
+        base_ttft = statistics.median(t for t, _ in res["direct"])
+        base_total = statistics.median(t for _, t in res["direct"])
+        for name, vals in res.items():
+            ttft = [t for t, _ in vals]
+            total = [t for _, t in vals]
+            added_t = (statistics.median(ttft) - base_ttft) * 1000
+            added_tot = (statistics.median(total) - base_total) * 1000
+            rows.append(
+                f"| {conc} | {name} | {statistics.median(ttft) * 1000:.2f} ms "
+                f"| {pct(ttft, 0.99) * 1000:.2f} ms | {statistics.median(total) * 1000:.2f} ms "
+                f"| {pct(total, 0.99) * 1000:.2f} ms "
+                f"| {'-' if name == 'direct' else f'{added_t:+.3f} ms'} "
+                f"| {'-' if name == 'direct' else f'{added_tot:+.3f} ms'} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=400, help="per target per concurrency")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--ttft-ms", type=float, default=20.0, help="fake provider TTFT")
+    ap.add_argument("--tps", type=float, default=800.0, help="fake provider tokens/s")
+    ap.add_argument("--no-router", action="store_true", help="sidecar on the catalog only")
+    args = ap.parse_args()
+
+    os.environ.setdefault("BENCH_FAKE_KEY", "bench-key")  # inherited by the sidecar
+    ctx = mp.get_context("spawn")
+    procs: list[Any] = []
+
+    def spawn(kind: str, arg: dict[str, Any]) -> str:
+        q = ctx.Queue()
+        p = ctx.Process(target=_serve, args=(kind, arg, q), daemon=True)
+        p.start()
+        procs.append(p)
+        return q.get(timeout=30)
+
+    try:
+        fake = spawn("fake", {"ttft_ms": args.ttft_ms, "tps": args.tps})
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write(f"providers:\n  fake: {{base_url: '{fake}', api_key_env: BENCH_FAKE_KEY}}\n"
+                    f"models:\n  {MODEL}:\n    endpoints:\n"
+                    "      - {provider: fake, upstream_model: m, input_price_per_million: 1, "
+                    "output_price_per_million: 1}\n")
+            catalog = f.name
+        proxy = spawn("proxy", {"upstream": fake})
+        router = "" if args.no_router else spawn("router", {"catalog": catalog})
+        sidecar = spawn("sidecar", {"router": router, "catalog": catalog})
+        targets = {"direct": fake, "bare proxy": proxy, "sidecar": sidecar}
+        all_results = {}
+        for conc in args.concurrency:
+            all_results[conc] = asyncio.run(measure(targets, args.requests, conc, args.rounds))
+        print(f"fake provider: TTFT {args.ttft_ms} ms, {args.tps} tok/s, "
+              f"{BODY['max_tokens']} tokens; {args.requests} requests per target per row; "
+              f"router: {'none (catalog)' if args.no_router else 'real, ranking cached'}; "
+              f"cpus: {os.cpu_count()}")
+        print(table(all_results))
+    finally:
+        for p in reversed(procs):  # sidecar first, so it does not see its router vanish
+            p.terminate()
+        for p in procs:
+            p.join(5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""The sidecar process: aiohttp routes, error shaping, and the wiring of its parts.
+
+Every error the app can see is OpenAI-shaped JSON with a 4xx/5xx status; a
+bug becomes a 500 with a generic message (the traceback goes to the log, not
+to the caller). Nothing here logs request or response content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import grpc
+from aiohttp import web
+from google.protobuf.json_format import MessageToDict
+
+from router_service.catalog_model import Catalog
+from router_service.pb import router_pb2, router_pb2_grpc
+from sidecar.config import SidecarSettings
+from sidecar.metrics import CONTENT_TYPE, SidecarMetrics
+from sidecar.outcomes import OutcomeReporter
+from sidecar.preferences import RequestError, parse_request
+from sidecar.proxy import Proxy, error_body
+from sidecar.ranking_client import RankingClient
+
+log = logging.getLogger("sidecar")
+
+#: Reconnect quickly after a router restart (gRPC's default backoff grows to 120 s).
+GRPC_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+)
+
+_STATUS_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def _error_response(status: int, message: str, param: str | None = None,
+                    code: str | None = None) -> web.Response:
+    type_ = _STATUS_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return web.json_response(error_body(message, type_, param, code), status=status)
+
+
+class SidecarApp:
+    """One sidecar: ``await start()``, then ``base_url``/``port``; ``await stop()``."""
+
+    def __init__(self, settings: SidecarSettings, catalog: Catalog | None = None) -> None:
+        self.settings = settings
+        self.metrics = SidecarMetrics()
+        self.catalog = catalog
+        self.port = 0
+        self._channel: grpc.aio.Channel | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.ranking: RankingClient | None = None
+        self.reporter: OutcomeReporter | None = None
+        self.proxy: Proxy | None = None
+        self._models_cache: dict[str, Any] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI base URL of this sidecar, e.g. ``http://127.0.0.1:8080/v1``."""
+        host = self.settings.listen_host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/v1"
+
+    async def __aenter__(self) -> SidecarApp:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Load the fallback catalog (CatalogError if bad), connect, and listen."""
+        s = self.settings
+        if self.catalog is None and s.fallback_catalog:
+            from router_service.catalog import load_catalog
+
+            self.catalog = load_catalog(s.fallback_catalog)
+        stub = None
+        if s.router:
+            self._channel = grpc.aio.insecure_channel(s.router, options=GRPC_CHANNEL_OPTIONS)
+            stub = router_pb2_grpc.RouterStub(self._channel)
+        self._stub = stub
+        self.ranking = RankingClient(s, stub, self.catalog)
+        self.ranking.on_source = lambda src: self.metrics.ranking_source.labels(src).inc()
+        self.reporter = OutcomeReporter(
+            stub, self.metrics,
+            max_queue=s.outcome_queue_size,
+            batch_size=s.outcome_batch_size,
+            flush_interval_s=s.outcome_flush_interval_s,
+            send_timeout_s=s.outcome_send_timeout_s,
+            max_backoff_s=s.outcome_max_backoff_s,
+            on_router_ok=self._router_ok,
+            on_router_down=lambda: self.metrics.router_up.set(0),
+        )
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+        self.proxy = Proxy(s, self._session, self.ranking, self.metrics, self.reporter.submit)
+        app = web.Application(client_max_size=s.max_body_bytes, middlewares=[self._errors])
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
+                                     shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.listen_host, s.listen_port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        self.reporter.start()
+        log.info("sidecar started", extra={
+            "listen": self.base_url, "router": s.router,
+            "fallback_catalog": bool(self.catalog),
+        })
+
+    async def stop(self) -> None:
+        """Stop listening, flush outcomes briefly, close connections."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.reporter is not None:
+            await self.reporter.stop()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    def _router_ok(self) -> None:
+        self.metrics.router_up.set(1)
+        if self.ranking is not None:
+            self.ranking.note_router_ok()
+
+    # -- middleware --------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Every failure becomes OpenAI-shaped JSON; no traceback ever reaches the caller."""
+        try:
+            return await handler(request)
+        except RequestError as exc:
+            return _error_response(exc.status, exc.message, exc.param, exc.code)
+        except web.HTTPRequestEntityTooLarge:
+            return _error_response(413, "request body too large", None, "body_too_large")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _error_response(exc.status, exc.reason or "error", None, None)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("unhandled error", extra={"path": request.path})
+            return _error_response(500, "internal sidecar error", None, "internal_error")
+
+    # -- routes -----------------------------------------------------------------
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        t_start = time.perf_counter()
+        status = 500
+        provider = None
+        model = None
+        try:
+            length = request.content_length
+            if length is not None and length > self.settings.max_body_bytes:
+                raise RequestError("request body too large", None, 413, "body_too_large")
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise RequestError("request body too large", None, 413, "body_too_large") from None
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                raise RequestError("request body is not valid JSON", None, 400,
+                                   "invalid_json") from None
+            req = parse_request(body, self.settings.default_sort, self.settings.default_zdr)
+            model = req.model
+            assert self.proxy is not None
+            resp = await self.proxy.handle(request, req, t_start)
+            status = resp.status
+            provider = resp.headers.get("x-router-provider")
+            return resp
+        except RequestError as exc:
+            status = exc.status
+            raise
+        finally:
+            self.metrics.requests.labels(str(status)).inc()
+            log.info("request", extra={
+                "model": model, "status": status, "provider": provider,
+                "duration_ms": round((time.perf_counter() - t_start) * 1000, 3),
+            })
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """The router's model list (or the fallback catalog's), in OpenAI's shape."""
+        data: list[dict[str, Any]] | None = None
+        if self._stub is not None:
+            try:
+                resp = await self._stub.ListModels(
+                    router_pb2.ListModelsRequest(), timeout=self.settings.rank_timeout_s)
+                data = [_model_entry(m.id, {"router": MessageToDict(
+                    m, preserving_proto_field_name=True)}) for m in resp.models]
+            except grpc.aio.AioRpcError:
+                data = None
+        if data is None and self._models_cache is not None:
+            return web.json_response(self._models_cache)
+        if data is None and self.catalog is not None:
+            data = [_model_entry(mid, {"providers": [e.provider.name for e in m.endpoints]})
+                    for mid, m in self.catalog.models.items()]
+        if data is None:
+            return _error_response(503, "the router is unreachable and no fallback catalog "
+                                   "is configured", None, "router_unavailable")
+        body = {"object": "list", "data": data}
+        self._models_cache = body
+        return web.json_response(body)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        """Ready when a ranking source is usable: router reachable or fallback catalog loaded."""
+        router = await self._router_reachable()
+        ready = router or self.catalog is not None
+        body = {"ready": ready, "router_reachable": router,
+                "fallback_catalog": self.catalog is not None}
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def _router_reachable(self) -> bool:
+        if self._channel is None:
+            return False
+        state = self._channel.get_state(try_to_connect=True)
+        if state == grpc.ChannelConnectivity.READY:
+            return True
+        with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
+            async with asyncio.timeout(0.5):
+                await self._channel.channel_ready()
+                return True
+        return False
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.reporter is not None:
+            self.metrics.outcome_queue_depth.set(self.reporter.depth)
+        return web.Response(body=self.metrics.render(),
+                            headers={"Content-Type": CONTENT_TYPE})
+
+
+def _model_entry(model_id: str, extra: dict[str, Any]) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0,
+            "owned_by": model_id.split("/", 1)[0], **extra}

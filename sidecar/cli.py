@@ -1,0 +1,58 @@
+"""``router-sidecar``: run the sidecar until SIGTERM/SIGINT.
+
+Logs are JSON lines on stderr. A bad flag, environment variable or fallback
+catalog exits with status 2 and a one-line reason, before listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from router_service.logs import configure_logging
+from sidecar.app import SidecarApp
+from sidecar.config import SidecarSettings, settings_from_args
+
+log = logging.getLogger("sidecar.cli")
+
+
+async def serve(settings: SidecarSettings) -> None:
+    """Start the sidecar and wait for a termination signal, then stop cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    app = SidecarApp(settings)
+    await app.start()
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await app.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = settings_from_args(argv)
+    try:
+        configure_logging(settings.log_level.lower())
+    except ValueError as exc:
+        print(f"router-sidecar: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(settings))
+    except ValueError as exc:  # CatalogError and bad addresses
+        log.error("cannot start", extra={"why": str(exc)})
+        return 2
+    except OSError as exc:
+        log.error("cannot listen", extra={"why": str(exc)})
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Sidecar settings, and their CLI flags and environment variables.
+
+Every bound the sidecar enforces (body size, queue size, attempt limit, cache
+entries, timeouts) is a field here with a documented default, so an operator
+can tune it without reading code. Each field becomes a ``--flag-name`` and a
+``SIDECAR_FLAG_NAME`` environment variable; the flag wins over the variable,
+which wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from sidecar import defaults
+
+
+def _opt(default: Any, help_text: str, **kw: Any) -> Any:
+    """A dataclass field carrying its help text, so the CLI is generated from one place."""
+    return field(default=default, metadata={"help": help_text, **kw})
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarSettings:
+    """Everything the sidecar can be configured with. Immutable once built."""
+
+    router: str = _opt(defaults.ROUTER_ADDRESS, "Router gRPC address, HOST:PORT.")
+    listen: str = _opt(
+        f"{defaults.LISTEN_HOST}:{defaults.LISTEN_PORT}",
+        "Address to serve the OpenAI API on, HOST:PORT (loopback by default; port 0 = any).",
+    )
+    fallback_catalog: str | None = _opt(
+        None, "Catalog YAML used when the router is unreachable and no ranking is cached."
+    )
+    log_level: str = _opt("INFO", "Log level (JSON logs on stderr).")
+
+    # Request bounds.
+    max_body_bytes: int = _opt(4 * 1024 * 1024, "Largest request body accepted (413 above).")
+    max_attempts: int = _opt(3, "Upstream attempts per request, fallbacks included.")
+    request_deadline_s: float = _opt(
+        120.0, "No new attempt starts after this many seconds; bounds time to first token too."
+    )
+    connect_timeout_s: float = _opt(5.0, "TCP/TLS connect timeout per attempt.")
+    first_byte_timeout_s: float = _opt(
+        30.0, "Time from sending the request to response headers and to the first token."
+    )
+    chunk_timeout_s: float = _opt(30.0, "Longest silence allowed between two stream chunks.")
+    nonstream_timeout_s: float = _opt(
+        60.0, "Whole-answer timeout of a non-streaming attempt (its first byte is the answer)."
+    )
+    max_upstream_response_bytes: int = _opt(
+        32 * 1024 * 1024, "Largest non-streaming upstream body read (a failure above)."
+    )
+    max_error_body_bytes: int = _opt(64 * 1024, "Upstream error bodies are truncated to this.")
+
+    # Ranking.
+    rank_timeout_s: float = _opt(1.0, "Deadline of one RankProviders call.")
+    rank_cache_ttl_s: float = _opt(2.0, "How long a ranking is reused for the same model+prefs.")
+    rank_cache_stale_s: float = _opt(
+        3600.0, "How long an expired ranking may still be used while the router is unreachable."
+    )
+    rank_cache_entries: int = _opt(1024, "Rankings cached (LRU; preferences come from callers).")
+    router_retry_s: float = _opt(
+        1.0, "After a failed router call, skip the router for this long (use cache/catalog)."
+    )
+    cooldown_s: float = _opt(
+        10.0, "An endpoint that failed here is not tried first again for this long."
+    )
+    max_cooldown_s: float = _opt(60.0, "Cap on a cooldown taken from a 429's Retry-After.")
+    cooldown_entries: int = _opt(4096, "Endpoints with a local cooldown remembered (bounded).")
+
+    # Outcome reporting.
+    outcome_queue_size: int = _opt(10_000, "Outcomes held for the router (oldest dropped above).")
+    outcome_batch_size: int = _opt(500, "Outcomes per StreamOutcomes message (proto max 1000).")
+    outcome_flush_interval_s: float = _opt(0.5, "How often queued outcomes are sent.")
+    outcome_send_timeout_s: float = _opt(5.0, "Deadline of one StreamOutcomes call.")
+    outcome_max_backoff_s: float = _opt(5.0, "Cap on the retry backoff while the router is down.")
+
+    # Default routing preferences, applied when the request names none.
+    default_sort: str | None = _opt(None, "Default sort: cost, ttft or tps (none = balance).")
+    default_zdr: bool = _opt(False, "Require zero-data-retention providers by default.")
+
+    # Tests inject a mapping here instead of mutating os.environ; None = os.environ.
+    environ: Mapping[str, str] | None = field(default=None, metadata={"cli": False})
+
+    def env(self) -> Mapping[str, str]:
+        """Where provider API keys are read from (only ever the sidecar's environment)."""
+        return os.environ if self.environ is None else self.environ
+
+    @property
+    def listen_host(self) -> str:
+        return split_host_port(self.listen, defaults.LISTEN_HOST)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return split_host_port(self.listen, defaults.LISTEN_HOST)[1]
+
+
+def split_host_port(addr: str, default_host: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT``, ``:PORT`` or ``[v6]:PORT``; a bare port binds the default host."""
+    addr = addr.strip()
+    if addr.isdigit():
+        return default_host, int(addr)
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {addr!r}")
+    host = host.strip("[]") or default_host
+    return host, int(port)
+
+
+def _env_name(name: str) -> str:
+    known = {
+        "router": defaults.ENV_ROUTER,
+        "listen": defaults.ENV_LISTEN,
+        "fallback_catalog": defaults.ENV_FALLBACK_CATALOG,
+        "log_level": defaults.ENV_LOG_LEVEL,
+    }
+    return known.get(name, "SIDECAR_" + name.upper())
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def _converter(f: Any) -> Any:
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if t.startswith("int"):
+        return int
+    if t.startswith("float"):
+        return float
+    if t.startswith("bool"):
+        return _parse_bool
+    return str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``router-sidecar`` argument parser, generated from SidecarSettings."""
+    parser = argparse.ArgumentParser(
+        prog="router-sidecar",
+        description="OpenAI-compatible sidecar that routes each request to the best provider.",
+    )
+    for f in fields(SidecarSettings):
+        if f.metadata.get("cli") is False:
+            continue
+        default = None if f.default is MISSING else f.default
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=_converter(f),
+            default=None,
+            help=f"{f.metadata['help']} Env {_env_name(f.name)}. Default: {default}.",
+        )
+    return parser
+
+
+def settings_from_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> SidecarSettings:
+    """Build settings from flags, then environment variables, then defaults."""
+    env = os.environ if environ is None else environ
+    ns = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for f in fields(SidecarSettings):
+        if f.metadata.get("cli") is False:
+            continue
+        value = getattr(ns, f.name)
+        if value is None and _env_name(f.name) in env:
+            raw = env[_env_name(f.name)]
+            try:
+                value = _converter(f)(raw)
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                raise SystemExit(f"router-sidecar: bad {_env_name(f.name)}={raw!r}: {exc}") from exc
+        if value is not None:
+            values[f.name] = value
+    settings = SidecarSettings(**values)
+    try:
+        split_host_port(settings.listen, defaults.LISTEN_HOST)
+        split_host_port(settings.router, "127.0.0.1")
+    except ValueError as exc:
+        raise SystemExit(f"router-sidecar: {exc}") from exc
+    return settings

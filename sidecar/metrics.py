@@ -1,0 +1,86 @@
+"""Prometheus metrics of one sidecar, on its own registry.
+
+A per-app CollectorRegistry (not the global one) lets tests and benchmarks
+run several sidecars in one process without name clashes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+#: Added latency is sub-millisecond when healthy; fallbacks push it to seconds.
+_ADDED_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0,
+)
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class SidecarMetrics:
+    """Every metric the sidecar exports. Label values are bounded: provider names come
+    from the catalog, error classes and HTTP statuses from fixed sets."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "router_sidecar_requests_total",
+            "Chat completion requests answered, by HTTP status returned to the app.",
+            ["status"], registry=r,
+        )
+        self.attempts = Counter(
+            "router_sidecar_attempts_total",
+            "Upstream attempts, by provider and error class (none = success).",
+            ["provider", "error_class"], registry=r,
+        )
+        self.fallbacks = Counter(
+            "router_sidecar_fallbacks_total",
+            "Times a request moved on to the next provider after a retriable failure.",
+            registry=r,
+        )
+        self.added_latency = Histogram(
+            "router_sidecar_added_latency_seconds",
+            "Sidecar overhead: TTFT seen by the app minus the upstream TTFT (streams).",
+            buckets=_ADDED_BUCKETS, registry=r,
+        )
+        self.upstream_ttft = Histogram(
+            "router_sidecar_upstream_ttft_seconds",
+            "Upstream time to first content token, by provider.",
+            ["provider"], buckets=_TTFT_BUCKETS, registry=r,
+        )
+        self.ranking_source = Counter(
+            "router_sidecar_ranking_source_total",
+            "Where rankings came from: router, cache, stale (router down) or catalog.",
+            ["source"], registry=r,
+        )
+        self.outcome_queue_depth = Gauge(
+            "router_sidecar_outcome_queue_depth",
+            "Outcomes waiting to be sent to the router.",
+            registry=r,
+        )
+        self.outcomes_dropped = Counter(
+            "router_sidecar_outcomes_dropped_total",
+            "Outcomes dropped because the bounded queue was full.",
+            registry=r,
+        )
+        self.outcomes_sent = Counter(
+            "router_sidecar_outcomes_sent_total",
+            "Outcomes acknowledged by the router.",
+            registry=r,
+        )
+        self.outcome_send_failures = Counter(
+            "router_sidecar_outcome_send_failures_total",
+            "StreamOutcomes calls that failed (router unreachable or erroring).",
+            registry=r,
+        )
+        self.router_up = Gauge(
+            "router_sidecar_router_up",
+            "1 when the last call to the router succeeded, else 0.",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

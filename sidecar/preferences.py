@@ -1,0 +1,299 @@
+"""Request body → routing preferences, validation, and the body to forward.
+
+Callers already know two conventions for routing options: OpenRouter's
+``provider: {...}`` and Vercel AI Gateway's ``providerOptions: {gateway: {...}}``.
+Both are accepted, converted to the proto's RoutingPreferences, and stripped
+before the body goes upstream (providers reject unknown fields). Everything
+here is pure, so the validation rules are tested without sockets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from router_service.pb import router_pb2
+
+#: Sort names from both conventions, mapped to the proto enum.
+SORTS: dict[str, int] = {
+    "price": router_pb2.SORT_BY_COST,
+    "cost": router_pb2.SORT_BY_COST,
+    "latency": router_pb2.SORT_BY_TTFT,
+    "ttft": router_pb2.SORT_BY_TTFT,
+    "throughput": router_pb2.SORT_BY_TPS,
+    "tps": router_pb2.SORT_BY_TPS,
+}
+
+PERCENTILES: dict[str, int] = {
+    "p50": router_pb2.PERCENTILE_P50,
+    "p75": router_pb2.PERCENTILE_P75,
+    "p90": router_pb2.PERCENTILE_P90,
+    "p95": router_pb2.PERCENTILE_P95,
+    "p99": router_pb2.PERCENTILE_P99,
+}
+
+#: Fields routing consumes; never forwarded upstream.
+ROUTING_FIELDS = ("provider", "providerOptions")
+
+
+class RequestError(ValueError):
+    """A caller mistake; becomes an OpenAI-shaped 4xx naming ``param``."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """What the sidecar needs from one chat completion request."""
+
+    model: str
+    stream: bool
+    preferences: router_pb2.RoutingPreferences
+    #: The body to forward, routing fields removed (``model`` is set per attempt).
+    body: dict[str, Any]
+    estimated_input_tokens: int
+    max_output_tokens: int
+
+    def cache_key(self) -> tuple[str, bytes]:
+        """(model, preferences) identity for the ranking cache; token estimates excluded."""
+        return self.model, self.preferences.SerializeToString(deterministic=True)
+
+
+def _str_list(value: Any, param: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise RequestError(f"{param} must be a list of provider names", param)
+    return list(value)
+
+
+def _bool(value: Any, param: str) -> bool:
+    if not isinstance(value, bool):
+        raise RequestError(f"{param} must be a boolean", param)
+    return value
+
+
+def _number(value: Any, param: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RequestError(f"{param} must be a number", param)
+    if value < 0:
+        raise RequestError(f"{param} must not be negative", param)
+    return float(value)
+
+
+def _sort(value: Any, param: str) -> int:
+    if isinstance(value, dict):  # OpenRouter also accepts {by: "...", partition: ...}
+        value = value.get("by")
+        param += ".by"
+    if not isinstance(value, str) or value.lower() not in SORTS:
+        raise RequestError(f"{param} must be one of {sorted(SORTS)}", param)
+    return SORTS[value.lower()]
+
+
+def _threshold(value: Any, param: str) -> tuple[float, int | None]:
+    """A number, or OpenRouter's ``{p50: x}`` form (the percentile is returned too)."""
+    if isinstance(value, dict):
+        if len(value) != 1 or next(iter(value)) not in PERCENTILES:
+            raise RequestError(f"{param} must be a number or one of {{p50|p75|p90|p99: x}}", param)
+        key, inner = next(iter(value.items()))
+        return _number(inner, f"{param}.{key}"), PERCENTILES[key]
+    return _number(value, param), None
+
+
+@dataclass(slots=True)
+class _Prefs:
+    """Normalised options from one convention, with the param path of each, for conflicts."""
+
+    values: dict[str, Any]
+    params: dict[str, str]
+
+
+def _openrouter(block: Any) -> _Prefs:
+    if not isinstance(block, dict):
+        raise RequestError("provider must be an object", "provider")
+    out = _Prefs({}, {})
+
+    def put(name: str, key: str, value: Any) -> None:
+        out.values[name] = value
+        out.params[name] = f"provider.{key}"
+
+    for key in ("order", "only", "ignore"):
+        if block.get(key) is not None:
+            put(key, key, _str_list(block[key], f"provider.{key}"))
+    if block.get("sort") is not None:
+        put("sort", "sort", _sort(block["sort"], "provider.sort"))
+    if block.get("zdr") is not None:
+        put("zdr", "zdr", _bool(block["zdr"], "provider.zdr"))
+    if block.get("allow_fallbacks") is not None:
+        put("allow_fallbacks", "allow_fallbacks",
+            _bool(block["allow_fallbacks"], "provider.allow_fallbacks"))
+    if block.get("max_price") is not None:
+        mp = block["max_price"]
+        if not isinstance(mp, dict):
+            raise RequestError("provider.max_price must be an object", "provider.max_price")
+        price: dict[str, float] = {}
+        for key in ("prompt", "completion"):
+            if mp.get(key) is not None:
+                price[key] = _number(mp[key], f"provider.max_price.{key}")
+        put("max_price", "max_price", price)
+    for key, name in (("preferred_max_latency", "max_ttft"),
+                      ("preferred_min_throughput", "min_tps")):
+        if block.get(key) is not None:
+            put(name, key, _threshold(block[key], f"provider.{key}"))
+    return out
+
+
+def _vercel(block: Any) -> _Prefs:
+    if not isinstance(block, dict):
+        raise RequestError("providerOptions must be an object", "providerOptions")
+    gateway = block.get("gateway")
+    out = _Prefs({}, {})
+    if gateway is None:
+        return out
+    if not isinstance(gateway, dict):
+        raise RequestError("providerOptions.gateway must be an object", "providerOptions.gateway")
+    base = "providerOptions.gateway."
+    for key in ("order", "only"):
+        if gateway.get(key) is not None:
+            out.values[key] = _str_list(gateway[key], base + key)
+            out.params[key] = base + key
+    if gateway.get("sort") is not None:
+        out.values["sort"] = _sort(gateway["sort"], base + "sort")
+        out.params["sort"] = base + "sort"
+    if gateway.get("zeroDataRetention") is not None:
+        out.values["zdr"] = _bool(gateway["zeroDataRetention"], base + "zeroDataRetention")
+        out.params["zdr"] = base + "zeroDataRetention"
+    return out
+
+
+def merge_preferences(
+    body: dict[str, Any], default_sort: str | None = None, default_zdr: bool = False
+) -> router_pb2.RoutingPreferences:
+    """Both conventions → one RoutingPreferences; a disagreement is a 400 naming both fields."""
+    sources = []
+    if body.get("provider") is not None:
+        sources.append(_openrouter(body["provider"]))
+    if body.get("providerOptions") is not None:
+        sources.append(_vercel(body["providerOptions"]))
+    merged: dict[str, Any] = {}
+    if len(sources) == 2:
+        a, b = sources
+        for name in a.values.keys() & b.values.keys():
+            if a.values[name] != b.values[name]:
+                raise RequestError(
+                    f"{a.params[name]} conflicts with {b.params[name]}; "
+                    "give one or make them agree",
+                    f"{a.params[name]},{b.params[name]}",
+                )
+    for src in sources:
+        merged.update(src.values)
+
+    prefs = router_pb2.RoutingPreferences()
+    sort = merged.get("sort")
+    if sort is None and default_sort:
+        sort = SORTS[default_sort.lower()]
+    if sort is not None:
+        prefs.sort = sort
+    prefs.order.extend(merged.get("order", []))
+    prefs.only.extend(merged.get("only", []))
+    prefs.ignore.extend(merged.get("ignore", []))
+    prefs.zero_data_retention = bool(merged.get("zdr", default_zdr))
+    price = merged.get("max_price")
+    if price:
+        if "prompt" in price:
+            prefs.max_price.input_per_million = price["prompt"]
+        if "completion" in price:
+            prefs.max_price.output_per_million = price["completion"]
+    if "max_ttft" in merged:
+        seconds, pct = merged["max_ttft"]
+        prefs.preferred_max_ttft_ms = seconds * 1000.0
+        if pct is not None:
+            prefs.percentile = pct
+    if "min_tps" in merged:
+        tps, pct = merged["min_tps"]
+        prefs.preferred_min_tps = tps
+        if pct is not None and not prefs.percentile:
+            prefs.percentile = pct
+    if "allow_fallbacks" in merged:
+        prefs.allow_fallbacks = merged["allow_fallbacks"]
+    return prefs
+
+
+def _estimate_input_tokens(messages: list[Any]) -> int:
+    """≈ chars/4 of the message text: enough for the router's cost estimate."""
+    chars = 0
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        content = msg.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    chars += len(part["text"])
+    return (chars + 3) // 4
+
+
+def parse_request(
+    body: Any, default_sort: str | None = None, default_zdr: bool = False
+) -> ParsedRequest:
+    """Validate a chat completion body and split routing options from what goes upstream."""
+    if not isinstance(body, dict):
+        raise RequestError("request body must be a JSON object")
+    model = body.get("model")
+    if model is None:
+        raise RequestError("you must provide a model parameter", "model")
+    if not isinstance(model, str) or not model.strip():
+        raise RequestError("model must be a non-empty string", "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("messages must be a non-empty list", "messages")
+    if not all(isinstance(m, dict) for m in messages):
+        raise RequestError("each message must be an object", "messages")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise RequestError("stream must be a boolean", "stream")
+    max_out = 0
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise RequestError(f"{key} must be a non-negative integer", key)
+        max_out = max_out or value
+    so = body.get("stream_options")
+    if so is not None and not isinstance(so, dict):
+        raise RequestError("stream_options must be an object", "stream_options")
+    prefs = merge_preferences(body, default_sort, default_zdr)
+    forward = {k: v for k, v in body.items() if k not in ROUTING_FIELDS}
+    return ParsedRequest(
+        model=model,
+        stream=stream,
+        preferences=prefs,
+        body=forward,
+        estimated_input_tokens=_estimate_input_tokens(messages),
+        max_output_tokens=max_out,
+    )
+
+
+def preferences_summary(prefs: router_pb2.RoutingPreferences) -> dict[str, Any]:
+    """The preferences as a small JSON-able dict, for the response's routing object."""
+    out: dict[str, Any] = {}
+    if prefs.sort:
+        out["sort"] = router_pb2.SortBy.Name(prefs.sort).removeprefix("SORT_BY_").lower()
+    for name in ("order", "only", "ignore"):
+        if getattr(prefs, name):
+            out[name] = list(getattr(prefs, name))
+    if prefs.zero_data_retention:
+        out["zero_data_retention"] = True
+    if prefs.HasField("allow_fallbacks"):
+        out["allow_fallbacks"] = prefs.allow_fallbacks
+    return out

@@ -1,0 +1,376 @@
+"""The fallback loop and the assembly of the app's response.
+
+For one request: get the ranked routes, keep only what the request allows
+(ZDR enforced again here, whatever the ranking source said), and try them in
+order within ``max_attempts`` and ``request_deadline_s``. A retriable failure
+before any byte reached the app moves on; after the first byte there is no
+silent retry. Every attempt is measured, reported (queued, never awaited) and
+shown in the response's ``routing`` object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from router_service.model import ErrorClass
+from router_service.pb import router_pb2
+from sidecar.config import SidecarSettings
+from sidecar.metrics import SidecarMetrics
+from sidecar.preferences import ParsedRequest, preferences_summary
+from sidecar.ranking_client import Ranking, RankingClient, Route
+from sidecar.streaming import AppGone, StreamStart, read_until_first_token, relay
+from sidecar.upstream import (
+    AttemptRecord,
+    UpstreamError,
+    chat_url,
+    classify_exception,
+    classify_status,
+    parse_retry_after,
+    read_error_body,
+    upstream_headers,
+)
+
+log = logging.getLogger("sidecar.proxy")
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The OpenAI error shape: ``{"error": {message, type, param, code}}``."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}, **extra}
+
+
+class Proxy:
+    """Runs requests through the ranked providers. One per sidecar."""
+
+    def __init__(
+        self,
+        settings: SidecarSettings,
+        session: aiohttp.ClientSession,
+        ranking: RankingClient,
+        metrics: SidecarMetrics,
+        report: Callable[[router_pb2.Outcome], None],
+    ) -> None:
+        self._s = settings
+        self._session = session
+        self._ranking = ranking
+        self._m = metrics
+        self._report = report
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.connect_timeout_s, sock_connect=settings.connect_timeout_s
+        )
+
+    # -- planning ------------------------------------------------------------
+
+    def plan(self, req: ParsedRequest, ranking: Ranking) -> list[Route]:
+        """The routes to try, in order: cooldowns applied, ZDR re-checked, bounded."""
+        routes = self._ranking.cooldowns.apply(req.model, ranking.routes)
+        prefs = req.preferences
+        if prefs.zero_data_retention:
+            routes = [r for r in routes if r.zero_data_retention]
+        if prefs.only:
+            allowed = set(prefs.only)
+            routes = [r for r in routes if r.provider in allowed]
+        if prefs.ignore:
+            ignored = set(prefs.ignore)
+            routes = [r for r in routes if r.provider not in ignored]
+        if prefs.HasField("allow_fallbacks") and not prefs.allow_fallbacks:
+            routes = routes[:1]
+        return routes[: max(1, self._s.max_attempts)]
+
+    def routing_object(
+        self, req: ParsedRequest, ranking: Ranking, plan: list[Route],
+        records: list[AttemptRecord], provider: str | None,
+    ) -> dict[str, Any]:
+        """The ``routing`` object: the router's metadata plus what happened here."""
+        out = dict(ranking.metadata)
+        out["source"] = ranking.source
+        out["model"] = req.model
+        out["preferences"] = preferences_summary(req.preferences)
+        out["planned_order"] = [r.provider for r in plan]
+        out["provider"] = provider
+        out["attempts"] = [r.to_json() for r in records]
+        return out
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def _finish_attempt(self, req: ParsedRequest, rec: AttemptRecord) -> None:
+        """Metrics, local cooldown and the outcome report for one finished attempt."""
+        self._m.attempts.labels(rec.provider, rec.error_class.value).inc()
+        if rec.ttft_ms is not None:
+            self._m.upstream_ttft.labels(rec.provider).observe(rec.ttft_ms / 1000.0)
+        if rec.status == "ok":
+            self._ranking.cooldowns.succeed(req.model, rec.provider)
+        elif rec.error_class.counts_against_endpoint and rec.report:
+            seconds = self._s.cooldown_s
+            if rec.retry_after_s is not None:
+                seconds = min(max(rec.retry_after_s, seconds), self._s.max_cooldown_s)
+            self._ranking.cooldowns.fail(req.model, rec.provider, seconds)
+        if rec.report:
+            self._report(rec.to_outcome(req.model))
+
+    def _key_for(self, route: Route, rec: AttemptRecord) -> tuple[bool, str | None]:
+        """The provider's key from this process's environment only."""
+        if not route.api_key_env:
+            return True, None
+        key = self._s.env().get(route.api_key_env)
+        if not key:
+            rec.finish_error(ErrorClass.AUTH, f"API key variable {route.api_key_env} is not set")
+            rec.report = False  # our misconfiguration, not the endpoint's
+            return False, None
+        return True, key
+
+    def _body_for(self, req: ParsedRequest, route: Route) -> bytes:
+        body = dict(req.body)
+        body["model"] = route.upstream_model
+        if req.stream:
+            opts = dict(body.get("stream_options") or {})
+            opts["include_usage"] = True  # exact output token counts for throughput
+            body["stream_options"] = opts
+        return _dumps(body).encode()
+
+    # -- the request -----------------------------------------------------------
+
+    async def handle(self, request: web.Request, req: ParsedRequest, t_start: float
+                     ) -> web.StreamResponse:
+        """Answer one validated chat completion request (RequestError propagates as 4xx)."""
+        ranking = await self._ranking.rank(req)
+        plan = self.plan(req, ranking)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._s.request_deadline_s
+        records: list[AttemptRecord] = []
+        last_error: UpstreamError | None = None
+        for route in plan:
+            if loop.time() >= deadline:
+                break
+            if records:
+                self._m.fallbacks.inc()
+            rec = AttemptRecord(route.provider, route.upstream_model, time.time())
+            records.append(rec)
+            ok, key = self._key_for(route, rec)
+            if not ok:
+                self._finish_attempt(req, rec)
+                continue
+            if req.stream:
+                result = await self._open_stream(req, route, key, rec, deadline)
+                if isinstance(result, StreamStart):
+                    return await self._commit_stream(
+                        request, req, ranking, plan, records, rec, result, t_start)
+            else:
+                result = await self._call_once(req, route, key, rec, deadline)
+                if isinstance(result, dict):
+                    self._finish_attempt(req, rec)
+                    result["routing"] = self.routing_object(req, ranking, plan, records,
+                                                            route.provider)
+                    return self._json(200, result, route.provider, len(records))
+            last_error = result
+            self._finish_attempt(req, rec)
+            if not rec.retriable:
+                break
+        return self._all_failed(req, ranking, plan, records, last_error)
+
+    def _json(self, status: int, body: dict[str, Any], provider: str | None, attempts: int
+              ) -> web.Response:
+        headers = {"x-router-attempts": str(attempts)}
+        if provider:
+            headers["x-router-provider"] = provider
+        return web.Response(status=status, body=_dumps(body).encode(),
+                            content_type="application/json", headers=headers)
+
+    def _all_failed(self, req: ParsedRequest, ranking: Ranking, plan: list[Route],
+                    records: list[AttemptRecord], last_error: UpstreamError | None
+                    ) -> web.Response:
+        """No attempt succeeded: pass on the last upstream error (key removed) with routing."""
+        routing = self.routing_object(req, ranking, plan, records, None)
+        last = records[-1] if records else None
+        body: dict[str, Any] | None = None
+        if last_error is not None:
+            status = last_error.status
+            try:
+                parsed = json.loads(last_error.body)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict | str):
+                body = parsed
+                if isinstance(body["error"], str):
+                    body["error"] = {"message": body["error"], "type": "upstream_error",
+                                     "param": None, "code": status}
+            else:
+                text = last_error.body.decode("utf-8", "replace")[:1000]
+                body = error_body(f"upstream returned HTTP {status}: {text}", "upstream_error",
+                                  code=str(status))
+        else:
+            if not records:
+                status = 503
+                msg = "no provider could be tried (routing filters or deadline)"
+            elif last is not None and last.error_class == ErrorClass.TIMEOUT:
+                status = 504
+                msg = "every provider timed out"
+            else:
+                status = 502
+                msg = "every provider failed"
+            if records:
+                msg += ": " + "; ".join(f"{r.provider}: {r.error}" for r in records)
+            body = error_body(msg, "upstream_error", code="all_providers_failed")
+        body["routing"] = routing
+        return self._json(status, body, None, len(records))
+
+    # -- non-streaming ---------------------------------------------------------
+
+    async def _call_once(self, req: ParsedRequest, route: Route, key: str | None,
+                         rec: AttemptRecord, deadline: float
+                         ) -> dict[str, Any] | UpstreamError | None:
+        """One non-streaming attempt; the parsed body on success, else the failure."""
+        loop = asyncio.get_running_loop()
+        limit = min(deadline, loop.time() + self._s.nonstream_timeout_s)
+        got_headers = False
+        try:
+            async with asyncio.timeout_at(limit):
+                async with self._session.post(
+                    chat_url(route), data=self._body_for(req, route),
+                    headers=upstream_headers(key, False), timeout=self._timeout,
+                ) as resp:
+                    got_headers = True
+                    rec.http_status = resp.status
+                    if resp.status != 200:
+                        return await self._http_failure(resp, rec, key)
+                    data = await resp.content.read(self._s.max_upstream_response_bytes + 1)
+                    while not resp.content.at_eof() and len(data) <= (
+                            self._s.max_upstream_response_bytes):
+                        more = await resp.content.read(
+                            self._s.max_upstream_response_bytes + 1 - len(data))
+                        if not more:
+                            break
+                        data += more
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            cls = classify_exception(exc, got_headers)
+            if cls == ErrorClass.STREAM_ABORT:  # body broke off: same as a server error here
+                cls = ErrorClass.SERVER_ERROR
+            rec.finish_error(cls, _exc_text(exc, cls))
+            return None
+        if len(data) > self._s.max_upstream_response_bytes:
+            rec.finish_error(ErrorClass.SERVER_ERROR, "upstream response too large")
+            return None
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            rec.finish_error(ErrorClass.SERVER_ERROR, "upstream sent invalid JSON")
+            return None
+        if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
+            rec.finish_error(ErrorClass.SERVER_ERROR, "upstream answer has no choices")
+            return None
+        usage = obj.get("usage")
+        tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        rec.finish_ok(tokens if isinstance(tokens, int) else 0, None)
+        return obj
+
+    async def _http_failure(self, resp: aiohttp.ClientResponse, rec: AttemptRecord,
+                            key: str | None) -> UpstreamError:
+        cls = classify_status(resp.status)
+        if cls == ErrorClass.RATE_LIMITED:
+            rec.retry_after_s = parse_retry_after(resp.headers.get("Retry-After"))
+        body = await read_error_body(resp, self._s.max_error_body_bytes, key)
+        rec.finish_error(cls, f"HTTP {resp.status}", resp.status)
+        return UpstreamError(resp.status, body, resp.headers.get("Content-Type", ""))
+
+    # -- streaming -------------------------------------------------------------
+
+    async def _open_stream(self, req: ParsedRequest, route: Route, key: str | None,
+                           rec: AttemptRecord, deadline: float
+                           ) -> StreamStart | UpstreamError | None:
+        """Send the request and read to the first token, all within the first-byte deadline."""
+        loop = asyncio.get_running_loop()
+        limit = min(deadline, loop.time() + self._s.first_byte_timeout_s)
+        got_headers = False
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout_at(limit):
+                resp = await self._session.post(
+                    chat_url(route), data=self._body_for(req, route),
+                    headers=upstream_headers(key, True), timeout=self._timeout,
+                )
+                got_headers = True
+                rec.http_status = resp.status
+                if resp.status != 200:
+                    try:
+                        return await self._http_failure(resp, rec, key)
+                    finally:
+                        resp.release()
+                start = await read_until_first_token(resp, rec)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            cls = classify_exception(exc, got_headers)
+            if got_headers and cls == ErrorClass.TIMEOUT:
+                msg = f"no first token within {self._s.first_byte_timeout_s}s"
+            else:
+                msg = _exc_text(exc, cls)
+            rec.finish_error(cls, msg, rec.http_status)
+            if resp is not None:
+                resp.close()
+            return None
+        if start is None:
+            resp.close()
+        return start
+
+    async def _commit_stream(
+        self, request: web.Request, req: ParsedRequest, ranking: Ranking, plan: list[Route],
+        records: list[AttemptRecord], rec: AttemptRecord, start: StreamStart, t_start: float,
+    ) -> web.StreamResponse:
+        """First token in hand: send headers and held bytes, then relay; no retry from here."""
+        app = web.StreamResponse(status=200, headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "x-router-provider": rec.provider,
+            "x-router-attempts": str(len(records)),
+        })
+        try:
+            await app.prepare(request)
+            if start.pending:
+                await app.write(start.pending)
+            if rec.ttft_ms is not None:
+                app_ttft = time.perf_counter() - t_start
+                self._m.added_latency.observe(max(0.0, app_ttft - rec.ttft_ms / 1000.0))
+            await relay(start, app, rec, self._s.chunk_timeout_s)
+        except AppGone:
+            self._finish_attempt(req, rec)
+            return app
+        except (ConnectionError, RuntimeError):  # app gone before the first write
+            start.resp.close()
+            rec.finish_error(ErrorClass.CLIENT_ERROR, "app disconnected", 499)
+            self._finish_attempt(req, rec)
+            return app
+        self._finish_attempt(req, rec)
+        routing = self.routing_object(req, ranking, plan, records, rec.provider)
+        if rec.status == "ok":
+            final = {
+                "id": start.scanner.last_id or "",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": req.model,
+                "choices": [],
+                "routing": routing,
+            }
+        else:
+            final = error_body(f"upstream stream failed after it started: {rec.error}",
+                               "upstream_error", code=rec.error_class.value, routing=routing)
+        try:
+            await app.write(b"data: " + _dumps(final).encode() + b"\n\ndata: [DONE]\n\n")
+            await app.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass
+        return app
+
+
+def _exc_text(exc: BaseException, cls: ErrorClass) -> str:
+    """A short description of a transport failure (never the request or the key)."""
+    if cls == ErrorClass.TIMEOUT:
+        return "timeout"
+    return f"{cls.value}: {type(exc).__name__}"

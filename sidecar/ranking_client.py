@@ -1,0 +1,347 @@
+"""Where the order of providers comes from: the router, a cache, or the fallback catalog.
+
+The router is asked once per (model, preferences) per ``rank_cache_ttl_s``, so
+it is not on every request's path. When it is unreachable the sidecar keeps
+serving from the last ranking it got for those preferences, then from the
+fallback catalog (with the hard filters applied locally by ``rank_from_catalog``).
+On top of any ranking, failures this sidecar saw itself push the endpoint to
+the back for a short cooldown, because the router learns of them only later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from router_service.catalog_model import Catalog, Endpoint
+from router_service.pb import router_pb2, router_pb2_grpc
+from sidecar.config import SidecarSettings
+from sidecar.preferences import ParsedRequest, RequestError
+
+log = logging.getLogger("sidecar.ranking")
+
+#: gRPC codes that mean "the caller asked for something impossible", not "router down".
+_CALLER_CODES = {
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One endpoint to try: where to send the request and what it costs."""
+
+    provider: str
+    base_url: str
+    api_key_env: str
+    zero_data_retention: bool
+    upstream_model: str
+    input_price_per_million: float = 0.0
+    output_price_per_million: float = 0.0
+    #: The router asked for this endpoint on purpose (probe/exploration): local
+    #: cooldowns do not override that.
+    router_wants_it: bool = False
+
+    @classmethod
+    def from_proto(cls, ep: router_pb2.RankedEndpoint) -> Route:
+        return cls(
+            provider=ep.provider.name,
+            base_url=ep.provider.base_url,
+            api_key_env=ep.provider.api_key_env,
+            zero_data_retention=ep.provider.zero_data_retention,
+            upstream_model=ep.upstream_model,
+            input_price_per_million=ep.input_price_per_million,
+            output_price_per_million=ep.output_price_per_million,
+            router_wants_it=ep.exploration or ep.health == router_pb2.HEALTH_STATE_PROBING,
+        )
+
+    @classmethod
+    def from_catalog(cls, ep: Endpoint) -> Route:
+        return cls(
+            provider=ep.provider.name,
+            base_url=ep.provider.base_url,
+            api_key_env=ep.provider.api_key_env,
+            zero_data_retention=ep.provider.zero_data_retention,
+            upstream_model=ep.upstream_model,
+            input_price_per_million=ep.input_price_per_mtok,
+            output_price_per_million=ep.output_price_per_mtok,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """An ordered list of routes plus the metadata to show the caller.
+
+    ``source`` is ``router`` (fresh answer), ``cache`` (reused within the TTL),
+    ``stale`` (expired, used because the router is unreachable) or ``catalog``.
+    """
+
+    routes: tuple[Route, ...]
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    fetched_at: float = 0.0
+
+
+def rank_from_catalog(
+    catalog: Catalog, model: str, prefs: router_pb2.RoutingPreferences,
+    input_tokens: int = 0, output_tokens: int = 0,
+) -> tuple[list[Route], list[dict[str, str]]]:
+    """The router's hard filters and ``order``, applied locally to the catalog.
+
+    Used only when the router is unreachable, so a ZDR, ``only``, ``ignore`` or
+    ``max_price`` request keeps its guarantees even then. Returns the routes and
+    the excluded providers with their reason. Raises RequestError when the model
+    is unknown or nothing is left.
+    """
+    entry = catalog.models.get(model)
+    if entry is None:
+        raise RequestError(f"model {model!r} does not exist", "model", 404, "model_not_found")
+    only, ignore = set(prefs.only), set(prefs.ignore)
+    has_in = prefs.max_price.HasField("input_per_million")
+    has_out = prefs.max_price.HasField("output_per_million")
+    kept: list[Endpoint] = []
+    excluded: list[dict[str, str]] = []
+    for ep in entry.endpoints:
+        name = ep.provider.name
+        reason = None
+        if only and name not in only:
+            reason = "not_in_only"
+        elif name in ignore:
+            reason = "ignored"
+        elif prefs.zero_data_retention and not ep.provider.zero_data_retention:
+            reason = "not_zdr"
+        elif has_in and ep.input_price_per_mtok > prefs.max_price.input_per_million:
+            reason = "input_price_above_max"
+        elif has_out and ep.output_price_per_mtok > prefs.max_price.output_per_million:
+            reason = "output_price_above_max"
+        if reason:
+            excluded.append({"provider": name, "reason": reason})
+        else:
+            kept.append(ep)
+    if not kept:
+        raise RequestError(
+            f"no provider for {model!r} satisfies the routing preferences",
+            "provider", 400, "no_eligible_provider",
+        )
+    if prefs.sort == router_pb2.SORT_BY_COST:
+        if input_tokens or output_tokens:
+            kept.sort(key=lambda e: e.request_cost(input_tokens, output_tokens))
+        else:
+            kept.sort(key=lambda e: e.input_price_per_mtok + e.output_price_per_mtok)
+    position = {name: i for i, name in enumerate(prefs.order)}
+    kept.sort(key=lambda e: position.get(e.provider.name, len(position)))  # stable
+    routes = [Route.from_catalog(e) for e in kept]
+    if prefs.HasField("allow_fallbacks") and not prefs.allow_fallbacks:
+        routes = routes[:1]
+    return routes, excluded
+
+
+class Cooldowns:
+    """Endpoints this sidecar saw fail, and until when they are not tried first.
+
+    Bounded (LRU by insertion) so a flood of distinct failing endpoints cannot
+    grow memory.
+    """
+
+    def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._until: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._max = max_entries
+        self._clock = clock
+
+    def fail(self, model: str, provider: str, seconds: float) -> None:
+        key = (model, provider)
+        until = self._clock() + seconds
+        self._until[key] = max(until, self._until.get(key, 0.0))
+        self._until.move_to_end(key)
+        while len(self._until) > self._max:
+            self._until.popitem(last=False)
+
+    def succeed(self, model: str, provider: str) -> None:
+        self._until.pop((model, provider), None)
+
+    def cooling(self, model: str, provider: str) -> bool:
+        until = self._until.get((model, provider))
+        if until is None:
+            return False
+        if until <= self._clock():
+            del self._until[(model, provider)]
+            return False
+        return True
+
+    def apply(self, model: str, routes: tuple[Route, ...]) -> list[Route]:
+        """Cooling endpoints move to the back (kept: a slow answer beats none)."""
+        if not self._until:
+            return list(routes)
+        hot = [r for r in routes if r.router_wants_it or not self.cooling(model, r.provider)]
+        if len(hot) == len(routes):
+            return list(routes)
+        return hot + [r for r in routes if r not in hot]
+
+
+class RankingClient:
+    """Answers "in which order do I try the providers for this request?" without failing.
+
+    ``stub`` may be None (no router configured); ``catalog`` may be None (no
+    fallback catalog). Concurrent misses for the same key share one RPC.
+    """
+
+    def __init__(
+        self,
+        settings: SidecarSettings,
+        stub: router_pb2_grpc.RouterStub | None,
+        catalog: Catalog | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._s = settings
+        self._stub = stub
+        self.catalog = catalog
+        self._clock = clock
+        self._cache: OrderedDict[tuple[str, bytes], Ranking] = OrderedDict()
+        self._inflight: dict[tuple[str, bytes], asyncio.Future[Ranking]] = {}
+        self._router_skip_until = 0.0
+        self.router_ok: bool | None = None  # None = not asked yet
+        self.cooldowns = Cooldowns(settings.cooldown_entries, clock)
+        self.on_source: Callable[[str], None] = lambda source: None
+
+    # -- cache -------------------------------------------------------------
+
+    def _get(self, key: tuple[str, bytes]) -> Ranking | None:
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+        return hit
+
+    def _put(self, key: tuple[str, bytes], ranking: Ranking) -> None:
+        self._cache[key] = ranking
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._s.rank_cache_entries:
+            self._cache.popitem(last=False)
+
+    def invalidate(self) -> None:
+        """Forget every cached ranking (tests; and operators after a catalog change)."""
+        self._cache.clear()
+
+    # -- ranking -----------------------------------------------------------
+
+    async def rank(self, req: ParsedRequest) -> Ranking:
+        """The order for this request; raises RequestError only for the caller's mistakes."""
+        key = req.cache_key()
+        now = self._clock()
+        hit = self._get(key)
+        if hit is not None and now - hit.fetched_at < self._s.rank_cache_ttl_s:
+            self.on_source("cache")
+            return replace(hit, source="cache")
+        if self._stub is not None and now >= self._router_skip_until:
+            fut = self._inflight.get(key)
+            if fut is None:
+                fut = asyncio.get_running_loop().create_future()
+                self._inflight[key] = fut
+                try:
+                    ranking = await self._ask_router(req)
+                except BaseException as exc:
+                    fut.set_exception(exc)
+                    fut.exception()  # mark retrieved: nobody else may be waiting
+                    raise
+                else:
+                    fut.set_result(ranking)
+                finally:
+                    self._inflight.pop(key, None)
+            else:
+                ranking = await asyncio.shield(fut)
+            if ranking is not None:
+                return ranking
+        return self._fallback(req, hit)
+
+    async def _ask_router(self, req: ParsedRequest) -> Ranking | None:
+        """One RankProviders call; None when the router is unusable right now."""
+        assert self._stub is not None
+        msg = router_pb2.RankProvidersRequest(
+            model=req.model,
+            preferences=req.preferences,
+            estimated_input_tokens=req.estimated_input_tokens,
+            max_output_tokens=req.max_output_tokens,
+        )
+        try:
+            resp = await self._stub.RankProviders(msg, timeout=self._s.rank_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _CALLER_CODES:
+                self.router_ok = True
+                raise _caller_error(exc) from None
+            self._router_down(f"{exc.code().name}")
+            return None
+        except Exception as exc:  # channel closed during shutdown, etc.
+            self._router_down(type(exc).__name__)
+            return None
+        self.router_ok = True
+        ranking = Ranking(
+            routes=tuple(Route.from_proto(ep) for ep in resp.endpoints),
+            source="router",
+            metadata=MessageToDict(resp.metadata, preserving_proto_field_name=True),
+            fetched_at=self._clock(),
+        )
+        if not ranking.routes:
+            raise RequestError(
+                f"no provider for {req.model!r} satisfies the routing preferences",
+                "provider", 400, "no_eligible_provider",
+            )
+        self._put(req.cache_key(), ranking)
+        self.on_source("router")
+        return ranking
+
+    def _router_down(self, why: str) -> None:
+        if self.router_ok is not False:
+            log.warning("router unreachable, serving from cache/catalog", extra={"why": why})
+        self.router_ok = False
+        self._router_skip_until = self._clock() + self._s.router_retry_s
+
+    def _fallback(self, req: ParsedRequest, stale: Ranking | None) -> Ranking:
+        if stale is not None and self._clock() - stale.fetched_at < self._s.rank_cache_stale_s:
+            self.on_source("stale")
+            return replace(stale, source="stale")
+        if self.catalog is None:
+            raise RequestError(
+                "the router is unreachable and no fallback catalog is configured",
+                None, 503, "router_unavailable",
+            )
+        routes, excluded = rank_from_catalog(
+            self.catalog, req.model, req.preferences,
+            req.estimated_input_tokens, req.max_output_tokens,
+        )
+        self.on_source("catalog")
+        return Ranking(
+            routes=tuple(routes),
+            source="catalog",
+            metadata={
+                "strategy": "fallback_catalog",
+                "execution_order": [r.provider for r in routes],
+                "excluded": excluded,
+            },
+            fetched_at=self._clock(),
+        )
+
+    def note_router_ok(self) -> None:
+        """Another RPC (outcome delivery) reached the router: stop skipping it."""
+        self.router_ok = True
+        self._router_skip_until = 0.0
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+
+def _caller_error(exc: grpc.aio.AioRpcError) -> RequestError:
+    detail = exc.details() or exc.code().name
+    if exc.code() == grpc.StatusCode.NOT_FOUND:
+        return RequestError(detail, "model", 404, "model_not_found")
+    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+        return RequestError(detail, "provider", 400, "no_eligible_provider")
+    return RequestError(detail, "provider", 400, "invalid_routing_preferences")

@@ -1,0 +1,249 @@
+"""SSE relay: upstream bytes go to the app as they arrive, parsed only on the side.
+
+The scanner never re-serialises a chunk. It splits what arrived into complete
+lines (holding back at most one partial line), looks at ``data:`` payloads to
+find the first content token, the usage and the end, and stops forwarding at
+``data: [DONE]`` so the sidecar can put its ``routing`` chunk before it.
+
+Before the first content token nothing is sent to the app (the few bytes of a
+role-only chunk are held), so a provider that accepts the request and then
+stalls or breaks can still be replaced by the next one without the app ever
+noticing. From the first token on, bytes flow straight through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from router_service.model import ErrorClass
+from sidecar.upstream import AttemptRecord, classify_exception
+
+_DATA = b"data:"
+_DONE = b"[DONE]"
+
+
+class SSEScanner:
+    """Incremental SSE line scanner that tracks what the measurements need."""
+
+    __slots__ = (
+        "_tail", "content_chunks", "done", "error", "finish_seen", "first_token_at",
+        "last_id", "usage_tokens",
+    )
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self.first_token_at: float | None = None
+        self.usage_tokens: int | None = None
+        self.content_chunks = 0
+        self.done = False
+        self.finish_seen = False
+        self.error: Any = None
+        self.last_id: str | None = None
+
+    def feed(self, data: bytes, now: float) -> bytes:
+        """Take upstream bytes; return those safe to forward now (complete lines before [DONE])."""
+        if self.done:
+            return b""
+        buf = self._tail + data if self._tail else data
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            self._tail = buf
+            return b""
+        complete = buf[: cut + 1]
+        self._tail = buf[cut + 1 :]
+        pos = 0
+        end = len(complete)
+        while pos < end:
+            nl = complete.find(b"\n", pos)
+            if complete.startswith(_DATA, pos):
+                payload = complete[pos + 5 : nl].strip()
+                if payload == _DONE:
+                    self.done = True
+                    self._tail = b""
+                    return complete[:pos]
+                if payload:
+                    self._inspect(payload, now)
+            pos = nl + 1
+        return complete
+
+    def flush(self, now: float) -> bytes:
+        """At EOF: a last line without a newline is still a line."""
+        if not self._tail or self.done:
+            return b""
+        tail, self._tail = self._tail, b""
+        out = self.feed(tail + b"\n", now)
+        return out
+
+    def _inspect(self, payload: bytes, now: float) -> None:
+        if (
+            self.first_token_at is not None
+            and b'"finish_reason":null' in payload
+            and b'"usage"' not in payload
+            and b'"error"' not in payload
+        ):
+            # Fast path for the bulk of a stream: a plain delta chunk only counts.
+            if b'"content":"' in payload or b'"tool_calls"' in payload:
+                self.content_chunks += 1
+            return
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(obj, dict):
+            return
+        if obj.get("error"):
+            self.error = obj["error"]
+            return
+        if isinstance(obj.get("id"), str):
+            self.last_id = obj["id"]
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            tokens = usage.get("completion_tokens")
+            if isinstance(tokens, int) and not isinstance(tokens, bool):
+                self.usage_tokens = tokens
+        choices = obj.get("choices")
+        if not isinstance(choices, list):
+            return
+        token = False
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            if isinstance(delta, dict) and (
+                delta.get("content") or delta.get("tool_calls")
+                or delta.get("reasoning_content") or delta.get("reasoning")
+            ):
+                token = True
+            if choice.get("finish_reason"):
+                self.finish_seen = True
+        if token:
+            self.content_chunks += 1
+            if self.first_token_at is None:
+                self.first_token_at = now
+
+    @property
+    def output_tokens(self) -> int:
+        """Upstream's count when it sent usage, else one per content chunk."""
+        return self.usage_tokens if self.usage_tokens is not None else self.content_chunks
+
+    @property
+    def complete(self) -> bool:
+        """A clean end: [DONE], or EOF after a finish_reason (some providers omit [DONE])."""
+        return self.done or (self.finish_seen and self.error is None)
+
+
+@dataclass(slots=True)
+class StreamStart:
+    """An upstream stream that produced its first token (or ended cleanly without one)."""
+
+    resp: aiohttp.ClientResponse
+    scanner: SSEScanner
+    pending: bytes
+    eof: bool
+
+
+async def read_until_first_token(
+    resp: aiohttp.ClientResponse, rec: AttemptRecord
+) -> StreamStart | None:
+    """Read a 200 stream until its first content token, holding the bytes.
+
+    Runs inside the caller's first-byte deadline. Returns None (with ``rec``
+    marked failed) if the stream errors, ends empty or breaks first.
+    """
+    scanner = SSEScanner()
+    pending: list[bytes] = []
+    eof = False
+    while True:
+        data = await resp.content.readany()
+        now = time.perf_counter()
+        if not data:
+            eof = True
+            tail = scanner.flush(now)
+            if tail:
+                pending.append(tail)
+            break
+        fwd = scanner.feed(data, now)
+        if fwd:
+            pending.append(fwd)
+        if scanner.error is not None or scanner.first_token_at is not None or scanner.done:
+            break
+    if scanner.error is not None:
+        rec.finish_error(ErrorClass.SERVER_ERROR,
+                         f"upstream error event: {_err_text(scanner.error)}", 200)
+        return None
+    if scanner.first_token_at is None and not scanner.complete:
+        rec.finish_error(ErrorClass.STREAM_ABORT, "stream ended before the first token", 200)
+        return None
+    if scanner.first_token_at is not None:
+        rec.ttft_ms = (scanner.first_token_at - rec.t0) * 1000.0
+    return StreamStart(resp, scanner, b"".join(pending), eof)
+
+
+def _err_text(err: Any) -> str:
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        return err["message"][:200]
+    return str(err)[:200]
+
+
+class AppGone(Exception):
+    """The app closed its connection mid-stream."""
+
+
+async def relay(
+    start: StreamStart, app: web.StreamResponse, rec: AttemptRecord, chunk_timeout_s: float
+) -> None:
+    """Forward the rest of the stream; on return ``rec`` says how it ended.
+
+    Raises AppGone if the app disconnected (``rec`` then records that as the
+    app's doing, not the provider's).
+    """
+    scanner, resp = start.scanner, start.resp
+    eof = start.eof
+    try:
+        while not eof and not scanner.done and scanner.error is None:
+            try:
+                async with asyncio.timeout(chunk_timeout_s):
+                    data = await resp.content.readany()
+            except TimeoutError:
+                rec.finish_error(ErrorClass.TIMEOUT, f"no chunk for {chunk_timeout_s}s", 200,
+                                 scanner.output_tokens)
+                return
+            except (aiohttp.ClientError, OSError) as exc:
+                rec.finish_error(classify_exception(exc, True),
+                                 f"upstream broke mid-stream: {type(exc).__name__}", 200,
+                                 scanner.output_tokens)
+                return
+            now = time.perf_counter()
+            if data:
+                fwd = scanner.feed(data, now)
+            else:
+                eof = True
+                fwd = scanner.flush(now)
+            if fwd:
+                try:
+                    await app.write(fwd)
+                except (ConnectionError, RuntimeError) as exc:
+                    rec.finish_error(ErrorClass.CLIENT_ERROR, "app disconnected", 499,
+                                     scanner.output_tokens)
+                    raise AppGone from exc
+        if scanner.error is not None:
+            rec.finish_error(ErrorClass.STREAM_ABORT,
+                             f"upstream error event mid-stream: {_err_text(scanner.error)}", 200,
+                             scanner.output_tokens)
+        elif scanner.complete:
+            rec.finish_ok(scanner.output_tokens, scanner.first_token_at)
+        else:
+            rec.finish_error(ErrorClass.STREAM_ABORT, "upstream closed the stream early", 200,
+                             scanner.output_tokens)
+    finally:
+        if scanner.done or eof:
+            resp.release()
+        else:
+            resp.close()  # do not return a half-read connection to the pool

@@ -1,0 +1,222 @@
+"""One upstream attempt: the request, its measurement, and the classification of failures.
+
+The classification follows the proto's ErrorClass so the router's health
+machine sees the same vocabulary from every sidecar. Which classes may be
+retried on another provider is decided here too (``RETRIABLE``): a caller
+mistake (400/404/422) would fail the same way everywhere, so it is passed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from router_service.model import ErrorClass
+from router_service.pb import router_pb2
+from sidecar.ranking_client import Route
+
+#: Failures that move on to the next provider (before any byte reached the app).
+RETRIABLE = frozenset({
+    ErrorClass.CONNECT,
+    ErrorClass.TIMEOUT,
+    ErrorClass.RATE_LIMITED,
+    ErrorClass.SERVER_ERROR,
+    ErrorClass.AUTH,
+})
+
+_PB_ERROR_CLASS = {
+    ErrorClass.NONE: router_pb2.ERROR_CLASS_NONE,
+    ErrorClass.CONNECT: router_pb2.ERROR_CLASS_CONNECT,
+    ErrorClass.TIMEOUT: router_pb2.ERROR_CLASS_TIMEOUT,
+    ErrorClass.RATE_LIMITED: router_pb2.ERROR_CLASS_RATE_LIMITED,
+    ErrorClass.SERVER_ERROR: router_pb2.ERROR_CLASS_SERVER_ERROR,
+    ErrorClass.AUTH: router_pb2.ERROR_CLASS_AUTH,
+    ErrorClass.CLIENT_ERROR: router_pb2.ERROR_CLASS_CLIENT_ERROR,
+    ErrorClass.STREAM_ABORT: router_pb2.ERROR_CLASS_STREAM_ABORT,
+}
+
+
+def classify_status(status: int) -> ErrorClass:
+    """HTTP status of a failed response → ErrorClass (as the proto documents it)."""
+    if status == 429:
+        return ErrorClass.RATE_LIMITED
+    if status == 408 or status >= 500:
+        return ErrorClass.SERVER_ERROR
+    if status in (401, 403):
+        return ErrorClass.AUTH
+    return ErrorClass.CLIENT_ERROR
+
+
+def classify_exception(exc: BaseException, got_headers: bool) -> ErrorClass:
+    """A transport exception → ErrorClass; after the headers every break is an abort."""
+    if isinstance(exc, TimeoutError):  # asyncio and aiohttp timeouts both subclass it
+        return ErrorClass.TIMEOUT
+    if got_headers:
+        return ErrorClass.STREAM_ABORT
+    return ErrorClass.CONNECT
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date); None if absent or garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def redact(data: bytes, secret: str | None) -> bytes:
+    """Remove an API key (and long fragments of it) from bytes we pass on to the app."""
+    if not secret:
+        return data
+    raw = secret.encode()
+    data = data.replace(raw, b"[REDACTED]")
+    if len(raw) >= 16:  # providers echo partial keys ("sk-abc...wxyz"); cut the halves too
+        half = len(raw) // 2
+        for part in (raw[:half], raw[half:]):
+            data = data.replace(part, b"[REDACTED]")
+    return data
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """The measurement of one attempt: what the response's ``routing.attempts`` shows
+    and what becomes an Outcome for the router. Never holds content or keys."""
+
+    provider: str
+    upstream_model: str
+    started_at: float  # wall clock, Unix seconds
+    t0: float = field(default_factory=time.perf_counter)
+    status: str = "pending"  # ok | error
+    http_status: int = 0
+    error_class: ErrorClass = ErrorClass.NONE
+    error: str | None = None
+    ttft_ms: float | None = None
+    duration_ms: float = 0.0
+    output_tokens: int = 0
+    tokens_per_second: float | None = None
+    retry_after_s: float | None = None
+    #: False when the failure was ours (missing key) or the app's (disconnect):
+    #: then the router is not told, so one sidecar's config cannot eject an endpoint.
+    report: bool = True
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.t0) * 1000.0
+
+    def finish_ok(self, output_tokens: int, t_first: float | None) -> None:
+        end = time.perf_counter()
+        self.status = "ok"
+        self.error_class = ErrorClass.NONE
+        self.duration_ms = (end - self.t0) * 1000.0
+        self.output_tokens = output_tokens
+        if t_first is not None and output_tokens > 1 and end > t_first:
+            self.tokens_per_second = output_tokens / (end - t_first)
+
+    def finish_error(self, cls: ErrorClass, message: str, http_status: int = 0,
+                     output_tokens: int = 0) -> None:
+        self.status = "error"
+        self.error_class = cls
+        self.error = message[:300]
+        if http_status:
+            self.http_status = http_status
+        self.duration_ms = self.elapsed_ms()
+        self.output_tokens = output_tokens
+
+    @property
+    def retriable(self) -> bool:
+        return self.status == "error" and self.error_class in RETRIABLE
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "provider": self.provider,
+            "status": self.status,
+            "http_status": self.http_status,
+            "error_class": self.error_class.value,
+            "duration_ms": round(self.duration_ms, 3),
+        }
+        if self.error:
+            out["error"] = self.error
+        if self.ttft_ms is not None:
+            out["ttft_ms"] = round(self.ttft_ms, 3)
+        if self.output_tokens:
+            out["output_tokens"] = self.output_tokens
+        if self.tokens_per_second is not None:
+            out["tokens_per_second"] = round(self.tokens_per_second, 2)
+        if self.retry_after_s is not None:
+            out["retry_after_s"] = self.retry_after_s
+        return out
+
+    def to_outcome(self, model: str) -> router_pb2.Outcome:
+        msg = router_pb2.Outcome(
+            model=model,
+            provider=self.provider,
+            started_at=self.started_at,
+            success=self.status == "ok",
+            error_class=_PB_ERROR_CLASS[self.error_class],
+            http_status=self.http_status,
+            output_tokens=self.output_tokens,
+            duration_ms=self.duration_ms,
+        )
+        if self.ttft_ms is not None:
+            msg.ttft_ms = self.ttft_ms
+        if self.tokens_per_second is not None:
+            msg.tokens_per_second = self.tokens_per_second
+        if self.retry_after_s is not None:
+            msg.retry_after_seconds = self.retry_after_s
+        return msg
+
+
+@dataclass(slots=True)
+class UpstreamError:
+    """A failed response's status and (redacted, truncated) body, to pass on if it is the last."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+
+def upstream_headers(key: str | None, stream: bool) -> dict[str, str]:
+    """Headers for the provider: its key, JSON, and no compression (we parse the stream)."""
+    headers = {
+        "Content-Type": "application/json",
+        "Accept-Encoding": "identity",
+        "Accept": "text/event-stream" if stream else "application/json",
+    }
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+async def read_error_body(resp: aiohttp.ClientResponse, limit: int, key: str | None) -> bytes:
+    """Up to ``limit`` bytes of an error body, with the key removed."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(5.0):
+            while size < limit:
+                chunk = await resp.content.read(limit - size)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+    except (TimeoutError, aiohttp.ClientError):
+        pass
+    return redact(b"".join(parts), key)
+
+
+def chat_url(route: Route) -> str:
+    return route.base_url.rstrip("/") + "/chat/completions"

@@ -1,0 +1,160 @@
+"""Helpers for the sidecar suite: fake providers, a real router and a sidecar, on loopback.
+
+Everything listens on ports chosen by the OS. ``Stack`` writes a catalog whose
+providers point at the fake providers, so the router's answers send the
+sidecar to them; the API keys live only in the sidecar's (injected) environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from fake_provider import FakeProvider, FakeProviderConfig
+from sidecar.app import SidecarApp
+from sidecar.config import SidecarSettings
+
+MODEL = "zai/glm-4.7"
+
+
+def key_env(name: str) -> str:
+    return f"TEST_{name.upper()}_API_KEY"
+
+
+def key_value(name: str) -> str:
+    return f"sk-test-{name}-0123456789abcdef-SECRET"
+
+
+def write_catalog(path: Path, providers: Mapping[str, FakeProvider], zdr: Mapping[str, bool],
+                  prices: Mapping[str, float] | None = None) -> Path:
+    """A catalog YAML with one model served by every given fake provider."""
+    lines = ["providers:"]
+    for name, fp in providers.items():
+        lines.append(
+            f"  {name}: {{base_url: \"{fp.base_url}\", api_key_env: {key_env(name)}, "
+            f"zero_data_retention: {str(zdr.get(name, False)).lower()}}}"
+        )
+    lines += ["models:", f"  {MODEL}:", "    endpoints:"]
+    for i, name in enumerate(providers):
+        price = (prices or {}).get(name, 1.0 + i)
+        lines.append(
+            f"      - {{provider: {name}, upstream_model: up-{name}, "
+            f"input_price_per_million: {price}, output_price_per_million: {price}}}"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_settings(**over: Any) -> SidecarSettings:
+    """Short timeouts and fast flushing so the suite is quick and deterministic."""
+    base = SidecarSettings(
+        router="",
+        listen="127.0.0.1:0",
+        connect_timeout_s=1.0,
+        first_byte_timeout_s=1.0,
+        chunk_timeout_s=1.0,
+        nonstream_timeout_s=2.0,
+        request_deadline_s=10.0,
+        rank_timeout_s=0.5,
+        rank_cache_ttl_s=0.2,
+        router_retry_s=0.2,
+        outcome_flush_interval_s=0.05,
+        outcome_send_timeout_s=1.0,
+        outcome_max_backoff_s=0.2,
+    )
+    return replace(base, **over)
+
+
+@dataclass
+class Stack:
+    """Fake providers (+ optional router) + one sidecar, torn down together."""
+
+    tmp: Path
+    providers: dict[str, FakeProvider] = field(default_factory=dict)
+    router: Any = None
+    sidecar: SidecarApp | None = None
+    catalog_path: Path | None = None
+    _exit: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+
+    async def add_providers(self, configs: Mapping[str, dict[str, Any]]) -> None:
+        for name, kw in configs.items():
+            kw = {"ttft_median_ms": 5.0, "tokens_per_second": 2000.0,
+                  "expected_api_key": key_value(name), **kw}
+            fp = FakeProvider(FakeProviderConfig(name=name, **kw), host="127.0.0.1", port=0)
+            await self._exit.enter_async_context(fp)
+            self.providers[name] = fp
+
+    def write_catalog(self, zdr: Mapping[str, bool] | None = None,
+                      prices: Mapping[str, float] | None = None) -> Path:
+        self.catalog_path = write_catalog(self.tmp / "catalog.yaml", self.providers,
+                                          zdr or {}, prices)
+        return self.catalog_path
+
+    async def start_router(self, port: int = 0) -> Any:
+        from router_service.app import RouterApp, Settings
+
+        assert self.catalog_path is not None
+        self.router = RouterApp(Settings(
+            config_path=str(self.catalog_path), grpc_host="127.0.0.1", grpc_port=port,
+            http_host="127.0.0.1", http_port=0, drain_seconds=0.2, watch_catalog=False,
+            seed=7, refresh_min_interval_s=0.02, refresh_max_interval_s=0.1,
+        ))
+        await self.router.start()
+        return self.router
+
+    async def stop_router(self) -> None:
+        if self.router is not None:
+            await self.router.stop()
+            self.router = None
+
+    async def start_sidecar(self, router: str = "", fallback: bool = False,
+                            **over: Any) -> SidecarApp:
+        env = {key_env(n): key_value(n) for n in self.providers}
+        settings = test_settings(
+            router=router,
+            fallback_catalog=str(self.catalog_path) if fallback else None,
+            environ=env,
+            **over,
+        )
+        self.sidecar = SidecarApp(settings)
+        await self.sidecar.start()
+        return self.sidecar
+
+    async def close(self) -> None:
+        if self.sidecar is not None:
+            await self.sidecar.stop()
+        await self.stop_router()
+        await self._exit.aclose()
+
+    def counts(self) -> dict[str, int]:
+        """Chat requests each provider received."""
+        return {n: len(fp.requests) for n, fp in self.providers.items()}
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float = 10.0,
+                   interval: float = 0.01) -> object:
+    """Poll until ``predicate`` is truthy (awaiting it if needed); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def openai_client(sidecar: SidecarApp, **kw: Any) -> Any:
+    """The official client pointed at the sidecar, with its own retries off."""
+    import openai
+
+    return openai.AsyncOpenAI(base_url=sidecar.base_url, api_key="unused-by-sidecar",
+                              max_retries=0, timeout=20.0, **kw)
+

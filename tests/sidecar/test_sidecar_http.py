@@ -1,0 +1,157 @@
+"""Bad input never yields a 500, a hang or a traceback; health, models and metrics endpoints."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+from aiohttp import web
+from sidecar_helpers import MODEL, Stack, key_env, key_value
+
+MSGS = [{"role": "user", "content": "hi"}]
+
+
+async def _post(url: str, data: bytes | str, headers: dict | None = None) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s, s.post(url, data=data, headers=headers or {
+            "Content-Type": "application/json"}) as r:
+        return r.status, await r.json(content_type=None)
+
+
+def _body(**kw: object) -> str:
+    return json.dumps({"model": MODEL, "messages": MSGS, **kw})
+
+
+@pytest.mark.parametrize(("payload", "status", "needle"), [
+    ("{not json", 400, "not valid JSON"),
+    ("[1, 2]", 400, "JSON object"),
+    (json.dumps({"messages": MSGS}), 400, "model"),
+    (json.dumps({"model": 3, "messages": MSGS}), 400, "model"),
+    (json.dumps({"model": MODEL}), 400, "messages"),
+    (json.dumps({"model": MODEL, "messages": "hi"}), 400, "messages"),
+    (_body(stream="yes"), 400, "stream"),
+    (_body(max_tokens="many"), 400, "max_tokens"),
+    (_body(provider={"order": "alpha"}), 400, "provider.order"),
+    (_body(provider={"sort": "fastest"}), 400, "provider.sort"),
+    (_body(provider={"max_price": {"prompt": -1}}), 400, "provider.max_price.prompt"),
+    (_body(provider={"preferred_max_latency": {"p42": 1}}), 400, "preferred_max_latency"),
+    (_body(providerOptions={"gateway": {"zeroDataRetention": "y"}}), 400, "zeroDataRetention"),
+    (_body(provider={"order": ["alpha"]}, providerOptions={"gateway": {"order": ["beta"]}}),
+     400, "provider.order conflicts with providerOptions.gateway.order"),
+    (json.dumps({"model": "nobody/none", "messages": MSGS}), 404, "does not exist"),
+    (b"\xff\xfe\x00garbage", 400, "not valid JSON"),
+])
+async def test_bad_input_is_openai_shaped_4xx(stack: Stack, payload: str, status: int,
+                                              needle: str) -> None:
+    await stack.add_providers({"alpha": {}, "beta": {}})
+    stack.write_catalog()
+    sc = await stack.start_sidecar(fallback=True)
+    got, body = await _post(sc.base_url + "/chat/completions", payload)
+    assert got == status, body
+    assert needle in body["error"]["message"] or needle in str(body["error"].get("param"))
+    assert set(body["error"]) >= {"message", "type", "param", "code"}
+    assert stack.counts() == {"alpha": 0, "beta": 0}
+
+
+async def test_oversized_body_is_413(stack: Stack) -> None:
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    sc = await stack.start_sidecar(fallback=True, max_body_bytes=1000)
+    big = _body(messages=[{"role": "user", "content": "x" * 5000}])
+    status, body = await _post(sc.base_url + "/chat/completions", big)
+    assert status == 413 and body["error"]["code"] == "body_too_large"
+
+    async def chunks():  # no Content-Length: the limit must hold while reading too
+        for _ in range(10):
+            yield b"x" * 500
+
+    async with aiohttp.ClientSession() as s, s.post(
+            sc.base_url + "/chat/completions", data=chunks()) as r:
+        assert r.status == 413
+        assert (await r.json())["error"]["code"] == "body_too_large"
+
+
+async def test_unknown_route_and_method(stack: Stack) -> None:
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    sc = await stack.start_sidecar(fallback=True)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(sc.base_url + "/nothing") as r:
+            assert r.status == 404 and "error" in await r.json()
+        async with s.get(sc.base_url + "/chat/completions") as r:
+            assert r.status == 405 and "error" in await r.json()
+
+
+async def test_health_ready_models_metrics(stack: Stack) -> None:
+    await stack.add_providers({"alpha": {}, "beta": {}})
+    stack.write_catalog()
+    sc = await stack.start_sidecar(router="127.0.0.1:1")  # nothing there, no catalog
+    root = sc.base_url.removesuffix("/v1")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(root + "/healthz") as r:
+            assert r.status == 200
+        async with s.get(root + "/readyz") as r:
+            assert r.status == 503 and (await r.json())["ready"] is False
+        async with s.get(sc.base_url + "/models") as r:
+            assert r.status == 503
+    await sc.stop()
+    sc = await stack.start_sidecar(router="127.0.0.1:1", fallback=True)
+    root = sc.base_url.removesuffix("/v1")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(root + "/readyz") as r:
+            assert r.status == 200 and (await r.json())["fallback_catalog"] is True
+        async with s.get(sc.base_url + "/models") as r:
+            models = await r.json()
+            assert [m["id"] for m in models["data"]] == [MODEL]
+        status, _ = await _post(sc.base_url + "/chat/completions", _body(max_tokens=2))
+        assert status == 200
+        async with s.get(root + "/metrics") as r:
+            text = await r.text()
+    for name in ("router_sidecar_requests_total{status=\"200\"} 1.0",
+                 'router_sidecar_attempts_total{error_class="none",provider="alpha"} 1.0',
+                 "router_sidecar_fallbacks_total", "router_sidecar_added_latency_seconds_bucket",
+                 "router_sidecar_outcome_queue_depth", "router_sidecar_outcomes_dropped_total"):
+        assert name in text, name
+
+
+async def test_upstream_error_body_passed_on_without_key(stack: Stack) -> None:
+    """A provider that echoes the key in its error body: the app gets the body, not the key."""
+    async def echo(request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        return web.json_response({"error": {"message": f"bad key {auth} ({auth[7:19]}...)",
+                                            "type": "invalid_request_error"}}, status=401)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        path = stack.tmp / "cat.yaml"
+        path.write_text(
+            "providers:\n"
+            f"  echo: {{base_url: 'http://127.0.0.1:{port}/v1', api_key_env: {key_env('echo')}}}\n"
+            f"models:\n  {MODEL}:\n    endpoints:\n"
+            "      - {provider: echo, upstream_model: m, input_price_per_million: 1, "
+            "output_price_per_million: 1}\n")
+        stack.catalog_path = path
+        stack.providers = {}
+        from dataclasses import replace
+
+        from sidecar_helpers import test_settings
+
+        from sidecar.app import SidecarApp
+        sc = SidecarApp(replace(test_settings(fallback_catalog=str(path)),
+                                environ={key_env("echo"): key_value("echo")}))
+        await sc.start()
+        stack.sidecar = sc
+        status, body = await _post(sc.base_url + "/chat/completions", _body())
+        assert status == 401
+        assert "bad key" in body["error"]["message"]
+        assert key_value("echo") not in json.dumps(body)
+        assert "0123456789abcdef-SECRET" not in json.dumps(body)
+        assert body["routing"]["attempts"][0]["error_class"] == "auth"
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,193 @@
+"""Pure parts of the sidecar: preferences, SSE scanning, ranking fallbacks, bounds, config."""
+
+from __future__ import annotations
+
+import pytest
+
+from router_service.catalog import parse_catalog
+from router_service.pb import router_pb2
+from sidecar.config import SidecarSettings, settings_from_args, split_host_port
+from sidecar.metrics import SidecarMetrics
+from sidecar.outcomes import OutcomeReporter
+from sidecar.preferences import RequestError, parse_request
+from sidecar.ranking_client import Cooldowns, Ranking, RankingClient, Route, rank_from_catalog
+from sidecar.streaming import SSEScanner
+from sidecar.upstream import classify_status, parse_retry_after, redact
+
+MSGS = [{"role": "user", "content": "x" * 40}]
+
+CATALOG = parse_catalog("""
+providers:
+  a: {base_url: "http://a/v1", api_key_env: A, zero_data_retention: true}
+  b: {base_url: "http://b/v1", api_key_env: B}
+  c: {base_url: "http://c/v1", api_key_env: C, zero_data_retention: true}
+models:
+  m/x:
+    endpoints:
+      - {provider: a, upstream_model: ax, input_price_per_million: 3, output_price_per_million: 3}
+      - {provider: b, upstream_model: bx, input_price_per_million: 1, output_price_per_million: 1}
+      - {provider: c, upstream_model: cx, input_price_per_million: 2, output_price_per_million: 9}
+""")
+
+
+def test_openrouter_preferences() -> None:
+    req = parse_request({"model": "m/x", "messages": MSGS, "max_tokens": 100, "provider": {
+        "order": ["b"], "only": ["a", "b"], "ignore": ["c"], "sort": "throughput", "zdr": True,
+        "max_price": {"prompt": 1.5, "completion": 2}, "allow_fallbacks": False,
+        "preferred_max_latency": {"p90": 0.5}, "preferred_min_throughput": 50,
+        "require_parameters": True}})
+    p = req.preferences
+    assert p.sort == router_pb2.SORT_BY_TPS and list(p.order) == ["b"]
+    assert list(p.only) == ["a", "b"] and list(p.ignore) == ["c"]
+    assert p.zero_data_retention and not p.allow_fallbacks
+    assert p.max_price.input_per_million == 1.5 and p.max_price.output_per_million == 2
+    assert p.preferred_max_ttft_ms == 500 and p.percentile == router_pb2.PERCENTILE_P90
+    assert p.preferred_min_tps == 50
+    assert req.estimated_input_tokens == 10 and req.max_output_tokens == 100
+    assert "provider" not in req.body and req.body["max_tokens"] == 100
+
+
+def test_vercel_preferences_and_agreement() -> None:
+    req = parse_request({"model": "m/x", "messages": MSGS, "providerOptions": {"gateway": {
+        "order": ["a"], "sort": "ttft", "zeroDataRetention": True}},
+        "provider": {"sort": "latency", "zdr": True}})
+    assert req.preferences.sort == router_pb2.SORT_BY_TTFT
+    assert req.preferences.zero_data_retention and list(req.preferences.order) == ["a"]
+    assert "providerOptions" not in req.body
+
+
+def test_conflict_names_both_fields() -> None:
+    with pytest.raises(RequestError) as err:
+        parse_request({"model": "m/x", "messages": MSGS, "provider": {"zdr": False},
+                       "providerOptions": {"gateway": {"zeroDataRetention": True}}})
+    assert err.value.param == "provider.zdr,providerOptions.gateway.zeroDataRetention"
+
+
+def test_defaults_apply_and_cache_key_ignores_tokens() -> None:
+    a = parse_request({"model": "m/x", "messages": MSGS}, default_sort="cost", default_zdr=True)
+    b = parse_request({"model": "m/x", "messages": MSGS * 3}, default_sort="cost",
+                      default_zdr=True)
+    assert a.preferences.sort == router_pb2.SORT_BY_COST and a.preferences.zero_data_retention
+    assert a.cache_key() == b.cache_key()
+
+
+def test_rank_from_catalog_enforces_filters() -> None:
+    prefs = router_pb2.RoutingPreferences(zero_data_retention=True)
+    routes, excluded = rank_from_catalog(CATALOG, "m/x", prefs)
+    assert [r.provider for r in routes] == ["a", "c"]
+    assert excluded == [{"provider": "b", "reason": "not_zdr"}]
+    prefs = router_pb2.RoutingPreferences(order=["c"], ignore=["b"])
+    assert [r.provider for r in rank_from_catalog(CATALOG, "m/x", prefs)[0]] == ["c", "a"]
+    prefs = router_pb2.RoutingPreferences(sort=router_pb2.SORT_BY_COST)
+    assert [r.provider for r in rank_from_catalog(CATALOG, "m/x", prefs, 1000, 0)[0]] == [
+        "b", "c", "a"]
+    prefs = router_pb2.RoutingPreferences()
+    prefs.max_price.output_per_million = 5
+    assert [r.provider for r in rank_from_catalog(CATALOG, "m/x", prefs)[0]] == ["a", "b"]
+    with pytest.raises(RequestError) as err:
+        rank_from_catalog(CATALOG, "m/x", router_pb2.RoutingPreferences(only=["zzz"]))
+    assert err.value.code == "no_eligible_provider"
+    with pytest.raises(RequestError) as err:
+        rank_from_catalog(CATALOG, "m/none", router_pb2.RoutingPreferences())
+    assert err.value.status == 404
+
+
+def test_cooldowns_move_failed_endpoint_back_until_expiry() -> None:
+    now = [100.0]
+    cd = Cooldowns(max_entries=2, clock=lambda: now[0])
+    routes = tuple(Route(n, "u", "", False, n) for n in "abc")
+    cd.fail("m", "a", 5.0)
+    assert [r.provider for r in cd.apply("m", routes)] == ["b", "c", "a"]
+    probe = (Route("a", "u", "", False, "a", router_wants_it=True), *routes[1:])
+    assert next(r.provider for r in cd.apply("m", probe)) == "a"  # the router says otherwise
+    now[0] += 5.1
+    assert [r.provider for r in cd.apply("m", routes)] == ["a", "b", "c"]
+    for p in "xyz":  # bounded
+        cd.fail("m", p, 5.0)
+    assert len(cd._until) == 2
+
+
+async def test_ranking_cache_is_bounded_lru() -> None:
+    client = RankingClient(SidecarSettings(rank_cache_entries=3), None, CATALOG)
+    for i in range(10):
+        client._put(("m/x", bytes([i])), Ranking((), "router"))
+    assert client.cache_size == 3
+    assert list(client._cache) == [("m/x", bytes([i])) for i in (7, 8, 9)]
+
+
+async def test_router_absent_uses_catalog_or_503() -> None:
+    req = parse_request({"model": "m/x", "messages": MSGS})
+    client = RankingClient(SidecarSettings(), None, CATALOG)
+    ranking = await client.rank(req)
+    assert ranking.source == "catalog" and [r.provider for r in ranking.routes] == ["a", "b", "c"]
+    with pytest.raises(RequestError) as err:
+        await RankingClient(SidecarSettings(), None, None).rank(req)
+    assert err.value.status == 503
+
+
+def test_sse_scanner_holds_partial_lines_and_stops_at_done() -> None:
+    s = SSEScanner()
+    role = b'data: {"id":"c1","choices":[{"delta":{"role":"assistant"}}]}\n\n'
+    tok = b'data: {"id":"c1","choices":[{"delta":{"content":"Hi"}}]}\n\n'
+    usage = b'data: {"id":"c1","choices":[],"usage":{"completion_tokens":7}}\n\n'
+    assert s.feed(role, 1.0) == role and s.first_token_at is None
+    out = s.feed(tok[:20], 2.0)
+    assert out == b""  # partial line held back
+    assert s.feed(tok[20:] + usage + b"data: [DONE]\n\njunk", 3.0) == tok + usage
+    assert s.first_token_at == 3.0 and s.usage_tokens == 7 and s.done and s.complete
+    assert s.output_tokens == 7 and s.last_id == "c1"
+
+
+def test_sse_scanner_counts_without_usage_and_sees_errors() -> None:
+    s = SSEScanner()
+    for _ in range(3):
+        s.feed(b'data: {"choices":[{"delta":{"content":"a"}}]}\n', 1.0)
+    assert s.output_tokens == 3 and not s.complete
+    s.feed(b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}', 1.0)
+    s.flush(2.0)
+    assert s.complete
+    e = SSEScanner()
+    e.feed(b'data: {"error":{"message":"boom"}}\n\n', 1.0)
+    assert e.error == {"message": "boom"} and not e.complete
+
+
+def test_classification_and_retry_after() -> None:
+    assert classify_status(429).value == "rate_limited"
+    assert classify_status(503).value == "server_error"
+    assert classify_status(408).value == "server_error"
+    assert classify_status(401).value == "auth"
+    assert classify_status(422).value == "client_error"
+    assert parse_retry_after("2.5") == 2.5
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    key = "sk-live-abcdefghijklmnopqrstuvwxyz"
+    assert key.encode() not in redact(f"key={key}".encode(), key)
+    assert b"abcdefghijklmnop" not in redact(key[:20].encode(), key)
+
+
+async def test_outcome_queue_is_bounded_and_counts_drops() -> None:
+    metrics = SidecarMetrics()
+    rep = OutcomeReporter(object(), metrics, max_queue=5, batch_size=2,  # type: ignore[arg-type]
+                          flush_interval_s=1, send_timeout_s=1, max_backoff_s=1)
+    for i in range(8):
+        rep.submit(router_pb2.Outcome(model="m/x", provider=f"p{i}", success=True))
+    assert rep.depth == 5 and rep.dropped == 3
+    assert [o.provider for o in rep._queue] == ["p3", "p4", "p5", "p6", "p7"]  # newest kept
+    rep._put_back([router_pb2.Outcome(provider="old")])
+    assert rep.dropped == 4 and rep.depth == 5
+    text = metrics.render().decode()
+    assert "router_sidecar_outcomes_dropped_total 4.0" in text
+
+
+def test_config_flags_env_and_defaults() -> None:
+    s = settings_from_args(["--router", "r:1", "--max-attempts", "5"],
+                           {"SIDECAR_LISTEN": "0.0.0.0:9000", "SIDECAR_DEFAULT_ZDR": "true",
+                            "SIDECAR_ROUTER": "ignored:2"})
+    assert s.router == "r:1" and s.max_attempts == 5 and s.default_zdr
+    assert (s.listen_host, s.listen_port) == ("0.0.0.0", 9000)
+    d = settings_from_args([], {})
+    assert d.listen == "127.0.0.1:8080" and d.fallback_catalog is None
+    assert split_host_port("[::1]:80", "x") == ("::1", 80)
+    assert split_host_port("8081", "127.0.0.1") == ("127.0.0.1", 8081)
+    with pytest.raises(SystemExit):
+        settings_from_args([], {"SIDECAR_MAX_ATTEMPTS": "lots"})
