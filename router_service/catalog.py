@@ -64,7 +64,9 @@ class _Validator:
             raise self.fail(path, f"expected a mapping, got {_type_name(value)}")
         return value
 
-    def keys(self, value: dict[str, Any], path: str, required: set[str], optional: set[str]) -> None:
+    def keys(
+        self, value: dict[str, Any], path: str, required: set[str], optional: set[str]
+    ) -> None:
         missing = sorted(required - value.keys())
         if missing:
             raise self.fail(path, f"missing required key {missing[0]!r}")
@@ -93,10 +95,14 @@ class _Validator:
 
     def price(self, value: Any, path: str) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(path, f"expected a number (USD per million tokens), got {_type_name(value)}")
+            raise self.fail(
+                path, f"expected a number (USD per million tokens), got {_type_name(value)}"
+            )
         price = float(value)
         if not math.isfinite(price) or price < 0 or price > MAX_PRICE_PER_MILLION:
-            raise self.fail(path, f"expected a price in [0, {MAX_PRICE_PER_MILLION:g}], got {value}")
+            raise self.fail(
+                path, f"expected a price in [0, {MAX_PRICE_PER_MILLION:g}], got {value}"
+            )
         return price
 
 
@@ -143,9 +149,7 @@ def _parse_providers(check: _Validator, raw: Any) -> dict[str, Provider]:
     return providers
 
 
-def _parse_models(
-    check: _Validator, raw: Any, providers: dict[str, Provider]
-) -> dict[str, Model]:
+def _parse_models(check: _Validator, raw: Any, providers: dict[str, Provider]) -> dict[str, Model]:
     section = check.mapping(raw, "models")
     if not section:
         raise check.fail("models", "expected at least one model")
@@ -163,7 +167,9 @@ def _parse_models(
         endpoints: list[Endpoint] = []
         seen: set[str] = set()
         for index, entry in enumerate(entries):
-            endpoint = _parse_endpoint(check, entry, f"{path}.endpoints[{index}]", model_id, providers)
+            endpoint = _parse_endpoint(
+                check, entry, f"{path}.endpoints[{index}]", model_id, providers
+            )
             if endpoint.provider.name in seen:
                 raise check.fail(
                     f"{path}.endpoints[{index}].provider",

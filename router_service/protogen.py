@@ -45,7 +45,8 @@ def generate() -> dict[str, str]:
             raise RuntimeError(f"protoc failed on {PROTO_ROOT / PROTO_FILE}")
         produced = Path(tmp) / "router" / "v1"
         return {
-            name: _HEADER + _IMPORT.sub("from router_service.pb import ", (produced / name).read_text())
+            name: _HEADER
+            + _IMPORT.sub("from router_service.pb import ", (produced / name).read_text())
             for name in GENERATED
         }
 
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = stale_files(generated)
         if stale:
-            print(f"stale generated code: {', '.join(stale)}; run python -m router_service.protogen")
+            print(
+                f"stale generated code: {', '.join(stale)}; run python -m router_service.protogen"
+            )
             return 1
         return 0
     OUT_DIR.mkdir(exist_ok=True)
