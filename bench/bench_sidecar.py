@@ -57,8 +57,11 @@ async def _serve_async(kind: str, arg: dict[str, Any], q: Any) -> None:
     if kind == "fake":
         from fake_provider import FakeProvider, FakeProviderConfig
 
-        fp = FakeProvider(FakeProviderConfig(name="fake", ttft_median_ms=arg["ttft_ms"],
-                                             tokens_per_second=arg["tps"], seed=1))
+        fp = FakeProvider(
+            FakeProviderConfig(
+                name="fake", ttft_median_ms=arg["ttft_ms"], tokens_per_second=arg["tps"], seed=1
+            )
+        )
         await fp.start()
         q.put(fp.base_url)
         await stop.wait()
@@ -71,9 +74,16 @@ async def _serve_async(kind: str, arg: dict[str, Any], q: Any) -> None:
     elif kind == "router":
         from router_service.app import RouterApp, Settings
 
-        app = RouterApp(Settings(config_path=arg["catalog"], grpc_host="127.0.0.1",
-                                 grpc_port=0, http_host="127.0.0.1", http_port=0,
-                                 watch_catalog=False))
+        app = RouterApp(
+            Settings(
+                config_path=arg["catalog"],
+                grpc_host="127.0.0.1",
+                grpc_port=0,
+                http_host="127.0.0.1",
+                http_port=0,
+                watch_catalog=False,
+            )
+        )
         await app.start()
         q.put(app.grpc_address)
         await stop.wait()
@@ -85,8 +95,11 @@ async def _serve_async(kind: str, arg: dict[str, Any], q: Any) -> None:
         from sidecar.config import SidecarSettings
 
         logging.getLogger().setLevel(logging.WARNING)
-        sc = SidecarApp(SidecarSettings(router=arg["router"], listen="127.0.0.1:0",
-                                        fallback_catalog=arg["catalog"]))
+        sc = SidecarApp(
+            SidecarSettings(
+                router=arg["router"], listen="127.0.0.1:0", fallback_catalog=arg["catalog"]
+            )
+        )
         await sc.start()
         q.put(sc.base_url)
         await stop.wait()
@@ -99,10 +112,13 @@ async def start_bare_proxy(upstream: str) -> web.AppRunner:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        async with session.post(upstream + "/chat/completions", data=body,
-                                headers={"Content-Type": "application/json"}) as up:
-            resp = web.StreamResponse(status=up.status, headers={
-                "Content-Type": up.headers.get("Content-Type", "text/event-stream")})
+        async with session.post(
+            upstream + "/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        ) as up:
+            resp = web.StreamResponse(
+                status=up.status,
+                headers={"Content-Type": up.headers.get("Content-Type", "text/event-stream")},
+            )
             await resp.prepare(request)
             async for chunk in up.content.iter_any():
                 await resp.write(chunk)
@@ -139,8 +155,9 @@ async def one(session: aiohttp.ClientSession, base: str) -> tuple[float, float]:
     return (ttft if ttft is not None else total), total
 
 
-async def run_round(session: aiohttp.ClientSession, base: str, n: int, conc: int,
-                    out: list[tuple[float, float]]) -> None:
+async def run_round(
+    session: aiohttp.ClientSession, base: str, n: int, conc: int, out: list[tuple[float, float]]
+) -> None:
     sem = asyncio.Semaphore(conc)
 
     async def task() -> None:
@@ -154,8 +171,9 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
 
 
-async def measure(targets: dict[str, str], requests: int, conc: int, rounds: int
-                  ) -> dict[str, list[tuple[float, float]]]:
+async def measure(
+    targets: dict[str, str], requests: int, conc: int, rounds: int
+) -> dict[str, list[tuple[float, float]]]:
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in targets}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         for base in targets.values():  # warm-up: connections, caches, JIT-less imports
@@ -168,9 +186,11 @@ async def measure(targets: dict[str, str], requests: int, conc: int, rounds: int
 
 
 def table(all_results: dict[int, dict[str, list[tuple[float, float]]]]) -> str:
-    rows = ["| streams | target | TTFT p50 | TTFT p99 | total p50 | total p99 "
-            "| added TTFT p50 | added total p50 |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| streams | target | TTFT p50 | TTFT p99 | total p50 | total p99 "
+        "| added TTFT p50 | added total p50 |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for conc, res in all_results.items():
         base_ttft = statistics.median(t for t, _ in res["direct"])
         base_total = statistics.median(t for _, t in res["direct"])
@@ -184,7 +204,8 @@ def table(all_results: dict[int, dict[str, list[tuple[float, float]]]]) -> str:
                 f"| {pct(ttft, 0.99) * 1000:.2f} ms | {statistics.median(total) * 1000:.2f} ms "
                 f"| {pct(total, 0.99) * 1000:.2f} ms "
                 f"| {'-' if name == 'direct' else f'{added_t:+.3f} ms'} "
-                f"| {'-' if name == 'direct' else f'{added_tot:+.3f} ms'} |")
+                f"| {'-' if name == 'direct' else f'{added_tot:+.3f} ms'} |"
+            )
     return "\n".join(rows)
 
 
@@ -212,10 +233,12 @@ def main() -> None:
     try:
         fake = spawn("fake", {"ttft_ms": args.ttft_ms, "tps": args.tps})
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            f.write(f"providers:\n  fake: {{base_url: '{fake}', api_key_env: BENCH_FAKE_KEY}}\n"
-                    f"models:\n  {MODEL}:\n    endpoints:\n"
-                    "      - {provider: fake, upstream_model: m, input_price_per_million: 1, "
-                    "output_price_per_million: 1}\n")
+            f.write(
+                f"providers:\n  fake: {{base_url: '{fake}', api_key_env: BENCH_FAKE_KEY}}\n"
+                f"models:\n  {MODEL}:\n    endpoints:\n"
+                "      - {provider: fake, upstream_model: m, input_price_per_million: 1, "
+                "output_price_per_million: 1}\n"
+            )
             catalog = f.name
         proxy = spawn("proxy", {"upstream": fake})
         router = "" if args.no_router else spawn("router", {"catalog": catalog})
@@ -224,10 +247,12 @@ def main() -> None:
         all_results = {}
         for conc in args.concurrency:
             all_results[conc] = asyncio.run(measure(targets, args.requests, conc, args.rounds))
-        print(f"fake provider: TTFT {args.ttft_ms} ms, {args.tps} tok/s, "
-              f"{BODY['max_tokens']} tokens; {args.requests} requests per target per row; "
-              f"router: {'none (catalog)' if args.no_router else 'real, ranking cached'}; "
-              f"cpus: {os.cpu_count()}")
+        print(
+            f"fake provider: TTFT {args.ttft_ms} ms, {args.tps} tok/s, "
+            f"{BODY['max_tokens']} tokens; {args.requests} requests per target per row; "
+            f"router: {'none (catalog)' if args.no_router else 'real, ranking cached'}; "
+            f"cpus: {os.cpu_count()}"
+        )
         print(table(all_results))
     finally:
         for p in reversed(procs):  # sidecar first, so it does not see its router vanish

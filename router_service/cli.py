@@ -18,7 +18,10 @@ import sys
 from router_service import defaults
 from router_service.app import RouterApp, Settings
 from router_service.catalog import CatalogError
+from router_service.health import HealthConfig
 from router_service.logs import LEVELS, configure_logging
+from router_service.ranking import RankingConfig
+from router_service.tuning import TuningError, load_tuning
 
 log = logging.getLogger("router_service")
 
@@ -58,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--host", default=env.get("ROUTER_HOST", "0.0.0.0"), help="bind address (env ROUTER_HOST)"
     )
     parser.add_argument(
+        "--tuning",
+        default=env.get(defaults.ENV_TUNING),
+        help="optional YAML of health thresholds and ranking knobs; omitted keys keep their "
+        f"documented defaults (env {defaults.ENV_TUNING})",
+    )
+    parser.add_argument(
         "--log-level",
         choices=LEVELS,
         default=env.get(defaults.ENV_LOG_LEVEL, defaults.LOG_LEVEL).lower(),
@@ -89,12 +98,21 @@ async def serve(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level)
+    health, ranking = HealthConfig(), RankingConfig()
+    if args.tuning:
+        try:
+            health, ranking = load_tuning(args.tuning)
+        except TuningError as exc:
+            print(f"router-service: {exc}", file=sys.stderr)
+            return 2
     settings = Settings(
         config_path=args.config,
         grpc_host=args.host,
         grpc_port=args.grpc_port,
         http_host=args.host,
         http_port=args.http_port,
+        health=health,
+        ranking=ranking,
     )
     return asyncio.run(serve(settings))
 

@@ -54,8 +54,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if not request.path.startswith("/v1/") or exc.status < 400:
             raise
         kind = "not_found" if exc.status == 404 else "invalid_request"
-        body = {"error": {"message": f"{exc.reason}: {request.method} {request.path}",
-                          "type": kind}}
+        body = {
+            "error": {"message": f"{exc.reason}: {request.method} {request.path}", "type": kind}
+        }
         return web.json_response(body, status=exc.status, headers=NO_STORE)
 
 

@@ -162,11 +162,13 @@ class RouterCollector(Collector):
         info.add_metric([core.catalog_version], 1.0)
         yield info
         yield GaugeMetricFamily(
-            "router_catalog_models", "Models in the loaded catalog.",
+            "router_catalog_models",
+            "Models in the loaded catalog.",
             value=len(core.catalog.models),
         )
         yield GaugeMetricFamily(
-            "router_catalog_endpoints", "Endpoints (model, provider) in the loaded catalog.",
+            "router_catalog_endpoints",
+            "Endpoints (model, provider) in the loaded catalog.",
             value=sum(len(m.endpoints) for m in core.catalog.models.values()),
         )
 

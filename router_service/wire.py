@@ -132,6 +132,8 @@ def rank_response(
             out.tokens_per_second = item.tps
         if item.uptime is not None:
             out.uptime_1h = item.uptime
+        if item.weight is not None and result.strategy == "load_balance":
+            out.weight = item.weight
         if item.deprioritized is not None:
             why = item.deprioritized
             out.deprioritized.CopyFrom(reason(why.code, why.detail, why.numbers))

@@ -47,8 +47,9 @@ _STATUS_TYPES = {
 }
 
 
-def _error_response(status: int, message: str, param: str | None = None,
-                    code: str | None = None) -> web.Response:
+def _error_response(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> web.Response:
     type_ = _STATUS_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
     return web.json_response(error_body(message, type_, param, code), status=status)
 
@@ -99,7 +100,8 @@ class SidecarApp:
         self.ranking = RankingClient(s, stub, self.catalog)
         self.ranking.on_source = lambda src: self.metrics.ranking_source.labels(src).inc()
         self.reporter = OutcomeReporter(
-            stub, self.metrics,
+            stub,
+            self.metrics,
             max_queue=s.outcome_queue_size,
             batch_size=s.outcome_batch_size,
             flush_interval_s=s.outcome_flush_interval_s,
@@ -119,17 +121,22 @@ class SidecarApp:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                                     shutdown_timeout=2.0)
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.listen_host, s.listen_port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         self.reporter.start()
-        log.info("sidecar started", extra={
-            "listen": self.base_url, "router": s.router,
-            "fallback_catalog": bool(self.catalog),
-        })
+        log.info(
+            "sidecar started",
+            extra={
+                "listen": self.base_url,
+                "router": s.router,
+                "fallback_catalog": bool(self.catalog),
+            },
+        )
 
     async def stop(self) -> None:
         """Stop listening, flush outcomes briefly, close connections."""
@@ -189,8 +196,9 @@ class SidecarApp:
             try:
                 body = json.loads(raw)
             except ValueError:
-                raise RequestError("request body is not valid JSON", None, 400,
-                                   "invalid_json") from None
+                raise RequestError(
+                    "request body is not valid JSON", None, 400, "invalid_json"
+                ) from None
             req = parse_request(body, self.settings.default_sort, self.settings.default_zdr)
             model = req.model
             assert self.proxy is not None
@@ -203,10 +211,15 @@ class SidecarApp:
             raise
         finally:
             self.metrics.requests.labels(str(status)).inc()
-            log.info("request", extra={
-                "model": model, "status": status, "provider": provider,
-                "duration_ms": round((time.perf_counter() - t_start) * 1000, 3),
-            })
+            log.info(
+                "request",
+                extra={
+                    "model": model,
+                    "status": status,
+                    "provider": provider,
+                    "duration_ms": round((time.perf_counter() - t_start) * 1000, 3),
+                },
+            )
 
     async def _models(self, request: web.Request) -> web.Response:
         """The router's model list (or the fallback catalog's), in OpenAI's shape."""
@@ -214,19 +227,30 @@ class SidecarApp:
         if self._stub is not None:
             try:
                 resp = await self._stub.ListModels(
-                    router_pb2.ListModelsRequest(), timeout=self.settings.rank_timeout_s)
-                data = [_model_entry(m.id, {"router": MessageToDict(
-                    m, preserving_proto_field_name=True)}) for m in resp.models]
+                    router_pb2.ListModelsRequest(), timeout=self.settings.rank_timeout_s
+                )
+                data = [
+                    _model_entry(
+                        m.id, {"router": MessageToDict(m, preserving_proto_field_name=True)}
+                    )
+                    for m in resp.models
+                ]
             except grpc.aio.AioRpcError:
                 data = None
         if data is None and self._models_cache is not None:
             return web.json_response(self._models_cache)
         if data is None and self.catalog is not None:
-            data = [_model_entry(mid, {"providers": [e.provider.name for e in m.endpoints]})
-                    for mid, m in self.catalog.models.items()]
+            data = [
+                _model_entry(mid, {"providers": [e.provider.name for e in m.endpoints]})
+                for mid, m in self.catalog.models.items()
+            ]
         if data is None:
-            return _error_response(503, "the router is unreachable and no fallback catalog "
-                                   "is configured", None, "router_unavailable")
+            return _error_response(
+                503,
+                "the router is unreachable and no fallback catalog is configured",
+                None,
+                "router_unavailable",
+            )
         body = {"object": "list", "data": data}
         self._models_cache = body
         return web.json_response(body)
@@ -238,8 +262,11 @@ class SidecarApp:
         """Ready when a ranking source is usable: router reachable or fallback catalog loaded."""
         router = await self._router_reachable()
         ready = router or self.catalog is not None
-        body = {"ready": ready, "router_reachable": router,
-                "fallback_catalog": self.catalog is not None}
+        body = {
+            "ready": ready,
+            "router_reachable": router,
+            "fallback_catalog": self.catalog is not None,
+        }
         return web.json_response(body, status=200 if ready else 503)
 
     async def _router_reachable(self) -> bool:
@@ -257,10 +284,14 @@ class SidecarApp:
     async def _metrics(self, request: web.Request) -> web.Response:
         if self.reporter is not None:
             self.metrics.outcome_queue_depth.set(self.reporter.depth)
-        return web.Response(body=self.metrics.render(),
-                            headers={"Content-Type": CONTENT_TYPE})
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 def _model_entry(model_id: str, extra: dict[str, Any]) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": 0,
-            "owned_by": model_id.split("/", 1)[0], **extra}
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": 0,
+        "owned_by": model_id.split("/", 1)[0],
+        **extra,
+    }

@@ -11,8 +11,23 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 #: Added latency is sub-millisecond when healthy; fallbacks push it to seconds.
 _ADDED_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0, 30.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -29,12 +44,14 @@ class SidecarMetrics:
         self.requests = Counter(
             "router_sidecar_requests_total",
             "Chat completion requests answered, by HTTP status returned to the app.",
-            ["status"], registry=r,
+            ["status"],
+            registry=r,
         )
         self.attempts = Counter(
             "router_sidecar_attempts_total",
             "Upstream attempts, by provider and error class (none = success).",
-            ["provider", "error_class"], registry=r,
+            ["provider", "error_class"],
+            registry=r,
         )
         self.fallbacks = Counter(
             "router_sidecar_fallbacks_total",
@@ -44,17 +61,21 @@ class SidecarMetrics:
         self.added_latency = Histogram(
             "router_sidecar_added_latency_seconds",
             "Sidecar overhead: TTFT seen by the app minus the upstream TTFT (streams).",
-            buckets=_ADDED_BUCKETS, registry=r,
+            buckets=_ADDED_BUCKETS,
+            registry=r,
         )
         self.upstream_ttft = Histogram(
             "router_sidecar_upstream_ttft_seconds",
             "Upstream time to first content token, by provider.",
-            ["provider"], buckets=_TTFT_BUCKETS, registry=r,
+            ["provider"],
+            buckets=_TTFT_BUCKETS,
+            registry=r,
         )
         self.ranking_source = Counter(
             "router_sidecar_ranking_source_total",
             "Where rankings came from: router, cache, stale (router down) or catalog.",
-            ["source"], registry=r,
+            ["source"],
+            registry=r,
         )
         self.outcome_queue_depth = Gauge(
             "router_sidecar_outcome_queue_depth",

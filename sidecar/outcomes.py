@@ -156,8 +156,10 @@ class OutcomeReporter:
             self._m.outcome_send_failures.inc()
             self._on_down()
             code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
-            log.warning("outcome delivery failed; will retry",
-                        extra={"why": code, "queued": len(self._queue)})
+            log.warning(
+                "outcome delivery failed; will retry",
+                extra={"why": code, "queued": len(self._queue)},
+            )
             return False
         except asyncio.CancelledError:
             self.in_flight = 0
@@ -167,9 +169,13 @@ class OutcomeReporter:
         self.sent += ack.accepted
         self._m.outcomes_sent.inc(ack.accepted)
         if ack.rejected:
-            log.warning("router rejected outcomes",
-                        extra={"rejected": ack.rejected,
-                               "first_reason": ack.rejections[0].reason if ack.rejections else ""})
+            log.warning(
+                "router rejected outcomes",
+                extra={
+                    "rejected": ack.rejected,
+                    "first_reason": ack.rejections[0].reason if ack.rejections else "",
+                },
+            )
         self._on_ok()
         return True
 

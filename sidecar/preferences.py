@@ -40,8 +40,13 @@ ROUTING_FIELDS = ("provider", "providerOptions")
 class RequestError(ValueError):
     """A caller mistake; becomes an OpenAI-shaped 4xx naming ``param``."""
 
-    def __init__(self, message: str, param: str | None = None, status: int = 400,
-                 code: str = "invalid_request") -> None:
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        status: int = 400,
+        code: str = "invalid_request",
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
@@ -130,8 +135,11 @@ def _openrouter(block: Any) -> _Prefs:
     if block.get("zdr") is not None:
         put("zdr", "zdr", _bool(block["zdr"], "provider.zdr"))
     if block.get("allow_fallbacks") is not None:
-        put("allow_fallbacks", "allow_fallbacks",
-            _bool(block["allow_fallbacks"], "provider.allow_fallbacks"))
+        put(
+            "allow_fallbacks",
+            "allow_fallbacks",
+            _bool(block["allow_fallbacks"], "provider.allow_fallbacks"),
+        )
     if block.get("max_price") is not None:
         mp = block["max_price"]
         if not isinstance(mp, dict):
@@ -141,8 +149,10 @@ def _openrouter(block: Any) -> _Prefs:
             if mp.get(key) is not None:
                 price[key] = _number(mp[key], f"provider.max_price.{key}")
         put("max_price", "max_price", price)
-    for key, name in (("preferred_max_latency", "max_ttft"),
-                      ("preferred_min_throughput", "min_tps")):
+    for key, name in (
+        ("preferred_max_latency", "max_ttft"),
+        ("preferred_min_throughput", "min_tps"),
+    ):
         if block.get(key) is not None:
             put(name, key, _threshold(block[key], f"provider.{key}"))
     return out

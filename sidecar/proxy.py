@@ -43,8 +43,13 @@ log = logging.getLogger("sidecar.proxy")
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None, **extra: Any) -> dict[str, Any]:
+def error_body(
+    message: str,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """The OpenAI error shape: ``{"error": {message, type, param, code}}``."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}, **extra}
 
@@ -88,8 +93,12 @@ class Proxy:
         return routes[: max(1, self._s.max_attempts)]
 
     def routing_object(
-        self, req: ParsedRequest, ranking: Ranking, plan: list[Route],
-        records: list[AttemptRecord], provider: str | None,
+        self,
+        req: ParsedRequest,
+        ranking: Ranking,
+        plan: list[Route],
+        records: list[AttemptRecord],
+        provider: str | None,
     ) -> dict[str, Any]:
         """The ``routing`` object: the router's metadata plus what happened here."""
         out = dict(ranking.metadata)
@@ -140,8 +149,9 @@ class Proxy:
 
     # -- the request -----------------------------------------------------------
 
-    async def handle(self, request: web.Request, req: ParsedRequest, t_start: float
-                     ) -> web.StreamResponse:
+    async def handle(
+        self, request: web.Request, req: ParsedRequest, t_start: float
+    ) -> web.StreamResponse:
         """Answer one validated chat completion request (RequestError propagates as 4xx)."""
         ranking = await self._ranking.rank(req)
         plan = self.plan(req, ranking)
@@ -164,13 +174,15 @@ class Proxy:
                 result = await self._open_stream(req, route, key, rec, deadline)
                 if isinstance(result, StreamStart):
                     return await self._commit_stream(
-                        request, req, ranking, plan, records, rec, result, t_start)
+                        request, req, ranking, plan, records, rec, result, t_start
+                    )
             else:
                 result = await self._call_once(req, route, key, rec, deadline)
                 if isinstance(result, dict):
                     self._finish_attempt(req, rec)
-                    result["routing"] = self.routing_object(req, ranking, plan, records,
-                                                            route.provider)
+                    result["routing"] = self.routing_object(
+                        req, ranking, plan, records, route.provider
+                    )
                     return self._json(200, result, route.provider, len(records))
             last_error = result
             self._finish_attempt(req, rec)
@@ -178,17 +190,27 @@ class Proxy:
                 break
         return self._all_failed(req, ranking, plan, records, last_error)
 
-    def _json(self, status: int, body: dict[str, Any], provider: str | None, attempts: int
-              ) -> web.Response:
+    def _json(
+        self, status: int, body: dict[str, Any], provider: str | None, attempts: int
+    ) -> web.Response:
         headers = {"x-router-attempts": str(attempts)}
         if provider:
             headers["x-router-provider"] = provider
-        return web.Response(status=status, body=_dumps(body).encode(),
-                            content_type="application/json", headers=headers)
+        return web.Response(
+            status=status,
+            body=_dumps(body).encode(),
+            content_type="application/json",
+            headers=headers,
+        )
 
-    def _all_failed(self, req: ParsedRequest, ranking: Ranking, plan: list[Route],
-                    records: list[AttemptRecord], last_error: UpstreamError | None
-                    ) -> web.Response:
+    def _all_failed(
+        self,
+        req: ParsedRequest,
+        ranking: Ranking,
+        plan: list[Route],
+        records: list[AttemptRecord],
+        last_error: UpstreamError | None,
+    ) -> web.Response:
         """No attempt succeeded: pass on the last upstream error (key removed) with routing."""
         routing = self.routing_object(req, ranking, plan, records, None)
         last = records[-1] if records else None
@@ -202,12 +224,17 @@ class Proxy:
             if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict | str):
                 body = parsed
                 if isinstance(body["error"], str):
-                    body["error"] = {"message": body["error"], "type": "upstream_error",
-                                     "param": None, "code": status}
+                    body["error"] = {
+                        "message": body["error"],
+                        "type": "upstream_error",
+                        "param": None,
+                        "code": status,
+                    }
             else:
                 text = last_error.body.decode("utf-8", "replace")[:1000]
-                body = error_body(f"upstream returned HTTP {status}: {text}", "upstream_error",
-                                  code=str(status))
+                body = error_body(
+                    f"upstream returned HTTP {status}: {text}", "upstream_error", code=str(status)
+                )
         else:
             if not records:
                 status = 503
@@ -226,9 +253,9 @@ class Proxy:
 
     # -- non-streaming ---------------------------------------------------------
 
-    async def _call_once(self, req: ParsedRequest, route: Route, key: str | None,
-                         rec: AttemptRecord, deadline: float
-                         ) -> dict[str, Any] | UpstreamError | None:
+    async def _call_once(
+        self, req: ParsedRequest, route: Route, key: str | None, rec: AttemptRecord, deadline: float
+    ) -> dict[str, Any] | UpstreamError | None:
         """One non-streaming attempt; the parsed body on success, else the failure."""
         loop = asyncio.get_running_loop()
         limit = min(deadline, loop.time() + self._s.nonstream_timeout_s)
@@ -236,8 +263,10 @@ class Proxy:
         try:
             async with asyncio.timeout_at(limit):
                 async with self._session.post(
-                    chat_url(route), data=self._body_for(req, route),
-                    headers=upstream_headers(key, False), timeout=self._timeout,
+                    chat_url(route),
+                    data=self._body_for(req, route),
+                    headers=upstream_headers(key, False),
+                    timeout=self._timeout,
                 ) as resp:
                     got_headers = True
                     rec.http_status = resp.status
@@ -245,9 +274,11 @@ class Proxy:
                         return await self._http_failure(resp, rec, key)
                     data = await resp.content.read(self._s.max_upstream_response_bytes + 1)
                     while not resp.content.at_eof() and len(data) <= (
-                            self._s.max_upstream_response_bytes):
+                        self._s.max_upstream_response_bytes
+                    ):
                         more = await resp.content.read(
-                            self._s.max_upstream_response_bytes + 1 - len(data))
+                            self._s.max_upstream_response_bytes + 1 - len(data)
+                        )
                         if not more:
                             break
                         data += more
@@ -273,8 +304,9 @@ class Proxy:
         rec.finish_ok(tokens if isinstance(tokens, int) else 0, None)
         return obj
 
-    async def _http_failure(self, resp: aiohttp.ClientResponse, rec: AttemptRecord,
-                            key: str | None) -> UpstreamError:
+    async def _http_failure(
+        self, resp: aiohttp.ClientResponse, rec: AttemptRecord, key: str | None
+    ) -> UpstreamError:
         cls = classify_status(resp.status)
         if cls == ErrorClass.RATE_LIMITED:
             rec.retry_after_s = parse_retry_after(resp.headers.get("Retry-After"))
@@ -284,9 +316,9 @@ class Proxy:
 
     # -- streaming -------------------------------------------------------------
 
-    async def _open_stream(self, req: ParsedRequest, route: Route, key: str | None,
-                           rec: AttemptRecord, deadline: float
-                           ) -> StreamStart | UpstreamError | None:
+    async def _open_stream(
+        self, req: ParsedRequest, route: Route, key: str | None, rec: AttemptRecord, deadline: float
+    ) -> StreamStart | UpstreamError | None:
         """Send the request and read to the first token, all within the first-byte deadline."""
         loop = asyncio.get_running_loop()
         limit = min(deadline, loop.time() + self._s.first_byte_timeout_s)
@@ -295,8 +327,10 @@ class Proxy:
         try:
             async with asyncio.timeout_at(limit):
                 resp = await self._session.post(
-                    chat_url(route), data=self._body_for(req, route),
-                    headers=upstream_headers(key, True), timeout=self._timeout,
+                    chat_url(route),
+                    data=self._body_for(req, route),
+                    headers=upstream_headers(key, True),
+                    timeout=self._timeout,
                 )
                 got_headers = True
                 rec.http_status = resp.status
@@ -321,16 +355,26 @@ class Proxy:
         return start
 
     async def _commit_stream(
-        self, request: web.Request, req: ParsedRequest, ranking: Ranking, plan: list[Route],
-        records: list[AttemptRecord], rec: AttemptRecord, start: StreamStart, t_start: float,
+        self,
+        request: web.Request,
+        req: ParsedRequest,
+        ranking: Ranking,
+        plan: list[Route],
+        records: list[AttemptRecord],
+        rec: AttemptRecord,
+        start: StreamStart,
+        t_start: float,
     ) -> web.StreamResponse:
         """First token in hand: send headers and held bytes, then relay; no retry from here."""
-        app = web.StreamResponse(status=200, headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "x-router-provider": rec.provider,
-            "x-router-attempts": str(len(records)),
-        })
+        app = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "x-router-provider": rec.provider,
+                "x-router-attempts": str(len(records)),
+            },
+        )
         try:
             await app.prepare(request)
             if start.pending:
@@ -359,8 +403,12 @@ class Proxy:
                 "routing": routing,
             }
         else:
-            final = error_body(f"upstream stream failed after it started: {rec.error}",
-                               "upstream_error", code=rec.error_class.value, routing=routing)
+            final = error_body(
+                f"upstream stream failed after it started: {rec.error}",
+                "upstream_error",
+                code=rec.error_class.value,
+                routing=routing,
+            )
         try:
             await app.write(b"data: " + _dumps(final).encode() + b"\n\ndata: [DONE]\n\n")
             await app.write_eof()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -50,6 +52,10 @@ class Route:
     #: The router asked for this endpoint on purpose (probe/exploration): local
     #: cooldowns do not override that.
     router_wants_it: bool = False
+    #: Load-balance weight from the router (None unless strategy load_balance).
+    weight: float | None = None
+    #: The router moved this endpoint down (degraded, missed preference, ...).
+    deprioritized: bool = False
 
     @classmethod
     def from_proto(cls, ep: router_pb2.RankedEndpoint) -> Route:
@@ -62,6 +68,8 @@ class Route:
             input_price_per_million=ep.input_price_per_million,
             output_price_per_million=ep.output_price_per_million,
             router_wants_it=ep.exploration or ep.health == router_pb2.HEALTH_STATE_PROBING,
+            weight=ep.weight if ep.HasField("weight") else None,
+            deprioritized=ep.HasField("deprioritized"),
         )
 
     @classmethod
@@ -90,10 +98,50 @@ class Ranking:
     metadata: dict[str, Any] = field(default_factory=dict)
     fetched_at: float = 0.0
 
+    def for_reuse(self) -> Ranking:
+        """The version to cache: the router's one-shot choices undone.
+
+        A probe or an exploration pick is meant for the one request that
+        triggered the RPC; replaying it for every cached hit would send a
+        burst of traffic to an endpoint that may still be failing. So reused
+        copies move those routes to the back and let local cooldowns apply.
+        """
+        if not any(r.router_wants_it for r in self.routes):
+            return self
+        normal = [r for r in self.routes if not r.router_wants_it]
+        one_shot = [replace(r, router_wants_it=False) for r in self.routes if r.router_wants_it]
+        return replace(self, routes=tuple(normal + one_shot))
+
+    def redraw(self, rng: random.Random) -> Ranking:
+        """A fresh weighted order for a reused load-balance ranking.
+
+        The router's order is one weighted draw; reusing it for every request
+        within the cache TTL would pin this sidecar to one endpoint. The leading
+        block of weighted, not-deprioritized routes is redrawn per request with
+        the router's weights (Efraimidis-Spirakis, as the router does); the
+        moved-down tail keeps its place.
+        """
+        if self.metadata.get("strategy") != "load_balance":
+            return self
+        routes = self.routes
+        head = 0
+        while head < len(routes) and routes[head].weight and not routes[head].deprioritized:
+            head += 1
+        if head < 2:
+            return self
+        keyed = sorted(
+            routes[:head],
+            key=lambda r: -math.log(1.0 - rng.random()) / r.weight,  # type: ignore[operator]
+        )
+        return replace(self, routes=tuple(keyed) + routes[head:])
+
 
 def rank_from_catalog(
-    catalog: Catalog, model: str, prefs: router_pb2.RoutingPreferences,
-    input_tokens: int = 0, output_tokens: int = 0,
+    catalog: Catalog,
+    model: str,
+    prefs: router_pb2.RoutingPreferences,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
 ) -> tuple[list[Route], list[dict[str, str]]]:
     """The router's hard filters and ``order``, applied locally to the catalog.
 
@@ -130,7 +178,9 @@ def rank_from_catalog(
     if not kept:
         raise RequestError(
             f"no provider for {model!r} satisfies the routing preferences",
-            "provider", 400, "no_eligible_provider",
+            "provider",
+            400,
+            "no_eligible_provider",
         )
     if prefs.sort == router_pb2.SORT_BY_COST:
         if input_tokens or output_tokens:
@@ -200,6 +250,7 @@ class RankingClient:
         stub: router_pb2_grpc.RouterStub | None,
         catalog: Catalog | None,
         clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self._s = settings
         self._stub = stub
@@ -210,6 +261,7 @@ class RankingClient:
         self._router_skip_until = 0.0
         self.router_ok: bool | None = None  # None = not asked yet
         self.cooldowns = Cooldowns(settings.cooldown_entries, clock)
+        self._rng = rng or random.Random()
         self.on_source: Callable[[str], None] = lambda source: None
 
     # -- cache -------------------------------------------------------------
@@ -239,7 +291,7 @@ class RankingClient:
         hit = self._get(key)
         if hit is not None and now - hit.fetched_at < self._s.rank_cache_ttl_s:
             self.on_source("cache")
-            return replace(hit, source="cache")
+            return replace(hit.redraw(self._rng), source="cache")
         if self._stub is not None and now >= self._router_skip_until:
             fut = self._inflight.get(key)
             if fut is None:
@@ -291,9 +343,11 @@ class RankingClient:
         if not ranking.routes:
             raise RequestError(
                 f"no provider for {req.model!r} satisfies the routing preferences",
-                "provider", 400, "no_eligible_provider",
+                "provider",
+                400,
+                "no_eligible_provider",
             )
-        self._put(req.cache_key(), ranking)
+        self._put(req.cache_key(), ranking.for_reuse())
         self.on_source("router")
         return ranking
 
@@ -306,15 +360,20 @@ class RankingClient:
     def _fallback(self, req: ParsedRequest, stale: Ranking | None) -> Ranking:
         if stale is not None and self._clock() - stale.fetched_at < self._s.rank_cache_stale_s:
             self.on_source("stale")
-            return replace(stale, source="stale")
+            return replace(stale.redraw(self._rng), source="stale")
         if self.catalog is None:
             raise RequestError(
                 "the router is unreachable and no fallback catalog is configured",
-                None, 503, "router_unavailable",
+                None,
+                503,
+                "router_unavailable",
             )
         routes, excluded = rank_from_catalog(
-            self.catalog, req.model, req.preferences,
-            req.estimated_input_tokens, req.max_output_tokens,
+            self.catalog,
+            req.model,
+            req.preferences,
+            req.estimated_input_tokens,
+            req.max_output_tokens,
         )
         self.on_source("catalog")
         return Ranking(

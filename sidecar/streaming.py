@@ -33,8 +33,14 @@ class SSEScanner:
     """Incremental SSE line scanner that tracks what the measurements need."""
 
     __slots__ = (
-        "_tail", "content_chunks", "done", "error", "finish_seen", "first_token_at",
-        "last_id", "usage_tokens",
+        "_tail",
+        "content_chunks",
+        "done",
+        "error",
+        "finish_seen",
+        "first_token_at",
+        "last_id",
+        "usage_tokens",
     )
 
     def __init__(self) -> None:
@@ -117,8 +123,10 @@ class SSEScanner:
                 continue
             delta = choice.get("delta")
             if isinstance(delta, dict) and (
-                delta.get("content") or delta.get("tool_calls")
-                or delta.get("reasoning_content") or delta.get("reasoning")
+                delta.get("content")
+                or delta.get("tool_calls")
+                or delta.get("reasoning_content")
+                or delta.get("reasoning")
             ):
                 token = True
             if choice.get("finish_reason"):
@@ -175,8 +183,9 @@ async def read_until_first_token(
         if scanner.error is not None or scanner.first_token_at is not None or scanner.done:
             break
     if scanner.error is not None:
-        rec.finish_error(ErrorClass.SERVER_ERROR,
-                         f"upstream error event: {_err_text(scanner.error)}", 200)
+        rec.finish_error(
+            ErrorClass.SERVER_ERROR, f"upstream error event: {_err_text(scanner.error)}", 200
+        )
         return None
     if scanner.first_token_at is None and not scanner.complete:
         rec.finish_error(ErrorClass.STREAM_ABORT, "stream ended before the first token", 200)
@@ -212,13 +221,20 @@ async def relay(
                 async with asyncio.timeout(chunk_timeout_s):
                     data = await resp.content.readany()
             except TimeoutError:
-                rec.finish_error(ErrorClass.TIMEOUT, f"no chunk for {chunk_timeout_s}s", 200,
-                                 scanner.output_tokens)
+                rec.finish_error(
+                    ErrorClass.TIMEOUT,
+                    f"no chunk for {chunk_timeout_s}s",
+                    200,
+                    scanner.output_tokens,
+                )
                 return
             except (aiohttp.ClientError, OSError) as exc:
-                rec.finish_error(classify_exception(exc, True),
-                                 f"upstream broke mid-stream: {type(exc).__name__}", 200,
-                                 scanner.output_tokens)
+                rec.finish_error(
+                    classify_exception(exc, True),
+                    f"upstream broke mid-stream: {type(exc).__name__}",
+                    200,
+                    scanner.output_tokens,
+                )
                 return
             now = time.perf_counter()
             if data:
@@ -230,18 +246,26 @@ async def relay(
                 try:
                     await app.write(fwd)
                 except (ConnectionError, RuntimeError) as exc:
-                    rec.finish_error(ErrorClass.CLIENT_ERROR, "app disconnected", 499,
-                                     scanner.output_tokens)
+                    rec.finish_error(
+                        ErrorClass.CLIENT_ERROR, "app disconnected", 499, scanner.output_tokens
+                    )
                     raise AppGone from exc
         if scanner.error is not None:
-            rec.finish_error(ErrorClass.STREAM_ABORT,
-                             f"upstream error event mid-stream: {_err_text(scanner.error)}", 200,
-                             scanner.output_tokens)
+            rec.finish_error(
+                ErrorClass.STREAM_ABORT,
+                f"upstream error event mid-stream: {_err_text(scanner.error)}",
+                200,
+                scanner.output_tokens,
+            )
         elif scanner.complete:
             rec.finish_ok(scanner.output_tokens, scanner.first_token_at)
         else:
-            rec.finish_error(ErrorClass.STREAM_ABORT, "upstream closed the stream early", 200,
-                             scanner.output_tokens)
+            rec.finish_error(
+                ErrorClass.STREAM_ABORT,
+                "upstream closed the stream early",
+                200,
+                scanner.output_tokens,
+            )
     finally:
         if scanner.done or eof:
             resp.release()

@@ -21,13 +21,15 @@ from router_service.pb import router_pb2
 from sidecar.ranking_client import Route
 
 #: Failures that move on to the next provider (before any byte reached the app).
-RETRIABLE = frozenset({
-    ErrorClass.CONNECT,
-    ErrorClass.TIMEOUT,
-    ErrorClass.RATE_LIMITED,
-    ErrorClass.SERVER_ERROR,
-    ErrorClass.AUTH,
-})
+RETRIABLE = frozenset(
+    {
+        ErrorClass.CONNECT,
+        ErrorClass.TIMEOUT,
+        ErrorClass.RATE_LIMITED,
+        ErrorClass.SERVER_ERROR,
+        ErrorClass.AUTH,
+    }
+)
 
 _PB_ERROR_CLASS = {
     ErrorClass.NONE: router_pb2.ERROR_CLASS_NONE,
@@ -126,8 +128,9 @@ class AttemptRecord:
         if t_first is not None and output_tokens > 1 and end > t_first:
             self.tokens_per_second = output_tokens / (end - t_first)
 
-    def finish_error(self, cls: ErrorClass, message: str, http_status: int = 0,
-                     output_tokens: int = 0) -> None:
+    def finish_error(
+        self, cls: ErrorClass, message: str, http_status: int = 0, output_tokens: int = 0
+    ) -> None:
         self.status = "error"
         self.error_class = cls
         self.error = message[:300]

@@ -126,7 +126,7 @@ class ProviderInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., base_url: _Optional[str] = ..., api_key_env: _Optional[str] = ..., zero_data_retention: _Optional[bool] = ...) -> None: ...
 
 class RankedEndpoint(_message.Message):
-    __slots__ = ("provider", "upstream_model", "input_price_per_million", "output_price_per_million", "estimated_cost_usd", "ttft_ms", "tokens_per_second", "window", "ttft_samples", "tps_samples", "uptime_1h", "health", "deprioritized", "exploration")
+    __slots__ = ("provider", "upstream_model", "input_price_per_million", "output_price_per_million", "estimated_cost_usd", "ttft_ms", "tokens_per_second", "window", "ttft_samples", "tps_samples", "uptime_1h", "health", "deprioritized", "exploration", "weight")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_PRICE_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,7 @@ class RankedEndpoint(_message.Message):
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     DEPRIORITIZED_FIELD_NUMBER: _ClassVar[int]
     EXPLORATION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
     provider: ProviderInfo
     upstream_model: str
     input_price_per_million: float
@@ -155,7 +156,8 @@ class RankedEndpoint(_message.Message):
     health: HealthState
     deprioritized: Reason
     exploration: bool
-    def __init__(self, provider: _Optional[_Union[ProviderInfo, _Mapping]] = ..., upstream_model: _Optional[str] = ..., input_price_per_million: _Optional[float] = ..., output_price_per_million: _Optional[float] = ..., estimated_cost_usd: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., window: _Optional[str] = ..., ttft_samples: _Optional[int] = ..., tps_samples: _Optional[int] = ..., uptime_1h: _Optional[float] = ..., health: _Optional[_Union[HealthState, str]] = ..., deprioritized: _Optional[_Union[Reason, _Mapping]] = ..., exploration: _Optional[bool] = ...) -> None: ...
+    weight: float
+    def __init__(self, provider: _Optional[_Union[ProviderInfo, _Mapping]] = ..., upstream_model: _Optional[str] = ..., input_price_per_million: _Optional[float] = ..., output_price_per_million: _Optional[float] = ..., estimated_cost_usd: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., window: _Optional[str] = ..., ttft_samples: _Optional[int] = ..., tps_samples: _Optional[int] = ..., uptime_1h: _Optional[float] = ..., health: _Optional[_Union[HealthState, str]] = ..., deprioritized: _Optional[_Union[Reason, _Mapping]] = ..., exploration: _Optional[bool] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("code", "detail", "numbers")

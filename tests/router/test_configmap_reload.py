@@ -30,8 +30,16 @@ async def test_reloads_on_every_configmap_update(tmp_path: Path) -> None:
     volume.mkdir()
     original = EXAMPLE_CATALOG.read_text()
     _publish(volume, 0, original)
-    app = RouterApp(Settings(config_path=str(volume / "catalog.yaml"), grpc_host="127.0.0.1",
-                             grpc_port=0, http_host="127.0.0.1", http_port=0, drain_seconds=0.5))
+    app = RouterApp(
+        Settings(
+            config_path=str(volume / "catalog.yaml"),
+            grpc_host="127.0.0.1",
+            grpc_port=0,
+            http_host="127.0.0.1",
+            http_port=0,
+            drain_seconds=0.5,
+        )
+    )
     await app.start()
     try:
         core = app.core

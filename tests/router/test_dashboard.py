@@ -26,8 +26,14 @@ from tests.router.test_grpc_server import failure, outcome
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 GLM = "zai/glm-4.7"
 CATALOG_ORDER = [GLM, "openai/gpt-oss-120b", "meta/llama-3.3-70b", "moonshotai/kimi-k2"]
@@ -41,9 +47,12 @@ expect = playwright_api.expect
 
 def seeded_outcomes() -> list[router_pb2.Outcome]:
     """Best P50s chosen so that TTFT order, throughput order and catalog order all differ."""
+
     def many(provider: str, model: str, ttft: float, tps: float, n: int = 8) -> list:
-        return [outcome(provider, model=model, ttft_ms=ttft + i, tokens_per_second=tps)
-                for i in range(n)]
+        return [
+            outcome(provider, model=model, ttft_ms=ttft + i, tokens_per_second=tps)
+            for i in range(n)
+        ]
 
     return [
         *many("cerebras", GLM, 300.0, 1000.0),
@@ -72,8 +81,9 @@ async def page(router_app, router_stub) -> AsyncIterator:
             router_host = urlsplit(router_app.http_url).netloc
             foreign: list[str] = []
             errors: list[str] = []
-            page.on("request", lambda r: urlsplit(r.url).netloc != router_host
-                    and foreign.append(r.url))
+            page.on(
+                "request", lambda r: urlsplit(r.url).netloc != router_host and foreign.append(r.url)
+            )
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             yield page
             assert not foreign, f"the dashboard fetched off-router resources: {foreign}"
@@ -112,13 +122,25 @@ async def test_model_list_loads_and_sorts(router_app, page) -> None:
     await ttft.click()
     await expect(ttft).to_have_attribute("aria-sort", "ascending")
     assert await row_order(page, "#models tbody tr", "data-model-id") == [
-        "openai/gpt-oss-120b", "meta/llama-3.3-70b", GLM, "moonshotai/kimi-k2"]
+        "openai/gpt-oss-120b",
+        "meta/llama-3.3-70b",
+        GLM,
+        "moonshotai/kimi-k2",
+    ]
     await ttft.click()  # descending; no data stays last
     assert await row_order(page, "#models tbody tr", "data-model-id") == [
-        GLM, "meta/llama-3.3-70b", "openai/gpt-oss-120b", "moonshotai/kimi-k2"]
+        GLM,
+        "meta/llama-3.3-70b",
+        "openai/gpt-oss-120b",
+        "moonshotai/kimi-k2",
+    ]
     await page.locator('th[data-sort="throughput"]').click()
     assert await row_order(page, "#models tbody tr", "data-model-id") == [
-        GLM, "openai/gpt-oss-120b", "meta/llama-3.3-70b", "moonshotai/kimi-k2"]
+        GLM,
+        "openai/gpt-oss-120b",
+        "meta/llama-3.3-70b",
+        "moonshotai/kimi-k2",
+    ]
     # The sort survives the live refresh (the poll re-renders the rows).
     refreshes = int(await page.locator("#status").get_attribute("data-refreshes"))
     await expect(page.locator("#status")).not_to_have_attribute("data-refreshes", str(refreshes))
@@ -154,7 +176,12 @@ async def test_model_page_shows_every_provider(router_app, page) -> None:
 
     await page.locator('th[data-sort="ttft"]').click()
     assert await row_order(page, "#providers tbody tr", "data-provider") == [
-        "cerebras", "together", "fireworks", "deepinfra", "baseten"]
+        "cerebras",
+        "together",
+        "fireworks",
+        "deepinfra",
+        "baseten",
+    ]
     await page.locator('th[data-sort="status"]').click()
     assert (await row_order(page, "#providers tbody tr", "data-provider"))[-1] == "baseten"
     await page.locator('th[data-sort="price"]').click()
@@ -165,10 +192,14 @@ async def test_model_page_refreshes_live(router_app, router_stub, page) -> None:
     await page.goto(router_app.http_url + f"/models/{GLM}")
     deepinfra = page.locator('tr[data-provider="deepinfra"]')
     await expect(deepinfra).to_have_attribute("data-enough-data", "false")
-    await router_stub.RecordOutcome(router_pb2.RecordOutcomeRequest(outcomes=[
-        outcome("deepinfra", ttft_ms=120.0, tokens_per_second=250.0, started_at=time.time())
-        for _ in range(6)
-    ]))
+    await router_stub.RecordOutcome(
+        router_pb2.RecordOutcomeRequest(
+            outcomes=[
+                outcome("deepinfra", ttft_ms=120.0, tokens_per_second=250.0, started_at=time.time())
+                for _ in range(6)
+            ]
+        )
+    )
     # No reload: the page's own 2 s poll picks the new numbers up.
     await expect(deepinfra).to_have_attribute("data-enough-data", "true")
     await expect(deepinfra.locator('td[data-col="ttft_p50"]')).to_have_text("120 ms")

@@ -328,3 +328,11 @@ async def test_catalog_reload_keeps_metrics_of_surviving_endpoints(router_app, r
         router_pb2.RecordOutcomeRequest(outcomes=[outcome("baseten")])
     )
     assert ack.rejected == 1
+
+
+async def test_weights_only_for_load_balance(router_stub) -> None:
+    balanced = await router_stub.RankProviders(rank_request())
+    assert balanced.metadata.strategy == "load_balance"
+    assert all(e.HasField("weight") and e.weight > 0 for e in balanced.endpoints)
+    ordered = await router_stub.RankProviders(rank_request(order=["baseten"]))
+    assert not any(e.HasField("weight") for e in ordered.endpoints)

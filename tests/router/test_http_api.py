@@ -48,8 +48,13 @@ def recorded_outcomes() -> list[router_pb2.Outcome]:
     batch += [outcome("fireworks", ttft_ms=90.0, tokens_per_second=2000.0)] * (MIN_SAMPLES - 2)
     batch.append(
         router_pb2.Outcome(
-            model=GLM, provider="deepinfra", started_at=time.time(), success=False,
-            error_class=router_pb2.ERROR_CLASS_CLIENT_ERROR, http_status=400, duration_ms=5.0,
+            model=GLM,
+            provider="deepinfra",
+            started_at=time.time(),
+            success=False,
+            error_class=router_pb2.ERROR_CLASS_CLIENT_ERROR,
+            http_status=400,
+            duration_ms=5.0,
         )
     )
     batch += [failure("baseten") for _ in range(6)]
@@ -210,8 +215,9 @@ async def test_timeseries_has_the_last_hour_per_provider(recorded, http) -> None
 async def test_unknown_model_is_404_json(router_app, http) -> None:
     for path in ("/v1/models/x/y/endpoints", "/v1/models/x/y/timeseries"):
         doc = await get_json(http, path, status=404)
-        assert doc == {"error": {"message": "model 'x/y' is not in the catalog",
-                                 "type": "not_found"}}
+        assert doc == {
+            "error": {"message": "model 'x/y' is not in the catalog", "type": "not_found"}
+        }
     doc = await get_json(http, "/v1/models/zai", status=404)
     assert doc["error"]["type"] == "not_found"
     async with http.get("/models/x/y") as response:
@@ -236,8 +242,15 @@ async def test_fresh_router_reports_not_enough_data(router_app, http) -> None:
     assert all(p["ttft_p50"] is None for s in series["data"]["series"] for p in s["points"])
     metrics = await scrape(http)
     assert not [k for k in metrics if k[0] == "router_endpoint_ttft_seconds"]
-    assert metrics[("router_endpoint_samples", labels(model=GLM, provider="cerebras",
-                                                      window="1h", metric="ttft"))] == 0
+    assert (
+        metrics[
+            (
+                "router_endpoint_samples",
+                labels(model=GLM, provider="cerebras", window="1h", metric="ttft"),
+            )
+        ]
+        == 0
+    )
     assert metrics[("router_outcomes_total", labels(error_class="none"))] == 0
     for page in ("/", f"/models/{GLM}", "/static/common.js", "/static/style.css"):
         async with http.get(page) as response:
@@ -269,16 +282,20 @@ async def test_metrics_match_recorded_outcomes(router_app, recorded, http) -> No
     fireworks = {"model": GLM, "provider": "fireworks"}
     fireworks_samples = value("router_endpoint_samples", **fireworks, window="1h", metric="ttft")
     assert fireworks_samples == MIN_SAMPLES - 2
-    assert ("router_endpoint_ttft_seconds",
-            labels(**fireworks, window="1h", quantile="0.5")) not in metrics
+    assert (
+        "router_endpoint_ttft_seconds",
+        labels(**fireworks, window="1h", quantile="0.5"),
+    ) not in metrics
 
     together = {"model": GLM, "provider": "together"}
     assert value("router_endpoint_uptime_ratio", **together, window="1h") == pytest.approx(20 / 22)
     assert value("router_endpoint_attempts", **together, window="15m") == 22
 
     baseten = {"model": GLM, "provider": "baseten"}
-    states = {s: value("router_endpoint_health_state", **baseten, state=s)
-              for s in ("healthy", "degraded", "ejected", "probing")}
+    states = {
+        s: value("router_endpoint_health_state", **baseten, state=s)
+        for s in ("healthy", "degraded", "ejected", "probing")
+    }
     assert states == {"healthy": 0, "degraded": 0, "ejected": 1, "probing": 0}
     assert value("router_endpoint_health_state", **cerebras, state="healthy") == 1
     assert value("router_endpoint_consecutive_failures", **baseten) == 6

@@ -30,13 +30,17 @@ def key_value(name: str) -> str:
     return f"sk-test-{name}-0123456789abcdef-SECRET"
 
 
-def write_catalog(path: Path, providers: Mapping[str, FakeProvider], zdr: Mapping[str, bool],
-                  prices: Mapping[str, float] | None = None) -> Path:
+def write_catalog(
+    path: Path,
+    providers: Mapping[str, FakeProvider],
+    zdr: Mapping[str, bool],
+    prices: Mapping[str, float] | None = None,
+) -> Path:
     """A catalog YAML with one model served by every given fake provider."""
     lines = ["providers:"]
     for name, fp in providers.items():
         lines.append(
-            f"  {name}: {{base_url: \"{fp.base_url}\", api_key_env: {key_env(name)}, "
+            f'  {name}: {{base_url: "{fp.base_url}", api_key_env: {key_env(name)}, '
             f"zero_data_retention: {str(zdr.get(name, False)).lower()}}}"
         )
     lines += ["models:", f"  {MODEL}:", "    endpoints:"]
@@ -83,27 +87,42 @@ class Stack:
 
     async def add_providers(self, configs: Mapping[str, dict[str, Any]]) -> None:
         for name, kw in configs.items():
-            kw = {"ttft_median_ms": 5.0, "tokens_per_second": 2000.0,
-                  "expected_api_key": key_value(name), **kw}
+            kw = {
+                "ttft_median_ms": 5.0,
+                "tokens_per_second": 2000.0,
+                "expected_api_key": key_value(name),
+                **kw,
+            }
             fp = FakeProvider(FakeProviderConfig(name=name, **kw), host="127.0.0.1", port=0)
             await self._exit.enter_async_context(fp)
             self.providers[name] = fp
 
-    def write_catalog(self, zdr: Mapping[str, bool] | None = None,
-                      prices: Mapping[str, float] | None = None) -> Path:
-        self.catalog_path = write_catalog(self.tmp / "catalog.yaml", self.providers,
-                                          zdr or {}, prices)
+    def write_catalog(
+        self, zdr: Mapping[str, bool] | None = None, prices: Mapping[str, float] | None = None
+    ) -> Path:
+        self.catalog_path = write_catalog(
+            self.tmp / "catalog.yaml", self.providers, zdr or {}, prices
+        )
         return self.catalog_path
 
     async def start_router(self, port: int = 0) -> Any:
         from router_service.app import RouterApp, Settings
 
         assert self.catalog_path is not None
-        self.router = RouterApp(Settings(
-            config_path=str(self.catalog_path), grpc_host="127.0.0.1", grpc_port=port,
-            http_host="127.0.0.1", http_port=0, drain_seconds=0.2, watch_catalog=False,
-            seed=7, refresh_min_interval_s=0.02, refresh_max_interval_s=0.1,
-        ))
+        self.router = RouterApp(
+            Settings(
+                config_path=str(self.catalog_path),
+                grpc_host="127.0.0.1",
+                grpc_port=port,
+                http_host="127.0.0.1",
+                http_port=0,
+                drain_seconds=0.2,
+                watch_catalog=False,
+                seed=7,
+                refresh_min_interval_s=0.02,
+                refresh_max_interval_s=0.1,
+            )
+        )
         await self.router.start()
         return self.router
 
@@ -112,8 +131,9 @@ class Stack:
             await self.router.stop()
             self.router = None
 
-    async def start_sidecar(self, router: str = "", fallback: bool = False,
-                            **over: Any) -> SidecarApp:
+    async def start_sidecar(
+        self, router: str = "", fallback: bool = False, **over: Any
+    ) -> SidecarApp:
         env = {key_env(n): key_value(n) for n in self.providers}
         settings = test_settings(
             router=router,
@@ -136,8 +156,9 @@ class Stack:
         return {n: len(fp.requests) for n, fp in self.providers.items()}
 
 
-async def wait_for(predicate: Callable[[], object], timeout: float = 10.0,
-                   interval: float = 0.01) -> object:
+async def wait_for(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01
+) -> object:
     """Poll until ``predicate`` is truthy (awaiting it if needed); fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -155,6 +176,6 @@ def openai_client(sidecar: SidecarApp, **kw: Any) -> Any:
     """The official client pointed at the sidecar, with its own retries off."""
     import openai
 
-    return openai.AsyncOpenAI(base_url=sidecar.base_url, api_key="unused-by-sidecar",
-                              max_retries=0, timeout=20.0, **kw)
-
+    return openai.AsyncOpenAI(
+        base_url=sidecar.base_url, api_key="unused-by-sidecar", max_retries=0, timeout=20.0, **kw
+    )

@@ -7,10 +7,10 @@ from sidecar_helpers import MODEL, Stack, openai_client, wait_for
 MSGS = [{"role": "user", "content": "hello there"}]
 
 
-async def _three(stack: Stack, zdr: dict[str, bool] | None = None,
-                 **cfg: dict) -> None:
-    await stack.add_providers({"alpha": cfg.get("alpha", {}), "beta": cfg.get("beta", {}),
-                               "gamma": cfg.get("gamma", {})})
+async def _three(stack: Stack, zdr: dict[str, bool] | None = None, **cfg: dict) -> None:
+    await stack.add_providers(
+        {"alpha": cfg.get("alpha", {}), "beta": cfg.get("beta", {}), "gamma": cfg.get("gamma", {})}
+    )
     stack.write_catalog(zdr=zdr or {})
 
 
@@ -20,7 +20,9 @@ async def test_non_streaming_through_router(stack: Stack) -> None:
     sc = await stack.start_sidecar(router.grpc_address)
     client = openai_client(sc)
     raw = await client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=MSGS, max_tokens=5,
+        model=MODEL,
+        messages=MSGS,
+        max_tokens=5,
         extra_body={"provider": {"order": ["beta", "alpha"]}},
     )
     resp = raw.parse()
@@ -44,7 +46,10 @@ async def test_streaming_through_router(stack: Stack) -> None:
     sc = await stack.start_sidecar(router.grpc_address)
     client = openai_client(sc)
     stream = await client.chat.completions.create(
-        model=MODEL, messages=MSGS, max_tokens=8, stream=True,
+        model=MODEL,
+        messages=MSGS,
+        max_tokens=8,
+        stream=True,
         extra_body={"providerOptions": {"gateway": {"order": ["gamma"]}}},
     )
     text, routing = "", None
@@ -72,13 +77,15 @@ async def _router_attempts(address: str) -> dict[str, int]:
 
     async with grpc.aio.insecure_channel(address) as ch:
         resp = await router_pb2_grpc.RouterStub(ch).GetModelEndpoints(
-            router_pb2.GetModelEndpointsRequest(model=MODEL), timeout=2)
+            router_pb2.GetModelEndpointsRequest(model=MODEL), timeout=2
+        )
     return {e.provider.name: e.uptime_last_1h.attempts for e in resp.endpoints}
 
 
 async def _first_provider(client, **prefs) -> tuple[str, dict]:
     stream = await client.chat.completions.create(
-        model=MODEL, messages=MSGS, max_tokens=4, stream=True, extra_body={"provider": prefs})
+        model=MODEL, messages=MSGS, max_tokens=4, stream=True, extra_body={"provider": prefs}
+    )
     routing = None
     async for chunk in stream:
         if "routing" in (chunk.model_extra or {}):
@@ -91,11 +98,13 @@ async def test_fallbacks_with_router(stack: Stack) -> None:
     """500, timeout and connection refused each fall back to the next ranked provider."""
     await _three(stack)
     router = await stack.start_router()
-    sc = await stack.start_sidecar(router.grpc_address, first_byte_timeout_s=0.3,
-                                   cooldown_s=0.01)
+    sc = await stack.start_sidecar(router.grpc_address, first_byte_timeout_s=0.3, cooldown_s=0.01)
     client = openai_client(sc)
-    cases = [("fail", "alpha", "beta", "server_error"), ("hang", "beta", "gamma", "timeout"),
-             ("refuse", "gamma", "alpha", "connect")]
+    cases = [
+        ("fail", "alpha", "beta", "server_error"),
+        ("hang", "beta", "gamma", "timeout"),
+        ("refuse", "gamma", "alpha", "connect"),
+    ]
     for incident, bad, good, error_class in cases:
         for fp in stack.providers.values():
             fp.clear_incidents()
@@ -103,7 +112,9 @@ async def test_fallbacks_with_router(stack: Stack) -> None:
         provider, routing = await _first_provider(client, order=[bad, good])
         assert provider == good, incident
         assert [(a["provider"], a["error_class"]) for a in routing["attempts"]] == [
-            (bad, error_class), (good, "none")]
+            (bad, error_class),
+            (good, "none"),
+        ]
     # Every attempt, failures included, reaches the router as an outcome.
     await wait_for(lambda: sc.reporter.sent >= 6 and sc.reporter.backlog == 0, timeout=5)
     address = router.grpc_address
@@ -122,11 +133,14 @@ async def test_zdr_with_router_never_leaves_zdr(stack: Stack) -> None:
     router = await stack.start_router()
     sc = await stack.start_sidecar(router.grpc_address)
     client = openai_client(sc)
-    for extra in ({"provider": {"zdr": True}},
-                  {"providerOptions": {"gateway": {"zeroDataRetention": True}}}):
+    for extra in (
+        {"provider": {"zdr": True}},
+        {"providerOptions": {"gateway": {"zeroDataRetention": True}}},
+    ):
         try:
-            await client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=3,
-                                                 extra_body=extra)
+            await client.chat.completions.create(
+                model=MODEL, messages=MSGS, max_tokens=3, extra_body=extra
+            )
         except Exception as exc:  # all ZDR providers fail: an error, never beta
             assert getattr(exc, "status_code", None) == 502
     assert stack.counts()["beta"] == 0
@@ -166,9 +180,13 @@ async def test_router_killed_and_restarted(stack: Stack) -> None:
 
 async def test_outcomes_change_ranking(stack: Stack) -> None:
     """A provider made slow drops out of first place under sort: ttft."""
-    await stack.add_providers({"alpha": {"ttft_median_ms": 2.0},
-                               "beta": {"ttft_median_ms": 25.0},
-                               "gamma": {"ttft_median_ms": 50.0}})
+    await stack.add_providers(
+        {
+            "alpha": {"ttft_median_ms": 2.0},
+            "beta": {"ttft_median_ms": 25.0},
+            "gamma": {"ttft_median_ms": 50.0},
+        }
+    )
     stack.write_catalog()
     router = await stack.start_router()
     sc = await stack.start_sidecar(router.grpc_address, rank_cache_ttl_s=0.05)
@@ -208,7 +226,8 @@ async def test_unknown_model_via_router(stack: Stack) -> None:
         raise AssertionError("expected a 404")
     try:
         await openai_client(sc).chat.completions.create(
-            model=MODEL, messages=MSGS, extra_body={"provider": {"only": ["nobody"]}})
+            model=MODEL, messages=MSGS, extra_body={"provider": {"only": ["nobody"]}}
+        )
     except Exception as exc:
         assert getattr(exc, "status_code", None) == 400
     else:

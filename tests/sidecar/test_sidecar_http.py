@@ -13,8 +13,10 @@ MSGS = [{"role": "user", "content": "hi"}]
 
 
 async def _post(url: str, data: bytes | str, headers: dict | None = None) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as s, s.post(url, data=data, headers=headers or {
-            "Content-Type": "application/json"}) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(url, data=data, headers=headers or {"Content-Type": "application/json"}) as r,
+    ):
         return r.status, await r.json(content_type=None)
 
 
@@ -22,27 +24,34 @@ def _body(**kw: object) -> str:
     return json.dumps({"model": MODEL, "messages": MSGS, **kw})
 
 
-@pytest.mark.parametrize(("payload", "status", "needle"), [
-    ("{not json", 400, "not valid JSON"),
-    ("[1, 2]", 400, "JSON object"),
-    (json.dumps({"messages": MSGS}), 400, "model"),
-    (json.dumps({"model": 3, "messages": MSGS}), 400, "model"),
-    (json.dumps({"model": MODEL}), 400, "messages"),
-    (json.dumps({"model": MODEL, "messages": "hi"}), 400, "messages"),
-    (_body(stream="yes"), 400, "stream"),
-    (_body(max_tokens="many"), 400, "max_tokens"),
-    (_body(provider={"order": "alpha"}), 400, "provider.order"),
-    (_body(provider={"sort": "fastest"}), 400, "provider.sort"),
-    (_body(provider={"max_price": {"prompt": -1}}), 400, "provider.max_price.prompt"),
-    (_body(provider={"preferred_max_latency": {"p42": 1}}), 400, "preferred_max_latency"),
-    (_body(providerOptions={"gateway": {"zeroDataRetention": "y"}}), 400, "zeroDataRetention"),
-    (_body(provider={"order": ["alpha"]}, providerOptions={"gateway": {"order": ["beta"]}}),
-     400, "provider.order conflicts with providerOptions.gateway.order"),
-    (json.dumps({"model": "nobody/none", "messages": MSGS}), 404, "does not exist"),
-    (b"\xff\xfe\x00garbage", 400, "not valid JSON"),
-])
-async def test_bad_input_is_openai_shaped_4xx(stack: Stack, payload: str, status: int,
-                                              needle: str) -> None:
+@pytest.mark.parametrize(
+    ("payload", "status", "needle"),
+    [
+        ("{not json", 400, "not valid JSON"),
+        ("[1, 2]", 400, "JSON object"),
+        (json.dumps({"messages": MSGS}), 400, "model"),
+        (json.dumps({"model": 3, "messages": MSGS}), 400, "model"),
+        (json.dumps({"model": MODEL}), 400, "messages"),
+        (json.dumps({"model": MODEL, "messages": "hi"}), 400, "messages"),
+        (_body(stream="yes"), 400, "stream"),
+        (_body(max_tokens="many"), 400, "max_tokens"),
+        (_body(provider={"order": "alpha"}), 400, "provider.order"),
+        (_body(provider={"sort": "fastest"}), 400, "provider.sort"),
+        (_body(provider={"max_price": {"prompt": -1}}), 400, "provider.max_price.prompt"),
+        (_body(provider={"preferred_max_latency": {"p42": 1}}), 400, "preferred_max_latency"),
+        (_body(providerOptions={"gateway": {"zeroDataRetention": "y"}}), 400, "zeroDataRetention"),
+        (
+            _body(provider={"order": ["alpha"]}, providerOptions={"gateway": {"order": ["beta"]}}),
+            400,
+            "provider.order conflicts with providerOptions.gateway.order",
+        ),
+        (json.dumps({"model": "nobody/none", "messages": MSGS}), 404, "does not exist"),
+        (b"\xff\xfe\x00garbage", 400, "not valid JSON"),
+    ],
+)
+async def test_bad_input_is_openai_shaped_4xx(
+    stack: Stack, payload: str, status: int, needle: str
+) -> None:
     await stack.add_providers({"alpha": {}, "beta": {}})
     stack.write_catalog()
     sc = await stack.start_sidecar(fallback=True)
@@ -65,8 +74,10 @@ async def test_oversized_body_is_413(stack: Stack) -> None:
         for _ in range(10):
             yield b"x" * 500
 
-    async with aiohttp.ClientSession() as s, s.post(
-            sc.base_url + "/chat/completions", data=chunks()) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(sc.base_url + "/chat/completions", data=chunks()) as r,
+    ):
         assert r.status == 413
         assert (await r.json())["error"]["code"] == "body_too_large"
 
@@ -107,19 +118,31 @@ async def test_health_ready_models_metrics(stack: Stack) -> None:
         assert status == 200
         async with s.get(root + "/metrics") as r:
             text = await r.text()
-    for name in ("router_sidecar_requests_total{status=\"200\"} 1.0",
-                 'router_sidecar_attempts_total{error_class="none",provider="alpha"} 1.0',
-                 "router_sidecar_fallbacks_total", "router_sidecar_added_latency_seconds_bucket",
-                 "router_sidecar_outcome_queue_depth", "router_sidecar_outcomes_dropped_total"):
+    for name in (
+        'router_sidecar_requests_total{status="200"} 1.0',
+        'router_sidecar_attempts_total{error_class="none",provider="alpha"} 1.0',
+        "router_sidecar_fallbacks_total",
+        "router_sidecar_added_latency_seconds_bucket",
+        "router_sidecar_outcome_queue_depth",
+        "router_sidecar_outcomes_dropped_total",
+    ):
         assert name in text, name
 
 
 async def test_upstream_error_body_passed_on_without_key(stack: Stack) -> None:
     """A provider that echoes the key in its error body: the app gets the body, not the key."""
+
     async def echo(request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
-        return web.json_response({"error": {"message": f"bad key {auth} ({auth[7:19]}...)",
-                                            "type": "invalid_request_error"}}, status=401)
+        return web.json_response(
+            {
+                "error": {
+                    "message": f"bad key {auth} ({auth[7:19]}...)",
+                    "type": "invalid_request_error",
+                }
+            },
+            status=401,
+        )
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", echo)
@@ -135,7 +158,8 @@ async def test_upstream_error_body_passed_on_without_key(stack: Stack) -> None:
             f"  echo: {{base_url: 'http://127.0.0.1:{port}/v1', api_key_env: {key_env('echo')}}}\n"
             f"models:\n  {MODEL}:\n    endpoints:\n"
             "      - {provider: echo, upstream_model: m, input_price_per_million: 1, "
-            "output_price_per_million: 1}\n")
+            "output_price_per_million: 1}\n"
+        )
         stack.catalog_path = path
         stack.providers = {}
         from dataclasses import replace
@@ -143,8 +167,13 @@ async def test_upstream_error_body_passed_on_without_key(stack: Stack) -> None:
         from sidecar_helpers import test_settings
 
         from sidecar.app import SidecarApp
-        sc = SidecarApp(replace(test_settings(fallback_catalog=str(path)),
-                                environ={key_env("echo"): key_value("echo")}))
+
+        sc = SidecarApp(
+            replace(
+                test_settings(fallback_catalog=str(path)),
+                environ={key_env("echo"): key_value("echo")},
+            )
+        )
         await sc.start()
         stack.sidecar = sc
         status, body = await _post(sc.base_url + "/chat/completions", _body())

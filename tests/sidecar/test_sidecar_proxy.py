@@ -18,8 +18,9 @@ async def _setup(stack: Stack, zdr: dict[str, bool] | None = None, **cfgs: dict)
 
 
 async def _stream(client: openai.AsyncOpenAI, **kw: object) -> tuple[str, dict | None]:
-    stream = await client.chat.completions.create(model=MODEL, messages=MSGS, stream=True,
-                                                  max_tokens=6, **kw)
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=MSGS, stream=True, max_tokens=6, **kw
+    )
     text, routing = "", None
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -33,7 +34,8 @@ async def test_catalog_order_non_streaming(stack: Stack) -> None:
     await _setup(stack)
     sc = await stack.start_sidecar(fallback=True)
     raw = await openai_client(sc).chat.completions.with_raw_response.create(
-        model=MODEL, messages=MSGS, max_tokens=4)
+        model=MODEL, messages=MSGS, max_tokens=4
+    )
     assert raw.headers["x-router-provider"] == "alpha"
     body = raw.parse()
     assert body.model_extra["routing"]["source"] == "catalog"
@@ -46,12 +48,15 @@ async def test_fallback_on_500_streaming_and_not(stack: Stack) -> None:
     sc = await stack.start_sidecar(fallback=True)
     client = openai_client(sc)
     raw = await client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=MSGS, max_tokens=4)
+        model=MODEL, messages=MSGS, max_tokens=4
+    )
     assert raw.headers["x-router-provider"] == "beta"
     assert raw.headers["x-router-attempts"] == "2"
     attempts = raw.parse().model_extra["routing"]["attempts"]
     assert [(a["provider"], a["error_class"], a["http_status"]) for a in attempts] == [
-        ("alpha", "server_error", 500), ("beta", "none", 200)]
+        ("alpha", "server_error", 500),
+        ("beta", "none", 200),
+    ]
     # Streaming, and alpha is now in its local cooldown: beta first without trying alpha.
     text, routing = await _stream(client)
     assert text and routing["provider"] == "beta"
@@ -63,12 +68,14 @@ async def test_fallback_on_timeout_and_refused(stack: Stack) -> None:
     await _setup(stack)
     stack.providers["alpha"].add_incident("hang")
     stack.providers["beta"].add_incident("refuse")
-    sc = await stack.start_sidecar(fallback=True, first_byte_timeout_s=0.3,
-                                   nonstream_timeout_s=0.3)
+    sc = await stack.start_sidecar(fallback=True, first_byte_timeout_s=0.3, nonstream_timeout_s=0.3)
     text, routing = await _stream(openai_client(sc))
     assert text
     assert [(a["provider"], a["error_class"]) for a in routing["attempts"]] == [
-        ("alpha", "timeout"), ("beta", "connect"), ("gamma", "none")]
+        ("alpha", "timeout"),
+        ("beta", "connect"),
+        ("gamma", "none"),
+    ]
 
 
 async def test_connection_refused_port(stack: Stack) -> None:
@@ -88,11 +95,15 @@ async def test_zdr_never_leaves_zdr_providers(stack: Stack) -> None:
     client = openai_client(sc)
     with pytest.raises(openai.APIStatusError) as err:
         await client.chat.completions.create(
-            model=MODEL, messages=MSGS, max_tokens=4, extra_body={"provider": {"zdr": True}})
+            model=MODEL, messages=MSGS, max_tokens=4, extra_body={"provider": {"zdr": True}}
+        )
     assert err.value.status_code == 503
     assert stack.counts() == {"alpha": 0, "beta": 1, "gamma": 0}
-    routing = err.value.body["routing"] if "routing" in err.value.body else (
-        err.value.response.json()["routing"])
+    routing = (
+        err.value.body["routing"]
+        if "routing" in err.value.body
+        else (err.value.response.json()["routing"])
+    )
     assert [a["provider"] for a in routing["attempts"]] == ["beta"]
 
 
@@ -104,7 +115,8 @@ async def test_no_retry_after_first_byte(stack: Stack) -> None:
     got = ""
     with pytest.raises(openai.APIError) as err:
         stream = await client.chat.completions.create(
-            model=MODEL, messages=MSGS, stream=True, max_tokens=10)
+            model=MODEL, messages=MSGS, stream=True, max_tokens=10
+        )
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 got += chunk.choices[0].delta.content
@@ -117,8 +129,13 @@ async def test_upstream_client_error_passed_on_without_key(stack: Stack) -> None
     await _setup(stack)
     sc = await stack.start_sidecar(fallback=True)
     # Make alpha answer 400 echoing... the fake's own 400 for a bad max_tokens.
-    async with aiohttp.ClientSession() as s, s.post(sc.base_url + "/chat/completions",
-                      json={"model": MODEL, "messages": MSGS, "max_tokens": 0}) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            sc.base_url + "/chat/completions",
+            json={"model": MODEL, "messages": MSGS, "max_tokens": 0},
+        ) as r,
+    ):
         body = await r.json()
         assert r.status == 400
     assert "max_tokens" in body["error"]["message"]

@@ -31,11 +31,25 @@ models:
 
 
 def test_openrouter_preferences() -> None:
-    req = parse_request({"model": "m/x", "messages": MSGS, "max_tokens": 100, "provider": {
-        "order": ["b"], "only": ["a", "b"], "ignore": ["c"], "sort": "throughput", "zdr": True,
-        "max_price": {"prompt": 1.5, "completion": 2}, "allow_fallbacks": False,
-        "preferred_max_latency": {"p90": 0.5}, "preferred_min_throughput": 50,
-        "require_parameters": True}})
+    req = parse_request(
+        {
+            "model": "m/x",
+            "messages": MSGS,
+            "max_tokens": 100,
+            "provider": {
+                "order": ["b"],
+                "only": ["a", "b"],
+                "ignore": ["c"],
+                "sort": "throughput",
+                "zdr": True,
+                "max_price": {"prompt": 1.5, "completion": 2},
+                "allow_fallbacks": False,
+                "preferred_max_latency": {"p90": 0.5},
+                "preferred_min_throughput": 50,
+                "require_parameters": True,
+            },
+        }
+    )
     p = req.preferences
     assert p.sort == router_pb2.SORT_BY_TPS and list(p.order) == ["b"]
     assert list(p.only) == ["a", "b"] and list(p.ignore) == ["c"]
@@ -48,9 +62,16 @@ def test_openrouter_preferences() -> None:
 
 
 def test_vercel_preferences_and_agreement() -> None:
-    req = parse_request({"model": "m/x", "messages": MSGS, "providerOptions": {"gateway": {
-        "order": ["a"], "sort": "ttft", "zeroDataRetention": True}},
-        "provider": {"sort": "latency", "zdr": True}})
+    req = parse_request(
+        {
+            "model": "m/x",
+            "messages": MSGS,
+            "providerOptions": {
+                "gateway": {"order": ["a"], "sort": "ttft", "zeroDataRetention": True}
+            },
+            "provider": {"sort": "latency", "zdr": True},
+        }
+    )
     assert req.preferences.sort == router_pb2.SORT_BY_TTFT
     assert req.preferences.zero_data_retention and list(req.preferences.order) == ["a"]
     assert "providerOptions" not in req.body
@@ -58,15 +79,20 @@ def test_vercel_preferences_and_agreement() -> None:
 
 def test_conflict_names_both_fields() -> None:
     with pytest.raises(RequestError) as err:
-        parse_request({"model": "m/x", "messages": MSGS, "provider": {"zdr": False},
-                       "providerOptions": {"gateway": {"zeroDataRetention": True}}})
+        parse_request(
+            {
+                "model": "m/x",
+                "messages": MSGS,
+                "provider": {"zdr": False},
+                "providerOptions": {"gateway": {"zeroDataRetention": True}},
+            }
+        )
     assert err.value.param == "provider.zdr,providerOptions.gateway.zeroDataRetention"
 
 
 def test_defaults_apply_and_cache_key_ignores_tokens() -> None:
     a = parse_request({"model": "m/x", "messages": MSGS}, default_sort="cost", default_zdr=True)
-    b = parse_request({"model": "m/x", "messages": MSGS * 3}, default_sort="cost",
-                      default_zdr=True)
+    b = parse_request({"model": "m/x", "messages": MSGS * 3}, default_sort="cost", default_zdr=True)
     assert a.preferences.sort == router_pb2.SORT_BY_COST and a.preferences.zero_data_retention
     assert a.cache_key() == b.cache_key()
 
@@ -80,7 +106,10 @@ def test_rank_from_catalog_enforces_filters() -> None:
     assert [r.provider for r in rank_from_catalog(CATALOG, "m/x", prefs)[0]] == ["c", "a"]
     prefs = router_pb2.RoutingPreferences(sort=router_pb2.SORT_BY_COST)
     assert [r.provider for r in rank_from_catalog(CATALOG, "m/x", prefs, 1000, 0)[0]] == [
-        "b", "c", "a"]
+        "b",
+        "c",
+        "a",
+    ]
     prefs = router_pb2.RoutingPreferences()
     prefs.max_price.output_per_million = 5
     assert [r.provider for r in rank_from_catalog(CATALOG, "m/x", prefs)[0]] == ["a", "b"]
@@ -167,8 +196,15 @@ def test_classification_and_retry_after() -> None:
 
 async def test_outcome_queue_is_bounded_and_counts_drops() -> None:
     metrics = SidecarMetrics()
-    rep = OutcomeReporter(object(), metrics, max_queue=5, batch_size=2,  # type: ignore[arg-type]
-                          flush_interval_s=1, send_timeout_s=1, max_backoff_s=1)
+    rep = OutcomeReporter(
+        object(),
+        metrics,
+        max_queue=5,
+        batch_size=2,  # type: ignore[arg-type]
+        flush_interval_s=1,
+        send_timeout_s=1,
+        max_backoff_s=1,
+    )
     for i in range(8):
         rep.submit(router_pb2.Outcome(model="m/x", provider=f"p{i}", success=True))
     assert rep.depth == 5 and rep.dropped == 3
@@ -180,9 +216,14 @@ async def test_outcome_queue_is_bounded_and_counts_drops() -> None:
 
 
 def test_config_flags_env_and_defaults() -> None:
-    s = settings_from_args(["--router", "r:1", "--max-attempts", "5"],
-                           {"SIDECAR_LISTEN": "0.0.0.0:9000", "SIDECAR_DEFAULT_ZDR": "true",
-                            "SIDECAR_ROUTER": "ignored:2"})
+    s = settings_from_args(
+        ["--router", "r:1", "--max-attempts", "5"],
+        {
+            "SIDECAR_LISTEN": "0.0.0.0:9000",
+            "SIDECAR_DEFAULT_ZDR": "true",
+            "SIDECAR_ROUTER": "ignored:2",
+        },
+    )
     assert s.router == "r:1" and s.max_attempts == 5 and s.default_zdr
     assert (s.listen_host, s.listen_port) == ("0.0.0.0", 9000)
     d = settings_from_args([], {})
@@ -191,3 +232,33 @@ def test_config_flags_env_and_defaults() -> None:
     assert split_host_port("8081", "127.0.0.1") == ("127.0.0.1", 8081)
     with pytest.raises(SystemExit):
         settings_from_args([], {"SIDECAR_MAX_ATTEMPTS": "lots"})
+
+
+def test_cached_copy_undoes_one_shot_probe_and_exploration() -> None:
+    probe = Route("a", "u", "", False, "a", router_wants_it=True)
+    rest = tuple(Route(n, "u", "", False, n) for n in "bc")
+    ranking = Ranking((probe, *rest), "router")
+    reused = ranking.for_reuse()
+    assert [r.provider for r in reused.routes] == ["b", "c", "a"]
+    assert not any(r.router_wants_it for r in reused.routes)
+    assert ranking.routes[0].provider == "a"  # the triggering request keeps it
+    plain = Ranking(rest, "router")
+    assert plain.for_reuse() is plain
+
+
+def test_reused_load_balance_ranking_is_redrawn_per_request_by_weight() -> None:
+    import random
+    from collections import Counter
+
+    heavy = Route("a", "u", "", False, "a", weight=0.6)
+    light = Route("b", "u", "", False, "b", weight=0.3)
+    lighter = Route("c", "u", "", False, "c", weight=0.1)
+    degraded = Route("d", "u", "", False, "d", weight=0.9, deprioritized=True)
+    ranking = Ranking((heavy, light, lighter, degraded), "router", {"strategy": "load_balance"})
+    rng = random.Random(5)
+    firsts = Counter(ranking.redraw(rng).routes[0].provider for _ in range(3000))
+    assert set(firsts) == {"a", "b", "c"}  # not pinned to the router's one draw
+    assert 0.55 < firsts["a"] / 3000 < 0.65 and 0.05 < firsts["c"] / 3000 < 0.15
+    assert all(ranking.redraw(rng).routes[-1].provider == "d" for _ in range(50))
+    ordered = Ranking((heavy, light, lighter), "router", {"strategy": "order"})
+    assert ordered.redraw(rng) is ordered  # sort/order rankings keep their order

@@ -1,0 +1,126 @@
+"""The end-of-run summary: a table for people, and one JSON line for tests and CI.
+
+The JSON line is the last line on stdout and starts with ``{"router_demo_summary":``
+so a test can find it without parsing the rich output above it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from router_demo.incidents import IncidentResult
+from router_demo.traffic import RequestRecord
+
+SUMMARY_KEY = "router_demo_summary"
+
+
+def build_summary(
+    records: Sequence[RequestRecord],
+    results: Sequence[IncidentResult],
+    *,
+    duration_s: float,
+    pids: Sequence[int],
+    ports: Sequence[int],
+    dashboard_url: str,
+    skipped: int = 0,
+    errors: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Everything the summary shows, as JSON-ready data."""
+    ok = sum(1 for r in records if r.ok)
+    failed = [r for r in records if not r.ok]
+    served = Counter(r.provider for r in records if r.ok and r.provider)
+    by_label: dict[str, dict[str, int]] = {}
+    for r in records:
+        row = by_label.setdefault(r.label, {"requests": 0, "ok": 0, "fallbacks": 0})
+        row["requests"] += 1
+        row["ok"] += r.ok
+        row["fallbacks"] += r.ok and r.fallback
+    return {
+        "duration_s": round(duration_s, 1),
+        "requests": len(records),
+        "ok": ok,
+        "failed": len(failed),
+        "failed_pinned": sum(1 for r in failed if r.label == "pinned"),
+        "fallbacks": sum(1 for r in records if r.ok and r.fallback),
+        "skipped_arrivals": skipped,
+        "served_by": dict(served.most_common()),
+        "by_preference": by_label,
+        "incidents": [res.to_json() for res in results],
+        "all_incidents_handled": bool(results) and all(res.passed for res in results),
+        "pids": list(pids),
+        "ports": list(ports),
+        "dashboard": dashboard_url,
+        "errors": list(errors),
+    }
+
+
+def _secs(value: float | None, missing: str) -> str:
+    return f"[red]{missing}[/]" if value is None else f"{value:.1f} s"
+
+
+def print_summary(summary: dict[str, Any], console: Console) -> None:
+    """Human tables, then the machine-readable JSON line."""
+    console.print()
+    console.print(
+        f"[bold]router-demo summary[/] ({summary['duration_s']:.0f} s): "
+        f"{summary['requests']} requests, {summary['ok']} ok, "
+        f"{summary['failed']} failed ({summary['failed_pinned']} pinned to one provider), "
+        f"{summary['fallbacks']} answered after a fallback"
+    )
+    table = Table(title="Incidents", title_justify="left")
+    for col in (
+        "incident",
+        "window",
+        "detected after",
+        "routed around after",
+        "recovered after",
+        "probes",
+    ):
+        table.add_column(col)
+    for inc in summary["incidents"]:
+        window = (
+            f"{inc['start_s']:.1f}–{inc['end_s']:.1f} s"
+            if inc["start_s"] is not None and inc["end_s"] is not None
+            else "not run"
+        )
+        table.add_row(
+            inc["description"],
+            window,
+            _secs(inc["detected_after_s"], "NOT detected"),
+            _secs(inc["routed_around_after_s"], "NOT routed around"),
+            _secs(inc["recovered_after_s"], "not yet recovered"),
+            str(inc["probe_first_attempts"]),
+        )
+    console.print(table)
+    console.print(
+        "[dim]probes: requests the router deliberately sent first to the provider while "
+        "half-open (probing); not counted against routing around.[/]"
+    )
+    served = Table(title="Served by", title_justify="left")
+    served.add_column("provider")
+    served.add_column("answers", justify="right")
+    for provider, n in summary["served_by"].items():
+        served.add_row(provider, str(n))
+    prefs = Table(title="By preference", title_justify="left")
+    for col in ("preference", "requests", "ok", "fallbacks"):
+        prefs.add_column(col, justify="right" if col != "preference" else "left")
+    for label, row in sorted(summary["by_preference"].items()):
+        prefs.add_row(label, str(row["requests"]), str(row["ok"]), str(row["fallbacks"]))
+    console.print(served)
+    console.print(prefs)
+    for err in summary["errors"]:
+        console.print(f"[yellow]warning:[/] {err}")
+    verdict = (
+        "[green]every incident was detected and routed around[/]"
+        if summary["all_incidents_handled"]
+        else "[red]some incident was not detected or not routed around[/]"
+    )
+    console.print(verdict)
+    # Plain print, not rich: no wrapping or markup may touch the JSON line.
+    print(json.dumps({SUMMARY_KEY: summary}, separators=(",", ":")), flush=True)
