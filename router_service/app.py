@@ -30,6 +30,7 @@ from router_service.http_api import build_http_app
 from router_service.model import Clock
 from router_service.pb import router_pb2
 from router_service.ranking import RankingConfig
+from router_service.shutdown import bounded
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,9 @@ class RouterApp:
     async def _start_http(self) -> None:
         assert self.core is not None and self.servicer is not None
         app = build_http_app(self.core, self.servicer.rpc_counter)
-        runner = web.AppRunner(app, access_log=None)
+        # Dashboard and API requests are short; do not let keep-alive clients hold
+        # shutdown for aiohttp's default 60 s.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
         await site.start()
@@ -229,13 +232,13 @@ class RouterApp:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await bounded(task, 6.0, f"stop {task.get_name()}")
         self._tasks.clear()
         if self._grpc is not None:
-            await self._grpc.stop(self.settings.drain_seconds)
+            grace = self.settings.drain_seconds
+            await bounded(self._grpc.stop(grace), grace + 5.0, "drain gRPC")
             self._grpc = None
         if self._http is not None:
-            await self._http.cleanup()
+            await bounded(self._http.cleanup(), 5.0, "close HTTP")
             self._http = None
         log.info("router stopped")

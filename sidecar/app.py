@@ -21,6 +21,7 @@ from google.protobuf.json_format import MessageToDict
 
 from router_service.catalog_model import Catalog
 from router_service.pb import router_pb2, router_pb2_grpc
+from router_service.shutdown import bounded
 from sidecar.config import SidecarSettings
 from sidecar.metrics import CONTENT_TYPE, SidecarMetrics
 from sidecar.outcomes import OutcomeReporter
@@ -141,15 +142,15 @@ class SidecarApp:
     async def stop(self) -> None:
         """Stop listening, flush outcomes briefly, close connections."""
         if self._runner is not None:
-            await self._runner.cleanup()
+            await bounded(self._runner.cleanup(), 5.0, "close HTTP listener")
             self._runner = None
         if self.reporter is not None:
-            await self.reporter.stop()
+            await bounded(self.reporter.stop(), 5.0, "flush outcomes")
         if self._session is not None:
-            await self._session.close()
+            await bounded(self._session.close(), 5.0, "close upstream session")
             self._session = None
         if self._channel is not None:
-            await self._channel.close()
+            await bounded(self._channel.close(), 5.0, "close router channel")
             self._channel = None
 
     def _router_ok(self) -> None:

@@ -7,10 +7,8 @@ sidecar to them; the API keys live only in the sidecar's (injected) environment.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 from fake_provider import FakeProvider, FakeProviderConfig
 from sidecar.app import SidecarApp
 from sidecar.config import SidecarSettings
+from tests.conftest import wait_for as wait_for  # re-exported for the sidecar tests
 
 MODEL = "zai/glm-4.7"
 
@@ -146,6 +145,8 @@ class Stack:
         return self.sidecar
 
     async def close(self) -> None:
+        while _OPEN_CLIENTS:
+            await _OPEN_CLIENTS.pop().close()
         if self.sidecar is not None:
             await self.sidecar.stop()
         await self.stop_router()
@@ -156,26 +157,17 @@ class Stack:
         return {n: len(fp.requests) for n, fp in self.providers.items()}
 
 
-async def wait_for(
-    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01
-) -> object:
-    """Poll until ``predicate`` is truthy (awaiting it if needed); fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
+#: Clients opened by the current test; Stack.close() closes them before the
+#: servers stop, so no keep-alive connection outlives its event loop.
+_OPEN_CLIENTS: list[Any] = []
 
 
 def openai_client(sidecar: SidecarApp, **kw: Any) -> Any:
     """The official client pointed at the sidecar, with its own retries off."""
     import openai
 
-    return openai.AsyncOpenAI(
+    client = openai.AsyncOpenAI(
         base_url=sidecar.base_url, api_key="unused-by-sidecar", max_retries=0, timeout=20.0, **kw
     )
+    _OPEN_CLIENTS.append(client)
+    return client
