@@ -34,6 +34,7 @@ from fake_provider.config import (
     FakeProviderConfig,
     Incident,
 )
+from sidecar.preferences import message_text_chars
 
 Clock = Callable[[], float]
 """A monotonic clock in seconds; injectable so tests can drive incident windows."""
@@ -204,19 +205,8 @@ def _kill_connection(request: web.Request) -> None:
 
 
 def _estimate_prompt_tokens(messages: list[Any]) -> int:
-    """~4 characters per token; good enough for a fake's ``usage``."""
-    chars = 0
-    for m in messages:
-        if not isinstance(m, dict):
-            continue
-        content = m.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    chars += len(part["text"])
-    return max(1, math.ceil(chars / 4)) + 3 * len(messages)
+    """~4 characters per token plus a few per message; good enough for a fake's ``usage``."""
+    return max(1, math.ceil(message_text_chars(messages) / 4)) + 3 * len(messages)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

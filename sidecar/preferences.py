@@ -234,8 +234,8 @@ def merge_preferences(
     return prefs
 
 
-def _estimate_input_tokens(messages: list[Any]) -> int:
-    """≈ chars/4 of the message text: enough for the router's cost estimate."""
+def message_text_chars(messages: list[Any]) -> int:
+    """Characters of text in chat messages (string content or text parts); junk is skipped."""
     chars = 0
     for msg in messages:
         if not isinstance(msg, dict):
@@ -247,7 +247,12 @@ def _estimate_input_tokens(messages: list[Any]) -> int:
             for part in content:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     chars += len(part["text"])
-    return (chars + 3) // 4
+    return chars
+
+
+def _estimate_input_tokens(messages: list[Any]) -> int:
+    """≈ chars/4 of the message text: enough for the router's cost estimate."""
+    return (message_text_chars(messages) + 3) // 4
 
 
 def parse_request(
