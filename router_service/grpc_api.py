@@ -17,9 +17,16 @@ from typing import Any, TypeVar
 import grpc
 
 from router_service.core import IngestResult, RouterCore, UnknownModelError
+from router_service.model import EndpointKey
 from router_service.pb import router_pb2, router_pb2_grpc
 from router_service.ranking import RankingInputError
-from router_service.wire import endpoint_health, endpoint_metrics, rank_response, routing_request
+from router_service.wire import (
+    endpoint_health,
+    endpoint_metrics,
+    endpoint_template,
+    rank_response,
+    routing_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.rpc_counter = RpcCounter()
         #: Called after each accepted batch; the app coalesces quantile refreshes.
         self._on_ingested = on_ingested
+        self._template_version: str | None = None
+        self._template_cache: dict[EndpointKey, router_pb2.RankedEndpoint] = {}
 
     @_counted
     async def RankProviders(self, request, context):
@@ -86,7 +95,21 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"no endpoint of {request.model!r} satisfies the preferences ({reasons})",
             )
-        return rank_response(result, request.model, self.core.catalog_version, self.core.clock())
+        return rank_response(
+            result, request.model, self.core.catalog_version, self.core.clock(), self._templates()
+        )
+
+    def _templates(self) -> dict[EndpointKey, router_pb2.RankedEndpoint]:
+        """Prebuilt catalog parts of ranked entries, rebuilt when the catalog changes."""
+        version = self.core.catalog_version
+        if self._template_version != version:
+            self._template_cache = {
+                e.key: endpoint_template(e)
+                for m in self.core.catalog.models.values()
+                for e in m.endpoints
+            }
+            self._template_version = version
+        return self._template_cache
 
     @_counted
     async def RecordOutcome(self, request, context):

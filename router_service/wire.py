@@ -9,9 +9,17 @@ enums are open and a newer client may send values this server does not know.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from router_service.catalog_model import Endpoint, Provider
-from router_service.model import EndpointStats, HealthState, HealthView, MetricSummary, Uptime
+from router_service.model import (
+    EndpointKey,
+    EndpointStats,
+    HealthState,
+    HealthView,
+    MetricSummary,
+    Uptime,
+)
 from router_service.pb import router_pb2
 from router_service.ranking import RankingInputError, RankingResult, RoutingRequest, Sort
 
@@ -99,10 +107,32 @@ def reason(code: str, detail: str, numbers) -> router_pb2.Reason:
     )
 
 
+def endpoint_template(endpoint: Endpoint) -> router_pb2.RankedEndpoint:
+    """The catalog part of a RankedEndpoint, built once per catalog version.
+
+    Copying a prebuilt message is about twice as fast as building the nested
+    ProviderInfo from keyword arguments on every ranking (bench/bench_router.py).
+    """
+    return router_pb2.RankedEndpoint(
+        provider=provider_info(endpoint.provider),
+        upstream_model=endpoint.upstream_model,
+        input_price_per_million=endpoint.input_price_per_mtok,
+        output_price_per_million=endpoint.output_price_per_mtok,
+    )
+
+
 def rank_response(
-    result: RankingResult, model: str, catalog_version: str, now: float
+    result: RankingResult,
+    model: str,
+    catalog_version: str,
+    now: float,
+    templates: Mapping[EndpointKey, router_pb2.RankedEndpoint] | None = None,
 ) -> router_pb2.RankProvidersResponse:
-    """The wire form of a ranking, with its metadata block."""
+    """The wire form of a ranking, with its metadata block.
+
+    ``templates`` (from endpoint_template, keyed by endpoint) is an optional
+    cache of the catalog part of each entry.
+    """
     response = router_pb2.RankProvidersResponse(model=model)
     meta = response.metadata
     meta.strategy = result.strategy
@@ -114,18 +144,16 @@ def rank_response(
     meta.ranked_at = now
     for item in result.ranked:
         endpoint: Endpoint = item.endpoint
-        out = response.endpoints.add(
-            provider=provider_info(endpoint.provider),
-            upstream_model=endpoint.upstream_model,
-            input_price_per_million=endpoint.input_price_per_mtok,
-            output_price_per_million=endpoint.output_price_per_mtok,
-            estimated_cost_usd=item.cost_usd,
-            window=item.window,
-            ttft_samples=item.ttft_samples,
-            tps_samples=item.tps_samples,
-            health=HEALTH_TO_WIRE[item.health],
-            exploration=item.exploration,
-        )
+        template = templates.get(endpoint.key) if templates is not None else None
+        out = response.endpoints.add()
+        out.CopyFrom(template if template is not None else endpoint_template(endpoint))
+        out.estimated_cost_usd = item.cost_usd
+        out.window = item.window
+        out.ttft_samples = item.ttft_samples
+        out.tps_samples = item.tps_samples
+        out.health = HEALTH_TO_WIRE[item.health]
+        if item.exploration:
+            out.exploration = True
         if item.ttft_ms is not None:
             out.ttft_ms = item.ttft_ms
         if item.tps is not None:
