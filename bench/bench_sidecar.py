@@ -9,7 +9,7 @@ so drift hits all three alike.
 
     .venv/bin/python bench/bench_sidecar.py [--requests 400] [--concurrency 1 32]
 
-Not a timed test: the numbers depend on the machine. Results in bench/sidecar.md.
+Not a timed test: the numbers depend on the machine. Results in bench/README.md.
 """
 
 from __future__ import annotations

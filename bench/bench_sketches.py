@@ -221,7 +221,7 @@ def table(title: str, x: np.ndarray, impls: list[Impl], repeats: int) -> tuple[s
         "| sketch | batch ns/value | vs fd100 | one-at-a-time ns/value | vs fd100 | "
         + " | ".join(f"rank err q={q}" for q in QS)
         + " | bytes | merge 12 (µs) | quantile() (µs) |",
-        "|---" * (9 + len(QS)) + "|",
+        "|---" * (8 + len(QS)) + "|",
     ]
     for name, r in rows.items():
         out.append(

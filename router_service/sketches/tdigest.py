@@ -23,7 +23,7 @@ holds its mid-rank there is at most one centroid per unit: at most 200
 centroids at the default of 100, 12 bytes each on the wire (float64 mean +
 uint32 weight), <= 2.4 KB. That is the smallest setting that keeps the rank
 error at P99/P99.9 under 1e-4 on lognormal and Pareto data (with 100 units
-it is ~2e-4, see bench/sketches.md): interpolation error shrinks roughly with
+it is ~2e-4, see bench/README.md): interpolation error shrinks roughly with
 the square of a centroid's width, so doubling the units buys ~3x accuracy for
 1.2 KB.
 
