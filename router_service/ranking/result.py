@@ -160,39 +160,12 @@ class _RankedEndpointBuilder:
         self.weight = weight
 
 
-def make_ranked(
-    endpoint: Endpoint,
-    ttft_ms: float | None,
-    tps: float | None,
-    window: str,
-    ttft_samples: int,
-    tps_samples: int,
-    uptime: float | None,
-    cost_usd: float,
-    health: HealthState,
-    deprioritized: Reason | None,
-    exploration: bool,
-    ttft_window: str,
-    tps_window: str,
-    weight: float | None,
-) -> RankedEndpoint:
-    """``RankedEndpoint(...)`` with every field positional, on the hot path's budget."""
-    obj = _RankedEndpointBuilder(
-        endpoint,
-        ttft_ms,
-        tps,
-        window,
-        ttft_samples,
-        tps_samples,
-        uptime,
-        cost_usd,
-        health,
-        deprioritized,
-        exploration,
-        ttft_window,
-        tps_window,
-        weight,
-    )
+def make_ranked(*fields: Any) -> RankedEndpoint:
+    """``RankedEndpoint(*fields)`` (positional, in field order) on the hot path's budget.
+
+    The typed signature is ``_RankedEndpointBuilder.__init__``'s.
+    """
+    obj = _RankedEndpointBuilder(*fields)
     obj.__class__ = RankedEndpoint  # type: ignore[assignment]
     return obj  # type: ignore[return-value]
 
