@@ -153,8 +153,7 @@ class RouterApp:
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
         await site.start()
         self._http = runner
-        sockets = site._server.sockets if site._server else []
-        self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
+        self.http_port = runner.addresses[0][1]  # the real port when 0 was asked for
 
     async def _set_serving(self, serving: bool) -> None:
         status = (

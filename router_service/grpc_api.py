@@ -16,7 +16,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from router_service.core import IngestResult, RouterCore, UnknownModelError
+from router_service.core import (
+    MAX_REJECTIONS_REPORTED,
+    IngestResult,
+    RouterCore,
+    UnknownModelError,
+)
 from router_service.model import EndpointKey
 from router_service.pb import router_pb2, router_pb2_grpc
 from router_service.ranking import RankingInputError
@@ -135,7 +140,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             batch = self._ingest(message.outcomes, index)
             total.accepted += batch.accepted
             total.rejected += batch.rejected
-            room = 100 - len(total.rejections)
+            room = MAX_REJECTIONS_REPORTED - len(total.rejections)
             total.rejections.extend(batch.rejections[:room])
         return self._ack(total)
 
