@@ -153,16 +153,15 @@ def _pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q * 100) - 1]
 
 
-async def bench_grpc(total: int) -> list[dict[str, object]]:
-    core = populated_core(8)
-    request = router_pb2.RankProvidersRequest(
+def _rank_request() -> router_pb2.RankProvidersRequest:
+    return router_pb2.RankProvidersRequest(
         model=MODEL, preferences=router_pb2.RoutingPreferences(sort=router_pb2.SORT_BY_TTFT)
     )
-    from router_service.wire import rank_response, routing_request
 
-    sample = rank_response(core.rank(routing_request(request)), MODEL, "bench", time.time())
-    payload = sample.SerializeToString()
-    server, port = await _serve(core, sample)
+
+async def _measure_rounds(port: int, total: int) -> list[dict[str, object]]:
+    """Echo and RankProviders latencies at 1 and 32 callers, rounds interleaved."""
+    request = _rank_request()
     rows = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         rank = router_pb2_grpc.RouterStub(channel).RankProviders
@@ -184,7 +183,6 @@ async def bench_grpc(total: int) -> list[dict[str, object]]:
             rows.append(
                 {
                     "concurrency": concurrency,
-                    "payload_bytes": len(payload),
                     "echo_p50": _pct(echo_lat, 0.5),
                     "echo_p99": _pct(echo_lat, 0.99),
                     "rank_p50": _pct(rank_lat, 0.5),
@@ -193,7 +191,34 @@ async def bench_grpc(total: int) -> list[dict[str, object]]:
                     "rank_cps": statistics.median(rank_cps),
                 }
             )
+    return rows
+
+
+def _remote_client(port: int, total: int, result: multiprocessing.Queue) -> None:
+    """Child process: the callers live in another process, as sidecars do."""
+    result.put(asyncio.run(_measure_rounds(port, total)))
+
+
+async def bench_grpc(total: int, remote: bool) -> list[dict[str, object]]:
+    """RankProviders vs the echo; callers in this process or (``remote``) in a child."""
+    core = populated_core(8)
+    from router_service.wire import rank_response, routing_request
+
+    sample = rank_response(core.rank(routing_request(_rank_request())), MODEL, "bench", 0.0)
+    server, port = await _serve(core, sample)
+    if remote:
+        spawn = multiprocessing.get_context("spawn")
+        queue = spawn.Queue()
+        child = spawn.Process(target=_remote_client, args=(port, total, queue))
+        child.start()
+        rows = await asyncio.get_running_loop().run_in_executor(None, queue.get)
+        child.join()
+    else:
+        rows = await _measure_rounds(port, total)
     await server.stop(None)
+    for row in rows:
+        row["payload_bytes"] = sample.ByteSize()
+        row["callers_in"] = "another process" if remote else "server's process"
     return rows
 
 
@@ -279,17 +304,18 @@ def main() -> None:
 
     print("\n## RankProviders over gRPC on loopback vs an echo RPC of the same size (µs)\n")
     print(
-        "| callers | response bytes | echo p50 | rank p50 | **p50 ratio** (target ≤ 1.3) "
-        "| echo p99 | rank p99 | echo calls/s | rank calls/s |"
+        "| callers | callers run in | response bytes | echo p50 | rank p50 "
+        "| **p50 ratio** (target ≤ 1.3) | echo p99 | rank p99 | echo calls/s | rank calls/s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for row in asyncio.run(bench_grpc(rpcs)):
-        print(
-            f"| {row['concurrency']} | {row['payload_bytes']} | {row['echo_p50']:.0f} | "
-            f"{row['rank_p50']:.0f} | **{row['rank_p50'] / row['echo_p50']:.2f}×** | "
-            f"{row['echo_p99']:.0f} | {row['rank_p99']:.0f} | {row['echo_cps']:.0f} | "
-            f"{row['rank_cps']:.0f} |"
-        )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for remote in (False, True):
+        for row in asyncio.run(bench_grpc(rpcs, remote)):
+            print(
+                f"| {row['concurrency']} | {row['callers_in']} | {row['payload_bytes']} | "
+                f"{row['echo_p50']:.0f} | {row['rank_p50']:.0f} | "
+                f"**{row['rank_p50'] / row['echo_p50']:.2f}×** | {row['echo_p99']:.0f} | "
+                f"{row['rank_p99']:.0f} | {row['echo_cps']:.0f} | {row['rank_cps']:.0f} |"
+            )
 
     batches, per_batch = (40, 500) if args.quick else (200, 500)
     ingest = asyncio.run(bench_ingest(batches, per_batch))
