@@ -89,15 +89,22 @@ class SSEScanner:
 
     def _inspect(self, payload: bytes, now: float) -> None:
         if (
-            self.first_token_at is not None
-            and b'"finish_reason":null' in payload
+            b'"finish_reason":null' in payload
             and b'"usage"' not in payload
             and b'"error"' not in payload
         ):
-            # Fast path for the bulk of a stream: a plain delta chunk only counts.
-            if b'"content":"' in payload or b'"tool_calls"' in payload:
-                self.content_chunks += 1
-            return
+            # Fast path for the bulk of a stream, the first token included (it is
+            # on the app's TTFT path): a plain delta chunk is only counted, by
+            # bytes. A bare ``"content":"`` can only be JSON structure (quotes in
+            # strings are escaped), and an empty string is no token.
+            at = payload.find(b'"content":"')
+            if at >= 0 and payload[at + 11 : at + 12] != b'"':
+                self._token(now)
+                return
+            if self.first_token_at is not None:
+                if b'"tool_calls"' in payload:
+                    self.content_chunks += 1
+                return
         try:
             obj = json.loads(payload)
         except ValueError:
@@ -132,9 +139,12 @@ class SSEScanner:
             if choice.get("finish_reason"):
                 self.finish_seen = True
         if token:
-            self.content_chunks += 1
-            if self.first_token_at is None:
-                self.first_token_at = now
+            self._token(now)
+
+    def _token(self, now: float) -> None:
+        self.content_chunks += 1
+        if self.first_token_at is None:
+            self.first_token_at = now
 
     @property
     def output_tokens(self) -> int:

@@ -262,3 +262,38 @@ def test_reused_load_balance_ranking_is_redrawn_per_request_by_weight() -> None:
     assert all(ranking.redraw(rng).routes[-1].provider == "d" for _ in range(50))
     ordered = Ranking((heavy, light, lighter), "router", {"strategy": "order"})
     assert ordered.redraw(rng) is ordered  # sort/order rankings keep their order
+
+
+@pytest.mark.parametrize(
+    ("chunk", "is_token"),
+    [
+        # The OpenAI shape the fast path reads by bytes.
+        (b'{"id":"c","choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}', True),
+        # An empty string is not a token; nor is a role-only chunk.
+        (
+            b'{"id":"c","choices":[{"delta":{"role":"assistant","content":""},'
+            b'"finish_reason":null}]}',
+            False,
+        ),
+        # Escaped quotes inside a string never look like structure.
+        (
+            b'{"id":"c","choices":[{"delta":{"role":"assistant","refusal":"\\"content\\":\\"x"},'
+            b'"finish_reason":null}]}',
+            False,
+        ),
+        # Reasoning and tool calls take the JSON path and still count as the first token.
+        (
+            b'{"id":"c","choices":[{"delta":{"reasoning_content":"hmm"},"finish_reason":null}]}',
+            True,
+        ),
+        (
+            b'{"id":"c","choices":[{"delta":{"tool_calls":[{"index":0}]},"finish_reason":null}]}',
+            True,
+        ),
+    ],
+)
+def test_first_token_detection_fast_and_slow_paths(chunk: bytes, is_token: bool) -> None:
+    scanner = SSEScanner()
+    scanner.feed(b"data: " + chunk + b"\n\n", 5.0)
+    assert (scanner.first_token_at == 5.0) is is_token
+    assert scanner.output_tokens == int(is_token)
