@@ -126,12 +126,18 @@ def parse_catalog(text: str, source: str = "<catalog>") -> Catalog:
     return Catalog(providers=providers, models=models)
 
 
-def _parse_providers(check: _Validator, raw: Any) -> dict[str, Provider]:
-    section = check.mapping(raw, "providers")
+def _section(check: _Validator, raw: Any, name: str, limit: int) -> dict[str, Any]:
+    """A top-level mapping that must hold at least one and at most ``limit`` entries."""
+    section = check.mapping(raw, name)
     if not section:
-        raise check.fail("providers", "expected at least one provider")
-    if len(section) > MAX_PROVIDERS:
-        raise check.fail("providers", f"at most {MAX_PROVIDERS} providers")
+        raise check.fail(name, f"expected at least one {name.removesuffix('s')}")
+    if len(section) > limit:
+        raise check.fail(name, f"at most {limit} {name}")
+    return section
+
+
+def _parse_providers(check: _Validator, raw: Any) -> dict[str, Provider]:
+    section = _section(check, raw, "providers", MAX_PROVIDERS)
     providers: dict[str, Provider] = {}
     for name, body in section.items():
         path = f"providers.{name}"
@@ -150,11 +156,7 @@ def _parse_providers(check: _Validator, raw: Any) -> dict[str, Provider]:
 
 
 def _parse_models(check: _Validator, raw: Any, providers: dict[str, Provider]) -> dict[str, Model]:
-    section = check.mapping(raw, "models")
-    if not section:
-        raise check.fail("models", "expected at least one model")
-    if len(section) > MAX_MODELS:
-        raise check.fail("models", f"at most {MAX_MODELS} models")
+    section = _section(check, raw, "models", MAX_MODELS)
     models: dict[str, Model] = {}
     for model_id, body in section.items():
         path = f"models.{model_id}"
