@@ -85,6 +85,9 @@ class RecordedRequest:
     headers: dict[str, str]
     auth_present: bool
     auth_ok: bool | None  # None when no key is configured
+    #: The client's "host:port": requests on one kept-alive connection share it,
+    #: so tests can tell whether a client reuses its connections.
+    peer: str = ""
     body: Any = None  # parsed JSON body, None if it did not parse
     model: str | None = None
     stream: bool = False
@@ -279,6 +282,13 @@ async def _hang(request: web.Request, state: ProviderState) -> None:
             await asyncio.wait_for(state.shutdown.wait(), _HANG_POLL_S)
 
 
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return ""
+
+
 async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions``: validate, inject failures, then generate."""
     state = request.app[STATE_KEY]
@@ -296,6 +306,7 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         headers=_safe_headers(request),
         auth_present=auth_present,
         auth_ok=auth_ok,
+        peer=_peer(request),
     )
     state.records.append(rec)
     state.total_received += 1
@@ -561,6 +572,8 @@ async def _serve_chat(
             buf.append(b"data: " + usage_json + b"\n\n")
         buf.append(_SSE_DONE)
         await write(b"".join(buf))
+        if cfg.done_to_eof_ms > 0:
+            await asyncio.sleep(cfg.done_to_eof_ms / 1000.0)
         await resp.write_eof()
         rec.outcome = "ok"
     except ConnectionError:

@@ -174,6 +174,10 @@ class FakeProviderConfig:
     incidents: tuple[Incident, ...] = ()
     default_max_tokens: int = 32
     record_limit: int = 10_000
+    #: Pause between ``data: [DONE]`` and the end of the HTTP body. Real
+    #: providers' chunked terminator often trails [DONE] in its own segment;
+    #: this makes that gap long enough for tests to rely on.
+    done_to_eof_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.served_models is not None and not isinstance(self.served_models, tuple):
@@ -196,6 +200,8 @@ class FakeProviderConfig:
             raise ValueError("default_max_tokens must be >= 1")
         if self.record_limit < 1:
             raise ValueError("record_limit must be >= 1")
+        if self.done_to_eof_ms < 0:
+            raise ValueError("done_to_eof_ms must be >= 0")
 
     def public_dict(self) -> dict[str, Any]:
         """The config as JSON, without the API key (only whether one is required)."""
@@ -214,6 +220,7 @@ class FakeProviderConfig:
             "incidents": [i.to_dict() for i in self.incidents],
             "default_max_tokens": self.default_max_tokens,
             "record_limit": self.record_limit,
+            "done_to_eof_ms": self.done_to_eof_ms,
         }
 
 
@@ -228,5 +235,6 @@ RUNTIME_TUNABLE_FIELDS: frozenset[str] = frozenset(
         "rate_limit_rate",
         "retry_after_s",
         "default_max_tokens",
+        "done_to_eof_ms",
     }
 )

@@ -14,12 +14,12 @@ noticing. From the first token on, bytes flow straight through.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from router_service.model import ErrorClass
@@ -106,7 +106,7 @@ class SSEScanner:
                     self.content_chunks += 1
                 return
         try:
-            obj = json.loads(payload)
+            obj = orjson.loads(payload)
         except ValueError:
             return
         if not isinstance(obj, dict):
@@ -211,6 +211,10 @@ def _err_text(err: Any) -> str:
     return str(err)[:200]
 
 
+#: Bytes read after [DONE] before giving up on reusing the connection.
+_DRAIN_LIMIT = 64 * 1024
+
+
 class AppGone(Exception):
     """The app closed its connection mid-stream."""
 
@@ -225,6 +229,7 @@ async def relay(
     """
     scanner, resp = start.scanner, start.resp
     eof = start.eof
+    ended_cleanly = False
     try:
         while not eof and not scanner.done and scanner.error is None:
             try:
@@ -269,6 +274,7 @@ async def relay(
             )
         elif scanner.complete:
             rec.finish_ok(scanner.output_tokens, scanner.first_token_at)
+            ended_cleanly = True
         else:
             rec.finish_error(
                 ErrorClass.STREAM_ABORT,
@@ -277,7 +283,38 @@ async def relay(
                 scanner.output_tokens,
             )
     finally:
-        if scanner.done or eof:
+        if eof:
             resp.release()
-        else:
+        elif not ended_cleanly:
             resp.close()  # do not return a half-read connection to the pool
+        # else: [DONE] seen, the body's last bytes may still be in flight; the
+        # caller finishes with release_upstream() once the app has its answer.
+
+
+async def release_upstream(resp: aiohttp.ClientResponse, timeout_s: float = 1.0) -> None:
+    """Give the upstream connection back to the pool, reading what follows [DONE] first.
+
+    Providers send ``data: [DONE]`` and then the chunked-encoding terminator,
+    often in a separate TCP segment. aiohttp closes, rather than pools, a
+    connection whose body was not read to its end, so releasing right at
+    [DONE] cost a new TCP (and, to real providers, TLS) handshake on about
+    half of all streamed requests. A provider that keeps sending after [DONE]
+    gets its connection closed after ``_DRAIN_LIMIT`` bytes or ``timeout_s``.
+    """
+    if resp.closed:
+        return
+    try:
+        async with asyncio.timeout(timeout_s):
+            left = _DRAIN_LIMIT
+            while left > 0:
+                data = await resp.content.readany()
+                if not data:
+                    resp.release()
+                    return
+                left -= len(data)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass
+    except BaseException:
+        resp.close()
+        raise
+    resp.close()

@@ -608,6 +608,8 @@ def test_config_validation() -> None:
         FakeProviderConfig(error_rate=1.5)
     with pytest.raises(ValueError):
         FakeProviderConfig(tokens_per_second=-1)
+    with pytest.raises(ValueError, match="done_to_eof_ms"):
+        FakeProviderConfig(done_to_eof_ms=-1)
     with pytest.raises(ValueError):
         Incident(kind="slowdown", factor=0)
     cfg = FakeProviderConfig(served_models=["a"])  # type: ignore[arg-type]

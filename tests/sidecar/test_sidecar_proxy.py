@@ -149,3 +149,20 @@ async def test_concurrent_streams(stack: Stack) -> None:
     client = openai_client(sc)
     results = await asyncio.gather(*(_stream(client) for _ in range(16)))
     assert all(t and r["provider"] == "alpha" for t, r in results)
+
+
+async def test_sequential_streams_reuse_one_upstream_connection(stack: Stack) -> None:
+    """Providers send the chunked terminator after [DONE], often in its own segment.
+
+    The sidecar reads it before handing the connection back; releasing at [DONE]
+    made aiohttp close the connection, so about half of all streams paid a new
+    handshake.
+    """
+    await _setup(stack, alpha={"done_to_eof_ms": 5.0})
+    sc = await stack.start_sidecar(fallback=True)
+    client = openai_client(sc)
+    for _ in range(12):
+        text, routing = await _stream(client)
+        assert text and routing is not None and routing["provider"] == "alpha"
+    peers = {r.peer for r in stack.providers["alpha"].requests}
+    assert len(peers) == 1 and "" not in peers, peers
