@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import Any
 
 import aiohttp
 import grpc
+import orjson
 from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 
@@ -99,7 +99,7 @@ class SidecarApp:
             stub = router_pb2_grpc.RouterStub(self._channel)
         self._stub = stub
         self.ranking = RankingClient(s, stub, self.catalog)
-        self.ranking.on_source = lambda src: self.metrics.ranking_source.labels(src).inc()
+        self.ranking.on_source = self.metrics.count_ranking_source
         self.reporter = OutcomeReporter(
             stub,
             self.metrics,
@@ -114,6 +114,9 @@ class SidecarApp:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60),
             timeout=aiohttp.ClientTimeout(total=None),
+            # One session serves every app request: a cookie one provider sets must
+            # not ride along on another app's call (and filtering costs time per call).
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self.proxy = Proxy(s, self._session, self.ranking, self.metrics, self.reporter.submit)
         app = web.Application(client_max_size=s.max_body_bytes, middlewares=[self._errors])
@@ -195,7 +198,7 @@ class SidecarApp:
             except web.HTTPRequestEntityTooLarge:
                 raise RequestError("request body too large", None, 413, "body_too_large") from None
             try:
-                body = json.loads(raw)
+                body = orjson.loads(raw)
             except ValueError:
                 raise RequestError(
                     "request body is not valid JSON", None, 400, "invalid_json"

@@ -77,6 +77,11 @@ class SidecarMetrics:
             ["source"],
             registry=r,
         )
+        #: Bound once: ``labels()`` takes a lock and a dict lookup, and this
+        #: counter is bumped on every request's path.
+        self._ranking_source_by = {
+            src: self.ranking_source.labels(src) for src in ("router", "cache", "stale", "catalog")
+        }
         self.outcome_queue_depth = Gauge(
             "router_sidecar_outcome_queue_depth",
             "Outcomes waiting to be sent to the router.",
@@ -102,6 +107,9 @@ class SidecarMetrics:
             "1 when the last call to the router succeeded, else 0.",
             registry=r,
         )
+
+    def count_ranking_source(self, source: str) -> None:
+        self._ranking_source_by[source].inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

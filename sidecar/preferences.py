@@ -9,6 +9,7 @@ here is pure, so the validation rules are tested without sockets.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -65,10 +66,9 @@ class ParsedRequest:
     body: dict[str, Any]
     estimated_input_tokens: int
     max_output_tokens: int
-
-    def cache_key(self) -> tuple[str, bytes]:
-        """(model, preferences) identity for the ranking cache; token estimates excluded."""
-        return self.model, self.preferences.SerializeToString(deterministic=True)
+    #: (model, serialized preferences): the ranking cache's key, token estimates
+    #: excluded. Built once here because every request looks it up.
+    cache_key: tuple[str, bytes]
 
 
 def _str_list(value: Any, param: str) -> list[str]:
@@ -287,16 +287,37 @@ def parse_request(
     so = body.get("stream_options")
     if so is not None and not isinstance(so, dict):
         raise RequestError("stream_options must be an object", "stream_options")
-    prefs = merge_preferences(body, default_sort, default_zdr)
-    forward = {k: v for k, v in body.items() if k not in ROUTING_FIELDS}
+    if body.get("provider") is None and body.get("providerOptions") is None:
+        prefs, key = _default_preferences(default_sort, default_zdr)
+    else:
+        prefs = merge_preferences(body, default_sort, default_zdr)
+        key = prefs.SerializeToString(deterministic=True)
+    if any(k in body for k in ROUTING_FIELDS):
+        body = {k: v for k, v in body.items() if k not in ROUTING_FIELDS}
     return ParsedRequest(
         model=model,
         stream=stream,
         preferences=prefs,
-        body=forward,
+        body=body,
         estimated_input_tokens=_estimate_input_tokens(messages),
         max_output_tokens=max_out,
+        cache_key=(model, key),
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _default_preferences(
+    default_sort: str | None, default_zdr: bool
+) -> tuple[router_pb2.RoutingPreferences, bytes]:
+    """The preferences of a request that gives none, built once per sidecar defaults.
+
+    Most traffic names no routing options, so this skips building and
+    serializing a message per request. The message is shared: nothing may
+    mutate a ParsedRequest's preferences (they are only read, or copied into
+    an RPC).
+    """
+    prefs = merge_preferences({}, default_sort, default_zdr)
+    return prefs, prefs.SerializeToString(deterministic=True)
 
 
 def preferences_summary(prefs: router_pb2.RoutingPreferences) -> dict[str, Any]:

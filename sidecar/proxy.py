@@ -11,13 +11,13 @@ shown in the response's ``routing`` object.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from router_service.model import ErrorClass
@@ -26,11 +26,16 @@ from sidecar.config import SidecarSettings
 from sidecar.metrics import SidecarMetrics
 from sidecar.preferences import ParsedRequest, preferences_summary
 from sidecar.ranking_client import Ranking, RankingClient, Route
-from sidecar.streaming import AppGone, StreamStart, read_until_first_token, relay
+from sidecar.streaming import (
+    AppGone,
+    StreamStart,
+    read_until_first_token,
+    relay,
+    release_upstream,
+)
 from sidecar.upstream import (
     AttemptRecord,
     UpstreamError,
-    chat_url,
     classify_exception,
     classify_status,
     parse_retry_after,
@@ -40,7 +45,12 @@ from sidecar.upstream import (
 
 log = logging.getLogger("sidecar.proxy")
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_MAX_KEY_NAMES = 1024
+
+#: orjson: the request body is re-encoded on every attempt and the routing object
+#: on every answer; it is several times faster than the stdlib here, and emits
+#: compact UTF-8 (no ASCII escaping) as the stdlib encoder used to be told to.
+_dumps = orjson.dumps
 
 
 def error_body(
@@ -70,6 +80,10 @@ class Proxy:
         self._ranking = ranking
         self._m = metrics
         self._report = report
+        #: Keys read from the environment, by variable name. A process's environment
+        #: does not change under it, and reading ``os.environ`` decodes on every
+        #: lookup. Names come from the catalog, so this stays small (bounded anyway).
+        self._keys: dict[str, str] = {}
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.connect_timeout_s, sock_connect=settings.connect_timeout_s
         )
@@ -131,7 +145,11 @@ class Proxy:
         """The provider's key from this process's environment only."""
         if not route.api_key_env:
             return True, None
-        key = self._s.env().get(route.api_key_env)
+        key = self._keys.get(route.api_key_env)
+        if key is None:
+            key = self._s.env().get(route.api_key_env)
+            if key and len(self._keys) < _MAX_KEY_NAMES:
+                self._keys[route.api_key_env] = key
         if not key:
             rec.finish_error(ErrorClass.AUTH, f"API key variable {route.api_key_env} is not set")
             rec.report = False  # our misconfiguration, not the endpoint's
@@ -145,7 +163,7 @@ class Proxy:
             opts = dict(body.get("stream_options") or {})
             opts["include_usage"] = True  # exact output token counts for throughput
             body["stream_options"] = opts
-        return _dumps(body).encode()
+        return _dumps(body)
 
     # -- the request -----------------------------------------------------------
 
@@ -153,7 +171,7 @@ class Proxy:
         self, request: web.Request, req: ParsedRequest, t_start: float
     ) -> web.StreamResponse:
         """Answer one validated chat completion request (RequestError propagates as 4xx)."""
-        ranking = await self._ranking.rank(req)
+        ranking = self._ranking.cached(req) or await self._ranking.rank(req)
         plan = self.plan(req, ranking)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._s.request_deadline_s
@@ -198,7 +216,7 @@ class Proxy:
             headers["x-router-provider"] = provider
         return web.Response(
             status=status,
-            body=_dumps(body).encode(),
+            body=_dumps(body),
             content_type="application/json",
             headers=headers,
         )
@@ -218,7 +236,7 @@ class Proxy:
         if last_error is not None:
             status = last_error.status
             try:
-                parsed = json.loads(last_error.body)
+                parsed = orjson.loads(last_error.body)
             except ValueError:
                 parsed = None
             if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict | str):
@@ -263,7 +281,7 @@ class Proxy:
         try:
             async with asyncio.timeout_at(limit):
                 async with self._session.post(
-                    chat_url(route),
+                    route.chat_url,
                     data=self._body_for(req, route),
                     headers=upstream_headers(key, False),
                     timeout=self._timeout,
@@ -292,7 +310,7 @@ class Proxy:
             rec.finish_error(ErrorClass.SERVER_ERROR, "upstream response too large")
             return None
         try:
-            obj = json.loads(data)
+            obj = orjson.loads(data)
         except ValueError:
             rec.finish_error(ErrorClass.SERVER_ERROR, "upstream sent invalid JSON")
             return None
@@ -327,7 +345,7 @@ class Proxy:
         try:
             async with asyncio.timeout_at(limit):
                 resp = await self._session.post(
-                    chat_url(route),
+                    route.chat_url,
                     data=self._body_for(req, route),
                     headers=upstream_headers(key, True),
                     timeout=self._timeout,
@@ -410,10 +428,11 @@ class Proxy:
                 routing=routing,
             )
         try:
-            await app.write(b"data: " + _dumps(final).encode() + b"\n\ndata: [DONE]\n\n")
+            await app.write(b"data: " + _dumps(final) + b"\n\ndata: [DONE]\n\n")
             await app.write_eof()
         except (ConnectionError, RuntimeError):
             pass
+        await release_upstream(start.resp)
         return app
 
 

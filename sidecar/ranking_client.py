@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from yarl import URL
 
 from router_service.catalog_model import Catalog, Endpoint
 from router_service.pb import router_pb2, router_pb2_grpc
@@ -56,6 +57,12 @@ class Route:
     weight: float | None = None
     #: The router moved this endpoint down (degraded, missed preference, ...).
     deprioritized: bool = False
+    #: Where chat completions go, parsed once: aiohttp takes a URL object as it
+    #: is, whereas a string would be parsed again on every attempt.
+    chat_url: URL = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "chat_url", URL(self.base_url.rstrip("/") + "/chat/completions"))
 
     @classmethod
     def from_proto(cls, ep: router_pb2.RankedEndpoint) -> Route:
@@ -284,14 +291,27 @@ class RankingClient:
 
     # -- ranking -----------------------------------------------------------
 
+    def cached(self, req: ParsedRequest) -> Ranking | None:
+        """The cached ranking if still fresh, else None; synchronous.
+
+        Split from ``rank`` so the common case (a hit) costs no coroutine: on the
+        time-to-first-token path every step counts.
+        """
+        hit = self._cache.get(req.cache_key)
+        if hit is None or self._clock() - hit.fetched_at >= self._s.rank_cache_ttl_s:
+            return None
+        self._cache.move_to_end(req.cache_key)
+        self.on_source("cache")
+        return hit.redraw(self._rng)  # stored with source "cache" already
+
     async def rank(self, req: ParsedRequest) -> Ranking:
         """The order for this request; raises RequestError only for the caller's mistakes."""
-        key = req.cache_key()
+        fresh = self.cached(req)
+        if fresh is not None:
+            return fresh
+        key = req.cache_key
         now = self._clock()
         hit = self._get(key)
-        if hit is not None and now - hit.fetched_at < self._s.rank_cache_ttl_s:
-            self.on_source("cache")
-            return replace(hit.redraw(self._rng), source="cache")
         if self._stub is not None and now >= self._router_skip_until:
             fut = self._inflight.get(key)
             if fut is None:
@@ -347,7 +367,7 @@ class RankingClient:
                 400,
                 "no_eligible_provider",
             )
-        self._put(req.cache_key(), ranking.for_reuse())
+        self._put(req.cache_key, replace(ranking.for_reuse(), source="cache"))
         self.on_source("router")
         return ranking
 

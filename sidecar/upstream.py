@@ -18,7 +18,6 @@ import aiohttp
 
 from router_service.model import ErrorClass
 from router_service.pb import router_pb2
-from sidecar.ranking_client import Route
 
 #: Failures that move on to the next provider (before any byte reached the app).
 RETRIABLE = frozenset(
@@ -219,7 +218,3 @@ async def read_error_body(resp: aiohttp.ClientResponse, limit: int, key: str | N
     except (TimeoutError, aiohttp.ClientError):
         pass
     return redact(b"".join(parts), key)
-
-
-def chat_url(route: Route) -> str:
-    return route.base_url.rstrip("/") + "/chat/completions"

@@ -94,7 +94,7 @@ def test_defaults_apply_and_cache_key_ignores_tokens() -> None:
     a = parse_request({"model": "m/x", "messages": MSGS}, default_sort="cost", default_zdr=True)
     b = parse_request({"model": "m/x", "messages": MSGS * 3}, default_sort="cost", default_zdr=True)
     assert a.preferences.sort == router_pb2.SORT_BY_COST and a.preferences.zero_data_retention
-    assert a.cache_key() == b.cache_key()
+    assert a.cache_key == b.cache_key
 
 
 def test_rank_from_catalog_enforces_filters() -> None:
