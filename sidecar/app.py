@@ -152,6 +152,8 @@ class SidecarApp:
         if self._session is not None:
             await bounded(self._session.close(), 5.0, "close upstream session")
             self._session = None
+        if self.ranking is not None:
+            await bounded(self.ranking.close(), 2.0, "cancel ranking refreshes")
         if self._channel is not None:
             await bounded(self._channel.close(), 5.0, "close router channel")
             self._channel = None

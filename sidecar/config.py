@@ -59,6 +59,11 @@ class SidecarSettings:
     # Ranking.
     rank_timeout_s: float = _opt(1.0, "Deadline of one RankProviders call.")
     rank_cache_ttl_s: float = _opt(2.0, "How long a ranking is reused for the same model+prefs.")
+    rank_revalidate_s: float = _opt(
+        2.0,
+        "For this long after its TTL a ranking is still used while a background call "
+        "refreshes it, so no request waits for the router (0 = wait; TTL 0 = never reuse).",
+    )
     rank_cache_stale_s: float = _opt(
         3600.0, "How long an expired ranking may still be used while the router is unreachable."
     )

@@ -264,7 +264,11 @@ class RankingClient:
         self.catalog = catalog
         self._clock = clock
         self._cache: OrderedDict[tuple[str, bytes], Ranking] = OrderedDict()
-        self._inflight: dict[tuple[str, bytes], asyncio.Future[Ranking]] = {}
+        #: Fresh router answers from a background refresh that carry a probe or an
+        #: exploration pick: meant for one request, so the next one takes it as is.
+        self._one_shot: dict[tuple[str, bytes], Ranking] = {}
+        self._inflight: dict[tuple[str, bytes], asyncio.Future[Ranking | None]] = {}
+        self._refreshes: dict[tuple[str, bytes], asyncio.Task[None]] = {}
         self._router_skip_until = 0.0
         self.router_ok: bool | None = None  # None = not asked yet
         self.cooldowns = Cooldowns(settings.cooldown_entries, clock)
@@ -288,19 +292,43 @@ class RankingClient:
     def invalidate(self) -> None:
         """Forget every cached ranking (tests; and operators after a catalog change)."""
         self._cache.clear()
+        self._one_shot.clear()
 
     # -- ranking -----------------------------------------------------------
 
     def cached(self, req: ParsedRequest) -> Ranking | None:
-        """The cached ranking if still fresh, else None; synchronous.
+        """A ranking without waiting for the router, else None; synchronous.
 
-        Split from ``rank`` so the common case (a hit) costs no coroutine: on the
-        time-to-first-token path every step counts.
+        Fresh within ``rank_cache_ttl_s``; for ``rank_revalidate_s`` after that
+        it is still returned while one background call per key refreshes it
+        (stale-while-revalidate), so a request waits for the router only on a
+        cold or long-expired key. A background answer that carries a probe or
+        an exploration pick is handed, once, to the next request. Split from
+        ``rank`` so the common case costs no coroutine: on the time-to-first-
+        token path every step counts.
         """
-        hit = self._cache.get(req.cache_key)
-        if hit is None or self._clock() - hit.fetched_at >= self._s.rank_cache_ttl_s:
+        key = req.cache_key
+        now = self._clock()
+        if self._one_shot:
+            one = self._one_shot.pop(key, None)
+            if one is not None and now - one.fetched_at < self._s.rank_cache_ttl_s:
+                self.on_source("router")
+                return one
+        hit = self._cache.get(key)
+        if hit is None:
             return None
-        self._cache.move_to_end(req.cache_key)
+        ttl = self._s.rank_cache_ttl_s
+        age = now - hit.fetched_at
+        if age >= ttl:
+            if (
+                ttl <= 0
+                or age >= ttl + self._s.rank_revalidate_s
+                or self._stub is None
+                or now < self._router_skip_until
+            ):
+                return None  # rank() asks the router, or falls back
+            self._refresh_in_background(req)
+        self._cache.move_to_end(key)
         self.on_source("cache")
         return hit.redraw(self._rng)  # stored with source "cache" already
 
@@ -309,29 +337,63 @@ class RankingClient:
         fresh = self.cached(req)
         if fresh is not None:
             return fresh
-        key = req.cache_key
-        now = self._clock()
-        hit = self._get(key)
-        if self._stub is not None and now >= self._router_skip_until:
-            fut = self._inflight.get(key)
-            if fut is None:
-                fut = asyncio.get_running_loop().create_future()
-                self._inflight[key] = fut
-                try:
-                    ranking = await self._ask_router(req)
-                except BaseException as exc:
-                    fut.set_exception(exc)
-                    fut.exception()  # mark retrieved: nobody else may be waiting
-                    raise
-                else:
-                    fut.set_result(ranking)
-                finally:
-                    self._inflight.pop(key, None)
-            else:
-                ranking = await asyncio.shield(fut)
+        hit = self._get(req.cache_key)
+        if self._stub is not None and self._clock() >= self._router_skip_until:
+            ranking = await self._ask_router_once(req)
             if ranking is not None:
+                self.on_source("router")
                 return ranking
         return self._fallback(req, hit)
+
+    async def _ask_router_once(self, req: ParsedRequest) -> Ranking | None:
+        """``_ask_router``, shared by every caller asking for the same key meanwhile."""
+        key = req.cache_key
+        fut = self._inflight.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            ranking = await self._ask_router(req)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: nobody else may be waiting
+            raise
+        else:
+            fut.set_result(ranking)
+        finally:
+            self._inflight.pop(key, None)
+        return ranking
+
+    def _refresh_in_background(self, req: ParsedRequest) -> None:
+        """Ask the router for this key without anyone waiting (one call per key at a time)."""
+        key = req.cache_key
+        if key in self._refreshes or key in self._inflight:
+            return
+        task = asyncio.get_running_loop().create_task(self._refresh(req))
+        self._refreshes[key] = task
+        task.add_done_callback(lambda _: self._refreshes.pop(key, None))
+
+    async def _refresh(self, req: ParsedRequest) -> None:
+        try:
+            ranking = await self._ask_router_once(req)
+        except RequestError:
+            return  # the request that finds the ranking expired will ask, and be told
+        except Exception:  # never let a background refresh die unobserved
+            log.exception("background ranking refresh failed")
+            return
+        if ranking is not None and any(r.router_wants_it for r in ranking.routes):
+            self._one_shot[req.cache_key] = ranking
+            while len(self._one_shot) > self._s.rank_cache_entries:
+                self._one_shot.pop(next(iter(self._one_shot)))
+
+    async def close(self) -> None:
+        """Cancel background refreshes (at shutdown)."""
+        tasks = list(self._refreshes.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _ask_router(self, req: ParsedRequest) -> Ranking | None:
         """One RankProviders call; None when the router is unusable right now."""
@@ -368,7 +430,6 @@ class RankingClient:
                 "no_eligible_provider",
             )
         self._put(req.cache_key, replace(ranking.for_reuse(), source="cache"))
-        self.on_source("router")
         return ranking
 
     def _router_down(self, why: str) -> None:
@@ -411,6 +472,10 @@ class RankingClient:
         """Another RPC (outcome delivery) reached the router: stop skipping it."""
         self.router_ok = True
         self._router_skip_until = 0.0
+
+    @property
+    def refreshes_in_flight(self) -> int:
+        return len(self._refreshes)
 
     @property
     def cache_size(self) -> int:
