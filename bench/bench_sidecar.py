@@ -4,8 +4,10 @@ Each server runs in its own process (its own event loop), like in production:
 the fake provider, a bare aiohttp pass-through proxy (the baseline hop), a real
 router, and the sidecar (ranking from the router, cached; outcomes reported in
 the background). The client streams chat completions and measures TTFT (first
-content token) and total time, against the three targets in interleaved rounds
-so drift hits all three alike.
+content token) and total time, against the three targets in short interleaved
+rounds (10 requests, or 4 per stream), so drift hits all three alike and no
+server sits idle for long between its rounds (an idle sidecar's first request
+after its ranking expired for good would wait for the router).
 
     .venv/bin/python bench/bench_sidecar.py [--requests 400] [--concurrency 1 32]
 
@@ -172,14 +174,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def measure(
-    targets: dict[str, str], requests: int, conc: int, rounds: int
+    targets: dict[str, str], requests: int, conc: int, round_size: int | None
 ) -> dict[str, list[tuple[float, float]]]:
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in targets}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         for base in targets.values():  # warm-up: connections, caches, JIT-less imports
             await run_round(session, base, max(conc, 20), conc, [])
-        per_round = max(1, requests // rounds)
-        for _ in range(rounds):
+        per_round = round_size or max(10, 4 * conc)
+        for _ in range(max(1, requests // per_round)):
             for name, base in targets.items():
                 await run_round(session, base, per_round, conc, results[name])
     return results
@@ -213,7 +215,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=400, help="per target per concurrency")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--round-size", type=int, default=None, help="requests per target per round")
     ap.add_argument("--ttft-ms", type=float, default=20.0, help="fake provider TTFT")
     ap.add_argument("--tps", type=float, default=800.0, help="fake provider tokens/s")
     ap.add_argument("--no-router", action="store_true", help="sidecar on the catalog only")
@@ -246,7 +248,7 @@ def main() -> None:
         targets = {"direct": fake, "bare proxy": proxy, "sidecar": sidecar}
         all_results = {}
         for conc in args.concurrency:
-            all_results[conc] = asyncio.run(measure(targets, args.requests, conc, args.rounds))
+            all_results[conc] = asyncio.run(measure(targets, args.requests, conc, args.round_size))
         print(
             f"fake provider: TTFT {args.ttft_ms} ms, {args.tps} tok/s, "
             f"{BODY['max_tokens']} tokens; {args.requests} requests per target per row; "

@@ -31,6 +31,9 @@ from sidecar.preferences import ParsedRequest, RequestError
 
 log = logging.getLogger("sidecar.ranking")
 
+#: Delay before a background ranking refresh starts (see _refresh_in_background).
+_REFRESH_DELAY_S = 0.005
+
 #: gRPC codes that mean "the caller asked for something impossible", not "router down".
 _CALLER_CODES = {
     grpc.StatusCode.NOT_FOUND,
@@ -268,7 +271,8 @@ class RankingClient:
         #: exploration pick: meant for one request, so the next one takes it as is.
         self._one_shot: dict[tuple[str, bytes], Ranking] = {}
         self._inflight: dict[tuple[str, bytes], asyncio.Future[Ranking | None]] = {}
-        self._refreshes: dict[tuple[str, bytes], asyncio.Task[None]] = {}
+        #: Background refreshes by key: scheduled (a timer) or running (a task).
+        self._refreshes: dict[tuple[str, bytes], asyncio.TimerHandle | asyncio.Task[None]] = {}
         self._router_skip_until = 0.0
         self.router_ok: bool | None = None  # None = not asked yet
         self.cooldowns = Cooldowns(settings.cooldown_entries, clock)
@@ -366,10 +370,21 @@ class RankingClient:
         return ranking
 
     def _refresh_in_background(self, req: ParsedRequest) -> None:
-        """Ask the router for this key without anyone waiting (one call per key at a time)."""
+        """Ask the router for this key without anyone waiting (one call per key at a time).
+
+        Started a few ms later, not at once: the request that found the ranking
+        expired is on its way to a provider, and an RPC set up in the middle of
+        that would add its cost (about a millisecond here) to that request's
+        time to first token.
+        """
         key = req.cache_key
         if key in self._refreshes or key in self._inflight:
             return
+        loop = asyncio.get_running_loop()
+        self._refreshes[key] = loop.call_later(_REFRESH_DELAY_S, self._start_refresh, req)
+
+    def _start_refresh(self, req: ParsedRequest) -> None:
+        key = req.cache_key
         task = asyncio.get_running_loop().create_task(self._refresh(req))
         self._refreshes[key] = task
         task.add_done_callback(lambda _: self._refreshes.pop(key, None))
@@ -389,9 +404,11 @@ class RankingClient:
 
     async def close(self) -> None:
         """Cancel background refreshes (at shutdown)."""
-        tasks = list(self._refreshes.values())
-        for task in tasks:
-            task.cancel()
+        pending = list(self._refreshes.values())
+        self._refreshes.clear()
+        for handle in pending:
+            handle.cancel()
+        tasks = [t for t in pending if isinstance(t, asyncio.Task)]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
