@@ -189,10 +189,11 @@ class Proxy:
                 self._finish_attempt(req, rec)
                 continue
             if req.stream:
-                result = await self._open_stream(req, route, key, rec, deadline)
-                if isinstance(result, StreamStart):
+                result = await self._open_stream(req, route, key, rec, deadline, len(records))
+                if isinstance(result, tuple):
+                    start, answer = result
                     return await self._commit_stream(
-                        request, req, ranking, plan, records, rec, result, t_start
+                        request, req, ranking, plan, records, rec, start, answer, t_start
                     )
             else:
                 result = await self._call_once(req, route, key, rec, deadline)
@@ -335,9 +336,20 @@ class Proxy:
     # -- streaming -------------------------------------------------------------
 
     async def _open_stream(
-        self, req: ParsedRequest, route: Route, key: str | None, rec: AttemptRecord, deadline: float
-    ) -> StreamStart | UpstreamError | None:
-        """Send the request and read to the first token, all within the first-byte deadline."""
+        self,
+        req: ParsedRequest,
+        route: Route,
+        key: str | None,
+        rec: AttemptRecord,
+        deadline: float,
+        attempt: int,
+    ) -> tuple[StreamStart, web.StreamResponse] | UpstreamError | None:
+        """Send the request and read to the first token, all within the first-byte deadline.
+
+        On success, also the app's (unprepared) response: built while the
+        provider works on its first token rather than after it arrives, and
+        simply dropped if this attempt fails before then.
+        """
         loop = asyncio.get_running_loop()
         limit = min(deadline, loop.time() + self._s.first_byte_timeout_s)
         got_headers = False
@@ -357,6 +369,7 @@ class Proxy:
                         return await self._http_failure(resp, rec, key)
                     finally:
                         resp.release()
+                answer = _stream_answer(rec.provider, attempt)
                 start = await read_until_first_token(resp, rec)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             cls = classify_exception(exc, got_headers)
@@ -370,7 +383,8 @@ class Proxy:
             return None
         if start is None:
             resp.close()
-        return start
+            return None
+        return start, answer
 
     async def _commit_stream(
         self,
@@ -381,18 +395,10 @@ class Proxy:
         records: list[AttemptRecord],
         rec: AttemptRecord,
         start: StreamStart,
+        app: web.StreamResponse,
         t_start: float,
     ) -> web.StreamResponse:
         """First token in hand: send headers and held bytes, then relay; no retry from here."""
-        app = _OneWriteStreamResponse(
-            status=200,
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "x-router-provider": rec.provider,
-                "x-router-attempts": str(len(records)),
-            },
-        )
         try:
             await app.prepare(request)
             if start.pending:
@@ -434,6 +440,19 @@ class Proxy:
             pass
         await release_upstream(start.resp)
         return app
+
+
+def _stream_answer(provider: str, attempt: int) -> web.StreamResponse:
+    """The app's SSE response for a stream served by ``provider`` on attempt ``attempt``."""
+    return _OneWriteStreamResponse(
+        status=200,
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "x-router-provider": provider,
+            "x-router-attempts": str(attempt),
+        },
+    )
 
 
 class _OneWriteStreamResponse(web.StreamResponse):

@@ -90,13 +90,15 @@ class SSEScanner:
     def _inspect(self, payload: bytes, now: float) -> None:
         if (
             b'"finish_reason":null' in payload
-            and b'"usage"' not in payload
+            and (b'"usage"' not in payload or b'"usage":null' in payload)
             and b'"error"' not in payload
         ):
             # Fast path for the bulk of a stream, the first token included (it is
             # on the app's TTFT path): a plain delta chunk is only counted, by
             # bytes. A bare ``"content":"`` can only be JSON structure (quotes in
-            # strings are escaped), and an empty string is no token.
+            # strings are escaped), and an empty string is no token. With
+            # include_usage (which the sidecar always asks for) OpenAI-style
+            # providers put ``"usage":null`` on every chunk: that is no usage.
             at = payload.find(b'"content":"')
             if at >= 0 and payload[at + 11 : at + 12] != b'"':
                 self._token(now)

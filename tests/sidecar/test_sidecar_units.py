@@ -269,6 +269,11 @@ def test_reused_load_balance_ranking_is_redrawn_per_request_by_weight() -> None:
     [
         # The OpenAI shape the fast path reads by bytes.
         (b'{"id":"c","choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}', True),
+        # ... and with the "usage":null every chunk carries under include_usage.
+        (
+            b'{"id":"c","choices":[{"delta":{"content":"Hi"},"finish_reason":null}],"usage":null}',
+            True,
+        ),
         # An empty string is not a token; nor is a role-only chunk.
         (
             b'{"id":"c","choices":[{"delta":{"role":"assistant","content":""},'
@@ -297,3 +302,14 @@ def test_first_token_detection_fast_and_slow_paths(chunk: bytes, is_token: bool)
     scanner.feed(b"data: " + chunk + b"\n\n", 5.0)
     assert (scanner.first_token_at == 5.0) is is_token
     assert scanner.output_tokens == int(is_token)
+
+
+def test_usage_numbers_on_a_content_chunk_are_read() -> None:
+    """Some providers put the usage on the last content chunk: never skipped by bytes."""
+    scanner = SSEScanner()
+    scanner.feed(
+        b'data: {"id":"c","choices":[{"delta":{"content":"Hi"},"finish_reason":null}],'
+        b'"usage":{"completion_tokens":7}}\n\n',
+        5.0,
+    )
+    assert scanner.first_token_at == 5.0 and scanner.output_tokens == 7
