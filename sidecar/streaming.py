@@ -23,10 +23,26 @@ import orjson
 from aiohttp import web
 
 from router_service.model import ErrorClass
+from sidecar.idle_timeout import IdleTimeout
 from sidecar.upstream import AttemptRecord, classify_exception
 
 _DATA = b"data:"
 _DONE = b"[DONE]"
+_CONTENT = b'"content":"'
+_EMPTY_CONTENT = b'"content":""'
+
+
+def _plain_deltas(block: bytes) -> bool:
+    """Every ``data:`` line of ``block`` is an ordinary delta: no finish, usage, error,
+    tool call or [DONE], so after the first token there is nothing to read in it but
+    the count of content chunks. Anything unusual (other spacing, a literal "data:" in
+    a token) fails a check and takes the line-by-line path, which is exact."""
+    return (
+        block.count(_DATA) == block.count(b'"finish_reason":null')
+        and b'"error"' not in block
+        and b'"tool_calls"' not in block
+        and block.count(b'"usage"') == block.count(b'"usage":null')
+    )
 
 
 class SSEScanner:
@@ -64,6 +80,10 @@ class SSEScanner:
             return b""
         complete = buf[: cut + 1]
         self._tail = buf[cut + 1 :]
+        if self.first_token_at is not None and _plain_deltas(complete):
+            # The bulk of a stream, counted without splitting it into lines.
+            self.content_chunks += complete.count(_CONTENT) - complete.count(_EMPTY_CONTENT)
+            return complete
         pos = 0
         end = len(complete)
         while pos < end:
@@ -99,7 +119,7 @@ class SSEScanner:
             # strings are escaped), and an empty string is no token. With
             # include_usage (which the sidecar always asks for) OpenAI-style
             # providers put ``"usage":null`` on every chunk: that is no usage.
-            at = payload.find(b'"content":"')
+            at = payload.find(_CONTENT)
             if at >= 0 and payload[at + 11 : at + 12] != b'"':
                 self._token(now)
                 return
@@ -232,12 +252,14 @@ async def relay(
     scanner, resp = start.scanner, start.resp
     eof = start.eof
     ended_cleanly = False
+    idle = IdleTimeout(chunk_timeout_s)
     try:
         while not eof and not scanner.done and scanner.error is None:
             try:
-                async with asyncio.timeout(chunk_timeout_s):
-                    data = await resp.content.readany()
-            except TimeoutError:
+                data = await resp.content.readany()
+            except asyncio.CancelledError:
+                if not idle.absorb():
+                    raise
                 rec.finish_error(
                     ErrorClass.TIMEOUT,
                     f"no chunk for {chunk_timeout_s}s",
@@ -253,6 +275,7 @@ async def relay(
                     scanner.output_tokens,
                 )
                 return
+            idle.touch()
             now = time.perf_counter()
             if data:
                 fwd = scanner.feed(data, now)
@@ -260,6 +283,7 @@ async def relay(
                 eof = True
                 fwd = scanner.flush(now)
             if fwd:
+                idle.pause()
                 try:
                     await app.write(fwd)
                 except (ConnectionError, RuntimeError) as exc:
@@ -267,6 +291,8 @@ async def relay(
                         ErrorClass.CLIENT_ERROR, "app disconnected", 499, scanner.output_tokens
                     )
                     raise AppGone from exc
+                finally:
+                    idle.resume()
         if scanner.error is not None:
             rec.finish_error(
                 ErrorClass.STREAM_ABORT,
@@ -285,6 +311,7 @@ async def relay(
                 scanner.output_tokens,
             )
     finally:
+        idle.close()
         if eof:
             resp.release()
         elif not ended_cleanly:

@@ -166,3 +166,21 @@ async def test_sequential_streams_reuse_one_upstream_connection(stack: Stack) ->
         assert text and routing is not None and routing["provider"] == "alpha"
     peers = {r.peer for r in stack.providers["alpha"].requests}
     assert len(peers) == 1 and "" not in peers, peers
+
+
+async def test_silence_between_chunks_ends_the_stream_with_a_timeout(stack: Stack) -> None:
+    # Two tokens a second upstream, but at most 0.2 s of silence allowed between chunks.
+    await _setup(stack, alpha={"tokens_per_second": 2.0})
+    sc = await stack.start_sidecar(fallback=True, chunk_timeout_s=0.2)
+    client = openai_client(sc)
+    got = ""
+    with pytest.raises(openai.APIError) as err:
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=MSGS, stream=True, max_tokens=10
+        )
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                got += chunk.choices[0].delta.content
+    assert got  # the first token went through; the silence after it is the timeout
+    assert "no chunk for 0.2s" in str(err.value.message)
+    assert stack.counts() == {"alpha": 1, "beta": 0, "gamma": 0}

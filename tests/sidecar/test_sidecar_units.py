@@ -180,6 +180,35 @@ def test_sse_scanner_counts_without_usage_and_sees_errors() -> None:
     assert e.error == {"message": "boom"} and not e.complete
 
 
+def _delta(text: str, finish: str = "null", usage: str = "null") -> bytes:
+    return (
+        b'data: {"id":"c","choices":[{"delta":{"content":"' + text.encode() + b'"},'
+        b'"finish_reason":' + finish.encode() + b'}],"usage":' + usage.encode() + b"}\n\n"
+    )
+
+
+def test_sse_scanner_after_the_first_token_counts_in_bulk_and_still_sees_the_rest() -> None:
+    s = SSEScanner()
+    s.feed(_delta("first"), 1.0)
+    block = _delta("a") + _delta("") + _delta("b") + b": keep-alive comment\n\n"
+    assert s.feed(block, 2.0) == block
+    assert s.content_chunks == 3 and s.first_token_at == 1.0  # the empty one is no token
+    # A block with a finish (spaced, as some providers write it), usage and [DONE] is
+    # read line by line: nothing in it is missed.
+    tail = (
+        _delta("c")
+        + b'data: {"id":"c2","choices":[{"delta":{},"finish_reason": "stop"}]}\n\n'
+        + _delta("", finish='"stop"', usage='{"completion_tokens":9}')
+        + b"data: [DONE]\n\n"
+    )
+    s.feed(tail, 3.0)
+    assert s.finish_seen and s.done and s.usage_tokens == 9 and s.output_tokens == 9
+    e = SSEScanner()
+    e.feed(_delta("first"), 1.0)
+    e.feed(_delta("a") + b'data: {"error":{"message":"boom"}}\n\n', 2.0)
+    assert e.error == {"message": "boom"}
+
+
 def test_classification_and_retry_after() -> None:
     assert classify_status(429).value == "rate_limited"
     assert classify_status(503).value == "server_error"
