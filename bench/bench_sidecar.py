@@ -70,6 +70,10 @@ async def _serve_async(kind: str, arg: dict[str, Any], q: Any) -> None:
         await fp.stop()
     elif kind == "proxy":
         runner = await start_bare_proxy(arg["upstream"])
+        import gc
+
+        gc.collect()
+        gc.freeze()  # the same process tuning as the sidecar's, so the ratio is the code's
         q.put(f"http://127.0.0.1:{runner.addresses[0][1]}/v1")
         await stop.wait()
         await runner.cleanup()
@@ -94,6 +98,7 @@ async def _serve_async(kind: str, arg: dict[str, Any], q: Any) -> None:
         import logging
 
         from sidecar.app import SidecarApp
+        from sidecar.cli import freeze_startup_heap
         from sidecar.config import SidecarSettings
 
         logging.getLogger().setLevel(logging.WARNING)
@@ -103,6 +108,7 @@ async def _serve_async(kind: str, arg: dict[str, Any], q: Any) -> None:
             )
         )
         await sc.start()
+        freeze_startup_heap()  # as router-sidecar does
         q.put(sc.base_url)
         await stop.wait()
         await sc.stop()

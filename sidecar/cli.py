@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -20,6 +21,19 @@ from sidecar.config import SidecarSettings, settings_from_args
 log = logging.getLogger("sidecar.cli")
 
 
+def freeze_startup_heap() -> None:
+    """Keep what startup allocated out of every later full garbage collection.
+
+    Modules, protobuf descriptors, the gRPC stack, metrics and the catalog are
+    ~50,000 tracked objects that live as long as the process. A full collection
+    walked all of them: ~22 ms with the event loop stopped, which was the
+    sidecar's TTFT p99 at 32 streams in bench_sidecar. ``gc.freeze`` moves them
+    to a permanent generation (collected first, so no garbage is frozen).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(settings: SidecarSettings) -> None:
     """Start the sidecar and wait for a termination signal, then stop cleanly."""
     stop = asyncio.Event()
@@ -29,6 +43,7 @@ async def serve(settings: SidecarSettings) -> None:
             loop.add_signal_handler(sig, stop.set)
     app = SidecarApp(settings)
     await app.start()
+    freeze_startup_heap()
     try:
         await stop.wait()
         log.info("shutting down")
