@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--default-max-tokens", type=int, default=32, help="tokens when unspecified")
     p.add_argument("--record-limit", type=int, default=10_000, help="requests kept in memory")
+    p.add_argument(
+        "--done-to-eof-ms",
+        type=float,
+        default=0.0,
+        help="pause between data: [DONE] and the end of the body (the chunked terminator)",
+    )
     p.add_argument("--log-level", default="INFO", help="INFO logs every request (default)")
     return p
 
@@ -107,6 +113,7 @@ def config_from_args(args: argparse.Namespace) -> FakeProviderConfig:
         incidents=tuple(parse_incident_spec(s) for s in args.incident),
         default_max_tokens=args.default_max_tokens,
         record_limit=args.record_limit,
+        done_to_eof_ms=args.done_to_eof_ms,
     )
 
 

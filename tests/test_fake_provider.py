@@ -658,3 +658,13 @@ async def test_cli_serves_logs_json_and_exits_on_sigterm() -> None:
     everything = line.decode() + json.dumps(request_line) + rest
     for secret in ("PROMPT-TEXT", "cli-secret-key", completion):
         assert secret not in everything
+
+
+def test_cli_flags_reach_the_config() -> None:
+    from fake_provider.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["--ttft-ms", "7", "--done-to-eof-ms", "3"])
+    cfg = config_from_args(args)
+    assert cfg.ttft_median_ms == 7 and cfg.done_to_eof_ms == 3
+    with pytest.raises(ValueError, match="done_to_eof_ms"):
+        config_from_args(build_parser().parse_args(["--done-to-eof-ms", "-1"]))
