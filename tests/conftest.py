@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -32,6 +33,31 @@ async def wait_for(predicate: Callable[[], object], timeout: float = 10.0, inter
         await asyncio.sleep(interval)
 
 
+class FakeClock:
+    """A mutable clock: tests move time explicitly, nothing sleeps."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def loopback_router(tmp_path: Path, clock: Callable[[], float] | None = None, **settings: Any):
+    """A RouterApp (not started) on OS-picked loopback ports, with a private copy of
+    the example catalog; ``settings`` override the Settings defaults."""
+    from router_service.app import RouterApp, Settings
+
+    config = tmp_path / "catalog.yaml"
+    config.write_text(EXAMPLE_CATALOG.read_text())
+    base = {"grpc_host": "127.0.0.1", "grpc_port": 0, "http_host": "127.0.0.1", "http_port": 0}
+    app_settings = Settings(config_path=str(config), **{**base, **settings})
+    return RouterApp(app_settings) if clock is None else RouterApp(app_settings, clock=clock)
+
+
 @pytest.fixture
 def example_catalog() -> Path:
     return EXAMPLE_CATALOG
@@ -40,21 +66,7 @@ def example_catalog() -> Path:
 @pytest.fixture
 async def router_app(tmp_path: Path) -> AsyncIterator:
     """A real router on loopback ports picked by the OS, with a private copy of the catalog."""
-    from router_service.app import RouterApp, Settings
-
-    config = tmp_path / "catalog.yaml"
-    config.write_text(EXAMPLE_CATALOG.read_text())
-    app = RouterApp(
-        Settings(
-            config_path=str(config),
-            grpc_host="127.0.0.1",
-            grpc_port=0,
-            http_host="127.0.0.1",
-            http_port=0,
-            drain_seconds=1.0,
-            seed=1234,
-        )
-    )
+    app = loopback_router(tmp_path, drain_seconds=1.0, seed=1234)
     await app.start()
     try:
         yield app

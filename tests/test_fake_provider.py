@@ -31,20 +31,11 @@ from fake_provider import (
     parse_incident_spec,
 )
 from fake_provider.app import STATE_KEY
+from tests.conftest import FakeClock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": "say something"}]
 FAST = FakeProviderConfig(ttft_median_ms=0.0, tokens_per_second=0.0)
-
-
-class FakeClock:
-    """A manually advanced clock: incident windows without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def chat_body(**overrides: Any) -> dict[str, Any]:
@@ -240,7 +231,7 @@ async def test_seeded_error_rate_is_reproducible() -> None:
 
 
 async def test_fail_incident_only_inside_its_window() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     config = FakeProviderConfig(
         ttft_median_ms=0,
         tokens_per_second=0,
@@ -266,7 +257,7 @@ async def test_fail_incident_only_inside_its_window() -> None:
 
 
 async def test_incident_via_control_api_with_duration() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     clock.now = 1000.0
     async with FakeProvider(FAST, clock=clock) as fp, aiohttp.ClientSession() as s:
         clock.now = 1050.0  # 50 s after start
@@ -315,7 +306,7 @@ async def test_slowdown_multiplies_ttft() -> None:
 
 
 async def test_slowdown_window_with_fake_clock() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     config = FakeProviderConfig(
         ttft_median_ms=1,
         tokens_per_second=0,
@@ -565,7 +556,7 @@ async def test_record_is_bounded_and_control_api_reports_it() -> None:
 
 
 async def test_reset_restores_configured_incidents_and_config() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     config = FakeProviderConfig(
         ttft_median_ms=0, tokens_per_second=0, incidents=(Incident(kind="fail", start_s=100),)
     )

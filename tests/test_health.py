@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from router_service.health import HealthConfig, HealthTracker, Transition
 from router_service.model import EndpointKey, ErrorClass, HealthState, Outcome
+from tests.conftest import FakeClock
 
 KEY = EndpointKey("zai/glm-4.7", "cerebras")
 OTHER = EndpointKey("zai/glm-4.7", "groq")
@@ -22,19 +23,6 @@ H, D, E, P = (
     HealthState.EJECTED,
     HealthState.PROBING,
 )
-
-
-class FakeClock:
-    """A mutable clock: tests move time explicitly, nothing sleeps."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def ok(ttft: float | None = 100.0, key: EndpointKey = KEY) -> Outcome:
@@ -65,7 +53,7 @@ def make(
     jitter: float = 0.0, seed: int = 0, **overrides: object
 ) -> tuple[HealthTracker, FakeClock]:
     cfg = HealthConfig(ejection_jitter=jitter, **overrides)  # type: ignore[arg-type]
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     return HealthTracker(cfg, clock, random.Random(seed)), clock
 
 
@@ -566,7 +554,7 @@ def test_retain_drops_state():
 def test_transitions_log_and_listener():
     seen: list[Transition] = []
     cfg = HealthConfig(ejection_jitter=0.0, transition_log_size=3)
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     tracker = HealthTracker(cfg, clock, random.Random(0), on_transition=seen.append)
     feed(tracker, [fail()] * 5)
     clock.advance(10)
@@ -668,7 +656,7 @@ def test_property_state_is_always_consistent(
     steps: list[tuple[str, object, object]], jitter: float, permits: int, seed: int
 ):
     cfg = HealthConfig(ejection_jitter=jitter, probe_permits=permits)
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     tracker = HealthTracker(cfg, clock, random.Random(seed))
     for op, arg, extra in steps:
         if op == "record":

@@ -9,17 +9,9 @@ from router_service.core import RouterCore
 from router_service.model import HealthState
 from router_service.pb import router_pb2
 from router_service.ranking import RoutingRequest, Sort
-from tests.conftest import EXAMPLE_CATALOG
+from tests.conftest import EXAMPLE_CATALOG, FakeClock
 
 MODEL = "zai/glm-4.7"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def attempt(provider: str, at: float, ok: bool) -> router_pb2.Outcome:

@@ -14,24 +14,16 @@ from typing import Any
 import grpc
 import pytest
 
-from router_service.app import RouterApp, Settings
+from router_service.app import RouterApp
 from router_service.health import HealthConfig
 from router_service.pb import router_pb2, router_pb2_grpc
 from sidecar.config import SidecarSettings
 from sidecar.preferences import parse_request
 from sidecar.ranking_client import RankingClient
-from tests.conftest import EXAMPLE_CATALOG, wait_for
+from tests.conftest import FakeClock, loopback_router, wait_for
 
 MODEL = "zai/glm-4.7"
 CHEAPEST = "deepinfra"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class CountingStub:
@@ -49,21 +41,13 @@ class CountingStub:
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[tuple[FakeClock, RouterApp, CountingStub]]:
     clock = FakeClock()
-    config = tmp_path / "catalog.yaml"
-    config.write_text(EXAMPLE_CATALOG.read_text())
-    app = RouterApp(
-        Settings(
-            config_path=str(config),
-            grpc_host="127.0.0.1",
-            grpc_port=0,
-            http_host="127.0.0.1",
-            http_port=0,
-            drain_seconds=0.2,
-            watch_catalog=False,
-            seed=7,
-            health=HealthConfig(base_ejection_s=10.0, ejection_jitter=0.0),
-        ),
-        clock=clock,
+    app = loopback_router(
+        tmp_path,
+        clock,
+        drain_seconds=0.2,
+        watch_catalog=False,
+        seed=7,
+        health=HealthConfig(base_ejection_s=10.0, ejection_jitter=0.0),
     )
     await app.start()
     try:

@@ -30,6 +30,19 @@ async def _stream(client: openai.AsyncOpenAI, **kw: object) -> tuple[str, dict |
     return text, routing
 
 
+async def _stream_until_error(client: openai.AsyncOpenAI) -> tuple[str, openai.APIError]:
+    """Stream until the sidecar ends the stream with an error event: (text seen, error)."""
+    got = ""
+    with pytest.raises(openai.APIError) as err:
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=MSGS, stream=True, max_tokens=10
+        )
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                got += chunk.choices[0].delta.content
+    return got, err.value
+
+
 async def test_catalog_order_non_streaming(stack: Stack) -> None:
     await _setup(stack)
     sc = await stack.start_sidecar(fallback=True)
@@ -111,17 +124,9 @@ async def test_no_retry_after_first_byte(stack: Stack) -> None:
     await _setup(stack)
     stack.providers["alpha"].add_incident("drop", after_tokens=2)
     sc = await stack.start_sidecar(fallback=True)
-    client = openai_client(sc)
-    got = ""
-    with pytest.raises(openai.APIError) as err:
-        stream = await client.chat.completions.create(
-            model=MODEL, messages=MSGS, stream=True, max_tokens=10
-        )
-        async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                got += chunk.choices[0].delta.content
+    got, err = await _stream_until_error(openai_client(sc))
     assert got  # the app saw tokens before the break
-    assert "stream" in str(err.value.message)
+    assert "stream" in str(err.message)
     assert stack.counts() == {"alpha": 1, "beta": 0, "gamma": 0}
 
 
@@ -172,15 +177,7 @@ async def test_silence_between_chunks_ends_the_stream_with_a_timeout(stack: Stac
     # Two tokens a second upstream, but at most 0.2 s of silence allowed between chunks.
     await _setup(stack, alpha={"tokens_per_second": 2.0})
     sc = await stack.start_sidecar(fallback=True, chunk_timeout_s=0.2)
-    client = openai_client(sc)
-    got = ""
-    with pytest.raises(openai.APIError) as err:
-        stream = await client.chat.completions.create(
-            model=MODEL, messages=MSGS, stream=True, max_tokens=10
-        )
-        async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                got += chunk.choices[0].delta.content
+    got, err = await _stream_until_error(openai_client(sc))
     assert got  # the first token went through; the silence after it is the timeout
-    assert "no chunk for 0.2s" in str(err.value.message)
+    assert "no chunk for 0.2s" in str(err.message)
     assert stack.counts() == {"alpha": 1, "beta": 0, "gamma": 0}

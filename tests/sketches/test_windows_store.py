@@ -15,18 +15,11 @@ from router_service.model import (
 from router_service.sketches.store import InMemoryStatsStore, StatsStore
 from router_service.sketches.tdigest import TDigest
 from router_service.sketches.windows import FINE, HOUR, EndpointWindows
+from tests.conftest import FakeClock
 
 KEY = EndpointKey("zai/glm-4.7", "cerebras")
 OTHER = EndpointKey("zai/glm-4.7", "groq")
 T0 = 1_700_000_000.0 - (1_700_000_000.0 % 3600)  # aligned to the hour
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def ok(ts: float, ttft: float = 100.0, tps: float = 50.0, key: EndpointKey = KEY) -> Outcome:
@@ -39,7 +32,7 @@ def fail(ts: float, error: ErrorClass = ErrorClass.SERVER_ERROR) -> Outcome:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture
