@@ -415,7 +415,6 @@ class Proxy:
             rec.finish_error(ErrorClass.CLIENT_ERROR, "app disconnected", 499)
             self._finish_attempt(req, rec)
             return app
-        self._finish_attempt(req, rec)
         routing = self.routing_object(req, ranking, plan, records, rec.provider)
         if rec.status == "ok":
             final = {
@@ -438,6 +437,7 @@ class Proxy:
             await app.write_eof()
         except (ConnectionError, RuntimeError):
             pass
+        self._finish_attempt(req, rec)  # bookkeeping once the app has its whole answer
         await release_upstream(start.resp)
         return app
 
