@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from router_service.model import EndpointKey, ErrorClass, Outcome
 from router_service.pb import router_pb2
+from router_service.wire import ERROR_CLASS_FROM_WIRE
 
 #: Upper bounds beyond which a value is a bug, not a measurement.
 MAX_TTFT_MS = 600_000.0  # 10 minutes
@@ -27,17 +28,6 @@ MAX_RETRY_AFTER_S = 86_400.0
 MAX_AGE_S = 86_400.0
 MAX_FUTURE_SKEW_S = 60.0
 MAX_NAME_LENGTH = 256
-
-_ERROR_CLASSES: dict[int, ErrorClass] = {
-    router_pb2.ERROR_CLASS_NONE: ErrorClass.NONE,
-    router_pb2.ERROR_CLASS_CONNECT: ErrorClass.CONNECT,
-    router_pb2.ERROR_CLASS_TIMEOUT: ErrorClass.TIMEOUT,
-    router_pb2.ERROR_CLASS_RATE_LIMITED: ErrorClass.RATE_LIMITED,
-    router_pb2.ERROR_CLASS_SERVER_ERROR: ErrorClass.SERVER_ERROR,
-    router_pb2.ERROR_CLASS_AUTH: ErrorClass.AUTH,
-    router_pb2.ERROR_CLASS_CLIENT_ERROR: ErrorClass.CLIENT_ERROR,
-    router_pb2.ERROR_CLASS_STREAM_ABORT: ErrorClass.STREAM_ABORT,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +98,7 @@ def _error_class(msg: router_pb2.Outcome) -> ErrorClass | Rejection:
         if msg.success:
             return ErrorClass.NONE
         return Rejection("error_class", "required when success is false")
-    error_class = _ERROR_CLASSES.get(msg.error_class)
+    error_class = ERROR_CLASS_FROM_WIRE.get(msg.error_class)
     if error_class is None:
         return Rejection("error_class", f"unknown value {msg.error_class}")
     if msg.success != (error_class is ErrorClass.NONE):

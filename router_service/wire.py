@@ -15,6 +15,7 @@ from router_service.catalog_model import Endpoint, Provider
 from router_service.model import (
     EndpointKey,
     EndpointStats,
+    ErrorClass,
     HealthState,
     HealthView,
     MetricSummary,
@@ -45,6 +46,17 @@ PERCENTILE_TO_WIRE: dict[float, int] = {
     0.95: router_pb2.PERCENTILE_P95,
     0.99: router_pb2.PERCENTILE_P99,
 }
+ERROR_CLASS_FROM_WIRE: dict[int, ErrorClass] = {
+    router_pb2.ERROR_CLASS_NONE: ErrorClass.NONE,
+    router_pb2.ERROR_CLASS_CONNECT: ErrorClass.CONNECT,
+    router_pb2.ERROR_CLASS_TIMEOUT: ErrorClass.TIMEOUT,
+    router_pb2.ERROR_CLASS_RATE_LIMITED: ErrorClass.RATE_LIMITED,
+    router_pb2.ERROR_CLASS_SERVER_ERROR: ErrorClass.SERVER_ERROR,
+    router_pb2.ERROR_CLASS_AUTH: ErrorClass.AUTH,
+    router_pb2.ERROR_CLASS_CLIENT_ERROR: ErrorClass.CLIENT_ERROR,
+    router_pb2.ERROR_CLASS_STREAM_ABORT: ErrorClass.STREAM_ABORT,
+}
+ERROR_CLASS_TO_WIRE = {v: k for k, v in ERROR_CLASS_FROM_WIRE.items()}
 HEALTH_TO_WIRE: dict[HealthState, int] = {
     HealthState.HEALTHY: router_pb2.HEALTH_STATE_HEALTHY,
     HealthState.DEGRADED: router_pb2.HEALTH_STATE_DEGRADED,

@@ -18,6 +18,7 @@ import aiohttp
 
 from router_service.model import ErrorClass
 from router_service.pb import router_pb2
+from router_service.wire import ERROR_CLASS_TO_WIRE
 
 #: Failures that move on to the next provider (before any byte reached the app).
 RETRIABLE = frozenset(
@@ -29,17 +30,6 @@ RETRIABLE = frozenset(
         ErrorClass.AUTH,
     }
 )
-
-_PB_ERROR_CLASS = {
-    ErrorClass.NONE: router_pb2.ERROR_CLASS_NONE,
-    ErrorClass.CONNECT: router_pb2.ERROR_CLASS_CONNECT,
-    ErrorClass.TIMEOUT: router_pb2.ERROR_CLASS_TIMEOUT,
-    ErrorClass.RATE_LIMITED: router_pb2.ERROR_CLASS_RATE_LIMITED,
-    ErrorClass.SERVER_ERROR: router_pb2.ERROR_CLASS_SERVER_ERROR,
-    ErrorClass.AUTH: router_pb2.ERROR_CLASS_AUTH,
-    ErrorClass.CLIENT_ERROR: router_pb2.ERROR_CLASS_CLIENT_ERROR,
-    ErrorClass.STREAM_ABORT: router_pb2.ERROR_CLASS_STREAM_ABORT,
-}
 
 
 def classify_status(status: int) -> ErrorClass:
@@ -168,7 +158,7 @@ class AttemptRecord:
             provider=self.provider,
             started_at=self.started_at,
             success=self.status == "ok",
-            error_class=_PB_ERROR_CLASS[self.error_class],
+            error_class=ERROR_CLASS_TO_WIRE[self.error_class],
             http_status=self.http_status,
             output_tokens=self.output_tokens,
             duration_ms=self.duration_ms,
