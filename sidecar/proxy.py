@@ -171,7 +171,7 @@ class Proxy:
         self, request: web.Request, req: ParsedRequest, t_start: float
     ) -> web.StreamResponse:
         """Answer one validated chat completion request (RequestError propagates as 4xx)."""
-        ranking = self._ranking.cached(req) or await self._ranking.rank(req)
+        ranking = self._ranking.cached(req) or await self._ranking.rank_uncached(req)
         plan = self.plan(req, ranking)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._s.request_deadline_s

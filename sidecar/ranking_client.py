@@ -338,9 +338,10 @@ class RankingClient:
 
     async def rank(self, req: ParsedRequest) -> Ranking:
         """The order for this request; raises RequestError only for the caller's mistakes."""
-        fresh = self.cached(req)
-        if fresh is not None:
-            return fresh
+        return self.cached(req) or await self.rank_uncached(req)
+
+    async def rank_uncached(self, req: ParsedRequest) -> Ranking:
+        """``rank`` once ``cached`` has said None: ask the router, else fall back."""
         hit = self._get(req.cache_key)
         if self._stub is not None and self._clock() >= self._router_skip_until:
             ranking = await self._ask_router_once(req)
