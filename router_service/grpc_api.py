@@ -118,24 +118,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     @_counted
     async def RecordOutcome(self, request, context):
-        if len(request.outcomes) > MAX_OUTCOMES_PER_MESSAGE:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"outcomes: at most {MAX_OUTCOMES_PER_MESSAGE} per call, "
-                f"got {len(request.outcomes)}",
-            )
+        await self._check_size(request, "call", context)
         return self._ack(self._ingest(request.outcomes, 0))
 
     @_counted
     async def StreamOutcomes(self, request_iterator: AsyncIterator, context):
         total = IngestResult(rejections=[])
         async for message in request_iterator:
-            if len(message.outcomes) > MAX_OUTCOMES_PER_MESSAGE:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"outcomes: at most {MAX_OUTCOMES_PER_MESSAGE} per message, "
-                    f"got {len(message.outcomes)}",
-                )
+            await self._check_size(message, "message", context)
             index = total.accepted + total.rejected
             batch = self._ingest(message.outcomes, index)
             total.accepted += batch.accepted
@@ -143,6 +133,16 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             room = MAX_REJECTIONS_REPORTED - len(total.rejections)
             total.rejections.extend(batch.rejections[:room])
         return self._ack(total)
+
+    @staticmethod
+    async def _check_size(message, unit: str, context: grpc.aio.ServicerContext) -> None:
+        """INVALID_ARGUMENT (aborting the RPC) for a batch over the proto's limit."""
+        if len(message.outcomes) > MAX_OUTCOMES_PER_MESSAGE:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"outcomes: at most {MAX_OUTCOMES_PER_MESSAGE} per {unit}, "
+                f"got {len(message.outcomes)}",
+            )
 
     def _ingest(self, outcomes, first_index: int) -> IngestResult:
         result = self.core.record(outcomes, first_index)

@@ -69,28 +69,23 @@ def build_http_app(core: RouterCore, rpc_counter: RpcCounter) -> web.Application
         model_id = f"{request.match_info['creator']}/{request.match_info['name']}"
         return core.model(model_id)
 
-    def model_not_found(exc: UnknownModelError) -> web.Response:
-        return web.json_response(not_found_document(str(exc)), status=404, headers=NO_STORE)
+    def model_document(build: Callable[[RouterCore, Model], dict]) -> Handler:
+        """A handler answering ``build(core, model)`` for the path's model, or a JSON 404."""
+
+        async def handle(request: web.Request) -> web.Response:
+            try:
+                model = lookup(request)
+            except UnknownModelError as exc:
+                return web.json_response(not_found_document(str(exc)), status=404, headers=NO_STORE)
+            return web.json_response(build(core, model), headers=NO_STORE)
+
+        return handle
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "catalog_version": core.catalog_version})
 
     async def list_models(_: web.Request) -> web.Response:
         return web.json_response(models_document(core), headers=NO_STORE)
-
-    async def model_endpoints(request: web.Request) -> web.Response:
-        try:
-            model = lookup(request)
-        except UnknownModelError as exc:
-            return model_not_found(exc)
-        return web.json_response(endpoints_document(core, model), headers=NO_STORE)
-
-    async def model_timeseries(request: web.Request) -> web.Response:
-        try:
-            model = lookup(request)
-        except UnknownModelError as exc:
-            return model_not_found(exc)
-        return web.json_response(timeseries_document(core, model), headers=NO_STORE)
 
     async def metrics(request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
@@ -110,8 +105,10 @@ def build_http_app(core: RouterCore, rpc_counter: RpcCounter) -> web.Application
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/v1/models/{creator}/{name}/endpoints", model_endpoints)
-    app.router.add_get("/v1/models/{creator}/{name}/timeseries", model_timeseries)
+    app.router.add_get("/v1/models/{creator}/{name}/endpoints", model_document(endpoints_document))
+    app.router.add_get(
+        "/v1/models/{creator}/{name}/timeseries", model_document(timeseries_document)
+    )
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", dashboard_index)
     app.router.add_get("/models/{creator}/{name}", dashboard_model)

@@ -162,7 +162,18 @@ async def test_too_many_outcomes_in_one_call_is_invalid_argument(router_stub) ->
             router_pb2.RecordOutcomeRequest(outcomes=[outcome("cerebras")] * 1001)
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "outcomes" in info.value.details()
+    assert "outcomes" in info.value.details() and "per call" in info.value.details()
+
+
+async def test_too_many_outcomes_in_one_stream_message_is_invalid_argument(router_stub) -> None:
+    async def requests():
+        yield router_pb2.RecordOutcomeRequest(outcomes=[outcome("cerebras")])
+        yield router_pb2.RecordOutcomeRequest(outcomes=[outcome("cerebras")] * 1001)
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await router_stub.StreamOutcomes(requests())
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 1000 per message, got 1001" in info.value.details()
 
 
 async def test_junk_model_names_do_not_grow_memory(router_app, router_stub) -> None:
