@@ -24,12 +24,13 @@ import time
 
 import grpc
 
-from router_service.catalog import parse_catalog
+from router_common.catalog import parse_catalog
+from router_common.domain import EndpointKey, Sort
+from router_common.pb import router_pb2, router_pb2_grpc
 from router_service.core import RouterCore
 from router_service.grpc_api import RouterServicer
-from router_service.model import EndpointKey, Outcome
-from router_service.pb import router_pb2, router_pb2_grpc
-from router_service.ranking import RoutingRequest, Sort
+from router_service.model import Outcome
+from router_service.ranking import RoutingRequest
 
 MODEL = "bench/model"
 ECHO_METHOD = "/bench.Echo/Echo"

@@ -25,7 +25,8 @@ import fastdigest
 from ddsketch import DDSketch
 from ddsketch.pb.proto import DDSketchProto
 
-from router_service.model import EndpointKey, Outcome
+from router_common.domain import EndpointKey
+from router_service.model import Outcome
 from router_service.sketches.store import InMemoryStatsStore
 from router_service.sketches.tdigest import TDigest
 

@@ -34,7 +34,6 @@ from fake_provider.config import (
     FakeProviderConfig,
     Incident,
 )
-from sidecar.preferences import message_text_chars
 
 Clock = Callable[[], float]
 """A monotonic clock in seconds; injectable so tests can drive incident windows."""
@@ -208,8 +207,23 @@ def _kill_connection(request: web.Request) -> None:
 
 
 def _estimate_prompt_tokens(messages: list[Any]) -> int:
-    """~4 characters per token plus a few per message; good enough for a fake's ``usage``."""
-    return max(1, math.ceil(message_text_chars(messages) / 4)) + 3 * len(messages)
+    """~4 characters per token plus a few per message; good enough for a fake's ``usage``.
+
+    The fake counts as a provider would, by itself: it shares no code with the
+    sidecar, whose own estimate it is there to check.
+    """
+    chars = sum(len(text) for msg in messages for text in _message_texts(msg))
+    return max(1, math.ceil(chars / 4)) + 3 * len(messages)
+
+
+def _message_texts(message: Any) -> list[str]:
+    """The text of one chat message: its string content, or its text parts."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        return []
+    return [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -2,7 +2,7 @@
 
 Keeping the example's models, prices and zero-data-retention flags (only the
 base URLs change) means the demo ranks exactly what a reader of
-``router_service/examples/catalog.yaml`` expects, and the catalog is validated
+``router_common/examples/catalog.yaml`` expects, and the catalog is validated
 with the router's own parser before any process starts, so a broken example
 fails here with the router's error message rather than as a dead router.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from router_service.catalog import parse_catalog
+from router_common.catalog import parse_catalog
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,7 @@ class ProviderSpec:
 
 def example_catalog_text() -> str:
     """The example catalog shipped with router_service (package data, works when installed)."""
-    ref = resources.files("router_service").joinpath("examples/catalog.yaml")
+    ref = resources.files("router_common").joinpath("examples/catalog.yaml")
     return ref.read_text(encoding="utf-8")
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from router_common.pb import router_pb2, router_pb2_grpc
 from router_demo.incidents import HealthSample
-from router_service.pb import router_pb2, router_pb2_grpc
 
 
 def state_name(value: int) -> str:

@@ -21,16 +21,16 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from router_common.catalog import CatalogError, catalog_version, load_catalog
+from router_common.domain import Clock
+from router_common.pb import router_pb2
+from router_common.shutdown import bounded
 from router_service import defaults
-from router_service.catalog import CatalogError, catalog_version, load_catalog
 from router_service.core import RouterCore
 from router_service.grpc_api import RouterServicer
 from router_service.health import HealthConfig
 from router_service.http_api import build_http_app
-from router_service.model import Clock
-from router_service.pb import router_pb2
 from router_service.ranking import RankingConfig
-from router_service.shutdown import bounded
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class RouterApp:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ]
         )
-        from router_service.pb import router_pb2_grpc
+        from router_common.pb import router_pb2_grpc
 
         router_pb2_grpc.add_RouterServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

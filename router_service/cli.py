@@ -15,11 +15,11 @@ import os
 import signal
 import sys
 
+from router_common.catalog import CatalogError
+from router_common.logs import LEVELS, configure_logging
 from router_service import defaults
 from router_service.app import RouterApp, Settings
-from router_service.catalog import CatalogError
 from router_service.health import HealthConfig
-from router_service.logs import LEVELS, configure_logging
 from router_service.ranking import RankingConfig
 from router_service.tuning import TuningError, load_tuning
 

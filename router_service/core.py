@@ -15,18 +15,17 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from router_service.catalog_model import Catalog, Model
+from router_common.catalog_model import Catalog, Model
+from router_common.domain import Clock, EndpointKey
+from router_common.limits import MAX_MODEL_ID_LEN, MAX_REJECTIONS_REPORTED
+from router_common.pb import router_pb2
 from router_service.health import HealthConfig, HealthTracker
-from router_service.model import Clock, EndpointKey, EndpointStats, HealthView
+from router_service.model import EndpointStats, HealthView
 from router_service.outcome_validation import Rejection, validate_outcome
-from router_service.pb import router_pb2
 from router_service.ranking import RankingConfig, RankingResult, RoutingRequest, rank
 from router_service.sketches.store import InMemoryStatsStore, StatsStore
 
 log = logging.getLogger(__name__)
-
-#: Rejection details returned per acknowledgement; the count is always exact.
-MAX_REJECTIONS_REPORTED = 100
 
 
 class UnknownModelError(LookupError):
@@ -34,7 +33,7 @@ class UnknownModelError(LookupError):
 
     def __init__(self, model: str) -> None:
         self.model = model
-        shown = model if len(model) <= 128 else model[:128] + "…"
+        shown = model if len(model) <= MAX_MODEL_ID_LEN else model[:MAX_MODEL_ID_LEN] + "…"
         super().__init__(f"model {shown!r} is not in the catalog")
 
 

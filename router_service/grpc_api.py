@@ -16,14 +16,14 @@ from typing import Any, TypeVar
 
 import grpc
 
+from router_common.domain import EndpointKey
+from router_common.limits import MAX_OUTCOMES_PER_BATCH, MAX_REJECTIONS_REPORTED
+from router_common.pb import router_pb2, router_pb2_grpc
 from router_service.core import (
-    MAX_REJECTIONS_REPORTED,
     IngestResult,
     RouterCore,
     UnknownModelError,
 )
-from router_service.model import EndpointKey
-from router_service.pb import router_pb2, router_pb2_grpc
 from router_service.ranking import RankingInputError
 from router_service.wire import (
     endpoint_health,
@@ -34,9 +34,6 @@ from router_service.wire import (
 )
 
 log = logging.getLogger(__name__)
-
-#: Outcomes per RecordOutcome call or per StreamOutcomes message.
-MAX_OUTCOMES_PER_MESSAGE = 1000
 
 T = TypeVar("T")
 
@@ -137,10 +134,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     @staticmethod
     async def _check_size(message, unit: str, context: grpc.aio.ServicerContext) -> None:
         """INVALID_ARGUMENT (aborting the RPC) for a batch over the proto's limit."""
-        if len(message.outcomes) > MAX_OUTCOMES_PER_MESSAGE:
+        if len(message.outcomes) > MAX_OUTCOMES_PER_BATCH:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"outcomes: at most {MAX_OUTCOMES_PER_MESSAGE} per {unit}, "
+                f"outcomes: at most {MAX_OUTCOMES_PER_BATCH} per {unit}, "
                 f"got {len(message.outcomes)}",
             )
 

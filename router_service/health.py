@@ -55,15 +55,8 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, fields
 
-from router_service.model import (
-    HEALTHY,
-    Clock,
-    EndpointKey,
-    ErrorClass,
-    HealthState,
-    HealthView,
-    Outcome,
-)
+from router_common.domain import Clock, EndpointKey, ErrorClass
+from router_service.model import HEALTHY, HealthState, HealthView, Outcome
 
 __all__ = ["HealthConfig", "HealthTracker", "Transition"]
 

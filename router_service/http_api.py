@@ -26,7 +26,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from router_service.catalog_model import Model
+from router_common.catalog_model import Model
 from router_service.core import RouterCore, UnknownModelError
 from router_service.grpc_api import RpcCounter
 from router_service.metrics_json import (

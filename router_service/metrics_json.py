@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from router_service.catalog_model import Endpoint, Model
+from router_common.catalog_model import Endpoint, Model
 from router_service.core import RouterCore
 from router_service.health import Transition
 from router_service.model import EndpointStats, HealthView, MetricSummary, Uptime

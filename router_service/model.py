@@ -1,55 +1,21 @@
-"""Shared domain vocabulary: endpoints, outcomes, and the read-only stats views.
+"""The router's domain vocabulary: outcomes, the read-only stats views, health views.
 
 Every domain module (sketches, health, ranking) speaks in these types so that
 they can be tested without sockets and wired together by the server at the
-edge. Nothing here does I/O or reads a clock.
+edge. The words the sidecar shares (EndpointKey, ErrorClass, Clock) are in
+``router_common.domain``. Nothing here does I/O or reads a clock.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
-#: A clock returns Unix time in seconds. Injected everywhere time matters.
-Clock = Callable[[], float]
+from router_common.domain import EndpointKey, ErrorClass
 
 #: Percentiles the router keeps cached for ranking, as quantiles in (0, 1).
 RANKING_QUANTILES: tuple[float, ...] = (0.5, 0.75, 0.9, 0.95, 0.99)
-
-
-class EndpointKey(NamedTuple):
-    """A (model, provider) pair: the unit that is ranked, measured and health-checked.
-
-    A NamedTuple rather than a dataclass because it is a dict key on every hot
-    path (ranking, ingestion): tuple hashing and equality run in C, a frozen
-    dataclass's run in Python and cost about a quarter of a ranking.
-    """
-
-    model: str
-    provider: str
-
-    def __str__(self) -> str:
-        return f"{self.provider} | {self.model}"
-
-
-class ErrorClass(enum.StrEnum):
-    """Why an upstream attempt failed, as the sidecar classified it."""
-
-    NONE = "none"
-    CONNECT = "connect"
-    TIMEOUT = "timeout"
-    RATE_LIMITED = "rate_limited"
-    SERVER_ERROR = "server_error"
-    AUTH = "auth"
-    CLIENT_ERROR = "client_error"
-    STREAM_ABORT = "stream_abort"
-
-    @property
-    def counts_against_endpoint(self) -> bool:
-        """A client error (400/422) is the caller's fault, so it never hurts the endpoint."""
-        return self not in (ErrorClass.NONE, ErrorClass.CLIENT_ERROR)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,21 +13,21 @@ import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from router_service.model import EndpointKey, ErrorClass, Outcome
-from router_service.pb import router_pb2
-from router_service.wire import ERROR_CLASS_FROM_WIRE
-
-#: Upper bounds beyond which a value is a bug, not a measurement.
-MAX_TTFT_MS = 600_000.0  # 10 minutes
-MAX_TOKENS_PER_SECOND = 100_000.0
-MAX_OUTPUT_TOKENS = 10_000_000
-MAX_DURATION_MS = 3_600_000.0  # 1 hour
-MAX_RETRY_AFTER_S = 86_400.0
-#: How far an outcome's start may lie in the past (older is outside every
-#: window anyway) or in the future (clock skew between pods).
-MAX_AGE_S = 86_400.0
-MAX_FUTURE_SKEW_S = 60.0
-MAX_NAME_LENGTH = 256
+from router_common.domain import EndpointKey, ErrorClass
+from router_common.limits import (
+    MAX_DURATION_MS,
+    MAX_FUTURE_SKEW_S,
+    MAX_MODEL_ID_LEN,
+    MAX_NAME_LEN,
+    MAX_OUTCOME_AGE_S,
+    MAX_OUTPUT_TOKENS,
+    MAX_RETRY_AFTER_S,
+    MAX_TOKENS_PER_SECOND,
+    MAX_TTFT_MS,
+)
+from router_common.pb import router_pb2
+from router_common.wire_enums import ERROR_CLASS_FROM_WIRE
+from router_service.model import Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +53,18 @@ def validate_outcome(
     msg: router_pb2.Outcome, known: Collection[EndpointKey], now: float
 ) -> Outcome | Rejection:
     """Return the domain Outcome, or a Rejection naming what was wrong."""
-    if len(msg.model) > MAX_NAME_LENGTH or len(msg.provider) > MAX_NAME_LENGTH:
-        return Rejection("model/provider", f"longer than {MAX_NAME_LENGTH} characters")
+    if len(msg.model) > MAX_MODEL_ID_LEN:
+        return Rejection("model", f"longer than {MAX_MODEL_ID_LEN} characters")
+    if len(msg.provider) > MAX_NAME_LEN:
+        return Rejection("provider", f"longer than {MAX_NAME_LEN} characters")
     key = EndpointKey(msg.model, msg.provider)
     if key not in known:
         return Rejection("model/provider", f"endpoint {key} is not in the catalog")
     started = msg.started_at or now
-    if not math.isfinite(started) or not now - MAX_AGE_S <= started <= now + MAX_FUTURE_SKEW_S:
+    if (
+        not math.isfinite(started)
+        or not now - MAX_OUTCOME_AGE_S <= started <= now + MAX_FUTURE_SKEW_S
+    ):
         return Rejection("started_at", f"must be within the last day (router clock {now:.0f})")
     error_class = _error_class(msg)
     if isinstance(error_class, Rejection):

@@ -1,9 +1,10 @@
 """Translation between router.v1 protobuf messages and domain objects.
 
-Kept apart from the servicer so the mapping (enum tables, optional fields,
-field names in error messages) is tested directly and reused by the metrics
-API. Unknown enum numbers are rejected here, naming the field, because proto3
-enums are open and a newer client may send values this server does not know.
+Kept apart from the servicer so the mapping (optional fields, field names in
+error messages) is tested directly and reused by the metrics API; the enum
+tables both processes need are in ``router_common.wire_enums``. Unknown enum
+numbers are rejected here, naming the field, because proto3 enums are open
+and a newer client may send values this server does not know.
 """
 
 from __future__ import annotations
@@ -11,52 +12,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from router_service.catalog_model import Endpoint, Provider
-from router_service.model import (
-    EndpointKey,
-    EndpointStats,
-    ErrorClass,
-    HealthState,
-    HealthView,
-    MetricSummary,
-    Uptime,
+from router_common.catalog_model import Endpoint, Provider
+from router_common.domain import EndpointKey
+from router_common.limits import MAX_PROVIDER_LIST
+from router_common.pb import router_pb2
+from router_common.wire_enums import (
+    PERCENTILE_FROM_WIRE,
+    PERCENTILE_TO_WIRE,
+    SORT_FROM_WIRE,
+    SORT_TO_WIRE,
 )
-from router_service.pb import router_pb2
-from router_service.ranking import RankingInputError, RankingResult, RoutingRequest, Sort
+from router_service.model import EndpointStats, HealthState, HealthView, MetricSummary, Uptime
+from router_service.ranking import RankingInputError, RankingResult, RoutingRequest
 
-SORT_FROM_WIRE: dict[int, Sort | None] = {
-    router_pb2.SORT_BY_UNSPECIFIED: None,
-    router_pb2.SORT_BY_COST: Sort.COST,
-    router_pb2.SORT_BY_TTFT: Sort.TTFT,
-    router_pb2.SORT_BY_TPS: Sort.TPS,
-}
-SORT_TO_WIRE = {v: k for k, v in SORT_FROM_WIRE.items()}
-PERCENTILE_FROM_WIRE: dict[int, float] = {
-    router_pb2.PERCENTILE_UNSPECIFIED: 0.5,
-    router_pb2.PERCENTILE_P50: 0.5,
-    router_pb2.PERCENTILE_P75: 0.75,
-    router_pb2.PERCENTILE_P90: 0.9,
-    router_pb2.PERCENTILE_P95: 0.95,
-    router_pb2.PERCENTILE_P99: 0.99,
-}
-PERCENTILE_TO_WIRE: dict[float, int] = {
-    0.5: router_pb2.PERCENTILE_P50,
-    0.75: router_pb2.PERCENTILE_P75,
-    0.9: router_pb2.PERCENTILE_P90,
-    0.95: router_pb2.PERCENTILE_P95,
-    0.99: router_pb2.PERCENTILE_P99,
-}
-ERROR_CLASS_FROM_WIRE: dict[int, ErrorClass] = {
-    router_pb2.ERROR_CLASS_NONE: ErrorClass.NONE,
-    router_pb2.ERROR_CLASS_CONNECT: ErrorClass.CONNECT,
-    router_pb2.ERROR_CLASS_TIMEOUT: ErrorClass.TIMEOUT,
-    router_pb2.ERROR_CLASS_RATE_LIMITED: ErrorClass.RATE_LIMITED,
-    router_pb2.ERROR_CLASS_SERVER_ERROR: ErrorClass.SERVER_ERROR,
-    router_pb2.ERROR_CLASS_AUTH: ErrorClass.AUTH,
-    router_pb2.ERROR_CLASS_CLIENT_ERROR: ErrorClass.CLIENT_ERROR,
-    router_pb2.ERROR_CLASS_STREAM_ABORT: ErrorClass.STREAM_ABORT,
-}
-ERROR_CLASS_TO_WIRE = {v: k for k, v in ERROR_CLASS_FROM_WIRE.items()}
 HEALTH_TO_WIRE: dict[HealthState, int] = {
     HealthState.HEALTHY: router_pb2.HEALTH_STATE_HEALTHY,
     HealthState.DEGRADED: router_pb2.HEALTH_STATE_DEGRADED,
@@ -73,8 +41,8 @@ def routing_request(msg: router_pb2.RankProvidersRequest) -> RoutingRequest:
     if prefs.percentile not in PERCENTILE_FROM_WIRE:
         raise RankingInputError("preferences.percentile", f"unknown value {prefs.percentile}")
     for name in ("order", "only", "ignore"):
-        if len(getattr(prefs, name)) > 64:
-            raise RankingInputError(f"preferences.{name}", "at most 64 providers")
+        if len(getattr(prefs, name)) > MAX_PROVIDER_LIST:
+            raise RankingInputError(f"preferences.{name}", f"at most {MAX_PROVIDER_LIST} providers")
     if msg.estimated_input_tokens < 0:
         raise RankingInputError("estimated_input_tokens", "must not be negative")
     if msg.max_output_tokens < 0:

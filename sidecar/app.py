@@ -19,9 +19,9 @@ import orjson
 from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 
-from router_service.catalog_model import Catalog
-from router_service.pb import router_pb2, router_pb2_grpc
-from router_service.shutdown import bounded
+from router_common.catalog_model import Catalog
+from router_common.pb import router_pb2, router_pb2_grpc
+from router_common.shutdown import bounded
 from sidecar.config import SidecarSettings
 from sidecar.metrics import CONTENT_TYPE, SidecarMetrics
 from sidecar.outcomes import OutcomeReporter
@@ -90,7 +90,7 @@ class SidecarApp:
         """Load the fallback catalog (CatalogError if bad), connect, and listen."""
         s = self.settings
         if self.catalog is None and s.fallback_catalog:
-            from router_service.catalog import load_catalog
+            from router_common.catalog import load_catalog
 
             self.catalog = load_catalog(s.fallback_catalog)
         stub = None

@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from router_service.logs import configure_logging
+from router_common.logs import configure_logging
 from sidecar.app import SidecarApp
 from sidecar.config import SidecarSettings, settings_from_args
 

@@ -19,13 +19,11 @@ from collections.abc import Callable
 
 import grpc
 
-from router_service.pb import router_pb2, router_pb2_grpc
+from router_common.limits import MAX_OUTCOMES_PER_BATCH
+from router_common.pb import router_pb2, router_pb2_grpc
 from sidecar.metrics import SidecarMetrics
 
 log = logging.getLogger("sidecar.outcomes")
-
-#: The proto caps one RecordOutcomeRequest at 1000 outcomes.
-PROTO_MAX_BATCH = 1000
 
 
 class OutcomeReporter:
@@ -49,7 +47,7 @@ class OutcomeReporter:
         self._m = metrics
         self._queue: deque[router_pb2.Outcome] = deque()
         self._max = max(1, max_queue)
-        self._batch = max(1, min(batch_size, PROTO_MAX_BATCH))
+        self._batch = max(1, min(batch_size, MAX_OUTCOMES_PER_BATCH))
         self._interval = flush_interval_s
         self._timeout = send_timeout_s
         self._max_backoff = max_backoff_s

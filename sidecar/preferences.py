@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from router_service.pb import router_pb2
+from router_common.pb import router_pb2
+from router_common.routing.filters import HardFilters
 
 #: Sort names from both conventions, mapped to the proto enum.
 SORTS: dict[str, int] = {
@@ -69,6 +70,8 @@ class ParsedRequest:
     #: (model, serialized preferences): the ranking cache's key, token estimates
     #: excluded. Built once here because every request looks it up.
     cache_key: tuple[str, bytes]
+    #: The preferences' hard filters, re-applied to every ranking before use.
+    filters: HardFilters
 
 
 def _str_list(value: Any, param: str) -> list[str]:
@@ -288,10 +291,11 @@ def parse_request(
     if so is not None and not isinstance(so, dict):
         raise RequestError("stream_options must be an object", "stream_options")
     if body.get("provider") is None and body.get("providerOptions") is None:
-        prefs, key = _default_preferences(default_sort, default_zdr)
+        prefs, key, filters = _default_preferences(default_sort, default_zdr)
     else:
         prefs = merge_preferences(body, default_sort, default_zdr)
         key = prefs.SerializeToString(deterministic=True)
+        filters = HardFilters.from_preferences(prefs)
     if any(k in body for k in ROUTING_FIELDS):
         body = {k: v for k, v in body.items() if k not in ROUTING_FIELDS}
     return ParsedRequest(
@@ -302,13 +306,14 @@ def parse_request(
         estimated_input_tokens=_estimate_input_tokens(messages),
         max_output_tokens=max_out,
         cache_key=(model, key),
+        filters=filters,
     )
 
 
 @functools.lru_cache(maxsize=32)
 def _default_preferences(
     default_sort: str | None, default_zdr: bool
-) -> tuple[router_pb2.RoutingPreferences, bytes]:
+) -> tuple[router_pb2.RoutingPreferences, bytes, HardFilters]:
     """The preferences of a request that gives none, built once per sidecar defaults.
 
     Most traffic names no routing options, so this skips building and
@@ -317,7 +322,7 @@ def _default_preferences(
     an RPC).
     """
     prefs = merge_preferences({}, default_sort, default_zdr)
-    return prefs, prefs.SerializeToString(deterministic=True)
+    return prefs, prefs.SerializeToString(deterministic=True), HardFilters.from_preferences(prefs)
 
 
 def preferences_summary(prefs: router_pb2.RoutingPreferences) -> dict[str, Any]:

@@ -20,8 +20,9 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from router_service.model import ErrorClass
-from router_service.pb import router_pb2
+from router_common.domain import ErrorClass
+from router_common.pb import router_pb2
+from router_common.routing.filters import hard_filter
 from sidecar.config import SidecarSettings
 from sidecar.metrics import SidecarMetrics
 from sidecar.preferences import ParsedRequest, preferences_summary
@@ -91,17 +92,28 @@ class Proxy:
     # -- planning ------------------------------------------------------------
 
     def plan(self, req: ParsedRequest, ranking: Ranking) -> list[Route]:
-        """The routes to try, in order: cooldowns applied, ZDR re-checked, bounded."""
+        """The routes to try, in order: cooldowns applied, hard filters re-checked, bounded.
+
+        The hard filters are checked again whatever the ranking's source (a
+        cached or stale ranking, a router of another version): they are
+        guarantees, and checking them costs nothing for requests that set none.
+        """
         routes = self._ranking.cooldowns.apply(req.model, ranking.routes)
+        filters = req.filters
+        if filters.active:
+            routes = [
+                r
+                for r in routes
+                if hard_filter(
+                    filters,
+                    r.provider,
+                    r.zero_data_retention,
+                    r.input_price_per_million,
+                    r.output_price_per_million,
+                )
+                is None
+            ]
         prefs = req.preferences
-        if prefs.zero_data_retention:
-            routes = [r for r in routes if r.zero_data_retention]
-        if prefs.only:
-            allowed = set(prefs.only)
-            routes = [r for r in routes if r.provider in allowed]
-        if prefs.ignore:
-            ignored = set(prefs.ignore)
-            routes = [r for r in routes if r.provider not in ignored]
         if prefs.HasField("allow_fallbacks") and not prefs.allow_fallbacks:
             routes = routes[:1]
         return routes[: max(1, self._s.max_attempts)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections import OrderedDict
@@ -24,8 +23,13 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from yarl import URL
 
-from router_service.catalog_model import Catalog, Endpoint
-from router_service.pb import router_pb2, router_pb2_grpc
+from router_common.catalog_model import Catalog, Endpoint
+from router_common.domain import Sort
+from router_common.pb import router_pb2, router_pb2_grpc
+from router_common.routing.cost import cost_factors, endpoint_cost
+from router_common.routing.filters import HardFilters, hard_filter
+from router_common.routing.order import DEFAULT_NEAR_TIE_TOLERANCE, order_tier, weighted_order
+from router_common.wire_enums import SORT_FROM_WIRE
 from sidecar.config import SidecarSettings
 from sidecar.preferences import ParsedRequest, RequestError
 
@@ -139,11 +143,8 @@ class Ranking:
             head += 1
         if head < 2:
             return self
-        keyed = sorted(
-            routes[:head],
-            key=lambda r: -math.log(1.0 - rng.random()) / r.weight,  # type: ignore[operator]
-        )
-        return replace(self, routes=tuple(keyed) + routes[head:])
+        drawn = weighted_order(routes[:head], _route_weight, rng)
+        return replace(self, routes=tuple(drawn) + routes[head:])
 
 
 def rank_from_catalog(
@@ -152,37 +153,41 @@ def rank_from_catalog(
     prefs: router_pb2.RoutingPreferences,
     input_tokens: int = 0,
     output_tokens: int = 0,
+    rng: random.Random | None = None,
 ) -> tuple[list[Route], list[dict[str, str]]]:
-    """The router's hard filters and ``order``, applied locally to the catalog.
+    """The order the router would give with no metrics, computed from the catalog.
 
     Used only when the router is unreachable, so a ZDR, ``only``, ``ignore`` or
-    ``max_price`` request keeps its guarantees even then. Returns the routes and
-    the excluded providers with their reason. Raises RequestError when the model
-    is unknown or nothing is left.
+    ``max_price`` request keeps its guarantees even then, and ``sort: cost``
+    and ``order`` mean what they mean at the router: the same hard filters,
+    request cost and near-tie draw (``router_common.routing``), so with the
+    same random source the order is the router's (``tests/test_fallback_parity.py``).
+    ``sort: ttft``/``tps`` have no data here, so, as at the router, their
+    candidates are shuffled; without a sort the catalog order stands (the
+    router's load-balance weights need its metrics). Returns the routes and the
+    excluded providers with their reason code. Raises RequestError when the
+    model is unknown or nothing is left.
     """
     entry = catalog.models.get(model)
     if entry is None:
         raise RequestError(f"model {model!r} does not exist", "model", 404, "model_not_found")
-    only, ignore = set(prefs.only), set(prefs.ignore)
-    has_in = prefs.max_price.HasField("input_per_million")
-    has_out = prefs.max_price.HasField("output_per_million")
+    filters = HardFilters.from_preferences(prefs)
     kept: list[Endpoint] = []
     excluded: list[dict[str, str]] = []
     for ep in entry.endpoints:
-        name = ep.provider.name
-        reason = None
-        if only and name not in only:
-            reason = "not_in_only"
-        elif name in ignore:
-            reason = "ignored"
-        elif prefs.zero_data_retention and not ep.provider.zero_data_retention:
-            reason = "not_zdr"
-        elif has_in and ep.input_price_per_mtok > prefs.max_price.input_per_million:
-            reason = "input_price_above_max"
-        elif has_out and ep.output_price_per_mtok > prefs.max_price.output_per_million:
-            reason = "output_price_above_max"
-        if reason:
-            excluded.append({"provider": name, "reason": reason})
+        reason = (
+            hard_filter(
+                filters,
+                ep.provider.name,
+                ep.provider.zero_data_retention,
+                ep.input_price_per_mtok,
+                ep.output_price_per_mtok,
+            )
+            if filters.active
+            else None
+        )
+        if reason is not None:
+            excluded.append({"provider": ep.provider.name, "reason": reason.code})
         else:
             kept.append(ep)
     if not kept:
@@ -192,14 +197,25 @@ def rank_from_catalog(
             400,
             "no_eligible_provider",
         )
-    if prefs.sort == router_pb2.SORT_BY_COST:
-        if input_tokens or output_tokens:
-            kept.sort(key=lambda e: e.request_cost(input_tokens, output_tokens))
-        else:
-            kept.sort(key=lambda e: e.input_price_per_mtok + e.output_price_per_mtok)
-    position = {name: i for i, name in enumerate(prefs.order)}
-    kept.sort(key=lambda e: position.get(e.provider.name, len(position)))  # stable
-    routes = [Route.from_catalog(e) for e in kept]
+    keys: list[float | None] | None = None
+    sort = SORT_FROM_WIRE.get(prefs.sort)
+    if sort is Sort.COST:
+        factors = cost_factors(input_tokens, output_tokens)
+        keys = [
+            endpoint_cost(factors, e.input_price_per_mtok, e.output_price_per_mtok) for e in kept
+        ]
+    elif sort is not None:
+        keys = [None] * len(kept)
+    positions = order_tier(
+        range(len(kept)),
+        [e.provider.name for e in kept],
+        {name: i for i, name in enumerate(prefs.order)},
+        keys,
+        None,
+        DEFAULT_NEAR_TIE_TOLERANCE,
+        rng or random.Random(),
+    )
+    routes = [Route.from_catalog(kept[i]) for i in positions]
     if prefs.HasField("allow_fallbacks") and not prefs.allow_fallbacks:
         routes = routes[:1]
     return routes, excluded
@@ -292,11 +308,6 @@ class RankingClient:
         self._cache.move_to_end(key)
         while len(self._cache) > self._s.rank_cache_entries:
             self._cache.popitem(last=False)
-
-    def invalidate(self) -> None:
-        """Forget every cached ranking (tests; and operators after a catalog change)."""
-        self._cache.clear()
-        self._one_shot.clear()
 
     # -- ranking -----------------------------------------------------------
 
@@ -473,6 +484,7 @@ class RankingClient:
             req.preferences,
             req.estimated_input_tokens,
             req.max_output_tokens,
+            self._rng,
         )
         self.on_source("catalog")
         return Ranking(
@@ -498,6 +510,12 @@ class RankingClient:
     @property
     def cache_size(self) -> int:
         return len(self._cache)
+
+
+def _route_weight(route: Route) -> float:
+    """A weighted route's load-balance weight (``redraw`` only draws routes that have one)."""
+    assert route.weight is not None
+    return route.weight
 
 
 def _caller_error(exc: grpc.aio.AioRpcError) -> RequestError:

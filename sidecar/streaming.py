@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from router_service.model import ErrorClass
+from router_common.domain import ErrorClass
 from sidecar.idle_timeout import IdleTimeout
 from sidecar.upstream import AttemptRecord, classify_exception
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import aiohttp
 
-from router_service.model import ErrorClass
-from router_service.pb import router_pb2
-from router_service.wire import ERROR_CLASS_TO_WIRE
+from router_common.domain import ErrorClass
+from router_common.pb import router_pb2
+from router_common.wire_enums import ERROR_CLASS_TO_WIRE
 
 #: Failures that move on to the next provider (before any byte reached the app).
 RETRIABLE = frozenset(

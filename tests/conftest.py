@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_CATALOG = REPO_ROOT / "router_service" / "examples" / "catalog.yaml"
+EXAMPLE_CATALOG = REPO_ROOT / "router_common" / "examples" / "catalog.yaml"
 
 
 async def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02):
@@ -76,7 +76,7 @@ async def router_app(tmp_path: Path) -> AsyncIterator:
 
 @pytest.fixture
 async def router_stub(router_app) -> AsyncIterator:
-    from router_service.pb import router_pb2_grpc
+    from router_common.pb import router_pb2_grpc
 
     async with grpc.aio.insecure_channel(router_app.grpc_address) as channel:
         yield router_pb2_grpc.RouterStub(channel)

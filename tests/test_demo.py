@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from router_common.catalog import load_catalog
 from router_demo.catalog import (
     derive_catalog,
     load_source,
@@ -37,7 +38,6 @@ from router_demo.incidents import (
 from router_demo.processes import pid_alive, port_open
 from router_demo.summary import SUMMARY_KEY
 from router_demo.traffic import RequestRecord, preference_body, share_by_provider
-from router_service.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +72,7 @@ def test_a_provider_without_a_local_port_is_refused() -> None:
 
 
 def test_example_catalog_has_at_least_four_providers_with_both_zdr_policies() -> None:
-    text = (ROOT / "router_service/examples/catalog.yaml").read_text()
+    text = (ROOT / "router_common/examples/catalog.yaml").read_text()
     specs = provider_specs(yaml.safe_load(text))
     assert len(specs) >= 4
     assert {s.zero_data_retention for s in specs} == {True, False}

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from router_common.domain import EndpointKey, ErrorClass
 from router_service.health import HealthConfig, HealthTracker, Transition
-from router_service.model import EndpointKey, ErrorClass, HealthState, Outcome
+from router_service.model import HealthState, Outcome
 from tests.conftest import FakeClock
 
 KEY = EndpointKey("zai/glm-4.7", "cerebras")

@@ -25,9 +25,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from router_common.catalog import load_catalog
 from router_service import app as router_app
 from router_service import defaults as router_defaults
-from router_service.catalog import load_catalog
 from sidecar import defaults as sidecar_defaults
 from sidecar.config import SidecarSettings
 
@@ -713,8 +713,8 @@ def test_console_scripts_in_manifests_and_dockerfile_exist() -> None:
 
 def test_k8s_catalog_matches_the_example_catalog() -> None:
     """kustomize cannot read outside k8s/, so the catalog is a copy; it must not drift."""
-    from router_service.catalog import load_catalog
+    from router_common.catalog import load_catalog
 
     assert load_catalog(ROOT / "k8s" / "catalog.yaml") == load_catalog(
-        ROOT / "router_service" / "examples" / "catalog.yaml"
+        ROOT / "router_common" / "examples" / "catalog.yaml"
     )

@@ -6,20 +6,18 @@ and statistical checks use wide, precomputed-safe bounds.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections import Counter
-from dataclasses import FrozenInstanceError
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router_service.catalog_model import Endpoint, Model, Provider
+from router_common.catalog_model import Endpoint, Model, Provider
+from router_common.domain import EndpointKey, Sort
 from router_service.model import (
     RANKING_QUANTILES,
-    EndpointKey,
     EndpointStats,
     HealthState,
     HealthView,
@@ -32,10 +30,8 @@ from router_service.ranking import (
     RankingInputError,
     RankingResult,
     RoutingRequest,
-    Sort,
     rank,
 )
-from router_service.ranking.result import make_ranked
 
 MODEL = "zai/glm-4.7"
 NOW = 1000.0
@@ -386,7 +382,8 @@ def test_cost_uses_token_estimates_when_given() -> None:
     assert blended.ranked[0].cost_usd == pytest.approx((2 + 3 * 2) / 4)
     est = run(eps=(A, B), sort=Sort.COST, input_tokens=100_000, max_output_tokens=10)
     assert names(est) == ["a", "b"] and est.cost_basis == "request"
-    assert est.ranked[0].cost_usd == pytest.approx(A.request_cost(100_000, 10))
+    a_in, a_out = A.input_price_per_mtok, A.output_price_per_mtok
+    assert est.ranked[0].cost_usd == pytest.approx((100_000 * a_in + 10 * a_out) / 1e6)
 
 
 def test_custom_blend_weight() -> None:
@@ -626,24 +623,23 @@ def test_fallbacks_disabled_drops_the_probe_permit_too() -> None:
 # --------------------------------------------------------------------------- result shape
 
 
-def test_fast_constructor_builds_a_genuine_frozen_ranked_endpoint() -> None:
-    args = (A, 1.0, 2.0, "5m", 3, 4, 0.9, 1.5, H.HEALTHY, None, False, "5m", "1h", 0.5)
-    fast = make_ranked(*args)
-    assert type(fast) is RankedEndpoint and fast == RankedEndpoint(*args)
-    with pytest.raises(FrozenInstanceError):
-        fast.tps = 3.0  # type: ignore[misc]
+def test_ranked_entries_are_named_and_immutable() -> None:
+    entry = run(eps=ABC, st_=ABC_STATS, sort=Sort.TTFT).ranked[0]
+    assert type(entry) is RankedEndpoint
+    assert entry == RankedEndpoint(*entry) and entry.key == entry.endpoint.key
+    assert entry._replace(exploration=True).exploration is True and entry.exploration is False
+    with pytest.raises(AttributeError):
+        entry.tps = 3.0  # type: ignore[misc]
 
 
-def test_metadata_is_json_ready_and_complete() -> None:
+def test_result_explains_every_placement() -> None:
     health = {"c": hv(H.DEGRADED, reason="slow"), "a": hv(H.EJECTED, 990)}
     result = run(eps=(*ABC, endpoint("d")), st_=ABC_STATS, health=health, ignore=frozenset("d"))
-    meta = json.loads(json.dumps(result.to_metadata()))
-    assert meta["strategy"] == "load_balance" and meta["percentile"] == 0.5
-    assert meta["execution_order"] == [f"{n} | {MODEL}" for n in names(result)]
-    assert {x["code"] for x in meta["excluded"]} == {"ignored", "ejected"}
-    assert [d["code"] for d in meta["deprioritized"]] == ["degraded"]
-    assert meta["ranked"][0]["ttft_samples"] == 50
-    assert meta["panic"] is False and meta["exploration"] is False
+    assert result.strategy == "load_balance" and result.percentile == 0.5
+    assert {x.reason.code for x in result.excluded} == {"ignored", "ejected"}
+    assert [r.deprioritized.code for r in result.deprioritized if r.deprioritized] == ["degraded"]
+    assert result.ranked[0].ttft_samples == 50
+    assert result.panic is False and result.exploration is False
     assert result.execution_order == tuple(key(n) for n in names(result))
     assert [r.endpoint.provider.name for r in result.deprioritized] == ["c"]
 

@@ -5,7 +5,7 @@ bounded cache of per-model precomputed tuples (keyed by object identity, so a
 reloaded catalog simply misses). Randomness comes only from the injected
 ``rng``, so a seeded ``random.Random`` makes every ranking reproducible.
 
-Pipeline (DESIGN.md, "Ranking semantics"):
+Pipeline:
 
 1. Candidates are the model's endpoints, in catalog order.
 2. Hard filters, first match wins, each recorded as an ``Exclusion``: ``only``,
@@ -70,19 +70,16 @@ import math
 import random
 from collections.abc import Mapping
 
-from router_service.catalog_model import Model
-from router_service.model import (
-    EMPTY_STATS,
-    HEALTHY,
-    EndpointKey,
-    EndpointStats,
-    HealthState,
-    HealthView,
-)
+from router_common.catalog_model import Model
+from router_common.domain import EndpointKey, Sort
+from router_common.routing import reasons as rc
+from router_common.routing.cost import cost_factors, endpoint_cost
+from router_common.routing.filters import hard_filter
+from router_common.routing.reasons import Reason
+from router_service.model import EMPTY_STATS, HEALTHY, EndpointStats, HealthState, HealthView
 from router_service.ranking import result as r
 from router_service.ranking.filters import (
     degraded_reason,
-    hard_filter,
     no_data_reason,
     pick,
     prepare,
@@ -107,16 +104,12 @@ from router_service.ranking.request import (
     RankingConfig,
     RankingInputError,
     RoutingRequest,
-    Sort,
 )
-from router_service.ranking.result import (
-    Exclusion,
-    RankedEndpoint,
-    RankingResult,
-    Reason,
-    make_ranked,
-)
+from router_service.ranking.result import Exclusion, RankedEndpoint, RankingResult
 
+#: ``tuple.__new__(Row, values)`` builds a NamedTuple in C, skipping the
+#: generated Python ``__new__``: rank() builds two tuples per candidate per call.
+_new = tuple.__new__
 _EJECTED = HealthState.EJECTED
 _PROBING = HealthState.PROBING
 _DEGRADED = HealthState.DEGRADED
@@ -131,13 +124,13 @@ def _strategy(request: RoutingRequest) -> str:
 
 def _panic_key(row: Row) -> tuple[float, float, int]:
     """Least-recently-failed first (never failed before any failure), then catalog order."""
-    hv: HealthView = row[1]
+    hv = row.health
     last = hv.last_failure_at
     until = hv.ejected_until
     return (
         -math.inf if last is None else last,
         -math.inf if until is None else until,
-        row[0][0],
+        row.prep.index,
     )
 
 
@@ -168,54 +161,46 @@ def rank(
     order_pos = {name: i for i, name in enumerate(request.order)} if request.order else {}
     strategy = _strategy(request)
 
-    # 1-2. Candidates, hard filters, and one metrics row per survivor:
-    # (prep, health, stats, ttft, ttft window, ttft samples, tps, tps window, tps samples,
-    #  uptime, cost). Computed for unhealthy endpoints too, for panic mode.
-    only = request.only
-    ignore = request.ignore
-    zdr = request.zero_data_retention
-    max_in = request.max_input_price
-    max_out = request.max_output_price
-    filtering = only is not None or bool(ignore) or zdr or max_in is not None or max_out is not None
+    # 1-2. Candidates, hard filters, and one metrics Row per survivor, computed
+    # for unhealthy endpoints too, for panic mode.
+    filters = request.hard_filters()
     min5 = config.min_samples
     min1h = config.min_samples_1h
-    in_tok = request.input_tokens
-    out_tok = request.max_output_tokens
-    per_request = bool(in_tok or out_tok)
-    if per_request:
-        fin, fout = in_tok / 1_000_000, out_tok / 1_000_000
-    else:
-        k = config.blend_output_weight
-        fin, fout = 1.0 / (1.0 + k), k / (1.0 + k)
+    factors = cost_factors(
+        request.input_tokens, request.max_output_tokens, config.blend_output_weight
+    )
     excluded: list[Exclusion] = []
     live: list[Row] = []
     unhealthy: list[Row] = []
     hget = health.get
     sget = stats.get
     for p in prepare(model):
-        if filtering:
-            reason = hard_filter(p, only, ignore, zdr, max_in, max_out)
+        if filters is not None:
+            reason = hard_filter(filters, p.provider, p.zdr, p.input_price, p.output_price)
             if reason is not None:
-                excluded.append(Exclusion(p[1], reason))
+                excluded.append(Exclusion(p.endpoint, reason))
                 continue
-        hv = hget(p[2], HEALTHY)
-        s = sget(p[2], EMPTY_STATS)
+        hv = hget(p.key, HEALTHY)
+        s = sget(p.key, EMPTY_STATS)
         t, tw, tc = pick(s.ttft_5m, s.ttft_1h, q, min5, min1h)
         v, vw, vc = pick(s.tps_5m, s.tps_1h, q, min5, min1h)
         u = s.uptime_1h
         a = u.attempts
-        row = (
-            p,
-            hv,
-            s,
-            t,
-            tw,
-            tc,
-            v,
-            vw,
-            vc,
-            u.successes / a if a else None,
-            p[5] * fin + p[6] * fout,
+        row: Row = _new(
+            Row,
+            (
+                p,
+                hv,
+                s,
+                t,
+                tw,
+                tc,
+                v,
+                vw,
+                vc,
+                u.successes / a if a else None,
+                endpoint_cost(factors, p.input_price, p.output_price),
+            ),
         )
         st = hv.state
         if st is _EJECTED or (st is _PROBING and not hv.probe_available):
@@ -230,7 +215,9 @@ def rank(
         strategy = r.STRATEGY_PANIC
     else:
         for row in unhealthy:
-            excluded.append(Exclusion(row[0][1], unhealthy_reason(row[1], now, panic=False)))
+            excluded.append(
+                Exclusion(row.prep.endpoint, unhealthy_reason(row.health, now, panic=False))
+            )
 
     # Load-balance weights, when no sort decides the non-`order` part.
     weights = lb_weights(live, config) if sort is None and not panic else None
@@ -252,7 +239,7 @@ def rank(
             tier, reason = TIER_PROBING, probing_reason(hv, now)
         elif st is _DEGRADED:
             tier, reason = TIER_DEGRADED, degraded_reason(hv, now, t)
-        elif soft and p[3] not in order_pos:  # an explicit order outranks soft preferences
+        elif soft and p.provider not in order_pos:  # an explicit order outranks soft preferences
             if sort is Sort.TTFT and t is None:
                 tier, reason = TIER_NODATA, no_data_reason("ttft", tc, min5, min1h)
             elif sort_tps and v is None:
@@ -263,21 +250,24 @@ def rank(
                 tier, reason = TIER_SOFT, tps_reason(v, vw, vc, pref_tps, q)
         tiers.append(tier)
         entries.append(
-            make_ranked(
-                p[1],
-                t,
-                v,
-                vw if sort_tps else tw,
-                tc,
-                vc,
-                up,
-                cost,
-                st,
-                reason,
-                False,
-                tw,
-                vw,
-                None if weights is None else weights[i],
+            _new(
+                RankedEndpoint,
+                (
+                    p.endpoint,
+                    t,
+                    v,
+                    vw if sort_tps else tw,
+                    tc,
+                    vc,
+                    up,
+                    cost,
+                    st,
+                    reason,
+                    False,
+                    tw,
+                    vw,
+                    None if weights is None else weights[i],
+                ),
             )
         )
 
@@ -285,7 +275,7 @@ def rank(
     if panic:
         positions = list(range(len(live)))
     else:
-        names = [row[0][3] for row in live] if order_pos else []
+        names = [row.prep.provider for row in live] if order_pos else []
         keys = None if sort is None else sort_keys(live, sort)
         positions = order_positions(
             names, tiers, order_pos, keys, weights, config.near_tie_tolerance, rng
@@ -299,9 +289,9 @@ def rank(
         stale_after = config.stale_after_s
         pool = []
         for i, row in enumerate(live):
-            if tiers[i] != TIER_OK or row[1].state is not _HEALTHY:
+            if tiers[i] != TIER_OK or row.health.state is not _HEALTHY:
                 continue
-            s = row[2]
+            s = row.stats
             last = s.last_sample_at
             if s.ttft_5m.count < min5 or last is None or now - last > stale_after:
                 pool.append(i)
@@ -310,30 +300,20 @@ def rank(
             positions.remove(chosen)
             positions.insert(0, chosen)
             exploration_reason = _exploration_reason(
-                live[chosen][0][3], live[chosen][2], now, min5, stale_after
+                live[chosen].prep.provider, live[chosen].stats, now, min5, stale_after
             )
-            e = entries[chosen]
-            entries[chosen] = make_ranked(
-                e.endpoint, e.ttft_ms, e.tps, e.window, e.ttft_samples, e.tps_samples,
-                e.uptime, e.cost_usd, e.health, e.deprioritized, True, e.ttft_window,
-                e.tps_window, e.weight,
-            )  # fmt: skip
+            entries[chosen] = entries[chosen]._replace(exploration=True)
     # Half-open probe: without an explicit order, one PROBING endpoint with a free
     # permit goes first, so recovery is tested on real traffic (the rest of the
     # order is its fallback). Left at the tail it would never be reached while
     # healthy endpoints answer, and would stay PROBING forever.
     probe = -1
     if not panic and not order_pos and request.allow_fallbacks and exploration_reason is None:
-        probe = next((i for i in positions if live[i][1].state is _PROBING), -1)
+        probe = next((i for i in positions if live[i].health.state is _PROBING), -1)
         if probe >= 0:
             positions.remove(probe)
             positions.insert(0, probe)
-            e = entries[probe]
-            entries[probe] = make_ranked(
-                e.endpoint, e.ttft_ms, e.tps, e.window, e.ttft_samples, e.tps_samples,
-                e.uptime, e.cost_usd, e.health, None, False, e.ttft_window,
-                e.tps_window, e.weight,
-            )  # fmt: skip
+            entries[probe] = entries[probe]._replace(deprioritized=None)
     ranked = [entries[i] for i in positions]
 
     # 5. allow_fallbacks=False: the first endpoint only.
@@ -345,7 +325,7 @@ def rank(
                 Exclusion(
                     dropped.endpoint,
                     Reason(
-                        r.FALLBACKS_DISABLED,
+                        rc.FALLBACKS_DISABLED,
                         f"allow_fallbacks=false: only {first} is tried; this was #{pos}{why}",
                         {"position": float(pos)},
                     ),
@@ -361,9 +341,9 @@ def rank(
         percentile=q,
         panic=panic,
         exploration=exploration_reason is not None,
-        probing=(live[probe][0][1].key,) if probe >= 0 else (),
+        probing=(live[probe].prep.key,) if probe >= 0 else (),
         exploration_reason=exploration_reason,
-        cost_basis="request" if per_request else "blended_per_mtok",
+        cost_basis=factors.basis,
     )
 
 
@@ -376,7 +356,7 @@ def _exploration_reason(
     if age is not None:
         nums["last_sample_age_s"] = round(age, 3)
     return Reason(
-        r.EXPLORATION,
+        rc.EXPLORATION,
         f"exploring {name}: {s.ttft_5m.count} TTFT samples in 5m (min {min5}), last sample "
         + ("never" if age is None else f"{age:.0f}s ago")
         + f" (stale after {stale_after:g}s)",

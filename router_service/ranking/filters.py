@@ -1,18 +1,34 @@
-"""Per-endpoint facts and reasons: precomputed catalog tuples, metric windows, hard filters.
+"""Per-endpoint facts and reasons: precomputed catalog rows, metric windows, health reasons.
 
 Kept apart from the ordering so that each reason code is produced in exactly
-one place, with its human sentence and the numbers behind it.
+one place, with its human sentence and the numbers behind it. The hard
+filters are the sidecar's too, so they live in ``router_common.routing.filters``.
 """
 
 from __future__ import annotations
 
-from router_service.catalog_model import Endpoint, Model
-from router_service.model import EndpointKey, HealthState, HealthView, MetricSummary
-from router_service.ranking import result as r
-from router_service.ranking.result import Reason
+from typing import NamedTuple
 
-#: Per-model precomputation: (index, endpoint, key, provider name, zdr, in price, out price).
-Prep = tuple[int, Endpoint, EndpointKey, str, bool, float, float]
+from router_common.catalog_model import Endpoint, Model
+from router_common.domain import EndpointKey
+from router_common.routing import reasons as rc
+from router_common.routing.reasons import Reason
+from router_service.model import HealthState, HealthView, MetricSummary
+from router_service.ranking import result as r
+
+
+class Prep(NamedTuple):
+    """What ranking reads of one catalog endpoint, flattened once per model."""
+
+    index: int
+    endpoint: Endpoint
+    key: EndpointKey
+    provider: str
+    zdr: bool
+    input_price: float
+    output_price: float
+
+
 _PREP_CACHE: dict[int, tuple[Model, tuple[Prep, ...]]] = {}
 _PREP_CACHE_MAX = 4096
 
@@ -28,7 +44,7 @@ def prepare(model: Model) -> tuple[Prep, ...]:
     if hit is not None and hit[0] is model:
         return hit[1]
     prep = tuple(
-        (
+        Prep(
             i,
             e,
             e.key,
@@ -71,41 +87,6 @@ def pick(
     return None, r.WINDOW_NONE, max(c5, c1)
 
 
-def hard_filter(
-    p: Prep,
-    only: frozenset[str] | None,
-    ignore: frozenset[str],
-    zdr: bool,
-    max_in: float | None,
-    max_out: float | None,
-) -> Reason | None:
-    """The first preference filter the endpoint fails, or None. Panic never undoes these."""
-    name = p[3]
-    if only is not None and name not in only:
-        return Reason(r.NOT_IN_ONLY, f"provider {name} is not in `only`")
-    if name in ignore:
-        return Reason(r.IGNORED, f"provider {name} is in `ignore`")
-    if zdr and not p[4]:
-        return Reason(
-            r.NOT_ZDR,
-            f"provider {name} does not offer zero data retention",
-            {"zero_data_retention": 0.0},
-        )
-    if max_in is not None and p[5] > max_in:
-        return Reason(
-            r.INPUT_PRICE_ABOVE_MAX,
-            f"input price ${p[5]:g}/Mtok above max ${max_in:g}/Mtok",
-            {"input_price_per_mtok": p[5], "max_input_price": float(max_in)},
-        )
-    if max_out is not None and p[6] > max_out:
-        return Reason(
-            r.OUTPUT_PRICE_ABOVE_MAX,
-            f"output price ${p[6]:g}/Mtok above max ${max_out:g}/Mtok",
-            {"output_price_per_mtok": p[6], "max_output_price": float(max_out)},
-        )
-    return None
-
-
 def health_numbers(hv: HealthView, now: float) -> dict[str, float]:
     """The health facts worth showing: failures in a row, how long ago, how long still out."""
     nums: dict[str, float] = {"consecutive_failures": float(hv.consecutive_failures)}
@@ -120,9 +101,9 @@ def unhealthy_reason(hv: HealthView, now: float, panic: bool) -> Reason:
     """Reason for an EJECTED / permit-less PROBING endpoint (excluded, or kept by panic)."""
     why = f": {hv.reason}" if hv.reason else ""
     if hv.state is HealthState.EJECTED:
-        code, text = r.EJECTED, f"ejected{why}"
+        code, text = rc.EJECTED, f"ejected{why}"
     else:
-        code, text = r.PROBE_UNAVAILABLE, f"probing with no free probe permit{why}"
+        code, text = rc.PROBE_UNAVAILABLE, f"probing with no free probe permit{why}"
     if panic:
         text += "; returned anyway because every candidate is unhealthy (panic)"
     return Reason(code, text, health_numbers(hv, now))
@@ -130,7 +111,7 @@ def unhealthy_reason(hv: HealthView, now: float, panic: bool) -> Reason:
 
 def probing_reason(hv: HealthView, now: float) -> Reason:
     return Reason(
-        r.PROBING,
+        rc.PROBING,
         "half-open after an ejection: routed as a probe, after the healthy endpoints"
         + (f" ({hv.reason})" if hv.reason else ""),
         health_numbers(hv, now),
@@ -141,12 +122,12 @@ def degraded_reason(hv: HealthView, now: float, ttft_ms: float | None) -> Reason
     nums = health_numbers(hv, now)
     if ttft_ms is not None:
         nums["ttft_ms"] = ttft_ms
-    return Reason(r.DEGRADED, "degraded" + (f": {hv.reason}" if hv.reason else ""), nums)
+    return Reason(rc.DEGRADED, "degraded" + (f": {hv.reason}" if hv.reason else ""), nums)
 
 
 def no_data_reason(metric: str, samples: int, min5: int, min1h: int) -> Reason:
     return Reason(
-        r.NO_DATA_FOR_SORT,
+        rc.NO_DATA_FOR_SORT,
         f"no {metric} data: {samples} samples, need {min5} in 5m or {min1h} in 1h",
         {"samples": float(samples), "min_samples": float(min5)},
     )
@@ -154,7 +135,7 @@ def no_data_reason(metric: str, samples: int, min5: int, min1h: int) -> Reason:
 
 def ttft_reason(ttft: float, window: str, samples: int, pref: float, q: float) -> Reason:
     return Reason(
-        r.TTFT_ABOVE_PREFERRED,
+        rc.TTFT_ABOVE_PREFERRED,
         f"{pct(q)} TTFT {ttft:.0f} ms ({window}, {samples} samples) above preferred {pref:g} ms",
         {
             "ttft_ms": ttft,
@@ -167,7 +148,7 @@ def ttft_reason(ttft: float, window: str, samples: int, pref: float, q: float) -
 
 def tps_reason(tps: float, window: str, samples: int, pref: float, q: float) -> Reason:
     return Reason(
-        r.TPS_BELOW_PREFERRED,
+        rc.TPS_BELOW_PREFERRED,
         f"{pct(q)} throughput {tps:.1f} tok/s ({window}, {samples} samples) below preferred"
         f" {pref:g} tok/s",
         {"tps": tps, "preferred_min_tps": float(pref), "percentile": q, "samples": float(samples)},

@@ -8,27 +8,15 @@ lengths and token counts are capped before anything iterates over them.
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass
 
+from router_common.domain import Sort
+from router_common.limits import MAX_MODEL_ID_LEN, MAX_NAME_LEN, MAX_PROVIDER_LIST, MAX_TOKENS
+from router_common.routing.cost import DEFAULT_BLEND_OUTPUT_WEIGHT
+from router_common.routing.filters import HardFilters
+from router_common.routing.order import DEFAULT_NEAR_TIE_TOLERANCE
 from router_service.model import RANKING_QUANTILES
-
-#: At most this many provider names in ``order``, ``only`` or ``ignore``.
-MAX_PROVIDER_LIST = 64
-#: At most this many characters in one provider name (and 2x that in a model id).
-MAX_NAME_LEN = 128
-#: Token estimates above this are nonsense (and would overflow cost arithmetic).
-MAX_TOKENS = 1_000_000_000
-
-
-class Sort(enum.StrEnum):
-    """The metric a ``sort`` request ranks by. Values match the Vercel/OpenRouter spelling."""
-
-    COST = "cost"
-    TTFT = "ttft"
-    TPS = "tps"
-
 
 _SORTS = frozenset(Sort)
 
@@ -112,8 +100,8 @@ class RoutingRequest:
     def validate(self) -> None:
         """Raise RankingInputError naming the first bad field; cheap for default requests."""
         model = self.model
-        if not isinstance(model, str) or not model or len(model) > 2 * MAX_NAME_LEN:
-            raise RankingInputError("model", f"must be 1..{2 * MAX_NAME_LEN} characters")
+        if not isinstance(model, str) or not model or len(model) > MAX_MODEL_ID_LEN:
+            raise RankingInputError("model", f"must be 1..{MAX_MODEL_ID_LEN} characters")
         if self.sort is not None and self.sort not in _SORTS:
             raise RankingInputError(
                 "sort", f"must be one of {', '.join(s.value for s in Sort)}, got {self.sort!r:.40}"
@@ -172,6 +160,14 @@ class RoutingRequest:
         if self.max_output_tokens:
             _check_tokens("max_output_tokens", self.max_output_tokens)
 
+    def hard_filters(self) -> HardFilters | None:
+        """The request's hard filters, or None when it sets none (the common case)."""
+        only, ignore, zdr = self.only, self.ignore, self.zero_data_retention
+        max_in, max_out = self.max_input_price, self.max_output_price
+        if only is None and not ignore and not zdr and max_in is None and max_out is None:
+            return None
+        return HardFilters(only, frozenset(ignore), zdr, max_in, max_out)
+
 
 @dataclass(frozen=True, slots=True)
 class RankingConfig:
@@ -191,14 +187,17 @@ class RankingConfig:
     - ``lb_*``: the load-balance weight ``max(lb_min_weight, (c_min/c)**price_exp
       * (t_min/t)**ttft_exp * uptime**uptime_exp)``, unknown TTFT counting as
       ``lb_unknown_ttft_factor`` (see ``router_service.ranking.core``).
+
+    The near-tie tolerance and the blend weight default to the constants the
+    sidecar's fallback ranking uses too (``router_common.routing``).
     """
 
-    near_tie_tolerance: float = 0.05
+    near_tie_tolerance: float = DEFAULT_NEAR_TIE_TOLERANCE
     exploration_share: float = 0.05
     min_samples: int = 5
     min_samples_1h: int = 1
     stale_after_s: float = 300.0
-    blend_output_weight: float = 3.0
+    blend_output_weight: float = DEFAULT_BLEND_OUTPUT_WEIGHT
     lb_price_exponent: float = 2.0
     lb_ttft_exponent: float = 1.0
     lb_uptime_exponent: float = 2.0

@@ -35,14 +35,8 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from router_service.model import (
-    EMPTY_STATS,
-    Clock,
-    EndpointKey,
-    EndpointStats,
-    ErrorClass,
-    Outcome,
-)
+from router_common.domain import Clock, EndpointKey, ErrorClass
+from router_service.model import EMPTY_STATS, EndpointStats, Outcome
 from router_service.sketches.windows import BucketExport, EndpointWindows, SeriesPoint
 
 __all__ = ["BucketExport", "InMemoryStatsStore", "SeriesPoint", "StatsStore"]

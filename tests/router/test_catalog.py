@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from router_service.catalog import CatalogError, load_catalog, parse_catalog
+from router_common.catalog import CatalogError, load_catalog, parse_catalog
 
 GOOD = """
 providers:
@@ -41,7 +41,7 @@ def test_parses_fields_and_defaults() -> None:
     assert groq.provider.zero_data_retention is True
     assert together.provider.zero_data_retention is False
     assert together.upstream_model == "zai/glm-4.7"  # defaults to the model id
-    assert groq.request_cost(1_000_000, 1_000_000) == pytest.approx(2.8)
+    assert (groq.input_price_per_mtok, groq.output_price_per_mtok) == (0.6, 2.2)
 
 
 @pytest.mark.parametrize(

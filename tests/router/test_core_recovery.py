@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 
-from router_service.catalog import load_catalog
+from router_common.catalog import load_catalog
+from router_common.domain import Sort
+from router_common.pb import router_pb2
 from router_service.core import RouterCore
 from router_service.model import HealthState
-from router_service.pb import router_pb2
-from router_service.ranking import RoutingRequest, Sort
+from router_service.ranking import RoutingRequest
 from tests.conftest import EXAMPLE_CATALOG, FakeClock
 
 MODEL = "zai/glm-4.7"

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from router_service.pb import router_pb2
+from router_common.pb import router_pb2
 from tests.router.test_grpc_server import failure, outcome
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

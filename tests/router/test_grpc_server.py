@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from router_service.pb import router_pb2
+from router_common.pb import router_pb2
 from tests.conftest import wait_for
 
 MODEL = "zai/glm-4.7"

@@ -19,12 +19,12 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from router_service.catalog import load_catalog
+from router_common.catalog import load_catalog
+from router_common.pb import router_pb2
 from router_service.core import RouterCore
 from router_service.grpc_api import RpcCounter
 from router_service.http_api import build_http_app
 from router_service.metrics_json import MIN_SAMPLES, endpoints_document, models_document
-from router_service.pb import router_pb2
 from tests.conftest import EXAMPLE_CATALOG, wait_for
 from tests.router.test_grpc_server import failure, outcome
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from router_service.model import ErrorClass
-from router_service.pb import router_pb2
-from router_service.wire import ERROR_CLASS_FROM_WIRE, ERROR_CLASS_TO_WIRE
+from router_common.domain import ErrorClass
+from router_common.pb import router_pb2
+from router_common.wire_enums import ERROR_CLASS_FROM_WIRE, ERROR_CLASS_TO_WIRE
 
 
 def test_every_error_class_has_one_wire_value_and_back() -> None:

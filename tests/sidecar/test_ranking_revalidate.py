@@ -14,9 +14,9 @@ from typing import Any
 import grpc
 import pytest
 
+from router_common.pb import router_pb2, router_pb2_grpc
 from router_service.app import RouterApp
 from router_service.health import HealthConfig
-from router_service.pb import router_pb2, router_pb2_grpc
 from sidecar.config import SidecarSettings
 from sidecar.preferences import parse_request
 from sidecar.ranking_client import RankingClient

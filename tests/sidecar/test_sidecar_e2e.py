@@ -73,7 +73,7 @@ async def _router_attempts(address: str) -> dict[str, int]:
     """Attempts per provider the router has recorded for MODEL (last hour)."""
     import grpc
 
-    from router_service.pb import router_pb2, router_pb2_grpc
+    from router_common.pb import router_pb2, router_pb2_grpc
 
     async with grpc.aio.insecure_channel(address) as ch:
         resp = await router_pb2_grpc.RouterStub(ch).GetModelEndpoints(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router_service.catalog import parse_catalog
-from router_service.pb import router_pb2
+from router_common.catalog import parse_catalog
+from router_common.pb import router_pb2
 from sidecar.config import SidecarSettings, settings_from_args, split_host_port
 from sidecar.metrics import SidecarMetrics
 from sidecar.outcomes import OutcomeReporter

@@ -5,13 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router_service.model import (
-    EMPTY_STATS,
-    RANKING_QUANTILES,
-    EndpointKey,
-    ErrorClass,
-    Outcome,
-)
+from router_common.domain import EndpointKey, ErrorClass
+from router_service.model import EMPTY_STATS, RANKING_QUANTILES, Outcome
 from router_service.sketches.store import InMemoryStatsStore, StatsStore
 from router_service.sketches.tdigest import TDigest
 from router_service.sketches.windows import FINE, HOUR, EndpointWindows

@@ -1,6 +1,6 @@
 """The catalog's data: providers, models and their endpoints, immutable once loaded.
 
-Loading and validation live in router_service.catalog; this module only holds
+Loading and validation live in router_common.catalog; this module only holds
 the shapes, so that ranking can depend on them without pulling in YAML.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from router_service.model import EndpointKey
+from router_common.domain import EndpointKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +36,6 @@ class Endpoint:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", EndpointKey(self.model, self.provider.name))
-
-    def request_cost(self, input_tokens: int, output_tokens: int) -> float:
-        """Estimated USD cost of one request with these token counts."""
-        return (
-            input_tokens * self.input_price_per_mtok + output_tokens * self.output_price_per_mtok
-        ) / 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

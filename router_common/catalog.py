@@ -29,14 +29,22 @@ from typing import Any
 
 import yaml
 
-from router_service.catalog_model import Catalog, Endpoint, Model, Provider
+from router_common.catalog_model import Catalog, Endpoint, Model, Provider
+from router_common.limits import (
+    MAX_MODEL_ID_LEN,
+    MAX_MODELS,
+    MAX_NAME_LEN,
+    MAX_PRICE_PER_MILLION,
+    MAX_PROVIDERS,
+)
 
-#: Bounds that keep a typo (or a hostile file) from producing absurd state.
-MAX_PRICE_PER_MILLION = 10_000.0
-MAX_PROVIDERS = 1_000
-MAX_MODELS = 10_000
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}/[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# Bounds (router_common.limits) keep a typo (or a hostile file) from producing
+# absurd state; the same name lengths bound what callers may send.
+_N = MAX_NAME_LEN - 1
+_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{_N}}}$")
+_MODEL_ID = re.compile(
+    rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{_N}}}/[A-Za-z0-9][A-Za-z0-9._:-]{{0,{_N}}}$"
+)
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -161,6 +169,8 @@ def _parse_models(check: _Validator, raw: Any, providers: dict[str, Provider]) -
     for model_id, body in section.items():
         path = f"models.{model_id}"
         check.string(model_id, path, _MODEL_ID)
+        if len(model_id) > MAX_MODEL_ID_LEN:
+            raise check.fail(path, f"model ids are at most {MAX_MODEL_ID_LEN} characters")
         fields = check.mapping(body, path)
         check.keys(fields, path, {"endpoints"}, set())
         entries = fields["endpoints"]

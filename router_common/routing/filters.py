@@ -1,0 +1,87 @@
+"""Hard filters: the preferences no fallback, panic or stale cache may ever undo.
+
+``only``, ``ignore``, ``zero_data_retention`` and ``max_price`` are
+guarantees, not hints: a ZDR request must never reach a host that keeps data,
+whichever process ranked it (the router with live metrics, or the sidecar from
+its fallback catalog while the router is unreachable) and however old the
+ranking is. Checked in a fixed order, first failure wins, so the reason an
+endpoint is excluded is the same everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from router_common.pb import router_pb2
+from router_common.routing import reasons as r
+from router_common.routing.reasons import Reason
+
+
+@dataclass(frozen=True, slots=True)
+class HardFilters:
+    """The hard filters of one request; prices in USD per million tokens."""
+
+    only: frozenset[str] | None = None
+    ignore: frozenset[str] = frozenset()
+    zero_data_retention: bool = False
+    max_input_price: float | None = None
+    max_output_price: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """False when no filter is set, so callers can skip checking every endpoint."""
+        return (
+            self.only is not None
+            or bool(self.ignore)
+            or self.zero_data_retention
+            or self.max_input_price is not None
+            or self.max_output_price is not None
+        )
+
+    @classmethod
+    def from_preferences(cls, prefs: router_pb2.RoutingPreferences) -> HardFilters:
+        """The filters a wire RoutingPreferences asks for (an empty ``only`` is no filter)."""
+        price = prefs.max_price
+        return cls(
+            only=frozenset(prefs.only) if prefs.only else None,
+            ignore=frozenset(prefs.ignore),
+            zero_data_retention=prefs.zero_data_retention,
+            max_input_price=(
+                price.input_per_million if price.HasField("input_per_million") else None
+            ),
+            max_output_price=(
+                price.output_per_million if price.HasField("output_per_million") else None
+            ),
+        )
+
+
+def hard_filter(
+    filters: HardFilters, provider: str, zdr: bool, input_price: float, output_price: float
+) -> Reason | None:
+    """The first filter an endpoint of ``provider`` fails, or None when it may be tried."""
+    only = filters.only
+    if only is not None and provider not in only:
+        return Reason(r.NOT_IN_ONLY, f"provider {provider} is not in `only`")
+    if provider in filters.ignore:
+        return Reason(r.IGNORED, f"provider {provider} is in `ignore`")
+    if filters.zero_data_retention and not zdr:
+        return Reason(
+            r.NOT_ZDR,
+            f"provider {provider} does not offer zero data retention",
+            {"zero_data_retention": 0.0},
+        )
+    max_in = filters.max_input_price
+    if max_in is not None and input_price > max_in:
+        return Reason(
+            r.INPUT_PRICE_ABOVE_MAX,
+            f"input price ${input_price:g}/Mtok above max ${max_in:g}/Mtok",
+            {"input_price_per_mtok": input_price, "max_input_price": float(max_in)},
+        )
+    max_out = filters.max_output_price
+    if max_out is not None and output_price > max_out:
+        return Reason(
+            r.OUTPUT_PRICE_ABOVE_MAX,
+            f"output price ${output_price:g}/Mtok above max ${max_out:g}/Mtok",
+            {"output_price_per_mtok": output_price, "max_output_price": float(max_out)},
+        )
+    return None
