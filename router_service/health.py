@@ -407,27 +407,28 @@ class HealthTracker:
     def view(self, key: EndpointKey) -> HealthView:
         """The endpoint's health now. Unknown endpoints are HEALTHY (no evidence)."""
         with self._lock:
-            st = self._states.get(key)
-            if st is None:
-                return HEALTHY
-            self._advance(key, st, self._clock())
-            return HealthView(
-                state=st.state,
-                reason=st.reason,
-                since=st.since,
-                ejected_until=st.ejected_until,
-                last_failure_at=st.last_failure_at,
-                consecutive_failures=st.consecutive_failures,
-                probe_available=(
-                    st.state is HealthState.PROBING
-                    and len(st.probe_grants) < self._cfg.probe_permits
-                ),
-            )
+            return self._view(key, self._clock())
 
     def views(self, keys: Iterable[EndpointKey]) -> dict[EndpointKey, HealthView]:
-        """:meth:`view` for many endpoints at once (one ranking request)."""
+        """:meth:`view` for many endpoints at once (one ranking request): one lock, one clock."""
         with self._lock:
-            return {key: self.view(key) for key in keys}
+            now = self._clock()
+            return {key: self._view(key, now) for key in keys}
+
+    def _view(self, key: EndpointKey, now: float) -> HealthView:
+        st = self._states.get(key)
+        if st is None:
+            return HEALTHY
+        self._advance(key, st, now)
+        return HealthView(
+            st.state,
+            st.reason,
+            st.since,
+            st.ejected_until,
+            st.last_failure_at,
+            st.consecutive_failures,
+            st.state is HealthState.PROBING and len(st.probe_grants) < self._cfg.probe_permits,
+        )
 
     def known(self) -> list[EndpointKey]:
         """Endpoints with health state (those that have reported outcomes), sorted."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from router_common.domain import EndpointKey, ErrorClass
 
@@ -100,12 +101,13 @@ class HealthState(enum.StrEnum):
     PROBING = "probing"
 
 
-@dataclass(frozen=True, slots=True)
-class HealthView:
+class HealthView(NamedTuple):
     """A point-in-time view of one endpoint's health, as ranking consumes it.
 
     ``probe_available`` only matters in PROBING: whether the half-open state
     has a free probe slot right now (if not, the endpoint is treated as ejected).
+    A NamedTuple: every ranking builds one per endpoint, and a frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__``.
     """
 
     state: HealthState = HealthState.HEALTHY

@@ -31,12 +31,20 @@ DEFAULT_NEAR_TIE_TOLERANCE = 0.05
 _log = math.log
 
 
-def weighted_order(items: Iterable[T], weight: Callable[[T], float], rng: random.Random) -> list[T]:
-    """``items`` in a weighted random order (Efraimidis-Spirakis); weights must be > 0."""
+def weighted_indices(
+    indices: Iterable[int], weights: Sequence[float], rng: random.Random
+) -> list[int]:
+    """``indices`` in a random order weighted by ``weights[i]`` (Efraimidis-Spirakis; w > 0)."""
     rnd = rng.random
-    keyed = [(-_log(1.0 - rnd()) / weight(item), n, item) for n, item in enumerate(items)]
+    keyed = [(-_log(1.0 - rnd()) / weights[i], i) for i in indices]
     keyed.sort()
-    return [item for _, _, item in keyed]
+    return [i for _, i in keyed]
+
+
+def weighted_order(items: Sequence[T], weight: Callable[[T], float], rng: random.Random) -> list[T]:
+    """``items`` in a random order weighted by ``weight(item)`` (see ``weighted_indices``)."""
+    drawn = weighted_indices(range(len(items)), [weight(item) for item in items], rng)
+    return [items[i] for i in drawn]
 
 
 def near_tie_order(known: list[tuple[float, int]], tol: float, rng: random.Random) -> list[int]:
@@ -79,7 +87,7 @@ def order_rest(
     if keys is None:
         if weights is None:
             return list(rest)
-        return weighted_order(rest, weights.__getitem__, rng)
+        return weighted_indices(rest, weights, rng)
     known: list[tuple[float, int]] = []
     unknown: list[int] = []
     for i in rest:

@@ -180,8 +180,9 @@ def rank(
             if reason is not None:
                 excluded.append(Exclusion(p.endpoint, reason))
                 continue
-        hv = hget(p.key, HEALTHY)
-        s = sget(p.key, EMPTY_STATS)
+        key = p.key
+        hv = hget(key, HEALTHY)
+        s = sget(key, EMPTY_STATS)
         t, tw, tc = pick(s.ttft_5m, s.ttft_1h, q, min5, min1h)
         v, vw, vc = pick(s.tps_5m, s.tps_1h, q, min5, min1h)
         u = s.uptime_1h
