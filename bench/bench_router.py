@@ -21,6 +21,7 @@ import multiprocessing
 import random
 import statistics
 import time
+from typing import Any
 
 import grpc
 
@@ -160,7 +161,7 @@ def _rank_request() -> router_pb2.RankProvidersRequest:
     )
 
 
-async def _measure_rounds(port: int, total: int) -> list[dict[str, object]]:
+async def _measure_rounds(port: int, total: int) -> list[dict[str, Any]]:
     """Echo and RankProviders latencies at 1 and 32 callers, rounds interleaved."""
     request = _rank_request()
     rows = []
@@ -200,7 +201,7 @@ def _remote_client(port: int, total: int, result: multiprocessing.Queue) -> None
     result.put(asyncio.run(_measure_rounds(port, total)))
 
 
-async def bench_grpc(total: int, remote: bool) -> list[dict[str, object]]:
+async def bench_grpc(total: int, remote: bool) -> list[dict[str, Any]]:
     """RankProviders vs the echo; callers in this process or (``remote``) in a child."""
     core = populated_core(8)
     from router_service.wire import rank_response, routing_request
@@ -249,7 +250,7 @@ def _outcome_batches(batches: int, per_batch: int, endpoints: int) -> list[bytes
 def _stream_client(port: int, batches: list[bytes], result: multiprocessing.Queue) -> None:
     """Runs in a child process: streams pre-serialised batches, reports the ack."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.stream_unary(
+        call: grpc.StreamUnaryMultiCallable = channel.stream_unary(
             "/router.v1.Router/StreamOutcomes",
             response_deserializer=router_pb2.OutcomeAck.FromString,
         )

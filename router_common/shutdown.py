@@ -24,7 +24,8 @@ async def bounded(step: Awaitable[object], seconds: float, what: str) -> bool:
         log.warning("shutdown step overran its deadline", extra={"step": what, "seconds": seconds})
         return False
     except asyncio.CancelledError:
-        if asyncio.current_task() is not None and asyncio.current_task().cancelling():
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
             raise
         return True  # the step was a cancelled task: that is how it ends
     except Exception:

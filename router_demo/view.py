@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from rich.console import Group, RenderableType
+from rich.console import Group, JustifyMethod, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -101,7 +101,7 @@ class DemoView:
         share = share_by_provider(recs, self.clock() - SHARE_WINDOW_S, model)
         resp = self.monitor.endpoints.get(model)
         table = Table(title=model, title_justify="left", expand=True, pad_edge=False)
-        for col, justify in (
+        columns: tuple[tuple[str, JustifyMethod], ...] = (
             ("#ttft", "right"),
             ("#cost", "right"),
             ("provider", "left"),
@@ -114,7 +114,8 @@ class DemoView:
             ("uptime 15m", "right"),
             ("health", "left"),
             (f"share {SHARE_WINDOW_S:.0f}s", "right"),
-        ):
+        )
+        for col, justify in columns:
             # One line per endpoint: the health reason is cut to fit (the events panel and
             # the dashboard have it in full).
             # The health column takes what is left (ratio); the others keep their width.

@@ -13,7 +13,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from router_common.catalog_model import Catalog, Model
 from router_common.domain import Clock, EndpointKey
@@ -43,7 +43,7 @@ class IngestResult:
 
     accepted: int = 0
     rejected: int = 0
-    rejections: list[tuple[int, Rejection]] | None = None
+    rejections: list[tuple[int, Rejection]] = field(default_factory=list)
 
 
 class RouterCore:
@@ -123,7 +123,7 @@ class RouterCore:
 
     def record(self, messages: Iterable[router_pb2.Outcome], first_index: int = 0) -> IngestResult:
         """Validate and store outcomes; junk is rejected item by item and stores nothing."""
-        result = IngestResult(rejections=[])
+        result = IngestResult()
         now = self.clock()
         accepted = []
         for offset, msg in enumerate(messages):

@@ -120,7 +120,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     @_counted
     async def StreamOutcomes(self, request_iterator: AsyncIterator, context):
-        total = IngestResult(rejections=[])
+        total = IngestResult()
         async for message in request_iterator:
             await self._check_size(message, "message", context)
             index = total.accepted + total.rejected

@@ -25,7 +25,7 @@ from router_common.wire_enums import (
 from router_service.model import EndpointStats, HealthState, HealthView, MetricSummary, Uptime
 from router_service.ranking import RankingInputError, RankingResult, RoutingRequest
 
-HEALTH_TO_WIRE: dict[HealthState, int] = {
+HEALTH_TO_WIRE: dict[HealthState, router_pb2.HealthState] = {
     HealthState.HEALTHY: router_pb2.HEALTH_STATE_HEALTHY,
     HealthState.DEGRADED: router_pb2.HEALTH_STATE_DEGRADED,
     HealthState.EJECTED: router_pb2.HEALTH_STATE_EJECTED,

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -141,7 +141,7 @@ class OutcomeReporter:
             for i in range(0, n, self._batch)
         ]
 
-        async def requests():  # type: ignore[no-untyped-def]
+        async def requests() -> AsyncIterator[router_pb2.RecordOutcomeRequest]:
             for b in batches:
                 yield b
 

@@ -291,10 +291,10 @@ def parse_request(
     if so is not None and not isinstance(so, dict):
         raise RequestError("stream_options must be an object", "stream_options")
     if body.get("provider") is None and body.get("providerOptions") is None:
-        prefs, key, filters = _default_preferences(default_sort, default_zdr)
+        prefs, prefs_key, filters = _default_preferences(default_sort, default_zdr)
     else:
         prefs = merge_preferences(body, default_sort, default_zdr)
-        key = prefs.SerializeToString(deterministic=True)
+        prefs_key = prefs.SerializeToString(deterministic=True)
         filters = HardFilters.from_preferences(prefs)
     if any(k in body for k in ROUTING_FIELDS):
         body = {k: v for k, v in body.items() if k not in ROUTING_FIELDS}
@@ -305,7 +305,7 @@ def parse_request(
         body=body,
         estimated_input_tokens=_estimate_input_tokens(messages),
         max_output_tokens=max_out,
-        cache_key=(model, key),
+        cache_key=(model, prefs_key),
         filters=filters,
     )
 

@@ -201,21 +201,22 @@ class Proxy:
                 self._finish_attempt(req, rec)
                 continue
             if req.stream:
-                result = await self._open_stream(req, route, key, rec, deadline, len(records))
-                if isinstance(result, tuple):
-                    start, answer = result
+                opened = await self._open_stream(req, route, key, rec, deadline, len(records))
+                if isinstance(opened, tuple):
+                    start, answer = opened
                     return await self._commit_stream(
                         request, req, ranking, plan, records, rec, start, answer, t_start
                     )
+                last_error = opened
             else:
-                result = await self._call_once(req, route, key, rec, deadline)
-                if isinstance(result, dict):
+                answered = await self._call_once(req, route, key, rec, deadline)
+                if isinstance(answered, dict):
                     self._finish_attempt(req, rec)
-                    result["routing"] = self.routing_object(
+                    answered["routing"] = self.routing_object(
                         req, ranking, plan, records, route.provider
                     )
-                    return self._json(200, result, route.provider, len(records))
-            last_error = result
+                    return self._json(200, answered, route.provider, len(records))
+                last_error = answered
             self._finish_attempt(req, rec)
             if not rec.retriable:
                 break

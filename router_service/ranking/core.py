@@ -130,7 +130,7 @@ def _panic_key(row: Row) -> tuple[float, float, int]:
     return (
         -math.inf if last is None else last,
         -math.inf if until is None else until,
-        row.prep.index,
+        row.prep.position,
     )
 
 
@@ -176,9 +176,9 @@ def rank(
     sget = stats.get
     for p in prepare(model):
         if filters is not None:
-            reason = hard_filter(filters, p.provider, p.zdr, p.input_price, p.output_price)
-            if reason is not None:
-                excluded.append(Exclusion(p.endpoint, reason))
+            failed = hard_filter(filters, p.provider, p.zdr, p.input_price, p.output_price)
+            if failed is not None:
+                excluded.append(Exclusion(p.endpoint, failed))
                 continue
         key = p.key
         hv = hget(key, HEALTHY)

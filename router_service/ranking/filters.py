@@ -20,7 +20,7 @@ from router_service.ranking import result as r
 class Prep(NamedTuple):
     """What ranking reads of one catalog endpoint, flattened once per model."""
 
-    index: int
+    position: int  # in the catalog's list ("index" would shadow tuple.index)
     endpoint: Endpoint
     key: EndpointKey
     provider: str
