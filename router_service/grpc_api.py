@@ -24,6 +24,7 @@ from router_service.core import (
     RouterCore,
     UnknownModelError,
 )
+from router_service.figures import best_p50s
 from router_service.ranking import RankingInputError
 from router_service.wire import (
     endpoint_health,
@@ -163,17 +164,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 endpoint_count=len(model.endpoints),
                 providers=[e.provider.name for e in model.endpoints],
             )
-            ttfts, tps = [], []
-            for endpoint in model.endpoints:
-                stats = self.core.endpoint_stats(endpoint.key)
-                if (value := stats.ttft_1h.get(0.5)) is not None:
-                    ttfts.append(value)
-                if (value := stats.tps_1h.get(0.5)) is not None:
-                    tps.append(value)
-            if ttfts:
-                summary.best_p50_ttft_ms = min(ttfts)
-            if tps:
-                summary.best_p50_tokens_per_second = max(tps)
+            best = best_p50s(model, self.core.endpoint_stats)
+            if best.ttft_ms is not None:
+                summary.best_p50_ttft_ms = best.ttft_ms.value
+            if best.tokens_per_second is not None:
+                summary.best_p50_tokens_per_second = best.tokens_per_second.value
         return response
 
     @_counted

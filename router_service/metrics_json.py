@@ -12,12 +12,10 @@ written against it read ours:
 * ``GET /v1/models/{creator}/{name}/endpoints`` → :func:`endpoints_document`
 * ``GET /v1/models/{creator}/{name}/timeseries`` → :func:`timeseries_document`
 
-Too few samples: a percentile over a handful of values is noise (the P95 of
-three samples is just their maximum), and an uptime of "100 %" after two
-requests says nothing. So every rolling figure needs :data:`MIN_SAMPLES`
-observations in its window; below that it is ``null``, ``enough_data`` is
-false, and the dashboard prints "not enough data". The raw counts are always
-given, so a reader can see why a figure is missing.
+Too few samples (``router_service.figures``): every rolling figure needs
+:data:`MIN_SAMPLES` observations in its window; below that it is ``null``,
+``enough_data`` is false, and the dashboard prints "not enough data". The raw
+counts are always given, so a reader can see why a figure is missing.
 """
 
 from __future__ import annotations
@@ -27,12 +25,10 @@ from typing import Any
 
 from router_common.catalog_model import Endpoint, Model
 from router_service.core import RouterCore
+from router_service.figures import MIN_SAMPLES, best_p50s
 from router_service.health import Transition
 from router_service.model import EndpointStats, HealthView, MetricSummary, Uptime
 from router_service.sketches.windows import HOUR, SeriesPoint
-
-#: Observations a window needs before its percentiles or uptime are published.
-MIN_SAMPLES = 5
 
 #: Health transitions returned with a model's endpoints (most recent last).
 TRANSITIONS_SHOWN = 20
@@ -134,18 +130,9 @@ def endpoints_document(core: RouterCore, model: Model) -> JSON:
 
 def model_summary(core: RouterCore, model: Model) -> JSON:
     """One row of the model list: best P50 TTFT (lowest) and throughput (highest)."""
-    best_ttft: tuple[float, str] | None = None
-    best_tps: tuple[float, str] | None = None
+    best_ttft, best_tps = best_p50s(model, core.store.stats)
     status_counts: dict[str, int] = {}
     for endpoint in model.endpoints:
-        stats = core.store.stats(endpoint.key)
-        name = endpoint.provider.name
-        latency = percentiles(stats.ttft_1h)
-        if latency is not None and (best_ttft is None or latency["p50"] < best_ttft[0]):
-            best_ttft = (latency["p50"], name)
-        throughput = percentiles(stats.tps_1h)
-        if throughput is not None and (best_tps is None or throughput["p50"] > best_tps[0]):
-            best_tps = (throughput["p50"], name)
         state = core.health.view(endpoint.key).state.value
         status_counts[state] = status_counts.get(state, 0) + 1
     return {
@@ -154,10 +141,10 @@ def model_summary(core: RouterCore, model: Model) -> JSON:
         "owned_by": model.id.split("/", 1)[0],
         "endpoint_count": len(model.endpoints),
         "providers": [e.provider.name for e in model.endpoints],
-        "best_p50_ttft_ms": best_ttft[0] if best_ttft else None,
-        "best_p50_ttft_provider": best_ttft[1] if best_ttft else None,
-        "best_p50_throughput": best_tps[0] if best_tps else None,
-        "best_p50_throughput_provider": best_tps[1] if best_tps else None,
+        "best_p50_ttft_ms": _num(best_ttft.value) if best_ttft else None,
+        "best_p50_ttft_provider": best_ttft.provider if best_ttft else None,
+        "best_p50_throughput": _num(best_tps.value) if best_tps else None,
+        "best_p50_throughput_provider": best_tps.provider if best_tps else None,
         "status_counts": status_counts,
     }
 

@@ -8,6 +8,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -347,3 +348,25 @@ async def test_weights_only_for_load_balance(router_stub) -> None:
     assert all(e.HasField("weight") and e.weight > 0 for e in balanced.endpoints)
     ordered = await router_stub.RankProviders(rank_request(order=["baseten"]))
     assert not any(e.HasField("weight") for e in ordered.endpoints)
+
+
+async def test_list_models_and_http_models_agree_on_best_p50(router_app, router_stub) -> None:
+    # together: 4 fast samples (below the 5-sample rule); cerebras: 5 slower ones.
+    await router_stub.RecordOutcome(
+        router_pb2.RecordOutcomeRequest(
+            outcomes=[outcome("together", ttft_ms=50.0, tokens_per_second=900.0)] * 4
+            + [outcome("cerebras", ttft_ms=300.0, tokens_per_second=100.0)] * 5
+        )
+    )
+    listing = await router_stub.ListModels(router_pb2.ListModelsRequest())
+    grpc_best = next(m for m in listing.models if m.id == MODEL)
+    async with (
+        aiohttp.ClientSession(base_url=router_app.http_url) as session,
+        session.get("/v1/models") as resp,
+    ):
+        http_best = next(m for m in (await resp.json())["data"] if m["id"] == MODEL)
+    assert grpc_best.best_p50_ttft_ms == pytest.approx(300.0)
+    assert http_best["best_p50_ttft_ms"] == pytest.approx(grpc_best.best_p50_ttft_ms)
+    assert http_best["best_p50_ttft_provider"] == "cerebras"
+    assert grpc_best.best_p50_tokens_per_second == pytest.approx(100.0)
+    assert http_best["best_p50_throughput"] == pytest.approx(100.0)

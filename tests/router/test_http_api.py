@@ -22,9 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from router_common.catalog import load_catalog
 from router_common.pb import router_pb2
 from router_service.core import RouterCore
+from router_service.figures import MIN_SAMPLES
 from router_service.grpc_api import RpcCounter
 from router_service.http_api import build_http_app
-from router_service.metrics_json import MIN_SAMPLES, endpoints_document, models_document
+from router_service.metrics_json import endpoints_document, models_document
 from tests.conftest import EXAMPLE_CATALOG, wait_for
 from tests.router.test_grpc_server import failure, outcome
 
