@@ -47,8 +47,8 @@ from prometheus_client.registry import Collector
 
 from router_common.domain import ErrorClass
 from router_service.core import RouterCore
-from router_service.grpc_api import RpcCounter
 from router_service.figures import MIN_SAMPLES
+from router_service.grpc_api import RpcCounter
 from router_service.model import RANKING_QUANTILES, HealthState, MetricSummary
 
 EP_LABELS = ("model", "provider")
