@@ -1,6 +1,6 @@
 """Per-endpoint health: a small state machine driven by outcomes.
 
-States (see DESIGN.md, "Health")::
+States::
 
     HEALTHY ⇄ DEGRADED ──▶ EJECTED ──(time)──▶ PROBING ──(N probe successes)──▶ HEALTHY
         └──────────────────────▲  ▲──────(probe failure, longer)──┘
