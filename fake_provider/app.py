@@ -135,10 +135,6 @@ class ProviderState:
         """Remove every incident, configured ones included (demo: "recover now")."""
         self.incidents.clear()
 
-    def active_incidents(self, now_s: float | None = None) -> list[Incident]:
-        t = self.now_s() if now_s is None else now_s
-        return [i for i in self.incidents if i.active_at(t)]
-
     def reset(self) -> None:
         """Back to the initial state: empty record, configured incidents, re-seeded RNG.
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -352,8 +351,3 @@ class IncidentScript:
             self.errors.append(f"{'ending' if end else 'starting'} {plan.describe()}: {exc}")
             if end:
                 self.ended[i] = self.clock()
-
-
-def monotonic_clock(t0: float) -> Callable[[], float]:
-    """Seconds since ``t0`` (a ``time.monotonic()`` value): the demo's one time axis."""
-    return lambda: time.monotonic() - t0

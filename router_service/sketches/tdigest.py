@@ -247,11 +247,6 @@ class TDigest:
         self._flush()
         return int(self._means.size)
 
-    def centroids(self) -> tuple[np.ndarray, np.ndarray]:
-        """Read-only (means, weights) arrays, sorted by mean."""
-        self._flush()
-        return self._means, self._weights
-
     def quantile(self, q: float) -> float | None:
         """Estimated q-quantile (q in [0, 1]), or None when the digest is empty."""
         out = self.quantiles((q,))

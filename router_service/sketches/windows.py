@@ -68,8 +68,6 @@ DAY = RingSpec("1h", 3600.0, 24)
 #: Buckets of the fine ring that keep digests (the 5-minute quantile window);
 #: older fine buckets keep only their counters (for 15-minute uptime).
 FINE_DIGEST_BUCKETS = 10
-#: Oldest sample any window can hold: older outcomes are ignored.
-LONGEST_WINDOW_S = DAY.width * DAY.size
 
 
 @dataclass(frozen=True, slots=True)
