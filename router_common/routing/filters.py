@@ -72,16 +72,16 @@ def hard_filter(
         )
     max_in = filters.max_input_price
     if max_in is not None and input_price > max_in:
-        return Reason(
-            r.INPUT_PRICE_ABOVE_MAX,
-            f"input price ${input_price:g}/Mtok above max ${max_in:g}/Mtok",
-            {"input_price_per_mtok": input_price, "max_input_price": float(max_in)},
-        )
+        return _price_above(r.INPUT_PRICE_ABOVE_MAX, "input", input_price, max_in)
     max_out = filters.max_output_price
     if max_out is not None and output_price > max_out:
-        return Reason(
-            r.OUTPUT_PRICE_ABOVE_MAX,
-            f"output price ${output_price:g}/Mtok above max ${max_out:g}/Mtok",
-            {"output_price_per_mtok": output_price, "max_output_price": float(max_out)},
-        )
+        return _price_above(r.OUTPUT_PRICE_ABOVE_MAX, "output", output_price, max_out)
     return None
+
+
+def _price_above(code: str, side: str, price: float, cap: float) -> Reason:
+    return Reason(
+        code,
+        f"{side} price ${price:g}/Mtok above max ${cap:g}/Mtok",
+        {f"{side}_price_per_mtok": price, f"max_{side}_price": float(cap)},
+    )
