@@ -10,16 +10,18 @@ endpoint is excluded is the same everywhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from router_common.pb import router_pb2
 from router_common.routing import reasons as r
 from router_common.routing.reasons import Reason
 
 
-@dataclass(frozen=True, slots=True)
-class HardFilters:
-    """The hard filters of one request; prices in USD per million tokens."""
+class HardFilters(NamedTuple):
+    """The hard filters of one request; prices in USD per million tokens.
+
+    A NamedTuple: the router builds one per filtered ranking, on its hot path.
+    """
 
     only: frozenset[str] | None = None
     ignore: frozenset[str] = frozenset()

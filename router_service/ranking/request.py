@@ -19,6 +19,8 @@ from router_common.routing.order import DEFAULT_NEAR_TIE_TOLERANCE
 from router_service.model import RANKING_QUANTILES
 
 _SORTS = frozenset(Sort)
+#: Builds a NamedTuple in C, skipping its generated Python ``__new__``.
+_new = tuple.__new__
 
 
 class RankingInputError(ValueError):
@@ -166,7 +168,7 @@ class RoutingRequest:
         max_in, max_out = self.max_input_price, self.max_output_price
         if only is None and not ignore and not zdr and max_in is None and max_out is None:
             return None
-        return HardFilters(only, frozenset(ignore), zdr, max_in, max_out)
+        return _new(HardFilters, (only, frozenset(ignore), zdr, max_in, max_out))
 
 
 @dataclass(frozen=True, slots=True)
