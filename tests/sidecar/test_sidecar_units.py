@@ -12,7 +12,8 @@ from sidecar.outcomes import OutcomeReporter
 from sidecar.preferences import RequestError, parse_request
 from sidecar.ranking_client import Cooldowns, Ranking, RankingClient, Route, rank_from_catalog
 from sidecar.streaming import SSEScanner
-from sidecar.upstream import classify_status, parse_retry_after, redact
+from sidecar.redaction import KeyRedactor
+from sidecar.upstream import classify_status, parse_retry_after
 
 MSGS = [{"role": "user", "content": "x" * 40}]
 
@@ -162,9 +163,11 @@ def test_sse_scanner_holds_partial_lines_and_stops_at_done() -> None:
     assert s.feed(role, 1.0) == role and s.first_token_at is None
     out = s.feed(tok[:20], 2.0)
     assert out == b""  # partial line held back
-    assert s.feed(tok[20:] + usage + b"data: [DONE]\n\njunk", 3.0) == tok + usage
+    # The usage chunk (no choices) is held back, for the end of the stream.
+    assert s.feed(tok[20:] + usage + b"data: [DONE]\n\njunk", 3.0) == tok
     assert s.first_token_at == 3.0 and s.usage_tokens == 7 and s.done and s.complete
     assert s.output_tokens == 7 and s.last_id == "c1"
+    assert s.final_chunks(None) == usage
 
 
 def test_sse_scanner_counts_without_usage_and_sees_errors() -> None:
@@ -219,8 +222,10 @@ def test_classification_and_retry_after() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
     key = "sk-live-abcdefghijklmnopqrstuvwxyz"
-    assert key.encode() not in redact(f"key={key}".encode(), key)
-    assert b"abcdefghijklmnop" not in redact(key[:20].encode(), key)
+    redactor = KeyRedactor([key])
+    assert key.encode() not in redactor.scrub(f"key={key}".encode())
+    assert b"abcdefghijklmnop" not in redactor.scrub(key[:20].encode())
+    assert redactor.scrub_text(f"Bearer {key}") == "Bearer [REDACTED][REDACTED]"
 
 
 async def test_outcome_queue_is_bounded_and_counts_drops() -> None:
