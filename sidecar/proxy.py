@@ -52,7 +52,7 @@ from sidecar.upstream import (
 log = logging.getLogger("sidecar.proxy")
 
 #: Set on an aiohttp request whose app went away mid-answer (logged and counted as 499).
-CLIENT_GONE = "router_client_gone"
+CLIENT_GONE: web.RequestKey[bool] = web.RequestKey("router_client_gone", bool)
 
 #: orjson: the request body is re-encoded on every attempt and the routing object
 #: on every answer; it is several times faster than the stdlib here, and emits
