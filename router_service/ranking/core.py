@@ -24,8 +24,8 @@ Pipeline:
    (tiers 3-4): an explicit order outranks soft preferences. Exceptions: the
    first ``order`` provider that is PROBING with a free permit keeps its ordered
    place and takes the probe when that place is first (else it waits at the
-   tail, so no permit is held by a request that would not reach it); without ``order``, one PROBING endpoint with a
-   free permit goes first as the
+   tail, so no permit is held by a request that would not reach it); without
+   ``order``, one PROBING endpoint with a free permit goes first as the
    half-open probe (the others follow as its fallbacks), and only it is
    reported in ``probing`` so the server grants exactly one permit.
 4. The rest of a tier is ordered by ``sort`` (cost / ttft ascending, tps

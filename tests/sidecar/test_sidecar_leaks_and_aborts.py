@@ -28,9 +28,9 @@ def _key_fragments(name: str) -> list[bytes]:
 async def _raw_stream(sc, **body) -> tuple[int, bytes]:
     """Every byte the app receives for one streamed request."""
     payload = {"model": MODEL, "messages": MSGS, "max_tokens": 6, "stream": True, **body}
-    async with aiohttp.ClientSession() as s:
-        async with s.post(sc.base_url + "/chat/completions", json=payload) as r:
-            return r.status, await r.read()
+    url = sc.base_url + "/chat/completions"
+    async with aiohttp.ClientSession() as s, s.post(url, json=payload) as r:
+        return r.status, await r.read()
 
 
 def _assert_no_key(data: bytes | str, name: str = "alpha") -> None:
@@ -61,9 +61,7 @@ async def test_key_in_an_error_event_before_the_first_token_never_reaches_anyone
     assert routing["attempts"][0]["error_class"] == "server_error"
     # Logs and metrics carry no key either.
     _assert_no_key("\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records))
-    async with aiohttp.ClientSession() as s:
-        async with s.get(sc.base_url.removesuffix("/v1") + "/metrics") as r:
-            _assert_no_key(await r.read())
+    _assert_no_key(await _metric(sc, ""))
 
 
 async def test_key_in_an_error_event_after_the_first_token_is_redacted(
@@ -95,11 +93,11 @@ async def test_key_in_a_non_streaming_error_body_is_redacted(stack: Stack) -> No
     stack.providers["alpha"].add_incident("error_event")  # 200 + {"error": ... key ...}
     stack.write_catalog()
     sc = await stack.start_sidecar(fallback=True)
-    async with aiohttp.ClientSession() as s:
-        async with s.post(
-            sc.base_url + "/chat/completions", json={"model": MODEL, "messages": MSGS}
-        ) as r:
-            data = await r.read()
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(sc.base_url + "/chat/completions", json={"model": MODEL, "messages": MSGS}) as r,
+    ):
+        data = await r.read()
     assert r.status == 502
     _assert_no_key(data)
 
@@ -136,9 +134,9 @@ async def test_a_stream_that_breaks_before_its_first_token_falls_back(
 
 
 async def _metric(sc, name: str) -> str:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(sc.base_url.removesuffix("/v1") + "/metrics") as r:
-            text = await r.text()
+    url = sc.base_url.removesuffix("/v1") + "/metrics"
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        text = await r.text()
     return "\n".join(ln for ln in text.splitlines() if ln.startswith(name))
 
 

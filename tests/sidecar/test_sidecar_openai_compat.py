@@ -63,9 +63,7 @@ async def test_non_streaming_body_names_the_requested_model(stack: Stack) -> Non
     await stack.add_providers({"alpha": {}})
     stack.write_catalog()
     sc = await stack.start_sidecar(fallback=True)
-    resp = await openai_client(sc).chat.completions.create(
-        model=MODEL, messages=MSGS, max_tokens=3
-    )
+    resp = await openai_client(sc).chat.completions.create(model=MODEL, messages=MSGS, max_tokens=3)
     assert resp.model == MODEL
     assert resp.model_extra["routing"]["upstream_model"] == "up-alpha"
 
@@ -134,9 +132,8 @@ async def test_all_timed_out_is_504(stack: Stack) -> None:
 
 
 async def _get(url: str) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(url) as r:
-            return r.status, await r.json()
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        return r.status, await r.json()
 
 
 async def test_providers_without_a_key_are_logged_counted_listed_and_skipped(
@@ -220,15 +217,11 @@ async def test_unknown_model_reads_the_same_from_router_and_fallback_catalog(
     router = await stack.start_router()
     via_router = await stack.start_sidecar(router.grpc_address)
     with pytest.raises(openai.NotFoundError) as from_router:
-        await openai_client(via_router).chat.completions.create(
-            model="nobody/none", messages=MSGS
-        )
+        await openai_client(via_router).chat.completions.create(model="nobody/none", messages=MSGS)
     await via_router.stop()
     via_catalog = await stack.start_sidecar(fallback=True)
     with pytest.raises(openai.NotFoundError) as from_catalog:
-        await openai_client(via_catalog).chat.completions.create(
-            model="nobody/none", messages=MSGS
-        )
+        await openai_client(via_catalog).chat.completions.create(model="nobody/none", messages=MSGS)
     assert from_router.value.body == from_catalog.value.body
     assert from_router.value.body["message"] == "model 'nobody/none' is not in the catalog"
     # ... which is what the router itself says.

@@ -11,8 +11,8 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.outcomes import OutcomeReporter
 from sidecar.preferences import RequestError, parse_request
 from sidecar.ranking_client import Cooldowns, Ranking, RankingClient, Route, rank_from_catalog
-from sidecar.streaming import SSEScanner
 from sidecar.redaction import KeyRedactor
+from sidecar.streaming import SSEScanner
 from sidecar.upstream import classify_status, parse_retry_after
 
 MSGS = [{"role": "user", "content": "x" * 40}]
