@@ -434,7 +434,7 @@ class Proxy:
         limit = min(deadline, loop.time() + self._s.first_byte_timeout_s)
         got_headers = False
         resp: aiohttp.ClientResponse | None = None
-        scanner = SSEScanner(req.model, req.wants_usage, self._redact)
+        scanner = SSEScanner(req.model, req.wants_usage, self._redact.only(key))
         try:
             async with asyncio.timeout_at(limit):
                 resp = await self._session.post(

@@ -31,10 +31,12 @@ _MAX_KEYS = 1024
 class KeyRedactor:
     """The provider keys in use and the function that removes them from bytes."""
 
-    __slots__ = ("_keys", "_needles")
+    __slots__ = ("_keys", "_needles", "_single")
 
     def __init__(self, keys: Iterable[str] = ()) -> None:
         self._keys: set[str] = set()
+        #: ``only(key)`` redactors, built once per key.
+        self._single: dict[str, KeyRedactor] = {}
         #: Longest first, so a whole key is replaced before its halves.
         self._needles: tuple[bytes, ...] = ()
         for key in keys:
@@ -54,6 +56,24 @@ class KeyRedactor:
             needles.add(raw)
         self._needles = tuple(sorted(needles, key=len, reverse=True))
 
+    def only(self, key: str | None) -> KeyRedactor:
+        """A redactor for one key: what a relayed stream is checked with.
+
+        A provider can only echo the key it was sent, so the bytes it streams
+        are searched for that key alone (two searches per block instead of two
+        per configured key); everything else leaving the sidecar is checked
+        against every key.
+        """
+        if not key:
+            return _EMPTY
+        single = self._single.get(key)
+        if single is None:
+            self.add(key)
+            single = KeyRedactor((key,))
+            if len(self._single) < _MAX_KEYS:
+                self._single[key] = single
+        return single
+
     def scrub(self, data: bytes) -> bytes:
         """``data`` with every key (and every half of one) replaced by ``[REDACTED]``."""
         for needle in self._needles:
@@ -68,6 +88,9 @@ class KeyRedactor:
         raw = text.encode("utf-8", "surrogatepass")
         clean = self.scrub(raw)
         return text if clean is raw else clean.decode("utf-8", "replace")
+
+
+_EMPTY = KeyRedactor()
 
 
 class RedactingLogFilter(logging.Filter):
