@@ -225,7 +225,8 @@ def _stream_blocks(chunks: int, per_block: int) -> list[bytes]:
     """A fake provider's stream as TCP reads: ``per_block`` SSE chunks per read."""
     head = b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
     lines = [
-        head + b'"choices":[{"index":0,"delta":{"content":" word%d"},' % i
+        head
+        + b'"choices":[{"index":0,"delta":{"content":" word%d"},' % i
         + b'"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
         for i in range(chunks)
     ]
