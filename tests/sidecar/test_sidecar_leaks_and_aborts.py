@@ -141,7 +141,7 @@ async def _metric(sc, name: str) -> str:
 
 
 async def _leave_after(sc, wait_until, body: dict) -> None:
-    """Start a streamed request and drop the connection once ``wait_until()`` holds."""
+    """Start a request and drop the connection once ``wait_until()`` holds."""
     payload = {"model": MODEL, "messages": MSGS, "stream": True, **body}
     session = aiohttp.ClientSession()
     try:
@@ -155,16 +155,19 @@ async def _leave_after(sc, wait_until, body: dict) -> None:
         await session.close()
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
 async def test_app_leaving_before_the_first_token_closes_the_upstream(
-    stack: Stack, caplog: pytest.LogCaptureFixture
+    stack: Stack, caplog: pytest.LogCaptureFixture, stream: bool
 ) -> None:
     caplog.set_level(logging.INFO)
     await stack.add_providers({"alpha": {"ttft_median_ms": 20_000.0}})
     stack.write_catalog()
     router = await stack.start_router()
-    sc = await stack.start_sidecar(router.grpc_address, first_byte_timeout_s=30.0)
+    sc = await stack.start_sidecar(
+        router.grpc_address, first_byte_timeout_s=30.0, nonstream_timeout_s=30.0
+    )
     fake = stack.providers["alpha"]
-    await _leave_after(sc, lambda: len(fake.requests) == 1, {"max_tokens": 40})
+    await _leave_after(sc, lambda: len(fake.requests) == 1, {"max_tokens": 40, "stream": stream})
     # The provider sees its connection closed (not ~20 s later, when it would answer).
     await wait_for(lambda: fake.requests[-1].outcome == "client_disconnected", timeout=3)
     assert fake.requests[-1].tokens == 0
