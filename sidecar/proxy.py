@@ -533,6 +533,11 @@ class Proxy:
             await app.write_eof()
         except (ConnectionError, RuntimeError):
             pass
+        except asyncio.CancelledError:  # the app left during the last write
+            request[CLIENT_GONE] = True
+            start.resp.close()
+            self._finish_attempt(req, rec)
+            raise
         self._finish_attempt(req, rec)  # bookkeeping once the app has its whole answer
         await release_upstream(start.resp)
         return app

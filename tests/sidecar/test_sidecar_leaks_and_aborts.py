@@ -179,7 +179,9 @@ async def test_app_leaving_before_the_first_token_closes_the_upstream(
     )
     logged = [r for r in caplog.records if r.name == "sidecar" and r.getMessage() == "request"]
     assert logged and logged[-1].status == 499
-    # The router learns nothing that blames the provider.
+    # The router hears of it as the client's doing, which never hurts the provider.
+    await wait_for(lambda: router.core.outcomes_by_class["client_error"] == 1, timeout=5)
+    assert sum(router.core.outcomes_by_class.values()) == 1
     assert sc.ranking.cooldowns.cooling(MODEL, "alpha") is False
 
 
