@@ -37,9 +37,12 @@ _DONE = b"[DONE]"
 _CONTENT = b'"content":"'
 _EMPTY_CONTENT = b'"content":""'
 _MODEL_KEY = b'"model"'
-#: A ``"model": "..."`` member. Quotes inside JSON strings are escaped, so a
-#: ``"model"`` not preceded by a backslash can only be a key.
-_MODEL_FIELD = re.compile(rb'(?<!\\)"model"\s*:\s*"(?:[^"\\]|\\.)*"')
+_COMPACT_MODEL = b'"model":"'
+#: A ``"model": "..."`` member, any spacing. Quotes inside JSON strings are
+#: escaped, so a ``"model"`` not preceded by a backslash can only be a key (that
+#: is checked on each match: a look-behind here would cost ``re`` its fast
+#: literal-prefix search, and the pattern runs on whole blocks).
+_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 
 
 def _plain_deltas(block: bytes) -> bool:
@@ -172,24 +175,53 @@ class SSEScanner:
 
     def _outgoing(self, block: bytes) -> bytes:
         """The app's model id in place of the upstream's, and no key."""
-        if self._model_json is not None and _MODEL_KEY in block:
-            field = self._model_field
-            if field is not None and block.count(_MODEL_KEY) == block.count(field):
-                block = block.replace(field, b'"model":' + self._model_json)
-            else:
-                block = _MODEL_FIELD.sub(self._swap_model, block)
+        block = self._rewrite_model(block)
         if self._redact is not None:
             block = self._redact.scrub(block)
         return block
 
-    def _swap_model(self, match: re.Match[bytes]) -> bytes:
-        field = match.group(0)
+    def _rewrite_model(self, block: bytes) -> bytes:
+        """Every ``"model": "<upstream id>"`` member of ``block`` names the app's model.
+
+        The upstream writes the same member in every chunk, so once it has been
+        seen a count and a ``bytes.replace`` do (C speed); the regular expression
+        only runs when a block holds a spelling not seen yet.
+        """
+        if self._model_json is None or _MODEL_KEY not in block:
+            return block
+        field = self._model_field
+        if field is None:
+            field = self._learn_compact_field(block)
+        if field is not None and block.count(_MODEL_KEY) == block.count(field):
+            return block.replace(field, b'"model":' + self._model_json)
+        return _MODEL_FIELD.sub(self._swap_model, block)
+
+    def _learn_compact_field(self, block: bytes) -> bytes | None:
+        """The upstream's ``"model":"id"`` bytes, when it writes compact JSON (most do)."""
+        at = block.find(_COMPACT_MODEL)
+        if at < 0 or (at > 0 and block[at - 1] == 0x5C):  # 0x5C: a backslash
+            return None
+        end = block.find(b'"', at + len(_COMPACT_MODEL))
+        if end < 0 or 0x5C in block[at:end]:
+            return None
+        field = block[at : end + 1]
+        self._note_field(field)
+        return field
+
+    def _note_field(self, field: bytes) -> None:
         self._model_field = field
         if self.upstream_model is None:
             with contextlib.suppress(ValueError):
                 value = orjson.loads(field[field.index(b":") + 1 :])
                 if isinstance(value, str):
                     self.upstream_model = value
+
+    def _swap_model(self, match: re.Match[bytes]) -> bytes:
+        field = match.group(0)
+        start = match.start()
+        if start > 0 and match.string[start - 1] == 0x5C:  # inside a string: leave it
+            return field
+        self._note_field(field)
         return b'"model":' + (self._model_json or b"null")
 
     def error_text(self) -> str:
@@ -220,9 +252,9 @@ class SSEScanner:
         """
         chunks: list[bytes] = []
         if self._held_finish is not None:
-            chunks.append(self._held_finish)
+            chunks.append(self._rewrite_model(self._held_finish))
         if self.want_usage and self._held_usage is not None:
-            chunks.append(self._held_usage)
+            chunks.append(self._rewrite_model(self._held_usage))
         self._held_finish = self._held_usage = None
         if routing is not None:
             last: dict[str, Any] | None = None
@@ -245,7 +277,8 @@ class SSEScanner:
             chunks[-1] = orjson.dumps(last)
         if not chunks:
             return b""
-        return self._outgoing(b"".join(b"data: " + c + b"\n\n" for c in chunks))
+        out = b"".join(b"data: " + c + b"\n\n" for c in chunks)
+        return self._redact.scrub(out) if self._redact is not None else out
 
     def _inspect(self, payload: bytes, now: float) -> int:
         """Measure one ``data:`` payload and say what kind of chunk it is."""

@@ -347,3 +347,32 @@ def test_usage_numbers_on_a_content_chunk_are_read() -> None:
         5.0,
     )
     assert scanner.first_token_at == 5.0 and scanner.output_tokens == 7
+
+
+def test_model_rewrite_covers_every_spelling_and_never_touches_content() -> None:
+    """Compact, spaced, or quoted inside a token: only real ``model`` members change."""
+    s = SSEScanner("creator/name", want_usage=False)
+    compact = b'data: {"id":"c","model":"up-1","choices":[{"delta":{"content":"a"}}]}\n\n'
+    spaced = b'data: {"id":"c", "model" : "up-1", "choices":[{"delta":{"content":"b"}}]}\n\n'
+    sneaky = (
+        b'data: {"id":"c","model":"up-1",'
+        b'"choices":[{"delta":{"content":"\\"model\\":\\"x\\""}}]}\n\n'
+    )
+    out = s.feed(compact + spaced + sneaky, 1.0)
+    assert out.count(b'"model":"creator/name"') == 3
+    assert b"up-1" not in out and b'\\"model\\":\\"x\\"' in out
+    assert s.upstream_model == "up-1"
+
+
+def test_finish_chunk_is_held_for_routing_and_usage_only_when_asked() -> None:
+    finish = b'data: {"id":"c","model":"up","choices":[{"delta":{},"finish_reason":"stop"}]}\n\n'
+    usage = b'data: {"id":"c","model":"up","choices":[],"usage":{"completion_tokens":3}}\n\n'
+    for want_usage in (False, True):
+        s = SSEScanner("m/x", want_usage=want_usage)
+        s.feed(_delta("a") + finish + usage + b"data: [DONE]\n\n", 1.0)
+        tail = s.final_chunks({"provider": "p"})
+        events = [ln for ln in tail.split(b"\n") if ln.startswith(b"data: ")]
+        assert len(events) == (2 if want_usage else 1)
+        assert b'"routing"' in events[-1] and b'"model":"m/x"' in events[-1]
+        assert (b'"choices":[]' in events[-1]) is want_usage
+        assert b'"up"' not in tail and s.output_tokens == 3
