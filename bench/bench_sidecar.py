@@ -10,6 +10,7 @@ server sits idle for long between its rounds (an idle sidecar's first request
 after its ranking expired for good would wait for the router).
 
     .venv/bin/python bench/bench_sidecar.py [--requests 400] [--concurrency 1 32]
+    .venv/bin/python bench/bench_sidecar.py --relay-scan [--keys 8] [--per-block 4]
 
 Not a timed test: the numbers depend on the machine. Results in bench/README.md.
 """
@@ -217,6 +218,68 @@ def table(all_results: dict[int, dict[str, list[tuple[float, float]]]]) -> str:
     return "\n".join(rows)
 
 
+# -- the relay's per-block work, with and without the key check (issue 9) ------------
+
+
+def _stream_blocks(chunks: int, per_block: int) -> list[bytes]:
+    """A fake provider's stream as TCP reads: ``per_block`` SSE chunks per read."""
+    head = b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
+    lines = [
+        head
+        + b'"choices":[{"index":0,"delta":{"content":" word%d"},' % i
+        + b'"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
+        for i in range(chunks)
+    ]
+    lines.append(
+        head + b'"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],'
+        b'"usage":null}\n\n'
+    )
+    lines.append(head + b'"choices":[],"usage":{"completion_tokens":%d}}\n\n' % chunks)
+    lines.append(b"data: [DONE]\n\n")
+    return [b"".join(lines[i : i + per_block]) for i in range(0, len(lines), per_block)]
+
+
+def relay_scan(keys: int, chunks: int, per_block: int, rounds: int, streams: int) -> str:
+    """µs per relayed block for each variant, best of ``rounds`` interleaved rounds."""
+    from sidecar.redaction import KeyRedactor
+    from sidecar.streaming import SSEScanner
+
+    blocks = _stream_blocks(chunks, per_block)
+    redactor = KeyRedactor(f"sk-bench-{i:04d}-0123456789abcdefghijklmnop" for i in range(keys))
+    mine = redactor.only("sk-bench-0000-0123456789abcdefghijklmnop")
+    variants: dict[str, Any] = {
+        "scan only (no rewrite, no key check)": lambda: SSEScanner(),
+        "+ key check, the serving provider's key (as served)": lambda: SSEScanner(redactor=mine),
+        f"+ key check, all {keys} keys": lambda: SSEScanner(redactor=redactor),
+        "+ model rewrite": lambda: SSEScanner("creator/model"),
+        "+ model rewrite + own-key check (as served)": lambda: SSEScanner(
+            "creator/model", True, mine
+        ),
+    }
+    best = {name: float("inf") for name in variants}
+    for _ in range(rounds):
+        for name, make in variants.items():
+            t0 = time.perf_counter()
+            for _ in range(streams):
+                sc = make()
+                for i, block in enumerate(blocks):
+                    sc.feed(block, float(i))
+                sc.final_chunks({"provider": "p"})
+            elapsed = time.perf_counter() - t0
+            best[name] = min(best[name], elapsed / (streams * len(blocks)) * 1e6)
+    base = best["scan only (no rewrite, no key check)"]
+    out = [
+        f"{keys} keys, {chunks} chunks per stream, {per_block} chunks per read, "
+        f"best of {rounds} interleaved rounds of {streams} streams",
+        "",
+        "| variant | µs per block | ratio |",
+        "|---|---:|---:|",
+    ]
+    for name, us in best.items():
+        out.append(f"| {name} | {us:.2f} | {us / base:.2f}× |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=400, help="per target per concurrency")
@@ -225,7 +288,17 @@ def main() -> None:
     ap.add_argument("--ttft-ms", type=float, default=20.0, help="fake provider TTFT")
     ap.add_argument("--tps", type=float, default=800.0, help="fake provider tokens/s")
     ap.add_argument("--no-router", action="store_true", help="sidecar on the catalog only")
+    ap.add_argument(
+        "--relay-scan",
+        action="store_true",
+        help="instead: the relay's per-block cost with and without the key check (in-process)",
+    )
+    ap.add_argument("--keys", type=int, default=8, help="--relay-scan: provider keys in use")
+    ap.add_argument("--per-block", type=int, default=4, help="--relay-scan: chunks per read")
     args = ap.parse_args()
+    if args.relay_scan:
+        print(relay_scan(args.keys, 200, args.per_block, rounds=7, streams=300))
+        return
 
     os.environ.setdefault("BENCH_FAKE_KEY", "bench-key")  # inherited by the sidecar
     ctx = mp.get_context("spawn")

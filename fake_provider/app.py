@@ -353,6 +353,7 @@ async def _serve_chat(
     # Scripted incidents first: an outage does not care about the request.
     fail: Incident | None = None
     drop: Incident | None = None
+    fault: Incident | None = None  # role_drop, truncate or error_event
     hang = refuse = False
     factor = 1.0
     for inc in state.incidents:
@@ -366,6 +367,8 @@ async def _serve_chat(
             fail = fail or inc
         elif inc.kind == "drop":
             drop = drop or inc
+        elif inc.kind in ("role_drop", "truncate", "error_event"):
+            fault = fault or inc
         else:
             factor *= inc.factor
     rec.slowdown = factor
@@ -380,7 +383,12 @@ async def _serve_chat(
         return web.Response(status=500)
     if fail is not None:
         rec.status, rec.outcome = fail.status, "error"
-        return _error(fail.status, "Injected incident failure.", _status_type(fail.status))
+        headers = None
+        if fail.status == 429:
+            headers = {"Retry-After": str(math.ceil(cfg.retry_after_s))}
+        return _error(
+            fail.status, "Injected incident failure.", _status_type(fail.status), headers=headers
+        )
 
     if cfg.expected_api_key is not None and not rec.auth_ok:
         rec.status, rec.outcome = 401, "unauthorized"
@@ -468,6 +476,17 @@ async def _serve_chat(
     completion_id = f"chatcmpl-{cfg.name}-{seq}"
     common_headers = {"x-fake-provider": cfg.name, "x-request-id": completion_id}
 
+    if not stream and fault is not None:
+        if fault.kind == "error_event":
+            rec.status, rec.outcome = 200, "error_event"
+            return web.Response(
+                text=json.dumps({"error": _leaky_error(request, fault)}),
+                content_type="application/json",
+            )
+        rec.outcome = "dropped"
+        _kill_connection(request)
+        return web.Response(status=500)
+
     if not stream:
         done_at = first_at + (n - 1) * interval
         if drop_after is not None:
@@ -534,7 +553,25 @@ async def _serve_chat(
         tail += b',"usage":null}\n\n' if include_usage else b"}\n\n"
         buf: list[bytes] = []
         write = resp.write
+        stop_after = fault.after_tokens if fault is not None else None
+        if fault is not None and fault.kind in ("role_drop", "truncate"):
+            await asyncio.sleep(max(0.0, first_at - loop.time()))
+            await write(head + b'{"role":"assistant","content":""}' + tail)
+            if fault.kind == "role_drop":
+                rec.outcome = "dropped"
+                _kill_connection(request)
+                return resp
         for i in range(n):
+            if i == stop_after:
+                assert fault is not None
+                if buf:
+                    await write(b"".join(buf))
+                if fault.kind == "error_event":
+                    event = json.dumps({"error": _leaky_error(request, fault)})
+                    await write(b"data: " + event.encode() + b"\n\n")
+                rec.outcome = fault.kind
+                await resp.write_eof()
+                return resp
             due = first_at + i * interval
             if due > loop.time():
                 if buf:
@@ -589,6 +626,16 @@ async def _serve_chat(
     except ConnectionError:
         rec.outcome = "client_disconnected"
     return resp
+
+
+def _leaky_error(request: web.Request, fault: Incident) -> dict[str, Any]:
+    """An error object quoting the caller's Authorization header, as careless providers do."""
+    auth = request.headers.get("Authorization", "")
+    if fault.status in (401, 403):
+        message = f"Invalid API key in header: {auth}"
+    else:
+        message = f"Internal error while serving request authorized by {auth}"
+    return {"message": message, "type": _status_type(fault.status), "code": fault.status}
 
 
 async def handle_models(request: web.Request) -> web.Response:

@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SPEC",
         help="scripted incident, repeatable: fail:STATUS:T1[:T2], slowdown:FACTOR:T1[:T2], "
-        "drop:AFTER_TOKENS:T1[:T2], hang:T1[:T2], refuse:T1[:T2] (seconds since start)",
+        "drop:AFTER_TOKENS:T1[:T2], hang:T1[:T2], refuse:T1[:T2], role_drop:T1[:T2], "
+        "truncate:AFTER_TOKENS:T1[:T2], error_event:AFTER_TOKENS:T1[:T2] (seconds since start)",
     )
     p.add_argument("--default-max-tokens", type=int, default=32, help="tokens when unspecified")
     p.add_argument("--record-limit", type=int, default=10_000, help="requests kept in memory")

@@ -11,8 +11,19 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-IncidentKind = Literal["fail", "slowdown", "hang", "drop", "refuse"]
-INCIDENT_KINDS: tuple[str, ...] = ("fail", "slowdown", "hang", "drop", "refuse")
+IncidentKind = Literal[
+    "fail", "slowdown", "hang", "drop", "refuse", "role_drop", "truncate", "error_event"
+]
+INCIDENT_KINDS: tuple[str, ...] = (
+    "fail",
+    "slowdown",
+    "hang",
+    "drop",
+    "refuse",
+    "role_drop",
+    "truncate",
+    "error_event",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +42,17 @@ class Incident:
       * ``drop``: close the connection after ``after_tokens`` content tokens
         were streamed; for "never retry after the first byte" tests.
       * ``refuse``: close the socket without any HTTP response.
+      * ``role_drop``: answer 200, send a role-only chunk (no content), then
+        close the connection; a stream that breaks before its first token.
+      * ``truncate``: answer 200, send a role-only chunk and ``after_tokens``
+        content tokens, then end the body cleanly with no ``finish_reason``
+        and no ``[DONE]`` (a provider that silently stops).
+      * ``error_event``: answer 200, send ``after_tokens`` content tokens, then
+        an SSE ``data: {"error": ...}`` event whose message quotes the
+        Authorization header it received (as careless providers do), and end.
+        With ``status`` 401 the message reads like a refused key.
+      * ``fail`` with ``status`` 429 also sends ``Retry-After`` (the config's
+        ``retry_after_s``).
     """
 
     kind: IncidentKind
@@ -118,7 +140,13 @@ def parse_incident_spec(spec: str) -> Incident:
     """
     parts = spec.strip().split(":")
     kind = parts[0]
-    takes_param = {"fail": "status", "slowdown": "factor", "drop": "after_tokens"}
+    takes_param = {
+        "fail": "status",
+        "slowdown": "factor",
+        "drop": "after_tokens",
+        "truncate": "after_tokens",
+        "error_event": "after_tokens",
+    }
     try:
         if kind in takes_param:
             if len(parts) not in (3, 4):
@@ -128,10 +156,10 @@ def parse_incident_spec(spec: str) -> Incident:
                 param["status"] = int(parts[1])
             elif kind == "slowdown":
                 param["factor"] = float(parts[1])
-            else:
+            else:  # drop, truncate, error_event
                 param["after_tokens"] = int(parts[1])
             times = parts[2:]
-        elif kind in ("hang", "refuse"):
+        elif kind in ("hang", "refuse", "role_drop"):
             if len(parts) not in (2, 3):
                 raise ValueError
             param = {}

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from router_common.domain import EndpointKey
+from router_common.limits import MAX_MODEL_ID_LEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +56,13 @@ class Catalog:
 
     def endpoint_keys(self) -> frozenset[EndpointKey]:
         return frozenset(e.key for m in self.models.values() for e in m.endpoints)
+
+
+def unknown_model_message(model: str) -> str:
+    """What "this model is not in the catalog" reads like, from the router or the sidecar.
+
+    One wording for both (the router's NOT_FOUND and the sidecar's 404 from its
+    fallback catalog), with an overlong id cut so the message stays bounded.
+    """
+    shown = model if len(model) <= MAX_MODEL_ID_LEN else model[:MAX_MODEL_ID_LEN] + "…"
+    return f"model {shown!r} is not in the catalog"

@@ -15,9 +15,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from router_common.catalog_model import Catalog, Model
+from router_common.catalog_model import Catalog, Model, unknown_model_message
 from router_common.domain import Clock, EndpointKey
-from router_common.limits import MAX_MODEL_ID_LEN, MAX_REJECTIONS_REPORTED
+from router_common.limits import MAX_REJECTIONS_REPORTED
 from router_common.pb import router_pb2
 from router_service.health import HealthConfig, HealthTracker
 from router_service.model import EndpointStats, HealthView
@@ -33,8 +33,7 @@ class UnknownModelError(LookupError):
 
     def __init__(self, model: str) -> None:
         self.model = model
-        shown = model if len(model) <= MAX_MODEL_ID_LEN else model[:MAX_MODEL_ID_LEN] + "…"
-        super().__init__(f"model {shown!r} is not in the catalog")
+        super().__init__(unknown_model_message(model))
 
 
 @dataclass(slots=True)

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 from router_common.catalog_model import Endpoint, Provider
 from router_common.domain import EndpointKey
-from router_common.limits import MAX_PROVIDER_LIST
 from router_common.pb import router_pb2
+from router_common.routing.validation import PreferencesError, validate_preferences
 from router_common.wire_enums import (
     PERCENTILE_FROM_WIRE,
     PERCENTILE_TO_WIRE,
@@ -36,13 +36,10 @@ HEALTH_TO_WIRE: dict[HealthState, router_pb2.HealthState] = {
 def routing_request(msg: router_pb2.RankProvidersRequest) -> RoutingRequest:
     """Build a RoutingRequest; RankingInputError names any bad field."""
     prefs = msg.preferences
-    if prefs.sort not in SORT_FROM_WIRE:
-        raise RankingInputError("preferences.sort", f"unknown value {prefs.sort}")
-    if prefs.percentile not in PERCENTILE_FROM_WIRE:
-        raise RankingInputError("preferences.percentile", f"unknown value {prefs.percentile}")
-    for name in ("order", "only", "ignore"):
-        if len(getattr(prefs, name)) > MAX_PROVIDER_LIST:
-            raise RankingInputError(f"preferences.{name}", f"at most {MAX_PROVIDER_LIST} providers")
+    try:  # the rules the sidecar applies too, whatever its ranking source
+        validate_preferences(prefs)
+    except PreferencesError as exc:
+        raise RankingInputError(exc.field, exc.message) from None
     if msg.estimated_input_tokens < 0:
         raise RankingInputError("estimated_input_tokens", "must not be negative")
     if msg.max_output_tokens < 0:

@@ -17,17 +17,18 @@ import aiohttp
 import grpc
 import orjson
 from aiohttp import web
-from google.protobuf.json_format import MessageToDict
 
 from router_common.catalog_model import Catalog
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_common.shutdown import bounded
 from sidecar.config import SidecarSettings
+from sidecar.keys import ProviderKeys
 from sidecar.metrics import CONTENT_TYPE, SidecarMetrics
 from sidecar.outcomes import OutcomeReporter
 from sidecar.preferences import RequestError, parse_request
-from sidecar.proxy import Proxy, error_body
+from sidecar.proxy import CLIENT_GONE, Proxy, error_body
 from sidecar.ranking_client import RankingClient
+from sidecar.redaction import KeyRedactor, RedactingLogFilter
 
 log = logging.getLogger("sidecar")
 
@@ -70,6 +71,13 @@ class SidecarApp:
         self.reporter: OutcomeReporter | None = None
         self.proxy: Proxy | None = None
         self._models_cache: dict[str, Any] | None = None
+        #: Every configured provider key, and the one function that removes them
+        #: from whatever leaves this process (responses, streams, logs).
+        self.redactor = KeyRedactor()
+        self._log_filter = RedactingLogFilter(self.redactor)
+        self.keys = ProviderKeys(
+            settings.env(), self.redactor, self.metrics.providers_without_key.set
+        )
 
     @property
     def base_url(self) -> str:
@@ -93,6 +101,10 @@ class SidecarApp:
             from router_common.catalog import load_catalog
 
             self.catalog = load_catalog(s.fallback_catalog)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(self._log_filter)
+        if self.catalog is not None:
+            self.keys.note_catalog(self.catalog)
         stub = None
         if s.router:
             self._channel = grpc.aio.insecure_channel(s.router, options=GRPC_CHANNEL_OPTIONS)
@@ -118,7 +130,15 @@ class SidecarApp:
             # not ride along on another app's call (and filtering costs time per call).
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        self.proxy = Proxy(s, self._session, self.ranking, self.metrics, self.reporter.submit)
+        self.proxy = Proxy(
+            s,
+            self._session,
+            self.ranking,
+            self.metrics,
+            self.reporter.submit,
+            self.keys,
+            self.redactor,
+        )
         app = web.Application(client_max_size=s.max_body_bytes, middlewares=[self._errors])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
@@ -157,6 +177,8 @@ class SidecarApp:
         if self._channel is not None:
             await bounded(self._channel.close(), 5.0, "close router channel")
             self._channel = None
+        for handler in logging.getLogger().handlers:
+            handler.removeFilter(self._log_filter)
 
     def _router_ok(self) -> None:
         self.metrics.router_up.set(1)
@@ -209,11 +231,14 @@ class SidecarApp:
             model = req.model
             assert self.proxy is not None
             resp = await self.proxy.handle(request, req, t_start)
-            status = resp.status
+            status = 499 if request.get(CLIENT_GONE) else resp.status
             provider = resp.headers.get("x-router-provider")
             return resp
         except RequestError as exc:
             status = exc.status
+            raise
+        except (asyncio.CancelledError, ConnectionError):
+            status = 499  # the app closed its connection: nginx's "client closed request"
             raise
         finally:
             self.metrics.requests.labels(str(status)).inc()
@@ -228,19 +253,18 @@ class SidecarApp:
             )
 
     async def _models(self, request: web.Request) -> web.Response:
-        """The router's model list (or the fallback catalog's), in OpenAI's shape."""
+        """The router's model list (or the fallback catalog's), in OpenAI's shape.
+
+        Figures carry the names the router's HTTP API uses (``best_p50_ttft_ms``,
+        ``best_p50_throughput``), so one figure has one name across APIs.
+        """
         data: list[dict[str, Any]] | None = None
         if self._stub is not None:
             try:
                 resp = await self._stub.ListModels(
                     router_pb2.ListModelsRequest(), timeout=self.settings.rank_timeout_s
                 )
-                data = [
-                    _model_entry(
-                        m.id, {"router": MessageToDict(m, preserving_proto_field_name=True)}
-                    )
-                    for m in resp.models
-                ]
+                data = [_model_entry(m.id, {"router": _summary(m)}) for m in resp.models]
             except grpc.aio.AioRpcError:
                 data = None
         if data is None and self._models_cache is not None:
@@ -267,11 +291,17 @@ class SidecarApp:
     async def _readyz(self, request: web.Request) -> web.Response:
         """Ready when a ranking source is usable: router reachable or fallback catalog loaded."""
         router = await self._router_reachable()
-        ready = router or self.catalog is not None
-        body = {
+        keyless_models = self.keys.models_without_key()
+        ready = (router or self.catalog is not None) and not keyless_models
+        body: dict[str, Any] = {
             "ready": ready,
             "router_reachable": router,
             "fallback_catalog": self.catalog is not None,
+            "providers_without_key": [
+                {"provider": name, "api_key_env": env}
+                for name, env in sorted(self.keys.missing.items())
+            ],
+            "models_without_key": keyless_models,
         }
         return web.json_response(body, status=200 if ready else 503)
 
@@ -291,6 +321,18 @@ class SidecarApp:
         if self.reporter is not None:
             self.metrics.outcome_queue_depth.set(self.reporter.depth)
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def _summary(m: router_pb2.ModelSummary) -> dict[str, Any]:
+    """A router ModelSummary under the router HTTP API's names."""
+    return {
+        "endpoint_count": m.endpoint_count,
+        "best_p50_ttft_ms": m.best_p50_ttft_ms if m.HasField("best_p50_ttft_ms") else None,
+        "best_p50_throughput": (
+            m.best_p50_tokens_per_second if m.HasField("best_p50_tokens_per_second") else None
+        ),
+        "providers": list(m.providers),
+    }
 
 
 def _model_entry(model_id: str, extra: dict[str, Any]) -> dict[str, Any]:

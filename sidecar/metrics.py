@@ -102,6 +102,11 @@ class SidecarMetrics:
             "StreamOutcomes calls that failed (router unreachable or erroring).",
             registry=r,
         )
+        self.providers_without_key = Gauge(
+            "router_sidecar_providers_without_key",
+            "Providers known here whose API key variable is unset (never tried from this pod).",
+            registry=r,
+        )
         self.router_up = Gauge(
             "router_sidecar_router_up",
             "1 when the last call to the router succeeded, else 0.",

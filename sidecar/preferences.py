@@ -16,6 +16,7 @@ from typing import Any
 
 from router_common.pb import router_pb2
 from router_common.routing.filters import HardFilters
+from router_common.routing.validation import PreferencesError, validate_preferences
 
 #: Sort names from both conventions, mapped to the proto enum.
 SORTS: dict[str, int] = {
@@ -62,6 +63,9 @@ class ParsedRequest:
 
     model: str
     stream: bool
+    #: The app asked for ``stream_options.include_usage`` (the sidecar always asks
+    #: the upstream for usage, to measure; the app gets the chunk only if it asked).
+    wants_usage: bool
     preferences: router_pb2.RoutingPreferences
     #: The body to forward, routing fields removed (``model`` is set per attempt).
     body: dict[str, Any]
@@ -294,6 +298,12 @@ def parse_request(
         prefs, prefs_key, filters = _default_preferences(default_sort, default_zdr)
     else:
         prefs = merge_preferences(body, default_sort, default_zdr)
+        try:  # the router's own rules, so the answer does not depend on the ranking source
+            validate_preferences(prefs)
+        except PreferencesError as exc:
+            raise RequestError(
+                str(exc), _request_param(exc.field), 400, "invalid_routing_preferences"
+            ) from None
         prefs_key = prefs.SerializeToString(deterministic=True)
         filters = HardFilters.from_preferences(prefs)
     if any(k in body for k in ROUTING_FIELDS):
@@ -301,6 +311,7 @@ def parse_request(
     return ParsedRequest(
         model=model,
         stream=stream,
+        wants_usage=stream and isinstance(so, dict) and so.get("include_usage") is True,
         preferences=prefs,
         body=body,
         estimated_input_tokens=_estimate_input_tokens(messages),
@@ -308,6 +319,19 @@ def parse_request(
         cache_key=(model, prefs_key),
         filters=filters,
     )
+
+
+#: Proto paths of the routing preferences → the request field an OpenRouter-style body uses.
+_REQUEST_PARAMS = {
+    "preferences.max_price.input_per_million": "provider.max_price.prompt",
+    "preferences.max_price.output_per_million": "provider.max_price.completion",
+    "preferences.preferred_max_ttft_ms": "provider.preferred_max_latency",
+    "preferences.preferred_min_tps": "provider.preferred_min_throughput",
+}
+
+
+def _request_param(proto_field: str) -> str:
+    return _REQUEST_PARAMS.get(proto_field, proto_field.replace("preferences.", "provider.", 1))
 
 
 @functools.lru_cache(maxsize=32)

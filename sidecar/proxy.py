@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,11 +25,14 @@ from router_common.domain import ErrorClass
 from router_common.pb import router_pb2
 from router_common.routing.filters import hard_filter
 from sidecar.config import SidecarSettings
+from sidecar.keys import ProviderKeys
 from sidecar.metrics import SidecarMetrics
 from sidecar.preferences import ParsedRequest, preferences_summary
 from sidecar.ranking_client import Ranking, RankingClient, Route
+from sidecar.redaction import KeyRedactor
 from sidecar.streaming import (
     AppGone,
+    SSEScanner,
     StreamStart,
     read_until_first_token,
     relay,
@@ -41,12 +45,14 @@ from sidecar.upstream import (
     classify_status,
     parse_retry_after,
     read_error_body,
+    upstream_error_message,
     upstream_headers,
 )
 
 log = logging.getLogger("sidecar.proxy")
 
-_MAX_KEY_NAMES = 1024
+#: Set on an aiohttp request whose app went away mid-answer (logged and counted as 499).
+CLIENT_GONE: web.RequestKey[bool] = web.RequestKey("router_client_gone", bool)
 
 #: orjson: the request body is re-encoded on every attempt and the routing object
 #: on every answer; it is several times faster than the stdlib here, and emits
@@ -75,28 +81,34 @@ class Proxy:
         ranking: RankingClient,
         metrics: SidecarMetrics,
         report: Callable[[router_pb2.Outcome], None],
+        keys: ProviderKeys,
+        redactor: KeyRedactor,
     ) -> None:
         self._s = settings
         self._session = session
         self._ranking = ranking
         self._m = metrics
         self._report = report
-        #: Keys read from the environment, by variable name. A process's environment
-        #: does not change under it, and reading ``os.environ`` decodes on every
-        #: lookup. Names come from the catalog, so this stays small (bounded anyway).
-        self._keys: dict[str, str] = {}
+        #: Keys read from the environment once (a process's environment does not
+        #: change under it), and which providers have none.
+        self._keys = keys
+        #: The one key-removal rule, applied to every byte that leaves (see redaction.py).
+        self._redact = redactor
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.connect_timeout_s, sock_connect=settings.connect_timeout_s
         )
 
     # -- planning ------------------------------------------------------------
 
-    def plan(self, req: ParsedRequest, ranking: Ranking) -> list[Route]:
-        """The routes to try, in order: cooldowns applied, hard filters re-checked, bounded.
+    def plan(self, req: ParsedRequest, ranking: Ranking) -> tuple[list[Route], list[str]]:
+        """The routes to try, in order, and the providers skipped for want of a key.
 
-        The hard filters are checked again whatever the ranking's source (a
-        cached or stale ranking, a router of another version): they are
-        guarantees, and checking them costs nothing for requests that set none.
+        Cooldowns applied, hard filters re-checked, bounded. The hard filters
+        are checked again whatever the ranking's source (a cached or stale
+        ranking, a router of another version): they are guarantees, and
+        checking them costs nothing for requests that set none. A provider
+        whose key variable is unset here is no attempt: it is listed in
+        ``routing.skipped`` and the next one takes its place.
         """
         routes = self._ranking.cooldowns.apply(req.model, ranking.routes)
         filters = req.filters
@@ -113,10 +125,18 @@ class Proxy:
                 )
                 is None
             ]
+        keys = self._keys
+        if ranking.source == "router":
+            keys.note(req.model, ((r.provider, r.api_key_env) for r in ranking.routes))
+        skipped: list[str] = []
+        if keys.missing:
+            skipped = [r.provider for r in routes if r.provider in keys.missing]
+            if skipped:
+                routes = [r for r in routes if r.provider not in keys.missing]
         prefs = req.preferences
         if prefs.HasField("allow_fallbacks") and not prefs.allow_fallbacks:
             routes = routes[:1]
-        return routes[: max(1, self._s.max_attempts)]
+        return routes[: max(1, self._s.max_attempts)], skipped
 
     def routing_object(
         self,
@@ -125,6 +145,8 @@ class Proxy:
         plan: list[Route],
         records: list[AttemptRecord],
         provider: str | None,
+        skipped: list[str] | None = None,
+        upstream_model: str | None = None,
     ) -> dict[str, Any]:
         """The ``routing`` object: the router's metadata plus what happened here."""
         out = dict(ranking.metadata)
@@ -133,7 +155,11 @@ class Proxy:
         out["preferences"] = preferences_summary(req.preferences)
         out["planned_order"] = [r.provider for r in plan]
         out["provider"] = provider
+        if upstream_model is not None:
+            out["upstream_model"] = upstream_model
         out["attempts"] = [r.to_json() for r in records]
+        if skipped:
+            out["skipped"] = [{"provider": p, "reason": "api_key_unset"} for p in skipped]
         return out
 
     # -- bookkeeping ---------------------------------------------------------
@@ -153,21 +179,6 @@ class Proxy:
         if rec.report:
             self._report(rec.to_outcome(req.model))
 
-    def _key_for(self, route: Route, rec: AttemptRecord) -> tuple[bool, str | None]:
-        """The provider's key from this process's environment only."""
-        if not route.api_key_env:
-            return True, None
-        key = self._keys.get(route.api_key_env)
-        if key is None:
-            key = self._s.env().get(route.api_key_env)
-            if key and len(self._keys) < _MAX_KEY_NAMES:
-                self._keys[route.api_key_env] = key
-        if not key:
-            rec.finish_error(ErrorClass.AUTH, f"API key variable {route.api_key_env} is not set")
-            rec.report = False  # our misconfiguration, not the endpoint's
-            return False, None
-        return True, key
-
     def _body_for(self, req: ParsedRequest, route: Route) -> bytes:
         body = dict(req.body)
         body["model"] = route.upstream_model
@@ -184,11 +195,12 @@ class Proxy:
     ) -> web.StreamResponse:
         """Answer one validated chat completion request (RequestError propagates as 4xx)."""
         ranking = self._ranking.cached(req) or await self._ranking.rank_uncached(req)
-        plan = self.plan(req, ranking)
+        plan, skipped = self.plan(req, ranking)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._s.request_deadline_s
         records: list[AttemptRecord] = []
         last_error: UpstreamError | None = None
+        keys = self._keys
         for route in plan:
             if loop.time() >= deadline:
                 break
@@ -196,41 +208,69 @@ class Proxy:
                 self._m.fallbacks.inc()
             rec = AttemptRecord(route.provider, route.upstream_model, time.time())
             records.append(rec)
-            ok, key = self._key_for(route, rec)
-            if not ok:
-                self._finish_attempt(req, rec)
-                continue
-            if req.stream:
-                opened = await self._open_stream(req, route, key, rec, deadline, len(records))
-                if isinstance(opened, tuple):
-                    start, answer = opened
-                    return await self._commit_stream(
-                        request, req, ranking, plan, records, rec, start, answer, t_start
-                    )
-                last_error = opened
-            else:
-                answered = await self._call_once(req, route, key, rec, deadline)
-                if isinstance(answered, dict):
+            key = keys.key(route.api_key_env) if route.api_key_env else None
+            try:
+                if req.stream:
+                    opened = await self._open_stream(req, route, key, rec, deadline, len(records))
+                    if isinstance(opened, tuple):
+                        start, answer = opened
+                        return await self._commit_stream(
+                            request,
+                            req,
+                            ranking,
+                            plan,
+                            skipped,
+                            records,
+                            rec,
+                            start,
+                            answer,
+                            t_start,
+                        )
+                    last_error = opened
+                else:
+                    answered = await self._call_once(req, route, key, rec, deadline)
+                    if isinstance(answered, dict):
+                        self._finish_attempt(req, rec)
+                        upstream_model = answered.get("model")
+                        answered["model"] = req.model
+                        answered["routing"] = self.routing_object(
+                            req,
+                            ranking,
+                            plan,
+                            records,
+                            route.provider,
+                            skipped,
+                            upstream_model if isinstance(upstream_model, str) else None,
+                        )
+                        return self._json(200, answered, route.provider, len(records))
+                    last_error = answered
+            except asyncio.CancelledError:
+                if rec.status == "pending":  # the app left while this attempt ran
+                    rec.finish_error(ErrorClass.CLIENT_ERROR, "app disconnected", 499)
                     self._finish_attempt(req, rec)
-                    answered["routing"] = self.routing_object(
-                        req, ranking, plan, records, route.provider
-                    )
-                    return self._json(200, answered, route.provider, len(records))
-                last_error = answered
+                request[CLIENT_GONE] = True
+                raise
             self._finish_attempt(req, rec)
             if not rec.retriable:
                 break
-        return self._all_failed(req, ranking, plan, records, last_error)
+        return self._all_failed(req, ranking, plan, skipped, records, last_error)
 
     def _json(
-        self, status: int, body: dict[str, Any], provider: str | None, attempts: int
+        self,
+        status: int,
+        body: dict[str, Any],
+        provider: str | None,
+        attempts: int,
+        retry_after: str | None = None,
     ) -> web.Response:
         headers = {"x-router-attempts": str(attempts)}
         if provider:
             headers["x-router-provider"] = provider
+        if retry_after is not None:
+            headers["Retry-After"] = retry_after
         return web.Response(
             status=status,
-            body=_dumps(body),
+            body=self._redact.scrub(_dumps(body)),
             content_type="application/json",
             headers=headers,
         )
@@ -240,48 +280,61 @@ class Proxy:
         req: ParsedRequest,
         ranking: Ranking,
         plan: list[Route],
+        skipped: list[str],
         records: list[AttemptRecord],
         last_error: UpstreamError | None,
     ) -> web.Response:
-        """No attempt succeeded: pass on the last upstream error (key removed) with routing."""
-        routing = self.routing_object(req, ranking, plan, records, None)
+        """No attempt succeeded: one status by a fixed rule, whichever provider came last.
+
+        A caller mistake the provider reported (400/404/422) is passed on as it
+        is (it would fail the same way anywhere). Otherwise: 429 when every
+        attempt was rate limited (``Retry-After``: the smallest one given), 504
+        when every attempt timed out, 503 when no provider could be tried at all,
+        502 for any other mix (a provider refusing the sidecar's key included).
+        """
+        routing = self.routing_object(req, ranking, plan, records, None, skipped)
         last = records[-1] if records else None
-        body: dict[str, Any] | None = None
-        if last_error is not None:
+        retry_after: str | None = None
+        if last is not None and last.error_class == ErrorClass.CLIENT_ERROR and last_error:
             status = last_error.status
             try:
                 parsed = orjson.loads(last_error.body)
             except ValueError:
                 parsed = None
-            if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict | str):
+            if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
                 body = parsed
-                if isinstance(body["error"], str):
-                    body["error"] = {
-                        "message": body["error"],
-                        "type": "upstream_error",
-                        "param": None,
-                        "code": status,
-                    }
             else:
-                text = last_error.body.decode("utf-8", "replace")[:1000]
                 body = error_body(
-                    f"upstream returned HTTP {status}: {text}", "upstream_error", code=str(status)
+                    upstream_error_message(last_error.body, status),
+                    "invalid_request_error",
+                    code=str(status),
                 )
-        else:
-            if not records:
-                status = 503
-                msg = "no provider could be tried (routing filters or deadline)"
-            elif last is not None and last.error_class == ErrorClass.TIMEOUT:
-                status = 504
-                msg = "every provider timed out"
+            body["routing"] = routing
+            return self._json(status, body, None, len(records))
+        classes = {r.error_class for r in records}
+        if not records:
+            status, type_, code = 503, "api_error", "no_provider_available"
+            msg = "no provider could be tried"
+            if skipped:
+                msg += f" (API key unset for: {', '.join(skipped)})"
             else:
-                status = 502
-                msg = "every provider failed"
-            if records:
-                msg += ": " + "; ".join(f"{r.provider}: {r.error}" for r in records)
-            body = error_body(msg, "upstream_error", code="all_providers_failed")
-        body["routing"] = routing
-        return self._json(status, body, None, len(records))
+                msg += " (routing filters or deadline)"
+        elif classes == {ErrorClass.RATE_LIMITED}:
+            status, type_, code = 429, "rate_limit_error", "all_providers_rate_limited"
+            msg = "every provider is rate limited"
+            waits = [r.retry_after_s for r in records if r.retry_after_s is not None]
+            if waits:
+                retry_after = str(max(1, math.ceil(min(waits))))
+        elif classes == {ErrorClass.TIMEOUT}:
+            status, type_, code = 504, "api_error", "all_providers_timed_out"
+            msg = "every provider timed out"
+        else:
+            status, type_, code = 502, "api_error", "all_providers_failed"
+            msg = "every provider failed"
+        if records:
+            msg += ": " + "; ".join(f"{r.provider}: {r.error}" for r in records)
+        body = error_body(msg, type_, code=code, routing=routing)
+        return self._json(status, body, None, len(records), retry_after)
 
     # -- non-streaming ---------------------------------------------------------
 
@@ -300,20 +353,24 @@ class Proxy:
                     headers=upstream_headers(key, False),
                     timeout=self._timeout,
                 ) as resp:
-                    got_headers = True
-                    rec.http_status = resp.status
-                    if resp.status != 200:
-                        return await self._http_failure(resp, rec, key)
-                    data = await resp.content.read(self._s.max_upstream_response_bytes + 1)
-                    while not resp.content.at_eof() and len(data) <= (
-                        self._s.max_upstream_response_bytes
-                    ):
-                        more = await resp.content.read(
-                            self._s.max_upstream_response_bytes + 1 - len(data)
-                        )
-                        if not more:
-                            break
-                        data += more
+                    try:
+                        got_headers = True
+                        rec.http_status = resp.status
+                        if resp.status != 200:
+                            return await self._http_failure(resp, rec, route)
+                        data = await resp.content.read(self._s.max_upstream_response_bytes + 1)
+                        while not resp.content.at_eof() and len(data) <= (
+                            self._s.max_upstream_response_bytes
+                        ):
+                            more = await resp.content.read(
+                                self._s.max_upstream_response_bytes + 1 - len(data)
+                            )
+                            if not more:
+                                break
+                            data += more
+                    except asyncio.CancelledError:
+                        resp.close()  # the app left: the provider stops generating now
+                        raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             cls = classify_exception(exc, got_headers)
             if cls == ErrorClass.STREAM_ABORT:  # body broke off: same as a server error here
@@ -337,13 +394,23 @@ class Proxy:
         return obj
 
     async def _http_failure(
-        self, resp: aiohttp.ClientResponse, rec: AttemptRecord, key: str | None
+        self, resp: aiohttp.ClientResponse, rec: AttemptRecord, route: Route
     ) -> UpstreamError:
         cls = classify_status(resp.status)
         if cls == ErrorClass.RATE_LIMITED:
             rec.retry_after_s = parse_retry_after(resp.headers.get("Retry-After"))
-        body = await read_error_body(resp, self._s.max_error_body_bytes, key)
-        rec.finish_error(cls, f"HTTP {resp.status}", resp.status)
+        body = self._redact.scrub(await read_error_body(resp, self._s.max_error_body_bytes))
+        if cls == ErrorClass.AUTH:
+            # The sidecar's key was refused: the app's own key is not in question,
+            # so this must not reach it as a 401/403 its SDK would take as its own.
+            detail = (
+                f"provider {route.provider} rejected the sidecar's API key "
+                f"({route.api_key_env or 'no key variable'}); "
+                + upstream_error_message(body, resp.status)
+            )
+        else:
+            detail = upstream_error_message(body, resp.status)
+        rec.finish_error(cls, detail, resp.status)
         return UpstreamError(resp.status, body, resp.headers.get("Content-Type", ""))
 
     # -- streaming -------------------------------------------------------------
@@ -367,6 +434,7 @@ class Proxy:
         limit = min(deadline, loop.time() + self._s.first_byte_timeout_s)
         got_headers = False
         resp: aiohttp.ClientResponse | None = None
+        scanner = SSEScanner(req.model, req.wants_usage, self._redact.only(key))
         try:
             async with asyncio.timeout_at(limit):
                 resp = await self._session.post(
@@ -379,11 +447,15 @@ class Proxy:
                 rec.http_status = resp.status
                 if resp.status != 200:
                     try:
-                        return await self._http_failure(resp, rec, key)
+                        return await self._http_failure(resp, rec, route)
                     finally:
                         resp.release()
                 answer = _stream_answer(rec.provider, attempt)
-                start = await read_until_first_token(resp, rec)
+                start = await read_until_first_token(resp, rec, scanner)
+        except asyncio.CancelledError:
+            if resp is not None:
+                resp.close()  # the app left before the first token: stop the provider now
+            raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             cls = classify_exception(exc, got_headers)
             if got_headers and cls == ErrorClass.TIMEOUT:
@@ -405,6 +477,7 @@ class Proxy:
         req: ParsedRequest,
         ranking: Ranking,
         plan: list[Route],
+        skipped: list[str],
         records: list[AttemptRecord],
         rec: AttemptRecord,
         start: StreamStart,
@@ -421,23 +494,30 @@ class Proxy:
                 self._m.added_latency.observe(max(0.0, app_ttft - rec.ttft_ms / 1000.0))
             await relay(start, app, rec, self._s.chunk_timeout_s)
         except AppGone:
+            request[CLIENT_GONE] = True
             self._finish_attempt(req, rec)
             return app
         except (ConnectionError, RuntimeError):  # app gone before the first write
             start.resp.close()
             rec.finish_error(ErrorClass.CLIENT_ERROR, "app disconnected", 499)
+            request[CLIENT_GONE] = True
             self._finish_attempt(req, rec)
             return app
-        routing = self.routing_object(req, ranking, plan, records, rec.provider)
+        except asyncio.CancelledError:  # the app left; relay() closed the upstream
+            start.resp.close()
+            if rec.status == "pending":
+                rec.finish_error(
+                    ErrorClass.CLIENT_ERROR, "app disconnected", 499, start.scanner.output_tokens
+                )
+            request[CLIENT_GONE] = True
+            self._finish_attempt(req, rec)
+            raise
+        scanner = start.scanner
+        routing = self.routing_object(
+            req, ranking, plan, records, rec.provider, skipped, scanner.upstream_model
+        )
         if rec.status == "ok":
-            final = {
-                "id": start.scanner.last_id or "",
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": req.model,
-                "choices": [],
-                "routing": routing,
-            }
+            tail = scanner.final_chunks(routing)
         else:
             final = error_body(
                 f"upstream stream failed after it started: {rec.error}",
@@ -445,11 +525,19 @@ class Proxy:
                 code=rec.error_class.value,
                 routing=routing,
             )
+            tail = scanner.final_chunks(None) + self._redact.scrub(
+                b"data: " + _dumps(final) + b"\n\n"
+            )
         try:
-            await app.write(b"data: " + _dumps(final) + b"\n\ndata: [DONE]\n\n")
+            await app.write(tail + b"data: [DONE]\n\n")
             await app.write_eof()
         except (ConnectionError, RuntimeError):
             pass
+        except asyncio.CancelledError:  # the app left during the last write
+            request[CLIENT_GONE] = True
+            start.resp.close()
+            self._finish_attempt(req, rec)
+            raise
         self._finish_attempt(req, rec)  # bookkeeping once the app has its whole answer
         await release_upstream(start.resp)
         return app

@@ -23,7 +23,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from yarl import URL
 
-from router_common.catalog_model import Catalog, Endpoint
+from router_common.catalog_model import Catalog, Endpoint, unknown_model_message
 from router_common.domain import Sort
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_common.routing.cost import cost_factors, endpoint_cost
@@ -170,7 +170,7 @@ def rank_from_catalog(
     """
     entry = catalog.models.get(model)
     if entry is None:
-        raise RequestError(f"model {model!r} does not exist", "model", 404, "model_not_found")
+        raise RequestError(unknown_model_message(model), "model", 404, "model_not_found")
     filters = HardFilters.from_preferences(prefs)
     kept: list[Endpoint] = []
     excluded: list[dict[str, str]] = []

@@ -14,6 +14,8 @@ noticing. From the first token on, bytes flow straight through.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +26,23 @@ from aiohttp import web
 
 from router_common.domain import ErrorClass
 from sidecar.idle_timeout import IdleTimeout
+from sidecar.redaction import KeyRedactor
 from sidecar.upstream import AttemptRecord, classify_exception
+
+#: What ``_inspect`` found in a chunk.
+_PLAIN, _FINISH, _USAGE, _EMPTY, _ERROR = range(5)
 
 _DATA = b"data:"
 _DONE = b"[DONE]"
 _CONTENT = b'"content":"'
 _EMPTY_CONTENT = b'"content":""'
+_MODEL_KEY = b'"model"'
+_COMPACT_MODEL = b'"model":"'
+#: A ``"model": "..."`` member, any spacing. Quotes inside JSON strings are
+#: escaped, so a ``"model"`` not preceded by a backslash can only be a key (that
+#: is checked on each match: a look-behind here would cost ``re`` its fast
+#: literal-prefix search, and the pattern runs on whole blocks).
+_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 
 
 def _plain_deltas(block: bytes) -> bool:
@@ -46,9 +59,24 @@ def _plain_deltas(block: bytes) -> bool:
 
 
 class SSEScanner:
-    """Incremental SSE line scanner that tracks what the measurements need."""
+    """Incremental SSE line scanner: what the measurements need, and what the app may see.
+
+    What it hands on (``feed``'s return value) is what an OpenAI client
+    expects whatever the upstream did: ``model`` is the id the app asked for
+    (the upstream's is kept in ``upstream_model``); a chunk without choices
+    is never forwarded (the usage chunk is held for ``final_chunks``, which
+    releases it only when the app asked for ``include_usage``); the last chunk
+    with a ``finish_reason`` is held too, so the ``routing`` object can ride on
+    it; error events are not forwarded (the sidecar sends its own, redacted);
+    and every forwarded block passes through the key redactor.
+    """
 
     __slots__ = (
+        "_held_finish",
+        "_held_usage",
+        "_model_field",
+        "_model_json",
+        "_redact",
         "_tail",
         "content_chunks",
         "done",
@@ -56,10 +84,17 @@ class SSEScanner:
         "finish_seen",
         "first_token_at",
         "last_id",
+        "upstream_model",
         "usage_tokens",
+        "want_usage",
     )
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        want_usage: bool = True,
+        redactor: KeyRedactor | None = None,
+    ) -> None:
         self._tail = b""
         self.first_token_at: float | None = None
         self.usage_tokens: int | None = None
@@ -68,10 +103,19 @@ class SSEScanner:
         self.finish_seen = False
         self.error: Any = None
         self.last_id: str | None = None
+        #: The model id the upstream put in its chunks (shown in ``routing``).
+        self.upstream_model: str | None = None
+        self.want_usage = want_usage
+        self._model_json = orjson.dumps(model) if model is not None else None
+        #: The upstream's ``"model":"..."`` bytes as last seen, replaced by bytes.replace.
+        self._model_field: bytes | None = None
+        self._redact = redactor
+        self._held_finish: bytes | None = None
+        self._held_usage: bytes | None = None
 
     def feed(self, data: bytes, now: float) -> bytes:
-        """Take upstream bytes; return those safe to forward now (complete lines before [DONE])."""
-        if self.done:
+        """Take upstream bytes; return those to forward now (complete lines before [DONE])."""
+        if self.done or self.error is not None:
             return b""
         buf = self._tail + data if self._tail else data
         cut = buf.rfind(b"\n")
@@ -80,24 +124,116 @@ class SSEScanner:
             return b""
         complete = buf[: cut + 1]
         self._tail = buf[cut + 1 :]
-        if self.first_token_at is not None and _plain_deltas(complete):
+        if (
+            self.first_token_at is not None
+            and self._held_finish is None
+            and _plain_deltas(complete)
+        ):
             # The bulk of a stream, counted without splitting it into lines.
             self.content_chunks += complete.count(_CONTENT) - complete.count(_EMPTY_CONTENT)
-            return complete
+            return self._outgoing(complete)
+        out: list[bytes] = []
         pos = 0
         end = len(complete)
+        skip_blank = False  # the blank line that ended an event held or dropped here
         while pos < end:
             nl = complete.find(b"\n", pos)
-            if complete.startswith(_DATA, pos):
-                payload = complete[pos + 5 : nl].strip()
-                if payload == _DONE:
-                    self.done = True
-                    self._tail = b""
-                    return complete[:pos]
-                if payload:
-                    self._inspect(payload, now)
+            line = complete[pos : nl + 1]
             pos = nl + 1
-        return complete
+            if not line.startswith(_DATA):
+                if not (skip_blank and line.strip() == b""):
+                    out.append(line)
+                skip_blank = False
+                continue
+            skip_blank = True
+            payload = line[5:].strip()
+            if payload == _DONE:
+                self.done = True
+                self._tail = b""
+                break
+            if not payload:
+                out.append(line)
+                skip_blank = False
+                continue
+            kind = self._inspect(payload, now)
+            if kind == _ERROR:
+                break
+            if kind == _USAGE:
+                self._held_usage = payload
+            elif kind == _FINISH:
+                if self._held_finish is not None:
+                    out.append(b"data: " + self._held_finish + b"\n\n")
+                self._held_finish = payload
+            elif kind == _PLAIN:
+                if self._held_finish is not None:
+                    out.append(b"data: " + self._held_finish + b"\n\n")
+                    self._held_finish = None
+                out.append(line)
+                skip_blank = False
+            # _EMPTY: a chunk without choices and without usage is dropped
+        return self._outgoing(b"".join(out))
+
+    def _outgoing(self, block: bytes) -> bytes:
+        """The app's model id in place of the upstream's, and no key."""
+        block = self._rewrite_model(block)
+        if self._redact is not None:
+            block = self._redact.scrub(block)
+        return block
+
+    def _rewrite_model(self, block: bytes) -> bytes:
+        """Every ``"model": "<upstream id>"`` member of ``block`` names the app's model.
+
+        The upstream writes the same member in every chunk, so once it has been
+        seen a count and a ``bytes.replace`` do (C speed); the regular expression
+        only runs when a block holds a spelling not seen yet.
+        """
+        if self._model_json is None or _MODEL_KEY not in block:
+            return block
+        field = self._model_field
+        if field is None:
+            field = self._learn_compact_field(block)
+        if field is not None and block.count(_MODEL_KEY) == block.count(field):
+            return block.replace(field, b'"model":' + self._model_json)
+        return _MODEL_FIELD.sub(self._swap_model, block)
+
+    def _learn_compact_field(self, block: bytes) -> bytes | None:
+        """The upstream's ``"model":"id"`` bytes, when it writes compact JSON (most do)."""
+        at = block.find(_COMPACT_MODEL)
+        if at < 0 or (at > 0 and block[at - 1] == 0x5C):  # 0x5C: a backslash
+            return None
+        end = block.find(b'"', at + len(_COMPACT_MODEL))
+        if end < 0 or 0x5C in block[at:end]:
+            return None
+        field = block[at : end + 1]
+        self._note_field(field)
+        return field
+
+    def _note_field(self, field: bytes) -> None:
+        self._model_field = field
+        if self.upstream_model is None:
+            with contextlib.suppress(ValueError):
+                value = orjson.loads(field[field.index(b":") + 1 :])
+                if isinstance(value, str):
+                    self.upstream_model = value
+
+    def _swap_model(self, match: re.Match[bytes]) -> bytes:
+        field = match.group(0)
+        start = match.start()
+        if start > 0 and match.string[start - 1] == 0x5C:  # inside a string: leave it
+            return field
+        self._note_field(field)
+        return b'"model":' + (self._model_json or b"null")
+
+    def error_text(self) -> str:
+        """The upstream error event's message, short and without keys."""
+        err = self.error
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            text = err["message"][:4096]
+        else:
+            text = str(err)[:4096]
+        if self._redact is not None:  # before cutting: a cut key could slip through in part
+            text = self._redact.scrub_text(text)
+        return text[:300]
 
     def flush(self, now: float) -> bytes:
         """At EOF: a last line without a newline is still a line."""
@@ -107,7 +243,45 @@ class SSEScanner:
         out = self.feed(tail + b"\n", now)
         return out
 
-    def _inspect(self, payload: bytes, now: float) -> None:
+    def final_chunks(self, routing: dict[str, Any] | None) -> bytes:
+        """The held chunks, ``routing`` on the last one, as SSE lines (redacted).
+
+        With ``include_usage`` the usage chunk is last; without it, the chunk with
+        the ``finish_reason`` (a stream that had neither gets a chunk with an
+        empty delta, so the app still receives its ``routing``).
+        """
+        chunks: list[bytes] = []
+        if self._held_finish is not None:
+            chunks.append(self._rewrite_model(self._held_finish))
+        if self.want_usage and self._held_usage is not None:
+            chunks.append(self._rewrite_model(self._held_usage))
+        self._held_finish = self._held_usage = None
+        if routing is not None:
+            last: dict[str, Any] | None = None
+            if chunks:
+                with contextlib.suppress(ValueError):
+                    parsed = orjson.loads(chunks[-1])
+                    if isinstance(parsed, dict):
+                        last = parsed
+            if last is None:
+                last = {
+                    "id": self.last_id or "",
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": None}],
+                }
+                chunks.append(b"")
+            if self._model_json is not None:
+                last["model"] = orjson.loads(self._model_json)
+            last["routing"] = routing
+            chunks[-1] = orjson.dumps(last)
+        if not chunks:
+            return b""
+        out = b"".join(b"data: " + c + b"\n\n" for c in chunks)
+        return self._redact.scrub(out) if self._redact is not None else out
+
+    def _inspect(self, payload: bytes, now: float) -> int:
+        """Measure one ``data:`` payload and say what kind of chunk it is."""
         if (
             b'"finish_reason":null' in payload
             and (b'"usage"' not in payload or b'"usage":null' in payload)
@@ -122,31 +296,34 @@ class SSEScanner:
             at = payload.find(_CONTENT)
             if at >= 0 and payload[at + 11 : at + 12] != b'"':
                 self._token(now)
-                return
+                return _PLAIN
             if self.first_token_at is not None:
                 if b'"tool_calls"' in payload:
                     self.content_chunks += 1
-                return
+                return _PLAIN
         try:
             obj = orjson.loads(payload)
         except ValueError:
-            return
+            return _PLAIN
         if not isinstance(obj, dict):
-            return
+            return _PLAIN
         if obj.get("error"):
             self.error = obj["error"]
-            return
+            return _ERROR
         if isinstance(obj.get("id"), str):
             self.last_id = obj["id"]
         usage = obj.get("usage")
+        has_usage = False
         if isinstance(usage, dict):
+            has_usage = True
             tokens = usage.get("completion_tokens")
             if isinstance(tokens, int) and not isinstance(tokens, bool):
                 self.usage_tokens = tokens
         choices = obj.get("choices")
-        if not isinstance(choices, list):
-            return
+        if not isinstance(choices, list) or not choices:
+            return _USAGE if has_usage else _EMPTY
         token = False
+        finish = False
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
@@ -159,9 +336,10 @@ class SSEScanner:
             ):
                 token = True
             if choice.get("finish_reason"):
-                self.finish_seen = True
+                self.finish_seen = finish = True
         if token:
             self._token(now)
+        return _FINISH if finish else _PLAIN
 
     def _token(self, now: float) -> None:
         self.content_chunks += 1
@@ -190,14 +368,15 @@ class StreamStart:
 
 
 async def read_until_first_token(
-    resp: aiohttp.ClientResponse, rec: AttemptRecord
+    resp: aiohttp.ClientResponse, rec: AttemptRecord, scanner: SSEScanner
 ) -> StreamStart | None:
     """Read a 200 stream until its first content token, holding the bytes.
 
     Runs inside the caller's first-byte deadline. Returns None (with ``rec``
-    marked failed) if the stream errors, ends empty or breaks first.
+    marked failed) if the stream errors, ends empty or breaks first: every
+    such failure may still move on to the next provider, as nothing reached
+    the app yet.
     """
-    scanner = SSEScanner()
     pending: list[bytes] = []
     eof = False
     while True:
@@ -216,7 +395,7 @@ async def read_until_first_token(
             break
     if scanner.error is not None:
         rec.finish_error(
-            ErrorClass.SERVER_ERROR, f"upstream error event: {_err_text(scanner.error)}", 200
+            ErrorClass.SERVER_ERROR, f"upstream error event: {scanner.error_text()}", 200
         )
         return None
     if scanner.first_token_at is None and not scanner.complete:
@@ -225,12 +404,6 @@ async def read_until_first_token(
     if scanner.first_token_at is not None:
         rec.ttft_ms = (scanner.first_token_at - rec.t0) * 1000.0
     return StreamStart(resp, scanner, b"".join(pending), eof)
-
-
-def _err_text(err: Any) -> str:
-    if isinstance(err, dict) and isinstance(err.get("message"), str):
-        return err["message"][:200]
-    return str(err)[:200]
 
 
 #: Bytes read after [DONE] before giving up on reusing the connection.
@@ -296,7 +469,7 @@ async def relay(
         if scanner.error is not None:
             rec.finish_error(
                 ErrorClass.STREAM_ABORT,
-                f"upstream error event mid-stream: {_err_text(scanner.error)}",
+                f"upstream error event mid-stream: {scanner.error_text()}",
                 200,
                 scanner.output_tokens,
             )

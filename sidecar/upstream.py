@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
 from router_common.domain import ErrorClass
 from router_common.pb import router_pb2
 from router_common.wire_enums import ERROR_CLASS_TO_WIRE
 
-#: Failures that move on to the next provider (before any byte reached the app).
+#: Failures that move on to the next provider (before any byte reached the app: a
+#: stream that breaks after its first token is never retried, whatever its class).
 RETRIABLE = frozenset(
     {
         ErrorClass.CONNECT,
@@ -28,6 +30,7 @@ RETRIABLE = frozenset(
         ErrorClass.RATE_LIMITED,
         ErrorClass.SERVER_ERROR,
         ErrorClass.AUTH,
+        ErrorClass.STREAM_ABORT,
     }
 )
 
@@ -70,17 +73,25 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def redact(data: bytes, secret: str | None) -> bytes:
-    """Remove an API key (and long fragments of it) from bytes we pass on to the app."""
-    if not secret:
-        return data
-    raw = secret.encode()
-    data = data.replace(raw, b"[REDACTED]")
-    if len(raw) >= 16:  # providers echo partial keys ("sk-abc...wxyz"); cut the halves too
-        half = len(raw) // 2
-        for part in (raw[:half], raw[half:]):
-            data = data.replace(part, b"[REDACTED]")
-    return data
+def upstream_error_message(body: bytes, status: int) -> str:
+    """``HTTP <status>: <the provider's error message>`` from an (already redacted) error body."""
+    text: str | None = None
+    try:
+        parsed = orjson.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        err = parsed.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            text = err["message"]
+        elif isinstance(err, str):
+            text = err
+        elif isinstance(parsed.get("message"), str):
+            text = parsed["message"]
+    if text is None:
+        text = body.decode("utf-8", "replace")
+    text = " ".join(text.split())[:200]
+    return f"HTTP {status}: {text}" if text else f"HTTP {status}"
 
 
 @dataclass(slots=True)
@@ -193,8 +204,8 @@ def upstream_headers(key: str | None, stream: bool) -> dict[str, str]:
     return headers
 
 
-async def read_error_body(resp: aiohttp.ClientResponse, limit: int, key: str | None) -> bytes:
-    """Up to ``limit`` bytes of an error body, with the key removed."""
+async def read_error_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to ``limit`` bytes of an error body (the caller redacts it before any use)."""
     parts: list[bytes] = []
     size = 0
     try:
@@ -207,4 +218,4 @@ async def read_error_body(resp: aiohttp.ClientResponse, limit: int, key: str | N
                 size += len(chunk)
     except (TimeoutError, aiohttp.ClientError):
         pass
-    return redact(b"".join(parts), key)
+    return b"".join(parts)

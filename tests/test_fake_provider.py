@@ -659,3 +659,39 @@ def test_cli_flags_reach_the_config() -> None:
     assert cfg.ttft_median_ms == 7 and cfg.done_to_eof_ms == 3
     with pytest.raises(ValueError, match="done_to_eof_ms"):
         config_from_args(build_parser().parse_args(["--done-to-eof-ms", "-1"]))
+
+
+def test_stream_fault_specs_parse() -> None:
+    assert parse_incident_spec("role_drop:0") == Incident("role_drop", 0, None)
+    assert parse_incident_spec("truncate:2:0:5") == Incident("truncate", 0, 5, after_tokens=2)
+    assert parse_incident_spec("error_event:1:0") == Incident(
+        "error_event", 0, None, after_tokens=1
+    )
+
+
+async def test_stream_faults_behave_like_careless_providers() -> None:
+    """role_drop breaks after a role-only chunk; truncate ends cleanly with no finish;
+    error_event quotes the caller's Authorization header in an SSE error event."""
+    cfg = FakeProviderConfig(ttft_median_ms=0, tokens_per_second=0, expected_api_key="sk-k")
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    async with FakeProvider(cfg) as fp, aiohttp.ClientSession() as s:
+        headers = {"Authorization": "Bearer sk-k"}
+        fp.add_incident("truncate", after_tokens=1)
+        async with s.post(fp.base_url + "/chat/completions", json=body, headers=headers) as r:
+            data = await r.read()
+        assert r.status == 200 and b'"role":"assistant","content":""' in data
+        assert b'finish_reason":"' not in data and b"[DONE]" not in data
+        fp.clear_incidents()
+        fp.add_incident("error_event", after_tokens=0)
+        async with s.post(fp.base_url + "/chat/completions", json=body, headers=headers) as r:
+            data = await r.read()
+        assert r.status == 200 and b'data: {"error"' in data and b"Bearer sk-k" in data
+        fp.clear_incidents()
+        fp.add_incident("role_drop")
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with s.post(fp.base_url + "/chat/completions", json=body, headers=headers) as r:
+                await r.read()
+        fp.clear_incidents()
+        fp.add_incident("fail", status=429)
+        async with s.post(fp.base_url + "/chat/completions", json=body, headers=headers) as r:
+            assert r.status == 429 and r.headers["Retry-After"] == "1"

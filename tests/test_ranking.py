@@ -302,6 +302,20 @@ def test_probe_stays_last_under_an_explicit_order_or_without_fallbacks() -> None
     assert alone.probing == ()
 
 
+def test_a_probing_order_provider_takes_its_probe_in_its_ordered_place() -> None:
+    health = {"b": hv(H.PROBING, probe=True)}
+    first = run(eps=ABC, st_=ABC_STATS, health=health, order=("b", "c"), sort=Sort.TTFT)
+    assert names(first) == ["b", "c", "a"]
+    assert first.probing == (key("b"),) and deprio(first) == {}
+    # Not first in the order: no permit taken (the request would not reach it).
+    second = run(eps=ABC, st_=ABC_STATS, health=health, order=("c", "b"), sort=Sort.TTFT)
+    assert names(second) == ["c", "a", "b"]
+    assert second.probing == () and deprio(second) == {"b": "probing"}
+    # Without a free permit it stays excluded, as ever.
+    busy = run(eps=ABC, st_=ABC_STATS, health={"b": hv(H.PROBING)}, order=("b", "c"))
+    assert "b" not in names(busy) and busy.probing == ()
+
+
 def test_only_one_probe_per_request() -> None:
     health = {"b": hv(H.PROBING, probe=True), "c": hv(H.PROBING, probe=True)}
     result = run(eps=ABC, st_=ABC_STATS, health=health, sort=Sort.TTFT)
@@ -777,7 +791,12 @@ def test_property_order_providers_come_first_within_their_health_tier(scenario: 
     if result.panic:
         return
     tier_of = {H.HEALTHY: 0, H.DEGRADED: 1, H.PROBING: 2}
-    assert not (req.order and result.probing)  # a probe never jumps an explicit order
+    if req.order and result.probing:  # an ordered probe only takes its own, first, place
+        probe = result.ranked[0]
+        assert probe.endpoint.provider.name == req.order[0] or all(
+            name not in {r.endpoint.provider.name for r in result.ranked}
+            for name in req.order[: req.order.index(probe.endpoint.provider.name)]
+        )
     tiers = [tier_of[r.health] for r in result.ranked[len(result.probing) :]]
     assert tiers == sorted(tiers)  # health tiers never interleave
     for tier in set(tiers):

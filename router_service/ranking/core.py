@@ -21,7 +21,10 @@ Pipeline:
    ``order`` providers first (in ``order`` order), then the rest:
    tier 0 fine; 1 missed a soft preference; 2 no data for the sort metric;
    3 DEGRADED; 4 PROBING. ``order`` providers are only moved for health
-   (tiers 3-4): an explicit order outranks soft preferences. Exception: without
+   (tiers 3-4): an explicit order outranks soft preferences. Exceptions: the
+   first ``order`` provider that is PROBING with a free permit keeps its ordered
+   place and takes the probe when that place is first (else it waits at the
+   tail, so no permit is held by a request that would not reach it); without
    ``order``, one PROBING endpoint with a free permit goes first as the
    half-open probe (the others follow as its fallbacks), and only it is
    reported in ``probing`` so the server grants exactly one permit.
@@ -230,6 +233,16 @@ def rank(
     sort_tps = sort is Sort.TPS
     entries: list[RankedEndpoint] = []
     tiers: list[int] = []
+    # Half-open probe within an explicit order: the first `order` provider that is
+    # PROBING with a free permit keeps its ordered place and takes the probe, so a
+    # workload that always sends `order` gets a recovered provider back.
+    ordered_probe = -1
+    if order_pos and not panic and request.allow_fallbacks:
+        best = len(order_pos)
+        for i, row in enumerate(live):
+            pos = order_pos.get(row.prep.provider)
+            if pos is not None and pos < best and row.health.state is _PROBING:
+                ordered_probe, best = i, pos
     for i, (p, hv, _s, t, tw, tc, v, vw, vc, up, cost) in enumerate(live):
         st = hv.state
         tier = TIER_OK
@@ -237,7 +250,8 @@ def rank(
         if panic:
             reason = unhealthy_reason(hv, now, panic=True)
         elif st is _PROBING:
-            tier, reason = TIER_PROBING, probing_reason(hv, now)
+            if i != ordered_probe:
+                tier, reason = TIER_PROBING, probing_reason(hv, now)
         elif st is _DEGRADED:
             tier, reason = TIER_DEGRADED, degraded_reason(hv, now, t)
         elif soft and p.provider not in order_pos:  # an explicit order outranks soft preferences
@@ -309,6 +323,16 @@ def rank(
     # order is its fallback). Left at the tail it would never be reached while
     # healthy endpoints answer, and would stay PROBING forever.
     probe = -1
+    if ordered_probe >= 0:
+        if positions[0] == ordered_probe:
+            probe = ordered_probe
+        else:  # not first: it would hold the permit unused, so it waits with the probing tier
+            positions.remove(ordered_probe)
+            positions.append(ordered_probe)
+            hv = live[ordered_probe].health
+            entries[ordered_probe] = entries[ordered_probe]._replace(
+                deprioritized=probing_reason(hv, now)
+            )
     if not panic and not order_pos and request.allow_fallbacks and exploration_reason is None:
         probe = next((i for i in positions if live[i].health.state is _PROBING), -1)
         if probe >= 0:

@@ -45,7 +45,7 @@ def _body(**kw: object) -> str:
             400,
             "provider.order conflicts with providerOptions.gateway.order",
         ),
-        (json.dumps({"model": "nobody/none", "messages": MSGS}), 404, "does not exist"),
+        (json.dumps({"model": "nobody/none", "messages": MSGS}), 404, "is not in the catalog"),
         (b"\xff\xfe\x00garbage", 400, "not valid JSON"),
     ],
 )
@@ -177,7 +177,10 @@ async def test_upstream_error_body_passed_on_without_key(stack: Stack) -> None:
         await sc.start()
         stack.sidecar = sc
         status, body = await _post(sc.base_url + "/chat/completions", _body())
-        assert status == 401
+        # The sidecar's key was refused: a 502 naming the provider, never a 401 the
+        # app's SDK would take for a problem with its own key.
+        assert status == 502
+        assert "provider echo rejected the sidecar's API key" in body["error"]["message"]
         assert "bad key" in body["error"]["message"]
         assert key_value("echo") not in json.dumps(body)
         assert "0123456789abcdef-SECRET" not in json.dumps(body)

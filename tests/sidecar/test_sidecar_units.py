@@ -11,8 +11,9 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.outcomes import OutcomeReporter
 from sidecar.preferences import RequestError, parse_request
 from sidecar.ranking_client import Cooldowns, Ranking, RankingClient, Route, rank_from_catalog
+from sidecar.redaction import KeyRedactor
 from sidecar.streaming import SSEScanner
-from sidecar.upstream import classify_status, parse_retry_after, redact
+from sidecar.upstream import classify_status, parse_retry_after
 
 MSGS = [{"role": "user", "content": "x" * 40}]
 
@@ -162,9 +163,11 @@ def test_sse_scanner_holds_partial_lines_and_stops_at_done() -> None:
     assert s.feed(role, 1.0) == role and s.first_token_at is None
     out = s.feed(tok[:20], 2.0)
     assert out == b""  # partial line held back
-    assert s.feed(tok[20:] + usage + b"data: [DONE]\n\njunk", 3.0) == tok + usage
+    # The usage chunk (no choices) is held back, for the end of the stream.
+    assert s.feed(tok[20:] + usage + b"data: [DONE]\n\njunk", 3.0) == tok
     assert s.first_token_at == 3.0 and s.usage_tokens == 7 and s.done and s.complete
     assert s.output_tokens == 7 and s.last_id == "c1"
+    assert s.final_chunks(None) == usage
 
 
 def test_sse_scanner_counts_without_usage_and_sees_errors() -> None:
@@ -219,8 +222,10 @@ def test_classification_and_retry_after() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
     key = "sk-live-abcdefghijklmnopqrstuvwxyz"
-    assert key.encode() not in redact(f"key={key}".encode(), key)
-    assert b"abcdefghijklmnop" not in redact(key[:20].encode(), key)
+    redactor = KeyRedactor([key])
+    assert key.encode() not in redactor.scrub(f"key={key}".encode())
+    assert b"abcdefghijklmnop" not in redactor.scrub(key[:20].encode())
+    assert redactor.scrub_text(f"Bearer {key}") == "Bearer [REDACTED][REDACTED]"
 
 
 async def test_outcome_queue_is_bounded_and_counts_drops() -> None:
@@ -342,3 +347,32 @@ def test_usage_numbers_on_a_content_chunk_are_read() -> None:
         5.0,
     )
     assert scanner.first_token_at == 5.0 and scanner.output_tokens == 7
+
+
+def test_model_rewrite_covers_every_spelling_and_never_touches_content() -> None:
+    """Compact, spaced, or quoted inside a token: only real ``model`` members change."""
+    s = SSEScanner("creator/name", want_usage=False)
+    compact = b'data: {"id":"c","model":"up-1","choices":[{"delta":{"content":"a"}}]}\n\n'
+    spaced = b'data: {"id":"c", "model" : "up-1", "choices":[{"delta":{"content":"b"}}]}\n\n'
+    sneaky = (
+        b'data: {"id":"c","model":"up-1",'
+        b'"choices":[{"delta":{"content":"\\"model\\":\\"x\\""}}]}\n\n'
+    )
+    out = s.feed(compact + spaced + sneaky, 1.0)
+    assert out.count(b'"model":"creator/name"') == 3
+    assert b"up-1" not in out and b'\\"model\\":\\"x\\"' in out
+    assert s.upstream_model == "up-1"
+
+
+def test_finish_chunk_is_held_for_routing_and_usage_only_when_asked() -> None:
+    finish = b'data: {"id":"c","model":"up","choices":[{"delta":{},"finish_reason":"stop"}]}\n\n'
+    usage = b'data: {"id":"c","model":"up","choices":[],"usage":{"completion_tokens":3}}\n\n'
+    for want_usage in (False, True):
+        s = SSEScanner("m/x", want_usage=want_usage)
+        s.feed(_delta("a") + finish + usage + b"data: [DONE]\n\n", 1.0)
+        tail = s.final_chunks({"provider": "p"})
+        events = [ln for ln in tail.split(b"\n") if ln.startswith(b"data: ")]
+        assert len(events) == (2 if want_usage else 1)
+        assert b'"routing"' in events[-1] and b'"model":"m/x"' in events[-1]
+        assert (b'"choices":[]' in events[-1]) is want_usage
+        assert b'"up"' not in tail and s.output_tokens == 3

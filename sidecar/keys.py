@@ -1,0 +1,87 @@
+"""Provider API keys: read from this process's environment, tracked, and fed to the redactor.
+
+A provider whose key variable is unset cannot be called from this pod. It is
+logged once (at start for the fallback catalog's providers, else the first
+time a ranking names it), counted in ``router_sidecar_providers_without_key``,
+listed by ``/readyz``, and left out of every plan, so it is neither an attempt
+nor a reason to fail over. ``/readyz`` stays ready while every model known here
+has at least one provider with a key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+
+from router_common.catalog_model import Catalog
+from sidecar.redaction import KeyRedactor
+
+log = logging.getLogger("sidecar.keys")
+
+#: Providers and models remembered (names come from the catalog or the router;
+#: bounded anyway so a misbehaving router cannot grow this).
+_MAX_PROVIDERS = 4096
+_MAX_MODELS = 10_000
+
+
+class ProviderKeys:
+    """Which provider has a key here, the keys themselves (for the redactor), and readiness."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        redactor: KeyRedactor,
+        on_missing_count: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self._env = env
+        self._redactor = redactor
+        self._on_missing_count = on_missing_count
+        #: Key by variable name; "" when the variable is unset or empty.
+        self._keys: dict[str, str] = {}
+        #: Provider name -> key variable, for providers without a key.
+        self.missing: dict[str, str] = {}
+        self._seen: set[str] = set()
+        #: Model -> providers serving it (as far as this sidecar has learnt).
+        self._models: dict[str, set[str]] = {}
+
+    def key(self, env_name: str) -> str:
+        """The key in variable ``env_name`` ("" if unset); read once, then remembered."""
+        key = self._keys.get(env_name)
+        if key is None:
+            key = self._env.get(env_name) or ""
+            if len(self._keys) < _MAX_PROVIDERS:
+                self._keys[env_name] = key
+            self._redactor.add(key)
+        return key
+
+    def note(self, model: str, providers: Iterable[tuple[str, str]]) -> None:
+        """Learn ``(provider, key variable)`` pairs serving ``model``; log new keyless ones."""
+        served = self._models.get(model)
+        if served is None:
+            if len(self._models) >= _MAX_MODELS:
+                return
+            served = self._models[model] = set()
+        for name, env_name in providers:
+            served.add(name)
+            if name in self._seen or len(self._seen) >= _MAX_PROVIDERS:
+                continue
+            self._seen.add(name)
+            if env_name and not self.key(env_name):
+                self.missing[name] = env_name
+                log.warning(
+                    "provider has no API key here; it will not be tried from this sidecar",
+                    extra={"provider": name, "api_key_env": env_name},
+                )
+                self._on_missing_count(len(self.missing))
+
+    def note_catalog(self, catalog: Catalog) -> None:
+        for model_id, model in catalog.models.items():
+            self.note(
+                model_id, ((e.provider.name, e.provider.api_key_env) for e in model.endpoints)
+            )
+
+    def models_without_key(self) -> list[str]:
+        """Models known here none of whose providers has a key."""
+        if not self.missing:
+            return []
+        return sorted(m for m, names in self._models.items() if names <= self.missing.keys())
