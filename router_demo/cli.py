@@ -26,6 +26,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
+from router_common.cli_help import DefaultsHelpFormatter
 from router_demo.catalog import model_providers, provider_specs
 from router_demo.incidents import IncidentResult, IncidentScript, evaluate, plan_incidents
 from router_demo.monitor import HealthMonitor
@@ -46,6 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="router-demo",
         description="Run fake providers, the router and a sidecar with traffic and incidents.",
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument(
         "--duration",
@@ -53,7 +55,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         metavar="SECONDS",
         help=f"run unattended for this long (>= {MIN_DURATION_S:.0f}), then print a summary; "
-        "exit 0 only if every incident was detected and routed around",
+        "exit 0 only if every incident was detected and routed around "
+        "(default: none, run live until Ctrl-C)",
     )
     p.add_argument("--no-live", action="store_true", help="plain status lines, no live view")
     p.add_argument("--rps", type=float, default=25.0, help="requests per second (default 25)")
@@ -68,8 +71,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--catalog", default=None, help="catalog to start from (default: the example)")
     p.add_argument("--fail-provider", default="deepinfra", help="provider that starts failing")
     p.add_argument("--slow-provider", default="cerebras", help="provider that slows down")
-    p.add_argument("--slowdown-factor", type=float, default=3.0, help="slowdown factor (3)")
-    p.add_argument("--max-tokens", type=int, default=16, help="max_tokens per request (16)")
+    p.add_argument("--slowdown-factor", type=float, default=3.0, help="slowdown factor")
+    p.add_argument("--max-tokens", type=int, default=16, help="max_tokens per request")
     p.add_argument(
         "--dump-records",
         metavar="PATH",
