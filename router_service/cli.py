@@ -61,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"(env {defaults.ENV_HTTP_PORT}, default {defaults.HTTP_PORT})",
     )
     parser.add_argument(
-        "--host", default=env.get("ROUTER_HOST", "0.0.0.0"), help="bind address of gRPC and HTTP (env ROUTER_HOST)"
+        "--host",
+        default=env.get("ROUTER_HOST", "0.0.0.0"),
+        help="bind address of gRPC and HTTP (env ROUTER_HOST)",
     )
     parser.add_argument(
         "--tuning",
