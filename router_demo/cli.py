@@ -92,6 +92,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 async def run(args: argparse.Namespace, console: Console) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="router-demo-"))
     stack = Stack(workdir, base_port=args.base_port, seed=args.seed, source_catalog=args.catalog)
+    try:
+        stack.allocate_ports()
+    except StartupError as exc:
+        # One plain line (rich would wrap it at 80 columns when not on a terminal).
+        print(f"router-demo: {exc}", file=sys.stderr)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

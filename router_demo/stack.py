@@ -25,7 +25,14 @@ from pathlib import Path
 import aiohttp
 
 from router_demo import catalog as cat
-from router_demo.processes import Child, Supervisor, free_ports, http_probe
+from router_demo.processes import (
+    Child,
+    StartupError,
+    Supervisor,
+    free_ports,
+    http_probe,
+    port_in_use,
+)
 
 #: provider → (median TTFT ms, tokens/s). Unknown providers cycle through FALLBACK_PROFILES.
 PROFILES: dict[str, tuple[float, float]] = {
@@ -96,9 +103,24 @@ class Stack:
     def control_urls(self) -> dict[str, str]:
         return {name: f"http://127.0.0.1:{port}" for name, port in self.provider_ports.items()}
 
-    def _allocate(self, providers: list[str]) -> None:
+    def allocate_ports(self) -> None:
+        """Choose every port before anything starts; StartupError naming the port and
+        ``--base-port`` when a fixed one is taken, instead of a child's bind traceback."""
+        if self.provider_ports:
+            return
+        providers = [s.name for s in cat.provider_specs(cat.load_source(self.source_catalog))]
         n = len(providers) + 3
-        ports = list(range(self.base_port, self.base_port + n)) if self.base_port else free_ports(n)
+        if self.base_port:
+            ports = list(range(self.base_port, self.base_port + n))
+            for port in ports:
+                if port_in_use(port):
+                    raise StartupError(
+                        f"port {port} is already in use (--base-port {self.base_port} uses "
+                        f"ports {ports[0]}-{ports[-1]}); choose another --base-port, or omit "
+                        "it for free ports"
+                    )
+        else:
+            ports = free_ports(n)
         self.provider_ports = dict(zip(providers, ports, strict=False))
         self.grpc_port, self.http_port, self.sidecar_port = ports[len(providers) :]
 
@@ -106,7 +128,7 @@ class Stack:
         """Start everything and wait until each piece answers; StartupError if not."""
         source = cat.load_source(self.source_catalog)
         specs = cat.provider_specs(source)
-        self._allocate([s.name for s in specs])
+        self.allocate_ports()
         self.catalog = cat.derive_catalog(source, self.provider_ports)
         self.catalog_path = cat.write_catalog(self.catalog, self.workdir)
         keys = {s.api_key_env: secrets.token_urlsafe(18) for s in specs if s.api_key_env}

@@ -280,3 +280,24 @@ def test_router_demo_unattended_detects_and_routes_around_every_incident() -> No
     assert [port for port in summary["ports"] if port_open(port)] == []
     # Keys are never printed.
     assert "API_KEY=" not in proc.stdout + proc.stderr
+
+
+def test_demo_on_a_port_in_use_exits_2_with_one_line_naming_port_and_flag() -> None:
+    """Issue 12, item 4: no traceback; the port and the flag that sets it, on one line."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        base = port - 2  # the busy port is the third the demo wants
+        proc = subprocess.run(
+            [sys.executable, "-m", "router_demo.cli", "--duration", "60", "--no-live",
+             "--base-port", str(base)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"port {port} " in lines[0] and "--base-port" in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
