@@ -37,7 +37,12 @@ from router_demo.traffic import TrafficGenerator
 from router_demo.view import DemoView
 
 INTERACTIVE_CYCLE_S = 90.0
-MIN_DURATION_S = 30.0
+#: The shortest unattended run that shows both incidents end to end: the
+#: slowdown lasts a quarter of the run, and needs ~3 s to be detected (enough
+#: slow samples for the median), ~2-3 s more for sidecars' cached rankings to
+#: expire, and 2 s of clean traffic to count as routed around. 30 s left it a
+#: 7.5 s window and failed; 45 s gives 11 s (tests/test_demo.py runs exactly this).
+MIN_DURATION_S = 45.0
 #: Traffic goes to these models (the view shows them); weights favour the one
 #: with the most providers, so its endpoints gather samples quickly.
 DEFAULT_MODELS = {"openai/gpt-oss-120b": 0.6, "zai/glm-4.7": 0.4}
@@ -59,6 +64,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default: none, run live until Ctrl-C)",
     )
     p.add_argument("--no-live", action="store_true", help="plain status lines, no live view")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='end the summary with one JSON line (starts with {"router_demo_summary":) '
+        "for scripts and CI",
+    )
     p.add_argument("--rps", type=float, default=25.0, help="requests per second (default 25)")
     p.add_argument("--seed", type=int, default=1, help="seed for traffic and fakes (default 1)")
     p.add_argument(
@@ -241,7 +252,7 @@ async def _run_started(
         skipped=traffic.skipped,
         errors=errors,
     )
-    print_summary(summary, console)
+    print_summary(summary, console, as_json=args.json)
     if args.dump_records:
         _dump(Path(args.dump_records), traffic, monitor)
     if args.duration is None:

@@ -44,23 +44,10 @@ PROFILES: dict[str, tuple[float, float]] = {
     "deepinfra": (320.0, 120.0),
 }
 
-#: The router's tuning for a one-minute demo (``router-service --tuning``);
-#: everything not named keeps the router's defaults.
-#: - degraded_ttft_ratio 2: a provider slowed 3x is measured at 3t + overhead
-#:   against t + overhead (connection and proxy time are not slowed), a bit
-#:   under 3x, so the default threshold of 3 would never see the incident.
-#: - degraded_ttft_max_age_s 20: slow evidence ages out within the demo's
-#:   recovery window, since a degraded endpoint gets little fresh traffic.
-#: - probe_timeout_s 5: a permit whose probe never reported comes back sooner.
-DEMO_TUNING = """\
-health:
-  degraded_ttft_ratio: 2.0
-  degraded_ttft_max_age_s: 20.0
-  probe_timeout_s: 5.0
-"""
-
 FALLBACK_PROFILES = [(120.0, 400.0), (180.0, 250.0), (240.0, 150.0)]
 TTFT_SIGMA = 0.15  # lognormal spread: realistic jitter, far from the 2× degraded threshold
+#: The router runs on its default tuning (no --tuning): what the demo shows is what
+#: users get.
 
 
 @dataclass
@@ -154,11 +141,8 @@ class Stack:
                 env[spec.api_key_env] = keys[spec.api_key_env]
             name = f"fake-{spec.name}"
             self.children[spec.name] = sup.start(name, "fake_provider.cli", args, env)
-        tuning_path = self.workdir / "tuning.yaml"
-        tuning_path.write_text(DEMO_TUNING)
         router_args = [
             "--config", str(self.catalog_path),
-            "--tuning", str(tuning_path),
             "--host", "127.0.0.1",
             "--grpc-port", str(self.grpc_port),
             "--http-port", str(self.http_port),

@@ -13,7 +13,7 @@ from router_service.cli import parse_args as router_parse_args
 from sidecar.config import build_parser as sidecar_parser
 
 #: On/off switches have no value to default to.
-SWITCHES = {"--help", "--no-live"}
+SWITCHES = {"--help", "--no-live", "--json"}
 
 
 def _option_blocks(help_text: str) -> dict[str, str]:
