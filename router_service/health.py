@@ -103,6 +103,9 @@ class HealthConfig:
                                               after 30 s it is tried again (5 slow answers
                                               degrade it again) rather than shunned for
                                               minutes after it recovered
+    degraded_baseline_freeze_s      600.0     while degraded (for at most this long) the
+                                              TTFT baseline does not rise with the slow
+                                              samples; afterwards slow is the new normal
     base_ejection_s                 10.0      first ejection of a streak, before jitter
     max_ejection_s                  300.0     cap of the growing ejection, before jitter
     ejection_multiplier             2.0       growth per repeated ejection (>= 1)
@@ -132,6 +135,7 @@ class HealthConfig:
     degraded_min_samples: int = 5
     degraded_ttft_samples: int = 20
     degraded_ttft_max_age_s: float = 30.0
+    degraded_baseline_freeze_s: float = 600.0
     base_ejection_s: float = 10.0
     max_ejection_s: float = 300.0
     ejection_multiplier: float = 2.0
@@ -174,6 +178,7 @@ class HealthConfig:
         for name in (
             "failure_rate_window_s",
             "degraded_ttft_max_age_s",
+            "degraded_baseline_freeze_s",
             "base_ejection_s",
             "max_retry_after_s",
             "probe_timeout_s",
@@ -310,13 +315,13 @@ class HealthTracker:
             if st is None:
                 st = self._states[key] = _EndpointHealth(since=now)
                 self._by_model.setdefault(key.model, set()).add(key)
+            self._advance(key, st, now)
             if (
                 baseline_ttft_ms is not None
                 and math.isfinite(baseline_ttft_ms)
                 and baseline_ttft_ms > 0
             ):
-                st.baseline_ttft_ms = baseline_ttft_ms
-            self._advance(key, st, now)
+                self._update_baseline(st, baseline_ttft_ms, now)
 
             if outcome.error_class is ErrorClass.CLIENT_ERROR:
                 # The caller's fault: no evidence either way. A probe that ended
@@ -546,6 +551,20 @@ class HealthTracker:
                 self._set_state(key, st, HealthState.DEGRADED, now, reason)
         elif st.state is HealthState.DEGRADED:
             self._set_state(key, st, HealthState.HEALTHY, now, f"recovered: was {st.reason}")
+
+    def _update_baseline(self, st: _EndpointHealth, baseline: float, now: float) -> None:
+        """Take the caller's hourly P50, except that a slowdown must not raise its own
+        yardstick: while DEGRADED the baseline may only fall, for at most
+        ``degraded_baseline_freeze_s``. A young router's hour is mostly the incident
+        itself, and would otherwise call the endpoint healthy again within seconds;
+        an endpoint slow for longer than the freeze is slow, not degraded."""
+        frozen = (
+            st.state is HealthState.DEGRADED
+            and st.baseline_ttft_ms is not None
+            and now - st.since < self._cfg.degraded_baseline_freeze_s
+        )
+        if not frozen or baseline < (st.baseline_ttft_ms or math.inf):
+            st.baseline_ttft_ms = baseline
 
     def _peer_slowdown(self, key: EndpointKey, now: float) -> float:
         """The median slowdown (recent TTFT / own baseline) of the model's other endpoints

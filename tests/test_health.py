@@ -760,3 +760,22 @@ def test_retain_forgets_peers():
     _steady(tracker, KEY, 250, 100)
     assert tracker.view(KEY).state is D
     assert tracker._by_model == {KEY.model: {KEY}}
+
+
+def test_a_slowdown_does_not_raise_its_own_baseline_while_degraded():
+    """The caller's hourly P50 catches up with the incident; the verdict must not."""
+    tracker, clock = make()
+    _steady(tracker, KEY, 300, 100)
+    assert tracker.view(KEY).state is D
+    tracker.record(ok(ttft=300), 300)  # the hour is now mostly the incident
+    assert tracker.view(KEY).state is D
+    tracker.record(ok(ttft=300), 90)  # a lower baseline is always taken
+    assert "baseline 90ms" in tracker.view(KEY).reason
+    since = tracker.view(KEY).since
+    while clock.now + 20 - since < 600:  # still slow, with fresh samples: still degraded
+        clock.advance(20)
+        _steady(tracker, KEY, 300, 300, n=5)
+        assert tracker.view(KEY).state is D
+    clock.advance(20)  # slow for longer than the freeze: the new normal
+    _steady(tracker, KEY, 300, 300, n=5)
+    assert tracker.view(KEY).state is H
