@@ -537,7 +537,12 @@ class HealthTracker:
         if baseline is not None and len(st.ttfts) >= cfg.degraded_min_samples:
             p50 = statistics.median(t for _, t in st.ttfts)
             st.ttft_slowdown = p50 / baseline
-            peers = self._peer_slowdown(key, now)
+            # Peers only excuse (their factor is >= 1), so they are consulted only
+            # when the endpoint's own slowdown is over the line: rare, and off the
+            # common path of every outcome.
+            peers = 1.0
+            if st.ttft_slowdown > cfg.degraded_ttft_ratio:
+                peers = self._peer_slowdown(key, now)
             if st.ttft_slowdown > cfg.degraded_ttft_ratio * peers:
                 reasons.append(
                     f"TTFT p50 {p50:.0f}ms is {st.ttft_slowdown:.1f}\u00d7 baseline "

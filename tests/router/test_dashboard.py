@@ -172,6 +172,7 @@ async def test_model_page_shows_every_provider(router_app, page) -> None:
     await expect(page.locator("#chart-ttft path[data-stat=p50]")).to_have_count(2)
     await expect(page.locator("#chart-ttft path[data-stat=p95]")).to_have_count(2)
     await expect(page.locator("#chart-throughput path[data-stat=p50]")).to_have_count(2)
+    await expect(page.locator("#chart-throughput path[data-stat=p95]")).to_have_count(0)
     await expect(page.locator("#chart-ttft path[data-provider=fireworks]")).to_have_count(0)
     # The 5-minute figures sit beside the hour's.
     await expect(cerebras.locator('td[data-col="ttft_5m_p50"]')).to_have_text("304 ms")
