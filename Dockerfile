@@ -4,7 +4,13 @@
 # SIGTERM to them and reaps children, so they need not handle being PID 1).
 #
 #   docker build -t ghcr.io/llm-router/llm-router:0.1.0 .
-#   docker run --rm -p 50051:50051 -p 8081:8081 ghcr.io/llm-router/llm-router:0.1.0
+#   docker run --rm -p 50051:50051 -p 8081:8081 \
+#     -v "$PWD/router_common/examples/catalog.yaml:/etc/router/catalog.yaml:ro" \
+#     ghcr.io/llm-router/llm-router:0.1.0
+#
+# (run from the repository root: the default command reads the catalog from
+# /etc/router/catalog.yaml, which the image does not contain; in k8s/ it is the
+# ConfigMap. The router binds 0.0.0.0 by default, so the published ports answer.)
 #
 # Keep in step with k8s/: the numeric UID below is the pods' runAsUser, the venv
 # path is used by the sidecar's exec probes, and tests/test_k8s_manifests.py checks both.

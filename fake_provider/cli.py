@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=9001, help="port, 0 = any free port (default 9001)")
-    p.add_argument("--name", default="fake", help="provider name, shown in logs and headers")
+    p.add_argument(
+        "--name",
+        default="fake",
+        help="provider name, shown in logs and headers (default fake)",
+    )
     p.add_argument(
         "--models",
         default=None,
@@ -55,19 +59,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ttft-ms", type=float, default=50.0, help="median TTFT in ms (default 50)")
     p.add_argument(
-        "--ttft-sigma", type=float, default=0.0, help="lognormal sigma of TTFT, 0 = constant"
+        "--ttft-sigma",
+        type=float,
+        default=0.0,
+        help="lognormal sigma of TTFT, 0 = constant (default 0)",
     )
-    p.add_argument("--tps", type=float, default=200.0, help="output tokens/s, 0 = unpaced")
-    p.add_argument("--error-rate", type=float, default=0.0, help="share of requests failing")
-    p.add_argument("--error-status", type=int, default=500, help="status for random errors")
-    p.add_argument("--rate-limit-rate", type=float, default=0.0, help="share of requests 429'd")
-    p.add_argument("--retry-after-s", type=float, default=1.0, help="Retry-After on 429s")
+    p.add_argument(
+        "--tps",
+        type=float,
+        default=200.0,
+        help="output tokens/s, 0 = unpaced (default 200)",
+    )
+    p.add_argument(
+        "--error-rate",
+        type=float,
+        default=0.0,
+        help="share of requests failing (default 0)",
+    )
+    p.add_argument(
+        "--error-status",
+        type=int,
+        default=500,
+        help="status for random errors (default 500)",
+    )
+    p.add_argument(
+        "--rate-limit-rate",
+        type=float,
+        default=0.0,
+        help="share of requests 429'd (default 0)",
+    )
+    p.add_argument(
+        "--retry-after-s",
+        type=float,
+        default=1.0,
+        help="Retry-After on 429s (default 1)",
+    )
     p.add_argument(
         "--api-key-env",
         default=None,
         help="name of the env var holding the expected API key (default: no auth)",
     )
-    p.add_argument("--seed", type=int, default=0, help="RNG seed for reproducible runs")
+    p.add_argument("--seed", type=int, default=0, help="RNG seed for reproducible runs (default 0)")
     p.add_argument(
         "--incident",
         action="append",
@@ -75,17 +107,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="scripted incident, repeatable: fail:STATUS:T1[:T2], slowdown:FACTOR:T1[:T2], "
         "drop:AFTER_TOKENS:T1[:T2], hang:T1[:T2], refuse:T1[:T2], role_drop:T1[:T2], "
-        "truncate:AFTER_TOKENS:T1[:T2], error_event:AFTER_TOKENS:T1[:T2] (seconds since start)",
+        "truncate:AFTER_TOKENS:T1[:T2], error_event:AFTER_TOKENS:T1[:T2] (seconds since start; "
+        "default: none)",
     )
-    p.add_argument("--default-max-tokens", type=int, default=32, help="tokens when unspecified")
-    p.add_argument("--record-limit", type=int, default=10_000, help="requests kept in memory")
+    p.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=32,
+        help="tokens when unspecified (default 32)",
+    )
+    p.add_argument(
+        "--record-limit",
+        type=int,
+        default=10_000,
+        help="requests kept in memory (default 10000)",
+    )
     p.add_argument(
         "--done-to-eof-ms",
         type=float,
         default=0.0,
-        help="pause between data: [DONE] and the end of the body (the chunked terminator)",
+        help="pause between data: [DONE] and the end of the body (the chunked terminator; "
+        "default 0)",
     )
-    p.add_argument("--log-level", default="INFO", help="INFO logs every request (default)")
+    p.add_argument("--log-level", default="INFO", help="INFO logs every request (default INFO)")
     return p
 
 

@@ -8,7 +8,7 @@ rather than left to whatever exception the first bad lookup would raise.
     providers:
       groq:
         base_url: https://api.groq.com/openai/v1
-        api_key_env: GROQ_API_KEY
+        api_key_env: GROQ_API_KEY          # optional: omit when no key is needed
         zero_data_retention: true          # optional, default false
     models:
       zai/glm-4.7:
@@ -151,11 +151,16 @@ def _parse_providers(check: _Validator, raw: Any) -> dict[str, Provider]:
         path = f"providers.{name}"
         check.string(name, path, _NAME)
         fields = check.mapping(body, path)
-        check.keys(fields, path, {"base_url", "api_key_env"}, {"zero_data_retention"})
+        check.keys(fields, path, {"base_url"}, {"api_key_env", "zero_data_retention"})
+        # No api_key_env: the provider needs no key (a local model server, a fake
+        # provider); the sidecar then sends no Authorization header.
+        api_key_env = fields.get("api_key_env")
         providers[name] = Provider(
             name=name,
             base_url=check.url(fields["base_url"], f"{path}.base_url"),
-            api_key_env=check.string(fields["api_key_env"], f"{path}.api_key_env", _ENV_VAR),
+            api_key_env=""
+            if api_key_env is None
+            else check.string(api_key_env, f"{path}.api_key_env", _ENV_VAR),
             zero_data_retention=check.boolean(
                 fields.get("zero_data_retention", False), f"{path}.zero_data_retention"
             ),

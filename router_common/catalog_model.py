@@ -19,7 +19,8 @@ class Provider:
 
     name: str
     base_url: str
-    api_key_env: str
+    #: Empty when the catalog names none: the provider needs no key.
+    api_key_env: str = ""
     zero_data_retention: bool = False
 
 

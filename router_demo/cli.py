@@ -26,6 +26,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
+from router_common.cli_help import DefaultsHelpFormatter
 from router_demo.catalog import model_providers, provider_specs
 from router_demo.incidents import IncidentResult, IncidentScript, evaluate, plan_incidents
 from router_demo.monitor import HealthMonitor
@@ -36,7 +37,12 @@ from router_demo.traffic import TrafficGenerator
 from router_demo.view import DemoView
 
 INTERACTIVE_CYCLE_S = 90.0
-MIN_DURATION_S = 30.0
+#: The shortest unattended run that shows both incidents end to end: the
+#: slowdown lasts a quarter of the run, and needs ~3 s to be detected (enough
+#: slow samples for the median), ~2-3 s more for sidecars' cached rankings to
+#: expire, and 2 s of clean traffic to count as routed around. 30 s left it a
+#: 7.5 s window and failed; 45 s gives 11 s (tests/test_demo.py runs exactly this).
+MIN_DURATION_S = 45.0
 #: Traffic goes to these models (the view shows them); weights favour the one
 #: with the most providers, so its endpoints gather samples quickly.
 DEFAULT_MODELS = {"openai/gpt-oss-120b": 0.6, "zai/glm-4.7": 0.4}
@@ -46,6 +52,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="router-demo",
         description="Run fake providers, the router and a sidecar with traffic and incidents.",
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument(
         "--duration",
@@ -53,9 +60,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         metavar="SECONDS",
         help=f"run unattended for this long (>= {MIN_DURATION_S:.0f}), then print a summary; "
-        "exit 0 only if every incident was detected and routed around",
+        "exit 0 only if every incident was detected and routed around "
+        "(default: none, run live until Ctrl-C)",
     )
     p.add_argument("--no-live", action="store_true", help="plain status lines, no live view")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='end the summary with one JSON line (starts with {"router_demo_summary":) '
+        "for scripts and CI",
+    )
     p.add_argument("--rps", type=float, default=25.0, help="requests per second (default 25)")
     p.add_argument("--seed", type=int, default=1, help="seed for traffic and fakes (default 1)")
     p.add_argument(
@@ -68,8 +82,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--catalog", default=None, help="catalog to start from (default: the example)")
     p.add_argument("--fail-provider", default="deepinfra", help="provider that starts failing")
     p.add_argument("--slow-provider", default="cerebras", help="provider that slows down")
-    p.add_argument("--slowdown-factor", type=float, default=3.0, help="slowdown factor (3)")
-    p.add_argument("--max-tokens", type=int, default=16, help="max_tokens per request (16)")
+    p.add_argument("--slowdown-factor", type=float, default=3.0, help="slowdown factor")
+    p.add_argument("--max-tokens", type=int, default=16, help="max_tokens per request")
     p.add_argument(
         "--dump-records",
         metavar="PATH",
@@ -89,6 +103,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 async def run(args: argparse.Namespace, console: Console) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="router-demo-"))
     stack = Stack(workdir, base_port=args.base_port, seed=args.seed, source_catalog=args.catalog)
+    try:
+        stack.allocate_ports()
+    except StartupError as exc:
+        # One plain line (rich would wrap it at 80 columns when not on a terminal).
+        print(f"router-demo: {exc}", file=sys.stderr)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -231,7 +252,7 @@ async def _run_started(
         skipped=traffic.skipped,
         errors=errors,
     )
-    print_summary(summary, console)
+    print_summary(summary, console, as_json=args.json)
     if args.dump_records:
         _dump(Path(args.dump_records), traffic, monitor)
     if args.duration is None:

@@ -5,10 +5,10 @@ Script (times are fractions of a cycle: ``--duration``, or 90 s repeated when li
 * **fail**: provider A answers every completion with 503 from 15% to 40% of
   the cycle.
 * **slowdown**: provider B's TTFT and inter-token delay are ×3 from 35% of the
-  cycle for 25% of it, at most 15 s (the demo router lets slow evidence age out
-  after 20 s, see ``DEMO_TUNING`` in :mod:`router_demo.stack`; a longer slowdown would be
-  forgotten and re-detected while still running, which is correct behaviour
-  but muddles a one-minute demo).
+  cycle for 25% of it, at most 15 s (the router, on its default tuning, lets
+  slow evidence age out after 30 s, ``degraded_ttft_max_age_s``; a longer
+  slowdown would be forgotten and re-detected while still running, which is
+  correct behaviour but muddles a one-minute demo).
 
 The two overlap on purpose: the router must cope with both at once.
 

@@ -78,6 +78,18 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could not bind ``host:port`` now (as the children will, with
+    SO_REUSEADDR, so a port in TIME_WAIT is not reported as taken)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     """Whether something accepts connections on ``host:port``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

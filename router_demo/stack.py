@@ -25,7 +25,14 @@ from pathlib import Path
 import aiohttp
 
 from router_demo import catalog as cat
-from router_demo.processes import Child, Supervisor, free_ports, http_probe
+from router_demo.processes import (
+    Child,
+    StartupError,
+    Supervisor,
+    free_ports,
+    http_probe,
+    port_in_use,
+)
 
 #: provider → (median TTFT ms, tokens/s). Unknown providers cycle through FALLBACK_PROFILES.
 PROFILES: dict[str, tuple[float, float]] = {
@@ -37,23 +44,10 @@ PROFILES: dict[str, tuple[float, float]] = {
     "deepinfra": (320.0, 120.0),
 }
 
-#: The router's tuning for a one-minute demo (``router-service --tuning``);
-#: everything not named keeps the router's defaults.
-#: - degraded_ttft_ratio 2: a provider slowed 3x is measured at 3t + overhead
-#:   against t + overhead (connection and proxy time are not slowed), a bit
-#:   under 3x, so the default threshold of 3 would never see the incident.
-#: - degraded_ttft_max_age_s 20: slow evidence ages out within the demo's
-#:   recovery window, since a degraded endpoint gets little fresh traffic.
-#: - probe_timeout_s 5: a permit whose probe never reported comes back sooner.
-DEMO_TUNING = """\
-health:
-  degraded_ttft_ratio: 2.0
-  degraded_ttft_max_age_s: 20.0
-  probe_timeout_s: 5.0
-"""
-
 FALLBACK_PROFILES = [(120.0, 400.0), (180.0, 250.0), (240.0, 150.0)]
 TTFT_SIGMA = 0.15  # lognormal spread: realistic jitter, far from the 2× degraded threshold
+#: The router runs on its default tuning (no --tuning): what the demo shows is what
+#: users get.
 
 
 @dataclass
@@ -96,9 +90,24 @@ class Stack:
     def control_urls(self) -> dict[str, str]:
         return {name: f"http://127.0.0.1:{port}" for name, port in self.provider_ports.items()}
 
-    def _allocate(self, providers: list[str]) -> None:
+    def allocate_ports(self) -> None:
+        """Choose every port before anything starts; StartupError naming the port and
+        ``--base-port`` when a fixed one is taken, instead of a child's bind traceback."""
+        if self.provider_ports:
+            return
+        providers = [s.name for s in cat.provider_specs(cat.load_source(self.source_catalog))]
         n = len(providers) + 3
-        ports = list(range(self.base_port, self.base_port + n)) if self.base_port else free_ports(n)
+        if self.base_port:
+            ports = list(range(self.base_port, self.base_port + n))
+            for port in ports:
+                if port_in_use(port):
+                    raise StartupError(
+                        f"port {port} is already in use (--base-port {self.base_port} uses "
+                        f"ports {ports[0]}-{ports[-1]}); choose another --base-port, or omit "
+                        "it for free ports"
+                    )
+        else:
+            ports = free_ports(n)
         self.provider_ports = dict(zip(providers, ports, strict=False))
         self.grpc_port, self.http_port, self.sidecar_port = ports[len(providers) :]
 
@@ -106,7 +115,7 @@ class Stack:
         """Start everything and wait until each piece answers; StartupError if not."""
         source = cat.load_source(self.source_catalog)
         specs = cat.provider_specs(source)
-        self._allocate([s.name for s in specs])
+        self.allocate_ports()
         self.catalog = cat.derive_catalog(source, self.provider_ports)
         self.catalog_path = cat.write_catalog(self.catalog, self.workdir)
         keys = {s.api_key_env: secrets.token_urlsafe(18) for s in specs if s.api_key_env}
@@ -132,11 +141,8 @@ class Stack:
                 env[spec.api_key_env] = keys[spec.api_key_env]
             name = f"fake-{spec.name}"
             self.children[spec.name] = sup.start(name, "fake_provider.cli", args, env)
-        tuning_path = self.workdir / "tuning.yaml"
-        tuning_path.write_text(DEMO_TUNING)
         router_args = [
             "--config", str(self.catalog_path),
-            "--tuning", str(tuning_path),
             "--host", "127.0.0.1",
             "--grpc-port", str(self.grpc_port),
             "--http-port", str(self.http_port),

@@ -1,7 +1,9 @@
-"""The end-of-run summary: a table for people, and one JSON line for tests and CI.
+"""The end-of-run summary: tables and plain-words definitions for people, and, with
+``--json``, one JSON line for tests and CI.
 
-The JSON line is the last line on stdout and starts with ``{"router_demo_summary":``
-so a test can find it without parsing the rich output above it.
+The JSON line (only with ``--json``) is the last line on stdout and starts with
+``{"router_demo_summary":`` so a script can find it without parsing the rich
+output above it.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from router_demo.incidents import IncidentResult
 from router_demo.traffic import RequestRecord
@@ -60,32 +64,60 @@ def build_summary(
     }
 
 
+#: What the summary's words mean, in plain words (printed under the tables).
+DEFINITIONS = (
+    (
+        "pinned",
+        'requests that allow one provider only ("only": [that provider]), as a '
+        "caller bound to one host by contract would send; when it fails they fail, since "
+        "the caller forbade any other, and they are what keeps testing a failed provider",
+    ),
+    (
+        "detected",
+        "time from the incident's start until the router first marked one of "
+        "the provider's endpoints as anything but healthy (degraded, ejected or probing)",
+    ),
+    (
+        "routed around",
+        "time from the incident's start until traffic left the provider "
+        "for good: after it, for the rest of the incident, at most 2% of requests the "
+        "router chose a provider for went first to the failing one (5% of latency-sorted "
+        "requests to the slow one)",
+    ),
+    (
+        "recovered",
+        "time from the incident's end until the router showed every endpoint "
+        "of the provider healthy again; a degraded endpoint gets little traffic, so its "
+        "slow samples age out first (30 s by default), and an ejected one must pass probes; "
+        '"not yet" means the run ended first',
+    ),
+    (
+        "probes",
+        "requests the router deliberately sent first to an ejected provider to "
+        "test it (half-open); not counted against routing around",
+    ),
+)
+
+
 def _secs(value: float | None, missing: str) -> str:
     return f"[red]{missing}[/]" if value is None else f"{value:.1f} s"
 
 
-def print_summary(summary: dict[str, Any], console: Console) -> None:
-    """Human tables, then the machine-readable JSON line."""
+def print_summary(summary: dict[str, Any], console: Console, *, as_json: bool = False) -> None:
+    """Human tables and definitions; then, if ``as_json``, the machine-readable JSON line."""
     console.print()
     console.print(
         f"[bold]router-demo summary[/] ({summary['duration_s']:.0f} s): "
         f"{summary['requests']} requests, {summary['ok']} ok, "
-        f"{summary['failed']} failed ({summary['failed_pinned']} pinned to one provider), "
+        f"{summary['failed']} failed ({summary['failed_pinned']} of them pinned), "
         f"{summary['fallbacks']} answered after a fallback"
     )
-    table = Table(title="Incidents", title_justify="left")
-    for col in (
-        "incident",
-        "window",
-        "detected after",
-        "routed around after",
-        "recovered after",
-        "probes",
-    ):
-        table.add_column(col)
+    table = Table(title="Incidents", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("incident", "window", "detected", "routed around", "recovered", "probes"):
+        table.add_column(col, justify="left" if col in ("incident", "window") else "right")
     for inc in summary["incidents"]:
         window = (
-            f"{inc['start_s']:.1f}–{inc['end_s']:.1f} s"
+            f"{inc['start_s']:.0f}–{inc['end_s']:.0f} s"
             if inc["start_s"] is not None and inc["end_s"] is not None
             else "not run"
         )
@@ -94,26 +126,29 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
             window,
             _secs(inc["detected_after_s"], "NOT detected"),
             _secs(inc["routed_around_after_s"], "NOT routed around"),
-            _secs(inc["recovered_after_s"], "not yet recovered"),
+            _secs(inc["recovered_after_s"], "not yet"),
             str(inc["probe_first_attempts"]),
         )
     console.print(table)
-    console.print(
-        "[dim]probes: requests the router deliberately sent first to the provider while "
-        "half-open (probing); not counted against routing around.[/]"
-    )
-    served = Table(title="Served by", title_justify="left")
+    served = Table(title="Served by", title_justify="left", box=box.SIMPLE_HEAD)
     served.add_column("provider")
     served.add_column("answers", justify="right")
     for provider, n in summary["served_by"].items():
         served.add_row(provider, str(n))
-    prefs = Table(title="By preference", title_justify="left")
+    prefs = Table(title="By preference", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("preference", "requests", "ok", "fallbacks"):
         prefs.add_column(col, justify="right" if col != "preference" else "left")
     for label, row in sorted(summary["by_preference"].items()):
         prefs.add_row(label, str(row["requests"]), str(row["ok"]), str(row["fallbacks"]))
     console.print(served)
     console.print(prefs)
+    words = Table.grid(padding=(0, 1, 0, 2))
+    words.add_column(style="bold", no_wrap=True)
+    words.add_column()
+    for word, meaning in DEFINITIONS:
+        words.add_row(f"{word}:", Text(f"{meaning}."))  # Text: no markup in the meaning
+    console.print("[bold]What the words mean[/]")
+    console.print(words, highlight=False)
     for err in summary["errors"]:
         console.print(f"[yellow]warning:[/] {err}")
     verdict = (
@@ -122,5 +157,6 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         else "[red]some incident was not detected or not routed around[/]"
     )
     console.print(verdict)
-    # Plain print, not rich: no wrapping or markup may touch the JSON line.
-    print(json.dumps({SUMMARY_KEY: summary}, separators=(",", ":")), flush=True)
+    if as_json:
+        # Plain print, not rich: no wrapping or markup may touch the JSON line.
+        print(json.dumps({SUMMARY_KEY: summary}, separators=(",", ":")), flush=True)

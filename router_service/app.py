@@ -14,7 +14,6 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from aiohttp import web
@@ -26,6 +25,7 @@ from router_common.domain import Clock
 from router_common.pb import router_pb2
 from router_common.shutdown import bounded
 from router_service import defaults
+from router_service.catalog_watch import watch_catalog
 from router_service.core import RouterCore
 from router_service.grpc_api import RouterServicer
 from router_service.health import HealthConfig
@@ -201,25 +201,13 @@ class RouterApp:
         return True
 
     async def _watch_catalog(self) -> None:
-        """Reload when the file changes.
-
-        Watches the file's directory as named, not resolved: a Kubernetes
-        ConfigMap volume updates by swapping the ``..data`` symlink in that
-        directory and deleting the old timestamped directory the file resolved
-        into, so watching the resolved path would miss every later update.
-        """
-        from watchfiles import awatch
-
-        directory = Path(self.settings.config_path).absolute().parent
+        """Reload when the catalog file changes (see router_service.catalog_watch)."""
         try:
-            async for _changes in awatch(
-                directory,
-                debounce=200,
-                recursive=False,
-                yield_on_timeout=True,
-                rust_timeout=int(self.settings.catalog_poll_s * 1000),
-            ):
-                self.reload_catalog()
+            await watch_catalog(
+                self.settings.config_path,
+                lambda _changes: self.reload_catalog(),
+                poll_s=self.settings.catalog_poll_s,
+            )
         except Exception:
             log.exception("catalog watcher stopped; SIGHUP still reloads")
 

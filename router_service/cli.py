@@ -16,6 +16,7 @@ import signal
 import sys
 
 from router_common.catalog import CatalogError
+from router_common.cli_help import DefaultsHelpFormatter
 from router_common.logs import LEVELS, configure_logging
 from router_service import defaults
 from router_service.app import RouterApp, Settings
@@ -36,7 +37,9 @@ def _port(text: str) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ
     parser = argparse.ArgumentParser(
-        prog="router-service", description="LLM provider router: gRPC ranking service."
+        prog="router-service",
+        description="LLM provider router: gRPC ranking service.",
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "--config",
@@ -58,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"(env {defaults.ENV_HTTP_PORT}, default {defaults.HTTP_PORT})",
     )
     parser.add_argument(
-        "--host", default=env.get("ROUTER_HOST", "0.0.0.0"), help="bind address (env ROUTER_HOST)"
+        "--host",
+        default=env.get("ROUTER_HOST", "0.0.0.0"),
+        help="bind address of gRPC and HTTP (env ROUTER_HOST)",
     )
     parser.add_argument(
         "--tuning",

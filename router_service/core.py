@@ -19,6 +19,7 @@ from router_common.catalog_model import Catalog, Model, unknown_model_message
 from router_common.domain import Clock, EndpointKey
 from router_common.limits import MAX_REJECTIONS_REPORTED
 from router_common.pb import router_pb2
+from router_service.dashboard_series import DashboardSeries
 from router_service.health import HealthConfig, HealthTracker
 from router_service.model import EndpointStats, HealthView
 from router_service.outcome_validation import Rejection, validate_outcome
@@ -61,7 +62,14 @@ class RouterCore:
         self.clock = clock
         self.rng = rng or random.Random()
         self.store: StatsStore = store or InMemoryStatsStore(clock=clock)
-        self.health = HealthTracker(health_config or HealthConfig(), clock, self.rng)
+        #: The dashboard's 10 s / 1 min history (metrics_json reads it).
+        self.series = DashboardSeries(clock)
+        self.health = HealthTracker(
+            health_config or HealthConfig(),
+            clock,
+            self.rng,
+            on_transition=self.series.on_transition,
+        )
         self.ranking_config = ranking_config or RankingConfig()
         self.catalog = catalog
         self.catalog_version = catalog_version
@@ -79,6 +87,7 @@ class RouterCore:
         self._known = catalog.endpoint_keys()
         self.store.retain(self._known)
         self.health.retain(self._known)
+        self.series.retain(self._known)
         log.info(
             "catalog loaded",
             extra={
@@ -137,6 +146,7 @@ class RouterCore:
         # pull its own yardstick up (the cache refreshes later anyway).
         baselines = {o.endpoint: self.store.stats(o.endpoint).ttft_1h.get(0.5) for o in accepted}
         self.store.record_many(accepted)
+        self.series.record_many(accepted)
         for outcome in accepted:
             self.health.record(outcome, baselines[outcome.endpoint])
             self.outcomes_by_class[outcome.error_class.value] += 1

@@ -34,12 +34,17 @@ class BestP50s(NamedTuple):
     tokens_per_second: Best | None
 
 
-def p50(summary: MetricSummary) -> float | None:
-    """The median, or None below MIN_SAMPLES (or when it is not a finite number)."""
+def quantile(summary: MetricSummary, q: float) -> float | None:
+    """The q-quantile, or None below MIN_SAMPLES (or when it is not a finite number)."""
     if summary.count < MIN_SAMPLES:
         return None
-    value = summary.get(0.5)
+    value = summary.get(q)
     return value if value is not None and value == value and abs(value) != float("inf") else None
+
+
+def p50(summary: MetricSummary) -> float | None:
+    """The median, or None below MIN_SAMPLES (or when it is not a finite number)."""
+    return quantile(summary, 0.5)
 
 
 def best_p50s(model: Model, stats_of: Callable[[EndpointKey], EndpointStats]) -> BestP50s:
@@ -56,3 +61,13 @@ def best_p50s(model: Model, stats_of: Callable[[EndpointKey], EndpointStats]) ->
         if throughput is not None and (tps is None or throughput > tps.value):
             tps = Best(throughput, name)
     return BestP50s(ttft, tps)
+
+
+def best_p95_ttft(model: Model, stats_of: Callable[[EndpointKey], EndpointStats]) -> Best | None:
+    """The lowest P95 TTFT (ms) over the last hour, among endpoints with enough samples."""
+    best: Best | None = None
+    for endpoint in model.endpoints:
+        latency = quantile(stats_of(endpoint.key).ttft_1h, 0.95)
+        if latency is not None and (best is None or latency < best.value):
+            best = Best(latency, endpoint.provider.name)
+    return best

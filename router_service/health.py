@@ -24,11 +24,21 @@ States::
   re-ejects, for longer.
 * **Degraded** is a soft state (ranking deprioritises, never drops): the median
   TTFT of the recent successful attempts is more than ``degraded_ttft_ratio``
-  times the endpoint's own hourly P50 (passed in by the caller), or the
-  failure rate is elevated (``degraded_failure_rate``) but below ejection. It
-  clears by itself when the condition does, including by the evidence ageing
-  out, so that an endpoint that gets little traffic because it is degraded is
-  not stuck there.
+  times the endpoint's own hourly P50 (passed in by the caller) *and* more
+  than that ratio times the slowdown its peers (the other endpoints of the
+  same model) show against their own baselines, or the failure rate is
+  elevated (``degraded_failure_rate``) but below ejection. It clears by itself
+  when the condition does, including by the evidence ageing out, so that an
+  endpoint that gets little traffic because it is degraded is not stuck there.
+
+  Why 2× and peers: a provider whose TTFT triples is *measured* at less than
+  3× its baseline, because the connection and proxy time in every TTFT does
+  not triple, so a 3× threshold never fires on a 3× slowdown; the threshold
+  has to sit well below the slowdown it must catch. A lower threshold would
+  also fire when every provider of a model slows down together (callers
+  sending longer prompts, a popular model's launch day), which is not any one
+  endpoint's fault and which deprioritising one of them cannot fix, so each
+  endpoint's slowdown is divided by its peers' median slowdown first.
 
 What counts: an outcome is a *failure* when ``error_class.counts_against_endpoint``
 (timeouts, connection errors, 429, 5xx, 401/403, mid-stream aborts), or when it
@@ -79,13 +89,23 @@ class HealthConfig:
                                               covers the most recent attempts only
     degraded_failure_rate           0.2       failure ratio (>=) in the window that degrades;
                                               must not exceed failure_rate_to_eject
-    degraded_ttft_ratio             3.0       degraded when recent median TTFT is more than
+    degraded_ttft_ratio             2.0       degraded when recent median TTFT is more than
                                               this multiple of the endpoint's hourly P50
+                                              (and of its peers' slowdown); below 3 so a
+                                              3x slowdown, measured with fixed overheads
+                                              at ~2.7x, is caught (module docstring)
     degraded_min_samples            5         recent TTFT samples needed for the TTFT rule
     degraded_ttft_samples           20        how many recent successful TTFTs are kept
                                               (the "last N" of the median)
-    degraded_ttft_max_age_s         300.0     older TTFT samples no longer count, so the
-                                              TTFT rule clears without new traffic
+    degraded_ttft_max_age_s         30.0      older TTFT samples no longer count, so the
+                                              TTFT rule clears without new traffic: a
+                                              degraded endpoint gets little traffic, and
+                                              after 30 s it is tried again (5 slow answers
+                                              degrade it again) rather than shunned for
+                                              minutes after it recovered
+    degraded_baseline_freeze_s      600.0     while degraded (for at most this long) the
+                                              TTFT baseline does not rise with the slow
+                                              samples; afterwards slow is the new normal
     base_ejection_s                 10.0      first ejection of a streak, before jitter
     max_ejection_s                  300.0     cap of the growing ejection, before jitter
     ejection_multiplier             2.0       growth per repeated ejection (>= 1)
@@ -111,10 +131,11 @@ class HealthConfig:
     failure_rate_min_attempts: int = 10
     failure_rate_max_samples: int = 1000
     degraded_failure_rate: float = 0.2
-    degraded_ttft_ratio: float = 3.0
+    degraded_ttft_ratio: float = 2.0
     degraded_min_samples: int = 5
     degraded_ttft_samples: int = 20
-    degraded_ttft_max_age_s: float = 300.0
+    degraded_ttft_max_age_s: float = 30.0
+    degraded_baseline_freeze_s: float = 600.0
     base_ejection_s: float = 10.0
     max_ejection_s: float = 300.0
     ejection_multiplier: float = 2.0
@@ -157,6 +178,7 @@ class HealthConfig:
         for name in (
             "failure_rate_window_s",
             "degraded_ttft_max_age_s",
+            "degraded_baseline_freeze_s",
             "base_ejection_s",
             "max_retry_after_s",
             "probe_timeout_s",
@@ -218,6 +240,9 @@ class _EndpointHealth:
     #: (recorded_at, ttft_ms) of recent successful attempts.
     ttfts: deque[tuple[float, float]] = field(default_factory=deque)
     baseline_ttft_ms: float | None = None
+    #: Recent median TTFT / baseline as last evaluated (None: not enough data);
+    #: what this endpoint contributes to its peers' "is everyone slower" check.
+    ttft_slowdown: float | None = None
     #: Ejections in the current streak; drives the growing ejection time.
     ejections: int = 0
     #: When the endpoint last recovered from PROBING (for the streak decay).
@@ -264,6 +289,8 @@ class HealthTracker:
         self._rng = rng
         self._on_transition = on_transition
         self._states: dict[EndpointKey, _EndpointHealth] = {}
+        #: model → its endpoints with state, for the peer comparison.
+        self._by_model: dict[str, set[EndpointKey]] = {}
         self._log: deque[Transition] = deque(maxlen=config.transition_log_size)
         self._lock = threading.RLock()
 
@@ -287,13 +314,14 @@ class HealthTracker:
             st = self._states.get(key)
             if st is None:
                 st = self._states[key] = _EndpointHealth(since=now)
+                self._by_model.setdefault(key.model, set()).add(key)
+            self._advance(key, st, now)
             if (
                 baseline_ttft_ms is not None
                 and math.isfinite(baseline_ttft_ms)
                 and baseline_ttft_ms > 0
             ):
-                st.baseline_ttft_ms = baseline_ttft_ms
-            self._advance(key, st, now)
+                self._update_baseline(st, baseline_ttft_ms, now)
 
             if outcome.error_class is ErrorClass.CLIENT_ERROR:
                 # The caller's fault: no evidence either way. A probe that ended
@@ -401,6 +429,11 @@ class HealthTracker:
         with self._lock:
             for key in [k for k in self._states if k not in keep]:
                 del self._states[key]
+                peers = self._by_model.get(key.model)
+                if peers is not None:
+                    peers.discard(key)
+                    if not peers:
+                        del self._by_model[key.model]
 
     # ------------------------------------------------------------------- reads
 
@@ -500,11 +533,20 @@ class HealthTracker:
         while st.ttfts and st.ttfts[0][0] < horizon:
             st.ttfts.popleft()
         baseline = st.baseline_ttft_ms
+        st.ttft_slowdown = None
         if baseline is not None and len(st.ttfts) >= cfg.degraded_min_samples:
             p50 = statistics.median(t for _, t in st.ttfts)
-            if p50 > cfg.degraded_ttft_ratio * baseline:
+            st.ttft_slowdown = p50 / baseline
+            # Peers only excuse (their factor is >= 1), so they are consulted only
+            # when the endpoint's own slowdown is over the line: rare, and off the
+            # common path of every outcome.
+            peers = 1.0
+            if st.ttft_slowdown > cfg.degraded_ttft_ratio:
+                peers = self._peer_slowdown(key, now)
+            if st.ttft_slowdown > cfg.degraded_ttft_ratio * peers:
                 reasons.append(
-                    f"TTFT p50 {p50:.0f}ms is {p50 / baseline:.1f}\u00d7 baseline {baseline:.0f}ms"
+                    f"TTFT p50 {p50:.0f}ms is {st.ttft_slowdown:.1f}\u00d7 baseline "
+                    f"{baseline:.0f}ms" + (f" (peers {peers:.1f}\u00d7)" if peers > 1 else "")
                 )
         if reasons:
             reason = "; ".join(reasons)
@@ -514,6 +556,36 @@ class HealthTracker:
                 self._set_state(key, st, HealthState.DEGRADED, now, reason)
         elif st.state is HealthState.DEGRADED:
             self._set_state(key, st, HealthState.HEALTHY, now, f"recovered: was {st.reason}")
+
+    def _update_baseline(self, st: _EndpointHealth, baseline: float, now: float) -> None:
+        """Take the caller's hourly P50, except that a slowdown must not raise its own
+        yardstick: while DEGRADED the baseline may only fall, for at most
+        ``degraded_baseline_freeze_s``. A young router's hour is mostly the incident
+        itself, and would otherwise call the endpoint healthy again within seconds;
+        an endpoint slow for longer than the freeze is slow, not degraded."""
+        frozen = (
+            st.state is HealthState.DEGRADED
+            and st.baseline_ttft_ms is not None
+            and now - st.since < self._cfg.degraded_baseline_freeze_s
+        )
+        if not frozen or baseline < (st.baseline_ttft_ms or math.inf):
+            st.baseline_ttft_ms = baseline
+
+    def _peer_slowdown(self, key: EndpointKey, now: float) -> float:
+        """The median slowdown (recent TTFT / own baseline) of the model's other endpoints
+        with fresh evidence, at least 1: peers that got faster excuse nothing."""
+        horizon = now - self._cfg.degraded_ttft_max_age_s
+        slowdowns = []
+        for peer in self._by_model.get(key.model, ()):
+            ps = self._states[peer]
+            if (
+                peer != key
+                and ps.ttft_slowdown is not None
+                and ps.ttfts
+                and ps.ttfts[-1][0] >= horizon
+            ):
+                slowdowns.append(ps.ttft_slowdown)
+        return max(1.0, statistics.median(slowdowns)) if slowdowns else 1.0
 
     def _retry_after(self, outcome: Outcome) -> float | None:
         """A 429's Retry-After, capped; None when absent or meaningless (<= 0, NaN)."""

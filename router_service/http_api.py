@@ -6,10 +6,12 @@ Routes (documents are built in :mod:`router_service.metrics_json`):
 ``GET /healthz``                               liveness + catalog version
 ``GET /v1/models``                             model list with best P50 TTFT/throughput
 ``GET /v1/models/{creator}/{name}/endpoints``  per-provider metrics, uptime, health
-``GET /v1/models/{creator}/{name}/timeseries`` last hour per provider, 5-minute points
+``GET /v1/models/{creator}/{name}/timeseries`` per provider: ``?range=5m|15m|1h`` (10 s
+                                               points; 1 min for 1h), default 15m
 ``GET /metrics``                               Prometheus (text or OpenMetrics, negotiated)
 ``GET /``                                      dashboard: model list
-``GET /models/{creator}/{name}``               dashboard: one model's providers
+``GET /models/{creator}/{name}``               dashboard: one model's providers (404
+                                               page with navigation if unknown)
 ``GET /static/...``                            dashboard assets (no CDN, works offline)
 =============================================  ============================================
 
@@ -20,6 +22,7 @@ Model ids contain a slash, hence the two path segments.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from prometheus_client.exposition import choose_encoder
 
 from router_common.catalog_model import Model
 from router_service.core import RouterCore, UnknownModelError
+from router_service.dashboard_series import DEFAULT_RANGE, RANGES
 from router_service.grpc_api import RpcCounter
 from router_service.metrics_json import (
     endpoints_document,
@@ -81,6 +85,19 @@ def build_http_app(core: RouterCore, rpc_counter: RpcCounter) -> web.Application
 
         return handle
 
+    async def timeseries(request: web.Request) -> web.Response:
+        try:
+            model = lookup(request)
+        except UnknownModelError as exc:
+            return web.json_response(not_found_document(str(exc)), status=404, headers=NO_STORE)
+        range_name = request.query.get("range", DEFAULT_RANGE)
+        if range_name not in RANGES:
+            shown = json.dumps(range_name[:40])
+            message = f"range: expected one of {', '.join(RANGES)}, got {shown}"
+            body = {"error": {"message": message, "type": "invalid_request"}}
+            return web.json_response(body, status=400, headers=NO_STORE)
+        return web.json_response(timeseries_document(core, model, range_name), headers=NO_STORE)
+
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "catalog_version": core.catalog_version})
 
@@ -99,16 +116,16 @@ def build_http_app(core: RouterCore, rpc_counter: RpcCounter) -> web.Application
     async def dashboard_model(request: web.Request) -> web.StreamResponse:
         try:
             lookup(request)
-        except UnknownModelError as exc:
-            raise web.HTTPNotFound(text=f"{exc}\n") from exc
+        except UnknownModelError:
+            # A page, not a bare text line: it says what was asked for and links back
+            # to the model list (and to the closest ids), so nobody is stranded.
+            return web.FileResponse(STATIC_DIR / "unknown.html", status=404, headers=NO_STORE)
         return web.FileResponse(STATIC_DIR / "model.html", headers=NO_STORE)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{creator}/{name}/endpoints", model_document(endpoints_document))
-    app.router.add_get(
-        "/v1/models/{creator}/{name}/timeseries", model_document(timeseries_document)
-    )
+    app.router.add_get("/v1/models/{creator}/{name}/timeseries", timeseries)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", dashboard_index)
     app.router.add_get("/models/{creator}/{name}", dashboard_model)

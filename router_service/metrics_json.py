@@ -10,7 +10,9 @@ written against it read ours:
 
 * ``GET /v1/models`` → :func:`models_document`
 * ``GET /v1/models/{creator}/{name}/endpoints`` → :func:`endpoints_document`
-* ``GET /v1/models/{creator}/{name}/timeseries`` → :func:`timeseries_document`
+* ``GET /v1/models/{creator}/{name}/timeseries?range=5m|15m|1h`` → :func:`timeseries_document`
+  (10-second points for 5 and 15 minutes, one-minute points for the hour,
+  from :mod:`router_service.dashboard_series`)
 
 Too few samples (``router_service.figures``): every rolling figure needs
 :data:`MIN_SAMPLES` observations in its window; below that it is ``null``,
@@ -25,10 +27,10 @@ from typing import Any
 
 from router_common.catalog_model import Endpoint, Model
 from router_service.core import RouterCore
-from router_service.figures import MIN_SAMPLES, best_p50s
+from router_service.dashboard_series import RANGES
+from router_service.figures import MIN_SAMPLES, best_p50s, best_p95_ttft
 from router_service.health import Transition
-from router_service.model import EndpointStats, HealthView, MetricSummary, Uptime
-from router_service.sketches.windows import HOUR, SeriesPoint
+from router_service.model import EndpointStats, HealthState, HealthView, MetricSummary, Uptime
 
 #: Health transitions returned with a model's endpoints (most recent last).
 TRANSITIONS_SHOWN = 20
@@ -77,6 +79,9 @@ def endpoint_document(endpoint: Endpoint, stats: EndpointStats, view: HealthView
         "throughput_last_1h": throughput,
         "sample_size_last_1h": stats.ttft_1h.count,
         "throughput_sample_size_last_1h": stats.tps_1h.count,
+        "latency_last_5m": percentiles(stats.ttft_5m),
+        "throughput_last_5m": percentiles(stats.tps_5m),
+        "sample_size_last_5m": stats.ttft_5m.count,
         "uptime_last_15m": uptime_ratio(stats.uptime_15m),
         "uptime_last_1h": uptime_ratio(stats.uptime_1h),
         "uptime_last_1d": uptime_ratio(stats.uptime_1d),
@@ -88,11 +93,19 @@ def endpoint_document(endpoint: Endpoint, stats: EndpointStats, view: HealthView
         "enough_data": latency is not None,
         "last_sample_at": _num(stats.last_sample_at),
         "status": view.state.value,
+        "observed": is_observed(stats, view),
         "status_reason": view.reason,
         "status_since": _num(view.since) if view.since else None,
         "ejected_until": _num(view.ejected_until),
         "consecutive_failures": view.consecutive_failures,
     }
+
+
+def is_observed(stats: EndpointStats, view: HealthView) -> bool:
+    """Whether the router has evidence about the endpoint: an attempt in the last hour,
+    or a health state other than the default. An endpoint nobody called is "healthy"
+    for ranking (innocent until proven otherwise) but the dashboard says "no data"."""
+    return stats.uptime_1h.attempts > 0 or view.state is not HealthState.HEALTHY
 
 
 def transition_document(transition: Transition) -> JSON:
@@ -131,10 +144,14 @@ def endpoints_document(core: RouterCore, model: Model) -> JSON:
 def model_summary(core: RouterCore, model: Model) -> JSON:
     """One row of the model list: best P50 TTFT (lowest) and throughput (highest)."""
     best_ttft, best_tps = best_p50s(model, core.store.stats)
+    best_p95 = best_p95_ttft(model, core.store.stats)
     status_counts: dict[str, int] = {}
     for endpoint in model.endpoints:
-        state = core.health.view(endpoint.key).state.value
+        stats = core.store.stats(endpoint.key)
+        view = core.health.view(endpoint.key)
+        state = view.state.value if is_observed(stats, view) else "no_data"
         status_counts[state] = status_counts.get(state, 0) + 1
+    cheapest = min(model.endpoints, key=lambda e: e.input_price_per_mtok + e.output_price_per_mtok)
     return {
         "id": model.id,
         "object": "model",
@@ -143,8 +160,15 @@ def model_summary(core: RouterCore, model: Model) -> JSON:
         "providers": [e.provider.name for e in model.endpoints],
         "best_p50_ttft_ms": _num(best_ttft.value) if best_ttft else None,
         "best_p50_ttft_provider": best_ttft.provider if best_ttft else None,
+        "best_p95_ttft_ms": _num(best_p95.value) if best_p95 else None,
+        "best_p95_ttft_provider": best_p95.provider if best_p95 else None,
         "best_p50_throughput": _num(best_tps.value) if best_tps else None,
         "best_p50_throughput_provider": best_tps.provider if best_tps else None,
+        "cheapest": {
+            "provider_name": cheapest.provider.name,
+            "input_per_million": cheapest.input_price_per_mtok,
+            "output_per_million": cheapest.output_price_per_mtok,
+        },
         "status_counts": status_counts,
     }
 
@@ -160,41 +184,34 @@ def models_document(core: RouterCore) -> JSON:
     }
 
 
-def series_point_document(point: SeriesPoint) -> JSON:
-    """One 5-minute bucket of the chart.
+def timeseries_document(core: RouterCore, model: Model, range_name: str = "15m") -> JSON:
+    """``/v1/models/{id}/timeseries?range=``: per provider, oldest point first.
 
-    The same minimum applies per bucket, counted in successful attempts (the
-    ones that carry TTFT and throughput samples): a bucket with fewer has null
-    metrics, so the chart never plots a point the table calls "not enough data".
+    Each point has attempts, failures, uptime, TTFT and throughput P50/P95
+    (null with fewer than MIN_SAMPLES successes in the bucket, so the chart
+    never plots what the table calls "not enough data") and ``health``: the
+    worst state the endpoint was in during the bucket, or ``no_data`` when it
+    had no attempts and nothing was wrong.
     """
-    enough = point.successes >= MIN_SAMPLES
-    return {
-        "start": _num(point.start),
-        "end": _num(point.end),
-        "ttft_p50": _num(point.ttft_p50) if enough else None,
-        "ttft_p95": _num(point.ttft_p95) if enough else None,
-        "throughput_p50": _num(point.tps_p50) if enough else None,
-        "attempts": point.attempts,
-        "successes": point.successes,
-        "failures": point.failures,
-    }
-
-
-def timeseries_document(core: RouterCore, model: Model) -> JSON:
-    """``/v1/models/{id}/timeseries``: the last hour per provider, oldest bucket first."""
+    spec = RANGES[range_name]
+    series = []
+    for e in model.endpoints:
+        current = core.health.view(e.key).state  # before the series lock: no nesting
+        series.append(
+            {
+                "provider_name": e.provider.name,
+                "points": core.series.points(e.key, range_name, current, MIN_SAMPLES),
+            }
+        )
     return {
         "data": {
             "id": model.id,
-            "window": "1h",
-            "bucket_seconds": HOUR.width,
+            "window": spec.name,
+            "ranges": list(RANGES),
+            "bucket_seconds": spec.width,
+            "min_samples": MIN_SAMPLES,
             "generated_at": _num(core.clock()),
-            "series": [
-                {
-                    "provider_name": e.provider.name,
-                    "points": [series_point_document(p) for p in core.store.timeseries(e.key)],
-                }
-                for e in model.endpoints
-            ],
+            "series": series,
         }
     }
 

@@ -7,8 +7,11 @@ it must leave no process or port behind.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -25,8 +28,10 @@ from router_demo.catalog import (
     provider_specs,
     write_catalog,
 )
+from router_demo.cli import MIN_DURATION_S, parse_args
 from router_demo.incidents import (
     IncidentPlan,
+    IncidentResult,
     detected_after,
     evaluate,
     plan_incidents,
@@ -36,7 +41,7 @@ from router_demo.incidents import (
     routed_around_for,
 )
 from router_demo.processes import pid_alive, port_open
-from router_demo.summary import SUMMARY_KEY
+from router_demo.summary import SUMMARY_KEY, build_summary, print_summary
 from router_demo.traffic import RequestRecord, preference_body, share_by_provider
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,7 +241,8 @@ def test_evaluate_combines_the_measurements() -> None:
 
 # ---------------------------------------------------------------- end to end
 
-DEMO_SECONDS = 45
+#: The shortest duration the CLI accepts: every accepted duration must pass.
+DEMO_SECONDS = int(MIN_DURATION_S)
 
 
 def _summary_from(stdout: str) -> dict:
@@ -251,7 +257,15 @@ def test_router_demo_unattended_detects_and_routes_around_every_incident() -> No
     env = {**os.environ, "COLUMNS": "120"}
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "router_demo.cli", "--duration", str(DEMO_SECONDS), "--no-live"],
+        [
+            sys.executable,
+            "-m",
+            "router_demo.cli",
+            "--duration",
+            str(DEMO_SECONDS),
+            "--no-live",
+            "--json",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -280,3 +294,60 @@ def test_router_demo_unattended_detects_and_routes_around_every_incident() -> No
     assert [port for port in summary["ports"] if port_open(port)] == []
     # Keys are never printed.
     assert "API_KEY=" not in proc.stdout + proc.stderr
+
+
+def test_demo_on_a_port_in_use_exits_2_with_one_line_naming_port_and_flag() -> None:
+    """Issue 12, item 4: no traceback; the port and the flag that sets it, on one line."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        base = port - 2  # the busy port is the third the demo wants
+        proc = subprocess.run(
+            [sys.executable, "-m", "router_demo.cli", "--duration", "60", "--no-live",
+             "--base-port", str(base)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"port {port} " in lines[0] and "--base-port" in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_durations_too_short_to_show_the_incidents_are_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert parse_args(["--duration", str(MIN_DURATION_S)]).duration == MIN_DURATION_S
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--duration", str(MIN_DURATION_S - 1)])
+    assert exc.value.code == 2
+    assert f"at least {MIN_DURATION_S:.0f}" in capsys.readouterr().err
+
+
+def _printed_summary(as_json: bool) -> str:
+    from rich.console import Console
+
+    plan = IncidentPlan("slowdown", "cerebras", 10.0, 20.0)
+    result = IncidentResult(plan, 10.0, 20.0, 2.5, 5.0, None)
+    summary = build_summary(
+        [], [result], duration_s=45.0, pids=[1], ports=[2], dashboard_url="http://x/"
+    )
+    console = Console(record=True, width=100, file=io.StringIO())
+    with contextlib.redirect_stdout(io.StringIO()) as plain:
+        print_summary(summary, console, as_json=as_json)
+    return console.export_text() + plain.getvalue()
+
+
+def test_summary_explains_its_words_and_ends_without_json_unless_asked() -> None:
+    text = _printed_summary(as_json=False)
+    for word in ("pinned", "detected", "routed around", "recovered"):
+        assert re.search(rf"^{word}: ", text, re.M), word
+    assert "not yet" in text
+    last = text.strip().splitlines()[-1]
+    assert not last.lstrip().startswith("{")
+    assert SUMMARY_KEY not in text
+    with_json = _printed_summary(as_json=True).strip().splitlines()[-1]
+    assert json.loads(with_json)[SUMMARY_KEY]["incidents"][0]["detected_after_s"] == 2.5

@@ -425,7 +425,7 @@ def test_outcomes_while_ejected_do_not_move_the_timer():
 
 
 def test_degraded_on_ttft_with_min_samples_and_recovery():
-    tracker, _ = make()
+    tracker, _ = make(degraded_ttft_ratio=3.0)
     feed(tracker, [ok(ttft=2400)] * 4, baseline=580)
     assert tracker.view(KEY).state is H  # 4 < degraded_min_samples
     tracker.record(ok(ttft=2400), 580)
@@ -438,7 +438,7 @@ def test_degraded_on_ttft_with_min_samples_and_recovery():
 
 
 def test_degraded_ttft_recovery_sequence():
-    tracker, _ = make()
+    tracker, _ = make(degraded_ttft_ratio=3.0)
     feed(tracker, [ok(ttft=2400)] * 10, baseline=580)
     assert tracker.view(KEY).state is D
     feed(tracker, [ok(ttft=500)] * 9, baseline=580)
@@ -452,8 +452,8 @@ def test_degraded_ttft_recovery_sequence():
 @pytest.mark.parametrize(
     ("ttft", "baseline", "expected"),
     [
-        (1740, 580, H),  # exactly 3x: not "above"
-        (1741, 580, D),
+        (1160, 580, H),  # exactly the default 2x: not "above"
+        (1161, 580, D),
         (10_000, None, H),  # unknown baseline: no TTFT rule
         (10_000, 0.0, H),  # nonsense baseline ignored
     ],
@@ -687,3 +687,95 @@ def test_property_state_is_always_consistent(
                 assert len(state.probe_grants) <= permits
                 assert len(state.window) <= cfg.failure_rate_max_samples
                 assert len(state.ttfts) <= cfg.degraded_ttft_samples
+
+
+# ------------------------------------------------- degraded: defaults and peers
+
+PEER = EndpointKey(KEY.model, "peer-b")
+OTHER = EndpointKey(KEY.model, "peer-c")
+
+
+def _steady(tracker: HealthTracker, key: EndpointKey, ttft: float, baseline: float, n: int = 20):
+    for _ in range(n):
+        tracker.record(ok(ttft=ttft, key=key), baseline)
+
+
+def test_default_catches_a_3x_slowdown_measured_with_fixed_overhead():
+    """80 ms provider + 10 ms proxy/connection: x3 reads as 250/90 = 2.8x, under 3."""
+    tracker, _ = make()
+    overhead, ttft = 10.0, 80.0
+    baseline = ttft + overhead
+    _steady(tracker, KEY, baseline, baseline)
+    _steady(tracker, PEER, 120 + overhead, 120 + overhead)
+    slow = 3 * ttft + overhead
+    for _ in range(10):
+        tracker.record(ok(ttft=slow), baseline)
+    assert tracker.view(KEY).state is H  # 10 slow of 20: the median is not there yet
+    tracker.record(ok(ttft=slow), baseline)
+    v = tracker.view(KEY)
+    assert v.state is D
+    assert "2.8\u00d7 baseline 90ms" in v.reason
+
+
+def test_a_model_wide_slowdown_degrades_no_endpoint():
+    tracker, _ = make()
+    for key in (KEY, PEER, OTHER):
+        _steady(tracker, key, 100, 100)
+    for key in (PEER, OTHER, KEY):  # everyone 2.5x slower (longer prompts, say)
+        _steady(tracker, key, 250, 100)
+    assert {tracker.view(k).state for k in (KEY, PEER, OTHER)} == {H}
+
+
+def test_an_endpoint_slower_than_its_peers_slowdown_is_degraded_with_both_numbers():
+    tracker, _ = make()
+    _steady(tracker, PEER, 150, 100)  # peers 1.5x slower
+    _steady(tracker, OTHER, 150, 100)
+    _steady(tracker, KEY, 290, 100)  # 2.9x: not 2x beyond the peers' 1.5x
+    assert tracker.view(KEY).state is H
+    _steady(tracker, KEY, 310, 100)  # 3.1x > 2 x 1.5
+    v = tracker.view(KEY)
+    assert v.state is D
+    assert v.reason == "TTFT p50 310ms is 3.1\u00d7 baseline 100ms (peers 1.5\u00d7)"
+
+
+def test_stale_peer_evidence_excuses_nothing():
+    tracker, clock = make()
+    _steady(tracker, PEER, 300, 100)  # a peer 3x slower, long ago
+    clock.advance(31)
+    _steady(tracker, KEY, 250, 100)
+    assert tracker.view(KEY).state is D
+
+
+def test_peers_of_another_model_do_not_count():
+    tracker, _ = make()
+    _steady(tracker, EndpointKey("other/model", "peer-b"), 300, 100)
+    _steady(tracker, KEY, 250, 100)
+    assert tracker.view(KEY).state is D
+
+
+def test_retain_forgets_peers():
+    tracker, _ = make()
+    _steady(tracker, PEER, 300, 100)
+    tracker.retain([KEY])
+    _steady(tracker, KEY, 250, 100)
+    assert tracker.view(KEY).state is D
+    assert tracker._by_model == {KEY.model: {KEY}}
+
+
+def test_a_slowdown_does_not_raise_its_own_baseline_while_degraded():
+    """The caller's hourly P50 catches up with the incident; the verdict must not."""
+    tracker, clock = make()
+    _steady(tracker, KEY, 300, 100)
+    assert tracker.view(KEY).state is D
+    tracker.record(ok(ttft=300), 300)  # the hour is now mostly the incident
+    assert tracker.view(KEY).state is D
+    tracker.record(ok(ttft=300), 90)  # a lower baseline is always taken
+    assert "baseline 90ms" in tracker.view(KEY).reason
+    since = tracker.view(KEY).since
+    while clock.now + 20 - since < 600:  # still slow, with fresh samples: still degraded
+        clock.advance(20)
+        _steady(tracker, KEY, 300, 300, n=5)
+        assert tracker.view(KEY).state is D
+    clock.advance(20)  # slow for longer than the freeze: the new normal
+    _steady(tracker, KEY, 300, 300, n=5)
+    assert tracker.view(KEY).state is H

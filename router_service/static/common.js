@@ -127,10 +127,22 @@ const Dash = (() => {
     tick();
   }
 
+  // "no_data": an endpoint nobody called in the window. Ranking treats it as healthy
+  // (innocent until proven otherwise); the dashboard does not claim it works.
+  const STATE_LABEL = { no_data: "no data" };
   function badge(state) {
-    return el("span", { class: `badge ${state}`, "data-status": state }, state);
+    return el("span", { class: `badge ${state}`, "data-status": state }, STATE_LABEL[state] || state);
+  }
+
+  /** Read or write one query parameter without reloading (keeps the others). */
+  function queryParam(name, value) {
+    const url = new URL(location.href);
+    if (value === undefined) return url.searchParams.get(name);
+    url.searchParams.set(name, value);
+    history.replaceState(null, "", url);
+    return value;
   }
 
   return { el, noData, fmtMs, fmtTps, fmtPct, fmtTime, modelHref, apiModelPath, getJSON,
-           sorter, sortFromHash, poll, badge, REFRESH_MS };
+           sorter, sortFromHash, poll, badge, queryParam, STATE_LABEL, REFRESH_MS };
 })();

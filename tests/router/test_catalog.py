@@ -113,3 +113,15 @@ def test_missing_file_names_it(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     with pytest.raises(CatalogError, match=r"nope\.yaml: \(file\): cannot read"):
         load_catalog(missing)
+
+
+def test_api_key_env_is_optional_and_still_checked_when_given() -> None:
+    text = (
+        "providers:\n  local: {base_url: 'http://127.0.0.1:9101/v1'}\n"
+        "models:\n  a/b:\n    endpoints:\n"
+        "      - {provider: local, input_price_per_million: 1, output_price_per_million: 1}\n"
+    )
+    assert parse_catalog(text).providers["local"].api_key_env == ""
+    bad = text.replace("{base_url:", "{api_key_env: '', base_url:")
+    with pytest.raises(CatalogError, match=r"providers\.local\.api_key_env"):
+        parse_catalog(bad)

@@ -13,6 +13,7 @@ browser fails. Set ``DASHBOARD_SCREENSHOTS=/some/dir`` to keep screenshots.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -168,9 +169,23 @@ async def test_model_page_shows_every_provider(router_app, page) -> None:
     await expect(baseten.locator('td[data-col="status"]')).to_contain_text("consecutive")
     await expect(page.locator("#events li[data-provider=baseten]")).to_have_count(1)
     # One line per provider with enough data (fireworks' 2 samples are not plotted either).
-    await expect(page.locator("#chart-ttft path[data-provider]")).to_have_count(2)
-    await expect(page.locator("#chart-throughput path[data-provider]")).to_have_count(2)
+    await expect(page.locator("#chart-ttft path[data-stat=p50]")).to_have_count(2)
+    await expect(page.locator("#chart-ttft path[data-stat=p95]")).to_have_count(2)
+    await expect(page.locator("#chart-throughput path[data-stat=p50]")).to_have_count(2)
+    await expect(page.locator("#chart-throughput path[data-stat=p95]")).to_have_count(0)
     await expect(page.locator("#chart-ttft path[data-provider=fireworks]")).to_have_count(0)
+    # The 5-minute figures sit beside the hour's.
+    await expect(cerebras.locator('td[data-col="ttft_5m_p50"]')).to_have_text("304 ms")
+    # deepinfra was never called: "no data", not "healthy", in the table and the strip.
+    deepinfra = page.locator('tr[data-provider="deepinfra"]')
+    await expect(deepinfra).to_have_attribute("data-status", "no_data")
+    await expect(deepinfra.locator('td[data-col="status"]')).to_contain_text("no data")
+    strip = page.locator('#strip .strip-row[data-provider="deepinfra"] .cell')
+    await expect(strip).to_have_count(90)  # 15 minutes of 10 s intervals
+    assert set(await strip.evaluate_all("cs => cs.map(c => c.dataset.health)")) == {"no_data"}
+    await expect(
+        page.locator('#strip .strip-row[data-provider="baseten"] .cell').last
+    ).to_have_attribute("data-health", "ejected")
     await expect(page.locator("#legend span[data-provider]")).to_have_count(5)
     await screenshot(page, "dashboard-model.png")
 
@@ -203,7 +218,9 @@ async def test_model_page_refreshes_live(router_app, router_stub, page) -> None:
     # No reload: the page's own 2 s poll picks the new numbers up.
     await expect(deepinfra).to_have_attribute("data-enough-data", "true")
     await expect(deepinfra.locator('td[data-col="ttft_p50"]')).to_have_text("120 ms")
-    await expect(page.locator("#chart-ttft path[data-provider=deepinfra]")).to_have_count(1)
+    await expect(
+        page.locator("#chart-ttft path[data-provider=deepinfra][data-stat=p50]")
+    ).to_have_count(1)
 
 
 async def test_fresh_router_dashboard_shows_not_enough_data(router_app) -> None:
@@ -216,11 +233,111 @@ async def test_fresh_router_dashboard_shows_not_enough_data(router_app) -> None:
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             await page.goto(router_app.http_url + "/")
             await expect(page.locator("#models tbody tr")).to_have_count(4)
-            await expect(page.locator("#models .nodata")).to_have_count(8)
+            await expect(page.locator("#models .nodata")).to_have_count(12)
             await page.goto(router_app.http_url + f"/models/{GLM}")
             await expect(page.locator("#providers tbody tr")).to_have_count(5)
             await expect(page.locator("#providers td[data-col=ttft]")).to_have_count(5)
             await expect(page.locator("#chart-ttft [data-empty]")).to_have_text("not enough data")
+            # No axes without data (no "1, 1, 1, 0, 0" ticks), and nobody is called healthy.
+            await expect(page.locator("#chart-ttft text:not([data-empty])")).to_have_count(0)
+            await expect(page.locator("#providers tr[data-status=no_data]")).to_have_count(5)
+            await expect(page.locator("#strip .cell[data-health=no_data]")).to_have_count(5 * 90)
             assert not errors
         finally:
             await browser.close()
+
+
+async def test_an_incident_shows_on_the_chart_and_the_strip_within_seconds(
+    router_app, router_stub
+) -> None:
+    """A provider's TTFT rises 4x, then it fails: the open page shows both, unreloaded."""
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1100})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            # Before: 10 normal answers 30 s ago (an earlier 10 s interval).
+            before = time.time() - 30
+            await router_stub.RecordOutcome(
+                router_pb2.RecordOutcomeRequest(
+                    outcomes=[
+                        outcome("cerebras", ttft_ms=100.0 + i, started_at=before) for i in range(10)
+                    ]
+                )
+            )
+            router_app.refresh_now()  # the hour's P50 (the health baseline) is now ~100 ms
+            await page.goto(router_app.http_url + f"/models/{GLM}?refresh=300&range=5m")
+            p50 = page.locator("#chart-ttft path[data-provider=cerebras][data-stat=p50]")
+            await expect(p50).to_have_count(1)
+            assert float(await p50.get_attribute("data-last")) < 150
+            cells = page.locator('#strip .strip-row[data-provider="cerebras"] .cell')
+            await expect(cells).to_have_count(30)
+            await expect(cells.last).to_have_attribute("data-health", "no_data")
+            await screenshot(page, "dashboard-incident-before.png")
+
+            # The slowdown: TTFT x4 now.
+            await router_stub.RecordOutcome(
+                router_pb2.RecordOutcomeRequest(
+                    outcomes=[outcome("cerebras", ttft_ms=400.0 + i) for i in range(10)]
+                )
+            )
+            await expect(p50).to_have_attribute("data-last", re.compile(r"^(3[5-9]\d|4\d\d)"))
+            await expect(cells.last).to_have_attribute("data-health", "degraded", timeout=5000)
+            row = page.locator('tr[data-provider="cerebras"]')
+            await expect(row).to_have_attribute("data-status", "degraded", timeout=5000)
+            await expect(row.locator('td[data-col="status"]')).to_contain_text("baseline")
+            await screenshot(page, "dashboard-incident-slow.png")
+
+            # Then it fails outright: ejected, on the strip too.
+            await router_stub.RecordOutcome(
+                router_pb2.RecordOutcomeRequest(outcomes=[failure("cerebras") for _ in range(6)])
+            )
+            await expect(cells.last).to_have_attribute("data-health", "ejected", timeout=5000)
+            await expect(row).to_have_attribute("data-status", "ejected", timeout=5000)
+            await expect(
+                page.locator("#strip .strip-row[data-provider=cerebras] .strip-uptime")
+            ).not_to_have_text("100%")
+            await screenshot(page, "dashboard-incident-ejected.png")
+
+            # The hour view: per-minute points, same incident.
+            await page.locator('#range button[data-range="1h"]').click()
+            await expect(cells).to_have_count(60)
+            await expect(cells.last).to_have_attribute("data-health", "ejected")
+            assert "range=1h" in page.url
+            assert not errors, errors
+        finally:
+            await browser.close()
+
+
+async def test_model_list_filters_and_shows_price_and_p95(router_app, page) -> None:
+    await page.goto(router_app.http_url + "/")
+    rows = page.locator("#models tbody tr[data-model-id]")
+    await expect(rows).to_have_count(4)
+    glm = page.locator(f'tr[data-model-id="{GLM}"]')
+    await expect(glm.locator('td[data-col="price"]')).to_contain_text("$0.45 / $1.90")
+    await expect(glm.locator('td[data-col="price"]')).to_contain_text("via deepinfra")
+    await expect(glm.locator('td[data-col="ttft_p95"]')).to_contain_text("via cerebras")
+    await page.locator("#filter").fill("groq")  # a provider name matches too
+    await expect(rows).to_have_count(3)
+    await expect(page.locator("#shown")).to_have_text("3 of 4 models")
+    await page.locator("#filter").fill("glm")
+    await expect(rows).to_have_count(1)
+    assert "q=glm" in page.url
+    await page.locator("#filter").fill("no-such-thing")
+    await expect(rows).to_have_count(0)
+    await expect(page.locator("#models [data-empty]")).to_contain_text("no-such-thing")
+    await screenshot(page, "dashboard-list-filtered.png")
+
+
+async def test_unknown_model_page_offers_a_way_back(router_app, page) -> None:
+    response = await page.goto(router_app.http_url + "/models/zai/glm-9")
+    assert response is not None and response.status == 404
+    await expect(page.locator("h1")).to_have_text("Unknown model")
+    await expect(page.locator("#message")).to_contain_text("zai/glm-9")
+    await expect(page.locator("#suggestions a")).to_have_count(1)
+    await expect(page.locator(f'#suggestions a[data-model-id="{GLM}"]')).to_have_count(1)
+    await expect(page.locator("#all-models a")).to_have_count(4)
+    await screenshot(page, "dashboard-unknown.png")
+    await page.locator("#back").click()
+    await page.wait_for_url(router_app.http_url + "/")

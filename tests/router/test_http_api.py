@@ -187,30 +187,57 @@ async def test_models_list_has_best_p50_per_model(recorded, http) -> None:
     assert glm["best_p50_ttft_ms"] == recorded["cerebras"]["latency_last_1h"]["p50"]
     assert glm["best_p50_ttft_provider"] == "cerebras"
     assert glm["best_p50_throughput"] == recorded["cerebras"]["throughput_last_1h"]["p50"]
-    assert glm["status_counts"] == {"healthy": 4, "ejected": 1}
+    assert glm["status_counts"] == {"healthy": 3, "no_data": 1, "ejected": 1}
     assert by_id[OSS]["best_p50_ttft_ms"] == 150.0
     assert by_id[OSS]["best_p50_throughput"] == 900.0
     assert by_id["meta/llama-3.3-70b"]["best_p50_ttft_ms"] is None
     assert by_id["meta/llama-3.3-70b"]["best_p50_throughput"] is None
 
 
-async def test_timeseries_has_the_last_hour_per_provider(recorded, http) -> None:
-    doc = await get_json(http, f"/v1/models/{GLM}/timeseries")
+async def test_timeseries_has_the_last_hour_per_minute(recorded, http) -> None:
+    doc = await get_json(http, f"/v1/models/{GLM}/timeseries?range=1h")
     data = doc["data"]
-    assert data["bucket_seconds"] == 300
+    assert data["window"] == "1h" and data["bucket_seconds"] == 60
+    assert data["ranges"] == ["5m", "15m", "1h"]
     series = {s["provider_name"]: s["points"] for s in data["series"]}
     assert list(series) == ["cerebras", "together", "fireworks", "deepinfra", "baseten"]
     points = series["cerebras"]
-    assert len(points) == 12
+    assert len(points) == 60
     assert [p["start"] for p in points] == sorted(p["start"] for p in points)
     assert points[-1]["start"] <= time.time() < points[-1]["end"]
-    assert points[-1]["attempts"] == 20  # all recorded just now
-    assert points[-1]["ttft_p50"] == pytest.approx(np.median(CEREBRAS_TTFT), rel=0.02)
-    assert all(p["ttft_p50"] is None for p in points[:-2])
+    recent = points[-2:]  # recorded just now (a minute may have turned since)
+    assert sum(p["attempts"] for p in recent) == 20
+    busiest = max(recent, key=lambda p: p["attempts"])
+    if busiest["attempts"] == 20:
+        # Nearest-rank percentiles from 2%-wide bins: within 2% of the sample at that rank.
+        ranked = sorted(CEREBRAS_TTFT)
+        assert busiest["ttft_p50"] == pytest.approx(ranked[9], rel=0.02)
+        assert busiest["ttft_p95"] == pytest.approx(ranked[18], rel=0.02)
+        assert busiest["throughput_p95"] is not None
+        assert busiest["health"] == "healthy"
+    assert all(p["ttft_p50"] is None and p["health"] == "no_data" for p in points[:-2])
     assert all(p["throughput_p50"] is None for p in series["deepinfra"])
+    # deepinfra only had a client error: no evidence, so "no data", never "healthy".
+    assert {p["health"] for p in series["deepinfra"]} == {"no_data"}
     # Too few samples in a bucket: counted, not plotted.
-    assert series["fireworks"][-1]["attempts"] == MIN_SAMPLES - 2
-    assert series["fireworks"][-1]["ttft_p50"] is None
+    assert sum(p["attempts"] for p in series["fireworks"]) == MIN_SAMPLES - 2
+    assert all(p["ttft_p50"] is None for p in series["fireworks"])
+    # baseten was ejected just now: the strip shows it.
+    assert series["baseten"][-1]["health"] == "ejected"
+    assert series["baseten"][-1]["failures"] + series["baseten"][-2]["failures"] == 6
+
+
+async def test_timeseries_ranges_and_a_bad_range(recorded, http) -> None:
+    for name, width, count in (("5m", 10, 30), ("15m", 10, 90)):
+        data = (await get_json(http, f"/v1/models/{GLM}/timeseries?range={name}"))["data"]
+        assert (data["window"], data["bucket_seconds"]) == (name, width)
+        points = data["series"][0]["points"]
+        assert len(points) == count
+        assert sum(p["attempts"] for p in points[-2:]) == 20
+    default = (await get_json(http, f"/v1/models/{GLM}/timeseries"))["data"]
+    assert default["window"] == "15m"
+    doc = await get_json(http, f"/v1/models/{GLM}/timeseries?range=2h", status=400)
+    assert doc["error"]["message"] == 'range: expected one of 5m, 15m, 1h, got "2h"'
 
 
 async def test_unknown_model_is_404_json(router_app, http) -> None:
@@ -223,6 +250,8 @@ async def test_unknown_model_is_404_json(router_app, http) -> None:
     assert doc["error"]["type"] == "not_found"
     async with http.get("/models/x/y") as response:
         assert response.status == 404
+        assert response.content_type == "text/html"
+        assert 'href="/"' in await response.text()  # a way back
 
 
 async def test_fresh_router_reports_not_enough_data(router_app, http) -> None:

@@ -1,0 +1,310 @@
+"""Short-bucket history for the dashboard: per endpoint, what each 10 s / 1 min looked like.
+
+Why a separate, small structure and not the ranking sketches: ranking needs
+5-minute/1-hour/1-day t-digests; a person watching an incident needs to see
+it *as it happens*, which 5-minute points cannot show (a one-minute demo is
+one dot). Two rings per endpoint:
+
+====  =======  =======  =========================================
+ring  bucket   buckets  serves
+====  =======  =======  =========================================
+fine  10 s     90       the last 5 and 15 minutes
+hour  60 s     60       the last hour, one point per minute
+====  =======  =======  =========================================
+
+Each bucket counts attempts, successes and failures and keeps TTFT and
+throughput in sparse log-spaced histograms (bins 2% wide, so a percentile is
+within 1% of the exact one), so memory per endpoint is bounded (150 buckets,
+at most a few hundred bins each, usually a dozen) whatever the traffic, and
+recording is O(1). Buckets are aligned to Unix time, keyed by the outcome's
+own start time clamped to the router's clock (like the sketches), so a
+sidecar's late batch lands in the minute it happened.
+
+Health over time comes from the health tracker's transitions (the
+``on_transition`` hook), kept per endpoint in a bounded deque: a bucket's
+health is the worst state the endpoint was in at any moment of it. A bucket
+with no attempts while healthy is "no_data", never "healthy": an endpoint
+nobody called has not been shown to work.
+
+Pure and clock-injectable; a lock makes it safe to share between the gRPC
+worker threads that record and the HTTP handlers that read.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from math import floor
+from typing import Any
+
+from router_common.domain import Clock, EndpointKey, ErrorClass
+from router_service.health import Transition
+from router_service.model import HealthState, Outcome
+
+__all__ = ["RANGES", "DashboardSeries", "RangeSpec"]
+
+#: Relative width of a histogram bin; the bin's geometric middle is reported.
+BIN_RATIO = 1.02
+_LOG_BIN = math.log(BIN_RATIO)
+#: Transitions kept per endpoint (an hour of even heavy flapping).
+TRANSITIONS_KEPT = 512
+#: Worst first: the strip shows the worst state a bucket saw.
+SEVERITY = {
+    HealthState.HEALTHY: 0,
+    HealthState.DEGRADED: 1,
+    HealthState.PROBING: 2,
+    HealthState.EJECTED: 3,
+}
+NO_DATA = "no_data"
+
+
+@dataclass(frozen=True, slots=True)
+class RangeSpec:
+    """A time range the dashboard offers: how many buckets of which ring."""
+
+    name: str
+    ring: str
+    width: float
+    count: int
+
+
+#: The ranges ``/timeseries?range=`` accepts, shortest first; "15m" is the default.
+RANGES: dict[str, RangeSpec] = {
+    "5m": RangeSpec("5m", "fine", 10.0, 30),
+    "15m": RangeSpec("15m", "fine", 10.0, 90),
+    "1h": RangeSpec("1h", "hour", 60.0, 60),
+}
+DEFAULT_RANGE = "15m"
+_RINGS = {"fine": (10.0, 90), "hour": (60.0, 60)}
+
+
+_INV_LOG_BIN = 1.0 / _LOG_BIN
+_ZERO_BIN = -(10**6)
+
+
+def _bin_value(index: int) -> float:
+    return 0.0 if index <= _ZERO_BIN else BIN_RATIO ** (index + 0.5)
+
+
+def _quantile(hist: dict[int, int], total: int, q: float) -> float | None:
+    """The value at quantile ``q`` of a sparse histogram (nearest rank)."""
+    if total <= 0:
+        return None
+    rank = max(1, math.ceil(q * total))
+    seen = 0
+    for index in sorted(hist):
+        seen += hist[index]
+        if seen >= rank:
+            return _bin_value(index)
+    return None  # unreachable: the counts add up to total
+
+
+@dataclass(slots=True)
+class _Bucket:
+    index: int
+    attempts: int = 0
+    successes: int = 0
+    failures: int = 0
+    ttft: dict[int, int] = field(default_factory=dict)
+    ttft_n: int = 0
+    tps: dict[int, int] = field(default_factory=dict)
+    tps_n: int = 0
+
+
+class _Ring:
+    """``size`` buckets of ``width`` seconds; a slot is reused when its index moves on."""
+
+    def __init__(self, name: str, width: float, size: int) -> None:
+        self.name = name
+        self.width = width
+        self.size = size
+        self.slots: list[_Bucket | None] = [None] * size
+
+    def get(self, index: int) -> _Bucket | None:
+        b = self.slots[index % self.size]
+        return b if b is not None and b.index == index else None
+
+
+@dataclass(slots=True)
+class _EndpointSeries:
+    rings: dict[str, _Ring]
+    #: When the router first heard of the endpoint: earlier buckets have no data.
+    first_seen: float
+    ring_list: tuple[_Ring, ...] = ()
+    #: (at, from_state, to_state), oldest first.
+    transitions: deque[tuple[float, HealthState, HealthState]] = field(
+        default_factory=lambda: deque(maxlen=TRANSITIONS_KEPT)
+    )
+
+
+def _new_series(now: float) -> _EndpointSeries:
+    rings = {name: _Ring(name, w, n) for name, (w, n) in _RINGS.items()}
+    return _EndpointSeries(rings, now, tuple(rings.values()))
+
+
+class DashboardSeries:
+    """Per-endpoint short-bucket counts, latency/throughput histograms and health history."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._endpoints: dict[EndpointKey, _EndpointSeries] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ writes
+
+    def record_many(self, outcomes: Iterable[Outcome]) -> None:
+        """Count validated outcomes (the router's validation has run: keys are known).
+
+        On the outcome ingestion path, so written for speed: one log per metric,
+        then two counter bumps per ring, with the per-batch work hoisted out of
+        the loop (bench/bench_dashboard_series.py measures the cost).
+        """
+        with self._lock:
+            now = self._clock()
+            horizons = {name: int(now // w) - n for name, (w, n) in _RINGS.items()}
+            endpoints = self._endpoints
+            log = math.log
+            for outcome in outcomes:
+                error_class = outcome.error_class
+                if error_class is ErrorClass.CLIENT_ERROR:
+                    continue  # the caller's fault: no evidence about the endpoint
+                series = endpoints.get(outcome.endpoint)
+                if series is None:
+                    series = endpoints[outcome.endpoint] = _new_series(now)
+                at = outcome.timestamp
+                if not 0 < at <= now:
+                    at = now
+                failed = not outcome.success or error_class.counts_against_endpoint
+                ttft_bin = tps_bin = None
+                if not failed:
+                    ttft, tps = outcome.ttft_ms, outcome.tokens_per_second
+                    if ttft is not None and 0 <= ttft < math.inf:
+                        ttft_bin = floor(log(ttft) * _INV_LOG_BIN) if ttft > 0 else _ZERO_BIN
+                    if tps is not None and 0 < tps < math.inf:
+                        tps_bin = floor(log(tps) * _INV_LOG_BIN)
+                for ring in series.ring_list:
+                    index = int(at // ring.width)
+                    if index <= horizons[ring.name]:
+                        continue  # older than the ring: nothing to show it in
+                    slots = ring.slots
+                    slot = index % ring.size
+                    b = slots[slot]
+                    if b is None or b.index != index:
+                        b = slots[slot] = _Bucket(index)
+                    b.attempts += 1
+                    if failed:
+                        b.failures += 1
+                        continue
+                    b.successes += 1
+                    if ttft_bin is not None:
+                        hist = b.ttft
+                        hist[ttft_bin] = hist.get(ttft_bin, 0) + 1
+                        b.ttft_n += 1
+                    if tps_bin is not None:
+                        hist = b.tps
+                        hist[tps_bin] = hist.get(tps_bin, 0) + 1
+                        b.tps_n += 1
+
+    def on_transition(self, transition: Transition) -> None:
+        """The health tracker's hook: remember when each endpoint changed state."""
+        with self._lock:
+            series = self._endpoints.get(transition.key)
+            if series is None:
+                series = self._endpoints[transition.key] = _new_series(transition.at)
+            series.transitions.append((transition.at, transition.from_state, transition.to_state))
+
+    def retain(self, keys: Iterable[EndpointKey]) -> None:
+        """Catalog reload: forget endpoints that left the catalog."""
+        keep = set(keys)
+        with self._lock:
+            for key in [k for k in self._endpoints if k not in keep]:
+                del self._endpoints[key]
+
+    # ------------------------------------------------------------------- reads
+
+    def points(
+        self, key: EndpointKey, range_name: str, current: HealthState, min_samples: int
+    ) -> list[dict[str, Any]]:
+        """The range's buckets for one endpoint, oldest first, as JSON-ready dicts.
+
+        Percentiles are null in a bucket with fewer than ``min_samples``
+        values, like every other figure of the metrics API.
+        """
+        spec = RANGES[range_name]
+        with self._lock:
+            now = self._clock()
+            series = self._endpoints.get(key)
+            last = math.floor(now / spec.width)
+            out = []
+            for index in range(last - spec.count + 1, last + 1):
+                start = index * spec.width
+                end = start + spec.width
+                b = series.rings[spec.ring].get(index) if series is not None else None
+                out.append(_point(b, start, end, series, current, min_samples))
+            return out
+
+
+def _point(
+    b: _Bucket | None,
+    start: float,
+    end: float,
+    series: _EndpointSeries | None,
+    current: HealthState,
+    min_samples: int,
+) -> dict[str, Any]:
+    enough_ttft = b is not None and b.ttft_n >= min_samples
+    enough_tps = b is not None and b.tps_n >= min_samples
+
+    def q(hist: dict[int, int], n: int, p: float, enough: bool) -> float | None:
+        value = _quantile(hist, n, p) if enough else None
+        return None if value is None else round(value, 3)
+
+    attempts = b.attempts if b else 0
+    if series is None or (end <= series.first_seen and attempts == 0):
+        health = NO_DATA  # before the router heard of it: not "healthy", not "ejected"
+    else:
+        worst = _worst_state(series, start, end, current)
+        health = NO_DATA if attempts == 0 and worst is HealthState.HEALTHY else worst.value
+    return {
+        "start": start,
+        "end": end,
+        "attempts": attempts,
+        "successes": b.successes if b else 0,
+        "failures": b.failures if b else 0,
+        "uptime": round(b.successes / b.attempts, 4) if b and b.attempts else None,
+        "ttft_p50": q(b.ttft, b.ttft_n, 0.5, enough_ttft) if b else None,
+        "ttft_p95": q(b.ttft, b.ttft_n, 0.95, enough_ttft) if b else None,
+        "throughput_p50": q(b.tps, b.tps_n, 0.5, enough_tps) if b else None,
+        "throughput_p95": q(b.tps, b.tps_n, 0.95, enough_tps) if b else None,
+        "health": health,
+    }
+
+
+def _worst_state(
+    series: _EndpointSeries | None, start: float, end: float, current: HealthState
+) -> HealthState:
+    """The worst state held at any moment of [start, end).
+
+    The state at ``start`` is the target of the last transition before it,
+    else the source of the first one after it, else the current state.
+    """
+    transitions = series.transitions if series is not None else ()
+    at_start: HealthState | None = None
+    worst: HealthState | None = None
+    for at, from_state, to_state in transitions:
+        if at < start:
+            at_start = to_state
+            continue
+        if at_start is None:
+            at_start = from_state
+        if at >= end:
+            break
+        if worst is None or SEVERITY[to_state] > SEVERITY[worst]:
+            worst = to_state
+    base = at_start if at_start is not None else current
+    if worst is None or SEVERITY[base] > SEVERITY[worst]:
+        worst = base
+    return worst

@@ -1,0 +1,65 @@
+"""Every console script's ``--help`` states each option's default (issue 12, item 7)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+
+from fake_provider.cli import build_parser as fake_parser
+from router_demo.cli import parse_args as demo_parse_args
+from router_service.cli import parse_args as router_parse_args
+from sidecar.config import build_parser as sidecar_parser
+
+#: On/off switches have no value to default to.
+SWITCHES = {"--help", "--no-live", "--json"}
+
+
+def _option_blocks(help_text: str) -> dict[str, str]:
+    """``{'--flag': 'its help text'}`` from argparse's options section."""
+    blocks: dict[str, str] = {}
+    current = None
+    for line in help_text.split("options:", 1)[1].splitlines():
+        m = re.match(r"^  (-\w, )?(--[\w-]+)", line)
+        if m:
+            current = m.group(2)
+            blocks[current] = line
+        elif current and line.startswith("    "):
+            blocks[current] += " " + line.strip()
+    return blocks
+
+
+def _help(show: Callable[[], object], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        show()
+    assert exc.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "show",
+    [
+        lambda: router_parse_args(["--config", "x.yaml", "--help"]),
+        lambda: sidecar_parser().parse_args(["--help"]),
+        lambda: fake_parser().parse_args(["--help"]),
+        lambda: demo_parse_args(["--help"]),
+    ],
+    ids=["router-service", "router-sidecar", "fake-provider", "router-demo"],
+)
+def test_every_option_states_its_default(
+    show: Callable[[], object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocks = _option_blocks(_help(show, capsys))
+    assert len(blocks) >= 3
+    missing = [
+        flag
+        for flag, text in blocks.items()
+        if flag not in SWITCHES and flag != "--config" and "default" not in text.lower()
+    ]
+    assert missing == []
+
+
+def test_router_help_names_the_bind_address_default(capsys: pytest.CaptureFixture[str]) -> None:
+    blocks = _option_blocks(_help(lambda: router_parse_args(["--help"]), capsys))
+    assert "0.0.0.0" in blocks["--host"]
