@@ -1,0 +1,81 @@
+"""``router-service`` flags for authentication, TLS, protected mode and caller limits.
+
+Each flag also reads an environment variable (the flag wins), like the rest of
+the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from router_service.callers import CallerLimitsConfig
+from router_service.security import SecuritySettings
+
+ENV = {
+    "auth_tokens": "ROUTER_AUTH_TOKENS",
+    "tls_cert": "ROUTER_TLS_CERT",
+    "tls_key": "ROUTER_TLS_KEY",
+    "tls_client_ca": "ROUTER_TLS_CLIENT_CA",
+    "allow_unauthenticated": "ROUTER_ALLOW_UNAUTHENTICATED",
+    "outcomes_per_second": "ROUTER_CALLER_OUTCOMES_PER_SECOND",
+    "outcome_burst": "ROUTER_CALLER_OUTCOME_BURST",
+}
+
+
+def add_security_flags(parser: argparse.ArgumentParser) -> None:
+    env = os.environ
+    parser.add_argument(
+        "--auth-tokens",
+        default=env.get(ENV["auth_tokens"]),
+        help="YAML of named callers with tokens and scopes; reloaded on change "
+        f"(env {ENV['auth_tokens']})",
+    )
+    parser.add_argument(
+        "--tls-cert", default=env.get(ENV["tls_cert"]), help=f"PEM (env {ENV['tls_cert']})"
+    )
+    parser.add_argument(
+        "--tls-key", default=env.get(ENV["tls_key"]), help=f"PEM (env {ENV['tls_key']})"
+    )
+    parser.add_argument(
+        "--tls-client-ca",
+        default=env.get(ENV["tls_client_ca"]),
+        help="require client certificates signed by this CA (mTLS); the caller is named by "
+        f"its certificate (env {ENV['tls_client_ca']})",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        default=env.get(ENV["allow_unauthenticated"], "").lower() in ("1", "true", "yes"),
+        help="listen beyond loopback without tokens or mTLS (protected mode off; "
+        f"env {ENV['allow_unauthenticated']}=true)",
+    )
+    defaults = CallerLimitsConfig()
+    parser.add_argument(
+        "--caller-outcomes-per-second",
+        type=float,
+        default=float(env.get(ENV["outcomes_per_second"], defaults.outcomes_per_second)),
+        help="per-caller outcome rate limit, 0 = off "
+        f"(env {ENV['outcomes_per_second']}, default {defaults.outcomes_per_second:g})",
+    )
+    parser.add_argument(
+        "--caller-outcome-burst",
+        type=float,
+        default=float(env.get(ENV["outcome_burst"], defaults.outcome_burst)),
+        help=f"per-caller burst (env {ENV['outcome_burst']}, default {defaults.outcome_burst:g})",
+    )
+
+
+def security_settings(args: argparse.Namespace) -> SecuritySettings:
+    """Raises ValueError with a one-line reason for inconsistent flags."""
+    return SecuritySettings(
+        auth_tokens=args.auth_tokens,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        allow_unauthenticated=args.allow_unauthenticated,
+        caller_limits=CallerLimitsConfig(
+            outcomes_per_second=args.caller_outcomes_per_second,
+            outcome_burst=args.caller_outcome_burst,
+        ),
+    )
