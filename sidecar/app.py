@@ -28,6 +28,7 @@ from sidecar.outcomes import OutcomeReporter
 from sidecar.preferences import RequestError, parse_request
 from sidecar.proxy import Proxy, error_body
 from sidecar.ranking_client import RankingClient
+from sidecar.router_channel import open_router_channel
 
 log = logging.getLogger("sidecar")
 
@@ -95,7 +96,14 @@ class SidecarApp:
             self.catalog = load_catalog(s.fallback_catalog)
         stub = None
         if s.router:
-            self._channel = grpc.aio.insecure_channel(s.router, options=GRPC_CHANNEL_OPTIONS)
+            self._channel = open_router_channel(
+                s.router,
+                GRPC_CHANNEL_OPTIONS,
+                token_file=s.router_token_file,
+                ca=s.router_ca,
+                cert=s.router_tls_cert,
+                key=s.router_tls_key,
+            )
             stub = router_pb2_grpc.RouterStub(self._channel)
         self._stub = stub
         self.ranking = RankingClient(s, stub, self.catalog)
