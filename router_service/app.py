@@ -29,7 +29,7 @@ from router_service.core import RouterCore
 from router_service.grpc_api import RouterServicer
 from router_service.health import HealthConfig
 from router_service.http_api import build_http_app
-from router_service.listen import bind_error
+from router_service.listen import bind_error, check_port_free
 from router_service.ranking import RankingConfig
 from router_service.reflection_v1 import enable_reflection
 from router_service.rpc_guard import add_router_to_server
@@ -147,6 +147,7 @@ class RouterApp:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
         address = f"{self.grpc_host}:{self.settings.grpc_port}"
+        check_port_free("gRPC", self.grpc_host, self.settings.grpc_port, "--grpc-port")
         try:
             self.grpc_port = self.security.add_grpc_port(server, address)
         except RuntimeError:

@@ -24,7 +24,11 @@ from router_service.health import HealthConfig
 from router_service.listen import PortInUseError, raise_file_limit
 from router_service.ranking import RankingConfig
 from router_service.rpc_guard import LogLimiter, install_accept_error_limit
-from router_service.security_cli import add_security_flags, security_settings
+from router_service.security_cli import (
+    add_connection_flags,
+    add_security_flags,
+    security_settings,
+)
 from router_service.tuning import TuningError, load_tuning
 
 log = logging.getLogger("router_service")
@@ -77,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"(env {defaults.ENV_LOG_LEVEL}, default {defaults.LOG_LEVEL})",
     )
     add_security_flags(parser)
+    add_connection_flags(parser)
     return parser.parse_args(argv)
 
 

@@ -218,19 +218,37 @@ class HttpTls:
                 )
 
 
-def bind_error(what: str, host: str, port: int, flag: str) -> PortInUseError:
-    """One line naming the port and the flag that sets it; says why when it can tell."""
+def _probe(host: str, port: int) -> OSError | None:
+    """Try to bind as the server would (SO_REUSEADDR, no SO_REUSEPORT); the error, if any."""
     import socket
 
-    why = "cannot be bound"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind((host, port))
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        why = (
-            "is already in use"
-            if exc.errno == errno.EADDRINUSE
-            else f"cannot be bound ({exc.strerror})"
-        )
+        return exc
+    family, kind, proto, _, address = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return exc
+    return None
+
+
+def bind_error(what: str, host: str, port: int, flag: str) -> PortInUseError:
+    """One line naming the port and the flag that sets it; says why when it can tell."""
+    exc = _probe(host, port)
+    if exc is not None and exc.errno == errno.EADDRINUSE:
+        why = "is already in use"
+    elif exc is not None:
+        why = f"cannot be bound ({exc.strerror or exc})"
+    else:
+        why = "cannot be bound"
     return PortInUseError(f"{what} port {port} on {host} {why}; set another with {flag}")
+
+
+def check_port_free(what: str, host: str, port: int, flag: str) -> None:
+    """Fail before the server tries (gRPC would also print its own multi-part error)."""
+    if port != 0 and _probe(host, port) is not None:
+        raise bind_error(what, host, port, flag)

@@ -10,6 +10,7 @@ import argparse
 import os
 
 from router_service.callers import CallerLimitsConfig
+from router_service.listen import ConnectionLimits
 from router_service.security import SecuritySettings
 
 ENV = {
@@ -66,9 +67,49 @@ def add_security_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    """The connection timeouts an operator most often needs to change (see ConnectionLimits)."""
+    env = os.environ
+    base = ConnectionLimits()
+    for flag, field, help_text in (
+        ("--http-idle-timeout-s", "http_keepalive_timeout_s", "idle HTTP connections close"),
+        (
+            "--grpc-handshake-timeout-s",
+            "handshake_timeout_s",
+            "gRPC connections that never finish their handshake close",
+        ),
+        (
+            "--stream-idle-timeout-s",
+            "idle_stream_timeout_s",
+            "a StreamOutcomes call sending nothing ends",
+        ),
+    ):
+        name = "ROUTER_" + flag.lstrip("-").replace("-", "_").upper()
+        parser.add_argument(
+            flag,
+            dest=field,
+            type=float,
+            default=float(env.get(name, getattr(base, field))),
+            help=f"seconds after which {help_text} (env {name}, default {getattr(base, field):g})",
+        )
+
+
 def security_settings(args: argparse.Namespace) -> SecuritySettings:
     """Raises ValueError with a one-line reason for inconsistent flags."""
+    connections = ConnectionLimits(
+        http_keepalive_timeout_s=args.http_keepalive_timeout_s,
+        handshake_timeout_s=args.handshake_timeout_s,
+        idle_stream_timeout_s=args.idle_stream_timeout_s,
+    )
+    for name, value in (
+        ("http", connections.http_keepalive_timeout_s),
+        ("handshake", connections.handshake_timeout_s),
+        ("stream", connections.idle_stream_timeout_s),
+    ):
+        if not value > 0:
+            raise ValueError(f"the {name} idle timeout must be > 0 seconds, got {value:g}")
     return SecuritySettings(
+        connections=connections,
         auth_tokens=args.auth_tokens,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
