@@ -75,6 +75,8 @@ class OutcomeReporter:
         self._on_down = on_router_down
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: One call at a time: two would send the same pending batches.
+        self._sending = asyncio.Lock()
         self.sender = (sender or default_sender())[:MAX_SENDER_LEN]
         self._sequence = 0
         self.dropped = 0
@@ -185,6 +187,10 @@ class OutcomeReporter:
         Returns True when the router acknowledged them (they leave the backlog for
         good) or there was nothing to send; False when some remain to resend.
         """
+        async with self._sending:
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> bool:
         assert self._stub is not None
         self._form_batches()
         batches = list(self._pending)[: self._batches_per_call]

@@ -56,24 +56,32 @@ class TokenFile:
         return self.token
 
 
-class _BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamUnaryClientInterceptor):
+def _with_token(details: grpc.aio.ClientCallDetails, token: TokenFile) -> Any:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    metadata.add("authorization", f"Bearer {token.current()}")
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+# grpc.aio files each interceptor under the first call kind it matches, so
+# one class per kind (the sidecar makes unary calls and one client stream).
+class _UnaryToken(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, token: TokenFile) -> None:
         self._token = token
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        metadata.add("authorization", f"Bearer {self._token.current()}")
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
-
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(_with_token(details, self._token), request)
+
+
+class _StreamToken(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, token: TokenFile) -> None:
+        self._token = token
 
     async def intercept_stream_unary(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
-        return await continuation(self._details(details), request_iterator)
+        return await continuation(_with_token(details, self._token), request_iterator)
 
 
 def _read(path: str | None, flag: str) -> bytes | None:
@@ -97,7 +105,10 @@ def open_router_channel(
     """A channel to the router; ValueError (one line) for unusable files."""
     if (cert is None) != (key is None):
         raise ValueError("--router-tls-cert and --router-tls-key go together")
-    interceptors = [_BearerToken(TokenFile(token_file))] if token_file else None
+    interceptors: list[Any] | None = None
+    if token_file:
+        token = TokenFile(token_file)
+        interceptors = [_UnaryToken(token), _StreamToken(token)]
     if ca or cert:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=_read(ca, "--router-ca"),
