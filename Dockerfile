@@ -4,7 +4,13 @@
 # SIGTERM to them and reaps children, so they need not handle being PID 1).
 #
 #   docker build -t ghcr.io/llm-router/llm-router:0.1.0 .
-#   docker run --rm -p 50051:50051 -p 8081:8081 ghcr.io/llm-router/llm-router:0.1.0
+#   docker run --rm -p 50051:50051 -p 8081:8081 -v "$PWD/auth:/etc/router-auth:ro" \
+#     ghcr.io/llm-router/llm-router:0.1.0 \
+#     router-service --config /etc/router/catalog.yaml --auth-tokens /etc/router-auth/tokens.yaml
+#
+# Without --auth-tokens (or --tls-client-ca) the router is in protected mode: it
+# listens on the container's loopback only and the published ports answer nothing.
+# To try it unauthenticated on a laptop, add --allow-unauthenticated.
 #
 # Keep in step with k8s/: the numeric UID below is the pods' runAsUser, the venv
 # path is used by the sidecar's exec probes, and tests/test_k8s_manifests.py checks both.
