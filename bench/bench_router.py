@@ -290,7 +290,7 @@ async def bench_ingest(batches: int, per_batch: int) -> dict[str, float]:
 
 
 def print_starvation(quick: bool) -> None:
-    from bench.bench_router_load import starvation
+    from bench_router_load import starvation
 
     calls, rounds = (1_600, 2) if quick else (3_200, 3)
     r = asyncio.run(starvation(calls, rounds))
@@ -308,18 +308,21 @@ def print_starvation(quick: bool) -> None:
 
 
 def print_auth_cost(quick: bool) -> None:
-    from bench.bench_router_load import auth_cost
+    from bench_router_load import auth_cost
 
     calls, rounds = (600, 3) if quick else (2_000, 5)
     print("## Cost of authentication: RankProviders latency (ms), same run, interleaved\n")
-    print("| callers | no auth p50 | token p50 | mTLS p50 | **token ratio** | **mTLS ratio** "
-          "(target ≤ 1.2) | no auth p99 | token p99 | mTLS p99 |")
+    print(
+        "| callers | no auth p50 | token p50 | mTLS p50 | **token ratio** | **mTLS ratio** "
+        "(target ≤ 1.2) | no auth p99 | token p99 | mTLS p99 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for callers in (1, 32):
         r = asyncio.run(auth_cost(calls, rounds, callers))
         print(
             f"| {callers} | {r['none_p50']:.2f} | {r['token_p50']:.2f} | {r['mtls_p50']:.2f} | "
-            f"**{r['token_p50'] / r['none_p50']:.2f}×** | **{r['mtls_p50'] / r['none_p50']:.2f}×** | "
+            f"**{r['token_p50'] / r['none_p50']:.2f}×** | "
+            f"**{r['mtls_p50'] / r['none_p50']:.2f}×** | "
             f"{r['none_p99']:.2f} | {r['token_p99']:.2f} | {r['mtls_p99']:.2f} |"
         )
     print()

@@ -1,6 +1,6 @@
 """Router under load: ranking while ingestion runs flat out, and the cost of authentication.
 
-Imported by ``bench/bench_router.py`` (``--scenario starvation`` / ``--scenario auth``).
+Imported by ``bench/bench_router.py`` (``--scenario starvation`` or ``auth``), run as a script.
 The router is the real ``RouterApp`` (refresh loop, per-caller ledger,
 authentication) in this process; rankers and writers are child processes, as
 sidecars are. Figures are ratios against a baseline measured in the same run,
@@ -109,7 +109,7 @@ def _writer(address: str, token: str, started, stop, out: multiprocessing.Queue)
     payload = _batches(500, 8)
     accepted = 0
     with grpc.insecure_channel(address) as channel:
-        call = channel.stream_unary(
+        call: grpc.StreamUnaryMultiCallable = channel.stream_unary(
             "/router.v1.Router/StreamOutcomes",
             response_deserializer=router_pb2.OutcomeAck.FromString,
         )
@@ -126,7 +126,8 @@ def _writer(address: str, token: str, started, stop, out: multiprocessing.Queue)
 
 
 async def _router(directory: Path, **security: Any):
-    from bench.bench_router import synthetic_catalog
+    from bench_router import synthetic_catalog
+
     from router_service.app import RouterApp, Settings
     from router_service.security import SecuritySettings
 
@@ -237,9 +238,7 @@ async def auth_cost(calls: int, rounds: int, callers: int) -> dict[str, float]:
         latencies: dict[str, list[float]] = {m: [] for m in modes}
         for _ in range(rounds):
             for mode, (address, token, creds) in modes.items():
-                latencies[mode] += await _in_child(
-                    _ranker, address, callers, calls, token, creds
-                )
+                latencies[mode] += await _in_child(_ranker, address, callers, calls, token, creds)
         for app in (plain, tokens, mtls):
             await app.stop()
     return {f"{m}_p50": _pct(v, 0.5) for m, v in latencies.items()} | {

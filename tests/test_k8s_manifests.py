@@ -744,7 +744,9 @@ def test_router_reads_its_tokens_file_from_the_mounted_secret() -> None:
     (secret,) = _yaml_docs(AUTH_SECRET)
     tokens = yaml.safe_load(secret["stringData"]["tokens.yaml"])
     for name, spec in tokens["callers"].items():
-        assert spec["token_file"] in secret["stringData"], f"{name}'s token file is not in the Secret"
+        assert spec["token_file"] in secret["stringData"], (
+            f"{name}'s token file is not in the Secret"
+        )
     (deployment,) = find("Deployment", "router")
     pod = deployment["spec"]["template"]["spec"]
     (router,) = pod["containers"]
