@@ -219,3 +219,12 @@ async def test_what_a_compromised_reporting_caller_can_still_do(tmp_path: Path, 
         assert app.servicer.ledger.rate_limited["evil"] == 999
     finally:
         await app.stop()
+
+
+async def test_success_contradicting_http_status_is_rejected(limited) -> None:
+    _, stub, _ = limited
+    forged = router_pb2.Outcome(model=MODEL, provider="cerebras", success=True, http_status=429)
+    fine = router_pb2.Outcome(model=MODEL, provider="cerebras", success=True, http_status=200)
+    ack = await stub.RecordOutcome(router_pb2.RecordOutcomeRequest(outcomes=[forged, fine]))
+    assert (ack.accepted, ack.rejected) == (1, 1)
+    assert ack.rejections[0].reason == "http_status: 429 contradicts success=true (0 or 200..299)"
