@@ -6,11 +6,15 @@
 #   docker build -t ghcr.io/llm-router/llm-router:0.1.0 .
 #   docker run --rm -p 50051:50051 -p 8081:8081 \
 #     -v "$PWD/router_common/examples/catalog.yaml:/etc/router/catalog.yaml:ro" \
-#     ghcr.io/llm-router/llm-router:0.1.0
+#     -v "$PWD/auth:/etc/router-auth:ro" \
+#     ghcr.io/llm-router/llm-router:0.1.0 \
+#     router-service --config /etc/router/catalog.yaml --auth-tokens /etc/router-auth/tokens.yaml
 #
-# (run from the repository root: the default command reads the catalog from
-# /etc/router/catalog.yaml, which the image does not contain; in k8s/ it is the
-# ConfigMap. The router binds 0.0.0.0 by default, so the published ports answer.)
+# (run from the repository root: the image does not contain a catalog; in k8s/
+# it is the ConfigMap.) Without --auth-tokens (or --tls-client-ca) the router is
+# in protected mode: it listens on the container's loopback only and the
+# published ports answer nothing. To try it unauthenticated on a laptop, add
+# --allow-unauthenticated.
 #
 # Keep in step with k8s/: the numeric UID below is the pods' runAsUser, the venv
 # path is used by the sidecar's exec probes, and tests/test_k8s_manifests.py checks both.

@@ -289,10 +289,61 @@ async def bench_ingest(batches: int, per_batch: int) -> dict[str, float]:
     }
 
 
+def print_starvation(quick: bool) -> None:
+    from bench_router_load import starvation
+
+    calls, rounds = (1_600, 2) if quick else (3_200, 3)
+    r = asyncio.run(starvation(calls, rounds))
+    print("## Ranking while 4 StreamOutcomes writers run at full speed (32 callers)\n")
+    print(
+        "| RankProviders | alone | with 4 writers | **ratio** (p99 target ≤ 2) |\n|---|---|---|---|"
+    )
+    for q in ("p50", "p99"):
+        alone, loaded = r[f"alone_{q}"], r[f"loaded_{q}"]
+        print(f"| {q} (ms) | {alone:.1f} | {loaded:.1f} | **{loaded / alone:.2f}×** |")
+    print(
+        f"\nIngestion during the loaded rounds: **{r['ingest_per_s']:,.0f} outcomes/s** "
+        f"(target ≥ 30,000); {r['calls']:,} calls per side.\n"
+    )
+
+
+def print_auth_cost(quick: bool) -> None:
+    from bench_router_load import auth_cost
+
+    calls, rounds = (600, 3) if quick else (2_000, 5)
+    print("## Cost of authentication: RankProviders latency (ms), same run, interleaved\n")
+    print(
+        "| callers | no auth p50 | token p50 | mTLS p50 | **token ratio** | **mTLS ratio** "
+        "(target ≤ 1.2) | no auth p99 | token p99 | mTLS p99 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for callers in (1, 32):
+        r = asyncio.run(auth_cost(calls, rounds, callers))
+        print(
+            f"| {callers} | {r['none_p50']:.2f} | {r['token_p50']:.2f} | {r['mtls_p50']:.2f} | "
+            f"**{r['token_p50'] / r['none_p50']:.2f}×** | "
+            f"**{r['mtls_p50'] / r['none_p50']:.2f}×** | "
+            f"{r['none_p99']:.2f} | {r['token_p99']:.2f} | {r['mtls_p99']:.2f} |"
+        )
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument(
+        "--scenario",
+        choices=["all", "base", "starvation", "auth"],
+        default="all",
+        help="base = the tables below; starvation and auth: bench_router_load.py",
+    )
     args = parser.parse_args()
+    if args.scenario in ("all", "starvation"):
+        print_starvation(args.quick)
+    if args.scenario in ("all", "auth"):
+        print_auth_cost(args.quick)
+    if args.scenario not in ("all", "base"):
+        return
     calls = 2_000 if args.quick else 20_000
     rpcs = 3_000 if args.quick else 15_000
 

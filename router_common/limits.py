@@ -48,3 +48,19 @@ MAX_FUTURE_SKEW_S = 60.0
 MAX_PRICE_PER_MILLION = 10_000.0
 MAX_PROVIDERS = 1_000
 MAX_MODELS = 10_000
+
+# -- callers and exactly-once delivery ------------------------------------------
+
+#: Named callers in one tokens file (``--auth-tokens``).
+MAX_AUTH_CALLERS = 1_000
+#: Characters in ``BatchId.sender``.
+MAX_SENDER_LEN = MAX_NAME_LEN
+#: Senders whose recent batch ids the router remembers per caller (least
+#: recently seen forgotten first), and batch ids remembered per sender. A sender
+#: numbers its batches upwards; an id older than every remembered one is
+#: treated as already applied.
+MAX_SENDERS_PER_CALLER = 64
+BATCH_IDS_REMEMBERED = 1_024
+#: Callers whose state (rate-limit bucket, batch ids) the router keeps at once;
+#: the least recently seen is forgotten first.
+MAX_TRACKED_CALLERS = 4_096

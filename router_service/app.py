@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from router_common.catalog import CatalogError, catalog_version, load_catalog
 from router_common.domain import Clock
@@ -30,7 +29,11 @@ from router_service.core import RouterCore
 from router_service.grpc_api import RouterServicer
 from router_service.health import HealthConfig
 from router_service.http_api import build_http_app
+from router_service.listen import bind_error, check_port_free
 from router_service.ranking import RankingConfig
+from router_service.reflection_v1 import enable_reflection
+from router_service.rpc_guard import add_router_to_server
+from router_service.security import RouterSecurity, SecuritySettings
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,8 @@ class Settings:
     health: HealthConfig = field(default_factory=HealthConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     seed: int | None = None
+    #: Authentication, TLS, protected mode, per-caller limits, connection bounds.
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
 
 class RouterApp:
@@ -76,17 +81,20 @@ class RouterApp:
         self._tasks: list[asyncio.Task] = []
         self._data_arrived = asyncio.Event()
         self.servicer: RouterServicer | None = None
+        self.grpc_host = settings.grpc_host
+        self.http_host = settings.http_host
         self._refused_version: str | None = None
 
     @property
     def grpc_address(self) -> str:
-        host = self.settings.grpc_host
+        host = self.grpc_host
         return f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        host = self.settings.http_host
-        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.http_port}"
+        host = self.http_host
+        scheme = "https" if self.settings.security.tls_cert else "http"
+        return f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.http_port}"
 
     async def __aenter__(self) -> RouterApp:
         await self.start()
@@ -109,9 +117,21 @@ class RouterApp:
             health_config=self.settings.health,
             ranking_config=self.settings.ranking,
         )
-        self.servicer = RouterServicer(self.core, self._data_arrived.set)
+        self.security = RouterSecurity(self.settings.security, self.clock)
+        self.grpc_host = self.security.bind_host(self.settings.grpc_host)
+        self.http_host = self.security.bind_host(self.settings.http_host)
+        self.servicer = RouterServicer(
+            self.core,
+            self._data_arrived.set,
+            self.security.authenticator,
+            self.security.ledger(self.clock),
+        )
+        self.servicer.idle_stream_timeout_s = (
+            self.settings.security.connections.idle_stream_timeout_s
+        )
         await self._start_grpc()
         await self._start_http()
+        self._tasks.append(asyncio.create_task(self.security.reload_loop(), name="auth-reload"))
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="refresh"))
         if self.settings.watch_catalog:
             self._tasks.append(asyncio.create_task(self._watch_catalog(), name="watch-catalog"))
@@ -122,36 +142,52 @@ class RouterApp:
         )
 
     async def _start_grpc(self) -> None:
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ]
-        )
-        from router_common.pb import router_pb2_grpc
-
-        router_pb2_grpc.add_RouterServicer_to_server(self.servicer, server)
+        server = grpc.aio.server(options=self.security.grpc_options())
+        add_router_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
-        self.grpc_port = server.add_insecure_port(address)
+        enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
+        address = f"{self.grpc_host}:{self.settings.grpc_port}"
+        check_port_free("gRPC", self.grpc_host, self.settings.grpc_port, "--grpc-port")
+        try:
+            self.grpc_port = self.security.add_grpc_port(server, address)
+        except RuntimeError:
+            self.grpc_port = 0
         if self.grpc_port == 0:
-            raise OSError(f"cannot bind gRPC to {address}")
+            raise bind_error("gRPC", self.grpc_host, self.settings.grpc_port, "--grpc-port")
         await server.start()
         self._grpc = server
 
     async def _start_http(self) -> None:
         assert self.core is not None and self.servicer is not None
-        app = build_http_app(self.core, self.servicer.rpc_counter)
+        app = build_http_app(
+            self.core,
+            self.servicer.rpc_counter,
+            middlewares=self.security.http_middlewares(),
+            collectors=[self.security.collector(self.servicer.ledger)],
+        )
         # Dashboard and API requests are short; do not let keep-alive clients hold
         # shutdown for aiohttp's default 60 s.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=2.0,
+            keepalive_timeout=self.settings.security.connections.http_keepalive_timeout_s,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
-        await site.start()
+        site = web.TCPSite(
+            runner,
+            self.http_host,
+            self.settings.http_port,
+            ssl_context=self.security.http_ssl_context(),
+            reuse_port=False,
+        )
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise bind_error(
+                "HTTP", self.http_host, self.settings.http_port, "--http-port"
+            ) from None
         self._http = runner
         self.http_port = runner.addresses[0][1]  # the real port when 0 was asked for
 

@@ -20,8 +20,16 @@ from router_common.cli_help import DefaultsHelpFormatter
 from router_common.logs import LEVELS, configure_logging
 from router_service import defaults
 from router_service.app import RouterApp, Settings
+from router_service.auth import AuthConfigError
 from router_service.health import HealthConfig
+from router_service.listen import PortInUseError, raise_file_limit
 from router_service.ranking import RankingConfig
+from router_service.rpc_guard import LogLimiter, install_accept_error_limit
+from router_service.security_cli import (
+    add_connection_flags,
+    add_security_flags,
+    security_settings,
+)
 from router_service.tuning import TuningError, load_tuning
 
 log = logging.getLogger("router_service")
@@ -77,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=env.get(defaults.ENV_LOG_LEVEL, defaults.LOG_LEVEL).lower(),
         help=f"(env {defaults.ENV_LOG_LEVEL}, default {defaults.LOG_LEVEL})",
     )
+    add_security_flags(parser)
+    add_connection_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -86,6 +96,12 @@ async def serve(settings: Settings) -> int:
         await app.start()
     except CatalogError as exc:
         log.error("cannot load catalog", extra={"error": str(exc)})
+        print(f"router-service: {exc}", file=sys.stderr)
+        await app.stop()
+        return 2
+    except (PortInUseError, AuthConfigError, OSError) as exc:
+        # One line, no traceback: a taken port, an unusable tokens or TLS file.
+        log.error("cannot start", extra={"error": str(exc)})
         print(f"router-service: {exc}", file=sys.stderr)
         await app.stop()
         return 2
@@ -110,7 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         except TuningError as exc:
             print(f"router-service: {exc}", file=sys.stderr)
             return 2
+    try:
+        security = security_settings(args)
+    except ValueError as exc:
+        print(f"router-service: {exc}", file=sys.stderr)
+        return 2
+    raise_file_limit()
+    install_accept_error_limit(LogLimiter())
     settings = Settings(
+        security=security,
         config_path=args.config,
         grpc_host=args.host,
         grpc_port=args.grpc_port,

@@ -8,6 +8,7 @@ long-lived stream never buffers more than one batch here.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections import Counter
@@ -19,13 +20,13 @@ import grpc
 from router_common.domain import EndpointKey
 from router_common.limits import MAX_OUTCOMES_PER_BATCH, MAX_REJECTIONS_REPORTED
 from router_common.pb import router_pb2, router_pb2_grpc
-from router_service.core import (
-    IngestResult,
-    RouterCore,
-    UnknownModelError,
-)
+from router_service.auth import METHOD_SCOPES, Authenticator, Denied, certificate_names
+from router_service.callers import CallerLedger, CallerLimitsConfig
+from router_service.core import RouterCore, UnknownModelError
 from router_service.figures import best_p50s
+from router_service.ingest import BatchRefused, BatchResult, Ingestor
 from router_service.ranking import RankingInputError
+from router_service.rpc_guard import LogLimiter, Malformed, current_caller
 from router_service.wire import (
     endpoint_health,
     endpoint_metrics,
@@ -50,15 +51,20 @@ class RpcCounter:
 
 
 def _counted(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Record each call's final status code; context.abort raises, so catch and re-raise."""
+    """Admit the call (parseable request, known caller with the method's scope),
+    then record its final status code; context.abort raises, so catch and re-raise."""
     name = method.__name__
 
     @functools.wraps(method)
     async def wrapper(self: RouterServicer, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
+            await self._admit(name, request, context)
             response = await method(self, request, context)
         except grpc.aio.AbortError:
             self.rpc_counter.observe(name, context.code() or grpc.StatusCode.UNKNOWN)
+            raise
+        except asyncio.CancelledError:
+            self.rpc_counter.observe(name, grpc.StatusCode.CANCELLED)
             raise
         except Exception:
             self.rpc_counter.observe(name, grpc.StatusCode.INTERNAL)
@@ -70,14 +76,63 @@ def _counted(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]
     return wrapper
 
 
+class _StreamTotals:
+    """What one outcome call has applied so far, across its batches."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.rejected = 0
+        self.batches = 0
+        self.duplicates = 0
+        self.rejections: list[tuple[int, object]] = []
+        self.applied_sequences: list[int] = []
+
+    @property
+    def index(self) -> int:
+        return self.accepted + self.rejected
+
+    def add(self, batch: BatchResult) -> None:
+        self.batches += 1
+        if batch.sequence is not None and len(self.applied_sequences) < MAX_REJECTIONS_REPORTED:
+            self.applied_sequences.append(batch.sequence)
+        if batch.duplicate:
+            self.duplicates += 1
+            return
+        self.accepted += batch.result.accepted
+        self.rejected += batch.result.rejected
+        room = MAX_REJECTIONS_REPORTED - len(self.rejections)
+        self.rejections.extend(batch.result.rejections[:room])
+
+    def ack(self) -> router_pb2.OutcomeAck:
+        ack = router_pb2.OutcomeAck(
+            accepted=self.accepted,
+            rejected=self.rejected,
+            duplicate_batches=self.duplicates,
+            applied_sequences=self.applied_sequences,
+        )
+        for index, rejection in self.rejections:
+            ack.rejections.add(index=index, reason=str(rejection))
+        return ack
+
+
 class RouterServicer(router_pb2_grpc.RouterServicer):
     """Implements router.v1.Router over a RouterCore."""
 
-    def __init__(self, core: RouterCore, on_ingested: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        core: RouterCore,
+        on_ingested: Callable[[], None],
+        authenticator: Authenticator | None = None,
+        ledger: CallerLedger | None = None,
+    ) -> None:
         self.core = core
         self.rpc_counter = RpcCounter()
-        #: Called after each accepted batch; the app coalesces quantile refreshes.
-        self._on_ingested = on_ingested
+        self.authenticator = authenticator or Authenticator(None, mtls=False)
+        self.ledger = ledger or CallerLedger(CallerLimitsConfig(), core.clock)
+        #: Applies batches; calls on_ingested after each accepted one (the app
+        #: coalesces quantile refreshes).
+        self.ingestor = Ingestor(core, self.ledger, on_ingested)
+        self.log_limiter = LogLimiter()
         self._template_version: str | None = None
         self._template_cache: dict[EndpointKey, router_pb2.RankedEndpoint] = {}
 
@@ -114,46 +169,110 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             self._template_version = version
         return self._template_cache
 
+    async def _admit(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
+        """Refuse a malformed request, an unknown caller or a missing scope (aborts)."""
+        if isinstance(request, Malformed):
+            await self._abort_malformed(method, request, context)
+        metadata = context.invocation_metadata() or ()
+        authorization = next((v for k, v in metadata if k == "authorization"), None)
+        try:
+            names = certificate_names(context.auth_context()) if self.authenticator.mtls else []
+            caller = self.authenticator.identify(
+                authorization if isinstance(authorization, str) else None, names, context.peer()
+            )
+            self.authenticator.require(caller, METHOD_SCOPES[method], method)
+        except Denied as exc:
+            code = (
+                grpc.StatusCode.UNAUTHENTICATED
+                if exc.unauthenticated
+                else grpc.StatusCode.PERMISSION_DENIED
+            )
+            self.log_limiter.warning(
+                log, "call refused", f"{method}:{code.name}", method=method, why=str(exc)
+            )
+            await context.abort(code, str(exc))
+        current_caller.set(caller)
+
+    async def _abort_malformed(
+        self, method: str, request: Malformed, context: grpc.aio.ServicerContext, extra: str = ""
+    ) -> None:
+        self.log_limiter.warning(
+            log, "malformed request", f"{method}:{request.cause}", method=method
+        )
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{request.cause}{extra}")
+
     @_counted
     async def RecordOutcome(self, request, context):
         await self._check_size(request, "call", context)
-        return self._ack(self._ingest(request.outcomes, 0))
+        total = _StreamTotals()
+        await self._apply(request, total, context)
+        return total.ack()
 
     @_counted
     async def StreamOutcomes(self, request_iterator: AsyncIterator, context):
-        total = IngestResult()
-        async for message in request_iterator:
-            await self._check_size(message, "message", context)
-            index = total.accepted + total.rejected
-            batch = self._ingest(message.outcomes, index)
-            total.accepted += batch.accepted
-            total.rejected += batch.rejected
-            room = MAX_REJECTIONS_REPORTED - len(total.rejections)
-            total.rejections.extend(batch.rejections[:room])
-        return self._ack(total)
+        total = _StreamTotals()
+        idle = self.idle_stream_timeout_s
+        iterator = request_iterator.__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    message = await anext(iterator)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                await self._abort_stream(
+                    context,
+                    total,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no message for {idle:g} s; the stream is closed",
+                )
+            if isinstance(message, Malformed):
+                self.log_limiter.warning(
+                    log, "malformed request", f"StreamOutcomes:{message.cause}"
+                )
+                await self._abort_stream(
+                    context, total, grpc.StatusCode.INVALID_ARGUMENT, message.cause
+                )
+            await self._check_size(message, "message", context, total)
+            await self._apply(message, total, context)
+        return total.ack()
 
-    @staticmethod
-    async def _check_size(message, unit: str, context: grpc.aio.ServicerContext) -> None:
+    #: A StreamOutcomes call that sends nothing for this long is ended.
+    idle_stream_timeout_s: float = 60.0
+
+    async def _apply(self, message, total: _StreamTotals, context) -> None:
+        try:
+            batch = await self.ingestor.apply(current_caller.get().name, message, total.index)
+        except BatchRefused as exc:
+            await self._abort_stream(context, total, getattr(grpc.StatusCode, exc.code), str(exc))
+        total.add(batch)
+
+    async def _abort_stream(
+        self, context, total: _StreamTotals, code: grpc.StatusCode, message: str
+    ) -> None:
+        """Abort, telling the sender which of its batches were applied before the failure."""
+        applied = ",".join(str(s) for s in total.applied_sequences)
+        context.set_trailing_metadata((("router-applied-sequences", applied),))
+        if total.batches:
+            message += (
+                f" (after {total.batches} batch(es) of this call were applied:"
+                f" {total.accepted} accepted, {total.rejected} rejected;"
+                f" sequences [{applied}])"
+            )
+        await context.abort(code, message)
+
+    async def _check_size(
+        self, message, unit: str, context: grpc.aio.ServicerContext, total=None
+    ) -> None:
         """INVALID_ARGUMENT (aborting the RPC) for a batch over the proto's limit."""
         if len(message.outcomes) > MAX_OUTCOMES_PER_BATCH:
-            await context.abort(
+            await self._abort_stream(
+                context,
+                total or _StreamTotals(),
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"outcomes: at most {MAX_OUTCOMES_PER_BATCH} per {unit}, "
                 f"got {len(message.outcomes)}",
             )
-
-    def _ingest(self, outcomes, first_index: int) -> IngestResult:
-        result = self.core.record(outcomes, first_index)
-        if result.accepted:
-            self._on_ingested()
-        return result
-
-    @staticmethod
-    def _ack(result: IngestResult) -> router_pb2.OutcomeAck:
-        ack = router_pb2.OutcomeAck(accepted=result.accepted, rejected=result.rejected)
-        for index, rejection in result.rejections or ():
-            ack.rejections.add(index=index, reason=str(rejection))
-        return ack
 
     @_counted
     async def ListModels(self, request, context):

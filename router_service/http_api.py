@@ -23,11 +23,13 @@ Model ids contain a slash, hence the two path segments.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from router_common.catalog_model import Model
 from router_service.core import RouterCore, UnknownModelError
@@ -64,10 +66,17 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return web.json_response(body, status=exc.status, headers=NO_STORE)
 
 
-def build_http_app(core: RouterCore, rpc_counter: RpcCounter) -> web.Application:
+def build_http_app(
+    core: RouterCore,
+    rpc_counter: RpcCounter,
+    middlewares: Sequence[Middleware] = (),
+    collectors: Sequence[Collector] = (),
+) -> web.Application:
     """The aiohttp application mounted on the router's HTTP port."""
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application(middlewares=[*middlewares, json_errors])
     registry = build_registry(core, rpc_counter)
+    for collector in collectors:
+        registry.register(collector)
 
     def lookup(request: web.Request) -> Model:
         model_id = f"{request.match_info['creator']}/{request.match_info['name']}"

@@ -81,6 +81,10 @@ def validate_outcome(
         checks.append(_bounded("retry_after_seconds", msg.retry_after_seconds, MAX_RETRY_AFTER_S))
     if msg.http_status and not 100 <= msg.http_status <= 599:
         checks.append(Rejection("http_status", f"must be 0 or 100..599, got {msg.http_status}"))
+    elif msg.success and msg.http_status and not 200 <= msg.http_status <= 299:
+        checks.append(
+            Rejection("http_status", f"{msg.http_status} contradicts success=true (0 or 200..299)")
+        )
     for problem in checks:
         if problem is not None:
             return problem

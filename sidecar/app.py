@@ -29,6 +29,7 @@ from sidecar.preferences import RequestError, parse_request
 from sidecar.proxy import CLIENT_GONE, Proxy, error_body
 from sidecar.ranking_client import RankingClient
 from sidecar.redaction import KeyRedactor, RedactingLogFilter
+from sidecar.router_channel import open_router_channel
 
 log = logging.getLogger("sidecar")
 
@@ -107,7 +108,14 @@ class SidecarApp:
             self.keys.note_catalog(self.catalog)
         stub = None
         if s.router:
-            self._channel = grpc.aio.insecure_channel(s.router, options=GRPC_CHANNEL_OPTIONS)
+            self._channel = open_router_channel(
+                s.router,
+                GRPC_CHANNEL_OPTIONS,
+                token_file=s.router_token_file,
+                ca=s.router_ca,
+                cert=s.router_tls_cert,
+                key=s.router_tls_key,
+            )
             stub = router_pb2_grpc.RouterStub(self._channel)
         self._stub = stub
         self.ranking = RankingClient(s, stub, self.catalog)

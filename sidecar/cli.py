@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
@@ -51,6 +52,16 @@ async def serve(settings: SidecarSettings) -> None:
         await app.stop()
 
 
+def _listen_error(settings: SidecarSettings, exc: OSError) -> str:
+    """One line naming the port and the flag that sets it."""
+    host, port = settings.listen_host, settings.listen_port
+    if exc.errno == errno.EADDRINUSE:
+        why = "is already in use"
+    else:
+        why = f"cannot be bound ({exc.strerror or exc})"
+    return f"listen port {port} on {host} {why}; set another with --listen"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from_args(argv)
     try:
@@ -65,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as exc:
         log.error("cannot listen", extra={"why": str(exc)})
+        print(f"router-sidecar: {_listen_error(settings, exc)}", file=sys.stderr)
         return 2
     return 0
 

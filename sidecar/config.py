@@ -28,6 +28,12 @@ class SidecarSettings:
     """Everything the sidecar can be configured with. Immutable once built."""
 
     router: str = _opt(defaults.ROUTER_ADDRESS, "Router gRPC address, HOST:PORT.")
+    router_token_file: str | None = _opt(
+        None, "File holding the bearer token sent to the router (re-read when it changes)."
+    )
+    router_ca: str | None = _opt(None, "CA (PEM) that signed the router's certificate: use TLS.")
+    router_tls_cert: str | None = _opt(None, "Client certificate (PEM) for mTLS to the router.")
+    router_tls_key: str | None = _opt(None, "Client key (PEM) for mTLS to the router.")
     listen: str = _opt(
         f"{defaults.LISTEN_HOST}:{defaults.LISTEN_PORT}",
         "Address to serve the OpenAI API on, HOST:PORT (loopback by default; port 0 = any).",

@@ -1,12 +1,18 @@
 """Outcome reporting: a bounded in-memory queue drained in batches over StreamOutcomes.
 
 ``submit`` never blocks and never awaits, so reporting cannot delay a request.
-When the queue is full the oldest outcome is dropped (fresh data matters more
+When the backlog is full the oldest outcome is dropped (fresh data matters more
 to ranking) and counted. A background task sends what is queued every
 ``outcome_flush_interval_s``; one StreamOutcomes call carries several batch
-messages and is acknowledged when closed, so only acknowledged outcomes leave
-the queue. On failure the batch goes back to the front of the queue and the
-sender backs off (exponential, capped) until the router is back.
+messages and is acknowledged when closed.
+
+Delivery is exactly-once: each batch gets an id (this process's ``sender``
+name and a sequence number) when it is formed, and keeps it until the router
+acknowledges it. After a failure the same batches are resent with the same
+ids, so a batch the router had already applied before the stream broke is
+acknowledged as a duplicate instead of counted twice; when the router says
+which batches it applied (trailing metadata ``router-applied-sequences``) they
+are not resent at all. The sender backs off (exponential, capped) meanwhile.
 """
 
 from __future__ import annotations
@@ -14,16 +20,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from router_common.limits import MAX_OUTCOMES_PER_BATCH
+from router_common.limits import MAX_OUTCOMES_PER_BATCH, MAX_SENDER_LEN
 from router_common.pb import router_pb2, router_pb2_grpc
 from sidecar.metrics import SidecarMetrics
 
 log = logging.getLogger("sidecar.outcomes")
+
+
+def default_sender() -> str:
+    """Unique per process: a restarted sidecar must not reuse its predecessor's ids."""
+    host = socket.gethostname()[:80]
+    return f"{host}/{os.getpid()}/{secrets.token_hex(6)}"
 
 
 class OutcomeReporter:
@@ -42,10 +57,14 @@ class OutcomeReporter:
         batches_per_call: int = 8,
         on_router_ok: Callable[[], None] = lambda: None,
         on_router_down: Callable[[], None] = lambda: None,
+        sender: str | None = None,
     ) -> None:
         self._stub = stub
         self._m = metrics
         self._queue: deque[router_pb2.Outcome] = deque()
+        #: Batches formed (with their ids) and not yet acknowledged, oldest first.
+        self._pending: deque[router_pb2.RecordOutcomeRequest] = deque()
+        self._pending_outcomes = 0
         self._max = max(1, max_queue)
         self._batch = max(1, min(batch_size, MAX_OUTCOMES_PER_BATCH))
         self._interval = flush_interval_s
@@ -56,9 +75,14 @@ class OutcomeReporter:
         self._on_down = on_router_down
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: One call at a time: two would send the same pending batches.
+        self._sending = asyncio.Lock()
+        self.sender = (sender or default_sender())[:MAX_SENDER_LEN]
+        self._sequence = 0
         self.dropped = 0
         self.in_flight = 0
         self.sent = 0
+        self.duplicates = 0
         self.failures = 0
 
     # -- producer side (request path) ---------------------------------------
@@ -67,14 +91,26 @@ class OutcomeReporter:
         """Queue one outcome; O(1), never blocks. Drops the oldest when full."""
         if self._stub is None:
             return
-        if len(self._queue) >= self._max:
-            self._queue.popleft()
-            self.dropped += 1
-            self._m.outcomes_dropped.inc()
+        if self.backlog >= self._max:
+            self._drop_oldest()
         self._queue.append(outcome)
         self._m.outcome_queue_depth.set(len(self._queue))
         if len(self._queue) >= self._batch:
             self._wake.set()
+
+    def _drop_oldest(self) -> None:
+        """Drop the oldest outcome held: the oldest unsent batch first, else the queue's head."""
+        if self._pending and self.in_flight == 0:
+            batch = self._pending.popleft()
+            lost = len(batch.outcomes)
+            self._pending_outcomes -= lost
+        elif self._queue:
+            self._queue.popleft()
+            lost = 1
+        else:
+            return  # everything held is in flight; the new outcome is kept
+        self.dropped += lost
+        self._m.outcomes_dropped.inc(lost)
 
     @property
     def depth(self) -> int:
@@ -82,8 +118,8 @@ class OutcomeReporter:
 
     @property
     def backlog(self) -> int:
-        """Outcomes not yet acknowledged by the router (queued + being sent)."""
-        return len(self._queue) + self.in_flight
+        """Outcomes not yet acknowledged by the router (queued + formed into batches)."""
+        return len(self._queue) + self._pending_outcomes
 
     # -- sender ---------------------------------------------------------------
 
@@ -99,7 +135,7 @@ class OutcomeReporter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-        if self._queue:
+        if self.backlog:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(final_flush_timeout_s):
                     await self.flush_once()
@@ -111,7 +147,7 @@ class OutcomeReporter:
                 async with asyncio.timeout(backoff):
                     await self._wake.wait()
             self._wake.clear()
-            if not self._queue:
+            if not self.backlog:
                 backoff = self._interval
                 continue
             try:
@@ -123,48 +159,72 @@ class OutcomeReporter:
                 ok = False
             backoff = self._interval if ok else min(max(backoff * 2, 0.05), self._max_backoff)
 
+    def _form_batches(self) -> None:
+        """Turn queued outcomes into id-carrying batches, up to one call's worth."""
+        while self._queue and len(self._pending) < self._batches_per_call:
+            n = min(len(self._queue), self._batch)
+            self._sequence += 1
+            batch = router_pb2.RecordOutcomeRequest(
+                outcomes=[self._queue.popleft() for _ in range(n)],
+                batch_id=router_pb2.BatchId(sender=self.sender, sequence=self._sequence),
+            )
+            self._pending.append(batch)
+            self._pending_outcomes += n
+        self._m.outcome_queue_depth.set(len(self._queue))
+
+    def _acknowledged(self, sequences: set[int]) -> None:
+        kept: deque[router_pb2.RecordOutcomeRequest] = deque()
+        for batch in self._pending:
+            if batch.batch_id.sequence in sequences:
+                self._pending_outcomes -= len(batch.outcomes)
+            else:
+                kept.append(batch)
+        self._pending = kept
+
     async def flush_once(self) -> bool:
         """Send up to ``batches_per_call`` batches in one StreamOutcomes call.
 
-        Returns True when the router acknowledged them (they leave the queue for
-        good) or there was nothing to send; False when they were put back.
+        Returns True when the router acknowledged them (they leave the backlog for
+        good) or there was nothing to send; False when some remain to resend.
         """
+        async with self._sending:
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> bool:
         assert self._stub is not None
-        n = min(len(self._queue), self._batch * self._batches_per_call)
-        if n == 0:
+        self._form_batches()
+        batches = list(self._pending)[: self._batches_per_call]
+        if not batches:
             return True
-        taken = [self._queue.popleft() for _ in range(n)]
-        self.in_flight = n
-        self._m.outcome_queue_depth.set(len(self._queue))
-        batches = [
-            router_pb2.RecordOutcomeRequest(outcomes=taken[i : i + self._batch])
-            for i in range(0, n, self._batch)
-        ]
+        self.in_flight = sum(len(b.outcomes) for b in batches)
 
         async def requests() -> AsyncIterator[router_pb2.RecordOutcomeRequest]:
             for b in batches:
                 yield b
 
+        call = self._stub.StreamOutcomes(requests(), timeout=self._timeout)
         try:
-            ack = await self._stub.StreamOutcomes(requests(), timeout=self._timeout)
+            ack = await call
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
             self.in_flight = 0
-            self._put_back(taken)
+            applied = _applied_sequences(exc)
+            self._acknowledged(applied)
             self.failures += 1
             self._m.outcome_send_failures.inc()
             self._on_down()
             code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
             log.warning(
-                "outcome delivery failed; will retry",
-                extra={"why": code, "queued": len(self._queue)},
+                "outcome delivery failed; will resend the unapplied batches",
+                extra={"why": code, "applied_batches": len(applied), "backlog": self.backlog},
             )
             return False
         except asyncio.CancelledError:
             self.in_flight = 0
-            self._put_back(taken)
             raise
         self.in_flight = 0
+        self._acknowledged({b.batch_id.sequence for b in batches})
         self.sent += ack.accepted
+        self.duplicates += ack.duplicate_batches
         self._m.outcomes_sent.inc(ack.accepted)
         if ack.rejected:
             log.warning(
@@ -177,13 +237,12 @@ class OutcomeReporter:
         self._on_ok()
         return True
 
-    def _put_back(self, taken: list[router_pb2.Outcome]) -> None:
-        """Failed batch back to the front; whatever does not fit is dropped and counted."""
-        room = self._max - len(self._queue)
-        keep = taken[-room:] if room > 0 else []  # keep the newest of the batch
-        lost = len(taken) - len(keep)
-        self._queue.extendleft(reversed(keep))
-        if lost:
-            self.dropped += lost
-            self._m.outcomes_dropped.inc(lost)
-        self._m.outcome_queue_depth.set(len(self._queue))
+
+def _applied_sequences(exc: Exception) -> set[int]:
+    """The batches a failed call applied, from the router's trailing metadata."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return set()
+    for key, value in exc.trailing_metadata() or ():
+        if key == "router-applied-sequences" and isinstance(value, str):
+            return {int(part) for part in value.split(",") if part.strip().isdigit()}
+    return set()

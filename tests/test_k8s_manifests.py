@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 KUSTOMIZATION = K8S / "kustomization.yaml"
 EXAMPLE_SECRET = K8S / "provider-keys.example.yaml"
+AUTH_SECRET = K8S / "router-auth.example.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 PYPROJECT = ROOT / "pyproject.toml"
 PROTO = ROOT / "proto" / "router" / "v1" / "router.proto"
@@ -331,7 +332,7 @@ def test_kustomization_lists_every_manifest_and_nothing_missing() -> None:
         assert (K8S / name).is_file(), f"configMapGenerator file {name} does not exist"
     listed = set(resources) | generated | {KUSTOMIZATION.name}
     for path in sorted(K8S.glob("*.y*ml")):
-        if path == EXAMPLE_SECRET:
+        if path in (EXAMPLE_SECRET, AUTH_SECRET):
             assert path.name not in resources, "the example Secret must not be applied by default"
             continue
         assert path.name in listed, f"{path.name} is neither a kustomization resource nor generated"
@@ -339,7 +340,7 @@ def test_kustomization_lists_every_manifest_and_nothing_missing() -> None:
 
 
 def _schema_cases() -> Iterator[Any]:
-    docs = [*objects(), *_yaml_docs(EXAMPLE_SECRET)]
+    docs = [*objects(), *_yaml_docs(EXAMPLE_SECRET), *_yaml_docs(AUTH_SECRET)]
     for doc in docs:
         for version in K8S_VERSIONS:
             yield pytest.param(
@@ -718,3 +719,56 @@ def test_k8s_catalog_matches_the_example_catalog() -> None:
     assert load_catalog(ROOT / "k8s" / "catalog.yaml") == load_catalog(
         ROOT / "router_common" / "examples" / "catalog.yaml"
     )
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+def _mount_path_of_secret(pod_spec: dict[str, Any], container: dict[str, Any], key: str) -> str:
+    """Where ``key`` of the router-auth Secret appears in ``container``'s filesystem."""
+    for volume in pod_spec["volumes"]:
+        secret = volume.get("secret")
+        if not secret or secret["secretName"] != "router-auth":
+            continue
+        items = {i["key"]: i["path"] for i in secret.get("items", [])} or None
+        if items is not None and key not in items:
+            continue
+        for mount in container.get("volumeMounts", []):
+            if mount["name"] == volume["name"]:
+                assert "subPath" not in mount, "a subPath mount never sees Secret updates"
+                return f"{mount['mountPath']}/{(items or {key: key})[key]}"
+    raise AssertionError(f"router-auth key {key} is not mounted in {container['name']}")
+
+
+def test_router_reads_its_tokens_file_from_the_mounted_secret() -> None:
+    (secret,) = _yaml_docs(AUTH_SECRET)
+    tokens = yaml.safe_load(secret["stringData"]["tokens.yaml"])
+    for name, spec in tokens["callers"].items():
+        assert spec["token_file"] in secret["stringData"], (
+            f"{name}'s token file is not in the Secret"
+        )
+    (deployment,) = find("Deployment", "router")
+    pod = deployment["spec"]["template"]["spec"]
+    (router,) = pod["containers"]
+    args = router["args"]
+    path = args[args.index("--auth-tokens") + 1]
+    assert path == _mount_path_of_secret(pod, router, "tokens.yaml")
+    assert "--allow-unauthenticated" not in args
+
+
+def test_sidecar_sends_the_token_the_router_knows_and_the_app_has_none() -> None:
+    (secret,) = _yaml_docs(AUTH_SECRET)
+    tokens = yaml.safe_load(secret["stringData"]["tokens.yaml"])
+    (deployment,) = [d for d in find("Deployment") if d["metadata"]["name"] != "router"]
+    pod = deployment["spec"]["template"]["spec"]
+    (sidecar,) = pod["initContainers"]
+    args = sidecar["args"]
+    path = args[args.index("--router-token-file") + 1]
+    key = path.rpartition("/")[2]
+    assert path == _mount_path_of_secret(pod, sidecar, key)
+    caller = next(n for n, spec in tokens["callers"].items() if spec["token_file"] == key)
+    assert {"rank", "report"} <= set(tokens["callers"][caller]["scopes"])
+    for app in pod["containers"]:
+        mounted = {m["name"] for m in app.get("volumeMounts", [])}
+        secret_volumes = {v["name"] for v in pod["volumes"] if "secret" in v}
+        assert not mounted & secret_volumes, f"{app['name']} can read the router token"

@@ -33,6 +33,8 @@ STATED: dict[tuple[str, str], tuple[float, ...]] = {
     ("Outcome", "retry_after_seconds"): (L.MAX_RETRY_AFTER_S,),
     ("RecordOutcomeRequest", "outcomes"): (L.MAX_OUTCOMES_PER_BATCH,),
     ("OutcomeAck", "rejections"): (L.MAX_REJECTIONS_REPORTED,),
+    ("BatchId", "sender"): (L.MAX_SENDER_LEN,),
+    ("BatchId", "sequence"): (1,),
 }
 
 
@@ -73,3 +75,9 @@ def test_the_proto_states_the_enforced_limit(where: tuple[str, str], values: tup
 def test_the_parser_sees_every_message_field() -> None:
     # A guard for the test itself: a regex that matched nothing would pass vacuously.
     assert len(COMMENTS) > 60 and ("GetHealthRequest", "model") in COMMENTS
+
+
+def test_the_proto_states_the_batch_id_memory() -> None:
+    text = " ".join(w for w in PROTO.read_text().split() if w != "//")
+    assert f"the last {L.BATCH_IDS_REMEMBERED} ids" in text
+    assert f"{L.MAX_SENDERS_PER_CALLER} most recent senders" in text

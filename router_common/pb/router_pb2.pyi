@@ -245,10 +245,20 @@ class Outcome(_message.Message):
     def __init__(self, model: _Optional[str] = ..., provider: _Optional[str] = ..., started_at: _Optional[float] = ..., success: _Optional[bool] = ..., error_class: _Optional[_Union[ErrorClass, str]] = ..., http_status: _Optional[int] = ..., ttft_ms: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., output_tokens: _Optional[int] = ..., duration_ms: _Optional[float] = ..., retry_after_seconds: _Optional[float] = ...) -> None: ...
 
 class RecordOutcomeRequest(_message.Message):
-    __slots__ = ("outcomes",)
+    __slots__ = ("outcomes", "batch_id")
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     outcomes: _containers.RepeatedCompositeFieldContainer[Outcome]
-    def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ...) -> None: ...
+    batch_id: BatchId
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., batch_id: _Optional[_Union[BatchId, _Mapping]] = ...) -> None: ...
+
+class BatchId(_message.Message):
+    __slots__ = ("sender", "sequence")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    sender: str
+    sequence: int
+    def __init__(self, sender: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class RejectedOutcome(_message.Message):
     __slots__ = ("index", "reason")
@@ -259,14 +269,18 @@ class RejectedOutcome(_message.Message):
     def __init__(self, index: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class OutcomeAck(_message.Message):
-    __slots__ = ("accepted", "rejected", "rejections")
+    __slots__ = ("accepted", "rejected", "rejections", "duplicate_batches", "applied_sequences")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     rejected: int
     rejections: _containers.RepeatedCompositeFieldContainer[RejectedOutcome]
-    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[RejectedOutcome, _Mapping]]] = ...) -> None: ...
+    duplicate_batches: int
+    applied_sequences: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[RejectedOutcome, _Mapping]]] = ..., duplicate_batches: _Optional[int] = ..., applied_sequences: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -243,10 +243,13 @@ async def test_outcome_queue_is_bounded_and_counts_drops() -> None:
         rep.submit(router_pb2.Outcome(model="m/x", provider=f"p{i}", success=True))
     assert rep.depth == 5 and rep.dropped == 3
     assert [o.provider for o in rep._queue] == ["p3", "p4", "p5", "p6", "p7"]  # newest kept
-    rep._put_back([router_pb2.Outcome(provider="old")])
-    assert rep.dropped == 4 and rep.depth == 5
+    rep._form_batches()  # batches awaiting acknowledgement count towards the bound
+    assert rep.depth == 0 and rep.backlog == 5
+    rep.submit(router_pb2.Outcome(model="m/x", provider="p8", success=True))
+    assert rep.dropped == 5 and rep.backlog == 4  # the oldest batch (p3, p4) went whole
+    assert [b.batch_id.sequence for b in rep._pending] == [2, 3]
     text = metrics.render().decode()
-    assert "router_sidecar_outcomes_dropped_total 4.0" in text
+    assert "router_sidecar_outcomes_dropped_total 5.0" in text
 
 
 def test_config_flags_env_and_defaults() -> None:

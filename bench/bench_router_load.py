@@ -1,0 +1,246 @@
+"""Router under load: ranking while ingestion runs flat out, and the cost of authentication.
+
+Imported by ``bench/bench_router.py`` (``--scenario starvation`` or ``auth``), run as a script.
+The router is the real ``RouterApp`` (refresh loop, per-caller ledger,
+authentication) in this process; rankers and writers are child processes, as
+sidecars are. Figures are ratios against a baseline measured in the same run,
+rounds interleaved, because the machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from router_common.pb import router_pb2, router_pb2_grpc
+
+MODEL = "bench/model"
+WRITER_TOKENS = [f"writer-token-{i}-0123456789" for i in range(4)]
+RANK_TOKEN = "ranker-token-0123456789"
+
+
+def _pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000)[int(q * 1000) - 1]
+
+
+def _tokens_file(directory: Path) -> Path:
+    lines = ["callers:", f"  rankers: {{token: {RANK_TOKEN}, scopes: [rank, read]}}"]
+    for i, token in enumerate(WRITER_TOKENS):
+        lines.append(f"  writer-{i}: {{token: {token}, scopes: [report]}}")
+    path = directory / "tokens.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _rank_request() -> router_pb2.RankProvidersRequest:
+    return router_pb2.RankProvidersRequest(
+        model=MODEL, preferences=router_pb2.RoutingPreferences(sort=router_pb2.SORT_BY_TTFT)
+    )
+
+
+# -- child processes --------------------------------------------------------------
+
+
+def _channel(address: str, tls: dict[str, bytes] | None) -> grpc.aio.Channel:
+    if tls is None:
+        return grpc.aio.insecure_channel(address)
+    creds = grpc.ssl_channel_credentials(tls["ca"], tls["key"], tls["cert"])
+    return grpc.aio.secure_channel(
+        address, creds, options=(("grpc.ssl_target_name_override", "localhost"),)
+    )
+
+
+async def _rank_calls(
+    address: str, callers: int, calls: int, token: str | None, tls: dict[str, bytes] | None
+) -> list[float]:
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    latencies: list[float] = []
+    request = _rank_request()
+    async with _channel(address, tls) as channel:
+        rank = router_pb2_grpc.RouterStub(channel).RankProviders
+        for _ in range(50):
+            await rank(request, metadata=metadata)
+
+        async def worker() -> None:
+            for _ in range(calls // callers):
+                start = time.perf_counter()
+                await rank(request, metadata=metadata)
+                latencies.append((time.perf_counter() - start) * 1e3)
+
+        await asyncio.gather(*(worker() for _ in range(callers)))
+    return latencies
+
+
+def _ranker(address, callers, calls, token, tls, out: multiprocessing.Queue) -> None:
+    out.put(asyncio.run(_rank_calls(address, callers, calls, token, tls)))
+
+
+def _batches(per_batch: int, count: int) -> list[bytes]:
+    import random
+
+    rng = random.Random(5)
+    out = []
+    for _ in range(count):
+        msg = router_pb2.RecordOutcomeRequest()
+        for _ in range(per_batch):
+            msg.outcomes.add(
+                model=MODEL,
+                provider=f"p{rng.randrange(8)}",
+                success=True,
+                http_status=200,
+                ttft_ms=rng.lognormvariate(5.5, 0.4),
+                tokens_per_second=rng.lognormvariate(4.5, 0.3),
+                output_tokens=100,
+                duration_ms=900.0,
+            )
+        out.append(msg.SerializeToString())
+    return out
+
+
+def _writer(address: str, token: str, started, stop, out: multiprocessing.Queue) -> None:
+    """Streams 8 × 500-outcome batches per call, back to back, until ``stop`` is set."""
+    payload = _batches(500, 8)
+    accepted = 0
+    with grpc.insecure_channel(address) as channel:
+        call: grpc.StreamUnaryMultiCallable = channel.stream_unary(
+            "/router.v1.Router/StreamOutcomes",
+            response_deserializer=router_pb2.OutcomeAck.FromString,
+        )
+        metadata = (("authorization", f"Bearer {token}"),)
+        call(iter(payload[:1]), metadata=metadata)
+        started.set()
+        start = time.perf_counter()
+        while not stop.is_set():
+            accepted += call(iter(payload), metadata=metadata).accepted
+        out.put((accepted, time.perf_counter() - start))
+
+
+# -- scenarios ----------------------------------------------------------------------
+
+
+async def _router(directory: Path, **security: Any):
+    from bench_router import synthetic_catalog
+
+    from router_service.app import RouterApp, Settings
+    from router_service.security import SecuritySettings
+
+    catalog = directory / "catalog.yaml"
+    catalog.write_text(synthetic_catalog(8))
+    app = RouterApp(
+        Settings(
+            config_path=str(catalog),
+            grpc_host="127.0.0.1",
+            grpc_port=0,
+            http_host="127.0.0.1",
+            http_port=0,
+            watch_catalog=False,
+            seed=1,
+            security=SecuritySettings(**security),
+        )
+    )
+    await app.start()
+    return app
+
+
+async def _in_child(target, *args: Any) -> Any:
+    spawn = multiprocessing.get_context("spawn")
+    queue = spawn.Queue()
+    child = spawn.Process(target=target, args=(*args, queue))
+    child.start()
+    result = await asyncio.get_running_loop().run_in_executor(None, queue.get)
+    child.join()
+    return result
+
+
+async def starvation(calls: int, rounds: int) -> dict[str, float]:
+    """RankProviders p50/p99 at 32 callers, alone and with 4 writers at full speed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        app = await _router(directory, auth_tokens=str(_tokens_file(directory)))
+        address = app.grpc_address
+        spawn = multiprocessing.get_context("spawn")
+        # An hour of data first, so ranking sorts real quantiles.
+        await _in_child(_ranker, address, 1, 50, RANK_TOKEN, None)  # warm
+        alone: list[float] = []
+        loaded: list[float] = []
+        ingest_rates: list[float] = []
+        for _ in range(rounds):
+            alone += await _in_child(_ranker, address, 32, calls, RANK_TOKEN, None)
+            stop = spawn.Event()
+            queue = spawn.Queue()
+            writers = []
+            for token in WRITER_TOKENS:
+                started = spawn.Event()
+                proc = spawn.Process(target=_writer, args=(address, token, started, stop, queue))
+                proc.start()
+                writers.append((proc, started))
+            loop = asyncio.get_running_loop()
+            for _, started in writers:
+                await loop.run_in_executor(None, started.wait)
+            accepted_before = sum(app.servicer.ledger.accepted.values())
+            start = time.perf_counter()
+            loaded += await _in_child(_ranker, address, 32, calls, RANK_TOKEN, None)
+            elapsed = time.perf_counter() - start
+            accepted = sum(app.servicer.ledger.accepted.values()) - accepted_before
+            ingest_rates.append(accepted / elapsed)
+            stop.set()
+            for proc, _ in writers:
+                await loop.run_in_executor(None, queue.get)
+                proc.join()
+        await app.stop()
+    return {
+        "alone_p50": _pct(alone, 0.5),
+        "alone_p99": _pct(alone, 0.99),
+        "loaded_p50": _pct(loaded, 0.5),
+        "loaded_p99": _pct(loaded, 0.99),
+        "ingest_per_s": statistics.median(ingest_rates),
+        "calls": len(alone),
+    }
+
+
+async def auth_cost(calls: int, rounds: int, callers: int) -> dict[str, float]:
+    """RankProviders p50 with no auth, a bearer token and mTLS; same run, interleaved."""
+    import trustme
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        ca = trustme.CA()
+        server = ca.issue_cert("127.0.0.1", "localhost")
+        client = ca.issue_cert("bench-client", common_name="bench-client")
+        server.private_key_and_cert_chain_pem.write_to_path(str(directory / "server.pem"))
+        server.private_key_pem.write_to_path(str(directory / "server.key"))
+        ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+        tls = {
+            "ca": ca.cert_pem.bytes(),
+            "key": client.private_key_pem.bytes(),
+            "cert": client.cert_chain_pems[0].bytes(),
+        }
+        plain = await _router(directory, allow_unauthenticated=True)
+        tokens = await _router(directory, auth_tokens=str(_tokens_file(directory)))
+        mtls = await _router(
+            directory,
+            tls_cert=str(directory / "server.pem"),
+            tls_key=str(directory / "server.key"),
+            tls_client_ca=str(directory / "ca.pem"),
+        )
+        modes = {
+            "none": (plain.grpc_address, None, None),
+            "token": (tokens.grpc_address, RANK_TOKEN, None),
+            "mtls": (mtls.grpc_address, None, tls),
+        }
+        latencies: dict[str, list[float]] = {m: [] for m in modes}
+        for _ in range(rounds):
+            for mode, (address, token, creds) in modes.items():
+                latencies[mode] += await _in_child(_ranker, address, callers, calls, token, creds)
+        for app in (plain, tokens, mtls):
+            await app.stop()
+    return {f"{m}_p50": _pct(v, 0.5) for m, v in latencies.items()} | {
+        f"{m}_p99": _pct(v, 0.99) for m, v in latencies.items()
+    }

@@ -1,0 +1,269 @@
+"""Who is calling, and may they? Bearer tokens and client certificates.
+
+The router decides where every LLM call in the fleet goes, so whoever can
+report outcomes can steer traffic. Callers are therefore named: a token from
+the tokens file (``--auth-tokens``), else the common name of a verified client
+certificate (mTLS), else -- only when neither is configured -- the peer's
+address. Each caller holds scopes: ``rank`` (RankProviders), ``report``
+(RecordOutcome, StreamOutcomes) and ``read`` (ListModels, GetModelEndpoints,
+GetHealth, and the HTTP side).
+
+The tokens file reloads when it or any ``token_file`` it names changes (a
+Kubernetes Secret volume swaps a symlink; ``stat`` follows it). A file that
+does not parse is refused and the previous callers are kept. Tokens are
+compared in constant time and never logged, counted or echoed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from router_common.limits import MAX_AUTH_CALLERS, MAX_NAME_LEN
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["rank", "report", "read"]
+SCOPES: tuple[Scope, ...] = ("rank", "report", "read")
+
+#: The scope each Router method needs.
+METHOD_SCOPES: dict[str, Scope] = {
+    "RankProviders": "rank",
+    "RecordOutcome": "report",
+    "StreamOutcomes": "report",
+    "ListModels": "read",
+    "GetModelEndpoints": "read",
+    "GetHealth": "read",
+}
+
+
+class AuthConfigError(ValueError):
+    """A tokens file that cannot be used, naming the file and key (never a token)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An identified caller: its name attributes outcomes and rate limits."""
+
+    name: str
+    scopes: frozenset[str]
+    #: "token", "certificate" or "peer" (unauthenticated, by address).
+    via: str
+
+
+class Denied(Exception):
+    """The call is refused: ``unauthenticated`` (who?) or not (may not)."""
+
+    def __init__(self, unauthenticated: bool, message: str) -> None:
+        super().__init__(message)
+        self.unauthenticated = unauthenticated
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    name: str
+    token: bytes
+    scopes: frozenset[str]
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+
+def parse_tokens_file(path: str | Path) -> tuple[list[_Entry], list[Path]]:
+    """Read the tokens file; returns the callers and every file it depends on."""
+    path = Path(path)
+    source = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AuthConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError:
+        raise AuthConfigError(f"{source}: not valid YAML") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("callers"), dict):
+        raise AuthConfigError(f"{source}: callers: expected a mapping of caller names")
+    unknown = sorted(set(raw) - {"callers"})
+    if unknown:
+        raise AuthConfigError(f"{source}: {unknown[0]}: unknown key (allowed: callers)")
+    callers = raw["callers"]
+    if not callers:
+        raise AuthConfigError(f"{source}: callers: at least one caller is required")
+    if len(callers) > MAX_AUTH_CALLERS:
+        raise AuthConfigError(f"{source}: callers: at most {MAX_AUTH_CALLERS}")
+    entries: list[_Entry] = []
+    files = [path]
+    seen_tokens: set[bytes] = set()
+    for name, spec in callers.items():
+        where = f"{source}: callers.{name}"
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME_LEN:
+            raise AuthConfigError(f"{where}: name must be 1..{MAX_NAME_LEN} characters")
+        if not isinstance(spec, dict):
+            raise AuthConfigError(f"{where}: expected a mapping with token/token_file and scopes")
+        extra = sorted(set(spec) - {"token", "token_file", "scopes"})
+        if extra:
+            raise AuthConfigError(f"{where}.{extra[0]}: unknown key")
+        if ("token" in spec) == ("token_file" in spec):
+            raise AuthConfigError(f"{where}: exactly one of token or token_file is required")
+        if "token" in spec:
+            if not isinstance(spec["token"], str):
+                raise AuthConfigError(f"{where}.token: expected a string")
+            token = spec["token"].strip()
+        else:
+            if not isinstance(spec["token_file"], str):
+                raise AuthConfigError(f"{where}.token_file: expected a path")
+            token_path = Path(spec["token_file"])
+            if not token_path.is_absolute():
+                token_path = path.parent / token_path
+            files.append(token_path)
+            try:
+                token = token_path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
+                raise AuthConfigError(
+                    f"{where}.token_file: cannot read {str(token_path)!r}"
+                ) from None
+        if len(token) < 8:
+            raise AuthConfigError(f"{where}: token must be at least 8 characters")
+        encoded = token.encode()
+        if encoded in seen_tokens:
+            raise AuthConfigError(f"{where}: token is the same as another caller's")
+        seen_tokens.add(encoded)
+        scopes = spec.get("scopes")
+        if not isinstance(scopes, list) or not scopes:
+            raise AuthConfigError(f"{where}.scopes: expected a list of {', '.join(SCOPES)}")
+        for scope in scopes:
+            if scope not in SCOPES:
+                raise AuthConfigError(
+                    f"{where}.scopes: unknown scope {scope!r} (allowed: {', '.join(SCOPES)})"
+                )
+        entries.append(_Entry(name, encoded, frozenset(scopes)))
+    return entries, files
+
+
+class TokenStore:
+    """The current callers, reloaded when the tokens file (or a token file) changes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._entries, self._files = parse_tokens_file(self.path)
+        self._stamps = [_file_stamp(p) for p in self._files]
+        self.reloads = 0
+        self.refused = 0
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self._entries]
+
+    def scopes_of(self, name: str) -> frozenset[str] | None:
+        for entry in self._entries:
+            if entry.name == name:
+                return entry.scopes
+        return None
+
+    def maybe_reload(self) -> bool:
+        """Re-read when any file changed; a bad file is refused and logged once."""
+        stamps = [_file_stamp(p) for p in self._files]
+        if stamps == self._stamps:
+            return False
+        self._stamps = stamps
+        try:
+            entries, files = parse_tokens_file(self.path)
+        except AuthConfigError as exc:
+            self.refused += 1
+            log.error(
+                "tokens file refused, keeping the previous callers", extra={"error": str(exc)}
+            )
+            return False
+        self._entries, self._files = entries, files
+        self._stamps = [_file_stamp(p) for p in files]
+        self.reloads += 1
+        log.info("tokens file loaded", extra={"callers": self.names})
+        return True
+
+    def lookup(self, token: bytes) -> _Entry | None:
+        """The caller holding ``token``; every entry is compared (constant time each)."""
+        found = None
+        for entry in self._entries:
+            if hmac.compare_digest(entry.token, token):
+                found = entry
+        return found
+
+
+def bearer_token(header: str | None) -> bytes | None:
+    """The token of an ``Authorization: Bearer <token>`` value, else None."""
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip().encode()
+
+
+class Authenticator:
+    """Names the caller of one request and checks its scope."""
+
+    def __init__(self, tokens: TokenStore | None, mtls: bool) -> None:
+        self.tokens = tokens
+        self.mtls = mtls
+
+    @property
+    def enabled(self) -> bool:
+        return self.tokens is not None or self.mtls
+
+    def identify(
+        self,
+        authorization: str | None,
+        certificate_names: Sequence[str],
+        peer: str,
+    ) -> Caller:
+        """Who is calling: token, else certificate, else (auth off) the peer. Raises Denied."""
+        token = bearer_token(authorization)
+        if self.tokens is not None and token is not None:
+            entry = self.tokens.lookup(token)
+            if entry is None:
+                raise Denied(True, "the bearer token is not valid")
+            return Caller(entry.name, entry.scopes, "token")
+        if authorization and token is None:
+            raise Denied(True, "authorization must be 'Bearer <token>'")
+        if self.mtls and certificate_names:
+            name = certificate_names[0][:MAX_NAME_LEN]
+            scopes = self.tokens.scopes_of(name) if self.tokens is not None else None
+            return Caller(name, scopes if scopes is not None else frozenset(SCOPES), "certificate")
+        if self.enabled:
+            raise Denied(True, "missing credentials: send 'authorization: Bearer <token>'")
+        return Caller(peer_host(peer), frozenset(SCOPES), "peer")
+
+    @staticmethod
+    def require(caller: Caller, scope: str, what: str) -> None:
+        if scope not in caller.scopes:
+            raise Denied(False, f"caller {caller.name!r} lacks the {scope!r} scope for {what}")
+
+
+def peer_host(peer: str) -> str:
+    """``ipv4:10.0.0.7:51234`` → ``10.0.0.7``: one unauthenticated caller per host, not per port."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host = rest.rpartition(":")[0]
+        return host.strip("[]") or rest
+    return peer or "unknown"
+
+
+def certificate_names(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
+    """Common name, then subject alternative names, of a verified client certificate."""
+    names: list[str] = []
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        for value in auth_context.get(key, ()):
+            text = value.decode("utf-8", "replace")
+            if text and text not in names:
+                names.append(text)
+    return names

@@ -1,0 +1,254 @@
+"""How the router listens: addresses (protected mode), TLS, gRPC limits, file limits.
+
+* **Protected mode** (like Redis's): with no tokens and no client CA nothing
+  authenticates callers, so the router binds loopback only and says so, unless
+  ``--allow-unauthenticated`` is given.
+* **TLS** certificates reload on change: gRPC asks for a new configuration
+  before each handshake (cheap: a few ``stat`` calls), the HTTP side's
+  ``SSLContext`` is re-loaded by the app's poller.
+* **One router per port**: SO_REUSEPORT is off, so a second router on a taken
+  port fails to bind and exits 2 with one line naming the port and its flag.
+* **Resource bounds**: soft RLIMIT_NOFILE raised to the hard limit; gRPC
+  connections and streams bounded (see :func:`grpc_server_options`).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+
+
+class PortInUseError(OSError):
+    """A port is taken; the message is the one line the CLI prints."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Bounds on gRPC connections and streams.
+
+    ================================  =======  ==========================================
+    field                             default  why
+    ================================  =======  ==========================================
+    max_concurrent_streams            256      per connection; a sidecar needs a handful
+    max_connection_idle_s             300      an idle connection is closed (GOAWAY)
+    max_connection_age_s              3600     connections are recycled, spreading load
+                                               after a rollout
+    max_connection_age_grace_s        30       in-flight calls finish after GOAWAY
+    keepalive_time_s                  60       the router pings idle clients ...
+    keepalive_timeout_s               20       ... and drops those that do not answer
+    min_client_ping_interval_s        10       clients pinging more often are dropped
+    handshake_timeout_s               10       a connection that never completes its
+                                               HTTP/2 (or TLS) handshake is closed, so
+                                               idle sockets cannot pin file descriptors
+    http_keepalive_timeout_s          15       an idle HTTP keep-alive connection closes
+    idle_stream_timeout_s             60       a StreamOutcomes call that sends nothing
+                                               for this long ends (DEADLINE_EXCEEDED)
+    ================================  =======  ==========================================
+    """
+
+    max_concurrent_streams: int = 256
+    max_connection_idle_s: float = 300.0
+    max_connection_age_s: float = 3600.0
+    max_connection_age_grace_s: float = 30.0
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    min_client_ping_interval_s: float = 10.0
+    handshake_timeout_s: float = 10.0
+    http_keepalive_timeout_s: float = 15.0
+    idle_stream_timeout_s: float = 60.0
+
+
+def grpc_server_options(limits: ConnectionLimits) -> list[tuple[str, int]]:
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+        ("grpc.max_connection_idle_ms", ms(limits.max_connection_idle_s)),
+        ("grpc.max_connection_age_ms", ms(limits.max_connection_age_s)),
+        ("grpc.max_connection_age_grace_ms", ms(limits.max_connection_age_grace_s)),
+        ("grpc.keepalive_time_ms", ms(limits.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(limits.keepalive_timeout_s)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(limits.min_client_ping_interval_s)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.server_handshake_timeout_ms", ms(limits.handshake_timeout_s)),
+    ]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def protected_host(host: str, authenticated: bool, allow_unauthenticated: bool) -> str:
+    """The address to bind: ``host``, or loopback when nothing authenticates callers."""
+    if authenticated or allow_unauthenticated or is_loopback(host):
+        return host
+    log.warning(
+        "protected mode: no --auth-tokens and no --tls-client-ca, so listening on "
+        "loopback only; pass --allow-unauthenticated to listen on %s without authentication",
+        host,
+        extra={"requested_host": host, "listening_on": LOOPBACK},
+    )
+    return LOOPBACK
+
+
+def raise_file_limit() -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE up to the hard limit; logs and returns (before, after) soft."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            target = soft
+    log.info(
+        "file descriptor limit",
+        extra={"soft_before": soft, "soft": target, "hard": hard},
+    )
+    return soft, target
+
+
+class _Stamped:
+    """File contents re-read when their (mtime, inode, size) change."""
+
+    def __init__(self, *paths: str) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.stamp: list[tuple[int, int, int]] | None = None
+
+    def changed(self) -> bool:
+        stamp = []
+        for p in self.paths:
+            try:
+                st = os.stat(p)
+            except OSError:
+                return False  # mid-swap: keep the current files
+            stamp.append((st.st_mtime_ns, st.st_ino, st.st_size))
+        if stamp == self.stamp:
+            return False
+        self.stamp = stamp
+        return True
+
+
+def grpc_server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    """TLS (mTLS with a client CA) whose files are re-read when they change."""
+    files = [tls.cert, tls.key] + ([tls.client_ca] if tls.client_ca else [])
+    watch = _Stamped(*files)
+
+    def load() -> grpc.ServerCertificateConfiguration:
+        key = Path(tls.key).read_bytes()
+        cert = Path(tls.cert).read_bytes()
+        ca = Path(tls.client_ca).read_bytes() if tls.client_ca else None
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    watch.changed()
+    initial = load()
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        if not watch.changed():
+            return None
+        try:
+            config = load()
+        except OSError as exc:
+            log.error("TLS files unreadable, keeping the previous ones", extra={"error": str(exc)})
+            return None
+        log.info("TLS certificates reloaded")
+        return config
+
+    # gRPC documents None as "keep the current configuration"; the stub omits it.
+    return grpc.dynamic_ssl_server_credentials(
+        initial,
+        fetch,  # type: ignore[arg-type]
+        require_client_authentication=tls.client_ca is not None,
+    )
+
+
+class HttpTls:
+    """The HTTP side's SSLContext; ``maybe_reload`` re-loads changed files in place
+    (new connections use them). A client certificate is optional here so probes
+    reach /healthz; when presented it must chain to the client CA."""
+
+    def __init__(self, tls: TlsFiles) -> None:
+        self.tls = tls
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._watch = _Stamped(*([tls.cert, tls.key] + ([tls.client_ca] if tls.client_ca else [])))
+        self._watch.changed()
+        self._load()
+
+    def _load(self) -> None:
+        self.context.load_cert_chain(self.tls.cert, self.tls.key)
+        if self.tls.client_ca:
+            self.context.load_verify_locations(self.tls.client_ca)
+            self.context.verify_mode = ssl.CERT_OPTIONAL
+
+    def maybe_reload(self) -> None:
+        if self._watch.changed():
+            try:
+                self._load()
+            except (OSError, ssl.SSLError) as exc:
+                log.error(
+                    "TLS files unusable, keeping the previous ones", extra={"error": str(exc)}
+                )
+
+
+def _probe(host: str, port: int) -> OSError | None:
+    """Try to bind as the server would (SO_REUSEADDR, no SO_REUSEPORT); the error, if any."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return exc
+    family, kind, proto, _, address = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return exc
+    return None
+
+
+def bind_error(what: str, host: str, port: int, flag: str) -> PortInUseError:
+    """One line naming the port and the flag that sets it; says why when it can tell."""
+    exc = _probe(host, port)
+    if exc is not None and exc.errno == errno.EADDRINUSE:
+        why = "is already in use"
+    elif exc is not None:
+        why = f"cannot be bound ({exc.strerror or exc})"
+    else:
+        why = "cannot be bound"
+    return PortInUseError(f"{what} port {port} on {host} {why}; set another with {flag}")
+
+
+def check_port_free(what: str, host: str, port: int, flag: str) -> None:
+    """Fail before the server tries (gRPC would also print its own multi-part error)."""
+    if port != 0 and _probe(host, port) is not None:
+        raise bind_error(what, host, port, flag)

@@ -1,0 +1,138 @@
+"""What every Router RPC passes before its handler runs: a parseable request and a caller.
+
+grpcio turns a request that fails to parse (bad UTF-8 in a string field,
+corrupt wire format) into UNKNOWN with an ERROR traceback per call, before any
+handler sees it, so a flood of junk became megabytes of log. Here the
+deserializer never raises: it hands the handler a :class:`Malformed` marker,
+and the handler answers INVALID_ARGUMENT, counted like every other status and
+logged at most once per interval per cause (:class:`LogLimiter`).
+
+The caller is identified (:mod:`router_service.auth`) and its scope checked
+before the handler runs; the handler reads it from :data:`current_caller`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from router_common.pb import router_pb2
+from router_service.auth import Caller
+
+log = logging.getLogger(__name__)
+
+SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"]
+
+#: The caller of the RPC being handled (each RPC runs in its own task).
+current_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("current_caller")
+
+
+class Malformed:
+    """Stands in for a request message that did not parse; ``cause`` is short and fixed."""
+
+    __slots__ = ("cause",)
+
+    def __init__(self, cause: str) -> None:
+        self.cause = cause
+
+
+def _cause(exc: Exception) -> str:
+    text = str(exc)
+    if "UTF-8" in text:
+        return "a string field is not valid UTF-8"
+    return "the message is not valid protobuf wire format"
+
+
+def safe_deserializer(message_class: Any) -> Callable[[bytes], Any]:
+    """``message_class.FromString`` that returns Malformed instead of raising."""
+    parse = message_class.FromString
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except (DecodeError, ValueError, RuntimeError) as exc:
+            return Malformed(_cause(exc))
+
+    return deserialize
+
+
+def add_router_to_server(servicer: Any, server: grpc.aio.Server) -> None:
+    """Register router.v1.Router like the generated helper, with safe deserializers."""
+    handlers = {}
+    for method in SERVICE.methods:
+        request_class = getattr(router_pb2, method.input_type.name)
+        response_class = getattr(router_pb2, method.output_type.name)
+        factory = (
+            grpc.stream_unary_rpc_method_handler
+            if method.client_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = factory(
+            getattr(servicer, method.name),
+            request_deserializer=safe_deserializer(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+    )
+
+
+class LogLimiter:
+    """At most one log line per ``interval_s`` per cause; the rest are counted and
+    reported (as ``suppressed``) with the next line for that cause."""
+
+    def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def allow(self, cause: str) -> int | None:
+        """None to stay silent, else how many lines for this cause were suppressed."""
+        now = self.clock()
+        last = self._last.get(cause)
+        if last is not None and now - last < self.interval_s:
+            self._suppressed[cause] = self._suppressed.get(cause, 0) + 1
+            return None
+        if len(self._last) > 1_000:  # causes are fixed strings; this is a safety net
+            self._last.clear()
+        self._last[cause] = now
+        return self._suppressed.pop(cause, 0)
+
+    def warning(self, logger: logging.Logger, message: str, cause: str, **extra: Any) -> None:
+        suppressed = self.allow(cause)
+        if suppressed is not None:
+            logger.warning(message, extra={"cause": cause, "suppressed": suppressed, **extra})
+
+
+class RateLimitedLogFilter(logging.Filter):
+    """Rate-limits a noisy library logger (asyncio's accept errors under EMFILE)."""
+
+    def __init__(self, limiter: LogLimiter, match: tuple[str, ...]) -> None:
+        super().__init__()
+        self.limiter = limiter
+        self.match = match
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        for needle in self.match:
+            if needle in text:
+                if self.limiter.allow(needle) is None:
+                    return False
+                record.exc_info = None  # one line, never a traceback
+                record.exc_text = None
+                return True
+        return True
+
+
+def install_accept_error_limit(limiter: LogLimiter) -> None:
+    """asyncio logs every failed accept() (EMFILE) with a traceback; limit it."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, RateLimitedLogFilter) for f in logger.filters):
+        logger.addFilter(RateLimitedLogFilter(limiter, ("accept", "Too many open files")))

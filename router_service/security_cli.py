@@ -1,0 +1,122 @@
+"""``router-service`` flags for authentication, TLS, protected mode and caller limits.
+
+Each flag also reads an environment variable (the flag wins), like the rest of
+the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from router_service.callers import CallerLimitsConfig
+from router_service.listen import ConnectionLimits
+from router_service.security import SecuritySettings
+
+ENV = {
+    "auth_tokens": "ROUTER_AUTH_TOKENS",
+    "tls_cert": "ROUTER_TLS_CERT",
+    "tls_key": "ROUTER_TLS_KEY",
+    "tls_client_ca": "ROUTER_TLS_CLIENT_CA",
+    "allow_unauthenticated": "ROUTER_ALLOW_UNAUTHENTICATED",
+    "outcomes_per_second": "ROUTER_CALLER_OUTCOMES_PER_SECOND",
+    "outcome_burst": "ROUTER_CALLER_OUTCOME_BURST",
+}
+
+
+def add_security_flags(parser: argparse.ArgumentParser) -> None:
+    env = os.environ
+    parser.add_argument(
+        "--auth-tokens",
+        default=env.get(ENV["auth_tokens"]),
+        help="YAML of named callers with tokens and scopes; reloaded on change "
+        f"(env {ENV['auth_tokens']})",
+    )
+    parser.add_argument(
+        "--tls-cert", default=env.get(ENV["tls_cert"]), help=f"PEM (env {ENV['tls_cert']})"
+    )
+    parser.add_argument(
+        "--tls-key", default=env.get(ENV["tls_key"]), help=f"PEM (env {ENV['tls_key']})"
+    )
+    parser.add_argument(
+        "--tls-client-ca",
+        default=env.get(ENV["tls_client_ca"]),
+        help="require client certificates signed by this CA (mTLS); the caller is named by "
+        f"its certificate (env {ENV['tls_client_ca']})",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        default=env.get(ENV["allow_unauthenticated"], "").lower() in ("1", "true", "yes"),
+        help="listen beyond loopback without tokens or mTLS (protected mode off; "
+        f"env {ENV['allow_unauthenticated']}=true)",
+    )
+    defaults = CallerLimitsConfig()
+    parser.add_argument(
+        "--caller-outcomes-per-second",
+        type=float,
+        default=float(env.get(ENV["outcomes_per_second"], defaults.outcomes_per_second)),
+        help="per-caller outcome rate limit, 0 = off "
+        f"(env {ENV['outcomes_per_second']}, default {defaults.outcomes_per_second:g})",
+    )
+    parser.add_argument(
+        "--caller-outcome-burst",
+        type=float,
+        default=float(env.get(ENV["outcome_burst"], defaults.outcome_burst)),
+        help=f"per-caller burst (env {ENV['outcome_burst']}, default {defaults.outcome_burst:g})",
+    )
+
+
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    """The connection timeouts an operator most often needs to change (see ConnectionLimits)."""
+    env = os.environ
+    base = ConnectionLimits()
+    for flag, field, help_text in (
+        ("--http-idle-timeout-s", "http_keepalive_timeout_s", "idle HTTP connections close"),
+        (
+            "--grpc-handshake-timeout-s",
+            "handshake_timeout_s",
+            "gRPC connections that never finish their handshake close",
+        ),
+        (
+            "--stream-idle-timeout-s",
+            "idle_stream_timeout_s",
+            "a StreamOutcomes call sending nothing ends",
+        ),
+    ):
+        name = "ROUTER_" + flag.lstrip("-").replace("-", "_").upper()
+        parser.add_argument(
+            flag,
+            dest=field,
+            type=float,
+            default=float(env.get(name, getattr(base, field))),
+            help=f"seconds after which {help_text} (env {name}, default {getattr(base, field):g})",
+        )
+
+
+def security_settings(args: argparse.Namespace) -> SecuritySettings:
+    """Raises ValueError with a one-line reason for inconsistent flags."""
+    connections = ConnectionLimits(
+        http_keepalive_timeout_s=args.http_keepalive_timeout_s,
+        handshake_timeout_s=args.handshake_timeout_s,
+        idle_stream_timeout_s=args.idle_stream_timeout_s,
+    )
+    for name, value in (
+        ("http", connections.http_keepalive_timeout_s),
+        ("handshake", connections.handshake_timeout_s),
+        ("stream", connections.idle_stream_timeout_s),
+    ):
+        if not value > 0:
+            raise ValueError(f"the {name} idle timeout must be > 0 seconds, got {value:g}")
+    return SecuritySettings(
+        connections=connections,
+        auth_tokens=args.auth_tokens,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        allow_unauthenticated=args.allow_unauthenticated,
+        caller_limits=CallerLimitsConfig(
+            outcomes_per_second=args.caller_outcomes_per_second,
+            outcome_burst=args.caller_outcome_burst,
+        ),
+    )

@@ -1,0 +1,121 @@
+"""The sidecar's gRPC channel to the router: TLS/mTLS and a bearer token.
+
+The token is read from a file (``--router-token-file``, e.g. a Kubernetes
+Secret volume) and re-read when the file changes, checked at most once a
+second, so rotating the Secret needs no restart. It is added to every call's
+metadata by a client interceptor and never logged. TLS uses ``--router-ca``
+to verify the router and, for mTLS, ``--router-tls-cert``/``--router-tls-key``
+as the sidecar's identity (read at start; restart to rotate them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+log = logging.getLogger("sidecar.router_channel")
+
+
+class TokenFile:
+    """A token file's content, re-read when its (mtime, inode, size) changes."""
+
+    def __init__(self, path: str, check_every_s: float = 1.0) -> None:
+        self.path = Path(path)
+        self.check_every_s = check_every_s
+        self._stamp: tuple[int, int, int] | None = None
+        self._checked = float("-inf")
+        self.token = ""
+        self._reload()
+        if not self.token:
+            raise ValueError(f"--router-token-file {path}: empty or unreadable")
+
+    def _reload(self) -> None:
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_mtime_ns, st.st_ino, st.st_size)
+            if stamp != self._stamp:
+                token = self.path.read_text(encoding="utf-8").strip()
+                if token:
+                    self.token, self._stamp = token, stamp
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning(
+                "router token file unreadable; keeping the last token", extra={"why": str(exc)}
+            )
+
+    def current(self) -> str:
+        now = time.monotonic()
+        if now - self._checked >= self.check_every_s:
+            self._checked = now
+            self._reload()
+        return self.token
+
+
+def _with_token(details: grpc.aio.ClientCallDetails, token: TokenFile) -> Any:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    metadata.add("authorization", f"Bearer {token.current()}")
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+# grpc.aio files each interceptor under the first call kind it matches, so
+# one class per kind (the sidecar makes unary calls and one client stream).
+class _UnaryToken(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, token: TokenFile) -> None:
+        self._token = token
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_token(details, self._token), request)
+
+
+class _StreamToken(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, token: TokenFile) -> None:
+        self._token = token
+
+    async def intercept_stream_unary(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(_with_token(details, self._token), request_iterator)
+
+
+def _read(path: str | None, flag: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def open_router_channel(
+    address: str,
+    options: Sequence[tuple[str, Any]],
+    *,
+    token_file: str | None = None,
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+) -> grpc.aio.Channel:
+    """A channel to the router; ValueError (one line) for unusable files."""
+    if (cert is None) != (key is None):
+        raise ValueError("--router-tls-cert and --router-tls-key go together")
+    interceptors: list[Any] | None = None
+    if token_file:
+        token = TokenFile(token_file)
+        interceptors = [_UnaryToken(token), _StreamToken(token)]
+    if ca or cert:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(ca, "--router-ca"),
+            private_key=_read(key, "--router-tls-key"),
+            certificate_chain=_read(cert, "--router-tls-cert"),
+        )
+        return grpc.aio.secure_channel(
+            address, credentials, options=list(options), interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(address, options=list(options), interceptors=interceptors)

@@ -1,0 +1,270 @@
+"""Authentication against a real router over real gRPC/HTTP: tokens, scopes, reload, mTLS."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+import trustme
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
+
+from router_common.pb import router_pb2, router_pb2_grpc
+from router_service.auth import AuthConfigError, parse_tokens_file
+from router_service.security import SecuritySettings
+from tests.conftest import loopback_router, wait_for
+
+MODEL = "zai/glm-4.7"
+RANK = router_pb2.RankProvidersRequest(model=MODEL)
+
+
+def write_tokens(tmp_path: Path, dash_token: str = "dash-token-1") -> Path:
+    (tmp_path / "dash-token").write_text(dash_token + "\n")
+    path = tmp_path / "tokens.yaml"
+    path.write_text(
+        "callers:\n"
+        '  app-sidecars: {token: "sidecar-secret-1", scopes: [rank, report]}\n'
+        "  dashboards: {token_file: dash-token, scopes: [read]}\n"
+    )
+    return path
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def code_of(call) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.fixture
+async def token_router(tmp_path: Path):
+    tokens = write_tokens(tmp_path)
+    app = loopback_router(
+        tmp_path,
+        drain_seconds=0.2,
+        watch_catalog=False,
+        security=SecuritySettings(auth_tokens=str(tokens), reload_interval_s=0.05),
+    )
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+async def test_tokens_and_scopes_are_enforced_and_counted(token_router) -> None:
+    async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
+        stub = router_pb2_grpc.RouterStub(ch)
+        assert await code_of(stub.RankProviders(RANK)) == grpc.StatusCode.UNAUTHENTICATED
+        wrong = bearer("not-a-token-at-all")
+        assert await code_of(stub.RankProviders(RANK, metadata=wrong)) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+        sidecar = bearer("sidecar-secret-1")
+        assert await code_of(stub.RankProviders(RANK, metadata=sidecar)) == grpc.StatusCode.OK
+        listing = stub.ListModels(router_pb2.ListModelsRequest(), metadata=sidecar)
+        assert await code_of(listing) == grpc.StatusCode.PERMISSION_DENIED
+        dash = bearer("dash-token-1")
+        assert await code_of(stub.RankProviders(RANK, metadata=dash)) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+        record = stub.RecordOutcome(router_pb2.RecordOutcomeRequest(), metadata=dash)
+        assert await code_of(record) == grpc.StatusCode.PERMISSION_DENIED
+        listing = stub.ListModels(router_pb2.ListModelsRequest(), metadata=dash)
+        assert await code_of(listing) == grpc.StatusCode.OK
+        # Probes and reflection need no token (v1alpha and v1).
+        health = health_pb2_grpc.HealthStub(ch)
+        reply = await health.Check(health_pb2.HealthCheckRequest())
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        for service in ("v1alpha", "v1"):
+            call = ch.stream_stream(
+                f"/grpc.reflection.{service}.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )([reflection_pb2.ServerReflectionRequest(list_services="")])
+            names = [s.name async for r in call for s in r.list_services_response.service]
+            assert "router.v1.Router" in names, service
+    counts = token_router.servicer.rpc_counter.counts
+    assert counts[("RankProviders", "UNAUTHENTICATED")] == 2
+    assert counts[("RankProviders", "PERMISSION_DENIED")] == 1
+    assert counts[("ListModels", "PERMISSION_DENIED")] == 1
+    assert counts[("RecordOutcome", "PERMISSION_DENIED")] == 1
+
+
+async def test_tokens_file_reloads_and_a_bad_one_keeps_the_old_callers(
+    token_router, tmp_path: Path
+) -> None:
+    async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
+        stub = router_pb2_grpc.RouterStub(ch)
+        (tmp_path / "dash-token").write_text("dash-token-2\n")  # a Secret rotation
+
+        async def rotated() -> bool:
+            call = stub.ListModels(router_pb2.ListModelsRequest(), metadata=bearer("dash-token-2"))
+            return await code_of(call) == grpc.StatusCode.OK
+
+        await wait_for(rotated, timeout=5)
+        old = stub.ListModels(router_pb2.ListModelsRequest(), metadata=bearer("dash-token-1"))
+        assert await code_of(old) == grpc.StatusCode.UNAUTHENTICATED
+        refused = token_router.security.tokens.refused
+        (tmp_path / "tokens.yaml").write_text("callers: [oops]\n")
+        await wait_for(lambda: token_router.security.tokens.refused > refused, timeout=5)
+        still = stub.ListModels(router_pb2.ListModelsRequest(), metadata=bearer("dash-token-2"))
+        assert await code_of(still) == grpc.StatusCode.OK
+
+
+async def test_http_side_takes_read_tokens(token_router) -> None:
+    url = token_router.http_url
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/healthz") as resp:
+            assert resp.status == 200  # probes stay open
+        async with http.get(f"{url}/metrics") as resp:
+            assert resp.status == 401 and "Basic" in resp.headers["WWW-Authenticate"]
+        headers = {"Authorization": "Bearer sidecar-secret-1"}
+        async with http.get(f"{url}/v1/models", headers=headers) as resp:
+            assert resp.status == 403  # no read scope
+        headers = {"Authorization": "Bearer dash-token-1"}
+        async with http.get(f"{url}/metrics", headers=headers) as resp:
+            text = await resp.text()
+            assert resp.status == 200 and 'router_http_refused_total{code="401"} 1.0' in text
+            assert "dash-token-1" not in text and "sidecar-secret-1" not in text
+        basic = base64.b64encode(b"anyone:dash-token-1").decode()
+        async with http.get(f"{url}/", headers={"Authorization": f"Basic {basic}"}) as resp:
+            assert resp.status == 200  # a browser's Basic prompt opens the dashboard
+
+
+def test_tokens_file_errors_name_the_key_never_the_token(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    cases = {
+        "callers: {a: {token: short, scopes: [rank]}}": "callers.a: token must be at least 8",
+        "callers: {a: {token: long-enough-1, scopes: [admin]}}": "unknown scope 'admin'",
+        "callers: {a: {token_file: missing, scopes: [rank]}}": "callers.a.token_file",
+        "callers: {a: {token: long-enough-1, scopes: [rank]}, b: {token: long-enough-1, "
+        "scopes: [read]}}": "callers.b: token is the same",
+    }
+    for text, expected in cases.items():
+        path.write_text(text)
+        with pytest.raises(AuthConfigError) as info:
+            parse_tokens_file(path)
+        assert expected in str(info.value)
+        assert "long-enough-1" not in str(info.value)
+
+
+# -- TLS and mTLS ------------------------------------------------------------------
+
+
+def _write(tmp_path: Path, name: str, blob) -> str:
+    path = tmp_path / name
+    blob.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def pki(tmp_path: Path):
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("sidecar-a.example", common_name="sidecar-a")
+    files = {
+        "ca": _write(tmp_path, "ca.pem", ca.cert_pem),
+        "cert": _write(tmp_path, "server.pem", server.private_key_and_cert_chain_pem),
+        "key": _write(tmp_path, "server.key", server.private_key_pem),
+        "client_cert": _write(tmp_path, "client.pem", client.cert_chain_pems[0]),
+        "client_key": _write(tmp_path, "client.key", client.private_key_pem),
+    }
+    return ca, files
+
+
+def _creds(files: dict, with_client: bool = True) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(files["ca"]).read_bytes(),
+        private_key=Path(files["client_key"]).read_bytes() if with_client else None,
+        certificate_chain=Path(files["client_cert"]).read_bytes() if with_client else None,
+    )
+
+
+async def test_mtls_names_the_caller_by_its_certificate_and_reloads(tmp_path: Path, pki) -> None:
+    ca, files = pki
+    app = loopback_router(
+        tmp_path,
+        drain_seconds=0.2,
+        watch_catalog=False,
+        security=SecuritySettings(
+            tls_cert=files["cert"], tls_key=files["key"], tls_client_ca=files["ca"]
+        ),
+    )
+    await app.start()
+    try:
+        options = (("grpc.ssl_target_name_override", "localhost"),)
+        async with grpc.aio.secure_channel(app.grpc_address, _creds(files), options) as ch:
+            stub = router_pb2_grpc.RouterStub(ch)
+            assert (await stub.RankProviders(RANK)).endpoints
+            ack = await stub.RecordOutcome(
+                router_pb2.RecordOutcomeRequest(
+                    outcomes=[router_pb2.Outcome(model=MODEL, provider="cerebras", success=True)]
+                )
+            )
+            assert ack.accepted == 1
+        assert app.servicer.ledger.accepted == {"sidecar-a": 1}
+        # No client certificate: the handshake is refused.
+        no_cert = _creds(files, with_client=False)
+        async with grpc.aio.secure_channel(app.grpc_address, no_cert, options) as ch:
+            call = router_pb2_grpc.RouterStub(ch).RankProviders(RANK, timeout=2)
+            assert await code_of(call) == grpc.StatusCode.UNAVAILABLE
+        # The HTTP side serves TLS too and accepts the verified client certificate.
+        context = ssl.create_default_context(cafile=files["ca"])
+        context.load_cert_chain(files["client_cert"], files["client_key"])
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{app.http_url}/v1/models", ssl=context) as resp,
+        ):
+            assert resp.status == 200
+        # Rotate the server certificate (a new CA's); new connections use it.
+        ca2 = trustme.CA()
+        server2 = ca2.issue_cert("127.0.0.1", "localhost")
+        server2.private_key_and_cert_chain_pem.write_to_path(files["cert"])
+        server2.private_key_pem.write_to_path(files["key"])
+        client2 = ca.issue_cert("sidecar-b.example", common_name="sidecar-b")
+        new_ca = tmp_path / "ca2.pem"
+        ca2.cert_pem.write_to_path(str(new_ca))
+        creds2 = grpc.ssl_channel_credentials(
+            root_certificates=new_ca.read_bytes(),
+            private_key=client2.private_key_pem.bytes(),
+            certificate_chain=client2.cert_chain_pems[0].bytes(),
+        )
+        async with grpc.aio.secure_channel(app.grpc_address, creds2, options) as ch:
+            assert (await router_pb2_grpc.RouterStub(ch).RankProviders(RANK)).endpoints
+    finally:
+        await app.stop()
+
+
+async def test_protected_mode_binds_loopback_unless_authenticated_or_allowed(
+    tmp_path: Path,
+) -> None:
+    tokens = write_tokens(tmp_path)
+    cases = [
+        (SecuritySettings(), "127.0.0.1"),
+        (SecuritySettings(allow_unauthenticated=True), "0.0.0.0"),
+        (SecuritySettings(auth_tokens=str(tokens)), "0.0.0.0"),
+    ]
+    for security, expected in cases:
+        app = loopback_router(
+            tmp_path,
+            grpc_host="0.0.0.0",
+            http_host="0.0.0.0",
+            drain_seconds=0.1,
+            watch_catalog=False,
+            security=security,
+        )
+        await app.start()
+        try:
+            assert (app.grpc_host, app.http_host) == (expected, expected)
+        finally:
+            await app.stop()
