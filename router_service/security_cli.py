@@ -49,7 +49,7 @@ def add_security_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=env.get(ENV["allow_unauthenticated"], "").lower() in ("1", "true", "yes"),
         help="listen beyond loopback without tokens or mTLS (protected mode off; "
-        f"env {ENV['allow_unauthenticated']}=true)",
+        f"env {ENV['allow_unauthenticated']}=true; default off: protected mode)",
     )
     defaults = CallerLimitsConfig()
     parser.add_argument(

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from router_common.catalog import parse_catalog
 from router_demo.processes import free_ports
+from router_service.auth import parse_tokens_file
 from router_service.tuning import parse_tuning
 from tests.conftest import REPO_ROOT
 
@@ -60,12 +62,22 @@ def test_every_block_is_runnable_or_marked() -> None:
     assert any(b.fence == "python" for b in blocks)
 
 
-def test_yaml_blocks_load() -> None:
+def test_yaml_blocks_load(tmp_path: Path) -> None:
     yaml_blocks = [b.text for b in readme_blocks() if b.fence == "yaml"]
-    assert len(yaml_blocks) >= 2
-    for text in yaml_blocks:
+    assert len(yaml_blocks) >= 3
+    for i, text in enumerate(yaml_blocks):
         if text.lstrip().startswith("providers:"):
             parse_catalog(text, "README catalog block")
+        elif text.lstrip().startswith("callers:"):
+            # A tokens file: its relative token_file entries sit next to it.
+            folder = tmp_path / f"block{i}"
+            folder.mkdir()
+            for spec in yaml.safe_load(text)["callers"].values():
+                if "token_file" in spec:
+                    (folder / spec["token_file"]).write_text("a-token-from-a-file\n")
+            (folder / "tokens.yaml").write_text(text)
+            callers, _ = parse_tokens_file(folder / "tokens.yaml")
+            assert callers
         else:
             parse_tuning(text, "README tuning block")
 
