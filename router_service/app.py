@@ -31,6 +31,9 @@ from router_service.grpc_api import RouterServicer
 from router_service.health import HealthConfig
 from router_service.http_api import build_http_app
 from router_service.ranking import RankingConfig
+from router_service.replication.config import ReplicationConfig
+from router_service.replication.replicator import RedisReplicator, fleet_health_rng
+from router_service.replication.wiring import start_replication
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,9 @@ class Settings:
     health: HealthConfig = field(default_factory=HealthConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     seed: int | None = None
+    #: Share outcomes, sketches and health with peer replicas through Redis
+    #: (router_service.replication); None: single process, in memory.
+    replication: ReplicationConfig | None = None
 
 
 class RouterApp:
@@ -77,6 +83,8 @@ class RouterApp:
         self._data_arrived = asyncio.Event()
         self.servicer: RouterServicer | None = None
         self._refused_version: str | None = None
+        self.http_app: web.Application | None = None
+        self.replicator: RedisReplicator | None = None
 
     @property
     def grpc_address(self) -> str:
@@ -108,6 +116,7 @@ class RouterApp:
             rng,
             health_config=self.settings.health,
             ranking_config=self.settings.ranking,
+            health_rng=fleet_health_rng(self.settings.replication),
         )
         self.servicer = RouterServicer(self.core, self._data_arrived.set)
         await self._start_grpc()
@@ -115,6 +124,7 @@ class RouterApp:
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="refresh"))
         if self.settings.watch_catalog:
             self._tasks.append(asyncio.create_task(self._watch_catalog(), name="watch-catalog"))
+        await self._start_replication()
         await self._set_serving(True)
         log.info(
             "router started",
@@ -146,6 +156,7 @@ class RouterApp:
     async def _start_http(self) -> None:
         assert self.core is not None and self.servicer is not None
         app = build_http_app(self.core, self.servicer.rpc_counter)
+        self.http_app = app
         # Dashboard and API requests are short; do not let keep-alive clients hold
         # shutdown for aiohttp's default 60 s.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
@@ -154,6 +165,19 @@ class RouterApp:
         await site.start()
         self._http = runner
         self.http_port = runner.addresses[0][1]  # the real port when 0 was asked for
+
+    async def _start_replication(self) -> None:
+        """With --redis: join the peers and load the shared state before SERVING."""
+        if self.settings.replication is None:
+            return
+        assert self.core is not None
+        self.replicator = await start_replication(
+            self.settings.replication,
+            self.core,
+            self.clock,
+            self._data_arrived.set,
+            self.http_app,
+        )
 
     async def _set_serving(self, serving: bool) -> None:
         status = (
@@ -237,6 +261,9 @@ class RouterApp:
             grace = self.settings.drain_seconds
             await bounded(self._grpc.stop(grace), grace + 5.0, "drain gRPC")
             self._grpc = None
+        if self.replicator is not None:
+            await bounded(self.replicator.stop(), 6.0, "stop redis replication")
+            self.replicator = None
         if self._http is not None:
             await bounded(self._http.cleanup(), 5.0, "close HTTP")
             self._http = None

@@ -21,6 +21,8 @@ from router_service import defaults
 from router_service.app import RouterApp, Settings
 from router_service.health import HealthConfig
 from router_service.ranking import RankingConfig
+from router_service.replication.cli_args import add_redis_arguments, replication_config
+from router_service.replication.config import RedisSettingsError
 from router_service.tuning import TuningError, load_tuning
 
 log = logging.getLogger("router_service")
@@ -72,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=env.get(defaults.ENV_LOG_LEVEL, defaults.LOG_LEVEL).lower(),
         help=f"(env {defaults.ENV_LOG_LEVEL}, default {defaults.LOG_LEVEL})",
     )
+    add_redis_arguments(parser, env)
     return parser.parse_args(argv)
 
 
@@ -105,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         except TuningError as exc:
             print(f"router-service: {exc}", file=sys.stderr)
             return 2
+    try:
+        replication = replication_config(args)
+    except RedisSettingsError as exc:
+        print(f"router-service: {exc}", file=sys.stderr)
+        return 2
     settings = Settings(
         config_path=args.config,
         grpc_host=args.host,
@@ -113,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         http_port=args.http_port,
         health=health,
         ranking=ranking,
+        replication=replication,
     )
     return asyncio.run(serve(settings))
 

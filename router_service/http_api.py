@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from router_common.catalog_model import Model
@@ -60,10 +61,15 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return web.json_response(body, status=exc.status, headers=NO_STORE)
 
 
+#: The app's Prometheus registry, for optional collectors (replication) to join.
+REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
+
+
 def build_http_app(core: RouterCore, rpc_counter: RpcCounter) -> web.Application:
     """The aiohttp application mounted on the router's HTTP port."""
     app = web.Application(middlewares=[json_errors])
     registry = build_registry(core, rpc_counter)
+    app[REGISTRY_KEY] = registry
 
     def lookup(request: web.Request) -> Model:
         model_id = f"{request.match_info['creator']}/{request.match_info['name']}"
