@@ -16,6 +16,7 @@ from router_service.replication.config import (
 ENV_URL = "ROUTER_REDIS_URL"
 ENV_PASSWORD_FILE = "ROUTER_REDIS_PASSWORD_FILE"
 ENV_PREFIX = "ROUTER_REDIS_PREFIX"
+ENV_CHECKPOINT = "ROUTER_REDIS_CHECKPOINT_INTERVAL_S"
 #: Longest password file accepted (a password, not a file someone pointed at by mistake).
 MAX_PASSWORD_FILE_BYTES = 4096
 
@@ -37,6 +38,14 @@ def add_redis_arguments(
         metavar="PATH",
         help=f"file holding the Redis password (a mounted Secret), instead of putting it "
         f"in the URL (env {ENV_PASSWORD_FILE})",
+    )
+    group.add_argument(
+        "--redis-checkpoint-interval",
+        type=float,
+        default=env.get(ENV_CHECKPOINT, "5"),
+        metavar="SECONDS",
+        help=f"how often one replica writes the shared checkpoint a restarting replica "
+        f"loads (env {ENV_CHECKPOINT}, default 5)",
     )
     group.add_argument(
         "--redis-prefix",
@@ -79,4 +88,9 @@ def replication_config(args: argparse.Namespace) -> ReplicationConfig | None:
             ) from None
         if not password:
             raise RedisSettingsError(f"--redis-password-file {str(path)!r} is empty")
-    return ReplicationConfig(url=args.redis, password=password, prefix=args.redis_prefix)
+    return ReplicationConfig(
+        url=args.redis,
+        password=password,
+        prefix=args.redis_prefix,
+        checkpoint_interval_s=args.redis_checkpoint_interval,
+    )

@@ -51,6 +51,10 @@ class ReplicationConfig:
     #: Reconnect backoff: from ``backoff_min_s`` doubling to ``backoff_max_s``, jittered.
     backoff_min_s: float = 0.1
     backoff_max_s: float = 5.0
+    #: After Redis comes back, batches published this recently are published
+    #: again: a Redis that restarted empty may have lost them before every peer
+    #: read them. Peers drop what they already applied (per-replica batch numbers).
+    republish_window_s: float = 3.0
     #: How often the half-open probe permits are claimed/renewed/released.
     probe_poll_s: float = 0.1
     #: A replica starting up waits this long for Redis before it serves from an
@@ -64,6 +68,11 @@ class ReplicationConfig:
         if not self.prefix or any(c.isspace() for c in self.prefix) or len(self.prefix) > 64:
             raise RedisSettingsError(
                 f"--redis-prefix must be 1..64 characters without spaces, got {self.prefix!r}"
+            )
+        if not 0.05 <= self.checkpoint_interval_s <= 3600:
+            raise RedisSettingsError(
+                f"--redis-checkpoint-interval must be 0.05..3600 seconds, "
+                f"got {self.checkpoint_interval_s}"
             )
         if self.read_block_s >= self.socket_timeout_s:
             raise RedisSettingsError("read_block_s must be below socket_timeout_s")

@@ -14,6 +14,7 @@ router_redis_dropped_outcomes_total         counter  pushed out of the full buff
 router_redis_published_outcomes_total       counter  outcomes this replica published
 router_redis_applied_outcomes_total         counter  peers' outcomes applied here
 router_redis_bad_entries_total              counter  stream entries/checkpoints not understood
+router_redis_duplicate_entries_total        counter  peer batches seen twice and skipped
 router_redis_checkpoints_written_total      counter  checkpoints this replica wrote (lease holder)
 router_redis_probe_permits_held             gauge    fleet-wide half-open permits held here
 ==========================================  =======  =============================================
@@ -73,6 +74,11 @@ class ReplicationCollector(Collector):
         )
         yield CounterMetricFamily(
             "router_redis_bad_entries", "Unreadable stream entries", value=s.bad_entries
+        )
+        yield CounterMetricFamily(
+            "router_redis_duplicate_entries",
+            "Peer batches seen twice and skipped",
+            value=s.duplicates,
         )
         yield CounterMetricFamily(
             "router_redis_checkpoints_written",

@@ -48,6 +48,8 @@ LAG_SAMPLES = 2048
 READ_COUNT = 500
 #: Stream entries published per pipelined round trip.
 PUBLISH_BATCH = 64
+#: Peer replicas whose newest batch number is remembered (for de-duplication).
+MAX_ORIGINS = 1024
 
 # Delete the permit only if this replica still holds it (compare-and-delete).
 _RELEASE = (
@@ -86,6 +88,7 @@ class ReplicationStats:
     dropped: int = 0
     errors: int = 0
     bad_entries: int = 0
+    duplicates: int = 0
     checkpoints_written: int = 0
     checkpoints_loaded: int = 0
     restore_seconds: float | None = None
@@ -143,6 +146,13 @@ class RedisReplicator:
         self._wake = asyncio.Event()
         self._probe_held: set[EndpointKey] = set()
         self._tasks: list[asyncio.Task] = []
+        #: Newest batch number applied per peer: entries at or below it are
+        #: duplicates (a retried pipeline, a republish after a Redis restart).
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        #: Units published in the last ``republish_window_s``: a Redis that
+        #: restarted empty may have lost them before every peer read them.
+        self._recent: deque[tuple[float, _Unit]] = deque()
+        self._republish = False
 
     # ------------------------------------------------------------- seam (sync)
 
@@ -261,6 +271,8 @@ class RedisReplicator:
         if not self._connected:
             self._connected = True
             if self._down_since is not None:
+                self._republish = True
+                self._wake.set()
                 log.warning(
                     "redis connection restored",
                     extra={
@@ -292,10 +304,23 @@ class RedisReplicator:
 
     # ---------------------------------------------------------------- loops
 
+    def _requeue_recent(self) -> None:
+        """Put recently published units back in front of the buffer (peers de-duplicate)."""
+        self._republish = False
+        cutoff = time.monotonic() - self.config.republish_window_s
+        queued = {u.seq for u in self._buffer}
+        again = [u for t, u in self._recent if t >= cutoff and u.seq not in queued]
+        self._recent.clear()
+        for unit in reversed(again):
+            self._buffer.appendleft(unit)
+            self._buffered += unit.count
+
     async def _publish_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._republish:
+                self._requeue_recent()
             while self._buffer:
                 try:
                     await self._publish_some()
@@ -315,11 +340,18 @@ class RedisReplicator:
             )
         await pipe.execute()
         self._ok()
-        last = units[-1].seq
-        while self._buffer and self._buffer[0].seq <= last:  # overflow may have dropped some
+        now = time.monotonic()
+        sent = {id(u) for u in units}
+        while self._buffer and id(self._buffer[0]) in sent:  # overflow may have dropped some
             unit = self._buffer.popleft()
             self._buffered -= unit.count
             self.stats.published += unit.count
+            self._recent.append((now, unit))
+        cutoff = now - self.config.republish_window_s
+        while self._recent and (
+            self._recent[0][0] < cutoff or len(self._recent) > self.config.stream_max_entries
+        ):
+            self._recent.popleft()
 
     async def _consume_loop(self) -> None:
         block_ms = int(self.config.read_block_s * 1000)
@@ -365,10 +397,17 @@ class RedisReplicator:
                     self._pending_count -= len(item[1])
                     self.core.apply_replicated(item[1], sketches=False, health=True)
                 return 0
+            if seq <= self._seen.get(origin, 0):
+                self.stats.duplicates += 1
+                return 0
             outcomes = decode_outcomes(fields[b"o"])
         except (KeyError, ValueError, UnicodeDecodeError, CodecError):
             self.stats.bad_entries += 1
             return 0
+        self._seen[origin] = seq
+        self._seen.move_to_end(origin)
+        if len(self._seen) > MAX_ORIGINS:
+            self._seen.popitem(last=False)
         sketches = health = True
         if origin == writer and seq <= horizon:
             # Already in the checkpoint we restored from (see the package docstring).
@@ -393,6 +432,7 @@ class RedisReplicator:
                 writer, horizon = str(doc["writer"]), int(doc["horizon"])
                 pending = frozenset(int(s) for s in doc["pending"])
                 position = str(doc["position"])
+                self._seen = OrderedDict((str(o), int(q)) for o, q in doc.get("seen", []))
                 self.stats.checkpoints_loaded += 1
             except (CodecError, KeyError, TypeError, ValueError) as exc:
                 self.stats.bad_entries += 1
@@ -454,6 +494,7 @@ class RedisReplicator:
                 "writer": self.replica_id,
                 "horizon": self._seq,
                 "pending": list(self._pending),
+                "seen": [[o, q] for o, q in self._seen.items()],
                 "written_at": now,
                 "endpoints": endpoints,
                 "health": self.core.health.export_state(),

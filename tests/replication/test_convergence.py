@@ -31,7 +31,7 @@ def wait_until(predicate, timeout: float = 10.0):
 
 
 def test_outcomes_sent_to_one_replica_reach_all(fleet) -> None:
-    a, b, c = fleet
+    a, b, _c = fleet
     # Distinct latencies per provider, a failing one: a clear order and an ejection.
     batch = []
     for _ in range(40):
