@@ -1,7 +1,7 @@
 """Router replicas sharing one view through Redis (``router-service --redis URL``).
 
 Off by default: without ``--redis`` the router is one process with its state
-in memory and never imports a Redis connection. With it, every replica given
+in memory and never opens a Redis connection. With it, every replica given
 the same Redis and ``--redis-prefix`` shares outcomes, sketches and health.
 
 Design (one stream, one checkpoint, permits):

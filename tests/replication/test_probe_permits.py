@@ -28,9 +28,7 @@ def test_three_replicas_let_one_probe_through(tmp_path, redis_server) -> None:
         probing = router_pb2.HEALTH_STATE_PROBING
         # Same ejection everywhere (fleet order, same jitter), then half-open everywhere.
         wait_until(lambda: all(health_states(r)["baseten"] == probing for r in routers))
-        wait_until(
-            lambda: sum(metric(r, "router_redis_probe_permits_held") for r in routers) == 1
-        )
+        wait_until(lambda: sum(metric(r, "router_redis_probe_permits_held") for r in routers) == 1)
         # Many rankings on every replica: the probing endpoint is offered exactly once.
         offered = sum("baseten" in rank_order(r) for _ in range(5) for r in routers)
         assert offered == 1
