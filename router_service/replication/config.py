@@ -27,15 +27,18 @@ class ReplicationConfig:
     #: 20 s of a busy fleet's 5,000 outcomes/s at ~100 bytes each (~10 MB);
     #: beyond it the oldest are dropped (counted) — every replica keeps its own.
     buffer_max_outcomes: int = 100_000
-    #: Outcomes per stream entry at most (one accepted batch is split above it).
-    max_outcomes_per_entry: int = 1_000
+    #: Outcomes per stream entry at most (one accepted batch is split above it),
+    #: so one entry is at most ~25 KB (about 110 bytes per outcome).
+    max_outcomes_per_entry: int = 200
     #: Stream entries kept (approximate MAXLEN): bounds the stream's size even
-    #: if every entry were full; checkpoints make old entries unnecessary.
-    stream_max_entries: int = 50_000
+    #: if every entry were full (20,000 x 25 KB = 500 MB worst case; a fleet
+    #: whose sidecars report in batches of 10 holds ~20 MB); checkpoints make
+    #: old entries unnecessary.
+    stream_max_entries: int = 20_000
     #: Stream entries older than this are trimmed (MINID) and the stream key
-    #: expires after it when no replica writes: 10 min is 120 checkpoints, so a
-    #: replica always finds the checkpoint's position still in the stream.
-    stream_retention_s: float = 600.0
+    #: expires after it when no replica writes: 2 min is 24 checkpoints, so a
+    #: starting replica finds the checkpoint's position still in the stream.
+    stream_retention_s: float = 120.0
     #: One replica (a lease holder) writes the merged state this often; a
     #: restarting replica loads it and replays only the stream after it.
     checkpoint_interval_s: float = 5.0
