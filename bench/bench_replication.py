@@ -148,8 +148,8 @@ def bench_convergence(work: Path, rate: int, seconds: float) -> dict[str, float]
         sent = list(marker_times)
         lags = []
         missing = 0
-        for got in seen:
-            got = list(got)
+        for watched in seen:
+            got = list(watched)
             missing += len(sent) - len(got)
             lags += [g - s for s, g in zip(sent, got, strict=False)]
         return {

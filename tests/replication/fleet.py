@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import redis
@@ -178,9 +179,8 @@ class RouterProcess:
 
     def serving(self) -> bool:
         with self.channel() as ch:
-            reply = health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(service="router.v1.Router"), timeout=5
-            )
+            stub: Any = health_pb2_grpc.HealthStub(ch)  # the stubs' types lack Check
+            reply = stub.Check(health_pb2.HealthCheckRequest(service="router.v1.Router"), timeout=5)
             return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
