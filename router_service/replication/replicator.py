@@ -152,7 +152,9 @@ class RedisReplicator:
         #: Units published in the last ``republish_window_s``: a Redis that
         #: restarted empty may have lost them before every peer read them.
         self._recent: deque[tuple[float, _Unit]] = deque()
-        self._republish = False
+        #: Set when Redis comes back: units published before this instant
+        #: (monotonic) and within the window are published again.
+        self._republish_before: float | None = None
 
     # ------------------------------------------------------------- seam (sync)
 
@@ -271,7 +273,7 @@ class RedisReplicator:
         if not self._connected:
             self._connected = True
             if self._down_since is not None:
-                self._republish = True
+                self._republish_before = self._down_since
                 self._wake.set()
                 log.warning(
                     "redis connection restored",
@@ -305,11 +307,18 @@ class RedisReplicator:
     # ---------------------------------------------------------------- loops
 
     def _requeue_recent(self) -> None:
-        """Put recently published units back in front of the buffer (peers de-duplicate)."""
-        self._republish = False
-        cutoff = time.monotonic() - self.config.republish_window_s
+        """Put units published just before the outage back in front of the buffer.
+
+        Only those sent before Redis went away: a Redis that restarted empty may
+        have lost them before every peer read them. Peers de-duplicate.
+        """
+        before = self._republish_before
+        self._republish_before = None
+        if before is None:
+            return
+        cutoff = before - self.config.republish_window_s
         queued = {u.seq for u in self._buffer}
-        again = [u for t, u in self._recent if t >= cutoff and u.seq not in queued]
+        again = [u for t, u in self._recent if cutoff <= t <= before and u.seq not in queued]
         self._recent.clear()
         for unit in reversed(again):
             self._buffer.appendleft(unit)
@@ -319,7 +328,7 @@ class RedisReplicator:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._republish:
+            if self._republish_before is not None:
                 self._requeue_recent()
             while self._buffer:
                 try:

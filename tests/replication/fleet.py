@@ -67,6 +67,7 @@ class RedisServer:
             "--appendonly", "no",
             "--daemonize", "no",
             "--logfile", str(self.workdir / "redis.log"),
+            "--enable-debug-command", "local",  # DEBUG SLEEP: a slow Redis, on demand
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]

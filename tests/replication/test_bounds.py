@@ -56,3 +56,25 @@ def outcome_key():
     from router_common.domain import EndpointKey
 
     return EndpointKey("zai/glm-4.7", "cerebras")
+
+
+async def test_redis_unreachable_at_start_serves_then_joins_when_it_appears(tmp_path) -> None:
+    from grpc_health.v1 import health_pb2
+
+    from tests.replication.fleet import RedisServer
+
+    server = RedisServer(tmp_path / "late-redis")  # port chosen, not started yet
+    cfg = ReplicationConfig(url=server.url, startup_timeout_s=0.3, backoff_max_s=0.2)
+    app = loopback_router(tmp_path, replication=cfg, watch_catalog=False)
+    await app.start()
+    try:
+        assert not app.replicator.restored
+        status = await app._health.Check(health_pb2.HealthCheckRequest(service=""), None)
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        assert app.core.record([outcome("cerebras")]).accepted == 1
+        server.start()
+        await wait_for(lambda: app.replicator.restored and app.replicator.buffered == 0)
+        assert server.client().xlen("llm-router:outcomes") == 1  # the early outcome, published
+    finally:
+        await app.stop()
+        server.kill()
