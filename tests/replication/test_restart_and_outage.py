@@ -35,10 +35,11 @@ def attempts(router: RouterProcess) -> dict[str, int]:
 
 
 def test_killed_replica_restarts_with_the_fleets_state(tmp_path, redis_server) -> None:
-    routers = [
-        RouterProcess(tmp_path, f"r{i}", redis_server.url, "--redis-checkpoint-interval", "0.2")
-        for i in range(3)
-    ]
+    # A long ejection, so that it cannot end while c restarts on a slow machine.
+    tuning = tmp_path / "tuning.yaml"
+    tuning.write_text("health:\n  base_ejection_s: 120\n  max_ejection_s: 300\n")
+    extra = ("--redis-checkpoint-interval", "0.2", "--tuning", str(tuning))
+    routers = [RouterProcess(tmp_path, f"r{i}", redis_server.url, *extra) for i in range(3)]
     a, b, c = routers
     try:
         for r in routers:
