@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,11 +224,24 @@ class RedisReplicator:
 
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._consume_loop(), name="redis-consume"),
-            asyncio.create_task(self._publish_loop(), name="redis-publish"),
-            asyncio.create_task(self._checkpoint_loop(), name="redis-checkpoint"),
-            asyncio.create_task(self._probe_loop(), name="redis-probes"),
+            asyncio.create_task(self._forever(self._consume_loop), name="redis-consume"),
+            asyncio.create_task(self._forever(self._publish_loop), name="redis-publish"),
+            asyncio.create_task(self._forever(self._checkpoint_loop), name="redis-checkpoint"),
+            asyncio.create_task(self._forever(self._probe_loop), name="redis-probes"),
         ]
+
+    async def _forever(self, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a loop; a bug in it is logged and the loop restarted, never left dead."""
+        while True:
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "replication task failed; restarting it", extra={"task": loop.__name__}
+                )
+                await asyncio.sleep(self.config.backoff_max_s)
 
     async def wait_restored(self, timeout: float) -> bool:
         """Wait until the shared state is loaded; False when ``timeout`` ran out first."""
