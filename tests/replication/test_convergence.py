@@ -61,4 +61,8 @@ def test_outcomes_sent_to_one_replica_reach_all(fleet) -> None:
     text = metrics_text(b)
     assert "router_redis_connected 1.0" in text
     assert "router_redis_applied_outcomes_total 166.0" in text
+    lag = [x for x in text.splitlines() if x.startswith("router_redis_replication_lag_seconds{")]
+    assert len(lag) == 2 and all(0 <= float(x.split()[-1]) < 60 for x in lag)
+    assert "router_redis_buffered_outcomes 0.0" in text
+    assert "router_redis_dropped_outcomes_total 0.0" in text
     assert "router_redis_published_outcomes_total 166.0" in metrics_text(a)
