@@ -32,6 +32,9 @@ from router_service.http_api import build_http_app
 from router_service.listen import bind_error, check_port_free
 from router_service.ranking import RankingConfig
 from router_service.reflection_v1 import enable_reflection
+from router_service.replication.config import ReplicationConfig
+from router_service.replication.replicator import RedisReplicator, fleet_health_rng
+from router_service.replication.wiring import start_replication
 from router_service.rpc_guard import add_router_to_server
 from router_service.security import RouterSecurity, SecuritySettings
 
@@ -64,6 +67,9 @@ class Settings:
     seed: int | None = None
     #: Authentication, TLS, protected mode, per-caller limits, connection bounds.
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    #: Share outcomes, sketches and health with peer replicas through Redis
+    #: (router_service.replication); None: single process, in memory.
+    replication: ReplicationConfig | None = None
 
 
 class RouterApp:
@@ -84,6 +90,8 @@ class RouterApp:
         self.grpc_host = settings.grpc_host
         self.http_host = settings.http_host
         self._refused_version: str | None = None
+        self.http_app: web.Application | None = None
+        self.replicator: RedisReplicator | None = None
 
     @property
     def grpc_address(self) -> str:
@@ -116,6 +124,7 @@ class RouterApp:
             rng,
             health_config=self.settings.health,
             ranking_config=self.settings.ranking,
+            health_rng=fleet_health_rng(self.settings.replication),
         )
         self.security = RouterSecurity(self.settings.security, self.clock)
         self.grpc_host = self.security.bind_host(self.settings.grpc_host)
@@ -135,6 +144,7 @@ class RouterApp:
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="refresh"))
         if self.settings.watch_catalog:
             self._tasks.append(asyncio.create_task(self._watch_catalog(), name="watch-catalog"))
+        await self._start_replication()
         await self._set_serving(True)
         log.info(
             "router started",
@@ -165,6 +175,7 @@ class RouterApp:
             middlewares=self.security.http_middlewares(),
             collectors=[self.security.collector(self.servicer.ledger)],
         )
+        self.http_app = app
         # Dashboard and API requests are short; do not let keep-alive clients hold
         # shutdown for aiohttp's default 60 s.
         runner = web.AppRunner(
@@ -190,6 +201,19 @@ class RouterApp:
             ) from None
         self._http = runner
         self.http_port = runner.addresses[0][1]  # the real port when 0 was asked for
+
+    async def _start_replication(self) -> None:
+        """With --redis: join the peers and load the shared state before SERVING."""
+        if self.settings.replication is None:
+            return
+        assert self.core is not None
+        self.replicator = await start_replication(
+            self.settings.replication,
+            self.core,
+            self.clock,
+            self._data_arrived.set,
+            self.http_app,
+        )
 
     async def _set_serving(self, serving: bool) -> None:
         status = (
@@ -261,6 +285,9 @@ class RouterApp:
             grace = self.settings.drain_seconds
             await bounded(self._grpc.stop(grace), grace + 5.0, "drain gRPC")
             self._grpc = None
+        if self.replicator is not None:
+            await bounded(self.replicator.stop(), 6.0, "stop redis replication")
+            self.replicator = None
         if self._http is not None:
             await bounded(self._http.cleanup(), 5.0, "close HTTP")
             self._http = None

@@ -24,6 +24,8 @@ from router_service.auth import AuthConfigError
 from router_service.health import HealthConfig
 from router_service.listen import PortInUseError, raise_file_limit
 from router_service.ranking import RankingConfig
+from router_service.replication.cli_args import add_redis_arguments, replication_config
+from router_service.replication.config import RedisSettingsError
 from router_service.rpc_guard import LogLimiter, install_accept_error_limit
 from router_service.security_cli import (
     add_connection_flags,
@@ -87,6 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_security_flags(parser)
     add_connection_flags(parser)
+    add_redis_arguments(parser, env)
     return parser.parse_args(argv)
 
 
@@ -131,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"router-service: {exc}", file=sys.stderr)
         return 2
+    try:
+        replication = replication_config(args)
+    except RedisSettingsError as exc:
+        print(f"router-service: {exc}", file=sys.stderr)
+        return 2
     raise_file_limit()
     install_accept_error_limit(LogLimiter())
     settings = Settings(
@@ -142,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         http_port=args.http_port,
         health=health,
         ranking=ranking,
+        replication=replication,
     )
     return asyncio.run(serve(settings))
 

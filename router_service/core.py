@@ -14,6 +14,7 @@ import random
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from router_common.catalog_model import Catalog, Model, unknown_model_message
 from router_common.domain import Clock, EndpointKey
@@ -21,7 +22,7 @@ from router_common.limits import MAX_REJECTIONS_REPORTED
 from router_common.pb import router_pb2
 from router_service.dashboard_series import DashboardSeries
 from router_service.health import HealthConfig, HealthTracker
-from router_service.model import EndpointStats, HealthView
+from router_service.model import EndpointStats, HealthView, Outcome
 from router_service.outcome_validation import Rejection, validate_outcome
 from router_service.ranking import RankingConfig, RankingResult, RoutingRequest, rank
 from router_service.sketches.store import InMemoryStatsStore, StatsStore
@@ -35,6 +36,25 @@ class UnknownModelError(LookupError):
     def __init__(self, model: str) -> None:
         self.model = model
         super().__init__(unknown_model_message(model))
+
+
+class Replication(Protocol):
+    """The seam to a store shared by router replicas (router_service.replication).
+
+    The core stays pure and single-process by default; with replication on, it
+    hands every accepted batch over and lets the replication layer decide
+    when that batch reaches health (in the fleet-wide order, see
+    router_service/replication/__init__.py). Both calls are synchronous and
+    must not do I/O: they run on the request path.
+    """
+
+    def publish(self, outcomes: list[Outcome]) -> bool:
+        """Queue accepted outcomes for peers; True: health gets them later, in fleet order."""
+        ...
+
+    def filter_probes(self, views: dict[EndpointKey, HealthView]) -> dict[EndpointKey, HealthView]:
+        """Withhold half-open probes this replica holds no fleet-wide permit for."""
+        ...
 
 
 @dataclass(slots=True)
@@ -58,6 +78,7 @@ class RouterCore:
         store: StatsStore | None = None,
         health_config: HealthConfig | None = None,
         ranking_config: RankingConfig | None = None,
+        health_rng: random.Random | None = None,
     ) -> None:
         self.clock = clock
         self.rng = rng or random.Random()
@@ -67,9 +88,11 @@ class RouterCore:
         self.health = HealthTracker(
             health_config or HealthConfig(),
             clock,
-            self.rng,
+            health_rng or self.rng,
             on_transition=self.series.on_transition,
         )
+        #: Set by the replication layer when router replicas share state.
+        self.replication: Replication | None = None
         self.ranking_config = ranking_config or RankingConfig()
         self.catalog = catalog
         self.catalog_version = catalog_version
@@ -118,7 +141,7 @@ class RouterCore:
             request,
             model,
             self.store.snapshot(keys),
-            self.health.views(keys),
+            self._health_views(keys),
             self.clock(),
             self.rng,
             self.ranking_config,
@@ -126,6 +149,12 @@ class RouterCore:
         for key in result.probing:
             self.health.grant_probe(key)
         return result
+
+    def _health_views(self, keys: list[EndpointKey]) -> dict[EndpointKey, HealthView]:
+        views = self.health.views(keys)
+        if self.replication is not None:
+            views = self.replication.filter_probes(views)
+        return views
 
     # -- outcomes ------------------------------------------------------------
 
@@ -147,12 +176,38 @@ class RouterCore:
         baselines = {o.endpoint: self.store.stats(o.endpoint).ttft_1h.get(0.5) for o in accepted}
         self.store.record_many(accepted)
         self.series.record_many(accepted)
+        deferred = (
+            bool(accepted) and self.replication is not None and self.replication.publish(accepted)
+        )
         for outcome in accepted:
-            self.health.record(outcome, baselines[outcome.endpoint])
+            if not deferred:
+                self.health.record(outcome, baselines[outcome.endpoint])
             self.outcomes_by_class[outcome.error_class.value] += 1
         result.accepted = len(accepted)
         self.outcomes_rejected += result.rejected
         return result
+
+    def apply_replicated(self, outcomes: Iterable[Outcome], *, sketches: bool, health: bool) -> int:
+        """Apply outcomes another replica accepted (or this one's, back from the stream).
+
+        They were validated where they were accepted; endpoints this replica's
+        catalog does not know (a reload not seen here yet) are skipped.
+        Returns how many were applied.
+        """
+        known = self._known
+        batch = [o for o in outcomes if o.endpoint in known]
+        if sketches:
+            self.store.record_many(batch)
+            self.series.record_many(batch)
+        if health:
+            for outcome in batch:
+                baseline = self.store.stats(outcome.endpoint).ttft_1h.get(0.5)
+                self.health.record(outcome, baseline)
+        return len(batch)
+
+    @property
+    def known_endpoints(self) -> frozenset[EndpointKey]:
+        return self._known
 
     def refresh(self) -> None:
         """Recompute cached quantiles (coalesced: called per batch and on a timer)."""

@@ -678,3 +678,87 @@ class HealthTracker:
         self._log.append(transition)
         if self._on_transition is not None:
             self._on_transition(transition)
+
+    # ------------------------------------------------------- replica snapshots
+
+    def export_state(self) -> dict[str, object]:
+        """Every endpoint's state as JSON-able data, for a replica checkpoint.
+
+        Why here: replicas sharing state over Redis (router_service.replication)
+        restore a restarted replica from a peer's checkpoint; the fields are
+        private to this module, so their (de)serialisation lives next to them.
+        Times are absolute (the router clock), so they mean the same on peers.
+        """
+        with self._lock:
+            return {
+                "endpoints": [
+                    [
+                        key.model,
+                        key.provider,
+                        {
+                            "since": st.since,
+                            "state": st.state.value,
+                            "reason": st.reason,
+                            "ejected_until": st.ejected_until,
+                            "last_failure_at": st.last_failure_at,
+                            "consecutive_failures": st.consecutive_failures,
+                            "window": [[t, f] for t, f in st.window],
+                            "ttfts": [[t, v] for t, v in st.ttfts],
+                            "baseline_ttft_ms": st.baseline_ttft_ms,
+                            "ejections": st.ejections,
+                            "recovered_at": st.recovered_at,
+                            "probe_successes": st.probe_successes,
+                        },
+                    ]
+                    for key, st in self._states.items()
+                ],
+                "rng": _rng_state_to_json(self._rng),
+            }
+
+    def import_state(self, data: dict, keep: Collection[EndpointKey]) -> None:
+        """Replace the state with a checkpoint's (endpoints outside ``keep`` are skipped).
+
+        Probe grants are not restored: a permit belongs to the replica that
+        granted it and frees itself after ``probe_timeout_s`` anyway.
+        """
+        keep = keep if isinstance(keep, set | frozenset) else set(keep)
+        cfg = self._cfg
+        states: dict[EndpointKey, _EndpointHealth] = {}
+        for model, provider, d in data["endpoints"]:
+            key = EndpointKey(str(model), str(provider))
+            if key not in keep:
+                continue
+            window = deque(
+                (float(t), bool(f)) for t, f in d["window"][-cfg.failure_rate_max_samples :]
+            )
+            states[key] = _EndpointHealth(
+                since=float(d["since"]),
+                state=HealthState(d["state"]),
+                reason=str(d["reason"]),
+                ejected_until=d["ejected_until"],
+                last_failure_at=d["last_failure_at"],
+                consecutive_failures=int(d["consecutive_failures"]),
+                window=window,
+                window_failures=sum(f for _, f in window),
+                ttfts=deque(
+                    (float(t), float(v)) for t, v in d["ttfts"][-cfg.degraded_ttft_samples :]
+                ),
+                baseline_ttft_ms=d["baseline_ttft_ms"],
+                ejections=int(d["ejections"]),
+                recovered_at=d["recovered_at"],
+                probe_successes=int(d["probe_successes"]),
+            )
+        with self._lock:
+            self._states = states
+            if data.get("rng") is not None:
+                self._rng.setstate(_rng_state_from_json(data["rng"]))
+
+
+def _rng_state_to_json(rng: random.Random) -> list:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _rng_state_from_json(data: list) -> tuple:
+    version, internal, gauss = data
+    return (version, tuple(internal), gauss)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
@@ -66,6 +67,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return web.json_response(body, status=exc.status, headers=NO_STORE)
 
 
+#: The app's Prometheus registry, for optional collectors (replication) to join.
+REGISTRY_KEY = web.AppKey("metrics_registry", CollectorRegistry)
+
+
 def build_http_app(
     core: RouterCore,
     rpc_counter: RpcCounter,
@@ -77,6 +82,7 @@ def build_http_app(
     registry = build_registry(core, rpc_counter)
     for collector in collectors:
         registry.register(collector)
+    app[REGISTRY_KEY] = registry
 
     def lookup(request: web.Request) -> Model:
         model_id = f"{request.match_info['creator']}/{request.match_info['name']}"

@@ -39,6 +39,9 @@ GRPC_CHANNEL_OPTIONS = (
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
+    # Spread calls over every address the target resolves to (a headless
+    # Service's router replicas via dns:///), and skip a replica that is down.
+    ("grpc.service_config", '{"loadBalancingConfig": [{"round_robin": {}}]}'),
 )
 
 _STATUS_TYPES = {

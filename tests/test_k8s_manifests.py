@@ -36,6 +36,9 @@ K8S = ROOT / "k8s"
 KUSTOMIZATION = K8S / "kustomization.yaml"
 EXAMPLE_SECRET = K8S / "provider-keys.example.yaml"
 AUTH_SECRET = K8S / "router-auth.example.yaml"
+#: Example Secrets: never applied by the kustomization, created by the operator.
+EXAMPLE_SECRETS = sorted(K8S.glob("*.example.yaml"))
+REDIS_SECRET = K8S / "redis-secret.example.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 PYPROJECT = ROOT / "pyproject.toml"
 PROTO = ROOT / "proto" / "router" / "v1" / "router.proto"
@@ -332,7 +335,7 @@ def test_kustomization_lists_every_manifest_and_nothing_missing() -> None:
         assert (K8S / name).is_file(), f"configMapGenerator file {name} does not exist"
     listed = set(resources) | generated | {KUSTOMIZATION.name}
     for path in sorted(K8S.glob("*.y*ml")):
-        if path in (EXAMPLE_SECRET, AUTH_SECRET):
+        if path in EXAMPLE_SECRETS:
             assert path.name not in resources, "the example Secret must not be applied by default"
             continue
         assert path.name in listed, f"{path.name} is neither a kustomization resource nor generated"
@@ -340,7 +343,7 @@ def test_kustomization_lists_every_manifest_and_nothing_missing() -> None:
 
 
 def _schema_cases() -> Iterator[Any]:
-    docs = [*objects(), *_yaml_docs(EXAMPLE_SECRET), *_yaml_docs(AUTH_SECRET)]
+    docs = [*objects(), *(d for path in EXAMPLE_SECRETS for d in _yaml_docs(path))]
     for doc in docs:
         for version in K8S_VERSIONS:
             yield pytest.param(
@@ -444,8 +447,13 @@ def test_service_routes_named_ports_to_router_container() -> None:
     owner, c = router()
     ports = container_ports(c)
     services = [s for s in find("Service") if service_selects(s, pod_labels(owner))]
-    assert len(services) == 1
-    (svc,) = services
+    # The ClusterIP Service, plus the headless one the sidecars resolve (gRPC only).
+    headless = [s for s in services if s["spec"].get("clusterIP") == "None"]
+    assert len(services) - len(headless) == 1
+    for h in headless:
+        (hp,) = h["spec"]["ports"]
+        assert hp["targetPort"] == "grpc" and hp.get("appProtocol") == "grpc"
+    (svc,) = [s for s in services if s not in headless]
     assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"
     by_name = {p["name"]: p for p in svc["spec"]["ports"]}
     for name, expected, proto in (
@@ -458,7 +466,8 @@ def test_service_routes_named_ports_to_router_container() -> None:
         assert port.get("appProtocol") == proto, name
     for o in pod_owners():
         if o is not owner:
-            assert not service_selects(svc, pod_labels(o)), "Service selects other pods"
+            for selecting in services:
+                assert not service_selects(selecting, pod_labels(o)), "Service selects other pods"
 
 
 def test_pdb_keeps_one_router_without_blocking_drains() -> None:
@@ -551,7 +560,8 @@ def test_sidecar_dials_the_router_service_grpc_port() -> None:
     args = program(c)
     address = flag(args, "--router") or env_value(c, sidecar_defaults.ENV_ROUTER)
     address = address or sidecar_defaults.ROUTER_ADDRESS
-    host, _, port = address.rpartition(":")
+    headless = address.startswith("dns:///")
+    host, _, port = address.removeprefix("dns:///").rpartition(":")
     parts = host.split(".")
     assert len(parts) >= 2 and (len(parts) == 2 or parts[2] == "svc"), (
         f"{host} is not a Service name"
@@ -560,6 +570,9 @@ def test_sidecar_dials_the_router_service_grpc_port() -> None:
     services = [s for s in find("Service", name) if namespace_of(s) == ns]
     assert services, f"no Service {name} in namespace {ns}"
     (svc,) = services
+    if headless:
+        # dns:/// + round_robin only balances when DNS returns every pod.
+        assert svc["spec"].get("clusterIP") == "None", f"{name} must be headless for dns:///"
     (svc_port,) = [p for p in svc["spec"]["ports"] if p["port"] == int(port)]
     router_owner, router_c = router()
     assert service_selects(svc, pod_labels(router_owner))
@@ -640,9 +653,11 @@ def test_sidecar_reads_provider_keys_from_the_secret() -> None:
 
 
 def test_env_var_names_are_ones_the_code_reads() -> None:
+    from router_service.replication import cli_args as redis_args
+
     known = {
         v
-        for mod in (router_defaults, sidecar_defaults)
+        for mod in (router_defaults, sidecar_defaults, redis_args)
         for k, v in vars(mod).items()
         if k.startswith("ENV_")
     }
@@ -772,3 +787,46 @@ def test_sidecar_sends_the_token_the_router_knows_and_the_app_has_none() -> None
         mounted = {m["name"] for m in app.get("volumeMounts", [])}
         secret_volumes = {v["name"] for v in pod["volumes"] if "secret" in v}
         assert not mounted & secret_volumes, f"{app['name']} can read the router token"
+
+
+# --------------------------------------------------------------------------- shared state (Redis)
+
+
+def test_router_replicas_share_state_through_redis_from_a_secret() -> None:
+    from router_service.replication import cli_args
+
+    owner, c = router()
+    assert owner["spec"]["replicas"] >= 2, "several replicas are the point of sharing state"
+    env = {v["name"]: v for v in c.get("env", [])}
+    url = env[cli_args.ENV_URL]["valueFrom"]["secretKeyRef"]
+    (example,) = _yaml_docs(REDIS_SECRET)
+    assert url["name"] == example["metadata"]["name"] and url["key"] in example["stringData"]
+    password_file = env[cli_args.ENV_PASSWORD_FILE]["value"]
+    mount, volume = mount_for(owner, c, password_file)
+    assert volume["secret"]["secretName"] == example["metadata"]["name"]
+    key = str(PurePosixPath(password_file).relative_to(mount["mountPath"]))
+    assert {"key": "password", "path": key} in volume["secret"]["items"]
+    # Never on the command line, where `ps` and the pod spec would show it.
+    assert not any("redis" in a and "@" in a for a in program(c))
+
+
+def test_example_redis_is_reachable_at_the_secrets_url() -> None:
+    (example,) = _yaml_docs(REDIS_SECRET)
+    parts = urlsplit(example["stringData"]["url"])
+    assert parts.scheme in ("redis", "rediss") and parts.password is None
+    name, ns = parts.hostname.split(".")[:2]
+    (svc,) = find("Service", name)
+    assert namespace_of(svc) == ns
+    (sts,) = find("StatefulSet", "redis")
+    assert service_selects(svc, pod_labels(sts))
+    (port,) = [p for p in svc["spec"]["ports"] if p["port"] == (parts.port or 6379)]
+    (c,) = pod_spec(sts)["containers"]
+    assert container_ports(c)[port["targetPort"]] == 6379
+    ref = c["env"][0]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": example["metadata"]["name"], "key": "password"}
+    # Only router pods are let in.
+    (policy,) = find("NetworkPolicy", "redis")
+    assert selects(policy["spec"]["podSelector"], pod_labels(sts))
+    router_owner, _ = router()
+    (rule,) = policy["spec"]["ingress"]
+    assert all(selects(peer["podSelector"], pod_labels(router_owner)) for peer in rule["from"])

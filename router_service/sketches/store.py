@@ -82,6 +82,16 @@ class StatsStore(Protocol):
         """Every live bucket of ``key`` serialised, for replicas to publish and merge."""
         ...
 
+    def absorb(
+        self,
+        key: EndpointKey,
+        exported: Iterable[BucketExport],
+        last_sample_at: float | None,
+        now: float | None = None,
+    ) -> None:
+        """Merge exported buckets of ``key`` (a peer's checkpoint) into this store."""
+        ...
+
 
 @dataclass(slots=True)
 class _Entry:
@@ -157,6 +167,31 @@ class InMemoryStatsStore:
             last_sample_at=entry.last_sample_at,
         )
         entry.epoch = epoch
+
+    def absorb(
+        self,
+        key: EndpointKey,
+        exported: Iterable[BucketExport],
+        last_sample_at: float | None,
+        now: float | None = None,
+    ) -> None:
+        """Merge exported buckets of ``key`` (a replica checkpoint) into this store."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = _Entry(EndpointWindows(self._compression))
+            entry.windows.absorb(exported, now)
+            if last_sample_at is not None and (
+                entry.last_sample_at is None or last_sample_at > entry.last_sample_at
+            ):
+                entry.last_sample_at = last_sample_at
+            self._dirty.add(key)
+
+    def last_sample_at(self, key: EndpointKey) -> float | None:
+        """When the newest sample of ``key`` was taken (None without data)."""
+        entry = self._entries.get(key)
+        return entry.last_sample_at if entry is not None else None
 
     def retain(self, keys: Collection[EndpointKey]) -> None:
         keep = frozenset(keys)

@@ -32,6 +32,7 @@ just received data merges two digests per window, not 24.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from router_service.model import RANKING_QUANTILES, MetricSummary, Uptime
@@ -238,6 +239,29 @@ class _Ring:
     def is_empty(self, now: float) -> bool:
         return not self.live(now, self.spec.size)
 
+    def absorb(self, exported: BucketExport, now: float) -> bool:
+        """Merge a peer's exported bucket into ours; False when it left the ring."""
+        index, current = round(exported.start / self.spec.width), self.spec.index(now)
+        if index <= current - self.spec.size or index > current:
+            return False
+        bucket = self._bucket(index)
+        if index < current:
+            self._closed_version += 1
+        bucket.attempts += exported.attempts
+        bucket.successes += exported.successes
+        bucket.failures += exported.failures
+        for name in ("ttft", "tps"):
+            data = getattr(exported, name)
+            if not data:
+                continue
+            theirs = TDigest.from_bytes(data)
+            ours = getattr(bucket, name)
+            if ours is None:
+                setattr(bucket, name, theirs)
+            else:
+                ours.merge(theirs)
+        return True
+
 
 def _merge_all(digests: list[TDigest | None]) -> TDigest | None:
     present = [d for d in digests if d is not None and d.count]
@@ -330,6 +354,19 @@ class EndpointWindows:
             bucket = by_index.get(index)
             points.append(_series_point(index, bucket))
         return points
+
+    def absorb(self, exported: Iterable[BucketExport], now: float) -> None:
+        """Merge exported buckets (``export`` of a peer or a checkpoint) into these windows.
+
+        Digests merge and counters add, so absorbing is exact for counters and
+        within the digest's own error for quantiles; buckets that have left
+        their ring at ``now`` are skipped.
+        """
+        rings = {r.spec.name: r for r in (self._fine, self._hour, self._day)}
+        for item in exported:
+            ring = rings.get(item.ring)
+            if ring is not None and ring.spec.width == item.width:
+                ring.absorb(item, now)
 
     def export(self, now: float) -> list[BucketExport]:
         """Every live bucket of every ring in serialised form (the replica-sharing hook)."""

@@ -1,0 +1,123 @@
+"""Settings of replica sharing over Redis, each with its default and its reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+SCHEMES = ("redis", "rediss")
+
+
+class RedisSettingsError(ValueError):
+    """A --redis URL, password file or prefix that cannot be used (named in the message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationConfig:
+    """How a router replica shares outcomes and state with its peers through Redis."""
+
+    #: ``redis://[user[:password]@]host[:port][/db]`` or ``rediss://`` (TLS).
+    url: str
+    #: Password read from ``--redis-password-file`` (None: from the URL, or none).
+    password: str | None = None
+    #: Every key this router writes starts with ``<prefix>:``, so several fleets
+    #: (or other applications) can share one Redis.
+    prefix: str = "llm-router"
+    #: Outcomes waiting to be published while Redis is slow or down. 100,000 is
+    #: 20 s of a busy fleet's 5,000 outcomes/s at ~100 bytes each (~10 MB);
+    #: beyond it the oldest are dropped (counted) — every replica keeps its own.
+    buffer_max_outcomes: int = 100_000
+    #: Outcomes per stream entry at most (one accepted batch is split above it),
+    #: so one entry is at most ~25 KB (about 110 bytes per outcome).
+    max_outcomes_per_entry: int = 200
+    #: Stream entries kept (approximate MAXLEN): bounds the stream's size even
+    #: if every entry were full (20,000 x 25 KB = 500 MB worst case; a fleet
+    #: whose sidecars report in batches of 10 holds ~20 MB); checkpoints make
+    #: old entries unnecessary.
+    stream_max_entries: int = 20_000
+    #: Stream entries older than this are trimmed (MINID) and the stream key
+    #: expires after it when no replica writes: 2 min is 24 checkpoints, so a
+    #: starting replica finds the checkpoint's position still in the stream.
+    stream_retention_s: float = 120.0
+    #: One replica (a lease holder) writes the merged state this often; a
+    #: restarting replica loads it and replays only the stream after it.
+    checkpoint_interval_s: float = 5.0
+    #: The checkpoint key expires after a day without a writer (the longest window).
+    checkpoint_ttl_s: float = 86_400.0
+    #: Own outcomes reach health in stream order; if the stream does not bring
+    #: them back within this, they are applied locally (Redis slow or down).
+    echo_timeout_s: float = 1.0
+    #: XREAD blocks at most this long (must stay under ``socket_timeout_s``).
+    read_block_s: float = 1.0
+    #: A Redis call that takes longer than this counts as an error (Redis slow).
+    socket_timeout_s: float = 3.0
+    #: Reconnect backoff: from ``backoff_min_s`` doubling to ``backoff_max_s``, jittered.
+    backoff_min_s: float = 0.1
+    backoff_max_s: float = 5.0
+    #: After Redis comes back, batches published this recently are published
+    #: again: a Redis that restarted empty may have lost them before every peer
+    #: read them. Peers drop what they already applied (per-replica batch numbers).
+    republish_window_s: float = 3.0
+    #: How often the half-open probe permits are claimed/renewed/released.
+    probe_poll_s: float = 0.1
+    #: A replica starting up waits this long for Redis before it serves from an
+    #: empty state (it keeps trying in the background). Readiness stays
+    #: NOT_SERVING meanwhile, so a fleet with a working Redis never routes to a
+    #: replica that has not loaded the shared state.
+    startup_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        check_url(self.url)
+        if not self.prefix or any(c.isspace() for c in self.prefix) or len(self.prefix) > 64:
+            raise RedisSettingsError(
+                f"--redis-prefix must be 1..64 characters without spaces, got {self.prefix!r}"
+            )
+        if not 0.05 <= self.checkpoint_interval_s <= 3600:
+            raise RedisSettingsError(
+                f"--redis-checkpoint-interval must be 0.05..3600 seconds, "
+                f"got {self.checkpoint_interval_s}"
+            )
+        if self.read_block_s >= self.socket_timeout_s:
+            raise RedisSettingsError("read_block_s must be below socket_timeout_s")
+        for name in ("buffer_max_outcomes", "max_outcomes_per_entry", "stream_max_entries"):
+            if getattr(self, name) < 1:
+                raise RedisSettingsError(f"{name} must be at least 1")
+
+    @property
+    def redacted_url(self) -> str:
+        """The URL without credentials: what logs and errors may show."""
+        return redact(self.url)
+
+
+def check_url(url: str) -> None:
+    """Raise RedisSettingsError unless ``url`` is a usable redis:// or rediss:// URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise RedisSettingsError(f"--redis URL {redact(url)!r} is malformed: {exc}") from None
+    if parts.scheme not in SCHEMES:
+        raise RedisSettingsError(
+            f"--redis URL must start with redis:// or rediss://, got scheme {parts.scheme!r}"
+        )
+    if not parts.hostname:
+        raise RedisSettingsError(f"--redis URL {redact(url)!r} has no host")
+    if port == 0:
+        raise RedisSettingsError(f"--redis URL {redact(url)!r} has port 0")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise RedisSettingsError(f"--redis URL path must be a database number, got {db!r}")
+
+
+def url_has_password(url: str) -> bool:
+    return urlsplit(url).password is not None
+
+
+def redact(url: str) -> str:
+    """``rediss://host:6380/0`` from ``rediss://user:secret@host:6380/0``."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        return f"{parts.scheme}://{netloc}{parts.path}"
+    except ValueError:
+        return "<unparseable URL>"
