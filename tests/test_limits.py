@@ -33,6 +33,8 @@ STATED: dict[tuple[str, str], tuple[float, ...]] = {
     ("Outcome", "retry_after_seconds"): (L.MAX_RETRY_AFTER_S,),
     ("RecordOutcomeRequest", "outcomes"): (L.MAX_OUTCOMES_PER_BATCH,),
     ("OutcomeAck", "rejections"): (L.MAX_REJECTIONS_REPORTED,),
+    ("RankedEndpoint", "first_token_timeout_ms"): (L.MAX_FIRST_TOKEN_TIMEOUT_MS,),
+    ("RankedEndpoint", "hedge_after_ms"): (L.MAX_FIRST_TOKEN_TIMEOUT_MS,),
 }
 
 
