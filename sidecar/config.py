@@ -47,6 +47,11 @@ class SidecarSettings:
     first_byte_timeout_s: float = _opt(
         30.0, "Time from sending the request to response headers and to the first token."
     )
+    adaptive_first_token_timeout: bool = _opt(
+        True,
+        "Cut a streaming attempt's first-token wait to the router's per-endpoint suggestion "
+        "(3x its recent p99 TTFT, at least 1 s) when shorter than first_byte_timeout_s.",
+    )
     chunk_timeout_s: float = _opt(30.0, "Longest silence allowed between two stream chunks.")
     nonstream_timeout_s: float = _opt(
         60.0, "Whole-answer timeout of a non-streaming attempt (its first byte is the answer)."

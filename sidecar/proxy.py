@@ -34,6 +34,7 @@ from sidecar.streaming import (
     relay,
     release_upstream,
 )
+from sidecar.timeouts import first_token_timeout
 from sidecar.upstream import (
     AttemptRecord,
     UpstreamError,
@@ -364,7 +365,8 @@ class Proxy:
         simply dropped if this attempt fails before then.
         """
         loop = asyncio.get_running_loop()
-        limit = min(deadline, loop.time() + self._s.first_byte_timeout_s)
+        first_token_s = first_token_timeout(self._s, route)
+        limit = min(deadline, loop.time() + first_token_s)
         got_headers = False
         resp: aiohttp.ClientResponse | None = None
         try:
@@ -386,8 +388,8 @@ class Proxy:
                 start = await read_until_first_token(resp, rec)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             cls = classify_exception(exc, got_headers)
-            if got_headers and cls == ErrorClass.TIMEOUT:
-                msg = f"no first token within {self._s.first_byte_timeout_s}s"
+            if cls == ErrorClass.TIMEOUT and (got_headers or type(exc) is TimeoutError):
+                msg = f"no first token within {first_token_s:g}s"
             else:
                 msg = _exc_text(exc, cls)
             rec.finish_error(cls, msg, rec.http_status)
