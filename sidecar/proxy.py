@@ -24,6 +24,7 @@ from router_common.domain import ErrorClass
 from router_common.pb import router_pb2
 from router_common.routing.filters import hard_filter
 from sidecar.config import SidecarSettings
+from sidecar.hedging import Hedger
 from sidecar.metrics import SidecarMetrics
 from sidecar.preferences import ParsedRequest, preferences_summary
 from sidecar.ranking_client import Ranking, RankingClient, Route
@@ -82,6 +83,7 @@ class Proxy:
         self._ranking = ranking
         self._m = metrics
         self._report = report
+        self.hedger = Hedger(settings, on_hedge=self._count_hedge)
         #: Keys read from the environment, by variable name. A process's environment
         #: does not change under it, and reading ``os.environ`` decodes on every
         #: lookup. Names come from the catalog, so this stays small (bounded anyway).
@@ -139,6 +141,11 @@ class Proxy:
 
     # -- bookkeeping ---------------------------------------------------------
 
+    def _count_hedge(self, result: str, cancelled_cost_usd: float) -> None:
+        self._m.hedges.labels(result).inc()
+        if cancelled_cost_usd > 0:
+            self._m.hedge_cancelled_cost.inc(cancelled_cost_usd)
+
     def _finish_attempt(self, req: ParsedRequest, rec: AttemptRecord) -> None:
         """Metrics, local cooldown and the outcome report for one finished attempt."""
         self._m.attempts.labels(rec.provider, rec.error_class.value).inc()
@@ -190,7 +197,13 @@ class Proxy:
         deadline = loop.time() + self._s.request_deadline_s
         records: list[AttemptRecord] = []
         last_error: UpstreamError | None = None
-        for route in plan:
+        hedge = self.hedger.enabled(req)
+        if hedge:
+            self.hedger.budget.note_request()
+        hedged: set[int] = set()  # plan positions already tried as a hedge's backup
+        for i, route in enumerate(plan):
+            if i in hedged:
+                continue
             if loop.time() >= deadline:
                 break
             if records:
@@ -202,7 +215,15 @@ class Proxy:
                 self._finish_attempt(req, rec)
                 continue
             if req.stream:
-                opened = await self._open_stream(req, route, key, rec, deadline, len(records))
+                if hedge:
+                    backup = plan[i + 1] if i + 1 < len(plan) else None
+                    opened, rec, started = await self.hedger.open(
+                        self, req, route, backup, key, rec, deadline, records
+                    )
+                    if started:
+                        hedged.add(i + 1)
+                else:
+                    opened = await self._open_stream(req, route, key, rec, deadline, len(records))
                 if isinstance(opened, tuple):
                     start, answer = opened
                     return await self._commit_stream(
@@ -386,6 +407,10 @@ class Proxy:
                         resp.release()
                 answer = _stream_answer(rec.provider, attempt)
                 start = await read_until_first_token(resp, rec)
+        except asyncio.CancelledError:  # a hedge lost the race (or the app left): close now
+            if resp is not None:
+                resp.close()
+            raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             cls = classify_exception(exc, got_headers)
             if cls == ErrorClass.TIMEOUT and (got_headers or type(exc) is TimeoutError):
