@@ -195,11 +195,12 @@ class RankingConfig:
       measures one endpoint.
     - ``min_samples``: the 5-minute window is used when it has at least this
       many samples; otherwise the 1-hour window if it has ``min_samples_1h``.
-    - ``stale_after_s`` (10): an endpoint whose last successful TTFT is older
+    - ``stale_after_s`` (3): an endpoint whose last successful TTFT is older
       is "stale" and explorable; with the recent estimate's memory of a few
       seconds, older data no longer says what the endpoint does now, and a
-      demoted (or degraded) endpoint is thus re-measured every ~10 s, which is
-      how a recovered one is seen.
+      demoted (or degraded) endpoint is thus re-measured within seconds
+      (exploration's share bounds the cost), which is how a recovered one is
+      seen and promoted within ~5-10 s.
     - ``recent_max_age_s`` (30): the recent TTFT estimate
       (``router_service.sketches.recent``) replaces the windows' value while
       it was updated this recently; the windows' percentile is scaled by
@@ -220,7 +221,7 @@ class RankingConfig:
       one 15% slower 0.33, and beyond 15% the order is strict. The weights
       are sent so a client reusing the ranking redraws per request.
     - ``first_token_timeout_multiple`` (3), ``first_token_timeout_floor_ms``
-      (1000), ``first_token_timeout_min_samples`` (20): the first-token
+      (500), ``first_token_timeout_min_samples`` (20): the first-token
       timeout suggested per endpoint is ``multiple * max(p99 TTFT, recent
       TTFT)``, at least the floor, once the window has that many samples
       (none without); the sidecar takes the smaller of it and its own
@@ -242,13 +243,13 @@ class RankingConfig:
     exploration_share_unknown: float = 0.25
     min_samples: int = 5
     min_samples_1h: int = 1
-    stale_after_s: float = 10.0
+    stale_after_s: float = 3.0
     recent_max_age_s: float = 30.0
     recovered_max_failure_ratio: float = 0.1
     spread_tolerance: float = 0.15
     spread_exponent: float = 8.0
     first_token_timeout_multiple: float = 3.0
-    first_token_timeout_floor_ms: float = 1000.0
+    first_token_timeout_floor_ms: float = 500.0
     first_token_timeout_min_samples: int = 20
     blend_output_weight: float = DEFAULT_BLEND_OUTPUT_WEIGHT
     lb_price_exponent: float = 2.0
