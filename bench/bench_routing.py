@@ -451,7 +451,9 @@ async def one_round(p: float, herd_s: float, seed: int, with_litellm: bool) -> d
     runs = [await run_oracle(plan, p)]
     runs.append(await run_ours("ours sort=ttft", plan, p, {"sort": "latency"}))
     runs.append(await run_ours("ours load balance", plan, p, None))
-    runs.append(await run_ours("ours sort=ttft + hedge", plan, p, {"sort": "latency", "hedge": True}))
+    runs.append(
+        await run_ours("ours sort=ttft + hedge", plan, p, {"sort": "latency", "hedge": True})
+    )
     if with_litellm:
         runs.append(await run_litellm("LiteLLM latency-based", "latency-based-routing", plan, p))
         runs.append(await run_litellm("LiteLLM simple-shuffle", "simple-shuffle", plan, p))
@@ -490,9 +492,10 @@ def main() -> None:
         rounds.append(res)
         print(f"\n### round {i + 1} (phase {p:g} s, {RATE:g} rps, seed {args.seed + i})\n")
         print_table(res["rows"])
-        print("\nHerd, busiest provider's share: " + ", ".join(
-            f"{k} {v:.1%}" for k, v in res["herd"].items()
-        ))
+        print(
+            "\nHerd, busiest provider's share: "
+            + ", ".join(f"{k} {v:.1%}" for k, v in res["herd"].items())
+        )
     if args.json:
         args.json.write_text(json.dumps(rounds, indent=1, default=str))
 

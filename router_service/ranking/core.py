@@ -29,7 +29,8 @@ Pipeline:
    descending) with near-ties (within ``near_tie_tolerance`` of the best value
    of their cluster) shuffled; without ``sort`` it is a weighted random order
    (load balance). Under ``sort: ttft``/``tps`` (without ``order``) the
-   near-best head (within ``spread_tolerance`` of the best) is then redrawn
+   near-best head (within ``spread_tolerance`` of the best; with no data yet,
+   the unmeasured endpoints, equally) is then redrawn
    with weights ``(best/value)**spread_exponent``, sent with the ranking, so
    a fleet asking for "the fastest" of near-equal endpoints spreads over them
    (``ordering.spread_band``). Under every strategy but ``order`` (and not in

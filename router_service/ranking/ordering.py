@@ -117,8 +117,10 @@ def spread_band(
     within ``spread_tolerance`` of the run's best get weight
     ``(best/value)**spread_exponent`` (tps: ``(value/best)**...``) and are
     drawn in a weighted order (Efraimidis-Spirakis), the rest of the run and
-    everything after keep their place. Returns the new positions and the
-    weights by candidate index (empty when fewer than two are near-best).
+    everything after keep their place. When nothing leads with a value (no
+    data yet), the endpoints without data get weight 1 each (their order is
+    already a uniform shuffle). Returns the new positions and the weights by
+    candidate index (empty when fewer than two are near-best).
     """
     # Values in "bigger is better" form: 1/ttft or tps; the leading run of tier-OK ones.
     good: dict[int, float] = {}
@@ -127,6 +129,15 @@ def spread_band(
         if tiers[i] != TIER_OK or k is None:
             break
         good[i] = 1.0 / max(k, 1e-3) if sort is Sort.TTFT else -k
+    if not good:
+        # Nothing measured yet (a fresh router): the leading endpoints without
+        # data are equal as far as anyone knows, so they are weighted equally
+        # too; a client replaying one cached order would send all its traffic
+        # for a whole cache window to whichever happened to be drawn first.
+        unknown = [i for i in positions if tiers[i] == TIER_NODATA and keys[i] is None]
+        if len(unknown) >= 2 and positions[0] == unknown[0]:
+            equal = dict.fromkeys(unknown, 1.0)
+            return positions, equal
     if len(good) < 2:
         return positions, {}
     top = max(good.values())

@@ -212,13 +212,14 @@ class RankingConfig:
       detector looks at the last 20 answers over minutes, the recent estimate
       at the last seconds, so a recovered endpoint gets its traffic back in
       seconds.
-    - ``spread_tolerance`` (0.15) and ``spread_exponent`` (8): under
-      ``sort: ttft``/``tps`` the endpoints whose value is within 15% of the
-      best are drawn in a weighted order, weight ``(best/value)**8`` for TTFT
-      (``(value/best)**8`` for tps): equal ones share traffic evenly (four
+    - ``spread_tolerance`` (0.25) and ``spread_exponent`` (3): under
+      ``sort: ttft``/``tps`` the endpoints whose value is within 25% of the
+      best are drawn in a weighted order, weight ``(best/value)**3`` for TTFT
+      (``(value/best)**3`` for tps): equal ones share traffic evenly (four
       sidecars asking for "the fastest" of four equal providers spread
-      instead of herding), one 5% slower gets 0.66 of the best one's share,
-      one 15% slower 0.33, and beyond 15% the order is strict. The weights
+      instead of herding, even though each one's recent estimate is noisy),
+      one 5% slower gets 0.86 of the best one's share, one 25% slower 0.51,
+      and beyond 25% the order is strict. The weights
       are sent so a client reusing the ranking redraws per request.
     - ``first_token_timeout_multiple`` (3), ``first_token_timeout_floor_ms``
       (500), ``first_token_timeout_min_samples`` (20): the first-token
@@ -246,8 +247,8 @@ class RankingConfig:
     stale_after_s: float = 3.0
     recent_max_age_s: float = 30.0
     recovered_max_failure_ratio: float = 0.1
-    spread_tolerance: float = 0.15
-    spread_exponent: float = 8.0
+    spread_tolerance: float = 0.25
+    spread_exponent: float = 3.0
     first_token_timeout_multiple: float = 3.0
     first_token_timeout_floor_ms: float = 500.0
     first_token_timeout_min_samples: int = 20

@@ -44,14 +44,16 @@ class RecentConfig:
     tau_s      3.0      memory of the TTFT average, s: at 20 rps about 60 samples, enough
                         to damp one slow outlier, short enough that a speed-up is
                         followed within ~5-10 s
-    tau_up_s   1.0      memory for samples above the estimate (the "peak"): a slowdown
-                        shows within 1-3 s
+    tau_up_s   2.0      memory for samples above the estimate (the "peak"): a slowdown
+                        shows within 1-3 s (a 6x one after one or two samples);
+                        shorter made equal endpoints' estimates too noisy to share
+                        traffic (herding in bench/bench_routing.py)
     tau_fail_s 5.0      memory of the decayed failure ratio, s
     =========  =======  ================================================================
     """
 
     tau_s: float = 3.0
-    tau_up_s: float = 1.0
+    tau_up_s: float = 2.0
     tau_fail_s: float = 5.0
 
     def __post_init__(self) -> None:
