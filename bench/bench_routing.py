@@ -99,7 +99,8 @@ class Run:
 def schedule(duration: float, rate: float, seed: int, lanes: int = 1) -> list[tuple[float, int]]:
     """Poisson arrivals in [0, duration), each with a lane (the sidecar it goes to)."""
     rng = random.Random(seed)
-    out, t, i = [], 0.0, 0
+    out: list[tuple[float, int]] = []
+    t, i = 0.0, 0
     while True:
         t += rng.expovariate(rate)
         if t >= duration:

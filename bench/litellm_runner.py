@@ -21,7 +21,7 @@ from typing import Any
 
 async def main() -> None:
     job = json.loads(sys.stdin.read())
-    import litellm
+    import litellm  # type: ignore[import-not-found]  # only in bench/.litellm-venv
     from litellm import Router
 
     litellm.suppress_debug_info = True
