@@ -174,17 +174,23 @@ class Hedger:
         pending: set[asyncio.Future[Opened]] = {first, second}
         winner: asyncio.Future[Opened] | None = None
         cost = 0.0
-        while pending and winner is None:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for fut in done:
-                result = fut.result()
-                if not isinstance(result, tuple):
-                    continue  # failed: its record is finished as an error already
-                if winner is None:
-                    winner = fut
-                else:  # both had a first token in the same instant: drop this one
-                    result[0].resp.close()
-                    cost += _cancelled(*owners[fut], req)
+        try:
+            while pending and winner is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    result = fut.result()
+                    if not isinstance(result, tuple):
+                        continue  # failed: its record is finished as an error already
+                    if winner is None:
+                        winner = fut
+                    else:  # both had a first token in the same instant: drop this one
+                        result[0].resp.close()
+                        cost += _cancelled(*owners[fut], req)
+        except BaseException:  # the app went away (or a bug): no attempt may outlive us
+            for fut in (first, second):
+                fut.cancel()
+            await asyncio.gather(first, second, return_exceptions=True)
+            raise
         if winner is None:  # both failed: the backup is finished here, the first by the caller
             proxy._finish_attempt(req, brec)
             self.on_hedge("both_failed", 0.0)
