@@ -24,6 +24,13 @@ MAX_PROVIDER_LIST = 64
 #: are nonsense and would overflow cost arithmetic.
 MAX_TOKENS = 1_000_000_000
 
+# -- rankings -----------------------------------------------------------------
+
+#: The per-endpoint first-token timeout and hedge delay the router suggests
+#: (``RankedEndpoint.first_token_timeout_ms`` / ``hedge_after_ms``); a client
+#: ignores values outside (0, this].
+MAX_FIRST_TOKEN_TIMEOUT_MS = 600_000.0  # 10 minutes, as MAX_TTFT_MS
+
 # -- outcomes -----------------------------------------------------------------
 
 #: Outcomes in one RecordOutcomeRequest (one RecordOutcome call or one

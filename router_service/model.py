@@ -73,6 +73,25 @@ class Uptime:
         return self.successes / self.attempts
 
 
+class RecentEstimate(NamedTuple):
+    """The recent view of one endpoint, as ranking reads it.
+
+    ``ttft_ms`` is None until a successful TTFT was seen; ``ttft_at`` is when
+    it was last updated (the caller's clock). ``failure_ratio`` is the decayed
+    share of failed attempts (0 with no attempts); ``samples`` counts TTFT
+    updates since the tracker was made (for "is this estimate more than one sample?").
+    """
+
+    ttft_ms: float | None = None
+    ttft_at: float | None = None
+    failure_ratio: float = 0.0
+    attempt_at: float | None = None
+    samples: int = 0
+
+
+EMPTY_RECENT = RecentEstimate()
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointStats:
     """Everything ranking and the metrics API read about one endpoint, precomputed."""
@@ -87,6 +106,8 @@ class EndpointStats:
     uptime_1h: Uptime = Uptime()
     uptime_1d: Uptime = Uptime()
     last_sample_at: float | None = None
+    #: The decayed recent view (router_service.sketches.recent), beside the windows.
+    recent: RecentEstimate = EMPTY_RECENT
 
 
 EMPTY_STATS = EndpointStats()

@@ -25,6 +25,9 @@ from router_common.wire_enums import (
 from router_service.model import EndpointStats, HealthState, HealthView, MetricSummary, Uptime
 from router_service.ranking import RankingInputError, RankingResult, RoutingRequest
 
+#: Strategies whose entries carry weights a client redraws its order with.
+_WEIGHTED_STRATEGIES = frozenset({"load_balance", "sort"})
+
 HEALTH_TO_WIRE: dict[HealthState, router_pb2.HealthState] = {
     HealthState.HEALTHY: router_pb2.HEALTH_STATE_HEALTHY,
     HealthState.DEGRADED: router_pb2.HEALTH_STATE_DEGRADED,
@@ -117,6 +120,8 @@ def rank_response(
     meta.percentile = PERCENTILE_TO_WIRE[result.percentile]
     meta.panic = result.panic
     meta.exploration = result.exploration
+    if result.exploration_share:
+        meta.exploration_share = result.exploration_share
     meta.catalog_version = catalog_version
     meta.ranked_at = now
     for item in result.ranked:
@@ -137,8 +142,14 @@ def rank_response(
             out.tokens_per_second = item.tps
         if item.uptime is not None:
             out.uptime_1h = item.uptime
-        if item.weight is not None and result.strategy == "load_balance":
+        if item.weight is not None and result.strategy in _WEIGHTED_STRATEGIES:
             out.weight = item.weight
+        if item.explorable:
+            out.explorable = True
+        if item.first_token_timeout_ms is not None:
+            out.first_token_timeout_ms = item.first_token_timeout_ms
+        if item.hedge_after_ms is not None:
+            out.hedge_after_ms = item.hedge_after_ms
         if item.deprioritized is not None:
             why = item.deprioritized
             out.deprioritized.CopyFrom(reason(why.code, why.detail, why.numbers))

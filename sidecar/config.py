@@ -53,6 +53,22 @@ class SidecarSettings:
     first_byte_timeout_s: float = _opt(
         30.0, "Time from sending the request to response headers and to the first token."
     )
+    adaptive_first_token_timeout: bool = _opt(
+        True,
+        "Cut a streaming attempt's first-token wait to the router's per-endpoint suggestion "
+        "(3x its recent p99 TTFT, at least 0.5 s) when shorter than first_byte_timeout_s.",
+    )
+    hedge: bool = _opt(
+        False,
+        "Hedge streaming requests by default: start the next provider when the first has no "
+        "first token by its recent p95 TTFT (a request's provider.hedge overrides).",
+    )
+    hedge_budget_share: float = _opt(
+        0.05, "Hedged attempts at most this share of hedging-enabled requests (+1), decayed 60 s."
+    )
+    hedge_min_delay_s: float = _opt(
+        0.05, "Never hedge earlier than this after an attempt starts, whatever the p95."
+    )
     chunk_timeout_s: float = _opt(30.0, "Longest silence allowed between two stream chunks.")
     nonstream_timeout_s: float = _opt(
         60.0, "Whole-answer timeout of a non-streaming attempt (its first byte is the answer)."

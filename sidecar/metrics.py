@@ -58,6 +58,18 @@ class SidecarMetrics:
             "Times a request moved on to the next provider after a retriable failure.",
             registry=r,
         )
+        self.hedges = Counter(
+            "router_sidecar_hedges_total",
+            "Hedged streaming attempts started, by result: won (the backup answered first), "
+            "lost (the first did), both_failed.",
+            ["result"],
+            registry=r,
+        )
+        self.hedge_cancelled_cost = Counter(
+            "router_sidecar_hedge_cancelled_cost_usd_total",
+            "Estimated cost (input tokens x price) of attempts cancelled by hedging, USD.",
+            registry=r,
+        )
         self.added_latency = Histogram(
             "router_sidecar_added_latency_seconds",
             "Sidecar overhead: TTFT seen by the app minus the upstream TTFT (streams).",

@@ -76,6 +76,9 @@ class ParsedRequest:
     cache_key: tuple[str, bytes]
     #: The preferences' hard filters, re-applied to every ranking before use.
     filters: HardFilters
+    #: ``provider.hedge`` / ``providerOptions.gateway.hedge``; None: the sidecar's flag.
+    #: Sidecar-local, so not part of ``preferences`` nor of the cache key.
+    hedge: bool | None = None
 
 
 def _str_list(value: Any, param: str) -> list[str]:
@@ -306,6 +309,7 @@ def parse_request(
             ) from None
         prefs_key = prefs.SerializeToString(deterministic=True)
         filters = HardFilters.from_preferences(prefs)
+    hedge = _hedge_option(body)
     if any(k in body for k in ROUTING_FIELDS):
         body = {k: v for k, v in body.items() if k not in ROUTING_FIELDS}
     return ParsedRequest(
@@ -318,6 +322,7 @@ def parse_request(
         max_output_tokens=max_out,
         cache_key=(model, prefs_key),
         filters=filters,
+        hedge=hedge,
     )
 
 
@@ -332,6 +337,25 @@ _REQUEST_PARAMS = {
 
 def _request_param(proto_field: str) -> str:
     return _REQUEST_PARAMS.get(proto_field, proto_field.replace("preferences.", "provider.", 1))
+
+
+def _hedge_option(body: dict[str, Any]) -> bool | None:
+    """The request's hedge switch from either convention; disagreeing is a 400 naming both."""
+    found: list[tuple[str, bool]] = []
+    provider = body.get("provider")
+    if isinstance(provider, dict) and provider.get("hedge") is not None:
+        found.append(("provider.hedge", _bool(provider["hedge"], "provider.hedge")))
+    options = body.get("providerOptions")
+    gateway = options.get("gateway") if isinstance(options, dict) else None
+    if isinstance(gateway, dict) and gateway.get("hedge") is not None:
+        param = "providerOptions.gateway.hedge"
+        found.append((param, _bool(gateway["hedge"], param)))
+    if len(found) == 2 and found[0][1] != found[1][1]:
+        raise RequestError(
+            f"{found[0][0]} conflicts with {found[1][0]}; give one or make them agree",
+            f"{found[0][0]},{found[1][0]}",
+        )
+    return found[0][1] if found else None
 
 
 @functools.lru_cache(maxsize=32)

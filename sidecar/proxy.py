@@ -25,6 +25,7 @@ from router_common.domain import ErrorClass
 from router_common.pb import router_pb2
 from router_common.routing.filters import hard_filter
 from sidecar.config import SidecarSettings
+from sidecar.hedging import Hedger
 from sidecar.keys import ProviderKeys
 from sidecar.metrics import SidecarMetrics
 from sidecar.preferences import ParsedRequest, preferences_summary
@@ -38,6 +39,7 @@ from sidecar.streaming import (
     relay,
     release_upstream,
 )
+from sidecar.timeouts import first_token_timeout
 from sidecar.upstream import (
     AttemptRecord,
     UpstreamError,
@@ -94,6 +96,7 @@ class Proxy:
         self._keys = keys
         #: The one key-removal rule, applied to every byte that leaves (see redaction.py).
         self._redact = redactor
+        self.hedger = Hedger(settings, on_hedge=self._count_hedge)
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.connect_timeout_s, sock_connect=settings.connect_timeout_s
         )
@@ -164,6 +167,11 @@ class Proxy:
 
     # -- bookkeeping ---------------------------------------------------------
 
+    def _count_hedge(self, result: str, cancelled_cost_usd: float) -> None:
+        self._m.hedges.labels(result).inc()
+        if cancelled_cost_usd > 0:
+            self._m.hedge_cancelled_cost.inc(cancelled_cost_usd)
+
     def _finish_attempt(self, req: ParsedRequest, rec: AttemptRecord) -> None:
         """Metrics, local cooldown and the outcome report for one finished attempt."""
         self._m.attempts.labels(rec.provider, rec.error_class.value).inc()
@@ -178,6 +186,21 @@ class Proxy:
             self._ranking.cooldowns.fail(req.model, rec.provider, seconds)
         if rec.report:
             self._report(rec.to_outcome(req.model))
+
+    def _key_for(self, route: Route, rec: AttemptRecord) -> tuple[bool, str | None]:
+        """The provider's key from this process's environment (False: not set here).
+
+        The plan already skips providers known to lack a key (``skipped``); this
+        catches one the key registry had no room to note, and a hedge's backup.
+        """
+        if not route.api_key_env:
+            return True, None
+        key = self._keys.key(route.api_key_env)
+        if not key:
+            rec.finish_error(ErrorClass.AUTH, f"API key variable {route.api_key_env} is not set")
+            rec.report = False  # our misconfiguration, not the endpoint's
+            return False, None
+        return True, key
 
     def _body_for(self, req: ParsedRequest, route: Route) -> bytes:
         body = dict(req.body)
@@ -200,18 +223,36 @@ class Proxy:
         deadline = loop.time() + self._s.request_deadline_s
         records: list[AttemptRecord] = []
         last_error: UpstreamError | None = None
-        keys = self._keys
-        for route in plan:
+        hedge = self.hedger.enabled(req)
+        if hedge:
+            self.hedger.budget.note_request()
+        hedged: set[int] = set()  # plan positions already tried as a hedge's backup
+        for i, route in enumerate(plan):
+            if i in hedged:
+                continue
             if loop.time() >= deadline:
                 break
             if records:
                 self._m.fallbacks.inc()
             rec = AttemptRecord(route.provider, route.upstream_model, time.time())
             records.append(rec)
-            key = keys.key(route.api_key_env) if route.api_key_env else None
+            ok, key = self._key_for(route, rec)
+            if not ok:
+                self._finish_attempt(req, rec)
+                continue
             try:
                 if req.stream:
-                    opened = await self._open_stream(req, route, key, rec, deadline, len(records))
+                    if hedge:
+                        backup = plan[i + 1] if i + 1 < len(plan) else None
+                        opened, rec, started = await self.hedger.open(
+                            self, req, route, backup, key, rec, deadline, records
+                        )
+                        if started:
+                            hedged.add(i + 1)
+                    else:
+                        opened = await self._open_stream(
+                            req, route, key, rec, deadline, len(records)
+                        )
                     if isinstance(opened, tuple):
                         start, answer = opened
                         return await self._commit_stream(
@@ -431,7 +472,8 @@ class Proxy:
         simply dropped if this attempt fails before then.
         """
         loop = asyncio.get_running_loop()
-        limit = min(deadline, loop.time() + self._s.first_byte_timeout_s)
+        first_token_s = first_token_timeout(self._s, route)
+        limit = min(deadline, loop.time() + first_token_s)
         got_headers = False
         resp: aiohttp.ClientResponse | None = None
         scanner = SSEScanner(req.model, req.wants_usage, self._redact.only(key))
@@ -458,8 +500,8 @@ class Proxy:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             cls = classify_exception(exc, got_headers)
-            if got_headers and cls == ErrorClass.TIMEOUT:
-                msg = f"no first token within {self._s.first_byte_timeout_s}s"
+            if cls == ErrorClass.TIMEOUT and (got_headers or type(exc) is TimeoutError):
+                msg = f"no first token within {first_token_s:g}s"
             else:
                 msg = _exc_text(exc, cls)
             rec.finish_error(cls, msg, rec.http_status)

@@ -25,6 +25,7 @@ from yarl import URL
 
 from router_common.catalog_model import Catalog, Endpoint, unknown_model_message
 from router_common.domain import Sort
+from router_common.limits import MAX_FIRST_TOKEN_TIMEOUT_MS
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_common.routing.cost import cost_factors, endpoint_cost
 from router_common.routing.filters import HardFilters, hard_filter
@@ -64,6 +65,11 @@ class Route:
     weight: float | None = None
     #: The router moved this endpoint down (degraded, missed preference, ...).
     deprioritized: bool = False
+    #: Thin, stale or no data at the router: ``redraw`` may put it first to explore.
+    explorable: bool = False
+    #: The router's suggested first-token timeout and hedge delay, seconds (None: none).
+    first_token_timeout_s: float | None = None
+    hedge_after_s: float | None = None
     #: Where chat completions go, parsed once: aiohttp takes a URL object as it
     #: is, whereas a string would be parsed again on every attempt.
     chat_url: URL = field(init=False, repr=False, compare=False)
@@ -84,6 +90,9 @@ class Route:
             router_wants_it=ep.exploration or ep.health == router_pb2.HEALTH_STATE_PROBING,
             weight=ep.weight if ep.HasField("weight") else None,
             deprioritized=ep.HasField("deprioritized"),
+            explorable=ep.explorable,
+            first_token_timeout_s=_suggested_s(ep, "first_token_timeout_ms"),
+            hedge_after_s=_suggested_s(ep, "hedge_after_ms"),
         )
 
     @classmethod
@@ -124,27 +133,50 @@ class Ranking:
             return self
         normal = [r for r in self.routes if not r.router_wants_it]
         one_shot = [replace(r, router_wants_it=False) for r in self.routes if r.router_wants_it]
-        return replace(self, routes=tuple(normal + one_shot))
+        routes = tuple(normal + one_shot)
+        metadata = {
+            k: v
+            for k, v in self.metadata.items()
+            if k not in ("exploration", "exploration_provider")
+        }
+        metadata["execution_order"] = [r.provider for r in routes]
+        return replace(self, routes=routes, metadata=metadata)
 
     def redraw(self, rng: random.Random) -> Ranking:
-        """A fresh weighted order for a reused load-balance ranking.
+        """A fresh order for a reused ranking: the weighted head redrawn, sometimes an exploration.
 
-        The router's order is one weighted draw; reusing it for every request
-        within the cache TTL would pin this sidecar to one endpoint. The leading
-        block of weighted, not-deprioritized routes is redrawn per request with
-        the router's weights (Efraimidis-Spirakis, as the router does); the
-        moved-down tail keeps its place.
+        The router's order is one draw; reusing it for every request within
+        the cache TTL would pin this sidecar to one endpoint (and a fleet of
+        sidecars to whichever each happened to draw). So, per request:
+
+        - the leading block of weighted, not-deprioritized routes (every
+          endpoint under ``load_balance``; the near-best band under ``sort:
+          ttft``/``tps``) is redrawn with the router's weights
+          (Efraimidis-Spirakis, as the router does); the tail keeps its place;
+        - with the router's ``exploration_share``, one ``explorable`` route
+          (thin, stale or no data) is put first, and the metadata marks it
+          (``exploration: true``, ``exploration_provider``), as the router
+          does for the request that asked it.
         """
-        if self.metadata.get("strategy") != "load_balance":
-            return self
         routes = self.routes
-        head = 0
-        while head < len(routes) and routes[head].weight and not routes[head].deprioritized:
-            head += 1
-        if head < 2:
+        metadata = self.metadata
+        if metadata.get("strategy") in _WEIGHTED:
+            head = 0
+            while head < len(routes) and routes[head].weight and not routes[head].deprioritized:
+                head += 1
+            if head >= 2:
+                routes = tuple(weighted_order(routes[:head], _route_weight, rng)) + routes[head:]
+        share = metadata.get("exploration_share")
+        if share and isinstance(share, float | int) and rng.random() < share:
+            pool = [r for r in routes[1:] if r.explorable]
+            if pool:
+                pick = pool[rng.randrange(len(pool))] if len(pool) > 1 else pool[0]
+                routes = (pick, *(r for r in routes if r is not pick))
+                metadata = dict(metadata, exploration=True, exploration_provider=pick.provider)
+        if routes is self.routes:
             return self
-        drawn = weighted_order(routes[:head], _route_weight, rng)
-        return replace(self, routes=tuple(drawn) + routes[head:])
+        metadata = dict(metadata, execution_order=[r.provider for r in routes])
+        return replace(self, routes=routes, metadata=metadata)
 
 
 def rank_from_catalog(
@@ -445,10 +477,15 @@ class RankingClient:
             self._router_down(type(exc).__name__)
             return None
         self.router_ok = True
+        metadata = MessageToDict(resp.metadata, preserving_proto_field_name=True)
+        if resp.metadata.exploration:  # name the pick, as a per-request exploration does
+            pick = next((ep.provider.name for ep in resp.endpoints if ep.exploration), None)
+            if pick is not None:
+                metadata["exploration_provider"] = pick
         ranking = Ranking(
             routes=tuple(Route.from_proto(ep) for ep in resp.endpoints),
             source="router",
-            metadata=MessageToDict(resp.metadata, preserving_proto_field_name=True),
+            metadata=metadata,
             fetched_at=self._clock(),
         )
         if not ranking.routes:
@@ -510,6 +547,20 @@ class RankingClient:
     @property
     def cache_size(self) -> int:
         return len(self._cache)
+
+
+#: Strategies whose leading routes carry draw weights (see RankedEndpoint.weight).
+_WEIGHTED = frozenset({"load_balance", "sort"})
+
+
+def _suggested_s(ep: router_pb2.RankedEndpoint, field_name: str) -> float | None:
+    """An optional suggested duration in ms, as seconds; None when unset or out of bounds."""
+    if not ep.HasField(field_name):
+        return None
+    ms = getattr(ep, field_name)
+    if not (0 < ms <= MAX_FIRST_TOKEN_TIMEOUT_MS):  # also refuses NaN
+        return None
+    return float(ms) / 1000.0
 
 
 def _route_weight(route: Route) -> float:

@@ -115,6 +115,8 @@ class AttemptRecord:
     #: False when the failure was ours (missing key) or the app's (disconnect):
     #: then the router is not told, so one sidecar's config cannot eject an endpoint.
     report: bool = True
+    #: Extra keys for ``routing.attempts`` (hedging: ``hedge``, ``cancelled``, cost).
+    extra: dict[str, Any] | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000.0
@@ -161,6 +163,8 @@ class AttemptRecord:
             out["tokens_per_second"] = round(self.tokens_per_second, 2)
         if self.retry_after_s is not None:
             out["retry_after_s"] = self.retry_after_s
+        if self.extra:
+            out.update(self.extra)
         return out
 
     def to_outcome(self, model: str) -> router_pb2.Outcome:

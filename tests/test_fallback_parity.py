@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from router_common.catalog_model import Catalog, Endpoint, Model, Provider
 from router_common.pb import router_pb2
-from router_service.ranking import RankingInputError, rank
+from router_service.ranking import RankingConfig, RankingInputError, rank
 from router_service.wire import routing_request
 from sidecar.preferences import RequestError
 from sidecar.ranking_client import rank_from_catalog
@@ -81,7 +81,9 @@ def test_fallback_orders_as_the_router_does_with_no_metrics(data: st.DataObject,
         request = routing_request(wire)
     except RankingInputError:
         return  # both sides refuse it (tested elsewhere); nothing to compare
-    result = rank(request, catalog.models[MODEL], {}, {}, 0.0, random.Random(seed))
+    # No exploration: it is data-driven and the fallback has no data.
+    config = RankingConfig(exploration_share=0, exploration_share_unknown=0)
+    result = rank(request, catalog.models[MODEL], {}, {}, 0.0, random.Random(seed), config)
     router_order = [r.endpoint.provider.name for r in result.ranked]
     router_excluded = {
         x.endpoint.provider.name: x.reason.code

@@ -35,6 +35,8 @@ STATED: dict[tuple[str, str], tuple[float, ...]] = {
     ("OutcomeAck", "rejections"): (L.MAX_REJECTIONS_REPORTED,),
     ("BatchId", "sender"): (L.MAX_SENDER_LEN,),
     ("BatchId", "sequence"): (1,),
+    ("RankedEndpoint", "first_token_timeout_ms"): (L.MAX_FIRST_TOKEN_TIMEOUT_MS,),
+    ("RankedEndpoint", "hedge_after_ms"): (L.MAX_FIRST_TOKEN_TIMEOUT_MS,),
 }
 
 

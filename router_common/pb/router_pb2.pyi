@@ -126,7 +126,7 @@ class ProviderInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., base_url: _Optional[str] = ..., api_key_env: _Optional[str] = ..., zero_data_retention: _Optional[bool] = ...) -> None: ...
 
 class RankedEndpoint(_message.Message):
-    __slots__ = ("provider", "upstream_model", "input_price_per_million", "output_price_per_million", "estimated_cost_usd", "ttft_ms", "tokens_per_second", "window", "ttft_samples", "tps_samples", "uptime_1h", "health", "deprioritized", "exploration", "weight")
+    __slots__ = ("provider", "upstream_model", "input_price_per_million", "output_price_per_million", "estimated_cost_usd", "ttft_ms", "tokens_per_second", "window", "ttft_samples", "tps_samples", "uptime_1h", "health", "deprioritized", "exploration", "weight", "explorable", "first_token_timeout_ms", "hedge_after_ms")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_PRICE_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,9 @@ class RankedEndpoint(_message.Message):
     DEPRIORITIZED_FIELD_NUMBER: _ClassVar[int]
     EXPLORATION_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    EXPLORABLE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    HEDGE_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     provider: ProviderInfo
     upstream_model: str
     input_price_per_million: float
@@ -157,7 +160,10 @@ class RankedEndpoint(_message.Message):
     deprioritized: Reason
     exploration: bool
     weight: float
-    def __init__(self, provider: _Optional[_Union[ProviderInfo, _Mapping]] = ..., upstream_model: _Optional[str] = ..., input_price_per_million: _Optional[float] = ..., output_price_per_million: _Optional[float] = ..., estimated_cost_usd: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., window: _Optional[str] = ..., ttft_samples: _Optional[int] = ..., tps_samples: _Optional[int] = ..., uptime_1h: _Optional[float] = ..., health: _Optional[_Union[HealthState, str]] = ..., deprioritized: _Optional[_Union[Reason, _Mapping]] = ..., exploration: _Optional[bool] = ..., weight: _Optional[float] = ...) -> None: ...
+    explorable: bool
+    first_token_timeout_ms: float
+    hedge_after_ms: float
+    def __init__(self, provider: _Optional[_Union[ProviderInfo, _Mapping]] = ..., upstream_model: _Optional[str] = ..., input_price_per_million: _Optional[float] = ..., output_price_per_million: _Optional[float] = ..., estimated_cost_usd: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., window: _Optional[str] = ..., ttft_samples: _Optional[int] = ..., tps_samples: _Optional[int] = ..., uptime_1h: _Optional[float] = ..., health: _Optional[_Union[HealthState, str]] = ..., deprioritized: _Optional[_Union[Reason, _Mapping]] = ..., exploration: _Optional[bool] = ..., weight: _Optional[float] = ..., explorable: _Optional[bool] = ..., first_token_timeout_ms: _Optional[float] = ..., hedge_after_ms: _Optional[float] = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("code", "detail", "numbers")
@@ -185,7 +191,7 @@ class ExcludedEndpoint(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., reason: _Optional[_Union[Reason, _Mapping]] = ...) -> None: ...
 
 class RoutingMetadata(_message.Message):
-    __slots__ = ("strategy", "sort", "percentile", "execution_order", "excluded", "deprioritized", "panic", "exploration", "catalog_version", "ranked_at")
+    __slots__ = ("strategy", "sort", "percentile", "execution_order", "excluded", "deprioritized", "panic", "exploration", "catalog_version", "ranked_at", "exploration_share")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     SORT_FIELD_NUMBER: _ClassVar[int]
     PERCENTILE_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +202,7 @@ class RoutingMetadata(_message.Message):
     EXPLORATION_FIELD_NUMBER: _ClassVar[int]
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     RANKED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPLORATION_SHARE_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     sort: SortBy
     percentile: Percentile
@@ -206,7 +213,8 @@ class RoutingMetadata(_message.Message):
     exploration: bool
     catalog_version: str
     ranked_at: float
-    def __init__(self, strategy: _Optional[str] = ..., sort: _Optional[_Union[SortBy, str]] = ..., percentile: _Optional[_Union[Percentile, str]] = ..., execution_order: _Optional[_Iterable[str]] = ..., excluded: _Optional[_Iterable[_Union[ExcludedEndpoint, _Mapping]]] = ..., deprioritized: _Optional[_Iterable[_Union[ExcludedEndpoint, _Mapping]]] = ..., panic: _Optional[bool] = ..., exploration: _Optional[bool] = ..., catalog_version: _Optional[str] = ..., ranked_at: _Optional[float] = ...) -> None: ...
+    exploration_share: float
+    def __init__(self, strategy: _Optional[str] = ..., sort: _Optional[_Union[SortBy, str]] = ..., percentile: _Optional[_Union[Percentile, str]] = ..., execution_order: _Optional[_Iterable[str]] = ..., excluded: _Optional[_Iterable[_Union[ExcludedEndpoint, _Mapping]]] = ..., deprioritized: _Optional[_Iterable[_Union[ExcludedEndpoint, _Mapping]]] = ..., panic: _Optional[bool] = ..., exploration: _Optional[bool] = ..., catalog_version: _Optional[str] = ..., ranked_at: _Optional[float] = ..., exploration_share: _Optional[float] = ...) -> None: ...
 
 class RankProvidersResponse(_message.Message):
     __slots__ = ("model", "endpoints", "metadata")

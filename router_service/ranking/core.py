@@ -31,11 +31,25 @@ Pipeline:
 4. The rest of a tier is ordered by ``sort`` (cost / ttft ascending, tps
    descending) with near-ties (within ``near_tie_tolerance`` of the best value
    of their cluster) shuffled; without ``sort`` it is a weighted random order
-   (load balance). Without ``order`` either (strategy "load_balance"), an
-   ``exploration_share`` of requests put one healthy, otherwise-undemoted
-   endpoint with thin data (< ``min_samples`` TTFT samples in 5m) or stale
-   data (no sample, or the last older than ``stale_after_s``) first, chosen
-   uniformly among such endpoints (``exploration`` flag + reason).
+   (load balance). Under ``sort: ttft``/``tps`` (without ``order``) the
+   near-best head (within ``spread_tolerance`` of the best; with no data yet,
+   the unmeasured endpoints, equally) is then redrawn
+   with weights ``(best/value)**spread_exponent``, sent with the ranking, so
+   a fleet asking for "the fastest" of near-equal endpoints spreads over them
+   (``ordering.spread_band``). Under every strategy but ``order`` (and not in
+   panic), an ``exploration_share`` of requests (``exploration_share_unknown``
+   while some candidate was never measured) put one HEALTHY or DEGRADED
+   endpoint with thin (< ``min_samples`` TTFT samples in 5m), stale (last
+   TTFT older than ``stale_after_s``) or no data first, an unmeasured one if
+   any, else uniformly among them (``exploration`` flag + reason). Every such
+   endpoint is marked ``explorable`` and the share is returned, so a client
+   that reuses the ranking explores per request too.
+   TTFT values come from the recent decayed estimate while it is fresh
+   (``recent_max_age_s``; window "recent"), scaled to the percentile by the
+   windows' ``p_q / p50``; a DEGRADED endpoint whose recent evidence postdates
+   its degradation is ranked on it like a healthy one (``_recent_overrides``).
+   Each entry also carries a suggested first-token timeout and hedge delay
+   (``_timeouts``).
 5. ``allow_fallbacks=False`` keeps only the first endpoint; the others are
    excluded with "fallbacks_disabled" (and no probe permit is asked for them).
 
@@ -75,11 +89,19 @@ from collections.abc import Mapping
 
 from router_common.catalog_model import Model
 from router_common.domain import EndpointKey, Sort
+from router_common.limits import MAX_FIRST_TOKEN_TIMEOUT_MS
 from router_common.routing import reasons as rc
 from router_common.routing.cost import cost_factors, endpoint_cost
 from router_common.routing.filters import hard_filter
 from router_common.routing.reasons import Reason
-from router_service.model import EMPTY_STATS, HEALTHY, EndpointStats, HealthState, HealthView
+from router_service.model import (
+    EMPTY_STATS,
+    HEALTHY,
+    EndpointStats,
+    HealthState,
+    HealthView,
+    MetricSummary,
+)
 from router_service.ranking import result as r
 from router_service.ranking.filters import (
     degraded_reason,
@@ -101,6 +123,7 @@ from router_service.ranking.ordering import (
     lb_weights,
     order_positions,
     sort_keys,
+    spread_band,
 )
 from router_service.ranking.request import (
     DEFAULT_CONFIG,
@@ -169,6 +192,7 @@ def rank(
     filters = request.hard_filters()
     min5 = config.min_samples
     min1h = config.min_samples_1h
+    recent_age = config.recent_max_age_s
     factors = cost_factors(
         request.input_tokens, request.max_output_tokens, config.blend_output_weight
     )
@@ -187,6 +211,15 @@ def rank(
         hv = hget(key, HEALTHY)
         s = sget(key, EMPTY_STATS)
         t, tw, tc = pick(s.ttft_5m, s.ttft_1h, q, min5, min1h)
+        rec = s.recent
+        rt = rec.ttft_ms
+        if rt is not None and rec.ttft_at is not None and now - rec.ttft_at <= recent_age:
+            if t is None:
+                t, tc = rt, rec.samples
+            else:  # the recent level, with the windows' shape at the percentile
+                p50 = (s.ttft_5m if tw == r.WINDOW_5M else s.ttft_1h).get(0.5)
+                t = rt * (t / p50) if p50 else rt
+            tw = r.WINDOW_RECENT
         v, vw, vc = pick(s.tps_5m, s.tps_1h, q, min5, min1h)
         u = s.uptime_1h
         a = u.attempts
@@ -231,6 +264,7 @@ def rank(
     pref_tps = request.preferred_min_tps
     soft = pref_ttft is not None or pref_tps is not None or sort is Sort.TTFT or sort is Sort.TPS
     sort_tps = sort is Sort.TPS
+    explore_ok = not panic and not order_pos
     entries: list[RankedEndpoint] = []
     tiers: list[int] = []
     # Half-open probe within an explicit order: the first `order` provider that is
@@ -252,7 +286,7 @@ def rank(
         elif st is _PROBING:
             if i != ordered_probe:
                 tier, reason = TIER_PROBING, probing_reason(hv, now)
-        elif st is _DEGRADED:
+        elif st is _DEGRADED and not _recent_overrides(hv, _s, now, config):
             tier, reason = TIER_DEGRADED, degraded_reason(hv, now, t)
         elif soft and p.provider not in order_pos:  # an explicit order outranks soft preferences
             if sort is Sort.TTFT and t is None:
@@ -282,6 +316,8 @@ def rank(
                     tw,
                     vw,
                     None if weights is None else weights[i],
+                    explore_ok and _explorable(hv, _s, now, min5, config.stale_after_s),
+                    *_timeouts(_s, t if tw == r.WINDOW_RECENT else None, config),
                 ),
             )
         )
@@ -295,27 +331,28 @@ def rank(
         positions = order_positions(
             names, tiers, order_pos, keys, weights, config.near_tie_tolerance, rng
         )
+        if keys is not None and not order_pos and (sort is Sort.TTFT or sort is Sort.TPS):
+            positions, spread = spread_band(positions, tiers, keys, sort, config, rng)
+            for i, w in spread.items():
+                entries[i] = entries[i]._replace(weight=w)
 
-    # Exploration (load balance only): sometimes put a thin/stale healthy endpoint first.
+    # Exploration (every strategy but `order`): sometimes put an endpoint with
+    # thin, stale or no data first. The coin is tossed first so the pool scan
+    # costs nothing on most requests; while some candidate was never measured
+    # the share is the larger exploration_share_unknown.
     exploration_reason: Reason | None = None
-    # The coin is tossed first so the pool scan costs nothing on the other 95% of requests.
-    share = config.exploration_share
-    if strategy == r.STRATEGY_LOAD_BALANCE and share > 0 and rng.random() < share:
-        stale_after = config.stale_after_s
-        pool = []
-        for i, row in enumerate(live):
-            if tiers[i] != TIER_OK or row.health.state is not _HEALTHY:
-                continue
-            s = row.stats
-            last = s.last_sample_at
-            if s.ttft_5m.count < min5 or last is None or now - last > stale_after:
-                pool.append(i)
-        if pool:
-            chosen = pool[rng.randrange(len(pool))] if len(pool) > 1 else pool[0]
+    share_now = 0.0
+    if explore_ok:
+        pool = [i for i in positions[1:] if entries[i].explorable]
+        unknown = [i for i in pool if _never_measured(live[i].stats)]
+        share_now = config.exploration_share_unknown if unknown else config.exploration_share
+        if pool and share_now > 0 and rng.random() < share_now:
+            among = unknown or pool
+            chosen = among[rng.randrange(len(among))] if len(among) > 1 else among[0]
             positions.remove(chosen)
             positions.insert(0, chosen)
             exploration_reason = _exploration_reason(
-                live[chosen].prep.provider, live[chosen].stats, now, min5, stale_after
+                live[chosen].prep.provider, live[chosen].stats, now, min5, config.stale_after_s
             )
             entries[chosen] = entries[chosen]._replace(exploration=True)
     # Half-open probe: without an explicit order, one PROBING endpoint with a free
@@ -369,13 +406,90 @@ def rank(
         probing=(live[probe].prep.key,) if probe >= 0 else (),
         exploration_reason=exploration_reason,
         cost_basis=factors.basis,
+        exploration_share=share_now,
     )
+
+
+def _last_ttft_at(s: EndpointStats) -> float | None:
+    """When the endpoint last answered with a TTFT (recent estimate, else the windows)."""
+    at = s.recent.ttft_at
+    return s.last_sample_at if at is None else at
+
+
+def _never_measured(s: EndpointStats) -> bool:
+    """No attempt in the last hour and nothing recent: nothing is known at all."""
+    return s.uptime_1h.attempts == 0 and s.ttft_1h.count == 0 and s.recent.attempt_at is None
+
+
+def _explorable(
+    hv: HealthView, s: EndpointStats, now: float, min5: int, stale_after: float
+) -> bool:
+    """Healthy or degraded (never probing/ejected) with thin, stale or no TTFT data.
+
+    Degraded endpoints are included once stale: that is how the recovery of
+    an endpoint nobody sends traffic to gets seen.
+    """
+    st = hv.state
+    if st is not _HEALTHY and st is not _DEGRADED:
+        return False
+    last = _last_ttft_at(s)
+    if last is None or now - last > stale_after:
+        return True
+    return st is _HEALTHY and s.ttft_5m.count < min5 and s.recent.samples < min5
+
+
+def _recent_overrides(hv: HealthView, s: EndpointStats, now: float, config: RankingConfig) -> bool:
+    """A DEGRADED endpoint is ranked on its recent numbers when they postdate the degradation.
+
+    Health judges the last 20 answers over minutes; the recent estimate the
+    last seconds. Once TTFT evidence newer than the degradation exists (and
+    the recent failure ratio is low), it says where the endpoint belongs: a
+    still-slow one sorts low by that TTFT, a recovered one gets its traffic
+    back without waiting for health's evidence to age out.
+    """
+    rec = s.recent
+    at = rec.ttft_at
+    return (
+        at is not None
+        and at > hv.since
+        and now - at <= config.recent_max_age_s
+        and rec.failure_ratio <= config.recovered_max_failure_ratio
+    )
+
+
+def _quantile(s: EndpointStats, q: float, min_samples: int) -> float | None:
+    """The q-quantile of TTFT from the 5m window, else 1h, when it has ``min_samples``."""
+    w: MetricSummary
+    for w in (s.ttft_5m, s.ttft_1h):
+        if w.count >= min_samples:
+            return w.get(q)
+    return None
+
+
+def _timeouts(
+    s: EndpointStats, recent_ttft: float | None, config: RankingConfig
+) -> tuple[float | None, float | None]:
+    """(first-token timeout, hedge delay) in ms for one endpoint; None without enough data.
+
+    Timeout: ``multiple * max(p99, recent)``, at least the floor. Hedge delay:
+    ``max(p95, recent)``. Both capped at MAX_FIRST_TOKEN_TIMEOUT_MS.
+    """
+    n = config.first_token_timeout_min_samples
+    p99 = _quantile(s, 0.99, n)
+    if p99 is None:
+        return None, None
+    p95 = _quantile(s, 0.95, n) or p99
+    if recent_ttft is not None:
+        p99 = max(p99, recent_ttft)
+        p95 = max(p95, recent_ttft)
+    timeout = max(config.first_token_timeout_floor_ms, config.first_token_timeout_multiple * p99)
+    return min(timeout, MAX_FIRST_TOKEN_TIMEOUT_MS), min(p95, MAX_FIRST_TOKEN_TIMEOUT_MS)
 
 
 def _exploration_reason(
     name: str, s: EndpointStats, now: float, min5: int, stale_after: float
 ) -> Reason:
-    last = s.last_sample_at
+    last = _last_ttft_at(s)
     age = None if last is None else now - last
     nums = {"samples_5m": float(s.ttft_5m.count), "min_samples": float(min5)}
     if age is not None:

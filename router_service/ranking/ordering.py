@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from router_common.domain import Sort
-from router_common.routing.order import order_rest, order_tier
+from router_common.routing.order import order_rest, order_tier, weighted_indices
 from router_service.model import EndpointStats, HealthView
 from router_service.ranking.filters import Prep
 from router_service.ranking.request import RankingConfig
@@ -101,3 +101,53 @@ def order_positions(
         if members:
             out.extend(order_tier(members, names, order_pos, keys, weights, tol, rng))
     return out
+
+
+def spread_band(
+    positions: list[int],
+    tiers: Sequence[int],
+    keys: Sequence[float | None],
+    sort: Sort,
+    config: RankingConfig,
+    rng: random.Random,
+) -> tuple[list[int], dict[int, float]]:
+    """Redraw the near-best head of a ``sort: ttft``/``tps`` order by weight.
+
+    The head is the leading run of tier-OK candidates with a value; those
+    within ``spread_tolerance`` of the run's best get weight
+    ``(best/value)**spread_exponent`` (tps: ``(value/best)**...``) and are
+    drawn in a weighted order (Efraimidis-Spirakis), the rest of the run and
+    everything after keep their place. When nothing leads with a value (no
+    data yet), the endpoints without data get weight 1 each (their order is
+    already a uniform shuffle). Returns the new positions and the weights by
+    candidate index (empty when fewer than two are near-best).
+    """
+    # Values in "bigger is better" form: 1/ttft or tps; the leading run of tier-OK ones.
+    good: dict[int, float] = {}
+    for i in positions:
+        k = keys[i]
+        if tiers[i] != TIER_OK or k is None:
+            break
+        good[i] = 1.0 / max(k, 1e-3) if sort is Sort.TTFT else -k
+    if not good:
+        # Nothing measured yet (a fresh router): the leading endpoints without
+        # data are equal as far as anyone knows, so they are weighted equally
+        # too; a client replaying one cached order would send all its traffic
+        # for a whole cache window to whichever happened to be drawn first.
+        unknown = [i for i in positions if tiers[i] == TIER_NODATA and keys[i] is None]
+        if len(unknown) >= 2 and positions[0] == unknown[0]:
+            equal = dict.fromkeys(unknown, 1.0)
+            return positions, equal
+    if len(good) < 2:
+        return positions, {}
+    top = max(good.values())
+    if top <= 0:
+        return positions, {}
+    tol = config.spread_tolerance
+    exp = config.spread_exponent
+    weights = {i: (v / top) ** exp for i, v in good.items() if v * (1 + tol) >= top}
+    if len(weights) < 2:
+        return positions, {}
+    band = weighted_indices(list(weights), [weights.get(i, 0.0) for i in range(len(tiers))], rng)
+    rest = [i for i in positions if i not in weights]
+    return band + rest, weights

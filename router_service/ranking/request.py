@@ -12,7 +12,13 @@ import math
 from dataclasses import dataclass
 
 from router_common.domain import Sort
-from router_common.limits import MAX_MODEL_ID_LEN, MAX_NAME_LEN, MAX_PROVIDER_LIST, MAX_TOKENS
+from router_common.limits import (
+    MAX_FIRST_TOKEN_TIMEOUT_MS,
+    MAX_MODEL_ID_LEN,
+    MAX_NAME_LEN,
+    MAX_PROVIDER_LIST,
+    MAX_TOKENS,
+)
 from router_common.routing.cost import DEFAULT_BLEND_OUTPUT_WEIGHT
 from router_common.routing.filters import HardFilters
 from router_common.routing.order import DEFAULT_NEAR_TIE_TOLERANCE
@@ -178,11 +184,50 @@ class RankingConfig:
     - ``near_tie_tolerance``: sort values within this relative distance of the
       best value in their group are a tie and shuffled per request (0.05 = 5%),
       so a thousand sidecars asking at once do not stampede one endpoint.
-    - ``exploration_share``: in load-balance mode, the share of requests that
-      put an endpoint with thin or stale data first, to keep its metrics fresh.
+    - ``exploration_share`` (0.05): under every strategy but ``order``, the
+      share of requests that put one endpoint with thin, stale or no data
+      first, so data is never missing for long (bounded: 1 request in 20).
+    - ``exploration_share_unknown`` (0.25): the share while some candidate
+      has never been measured at all (a fresh router, a new model, a new
+      provider): a new model finds its fastest provider within seconds, as
+      LiteLLM does by trying unmeasured deployments first, yet 3 requests in
+      4 still go to the best known one. It ends by itself: each exploration
+      measures one endpoint.
     - ``min_samples``: the 5-minute window is used when it has at least this
       many samples; otherwise the 1-hour window if it has ``min_samples_1h``.
-    - ``stale_after_s``: an endpoint whose last sample is older is "stale".
+    - ``stale_after_s`` (3): an endpoint whose last successful TTFT is older
+      is "stale" and explorable; with the recent estimate's memory of a few
+      seconds, older data no longer says what the endpoint does now, and a
+      demoted (or degraded) endpoint is thus re-measured within seconds
+      (exploration's share bounds the cost), which is how a recovered one is
+      seen and promoted within ~5-10 s.
+    - ``recent_max_age_s`` (30): the recent TTFT estimate
+      (``router_service.sketches.recent``) replaces the windows' value while
+      it was updated this recently; the windows' percentile is scaled by
+      ``recent / p50`` so ``percentile`` keeps its meaning. Older, the windows
+      speak alone.
+    - ``recovered_max_failure_ratio`` (0.1): a DEGRADED endpoint with recent
+      TTFT evidence gathered after it was degraded, and a recent failure ratio
+      at most this, is ranked on that evidence like a healthy one: health's
+      detector looks at the last 20 answers over minutes, the recent estimate
+      at the last seconds, so a recovered endpoint gets its traffic back in
+      seconds.
+    - ``spread_tolerance`` (0.25) and ``spread_exponent`` (3): under
+      ``sort: ttft``/``tps`` the endpoints whose value is within 25% of the
+      best are drawn in a weighted order, weight ``(best/value)**3`` for TTFT
+      (``(value/best)**3`` for tps): equal ones share traffic evenly (four
+      sidecars asking for "the fastest" of four equal providers spread
+      instead of herding, even though each one's recent estimate is noisy),
+      one 5% slower gets 0.86 of the best one's share, one 25% slower 0.51,
+      and beyond 25% the order is strict. The weights
+      are sent so a client reusing the ranking redraws per request.
+    - ``first_token_timeout_multiple`` (3), ``first_token_timeout_floor_ms``
+      (500), ``first_token_timeout_min_samples`` (20): the first-token
+      timeout suggested per endpoint is ``multiple * max(p99 TTFT, recent
+      TTFT)``, at least the floor, once the window has that many samples
+      (none without); the sidecar takes the smaller of it and its own
+      configured timeout, so a hung provider costs about three times its
+      normal worst case, not 30 s.
     - ``blend_output_weight``: without token estimates, cost is the blended
       price ``(input + k * output) / (1 + k)`` per million tokens (k=3: chat
       workloads are output-heavy and output tokens dominate the bill).
@@ -196,9 +241,17 @@ class RankingConfig:
 
     near_tie_tolerance: float = DEFAULT_NEAR_TIE_TOLERANCE
     exploration_share: float = 0.05
+    exploration_share_unknown: float = 0.25
     min_samples: int = 5
     min_samples_1h: int = 1
-    stale_after_s: float = 300.0
+    stale_after_s: float = 3.0
+    recent_max_age_s: float = 30.0
+    recovered_max_failure_ratio: float = 0.1
+    spread_tolerance: float = 0.25
+    spread_exponent: float = 3.0
+    first_token_timeout_multiple: float = 3.0
+    first_token_timeout_floor_ms: float = 500.0
+    first_token_timeout_min_samples: int = 20
     blend_output_weight: float = DEFAULT_BLEND_OUTPUT_WEIGHT
     lb_price_exponent: float = 2.0
     lb_ttft_exponent: float = 1.0
@@ -211,9 +264,20 @@ class RankingConfig:
         checks = (
             ("near_tie_tolerance", 0.0 <= self.near_tie_tolerance < 1.0),
             ("exploration_share", 0.0 <= self.exploration_share <= 1.0),
+            ("exploration_share_unknown", 0.0 <= self.exploration_share_unknown <= 1.0),
             ("min_samples", self.min_samples >= 1),
             ("min_samples_1h", self.min_samples_1h >= 1),
             ("stale_after_s", self.stale_after_s > 0),
+            ("recent_max_age_s", self.recent_max_age_s >= 0),
+            ("recovered_max_failure_ratio", 0.0 <= self.recovered_max_failure_ratio <= 1.0),
+            ("spread_tolerance", 0.0 <= self.spread_tolerance < 1.0),
+            ("spread_exponent", 0 < self.spread_exponent <= 64),
+            ("first_token_timeout_multiple", 1.0 <= self.first_token_timeout_multiple <= 100),
+            (
+                "first_token_timeout_floor_ms",
+                0 < self.first_token_timeout_floor_ms <= MAX_FIRST_TOKEN_TIMEOUT_MS,
+            ),
+            ("first_token_timeout_min_samples", self.first_token_timeout_min_samples >= 1),
             ("blend_output_weight", self.blend_output_weight >= 0),
             ("lb_price_exponent", 0 <= self.lb_price_exponent <= 8),
             ("lb_ttft_exponent", 0 <= self.lb_ttft_exponent <= 8),

@@ -28,6 +28,8 @@ STRATEGY_PANIC = "panic"
 # Windows a metric came from.
 WINDOW_5M = "5m"
 WINDOW_1H = "1h"
+#: The decayed recent estimate (router_service.sketches.recent), scaled to the percentile.
+WINDOW_RECENT = "recent"
 WINDOW_NONE = "none"
 
 
@@ -66,6 +68,13 @@ class RankedEndpoint(NamedTuple):
     ttft_window: str = WINDOW_NONE
     tps_window: str = WINDOW_NONE
     weight: float | None = None
+    #: Thin, stale or no data: a client reusing this ranking may put it first
+    #: for ``RankingResult.exploration_share`` of its requests.
+    explorable: bool = False
+    #: Suggested first-token timeout (None: no data to base one on).
+    first_token_timeout_ms: float | None = None
+    #: When to start a hedge if this endpoint has no first token yet (its recent p95).
+    hedge_after_ms: float | None = None
 
     @property
     def key(self) -> EndpointKey:
@@ -92,6 +101,9 @@ class RankingResult:
     probing: tuple[EndpointKey, ...] = ()
     exploration_reason: Reason | None = None
     cost_basis: CostBasis = "blended_per_mtok"
+    #: The share of requests a client reusing this ranking should explore with
+    #: (0 under ``order`` and in panic).
+    exploration_share: float = 0.0
 
     @property
     def execution_order(self) -> tuple[EndpointKey, ...]:

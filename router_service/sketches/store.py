@@ -24,6 +24,10 @@ Timestamps: outcomes are bucketed by ``outcome.timestamp``; older than the
 longest window (1 day) they are ignored, in the future (clock skew between
 pods, bounded by outcome validation) they land in the current bucket.
 
+Recent view: beside the windows each endpoint has a decayed TTFT and failure
+ratio (``router_service.sketches.recent``), updated per outcome on the
+router's clock and published with the other stats at refresh.
+
 Thread safety: mutations and refresh hold one lock; ``stats``/``snapshot``
 only read a dict of immutable values and need none.
 """
@@ -37,6 +41,7 @@ from typing import Protocol, runtime_checkable
 
 from router_common.domain import Clock, EndpointKey, ErrorClass
 from router_service.model import EMPTY_STATS, EndpointStats, Outcome
+from router_service.sketches.recent import DEFAULT_RECENT_CONFIG, RecentConfig, RecentTracker
 from router_service.sketches.windows import BucketExport, EndpointWindows, SeriesPoint
 
 __all__ = ["BucketExport", "InMemoryStatsStore", "SeriesPoint", "StatsStore"]
@@ -96,6 +101,7 @@ class StatsStore(Protocol):
 @dataclass(slots=True)
 class _Entry:
     windows: EndpointWindows
+    recent: RecentTracker
     last_sample_at: float | None = None
     epoch: tuple[int, int, int] | None = None  # rings' current buckets at last compute
 
@@ -103,9 +109,15 @@ class _Entry:
 class InMemoryStatsStore:
     """Single-process ``StatsStore``: windows per endpoint, stats cached until refresh."""
 
-    def __init__(self, clock: Clock, compression: float = 100.0) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        compression: float = 100.0,
+        recent_config: RecentConfig = DEFAULT_RECENT_CONFIG,
+    ) -> None:
         self._clock = clock
         self._compression = compression
+        self._recent_config = recent_config
         self._lock = threading.Lock()
         self._entries: dict[EndpointKey, _Entry] = {}
         self._cache: dict[EndpointKey, EndpointStats] = {}
@@ -128,13 +140,15 @@ class InMemoryStatsStore:
         key = outcome.endpoint
         entry = self._entries.get(key)
         if entry is None:
-            entry = _Entry(EndpointWindows(self._compression))
+            entry = _Entry(EndpointWindows(self._compression), RecentTracker(self._recent_config))
         ts = min(outcome.timestamp, now)
-        if not entry.windows.record(
-            ts, now, _uptime_effect(outcome), outcome.ttft_ms, outcome.tokens_per_second
-        ):
+        effect = _uptime_effect(outcome)
+        if not entry.windows.record(ts, now, effect, outcome.ttft_ms, outcome.tokens_per_second):
             self.ignored_too_old += 1
             return
+        # The recent estimate runs on the router's clock (as health does): sidecar
+        # clocks are not ours, and "how fresh is it?" is asked against ours.
+        entry.recent.record(now, None if effect is None else not effect, outcome.ttft_ms)
         self._entries[key] = entry
         if entry.last_sample_at is None or ts > entry.last_sample_at:
             entry.last_sample_at = ts
@@ -165,6 +179,7 @@ class InMemoryStatsStore:
             uptime_1h=s.uptime_1h,
             uptime_1d=s.uptime_1d,
             last_sample_at=entry.last_sample_at,
+            recent=entry.recent.estimate(),
         )
         entry.epoch = epoch
 
@@ -180,7 +195,11 @@ class InMemoryStatsStore:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                entry = self._entries[key] = _Entry(EndpointWindows(self._compression))
+                # The recent (Peak-EWMA) view is not checkpointed: it is seconds deep
+                # and refills from the live stream.
+                entry = self._entries[key] = _Entry(
+                    EndpointWindows(self._compression), RecentTracker(self._recent_config)
+                )
             entry.windows.absorb(exported, now)
             if last_sample_at is not None and (
                 entry.last_sample_at is None or last_sample_at > entry.last_sample_at

@@ -9,7 +9,7 @@ from router_common.domain import Sort
 from router_common.pb import router_pb2
 from router_service.core import RouterCore
 from router_service.model import HealthState
-from router_service.ranking import RoutingRequest
+from router_service.ranking import RankingConfig, RoutingRequest
 from tests.conftest import EXAMPLE_CATALOG, FakeClock
 
 MODEL = "zai/glm-4.7"
@@ -41,7 +41,14 @@ def attempt(provider: str, at: float, ok: bool) -> router_pb2.Outcome:
 
 def test_ejected_endpoint_is_probed_first_then_restored() -> None:
     clock = FakeClock()
-    core = RouterCore(load_catalog(EXAMPLE_CATALOG), "v1", clock, random.Random(7))
+    no_exploration = RankingConfig(exploration_share=0, exploration_share_unknown=0)
+    core = RouterCore(
+        load_catalog(EXAMPLE_CATALOG),
+        "v1",
+        clock,
+        random.Random(7),
+        ranking_config=no_exploration,
+    )
     request = RoutingRequest(model=MODEL, sort=Sort.COST)
     assert core.rank(request).ranked[0].endpoint.provider.name == "deepinfra"  # cheapest
 

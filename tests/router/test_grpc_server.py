@@ -233,7 +233,7 @@ async def test_stream_outcomes_change_the_ttft_ranking(router_app, router_stub) 
 
     first = await wait_for(fireworks_first)
     assert first.ttft_ms == pytest.approx(120.0)
-    assert first.window == "5m"
+    assert first.window == "recent"  # the decayed recent estimate, fresh
 
 
 async def test_failures_eject_and_show_in_get_health(router_app, router_stub) -> None:

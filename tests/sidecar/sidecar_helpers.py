@@ -104,7 +104,8 @@ class Stack:
         )
         return self.catalog_path
 
-    async def start_router(self, port: int = 0) -> Any:
+    async def start_router(self, port: int = 0, **over: Any) -> Any:
+        """A real router on loopback; ``over`` overrides Settings (e.g. ``ranking=``)."""
         from router_service.app import RouterApp, Settings
 
         assert self.catalog_path is not None
@@ -120,6 +121,7 @@ class Stack:
                 seed=7,
                 refresh_min_interval_s=0.02,
                 refresh_max_interval_s=0.1,
+                **over,
             )
         )
         await self.router.start()

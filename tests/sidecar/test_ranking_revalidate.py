@@ -17,6 +17,7 @@ import pytest
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_service.app import RouterApp
 from router_service.health import HealthConfig
+from router_service.ranking import RankingConfig
 from sidecar.config import SidecarSettings
 from sidecar.preferences import parse_request
 from sidecar.ranking_client import RankingClient
@@ -48,6 +49,8 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[FakeClock, RouterApp, Cou
         watch_catalog=False,
         seed=7,
         health=HealthConfig(base_ejection_s=10.0, ejection_jitter=0.0),
+        # These tests follow one probe; exploration would move other endpoints first.
+        ranking=RankingConfig(exploration_share=0, exploration_share_unknown=0),
     )
     await app.start()
     try:

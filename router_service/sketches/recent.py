@@ -1,0 +1,113 @@
+"""A recent-data estimate of one endpoint, beside the hourly sketches: decayed TTFT and failures.
+
+Why: the 5-minute digests answer "what is this endpoint like?", but a provider
+that slowed down 3 s ago still looks fast in them for minutes, and one that
+recovered still looks slow. Ranking needs "what is it like *now*?", within
+seconds, at tens of requests per second.
+
+How (Finagle's Peak EWMA, without the in-flight term the router cannot see):
+
+- **Time-decayed average.** Each successful TTFT ``x`` arriving ``dt`` seconds
+  after the previous one moves the estimate by ``w = 1 - exp(-dt / tau)``:
+  ``est += w * (x - est)``. Weighting by elapsed time rather than by count
+  makes the estimate's memory ``tau`` seconds whatever the request rate, and
+  a sample after a long silence (a probe of an endpoint nobody used) nearly
+  replaces the old value: a recovered endpoint is seen on its first answers.
+- **Peak.** A sample above the estimate is taken with ``tau_up`` (shorter),
+  so a slowdown is believed faster than a speed-up; that is the asymmetry
+  that keeps traffic off an endpoint that got slow (a false "slow" costs one
+  exploration to undo, a false "fast" costs many requests).
+- **Failures.** A decayed failure ratio with the same clock (``tau_fail``),
+  so "recovered" can also mean "answers again".
+
+Pure and clock-free: every update and read takes ``now`` from the caller.
+O(1) memory per endpoint, O(1) per outcome.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from router_service.model import RecentEstimate
+
+__all__ = ["DEFAULT_RECENT_CONFIG", "RecentConfig", "RecentTracker"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecentConfig:
+    """Time constants of the recent estimate, each with its default and why.
+
+    =========  =======  ================================================================
+    field      default  meaning
+    =========  =======  ================================================================
+    tau_s      3.0      memory of the TTFT average, s: at 20 rps about 60 samples, enough
+                        to damp one slow outlier, short enough that a speed-up is
+                        followed within ~5-10 s
+    tau_up_s   2.0      memory for samples above the estimate (the "peak"): a slowdown
+                        shows within 1-3 s (a 6x one after one or two samples);
+                        shorter made equal endpoints' estimates too noisy to share
+                        traffic (herding in bench/bench_routing.py)
+    tau_fail_s 5.0      memory of the decayed failure ratio, s
+    =========  =======  ================================================================
+    """
+
+    tau_s: float = 3.0
+    tau_up_s: float = 2.0
+    tau_fail_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("tau_s", "tau_up_s", "tau_fail_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"RecentConfig.{name} must be a number, got {value!r}")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"RecentConfig.{name} must be > 0, got {value!r}")
+
+
+DEFAULT_RECENT_CONFIG = RecentConfig()
+
+
+class RecentTracker:
+    """The decayed TTFT and failure ratio of one endpoint (not thread-safe: the store locks)."""
+
+    __slots__ = ("_attempt_at", "_cfg", "_fail", "_samples", "_ttft", "_ttft_at")
+
+    def __init__(self, config: RecentConfig = DEFAULT_RECENT_CONFIG) -> None:
+        self._cfg = config
+        self._ttft: float | None = None
+        self._ttft_at: float | None = None
+        self._fail = 0.0
+        self._attempt_at: float | None = None
+        self._samples = 0
+
+    def record(self, now: float, failed: bool | None, ttft_ms: float | None) -> None:
+        """One attempt at ``now``: ``failed`` None means not counted (the caller's fault)."""
+        cfg = self._cfg
+        if failed is not None:
+            last = self._attempt_at
+            if last is None:
+                self._fail = 1.0 if failed else 0.0
+            else:
+                w = 1.0 - math.exp(-max(0.0, now - last) / cfg.tau_fail_s)
+                self._fail += w * ((1.0 if failed else 0.0) - self._fail)
+            self._attempt_at = now if last is None else max(last, now)
+        if ttft_ms is None or not math.isfinite(ttft_ms) or ttft_ms < 0 or failed:
+            return
+        est = self._ttft
+        if est is None or self._ttft_at is None:
+            self._ttft = ttft_ms
+        else:
+            tau = cfg.tau_up_s if ttft_ms > est else cfg.tau_s
+            dt = max(0.0, now - self._ttft_at)
+            # A burst of samples in one instant still moves the estimate: each
+            # counts as if ``tau / 20`` had passed, so no sample weighs nothing.
+            w = 1.0 - math.exp(-max(dt, tau / 20.0) / tau)
+            self._ttft = est + w * (ttft_ms - est)
+        self._ttft_at = now if self._ttft_at is None else max(self._ttft_at, now)
+        self._samples += 1
+
+    def estimate(self) -> RecentEstimate:
+        return RecentEstimate(
+            self._ttft, self._ttft_at, self._fail, self._attempt_at, self._samples
+        )

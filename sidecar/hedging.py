@@ -1,0 +1,215 @@
+"""Hedged streaming attempts (Dean and Barroso's backup requests; Envoy's hedge policy).
+
+Why: a provider that is slow to start (or hung) costs the app its whole wait
+before a fallback even begins. With hedging on, when an attempt has no first
+token by its endpoint's recent p95 TTFT (``Route.hedge_after_s``, from the
+router), the next provider in the plan is started too; whichever produces a
+first token first is streamed, and the other is cancelled at once (its
+upstream connection closed). Both never stream: the race ends at the first
+token, before the app has seen a byte.
+
+Bounds and accounting:
+
+- Off by default; on per request (``provider.hedge`` /
+  ``providerOptions.gateway.hedge``) or for every request by the sidecar
+  flag ``--hedge``. Streaming requests only (a non-streaming answer's
+  "first token" is the whole answer).
+- A budget: hedged attempts are at most ``hedge_budget_share`` of the
+  requests that had hedging on (default 5%), over a decayed window
+  (``HedgeBudget``), plus one, so an incident cannot double the load.
+- No hedge without a delay from the router (no data on the endpoint yet),
+  nor when the plan has no next provider.
+- Each hedge shows in the response's ``routing.attempts`` (``hedge: true``
+  on the backup attempt; ``cancelled: true`` and ``estimated_cost_usd`` on
+  the loser: the prompt was sent, so its input tokens are billed) and in
+  the metrics (``router_sidecar_hedges_total`` by result,
+  ``router_sidecar_hedge_cancelled_cost_usd_total``). A cancelled attempt
+  is not reported to the router as an outcome: its TTFT is unknown, and
+  it did not fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from router_common.domain import ErrorClass
+from sidecar.config import SidecarSettings
+from sidecar.preferences import ParsedRequest
+from sidecar.ranking_client import Route
+from sidecar.upstream import AttemptRecord
+
+#: What ``Proxy._open_stream`` returns: (StreamStart, response) on a first
+#: token, an UpstreamError or None on failure.
+Opened = Any
+
+
+class HedgeBudget:
+    """Hedges at most ``share`` of requests (+1), both counted with exponential decay.
+
+    Decay (time constant ``tau_s``) makes the budget follow the recent request
+    rate: a calm hour does not bank hedges for a burst. Pure apart from the
+    injected clock.
+    """
+
+    def __init__(
+        self, share: float, clock: Callable[[], float] = time.monotonic, tau_s: float = 60.0
+    ) -> None:
+        if not (0.0 <= share <= 1.0):
+            raise ValueError(f"hedge budget share must be in [0, 1], got {share!r}")
+        self._share = share
+        self._clock = clock
+        self._tau = tau_s
+        self._requests = 0.0
+        self._hedges = 0.0
+        self._at: float | None = None
+
+    def _decay(self) -> None:
+        now = self._clock()
+        if self._at is not None and now > self._at:
+            f = math.exp(-(now - self._at) / self._tau)
+            self._requests *= f
+            self._hedges *= f
+        self._at = now if self._at is None else max(self._at, now)
+
+    def note_request(self) -> None:
+        """A request with hedging on started (whether or not it will hedge)."""
+        self._decay()
+        self._requests += 1.0
+
+    def try_take(self) -> bool:
+        """Take one hedge if the budget allows it."""
+        self._decay()
+        if self._share <= 0 or self._hedges + 1.0 > self._share * self._requests + 1.0:
+            return False
+        self._hedges += 1.0
+        return True
+
+
+class _ProxyHooks(Protocol):
+    """The parts of ``sidecar.proxy.Proxy`` a hedge needs (narrow, for the merge and tests)."""
+
+    def _key_for(self, route: Route, rec: AttemptRecord) -> tuple[bool, str | None]: ...
+
+    def _finish_attempt(self, req: ParsedRequest, rec: AttemptRecord) -> None: ...
+
+    def _open_stream(
+        self,
+        req: ParsedRequest,
+        route: Route,
+        key: str | None,
+        rec: AttemptRecord,
+        deadline: float,
+        attempt: int,
+    ) -> Awaitable[Opened]: ...
+
+
+class Hedger:
+    """Decides whether a streaming attempt gets a backup, and runs the race."""
+
+    def __init__(
+        self,
+        settings: SidecarSettings,
+        clock: Callable[[], float] = time.monotonic,
+        on_hedge: Callable[[str, float], None] = lambda result, cost: None,
+    ) -> None:
+        self._s = settings
+        self.budget = HedgeBudget(settings.hedge_budget_share, clock)
+        #: Called with the result ("won", "lost", "failed", "both_failed") and the
+        #: estimated cost in USD of a cancelled attempt (0 when none was cancelled).
+        self.on_hedge = on_hedge
+
+    def enabled(self, req: ParsedRequest) -> bool:
+        """Hedging on for this request (the request's option wins over the flag)."""
+        if not req.stream:
+            return False
+        return self._s.hedge if req.hedge is None else req.hedge
+
+    async def open(
+        self,
+        proxy: _ProxyHooks,
+        req: ParsedRequest,
+        route: Route,
+        backup: Route | None,
+        key: str | None,
+        rec: AttemptRecord,
+        deadline: float,
+        records: list[AttemptRecord],
+    ) -> tuple[Opened, AttemptRecord, bool]:
+        """Open ``route``, racing ``backup`` if it has no first token by its hedge delay.
+
+        Returns (what ``_open_stream`` returned for the attempt that is the
+        answer, that attempt's record, whether ``backup`` was started). When
+        the backup was started, its record is in ``records`` and is finished
+        here unless it is the returned one; the returned record is the
+        caller's to finish or commit, exactly as without hedging.
+        """
+        first: asyncio.Future[Opened] = asyncio.ensure_future(
+            proxy._open_stream(req, route, key, rec, deadline, len(records))
+        )
+        delay = route.hedge_after_s
+        if backup is None or delay is None:
+            return await first, rec, False
+        delay = max(delay, self._s.hedge_min_delay_s)
+        done, _ = await asyncio.wait({first}, timeout=delay)
+        if done or not self.budget.try_take():
+            return await first, rec, False
+        brec = AttemptRecord(backup.provider, backup.upstream_model, time.time())
+        brec.extra = {"hedge": True}
+        records.append(brec)
+        ok, bkey = proxy._key_for(backup, brec)
+        if not ok:
+            proxy._finish_attempt(req, brec)
+            return await first, rec, True
+        second: asyncio.Future[Opened] = asyncio.ensure_future(
+            proxy._open_stream(req, backup, bkey, brec, deadline, len(records))
+        )
+        owners: dict[asyncio.Future[Opened], tuple[AttemptRecord, Route]] = {
+            first: (rec, route),
+            second: (brec, backup),
+        }
+        pending: set[asyncio.Future[Opened]] = {first, second}
+        winner: asyncio.Future[Opened] | None = None
+        cost = 0.0
+        try:
+            while pending and winner is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    result = fut.result()
+                    if not isinstance(result, tuple):
+                        continue  # failed: its record is finished as an error already
+                    if winner is None:
+                        winner = fut
+                    else:  # both had a first token in the same instant: drop this one
+                        result[0].resp.close()
+                        cost += _cancelled(*owners[fut], req)
+        except BaseException:  # the app went away (or a bug): no attempt may outlive us
+            for fut in (first, second):
+                fut.cancel()
+            await asyncio.gather(first, second, return_exceptions=True)
+            raise
+        if winner is None:  # both failed: the backup is finished here, the first by the caller
+            proxy._finish_attempt(req, brec)
+            self.on_hedge("both_failed", 0.0)
+            return first.result(), rec, True
+        for fut in pending:  # the loser: cancelled at once, which closes its upstream
+            fut.cancel()
+            await asyncio.gather(fut, return_exceptions=True)
+            cost += _cancelled(*owners[fut], req)
+        # The caller commits the winner; every other attempt's bookkeeping is done here
+        # (a cancelled one is not reported to the router; a genuine failure is).
+        proxy._finish_attempt(req, brec if winner is first else rec)
+        self.on_hedge("won" if winner is second else "lost", cost)
+        return winner.result(), owners[winner][0], True
+
+
+def _cancelled(rec: AttemptRecord, route: Route, req: ParsedRequest) -> float:
+    """Mark a hedge's losing attempt; its estimated cost (input tokens, USD)."""
+    rec.finish_error(ErrorClass.CLIENT_ERROR, "cancelled: the other hedged attempt answered first")
+    rec.report = False
+    cost = req.estimated_input_tokens * route.input_price_per_million / 1e6
+    rec.extra = {**(rec.extra or {}), "cancelled": True, "estimated_cost_usd": round(cost, 9)}
+    return cost

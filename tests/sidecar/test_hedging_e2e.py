@@ -1,0 +1,121 @@
+"""Hedging end to end (real router, sidecar, fake providers) and its budget on a fake clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sidecar_helpers import MODEL, Stack, openai_client, wait_for
+
+from router_service.ranking import RankingConfig
+from sidecar.hedging import HedgeBudget
+from sidecar.preferences import RequestError, parse_request
+from tests.conftest import FakeClock
+
+MSGS = [{"role": "user", "content": "hello there, a prompt of some length"}]
+ORDER = ["alpha", "beta", "gamma"]
+
+
+async def _stream(client: Any, **prefs: Any) -> dict[str, Any]:
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=MSGS, max_tokens=4, stream=True, extra_body={"provider": prefs}
+    )
+    text, routing = "", None
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        if "routing" in (chunk.model_extra or {}):
+            routing = chunk.model_extra["routing"]
+    assert routing is not None and text
+    return routing
+
+
+async def _warm(stack: Stack, **sidecar: Any) -> Any:
+    """Router + sidecar, and alpha measured enough for the router to suggest a hedge delay."""
+    await stack.add_providers({"alpha": {}, "beta": {}, "gamma": {}})
+    stack.write_catalog()
+    router = await stack.start_router(
+        ranking=RankingConfig(first_token_timeout_min_samples=5, exploration_share_unknown=0)
+    )
+    # The adaptive timeout is off: only a hedge can rescue a request from a hang.
+    sc = await stack.start_sidecar(
+        router.grpc_address,
+        first_byte_timeout_s=30.0,
+        adaptive_first_token_timeout=False,
+        **sidecar,
+    )
+    client = openai_client(sc)
+    parsed = parse_request({"model": MODEL, "messages": MSGS, "provider": {"order": ORDER}})
+
+    async def alpha_has_a_hedge_delay() -> bool:
+        await _stream(client, order=ORDER, hedge=False)
+        hit = sc.ranking.cached(parsed)
+        return hit is not None and hit.routes[0].hedge_after_s is not None
+
+    await wait_for(alpha_has_a_hedge_delay, timeout=15)
+    return sc, client
+
+
+async def test_hedge_first_token_wins_and_the_losers_upstream_is_closed(stack: Stack) -> None:
+    sc, client = await _warm(stack)
+    stack.providers["alpha"].add_incident("hang")
+    hung_before = len(stack.providers["alpha"].requests)
+    routing = await _stream(client, order=ORDER, hedge=True)
+    assert routing["provider"] == "beta"
+    first, backup = routing["attempts"]
+    assert first["provider"] == "alpha" and first["cancelled"] is True
+    assert first["estimated_cost_usd"] > 0  # the prompt was sent: its input is billed
+    assert backup["provider"] == "beta" and backup["hedge"] is True and backup["status"] == "ok"
+    # The loser's connection is closed at once: the hung handler sees its client go
+    # (without that it would hang for the 30 s first-byte timeout).
+    hung = stack.providers["alpha"].requests[hung_before]
+    await wait_for(lambda: hung.duration_ms is not None, timeout=5)
+    # gamma (third) was never started: one backup at most.
+    assert not any(a["provider"] == "gamma" for a in routing["attempts"])
+    metrics = sc.metrics.hedges.labels("won")._value.get()
+    assert metrics == 1
+
+
+async def test_hedge_budget_caps_hedged_requests(stack: Stack) -> None:
+    sc, client = await _warm(stack, hedge=True, hedge_budget_share=0.01)
+    stack.providers["alpha"].add_incident("slowdown", factor=40.0)  # slow, but answers
+    hedged = 0
+    for _ in range(4):
+        routing = await _stream(client, order=ORDER)  # the sidecar flag turns hedging on
+        hedged += any(a.get("hedge") for a in routing["attempts"])
+    assert hedged == 1  # 1% of 4 requests: only the "+1" of the budget
+    # Never two streams: exactly one attempt per request ended "ok".
+    assert sc.metrics.hedges.labels("won")._value.get() <= 1
+
+
+def test_budget_allows_share_of_requests_plus_one_and_decays() -> None:
+    clock = FakeClock()
+    budget = HedgeBudget(0.05, clock, tau_s=60.0)
+    taken = 0
+    for _ in range(200):
+        budget.note_request()
+        taken += budget.try_take()
+    assert taken <= 0.05 * 200 + 1 and taken >= 0.05 * 200 - 1
+    clock.advance(600)  # ten time constants: the window has forgotten
+    budget.note_request()
+    assert budget.try_take()  # the +1 again
+    assert not budget.try_take()
+    with pytest.raises(ValueError, match="share"):
+        HedgeBudget(1.5, clock)
+
+
+def test_hedge_option_from_both_conventions() -> None:
+    body = {"model": MODEL, "messages": MSGS}
+    assert parse_request(body).hedge is None
+    assert parse_request({**body, "provider": {"hedge": True}}).hedge is True
+    vercel = {**body, "providerOptions": {"gateway": {"hedge": False}}}
+    assert parse_request(vercel).hedge is False
+    with pytest.raises(RequestError, match=r"provider\.hedge conflicts"):
+        parse_request({**vercel, "provider": {"hedge": True}})
+    with pytest.raises(RequestError, match="must be a boolean"):
+        parse_request({**body, "provider": {"hedge": "yes"}})
+    # Not a routing preference: the cache key ignores it.
+    assert (
+        parse_request({**body, "provider": {"hedge": True}}).cache_key
+        == parse_request({**body, "provider": {}}).cache_key
+    )

@@ -1,0 +1,242 @@
+"""Ranking on recent data: the recent estimate, exploration under every strategy, the
+near-best spread, degraded endpoints ranked on fresh evidence, suggested timeouts."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import pytest
+
+from router_common.domain import Sort
+from router_service.model import EndpointStats, RecentEstimate, Uptime
+from router_service.ranking import RankingConfig
+from router_service.sketches.recent import RecentConfig, RecentTracker
+from tests.test_ranking import ABC, ABC_STATS, NOW, H, hv, names, run, stats
+
+NO_EXPLORE = RankingConfig(exploration_share=0, exploration_share_unknown=0)
+
+
+def with_recent(
+    s: EndpointStats, ttft: float, age: float = 0.0, fail: float = 0.0
+) -> EndpointStats:
+    return dataclasses.replace(s, recent=RecentEstimate(ttft, NOW - age, fail, NOW - age, 50))
+
+
+# --------------------------------------------------------------------------- recent tracker
+
+
+def test_recent_estimate_follows_a_slowdown_fast_and_a_speedup_within_seconds() -> None:
+    tr = RecentTracker(RecentConfig(tau_s=3.0, tau_up_s=1.0))
+    t = 0.0
+    for _ in range(200):  # 10 s at 20 rps of 100 ms
+        tr.record(t, False, 100.0)
+        t += 0.05
+    assert tr.estimate().ttft_ms == pytest.approx(100.0)
+    for _ in range(40):  # 2 s at 1000 ms: the "peak" side believes it within ~2 tau_up
+        tr.record(t, False, 1000.0)
+        t += 0.05
+    assert tr.estimate().ttft_ms > 800.0
+    for _ in range(200):  # 10 s back at 100 ms
+        tr.record(t, False, 100.0)
+        t += 0.05
+    assert tr.estimate().ttft_ms < 110.0
+
+
+def test_one_outlier_does_not_flip_the_estimate_and_a_late_sample_replaces_it() -> None:
+    tr = RecentTracker()
+    for i in range(100):
+        tr.record(i * 0.05, False, 100.0)
+    tr.record(5.0, False, 3000.0)  # one slow answer among many
+    assert tr.estimate().ttft_ms < 300.0
+    tr.record(60.0, False, 150.0)  # after a minute of silence: the new value stands
+    assert tr.estimate().ttft_ms == pytest.approx(150.0, rel=0.01)
+    assert tr.estimate().ttft_at == 60.0
+
+
+def test_recent_failure_ratio_decays_and_client_errors_do_not_count() -> None:
+    tr = RecentTracker(RecentConfig(tau_fail_s=5.0))
+    for i in range(20):
+        tr.record(i * 0.1, True, None)
+    assert tr.estimate().failure_ratio > 0.9
+    tr.record(2.0, None, None)  # the caller's fault: neither
+    assert tr.estimate().failure_ratio > 0.9
+    for i in range(100):
+        tr.record(2.0 + i * 0.2, False, 100.0)
+    assert tr.estimate().failure_ratio < 0.05
+
+
+@pytest.mark.parametrize("field", ["tau_s", "tau_up_s", "tau_fail_s"])
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), True])
+def test_recent_config_rejects_bad_values(field: str, bad: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        RecentConfig(**{field: bad})  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- ranking on it
+
+
+def test_fresh_recent_estimate_replaces_the_windows_and_keeps_the_percentile_shape() -> None:
+    st_ = dict(ABC_STATS, b=with_recent(ABC_STATS["b"], 400.0))  # b slowed 4x, seconds ago
+    result = run(eps=ABC, st_=st_, sort=Sort.TTFT, config=NO_EXPLORE)
+    assert names(result) == ["c", "a", "b"]
+    b = result.ranked[-1]
+    assert b.window == "recent" and b.ttft_ms == pytest.approx(400.0)
+    p90 = run(eps=ABC, st_=st_, sort=Sort.TTFT, percentile=0.9, config=NO_EXPLORE)
+    # summary(): p90 = p50 * 1.4, so the recent level scaled by the windows' p90/p50
+    assert p90.ranked[-1].ttft_ms == pytest.approx(400.0 * 1.4)
+
+
+def test_old_recent_estimate_is_ignored() -> None:
+    st_ = dict(ABC_STATS, b=with_recent(ABC_STATS["b"], 400.0, age=31.0))
+    result = run(eps=ABC, st_=st_, sort=Sort.TTFT, config=NO_EXPLORE)
+    assert names(result)[0] == "b" and result.ranked[0].window == "5m"
+
+
+def test_degraded_endpoint_with_fresh_fast_evidence_is_ranked_like_a_healthy_one() -> None:
+    st_ = dict(ABC_STATS, b=with_recent(ABC_STATS["b"], 100.0, age=1.0))
+    degraded_before = {"b": hv(H.DEGRADED)._replace(since=NOW - 20)}
+    result = run(eps=ABC, st_=st_, sort=Sort.TTFT, health=degraded_before, config=NO_EXPLORE)
+    assert names(result)[0] == "b" and result.ranked[0].deprioritized is None
+    # Evidence older than the degradation, or a high recent failure ratio: still moved down.
+    degraded_after = {"b": hv(H.DEGRADED)._replace(since=NOW - 0.5)}
+    result = run(eps=ABC, st_=st_, sort=Sort.TTFT, health=degraded_after, config=NO_EXPLORE)
+    assert names(result)[-1] == "b"
+    failing = dict(ABC_STATS, b=with_recent(ABC_STATS["b"], 100.0, age=1.0, fail=0.3))
+    result = run(eps=ABC, st_=failing, sort=Sort.TTFT, health=degraded_before, config=NO_EXPLORE)
+    assert names(result)[-1] == "b"
+
+
+# --------------------------------------------------------------------------- exploration
+
+
+def test_sort_explores_unmeasured_endpoints_at_the_larger_share_and_marks_them() -> None:
+    st_ = {"a": stats(ttft=300), "b": stats(ttft=100)}  # c: never measured
+    n = 2000
+    results = [run(eps=ABC, st_=st_, sort=Sort.TTFT, seed=s) for s in range(n)]
+    explored = [r for r in results if r.exploration]
+    assert 0.2 * n < len(explored) < 0.3 * n  # exploration_share_unknown = 0.25
+    for r in explored:
+        assert names(r)[0] == "c" and r.ranked[0].exploration
+        assert r.exploration_reason is not None and r.exploration_reason.code == "exploration"
+    assert all(r.exploration_share == 0.25 for r in results)
+    assert all(
+        {e.endpoint.provider.name for e in r.ranked if e.explorable} == {"c"} for r in results
+    )
+
+
+def test_stale_endpoint_is_explored_under_sort_at_the_base_share() -> None:
+    st_ = dict(ABC_STATS, a=stats(ttft=300, last=NOW - 4))  # stale after 3 s
+    n = 2000
+    results = [run(eps=ABC, st_=st_, sort=Sort.COST, seed=s) for s in range(n)]
+    explored = [r for r in results if r.exploration]
+    assert 0.03 * n < len(explored) < 0.07 * n
+    assert all(names(r)[0] == "a" for r in explored)
+
+
+def test_stale_degraded_endpoint_is_explored_so_its_recovery_is_seen() -> None:
+    st_ = dict(ABC_STATS, b=stats(ttft=100, last=NOW - 11))
+    cfg = RankingConfig(exploration_share=1.0)
+    result = run(eps=ABC, st_=st_, sort=Sort.TTFT, health={"b": hv(H.DEGRADED)}, config=cfg)
+    assert result.exploration and names(result)[0] == "b"
+    for state in (H.EJECTED, H.PROBING):  # never explored: health decides those
+        result = run(eps=ABC, st_=st_, sort=Sort.TTFT, health={"b": hv(state)}, config=cfg)
+        assert not result.ranked[0].exploration or names(result)[0] != "b"
+
+
+def test_order_and_panic_never_explore() -> None:
+    cfg = RankingConfig(exploration_share=1.0, exploration_share_unknown=1.0)
+    result = run(eps=ABC, st_={}, order=("a",), sort=Sort.TTFT, config=cfg)
+    assert not result.exploration and result.exploration_share == 0
+    assert not any(e.explorable for e in result.ranked)
+    ejected = {n: hv(H.EJECTED) for n in "abc"}
+    result = run(eps=ABC, st_={}, sort=Sort.TTFT, health=ejected, config=cfg)
+    assert result.panic and not result.exploration
+
+
+def test_measured_but_failing_endpoint_is_not_unknown() -> None:
+    failing = EndpointStats(uptime_1h=Uptime(10, 0, 10), last_sample_at=NOW)
+    st_ = dict(ABC_STATS, c=failing)
+    results = [run(eps=ABC, st_=st_, sort=Sort.TTFT, seed=s) for s in range(200)]
+    assert all(r.exploration_share == 0.05 for r in results)
+
+
+# --------------------------------------------------------------------------- spread
+
+
+def test_equal_endpoints_share_first_place_evenly_under_sort_ttft() -> None:
+    eps = ABC
+    st_ = {n: stats(ttft=100) for n in "abc"}
+    firsts = Counter(
+        names(run(eps=eps, st_=st_, sort=Sort.TTFT, seed=s, config=NO_EXPLORE))[0]
+        for s in range(3000)
+    )
+    for n in "abc":
+        assert 0.28 < firsts[n] / 3000 < 0.39, firsts
+
+
+def test_spread_weights_follow_the_documented_formula_and_band() -> None:
+    st_ = {"a": stats(ttft=110), "b": stats(ttft=100), "c": stats(ttft=130)}
+    result = run(eps=ABC, st_=st_, sort=Sort.TTFT, config=NO_EXPLORE)
+    w = {e.endpoint.provider.name: e.weight for e in result.ranked}
+    assert w["b"] == pytest.approx(1.0)
+    assert w["a"] == pytest.approx((100 / 110) ** 3)
+    assert w["c"] is None  # 30% slower: beyond the 25% band, strict order
+    assert names(result)[-1] == "c"
+    tps = {"a": stats(tps=95, ttft=1), "b": stats(tps=100, ttft=1), "c": stats(tps=50, ttft=1)}
+    result = run(eps=ABC, st_=tps, sort=Sort.TPS, config=NO_EXPLORE)
+    w = {e.endpoint.provider.name: e.weight for e in result.ranked}
+    assert w["a"] == pytest.approx(0.95**3) and w["c"] is None
+
+
+def test_no_spread_weights_under_cost_or_order() -> None:
+    st_ = {n: stats(ttft=100) for n in "abc"}
+    assert all(e.weight is None for e in run(eps=ABC, st_=st_, sort=Sort.COST).ranked)
+    res = run(eps=ABC, st_=st_, sort=Sort.TTFT, order=("a",))
+    assert all(e.weight is None for e in res.ranked)
+
+
+# --------------------------------------------------------------------------- timeouts
+
+
+def test_first_token_timeout_is_a_multiple_of_p99_with_a_floor() -> None:
+    # summary(): p99 = p50 * 1.49, p95 = p50 * 1.45
+    st_ = {"a": stats(ttft=1000), "b": stats(ttft=100), "c": stats(ttft=100, n5=5, n1h=5)}
+    result = run(eps=ABC, st_=st_, sort=Sort.TTFT, config=NO_EXPLORE)
+    by = {e.endpoint.provider.name: e for e in result.ranked}
+    assert by["a"].first_token_timeout_ms == pytest.approx(3 * 1490.0)
+    assert by["a"].hedge_after_ms == pytest.approx(1450.0)
+    assert by["b"].first_token_timeout_ms == 500.0  # the floor
+    assert by["c"].first_token_timeout_ms is None and by["c"].hedge_after_ms is None  # too few
+
+
+def test_first_token_timeout_follows_a_recent_slowdown() -> None:
+    st_ = dict(ABC_STATS, b=with_recent(ABC_STATS["b"], 2000.0))
+    result = run(eps=ABC, st_=st_, sort=Sort.TTFT, config=NO_EXPLORE)
+    b = next(e for e in result.ranked if e.endpoint.provider.name == "b")
+    assert b.first_token_timeout_ms == pytest.approx(3 * 2000.0)  # multiple * max(p99, recent)
+
+
+@pytest.mark.parametrize(
+    "field,bad",
+    [
+        ("exploration_share_unknown", 1.5),
+        ("spread_tolerance", 1.0),
+        ("spread_exponent", 0),
+        ("first_token_timeout_multiple", 0.5),
+        ("first_token_timeout_floor_ms", 0),
+        ("first_token_timeout_min_samples", 0),
+        ("recent_max_age_s", -1),
+        ("recovered_max_failure_ratio", 2),
+    ],
+)
+def test_ranking_config_rejects_out_of_range_knobs(field: str, bad: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        RankingConfig(**{field: bad})  # type: ignore[arg-type]
+
+
+def test_unmeasured_endpoints_get_equal_weights_so_a_client_redraws_them() -> None:
+    result = run(eps=ABC, st_={}, sort=Sort.TTFT, config=NO_EXPLORE)  # a fresh router
+    assert [e.weight for e in result.ranked] == [1.0, 1.0, 1.0]
+    measured = run(eps=ABC, st_={"a": stats(ttft=100)}, sort=Sort.TTFT, config=NO_EXPLORE)
+    assert all(e.weight is None for e in measured.ranked)  # one measured leads: no draw
