@@ -6,15 +6,16 @@
 #   docker build -t ghcr.io/llm-router/llm-router:0.1.0 .
 #   docker run --rm -p 50051:50051 -p 8081:8081 \
 #     -v "$PWD/router_common/examples/catalog.yaml:/etc/router/catalog.yaml:ro" \
-#     -v "$PWD/auth:/etc/router-auth:ro" \
 #     ghcr.io/llm-router/llm-router:0.1.0 \
-#     router-service --config /etc/router/catalog.yaml --auth-tokens /etc/router-auth/tokens.yaml
+#     router-service --config /etc/router/catalog.yaml --allow-unauthenticated
 #
-# (run from the repository root: the image does not contain a catalog; in k8s/
-# it is the ConfigMap.) Without --auth-tokens (or --tls-client-ca) the router is
-# in protected mode: it listens on the container's loopback only and the
-# published ports answer nothing. To try it unauthenticated on a laptop, add
-# --allow-unauthenticated.
+# That is a laptop trial, run from the repository root (the image holds no
+# catalog; in k8s/ it is the ConfigMap). Without --auth-tokens (or
+# --tls-client-ca) the router is in protected mode: it listens on the
+# container's loopback only and the published ports answer nothing, hence
+# --allow-unauthenticated here. In production replace it with
+# `--auth-tokens /etc/router-auth/tokens.yaml` and mount the tokens file from a
+# Secret, as k8s/router-deployment.yaml does.
 #
 # Keep in step with k8s/: the numeric UID below is the pods' runAsUser, the venv
 # path is used by the sidecar's exec probes, and tests/test_k8s_manifests.py checks both.
