@@ -70,6 +70,13 @@ class SidecarMetrics:
             "Estimated cost (input tokens x price) of attempts cancelled by hedging, USD.",
             registry=r,
         )
+        self.spend = Counter(
+            "router_sidecar_spend_usd",
+            "What answered tokens cost at the catalog's prices, USD, by catalog model and "
+            "provider (attempts that failed after producing tokens included).",
+            ["model", "provider"],
+            registry=r,
+        )
         self.added_latency = Histogram(
             "router_sidecar_added_latency_seconds",
             "Sidecar overhead: TTFT seen by the app minus the upstream TTFT (streams).",
