@@ -438,3 +438,40 @@ async def test_bad_models_and_provider_timeouts_are_a_400_naming_the_field(
         assert "nobody/unknown-1" in error["message"] and "nobody/unknown-2" in error["message"]
         assert error["code"] == "model_not_found"
     assert stack.counts() == {"alpha": 0, "gamma": 0}
+
+
+# -- 6. the README documents every field the routing object carries ---------------------
+
+
+def _documented_fields(heading: str) -> set[str]:
+    """Backticked names in the first column of the tables under a README heading."""
+    from tests.conftest import REPO_ROOT
+
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    names: set[str] = set()
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            first = line.split("|")[1]
+            names.update(part.strip("` ") for part in first.split("/"))
+    return names
+
+
+async def test_readme_documents_every_routing_field(stack: Stack) -> None:
+    sc = await _zdr_chain_stack(stack)
+    client = openai_client(sc)
+    answer = await client.chat.completions.create(
+        model=PRIMARY,
+        messages=MSGS,
+        max_tokens=4,
+        extra_body={"models": [BACKUP], "provider": {"zdr": True, "sort": "price"}},
+    )
+    routing = answer.model_extra["routing"]
+    metadata = _documented_fields("### `RoutingMetadata` (router, gRPC)")
+    sidecar = _documented_fields("### The sidecar's `routing` object (HTTP, JSON)")
+    assert {"strategy", "execution_order", "exploration_share", "source", "cost_usd"} <= (
+        metadata | sidecar
+    )
+    assert set(routing) <= metadata | sidecar, set(routing) - (metadata | sidecar)
+    for attempt in routing["attempts"]:
+        assert set(attempt) <= sidecar, set(attempt) - sidecar
