@@ -57,7 +57,7 @@ def charge(
     if total > 0:
         # Label values: the model was ranked (so it is in the catalog) and the
         # provider comes from that ranking; never from the request's free text.
-        metrics.spend.labels(model, route.provider).inc(total)
+        metrics.count_spend(model, route.provider, total)
     return total
 
 
@@ -66,10 +66,13 @@ def request_cost(records: list[AttemptRecord]) -> dict[str, Any]:
     inp = out = 0.0
     estimated = False
     for rec in records:
-        if rec.cost is not None:
-            inp += rec.cost.input
-            out += rec.cost.output
+        cost = rec.cost
+        if cost is not None:
+            inp += cost[0]
+            out += cost[1]
             estimated = estimated or rec.cost_estimated
+    if not inp and not out:
+        return {"total": 0.0, "input": 0.0, "output": 0.0, "estimated": estimated}
     return {
         "total": round(inp + out, 12),
         "input": round(inp, 12),
