@@ -66,7 +66,15 @@ async def rank_models(
     fail the hard filters is skipped, and if every model is, that is a 400.
     """
     reqs = [req.for_model(m) for m in req.models]
-    results = await asyncio.gather(*(ranking.rank(r) for r in reqs), return_exceptions=True)
+    # From the cache without a task per model (the common case); the rest concurrently.
+    results: list[Ranking | BaseException | None] = [ranking.cached(r) for r in reqs]
+    misses = [i for i, hit in enumerate(results) if hit is None]
+    if misses:
+        fetched = await asyncio.gather(
+            *(ranking.rank_uncached(reqs[i]) for i in misses), return_exceptions=True
+        )
+        for i, got in zip(misses, fetched, strict=True):
+            results[i] = got
     ranked: list[tuple[ParsedRequest, Ranking]] = []
     unknown: list[str] = []
     skipped: list[dict[str, str]] = []
@@ -80,7 +88,7 @@ async def rank_models(
                 raise result  # router unreachable without a catalog, ...
         elif isinstance(result, BaseException):
             raise result
-        else:
+        elif result is not None:
             ranked.append((r, result))
     if unknown:
         names = ", ".join(repr(m[:80]) for m in unknown)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import openai
@@ -12,7 +13,7 @@ from router_common.limits import MAX_FIRST_TOKEN_TIMEOUT_MS, MAX_MODELS_PER_REQU
 from router_common.routing.cost import usage_cost
 from sidecar.config import SidecarSettings, settings_from_args
 from sidecar.model_fallback import Leg, allot
-from sidecar.preferences import RequestError, parse_request
+from sidecar.preferences import ParsedRequest, RequestError, parse_request
 from sidecar.ranking_client import Ranking, Route
 from sidecar.spend import request_cost
 from sidecar.timeouts import first_token_timeout, parse_provider_timeouts, response_timeout
@@ -70,6 +71,20 @@ def test_models_option_chain_and_bounds() -> None:
     # The chain shares the primary's preferences; each leg has its own cache key.
     leg = req.for_model("b/y")
     assert leg.model == "b/y" and leg.cache_key == ("b/y", req.cache_key[1])
+    full = parse_request(
+        {
+            **body,
+            "model": "a/x",
+            "models": ["b/y"],
+            "stream": True,
+            "provider": {"hedge": True, "zdr": True},
+            "providerOptions": {"gateway": {"providerTimeouts": {"p": 100}}},
+        }
+    )
+    leg = full.for_model("b/y")
+    for f in dataclasses.fields(ParsedRequest):  # every other field carried over
+        if f.name not in ("model", "cache_key"):
+            assert getattr(leg, f.name) == getattr(full, f.name), f.name
     eight = [f"m/{i}" for i in range(MAX_MODELS_PER_REQUEST)]
     assert len(parse_request({**body, "models": eight}).models) == MAX_MODELS_PER_REQUEST
     with pytest.raises(RequestError, match="9 distinct models") as info:
