@@ -363,6 +363,8 @@ def parse_request(
     timeouts = _provider_timeouts_option(body)
     if any(k in body for k in ROUTING_FIELDS):
         body = {k: v for k, v in body.items() if k not in ROUTING_FIELDS}
+    if body.get("route") == "fallback":  # OpenRouter's older spelling of "use models"
+        body = {k: v for k, v in body.items() if k != "route"}
     return ParsedRequest(
         model=model,
         stream=stream,
