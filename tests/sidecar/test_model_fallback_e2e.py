@@ -475,3 +475,20 @@ async def test_readme_documents_every_routing_field(stack: Stack) -> None:
     assert set(routing) <= metadata | sidecar, set(routing) - (metadata | sidecar)
     for attempt in routing["attempts"]:
         assert set(attempt) <= sidecar, set(attempt) - sidecar
+
+
+async def test_no_model_fallback_after_the_first_token(stack: Stack) -> None:
+    """Once a token reached the app, a break ends the stream: the backup model is not tried."""
+    await stack.add_providers({"alpha": {}, "gamma": {}})
+    write_models_catalog(stack, {PRIMARY: [("alpha", 1.0, 1.0)], BACKUP: [("gamma", 1.0, 1.0)]})
+    router = await stack.start_router(ranking=QUIET)
+    sc = await stack.start_sidecar(router.grpc_address)
+    stack.providers["alpha"].add_incident("drop", after_tokens=2)
+    body = {"model": PRIMARY, "models": [BACKUP], "messages": MSGS, "max_tokens": 6, "stream": True}
+    status, headers, data = await _post(sc, body)
+    assert status == 200 and headers["x-router-model"] == PRIMARY
+    last = json.loads([ln for ln in data.decode().splitlines() if ln.startswith("data: {")][-1][6:])
+    assert last["error"]["code"] == "stream_abort"
+    assert [a["model"] for a in last["routing"]["attempts"]] == [PRIMARY]
+    assert last["routing"]["fallbacks_available"] == [{"model": BACKUP, "provider": "gamma"}]
+    assert stack.counts()["gamma"] == 0
