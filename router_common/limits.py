@@ -24,6 +24,17 @@ MAX_PROVIDER_LIST = 64
 #: are nonsense and would overflow cost arithmetic.
 MAX_TOKENS = 1_000_000_000
 
+# -- sidecar requests (the OpenAI-compatible API, not the proto) ----------------
+
+#: Models one chat completion request may name (``model`` plus OpenRouter's
+#: ``models`` / Vercel's ``providerOptions.gateway.models``, duplicates of
+#: ``model`` dropped): each is ranked, so the list is capped before that.
+MAX_MODELS_PER_REQUEST = 8
+#: A request's per-provider first-token timeout
+#: (``providerOptions.gateway.providerTimeouts``), milliseconds: at least this,
+#: at most ``MAX_FIRST_TOKEN_TIMEOUT_MS``.
+MIN_PROVIDER_TIMEOUT_MS = 1.0
+
 # -- rankings -----------------------------------------------------------------
 
 #: The per-endpoint first-token timeout and hedge delay the router suggests

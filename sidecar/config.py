@@ -58,6 +58,12 @@ class SidecarSettings:
         "Cut a streaming attempt's first-token wait to the router's per-endpoint suggestion "
         "(3x its recent p99 TTFT, at least 0.5 s) when shorter than first_byte_timeout_s.",
     )
+    provider_first_token_timeouts: str = _opt(
+        "",
+        "Per-provider first-token timeout, NAME=MILLISECONDS[,NAME=MILLISECONDS...]: that "
+        "provider's ceiling in place of first_byte_timeout_s (streams: first token; "
+        "non-streaming: response headers). Empty = none.",
+    )
     hedge: bool = _opt(
         False,
         "Hedge streaming requests by default: start the next provider when the first has no "
@@ -213,4 +219,10 @@ def settings_from_args(
         split_host_port(settings.router, "127.0.0.1")
     except ValueError as exc:
         raise SystemExit(f"router-sidecar: {exc}") from exc
+    from sidecar.timeouts import parse_provider_timeouts  # timeouts imports this module
+
+    try:
+        parse_provider_timeouts(settings.provider_first_token_timeouts)
+    except ValueError as exc:
+        raise SystemExit(f"router-sidecar: bad --provider-first-token-timeouts: {exc}") from exc
     return settings

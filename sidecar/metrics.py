@@ -70,6 +70,14 @@ class SidecarMetrics:
             "Estimated cost (input tokens x price) of attempts cancelled by hedging, USD.",
             registry=r,
         )
+        self.spend = Counter(
+            "router_sidecar_spend_usd",
+            "What answered tokens cost at the catalog's prices, USD, by catalog model and "
+            "provider (attempts that failed after producing tokens included).",
+            ["model", "provider"],
+            registry=r,
+        )
+        self._spend_by: dict[tuple[str, str], Counter] = {}
         self.added_latency = Histogram(
             "router_sidecar_added_latency_seconds",
             "Sidecar overhead: TTFT seen by the app minus the upstream TTFT (streams).",
@@ -124,6 +132,18 @@ class SidecarMetrics:
             "1 when the last call to the router succeeded, else 0.",
             registry=r,
         )
+
+    def count_spend(self, model: str, provider: str, usd: float) -> None:
+        """Add to ``router_sidecar_spend_usd_total``; each labelled child is looked up once.
+
+        ``labels()`` takes a lock and builds a key on every call; the children are
+        kept here instead (as many as the catalog's (model, provider) pairs, as the
+        label values only ever come from rankings).
+        """
+        child = self._spend_by.get((model, provider))
+        if child is None:
+            child = self._spend_by[(model, provider)] = self.spend.labels(model, provider)
+        child.inc(usd)
 
     def count_ranking_source(self, source: str) -> None:
         self._ranking_source_by[source].inc()

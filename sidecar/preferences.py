@@ -11,9 +11,18 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from router_common.limits import (
+    MAX_FIRST_TOKEN_TIMEOUT_MS,
+    MAX_MODEL_ID_LEN,
+    MAX_MODELS_PER_REQUEST,
+    MAX_NAME_LEN,
+    MAX_PROVIDER_LIST,
+    MIN_PROVIDER_TIMEOUT_MS,
+)
 from router_common.pb import router_pb2
 from router_common.routing.filters import HardFilters
 from router_common.routing.validation import PreferencesError, validate_preferences
@@ -37,7 +46,7 @@ PERCENTILES: dict[str, int] = {
 }
 
 #: Fields routing consumes; never forwarded upstream.
-ROUTING_FIELDS = ("provider", "providerOptions")
+ROUTING_FIELDS = ("provider", "providerOptions", "models")
 
 
 class RequestError(ValueError):
@@ -79,6 +88,33 @@ class ParsedRequest:
     #: ``provider.hedge`` / ``providerOptions.gateway.hedge``; None: the sidecar's flag.
     #: Sidecar-local, so not part of ``preferences`` nor of the cache key.
     hedge: bool | None = None
+    #: The models to try in order, ``model`` first, when the request named fallback
+    #: models (OpenRouter's ``models``, Vercel's ``providerOptions.gateway.models``);
+    #: empty otherwise. At most ``MAX_MODELS_PER_REQUEST``.
+    models: tuple[str, ...] = ()
+    #: ``providerOptions.gateway.providerTimeouts``: first-token timeout per provider,
+    #: seconds (None: the request set none). Sidecar-local, not in the cache key.
+    provider_timeouts: Mapping[str, float] | None = None
+
+    def for_model(self, model: str) -> ParsedRequest:
+        """This request as sent to one model of its chain (ranking key and outcomes follow it)."""
+        if model == self.model:
+            return self
+        # Spelled out: dataclasses.replace costs several µs per call, per model, per request.
+        return ParsedRequest(
+            model,
+            self.stream,
+            self.wants_usage,
+            self.preferences,
+            self.body,
+            self.estimated_input_tokens,
+            self.max_output_tokens,
+            (model, self.cache_key[1]),
+            self.filters,
+            self.hedge,
+            self.models,
+            self.provider_timeouts,
+        )
 
 
 def _str_list(value: Any, param: str) -> list[str]:
@@ -272,10 +308,24 @@ def parse_request(
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
     model = body.get("model")
+    fallback_models = _models_option(body)
+    if model is None and fallback_models:
+        model = fallback_models[0]  # `models` alone: its first is the primary
     if model is None:
         raise RequestError("you must provide a model parameter", "model")
     if not isinstance(model, str) or not model.strip():
         raise RequestError("model must be a non-empty string", "model")
+    chain: tuple[str, ...] = ()
+    if fallback_models:
+        chain = (model, *(m for m in fallback_models if m != model))
+        if len(chain) > MAX_MODELS_PER_REQUEST:
+            raise RequestError(
+                f"model and models name {len(chain)} distinct models; "
+                f"at most {MAX_MODELS_PER_REQUEST}",
+                "models",
+            )
+        if len(chain) == 1:
+            chain = ()
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list", "messages")
@@ -310,8 +360,11 @@ def parse_request(
         prefs_key = prefs.SerializeToString(deterministic=True)
         filters = HardFilters.from_preferences(prefs)
     hedge = _hedge_option(body)
+    timeouts = _provider_timeouts_option(body)
     if any(k in body for k in ROUTING_FIELDS):
         body = {k: v for k, v in body.items() if k not in ROUTING_FIELDS}
+    if body.get("route") == "fallback":  # OpenRouter's older spelling of "use models"
+        body = {k: v for k, v in body.items() if k != "route"}
     return ParsedRequest(
         model=model,
         stream=stream,
@@ -323,6 +376,8 @@ def parse_request(
         cache_key=(model, prefs_key),
         filters=filters,
         hedge=hedge,
+        models=chain,
+        provider_timeouts=timeouts,
     )
 
 
@@ -337,6 +392,99 @@ _REQUEST_PARAMS = {
 
 def _request_param(proto_field: str) -> str:
     return _REQUEST_PARAMS.get(proto_field, proto_field.replace("preferences.", "provider.", 1))
+
+
+def _gateway(body: dict[str, Any]) -> dict[str, Any] | None:
+    options = body.get("providerOptions")
+    gateway = options.get("gateway") if isinstance(options, dict) else None
+    return gateway if isinstance(gateway, dict) else None
+
+
+def _model_list(value: Any, param: str) -> list[str]:
+    """A ``models`` list: 1..MAX_MODELS_PER_REQUEST distinct model ids (checked before use)."""
+    if not isinstance(value, list) or not value:
+        raise RequestError(f"{param} must be a non-empty list of model ids", param)
+    if len(value) > MAX_MODELS_PER_REQUEST:
+        raise RequestError(
+            f"{param} lists {len(value)} models; at most {MAX_MODELS_PER_REQUEST}", param
+        )
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or len(item) > MAX_MODEL_ID_LEN:
+            raise RequestError(
+                f"{param} entries must be model ids of 1..{MAX_MODEL_ID_LEN} characters, "
+                f"got {str(item)[:40]!r}",
+                param,
+            )
+    if len(set(value)) != len(value):
+        raise RequestError(f"{param} lists a model more than once", param)
+    return list(value)
+
+
+def _models_option(body: dict[str, Any]) -> list[str]:
+    """Fallback models from either convention; both given and different is a 400 naming both."""
+    found: list[tuple[str, list[str]]] = []
+    if body.get("models") is not None:
+        found.append(("models", _model_list(body["models"], "models")))
+    gateway = _gateway(body)
+    if gateway is not None and gateway.get("models") is not None:
+        param = "providerOptions.gateway.models"
+        found.append((param, _model_list(gateway["models"], param)))
+    if len(found) == 2 and found[0][1] != found[1][1]:
+        raise RequestError(
+            f"{found[0][0]} conflicts with {found[1][0]}; give one or make them agree",
+            f"{found[0][0]},{found[1][0]}",
+        )
+    return found[0][1] if found else []
+
+
+def _timeout_ms(value: Any, param: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RequestError(f"{param} must be a number of milliseconds", param)
+    if not (MIN_PROVIDER_TIMEOUT_MS <= value <= MAX_FIRST_TOKEN_TIMEOUT_MS):
+        raise RequestError(
+            f"{param} must be between {MIN_PROVIDER_TIMEOUT_MS:g} and "
+            f"{MAX_FIRST_TOKEN_TIMEOUT_MS:g} milliseconds, got {value!r}",
+            param,
+        )
+    return float(value)
+
+
+def _provider_timeouts_option(body: dict[str, Any]) -> dict[str, float] | None:
+    """``providerOptions.gateway.providerTimeouts`` as seconds per provider.
+
+    Vercel nests the values under ``byok`` (timeouts for the caller's own
+    keys, which is every key a sidecar holds); a flat ``{provider: ms}`` is
+    accepted too. One provider given twice with different values is a 400.
+    """
+    gateway = _gateway(body)
+    if gateway is None or gateway.get("providerTimeouts") is None:
+        return None
+    base = "providerOptions.gateway.providerTimeouts"
+    block = gateway["providerTimeouts"]
+    if not isinstance(block, dict):
+        raise RequestError(f"{base} must be an object of provider: milliseconds", base)
+    nested = isinstance(block.get("byok"), dict)
+    byok: dict[str, Any] = block["byok"] if nested else {}
+    if len(block) + len(byok) > MAX_PROVIDER_LIST + 1:  # measured before iterating
+        raise RequestError(f"{base} names more than {MAX_PROVIDER_LIST} providers", base)
+    entries = [(f"{base}.byok.{k}", k, v) for k, v in byok.items()]
+    entries += [(f"{base}.{k}", k, v) for k, v in block.items() if not (k == "byok" and nested)]
+    if len(entries) > MAX_PROVIDER_LIST:
+        raise RequestError(f"{base} names more than {MAX_PROVIDER_LIST} providers", base)
+    out: dict[str, float] = {}
+    where: dict[str, str] = {}
+    for param, name, value in entries:
+        if not name or len(name) > MAX_NAME_LEN:
+            raise RequestError(f"{base} provider names must be 1..{MAX_NAME_LEN} characters", base)
+        seconds = _timeout_ms(value, param[:300]) / 1000.0
+        if name in out and out[name] != seconds:
+            raise RequestError(
+                f"{where[name]} conflicts with {param}; give one or make them agree",
+                f"{where[name]},{param}",
+            )
+        out[name] = seconds
+        where[name] = param
+    return out
 
 
 def _hedge_option(body: dict[str, Any]) -> bool | None:

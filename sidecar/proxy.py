@@ -28,9 +28,18 @@ from sidecar.config import SidecarSettings
 from sidecar.hedging import Hedger
 from sidecar.keys import ProviderKeys
 from sidecar.metrics import SidecarMetrics
+from sidecar.model_fallback import (
+    Leg,
+    RequestPlan,
+    allot,
+    chain_summary,
+    fallbacks_available,
+    rank_models,
+)
 from sidecar.preferences import ParsedRequest, preferences_summary
 from sidecar.ranking_client import Ranking, RankingClient, Route
 from sidecar.redaction import KeyRedactor
+from sidecar.spend import charge, request_cost
 from sidecar.streaming import (
     AppGone,
     SSEScanner,
@@ -39,7 +48,12 @@ from sidecar.streaming import (
     relay,
     release_upstream,
 )
-from sidecar.timeouts import first_token_timeout
+from sidecar.timeouts import (
+    AttemptTimeout,
+    first_token_timeout,
+    parse_provider_timeouts,
+    response_timeout,
+)
 from sidecar.upstream import (
     AttemptRecord,
     UpstreamError,
@@ -97,6 +111,8 @@ class Proxy:
         #: The one key-removal rule, applied to every byte that leaves (see redaction.py).
         self._redact = redactor
         self.hedger = Hedger(settings, on_hedge=self._count_hedge)
+        #: The operator's per-provider first-token timeouts, seconds (see timeouts.py).
+        self._provider_timeouts = parse_provider_timeouts(settings.provider_first_token_timeouts)
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.connect_timeout_s, sock_connect=settings.connect_timeout_s
         )
@@ -104,9 +120,9 @@ class Proxy:
     # -- planning ------------------------------------------------------------
 
     def plan(self, req: ParsedRequest, ranking: Ranking) -> tuple[list[Route], list[str]]:
-        """The routes to try, in order, and the providers skipped for want of a key.
+        """The routes that may be tried, in order, and the providers skipped for want of a key.
 
-        Cooldowns applied, hard filters re-checked, bounded. The hard filters
+        Cooldowns applied, hard filters re-checked (``allot`` bounds the attempts). The hard filters
         are checked again whatever the ranking's source (a cached or stale
         ranking, a router of another version): they are guarantees, and
         checking them costs nothing for requests that set none. A provider
@@ -139,30 +155,61 @@ class Proxy:
         prefs = req.preferences
         if prefs.HasField("allow_fallbacks") and not prefs.allow_fallbacks:
             routes = routes[:1]
-        return routes[: max(1, self._s.max_attempts)], skipped
+        return routes, skipped
+
+    async def request_plan(self, req: ParsedRequest) -> RequestPlan:
+        """Every model's ranked, filtered routes, and the attempts in order (bounded)."""
+        if req.models:
+            ranked, unranked = await rank_models(self._ranking, req)
+        else:
+            ranking = self._ranking.cached(req) or await self._ranking.rank_uncached(req)
+            ranked, unranked = [(req, ranking)], []
+        legs = []
+        for leg_req, ranking in ranked:
+            routes, skipped = self.plan(leg_req, ranking)
+            legs.append(Leg(leg_req, ranking, routes, skipped))
+        plan = RequestPlan(req, legs, unranked)
+        plan.attempts = allot(legs, self._s.max_attempts)
+        return plan
 
     def routing_object(
         self,
-        req: ParsedRequest,
-        ranking: Ranking,
-        plan: list[Route],
+        plan: RequestPlan,
         records: list[AttemptRecord],
+        serving: Leg | None,
         provider: str | None,
-        skipped: list[str] | None = None,
         upstream_model: str | None = None,
     ) -> dict[str, Any]:
-        """The ``routing`` object: the router's metadata plus what happened here."""
+        """The ``routing`` object: the router's metadata plus what happened here.
+
+        The metadata is the ranking of ``model``: the model that served, or,
+        when none did, the first model that had an eligible provider.
+        """
+        leg = serving or plan.legs[0]
+        ranking = leg.ranking
         out = dict(ranking.metadata)
         out["source"] = ranking.source
-        out["model"] = req.model
-        out["preferences"] = preferences_summary(req.preferences)
-        out["planned_order"] = [r.provider for r in plan]
+        out["model"] = leg.req.model
+        if plan.req.models:
+            out.update(chain_summary(plan))
+        out["preferences"] = preferences_summary(plan.req.preferences)
+        out["planned_order"] = [r.provider for r in leg.routes[: leg.take]]
         out["provider"] = provider
         if upstream_model is not None:
             out["upstream_model"] = upstream_model
         out["attempts"] = [r.to_json() for r in records]
+        chain = bool(plan.req.models)
+        skipped = [
+            {"provider": p, "reason": "api_key_unset", **({"model": lg.req.model} if chain else {})}
+            for lg in plan.legs
+            for p in lg.skipped
+        ]
         if skipped:
-            out["skipped"] = [{"provider": p, "reason": "api_key_unset"} for p in skipped]
+            out["skipped"] = skipped
+        out["fallbacks_available"] = fallbacks_available(
+            plan, {(r.model, r.provider) for r in records}
+        )
+        out["cost_usd"] = request_cost(records)
         return out
 
     # -- bookkeeping ---------------------------------------------------------
@@ -217,8 +264,8 @@ class Proxy:
         self, request: web.Request, req: ParsedRequest, t_start: float
     ) -> web.StreamResponse:
         """Answer one validated chat completion request (RequestError propagates as 4xx)."""
-        ranking = self._ranking.cached(req) or await self._ranking.rank_uncached(req)
-        plan, skipped = self.plan(req, ranking)
+        plan = await self.request_plan(req)
+        attempts = plan.attempts
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._s.request_deadline_s
         records: list[AttemptRecord] = []
@@ -227,74 +274,96 @@ class Proxy:
         if hedge:
             self.hedger.budget.note_request()
         hedged: set[int] = set()  # plan positions already tried as a hedge's backup
-        for i, route in enumerate(plan):
+        for i, (leg, route) in enumerate(attempts):
             if i in hedged:
                 continue
             if loop.time() >= deadline:
                 break
             if records:
                 self._m.fallbacks.inc()
+            leg_req = leg.req
             rec = AttemptRecord(route.provider, route.upstream_model, time.time())
+            rec.model = leg_req.model
             records.append(rec)
             ok, key = self._key_for(route, rec)
             if not ok:
-                self._finish_attempt(req, rec)
+                self._finish_attempt(leg_req, rec)
                 continue
             try:
                 if req.stream:
                     if hedge:
-                        backup = plan[i + 1] if i + 1 < len(plan) else None
+                        nxt = attempts[i + 1] if i + 1 < len(attempts) else None
+                        backup = nxt[1] if nxt is not None and nxt[0] is leg else None
+                        first_rec = rec
                         opened, rec, started = await self.hedger.open(
-                            self, req, route, backup, key, rec, deadline, records
+                            self, leg_req, route, backup, key, rec, deadline, records
                         )
                         if started:
                             hedged.add(i + 1)
+                            for r in records:
+                                r.model = r.model or leg_req.model
+                            if rec is not first_rec and backup is not None:
+                                route = backup  # the backup won: its prices, its record
                     else:
                         opened = await self._open_stream(
-                            req, route, key, rec, deadline, len(records)
+                            leg_req, route, key, rec, deadline, len(records)
                         )
                     if isinstance(opened, tuple):
                         start, answer = opened
                         return await self._commit_stream(
-                            request,
-                            req,
-                            ranking,
-                            plan,
-                            skipped,
-                            records,
-                            rec,
-                            start,
-                            answer,
-                            t_start,
+                            request, plan, leg, route, records, rec, start, answer, t_start
                         )
                     last_error = opened
                 else:
-                    answered = await self._call_once(req, route, key, rec, deadline)
+                    answered = await self._call_once(leg_req, route, key, rec, deadline)
                     if isinstance(answered, dict):
-                        self._finish_attempt(req, rec)
+                        self._cost_answer(leg, route, rec, answered)
+                        self._finish_attempt(leg_req, rec)
                         upstream_model = answered.get("model")
-                        answered["model"] = req.model
+                        answered["model"] = leg_req.model
                         answered["routing"] = self.routing_object(
-                            req,
-                            ranking,
                             plan,
                             records,
+                            leg,
                             route.provider,
-                            skipped,
                             upstream_model if isinstance(upstream_model, str) else None,
                         )
-                        return self._json(200, answered, route.provider, len(records))
+                        return self._json(
+                            200, answered, route.provider, len(records), model=leg_req.model
+                        )
                     last_error = answered
             except asyncio.CancelledError:
                 if rec.status == "pending":  # the app left while this attempt ran
                     rec.finish_error(ErrorClass.CLIENT_ERROR, "app disconnected", 499)
-                    self._finish_attempt(req, rec)
+                    self._finish_attempt(leg_req, rec)
                 request[CLIENT_GONE] = True
                 raise
-            self._finish_attempt(req, rec)
+            self._finish_attempt(leg_req, rec)
             if not rec.retriable:
                 break
-        return self._all_failed(req, ranking, plan, skipped, records, last_error)
+        return self._all_failed(plan, records, last_error)
+
+    def _cost_answer(
+        self, leg: Leg, route: Route, rec: AttemptRecord, answered: dict[str, Any]
+    ) -> None:
+        """Cost a non-streaming answer from its usage; ``usage.cost`` gets the figure."""
+        usage = answered.get("usage")
+        usage = usage if isinstance(usage, dict) else None
+        prompt = usage.get("prompt_tokens") if usage is not None else None
+        exact_in = prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else None
+        out = usage.get("completion_tokens") if usage is not None else None
+        exact_out = isinstance(out, int) and not isinstance(out, bool)
+        total = charge(
+            self._m,
+            leg.req.model,
+            route,
+            rec,
+            exact_in,
+            leg.req.estimated_input_tokens,
+            exact_out,
+        )
+        if usage is not None and total is not None:
+            usage["cost"] = round(total, 12)
 
     def _json(
         self,
@@ -303,10 +372,13 @@ class Proxy:
         provider: str | None,
         attempts: int,
         retry_after: str | None = None,
+        model: str | None = None,
     ) -> web.Response:
         headers = {"x-router-attempts": str(attempts)}
         if provider:
             headers["x-router-provider"] = provider
+        if model:
+            headers["x-router-model"] = model
         if retry_after is not None:
             headers["Retry-After"] = retry_after
         return web.Response(
@@ -318,10 +390,7 @@ class Proxy:
 
     def _all_failed(
         self,
-        req: ParsedRequest,
-        ranking: Ranking,
-        plan: list[Route],
-        skipped: list[str],
+        plan: RequestPlan,
         records: list[AttemptRecord],
         last_error: UpstreamError | None,
     ) -> web.Response:
@@ -333,7 +402,8 @@ class Proxy:
         when every attempt timed out, 503 when no provider could be tried at all,
         502 for any other mix (a provider refusing the sidecar's key included).
         """
-        routing = self.routing_object(req, ranking, plan, records, None, skipped)
+        routing = self.routing_object(plan, records, None, None)
+        skipped = [p for leg in plan.legs for p in leg.skipped]
         last = records[-1] if records else None
         retry_after: str | None = None
         if last is not None and last.error_class == ErrorClass.CLIENT_ERROR and last_error:
@@ -385,15 +455,20 @@ class Proxy:
         """One non-streaming attempt; the parsed body on success, else the failure."""
         loop = asyncio.get_running_loop()
         limit = min(deadline, loop.time() + self._s.nonstream_timeout_s)
+        started = response_timeout(
+            self._s, route, req.provider_timeouts, self._provider_timeouts or None
+        )
+        first_limit = limit if started is None else min(limit, loop.time() + started.seconds)
         got_headers = False
         try:
-            async with asyncio.timeout_at(limit):
+            async with asyncio.timeout_at(first_limit) as bound:
                 async with self._session.post(
                     route.chat_url,
                     data=self._body_for(req, route),
                     headers=upstream_headers(key, False),
                     timeout=self._timeout,
                 ) as resp:
+                    bound.reschedule(limit)  # answering: the whole-answer bound from here
                     try:
                         got_headers = True
                         rec.http_status = resp.status
@@ -416,6 +491,10 @@ class Proxy:
             cls = classify_exception(exc, got_headers)
             if cls == ErrorClass.STREAM_ABORT:  # body broke off: same as a server error here
                 cls = ErrorClass.SERVER_ERROR
+            if started is not None and not got_headers and cls == ErrorClass.TIMEOUT:
+                rec.finish_error(cls, _timeout_text("no response", started))
+                rec.report = not started.requested  # the app's choice, not the endpoint's fault
+                return None
             rec.finish_error(cls, _exc_text(exc, cls))
             return None
         if len(data) > self._s.max_upstream_response_bytes:
@@ -472,8 +551,10 @@ class Proxy:
         simply dropped if this attempt fails before then.
         """
         loop = asyncio.get_running_loop()
-        first_token_s = first_token_timeout(self._s, route)
-        limit = min(deadline, loop.time() + first_token_s)
+        wait = first_token_timeout(
+            self._s, route, req.provider_timeouts, self._provider_timeouts or None
+        )
+        limit = min(deadline, loop.time() + wait.seconds)
         got_headers = False
         resp: aiohttp.ClientResponse | None = None
         scanner = SSEScanner(req.model, req.wants_usage, self._redact.only(key))
@@ -492,7 +573,7 @@ class Proxy:
                         return await self._http_failure(resp, rec, route)
                     finally:
                         resp.release()
-                answer = _stream_answer(rec.provider, attempt)
+                answer = _stream_answer(rec.provider, attempt, req.model)
                 start = await read_until_first_token(resp, rec, scanner)
         except asyncio.CancelledError:
             if resp is not None:
@@ -501,7 +582,9 @@ class Proxy:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             cls = classify_exception(exc, got_headers)
             if cls == ErrorClass.TIMEOUT and (got_headers or type(exc) is TimeoutError):
-                msg = f"no first token within {first_token_s:g}s"
+                msg = _timeout_text("no first token", wait)
+                # A shorter wait the request chose is no evidence against the endpoint.
+                rec.report = not wait.requested
             else:
                 msg = _exc_text(exc, cls)
             rec.finish_error(cls, msg, rec.http_status)
@@ -516,10 +599,9 @@ class Proxy:
     async def _commit_stream(
         self,
         request: web.Request,
-        req: ParsedRequest,
-        ranking: Ranking,
-        plan: list[Route],
-        skipped: list[str],
+        plan: RequestPlan,
+        leg: Leg,
+        route: Route,
         records: list[AttemptRecord],
         rec: AttemptRecord,
         start: StreamStart,
@@ -527,6 +609,7 @@ class Proxy:
         t_start: float,
     ) -> web.StreamResponse:
         """First token in hand: send headers and held bytes, then relay; no retry from here."""
+        req = leg.req
         try:
             await app.prepare(request)
             if start.pending:
@@ -537,6 +620,7 @@ class Proxy:
             await relay(start, app, rec, self._s.chunk_timeout_s)
         except AppGone:
             request[CLIENT_GONE] = True
+            self._cost_stream(leg, route, rec, start.scanner)
             self._finish_attempt(req, rec)
             return app
         except (ConnectionError, RuntimeError):  # app gone before the first write
@@ -552,12 +636,14 @@ class Proxy:
                     ErrorClass.CLIENT_ERROR, "app disconnected", 499, start.scanner.output_tokens
                 )
             request[CLIENT_GONE] = True
+            self._cost_stream(leg, route, rec, start.scanner)
             self._finish_attempt(req, rec)
             raise
         scanner = start.scanner
-        routing = self.routing_object(
-            req, ranking, plan, records, rec.provider, skipped, scanner.upstream_model
-        )
+        total = self._cost_stream(leg, route, rec, scanner)
+        if total is not None:
+            scanner.set_usage_cost(round(total, 12))
+        routing = self.routing_object(plan, records, leg, rec.provider, scanner.upstream_model)
         if rec.status == "ok":
             tail = scanner.final_chunks(routing)
         else:
@@ -584,15 +670,30 @@ class Proxy:
         await release_upstream(start.resp)
         return app
 
+    def _cost_stream(
+        self, leg: Leg, route: Route, rec: AttemptRecord, scanner: SSEScanner
+    ) -> float | None:
+        """Cost a committed stream from its usage chunk, or from what was counted."""
+        return charge(
+            self._m,
+            leg.req.model,
+            route,
+            rec,
+            scanner.usage_prompt_tokens,
+            leg.req.estimated_input_tokens,
+            scanner.usage_tokens is not None,
+        )
 
-def _stream_answer(provider: str, attempt: int) -> web.StreamResponse:
-    """The app's SSE response for a stream served by ``provider`` on attempt ``attempt``."""
+
+def _stream_answer(provider: str, attempt: int, model: str) -> web.StreamResponse:
+    """The app's SSE response for a stream of ``model`` served by ``provider`` on ``attempt``."""
     return _OneWriteStreamResponse(
         status=200,
         headers={
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
             "x-router-provider": provider,
+            "x-router-model": model,
             "x-router-attempts": str(attempt),
         },
     )
@@ -609,6 +710,11 @@ class _OneWriteStreamResponse(web.StreamResponse):
     """
 
     _send_headers_immediately = False
+
+
+def _timeout_text(what: str, wait: AttemptTimeout) -> str:
+    why = " (providerTimeouts)" if wait.requested else ""
+    return f"{what} within {wait.seconds:g}s{why}"
 
 
 def _exc_text(exc: BaseException, cls: ErrorClass) -> str:

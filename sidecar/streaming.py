@@ -85,6 +85,7 @@ class SSEScanner:
         "first_token_at",
         "last_id",
         "upstream_model",
+        "usage_prompt_tokens",
         "usage_tokens",
         "want_usage",
     )
@@ -98,6 +99,7 @@ class SSEScanner:
         self._tail = b""
         self.first_token_at: float | None = None
         self.usage_tokens: int | None = None
+        self.usage_prompt_tokens: int | None = None
         self.content_chunks = 0
         self.done = False
         self.finish_seen = False
@@ -243,6 +245,16 @@ class SSEScanner:
         out = self.feed(tail + b"\n", now)
         return out
 
+    def set_usage_cost(self, cost_usd: float) -> None:
+        """Put ``cost`` (USD, OpenRouter's field) in the held usage chunk the app will get."""
+        if not self.want_usage or self._held_usage is None:
+            return
+        with contextlib.suppress(ValueError):
+            chunk = orjson.loads(self._held_usage)
+            if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
+                chunk["usage"]["cost"] = cost_usd
+                self._held_usage = orjson.dumps(chunk)
+
     def final_chunks(self, routing: dict[str, Any] | None) -> bytes:
         """The held chunks, ``routing`` on the last one, as SSE lines (redacted).
 
@@ -319,6 +331,9 @@ class SSEScanner:
             tokens = usage.get("completion_tokens")
             if isinstance(tokens, int) and not isinstance(tokens, bool):
                 self.usage_tokens = tokens
+            prompt = usage.get("prompt_tokens")
+            if isinstance(prompt, int) and not isinstance(prompt, bool):
+                self.usage_prompt_tokens = prompt
         choices = obj.get("choices")
         if not isinstance(choices, list) or not choices:
             return _USAGE if has_usage else _EMPTY

@@ -19,6 +19,7 @@ import orjson
 
 from router_common.domain import ErrorClass
 from router_common.pb import router_pb2
+from router_common.routing.cost import UsageCost
 from router_common.wire_enums import ERROR_CLASS_TO_WIRE
 
 #: Failures that move on to the next provider (before any byte reached the app: a
@@ -117,6 +118,14 @@ class AttemptRecord:
     report: bool = True
     #: Extra keys for ``routing.attempts`` (hedging: ``hedge``, ``cancelled``, cost).
     extra: dict[str, Any] | None = None
+    #: The catalog model this attempt served (a request's fallback models differ).
+    model: str = ""
+    #: Input tokens as the upstream's usage counted them (None: it sent no usage).
+    input_tokens: int | None = None
+    #: What the tokens this attempt processed cost (None: it produced none).
+    cost: UsageCost | None = None
+    #: The cost used estimated token counts (the upstream sent no usage).
+    cost_estimated: bool = False
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000.0
@@ -163,6 +172,12 @@ class AttemptRecord:
             out["tokens_per_second"] = round(self.tokens_per_second, 2)
         if self.retry_after_s is not None:
             out["retry_after_s"] = self.retry_after_s
+        if self.model:
+            out["model"] = self.model
+        if self.input_tokens is not None:
+            out["input_tokens"] = self.input_tokens
+        if self.cost is not None:
+            out["cost_usd"] = round(self.cost.total, 12)
         if self.extra:
             out.update(self.extra)
         return out

@@ -42,6 +42,32 @@ def cost_factors(
     return CostFactors(1.0 / (1.0 + k), k / (1.0 + k), "blended_per_mtok")
 
 
+class UsageCost(NamedTuple):
+    """What tokens that were actually processed cost, in USD, split by direction."""
+
+    input: float
+    output: float
+
+    @property
+    def total(self) -> float:
+        return self.input + self.output
+
+
+def usage_cost(
+    input_tokens: int, output_tokens: int, input_price: float, output_price: float
+) -> UsageCost:
+    """The cost of ``input_tokens`` and ``output_tokens`` at these prices per million tokens.
+
+    The request-basis rule of ``cost_factors`` (tokens / 1e6 x price), applied to
+    counted tokens instead of estimates; zero tokens cost nothing (never the
+    blended price).
+    """
+    factors = CostFactors(
+        max(0, input_tokens) / 1_000_000, max(0, output_tokens) / 1_000_000, "request"
+    )
+    return UsageCost(input_price * factors.input, output_price * factors.output)
+
+
 def endpoint_cost(factors: CostFactors, input_price: float, output_price: float) -> float:
     """The estimated cost of the request on an endpoint with these prices per million tokens."""
     return input_price * factors[0] + output_price * factors[1]

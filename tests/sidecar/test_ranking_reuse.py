@@ -71,8 +71,8 @@ def test_suggested_timeouts_are_read_within_their_bounds(
 
 def test_first_token_timeout_is_the_smaller_of_config_and_suggestion() -> None:
     s = SidecarSettings(first_byte_timeout_s=30.0)
-    assert first_token_timeout(s, route("a", first_token_timeout_s=1.5)) == 1.5
-    assert first_token_timeout(s, route("a", first_token_timeout_s=90.0)) == 30.0
-    assert first_token_timeout(s, route("a")) == 30.0
+    assert first_token_timeout(s, route("a", first_token_timeout_s=1.5)).seconds == 1.5
+    assert first_token_timeout(s, route("a", first_token_timeout_s=90.0)).seconds == 30.0
+    assert first_token_timeout(s, route("a")).seconds == 30.0
     off = SidecarSettings(first_byte_timeout_s=30.0, adaptive_first_token_timeout=False)
-    assert first_token_timeout(off, route("a", first_token_timeout_s=1.5)) == 30.0
+    assert first_token_timeout(off, route("a", first_token_timeout_s=1.5)).seconds == 30.0
