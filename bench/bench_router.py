@@ -302,8 +302,11 @@ def print_starvation(quick: bool) -> None:
         alone, loaded = r[f"alone_{q}"], r[f"loaded_{q}"]
         print(f"| {q} (ms) | {alone:.1f} | {loaded:.1f} | **{loaded / alone:.2f}×** |")
     print(
-        f"\nIngestion during the loaded rounds: **{r['ingest_per_s']:,.0f} outcomes/s** "
-        f"(target ≥ 30,000); {r['calls']:,} calls per side.\n"
+        f"\np99 ratio per round (loaded/alone, interleaved): best "
+        f"**{r['p99_ratio_best']:.2f}×**, median **{r['p99_ratio_median']:.2f}×**, "
+        f"worst {r['p99_ratio_worst']:.2f}× over {rounds} rounds.\n"
+        f"\nIngestion during the loaded rounds: **{r['ingest_per_s']:,.0f} outcomes/s** median, "
+        f"{r['ingest_min_per_s']:,.0f} lowest (target ≥ 30,000); {r['calls']:,} calls per side.\n"
     )
 
 

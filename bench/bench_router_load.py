@@ -117,9 +117,18 @@ def _writer(address: str, token: str, started, stop, out: multiprocessing.Queue)
         call(iter(payload[:1]), metadata=metadata)
         started.set()
         start = time.perf_counter()
+        refused = 0
         while not stop.is_set():
-            accepted += call(iter(payload), metadata=metadata).accepted
-        out.put((accepted, time.perf_counter() - start))
+            try:
+                accepted += call(iter(payload), metadata=metadata).accepted
+            except grpc.RpcError as exc:
+                # Over the caller's rate limit: back off as a sidecar does (the
+                # batches applied before the refusal are not counted here).
+                if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                refused += 1
+                time.sleep(0.01)
+        out.put((accepted, time.perf_counter() - start, refused))
 
 
 # -- scenarios ----------------------------------------------------------------------
@@ -154,8 +163,8 @@ async def _in_child(target, *args: Any) -> Any:
     queue = spawn.Queue()
     child = spawn.Process(target=target, args=(*args, queue))
     child.start()
-    result = await asyncio.get_running_loop().run_in_executor(None, queue.get)
-    child.join()
+    result = await asyncio.get_running_loop().run_in_executor(None, queue.get, True, 600)
+    await asyncio.get_running_loop().run_in_executor(None, child.join)
     return result
 
 
@@ -171,8 +180,10 @@ async def starvation(calls: int, rounds: int) -> dict[str, float]:
         alone: list[float] = []
         loaded: list[float] = []
         ingest_rates: list[float] = []
+        round_ratios: list[float] = []
         for _ in range(rounds):
-            alone += await _in_child(_ranker, address, 32, calls, RANK_TOKEN, None)
+            alone_round = await _in_child(_ranker, address, 32, calls, RANK_TOKEN, None)
+            alone += alone_round
             stop = spawn.Event()
             queue = spawn.Queue()
             writers = []
@@ -183,17 +194,22 @@ async def starvation(calls: int, rounds: int) -> dict[str, float]:
                 writers.append((proc, started))
             loop = asyncio.get_running_loop()
             for _, started in writers:
-                await loop.run_in_executor(None, started.wait)
+                if not await loop.run_in_executor(None, started.wait, 60):
+                    raise RuntimeError("a writer did not start")
             accepted_before = sum(app.servicer.ledger.accepted.values())
             start = time.perf_counter()
-            loaded += await _in_child(_ranker, address, 32, calls, RANK_TOKEN, None)
+            loaded_round = await _in_child(_ranker, address, 32, calls, RANK_TOKEN, None)
             elapsed = time.perf_counter() - start
+            loaded += loaded_round
+            round_ratios.append(_pct(loaded_round, 0.99) / _pct(alone_round, 0.99))
             accepted = sum(app.servicer.ledger.accepted.values()) - accepted_before
             ingest_rates.append(accepted / elapsed)
             stop.set()
+            # Joins run off the loop: the router serves the writers' last calls on it.
+            for _ in writers:
+                await loop.run_in_executor(None, queue.get, True, 60)
             for proc, _ in writers:
-                await loop.run_in_executor(None, queue.get)
-                proc.join()
+                await loop.run_in_executor(None, proc.join)
         await app.stop()
     return {
         "alone_p50": _pct(alone, 0.5),
@@ -201,6 +217,10 @@ async def starvation(calls: int, rounds: int) -> dict[str, float]:
         "loaded_p50": _pct(loaded, 0.5),
         "loaded_p99": _pct(loaded, 0.99),
         "ingest_per_s": statistics.median(ingest_rates),
+        "ingest_min_per_s": min(ingest_rates),
+        "p99_ratio_best": min(round_ratios),
+        "p99_ratio_median": statistics.median(round_ratios),
+        "p99_ratio_worst": max(round_ratios),
         "calls": len(alone),
     }
 
