@@ -181,6 +181,8 @@ async def starvation(calls: int, rounds: int) -> dict[str, float]:
         loaded: list[float] = []
         ingest_rates: list[float] = []
         round_ratios: list[float] = []
+        busy: list[float] = []
+        router_cpu: list[float] = []
         for _ in range(rounds):
             alone_round = await _in_child(_ranker, address, 32, calls, RANK_TOKEN, None)
             alone += alone_round
@@ -197,10 +199,14 @@ async def starvation(calls: int, rounds: int) -> dict[str, float]:
                 if not await loop.run_in_executor(None, started.wait, 60):
                     raise RuntimeError("a writer did not start")
             accepted_before = sum(app.servicer.ledger.accepted.values())
+            busy_before = app.servicer.ingestor.busy_s
+            cpu_before = time.process_time()
             start = time.perf_counter()
             loaded_round = await _in_child(_ranker, address, 32, calls, RANK_TOKEN, None)
             elapsed = time.perf_counter() - start
             loaded += loaded_round
+            busy.append((app.servicer.ingestor.busy_s - busy_before) / elapsed)
+            router_cpu.append((time.process_time() - cpu_before) / elapsed)
             round_ratios.append(_pct(loaded_round, 0.99) / _pct(alone_round, 0.99))
             accepted = sum(app.servicer.ledger.accepted.values()) - accepted_before
             ingest_rates.append(accepted / elapsed)
@@ -222,6 +228,13 @@ async def starvation(calls: int, rounds: int) -> dict[str, float]:
         "p99_ratio_median": statistics.median(round_ratios),
         "p99_ratio_worst": max(round_ratios),
         "calls": len(alone),
+        "alone_p90": _pct(alone, 0.9),
+        "loaded_p90": _pct(loaded, 0.9),
+        "alone_p999": _pct(alone, 0.999),
+        "loaded_p999": _pct(loaded, 0.999),
+        "paced_s": app.servicer.ingestor.paced_s,
+        "ingest_share": statistics.median(busy),
+        "router_cpu": statistics.median(router_cpu),
     }
 
 

@@ -232,7 +232,9 @@ class RouterApp:
                 await asyncio.wait_for(self._data_arrived.wait(), settings.refresh_max_interval_s)
             self._data_arrived.clear()
             try:
-                self.refresh_now()
+                # One endpoint per step: RankProviders calls run in between.
+                for _ in self.core.refresh_steps() if self.core is not None else ():
+                    await asyncio.sleep(0)
             except Exception:
                 log.exception("quantile refresh failed")
             await asyncio.sleep(settings.refresh_min_interval_s)

@@ -138,6 +138,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     @_counted
     async def RankProviders(self, request, context):
+        self.ingestor.ranking_served()
         try:
             routing = routing_request(request)
             result = self.core.rank(routing)
