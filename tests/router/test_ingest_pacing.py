@@ -14,7 +14,7 @@ import pytest
 from router_common.catalog import load_catalog
 from router_service.callers import CallerLedger, CallerLimitsConfig
 from router_service.core import RouterCore
-from router_service.ingest import IngestPacing, Ingestor
+from router_service.ingest import Ingestor, IngestPacing
 from tests.conftest import EXAMPLE_CATALOG, FakeClock
 
 
