@@ -134,10 +134,11 @@ def _writer(address: str, token: str, started, stop, out: multiprocessing.Queue)
 # -- scenarios ----------------------------------------------------------------------
 
 
-async def _router(directory: Path, **security: Any):
+async def _router(directory: Path, share: float | None = None, **security: Any):
     from bench_router import synthetic_catalog
 
     from router_service.app import RouterApp, Settings
+    from router_service.ingest import IngestPacing
     from router_service.security import SecuritySettings
 
     catalog = directory / "catalog.yaml"
@@ -152,6 +153,7 @@ async def _router(directory: Path, **security: Any):
             watch_catalog=False,
             seed=1,
             security=SecuritySettings(**security),
+            ingest_pacing=IngestPacing() if share is None else IngestPacing(share=share),
         )
     )
     await app.start()
@@ -168,11 +170,14 @@ async def _in_child(target, *args: Any) -> Any:
     return result
 
 
-async def starvation(calls: int, rounds: int) -> dict[str, float]:
-    """RankProviders p50/p99 at 32 callers, alone and with 4 writers at full speed."""
+async def starvation(calls: int, rounds: int, share: float | None = None) -> dict[str, float]:
+    """RankProviders p50/p99 at 32 callers, alone and with 4 writers at full speed.
+
+    ``share``: the router's ``IngestPacing.share`` (None: its default; 1: unpaced).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        app = await _router(directory, auth_tokens=str(_tokens_file(directory)))
+        app = await _router(directory, share, auth_tokens=str(_tokens_file(directory)))
         address = app.grpc_address
         spawn = multiprocessing.get_context("spawn")
         # An hour of data first, so ranking sorts real quantiles.

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from router_common.json_text import as_json
 from router_common.limits import MAX_REJECTIONS_REPORTED, MAX_SENDER_LEN
 from router_common.pb import router_pb2
 from router_service.callers import CallerLedger
@@ -167,8 +168,8 @@ class Ingestor:
             wait = self.ledger.retry_after_s(caller, count)
             raise BatchRefused(
                 "RESOURCE_EXHAUSTED",
-                f"caller {caller!r} is over its outcome rate limit "
-                f"({self.ledger.config.outcomes_per_second:g}/s); retry in {wait:.2f} s",
+                f"caller {as_json(caller)} is over its outcome rate limit "
+                f"({as_json(self.ledger.config.outcomes_per_second)}/s); retry in {wait:.2f} s",
                 wait,
             )
         if batch_id is not None:
