@@ -120,7 +120,7 @@ async def test_filters_leaving_nothing_fail_precondition(router_stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await router_stub.RankProviders(rank_request(only=["together"], zero_data_retention=True))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "\"together | zai/glm-4.7\": not_zdr" in info.value.details()
+    assert '"together | zai/glm-4.7": not_zdr' in info.value.details()
 
 
 async def test_record_outcome_rejects_junk_item_by_item(router_app, router_stub) -> None:

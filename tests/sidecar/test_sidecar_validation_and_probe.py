@@ -18,7 +18,7 @@ MSGS = [{"role": "user", "content": "hello there"}]
 BAD_PREFERENCES = [
     ({"order": [f"p{i}" for i in range(10_000)]}, "preferences.order: at most"),
     ({"ignore": [f"p{i}" for i in range(MAX_PROVIDER_LIST + 1)]}, "preferences.ignore: at most"),
-    ({"order": ["alpha", "alpha"]}, "lists provider \"alpha\" more than once"),
+    ({"order": ["alpha", "alpha"]}, 'lists provider "alpha" more than once'),
     ({"order": ["alpha"], "ignore": ["alpha"]}, "providers also in ignore"),
     ({"only": ["beta"], "ignore": ["beta"]}, "providers in both only and ignore"),
     ({"order": ["x" * 200]}, "provider names must be 1..128 characters"),
