@@ -29,7 +29,7 @@ from router_service.core import RouterCore
 from router_service.grpc_api import RouterServicer
 from router_service.health import HealthConfig
 from router_service.http_api import build_http_app
-from router_service.ingest import IngestPacing
+from router_service.ingest import IngestCollector, IngestPacing
 from router_service.listen import bind_error, check_port_free
 from router_service.ranking import RankingConfig
 from router_service.reflection_v1 import enable_reflection
@@ -177,7 +177,10 @@ class RouterApp:
             self.core,
             self.servicer.rpc_counter,
             middlewares=self.security.http_middlewares(),
-            collectors=[self.security.collector(self.servicer.ledger)],
+            collectors=[
+                self.security.collector(self.servicer.ledger),
+                IngestCollector(self.servicer.ingestor),
+            ],
         )
         self.http_app = app
         # Dashboard and API requests are short; do not let keep-alive clients hold

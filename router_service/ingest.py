@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily
 
 from router_common.json_text import as_json
 from router_common.limits import MAX_REJECTIONS_REPORTED, MAX_SENDER_LEN
@@ -112,9 +114,9 @@ class Ingestor:
         self._ranking_seen = -float("inf")
         self._budget = _BUDGET_CAP_S
         self._refilled = monotonic()
-        #: Seconds ingestion slept to leave the loop to ranking (for /metrics and benches).
+        #: Seconds ingestion slept to leave the loop to ranking, and seconds of
+        #: loop time it spent applying outcomes (``/metrics``: IngestCollector).
         self.paced_s = 0.0
-        #: Seconds of loop time spent applying outcomes.
         self.busy_s = 0.0
 
     def ranking_served(self) -> None:
@@ -201,3 +203,22 @@ class Ingestor:
         if total.accepted:
             self._on_ingested()
         return total
+
+
+class IngestCollector:
+    """``/metrics``: how much loop time ingestion took, and how long it was held back."""
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self.ingestor = ingestor
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "router_ingest_busy_seconds",
+            "Event-loop seconds spent applying outcomes.",
+            value=self.ingestor.busy_s,
+        )
+        yield CounterMetricFamily(
+            "router_ingest_paced_seconds",
+            "Seconds ingestion waited to leave the loop to RankProviders (--ingest-share).",
+            value=self.ingestor.paced_s,
+        )

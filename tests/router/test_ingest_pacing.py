@@ -98,3 +98,35 @@ def test_stepwise_refresh_yields_per_changed_endpoint_and_matches_a_full_refresh
     assert sum(1 for _ in stepwise.refresh_steps()) == 0  # nothing changed since
     for key in keys:
         assert stepwise.stats(key).ttft_1h.get(0.5) == whole.stats(key).ttft_1h.get(0.5) > 0
+
+
+async def test_ingestion_time_is_exported_to_prometheus(router_app, router_stub) -> None:
+    import time
+
+    import aiohttp
+
+    from router_common.pb import router_pb2
+
+    outcome = router_pb2.Outcome(
+        model="zai/glm-4.7",
+        provider="cerebras",
+        started_at=time.time(),
+        success=True,
+        http_status=200,
+        ttft_ms=200.0,
+        duration_ms=900.0,
+    )
+    await router_stub.RankProviders(router_pb2.RankProvidersRequest(model="zai/glm-4.7"))
+    await router_stub.RecordOutcome(router_pb2.RecordOutcomeRequest(outcomes=[outcome] * 200))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{router_app.http_url}/metrics") as response,
+    ):
+        text = await response.text()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("router_ingest_")
+    }
+    assert values["router_ingest_busy_seconds_total"] > 0
+    assert "router_ingest_paced_seconds_total" in values
