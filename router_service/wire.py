@@ -14,10 +14,13 @@ from collections.abc import Container, Mapping
 
 from router_common.catalog_model import Endpoint, Provider
 from router_common.domain import EndpointKey
-from router_common.json_text import as_json
 from router_common.limits import MAX_TOKENS
 from router_common.pb import router_pb2
-from router_common.routing.validation import PreferencesError, validate_preferences
+from router_common.routing.validation import (
+    PreferencesError,
+    check_known_providers,
+    validate_preferences,
+)
 from router_common.wire_enums import (
     PERCENTILE_FROM_WIRE,
     PERCENTILE_TO_WIRE,
@@ -67,22 +70,6 @@ def proto_path(field: str) -> str:
     return PROTO_PATHS.get(field, field)
 
 
-def check_known_providers(prefs: router_pb2.RoutingPreferences, providers: Container[str]) -> None:
-    """RankingInputError naming the first provider in order/only/ignore not in the catalog.
-
-    A name the catalog has never heard of is a typo or a stale config, and
-    silently ignoring it (or filtering everything out with it) hides that.
-    A provider that exists but does not serve the requested model is fine.
-    """
-    for name in ("order", "only", "ignore"):
-        for provider in getattr(prefs, name):
-            if provider not in providers:
-                raise RankingInputError(
-                    f"preferences.{name}",
-                    f"provider {as_json(provider)} is not in the catalog",
-                )
-
-
 def routing_request(
     msg: router_pb2.RankProvidersRequest, providers: Container[str] | None = None
 ) -> RoutingRequest:
@@ -94,10 +81,10 @@ def routing_request(
     prefs = msg.preferences
     try:  # the rules the sidecar applies too, whatever its ranking source
         validate_preferences(prefs)
+        if providers is not None:
+            check_known_providers(prefs, providers)
     except PreferencesError as exc:
         raise RankingInputError(exc.field, exc.message) from None
-    if providers is not None:
-        check_known_providers(prefs, providers)
     for field in ("estimated_input_tokens", "max_output_tokens"):
         value = getattr(msg, field)
         if not 0 <= value <= MAX_TOKENS:

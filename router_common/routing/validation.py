@@ -10,7 +10,7 @@ measured before anything iterates over them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 from router_common.json_text import as_json
 from router_common.limits import MAX_NAME_LEN, MAX_PROVIDER_LIST
@@ -83,6 +83,23 @@ def validate_preferences(prefs: router_pb2.RoutingPreferences) -> None:
             value = getattr(msg, name)
             if not math.isfinite(value) or value < 0:
                 raise PreferencesError(path, f"must be a finite number >= 0, got {as_json(value)}")
+
+
+def check_known_providers(prefs: router_pb2.RoutingPreferences, providers: Container[str]) -> None:
+    """PreferencesError naming the first provider in order/only/ignore not in the catalog.
+
+    A name the catalog has never heard of is a typo or a stale config, and
+    silently ignoring it (or filtering everything out with it) hides that. A
+    provider that exists but does not serve the requested model is fine. The
+    router checks against its catalog, the sidecar against its fallback catalog
+    when it ranks from it.
+    """
+    for name in _LISTS:
+        for provider in getattr(prefs, name):
+            if provider not in providers:
+                raise PreferencesError(
+                    f"preferences.{name}", f"provider {as_json(provider)} is not in the catalog"
+                )
 
 
 def _first_repeat(names: Iterable[str]) -> str:

@@ -22,6 +22,8 @@ BAD_PREFERENCES = [
     ({"order": ["alpha"], "ignore": ["alpha"]}, "providers also in ignore"),
     ({"only": ["beta"], "ignore": ["beta"]}, "providers in both only and ignore"),
     ({"order": ["x" * 200]}, "provider names must be 1..128 characters"),
+    ({"only": ["alpha", "ghost"]}, 'preferences.only: provider "ghost" is not in the catalog'),
+    ({"ignore": ["ghost"]}, 'preferences.ignore: provider "ghost" is not in the catalog'),
 ]
 
 
@@ -150,5 +152,6 @@ async def test_a_provider_the_catalog_does_not_know_is_a_400_naming_it(stack: St
     refusal = await _refusal(sc, {"only": ["alpha", "ghost"]})
     assert refusal.status_code == 400
     assert refusal.body["code"] == "invalid_routing_preferences"
+    assert refusal.body["param"] == "provider.only"
     assert refusal.body["message"] == 'preferences.only: provider "ghost" is not in the catalog'
     assert stack.counts() == {"alpha": 0, "beta": 0}
