@@ -289,12 +289,16 @@ async def bench_ingest(batches: int, per_batch: int) -> dict[str, float]:
     }
 
 
-def print_starvation(quick: bool) -> None:
+def print_starvation(quick: bool, share: float | None = None) -> None:
     from bench_router_load import starvation
 
     calls, rounds = (1_600, 2) if quick else (3_200, 3)
-    r = asyncio.run(starvation(calls, rounds))
-    print("## Ranking while 4 StreamOutcomes writers run at full speed (32 callers)\n")
+    r = asyncio.run(starvation(calls, rounds, share))
+    shown = "default" if share is None else f"{share:g}"
+    print(
+        "## Ranking while 4 StreamOutcomes writers run at full speed (32 callers, "
+        f"ingest share {shown})\n"
+    )
     print(
         "| RankProviders | alone | with 4 writers | **ratio** (p99 target ≤ 2) |\n|---|---|---|---|"
     )
@@ -302,8 +306,13 @@ def print_starvation(quick: bool) -> None:
         alone, loaded = r[f"alone_{q}"], r[f"loaded_{q}"]
         print(f"| {q} (ms) | {alone:.1f} | {loaded:.1f} | **{loaded / alone:.2f}×** |")
     print(
-        f"\nIngestion during the loaded rounds: **{r['ingest_per_s']:,.0f} outcomes/s** "
-        f"(target ≥ 30,000); {r['calls']:,} calls per side.\n"
+        f"\np99 ratio per round (loaded/alone, interleaved): best "
+        f"**{r['p99_ratio_best']:.2f}×**, median **{r['p99_ratio_median']:.2f}×**, "
+        f"worst {r['p99_ratio_worst']:.2f}× over {rounds} rounds.\n"
+        f"\nIngestion during the loaded rounds: **{r['ingest_per_s']:,.0f} outcomes/s** median, "
+        f"{r['ingest_min_per_s']:,.0f} lowest (target ≥ 30,000); {r['calls']:,} calls per side. "
+        f"Ingestion took {r['ingest_share']:.0%} of the router's wall time; the router "
+        f"process used {r['router_cpu']:.0%} of a core.\n"
     )
 
 
@@ -337,9 +346,15 @@ def main() -> None:
         default="all",
         help="base = the tables below; starvation and auth: bench_router_load.py",
     )
+    parser.add_argument(
+        "--ingest-share",
+        type=float,
+        default=None,
+        help="starvation: the router's --ingest-share (default: its default; 1 = unpaced)",
+    )
     args = parser.parse_args()
     if args.scenario in ("all", "starvation"):
-        print_starvation(args.quick)
+        print_starvation(args.quick, args.ingest_share)
     if args.scenario in ("all", "auth"):
         print_auth_cost(args.quick)
     if args.scenario not in ("all", "base"):

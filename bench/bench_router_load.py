@@ -117,18 +117,28 @@ def _writer(address: str, token: str, started, stop, out: multiprocessing.Queue)
         call(iter(payload[:1]), metadata=metadata)
         started.set()
         start = time.perf_counter()
+        refused = 0
         while not stop.is_set():
-            accepted += call(iter(payload), metadata=metadata).accepted
-        out.put((accepted, time.perf_counter() - start))
+            try:
+                accepted += call(iter(payload), metadata=metadata).accepted
+            except grpc.RpcError as exc:
+                # Over the caller's rate limit: back off as a sidecar does (the
+                # batches applied before the refusal are not counted here).
+                if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                refused += 1
+                time.sleep(0.01)
+        out.put((accepted, time.perf_counter() - start, refused))
 
 
 # -- scenarios ----------------------------------------------------------------------
 
 
-async def _router(directory: Path, **security: Any):
+async def _router(directory: Path, share: float | None = None, **security: Any):
     from bench_router import synthetic_catalog
 
     from router_service.app import RouterApp, Settings
+    from router_service.ingest import IngestPacing
     from router_service.security import SecuritySettings
 
     catalog = directory / "catalog.yaml"
@@ -143,6 +153,7 @@ async def _router(directory: Path, **security: Any):
             watch_catalog=False,
             seed=1,
             security=SecuritySettings(**security),
+            ingest_pacing=IngestPacing() if share is None else IngestPacing(share=share),
         )
     )
     await app.start()
@@ -154,16 +165,19 @@ async def _in_child(target, *args: Any) -> Any:
     queue = spawn.Queue()
     child = spawn.Process(target=target, args=(*args, queue))
     child.start()
-    result = await asyncio.get_running_loop().run_in_executor(None, queue.get)
-    child.join()
+    result = await asyncio.get_running_loop().run_in_executor(None, queue.get, True, 600)
+    await asyncio.get_running_loop().run_in_executor(None, child.join)
     return result
 
 
-async def starvation(calls: int, rounds: int) -> dict[str, float]:
-    """RankProviders p50/p99 at 32 callers, alone and with 4 writers at full speed."""
+async def starvation(calls: int, rounds: int, share: float | None = None) -> dict[str, float]:
+    """RankProviders p50/p99 at 32 callers, alone and with 4 writers at full speed.
+
+    ``share``: the router's ``IngestPacing.share`` (None: its default; 1: unpaced).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        app = await _router(directory, auth_tokens=str(_tokens_file(directory)))
+        app = await _router(directory, share, auth_tokens=str(_tokens_file(directory)))
         address = app.grpc_address
         spawn = multiprocessing.get_context("spawn")
         # An hour of data first, so ranking sorts real quantiles.
@@ -171,8 +185,12 @@ async def starvation(calls: int, rounds: int) -> dict[str, float]:
         alone: list[float] = []
         loaded: list[float] = []
         ingest_rates: list[float] = []
+        round_ratios: list[float] = []
+        busy: list[float] = []
+        router_cpu: list[float] = []
         for _ in range(rounds):
-            alone += await _in_child(_ranker, address, 32, calls, RANK_TOKEN, None)
+            alone_round = await _in_child(_ranker, address, 32, calls, RANK_TOKEN, None)
+            alone += alone_round
             stop = spawn.Event()
             queue = spawn.Queue()
             writers = []
@@ -183,17 +201,26 @@ async def starvation(calls: int, rounds: int) -> dict[str, float]:
                 writers.append((proc, started))
             loop = asyncio.get_running_loop()
             for _, started in writers:
-                await loop.run_in_executor(None, started.wait)
+                if not await loop.run_in_executor(None, started.wait, 60):
+                    raise RuntimeError("a writer did not start")
             accepted_before = sum(app.servicer.ledger.accepted.values())
+            busy_before = app.servicer.ingestor.busy_s
+            cpu_before = time.process_time()
             start = time.perf_counter()
-            loaded += await _in_child(_ranker, address, 32, calls, RANK_TOKEN, None)
+            loaded_round = await _in_child(_ranker, address, 32, calls, RANK_TOKEN, None)
             elapsed = time.perf_counter() - start
+            loaded += loaded_round
+            busy.append((app.servicer.ingestor.busy_s - busy_before) / elapsed)
+            router_cpu.append((time.process_time() - cpu_before) / elapsed)
+            round_ratios.append(_pct(loaded_round, 0.99) / _pct(alone_round, 0.99))
             accepted = sum(app.servicer.ledger.accepted.values()) - accepted_before
             ingest_rates.append(accepted / elapsed)
             stop.set()
+            # Joins run off the loop: the router serves the writers' last calls on it.
+            for _ in writers:
+                await loop.run_in_executor(None, queue.get, True, 60)
             for proc, _ in writers:
-                await loop.run_in_executor(None, queue.get)
-                proc.join()
+                await loop.run_in_executor(None, proc.join)
         await app.stop()
     return {
         "alone_p50": _pct(alone, 0.5),
@@ -201,7 +228,18 @@ async def starvation(calls: int, rounds: int) -> dict[str, float]:
         "loaded_p50": _pct(loaded, 0.5),
         "loaded_p99": _pct(loaded, 0.99),
         "ingest_per_s": statistics.median(ingest_rates),
+        "ingest_min_per_s": min(ingest_rates),
+        "p99_ratio_best": min(round_ratios),
+        "p99_ratio_median": statistics.median(round_ratios),
+        "p99_ratio_worst": max(round_ratios),
         "calls": len(alone),
+        "alone_p90": _pct(alone, 0.9),
+        "loaded_p90": _pct(loaded, 0.9),
+        "alone_p999": _pct(alone, 0.999),
+        "loaded_p999": _pct(loaded, 0.999),
+        "paced_s": app.servicer.ingestor.paced_s,
+        "ingest_share": statistics.median(busy),
+        "router_cpu": statistics.median(router_cpu),
     }
 
 

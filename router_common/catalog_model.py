@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from router_common.domain import EndpointKey
+from router_common.json_text import as_json
 from router_common.limits import MAX_MODEL_ID_LEN
 
 
@@ -65,5 +66,4 @@ def unknown_model_message(model: str) -> str:
     One wording for both (the router's NOT_FOUND and the sidecar's 404 from its
     fallback catalog), with an overlong id cut so the message stays bounded.
     """
-    shown = model if len(model) <= MAX_MODEL_ID_LEN else model[:MAX_MODEL_ID_LEN] + "…"
-    return f"model {shown!r} is not in the catalog"
+    return f"model {as_json(model, MAX_MODEL_ID_LEN)} is not in the catalog"

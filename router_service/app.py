@@ -29,6 +29,7 @@ from router_service.core import RouterCore
 from router_service.grpc_api import RouterServicer
 from router_service.health import HealthConfig
 from router_service.http_api import build_http_app
+from router_service.ingest import IngestCollector, IngestPacing
 from router_service.listen import bind_error, check_port_free
 from router_service.ranking import RankingConfig
 from router_service.reflection_v1 import enable_reflection
@@ -65,6 +66,8 @@ class Settings:
     health: HealthConfig = field(default_factory=HealthConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     seed: int | None = None
+    #: How outcome ingestion shares the event loop with ranking (router_service.ingest).
+    ingest_pacing: IngestPacing = field(default_factory=IngestPacing)
     #: Authentication, TLS, protected mode, per-caller limits, connection bounds.
     security: SecuritySettings = field(default_factory=SecuritySettings)
     #: Share outcomes, sketches and health with peer replicas through Redis
@@ -134,6 +137,7 @@ class RouterApp:
             self._data_arrived.set,
             self.security.authenticator,
             self.security.ledger(self.clock),
+            self.settings.ingest_pacing,
         )
         self.servicer.idle_stream_timeout_s = (
             self.settings.security.connections.idle_stream_timeout_s
@@ -173,7 +177,10 @@ class RouterApp:
             self.core,
             self.servicer.rpc_counter,
             middlewares=self.security.http_middlewares(),
-            collectors=[self.security.collector(self.servicer.ledger)],
+            collectors=[
+                self.security.collector(self.servicer.ledger),
+                IngestCollector(self.servicer.ingestor),
+            ],
         )
         self.http_app = app
         # Dashboard and API requests are short; do not let keep-alive clients hold
@@ -232,7 +239,9 @@ class RouterApp:
                 await asyncio.wait_for(self._data_arrived.wait(), settings.refresh_max_interval_s)
             self._data_arrived.clear()
             try:
-                self.refresh_now()
+                # One endpoint per step: RankProviders calls run in between.
+                for _ in self.core.refresh_steps() if self.core is not None else ():
+                    await asyncio.sleep(0)
             except Exception:
                 log.exception("quantile refresh failed")
             await asyncio.sleep(settings.refresh_min_interval_s)

@@ -26,6 +26,7 @@ from typing import Literal
 
 import yaml
 
+from router_common.json_text import as_json
 from router_common.limits import MAX_AUTH_CALLERS, MAX_NAME_LEN
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,9 @@ class Authenticator:
     @staticmethod
     def require(caller: Caller, scope: str, what: str) -> None:
         if scope not in caller.scopes:
-            raise Denied(False, f"caller {caller.name!r} lacks the {scope!r} scope for {what}")
+            raise Denied(
+                False, f"caller {as_json(caller.name)} lacks the {as_json(scope)} scope for {what}"
+            )
 
 
 def peer_host(peer: str) -> str:

@@ -22,6 +22,7 @@ from router_service import defaults
 from router_service.app import RouterApp, Settings
 from router_service.auth import AuthConfigError
 from router_service.health import HealthConfig
+from router_service.ingest import IngestPacing
 from router_service.listen import PortInUseError, raise_file_limit
 from router_service.ranking import RankingConfig
 from router_service.replication.cli_args import add_redis_arguments, replication_config
@@ -42,6 +43,16 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port must be 0..65535, got {value}")
     return value
+
+
+def _share(value: str) -> float:
+    try:
+        share = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}") from None
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
+    return share
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,6 +97,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=LEVELS,
         default=env.get(defaults.ENV_LOG_LEVEL, defaults.LOG_LEVEL).lower(),
         help=f"(env {defaults.ENV_LOG_LEVEL}, default {defaults.LOG_LEVEL})",
+    )
+    parser.add_argument(
+        "--ingest-share",
+        type=_share,
+        default=_share(env.get("ROUTER_INGEST_SHARE", str(IngestPacing().share))),
+        help="most of the event loop's time outcome ingestion may take while RankProviders "
+        "calls are being served, in (0, 1]; 1 = unpaced (env ROUTER_INGEST_SHARE, "
+        f"default {IngestPacing().share})",
     )
     add_security_flags(parser)
     add_connection_flags(parser)
@@ -151,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         health=health,
         ranking=ranking,
         replication=replication,
+        ingest_pacing=IngestPacing(share=args.ingest_share),
     )
     return asyncio.run(serve(settings))
 

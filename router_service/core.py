@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -173,7 +173,8 @@ class RouterCore:
             accepted.append(checked)
         # Baselines are read before this batch lands, so a slowdown does not
         # pull its own yardstick up (the cache refreshes later anyway).
-        baselines = {o.endpoint: self.store.stats(o.endpoint).ttft_1h.get(0.5) for o in accepted}
+        stats = self.store.stats
+        baselines = {k: stats(k).ttft_1h.get(0.5) for k in {o.endpoint for o in accepted}}
         self.store.record_many(accepted)
         self.series.record_many(accepted)
         deferred = (
@@ -212,6 +213,10 @@ class RouterCore:
     def refresh(self) -> None:
         """Recompute cached quantiles (coalesced: called per batch and on a timer)."""
         self.store.refresh(self.clock())
+
+    def refresh_steps(self) -> Iterator[None]:
+        """``refresh`` one endpoint per step, so the serving loop can run between steps."""
+        return self.store.refresh_steps(self.clock())
 
     # -- reads -----------------------------------------------------------------
 

@@ -18,19 +18,21 @@ from typing import Any, TypeVar
 import grpc
 
 from router_common.domain import EndpointKey
+from router_common.json_text import as_json
 from router_common.limits import MAX_OUTCOMES_PER_BATCH, MAX_REJECTIONS_REPORTED
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_service.auth import METHOD_SCOPES, Authenticator, Denied, certificate_names
 from router_service.callers import CallerLedger, CallerLimitsConfig
 from router_service.core import RouterCore, UnknownModelError
 from router_service.figures import best_p50s
-from router_service.ingest import BatchRefused, BatchResult, Ingestor
+from router_service.ingest import BatchRefused, BatchResult, Ingestor, IngestPacing
 from router_service.ranking import RankingInputError
 from router_service.rpc_guard import LogLimiter, Malformed, current_caller
 from router_service.wire import (
     endpoint_health,
     endpoint_metrics,
     endpoint_template,
+    proto_path,
     rank_response,
     routing_request,
 )
@@ -124,6 +126,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         on_ingested: Callable[[], None],
         authenticator: Authenticator | None = None,
         ledger: CallerLedger | None = None,
+        pacing: IngestPacing | None = None,
     ) -> None:
         self.core = core
         self.rpc_counter = RpcCounter()
@@ -131,27 +134,30 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.ledger = ledger or CallerLedger(CallerLimitsConfig(), core.clock)
         #: Applies batches; calls on_ingested after each accepted one (the app
         #: coalesces quantile refreshes).
-        self.ingestor = Ingestor(core, self.ledger, on_ingested)
+        self.ingestor = Ingestor(core, self.ledger, on_ingested, pacing)
         self.log_limiter = LogLimiter()
         self._template_version: str | None = None
         self._template_cache: dict[EndpointKey, router_pb2.RankedEndpoint] = {}
 
     @_counted
     async def RankProviders(self, request, context):
+        self.ingestor.ranking_served()
         try:
-            routing = routing_request(request)
+            routing = routing_request(request, self.core.catalog.providers)
             result = self.core.rank(routing)
         except UnknownModelError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except RankingInputError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"{proto_path(exc.field)}: {exc.message}"
+            )
         if not result.ranked:
             reasons = "; ".join(
-                f"{e.endpoint.provider.name}: {e.reason.code}" for e in result.excluded
+                f"{as_json(str(e.endpoint.key))}: {e.reason.code}" for e in result.excluded
             )
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"no endpoint of {request.model!r} satisfies the preferences ({reasons})",
+                f"no endpoint of {as_json(request.model)} satisfies the preferences ({reasons})",
             )
         return rank_response(
             result, request.model, self.core.catalog_version, self.core.clock(), self._templates()

@@ -14,6 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from router_common.domain import EndpointKey, ErrorClass
+from router_common.json_text import as_json
 from router_common.limits import (
     MAX_DURATION_MS,
     MAX_FUTURE_SKEW_S,
@@ -41,77 +42,98 @@ class Rejection:
         return f"{self.field}: {self.problem}"
 
 
-def _bounded(name: str, value: float, upper: float) -> Rejection | None:
-    if not math.isfinite(value):
-        return Rejection(name, f"must be finite, got {value}")
-    if value < 0 or value > upper:
-        return Rejection(name, f"must be within [0, {upper:g}], got {value:g}")
-    return None
+def _out_of_bounds(name: str, value: float, upper: float) -> Rejection:
+    """The rejection of a value outside [0, upper] (called only once it is known to be)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return Rejection(name, f"must be a finite number, got {as_json(value)}")
+    return Rejection(name, f"must be within [0, {as_json(upper)}], got {as_json(value)}")
+
+
+def _unknown_endpoint(key: EndpointKey, known: Collection[EndpointKey]) -> Rejection:
+    """Name the field that does not match the catalog: the model, else the provider."""
+    if not any(k.model == key.model for k in known):
+        return Rejection("model", f"{as_json(key.model)} is not in the catalog")
+    return Rejection(
+        "provider", f"endpoint {as_json(str(key))} (provider | model) is not in the catalog"
+    )
 
 
 def validate_outcome(
     msg: router_pb2.Outcome, known: Collection[EndpointKey], now: float
 ) -> Outcome | Rejection:
-    """Return the domain Outcome, or a Rejection naming what was wrong."""
-    if len(msg.model) > MAX_MODEL_ID_LEN:
-        return Rejection("model", f"longer than {MAX_MODEL_ID_LEN} characters")
-    if len(msg.provider) > MAX_NAME_LEN:
-        return Rejection("provider", f"longer than {MAX_NAME_LEN} characters")
-    key = EndpointKey(msg.model, msg.provider)
+    """Return the domain Outcome, or a Rejection naming what was wrong.
+
+    On the ingestion hot path (tens of thousands a second): the common case
+    is straight-line comparisons; messages are built only for a rejection.
+    """
+    model, provider = msg.model, msg.provider
+    if len(model) > MAX_MODEL_ID_LEN:
+        return Rejection("model", f"at most {MAX_MODEL_ID_LEN} characters, got {len(model)}")
+    if len(provider) > MAX_NAME_LEN:
+        return Rejection("provider", f"at most {MAX_NAME_LEN} characters, got {len(provider)}")
+    key = EndpointKey(model, provider)
     if key not in known:
-        return Rejection("model/provider", f"endpoint {key} is not in the catalog")
+        return _unknown_endpoint(key, known)
     started = msg.started_at or now
-    if (
-        not math.isfinite(started)
-        or not now - MAX_OUTCOME_AGE_S <= started <= now + MAX_FUTURE_SKEW_S
-    ):
-        return Rejection("started_at", f"must be within the last day (router clock {now:.0f})")
+    if not now - MAX_OUTCOME_AGE_S <= started <= now + MAX_FUTURE_SKEW_S:
+        return Rejection(
+            "started_at",
+            f"must be within the last {MAX_OUTCOME_AGE_S:.0f} s and at most "
+            f"{MAX_FUTURE_SKEW_S:.0f} s ahead of the router's clock ({now:.0f}), "
+            f"got {as_json(started)}",
+        )
     error_class = _error_class(msg)
     if isinstance(error_class, Rejection):
         return error_class
-    checks = [
-        _bounded("duration_ms", msg.duration_ms, MAX_DURATION_MS),
-        _bounded("output_tokens", float(msg.output_tokens), MAX_OUTPUT_TOKENS),
-    ]
-    if msg.HasField("ttft_ms"):
-        checks.append(_bounded("ttft_ms", msg.ttft_ms, MAX_TTFT_MS))
-    if msg.HasField("tokens_per_second"):
-        checks.append(_bounded("tokens_per_second", msg.tokens_per_second, MAX_TOKENS_PER_SECOND))
-    if msg.HasField("retry_after_seconds"):
-        checks.append(_bounded("retry_after_seconds", msg.retry_after_seconds, MAX_RETRY_AFTER_S))
-    if msg.http_status and not 100 <= msg.http_status <= 599:
-        checks.append(Rejection("http_status", f"must be 0 or 100..599, got {msg.http_status}"))
-    elif msg.success and msg.http_status and not 200 <= msg.http_status <= 299:
-        checks.append(
-            Rejection("http_status", f"{msg.http_status} contradicts success=true (0 or 200..299)")
+    success, status = msg.success, msg.http_status
+    if status and not 100 <= status <= 599:
+        return Rejection("http_status", f"must be 0 or 100..599, got {status}")
+    if success and status and not 200 <= status <= 299:
+        return Rejection(
+            "http_status", f"{status} contradicts success true (must be 0 or 200..299)"
         )
-    for problem in checks:
-        if problem is not None:
-            return problem
+    duration, output_tokens = msg.duration_ms, msg.output_tokens
+    if not 0.0 <= duration <= MAX_DURATION_MS:
+        return _out_of_bounds("duration_ms", duration, MAX_DURATION_MS)
+    if not 0 <= output_tokens <= MAX_OUTPUT_TOKENS:
+        return _out_of_bounds("output_tokens", output_tokens, MAX_OUTPUT_TOKENS)
+    has = msg.HasField
+    ttft = msg.ttft_ms if has("ttft_ms") else None
+    if ttft is not None and not 0.0 <= ttft <= MAX_TTFT_MS:
+        return _out_of_bounds("ttft_ms", ttft, MAX_TTFT_MS)
+    tps = msg.tokens_per_second if has("tokens_per_second") else None
+    if tps is not None and not 0.0 <= tps <= MAX_TOKENS_PER_SECOND:
+        return _out_of_bounds("tokens_per_second", tps, MAX_TOKENS_PER_SECOND)
+    retry = msg.retry_after_seconds if has("retry_after_seconds") else None
+    if retry is not None and not 0.0 <= retry <= MAX_RETRY_AFTER_S:
+        return _out_of_bounds("retry_after_seconds", retry, MAX_RETRY_AFTER_S)
     return Outcome(
         endpoint=key,
         timestamp=started,
-        success=msg.success,
+        success=success,
         error_class=error_class,
-        http_status=msg.http_status,
-        ttft_ms=msg.ttft_ms if msg.HasField("ttft_ms") else None,
-        tokens_per_second=msg.tokens_per_second if msg.HasField("tokens_per_second") else None,
-        output_tokens=msg.output_tokens,
-        duration_ms=msg.duration_ms,
-        retry_after_s=msg.retry_after_seconds if msg.HasField("retry_after_seconds") else None,
+        http_status=status,
+        ttft_ms=ttft,
+        tokens_per_second=tps,
+        output_tokens=output_tokens,
+        duration_ms=duration,
+        retry_after_s=retry,
     )
 
 
 def _error_class(msg: router_pb2.Outcome) -> ErrorClass | Rejection:
-    if msg.error_class == router_pb2.ERROR_CLASS_UNSPECIFIED:
+    wire = msg.error_class
+    if wire == router_pb2.ERROR_CLASS_UNSPECIFIED:
         if msg.success:
             return ErrorClass.NONE
         return Rejection("error_class", "required when success is false")
-    error_class = ERROR_CLASS_FROM_WIRE.get(msg.error_class)
+    error_class = ERROR_CLASS_FROM_WIRE.get(wire)
     if error_class is None:
-        return Rejection("error_class", f"unknown value {msg.error_class}")
+        return Rejection("error_class", f"unknown value {wire}")
     if msg.success != (error_class is ErrorClass.NONE):
+        name = router_pb2.ErrorClass.Name(wire)
         return Rejection(
-            "error_class", f"{error_class.value} contradicts success={str(msg.success).lower()}"
+            "error_class",
+            f"{as_json(name)} contradicts success {as_json(msg.success)}",
         )
     return error_class

@@ -25,6 +25,8 @@ router_endpoint_consecutive_failures            gauge    model, provider
 router_outcomes_total                           counter  error_class
 router_outcomes_rejected_total                  counter
 router_rpc_requests_total                       counter  method, code
+router_ingest_busy_seconds_total                counter
+router_ingest_paced_seconds_total               counter
 router_catalog_info                             gauge    version
 router_catalog_models / router_catalog_endpoints gauge
 ==============================================  =======  ====================================

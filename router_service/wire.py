@@ -10,12 +10,17 @@ and a newer client may send values this server does not know.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 
 from router_common.catalog_model import Endpoint, Provider
 from router_common.domain import EndpointKey
+from router_common.limits import MAX_TOKENS
 from router_common.pb import router_pb2
-from router_common.routing.validation import PreferencesError, validate_preferences
+from router_common.routing.validation import (
+    PreferencesError,
+    check_known_providers,
+    validate_preferences,
+)
 from router_common.wire_enums import (
     PERCENTILE_FROM_WIRE,
     PERCENTILE_TO_WIRE,
@@ -36,17 +41,54 @@ HEALTH_TO_WIRE: dict[HealthState, router_pb2.HealthState] = {
 }
 
 
-def routing_request(msg: router_pb2.RankProvidersRequest) -> RoutingRequest:
-    """Build a RoutingRequest; RankingInputError names any bad field."""
+#: Domain field names of RoutingRequest -> their path in RankProvidersRequest, so
+#: an error raised by the ranking's own checks still names the proto field.
+PROTO_PATHS = {
+    "model": "model",
+    "sort": "preferences.sort",
+    "percentile": "preferences.percentile",
+    "order": "preferences.order",
+    "only": "preferences.only",
+    "ignore": "preferences.ignore",
+    "max_input_price": "preferences.max_price.input_per_million",
+    "max_output_price": "preferences.max_price.output_per_million",
+    "preferred_max_ttft_ms": "preferences.preferred_max_ttft_ms",
+    "preferred_min_tps": "preferences.preferred_min_tps",
+    "allow_fallbacks": "preferences.allow_fallbacks",
+    "input_tokens": "estimated_input_tokens",
+    "max_output_tokens": "max_output_tokens",
+}
+
+COST_BASIS_TO_WIRE: dict[str, router_pb2.CostBasis] = {
+    "request": router_pb2.COST_BASIS_PER_REQUEST,
+    "blended_per_mtok": router_pb2.COST_BASIS_BLENDED_PER_MILLION_TOKENS,
+}
+
+
+def proto_path(field: str) -> str:
+    """The RankProvidersRequest path of a RoutingRequest field (unchanged if already one)."""
+    return PROTO_PATHS.get(field, field)
+
+
+def routing_request(
+    msg: router_pb2.RankProvidersRequest, providers: Container[str] | None = None
+) -> RoutingRequest:
+    """Build a RoutingRequest; RankingInputError names any bad field by its proto path.
+
+    ``providers``: the catalog's provider names; when given, a name in
+    order/only/ignore outside it is refused.
+    """
     prefs = msg.preferences
     try:  # the rules the sidecar applies too, whatever its ranking source
         validate_preferences(prefs)
+        if providers is not None:
+            check_known_providers(prefs, providers)
     except PreferencesError as exc:
         raise RankingInputError(exc.field, exc.message) from None
-    if msg.estimated_input_tokens < 0:
-        raise RankingInputError("estimated_input_tokens", "must not be negative")
-    if msg.max_output_tokens < 0:
-        raise RankingInputError("max_output_tokens", "must not be negative")
+    for field in ("estimated_input_tokens", "max_output_tokens"):
+        value = getattr(msg, field)
+        if not 0 <= value <= MAX_TOKENS:
+            raise RankingInputError(field, f"must be within [0, {MAX_TOKENS}], got {value}")
     max_price = prefs.max_price
     return RoutingRequest(
         model=msg.model,
@@ -124,12 +166,14 @@ def rank_response(
         meta.exploration_share = result.exploration_share
     meta.catalog_version = catalog_version
     meta.ranked_at = now
+    cost_basis = COST_BASIS_TO_WIRE[result.cost_basis]
     for item in result.ranked:
         endpoint: Endpoint = item.endpoint
         template = templates.get(endpoint.key) if templates is not None else None
         out = response.endpoints.add()
         out.CopyFrom(template if template is not None else endpoint_template(endpoint))
         out.estimated_cost_usd = item.cost_usd
+        out.cost_basis = cost_basis
         out.window = item.window
         out.ttft_samples = item.ttft_samples
         out.tps_samples = item.tps_samples

@@ -354,9 +354,7 @@ def parse_request(
         try:  # the router's own rules, so the answer does not depend on the ranking source
             validate_preferences(prefs)
         except PreferencesError as exc:
-            raise RequestError(
-                str(exc), _request_param(exc.field), 400, "invalid_routing_preferences"
-            ) from None
+            raise invalid_preferences(exc) from None
         prefs_key = prefs.SerializeToString(deterministic=True)
         filters = HardFilters.from_preferences(prefs)
     hedge = _hedge_option(body)
@@ -388,6 +386,11 @@ _REQUEST_PARAMS = {
     "preferences.preferred_max_ttft_ms": "provider.preferred_max_latency",
     "preferences.preferred_min_tps": "provider.preferred_min_throughput",
 }
+
+
+def invalid_preferences(exc: PreferencesError) -> RequestError:
+    """The 400 for preferences the router's rules refuse, naming the request's parameter."""
+    return RequestError(str(exc), _request_param(exc.field), 400, "invalid_routing_preferences")
 
 
 def _request_param(proto_field: str) -> str:

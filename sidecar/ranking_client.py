@@ -30,9 +30,10 @@ from router_common.pb import router_pb2, router_pb2_grpc
 from router_common.routing.cost import cost_factors, endpoint_cost
 from router_common.routing.filters import HardFilters, hard_filter
 from router_common.routing.order import DEFAULT_NEAR_TIE_TOLERANCE, order_tier, weighted_order
+from router_common.routing.validation import PreferencesError, check_known_providers
 from router_common.wire_enums import SORT_FROM_WIRE
 from sidecar.config import SidecarSettings
-from sidecar.preferences import ParsedRequest, RequestError
+from sidecar.preferences import ParsedRequest, RequestError, invalid_preferences
 
 log = logging.getLogger("sidecar.ranking")
 
@@ -203,6 +204,10 @@ def rank_from_catalog(
     entry = catalog.models.get(model)
     if entry is None:
         raise RequestError(unknown_model_message(model), "model", 404, "model_not_found")
+    try:  # as the router refuses them (router_common.routing.validation)
+        check_known_providers(prefs, catalog.providers)
+    except PreferencesError as exc:
+        raise invalid_preferences(exc) from None
     filters = HardFilters.from_preferences(prefs)
     kept: list[Endpoint] = []
     excluded: list[dict[str, str]] = []
@@ -575,4 +580,7 @@ def _caller_error(exc: grpc.aio.AioRpcError) -> RequestError:
         return RequestError(detail, "model", 404, "model_not_found")
     if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
         return RequestError(detail, "provider", 400, "no_eligible_provider")
+    path = detail.split(": ", 1)[0]  # the router's messages start with the proto path
+    if path.startswith("preferences."):
+        return invalid_preferences(PreferencesError(path, detail.split(": ", 1)[1]))
     return RequestError(detail, "provider", 400, "invalid_routing_preferences")

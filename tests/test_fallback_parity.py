@@ -78,7 +78,7 @@ def test_fallback_orders_as_the_router_does_with_no_metrics(data: st.DataObject,
         max_output_tokens=tokens[1],
     )
     try:
-        request = routing_request(wire)
+        request = routing_request(wire, catalog.providers)
     except RankingInputError:
         return  # both sides refuse it (tested elsewhere); nothing to compare
     # No exploration: it is data-driven and the fallback has no data.

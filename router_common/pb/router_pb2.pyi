@@ -44,6 +44,12 @@ class ErrorClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CLASS_AUTH: _ClassVar[ErrorClass]
     ERROR_CLASS_CLIENT_ERROR: _ClassVar[ErrorClass]
     ERROR_CLASS_STREAM_ABORT: _ClassVar[ErrorClass]
+
+class CostBasis(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COST_BASIS_UNSPECIFIED: _ClassVar[CostBasis]
+    COST_BASIS_PER_REQUEST: _ClassVar[CostBasis]
+    COST_BASIS_BLENDED_PER_MILLION_TOKENS: _ClassVar[CostBasis]
 SORT_BY_UNSPECIFIED: SortBy
 SORT_BY_COST: SortBy
 SORT_BY_TTFT: SortBy
@@ -68,6 +74,9 @@ ERROR_CLASS_SERVER_ERROR: ErrorClass
 ERROR_CLASS_AUTH: ErrorClass
 ERROR_CLASS_CLIENT_ERROR: ErrorClass
 ERROR_CLASS_STREAM_ABORT: ErrorClass
+COST_BASIS_UNSPECIFIED: CostBasis
+COST_BASIS_PER_REQUEST: CostBasis
+COST_BASIS_BLENDED_PER_MILLION_TOKENS: CostBasis
 
 class MaxPrice(_message.Message):
     __slots__ = ("input_per_million", "output_per_million")
@@ -126,7 +135,7 @@ class ProviderInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., base_url: _Optional[str] = ..., api_key_env: _Optional[str] = ..., zero_data_retention: _Optional[bool] = ...) -> None: ...
 
 class RankedEndpoint(_message.Message):
-    __slots__ = ("provider", "upstream_model", "input_price_per_million", "output_price_per_million", "estimated_cost_usd", "ttft_ms", "tokens_per_second", "window", "ttft_samples", "tps_samples", "uptime_1h", "health", "deprioritized", "exploration", "weight", "explorable", "first_token_timeout_ms", "hedge_after_ms")
+    __slots__ = ("provider", "upstream_model", "input_price_per_million", "output_price_per_million", "estimated_cost_usd", "ttft_ms", "tokens_per_second", "window", "ttft_samples", "tps_samples", "uptime_1h", "health", "deprioritized", "exploration", "weight", "explorable", "first_token_timeout_ms", "hedge_after_ms", "cost_basis")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_PRICE_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +154,7 @@ class RankedEndpoint(_message.Message):
     EXPLORABLE_FIELD_NUMBER: _ClassVar[int]
     FIRST_TOKEN_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     HEDGE_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    COST_BASIS_FIELD_NUMBER: _ClassVar[int]
     provider: ProviderInfo
     upstream_model: str
     input_price_per_million: float
@@ -163,7 +173,8 @@ class RankedEndpoint(_message.Message):
     explorable: bool
     first_token_timeout_ms: float
     hedge_after_ms: float
-    def __init__(self, provider: _Optional[_Union[ProviderInfo, _Mapping]] = ..., upstream_model: _Optional[str] = ..., input_price_per_million: _Optional[float] = ..., output_price_per_million: _Optional[float] = ..., estimated_cost_usd: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., window: _Optional[str] = ..., ttft_samples: _Optional[int] = ..., tps_samples: _Optional[int] = ..., uptime_1h: _Optional[float] = ..., health: _Optional[_Union[HealthState, str]] = ..., deprioritized: _Optional[_Union[Reason, _Mapping]] = ..., exploration: _Optional[bool] = ..., weight: _Optional[float] = ..., explorable: _Optional[bool] = ..., first_token_timeout_ms: _Optional[float] = ..., hedge_after_ms: _Optional[float] = ...) -> None: ...
+    cost_basis: CostBasis
+    def __init__(self, provider: _Optional[_Union[ProviderInfo, _Mapping]] = ..., upstream_model: _Optional[str] = ..., input_price_per_million: _Optional[float] = ..., output_price_per_million: _Optional[float] = ..., estimated_cost_usd: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., window: _Optional[str] = ..., ttft_samples: _Optional[int] = ..., tps_samples: _Optional[int] = ..., uptime_1h: _Optional[float] = ..., health: _Optional[_Union[HealthState, str]] = ..., deprioritized: _Optional[_Union[Reason, _Mapping]] = ..., exploration: _Optional[bool] = ..., weight: _Optional[float] = ..., explorable: _Optional[bool] = ..., first_token_timeout_ms: _Optional[float] = ..., hedge_after_ms: _Optional[float] = ..., cost_basis: _Optional[_Union[CostBasis, str]] = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("code", "detail", "numbers")

@@ -29,6 +29,15 @@ if _version_not_supported:
 
 class RouterStub:
     """The routing service.
+
+    Errors: every INVALID_ARGUMENT (and every `RejectedOutcome.reason`) reads
+    `<field path>: <problem>`, the path in this file's field names from the
+    request message (`preferences.max_price.input_per_million`,
+    `estimated_input_tokens`, `batch_id.sender`; for a rejected outcome the
+    field of `Outcome`, e.g. `ttft_ms`). Values in messages are written as JSON:
+    strings quoted (`"groq"`), lists `["a", "b"]`, numbers as JavaScript writes
+    them (`-1`, `0.5`), non-finite doubles as proto3 JSON does (`"NaN"`,
+    `"Infinity"`, `"-Infinity"`). Endpoints are written `provider | model`.
     """
 
     def __init__(self, channel):
@@ -71,6 +80,15 @@ class RouterStub:
 
 class RouterServicer:
     """The routing service.
+
+    Errors: every INVALID_ARGUMENT (and every `RejectedOutcome.reason`) reads
+    `<field path>: <problem>`, the path in this file's field names from the
+    request message (`preferences.max_price.input_per_million`,
+    `estimated_input_tokens`, `batch_id.sender`; for a rejected outcome the
+    field of `Outcome`, e.g. `ttft_ms`). Values in messages are written as JSON:
+    strings quoted (`"groq"`), lists `["a", "b"]`, numbers as JavaScript writes
+    them (`-1`, `0.5`), non-finite doubles as proto3 JSON does (`"NaN"`,
+    `"Infinity"`, `"-Infinity"`). Endpoints are written `provider | model`.
     """
 
     def RankProviders(self, request, context):
@@ -162,6 +180,15 @@ def add_RouterServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Router:
     """The routing service.
+
+    Errors: every INVALID_ARGUMENT (and every `RejectedOutcome.reason`) reads
+    `<field path>: <problem>`, the path in this file's field names from the
+    request message (`preferences.max_price.input_per_million`,
+    `estimated_input_tokens`, `batch_id.sender`; for a rejected outcome the
+    field of `Outcome`, e.g. `ttft_ms`). Values in messages are written as JSON:
+    strings quoted (`"groq"`), lists `["a", "b"]`, numbers as JavaScript writes
+    them (`-1`, `0.5`), non-finite doubles as proto3 JSON does (`"NaN"`,
+    `"Infinity"`, `"-Infinity"`). Endpoints are written `provider | model`.
     """
 
     @staticmethod

@@ -10,7 +10,9 @@ measured before anything iterates over them.
 from __future__ import annotations
 
 import math
+from collections.abc import Container, Iterable
 
+from router_common.json_text import as_json
 from router_common.limits import MAX_NAME_LEN, MAX_PROVIDER_LIST
 from router_common.pb import router_pb2
 from router_common.wire_enums import PERCENTILE_FROM_WIRE, SORT_FROM_WIRE
@@ -52,25 +54,27 @@ def validate_preferences(prefs: router_pb2.RoutingPreferences) -> None:
             if not provider or len(provider) > MAX_NAME_LEN:
                 raise PreferencesError(
                     f"preferences.{name}",
-                    f"provider names must be 1..{MAX_NAME_LEN} characters, got {provider!r:.40}",
+                    f"provider names must be 1..{MAX_NAME_LEN} characters, got {as_json(provider)}",
                 )
     order, only, ignore = prefs.order, set(prefs.only), set(prefs.ignore)
     if order and len(set(order)) != len(order):
-        raise PreferencesError("preferences.order", "lists a provider more than once")
+        raise PreferencesError(
+            "preferences.order", f"lists provider {as_json(_first_repeat(order))} more than once"
+        )
     if only and ignore:
         both = only & ignore
         if both:
             raise PreferencesError(
-                "preferences.ignore", f"providers in both only and ignore: {sorted(both)}"
+                "preferences.ignore", f"providers in both only and ignore: {as_json(sorted(both))}"
             )
     if order and ignore:
         bad = [p for p in order if p in ignore]
         if bad:
-            raise PreferencesError("preferences.order", f"providers also in ignore: {bad}")
+            raise PreferencesError("preferences.order", f"providers also in ignore: {as_json(bad)}")
     if order and only:
         bad = [p for p in order if p not in only]
         if bad:
-            raise PreferencesError("preferences.order", f"providers outside only: {bad}")
+            raise PreferencesError("preferences.order", f"providers outside only: {as_json(bad)}")
     for path, parent, name in _NUMBERS:
         msg = getattr(prefs, parent) if parent else prefs
         if parent and not prefs.HasField(parent):
@@ -78,4 +82,30 @@ def validate_preferences(prefs: router_pb2.RoutingPreferences) -> None:
         if msg.HasField(name):
             value = getattr(msg, name)
             if not math.isfinite(value) or value < 0:
-                raise PreferencesError(path, f"must be a finite number >= 0, got {value!r}")
+                raise PreferencesError(path, f"must be a finite number >= 0, got {as_json(value)}")
+
+
+def check_known_providers(prefs: router_pb2.RoutingPreferences, providers: Container[str]) -> None:
+    """PreferencesError naming the first provider in order/only/ignore not in the catalog.
+
+    A name the catalog has never heard of is a typo or a stale config, and
+    silently ignoring it (or filtering everything out with it) hides that. A
+    provider that exists but does not serve the requested model is fine. The
+    router checks against its catalog, the sidecar against its fallback catalog
+    when it ranks from it.
+    """
+    for name in _LISTS:
+        for provider in getattr(prefs, name):
+            if provider not in providers:
+                raise PreferencesError(
+                    f"preferences.{name}", f"provider {as_json(provider)} is not in the catalog"
+                )
+
+
+def _first_repeat(names: Iterable[str]) -> str:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return ""

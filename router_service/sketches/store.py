@@ -35,7 +35,7 @@ only read a dict of immutable values and need none.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -61,6 +61,10 @@ class StatsStore(Protocol):
 
     def refresh(self, now: float | None = None) -> None:
         """Recompute cached stats of endpoints that changed or whose windows rolled over."""
+        ...
+
+    def refresh_steps(self, now: float | None = None) -> Iterator[None]:
+        """``refresh``, one endpoint per step (the caller yields to its loop between steps)."""
         ...
 
     def stats(self, key: EndpointKey) -> EndpointStats:
@@ -162,6 +166,27 @@ class InMemoryStatsStore:
                 if key in self._dirty or epoch != entry.epoch:
                     self._recompute(key, entry, now, epoch)
             self._dirty.clear()
+
+    def refresh_steps(self, now: float | None = None) -> Iterator[None]:
+        """``refresh`` one endpoint at a time, yielding between endpoints.
+
+        A full refresh merges every window's digests (~1 ms per endpoint); run
+        on the serving loop in one go it stalled every RankProviders call behind
+        it. The router's refresh loop yields to the loop at each step. Endpoints
+        recorded to after their step are picked up by the next refresh.
+        """
+        now = self._clock() if now is None else now
+        for key in list(self._entries):
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is None:
+                    continue
+                epoch = entry.windows.epoch(now)
+                if key not in self._dirty and epoch == entry.epoch:
+                    continue
+                self._dirty.discard(key)
+                self._recompute(key, entry, now, epoch)
+            yield
 
     def _recompute(
         self, key: EndpointKey, entry: _Entry, now: float, epoch: tuple[int, int, int]

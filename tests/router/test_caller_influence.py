@@ -227,4 +227,6 @@ async def test_success_contradicting_http_status_is_rejected(limited) -> None:
     fine = router_pb2.Outcome(model=MODEL, provider="cerebras", success=True, http_status=200)
     ack = await stub.RecordOutcome(router_pb2.RecordOutcomeRequest(outcomes=[forged, fine]))
     assert (ack.accepted, ack.rejected) == (1, 1)
-    assert ack.rejections[0].reason == "http_status: 429 contradicts success=true (0 or 200..299)"
+    assert ack.rejections[0].reason == (
+        "http_status: 429 contradicts success true (must be 0 or 200..299)"
+    )

@@ -83,3 +83,16 @@ def test_flags_fall_back_to_environment(monkeypatch) -> None:
         "debug",
     )
     assert parse_args(["--config", "x.yaml", "--grpc-port", "7000"]).grpc_port == 7000
+
+
+def test_ingest_share_flag_env_and_bounds(monkeypatch, capsys) -> None:
+    import pytest
+
+    assert parse_args(["--config", "c.yaml"]).ingest_share == 0.45
+    assert parse_args(["--config", "c.yaml", "--ingest-share", "0.7"]).ingest_share == 0.7
+    monkeypatch.setenv("ROUTER_INGEST_SHARE", "1")
+    assert parse_args(["--config", "c.yaml"]).ingest_share == 1.0
+    for bad in ("0", "1.5", "nan", "x"):
+        with pytest.raises(SystemExit):
+            parse_args(["--config", "c.yaml", "--ingest-share", bad])
+        assert "--ingest-share: expected a number in (0, 1]" in capsys.readouterr().err

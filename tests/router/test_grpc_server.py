@@ -120,7 +120,7 @@ async def test_filters_leaving_nothing_fail_precondition(router_stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await router_stub.RankProviders(rank_request(only=["together"], zero_data_retention=True))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "together: not_zdr" in info.value.details()
+    assert '"together | zai/glm-4.7": not_zdr' in info.value.details()
 
 
 async def test_record_outcome_rejects_junk_item_by_item(router_app, router_stub) -> None:
@@ -143,14 +143,14 @@ async def test_record_outcome_rejects_junk_item_by_item(router_app, router_stub)
     )
     assert (ack.accepted, ack.rejected) == (1, 9)
     reasons = {r.index: r.reason for r in ack.rejections}
-    assert reasons[1].startswith("ttft_ms: must be finite")
-    assert reasons[2].startswith("tokens_per_second: must be finite")
+    assert reasons[1] == 'ttft_ms: must be a finite number, got "NaN"'
+    assert reasons[2] == 'tokens_per_second: must be a finite number, got "Infinity"'
     assert reasons[3].startswith("duration_ms")
-    assert "groq | zai/glm-4.7 is not in the catalog" in reasons[4]
+    assert 'endpoint "groq | zai/glm-4.7" (provider | model) is not in the catalog' in reasons[4]
     assert "made/up" in reasons[5]
     assert reasons[6].startswith("started_at")
     assert reasons[7].startswith("error_class: required")
-    assert reasons[8].startswith("error_class: none contradicts")
+    assert reasons[8].startswith('error_class: "ERROR_CLASS_NONE" contradicts')
     assert reasons[9].startswith("ttft_ms: must be within")
     from router_service.model import EndpointKey
 

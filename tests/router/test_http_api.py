@@ -244,7 +244,7 @@ async def test_unknown_model_is_404_json(router_app, http) -> None:
     for path in ("/v1/models/x/y/endpoints", "/v1/models/x/y/timeseries"):
         doc = await get_json(http, path, status=404)
         assert doc == {
-            "error": {"message": "model 'x/y' is not in the catalog", "type": "not_found"}
+            "error": {"message": 'model "x/y" is not in the catalog', "type": "not_found"}
         }
     doc = await get_json(http, "/v1/models/zai", status=404)
     assert doc["error"]["type"] == "not_found"

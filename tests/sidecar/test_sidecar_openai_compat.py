@@ -223,7 +223,7 @@ async def test_unknown_model_reads_the_same_from_router_and_fallback_catalog(
     with pytest.raises(openai.NotFoundError) as from_catalog:
         await openai_client(via_catalog).chat.completions.create(model="nobody/none", messages=MSGS)
     assert from_router.value.body == from_catalog.value.body
-    assert from_router.value.body["message"] == "model 'nobody/none' is not in the catalog"
+    assert from_router.value.body["message"] == 'model "nobody/none" is not in the catalog'
     # ... which is what the router itself says.
     async with grpc.aio.insecure_channel(router.grpc_address) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as rpc:

@@ -114,8 +114,13 @@ def test_rank_from_catalog_enforces_filters() -> None:
     prefs = router_pb2.RoutingPreferences()
     prefs.max_price.output_per_million = 5
     assert [r.provider for r in rank_from_catalog(CATALOG, "m/x", prefs)[0]] == ["a", "b"]
-    with pytest.raises(RequestError) as err:
+    with pytest.raises(RequestError) as err:  # a provider the catalog does not know at all
         rank_from_catalog(CATALOG, "m/x", router_pb2.RoutingPreferences(only=["zzz"]))
+    assert err.value.code == "invalid_routing_preferences"
+    assert str(err.value) == 'preferences.only: provider "zzz" is not in the catalog'
+    with pytest.raises(RequestError) as err:  # nothing left after the filters
+        prefs = router_pb2.RoutingPreferences(only=["b"], zero_data_retention=True)
+        rank_from_catalog(CATALOG, "m/x", prefs)
     assert err.value.code == "no_eligible_provider"
     with pytest.raises(RequestError) as err:
         rank_from_catalog(CATALOG, "m/none", router_pb2.RoutingPreferences())

@@ -18,10 +18,12 @@ MSGS = [{"role": "user", "content": "hello there"}]
 BAD_PREFERENCES = [
     ({"order": [f"p{i}" for i in range(10_000)]}, "preferences.order: at most"),
     ({"ignore": [f"p{i}" for i in range(MAX_PROVIDER_LIST + 1)]}, "preferences.ignore: at most"),
-    ({"order": ["alpha", "alpha"]}, "lists a provider more than once"),
+    ({"order": ["alpha", "alpha"]}, 'lists provider "alpha" more than once'),
     ({"order": ["alpha"], "ignore": ["alpha"]}, "providers also in ignore"),
     ({"only": ["beta"], "ignore": ["beta"]}, "providers in both only and ignore"),
     ({"order": ["x" * 200]}, "provider names must be 1..128 characters"),
+    ({"only": ["alpha", "ghost"]}, 'preferences.only: provider "ghost" is not in the catalog'),
+    ({"ignore": ["ghost"]}, 'preferences.ignore: provider "ghost" is not in the catalog'),
 ]
 
 
@@ -140,3 +142,16 @@ async def test_an_ordered_provider_gets_its_probe_and_its_place_back(stack: Stac
         await wait_for(lambda n=sent: sc.reporter.sent >= n, timeout=5)
     assert await _health(address, "alpha") == router_pb2.HEALTH_STATE_HEALTHY
     assert await served_by() == "alpha"
+
+
+async def test_a_provider_the_catalog_does_not_know_is_a_400_naming_it(stack: Stack) -> None:
+    await stack.add_providers({"alpha": {}, "beta": {}})
+    stack.write_catalog()
+    router = await stack.start_router()
+    sc = await stack.start_sidecar(router.grpc_address)
+    refusal = await _refusal(sc, {"only": ["alpha", "ghost"]})
+    assert refusal.status_code == 400
+    assert refusal.body["code"] == "invalid_routing_preferences"
+    assert refusal.body["param"] == "provider.only"
+    assert refusal.body["message"] == 'preferences.only: provider "ghost" is not in the catalog'
+    assert stack.counts() == {"alpha": 0, "beta": 0}
