@@ -66,7 +66,17 @@ def test_recent_failure_ratio_decays_and_client_errors_do_not_count() -> None:
     assert tr.estimate().failure_ratio < 0.05
 
 
-@pytest.mark.parametrize("field", ["tau_s", "tau_up_s", "tau_fail_s"])
+def test_a_sample_after_a_silence_replaces_the_estimate_a_sample_in_traffic_does_not() -> None:
+    tr = RecentTracker(RecentConfig(replace_after_s=2.0))
+    for i in range(60):  # 3 s at 20 rps of 480 ms (a slowed provider)
+        tr.record(i * 0.05, False, 480.0)
+    tr.record(2.95 + 1.0, False, 80.0)  # 1 s later: averaged in, not believed at once
+    assert 80.0 < tr.estimate().ttft_ms < 480.0
+    tr.record(3.95 + 2.0, False, 80.0)  # 2 s of silence: the new value is all we know
+    assert tr.estimate().ttft_ms == pytest.approx(80.0)
+
+
+@pytest.mark.parametrize("field", ["tau_s", "tau_up_s", "tau_fail_s", "replace_after_s"])
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), True])
 def test_recent_config_rejects_bad_values(field: str, bad: object) -> None:
     with pytest.raises(ValueError, match=field):
