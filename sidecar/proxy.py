@@ -39,7 +39,7 @@ from sidecar.streaming import (
     relay,
     release_upstream,
 )
-from sidecar.timeouts import first_token_timeout
+from sidecar.timeouts import first_token_timeout, slow_start_after
 from sidecar.upstream import (
     AttemptRecord,
     UpstreamError,
@@ -477,6 +477,18 @@ class Proxy:
         got_headers = False
         resp: aiohttp.ClientResponse | None = None
         scanner = SSEScanner(req.model, req.wants_usage, self._redact.only(key))
+        slow_after = slow_start_after(self._s, req, route)
+        slow_watch = (
+            None
+            if slow_after is None
+            else loop.call_later(
+                slow_after,
+                self._ranking.cooldowns.slow,
+                req.model,
+                route.provider,
+                self._s.slow_start_cooldown_s,
+            )
+        )
         try:
             async with asyncio.timeout_at(limit):
                 resp = await self._session.post(
@@ -508,6 +520,9 @@ class Proxy:
             if resp is not None:
                 resp.close()
             return None
+        finally:
+            if slow_watch is not None:
+                slow_watch.cancel()
         if start is None:
             resp.close()
             return None

@@ -11,7 +11,8 @@ exceeded, and without a suggestion (no data yet) it applies alone.
 from __future__ import annotations
 
 from sidecar.config import SidecarSettings
-from sidecar.ranking_client import Route
+from sidecar.preferences import ParsedRequest
+from sidecar.ranking_client import Route, speed_ordered
 
 
 def first_token_timeout(settings: SidecarSettings, route: Route) -> float:
@@ -21,3 +22,23 @@ def first_token_timeout(settings: SidecarSettings, route: Route) -> float:
     if suggested is None or not settings.adaptive_first_token_timeout:
         return ceiling
     return min(ceiling, suggested)
+
+
+def slow_start_after(settings: SidecarSettings, req: ParsedRequest, route: Route) -> float | None:
+    """Seconds after which a streaming attempt still without a first token marks its
+    endpoint slow in this sidecar (``Cooldowns.slow``); None: not watched.
+
+    ``slow_start_multiple`` times the router's ``hedge_after_ms`` for the endpoint
+    (its recent p95 TTFT, or its recent estimate when higher), at least
+    ``hedge_min_delay_s``. Only under ``sort: ttft`` and load balancing, and
+    without ``order``: there TTFT is what the order is for; under ``sort:
+    cost``/``tps`` or an explicit order a slow start is no reason to reorder.
+    Without a suggestion (no data on the endpoint) nothing is known to compare with.
+    """
+    multiple = settings.slow_start_multiple
+    p95 = route.hedge_after_s
+    if p95 is None or not multiple > 0:
+        return None
+    if not speed_ordered(req.preferences):
+        return None
+    return max(p95 * multiple, settings.hedge_min_delay_s)

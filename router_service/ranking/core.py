@@ -75,8 +75,8 @@ candidate of this request, so the formula is scale-free)::
                                                # unknown t -> lb_unknown_ttft_factor
     U_i = uptime_1h ** lb_uptime_exponent      # unknown uptime -> 1
 
-Defaults (2, 1, 2, 0.5, 0.01): inverse-square of price like OpenRouter's
-default balancing, inverse TTFT, squared uptime. The order is drawn without
+Defaults (2, 2, 2, 0.5, 0.01): inverse-square of price like OpenRouter's
+default balancing, inverse-square TTFT, squared uptime. The order is drawn without
 replacement in proportion to w (Efraimidis-Spirakis: sort by -ln(1-u)/w), so
 P(first = i) = w_i / sum(w) and the floor keeps every endpoint in rotation.
 """

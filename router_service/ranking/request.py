@@ -254,7 +254,7 @@ class RankingConfig:
     first_token_timeout_min_samples: int = 20
     blend_output_weight: float = DEFAULT_BLEND_OUTPUT_WEIGHT
     lb_price_exponent: float = 2.0
-    lb_ttft_exponent: float = 1.0
+    lb_ttft_exponent: float = 2.0
     lb_uptime_exponent: float = 2.0
     lb_unknown_ttft_factor: float = 0.5
     lb_min_weight: float = 0.01
