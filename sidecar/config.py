@@ -56,7 +56,7 @@ class SidecarSettings:
     adaptive_first_token_timeout: bool = _opt(
         True,
         "Cut a streaming attempt's first-token wait to the router's per-endpoint suggestion "
-        "(3x its recent p99 TTFT, at least 0.5 s) when shorter than first_byte_timeout_s.",
+        "(2x its recent p99 TTFT, at least 0.5 s) when shorter than first_byte_timeout_s.",
     )
     hedge: bool = _opt(
         False,

@@ -155,7 +155,8 @@ class Ranking:
 
         - the leading block of weighted, not-deprioritized routes (every
           endpoint under ``load_balance``; the near-best band under ``sort:
-          ttft``/``tps``) is redrawn with the router's weights
+          ttft``/``tps``; on a fresh router, the equally weighted unmeasured
+          endpoints) is redrawn with the router's weights
           (Efraimidis-Spirakis, as the router does); the tail keeps its place;
         - with the router's ``exploration_share``, one ``explorable`` route
           (thin, stale or no data) is put first, and the metadata marks it
@@ -164,9 +165,13 @@ class Ranking:
         """
         routes = self.routes
         metadata = self.metadata
-        if metadata.get("strategy") in _WEIGHTED:
+        if metadata.get("strategy") in _WEIGHTED and routes:
+            # The leading run of weighted routes in the same standing as the first: the
+            # not-deprioritized ones, or, when the router had no data at all (a fresh
+            # router: every endpoint "no data", weighted equally), the unmeasured ones.
+            lead = routes[0].deprioritized
             head = 0
-            while head < len(routes) and routes[head].weight and not routes[head].deprioritized:
+            while head < len(routes) and routes[head].weight and routes[head].deprioritized == lead:
                 head += 1
             if head >= 2:
                 routes = tuple(weighted_order(routes[:head], _route_weight, rng)) + routes[head:]

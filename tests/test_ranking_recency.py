@@ -214,7 +214,7 @@ def test_first_token_timeout_is_a_multiple_of_p99_with_a_floor() -> None:
     st_ = {"a": stats(ttft=1000), "b": stats(ttft=100), "c": stats(ttft=100, n5=5, n1h=5)}
     result = run(eps=ABC, st_=st_, sort=Sort.TTFT, config=NO_EXPLORE)
     by = {e.endpoint.provider.name: e for e in result.ranked}
-    assert by["a"].first_token_timeout_ms == pytest.approx(3 * 1490.0)
+    assert by["a"].first_token_timeout_ms == pytest.approx(2 * 1490.0)
     assert by["a"].hedge_after_ms == pytest.approx(1450.0)
     assert by["b"].first_token_timeout_ms == 500.0  # the floor
     assert by["c"].first_token_timeout_ms is None and by["c"].hedge_after_ms is None  # too few
@@ -224,7 +224,7 @@ def test_first_token_timeout_follows_a_recent_slowdown() -> None:
     st_ = dict(ABC_STATS, b=with_recent(ABC_STATS["b"], 2000.0))
     result = run(eps=ABC, st_=st_, sort=Sort.TTFT, config=NO_EXPLORE)
     b = next(e for e in result.ranked if e.endpoint.provider.name == "b")
-    assert b.first_token_timeout_ms == pytest.approx(3 * 2000.0)  # multiple * max(p99, recent)
+    assert b.first_token_timeout_ms == pytest.approx(2 * 2000.0)  # multiple * max(p99, recent)
 
 
 @pytest.mark.parametrize(
