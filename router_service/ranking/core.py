@@ -277,6 +277,12 @@ def rank(
             pos = order_pos.get(row.prep.provider)
             if pos is not None and pos < best and row.health.state is _PROBING:
                 ordered_probe, best = i, pos
+        # Its ordered place is first only if no routable `order` provider comes before
+        # it (a degraded one still does: it keeps its place, just in a lower tier).
+        if ordered_probe >= 0 and any(
+            order_pos.get(row.prep.provider, best) < best for row in live
+        ):
+            ordered_probe = -1
     for i, (p, hv, _s, t, tw, tc, v, vw, vc, up, cost) in enumerate(live):
         st = hv.state
         tier = TIER_OK
