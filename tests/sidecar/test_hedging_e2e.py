@@ -104,6 +104,19 @@ def test_budget_allows_share_of_requests_plus_one_and_decays() -> None:
         HedgeBudget(1.5, clock)
 
 
+def test_routine_hedges_leave_half_the_budget_for_slow_starts() -> None:
+    clock = FakeClock()
+    budget = HedgeBudget(0.05, clock, tau_s=60.0)
+    routine = 0
+    for _ in range(400):  # every request passes its p95: routine hedges stop at 2.5% (+1)
+        budget.note_request()
+        routine += budget.try_take(routine=True)
+    assert 0.025 * 400 - 1 <= routine <= 0.025 * 400 + 1
+    late = sum(budget.try_take() for _ in range(50))  # the reserve, for slow starts
+    assert 0.025 * 400 - 2 <= late <= 0.025 * 400 + 1
+    assert not budget.try_take() and not budget.try_take(routine=True)
+
+
 def test_hedge_option_from_both_conventions() -> None:
     body = {"model": MODEL, "messages": MSGS}
     assert parse_request(body).hedge is None
