@@ -526,6 +526,8 @@ class Proxy:
         if start is None:
             resp.close()
             return None
+        if rec.ttft_ms is not None:
+            self._ranking.note_first_token(req, route, rec.ttft_ms / 1000.0)
         return start, answer
 
     async def _commit_stream(

@@ -36,6 +36,10 @@ from sidecar.preferences import ParsedRequest, RequestError
 
 log = logging.getLogger("sidecar.ranking")
 
+#: Margin after an outcome flush before a ranking is asked again (see note_first_token):
+#: the flush's RPC and the router's ingestion take a few ms.
+_AFTER_FLUSH_S = 0.1
+
 #: Delay before a background ranking refresh starts (see _refresh_in_background).
 _REFRESH_DELAY_S = 0.005
 
@@ -445,6 +449,32 @@ class RankingClient:
         finally:
             self._inflight.pop(key, None)
         return ranking
+
+    def note_first_token(self, req: ParsedRequest, route: Route, ttft_s: float) -> None:
+        """An attempt answered: if it was an explorable endpoint (stale, thin or no data
+        at the router) that beat the cached ranking's leader's p95, that ranking is
+        made to expire just after the next outcome flush.
+
+        Why: exploration is how a recovered provider is found, but the cached order
+        would otherwise be replayed for up to ``rank_cache_ttl_s`` after the find.
+        Expiring right away would ask a router that has not yet received the
+        outcome; just after the flush, it has. Only a faster answer triggers it,
+        so ordinary explorations cost no extra RankProviders call.
+        """
+        if not route.explorable:
+            return
+        key = req.cache_key
+        hit = self._cache.get(key)
+        if hit is None:
+            return
+        head = hit.routes[0]
+        p95 = head.hedge_after_s
+        if head.provider == route.provider or p95 is None or not ttft_s < p95:
+            return
+        expire_at = self._clock() + self._s.outcome_flush_interval_s + _AFTER_FLUSH_S
+        fetched_at = expire_at - self._s.rank_cache_ttl_s  # the TTL counts from fetched_at
+        if fetched_at < hit.fetched_at:
+            self._cache[key] = replace(hit, fetched_at=fetched_at)
 
     def _refresh_in_background(self, req: ParsedRequest) -> None:
         """Ask the router for this key without anyone waiting (one call per key at a time).

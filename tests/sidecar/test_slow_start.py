@@ -169,3 +169,46 @@ async def test_a_provider_that_slows_is_moved_back_by_the_first_attempt_that_wai
     assert second["source"] == "cache"
     assert second["provider"] == "beta"
     assert second["planned_order"] == ["beta", "alpha"]
+
+
+class _TwoStub:
+    """A ranking led by a measured ``a`` (p95 200 ms), with ``b`` explorable behind it."""
+
+    def __init__(self) -> None:
+        from router_common.pb import router_pb2
+
+        a = router_pb2.RankedEndpoint(upstream_model="m", ttft_ms=150.0, hedge_after_ms=200.0)
+        a.provider.name, a.provider.base_url = "a", "http://127.0.0.1:1/v1"
+        b = router_pb2.RankedEndpoint(upstream_model="m", ttft_ms=500.0, explorable=True)
+        b.provider.name, b.provider.base_url = "b", "http://127.0.0.1:2/v1"
+        self.resp = router_pb2.RankProvidersResponse(endpoints=[a, b])
+
+    async def RankProviders(self, *args: Any, **kw: Any) -> Any:
+        return self.resp
+
+
+async def test_an_exploration_that_beats_the_leader_expires_the_ranking_after_the_flush() -> None:
+    settings = SidecarSettings(rank_cache_ttl_s=2.0, outcome_flush_interval_s=0.5)
+    r = req(sort="latency")
+    for ttft_s, explorable, expected_refresh in (
+        (0.08, True, True),  # b recovered: faster than a's p95
+        (0.30, True, False),  # still slower than a's p95: nothing to learn quickly
+        (0.08, False, False),  # not an exploration (measured, fresh data)
+    ):
+        clock = FakeClock()
+        rc = RankingClient(settings, _TwoStub(), None, clock=clock)  # type: ignore[arg-type]
+        ranking = await rc.rank(r)
+        b = next(x for x in ranking.routes if x.provider == "b")
+        rc.note_first_token(r, Route(**{**_fields(b), "explorable": explorable}), ttft_s)
+        clock.now += 0.5  # before the flush has reached the router: still the cached order
+        assert rc.cached(r) is not None and rc.refreshes_in_flight == 0
+        clock.now += 0.2  # after it: asked again (at 0.7 s, not 2 s)
+        assert rc.cached(r) is not None
+        assert (rc.refreshes_in_flight == 1) is expected_refresh, (ttft_s, explorable)
+        await rc.close()
+
+
+def _fields(route: Route) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(route, f.name) for f in dataclasses.fields(route) if f.init}
