@@ -250,21 +250,3 @@ def test_unmeasured_endpoints_get_equal_weights_so_a_client_redraws_them() -> No
     assert [e.weight for e in result.ranked] == [1.0, 1.0, 1.0]
     measured = run(eps=ABC, st_={"a": stats(ttft=100)}, sort=Sort.TTFT, config=NO_EXPLORE)
     assert all(e.weight is None for e in measured.ranked)  # one measured leads: no draw
-
-
-def test_barely_measured_endpoints_are_explored_at_the_larger_share_first() -> None:
-    # c has 2 samples ever (a fresh router): its place is still a coin toss.
-    thin = dataclasses.replace(
-        stats(ttft=130, n5=2, n1h=2), recent=RecentEstimate(130.0, NOW - 0.5, 0.0, NOW - 0.5, 2)
-    )
-    st_ = {"a": stats(ttft=300), "b": stats(ttft=100), "c": thin}
-    n = 2000
-    results = [run(eps=ABC, st_=st_, sort=Sort.TTFT, seed=s) for s in range(n)]
-    explored = [r for r in results if r.exploration]
-    assert 0.2 * n < len(explored) < 0.3 * n
-    assert all(names(r)[0] == "c" for r in explored)
-    # With min_samples of data it is judged on it: the base share, nothing to explore.
-    enough = dataclasses.replace(thin, recent=RecentEstimate(130.0, NOW - 0.5, 0.0, NOW - 0.5, 5))
-    enough = dataclasses.replace(enough, ttft_5m=stats(ttft=130).ttft_5m)
-    res = run(eps=ABC, st_={**st_, "c": enough}, sort=Sort.TTFT, seed=1)
-    assert res.exploration_share == 0.05

@@ -38,11 +38,10 @@ Pipeline:
    a fleet asking for "the fastest" of near-equal endpoints spreads over them
    (``ordering.spread_band``). Under every strategy but ``order`` (and not in
    panic), an ``exploration_share`` of requests (``exploration_share_unknown``
-   while some candidate was never measured or has fewer than ``min_samples``
-   samples ever) put one HEALTHY or DEGRADED
+   while some candidate was never measured) put one HEALTHY or DEGRADED
    endpoint with thin (< ``min_samples`` TTFT samples in 5m), stale (last
-   TTFT older than ``stale_after_s``) or no data first, a barely measured one
-   if any, else uniformly among them (``exploration`` flag + reason). Every such
+   TTFT older than ``stale_after_s``) or no data first, an unmeasured one if
+   any, else uniformly among them (``exploration`` flag + reason). Every such
    endpoint is marked ``explorable`` and the share is returned, so a client
    that reuses the ranking explores per request too.
    TTFT values come from the recent decayed estimate while it is fresh
@@ -346,13 +345,12 @@ def rank(
     # Exploration (every strategy but `order`): sometimes put an endpoint with
     # thin, stale or no data first. The coin is tossed first so the pool scan
     # costs nothing on most requests; while some candidate was never measured
-    # (or has fewer than min_samples samples) the share is the larger
-    # exploration_share_unknown, and those are picked first.
+    # the share is the larger exploration_share_unknown.
     exploration_reason: Reason | None = None
     share_now = 0.0
     if explore_ok:
         pool = [i for i in positions[1:] if entries[i].explorable]
-        unknown = [i for i in pool if _barely_measured(live[i].stats, min5)]
+        unknown = [i for i in pool if _never_measured(live[i].stats)]
         share_now = config.exploration_share_unknown if unknown else config.exploration_share
         if pool and share_now > 0 and rng.random() < share_now:
             among = unknown or pool
@@ -427,19 +425,6 @@ def _last_ttft_at(s: EndpointStats) -> float | None:
 def _never_measured(s: EndpointStats) -> bool:
     """No attempt in the last hour and nothing recent: nothing is known at all."""
     return s.uptime_1h.attempts == 0 and s.ttft_1h.count == 0 and s.recent.attempt_at is None
-
-
-def _barely_measured(s: EndpointStats, min5: int) -> bool:
-    """Never measured, or fewer than ``min5`` TTFT samples ever (in the recent view and
-    in both windows): one or two lognormal samples put an endpoint anywhere within
-    +-30% of its level, so its place in a `sort: ttft` order, and whether it is in
-    the near-best spread at all, is still a coin toss. Four equal providers on a
-    fresh router herded on the ones whose first sample happened to be low
-    (bench/bench_routing.py), until the others were re-explored seconds later."""
-    if _never_measured(s):
-        return True
-    n = max(s.recent.samples, s.ttft_5m.count, s.ttft_1h.count)
-    return 0 < n < min5  # 0: attempted but never answered (failing), health's business
 
 
 def _explorable(

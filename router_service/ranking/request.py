@@ -188,14 +188,11 @@ class RankingConfig:
       share of requests that put one endpoint with thin, stale or no data
       first, so data is never missing for long (bounded: 1 request in 20).
     - ``exploration_share_unknown`` (0.25): the share while some candidate
-      has never been measured, or has fewer than ``min_samples`` TTFT
-      samples (a fresh router, a new model, a new provider): a new model
-      finds its fastest provider within seconds, as LiteLLM does by trying
-      unmeasured deployments first, yet 3 requests in 4 still go to the best
-      known one. It ends by itself: each exploration measures one endpoint.
-      Counting the barely measured too: one sample places an endpoint
-      anywhere within +-30% of its level, and four equal providers on a
-      fresh router herded on whichever drew low first samples.
+      has never been measured at all (a fresh router, a new model, a new
+      provider): a new model finds its fastest provider within seconds, as
+      LiteLLM does by trying unmeasured deployments first, yet 3 requests in
+      4 still go to the best known one. It ends by itself: each exploration
+      measures one endpoint.
     - ``min_samples``: the 5-minute window is used when it has at least this
       many samples; otherwise the 1-hour window if it has ``min_samples_1h``.
     - ``stale_after_s`` (3): an endpoint whose last successful TTFT is older
