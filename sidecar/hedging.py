@@ -48,7 +48,7 @@ from typing import Any, Protocol
 from router_common.domain import ErrorClass
 from sidecar.config import SidecarSettings
 from sidecar.preferences import ParsedRequest
-from sidecar.ranking_client import Route
+from sidecar.ranking_client import Route, speed_ordered
 from sidecar.upstream import AttemptRecord
 
 #: What ``Proxy._open_stream`` returns: (StreamStart, response) on a first
@@ -130,12 +130,21 @@ class Hedger:
         settings: SidecarSettings,
         clock: Callable[[], float] = time.monotonic,
         on_hedge: Callable[[str, float], None] = lambda result, cost: None,
+        on_slow: Callable[[str, str], None] = lambda model, provider: None,
     ) -> None:
         self._s = settings
         self.budget = HedgeBudget(settings.hedge_budget_share, clock)
         #: Called with the result ("won", "lost", "failed", "both_failed") and the
         #: estimated cost in USD of a cancelled attempt (0 when none was cancelled).
         self.on_hedge = on_hedge
+        #: Called with (model, provider) when a first attempt lost its race under a
+        #: speed-ordered ranking: it had no first token by its p95 plus the backup's
+        #: whole TTFT, a slow start by any measure. Its watch (``sidecar.timeouts``)
+        #: dies with it when it is cancelled, and a cancelled attempt is not reported
+        #: to the router, so without this a hedged sidecar would go on sending its
+        #: first attempts to a slowed or hung provider, each rescued by a hedge while
+        #: the budget lasts.
+        self.on_slow = on_slow
 
     def enabled(self, req: ParsedRequest) -> bool:
         """Hedging on for this request (the request's option wins over the flag)."""
@@ -226,6 +235,8 @@ class Hedger:
         # (a cancelled one is not reported to the router; a genuine failure is).
         proxy._finish_attempt(req, brec if winner is first else rec)
         self.on_hedge("won" if winner is second else "lost", cost)
+        if winner is second and speed_ordered(req.preferences):
+            self.on_slow(req.model, route.provider)
         return winner.result(), owners[winner][0], True
 
 

@@ -96,7 +96,13 @@ class Proxy:
         self._keys = keys
         #: The one key-removal rule, applied to every byte that leaves (see redaction.py).
         self._redact = redactor
-        self.hedger = Hedger(settings, on_hedge=self._count_hedge)
+        self.hedger = Hedger(
+            settings,
+            on_hedge=self._count_hedge,
+            on_slow=lambda model, provider: self._ranking.cooldowns.slow(
+                model, provider, settings.slow_start_cooldown_s
+            ),
+        )
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.connect_timeout_s, sock_connect=settings.connect_timeout_s
         )
