@@ -15,7 +15,13 @@ phase name        what happens (cumulative until "recovery")    oracle calls
 
 Every contender gets its own fresh providers, the same incident timeline and
 the same seeded open-loop schedule (Poisson arrivals, 20 rps, at most 64
-requests in flight: the app's concurrency). Contenders: the oracle (calls the
+requests in flight: the app's concurrency). Each contender is paired with its
+own oracle run, on its own providers, started at the same instant in the same
+process: on a shared machine the load changes from one minute to the next, and
+a ratio against an oracle measured minutes earlier would mostly measure that
+(ours once came out 0.6x "the oracle" in a phase where both called the same
+provider). The oracle row is the first pairing's oracle against itself, and
+``oracle_ms`` is each pairing's whole-run oracle mean in ms. Contenders: the oracle (calls the
 fastest working provider directly, knowing the timeline), our sidecar with
 ``sort: ttft``, with load balancing, and with ``sort: ttft`` + hedging, and
 LiteLLM's Router (latency-based routing and simple shuffle; num_retries 2,
@@ -199,6 +205,7 @@ async def run_ours(
     ttfts: dict[str, float] = TTFT_MS,
     sidecars: int = 1,
     incidents: bool = True,
+    go: asyncio.Event | None = None,
 ) -> Run:
     providers = await start_providers(ttfts)
     tmp = Path(tempfile.mkdtemp(prefix="bench-routing-"))
@@ -241,6 +248,8 @@ async def run_ours(
         ) as session:
             if incidents:
                 schedule_incidents(providers, 0.5, p)
+            if go is not None:
+                go.set()  # the paired oracle starts its schedule now too
             results, wall0 = await drive(
                 plan, lambda i, lane: stream_once(session, urls[lane], body)
             )
@@ -253,10 +262,15 @@ async def run_ours(
             await fp.__aexit__(None, None, None)
 
 
-async def run_oracle(plan: list[tuple[float, int]], p: float) -> Run:
+async def run_oracle(
+    plan: list[tuple[float, int]], p: float, go: asyncio.Event | None = None
+) -> Run:
+    """The oracle; with ``go``, its schedule starts when the paired contender's does."""
     providers = await start_providers(TTFT_MS)
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            if go is not None:
+                await go.wait()
             schedule_incidents(providers, 0.5, p)
 
             async def send(i: int, lane: int) -> tuple[float | None, str | None]:
@@ -305,6 +319,7 @@ async def run_litellm(
     ttfts: dict[str, float] = TTFT_MS,
     routers: int = 1,
     incidents: bool = True,
+    go: asyncio.Event | None = None,
 ) -> Run:
     py = litellm_python()
     providers = await start_providers(ttfts)
@@ -343,6 +358,8 @@ async def run_litellm(
         # request any provider receives.
         if incidents:
             await _align_incidents(providers, p)
+        if go is not None:
+            go.set()  # about 0.5 s late: the runner's schedule started at its first request
         out = await proc.stdout.read()
         await proc.wait()
         rows = json.loads(out)
@@ -401,6 +418,7 @@ def demote_promote(run: Run, p: float) -> tuple[float | None, float | None]:
 
 def row(run: Run, oracle: Run, p: float) -> dict[str, Any]:
     out: dict[str, Any] = {"contender": run.name}
+    out["oracle_ms"] = 1000.0 * mean(ttfts_in(oracle, 0.0, 5 * p))
     spans = {ph: (i * p, (i + 1) * p) for i, ph in enumerate(PHASES)}
     spans["whole"] = (0.0, 5 * p)
     for ph, (lo, hi) in spans.items():
@@ -421,7 +439,7 @@ def fmt(x: Any) -> str:
     if x is None:
         return "never"
     if isinstance(x, float):
-        return "nan" if math.isnan(x) else f"{x:.2f}"
+        return "nan" if math.isnan(x) else f"{x:.0f}" if x >= 20 else f"{x:.2f}"
     return str(x)
 
 
@@ -430,7 +448,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         ["contender", "whole_mean", "whole_p95", "nohang_mean", "nohang_p95"]
         + [f"{ph}_mean" for ph in PHASES]
         + [f"{ph}_p95" for ph in PHASES]
-        + ["errors", "demote_s", "promote_s", "hung_waits"]
+        + ["errors", "demote_s", "promote_s", "hung_waits", "oracle_ms"]
     )
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
@@ -449,16 +467,42 @@ def busiest_share(run: Run) -> float:
 
 async def one_round(p: float, herd_s: float, seed: int, with_litellm: bool) -> dict[str, Any]:
     plan = schedule(5 * p, RATE, seed)
-    runs = [await run_oracle(plan, p)]
-    runs.append(await run_ours("ours sort=ttft", plan, p, {"sort": "latency"}))
-    runs.append(await run_ours("ours load balance", plan, p, None))
-    runs.append(
-        await run_ours("ours sort=ttft + hedge", plan, p, {"sort": "latency", "hedge": True})
-    )
+
+    async def paired(contender: Any) -> tuple[Run, Run]:
+        """The contender and an oracle run started at the same instant (see the docstring)."""
+        go = asyncio.Event()
+        oracle = asyncio.ensure_future(run_oracle(plan, p, go))
+        try:
+            run = await contender(go)
+        except BaseException:
+            oracle.cancel()
+            raise
+        return run, await oracle
+
+    pairs = [
+        await paired(lambda go: run_ours("ours sort=ttft", plan, p, {"sort": "latency"}, go=go)),
+        await paired(lambda go: run_ours("ours load balance", plan, p, None, go=go)),
+        await paired(
+            lambda go: run_ours(
+                "ours sort=ttft + hedge", plan, p, {"sort": "latency", "hedge": True}, go=go
+            )
+        ),
+    ]
     if with_litellm:
-        runs.append(await run_litellm("LiteLLM latency-based", "latency-based-routing", plan, p))
-        runs.append(await run_litellm("LiteLLM simple-shuffle", "simple-shuffle", plan, p))
-    rows = [row(r, runs[0], p) for r in runs]
+        pairs.append(
+            await paired(
+                lambda go: run_litellm(
+                    "LiteLLM latency-based", "latency-based-routing", plan, p, go=go
+                )
+            )
+        )
+        pairs.append(
+            await paired(
+                lambda go: run_litellm("LiteLLM simple-shuffle", "simple-shuffle", plan, p, go=go)
+            )
+        )
+    first_oracle = pairs[0][1]
+    rows = [row(first_oracle, first_oracle, p)] + [row(run, oracle, p) for run, oracle in pairs]
     herd_plan = schedule(herd_s, 2 * RATE, seed + 1, lanes=4)
     equal = {f"h{i}": HERD_TTFT_MS for i in range(4)}
     herd = {

@@ -56,7 +56,7 @@ class SidecarSettings:
     adaptive_first_token_timeout: bool = _opt(
         True,
         "Cut a streaming attempt's first-token wait to the router's per-endpoint suggestion "
-        "(3x its recent p99 TTFT, at least 0.5 s) when shorter than first_byte_timeout_s.",
+        "(2x its recent p99 TTFT, at least 0.5 s) when shorter than first_byte_timeout_s.",
     )
     provider_first_token_timeouts: str = _opt(
         "",
@@ -75,6 +75,17 @@ class SidecarSettings:
     hedge_min_delay_s: float = _opt(
         0.05, "Never hedge earlier than this after an attempt starts, whatever the p95."
     )
+    slow_start_multiple: float = _opt(
+        2.0,
+        "A streaming attempt (sort ttft or load balance) with no first token after this "
+        "multiple of its endpoint's recent p95 TTFT (the router's hedge_after_ms) puts the "
+        "endpoint at the back of this sidecar's order for slow_start_cooldown_s (0 = off).",
+    )
+    slow_start_cooldown_s: float = _opt(
+        3.0,
+        "How long an endpoint caught slow to start stays at the back here: about the time "
+        "the router needs to see the outcome (flush 0.5 s) and the ranking cache to refresh.",
+    )
     chunk_timeout_s: float = _opt(30.0, "Longest silence allowed between two stream chunks.")
     nonstream_timeout_s: float = _opt(
         60.0, "Whole-answer timeout of a non-streaming attempt (its first byte is the answer)."
@@ -87,6 +98,12 @@ class SidecarSettings:
     # Ranking.
     rank_timeout_s: float = _opt(1.0, "Deadline of one RankProviders call.")
     rank_cache_ttl_s: float = _opt(2.0, "How long a ranking is reused for the same model+prefs.")
+    rank_cache_unmeasured_ttl_s: float = _opt(
+        0.5,
+        "A ranking whose first endpoint the router has no TTFT for yet (a fresh router, a new "
+        "model) is reused at most this long: the first outcomes (flushed every 0.5 s) tell "
+        "the router which is fastest, and a 2 s reuse would spread those seconds over all.",
+    )
     rank_revalidate_s: float = _opt(
         2.0,
         "For this long after its TTL a ranking is still used while a background call "

@@ -17,6 +17,15 @@ Bounds and accounting:
 - A budget: hedged attempts are at most ``hedge_budget_share`` of the
   requests that had hedging on (default 5%), over a decayed window
   (``HedgeBudget``), plus one, so an incident cannot double the load.
+- A reserve inside it for incidents. By definition 5% of healthy attempts
+  pass their endpoint's p95, so hedging every one of them would spend the
+  whole 5% on the normal tail and leave nothing when a provider slows down
+  or hangs (measured in bench/bench_routing.py: the budget was spent before
+  every incident but one). So a hedge at the p95 may use only
+  ``ROUTINE_FRACTION`` (half) of the budget; once that is spent, an attempt
+  still without a first token at ``slow_start_multiple`` times its p95 (the
+  point where the sidecar calls it a slow start, ``sidecar.timeouts``) may
+  use the rest.
 - No hedge without a delay from the router (no data on the endpoint yet),
   nor when the plan has no next provider.
 - Each hedge shows in the response's ``routing.attempts`` (``hedge: true``
@@ -39,7 +48,7 @@ from typing import Any, Protocol
 from router_common.domain import ErrorClass
 from sidecar.config import SidecarSettings
 from sidecar.preferences import ParsedRequest
-from sidecar.ranking_client import Route
+from sidecar.ranking_client import Route, speed_ordered
 from sidecar.upstream import AttemptRecord
 
 #: What ``Proxy._open_stream`` returns: (StreamStart, response) on a first
@@ -47,11 +56,16 @@ from sidecar.upstream import AttemptRecord
 Opened = Any
 
 
+#: Share of the hedge budget that hedges at the plain p95 may use (see the module docstring).
+ROUTINE_FRACTION = 0.5
+
+
 class HedgeBudget:
     """Hedges at most ``share`` of requests (+1), both counted with exponential decay.
 
     Decay (time constant ``tau_s``) makes the budget follow the recent request
-    rate: a calm hour does not bank hedges for a burst. Pure apart from the
+    rate: a calm hour does not bank hedges for a burst. ``routine`` hedges
+    (at the p95) may use only ``ROUTINE_FRACTION`` of it. Pure apart from the
     injected clock.
     """
 
@@ -80,10 +94,11 @@ class HedgeBudget:
         self._decay()
         self._requests += 1.0
 
-    def try_take(self) -> bool:
-        """Take one hedge if the budget allows it."""
+    def try_take(self, routine: bool = False) -> bool:
+        """Take one hedge if the budget (its routine part, for a ``routine`` one) allows it."""
         self._decay()
-        if self._share <= 0 or self._hedges + 1.0 > self._share * self._requests + 1.0:
+        share = self._share * ROUTINE_FRACTION if routine else self._share
+        if share <= 0 or self._hedges + 1.0 > share * self._requests + 1.0:
             return False
         self._hedges += 1.0
         return True
@@ -115,12 +130,21 @@ class Hedger:
         settings: SidecarSettings,
         clock: Callable[[], float] = time.monotonic,
         on_hedge: Callable[[str, float], None] = lambda result, cost: None,
+        on_slow: Callable[[str, str], None] = lambda model, provider: None,
     ) -> None:
         self._s = settings
         self.budget = HedgeBudget(settings.hedge_budget_share, clock)
         #: Called with the result ("won", "lost", "failed", "both_failed") and the
         #: estimated cost in USD of a cancelled attempt (0 when none was cancelled).
         self.on_hedge = on_hedge
+        #: Called with (model, provider) when a first attempt lost its race under a
+        #: speed-ordered ranking: it had no first token by its p95 plus the backup's
+        #: whole TTFT, a slow start by any measure. Its watch (``sidecar.timeouts``)
+        #: dies with it when it is cancelled, and a cancelled attempt is not reported
+        #: to the router, so without this a hedged sidecar would go on sending its
+        #: first attempts to a slowed or hung provider, each rescued by a hedge while
+        #: the budget lasts.
+        self.on_slow = on_slow
 
     def enabled(self, req: ParsedRequest) -> bool:
         """Hedging on for this request (the request's option wins over the flag)."""
@@ -155,8 +179,16 @@ class Hedger:
             return await first, rec, False
         delay = max(delay, self._s.hedge_min_delay_s)
         done, _ = await asyncio.wait({first}, timeout=delay)
-        if done or not self.budget.try_take():
+        if done:
             return await first, rec, False
+        if not self.budget.try_take(routine=True):
+            # The routine part is spent: the rest is kept for a clearly slow start.
+            late = delay * self._s.slow_start_multiple
+            if not late > delay:
+                return await first, rec, False
+            done, _ = await asyncio.wait({first}, timeout=late - delay)
+            if done or not self.budget.try_take():
+                return await first, rec, False
         brec = AttemptRecord(backup.provider, backup.upstream_model, time.time())
         brec.extra = {"hedge": True}
         records.append(brec)
@@ -203,6 +235,8 @@ class Hedger:
         # (a cancelled one is not reported to the router; a genuine failure is).
         proxy._finish_attempt(req, brec if winner is first else rec)
         self.on_hedge("won" if winner is second else "lost", cost)
+        if winner is second and speed_ordered(req.preferences):
+            self.on_slow(req.model, route.provider)
         return winner.result(), owners[winner][0], True
 
 

@@ -53,6 +53,7 @@ from sidecar.timeouts import (
     first_token_timeout,
     parse_provider_timeouts,
     response_timeout,
+    slow_start_after,
 )
 from sidecar.upstream import (
     AttemptRecord,
@@ -110,7 +111,13 @@ class Proxy:
         self._keys = keys
         #: The one key-removal rule, applied to every byte that leaves (see redaction.py).
         self._redact = redactor
-        self.hedger = Hedger(settings, on_hedge=self._count_hedge)
+        self.hedger = Hedger(
+            settings,
+            on_hedge=self._count_hedge,
+            on_slow=lambda model, provider: self._ranking.cooldowns.slow(
+                model, provider, settings.slow_start_cooldown_s
+            ),
+        )
         #: The operator's per-provider first-token timeouts, seconds (see timeouts.py).
         self._provider_timeouts = parse_provider_timeouts(settings.provider_first_token_timeouts)
         self._timeout = aiohttp.ClientTimeout(
@@ -558,6 +565,18 @@ class Proxy:
         got_headers = False
         resp: aiohttp.ClientResponse | None = None
         scanner = SSEScanner(req.model, req.wants_usage, self._redact.only(key))
+        slow_after = slow_start_after(self._s, req, route)
+        slow_watch = (
+            None
+            if slow_after is None
+            else loop.call_later(
+                slow_after,
+                self._ranking.cooldowns.slow,
+                req.model,
+                route.provider,
+                self._s.slow_start_cooldown_s,
+            )
+        )
         try:
             async with asyncio.timeout_at(limit):
                 resp = await self._session.post(
@@ -591,9 +610,14 @@ class Proxy:
             if resp is not None:
                 resp.close()
             return None
+        finally:
+            if slow_watch is not None:
+                slow_watch.cancel()
         if start is None:
             resp.close()
             return None
+        if rec.ttft_ms is not None:
+            self._ranking.note_first_token(req, route, rec.ttft_ms / 1000.0)
         return start, answer
 
     async def _commit_stream(

@@ -37,6 +37,10 @@ from sidecar.preferences import ParsedRequest, RequestError, invalid_preferences
 
 log = logging.getLogger("sidecar.ranking")
 
+#: Margin after an outcome flush before a ranking is asked again (see note_first_token):
+#: the flush's RPC and the router's ingestion take a few ms.
+_AFTER_FLUSH_S = 0.1
+
 #: Delay before a background ranking refresh starts (see _refresh_in_background).
 _REFRESH_DELAY_S = 0.005
 
@@ -71,6 +75,9 @@ class Route:
     #: The router's suggested first-token timeout and hedge delay, seconds (None: none).
     first_token_timeout_s: float | None = None
     hedge_after_s: float | None = None
+    #: The router has a TTFT value for this endpoint (False: never measured, or too
+    #: little data); a ranking led by an unmeasured endpoint is reused only briefly.
+    ttft_known: bool = True
     #: Where chat completions go, parsed once: aiohttp takes a URL object as it
     #: is, whereas a string would be parsed again on every attempt.
     chat_url: URL = field(init=False, repr=False, compare=False)
@@ -94,6 +101,7 @@ class Route:
             explorable=ep.explorable,
             first_token_timeout_s=_suggested_s(ep, "first_token_timeout_ms"),
             hedge_after_s=_suggested_s(ep, "hedge_after_ms"),
+            ttft_known=ep.HasField("ttft_ms"),
         )
 
     @classmethod
@@ -152,7 +160,8 @@ class Ranking:
 
         - the leading block of weighted, not-deprioritized routes (every
           endpoint under ``load_balance``; the near-best band under ``sort:
-          ttft``/``tps``) is redrawn with the router's weights
+          ttft``/``tps``; on a fresh router, the equally weighted unmeasured
+          endpoints) is redrawn with the router's weights
           (Efraimidis-Spirakis, as the router does); the tail keeps its place;
         - with the router's ``exploration_share``, one ``explorable`` route
           (thin, stale or no data) is put first, and the metadata marks it
@@ -161,9 +170,13 @@ class Ranking:
         """
         routes = self.routes
         metadata = self.metadata
-        if metadata.get("strategy") in _WEIGHTED:
+        if metadata.get("strategy") in _WEIGHTED and routes:
+            # The leading run of weighted routes in the same standing as the first: the
+            # not-deprioritized ones, or, when the router had no data at all (a fresh
+            # router: every endpoint "no data", weighted equally), the unmeasured ones.
+            lead = routes[0].deprioritized
             head = 0
-            while head < len(routes) and routes[head].weight and not routes[head].deprioritized:
+            while head < len(routes) and routes[head].weight and routes[head].deprioritized == lead:
                 head += 1
             if head >= 2:
                 routes = tuple(weighted_order(routes[:head], _route_weight, rng)) + routes[head:]
@@ -259,40 +272,61 @@ def rank_from_catalog(
 
 
 class Cooldowns:
-    """Endpoints this sidecar saw fail, and until when they are not tried first.
+    """Endpoints this sidecar saw fail or start slowly, and until when they are not tried first.
 
-    Bounded (LRU by insertion) so a flood of distinct failing endpoints cannot
-    grow memory.
+    Two kinds, because they end differently: a failure cooldown ends at the
+    endpoint's next success; a slow-start one (``slow``: an attempt had no
+    first token long after the endpoint's recent p95) only by time, since
+    the slow attempt itself usually succeeds in the end. Why a local view at
+    all: the router hears of an attempt only after it ended, the outcome
+    flush and the next ranking refresh (2-3 s at the defaults), and at tens
+    of requests per second a provider that slowed 6x would get every request
+    of those seconds; this sidecar knows after ``slow_start_multiple`` times
+    the endpoint's p95, from the first attempt that waits. Bounded (LRU by
+    insertion, per kind) so a flood of distinct endpoints cannot grow memory.
     """
 
     def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._until: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._slow: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._max = max_entries
         self._clock = clock
 
+    def _mark(
+        self, table: OrderedDict[tuple[str, str], float], key: tuple[str, str], s: float
+    ) -> None:
+        until = self._clock() + s
+        table[key] = max(until, table.get(key, 0.0))
+        table.move_to_end(key)
+        while len(table) > self._max:
+            table.popitem(last=False)
+
     def fail(self, model: str, provider: str, seconds: float) -> None:
-        key = (model, provider)
-        until = self._clock() + seconds
-        self._until[key] = max(until, self._until.get(key, 0.0))
-        self._until.move_to_end(key)
-        while len(self._until) > self._max:
-            self._until.popitem(last=False)
+        self._mark(self._until, (model, provider), seconds)
+
+    def slow(self, model: str, provider: str, seconds: float) -> None:
+        """An attempt is still waiting for its first token far beyond the endpoint's p95."""
+        self._mark(self._slow, (model, provider), seconds)
 
     def succeed(self, model: str, provider: str) -> None:
         self._until.pop((model, provider), None)
 
     def cooling(self, model: str, provider: str) -> bool:
-        until = self._until.get((model, provider))
+        key = (model, provider)
+        return self._active(self._until, key) or self._active(self._slow, key)
+
+    def _active(self, table: OrderedDict[tuple[str, str], float], key: tuple[str, str]) -> bool:
+        until = table.get(key)
         if until is None:
             return False
         if until <= self._clock():
-            del self._until[(model, provider)]
+            del table[key]
             return False
         return True
 
     def apply(self, model: str, routes: tuple[Route, ...]) -> list[Route]:
         """Cooling endpoints move to the back (kept: a slow answer beats none)."""
-        if not self._until:
+        if not self._until and not self._slow:
             return list(routes)
         hot = [r for r in routes if r.router_wants_it or not self.cooling(model, r.provider)]
         if len(hot) == len(routes):
@@ -370,6 +404,9 @@ class RankingClient:
         if hit is None:
             return None
         ttl = self._s.rank_cache_ttl_s
+        if not hit.routes[0].ttft_known and speed_ordered(req.preferences):
+            # a fresh router or model: the data that orders this ranking is a second away
+            ttl = min(ttl, self._s.rank_cache_unmeasured_ttl_s)
         age = now - hit.fetched_at
         if age >= ttl:
             if (
@@ -417,6 +454,32 @@ class RankingClient:
         finally:
             self._inflight.pop(key, None)
         return ranking
+
+    def note_first_token(self, req: ParsedRequest, route: Route, ttft_s: float) -> None:
+        """An attempt answered: if it was an explorable endpoint (stale, thin or no data
+        at the router) that beat the cached ranking's leader's p95, that ranking is
+        made to expire just after the next outcome flush.
+
+        Why: exploration is how a recovered provider is found, but the cached order
+        would otherwise be replayed for up to ``rank_cache_ttl_s`` after the find.
+        Expiring right away would ask a router that has not yet received the
+        outcome; just after the flush, it has. Only a faster answer triggers it,
+        so ordinary explorations cost no extra RankProviders call.
+        """
+        if not route.explorable:
+            return
+        key = req.cache_key
+        hit = self._cache.get(key)
+        if hit is None:
+            return
+        head = hit.routes[0]
+        p95 = head.hedge_after_s
+        if head.provider == route.provider or p95 is None or not ttft_s < p95:
+            return
+        expire_at = self._clock() + self._s.outcome_flush_interval_s + _AFTER_FLUSH_S
+        fetched_at = expire_at - self._s.rank_cache_ttl_s  # the TTL counts from fetched_at
+        if fetched_at < hit.fetched_at:
+            self._cache[key] = replace(hit, fetched_at=fetched_at)
 
     def _refresh_in_background(self, req: ParsedRequest) -> None:
         """Ask the router for this key without anyone waiting (one call per key at a time).
@@ -552,6 +615,18 @@ class RankingClient:
     @property
     def cache_size(self) -> int:
         return len(self._cache)
+
+
+#: Sorts under which the order is about speed: ``sort: ttft`` and load balancing.
+_SPEED_SORTS = frozenset({router_pb2.SORT_BY_UNSPECIFIED, router_pb2.SORT_BY_TTFT})
+
+
+def speed_ordered(prefs: router_pb2.RoutingPreferences) -> bool:
+    """The ranking for ``prefs`` is ordered by TTFT (``sort: ttft``, or load balancing
+    weighted by it) and no explicit ``order`` overrides it: the case where this
+    sidecar's own view of an endpoint's speed (a slow start, a ranking led by an
+    unmeasured endpoint) is a reason to reorder or refresh sooner."""
+    return not prefs.order and prefs.sort in _SPEED_SORTS
 
 
 #: Strategies whose leading routes carry draw weights (see RankedEndpoint.weight).

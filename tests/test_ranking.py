@@ -553,7 +553,7 @@ def test_load_balance_weights_follow_the_documented_formula() -> None:
     result = run(eps=eps, st_=st_, config=RankingConfig(exploration_share=0))
     w = {r.endpoint.provider.name: r.weight for r in result.ranked}
     assert w["a"] == pytest.approx(1.0)
-    assert w["b"] == pytest.approx((1 / 2) ** 2 * (100 / 200) * 0.9**2)
+    assert w["b"] == pytest.approx((1 / 2) ** 2 * (100 / 200) ** 2 * 0.9**2)
     assert w["c"] == pytest.approx(0.5)  # unknown TTFT factor
 
 

@@ -66,7 +66,17 @@ def test_recent_failure_ratio_decays_and_client_errors_do_not_count() -> None:
     assert tr.estimate().failure_ratio < 0.05
 
 
-@pytest.mark.parametrize("field", ["tau_s", "tau_up_s", "tau_fail_s"])
+def test_a_sample_after_a_silence_replaces_the_estimate_a_sample_in_traffic_does_not() -> None:
+    tr = RecentTracker(RecentConfig(replace_after_s=2.0))
+    for i in range(60):  # 3 s at 20 rps of 480 ms (a slowed provider)
+        tr.record(i * 0.05, False, 480.0)
+    tr.record(2.95 + 1.0, False, 80.0)  # 1 s later: averaged in, not believed at once
+    assert 80.0 < tr.estimate().ttft_ms < 480.0
+    tr.record(3.95 + 2.0, False, 80.0)  # 2 s of silence: the new value is all we know
+    assert tr.estimate().ttft_ms == pytest.approx(80.0)
+
+
+@pytest.mark.parametrize("field", ["tau_s", "tau_up_s", "tau_fail_s", "replace_after_s"])
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), True])
 def test_recent_config_rejects_bad_values(field: str, bad: object) -> None:
     with pytest.raises(ValueError, match=field):
@@ -204,7 +214,7 @@ def test_first_token_timeout_is_a_multiple_of_p99_with_a_floor() -> None:
     st_ = {"a": stats(ttft=1000), "b": stats(ttft=100), "c": stats(ttft=100, n5=5, n1h=5)}
     result = run(eps=ABC, st_=st_, sort=Sort.TTFT, config=NO_EXPLORE)
     by = {e.endpoint.provider.name: e for e in result.ranked}
-    assert by["a"].first_token_timeout_ms == pytest.approx(3 * 1490.0)
+    assert by["a"].first_token_timeout_ms == pytest.approx(2 * 1490.0)
     assert by["a"].hedge_after_ms == pytest.approx(1450.0)
     assert by["b"].first_token_timeout_ms == 500.0  # the floor
     assert by["c"].first_token_timeout_ms is None and by["c"].hedge_after_ms is None  # too few
@@ -214,7 +224,7 @@ def test_first_token_timeout_follows_a_recent_slowdown() -> None:
     st_ = dict(ABC_STATS, b=with_recent(ABC_STATS["b"], 2000.0))
     result = run(eps=ABC, st_=st_, sort=Sort.TTFT, config=NO_EXPLORE)
     b = next(e for e in result.ranked if e.endpoint.provider.name == "b")
-    assert b.first_token_timeout_ms == pytest.approx(3 * 2000.0)  # multiple * max(p99, recent)
+    assert b.first_token_timeout_ms == pytest.approx(2 * 2000.0)  # multiple * max(p99, recent)
 
 
 @pytest.mark.parametrize(

@@ -75,8 +75,8 @@ candidate of this request, so the formula is scale-free)::
                                                # unknown t -> lb_unknown_ttft_factor
     U_i = uptime_1h ** lb_uptime_exponent      # unknown uptime -> 1
 
-Defaults (2, 1, 2, 0.5, 0.01): inverse-square of price like OpenRouter's
-default balancing, inverse TTFT, squared uptime. The order is drawn without
+Defaults (2, 2, 2, 0.5, 0.01): inverse-square of price like OpenRouter's
+default balancing, inverse-square TTFT, squared uptime. The order is drawn without
 replacement in proportion to w (Efraimidis-Spirakis: sort by -ln(1-u)/w), so
 P(first = i) = w_i / sum(w) and the floor keeps every endpoint in rotation.
 """
@@ -277,6 +277,12 @@ def rank(
             pos = order_pos.get(row.prep.provider)
             if pos is not None and pos < best and row.health.state is _PROBING:
                 ordered_probe, best = i, pos
+        # Its ordered place is first only if no routable `order` provider comes before
+        # it (a degraded one still does: it keeps its place, just in a lower tier).
+        if ordered_probe >= 0 and any(
+            order_pos.get(row.prep.provider, best) < best for row in live
+        ):
+            ordered_probe = -1
     for i, (p, hv, _s, t, tw, tc, v, vw, vc, up, cost) in enumerate(live):
         st = hv.state
         tier = TIER_OK

@@ -221,13 +221,18 @@ class RankingConfig:
       one 5% slower gets 0.86 of the best one's share, one 25% slower 0.51,
       and beyond 25% the order is strict. The weights
       are sent so a client reusing the ranking redraws per request.
-    - ``first_token_timeout_multiple`` (3), ``first_token_timeout_floor_ms``
+    - ``first_token_timeout_multiple`` (2), ``first_token_timeout_floor_ms``
       (500), ``first_token_timeout_min_samples`` (20): the first-token
       timeout suggested per endpoint is ``multiple * max(p99 TTFT, recent
       TTFT)``, at least the floor, once the window has that many samples
       (none without); the sidecar takes the smaller of it and its own
-      configured timeout, so a hung provider costs about three times its
-      normal worst case, not 30 s.
+      configured timeout, so a hung provider costs about twice its normal
+      worst case, not 30 s. Why 2 and not 3: every request that reaches a
+      hung provider before it is moved away waits the whole timeout (in
+      bench/bench_routing.py 3x cost the hang phase about 20% of the
+      oracle's mean), while a false timeout is rare (a lognormal TTFT with
+      sigma as wide as 1 exceeds twice its p99 about once in 1000) and
+      costs a fallback, not an error.
     - ``blend_output_weight``: without token estimates, cost is the blended
       price ``(input + k * output) / (1 + k)`` per million tokens (k=3: chat
       workloads are output-heavy and output tokens dominate the bill).
@@ -249,12 +254,12 @@ class RankingConfig:
     recovered_max_failure_ratio: float = 0.1
     spread_tolerance: float = 0.25
     spread_exponent: float = 3.0
-    first_token_timeout_multiple: float = 3.0
+    first_token_timeout_multiple: float = 2.0
     first_token_timeout_floor_ms: float = 500.0
     first_token_timeout_min_samples: int = 20
     blend_output_weight: float = DEFAULT_BLEND_OUTPUT_WEIGHT
     lb_price_exponent: float = 2.0
-    lb_ttft_exponent: float = 1.0
+    lb_ttft_exponent: float = 2.0
     lb_uptime_exponent: float = 2.0
     lb_unknown_ttft_factor: float = 0.5
     lb_min_weight: float = 0.01

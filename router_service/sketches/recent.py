@@ -11,8 +11,11 @@ How (Finagle's Peak EWMA, without the in-flight term the router cannot see):
   after the previous one moves the estimate by ``w = 1 - exp(-dt / tau)``:
   ``est += w * (x - est)``. Weighting by elapsed time rather than by count
   makes the estimate's memory ``tau`` seconds whatever the request rate, and
-  a sample after a long silence (a probe of an endpoint nobody used) nearly
-  replaces the old value: a recovered endpoint is seen on its first answers.
+  a sample after a silence of ``replace_after_s`` or more (a probe of an
+  endpoint nobody used) replaces the old value outright: a recovered endpoint
+  is seen on its first answer, and one that looked slow because of a passing
+  outlier is not locked out of traffic until several probes have averaged the
+  outlier away (its estimate cannot improve while it gets no traffic).
 - **Peak.** A sample above the estimate is taken with ``tau_up`` (shorter),
   so a slowdown is believed faster than a speed-up; that is the asymmetry
   that keeps traffic off an endpoint that got slow (a false "slow" costs one
@@ -49,15 +52,26 @@ class RecentConfig:
                         shorter made equal endpoints' estimates too noisy to share
                         traffic (herding in bench/bench_routing.py)
     tau_fail_s 5.0      memory of the decayed failure ratio, s
+    replace_   2.0      a TTFT sample arriving this long (s) after the previous one
+    after_s             replaces the estimate: an endpoint without a sample for 2 s
+                        at tens of requests per second gets no traffic, so its old
+                        value is a guess about the past and the new one is all that
+                        is known about now. Measured (bench/bench_routing.py): with
+                        the time-weighted average alone (weight 0.49 after 2 s), a
+                        provider that had slowed 6x and recovered needed two or
+                        three probes, seconds apart, to be promoted back, and one
+                        of four equal providers whose estimate a startup outlier
+                        had pushed 30% up was left without traffic for seconds
     =========  =======  ================================================================
     """
 
     tau_s: float = 3.0
     tau_up_s: float = 2.0
     tau_fail_s: float = 5.0
+    replace_after_s: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("tau_s", "tau_up_s", "tau_fail_s"):
+        for name in ("tau_s", "tau_up_s", "tau_fail_s", "replace_after_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"RecentConfig.{name} must be a number, got {value!r}")
@@ -95,7 +109,7 @@ class RecentTracker:
         if ttft_ms is None or not math.isfinite(ttft_ms) or ttft_ms < 0 or failed:
             return
         est = self._ttft
-        if est is None or self._ttft_at is None:
+        if est is None or self._ttft_at is None or now - self._ttft_at >= cfg.replace_after_s:
             self._ttft = ttft_ms
         else:
             tau = cfg.tau_up_s if ttft_ms > est else cfg.tau_s

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from sidecar_helpers import MODEL, Stack, openai_client, wait_for
 
 from router_service.ranking import RankingConfig
-from sidecar.hedging import HedgeBudget
+from sidecar.hedging import HedgeBudget, Hedger
 from sidecar.preferences import RequestError, parse_request
 from tests.conftest import FakeClock
 
@@ -104,6 +105,19 @@ def test_budget_allows_share_of_requests_plus_one_and_decays() -> None:
         HedgeBudget(1.5, clock)
 
 
+def test_routine_hedges_leave_half_the_budget_for_slow_starts() -> None:
+    clock = FakeClock()
+    budget = HedgeBudget(0.05, clock, tau_s=60.0)
+    routine = 0
+    for _ in range(400):  # every request passes its p95: routine hedges stop at 2.5% (+1)
+        budget.note_request()
+        routine += budget.try_take(routine=True)
+    assert 0.025 * 400 - 1 <= routine <= 0.025 * 400 + 1
+    late = sum(budget.try_take() for _ in range(50))  # the reserve, for slow starts
+    assert 0.025 * 400 - 2 <= late <= 0.025 * 400 + 1
+    assert not budget.try_take() and not budget.try_take(routine=True)
+
+
 def test_hedge_option_from_both_conventions() -> None:
     body = {"model": MODEL, "messages": MSGS}
     assert parse_request(body).hedge is None
@@ -119,3 +133,61 @@ def test_hedge_option_from_both_conventions() -> None:
         parse_request({**body, "provider": {"hedge": True}}).cache_key
         == parse_request({**body, "provider": {}}).cache_key
     )
+
+
+class _RaceProxy:
+    """The hooks a hedge uses: the first route never answers, the backup at once."""
+
+    def __init__(self) -> None:
+        self.finished: list[str] = []
+
+    def _key_for(self, route: Any, rec: Any) -> tuple[bool, str | None]:
+        return True, None
+
+    def _finish_attempt(self, req: Any, rec: Any) -> None:
+        self.finished.append(rec.provider)
+
+    async def _open_stream(self, req: Any, route: Any, key: Any, rec: Any, *rest: Any) -> Any:
+        if route.provider == "slow":
+            await asyncio.sleep(30)
+        return (object(), object())
+
+
+@pytest.mark.parametrize(
+    ("prefs", "marked"),
+    [
+        ({"sort": "latency"}, True),
+        ({}, True),
+        ({"sort": "price"}, False),
+        ({"order": ["slow", "fast"]}, False),
+    ],
+)
+async def test_a_first_attempt_that_loses_its_race_is_marked_slow_under_speed_orders(
+    prefs: dict[str, Any], marked: bool
+) -> None:
+    from sidecar.config import SidecarSettings
+    from sidecar.ranking_client import Route
+    from sidecar.upstream import AttemptRecord
+
+    slow_marks: list[tuple[str, str]] = []
+    hedger = Hedger(
+        SidecarSettings(hedge_min_delay_s=0.01),
+        on_slow=lambda model, provider: slow_marks.append((model, provider)),
+    )
+    req = parse_request({"model": MODEL, "messages": MSGS, "stream": True, "provider": prefs})
+    slow = Route("slow", "http://127.0.0.1:1/v1", "", False, "m", hedge_after_s=0.01)
+    fast = Route("fast", "http://127.0.0.1:2/v1", "", False, "m")
+    rec = AttemptRecord("slow", "m", 0.0)
+    records = [rec]
+    _, winner, started = await hedger.open(
+        _RaceProxy(),
+        req,
+        slow,
+        fast,
+        None,
+        rec,
+        1e9,
+        records,  # type: ignore[arg-type]
+    )
+    assert started and winner.provider == "fast"
+    assert slow_marks == ([(MODEL, "slow")] if marked else [])
