@@ -174,9 +174,9 @@ class Proxy:
 
     def _finish_attempt(self, req: ParsedRequest, rec: AttemptRecord) -> None:
         """Metrics, local cooldown and the outcome report for one finished attempt."""
-        self._m.attempts.labels(rec.provider, rec.error_class.value).inc()
+        self._m.count_attempt(rec.provider, rec.error_class.value)
         if rec.ttft_ms is not None:
-            self._m.upstream_ttft.labels(rec.provider).observe(rec.ttft_ms / 1000.0)
+            self._m.observe_upstream_ttft(rec.provider, rec.ttft_ms / 1000.0)
         if rec.status == "ok":
             self._ranking.cooldowns.succeed(req.model, rec.provider)
         elif rec.error_class.counts_against_endpoint and rec.report:

@@ -425,13 +425,16 @@ async def relay(
     scanner, resp = start.scanner, start.resp
     eof = start.eof
     ended_cleanly = False
-    idle = IdleTimeout(chunk_timeout_s)
+    # No timer for a stream that came whole with its first token (nothing left to wait for).
+    idle = (
+        None if eof or scanner.done or scanner.error is not None else IdleTimeout(chunk_timeout_s)
+    )
     try:
         while not eof and not scanner.done and scanner.error is None:
             try:
                 data = await resp.content.readany()
             except asyncio.CancelledError:
-                if not idle.absorb():
+                if idle is None or not idle.absorb():
                     raise
                 rec.finish_error(
                     ErrorClass.TIMEOUT,
@@ -448,6 +451,7 @@ async def relay(
                     scanner.output_tokens,
                 )
                 return
+            assert idle is not None  # the loop only runs when it was created
             idle.touch()
             now = time.perf_counter()
             if data:
@@ -484,7 +488,8 @@ async def relay(
                 scanner.output_tokens,
             )
     finally:
-        idle.close()
+        if idle is not None:
+            idle.close()
         if eof:
             resp.release()
         elif not ended_cleanly:
@@ -504,6 +509,9 @@ async def release_upstream(resp: aiohttp.ClientResponse, timeout_s: float = 1.0)
     gets its connection closed after ``_DRAIN_LIMIT`` bytes or ``timeout_s``.
     """
     if resp.closed:
+        return
+    if resp.content.at_eof():  # the terminator came with [DONE]: nothing to wait for
+        resp.release()
         return
     try:
         async with asyncio.timeout(timeout_s):
