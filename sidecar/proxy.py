@@ -187,6 +187,12 @@ class Proxy:
         if rec.report:
             self._report(rec.to_outcome(req.model))
 
+    def _observe_added(self, rec: AttemptRecord, t_start: float) -> None:
+        """The sidecar's overhead on this stream's first token, as the app gets it now."""
+        if rec.ttft_ms is not None:
+            app_ttft = time.perf_counter() - t_start
+            self._m.added_latency.observe(max(0.0, app_ttft - rec.ttft_ms / 1000.0))
+
     def _key_for(self, route: Route, rec: AttemptRecord) -> tuple[bool, str | None]:
         """The provider's key from this process's environment (False: not set here).
 
@@ -526,14 +532,20 @@ class Proxy:
         app: web.StreamResponse,
         t_start: float,
     ) -> web.StreamResponse:
-        """First token in hand: send headers and held bytes, then relay; no retry from here."""
+        """First token in hand: send headers and held bytes, then relay; no retry from here.
+
+        When the whole answer came with the first token (a fast or unpaced
+        provider: [DONE] or the end already read), nothing is left to wait
+        for, so headers, answer, ``routing`` and the end of the body leave in
+        one send instead of three.
+        """
+        whole = start.eof or start.scanner.done
         try:
             await app.prepare(request)
-            if start.pending:
-                await app.write(start.pending)
-            if rec.ttft_ms is not None:
-                app_ttft = time.perf_counter() - t_start
-                self._m.added_latency.observe(max(0.0, app_ttft - rec.ttft_ms / 1000.0))
+            if not whole:
+                if start.pending:
+                    await app.write(start.pending)
+                self._observe_added(rec, t_start)
             await relay(start, app, rec, self._s.chunk_timeout_s)
         except AppGone:
             request[CLIENT_GONE] = True
@@ -571,8 +583,10 @@ class Proxy:
                 b"data: " + _dumps(final) + b"\n\n"
             )
         try:
-            await app.write(tail + b"data: [DONE]\n\n")
-            await app.write_eof()
+            if whole:
+                self._observe_added(rec, t_start)
+                tail = start.pending + tail
+            await app.write_eof(tail + b"data: [DONE]\n\n")  # last chunk and end: one send
         except (ConnectionError, RuntimeError):
             pass
         except asyncio.CancelledError:  # the app left during the last write

@@ -58,6 +58,32 @@ def _plain_deltas(block: bytes) -> bool:
     )
 
 
+#: Where a run of plain delta lines most likely ends (compact JSON spellings of a
+#: finish, a usage object, the end). Only a guess: the run is verified by
+#: ``_plain_deltas`` before it is taken in bulk.
+_RUN_ENDS = (b'"finish_reason":"', b'"usage":{', _DONE)
+
+
+def _plain_run(block: bytes, pos: int, end: int) -> int:
+    """End of the run of ordinary delta lines of ``block`` that starts at ``pos``.
+
+    ``pos`` itself when there is none. A response that arrives in one read
+    (an unpaced or fast provider) is mostly such lines between its first
+    token and its finish; taking them as one slice saves the line-by-line
+    loop about a microsecond and a half per chunk.
+    """
+    stop = end
+    for marker in _RUN_ENDS:
+        at = block.find(marker, pos, stop)
+        if at >= 0:
+            stop = at
+    if stop < end:
+        stop = block.rfind(b"\n", pos, stop) + 1  # the start of the marker's line
+    if stop <= pos or not _plain_deltas(block[pos:stop]):
+        return pos
+    return stop
+
+
 class SSEScanner:
     """Incremental SSE line scanner: what the measurements need, and what the app may see.
 
@@ -136,6 +162,7 @@ class SSEScanner:
         pos = 0
         end = len(complete)
         skip_blank = False  # the blank line that ended an event held or dropped here
+        run_tried = False
         while pos < end:
             nl = complete.find(b"\n", pos)
             line = complete[pos : nl + 1]
@@ -170,6 +197,14 @@ class SSEScanner:
                     self._held_finish = None
                 out.append(line)
                 skip_blank = False
+                if not run_tried and self.first_token_at is not None:
+                    run_tried = True  # once per block: a failed check would fail again
+                    stop = _plain_run(complete, pos, end)
+                    if stop > pos:
+                        run = complete[pos:stop]
+                        self.content_chunks += run.count(_CONTENT) - run.count(_EMPTY_CONTENT)
+                        out.append(run)
+                        pos = stop
             # _EMPTY: a chunk without choices and without usage is dropped
         return self._outgoing(b"".join(out))
 
