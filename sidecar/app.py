@@ -192,6 +192,7 @@ class SidecarApp:
         if self._channel is not None:
             await bounded(self._channel.close(), 5.0, "close router channel")
             self._channel = None
+        self._access_log.flush()
         for handler in logging.getLogger().handlers:
             handler.removeFilter(self._log_filter)
 
