@@ -127,8 +127,17 @@ async def _serve_async(kind: str, arg: dict[str, Any], q: Any) -> None:
         )
         await sc.start()
         freeze_startup_heap()  # as router-sidecar does
+        profiler = None
+        if arg.get("cprofile"):  # call counts per request (slows the sidecar: not for figures)
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         q.put(sc.base_url)
         await stop.wait()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(arg["cprofile"])
         await sc.stop()
 
 
@@ -465,6 +474,7 @@ def main() -> None:
         metavar="DIR",
         help="also run the sidecar (and its router) from this checkout, e.g. main's",
     )
+    ap.add_argument("--cprofile", metavar="FILE", help="cProfile the sidecar, stats to FILE")
     ap.add_argument(
         "--relay-scan",
         action="store_true",
@@ -537,12 +547,23 @@ def main() -> None:
                     "catalog": catalog,
                     "root": root,
                     "log_level": args.log_level,
+                    "cprofile": args.cprofile if root is None else None,
                     "log_file": str(work / f"{sc_name.replace(' ', '_')}.log"),
                 },
             )
             cpu_pids[sc_name] = [pid]
         print(  # to attach a profiler: py-spy record --pid <pid>
             "pids: " + ", ".join(f"{k}={v}" for k, v in cpu_pids.items()), file=sys.stderr
+        )
+        idle0 = {name: cpu_seconds(pids) for name, pids in cpu_pids.items()}
+        time.sleep(2.0)
+        notes.append(
+            "idle CPU (no traffic, 2 s; included in CPU/request, as the servers idle "
+            "during other targets' rounds): "
+            + ", ".join(
+                f"{name} {(cpu_seconds(pids) - idle0[name]) / 2.0 * 1000:.1f} ms/s"
+                for name, pids in cpu_pids.items()
+            )
         )
         runs = []
         for _ in range(args.runs):
