@@ -499,6 +499,7 @@ def main() -> None:
         p = ctx.Process(target=_serve, args=(kind, arg, q), daemon=True)
         p.start()
         procs.append(p)
+        assert p.pid is not None
         return q.get(timeout=30), p.pid
 
     try:
@@ -524,7 +525,7 @@ def main() -> None:
                 if args.no_nginx
                 else "nginx: not installed (apt-get install nginx), reference hop skipped"
             )
-        sidecars = [("sidecar", "router", None)]
+        sidecars: list[tuple[str, str, str | None]] = [("sidecar", "router", None)]
         if args.compare_sidecar:
             sidecars.append(
                 (

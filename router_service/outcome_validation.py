@@ -15,16 +15,12 @@ from dataclasses import dataclass
 
 from router_common.domain import EndpointKey, ErrorClass
 from router_common.limits import (
-    MAX_DURATION_MS,
     MAX_FUTURE_SKEW_S,
     MAX_MODEL_ID_LEN,
     MAX_NAME_LEN,
     MAX_OUTCOME_AGE_S,
-    MAX_OUTPUT_TOKENS,
-    MAX_RETRY_AFTER_S,
-    MAX_TOKENS_PER_SECOND,
-    MAX_TTFT_MS,
 )
+from router_common.outcome_bounds import outcome_value_problem
 from router_common.pb import router_pb2
 from router_common.wire_enums import ERROR_CLASS_FROM_WIRE
 from router_service.model import Outcome
@@ -39,14 +35,6 @@ class Rejection:
 
     def __str__(self) -> str:
         return f"{self.field}: {self.problem}"
-
-
-def _bounded(name: str, value: float, upper: float) -> Rejection | None:
-    if not math.isfinite(value):
-        return Rejection(name, f"must be finite, got {value}")
-    if value < 0 or value > upper:
-        return Rejection(name, f"must be within [0, {upper:g}], got {value:g}")
-    return None
 
 
 def validate_outcome(
@@ -69,16 +57,10 @@ def validate_outcome(
     error_class = _error_class(msg)
     if isinstance(error_class, Rejection):
         return error_class
-    checks = [
-        _bounded("duration_ms", msg.duration_ms, MAX_DURATION_MS),
-        _bounded("output_tokens", float(msg.output_tokens), MAX_OUTPUT_TOKENS),
-    ]
-    if msg.HasField("ttft_ms"):
-        checks.append(_bounded("ttft_ms", msg.ttft_ms, MAX_TTFT_MS))
-    if msg.HasField("tokens_per_second"):
-        checks.append(_bounded("tokens_per_second", msg.tokens_per_second, MAX_TOKENS_PER_SECOND))
-    if msg.HasField("retry_after_seconds"):
-        checks.append(_bounded("retry_after_seconds", msg.retry_after_seconds, MAX_RETRY_AFTER_S))
+    checks: list[Rejection | None] = []
+    value_problem = outcome_value_problem(msg)  # the rule the sidecar fits its outcomes to
+    if value_problem is not None:
+        checks.append(Rejection(*value_problem))
     if msg.http_status and not 100 <= msg.http_status <= 599:
         checks.append(Rejection("http_status", f"must be 0 or 100..599, got {msg.http_status}"))
     elif msg.success and msg.http_status and not 200 <= msg.http_status <= 299:

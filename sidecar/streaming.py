@@ -98,6 +98,7 @@ class SSEScanner:
     """
 
     __slots__ = (
+        "_chunks_at_first_read",
         "_held_finish",
         "_held_usage",
         "_model_field",
@@ -125,6 +126,8 @@ class SSEScanner:
         self.first_token_at: float | None = None
         self.usage_tokens: int | None = None
         self.content_chunks = 0
+        #: ``content_chunks`` when the read that held the first token was scanned.
+        self._chunks_at_first_read: int | None = None
         self.done = False
         self.finish_seen = False
         self.error: Any = None
@@ -381,6 +384,21 @@ class SSEScanner:
         if self.first_token_at is None:
             self.first_token_at = now
 
+    def first_read_done(self) -> None:
+        """The read with the first token is scanned: what follows shows generation."""
+        self._chunks_at_first_read = self.content_chunks
+
+    @property
+    def generation_seen(self) -> bool:
+        """Some token arrived after the read that held the first one.
+
+        When none did (the answer came in one read, as from an unpaced or
+        cached provider), the time from the first token to the end measures
+        this process, not the provider's generation.
+        """
+        first = self._chunks_at_first_read
+        return first is None or self.content_chunks > first
+
     @property
     def output_tokens(self) -> int:
         """Upstream's count when it sent usage, else one per content chunk."""
@@ -438,6 +456,7 @@ async def read_until_first_token(
         return None
     if scanner.first_token_at is not None:
         rec.ttft_ms = (scanner.first_token_at - rec.t0) * 1000.0
+    scanner.first_read_done()
     return StreamStart(resp, scanner, b"".join(pending), eof)
 
 
@@ -513,7 +532,7 @@ async def relay(
                 scanner.output_tokens,
             )
         elif scanner.complete:
-            rec.finish_ok(scanner.output_tokens, scanner.first_token_at)
+            rec.finish_ok(scanner.output_tokens, scanner.first_token_at, scanner.generation_seen)
             ended_cleanly = True
         else:
             rec.finish_error(
