@@ -155,7 +155,7 @@ class Proxy:
         out = dict(ranking.metadata)
         out["source"] = ranking.source
         out["model"] = req.model
-        out["preferences"] = preferences_summary(req.preferences)
+        out["preferences"] = _summary_of(req)
         out["planned_order"] = [r.provider for r in plan]
         out["provider"] = provider
         if upstream_model is not None:
@@ -597,6 +597,21 @@ class Proxy:
         self._finish_attempt(req, rec)  # bookkeeping once the app has its whole answer
         await release_upstream(start.resp)
         return app
+
+
+#: ``routing.preferences`` by the request's serialized preferences: most requests
+#: share a handful (often none set), and the summary is only ever serialized.
+_SUMMARIES: dict[bytes, dict[str, Any]] = {}
+
+
+def _summary_of(req: ParsedRequest) -> dict[str, Any]:
+    key = req.cache_key[1]
+    summary = _SUMMARIES.get(key)
+    if summary is None:
+        summary = preferences_summary(req.preferences)
+        if len(_SUMMARIES) < 256:  # bounded: callers choose their preferences
+            _SUMMARIES[key] = summary
+    return summary
 
 
 def _stream_answer(provider: str, attempt: int) -> web.StreamResponse:

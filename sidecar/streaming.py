@@ -225,12 +225,15 @@ class SSEScanner:
         seen a count and a ``bytes.replace`` do (C speed); the regular expression
         only runs when a block holds a spelling not seen yet.
         """
-        if self._model_json is None or _MODEL_KEY not in block:
+        if self._model_json is None:
+            return block
+        keys = block.count(_MODEL_KEY)
+        if not keys:
             return block
         field = self._model_field
         if field is None:
             field = self._learn_compact_field(block)
-        if field is not None and block.count(_MODEL_KEY) == block.count(field):
+        if field is not None and keys == block.count(field):
             return block.replace(field, b'"model":' + self._model_json)
         return _MODEL_FIELD.sub(self._swap_model, block)
 
