@@ -59,6 +59,24 @@ def outcome_value_problem(msg: router_pb2.Outcome) -> tuple[str, str] | None:
     return None
 
 
+def values_fit(
+    duration_ms: float,
+    output_tokens: int,
+    ttft_ms: float | None,
+    tokens_per_second: float | None,
+    retry_after_seconds: float | None,
+) -> bool:
+    """True when an outcome with these values needs no fitting (plain comparisons:
+    the sidecar checks this per request and builds nothing when it holds)."""
+    return (
+        0.0 <= duration_ms <= MAX_DURATION_MS
+        and 0 <= output_tokens <= MAX_OUTPUT_TOKENS
+        and (ttft_ms is None or 0.0 <= ttft_ms <= MAX_TTFT_MS)
+        and (tokens_per_second is None or 0.0 <= tokens_per_second <= MAX_TOKENS_PER_SECOND)
+        and (retry_after_seconds is None or 0.0 <= retry_after_seconds <= MAX_RETRY_AFTER_S)
+    )
+
+
 def fit_outcome(msg: router_pb2.Outcome) -> router_pb2.Outcome:
     """``msg`` changed in place so that ``outcome_value_problem`` finds nothing; returned.
 

@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 
 from router_common.domain import ErrorClass
-from router_common.outcome_bounds import fit_outcome, tokens_per_second
+from router_common.outcome_bounds import fit_outcome, tokens_per_second, values_fit
 from router_common.pb import router_pb2
 from router_common.wire_enums import ERROR_CLASS_TO_WIRE
 
@@ -198,6 +198,14 @@ class AttemptRecord:
             msg.tokens_per_second = self.tokens_per_second
         if self.retry_after_s is not None:
             msg.retry_after_seconds = self.retry_after_s
+        if values_fit(
+            self.duration_ms,
+            self.output_tokens,
+            self.ttft_ms,
+            self.tokens_per_second,
+            self.retry_after_s,
+        ):
+            return msg
         return fit_outcome(msg)
 
 

@@ -17,7 +17,12 @@ from hypothesis import strategies as st
 from sidecar_helpers import MODEL, Stack, wait_for
 
 from router_common.domain import EndpointKey, ErrorClass
-from router_common.outcome_bounds import fit_outcome, outcome_value_problem, tokens_per_second
+from router_common.outcome_bounds import (
+    fit_outcome,
+    outcome_value_problem,
+    tokens_per_second,
+    values_fit,
+)
 from router_common.pb import router_pb2
 from router_service.outcome_validation import Rejection, validate_outcome
 from sidecar.streaming import SSEScanner
@@ -43,6 +48,16 @@ def test_whatever_the_sidecar_measured_the_router_accepts_what_it_sends(
     rec.status, rec.http_status = "ok", 200
     rec.ttft_ms, rec.tokens_per_second, rec.retry_after_s = ttft, tps, retry
     rec.duration_ms, rec.output_tokens = duration, tokens
+    raw = router_pb2.Outcome(duration_ms=duration, output_tokens=tokens)
+    for name, value in (
+        ("ttft_ms", ttft),
+        ("tokens_per_second", tps),
+        ("retry_after_seconds", retry),
+    ):
+        if value is not None:
+            setattr(raw, name, value)
+    # The sidecar's quick check agrees with the router's rule on the raw values.
+    assert values_fit(duration, tokens, ttft, tps, retry) == (outcome_value_problem(raw) is None)
     msg = rec.to_outcome("m/x")
     assert outcome_value_problem(msg) is None
     checked = validate_outcome(msg, {KEY}, NOW)
