@@ -598,6 +598,12 @@ def main() -> None:
             p.terminate()
         for p in procs:
             p.join(5)
+        for log in sorted(work.glob("sidecar*.log")):  # what the router refused, per sidecar
+            text = log.read_text(errors="replace")
+            print(
+                f"{log.stem}: {text.count(chr(10))} log lines, "
+                f"{text.count('router rejected outcomes')} 'router rejected outcomes' warnings"
+            )
         shutil.rmtree(work, ignore_errors=True)
 
 

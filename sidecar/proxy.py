@@ -588,7 +588,8 @@ class Proxy:
                 tail = start.pending + tail
             await app.write_eof(tail + b"data: [DONE]\n\n")  # last chunk and end: one send
         except (ConnectionError, RuntimeError):
-            pass
+            if whole:  # nothing reached the app: it left first (499), the provider did answer
+                request[CLIENT_GONE] = True
         except asyncio.CancelledError:  # the app left during the last write
             request[CLIENT_GONE] = True
             start.resp.close()
