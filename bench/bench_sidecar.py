@@ -1,15 +1,26 @@
 """Added latency of the sidecar vs. calling the fake provider directly and vs. a bare proxy.
 
 Each server runs in its own process (its own event loop), like in production:
-the fake provider, a bare aiohttp pass-through proxy (the baseline hop), a real
-router, and the sidecar (ranking from the router, cached; outcomes reported in
-the background). The client streams chat completions and measures TTFT (first
-content token) and total time, against the three targets in short interleaved
-rounds (10 requests, or 4 per stream), so drift hits all three alike and no
-server sits idle for long between its rounds (an idle sidecar's first request
-after its ranking expired for good would wait for the router).
+the fake provider, a bare aiohttp pass-through proxy (the baseline hop), nginx
+as a reference hop when it is installed (Debian's ``nginx``; skipped with a note
+otherwise), a real router, and the sidecar (ranking from the router, cached;
+outcomes reported in the background; JSON logs at ``--log-level``, INFO by
+default as k8s/example-app.yaml deploys, written to a file). The client streams
+chat completions and measures TTFT (first content token) and total time, against
+every target in short interleaved rounds (10 requests, or 4 per stream), so drift
+hits all alike and no server sits idle for long between its rounds (an idle
+sidecar's first request after its ranking expired for good would wait for the
+router).
 
-    .venv/bin/python bench/bench_sidecar.py [--requests 400] [--concurrency 1 32]
+CPU per request: each server process's CPU time (user + system, all threads,
+from /proc/<pid>/stat) over the whole measured phase of one concurrency level,
+divided by the requests it served. The router's is counted against the
+sidecar's requests (it serves nothing else). ``--compare-sidecar DIR`` adds a
+second sidecar run from another checkout (e.g. main, unpacked with
+``git archive``), with its own router, as one more interleaved target.
+
+    .venv/bin/python bench/bench_sidecar.py [--requests 400] [--concurrency 1 32] \
+        [--tps 0] [--runs 3] [--log-level info] [--compare-sidecar /tmp/main]
     .venv/bin/python bench/bench_sidecar.py --relay-scan [--keys 8] [--per-block 4]
 
 Not a timed test: the numbers depend on the machine. Results in bench/README.md.
@@ -22,7 +33,10 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +61,8 @@ BODY = {
 
 
 def _serve(kind: str, arg: dict[str, Any], q: Any) -> None:
+    if arg.get("root"):  # another checkout's code (--compare-sidecar)
+        sys.path.insert(0, arg["root"])
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_async(kind, arg, q))
 
@@ -96,13 +112,14 @@ async def _serve_async(kind: str, arg: dict[str, Any], q: Any) -> None:
         await stop.wait()
         await app.stop()
     elif kind == "sidecar":
-        import logging
-
+        from router_common.logs import configure_logging
         from sidecar.app import SidecarApp
         from sidecar.cli import freeze_startup_heap
         from sidecar.config import SidecarSettings
 
-        logging.getLogger().setLevel(logging.WARNING)
+        # As router-sidecar does (JSON lines), to a file rather than the terminal.
+        log_file = open(arg["log_file"], "a")  # noqa: SIM115 (open for the process's life)
+        configure_logging(arg["log_level"], log_file)
         sc = SidecarApp(
             SidecarSettings(
                 router=arg["router"], listen="127.0.0.1:0", fallback_catalog=arg["catalog"]
@@ -110,8 +127,17 @@ async def _serve_async(kind: str, arg: dict[str, Any], q: Any) -> None:
         )
         await sc.start()
         freeze_startup_heap()  # as router-sidecar does
+        profiler = None
+        if arg.get("cprofile"):  # call counts per request (slows the sidecar: not for figures)
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         q.put(sc.base_url)
         await stop.wait()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(arg["cprofile"])
         await sc.stop()
 
 
@@ -180,42 +206,194 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time of these processes (every thread) in seconds.
+
+    The scheduler's nanosecond counter per thread (/proc/<pid>/task/*/schedstat)
+    rather than /proc/<pid>/stat's 10 ms ticks, so a few hundred requests suffice.
+    """
+    ns = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that just exited
+                ns += int((task / "schedstat").read_text().split()[0])
+    return ns / 1e9
+
+
 async def measure(
-    targets: dict[str, str], requests: int, conc: int, round_size: int | None
-) -> dict[str, list[tuple[float, float]]]:
+    targets: dict[str, str],
+    requests: int,
+    conc: int,
+    round_size: int | None,
+    cpu_pids: dict[str, list[int]],
+) -> tuple[dict[str, list[tuple[float, float]]], dict[str, float]]:
+    """Latencies per target, and CPU seconds per process group over the measured phase."""
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in targets}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         for base in targets.values():  # warm-up: connections, caches, JIT-less imports
             await run_round(session, base, max(conc, 20), conc, [])
         per_round = round_size or max(10, 4 * conc)
+        cpu0 = {name: cpu_seconds(pids) for name, pids in cpu_pids.items()}
         for _ in range(max(1, requests // per_round)):
             for name, base in targets.items():
                 await run_round(session, base, per_round, conc, results[name])
-    return results
+        cpu = {name: cpu_seconds(pids) - cpu0[name] for name, pids in cpu_pids.items()}
+    return results, cpu
 
 
-def table(all_results: dict[int, dict[str, list[tuple[float, float]]]]) -> str:
+#: Which process groups' CPU a target's requests cost (the router serves only sidecars).
+CPU_OF = {
+    "bare proxy": ("bare proxy",),
+    "nginx": ("nginx",),
+    "sidecar": ("sidecar", "router"),
+    "sidecar (compared)": ("sidecar (compared)", "router (compared)"),
+}
+
+
+def summarise(
+    res: dict[str, list[tuple[float, float]]], cpu: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    """Per target: TTFT/total percentiles, added TTFT p50, CPU ms per request."""
+    base_ttft = statistics.median(t for t, _ in res["direct"])
+    base_total = statistics.median(t for _, t in res["direct"])
+    out: dict[str, dict[str, float]] = {}
+    for name, vals in res.items():
+        ttft = [t for t, _ in vals]
+        total = [t for _, t in vals]
+        row = {
+            "ttft_p50": statistics.median(ttft) * 1000,
+            "ttft_p99": pct(ttft, 0.99) * 1000,
+            "total_p50": statistics.median(total) * 1000,
+            "total_p99": pct(total, 0.99) * 1000,
+            "added_ttft": (statistics.median(ttft) - base_ttft) * 1000,
+            "added_total": (statistics.median(total) - base_total) * 1000,
+        }
+        groups = CPU_OF.get(name, ())
+        if groups:
+            row["cpu_hop"] = cpu[groups[0]] / len(vals) * 1000
+            row["cpu_router"] = cpu[groups[1]] / len(vals) * 1000 if len(groups) > 1 else 0.0
+        out[name] = row
+    return out
+
+
+def _ms(v: float | None, signed: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{v:+.3f} ms" if signed else f"{v:.3f} ms"
+
+
+def table(runs: list[dict[int, dict[str, dict[str, float]]]]) -> str:
+    """One row per run, concurrency and target; ratios against the same run's bare proxy."""
     rows = [
-        "| streams | target | TTFT p50 | TTFT p99 | total p50 | total p99 "
-        "| added TTFT p50 | added total p50 |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| run | streams | target | TTFT p50 | TTFT p99 | total p50 | added TTFT p50 "
+        "| ÷ bare | CPU/request (hop) | router CPU/request | hop CPU ÷ bare |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for conc, res in all_results.items():
-        base_ttft = statistics.median(t for t, _ in res["direct"])
-        base_total = statistics.median(t for _, t in res["direct"])
-        for name, vals in res.items():
-            ttft = [t for t, _ in vals]
-            total = [t for _, t in vals]
-            added_t = (statistics.median(ttft) - base_ttft) * 1000
-            added_tot = (statistics.median(total) - base_total) * 1000
-            rows.append(
-                f"| {conc} | {name} | {statistics.median(ttft) * 1000:.2f} ms "
-                f"| {pct(ttft, 0.99) * 1000:.2f} ms | {statistics.median(total) * 1000:.2f} ms "
-                f"| {pct(total, 0.99) * 1000:.2f} ms "
-                f"| {'-' if name == 'direct' else f'{added_t:+.3f} ms'} "
-                f"| {'-' if name == 'direct' else f'{added_tot:+.3f} ms'} |"
-            )
+    for i, run in enumerate(runs, 1):
+        for conc, summary in run.items():
+            bare = summary["bare proxy"]
+            for name, r in summary.items():
+                direct = name == "direct"
+                added = None if direct else r["added_ttft"]
+                ratio = "-" if direct else f"{r['added_ttft'] / bare['added_ttft']:.2f}×"
+                cpu = r.get("cpu_hop")
+                cpu_ratio = "-" if cpu is None else f"{cpu / bare['cpu_hop']:.2f}×"
+                router = r.get("cpu_router") if name.startswith("sidecar") else None
+                rows.append(
+                    f"| {i} | {conc} | {name} | {r['ttft_p50']:.2f} ms | {r['ttft_p99']:.2f} ms "
+                    f"| {r['total_p50']:.2f} ms | {_ms(added, True)} | {ratio} "
+                    f"| {_ms(cpu)} | {_ms(router)} | {cpu_ratio} |"
+                )
     return "\n".join(rows)
+
+
+def ranges(runs: list[dict[int, dict[str, dict[str, float]]]]) -> str:
+    """Across runs: min to max of each target's ratios to the bare proxy."""
+    rows = [
+        "| streams | target | added TTFT p50 ÷ bare | hop CPU ÷ bare | (hop + router) CPU ÷ bare |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for conc in runs[0]:
+        for name in runs[0][conc]:
+            if name in ("direct", "bare proxy"):
+                continue
+            lat, hop, both = [], [], []
+            for run in runs:
+                r, bare = run[conc][name], run[conc]["bare proxy"]
+                lat.append(r["added_ttft"] / bare["added_ttft"])
+                hop.append(r["cpu_hop"] / bare["cpu_hop"])
+                both.append((r["cpu_hop"] + r["cpu_router"]) / bare["cpu_hop"])
+            rows.append(f"| {conc} | {name} | {_span(lat)} | {_span(hop)} | {_span(both)} |")
+    return "\n".join(rows)
+
+
+def _span(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    med = statistics.median(values)
+    return (
+        f"{lo:.2f}× (median {med:.2f}×)" if lo == hi else f"{lo:.2f}–{hi:.2f}× (median {med:.2f}×)"
+    )
+
+
+# -- nginx, the reference hop ----------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_nginx(upstream: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str] | None:
+    """nginx as a streaming pass-through (one worker, upstream keep-alive, no buffering)."""
+    binary = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if binary is None:
+        return None
+    host_port = upstream.split("//", 1)[1].split("/", 1)[0]
+    port = _free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nginx.conf"
+    temp = "".join(
+        f"  {kind}_temp_path {workdir}/{kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf.write_text(
+        "worker_processes 1;\ndaemon off;\nmaster_process on;\n"
+        f"pid {workdir}/nginx.pid;\nerror_log {workdir}/error.log warn;\n"
+        "events { worker_connections 4096; }\n"
+        "http {\n  access_log off;\n"
+        + temp
+        + f"  upstream fake {{ server {host_port}; keepalive 256; }}\n"
+        f"  server {{\n    listen 127.0.0.1:{port};\n"
+        "    location /v1/ {\n      proxy_pass http://fake/v1/;\n"
+        '      proxy_http_version 1.1;\n      proxy_set_header Connection "";\n'
+        "      proxy_buffering off;\n      proxy_request_buffering off;\n    }\n  }\n}\n"
+    )
+    proc = subprocess.Popen(
+        [binary, "-p", str(workdir), "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return proc, f"http://127.0.0.1:{port}/v1"
+        if proc.poll() is not None:
+            return None
+        time.sleep(0.05)
+    proc.terminate()
+    return None
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and its children (nginx's master and worker)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        pids.extend(int(c) for c in children)
+    return pids
 
 
 # -- the relay's per-block work, with and without the key check (issue 9) ------------
@@ -285,9 +463,18 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400, help="per target per concurrency")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--round-size", type=int, default=None, help="requests per target per round")
+    ap.add_argument("--runs", type=int, default=1, help="repeat the whole measurement")
     ap.add_argument("--ttft-ms", type=float, default=20.0, help="fake provider TTFT")
-    ap.add_argument("--tps", type=float, default=800.0, help="fake provider tokens/s")
+    ap.add_argument("--tps", type=float, default=800.0, help="fake provider tokens/s (0: unpaced)")
+    ap.add_argument("--log-level", default="info", help="the sidecar's (INFO is the deployed one)")
     ap.add_argument("--no-router", action="store_true", help="sidecar on the catalog only")
+    ap.add_argument("--no-nginx", action="store_true", help="leave nginx out even if installed")
+    ap.add_argument(
+        "--compare-sidecar",
+        metavar="DIR",
+        help="also run the sidecar (and its router) from this checkout, e.g. main's",
+    )
+    ap.add_argument("--cprofile", metavar="FILE", help="cProfile the sidecar, stats to FILE")
     ap.add_argument(
         "--relay-scan",
         action="store_true",
@@ -303,43 +490,121 @@ def main() -> None:
     os.environ.setdefault("BENCH_FAKE_KEY", "bench-key")  # inherited by the sidecar
     ctx = mp.get_context("spawn")
     procs: list[Any] = []
+    work = Path(tempfile.mkdtemp(prefix="bench_sidecar_"))
+    nginx: subprocess.Popen[bytes] | None = None
+    notes: list[str] = []
 
-    def spawn(kind: str, arg: dict[str, Any]) -> str:
+    def spawn(kind: str, arg: dict[str, Any]) -> tuple[str, int]:
         q = ctx.Queue()
         p = ctx.Process(target=_serve, args=(kind, arg, q), daemon=True)
         p.start()
         procs.append(p)
-        return q.get(timeout=30)
+        assert p.pid is not None
+        return q.get(timeout=30), p.pid
 
     try:
-        fake = spawn("fake", {"ttft_ms": args.ttft_ms, "tps": args.tps})
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            f.write(
-                f"providers:\n  fake: {{base_url: '{fake}', api_key_env: BENCH_FAKE_KEY}}\n"
-                f"models:\n  {MODEL}:\n    endpoints:\n"
-                "      - {provider: fake, upstream_model: m, input_price_per_million: 1, "
-                "output_price_per_million: 1}\n"
+        fake, _ = spawn("fake", {"ttft_ms": args.ttft_ms, "tps": args.tps})
+        catalog = str(work / "catalog.yaml")
+        Path(catalog).write_text(
+            f"providers:\n  fake: {{base_url: '{fake}', api_key_env: BENCH_FAKE_KEY}}\n"
+            f"models:\n  {MODEL}:\n    endpoints:\n"
+            "      - {provider: fake, upstream_model: m, input_price_per_million: 1, "
+            "output_price_per_million: 1}\n"
+        )
+        targets = {"direct": fake}
+        cpu_pids: dict[str, list[int]] = {}
+        targets["bare proxy"], pid = spawn("proxy", {"upstream": fake})
+        cpu_pids["bare proxy"] = [pid]
+        started = None if args.no_nginx else start_nginx(fake, work / "nginx")
+        if started is not None:
+            nginx, targets["nginx"] = started
+            cpu_pids["nginx"] = process_tree(nginx.pid)
+        else:
+            notes.append(
+                "nginx: left out (--no-nginx)"
+                if args.no_nginx
+                else "nginx: not installed (apt-get install nginx), reference hop skipped"
             )
-            catalog = f.name
-        proxy = spawn("proxy", {"upstream": fake})
-        router = "" if args.no_router else spawn("router", {"catalog": catalog})
-        sidecar = spawn("sidecar", {"router": router, "catalog": catalog})
-        targets = {"direct": fake, "bare proxy": proxy, "sidecar": sidecar}
-        all_results = {}
-        for conc in args.concurrency:
-            all_results[conc] = asyncio.run(measure(targets, args.requests, conc, args.round_size))
+        sidecars: list[tuple[str, str, str | None]] = [("sidecar", "router", None)]
+        if args.compare_sidecar:
+            sidecars.append(
+                (
+                    "sidecar (compared)",
+                    "router (compared)",
+                    str(Path(args.compare_sidecar).resolve()),
+                )
+            )
+        for sc_name, router_name, root in sidecars:
+            router = ""
+            if not args.no_router:
+                router, pid = spawn("router", {"catalog": catalog, "root": root})
+                cpu_pids[router_name] = [pid]
+            else:
+                cpu_pids[router_name] = []
+            targets[sc_name], pid = spawn(
+                "sidecar",
+                {
+                    "router": router,
+                    "catalog": catalog,
+                    "root": root,
+                    "log_level": args.log_level,
+                    "cprofile": args.cprofile if root is None else None,
+                    "log_file": str(work / f"{sc_name.replace(' ', '_')}.log"),
+                },
+            )
+            cpu_pids[sc_name] = [pid]
+        print(  # to attach a profiler: py-spy record --pid <pid>
+            "pids: " + ", ".join(f"{k}={v}" for k, v in cpu_pids.items()), file=sys.stderr
+        )
+        idle0 = {name: cpu_seconds(pids) for name, pids in cpu_pids.items()}
+        time.sleep(2.0)
+        notes.append(
+            "idle CPU (no traffic, 2 s; included in CPU/request, as the servers idle "
+            "during other targets' rounds): "
+            + ", ".join(
+                f"{name} {(cpu_seconds(pids) - idle0[name]) / 2.0 * 1000:.1f} ms/s"
+                for name, pids in cpu_pids.items()
+            )
+        )
+        runs = []
+        for _ in range(args.runs):
+            run = {}
+            for conc in args.concurrency:
+                res, cpu = asyncio.run(
+                    measure(targets, args.requests, conc, args.round_size, cpu_pids)
+                )
+                run[conc] = summarise(res, cpu)
+            runs.append(run)
         print(
-            f"fake provider: TTFT {args.ttft_ms} ms, {args.tps} tok/s, "
+            f"fake provider: TTFT {args.ttft_ms} ms, "
+            f"{'unpaced' if args.tps == 0 else f'{args.tps} tok/s'}, "
             f"{BODY['max_tokens']} tokens; {args.requests} requests per target per row; "
             f"router: {'none (catalog)' if args.no_router else 'real, ranking cached'}; "
-            f"cpus: {os.cpu_count()}"
+            f"sidecar log level: {args.log_level}; "
+            f"compared sidecar: {args.compare_sidecar or 'none'}; cpus: {os.cpu_count()}"
         )
-        print(table(all_results))
+        for note in notes:
+            print(f"note: {note}")
+        print()
+        print(table(runs))
+        if args.runs > 1:
+            print()
+            print(ranges(runs))
     finally:
+        if nginx is not None:
+            nginx.terminate()
+            nginx.wait(5)
         for p in reversed(procs):  # sidecar first, so it does not see its router vanish
             p.terminate()
         for p in procs:
             p.join(5)
+        for log in sorted(work.glob("sidecar*.log")):  # what the router refused, per sidecar
+            text = log.read_text(errors="replace")
+            print(
+                f"{log.stem}: {text.count(chr(10))} log lines, "
+                f"{text.count('router rejected outcomes')} 'router rejected outcomes' warnings"
+            )
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -561,6 +561,10 @@ async def _serve_chat(
                 rec.outcome = "dropped"
                 _kill_connection(request)
                 return resp
+        one_write = cfg.stream_in_one_write and fault is None and drop_after is None
+        if one_write:  # everything once the last token would be ready, in one write
+            await asyncio.sleep(max(0.0, first_at + (n - 1) * interval - loop.time()))
+            first_at, interval = loop.time(), 0.0
         for i in range(n):
             if i == stop_after:
                 assert fault is not None
@@ -589,8 +593,9 @@ async def _serve_chat(
                     head + b'{"role":"assistant","content":' + _FIRST_JSON[offset] + b"}" + tail
                 )
                 # ttft_ms is when the first content token is handed to the socket.
-                await write(b"".join(buf))
-                buf.clear()
+                if not one_write:
+                    await write(b"".join(buf))
+                    buf.clear()
                 rec.ttft_ms = round((loop.time() - lt_recv) * 1000.0, 3)
             else:
                 buf.append(head + b'{"content":' + _NEXT_JSON[(offset + i) % _VOCAB] + b"}" + tail)

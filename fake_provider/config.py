@@ -206,6 +206,10 @@ class FakeProviderConfig:
     #: providers' chunked terminator often trails [DONE] in its own segment;
     #: this makes that gap long enough for tests to rely on.
     done_to_eof_ms: float = 0.0
+    #: Send a stream's whole body in one write once its last token is due, as a
+    #: provider with the answer ready (a cache) or a buffering proxy in front of
+    #: one does: the client reads every token in one go.
+    stream_in_one_write: bool = False
 
     def __post_init__(self) -> None:
         if self.served_models is not None and not isinstance(self.served_models, tuple):
@@ -230,6 +234,8 @@ class FakeProviderConfig:
             raise ValueError("record_limit must be >= 1")
         if self.done_to_eof_ms < 0:
             raise ValueError("done_to_eof_ms must be >= 0")
+        if not isinstance(self.stream_in_one_write, bool):
+            raise ValueError("stream_in_one_write must be true or false")
 
     def public_dict(self) -> dict[str, Any]:
         """The config as JSON, without the API key (only whether one is required)."""
@@ -249,6 +255,7 @@ class FakeProviderConfig:
             "default_max_tokens": self.default_max_tokens,
             "record_limit": self.record_limit,
             "done_to_eof_ms": self.done_to_eof_ms,
+            "stream_in_one_write": self.stream_in_one_write,
         }
 
 

@@ -16,16 +16,12 @@ from dataclasses import dataclass
 from router_common.domain import EndpointKey, ErrorClass
 from router_common.json_text import as_json
 from router_common.limits import (
-    MAX_DURATION_MS,
     MAX_FUTURE_SKEW_S,
     MAX_MODEL_ID_LEN,
     MAX_NAME_LEN,
     MAX_OUTCOME_AGE_S,
-    MAX_OUTPUT_TOKENS,
-    MAX_RETRY_AFTER_S,
-    MAX_TOKENS_PER_SECOND,
-    MAX_TTFT_MS,
 )
+from router_common.outcome_bounds import outcome_value_problem, values_fit
 from router_common.pb import router_pb2
 from router_common.wire_enums import ERROR_CLASS_FROM_WIRE
 from router_service.model import Outcome
@@ -40,13 +36,6 @@ class Rejection:
 
     def __str__(self) -> str:
         return f"{self.field}: {self.problem}"
-
-
-def _out_of_bounds(name: str, value: float, upper: float) -> Rejection:
-    """The rejection of a value outside [0, upper] (called only once it is known to be)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return Rejection(name, f"must be a finite number, got {as_json(value)}")
-    return Rejection(name, f"must be within [0, {as_json(upper)}], got {as_json(value)}")
 
 
 def _unknown_endpoint(key: EndpointKey, known: Collection[EndpointKey]) -> Rejection:
@@ -93,20 +82,15 @@ def validate_outcome(
             "http_status", f"{status} contradicts success true (must be 0 or 200..299)"
         )
     duration, output_tokens = msg.duration_ms, msg.output_tokens
-    if not 0.0 <= duration <= MAX_DURATION_MS:
-        return _out_of_bounds("duration_ms", duration, MAX_DURATION_MS)
-    if not 0 <= output_tokens <= MAX_OUTPUT_TOKENS:
-        return _out_of_bounds("output_tokens", output_tokens, MAX_OUTPUT_TOKENS)
     has = msg.HasField
     ttft = msg.ttft_ms if has("ttft_ms") else None
-    if ttft is not None and not 0.0 <= ttft <= MAX_TTFT_MS:
-        return _out_of_bounds("ttft_ms", ttft, MAX_TTFT_MS)
     tps = msg.tokens_per_second if has("tokens_per_second") else None
-    if tps is not None and not 0.0 <= tps <= MAX_TOKENS_PER_SECOND:
-        return _out_of_bounds("tokens_per_second", tps, MAX_TOKENS_PER_SECOND)
     retry = msg.retry_after_seconds if has("retry_after_seconds") else None
-    if retry is not None and not 0.0 <= retry <= MAX_RETRY_AFTER_S:
-        return _out_of_bounds("retry_after_seconds", retry, MAX_RETRY_AFTER_S)
+    if not values_fit(duration, output_tokens, ttft, tps, retry):
+        # The rule the sidecar fits its outcomes to (router_common/outcome_bounds.py).
+        problem = outcome_value_problem(msg)
+        if problem is not None:
+            return Rejection(*problem)
     return Outcome(
         endpoint=key,
         timestamp=started,

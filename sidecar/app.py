@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from router_common.catalog_model import Catalog
+from router_common.logs import DirectJsonLog
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_common.shutdown import bounded
 from sidecar.config import SidecarSettings
@@ -79,6 +80,9 @@ class SidecarApp:
         #: from whatever leaves this process (responses, streams, logs).
         self.redactor = KeyRedactor()
         self._log_filter = RedactingLogFilter(self.redactor)
+        #: The per-request access line: same JSON fields as every other log line,
+        #: written without the logging machinery (see DirectJsonLog), key-scrubbed.
+        self._access_log = DirectJsonLog("sidecar", self.redactor.scrub)
         self.keys = ProviderKeys(
             settings.env(), self.redactor, self.metrics.providers_without_key.set
         )
@@ -188,6 +192,7 @@ class SidecarApp:
         if self._channel is not None:
             await bounded(self._channel.close(), 5.0, "close router channel")
             self._channel = None
+        self._access_log.flush()
         for handler in logging.getLogger().handlers:
             handler.removeFilter(self._log_filter)
 
@@ -252,10 +257,10 @@ class SidecarApp:
             status = 499  # the app closed its connection: nginx's "client closed request"
             raise
         finally:
-            self.metrics.requests.labels(str(status)).inc()
-            log.info(
+            self.metrics.count_request(status)
+            self._access_log.info(
                 "request",
-                extra={
+                {
                     "model": model,
                     "status": status,
                     "provider": provider,

@@ -6,6 +6,8 @@ run several sidecars in one process without name clashes.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -102,6 +104,10 @@ class SidecarMetrics:
         self._ranking_source_by = {
             src: self.ranking_source.labels(src) for src in ("router", "cache", "stale", "catalog")
         }
+        #: Labelled children bound on first use (same reason as above).
+        self._requests_by: dict[int, Any] = {}
+        self._attempts_by: dict[tuple[str, str], Any] = {}
+        self._ttft_by: dict[str, Any] = {}
         self.outcome_queue_depth = Gauge(
             "router_sidecar_outcome_queue_depth",
             "Outcomes waiting to be sent to the router.",
@@ -144,6 +150,33 @@ class SidecarMetrics:
         if child is None:
             child = self._spend_by[(model, provider)] = self.spend.labels(model, provider)
         child.inc(usd)
+
+    def count_request(self, status: int) -> None:
+        """``requests`` by status, the labelled child bound once per status seen."""
+        child = self._requests_by.get(status)
+        if child is None:
+            child = self.requests.labels(str(status))
+            if len(self._requests_by) < 64:  # statuses are a small set; bounded anyway
+                self._requests_by[status] = child
+        child.inc()
+
+    def count_attempt(self, provider: str, error_class: str) -> None:
+        """``attempts`` by provider and class (providers come from the catalog)."""
+        key = (provider, error_class)
+        child = self._attempts_by.get(key)
+        if child is None:
+            child = self.attempts.labels(provider, error_class)
+            if len(self._attempts_by) < 4096:
+                self._attempts_by[key] = child
+        child.inc()
+
+    def observe_upstream_ttft(self, provider: str, seconds: float) -> None:
+        child = self._ttft_by.get(provider)
+        if child is None:
+            child = self.upstream_ttft.labels(provider)
+            if len(self._ttft_by) < 1024:
+                self._ttft_by[provider] = child
+        child.observe(seconds)
 
     def count_ranking_source(self, source: str) -> None:
         self._ranking_source_by[source].inc()

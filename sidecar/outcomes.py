@@ -94,7 +94,7 @@ class OutcomeReporter:
         if self.backlog >= self._max:
             self._drop_oldest()
         self._queue.append(outcome)
-        self._m.outcome_queue_depth.set(len(self._queue))
+        # (the queue-depth gauge is set when batches form and at each scrape, not here)
         if len(self._queue) >= self._batch:
             self._wake.set()
 

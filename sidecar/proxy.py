@@ -199,7 +199,7 @@ class Proxy:
         out["model"] = leg.req.model
         if plan.req.models:
             out.update(chain_summary(plan))
-        out["preferences"] = preferences_summary(plan.req.preferences)
+        out["preferences"] = _summary_of(plan.req)
         out["planned_order"] = [r.provider for r in leg.routes[: leg.take]]
         out["provider"] = provider
         if upstream_model is not None:
@@ -228,9 +228,9 @@ class Proxy:
 
     def _finish_attempt(self, req: ParsedRequest, rec: AttemptRecord) -> None:
         """Metrics, local cooldown and the outcome report for one finished attempt."""
-        self._m.attempts.labels(rec.provider, rec.error_class.value).inc()
+        self._m.count_attempt(rec.provider, rec.error_class.value)
         if rec.ttft_ms is not None:
-            self._m.upstream_ttft.labels(rec.provider).observe(rec.ttft_ms / 1000.0)
+            self._m.observe_upstream_ttft(rec.provider, rec.ttft_ms / 1000.0)
         if rec.status == "ok":
             self._ranking.cooldowns.succeed(req.model, rec.provider)
         elif rec.error_class.counts_against_endpoint and rec.report:
@@ -240,6 +240,12 @@ class Proxy:
             self._ranking.cooldowns.fail(req.model, rec.provider, seconds)
         if rec.report:
             self._report(rec.to_outcome(req.model))
+
+    def _observe_added(self, rec: AttemptRecord, t_start: float) -> None:
+        """The sidecar's overhead on this stream's first token, as the app gets it now."""
+        if rec.ttft_ms is not None:
+            app_ttft = time.perf_counter() - t_start
+            self._m.added_latency.observe(max(0.0, app_ttft - rec.ttft_ms / 1000.0))
 
     def _key_for(self, route: Route, rec: AttemptRecord) -> tuple[bool, str | None]:
         """The provider's key from this process's environment (False: not set here).
@@ -632,15 +638,21 @@ class Proxy:
         app: web.StreamResponse,
         t_start: float,
     ) -> web.StreamResponse:
-        """First token in hand: send headers and held bytes, then relay; no retry from here."""
+        """First token in hand: send headers and held bytes, then relay; no retry from here.
+
+        When the whole answer came with the first token (a fast or unpaced
+        provider: [DONE] or the end already read), nothing is left to wait
+        for, so headers, answer, ``routing`` and the end of the body leave in
+        one send instead of three.
+        """
         req = leg.req
+        whole = start.eof or start.scanner.done
         try:
             await app.prepare(request)
-            if start.pending:
-                await app.write(start.pending)
-            if rec.ttft_ms is not None:
-                app_ttft = time.perf_counter() - t_start
-                self._m.added_latency.observe(max(0.0, app_ttft - rec.ttft_ms / 1000.0))
+            if not whole:
+                if start.pending:
+                    await app.write(start.pending)
+                self._observe_added(rec, t_start)
             await relay(start, app, rec, self._s.chunk_timeout_s)
         except AppGone:
             request[CLIENT_GONE] = True
@@ -681,10 +693,13 @@ class Proxy:
                 b"data: " + _dumps(final) + b"\n\n"
             )
         try:
-            await app.write(tail + b"data: [DONE]\n\n")
-            await app.write_eof()
+            if whole:
+                self._observe_added(rec, t_start)
+                tail = start.pending + tail
+            await app.write_eof(tail + b"data: [DONE]\n\n")  # last chunk and end: one send
         except (ConnectionError, RuntimeError):
-            pass
+            if whole:  # nothing reached the app: it left first (499), the provider did answer
+                request[CLIENT_GONE] = True
         except asyncio.CancelledError:  # the app left during the last write
             request[CLIENT_GONE] = True
             start.resp.close()
@@ -707,6 +722,21 @@ class Proxy:
             leg.req.estimated_input_tokens,
             scanner.usage_tokens is not None,
         )
+
+
+#: ``routing.preferences`` by the request's serialized preferences: most requests
+#: share a handful (often none set), and the summary is only ever serialized.
+_SUMMARIES: dict[bytes, dict[str, Any]] = {}
+
+
+def _summary_of(req: ParsedRequest) -> dict[str, Any]:
+    key = req.cache_key[1]
+    summary = _SUMMARIES.get(key)
+    if summary is None:
+        summary = preferences_summary(req.preferences)
+        if len(_SUMMARIES) < 256:  # bounded: callers choose their preferences
+            _SUMMARIES[key] = summary
+    return summary
 
 
 def _stream_answer(provider: str, attempt: int, model: str) -> web.StreamResponse:

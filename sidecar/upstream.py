@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 
 from router_common.domain import ErrorClass
+from router_common.outcome_bounds import fit_outcome, tokens_per_second, values_fit
 from router_common.pb import router_pb2
 from router_common.routing.cost import UsageCost
 from router_common.wire_enums import ERROR_CLASS_TO_WIRE
@@ -130,14 +131,23 @@ class AttemptRecord:
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000.0
 
-    def finish_ok(self, output_tokens: int, t_first: float | None) -> None:
+    def finish_ok(
+        self, output_tokens: int, t_first: float | None, generation_seen: bool = True
+    ) -> None:
+        """A clean end. Throughput only when tokens were seen arriving after the first one.
+
+        ``generation_seen`` is False when every token came in the read that
+        held the first: the time from there to the end is this process's own
+        relaying, not the provider generating, so no throughput is reported
+        (rather than an absurd rate the router would reject).
+        """
         end = time.perf_counter()
         self.status = "ok"
         self.error_class = ErrorClass.NONE
         self.duration_ms = (end - self.t0) * 1000.0
         self.output_tokens = output_tokens
-        if t_first is not None and output_tokens > 1 and end > t_first:
-            self.tokens_per_second = output_tokens / (end - t_first)
+        if generation_seen and t_first is not None and output_tokens > 1:
+            self.tokens_per_second = tokens_per_second(output_tokens, end - t_first)
 
     def finish_error(
         self, cls: ErrorClass, message: str, http_status: int = 0, output_tokens: int = 0
@@ -183,6 +193,10 @@ class AttemptRecord:
         return out
 
     def to_outcome(self, model: str) -> router_pb2.Outcome:
+        """The report for the router, fitted to the bounds it accepts (``fit_outcome``).
+
+        Whatever this process measured, the router never has to reject it.
+        """
         msg = router_pb2.Outcome(
             model=model,
             provider=self.provider,
@@ -199,7 +213,15 @@ class AttemptRecord:
             msg.tokens_per_second = self.tokens_per_second
         if self.retry_after_s is not None:
             msg.retry_after_seconds = self.retry_after_s
-        return msg
+        if values_fit(
+            self.duration_ms,
+            self.output_tokens,
+            self.ttft_ms,
+            self.tokens_per_second,
+            self.retry_after_s,
+        ):
+            return msg
+        return fit_outcome(msg)
 
 
 @dataclass(slots=True)
