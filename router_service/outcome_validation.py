@@ -9,7 +9,6 @@ stored, and a rejection names the field that was wrong.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
