@@ -618,6 +618,19 @@ def test_exploration_skips_unhealthy_endpoints() -> None:
     assert not result.exploration and names(result)[-1] == "c"
 
 
+def test_a_free_probe_goes_first_even_when_exploration_would_fire() -> None:
+    # Exploration used to take the first place and leave the probing endpoint at the
+    # tail without its permit: a probe no replica was granted (found by the fleet test).
+    thin = dict(ABC_STATS, c=stats(ttft=200, n5=1))
+    cfg = RankingConfig(exploration_share=1.0)
+    for seed in range(50):
+        result = run(
+            eps=ABC, st_=thin, config=cfg, seed=seed, health={"a": hv(H.PROBING, probe=True)}
+        )
+        assert names(result)[0] == "a" and result.probing == (ABC[0].key,)
+        assert not result.exploration
+
+
 # --------------------------------------------------------------------------- fallbacks
 
 

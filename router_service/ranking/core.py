@@ -346,9 +346,15 @@ def rank(
     # thin, stale or no data first. The coin is tossed first so the pool scan
     # costs nothing on most requests; while some candidate was never measured
     # the share is the larger exploration_share_unknown.
+    # A half-open probe (below) takes the first place before exploration does: it
+    # tests a recovery, and an endpoint left at the tail without its permit would
+    # be a probe the fleet never granted (one permit means one request in flight).
     exploration_reason: Reason | None = None
     share_now = 0.0
-    if explore_ok:
+    probe_waiting = request.allow_fallbacks and any(
+        live[i].health.state is _PROBING for i in positions
+    )
+    if explore_ok and not probe_waiting:
         pool = [i for i in positions[1:] if entries[i].explorable]
         unknown = [i for i in pool if _never_measured(live[i].stats)]
         share_now = config.exploration_share_unknown if unknown else config.exploration_share
