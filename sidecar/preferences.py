@@ -13,7 +13,7 @@ import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from router_common.limits import (
     MAX_FIRST_TOKEN_TIMEOUT_MS,
@@ -47,6 +47,8 @@ PERCENTILES: dict[str, int] = {
 
 #: Fields routing consumes; never forwarded upstream.
 ROUTING_FIELDS = ("provider", "providerOptions", "models")
+
+_T = TypeVar("_T")
 
 
 class RequestError(ValueError):
@@ -432,12 +434,7 @@ def _models_option(body: dict[str, Any]) -> list[str]:
     if gateway is not None and gateway.get("models") is not None:
         param = "providerOptions.gateway.models"
         found.append((param, _model_list(gateway["models"], param)))
-    if len(found) == 2 and found[0][1] != found[1][1]:
-        raise RequestError(
-            f"{found[0][0]} conflicts with {found[1][0]}; give one or make them agree",
-            f"{found[0][0]},{found[1][0]}",
-        )
-    return found[0][1] if found else []
+    return _agreeing(found) or []
 
 
 def _timeout_ms(value: Any, param: str) -> float:
@@ -490,6 +487,17 @@ def _provider_timeouts_option(body: dict[str, Any]) -> dict[str, float] | None:
     return out
 
 
+def _agreeing(found: list[tuple[str, _T]]) -> _T | None:
+    """The value given under one convention or both (OpenRouter's, Vercel's); None if
+    neither. Both given and different is a 400 naming both fields."""
+    if len(found) == 2 and found[0][1] != found[1][1]:
+        raise RequestError(
+            f"{found[0][0]} conflicts with {found[1][0]}; give one or make them agree",
+            f"{found[0][0]},{found[1][0]}",
+        )
+    return found[0][1] if found else None
+
+
 def _hedge_option(body: dict[str, Any]) -> bool | None:
     """The request's hedge switch from either convention; disagreeing is a 400 naming both."""
     found: list[tuple[str, bool]] = []
@@ -501,12 +509,7 @@ def _hedge_option(body: dict[str, Any]) -> bool | None:
     if isinstance(gateway, dict) and gateway.get("hedge") is not None:
         param = "providerOptions.gateway.hedge"
         found.append((param, _bool(gateway["hedge"], param)))
-    if len(found) == 2 and found[0][1] != found[1][1]:
-        raise RequestError(
-            f"{found[0][0]} conflicts with {found[1][0]}; give one or make them agree",
-            f"{found[0][0]},{found[1][0]}",
-        )
-    return found[0][1] if found else None
+    return _agreeing(found)
 
 
 @functools.lru_cache(maxsize=32)

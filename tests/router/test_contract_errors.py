@@ -20,6 +20,7 @@ from router_common.json_text import as_json
 from router_common.limits import MAX_MODEL_ID_LEN, MAX_NAME_LEN, MAX_TOKENS
 from router_common.pb import router_pb2
 from router_common.routing import reasons
+from tests.router.test_grpc_server import outcome as grpc_server_outcome
 
 MODEL = "zai/glm-4.7"  # served by cerebras, together, fireworks, ... (not groq)
 PROTO = Path(__file__).resolve().parents[2] / "proto" / "router" / "v1" / "router.proto"
@@ -108,20 +109,8 @@ async def test_an_unknown_model_is_quoted_as_json(router_stub) -> None:
 
 
 def outcome(**fields) -> router_pb2.Outcome:
-    base = dict(
-        model=MODEL,
-        provider="cerebras",
-        started_at=time.time(),
-        success=True,
-        error_class=router_pb2.ERROR_CLASS_NONE,
-        http_status=200,
-        ttft_ms=300.0,
-        tokens_per_second=100.0,
-        output_tokens=50,
-        duration_ms=800.0,
-    )
-    base.update(fields)
-    return router_pb2.Outcome(**base)
+    """A valid outcome for cerebras on MODEL, with ``fields`` changed."""
+    return grpc_server_outcome(fields.pop("provider", "cerebras"), **fields)
 
 
 # (outcome fields, the Outcome field the rejection names, JSON text it must contain)
