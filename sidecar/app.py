@@ -249,6 +249,7 @@ class SidecarApp:
             resp = await self.proxy.handle(request, req, t_start)
             status = 499 if request.get(CLIENT_GONE) else resp.status
             provider = resp.headers.get("x-router-provider")
+            model = resp.headers.get("x-router-model", model)  # a fallback model may serve
             return resp
         except RequestError as exc:
             status = exc.status

@@ -8,6 +8,7 @@ A real router on loopback, the sidecar, fake providers and the official
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,9 @@ async def _zdr_chain_stack(stack: Stack) -> Any:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_primary_models_providers_all_fail_second_model_serves_with_zdr_held(
-    stack: Stack, stream: bool
+    stack: Stack, stream: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar")
     sc = await _zdr_chain_stack(stack)
     client = openai_client(sc)
     extra = {"models": [BACKUP], "provider": {"zdr": True, "sort": "price"}}
@@ -118,6 +120,9 @@ async def test_primary_models_providers_all_fail_second_model_serves_with_zdr_he
     assert routing["fallbacks_available"] == [{"model": BACKUP, "provider": "epsilon"}]
     # The fake received the upstream id of the backup model's endpoint.
     assert stack.providers["gamma"].requests[-1].model == "up-gamma"
+    # The access line names the model that served, as the header does.
+    access = [r for r in caplog.records if r.name == "sidecar" and r.getMessage() == "request"]
+    assert [(r.model, r.provider) for r in access] == [(BACKUP, "gamma")]  # type: ignore[attr-defined]
 
 
 async def test_models_alone_names_the_primary_and_a_model_with_no_eligible_provider_is_skipped(
