@@ -143,13 +143,15 @@ def endpoints_document(core: RouterCore, model: Model) -> JSON:
 
 def model_summary(core: RouterCore, model: Model) -> JSON:
     """One row of the model list: best P50 TTFT (lowest) and throughput (highest)."""
-    best_ttft, best_tps = best_p50s(model, core.store.stats)
-    best_p95 = best_p95_ttft(model, core.store.stats)
+    # Each endpoint's stats read once (a store read builds its summaries), then shared.
+    stats_by_key = {e.key: core.store.stats(e.key) for e in model.endpoints}
+    best_ttft, best_tps = best_p50s(model, stats_by_key.__getitem__)
+    best_p95 = best_p95_ttft(model, stats_by_key.__getitem__)
     status_counts: dict[str, int] = {}
     for endpoint in model.endpoints:
-        stats = core.store.stats(endpoint.key)
         view = core.health.view(endpoint.key)
-        state = view.state.value if is_observed(stats, view) else "no_data"
+        observed = is_observed(stats_by_key[endpoint.key], view)
+        state = view.state.value if observed else "no_data"
         status_counts[state] = status_counts.get(state, 0) + 1
     cheapest = min(model.endpoints, key=lambda e: e.input_price_per_mtok + e.output_price_per_mtok)
     return {
