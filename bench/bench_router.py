@@ -318,7 +318,9 @@ def print_starvation(quick: bool, share: float | None = None) -> None:
         "CPU (share of one core, median of rounds): router alone "
         f"{r['router_alone_cpu']:.0%}, loaded {r['router_cpu']:.0%}; the 32 callers' process "
         f"alone {r['ranker_alone_cpu']:.0%}, loaded {r['ranker_loaded_cpu']:.0%}; "
-        f"the 4 writers {r['writers_cpu']:.0%} together (the machine has 2 cores).\n"
+        f"the 4 writers {r['writers_cpu']:.0%} together (the machine has 2 cores). "
+        f"Loop time per outcome applied: {r['ingest_share'] / r['ingest_per_s'] * 1e6:.1f} µs "
+        f"wall, {r['ingest_cpu_share'] / r['ingest_per_s'] * 1e6:.1f} µs of loop-thread CPU.\n"
     )
 
 

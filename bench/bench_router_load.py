@@ -194,6 +194,7 @@ async def starvation(calls: int, rounds: int, share: float | None = None) -> dic
         ingest_rates: list[float] = []
         round_ratios: list[float] = []
         busy: list[float] = []
+        busy_cpu: list[float] = []
         router_cpu: list[float] = []
         cpu: dict[str, list[float]] = {
             "router_alone": [],
@@ -225,6 +226,7 @@ async def starvation(calls: int, rounds: int, share: float | None = None) -> dic
                     raise RuntimeError("a writer did not start")
             accepted_before = sum(app.servicer.ledger.accepted.values())
             busy_before = app.servicer.ingestor.busy_s
+            busy_cpu_before = app.servicer.ingestor.busy_cpu_s
             cpu_before = time.process_time()
             start = time.perf_counter()
             loaded_round, ranker_cpu = await _in_child(
@@ -234,6 +236,7 @@ async def starvation(calls: int, rounds: int, share: float | None = None) -> dic
             elapsed = time.perf_counter() - start
             loaded += loaded_round
             busy.append((app.servicer.ingestor.busy_s - busy_before) / elapsed)
+            busy_cpu.append((app.servicer.ingestor.busy_cpu_s - busy_cpu_before) / elapsed)
             router_cpu.append((time.process_time() - cpu_before) / elapsed)
             round_ratios.append(_pct(loaded_round, 0.99) / _pct(alone_round, 0.99))
             accepted = sum(app.servicer.ledger.accepted.values()) - accepted_before
@@ -265,6 +268,7 @@ async def starvation(calls: int, rounds: int, share: float | None = None) -> dic
         "loaded_p999": _pct(loaded, 0.999),
         "paced_s": app.servicer.ingestor.paced_s,
         "ingest_share": statistics.median(busy),
+        "ingest_cpu_share": statistics.median(busy_cpu),
         "router_cpu": statistics.median(router_cpu),
         **{f"{name}_cpu": statistics.median(values) for name, values in cpu.items()},
     }
