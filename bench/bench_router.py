@@ -314,6 +314,14 @@ def print_starvation(quick: bool, share: float | None = None) -> None:
         f"Ingestion took {r['ingest_share']:.0%} of the router's wall time; the router "
         f"process used {r['router_cpu']:.0%} of a core.\n"
     )
+    print(
+        "CPU (share of one core, median of rounds): router alone "
+        f"{r['router_alone_cpu']:.0%}, loaded {r['router_cpu']:.0%}; the 32 callers' process "
+        f"alone {r['ranker_alone_cpu']:.0%}, loaded {r['ranker_loaded_cpu']:.0%}; "
+        f"the 4 writers {r['writers_cpu']:.0%} together (the machine has 2 cores). "
+        f"Loop time per outcome applied: {r['ingest_share'] / r['ingest_per_s'] * 1e6:.1f} µs "
+        f"wall, {r['ingest_cpu_share'] / r['ingest_per_s'] * 1e6:.1f} µs of loop-thread CPU.\n"
+    )
 
 
 def print_auth_cost(quick: bool) -> None:

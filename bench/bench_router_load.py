@@ -82,6 +82,13 @@ def _ranker(address, callers, calls, token, tls, out: multiprocessing.Queue) -> 
     out.put(asyncio.run(_rank_calls(address, callers, calls, token, tls)))
 
 
+def _ranker_cpu(address, callers, calls, token, tls, out: multiprocessing.Queue) -> None:
+    """``_ranker`` that also reports the CPU its process used per second of the calls."""
+    cpu, start = time.process_time(), time.perf_counter()
+    latencies = asyncio.run(_rank_calls(address, callers, calls, token, tls))
+    out.put((latencies, (time.process_time() - cpu) / (time.perf_counter() - start)))
+
+
 def _batches(per_batch: int, count: int) -> list[bytes]:
     import random
 
@@ -116,7 +123,7 @@ def _writer(address: str, token: str, started, stop, out: multiprocessing.Queue)
         metadata = (("authorization", f"Bearer {token}"),)
         call(iter(payload[:1]), metadata=metadata)
         started.set()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         refused = 0
         while not stop.is_set():
             try:
@@ -128,7 +135,7 @@ def _writer(address: str, token: str, started, stop, out: multiprocessing.Queue)
                     raise
                 refused += 1
                 time.sleep(0.01)
-        out.put((accepted, time.perf_counter() - start, refused))
+        out.put((accepted, time.perf_counter() - start, refused, time.process_time() - cpu))
 
 
 # -- scenarios ----------------------------------------------------------------------
@@ -187,9 +194,23 @@ async def starvation(calls: int, rounds: int, share: float | None = None) -> dic
         ingest_rates: list[float] = []
         round_ratios: list[float] = []
         busy: list[float] = []
+        busy_cpu: list[float] = []
         router_cpu: list[float] = []
+        cpu: dict[str, list[float]] = {
+            "router_alone": [],
+            "ranker_alone": [],
+            "ranker_loaded": [],
+            "writers": [],
+        }
         for _ in range(rounds):
-            alone_round = await _in_child(_ranker, address, 32, calls, RANK_TOKEN, None)
+            cpu_before, start = time.process_time(), time.perf_counter()
+            alone_round, ranker_cpu = await _in_child(
+                _ranker_cpu, address, 32, calls, RANK_TOKEN, None
+            )
+            cpu["router_alone"].append(
+                (time.process_time() - cpu_before) / (time.perf_counter() - start)
+            )
+            cpu["ranker_alone"].append(ranker_cpu)
             alone += alone_round
             stop = spawn.Event()
             queue = spawn.Queue()
@@ -205,20 +226,28 @@ async def starvation(calls: int, rounds: int, share: float | None = None) -> dic
                     raise RuntimeError("a writer did not start")
             accepted_before = sum(app.servicer.ledger.accepted.values())
             busy_before = app.servicer.ingestor.busy_s
+            busy_cpu_before = app.servicer.ingestor.busy_cpu_s
             cpu_before = time.process_time()
             start = time.perf_counter()
-            loaded_round = await _in_child(_ranker, address, 32, calls, RANK_TOKEN, None)
+            loaded_round, ranker_cpu = await _in_child(
+                _ranker_cpu, address, 32, calls, RANK_TOKEN, None
+            )
+            cpu["ranker_loaded"].append(ranker_cpu)
             elapsed = time.perf_counter() - start
             loaded += loaded_round
             busy.append((app.servicer.ingestor.busy_s - busy_before) / elapsed)
+            busy_cpu.append((app.servicer.ingestor.busy_cpu_s - busy_cpu_before) / elapsed)
             router_cpu.append((time.process_time() - cpu_before) / elapsed)
             round_ratios.append(_pct(loaded_round, 0.99) / _pct(alone_round, 0.99))
             accepted = sum(app.servicer.ledger.accepted.values()) - accepted_before
             ingest_rates.append(accepted / elapsed)
             stop.set()
             # Joins run off the loop: the router serves the writers' last calls on it.
+            writer_cpu = 0.0
             for _ in writers:
-                await loop.run_in_executor(None, queue.get, True, 60)
+                _, writer_s, _, writer_cpu_s = await loop.run_in_executor(None, queue.get, True, 60)
+                writer_cpu += writer_cpu_s / writer_s
+            cpu["writers"].append(writer_cpu)
             for proc, _ in writers:
                 await loop.run_in_executor(None, proc.join)
         await app.stop()
@@ -239,7 +268,9 @@ async def starvation(calls: int, rounds: int, share: float | None = None) -> dic
         "loaded_p999": _pct(loaded, 0.999),
         "paced_s": app.servicer.ingestor.paced_s,
         "ingest_share": statistics.median(busy),
+        "ingest_cpu_share": statistics.median(busy_cpu),
         "router_cpu": statistics.median(router_cpu),
+        **{f"{name}_cpu": statistics.median(values) for name, values in cpu.items()},
     }
 
 

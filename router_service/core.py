@@ -180,10 +180,11 @@ class RouterCore:
         deferred = (
             bool(accepted) and self.replication is not None and self.replication.publish(accepted)
         )
+        if not deferred:
+            self.health.record_many(accepted, baselines)
+        by_class = self.outcomes_by_class
         for outcome in accepted:
-            if not deferred:
-                self.health.record(outcome, baselines[outcome.endpoint])
-            self.outcomes_by_class[outcome.error_class.value] += 1
+            by_class[outcome.error_class.value] += 1
         result.accepted = len(accepted)
         self.outcomes_rejected += result.rejected
         return result

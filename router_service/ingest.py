@@ -118,6 +118,9 @@ class Ingestor:
         #: loop time it spent applying outcomes (``/metrics``: IngestCollector).
         self.paced_s = 0.0
         self.busy_s = 0.0
+        #: The CPU time of those slices: below ``busy_s`` when the loop's thread
+        #: lost its core (or the GIL) mid-slice.
+        self.busy_cpu_s = 0.0
 
     def ranking_served(self) -> None:
         """Called by RankProviders: ranking traffic is live, so ingestion is paced."""
@@ -185,16 +188,17 @@ class Ingestor:
     ) -> IngestResult:
         total = IngestResult()
         size = self.pacing.slice_outcomes
-        clock = time.perf_counter
+        clock, thread_clock = time.perf_counter, time.thread_time
         async with self._lock:
             for start in range(0, len(outcomes), size):
-                began = clock()
+                began, began_cpu = clock(), thread_clock()
                 part = self.core.record(outcomes[start : start + size], first_index + start)
                 total.accepted += part.accepted
                 total.rejected += part.rejected
                 total.rejections.extend(part.rejections)
                 spent = clock() - began
                 self.busy_s += spent
+                self.busy_cpu_s += thread_clock() - began_cpu
                 pause = self._pause_after(spent)
                 self.paced_s += pause
                 await asyncio.sleep(pause)

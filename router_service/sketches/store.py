@@ -34,15 +34,23 @@ only read a dict of immutable values and need none.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from router_common.domain import Clock, EndpointKey, ErrorClass
 from router_service.model import EMPTY_STATS, EndpointStats, Outcome
 from router_service.sketches.recent import DEFAULT_RECENT_CONFIG, RecentConfig, RecentTracker
-from router_service.sketches.windows import BucketExport, EndpointWindows, SeriesPoint
+from router_service.sketches.windows import (
+    DAY,
+    FINE,
+    HOUR,
+    BucketExport,
+    EndpointWindows,
+    SeriesPoint,
+)
 
 __all__ = ["BucketExport", "InMemoryStatsStore", "SeriesPoint", "StatsStore"]
 
@@ -110,6 +118,18 @@ class _Entry:
     epoch: tuple[int, int, int] | None = None  # rings' current buckets at last compute
 
 
+@dataclass(slots=True)
+class _Group:
+    """Outcomes of one batch that fall in the same bucket of every ring of one endpoint."""
+
+    ts: float
+    entry: _Entry
+    successes: int = 0
+    failures: int = 0
+    ttfts: list[float] = field(default_factory=list)
+    tpss: list[float] = field(default_factory=list)
+
+
 class InMemoryStatsStore:
     """Single-process ``StatsStore``: windows per endpoint, stats cached until refresh."""
 
@@ -135,28 +155,57 @@ class InMemoryStatsStore:
         self.record_many((outcome,))
 
     def record_many(self, outcomes: Iterable[Outcome]) -> None:
+        """Add a batch, grouped by endpoint and bucket: each ring's bucket takes a
+        group's counters and values in one step, where it used to take one call
+        per outcome per ring (half the cost of ingesting an outcome). The result
+        is what ``record`` per outcome gives: same counters, same values in each
+        bucket's digest in the same order, same recent view (still fed per
+        outcome, in order: its decay depends on it)."""
         now = self._clock()
+        fine_w, hour_w, day_w = FINE.width, HOUR.width, DAY.width
+        oldest_day = DAY.index(now) - DAY.size
+        floor = math.floor
         with self._lock:
+            entries, dirty = self._entries, self._dirty
+            groups: dict[tuple[EndpointKey, int, int, int], _Group] = {}
             for outcome in outcomes:
-                self._record_one(outcome, now)
-
-    def _record_one(self, outcome: Outcome, now: float) -> None:
-        key = outcome.endpoint
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = _Entry(EndpointWindows(self._compression), RecentTracker(self._recent_config))
-        ts = min(outcome.timestamp, now)
-        effect = _uptime_effect(outcome)
-        if not entry.windows.record(ts, now, effect, outcome.ttft_ms, outcome.tokens_per_second):
-            self.ignored_too_old += 1
-            return
-        # The recent estimate runs on the router's clock (as health does): sidecar
-        # clocks are not ours, and "how fresh is it?" is asked against ours.
-        entry.recent.record(now, None if effect is None else not effect, outcome.ttft_ms)
-        self._entries[key] = entry
-        if entry.last_sample_at is None or ts > entry.last_sample_at:
-            entry.last_sample_at = ts
-        self._dirty.add(key)
+                ts = outcome.timestamp
+                if ts > now:
+                    ts = now
+                day = floor(ts / day_w)
+                if day <= oldest_day:
+                    self.ignored_too_old += 1
+                    continue
+                key = outcome.endpoint
+                entry = entries.get(key)
+                if entry is None:
+                    entry = entries[key] = _Entry(
+                        EndpointWindows(self._compression), RecentTracker(self._recent_config)
+                    )
+                group_key = (key, floor(ts / fine_w), floor(ts / hour_w), day)
+                group = groups.get(group_key)
+                if group is None:
+                    group = groups[group_key] = _Group(ts, entry)
+                effect = _uptime_effect(outcome)
+                if effect is not None:
+                    if effect:
+                        group.successes += 1
+                    else:
+                        group.failures += 1
+                ttft = outcome.ttft_ms
+                if ttft is not None:
+                    group.ttfts.append(ttft)
+                if outcome.tokens_per_second is not None:
+                    group.tpss.append(outcome.tokens_per_second)
+                # The recent estimate runs on the router's clock (as health does).
+                entry.recent.record(now, None if effect is None else not effect, ttft)
+                if entry.last_sample_at is None or ts > entry.last_sample_at:
+                    entry.last_sample_at = ts
+                dirty.add(key)
+            for group in groups.values():
+                group.entry.windows.record_group(
+                    group.ts, now, group.successes, group.failures, group.ttfts, group.tpss
+                )
 
     def refresh(self, now: float | None = None) -> None:
         now = self._clock() if now is None else now
