@@ -84,6 +84,11 @@ def _plain_run(block: bytes, pos: int, end: int) -> int:
     return stop
 
 
+#: ``"model":"id"`` bytes as upstreams write them → the id (every stream of an
+#: upstream model repeats the same bytes: decoded once).
+_FIELD_MODELS: dict[bytes, str] = {}
+
+
 class SSEScanner:
     """Incremental SSE line scanner: what the measurements need, and what the app may see.
 
@@ -267,10 +272,16 @@ class SSEScanner:
     def _note_field(self, field: bytes) -> None:
         self._model_field = field
         if self.upstream_model is None:
+            known = _FIELD_MODELS.get(field)
+            if known is not None:
+                self.upstream_model = known
+                return
             with contextlib.suppress(ValueError):
                 value = orjson.loads(field[field.index(b":") + 1 :])
                 if isinstance(value, str):
                     self.upstream_model = value
+                    if len(_FIELD_MODELS) < 1024:  # upstreams' model ids: a few; bounded
+                        _FIELD_MODELS[field] = value
 
     def _swap_model(self, match: re.Match[bytes]) -> bytes:
         field = match.group(0)
