@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import multiprocessing as mp
 import os
 import shutil
@@ -64,10 +65,8 @@ def _serve(kind: str, arg: dict[str, Any], q: Any) -> None:
     if arg.get("root"):  # another checkout's code (--compare-sidecar)
         sys.path.insert(0, arg["root"])
     factory = None
-    if arg.get("loop") == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
+    if arg.get("loop") == "uvloop":  # --uvloop (not a dependency: imported by name)
+        factory = importlib.import_module("uvloop").new_event_loop
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
         runner.run(_serve_async(kind, arg, q))
 
@@ -483,15 +482,10 @@ def main() -> None:
         help="also run the sidecar (and its router) from this checkout, e.g. main's",
     )
     ap.add_argument(
-        "--sidecar-loop",
-        choices=("uvloop", "asyncio"),
-        default=None,
-        help="this branch's sidecar's event loop (default: router-sidecar's default)",
-    )
-    ap.add_argument(
-        "--no-bare-uvloop",
+        "--uvloop",
         action="store_true",
-        help="leave out the second bare hop, on uvloop (ratios to it are reported too)",
+        help="run this branch's sidecar on uvloop (pip install uvloop; not a dependency), "
+        "and add the bare hop on uvloop as a second baseline (ratios to both)",
     )
     ap.add_argument("--cprofile", metavar="FILE", help="cProfile the sidecar, stats to FILE")
     ap.add_argument(
@@ -502,12 +496,7 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=8, help="--relay-scan: provider keys in use")
     ap.add_argument("--per-block", type=int, default=4, help="--relay-scan: chunks per read")
     args = ap.parse_args()
-    if args.sidecar_loop is None:
-        # Imported here, not at the top: a compared checkout's sidecar, spawned
-        # from this module, must import its own sidecar package.
-        from sidecar.config import SidecarSettings
-
-        args.sidecar_loop = SidecarSettings().event_loop
+    args.sidecar_loop = "uvloop" if args.uvloop else "asyncio"
     if args.relay_scan:
         print(relay_scan(args.keys, 200, args.per_block, rounds=7, streams=300))
         return
@@ -540,7 +529,7 @@ def main() -> None:
         cpu_pids: dict[str, list[int]] = {}
         targets["bare proxy"], pid = spawn("proxy", {"upstream": fake})
         cpu_pids["bare proxy"] = [pid]
-        if not args.no_bare_uvloop:  # the same hop on the sidecar's default loop
+        if args.uvloop:  # the same hop on uvloop, for a sidecar run on it
             targets["bare proxy (uvloop)"], pid = spawn(
                 "proxy", {"upstream": fake, "loop": "uvloop"}
             )

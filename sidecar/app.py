@@ -174,8 +174,6 @@ class SidecarApp:
                 "listen": self.base_url,
                 "router": s.router,
                 "fallback_catalog": bool(self.catalog),
-                # "uvloop" or "asyncio": which --event-loop is actually in use.
-                "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             },
         )
 

@@ -13,7 +13,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from router_common.logs import configure_logging
 from sidecar.app import SidecarApp
@@ -52,24 +52,6 @@ async def serve(settings: SidecarSettings) -> None:
         await app.stop()
 
 
-def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop ``--event-loop`` names (None: asyncio's default).
-
-    uvloop runs the same asyncio code with its transports and scheduler in C:
-    measured in bench/README.md section 11, it takes a sizeable share off the
-    sidecar's CPU per request. Where it cannot be imported (a platform without
-    wheels), asyncio's loop serves, with a warning.
-    """
-    if name != "uvloop":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        log.warning("uvloop is not installed; using asyncio's event loop")
-        return None
-    return uvloop.new_event_loop
-
-
 def _listen_error(settings: SidecarSettings, exc: OSError) -> str:
     """One line naming the port and the flag that sets it."""
     host, port = settings.listen_host, settings.listen_port
@@ -88,8 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"router-sidecar: {exc}", file=sys.stderr)
         return 2
     try:
-        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-            runner.run(serve(settings))
+        asyncio.run(serve(settings))
     except ValueError as exc:  # CatalogError and bad addresses
         log.error("cannot start", extra={"why": str(exc)})
         return 2

@@ -42,11 +42,6 @@ class SidecarSettings:
         None, "Catalog YAML used when the router is unreachable and no ranking is cached."
     )
     log_level: str = _opt("INFO", "Log level (JSON logs on stderr).")
-    event_loop: str = _opt(
-        "uvloop",
-        "Event loop: uvloop (libuv; less CPU per request for the same work, see "
-        "bench/README.md section 11) or asyncio (the standard library's).",
-    )
 
     # Request bounds.
     max_body_bytes: int = _opt(4 * 1024 * 1024, "Largest request body accepted (413 above).")
@@ -154,10 +149,6 @@ class SidecarSettings:
         return split_host_port(self.listen, defaults.LISTEN_HOST)[1]
 
 
-#: The values ``event_loop`` accepts.
-EVENT_LOOPS = ("uvloop", "asyncio")
-
-
 def split_host_port(addr: str, default_host: str) -> tuple[str, int]:
     """Parse ``HOST:PORT``, ``:PORT`` or ``[v6]:PORT``; a bare port binds the default host."""
     addr = addr.strip()
@@ -245,11 +236,6 @@ def settings_from_args(
         split_host_port(settings.router, "127.0.0.1")
     except ValueError as exc:
         raise SystemExit(f"router-sidecar: {exc}") from exc
-    if settings.event_loop not in EVENT_LOOPS:
-        raise SystemExit(
-            f"router-sidecar: bad --event-loop {settings.event_loop!r}: expected one of "
-            + ", ".join(EVENT_LOOPS)
-        )
     from sidecar.timeouts import parse_provider_timeouts  # timeouts imports this module
 
     try:
