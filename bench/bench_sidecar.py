@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import multiprocessing as mp
 import os
 import shutil
@@ -63,8 +64,11 @@ BODY = {
 def _serve(kind: str, arg: dict[str, Any], q: Any) -> None:
     if arg.get("root"):  # another checkout's code (--compare-sidecar)
         sys.path.insert(0, arg["root"])
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_async(kind, arg, q))
+    factory = None
+    if arg.get("loop") == "uvloop":  # --uvloop (not a dependency: imported by name)
+        factory = importlib.import_module("uvloop").new_event_loop
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_serve_async(kind, arg, q))
 
 
 async def _serve_async(kind: str, arg: dict[str, Any], q: Any) -> None:
@@ -244,6 +248,7 @@ async def measure(
 #: Which process groups' CPU a target's requests cost (the router serves only sidecars).
 CPU_OF = {
     "bare proxy": ("bare proxy",),
+    "bare proxy (uvloop)": ("bare proxy (uvloop)",),
     "nginx": ("nginx",),
     "sidecar": ("sidecar", "router"),
     "sidecar (compared)": ("sidecar (compared)", "router (compared)"),
@@ -307,19 +312,21 @@ def table(runs: list[dict[int, dict[str, dict[str, float]]]]) -> str:
     return "\n".join(rows)
 
 
-def ranges(runs: list[dict[int, dict[str, dict[str, float]]]]) -> str:
-    """Across runs: min to max of each target's ratios to the bare proxy."""
+def ranges(runs: list[dict[int, dict[str, dict[str, float]]]], bare_name: str) -> str:
+    """Across runs: min to max of each target's ratios to the bare proxy ``bare_name``."""
     rows = [
+        f"ratios to {bare_name} of the same run",
+        "",
         "| streams | target | added TTFT p50 ÷ bare | hop CPU ÷ bare | (hop + router) CPU ÷ bare |",
         "|---:|---|---:|---:|---:|",
     ]
     for conc in runs[0]:
         for name in runs[0][conc]:
-            if name in ("direct", "bare proxy"):
+            if name in ("direct", bare_name):
                 continue
             lat, hop, both = [], [], []
             for run in runs:
-                r, bare = run[conc][name], run[conc]["bare proxy"]
+                r, bare = run[conc][name], run[conc][bare_name]
                 lat.append(r["added_ttft"] / bare["added_ttft"])
                 hop.append(r["cpu_hop"] / bare["cpu_hop"])
                 both.append((r["cpu_hop"] + r["cpu_router"]) / bare["cpu_hop"])
@@ -474,6 +481,12 @@ def main() -> None:
         metavar="DIR",
         help="also run the sidecar (and its router) from this checkout, e.g. main's",
     )
+    ap.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="run this branch's sidecar on uvloop (pip install uvloop; not a dependency), "
+        "and add the bare hop on uvloop as a second baseline (ratios to both)",
+    )
     ap.add_argument("--cprofile", metavar="FILE", help="cProfile the sidecar, stats to FILE")
     ap.add_argument(
         "--relay-scan",
@@ -483,6 +496,7 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=8, help="--relay-scan: provider keys in use")
     ap.add_argument("--per-block", type=int, default=4, help="--relay-scan: chunks per read")
     args = ap.parse_args()
+    args.sidecar_loop = "uvloop" if args.uvloop else "asyncio"
     if args.relay_scan:
         print(relay_scan(args.keys, 200, args.per_block, rounds=7, streams=300))
         return
@@ -515,6 +529,11 @@ def main() -> None:
         cpu_pids: dict[str, list[int]] = {}
         targets["bare proxy"], pid = spawn("proxy", {"upstream": fake})
         cpu_pids["bare proxy"] = [pid]
+        if args.uvloop:  # the same hop on uvloop, for a sidecar run on it
+            targets["bare proxy (uvloop)"], pid = spawn(
+                "proxy", {"upstream": fake, "loop": "uvloop"}
+            )
+            cpu_pids["bare proxy (uvloop)"] = [pid]
         started = None if args.no_nginx else start_nginx(fake, work / "nginx")
         if started is not None:
             nginx, targets["nginx"] = started
@@ -548,6 +567,8 @@ def main() -> None:
                     "catalog": catalog,
                     "root": root,
                     "log_level": args.log_level,
+                    # main's checkout has no loop choice: it ran on asyncio's
+                    "loop": args.sidecar_loop if root is None else "asyncio",
                     "cprofile": args.cprofile if root is None else None,
                     "log_file": str(work / f"{sc_name.replace(' ', '_')}.log"),
                 },
@@ -580,16 +601,17 @@ def main() -> None:
             f"{'unpaced' if args.tps == 0 else f'{args.tps} tok/s'}, "
             f"{BODY['max_tokens']} tokens; {args.requests} requests per target per row; "
             f"router: {'none (catalog)' if args.no_router else 'real, ranking cached'}; "
-            f"sidecar log level: {args.log_level}; "
+            f"sidecar log level: {args.log_level}; sidecar loop: {args.sidecar_loop}; "
             f"compared sidecar: {args.compare_sidecar or 'none'}; cpus: {os.cpu_count()}"
         )
         for note in notes:
             print(f"note: {note}")
         print()
         print(table(runs))
-        if args.runs > 1:
-            print()
-            print(ranges(runs))
+        for bare_name in ("bare proxy", "bare proxy (uvloop)"):
+            if bare_name in targets:
+                print()
+                print(ranges(runs, bare_name))
     finally:
         if nginx is not None:
             nginx.terminate()

@@ -84,6 +84,11 @@ def _plain_run(block: bytes, pos: int, end: int) -> int:
     return stop
 
 
+#: ``"model":"id"`` bytes as upstreams write them → the id (every stream of an
+#: upstream model repeats the same bytes: decoded once).
+_FIELD_MODELS: dict[bytes, str] = {}
+
+
 class SSEScanner:
     """Incremental SSE line scanner: what the measurements need, and what the app may see.
 
@@ -99,12 +104,16 @@ class SSEScanner:
 
     __slots__ = (
         "_chunks_at_first_read",
+        "_finish_obj",
         "_held_finish",
         "_held_usage",
+        "_model",
         "_model_field",
         "_model_json",
+        "_parsed",
         "_redact",
         "_tail",
+        "_usage_obj",
         "content_chunks",
         "done",
         "error",
@@ -137,12 +146,19 @@ class SSEScanner:
         #: The model id the upstream put in its chunks (shown in ``routing``).
         self.upstream_model: str | None = None
         self.want_usage = want_usage
+        self._model = model
         self._model_json = orjson.dumps(model) if model is not None else None
         #: The upstream's ``"model":"..."`` bytes as last seen, replaced by bytes.replace.
         self._model_field: bytes | None = None
         self._redact = redactor
         self._held_finish: bytes | None = None
         self._held_usage: bytes | None = None
+        #: The held chunks as ``_inspect`` parsed them, so the end of the stream
+        #: (cost, ``routing``) is built without parsing them a second time.
+        self._finish_obj: dict[str, Any] | None = None
+        self._usage_obj: dict[str, Any] | None = None
+        #: The payload ``_inspect`` parsed last (None when it took a fast path).
+        self._parsed: dict[str, Any] | None = None
 
     def feed(self, data: bytes, now: float) -> bytes:
         """Take upstream bytes; return those to forward now (complete lines before [DONE])."""
@@ -192,14 +208,16 @@ class SSEScanner:
                 break
             if kind == _USAGE:
                 self._held_usage = payload
+                self._usage_obj = self._parsed
             elif kind == _FINISH:
                 if self._held_finish is not None:
                     out.append(b"data: " + self._held_finish + b"\n\n")
                 self._held_finish = payload
+                self._finish_obj = self._parsed
             elif kind == _PLAIN:
                 if self._held_finish is not None:
                     out.append(b"data: " + self._held_finish + b"\n\n")
-                    self._held_finish = None
+                    self._held_finish = self._finish_obj = None
                 out.append(line)
                 skip_blank = False
                 if not run_tried and self.first_token_at is not None:
@@ -254,10 +272,16 @@ class SSEScanner:
     def _note_field(self, field: bytes) -> None:
         self._model_field = field
         if self.upstream_model is None:
+            known = _FIELD_MODELS.get(field)
+            if known is not None:
+                self.upstream_model = known
+                return
             with contextlib.suppress(ValueError):
                 value = orjson.loads(field[field.index(b":") + 1 :])
                 if isinstance(value, str):
                     self.upstream_model = value
+                    if len(_FIELD_MODELS) < 1024:  # upstreams' model ids: a few; bounded
+                        _FIELD_MODELS[field] = value
 
     def _swap_model(self, match: re.Match[bytes]) -> bytes:
         field = match.group(0)
@@ -290,11 +314,10 @@ class SSEScanner:
         """Put ``cost`` (USD, OpenRouter's field) in the held usage chunk the app will get."""
         if not self.want_usage or self._held_usage is None:
             return
-        with contextlib.suppress(ValueError):
-            chunk = orjson.loads(self._held_usage)
-            if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
-                chunk["usage"]["cost"] = cost_usd
-                self._held_usage = orjson.dumps(chunk)
+        chunk = self._usage_obj
+        if chunk is not None and isinstance(chunk.get("usage"), dict):
+            chunk["usage"]["cost"] = cost_usd
+            self._held_usage = orjson.dumps(chunk)
 
     def final_chunks(self, routing: dict[str, Any] | None) -> bytes:
         """The held chunks, ``routing`` on the last one, as SSE lines (redacted).
@@ -304,14 +327,16 @@ class SSEScanner:
         empty delta, so the app still receives its ``routing``).
         """
         chunks: list[bytes] = []
+        last: dict[str, Any] | None = None  # the last chunk, parsed (held from _inspect)
         if self._held_finish is not None:
             chunks.append(self._rewrite_model(self._held_finish))
+            last = self._finish_obj
         if self.want_usage and self._held_usage is not None:
             chunks.append(self._rewrite_model(self._held_usage))
-        self._held_finish = self._held_usage = None
+            last = self._usage_obj
+        self._held_finish = self._held_usage = self._finish_obj = self._usage_obj = None
         if routing is not None:
-            last: dict[str, Any] | None = None
-            if chunks:
+            if chunks and last is None:
                 with contextlib.suppress(ValueError):
                     parsed = orjson.loads(chunks[-1])
                     if isinstance(parsed, dict):
@@ -324,8 +349,8 @@ class SSEScanner:
                     "choices": [{"index": 0, "delta": {}, "finish_reason": None}],
                 }
                 chunks.append(b"")
-            if self._model_json is not None:
-                last["model"] = orjson.loads(self._model_json)
+            if self._model is not None:
+                last["model"] = self._model
             last["routing"] = routing
             chunks[-1] = orjson.dumps(last)
         if not chunks:
@@ -354,12 +379,24 @@ class SSEScanner:
                 if b'"tool_calls"' in payload:
                     self.content_chunks += 1
                 return _PLAIN
+            if (
+                payload.count(_CONTENT) == payload.count(_EMPTY_CONTENT)
+                and b'"tool_calls"' not in payload
+                and b'"reasoning' not in payload
+                and payload.count(b'"finish_reason"') == payload.count(b'"finish_reason":null')
+                and self._note_id(payload)
+            ):
+                # Before the first token: a chunk with no text (the role chunk
+                # every stream opens with) is no token; nothing to parse.
+                return _PLAIN
+        self._parsed = None
         try:
             obj = orjson.loads(payload)
         except ValueError:
             return _PLAIN
         if not isinstance(obj, dict):
             return _PLAIN
+        self._parsed = obj
         if obj.get("error"):
             self.error = obj["error"]
             return _ERROR
@@ -396,6 +433,18 @@ class SSEScanner:
         if token:
             self._token(now)
         return _FINISH if finish else _PLAIN
+
+    def _note_id(self, payload: bytes) -> bool:
+        """``last_id`` from a compact ``"id":"..."`` without escapes (False: parse instead)."""
+        at = payload.find(b'"id":"')
+        if at < 0:
+            return False
+        start = at + 6
+        end = payload.find(b'"', start)
+        if end < 0 or 0x5C in payload[start:end] or b'"id":"' in payload[end:]:
+            return False  # escaped, or more than one "id" member: let JSON decide
+        self.last_id = payload[start:end].decode("utf-8", "replace")
+        return True
 
     def _token(self, now: float) -> None:
         self.content_chunks += 1

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from router_common.domain import ErrorClass
 from router_common.outcome_bounds import fit_outcome, tokens_per_second, values_fit
@@ -233,16 +234,33 @@ class UpstreamError:
     content_type: str
 
 
-def upstream_headers(key: str | None, stream: bool) -> dict[str, str]:
-    """Headers for the provider: its key, JSON, and no compression (we parse the stream)."""
-    headers = {
-        "Content-Type": "application/json",
-        "Accept-Encoding": "identity",
-        "Accept": "text/event-stream" if stream else "application/json",
-    }
+def upstream_headers(key: str | None, stream: bool) -> CIMultiDictProxy[str]:
+    """Headers for the provider: its key, JSON, and no compression (we parse the stream).
+
+    Built once per (key, stream) and shared, read-only: aiohttp copies a
+    multidict it is given as it is, where a plain dict is converted first on
+    every request. Keys come from this process's environment, so the cache
+    holds a handful of entries (bounded all the same).
+    """
+    cached = _HEADERS.get((key, stream))
+    if cached is not None:
+        return cached
+    headers = CIMultiDict(
+        {
+            "Content-Type": "application/json",
+            "Accept-Encoding": "identity",
+            "Accept": "text/event-stream" if stream else "application/json",
+        }
+    )
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    return headers
+    frozen = CIMultiDictProxy(headers)
+    if len(_HEADERS) < 256:
+        _HEADERS[(key, stream)] = frozen
+    return frozen
+
+
+_HEADERS: dict[tuple[str | None, bool], CIMultiDictProxy[str]] = {}
 
 
 async def read_error_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from router_common.catalog import parse_catalog
@@ -384,3 +385,25 @@ def test_finish_chunk_is_held_for_routing_and_usage_only_when_asked() -> None:
         assert b'"routing"' in events[-1] and b'"model":"m/x"' in events[-1]
         assert (b'"choices":[]' in events[-1]) is want_usage
         assert b'"up"' not in tail and s.output_tokens == 3
+
+
+def test_sse_scanner_end_of_stream_from_the_chunks_it_parsed() -> None:
+    """The role chunk is no token (its id is kept), a token in a second choice is
+    one, and the usage chunk carries its cost and ``routing`` in the app's model."""
+    s = SSEScanner("app/model")
+    role = b'data: {"id":"c9","model":"up","choices":[{"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n'  # noqa: E501
+    assert s.feed(role, 1.0) == role.replace(b'"up"', b'"app/model"')
+    assert s.first_token_at is None and s.last_id == "c9"
+    two = b'data: {"id":"c9","model":"up","choices":[{"index":0,"delta":{"content":""},"finish_reason":null},{"index":1,"delta":{"content":"x"},"finish_reason":null}]}\n\n'  # noqa: E501
+    s.feed(two, 2.0)
+    assert s.first_token_at == 2.0
+    fin = b'data: {"id":"c9","model":"up","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'  # noqa: E501
+    usage = b'data: {"id":"c9","model":"up","choices":[],"usage":{"completion_tokens":3,"prompt_tokens":2}}\n\n'  # noqa: E501
+    assert s.feed(fin + usage + b"data: [DONE]\n\n", 3.0) == b""
+    s.set_usage_cost(0.5)
+    tail = s.final_chunks({"provider": "p"})
+    events = [orjson.loads(line[6:]) for line in tail.split(b"\n\n") if line]
+    assert [e["model"] for e in events] == ["app/model", "app/model"]
+    assert events[0]["choices"][0]["finish_reason"] == "stop" and "routing" not in events[0]
+    assert events[1]["usage"] == {"completion_tokens": 3, "prompt_tokens": 2, "cost": 0.5}
+    assert events[1]["routing"] == {"provider": "p"}
