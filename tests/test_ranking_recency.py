@@ -312,3 +312,15 @@ def test_an_endpoint_silent_for_two_seconds_is_stale_by_default_one_second_is_no
         return next(e.explorable for e in result.ranked if e.endpoint.provider.name == "a")
 
     assert explorable(2.0) and not explorable(1.0)
+
+
+def test_the_answer_of_an_endpoint_ranking_calls_stale_replaces_its_estimate() -> None:
+    """Staleness (ranking) and replacement (recent estimate) agree by default: the
+    exploration of a stale endpoint is taken as it is, so one probe of a recovered
+    provider promotes it even when the previous (slow) probe was only seconds before."""
+    stale_after = RankingConfig().stale_after_s
+    tr = RecentTracker()
+    for i in range(40):  # 2 s of a 6x slowdown at 20 rps
+        tr.record(i * 0.05, False, 480.0)
+    tr.record(1.95 + stale_after + 0.01, False, 80.0)  # just stale: the recovery's first probe
+    assert tr.estimate().ttft_ms == pytest.approx(80.0)
