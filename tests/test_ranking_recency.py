@@ -262,7 +262,7 @@ def test_exploration_prefers_the_stale_endpoint_with_the_best_long_run_ttft() ->
         "b": stats(ttft=200),
         "c": stats(ttft=300, last=NOW - 5),
     }
-    cfg = RankingConfig(exploration_share=1.0)
+    cfg = RankingConfig(exploration_share=1.0, exploration_promise_exponent=2)
     results = [run(eps=ABC, st_=st_, sort=Sort.TTFT, config=cfg, seed=s) for s in range(2000)]
     weights = {e.endpoint.provider.name: e.exploration_weight for e in results[0].ranked}
     assert weights == {"a": 1.0, "b": None, "c": pytest.approx(0.111, abs=0.001)}
@@ -273,11 +273,12 @@ def test_exploration_prefers_the_stale_endpoint_with_the_best_long_run_ttft() ->
 
 def test_exploration_weight_has_a_floor_and_never_measured_counts_as_best() -> None:
     st_ = {"a": stats(ttft=2000, last=NOW - 5), "b": stats(ttft=100)}  # c: never measured
-    result = run(eps=ABC, st_=st_, sort=Sort.TTFT)
+    promise = RankingConfig(exploration_promise_exponent=2)
+    result = run(eps=ABC, st_=st_, sort=Sort.TTFT, config=promise)
     weights = {e.endpoint.provider.name: e.exploration_weight for e in result.ranked}
     assert weights == {"a": 1.0, "b": None, "c": 1.0}  # only a has a value: it is the best
     st_["c"] = stats(ttft=100, last=NOW - 5)
-    result = run(eps=ABC, st_=st_, sort=Sort.TTFT)
+    result = run(eps=ABC, st_=st_, sort=Sort.TTFT, config=promise)
     weights = {e.endpoint.provider.name: e.exploration_weight for e in result.ranked}
     assert weights == {"a": 0.1, "b": None, "c": 1.0}  # (100/2000)^2 = 0.0025 -> floor
 
@@ -288,10 +289,13 @@ def test_exploration_promise_is_throughput_under_sort_tps() -> None:
         "b": stats(ttft=100, tps=300),  # leads: not explorable
         "c": stats(ttft=100, tps=200, last=NOW - 5),
     }
-    result = run(eps=ABC, st_=st_, sort=Sort.TPS)
+    result = run(
+        eps=ABC, st_=st_, sort=Sort.TPS, config=RankingConfig(exploration_promise_exponent=2)
+    )
     weights = {e.endpoint.provider.name: e.exploration_weight for e in result.ranked}
     assert weights == {"a": pytest.approx(0.1), "b": None, "c": 1.0}  # (50/200)^2 -> floor 0.1
-    loose = RankingConfig(exploration_min_weight=0.01)
+    assert all(e.exploration_weight is None for e in run(eps=ABC, st_=st_, sort=Sort.TPS).ranked)
+    loose = RankingConfig(exploration_min_weight=0.01, exploration_promise_exponent=2)
     result = run(eps=ABC, st_=st_, sort=Sort.TPS, config=loose)
     weights = {e.endpoint.provider.name: e.exploration_weight for e in result.ranked}
     assert weights["a"] == pytest.approx(0.0625)

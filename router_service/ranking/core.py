@@ -41,7 +41,8 @@ Pipeline:
    while some candidate was never measured) put one HEALTHY or DEGRADED
    endpoint with thin (< ``min_samples`` TTFT samples in 5m), stale (last
    TTFT older than ``stale_after_s``) or no data first, an unmeasured one if
-   any, else drawn by promise (``exploration`` flag + reason): weight
+   any, else uniformly, or by promise when ``exploration_promise_exponent``
+   is set (``exploration`` flag + reason): weight
    ``(best/value)**exploration_promise_exponent`` of its long-run (1-hour)
    value of the sort metric among the explorable ones, at least
    ``exploration_min_weight``. Every such endpoint is marked ``explorable``
@@ -362,7 +363,7 @@ def rank(
         pool = [i for i in positions[1:] if entries[i].explorable]
         unknown = [i for i in pool if _never_measured(live[i].stats)]
         share_now = config.exploration_share_unknown if unknown else config.exploration_share
-        if pool:
+        if pool and config.exploration_promise_exponent > 0:
             _weigh_explorable(pool, live, entries, sort_tps, q, config)
         if pool and share_now > 0 and rng.random() < share_now:
             among = unknown or pool
