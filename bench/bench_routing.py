@@ -41,6 +41,10 @@ it after recovery (first window with >= 50%), and requests that reached the
 hung provider during the hang. Usage::
 
     .venv/bin/python bench/bench_routing.py [--quick] [--rounds N] [--no-litellm]
+        [--only ttft,lb,hedge,litellm,herd] [--per-second]
+
+``--per-second`` prints, for our contenders, each 1 s window's mean TTFT over
+the paired oracle's and every provider's share of the requests sent in it.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fake_provider import FakeProvider, FakeProviderConfig  # noqa: E402
+from router_common.domain import EndpointKey  # noqa: E402
 from router_service.app import RouterApp, Settings  # noqa: E402
 from sidecar.app import SidecarApp  # noqa: E402
 from sidecar.config import SidecarSettings  # noqa: E402
@@ -97,6 +102,8 @@ class Run:
     name: str
     results: list[Result]
     received: dict[str, list[float]] = field(default_factory=dict)  # provider -> times (s)
+    #: (s since start, {provider: health state}) sampled each second (our runs only)
+    health: list[tuple[float, dict[str, str]]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -250,16 +257,35 @@ async def run_ours(
                 schedule_incidents(providers, 0.5, p)
             if go is not None:
                 go.set()  # the paired oracle starts its schedule now too
-            results, wall0 = await drive(
-                plan, lambda i, lane: stream_once(session, urls[lane], body)
-            )
-        return Run(name, results, received(providers, wall0))
+            states: list[tuple[float, dict[str, str]]] = []
+            watch = asyncio.ensure_future(watch_health(router, list(providers), states))
+            try:
+                results, wall0 = await drive(
+                    plan, lambda i, lane: stream_once(session, urls[lane], body)
+                )
+            finally:
+                watch.cancel()
+        return Run(name, results, received(providers, wall0), states)
     finally:
         for sc in apps:
             await sc.stop()
         await router.stop()
         for fp in providers.values():
             await fp.__aexit__(None, None, None)
+
+
+async def watch_health(
+    router: RouterApp, names: list[str], out: list[tuple[float, dict[str, str]]]
+) -> None:
+    """The router's health state of each provider, once a second, from the schedule's start."""
+    await asyncio.sleep(0.5)  # drive() starts the schedule 0.5 s from now
+    t0 = time.perf_counter()
+    core = router.core
+    assert core is not None  # started
+    while True:
+        views = {n: core.health.view(EndpointKey(MODEL, n)) for n in names}
+        out.append((time.perf_counter() - t0, {n: v.state.name for n, v in views.items()}))
+        await asyncio.sleep(1.0)
 
 
 async def run_oracle(
@@ -465,8 +491,40 @@ def busiest_share(run: Run) -> float:
 # --------------------------------------------------------------------------- main
 
 
-async def one_round(p: float, herd_s: float, seed: int, with_litellm: bool) -> dict[str, Any]:
+def per_second(run: Run, oracle: Run, p: float) -> None:
+    """Per 1 s window: mean TTFT over the paired oracle's, and each provider's share.
+
+    Where a contender loses time (a phase's first seconds, a probe, the cold
+    start) shows here, not in the phase means.
+    """
+    names = sorted(run.received)
+    print(f"\n{run.name}, per second (ratio to the paired oracle; share of requests)\n")
+    print("| s | phase | ratio | " + " | ".join(names) + " | not healthy |")
+    print("|" + "---|" * (4 + len(names)))
+    for sec in range(int(5 * p)):
+        ours, best = ttfts_in(run, sec, sec + 1), ttfts_in(oracle, sec, sec + 1)
+        sent = sum(1 for r in run.results if sec <= r.at < sec + 1) or 1
+        shares = [sum(1 for x in run.received[n] if sec <= x < sec + 1) / sent for n in names]
+        phase = PHASES[min(int(sec // p), len(PHASES) - 1)]
+        cells = " | ".join(f"{s:.0%}" for s in shares)
+        states = next((st for at, st in run.health if at >= sec), {})
+        sick = " ".join(f"{n}:{st.lower()}" for n, st in states.items() if st != "HEALTHY")
+        print(f"| {sec} | {phase} | {fmt(mean(ours) / mean(best))} | {cells} | {sick} |")
+
+
+CONTENDERS = ("ttft", "lb", "hedge", "litellm", "herd")
+
+
+async def one_round(
+    p: float,
+    herd_s: float,
+    seed: int,
+    with_litellm: bool,
+    only: frozenset[str] = frozenset(CONTENDERS),
+    detail: bool = False,
+) -> dict[str, Any]:
     plan = schedule(5 * p, RATE, seed)
+    with_litellm = with_litellm and "litellm" in only
 
     async def paired(contender: Any) -> tuple[Run, Run]:
         """The contender and an oracle run started at the same instant (see the docstring)."""
@@ -479,15 +537,21 @@ async def one_round(p: float, herd_s: float, seed: int, with_litellm: bool) -> d
             raise
         return run, await oracle
 
-    pairs = [
-        await paired(lambda go: run_ours("ours sort=ttft", plan, p, {"sort": "latency"}, go=go)),
-        await paired(lambda go: run_ours("ours load balance", plan, p, None, go=go)),
-        await paired(
-            lambda go: run_ours(
-                "ours sort=ttft + hedge", plan, p, {"sort": "latency", "hedge": True}, go=go
+    pairs = []
+    if "ttft" in only:
+        pairs.append(
+            await paired(lambda go: run_ours("ours sort=ttft", plan, p, {"sort": "latency"}, go=go))
+        )
+    if "lb" in only:
+        pairs.append(await paired(lambda go: run_ours("ours load balance", plan, p, None, go=go)))
+    if "hedge" in only:
+        pairs.append(
+            await paired(
+                lambda go: run_ours(
+                    "ours sort=ttft + hedge", plan, p, {"sort": "latency", "hedge": True}, go=go
+                )
             )
-        ),
-    ]
+        )
     if with_litellm:
         pairs.append(
             await paired(
@@ -501,8 +565,16 @@ async def one_round(p: float, herd_s: float, seed: int, with_litellm: bool) -> d
                 lambda go: run_litellm("LiteLLM simple-shuffle", "simple-shuffle", plan, p, go=go)
             )
         )
-    first_oracle = pairs[0][1]
-    rows = [row(first_oracle, first_oracle, p)] + [row(run, oracle, p) for run, oracle in pairs]
+    rows = []
+    if pairs:
+        first_oracle = pairs[0][1]
+        rows = [row(first_oracle, first_oracle, p)] + [row(run, oracle, p) for run, oracle in pairs]
+    if detail:
+        for run, oracle in pairs:
+            if run.name.startswith("ours"):
+                per_second(run, oracle, p)
+    if "herd" not in only:
+        return {"rows": rows, "herd": {}}
     herd_plan = schedule(herd_s, 2 * RATE, seed + 1, lanes=4)
     equal = {f"h{i}": HERD_TTFT_MS for i in range(4)}
     herd = {
@@ -528,19 +600,34 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM contenders")
     ap.add_argument("--json", type=Path, help="also write every round's figures here")
+    ap.add_argument(
+        "--only",
+        default=",".join(CONTENDERS),
+        help=f"comma-separated subset of {','.join(CONTENDERS)} (default: all)",
+    )
+    ap.add_argument(
+        "--per-second", action="store_true", help="also print our contenders' per-second view"
+    )
     args = ap.parse_args()
+    only = frozenset(x.strip() for x in args.only.split(",") if x.strip())
+    if not only <= set(CONTENDERS):
+        ap.error(f"--only: unknown {sorted(only - set(CONTENDERS))}; choose from {CONTENDERS}")
     p = 6.0 if args.quick else 10.0
     herd_s = 6.0 if args.quick else 10.0
     rounds = []
     for i in range(args.rounds):
-        res = asyncio.run(one_round(p, herd_s, args.seed + i, not args.no_litellm))
+        res = asyncio.run(
+            one_round(p, herd_s, args.seed + i, not args.no_litellm, only, args.per_second)
+        )
         rounds.append(res)
         print(f"\n### round {i + 1} (phase {p:g} s, {RATE:g} rps, seed {args.seed + i})\n")
-        print_table(res["rows"])
-        print(
-            "\nHerd, busiest provider's share: "
-            + ", ".join(f"{k} {v:.1%}" for k, v in res["herd"].items())
-        )
+        if res["rows"]:
+            print_table(res["rows"])
+        if res["herd"]:
+            print(
+                "\nHerd, busiest provider's share: "
+                + ", ".join(f"{k} {v:.1%}" for k, v in res["herd"].items())
+            )
     if args.json:
         args.json.write_text(json.dumps(rounds, indent=1, default=str))
 

@@ -190,6 +190,8 @@ def rank_response(
             out.weight = item.weight
         if item.explorable:
             out.explorable = True
+            if item.exploration_weight is not None:
+                out.exploration_weight = item.exploration_weight
         if item.first_token_timeout_ms is not None:
             out.first_token_timeout_ms = item.first_token_timeout_ms
         if item.hedge_after_ms is not None:

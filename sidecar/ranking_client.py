@@ -72,6 +72,9 @@ class Route:
     deprioritized: bool = False
     #: Thin, stale or no data at the router: ``redraw`` may put it first to explore.
     explorable: bool = False
+    #: The router's relative chance of this route being the one explored (its
+    #: promise, ``RankedEndpoint.exploration_weight``; 1 when unset).
+    exploration_weight: float = 1.0
     #: The router's suggested first-token timeout and hedge delay, seconds (None: none).
     first_token_timeout_s: float | None = None
     hedge_after_s: float | None = None
@@ -99,6 +102,7 @@ class Route:
             weight=ep.weight if ep.HasField("weight") else None,
             deprioritized=ep.HasField("deprioritized"),
             explorable=ep.explorable,
+            exploration_weight=_exploration_weight(ep),
             first_token_timeout_s=_suggested_s(ep, "first_token_timeout_ms"),
             hedge_after_s=_suggested_s(ep, "hedge_after_ms"),
             ttft_known=ep.HasField("ttft_ms"),
@@ -164,7 +168,8 @@ class Ranking:
           endpoints) is redrawn with the router's weights
           (Efraimidis-Spirakis, as the router does); the tail keeps its place;
         - with the router's ``exploration_share``, one ``explorable`` route
-          (thin, stale or no data) is put first, and the metadata marks it
+          (thin, stale or no data), drawn by the router's
+          ``exploration_weight`` (promise), is put first, and the metadata marks it
           (``exploration: true``, ``exploration_provider``), as the router
           does for the request that asked it.
         """
@@ -184,7 +189,7 @@ class Ranking:
         if share and isinstance(share, float | int) and rng.random() < share:
             pool = [r for r in routes[1:] if r.explorable]
             if pool:
-                pick = pool[rng.randrange(len(pool))] if len(pool) > 1 else pool[0]
+                pick = _pick_explored(pool, rng)
                 routes = (pick, *(r for r in routes if r is not pick))
                 metadata = dict(metadata, exploration=True, exploration_provider=pick.provider)
         if routes is self.routes:
@@ -641,6 +646,29 @@ def _suggested_s(ep: router_pb2.RankedEndpoint, field_name: str) -> float | None
     if not (0 < ms <= MAX_FIRST_TOKEN_TIMEOUT_MS):  # also refuses NaN
         return None
     return float(ms) / 1000.0
+
+
+def _exploration_weight(ep: router_pb2.RankedEndpoint) -> float:
+    """The router's exploration weight, in (0, 1]; 1 when unset or out of range."""
+    if not ep.HasField("exploration_weight"):
+        return 1.0
+    w = ep.exploration_weight
+    return float(w) if 0 < w <= 1 else 1.0  # also refuses NaN
+
+
+def _pick_explored(pool: list[Route], rng: random.Random) -> Route:
+    """One explorable route, in proportion to its exploration weight (uniform when equal)."""
+    if len(pool) == 1:
+        return pool[0]
+    weights = [r.exploration_weight for r in pool]
+    if min(weights) == max(weights):
+        return pool[rng.randrange(len(pool))]
+    x = rng.random() * sum(weights)
+    for route, w in zip(pool, weights, strict=True):
+        x -= w
+        if x < 0:
+            return route
+    return pool[-1]
 
 
 def _route_weight(route: Route) -> float:

@@ -136,7 +136,7 @@ def test_sort_explores_unmeasured_endpoints_at_the_larger_share_and_marks_them()
 
 
 def test_stale_endpoint_is_explored_under_sort_at_the_base_share() -> None:
-    st_ = dict(ABC_STATS, a=stats(ttft=300, last=NOW - 4))  # stale after 3 s
+    st_ = dict(ABC_STATS, a=stats(ttft=300, last=NOW - 4))  # stale after 1.5 s
     n = 2000
     results = [run(eps=ABC, st_=st_, sort=Sort.COST, seed=s) for s in range(n)]
     explored = [r for r in results if r.exploration]
@@ -250,3 +250,81 @@ def test_unmeasured_endpoints_get_equal_weights_so_a_client_redraws_them() -> No
     assert [e.weight for e in result.ranked] == [1.0, 1.0, 1.0]
     measured = run(eps=ABC, st_={"a": stats(ttft=100)}, sort=Sort.TTFT, config=NO_EXPLORE)
     assert all(e.weight is None for e in measured.ranked)  # one measured leads: no draw
+
+
+# --------------------------------------------------------------------------- exploration by promise
+
+
+def test_exploration_prefers_the_stale_endpoint_with_the_best_long_run_ttft() -> None:
+    # b leads now; a (usually 100 ms, lately slow) and c (always 300 ms) are both stale.
+    st_ = {
+        "a": stats(ttft=480, ttft_1h=100, last=NOW - 5),
+        "b": stats(ttft=200),
+        "c": stats(ttft=300, last=NOW - 5),
+    }
+    cfg = RankingConfig(exploration_share=1.0, exploration_promise_exponent=2)
+    results = [run(eps=ABC, st_=st_, sort=Sort.TTFT, config=cfg, seed=s) for s in range(2000)]
+    weights = {e.endpoint.provider.name: e.exploration_weight for e in results[0].ranked}
+    assert weights == {"a": 1.0, "b": None, "c": pytest.approx(0.111, abs=0.001)}
+    picks = Counter(names(r)[0] for r in results if r.exploration)
+    assert len(results) == sum(picks.values())
+    assert 0.85 < picks["a"] / 2000 < 0.95  # 1 / (1 + 1/9) = 0.9
+
+
+def test_exploration_weight_has_a_floor_and_never_measured_counts_as_best() -> None:
+    st_ = {"a": stats(ttft=2000, last=NOW - 5), "b": stats(ttft=100)}  # c: never measured
+    promise = RankingConfig(exploration_promise_exponent=2)
+    result = run(eps=ABC, st_=st_, sort=Sort.TTFT, config=promise)
+    weights = {e.endpoint.provider.name: e.exploration_weight for e in result.ranked}
+    assert weights == {"a": 1.0, "b": None, "c": 1.0}  # only a has a value: it is the best
+    st_["c"] = stats(ttft=100, last=NOW - 5)
+    result = run(eps=ABC, st_=st_, sort=Sort.TTFT, config=promise)
+    weights = {e.endpoint.provider.name: e.exploration_weight for e in result.ranked}
+    assert weights == {"a": 0.1, "b": None, "c": 1.0}  # (100/2000)^2 = 0.0025 -> floor
+
+
+def test_exploration_promise_is_throughput_under_sort_tps() -> None:
+    st_ = {
+        "a": stats(ttft=100, tps=50, last=NOW - 5),
+        "b": stats(ttft=100, tps=300),  # leads: not explorable
+        "c": stats(ttft=100, tps=200, last=NOW - 5),
+    }
+    result = run(
+        eps=ABC, st_=st_, sort=Sort.TPS, config=RankingConfig(exploration_promise_exponent=2)
+    )
+    weights = {e.endpoint.provider.name: e.exploration_weight for e in result.ranked}
+    assert weights == {"a": pytest.approx(0.1), "b": None, "c": 1.0}  # (50/200)^2 -> floor 0.1
+    assert all(e.exploration_weight is None for e in run(eps=ABC, st_=st_, sort=Sort.TPS).ranked)
+    loose = RankingConfig(exploration_min_weight=0.01, exploration_promise_exponent=2)
+    result = run(eps=ABC, st_=st_, sort=Sort.TPS, config=loose)
+    weights = {e.endpoint.provider.name: e.exploration_weight for e in result.ranked}
+    assert weights["a"] == pytest.approx(0.0625)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"exploration_promise_exponent": -1.0}, {"exploration_min_weight": 0.0}]
+)
+def test_exploration_promise_config_is_checked(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        RankingConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_an_endpoint_silent_for_two_seconds_is_stale_by_default_one_second_is_not() -> None:
+    def explorable(age: float) -> bool:
+        st_ = dict(ABC_STATS, a=stats(ttft=300, last=NOW - age))
+        result = run(eps=ABC, st_=st_, sort=Sort.TTFT)
+        return next(e.explorable for e in result.ranked if e.endpoint.provider.name == "a")
+
+    assert explorable(2.0) and not explorable(1.0)
+
+
+def test_the_answer_of_an_endpoint_ranking_calls_stale_replaces_its_estimate() -> None:
+    """Staleness (ranking) and replacement (recent estimate) agree by default: the
+    exploration of a stale endpoint is taken as it is, so one probe of a recovered
+    provider promotes it even when the previous (slow) probe was only seconds before."""
+    stale_after = RankingConfig().stale_after_s
+    tr = RecentTracker()
+    for i in range(40):  # 2 s of a 6x slowdown at 20 rps
+        tr.record(i * 0.05, False, 480.0)
+    tr.record(1.95 + stale_after + 0.01, False, 80.0)  # just stale: the recovery's first probe
+    assert tr.estimate().ttft_ms == pytest.approx(80.0)

@@ -135,7 +135,7 @@ class ProviderInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., base_url: _Optional[str] = ..., api_key_env: _Optional[str] = ..., zero_data_retention: _Optional[bool] = ...) -> None: ...
 
 class RankedEndpoint(_message.Message):
-    __slots__ = ("provider", "upstream_model", "input_price_per_million", "output_price_per_million", "estimated_cost_usd", "ttft_ms", "tokens_per_second", "window", "ttft_samples", "tps_samples", "uptime_1h", "health", "deprioritized", "exploration", "weight", "explorable", "first_token_timeout_ms", "hedge_after_ms", "cost_basis")
+    __slots__ = ("provider", "upstream_model", "input_price_per_million", "output_price_per_million", "estimated_cost_usd", "ttft_ms", "tokens_per_second", "window", "ttft_samples", "tps_samples", "uptime_1h", "health", "deprioritized", "exploration", "weight", "explorable", "first_token_timeout_ms", "hedge_after_ms", "cost_basis", "exploration_weight")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_PRICE_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +155,7 @@ class RankedEndpoint(_message.Message):
     FIRST_TOKEN_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     HEDGE_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     COST_BASIS_FIELD_NUMBER: _ClassVar[int]
+    EXPLORATION_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     provider: ProviderInfo
     upstream_model: str
     input_price_per_million: float
@@ -174,7 +175,8 @@ class RankedEndpoint(_message.Message):
     first_token_timeout_ms: float
     hedge_after_ms: float
     cost_basis: CostBasis
-    def __init__(self, provider: _Optional[_Union[ProviderInfo, _Mapping]] = ..., upstream_model: _Optional[str] = ..., input_price_per_million: _Optional[float] = ..., output_price_per_million: _Optional[float] = ..., estimated_cost_usd: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., window: _Optional[str] = ..., ttft_samples: _Optional[int] = ..., tps_samples: _Optional[int] = ..., uptime_1h: _Optional[float] = ..., health: _Optional[_Union[HealthState, str]] = ..., deprioritized: _Optional[_Union[Reason, _Mapping]] = ..., exploration: _Optional[bool] = ..., weight: _Optional[float] = ..., explorable: _Optional[bool] = ..., first_token_timeout_ms: _Optional[float] = ..., hedge_after_ms: _Optional[float] = ..., cost_basis: _Optional[_Union[CostBasis, str]] = ...) -> None: ...
+    exploration_weight: float
+    def __init__(self, provider: _Optional[_Union[ProviderInfo, _Mapping]] = ..., upstream_model: _Optional[str] = ..., input_price_per_million: _Optional[float] = ..., output_price_per_million: _Optional[float] = ..., estimated_cost_usd: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., window: _Optional[str] = ..., ttft_samples: _Optional[int] = ..., tps_samples: _Optional[int] = ..., uptime_1h: _Optional[float] = ..., health: _Optional[_Union[HealthState, str]] = ..., deprioritized: _Optional[_Union[Reason, _Mapping]] = ..., exploration: _Optional[bool] = ..., weight: _Optional[float] = ..., explorable: _Optional[bool] = ..., first_token_timeout_ms: _Optional[float] = ..., hedge_after_ms: _Optional[float] = ..., cost_basis: _Optional[_Union[CostBasis, str]] = ..., exploration_weight: _Optional[float] = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("code", "detail", "numbers")

@@ -41,9 +41,13 @@ Pipeline:
    while some candidate was never measured) put one HEALTHY or DEGRADED
    endpoint with thin (< ``min_samples`` TTFT samples in 5m), stale (last
    TTFT older than ``stale_after_s``) or no data first, an unmeasured one if
-   any, else uniformly among them (``exploration`` flag + reason). Every such
-   endpoint is marked ``explorable`` and the share is returned, so a client
-   that reuses the ranking explores per request too.
+   any, else uniformly, or by promise when ``exploration_promise_exponent``
+   is set (``exploration`` flag + reason): weight
+   ``(best/value)**exploration_promise_exponent`` of its long-run (1-hour)
+   value of the sort metric among the explorable ones, at least
+   ``exploration_min_weight``. Every such endpoint is marked ``explorable``
+   with that ``exploration_weight`` and the share is returned, so a client
+   that reuses the ranking explores per request too, by the same weights.
    TTFT values come from the recent decayed estimate while it is fresh
    (``recent_max_age_s``; window "recent"), scaled to the percentile by the
    windows' ``p_q / p50``; a DEGRADED endpoint whose recent evidence postdates
@@ -324,6 +328,7 @@ def rank(
                     None if weights is None else weights[i],
                     explore_ok and _explorable(hv, _s, now, min5, config.stale_after_s),
                     *_timeouts(_s, t if tw == r.WINDOW_RECENT else None, config),
+                    None,  # exploration_weight: set below on the explorable ones
                 ),
             )
         )
@@ -358,9 +363,11 @@ def rank(
         pool = [i for i in positions[1:] if entries[i].explorable]
         unknown = [i for i in pool if _never_measured(live[i].stats)]
         share_now = config.exploration_share_unknown if unknown else config.exploration_share
+        if pool and config.exploration_promise_exponent > 0:
+            _weigh_explorable(pool, live, entries, sort_tps, q, config)
         if pool and share_now > 0 and rng.random() < share_now:
             among = unknown or pool
-            chosen = among[rng.randrange(len(among))] if len(among) > 1 else among[0]
+            chosen = _pick_explored(among, entries, rng)
             positions.remove(chosen)
             positions.insert(0, chosen)
             exploration_reason = _exploration_reason(
@@ -420,6 +427,53 @@ def rank(
         cost_basis=factors.basis,
         exploration_share=share_now,
     )
+
+
+def _weigh_explorable(
+    pool: list[int],
+    live: list[Row],
+    entries: list[RankedEndpoint],
+    sort_tps: bool,
+    q: float,
+    config: RankingConfig,
+) -> None:
+    """Give each explorable entry its exploration weight (``RankingConfig`` docs: promise).
+
+    The long-run value is the 1-hour window's at the request's percentile
+    (throughput under ``sort: tps``, TTFT otherwise); an endpoint without one
+    is as promising as the best.
+    """
+    values: dict[int, float] = {}
+    for i in pool:
+        w = live[i].stats.tps_1h if sort_tps else live[i].stats.ttft_1h
+        v = w.get(q) if w.count else None
+        if v is not None and v > 0:
+            values[i] = v
+    best = (max if sort_tps else min)(values.values(), default=None)
+    exp = config.exploration_promise_exponent
+    floor = config.exploration_min_weight
+    for i in pool:
+        v = values.get(i)
+        if v is None or best is None:
+            weight = 1.0
+        else:
+            weight = max(floor, ((v / best) if sort_tps else (best / v)) ** exp)
+        entries[i] = entries[i]._replace(exploration_weight=weight)
+
+
+def _pick_explored(among: list[int], entries: list[RankedEndpoint], rng: random.Random) -> int:
+    """One of ``among`` drawn in proportion to its exploration weight (uniform when equal)."""
+    if len(among) == 1:
+        return among[0]
+    weights = [entries[i].exploration_weight or 1.0 for i in among]
+    if min(weights) == max(weights):
+        return among[rng.randrange(len(among))]
+    x = rng.random() * sum(weights)
+    for i, w in zip(among, weights, strict=True):
+        x -= w
+        if x < 0:
+            return i
+    return among[-1]
 
 
 def _last_ttft_at(s: EndpointStats) -> float | None:

@@ -193,14 +193,38 @@ class RankingConfig:
       LiteLLM does by trying unmeasured deployments first, yet 3 requests in
       4 still go to the best known one. It ends by itself: each exploration
       measures one endpoint.
+    - ``exploration_promise_exponent`` (0: off) and ``exploration_min_weight``
+      (0.1): which explorable endpoint an exploration picks. Off, uniformly.
+      With an exponent e > 0, by promise: weight ``(best/value)**e`` of each
+      one's long-run value (the 1-hour window, at the request's percentile:
+      TTFT, or throughput ``(value/best)**e`` under ``sort: tps``) against
+      the best among them; never measured counts as the best; at least the
+      floor, so every endpoint is still re-measured. Why one would: the
+      stale endpoints are those nobody sends traffic to, and re-checking one
+      that is usually the fastest (it may have recovered from a slowdown) is
+      worth more than re-checking one that is always slow. Why it is off by
+      default: the same weight sends a slowed, usually-fastest provider most
+      of the explorations for as long as it stays slow, and a fleet's
+      operator sees that as traffic to a provider the router was meant to
+      route around (router_demo's 3x slowdown then showed the slow provider
+      first for more than 5% of latency-sorted requests in some seconds near
+      the incident's end and was judged "not routed around"); in
+      bench/bench_routing.py e = 2 gave 1.15x the oracle's whole-run mean
+      with and without hedging in a full round, within the noise of uniform
+      picks. Set 2 to favour the quickest return of a recovered provider.
     - ``min_samples``: the 5-minute window is used when it has at least this
       many samples; otherwise the 1-hour window if it has ``min_samples_1h``.
-    - ``stale_after_s`` (3): an endpoint whose last successful TTFT is older
-      is "stale" and explorable; with the recent estimate's memory of a few
-      seconds, older data no longer says what the endpoint does now, and a
-      demoted (or degraded) endpoint is thus re-measured within seconds
-      (exploration's share bounds the cost), which is how a recovered one is
-      seen and promoted within ~5-10 s.
+    - ``stale_after_s`` (1.5): an endpoint whose last successful TTFT is
+      older is "stale" and explorable; at tens of requests per second an
+      endpoint without a sample for 1.5 s gets no traffic but explorations,
+      so its data no longer says what it does now, and a demoted (or
+      degraded) endpoint is thus re-measured within seconds (exploration's
+      share bounds the cost, whatever this threshold), which is how a
+      recovered one is seen and promoted. Why 1.5 and not 3: with 3 s, the
+      recovered fastest provider in bench/bench_routing.py was first
+      re-checked 3-4 s after its last (slow) probe, then 4-9 s passed before
+      it led again; the share spent is the same, only more of it goes to
+      the endpoints that have been out of sight longest.
     - ``recent_max_age_s`` (30): the recent TTFT estimate
       (``router_service.sketches.recent``) replaces the windows' value while
       it was updated this recently; the windows' percentile is scaled by
@@ -247,9 +271,11 @@ class RankingConfig:
     near_tie_tolerance: float = DEFAULT_NEAR_TIE_TOLERANCE
     exploration_share: float = 0.05
     exploration_share_unknown: float = 0.25
+    exploration_promise_exponent: float = 0.0
+    exploration_min_weight: float = 0.1
     min_samples: int = 5
     min_samples_1h: int = 1
-    stale_after_s: float = 3.0
+    stale_after_s: float = 1.5
     recent_max_age_s: float = 30.0
     recovered_max_failure_ratio: float = 0.1
     spread_tolerance: float = 0.25
@@ -270,6 +296,8 @@ class RankingConfig:
             ("near_tie_tolerance", 0.0 <= self.near_tie_tolerance < 1.0),
             ("exploration_share", 0.0 <= self.exploration_share <= 1.0),
             ("exploration_share_unknown", 0.0 <= self.exploration_share_unknown <= 1.0),
+            ("exploration_promise_exponent", 0 <= self.exploration_promise_exponent <= 8),
+            ("exploration_min_weight", 0 < self.exploration_min_weight <= 1),
             ("min_samples", self.min_samples >= 1),
             ("min_samples_1h", self.min_samples_1h >= 1),
             ("stale_after_s", self.stale_after_s > 0),

@@ -75,6 +75,9 @@ class RankedEndpoint(NamedTuple):
     first_token_timeout_ms: float | None = None
     #: When to start a hedge if this endpoint has no first token yet (its recent p95).
     hedge_after_ms: float | None = None
+    #: Relative chance of being the one explored among the explorable endpoints
+    #: (``RankingConfig.exploration_promise_exponent``); None unless explorable.
+    exploration_weight: float | None = None
 
     @property
     def key(self) -> EndpointKey:

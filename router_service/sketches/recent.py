@@ -52,23 +52,28 @@ class RecentConfig:
                         shorter made equal endpoints' estimates too noisy to share
                         traffic (herding in bench/bench_routing.py)
     tau_fail_s 5.0      memory of the decayed failure ratio, s
-    replace_   2.0      a TTFT sample arriving this long (s) after the previous one
-    after_s             replaces the estimate: an endpoint without a sample for 2 s
-                        at tens of requests per second gets no traffic, so its old
-                        value is a guess about the past and the new one is all that
-                        is known about now. Measured (bench/bench_routing.py): with
-                        the time-weighted average alone (weight 0.49 after 2 s), a
-                        provider that had slowed 6x and recovered needed two or
-                        three probes, seconds apart, to be promoted back, and one
-                        of four equal providers whose estimate a startup outlier
-                        had pushed 30% up was left without traffic for seconds
+    replace_   1.5      a TTFT sample arriving this long (s) after the previous one
+    after_s             replaces the estimate: an endpoint without a sample for 1.5 s
+                        at tens of requests per second gets no traffic but
+                        explorations, so its old value is a guess about the past and
+                        the new one is all that is known about now. The same as the
+                        ranking's ``stale_after_s``: a stale endpoint is explored,
+                        and its exploration's answer is taken as it is. Measured
+                        (bench/bench_routing.py): with the time-weighted average
+                        alone (weight 0.49 after 2 s), a provider that had slowed
+                        6x and recovered needed two or three probes, seconds apart,
+                        to be promoted back, and one of four equal providers whose
+                        estimate a startup outlier had pushed 30% up was left
+                        without traffic for seconds; with 2 s here and staleness at
+                        1.5 s, explorations 1.5-2 s apart were averaged and the
+                        recovered provider led again only 8-9 s after its recovery
     =========  =======  ================================================================
     """
 
     tau_s: float = 3.0
     tau_up_s: float = 2.0
     tau_fail_s: float = 5.0
-    replace_after_s: float = 2.0
+    replace_after_s: float = 1.5
 
     def __post_init__(self) -> None:
         for name in ("tau_s", "tau_up_s", "tau_fail_s", "replace_after_s"):

@@ -76,3 +76,33 @@ def test_first_token_timeout_is_the_smaller_of_config_and_suggestion() -> None:
     assert first_token_timeout(s, route("a")).seconds == 30.0
     off = SidecarSettings(first_byte_timeout_s=30.0, adaptive_first_token_timeout=False)
     assert first_token_timeout(off, route("a", first_token_timeout_s=1.5)).seconds == 30.0
+
+
+def test_exploration_draws_the_explorable_routes_by_the_routers_promise_weights() -> None:
+    fast_usually = route("b", explorable=True, exploration_weight=1.0)
+    slow_always = route("c", explorable=True, exploration_weight=0.1)
+    ranking = Ranking(
+        (route("a", weight=1.0), slow_always, fast_usually),
+        "cache",
+        {"strategy": "sort", "exploration_share": 1.0},
+    )
+    rng = random.Random(5)
+    firsts = Counter(ranking.redraw(rng).routes[0].provider for _ in range(4000))
+    assert firsts["a"] == 0  # share 1: every request explores
+    assert 0.86 < firsts["b"] / 4000 < 0.96  # 1 / 1.1 = 0.91
+    assert firsts["b"] + firsts["c"] == 4000
+
+
+@pytest.mark.parametrize(
+    ("weight", "expected"),
+    [(0.25, 0.25), (1.0, 1.0), (None, 1.0), (0.0, 1.0), (-1.0, 1.0), (1.5, 1.0), (math.nan, 1.0)],
+)
+def test_exploration_weight_is_read_within_its_bounds(
+    weight: float | None, expected: float
+) -> None:
+    ep = router_pb2.RankedEndpoint(
+        provider=router_pb2.ProviderInfo(name="a", base_url="http://x"), explorable=True
+    )
+    if weight is not None:
+        ep.exploration_weight = weight
+    assert Route.from_proto(ep).exploration_weight == expected
