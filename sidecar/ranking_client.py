@@ -29,7 +29,12 @@ from router_common.limits import MAX_FIRST_TOKEN_TIMEOUT_MS
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_common.routing.cost import cost_factors, endpoint_cost
 from router_common.routing.filters import HardFilters, hard_filter
-from router_common.routing.order import DEFAULT_NEAR_TIE_TOLERANCE, order_tier, weighted_order
+from router_common.routing.order import (
+    DEFAULT_NEAR_TIE_TOLERANCE,
+    order_tier,
+    weighted_choice,
+    weighted_order,
+)
 from router_common.routing.validation import PreferencesError, check_known_providers
 from router_common.wire_enums import SORT_FROM_WIRE
 from sidecar.config import SidecarSettings
@@ -658,17 +663,7 @@ def _exploration_weight(ep: router_pb2.RankedEndpoint) -> float:
 
 def _pick_explored(pool: list[Route], rng: random.Random) -> Route:
     """One explorable route, in proportion to its exploration weight (uniform when equal)."""
-    if len(pool) == 1:
-        return pool[0]
-    weights = [r.exploration_weight for r in pool]
-    if min(weights) == max(weights):
-        return pool[rng.randrange(len(pool))]
-    x = rng.random() * sum(weights)
-    for route, w in zip(pool, weights, strict=True):
-        x -= w
-        if x < 0:
-            return route
-    return pool[-1]
+    return weighted_choice(pool, [r.exploration_weight for r in pool], rng)
 
 
 def _route_weight(route: Route) -> float:

@@ -47,6 +47,24 @@ def weighted_order(items: Sequence[T], weight: Callable[[T], float], rng: random
     return [items[i] for i in drawn]
 
 
+def weighted_choice(items: Sequence[T], weights: Sequence[float], rng: random.Random) -> T:
+    """One of ``items`` with probability proportional to its weight (w > 0).
+
+    A single pick, so one ``random()`` and a cumulative walk rather than a
+    whole weighted order; equal weights draw uniformly with ``randrange``.
+    """
+    if len(items) == 1:
+        return items[0]
+    if min(weights) == max(weights):
+        return items[rng.randrange(len(items))]
+    x = rng.random() * sum(weights)
+    for item, w in zip(items, weights, strict=True):
+        x -= w
+        if x < 0:
+            return item
+    return items[-1]
+
+
 def near_tie_order(known: list[tuple[float, int]], tol: float, rng: random.Random) -> list[int]:
     """Indices of ``(key, index)`` pairs by ascending key, near ties shuffled; sorts ``known``."""
     known.sort()

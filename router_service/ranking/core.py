@@ -97,6 +97,7 @@ from router_common.limits import MAX_FIRST_TOKEN_TIMEOUT_MS
 from router_common.routing import reasons as rc
 from router_common.routing.cost import cost_factors, endpoint_cost
 from router_common.routing.filters import hard_filter
+from router_common.routing.order import weighted_choice
 from router_common.routing.reasons import Reason
 from router_service.model import (
     EMPTY_STATS,
@@ -463,17 +464,7 @@ def _weigh_explorable(
 
 def _pick_explored(among: list[int], entries: list[RankedEndpoint], rng: random.Random) -> int:
     """One of ``among`` drawn in proportion to its exploration weight (uniform when equal)."""
-    if len(among) == 1:
-        return among[0]
-    weights = [entries[i].exploration_weight or 1.0 for i in among]
-    if min(weights) == max(weights):
-        return among[rng.randrange(len(among))]
-    x = rng.random() * sum(weights)
-    for i, w in zip(among, weights, strict=True):
-        x -= w
-        if x < 0:
-            return i
-    return among[-1]
+    return weighted_choice(among, [entries[i].exploration_weight or 1.0 for i in among], rng)
 
 
 def _last_ttft_at(s: EndpointStats) -> float | None:
