@@ -172,7 +172,9 @@ class TDigest:
         """``add`` each value in order, with the same buffer flushes (so the same digest).
 
         For the ingestion path, where a batch brings a few values per bucket:
-        one call and one list extend instead of one call per value.
+        one call and one list extend instead of one call per value. Not
+        ``add_batch``: a numpy array per handful of values costs more than the
+        values, and its flush points differ from ``add``'s.
         """
         for value in values:
             if not -math.inf < value < math.inf:

@@ -155,32 +155,6 @@ class _Ring:
         # span -> (current index, version, ttft merge, tps merge) of the closed buckets
         self._closed: dict[int, tuple[int, int, TDigest | None, TDigest | None]] = {}
 
-    def record(
-        self, ts: float, now: float, counted: bool | None, ttft: float | None, tps: float | None
-    ) -> bool:
-        """Add one outcome; False when ``ts`` is too old for this ring."""
-        index, current = self.spec.index(ts), self.spec.index(now)
-        if index <= current - self.spec.size:
-            return False
-        bucket = self._bucket(index)
-        if index < current:
-            self._closed_version += 1  # a late sample changes a closed bucket
-        if counted is not None:
-            bucket.attempts += 1
-            if counted:
-                bucket.successes += 1
-            else:
-                bucket.failures += 1
-        if ttft is not None:
-            if bucket.ttft is None:
-                bucket.ttft = TDigest(self._compression)
-            bucket.ttft.add(ttft)
-        if tps is not None:
-            if bucket.tps is None:
-                bucket.tps = TDigest(self._compression)
-            bucket.tps.add(tps)
-        return True
-
     def record_group(
         self,
         index: int,
@@ -199,7 +173,7 @@ class _Ring:
             return False
         bucket = self._bucket(index)
         if index < current:
-            self._closed_version += 1
+            self._closed_version += 1  # a late sample changes a closed bucket
         bucket.attempts += successes + failures
         bucket.successes += successes
         bucket.failures += failures
@@ -278,7 +252,7 @@ class _Ring:
             return False
         bucket = self._bucket(index)
         if index < current:
-            self._closed_version += 1
+            self._closed_version += 1  # a late sample changes a closed bucket
         bucket.attempts += exported.attempts
         bucket.successes += exported.successes
         bucket.failures += exported.failures
@@ -340,11 +314,14 @@ class EndpointWindows:
         ``ts`` after ``now`` (clock skew) is treated as ``now``: it lands in the
         current bucket. Returns False when ``ts`` is older than every window.
         """
-        ts = min(ts, now)
-        recorded = False
-        for ring in (self._fine, self._hour, self._day):
-            recorded = ring.record(ts, now, counted, ttft_ms, tps) or recorded
-        return recorded
+        return self.record_group(
+            ts,
+            now,
+            1 if counted is True else 0,
+            1 if counted is False else 0,
+            [] if ttft_ms is None else [ttft_ms],
+            [] if tps is None else [tps],
+        )
 
     def record_group(
         self,
