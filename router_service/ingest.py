@@ -1,7 +1,7 @@
 """Applies outcome batches exactly once, within each caller's budget, without starving ranking.
 
 Ranking and ingestion share one event loop (and, in the benchmark, one core).
-Applying an outcome costs ~15 µs of CPU; four writers at full speed used to
+Applying an outcome costs 18-29 µs of CPU; four writers at full speed used to
 take nearly all of the loop and RankProviders p99 grew 13×. The mechanism here
 is a *time share*, measured, not guessed:
 
@@ -54,8 +54,9 @@ class IngestPacing:
     share             0.45     most of the loop's time ingestion takes while
                                RankProviders calls are being served: ranking keeps
                                the rest, so its throughput falls at most ~1/(1-share)
-                               (the starvation target is 2x). At ~15 µs per outcome,
-                               0.45 of a core is ~30k outcomes/s, the ingestion
+                               (the starvation target is 2x). At the 18-29 µs of loop
+                               CPU an outcome costs (bench/README.md section 7), 0.45
+                               of a core is ~15-25k outcomes/s, short of the 30k
                                target. 1 disables pacing.
     slice_outcomes    32       outcomes applied between two yields: ~0.5 ms, the
                                longest a ranking call waits for ingestion.
