@@ -21,6 +21,7 @@ from router_common.logs import LEVELS, configure_logging
 from router_service import defaults
 from router_service.app import RouterApp, Settings
 from router_service.auth import AuthConfigError
+from router_service.gc_pauses import freeze_startup_heap
 from router_service.health import HealthConfig
 from router_service.ingest import IngestPacing
 from router_service.listen import PortInUseError, raise_file_limit
@@ -127,6 +128,7 @@ async def serve(settings: Settings) -> int:
         print(f"router-service: {exc}", file=sys.stderr)
         await app.stop()
         return 2
+    freeze_startup_heap()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)

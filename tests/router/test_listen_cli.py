@@ -211,3 +211,14 @@ def test_1000_idle_connections_do_not_lock_out_probes_or_ranking(
     rest = proc.stderr.read().splitlines()
     assert len(rest) < 200, f"{len(rest)} log lines while connections were idle"
     assert not any("Traceback" in line for line in rest)
+
+
+def test_the_startup_heap_is_frozen_so_full_collections_skip_it(example_catalog: Path) -> None:
+    """router-service freezes what it allocated to start (modules, grpc, the catalog), so
+    the collector's full passes walk only later objects (router_service/gc_pauses.py)."""
+    proc, _, _ = _router(example_catalog)
+    try:
+        frozen = _lines_until(proc, "startup heap frozen for the garbage collector")[-1]
+        assert frozen["objects"] > 10_000
+    finally:
+        _stop(proc)
