@@ -779,3 +779,33 @@ def test_a_slowdown_does_not_raise_its_own_baseline_while_degraded():
     clock.advance(20)  # slow for longer than the freeze: the new normal
     _steady(tracker, KEY, 300, 300, n=5)
     assert tracker.view(KEY).state is H
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.floats(min_value=0, max_value=1e6, allow_nan=False)),
+        max_size=80,
+    ),
+    st.integers(min_value=1, max_value=25),
+)
+def test_ttft_samples_median_is_statistics_median_of_what_is_kept(
+    steps: list[tuple[bool, float]], keep: int
+) -> None:
+    """The sorted copy behind the degraded rule's O(1) median stays the queue's values
+    through appends, the ``keep`` bound and age-based drops."""
+    import statistics
+
+    from router_service.health import _TtftSamples
+
+    samples, at = _TtftSamples(), 0.0
+    for drop, value in steps:
+        at += 1.0
+        if drop:
+            samples.drop_before(at - 3.0)
+        else:
+            samples.append(at, value, keep)
+        kept = [v for _, v in samples]
+        assert len(samples) == len(kept) <= keep
+        if kept:
+            assert samples.median() == statistics.median(kept)
