@@ -239,9 +239,16 @@ class RouterApp:
                 await asyncio.wait_for(self._data_arrived.wait(), settings.refresh_max_interval_s)
             self._data_arrived.clear()
             try:
-                # One endpoint per step: RankProviders calls run in between.
+                # One endpoint per step: RankProviders calls run in between. Each
+                # step's loop time is paid from ingestion's share (Ingestor.charge):
+                # it is work the outcomes made necessary.
+                clock = time.perf_counter
+                began = clock()
                 for _ in self.core.refresh_steps() if self.core is not None else ():
+                    if self.servicer is not None:
+                        self.servicer.ingestor.charge(clock() - began)
                     await asyncio.sleep(0)
+                    began = clock()
             except Exception:
                 log.exception("quantile refresh failed")
             await asyncio.sleep(settings.refresh_min_interval_s)

@@ -118,6 +118,17 @@ class WindowSummary:
     uptime_1d: Uptime
 
 
+@dataclass(frozen=True, slots=True)
+class ShortSummary:
+    """The numbers of ``WindowSummary`` that are cheap to recompute often."""
+
+    ttft_5m: MetricSummary
+    tps_5m: MetricSummary
+    uptime_15m: Uptime
+    uptime_1h: Uptime
+    uptime_1d: Uptime
+
+
 class _Bucket:
     """Digests and counters of one time bucket; digests are created on first value."""
 
@@ -358,6 +369,18 @@ class EndpointWindows:
             tps_5m=summarize(tps_5m),
             tps_1h=summarize(tps_1h),
             tps_1d=summarize(tps_1d),
+            uptime_15m=self._fine.uptime(now, FINE.size),
+            uptime_1h=self._hour.uptime(now, HOUR.size),
+            uptime_1d=self._day.uptime(now, DAY.size),
+        )
+
+    def short_summary(self, now: float) -> ShortSummary:
+        """The 5-minute quantiles and every uptime: ``summary`` without the hour's and
+        the day's digest merges (the store refreshes those less often)."""
+        ttft_5m, tps_5m = self._fine.merged(now, FINE_DIGEST_BUCKETS)
+        return ShortSummary(
+            ttft_5m=summarize(ttft_5m),
+            tps_5m=summarize(tps_5m),
             uptime_15m=self._fine.uptime(now, FINE.size),
             uptime_1h=self._hour.uptime(now, HOUR.size),
             uptime_1d=self._day.uptime(now, DAY.size),

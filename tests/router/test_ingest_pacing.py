@@ -100,6 +100,80 @@ def test_stepwise_refresh_yields_per_changed_endpoint_and_matches_a_full_refresh
         assert stepwise.stats(key).ttft_1h.get(0.5) == whole.stats(key).ttft_1h.get(0.5) > 0
 
 
+def test_refresh_time_charged_to_ingestion_is_paid_by_the_next_slices() -> None:
+    """The quantile refresh runs because outcomes arrived: its loop time comes out of
+    ingestion's share, so the share bounds both (a slice right after it sleeps it off)."""
+    clock = FakeClock()
+    ing = ingestor(clock, 0.5)
+    ing.ranking_served()
+    uncharged = ing._pause_after(0.0005)
+    clock.advance(uncharged)
+    ing.charge(0.004)
+    charged = ing._pause_after(0.0005)
+    assert uncharged < 0.002
+    assert charged >= 0.004 / 0.5 - 0.002  # the refresh's 4 ms at a 0.5 share, less the bank
+    assert ing.refresh_s == pytest.approx(0.004)
+
+
+def test_refresh_time_under_ranking_traffic_keeps_the_share() -> None:
+    clock = FakeClock()
+    ing = ingestor(clock, 0.45)
+    ing.ranking_served()
+    busy = wall = 0.0
+    for i in range(2_000):
+        spent = 0.0005
+        if i % 20 == 0:  # a refresh step between slices
+            ing.charge(0.001)
+            clock.advance(0.001)
+            busy, wall = busy + 0.001, wall + 0.001
+        clock.advance(spent)
+        pause = ing._pause_after(spent)
+        clock.advance(pause)
+        busy, wall = busy + spent, wall + spent + pause
+        ing.ranking_served()
+    assert busy / wall <= 0.45 + 0.01
+
+
+def test_background_refresh_merges_the_hour_and_day_at_most_once_a_second() -> None:
+    """Between full merges the 5-minute window, uptimes and the recent view move; the
+    hour's and day's quantiles are re-merged once ``long_refresh_s`` has passed (and
+    always by ``refresh``)."""
+    from router_common.domain import EndpointKey, ErrorClass
+    from router_service.model import Outcome
+    from router_service.sketches.store import InMemoryStatsStore
+
+    clock = FakeClock()
+    store = InMemoryStatsStore(clock, long_refresh_s=1.0)
+    key = EndpointKey("m/x", "p0")
+
+    def record(n: int, ttft: float) -> None:
+        store.record_many(
+            [Outcome(key, clock(), True, ErrorClass.NONE, 200, ttft, 50.0, 10, 500.0, None)] * n
+        )
+
+    def drain() -> None:
+        for _ in store.refresh_steps():
+            pass
+
+    record(10, 100.0)
+    drain()
+    assert store.stats(key).ttft_1h.count == store.stats(key).ttft_5m.count == 10
+    clock.advance(0.2)
+    record(5, 300.0)
+    drain()
+    stats = store.stats(key)
+    assert stats.ttft_5m.count == 15 and stats.uptime_1h.attempts == 15
+    assert stats.recent.samples == 15
+    assert stats.ttft_1h.count == 10  # the hour waits for its next merge
+    clock.advance(1.0)
+    record(1, 300.0)
+    drain()
+    assert store.stats(key).ttft_1h.count == store.stats(key).ttft_1d.count == 16
+    record(1, 300.0)
+    store.refresh()  # an explicit refresh is always complete
+    assert store.stats(key).ttft_1h.count == 17
+
+
 async def test_ingestion_time_is_exported_to_prometheus(router_app, router_stub) -> None:
     import time
 
@@ -130,3 +204,4 @@ async def test_ingestion_time_is_exported_to_prometheus(router_app, router_stub)
     }
     assert values["router_ingest_busy_seconds_total"] > 0
     assert "router_ingest_paced_seconds_total" in values
+    assert "router_ingest_refresh_seconds_total" in values
