@@ -311,7 +311,8 @@ def print_starvation(quick: bool, share: float | None = None) -> None:
         f"worst {r['p99_ratio_worst']:.2f}× over {rounds} rounds.\n"
         f"\nIngestion during the loaded rounds: **{r['ingest_per_s']:,.0f} outcomes/s** median, "
         f"{r['ingest_min_per_s']:,.0f} lowest (target ≥ 30,000); {r['calls']:,} calls per side. "
-        f"Ingestion took {r['ingest_share']:.0%} of the router's wall time; the router "
+        f"Ingestion took {r['ingest_share']:.0%} of the router's wall time applying outcomes "
+        f"and {r['refresh_share']:.0%} refreshing the quantiles they changed; the router "
         f"process used {r['router_cpu']:.0%} of a core.\n"
     )
     print(
@@ -320,7 +321,9 @@ def print_starvation(quick: bool, share: float | None = None) -> None:
         f"alone {r['ranker_alone_cpu']:.0%}, loaded {r['ranker_loaded_cpu']:.0%}; "
         f"the 4 writers {r['writers_cpu']:.0%} together (the machine has 2 cores). "
         f"Loop time per outcome applied: {r['ingest_share'] / r['ingest_per_s'] * 1e6:.1f} µs "
-        f"wall, {r['ingest_cpu_share'] / r['ingest_per_s'] * 1e6:.1f} µs of loop-thread CPU.\n"
+        f"wall, {r['ingest_cpu_share'] / r['ingest_per_s'] * 1e6:.1f} µs of loop-thread CPU. "
+        f"Garbage collections in the router process during the loaded rounds: "
+        f"{r['gc_pauses']:,}, longest {r['gc_max_ms']:.1f} ms, {r['gc_total_ms']:.0f} ms in all.\n"
     )
 
 

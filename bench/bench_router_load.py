@@ -10,6 +10,7 @@ rounds interleaved, because the machines are shared and noisy.
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import statistics
 import tempfile
@@ -141,10 +142,30 @@ def _writer(address: str, token: str, started, stop, out: multiprocessing.Queue)
 # -- scenarios ----------------------------------------------------------------------
 
 
+class GcPauses:
+    """Collector pauses in this (the router's) process: a full collection stops the
+    serving loop for every in-flight RankProviders call at once, so it lands in p99."""
+
+    def __init__(self) -> None:
+        self.pauses_ms: list[float] = []
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses_ms.append((time.perf_counter() - self._started) * 1e3)
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._on_gc)
+
+
 async def _router(directory: Path, share: float | None = None, **security: Any):
     from bench_router import synthetic_catalog
 
     from router_service.app import RouterApp, Settings
+    from router_service.gc_pauses import freeze_startup_heap
     from router_service.ingest import IngestPacing
     from router_service.security import SecuritySettings
 
@@ -164,6 +185,7 @@ async def _router(directory: Path, share: float | None = None, **security: Any):
         )
     )
     await app.start()
+    freeze_startup_heap()  # as router-service does after start
     return app
 
 
@@ -194,6 +216,8 @@ async def starvation(calls: int, rounds: int, share: float | None = None) -> dic
         ingest_rates: list[float] = []
         round_ratios: list[float] = []
         busy: list[float] = []
+        refresh: list[float] = []
+        gc_loaded: list[float] = []
         busy_cpu: list[float] = []
         router_cpu: list[float] = []
         cpu: dict[str, list[float]] = {
@@ -226,16 +250,21 @@ async def starvation(calls: int, rounds: int, share: float | None = None) -> dic
                     raise RuntimeError("a writer did not start")
             accepted_before = sum(app.servicer.ledger.accepted.values())
             busy_before = app.servicer.ingestor.busy_s
+            refresh_before = app.servicer.ingestor.refresh_s
             busy_cpu_before = app.servicer.ingestor.busy_cpu_s
             cpu_before = time.process_time()
             start = time.perf_counter()
+            pauses = GcPauses()
             loaded_round, ranker_cpu = await _in_child(
                 _ranker_cpu, address, 32, calls, RANK_TOKEN, None
             )
             cpu["ranker_loaded"].append(ranker_cpu)
+            pauses.close()
+            gc_loaded += pauses.pauses_ms
             elapsed = time.perf_counter() - start
             loaded += loaded_round
             busy.append((app.servicer.ingestor.busy_s - busy_before) / elapsed)
+            refresh.append((app.servicer.ingestor.refresh_s - refresh_before) / elapsed)
             busy_cpu.append((app.servicer.ingestor.busy_cpu_s - busy_cpu_before) / elapsed)
             router_cpu.append((time.process_time() - cpu_before) / elapsed)
             round_ratios.append(_pct(loaded_round, 0.99) / _pct(alone_round, 0.99))
@@ -268,6 +297,10 @@ async def starvation(calls: int, rounds: int, share: float | None = None) -> dic
         "loaded_p999": _pct(loaded, 0.999),
         "paced_s": app.servicer.ingestor.paced_s,
         "ingest_share": statistics.median(busy),
+        "refresh_share": statistics.median(refresh),
+        "gc_pauses": len(gc_loaded),
+        "gc_max_ms": max(gc_loaded, default=0.0),
+        "gc_total_ms": sum(gc_loaded),
         "ingest_cpu_share": statistics.median(busy_cpu),
         "router_cpu": statistics.median(router_cpu),
         **{f"{name}_cpu": statistics.median(values) for name, values in cpu.items()},
