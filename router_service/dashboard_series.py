@@ -150,7 +150,6 @@ class _EndpointSeries:
     rings: dict[str, _Ring]
     #: When the router first heard of the endpoint: earlier buckets have no data.
     first_seen: float
-    ring_list: tuple[_Ring, ...] = ()
     #: (at, from_state, to_state), oldest first.
     transitions: deque[tuple[float, HealthState, HealthState]] = field(
         default_factory=lambda: deque(maxlen=TRANSITIONS_KEPT)
@@ -159,7 +158,7 @@ class _EndpointSeries:
 
 def _new_series(now: float) -> _EndpointSeries:
     rings = {name: _Ring(name, w, n) for name, (w, n) in _RINGS.items()}
-    return _EndpointSeries(rings, now, tuple(rings.values()))
+    return _EndpointSeries(rings, now)
 
 
 class DashboardSeries:
