@@ -226,15 +226,22 @@ def health_states(router: RouterProcess, model: str = MODEL) -> dict[str, int]:
 
 
 def rank_order(router: RouterProcess, model: str = MODEL) -> list[str]:
+    """The TTFT order, from a ranking that did not explore: stale endpoints get a
+    random exploration pick in a share of rankings (issue 16), which two replicas
+    holding the same state draw independently."""
     with router.channel() as ch:
-        reply = router_pb2_grpc.RouterStub(ch).RankProviders(
-            router_pb2.RankProvidersRequest(
-                model=model,
-                preferences=router_pb2.RoutingPreferences(sort=router_pb2.SORT_BY_TTFT),
-            ),
-            timeout=10,
-        )
-    return [e.provider.name for e in reply.endpoints]
+        stub = router_pb2_grpc.RouterStub(ch)
+        for _ in range(50):
+            reply = stub.RankProviders(
+                router_pb2.RankProvidersRequest(
+                    model=model,
+                    preferences=router_pb2.RoutingPreferences(sort=router_pb2.SORT_BY_TTFT),
+                ),
+                timeout=10,
+            )
+            if not any(e.exploration for e in reply.endpoints):
+                return [e.provider.name for e in reply.endpoints]
+    raise AssertionError("50 rankings in a row explored")
 
 
 def endpoint_figures(router: RouterProcess, model: str = MODEL) -> dict[str, dict]:
