@@ -14,8 +14,10 @@ is a *time share*, measured, not guessed:
   takes at most ``share`` of the loop's time; with no ranking traffic it only
   yields (``sleep(0)``) and runs at full speed.
 
-So ranking keeps at least ``1 - share`` of the loop whatever the writers do, and
-waits at most one slice (~0.5 ms) for ingestion. bench/bench_router.py
+The quantile refresh the outcomes make necessary is charged to the same budget
+(``charge``), so ranking keeps at least ``1 - share`` of the loop whatever the
+writers do, and waits at most one slice (~0.5 ms) or one refresh step for
+ingestion. bench/bench_router.py
 ``--scenario starvation`` measures both sides.
 
 A batch is atomic: once its id is checked and its budget taken, it is applied
