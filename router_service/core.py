@@ -183,8 +183,8 @@ class RouterCore:
         if not deferred:
             self.health.record_many(accepted, baselines)
         by_class = self.outcomes_by_class
-        for outcome in accepted:
-            by_class[outcome.error_class.value] += 1
+        for error_class, count in Counter(o.error_class for o in accepted).items():
+            by_class[error_class.value] += count
         result.accepted = len(accepted)
         self.outcomes_rejected += result.rejected
         return result

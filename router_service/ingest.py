@@ -16,7 +16,7 @@ is a *time share*, measured, not guessed:
 
 The quantile refresh the outcomes make necessary is charged to the same budget
 (``charge``), so ranking keeps at least ``1 - share`` of the loop whatever the
-writers do, and waits at most one slice (~0.5 ms) or one refresh step for
+writers do, and waits at most one slice (~1 ms) or one refresh step for
 ingestion. bench/bench_router.py
 ``--scenario starvation`` measures both sides.
 
@@ -56,12 +56,17 @@ class IngestPacing:
     share             0.45     most of the loop's time ingestion takes while
                                RankProviders calls are being served: ranking keeps
                                the rest, so its throughput falls at most ~1/(1-share)
-                               (the starvation target is 2x). At the 18-29 µs of loop
-                               CPU an outcome costs (bench/README.md section 7), 0.45
-                               of a core is ~15-25k outcomes/s, short of the 30k
-                               target. 1 disables pacing.
-    slice_outcomes    32       outcomes applied between two yields: ~0.5 ms, the
-                               longest a ranking call waits for ingestion.
+                               (the starvation target is 2x). At the 17-20 µs of loop
+                               CPU an outcome costs in the server (bench/README.md
+                               section 7), 0.45 of a core is ~23-27k outcomes/s,
+                               short of the 30k target. 1 disables pacing.
+    slice_outcomes    64       outcomes applied between two yields: ~1 ms, the
+                               longest a ranking call waits for ingestion. Larger
+                               slices give each endpoint more outcomes to apply in
+                               one step (the store's per-endpoint fast path):
+                               in process, 128 cost ~10 µs per outcome against
+                               ~12 µs at 32; the benchmark could not tell 32, 64
+                               and 128 apart in ranking's p99.
     ranking_quiet_s   0.25     with no RankProviders call for this long, ingestion
                                is not paced (only yields between slices): nothing
                                to protect, so a backlog drains at full speed.
@@ -69,7 +74,7 @@ class IngestPacing:
     """
 
     share: float = 0.45
-    slice_outcomes: int = 32
+    slice_outcomes: int = 64
     ranking_quiet_s: float = 0.25
 
     def __post_init__(self) -> None:

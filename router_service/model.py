@@ -19,12 +19,17 @@ from router_common.domain import EndpointKey, ErrorClass
 RANKING_QUANTILES: tuple[float, ...] = (0.5, 0.75, 0.9, 0.95, 0.99)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """The validated result of one upstream attempt.
 
     ``ttft_ms`` and ``tokens_per_second`` are None when the attempt did not get
     that far (a connection error has no TTFT).
+
+    A NamedTuple, like EndpointKey, because one is built per ingested outcome
+    (tens of thousands a second on the serving loop): a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__`` and cost
+    2.2 µs, a fifth of applying an outcome; a NamedTuple is built in ~0.4 µs,
+    and is just as immutable.
     """
 
     endpoint: EndpointKey

@@ -90,17 +90,10 @@ def validate_outcome(
         problem = outcome_value_problem(msg)
         if problem is not None:
             return Rejection(*problem)
+    # Positional, in field order: keyword binding would double the cost of the
+    # object (model.Outcome says why it is a NamedTuple).
     return Outcome(
-        endpoint=key,
-        timestamp=started,
-        success=success,
-        error_class=error_class,
-        http_status=status,
-        ttft_ms=ttft,
-        tokens_per_second=tps,
-        output_tokens=output_tokens,
-        duration_ms=duration,
-        retry_after_s=retry,
+        key, started, success, error_class, status, ttft, tps, output_tokens, duration, retry
     )
 
 

@@ -30,6 +30,7 @@ O(1) memory per endpoint, O(1) per outcome.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from router_service.model import RecentEstimate
@@ -125,6 +126,34 @@ class RecentTracker:
             self._ttft = est + w * (ttft_ms - est)
         self._ttft_at = now if self._ttft_at is None else max(self._ttft_at, now)
         self._samples += 1
+
+    def record_many(self, now: float, attempts: Iterable[tuple[bool | None, float | None]]) -> None:
+        """``record(now, failed, ttft_ms)`` for each (failed, ttft_ms), in order.
+
+        The ingestion path feeds a batch's attempts of one endpoint together,
+        all at one ``now``. Once the estimates stand at ``now``, the next
+        attempts of that instant have ``dt = 0``: the failure ratio's weight is
+        exactly 0 and a TTFT's weight is the burst constant, so they are
+        applied with the constants computed once (the same floating-point
+        expressions ``record`` evaluates, so the same results).
+        """
+        cfg = self._cfg
+        w_up = 1.0 - math.exp(-(cfg.tau_up_s / 20.0) / cfg.tau_up_s)
+        w_down = 1.0 - math.exp(-(cfg.tau_s / 20.0) / cfg.tau_s)
+        isfinite = math.isfinite
+        for failed, ttft_ms in attempts:
+            est = self._ttft
+            if (
+                est is None
+                or self._ttft_at != now
+                or (failed is not None and self._attempt_at != now)
+            ):
+                self.record(now, failed, ttft_ms)
+                continue
+            if ttft_ms is None or failed or ttft_ms < 0 or not isfinite(ttft_ms):
+                continue
+            self._ttft = est + (w_up if ttft_ms > est else w_down) * (ttft_ms - est)
+            self._samples += 1
 
     def estimate(self) -> RecentEstimate:
         return RecentEstimate(

@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -126,7 +126,6 @@ class _Group:
     """Outcomes of one batch that fall in the same bucket of every ring of one endpoint."""
 
     ts: float
-    entry: _Entry
     successes: int = 0
     failures: int = 0
     ttfts: list[float] = field(default_factory=list)
@@ -168,57 +167,108 @@ class InMemoryStatsStore:
         self.record_many((outcome,))
 
     def record_many(self, outcomes: Iterable[Outcome]) -> None:
-        """Add a batch, grouped by endpoint and bucket: each ring's bucket takes a
-        group's counters and values in one step, where it used to take one call
-        per outcome per ring (half the cost of ingesting an outcome). The result
-        is what ``record`` per outcome gives: same counters, same values in each
-        bucket's digest in the same order, same recent view (still fed per
-        outcome, in order: its decay depends on it)."""
+        """Add a batch, endpoint by endpoint: each ring's bucket takes a group's
+        counters and values in one step (``EndpointWindows.record_group``), and
+        the recent view takes the endpoint's attempts in one call. The result is
+        what ``record`` per outcome gives: same counters, same values in each
+        bucket's digest in the same order, same recent view (fed in order: its
+        decay depends on it)."""
         now = self._clock()
+        by_endpoint: dict[EndpointKey, list[Outcome]] = {}
+        for outcome in outcomes:
+            same = by_endpoint.get(outcome.endpoint)
+            if same is None:
+                by_endpoint[outcome.endpoint] = [outcome]
+            else:
+                same.append(outcome)
+        with self._lock:
+            for key, same in by_endpoint.items():
+                self._record_endpoint(key, same, now)
+
+    def _record_endpoint(self, key: EndpointKey, outcomes: list[Outcome], now: float) -> None:
+        stamps = [o.timestamp if o.timestamp <= now else now for o in outcomes]
+        lo, hi = min(stamps), max(stamps)
+        floor = math.floor
+        oldest_day = DAY.index(now) - DAY.size
+        if floor(hi / DAY.width) <= oldest_day:
+            self.ignored_too_old += len(outcomes)  # older than every window: no state
+            return
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry(
+                EndpointWindows(self._compression), RecentTracker(self._recent_config)
+            )
+        client_error = ErrorClass.CLIENT_ERROR
+        # counted: True a success, False a failure, None not counted (the caller's fault).
+        counted = [None if o.error_class is client_error else o.success for o in outcomes]
+        kept: Sequence[int]
+        if floor(lo / DAY.width) <= oldest_day or any(
+            floor(lo / spec.width) != floor(hi / spec.width) for spec in (FINE, HOUR, DAY)
+        ):
+            # Stragglers, or a batch across a bucket edge: bucket by bucket.
+            kept = self._record_by_bucket(entry, outcomes, counted, stamps, now)
+        else:
+            # The common case: every outcome in the same bucket of every ring.
+            entry.windows.record_group(
+                lo,
+                now,
+                counted.count(True),
+                counted.count(False),
+                [o.ttft_ms for o in outcomes if o.ttft_ms is not None],
+                [o.tokens_per_second for o in outcomes if o.tokens_per_second is not None],
+            )
+            kept = range(len(outcomes))
+        # The recent estimate runs on the router's clock (as health does).
+        entry.recent.record_many(
+            now,
+            [(None if counted[i] is None else not counted[i], outcomes[i].ttft_ms) for i in kept],
+        )
+        newest = max(stamps[i] for i in kept)
+        if entry.last_sample_at is None or newest > entry.last_sample_at:
+            entry.last_sample_at = newest
+        self._dirty.add(key)
+
+    def _record_by_bucket(
+        self,
+        entry: _Entry,
+        outcomes: list[Outcome],
+        counted: list[bool | None],
+        stamps: list[float],
+        now: float,
+    ) -> list[int]:
+        """Group outcomes by bucket, dropping those older than every window; returns
+        the indexes of the outcomes kept (at least one: the caller checked)."""
         fine_w, hour_w, day_w = FINE.width, HOUR.width, DAY.width
         oldest_day = DAY.index(now) - DAY.size
         floor = math.floor
-        with self._lock:
-            entries, dirty = self._entries, self._dirty
-            groups: dict[tuple[EndpointKey, int, int, int], _Group] = {}
-            for outcome in outcomes:
-                ts = outcome.timestamp
-                if ts > now:
-                    ts = now
-                day = floor(ts / day_w)
-                if day <= oldest_day:
-                    self.ignored_too_old += 1
-                    continue
-                key = outcome.endpoint
-                entry = entries.get(key)
-                if entry is None:
-                    entry = entries[key] = _Entry(
-                        EndpointWindows(self._compression), RecentTracker(self._recent_config)
-                    )
-                group_key = (key, floor(ts / fine_w), floor(ts / hour_w), day)
-                group = groups.get(group_key)
-                if group is None:
-                    group = groups[group_key] = _Group(ts, entry)
-                effect = _uptime_effect(outcome)
-                if effect is not None:
-                    if effect:
-                        group.successes += 1
-                    else:
-                        group.failures += 1
-                ttft = outcome.ttft_ms
-                if ttft is not None:
-                    group.ttfts.append(ttft)
-                if outcome.tokens_per_second is not None:
-                    group.tpss.append(outcome.tokens_per_second)
-                # The recent estimate runs on the router's clock (as health does).
-                entry.recent.record(now, None if effect is None else not effect, ttft)
-                if entry.last_sample_at is None or ts > entry.last_sample_at:
-                    entry.last_sample_at = ts
-                dirty.add(key)
-            for group in groups.values():
-                group.entry.windows.record_group(
-                    group.ts, now, group.successes, group.failures, group.ttfts, group.tpss
-                )
+        groups: dict[tuple[int, int, int], _Group] = {}
+        kept = []
+        for i, outcome in enumerate(outcomes):
+            ts = stamps[i]
+            day = floor(ts / day_w)
+            if day <= oldest_day:
+                self.ignored_too_old += 1
+                continue
+            kept.append(i)
+            group_key = (floor(ts / fine_w), floor(ts / hour_w), day)
+            group = groups.get(group_key)
+            if group is None:
+                group = groups[group_key] = _Group(ts)
+            effect = counted[i]
+            if effect is not None:
+                if effect:
+                    group.successes += 1
+                else:
+                    group.failures += 1
+            if outcome.ttft_ms is not None:
+                group.ttfts.append(outcome.ttft_ms)
+            if outcome.tokens_per_second is not None:
+                group.tpss.append(outcome.tokens_per_second)
+        for group in groups.values():
+            entry.windows.record_group(
+                group.ts, now, group.successes, group.failures, group.ttfts, group.tpss
+            )
+        return kept
 
     def refresh(self, now: float | None = None) -> None:
         now = self._clock() if now is None else now
@@ -356,10 +406,3 @@ class InMemoryStatsStore:
         with self._lock:
             entry = self._entries.get(key)
             return entry.windows.export(now) if entry is not None else []
-
-
-def _uptime_effect(outcome: Outcome) -> bool | None:
-    """True: success, False: failure, None: not counted (the caller's fault)."""
-    if outcome.error_class is ErrorClass.CLIENT_ERROR:
-        return None
-    return outcome.success
