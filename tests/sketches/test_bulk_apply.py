@@ -9,9 +9,12 @@ view, health states and the transition log.
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router_common.domain import EndpointKey, ErrorClass
 from router_service.health import HealthConfig, HealthTracker
@@ -135,3 +138,37 @@ def test_health_bulk_batch_equals_one_by_one() -> None:
     assert bulk.transitions() == single.transitions()
     states = {t.to_state.name for t in bulk.transitions()}
     assert {"DEGRADED", "EJECTED"} <= states
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.0, 0.0, 0.4, 2.0]),  # most attempts share an instant
+            st.sampled_from([None, True, False]),
+            st.one_of(
+                st.none(),
+                st.just(math.nan),
+                st.floats(min_value=-5, max_value=5_000),
+            ),
+        ),
+        max_size=40,
+    )
+)
+def test_recent_record_many_is_record_one_by_one(attempts) -> None:
+    """The burst shortcut (constant weights once the estimates stand at ``now``) gives
+    bit-for-bit the estimate of one ``record`` per attempt."""
+    from router_service.sketches.recent import RecentTracker
+
+    bulk, single = RecentTracker(), RecentTracker()
+    now = 1_000.0
+    batch: list = []
+    for step, failed, ttft in attempts:
+        if step:
+            bulk.record_many(now, batch)
+            batch = []
+            now += step
+        batch.append((failed, ttft))
+        single.record(now, failed, ttft)
+    bulk.record_many(now, batch)
+    assert bulk.estimate() == single.estimate()
