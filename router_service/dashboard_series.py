@@ -103,15 +103,39 @@ def _quantile(hist: dict[int, int], total: int, q: float) -> float | None:
 
 
 @dataclass(slots=True)
-class _Bucket:
-    index: int
-    attempts: int = 0
+class _Counts:
+    """Attempts and TTFT/throughput histograms: a bucket's, or a batch's tally for one."""
+
     successes: int = 0
     failures: int = 0
     ttft: dict[int, int] = field(default_factory=dict)
     ttft_n: int = 0
     tps: dict[int, int] = field(default_factory=dict)
     tps_n: int = 0
+
+    @property
+    def attempts(self) -> int:
+        return self.successes + self.failures
+
+    def add(self, other: _Counts) -> None:
+        self.successes += other.successes
+        self.failures += other.failures
+        if other.ttft_n:
+            _add_counts(self.ttft, other.ttft)
+            self.ttft_n += other.ttft_n
+        if other.tps_n:
+            _add_counts(self.tps, other.tps)
+            self.tps_n += other.tps_n
+
+
+def _add_counts(into: dict[int, int], counts: dict[int, int]) -> None:
+    for index, n in counts.items():
+        into[index] = into.get(index, 0) + n
+
+
+@dataclass(slots=True)
+class _Bucket(_Counts):
+    index: int = 0
 
 
 class _Ring:
@@ -126,23 +150,6 @@ class _Ring:
     def get(self, index: int) -> _Bucket | None:
         b = self.slots[index % self.size]
         return b if b is not None and b.index == index else None
-
-
-@dataclass(slots=True)
-class _Tally:
-    """Outcomes of one batch that fall in the same buckets of one endpoint."""
-
-    successes: int = 0
-    failures: int = 0
-    ttft: dict[int, int] = field(default_factory=dict)
-    ttft_n: int = 0
-    tps: dict[int, int] = field(default_factory=dict)
-    tps_n: int = 0
-
-
-def _add_counts(into: dict[int, int], counts: dict[int, int]) -> None:
-    for index, n in counts.items():
-        into[index] = into.get(index, 0) + n
 
 
 @dataclass(slots=True)
@@ -183,7 +190,7 @@ class DashboardSeries:
         with self._lock:
             now = self._clock()
             (fine_w, _), (hour_w, _) = _RINGS["fine"], _RINGS["hour"]
-            tallies: dict[tuple[EndpointKey, int, int], _Tally] = {}
+            tallies: dict[tuple[EndpointKey, int, int], _Counts] = {}
             log = math.log
             client_error, none = ErrorClass.CLIENT_ERROR, ErrorClass.NONE
             for outcome in outcomes:
@@ -196,7 +203,7 @@ class DashboardSeries:
                 key = (outcome.endpoint, int(at // fine_w), int(at // hour_w))
                 tally = tallies.get(key)
                 if tally is None:
-                    tally = tallies[key] = _Tally()
+                    tally = tallies[key] = _Counts()
                 if not outcome.success or error_class is not none:
                     tally.failures += 1
                     continue
@@ -214,7 +221,7 @@ class DashboardSeries:
                     tally.tps_n += 1
             self._land(tallies, now)
 
-    def _land(self, tallies: dict[tuple[EndpointKey, int, int], _Tally], now: float) -> None:
+    def _land(self, tallies: dict[tuple[EndpointKey, int, int], _Counts], now: float) -> None:
         """Add each tally to its endpoint's fine and hour buckets (older than a ring: skipped)."""
         horizons = {name: int(now // w) - n for name, (w, n) in _RINGS.items()}
         endpoints = self._endpoints
@@ -232,16 +239,8 @@ class DashboardSeries:
                 slot = index % ring.size
                 b = slots[slot]
                 if b is None or b.index != index:
-                    b = slots[slot] = _Bucket(index)
-                b.attempts += tally.successes + tally.failures
-                b.failures += tally.failures
-                b.successes += tally.successes
-                if tally.ttft_n:
-                    _add_counts(b.ttft, tally.ttft)
-                    b.ttft_n += tally.ttft_n
-                if tally.tps_n:
-                    _add_counts(b.tps, tally.tps)
-                    b.tps_n += tally.tps_n
+                    b = slots[slot] = _Bucket(index=index)
+                b.add(tally)
 
     def on_transition(self, transition: Transition) -> None:
         """The health tracker's hook: remember when each endpoint changed state."""

@@ -34,7 +34,6 @@ only read a dict of immutable values and need none.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -51,6 +50,8 @@ from router_service.sketches.windows import (
     BucketExport,
     EndpointWindows,
     SeriesPoint,
+    ShortSummary,
+    WindowSummary,
 )
 
 __all__ = ["BucketExport", "InMemoryStatsStore", "SeriesPoint", "StatsStore"]
@@ -303,41 +304,37 @@ class InMemoryStatsStore:
                     and epoch == entry.epoch
                     and now - entry.long_at < self._long_refresh_s
                 ):
-                    self._recompute_short(key, entry, now, cached)
+                    self._recompute(key, entry, now, epoch, keep_long=cached)
                 else:
                     self._recompute(key, entry, now, epoch)
             yield
 
     def _recompute(
-        self, key: EndpointKey, entry: _Entry, now: float, epoch: tuple[int, int, int]
+        self,
+        key: EndpointKey,
+        entry: _Entry,
+        now: float,
+        epoch: tuple[int, int, int],
+        keep_long: EndpointStats | None = None,
     ) -> None:
-        entry.windows.prune(now)
-        s = entry.windows.summary(now)
+        """Cache the endpoint's stats at ``now``; with ``keep_long``, its hour and day
+        quantiles are kept from there instead of re-merged (``long_refresh_s``)."""
+        if keep_long is None:
+            full = entry.windows.summary(now)
+            long = (full.ttft_1h, full.ttft_1d, full.tps_1h, full.tps_1d)
+            s: WindowSummary | ShortSummary = full
+            entry.epoch, entry.long_at = epoch, now
+        else:
+            s = entry.windows.short_summary(now)
+            long = (keep_long.ttft_1h, keep_long.ttft_1d, keep_long.tps_1h, keep_long.tps_1d)
+        ttft_1h, ttft_1d, tps_1h, tps_1d = long
         self._cache[key] = EndpointStats(
             ttft_5m=s.ttft_5m,
-            ttft_1h=s.ttft_1h,
-            ttft_1d=s.ttft_1d,
+            ttft_1h=ttft_1h,
+            ttft_1d=ttft_1d,
             tps_5m=s.tps_5m,
-            tps_1h=s.tps_1h,
-            tps_1d=s.tps_1d,
-            uptime_15m=s.uptime_15m,
-            uptime_1h=s.uptime_1h,
-            uptime_1d=s.uptime_1d,
-            last_sample_at=entry.last_sample_at,
-            recent=entry.recent.estimate(),
-        )
-        entry.epoch = epoch
-        entry.long_at = now
-
-    def _recompute_short(
-        self, key: EndpointKey, entry: _Entry, now: float, cached: EndpointStats
-    ) -> None:
-        """Like ``_recompute``, keeping the cached hour and day quantiles."""
-        s = entry.windows.short_summary(now)
-        self._cache[key] = dataclasses.replace(
-            cached,
-            ttft_5m=s.ttft_5m,
-            tps_5m=s.tps_5m,
+            tps_1h=tps_1h,
+            tps_1d=tps_1d,
             uptime_15m=s.uptime_15m,
             uptime_1h=s.uptime_1h,
             uptime_1d=s.uptime_1d,
