@@ -387,9 +387,11 @@ class HealthTracker:
         if st is None:
             st = self._states[key] = _EndpointHealth(since=now)
             self._by_model.setdefault(key.model, set()).add(key)
-        self._advance(key, st, now)
+        if st.state is not HealthState.HEALTHY:  # a healthy one has nothing time-driven
+            self._advance(key, st, now)
         if (
             baseline_ttft_ms is not None
+            and baseline_ttft_ms != st.baseline_ttft_ms  # unchanged: nothing to update
             and math.isfinite(baseline_ttft_ms)
             and baseline_ttft_ms > 0
         ):
@@ -402,7 +404,8 @@ class HealthTracker:
                 st.probe_grants.popleft()
             return
 
-        failed = outcome.error_class.counts_against_endpoint or not outcome.success
+        # ErrorClass.counts_against_endpoint, with the client error handled above.
+        failed = outcome.error_class is not ErrorClass.NONE or not outcome.success
         st.window.append((now, failed))
         st.window_failures += failed
         if len(st.window) > cfg.failure_rate_max_samples:
