@@ -142,6 +142,7 @@ async def test_a_reused_ranking_explores_an_endpoint_gone_stale_since_its_fetch(
 
     async def both_measured_alpha_first() -> bool:
         sc.ranking._cache.clear()  # ask the router again until it has measured both
+        await _stream(client, order=["alpha", "beta"])
         await _stream(client, order=["beta", "alpha"])
         await _stream(client, sort="latency")
         hit = sc.ranking._cache.get(parsed.cache_key)
