@@ -483,9 +483,10 @@ class RankingClient:
         Paced, not a coin: each request adds ``share`` to the model's credit
         (capped at 1; a random start so a fleet is not in step) and an
         exploration spends 1, so at the router's share of 5% exactly one
-        request in 20 explores, with no run of seconds without one (with a
-        coin, 4 s without any exploration happened in one run in ten at
-        20 rps), and the credit waits, full, for an endpoint to go stale.
+        request in 20 explores, with no run of seconds without one (a coin
+        leaves 80 requests, 4 s at 20 rps, without one with probability
+        0.95**80, about 1.7%: over a run's many such windows it happens), and
+        the credit waits, full, for an endpoint to go stale.
         The pick is the explorable route this sidecar heard from least
         recently (never: first), so stale endpoints take turns instead of
         one waiting on luck; when the router weighs them by promise
