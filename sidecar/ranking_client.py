@@ -481,23 +481,27 @@ class RankingClient:
         """The route a reused ranking explores on this request, or None.
 
         Paced, not a coin: each request adds ``share`` to the model's credit
-        (capped at 1; a random start so a fleet is not in step) and an
-        exploration spends 1, so at the router's share of 5% exactly one
-        request in 20 explores, with no run of seconds without one (a coin
-        leaves 80 requests, 4 s at 20 rps, without one with probability
-        0.95**80, about 1.7%: over a run's many such windows it happens), and
-        the credit waits, full, for an endpoint to go stale.
+        (a random start so a fleet is not in step) and every time it reaches
+        1 the request explores and spends 1, so at the router's share of 5%
+        exactly one request in 20 explores, with no run of seconds without
+        one (a coin leaves 80 requests, 4 s at 20 rps, without one with
+        probability 0.95**80, about 1.7%: over a run's many such windows it
+        happens). A turn that finds nothing explorable is lost, not banked:
+        banked turns were all spent on the next endpoint to go stale, which
+        made a slowed provider's explorations regular instead of rare
+        (``tests/test_demo.py`` then once found a slowdown "not routed
+        around").
         The pick is the explorable route this sidecar heard from least
         recently (never: first), so stale endpoints take turns instead of
         one waiting on luck; when the router weighs them by promise
         (``exploration_weight`` below 1) its weights decide instead.
         """
-        credit = min(1.0, self._explore_credit.get(model, self._rng.random()) + share)
+        credit = self._explore_credit.get(model, self._rng.random()) + share
         pick: Route | None = None
         if credit >= 1.0:
+            credit -= 1.0
             pool = [r for r in candidates if self._may_explore(model, r, fetched_at, now)]
             if pool:
-                credit -= 1.0
                 if any(r.exploration_weight < 1.0 for r in pool):
                     pick = _pick_explored(pool, self._rng)
                 else:
