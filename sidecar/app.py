@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -137,6 +138,8 @@ class SidecarApp:
             max_backoff_s=s.outcome_max_backoff_s,
             on_router_ok=self._router_ok,
             on_router_down=lambda: self.metrics.router_up.set(0),
+            urgent_min_gap_s=s.outcome_urgent_min_gap_s,
+            on_delivered=self.ranking.on_delivered,
         )
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60),
@@ -153,6 +156,7 @@ class SidecarApp:
             self.reporter.submit,
             self.keys,
             self.redactor,
+            report_urgently=partial(self.reporter.submit, urgent=True),
         )
         app = web.Application(client_max_size=s.max_body_bytes, middlewares=[self._errors])
         app.router.add_post("/v1/chat/completions", self._chat)

@@ -113,6 +113,14 @@ class SidecarSettings:
         3600.0, "How long an expired ranking may still be used while the router is unreachable."
     )
     rank_cache_entries: int = _opt(1024, "Rankings cached (LRU; preferences come from callers).")
+    explore_stale_after_s: float = _opt(
+        1.5,
+        "Between ranking fetches, an endpoint this sidecar has had no first token from for "
+        "this long (counted from the fetch when it had none) may be explored like one the "
+        "router marked explorable, within the router's exploration_share; endpoints in a "
+        "local cooldown are never explored. The router's own staleness default (1.5 s): a "
+        "reused ranking would otherwise freeze the stale set for its whole TTL (0 = off).",
+    )
     router_retry_s: float = _opt(
         1.0, "After a failed router call, skip the router for this long (use cache/catalog)."
     )
@@ -126,6 +134,14 @@ class SidecarSettings:
     outcome_queue_size: int = _opt(10_000, "Outcomes held for the router (oldest dropped above).")
     outcome_batch_size: int = _opt(500, "Outcomes per StreamOutcomes message (proto max 1000).")
     outcome_flush_interval_s: float = _opt(0.5, "How often queued outcomes are sent.")
+    outcome_urgent_min_gap_s: float = _opt(
+        0.05,
+        "An outcome carrying evidence the router lacks (an endpoint's first answer while the "
+        "router had no TTFT for it, an explorable endpoint beating the leader's p95, an "
+        "answer past slow_start_multiple x its p95, an endpoint's first failure here) is "
+        "sent at once rather than at the next flush, but early flushes are at least this "
+        "far apart, so a flood cannot cause a flush storm (0 = off: every outcome waits).",
+    )
     outcome_send_timeout_s: float = _opt(5.0, "Deadline of one StreamOutcomes call.")
     outcome_max_backoff_s: float = _opt(5.0, "Cap on the retry backoff while the router is down.")
 

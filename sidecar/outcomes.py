@@ -6,6 +6,18 @@ to ranking) and counted. A background task sends what is queued every
 ``outcome_flush_interval_s``; one StreamOutcomes call carries several batch
 messages and is acknowledged when closed.
 
+An *urgent* outcome (``submit(..., urgent=True)``: evidence the router lacks,
+chosen by the proxy) starts a flush at once instead of waiting for the
+interval: on a fresh router the first answers otherwise reach it only after
+0.5 s, and every sidecar keeps replaying an order that this outcome already
+contradicts. Early flushes are at least ``urgent_min_gap_s`` apart (a later
+urgent outcome waits for the gap's end, one timer at most), and none is
+started while delivery is failing (the backoff stands), so a flood of urgent
+outcomes costs at most one StreamOutcomes call per gap. ``submit`` returns a
+ticket (the outcome's position in submission order) and ``on_delivered(n)``
+is called after each acknowledged call with the highest ticket it covered,
+so a caller can act once the router has a given outcome.
+
 Delivery is exactly-once: each batch gets an id (this process's ``sender``
 name and a sequence number) when it is formed, and keeps it until the router
 acknowledges it. After a failure the same batches are resent with the same
@@ -58,6 +70,8 @@ class OutcomeReporter:
         on_router_ok: Callable[[], None] = lambda: None,
         on_router_down: Callable[[], None] = lambda: None,
         sender: str | None = None,
+        urgent_min_gap_s: float = 0.0,
+        on_delivered: Callable[[int], None] = lambda through: None,
     ) -> None:
         self._stub = stub
         self._m = metrics
@@ -79,6 +93,16 @@ class OutcomeReporter:
         self._sending = asyncio.Lock()
         self.sender = (sender or default_sender())[:MAX_SENDER_LEN]
         self._sequence = 0
+        #: Outcomes ever submitted (tickets), and the ticket of the last one formed into a batch.
+        self._submitted = 0
+        self._formed_through = 0
+        self._urgent_gap = urgent_min_gap_s
+        self._on_delivered = on_delivered
+        #: Loop time the last flush started; whether the last one succeeded.
+        self._last_flush_at = -1e18
+        self._delivering = True
+        self._urgent_timer: asyncio.TimerHandle | None = None
+        self.urgent_wakes = 0
         self.dropped = 0
         self.in_flight = 0
         self.sent = 0
@@ -87,16 +111,40 @@ class OutcomeReporter:
 
     # -- producer side (request path) ---------------------------------------
 
-    def submit(self, outcome: router_pb2.Outcome) -> None:
-        """Queue one outcome; O(1), never blocks. Drops the oldest when full."""
+    def submit(self, outcome: router_pb2.Outcome, urgent: bool = False) -> int:
+        """Queue one outcome; O(1), never blocks. Drops the oldest when full.
+
+        Returns its ticket (0 when there is no router). ``urgent``: send it
+        soon (see the module docstring), not at the next interval.
+        """
         if self._stub is None:
-            return
+            return 0
         if self.backlog >= self._max:
             self._drop_oldest()
         self._queue.append(outcome)
+        self._submitted += 1
         # (the queue-depth gauge is set when batches form and at each scrape, not here)
         if len(self._queue) >= self._batch:
             self._wake.set()
+        elif urgent and self._urgent_gap > 0 and self._delivering and self._task is not None:
+            self._wake_urgently()
+        return self._submitted
+
+    def _wake_urgently(self) -> None:
+        """Wake the sender now, or when the gap since the last flush has passed."""
+        if self._urgent_timer is not None or self._wake.is_set():
+            return  # a flush is already coming
+        loop = asyncio.get_running_loop()
+        wait = self._last_flush_at + self._urgent_gap - loop.time()
+        self.urgent_wakes += 1
+        if wait <= 0:
+            self._wake.set()
+        else:
+            self._urgent_timer = loop.call_later(wait, self._urgent_due)
+
+    def _urgent_due(self) -> None:
+        self._urgent_timer = None
+        self._wake.set()
 
     def _drop_oldest(self) -> None:
         """Drop the oldest outcome held: the oldest unsent batch first, else the queue's head."""
@@ -132,6 +180,9 @@ class OutcomeReporter:
         if self._task is None:
             return
         self._task.cancel()
+        if self._urgent_timer is not None:
+            self._urgent_timer.cancel()
+            self._urgent_timer = None
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
@@ -150,6 +201,7 @@ class OutcomeReporter:
             if not self.backlog:
                 backoff = self._interval
                 continue
+            self._last_flush_at = asyncio.get_running_loop().time()
             try:
                 ok = await self.flush_once()
             except asyncio.CancelledError:
@@ -157,6 +209,7 @@ class OutcomeReporter:
             except Exception:  # never let the sender die
                 log.exception("outcome sender error")
                 ok = False
+            self._delivering = ok
             backoff = self._interval if ok else min(max(backoff * 2, 0.05), self._max_backoff)
 
     def _form_batches(self) -> None:
@@ -170,6 +223,7 @@ class OutcomeReporter:
             )
             self._pending.append(batch)
             self._pending_outcomes += n
+        self._formed_through = self._submitted - len(self._queue)
         self._m.outcome_queue_depth.set(len(self._queue))
 
     def _acknowledged(self, sequences: set[int]) -> None:
@@ -194,6 +248,7 @@ class OutcomeReporter:
         assert self._stub is not None
         self._form_batches()
         batches = list(self._pending)[: self._batches_per_call]
+        through = self._formed_through if len(batches) == len(self._pending) else 0
         if not batches:
             return True
         self.in_flight = sum(len(b.outcomes) for b in batches)
@@ -235,6 +290,8 @@ class OutcomeReporter:
                 },
             )
         self._on_ok()
+        if through:
+            self._on_delivered(through)
         return True
 
 

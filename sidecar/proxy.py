@@ -97,15 +97,19 @@ class Proxy:
         session: aiohttp.ClientSession,
         ranking: RankingClient,
         metrics: SidecarMetrics,
-        report: Callable[[router_pb2.Outcome], None],
+        report: Callable[[router_pb2.Outcome], object],
         keys: ProviderKeys,
         redactor: KeyRedactor,
+        report_urgently: Callable[[router_pb2.Outcome], int] | None = None,
     ) -> None:
         self._s = settings
         self._session = session
         self._ranking = ranking
         self._m = metrics
         self._report = report
+        #: Sends an outcome at once and returns its delivery ticket (OutcomeReporter.submit
+        #: with urgent=True); None: every outcome goes through ``report``.
+        self._report_urgently = report_urgently
         #: Keys read from the environment once (a process's environment does not
         #: change under it), and which providers have none.
         self._keys = keys
@@ -231,14 +235,23 @@ class Proxy:
         self._m.count_attempt(rec.provider, rec.error_class.value)
         if rec.ttft_ms is not None:
             self._m.observe_upstream_ttft(rec.provider, rec.ttft_ms / 1000.0)
+        urgent = rec.evidence
         if rec.status == "ok":
             self._ranking.cooldowns.succeed(req.model, rec.provider)
         elif rec.error_class.counts_against_endpoint and rec.report:
             seconds = self._s.cooldown_s
             if rec.retry_after_s is not None:
                 seconds = min(max(rec.retry_after_s, seconds), self._s.max_cooldown_s)
+            # its first failure here: news to the router (later ones add little)
+            urgent = urgent or not self._ranking.cooldowns.failing(req.model, rec.provider)
             self._ranking.cooldowns.fail(req.model, rec.provider, seconds)
-        if rec.report:
+        if not rec.report:
+            return
+        if urgent and self._report_urgently is not None:
+            ticket = self._report_urgently(rec.to_outcome(req.model))
+            if rec.evidence:
+                self._ranking.expire_when_delivered(req, ticket)
+        else:
             self._report(rec.to_outcome(req.model))
 
     def _observe_added(self, rec: AttemptRecord, t_start: float) -> None:
@@ -623,7 +636,7 @@ class Proxy:
             resp.close()
             return None
         if rec.ttft_ms is not None:
-            self._ranking.note_first_token(req, route, rec.ttft_ms / 1000.0)
+            rec.evidence = self._ranking.note_first_token(req, route, rec.ttft_ms / 1000.0)
         return start, answer
 
     async def _commit_stream(

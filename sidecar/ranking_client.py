@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections import OrderedDict
@@ -83,9 +84,15 @@ class Route:
     #: The router's suggested first-token timeout and hedge delay, seconds (None: none).
     first_token_timeout_s: float | None = None
     hedge_after_s: float | None = None
+    #: For a route without its own ``hedge_after_s`` (too little data at the router):
+    #: the largest one of its ranking, so a slow start is still noticed (timeouts.py).
+    peer_hedge_after_s: float | None = None
     #: The router has a TTFT value for this endpoint (False: never measured, or too
     #: little data); a ranking led by an unmeasured endpoint is reused only briefly.
     ttft_known: bool = True
+    #: The router's health allows exploring it once its data goes stale (HEALTHY or
+    #: DEGRADED; never PROBING, whose traffic is the router's half-open permit).
+    may_explore_when_stale: bool = True
     #: Where chat completions go, parsed once: aiohttp takes a URL object as it
     #: is, whereas a string would be parsed again on every attempt.
     chat_url: URL = field(init=False, repr=False, compare=False)
@@ -111,6 +118,7 @@ class Route:
             first_token_timeout_s=_suggested_s(ep, "first_token_timeout_ms"),
             hedge_after_s=_suggested_s(ep, "hedge_after_ms"),
             ttft_known=ep.HasField("ttft_ms"),
+            may_explore_when_stale=ep.health in _EXPLORABLE_HEALTH,
         )
 
     @classmethod
@@ -160,7 +168,11 @@ class Ranking:
         metadata["execution_order"] = [r.provider for r in routes]
         return replace(self, routes=routes, metadata=metadata)
 
-    def redraw(self, rng: random.Random) -> Ranking:
+    def redraw(
+        self,
+        rng: random.Random,
+        explore: Callable[[float, tuple[Route, ...]], Route | None] | None = None,
+    ) -> Ranking:
         """A fresh order for a reused ranking: the weighted head redrawn, sometimes an exploration.
 
         The router's order is one draw; reusing it for every request within
@@ -176,7 +188,10 @@ class Ranking:
           (thin, stale or no data), drawn by the router's
           ``exploration_weight`` (promise), is put first, and the metadata marks it
           (``exploration: true``, ``exploration_provider``), as the router
-          does for the request that asked it.
+          does for the request that asked it. ``explore(share, candidates)``
+          replaces that coin and draw when given: it returns the route to
+          explore or None (the ranking client paces explorations and picks
+          by its own view, see ``RankingClient._explore``).
         """
         routes = self.routes
         metadata = self.metadata
@@ -191,16 +206,30 @@ class Ranking:
             if head >= 2:
                 routes = tuple(weighted_order(routes[:head], _route_weight, rng)) + routes[head:]
         share = metadata.get("exploration_share")
-        if share and isinstance(share, float | int) and rng.random() < share:
-            pool = [r for r in routes[1:] if r.explorable]
-            if pool:
-                pick = _pick_explored(pool, rng)
+        if share and isinstance(share, float | int):
+            pick: Route | None = None
+            if explore is not None:
+                pick = explore(float(share), routes[1:])
+            elif rng.random() < share:
+                pool = [r for r in routes[1:] if r.explorable]
+                pick = _pick_explored(pool, rng) if pool else None
+            if pick is not None:
                 routes = (pick, *(r for r in routes if r is not pick))
                 metadata = dict(metadata, exploration=True, exploration_provider=pick.provider)
         if routes is self.routes:
             return self
         metadata = dict(metadata, execution_order=[r.provider for r in routes])
         return replace(self, routes=routes, metadata=metadata)
+
+
+#: Router health states under which a stale endpoint may be explored (as the router does).
+_EXPLORABLE_HEALTH = frozenset(
+    {
+        router_pb2.HEALTH_STATE_UNSPECIFIED,
+        router_pb2.HEALTH_STATE_HEALTHY,
+        router_pb2.HEALTH_STATE_DEGRADED,
+    }
+)
 
 
 def rank_from_catalog(
@@ -318,6 +347,10 @@ class Cooldowns:
         """An attempt is still waiting for its first token far beyond the endpoint's p95."""
         self._mark(self._slow, (model, provider), seconds)
 
+    def failing(self, model: str, provider: str) -> bool:
+        """In a failure cooldown here (a slow-start mark does not count)."""
+        return self._active(self._until, (model, provider))
+
     def succeed(self, model: str, provider: str) -> None:
         self._until.pop((model, provider), None)
 
@@ -373,6 +406,14 @@ class RankingClient:
         self._router_skip_until = 0.0
         self.router_ok: bool | None = None  # None = not asked yet
         self.cooldowns = Cooldowns(settings.cooldown_entries, clock)
+        #: When this sidecar last had a first token from each (model, provider): what
+        #: makes an endpoint stale between fetches (bounded LRU, like the cooldowns).
+        self._last_token: OrderedDict[tuple[str, str], float] = OrderedDict()
+        #: Rankings contradicted by an outcome on its way to the router: key -> the
+        #: outcome's ticket; the ranking expires once that ticket is delivered.
+        self._expire_on_delivery: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+        #: Exploration credit per model (see _explore).
+        self._explore_credit: OrderedDict[str, float] = OrderedDict()
         self._rng = rng or random.Random()
         self.on_source: Callable[[str], None] = lambda source: None
 
@@ -429,7 +470,67 @@ class RankingClient:
             self._refresh_in_background(req)
         self._cache.move_to_end(key)
         self.on_source("cache")
-        return hit.redraw(self._rng)  # stored with source "cache" already
+        return hit.redraw(  # stored with source "cache" already
+            self._rng,
+            lambda share, routes: self._explore(req.model, share, routes, hit.fetched_at, now),
+        )
+
+    def _explore(
+        self, model: str, share: float, candidates: tuple[Route, ...], fetched_at: float, now: float
+    ) -> Route | None:
+        """The route a reused ranking explores on this request, or None.
+
+        Paced, not a coin: each request adds ``share`` to the model's credit
+        (a random start so a fleet is not in step) and every time it reaches
+        1 the request explores and spends 1, so at the router's share of 5%
+        exactly one request in 20 explores, with no run of seconds without
+        one (a coin leaves 80 requests, 4 s at 20 rps, without one with
+        probability 0.95**80, about 1.7%: over a run's many such windows it
+        happens). A turn that finds nothing explorable is lost, not banked:
+        banked turns were all spent on the next endpoint to go stale, which
+        made a slowed provider's explorations regular instead of rare
+        (``tests/test_demo.py`` then once found a slowdown "not routed
+        around").
+        The pick is the explorable route this sidecar heard from least
+        recently (never: first), so stale endpoints take turns instead of
+        one waiting on luck; when the router weighs them by promise
+        (``exploration_weight`` below 1) its weights decide instead.
+        """
+        credit = self._explore_credit.get(model, self._rng.random()) + share
+        pick: Route | None = None
+        if credit >= 1.0:
+            credit -= 1.0
+            pool = [r for r in candidates if self._may_explore(model, r, fetched_at, now)]
+            if pool:
+                if any(r.exploration_weight < 1.0 for r in pool):
+                    pick = _pick_explored(pool, self._rng)
+                else:
+                    last = self._last_token
+                    pick = min(pool, key=lambda r: last.get((model, r.provider), -math.inf))
+        self._explore_credit[model] = credit
+        self._explore_credit.move_to_end(model)
+        while len(self._explore_credit) > self._s.rank_cache_entries:
+            self._explore_credit.popitem(last=False)
+        return pick
+
+    def _may_explore(self, model: str, route: Route, fetched_at: float, now: float) -> bool:
+        """May a reused ranking explore ``route`` now? (see ``explore_stale_after_s``)
+
+        The router's explorable marks are a snapshot: an endpoint whose data was
+        fresh at the fetch goes stale during the reuse, and without this it
+        would become explorable only at the next fetch (up to the TTL later),
+        which is what delayed finding a recovered provider by seconds. An
+        endpoint in a local cooldown is left out: the pick would be moved
+        back anyway, and the share spent on nothing.
+        """
+        if self.cooldowns.cooling(model, route.provider):
+            return False
+        if route.explorable:
+            return True
+        if not route.may_explore_when_stale or self._s.explore_stale_after_s <= 0:
+            return False
+        seen = self._last_token.get((model, route.provider), fetched_at)
+        return now - max(seen, fetched_at) > self._s.explore_stale_after_s
 
     async def rank(self, req: ParsedRequest) -> Ranking:
         """The order for this request; raises RequestError only for the caller's mistakes."""
@@ -465,31 +566,85 @@ class RankingClient:
             self._inflight.pop(key, None)
         return ranking
 
-    def note_first_token(self, req: ParsedRequest, route: Route, ttft_s: float) -> None:
-        """An attempt answered: if it was an explorable endpoint (stale, thin or no data
-        at the router) that beat the cached ranking's leader's p95, that ranking is
-        made to expire just after the next outcome flush.
+    def note_first_token(self, req: ParsedRequest, route: Route, ttft_s: float) -> bool:
+        """An attempt answered; True when its answer is evidence the cached ranking
+        lacks, so its outcome should reach the router at once (an urgent flush)
+        and the ranking be asked again once it has (``expire_when_delivered``).
 
-        Why: exploration is how a recovered provider is found, but the cached order
-        would otherwise be replayed for up to ``rank_cache_ttl_s`` after the find.
-        Expiring right away would ask a router that has not yet received the
-        outcome; just after the flush, it has. Only a faster answer triggers it,
-        so ordinary explorations cost no extra RankProviders call.
+        Evidence, for a ranking ordered by speed: the router had no TTFT for the
+        endpoint (a fresh router's first answers); an explorable endpoint (stale,
+        thin or no data) beat the leader's p95 (a recovered provider found by
+        exploration); an answer took longer than ``slow_start_multiple`` x its
+        own p95 (a provider that slowed). Exploration is how a recovery is
+        found and the first answers are how a fresh router learns which
+        provider is fastest, but the cached order would otherwise be replayed
+        for up to ``rank_cache_ttl_s`` after. An ordinary answer is no
+        evidence and costs no extra call.
+
+        Without a delivery notice (no urgent flushes), an exploration that beat
+        the leader still makes the ranking expire just after the next regular
+        outcome flush, as before.
         """
-        if not route.explorable:
-            return
+        now = self._clock()
+        pkey = (req.model, route.provider)
+        self._last_token[pkey] = now
+        self._last_token.move_to_end(pkey)
+        while len(self._last_token) > self._s.cooldown_entries:
+            self._last_token.popitem(last=False)
+        if not speed_ordered(req.preferences):
+            return False
         key = req.cache_key
         hit = self._cache.get(key)
         if hit is None:
-            return
+            return False
         head = hit.routes[0]
         p95 = head.hedge_after_s
-        if head.provider == route.provider or p95 is None or not ttft_s < p95:
-            return
-        expire_at = self._clock() + self._s.outcome_flush_interval_s + _AFTER_FLUSH_S
+        if not route.ttft_known:
+            return True
+        own = route.hedge_after_s
+        multiple = self._s.slow_start_multiple
+        if own is not None and multiple > 0 and ttft_s > multiple * own:
+            return True
+        if not route.explorable or head.provider == route.provider:
+            return False
+        if p95 is None or not ttft_s < p95:
+            return False
+        expire_at = now + self._s.outcome_flush_interval_s + _AFTER_FLUSH_S
         fetched_at = expire_at - self._s.rank_cache_ttl_s  # the TTL counts from fetched_at
         if fetched_at < hit.fetched_at:
             self._cache[key] = replace(hit, fetched_at=fetched_at)
+        return True
+
+    def expire_when_delivered(self, req: ParsedRequest, ticket: int) -> None:
+        """The ranking for ``req`` expires once the outcome with ``ticket`` reached the router."""
+        if ticket <= 0:
+            return
+        key = req.cache_key
+        self._expire_on_delivery[key] = ticket
+        self._expire_on_delivery.move_to_end(key)
+        while len(self._expire_on_delivery) > self._s.rank_cache_entries:
+            self._expire_on_delivery.popitem(last=False)
+
+    def on_delivered(self, through: int) -> None:
+        """Outcomes up to ticket ``through`` were acknowledged: expire the rankings they
+        contradict, so the next request starts a (background) refresh that sees them."""
+        if not self._expire_on_delivery:
+            return
+        done = [k for k, t in self._expire_on_delivery.items() if t <= through]
+        if not done:
+            return
+        now = self._clock()
+        for key in done:
+            del self._expire_on_delivery[key]
+            hit = self._cache.get(key)
+            if hit is None:
+                continue
+            ttl = self._s.rank_cache_ttl_s
+            if not hit.routes[0].ttft_known:
+                ttl = min(ttl, self._s.rank_cache_unmeasured_ttl_s)
+            fetched_at = now - ttl
+            if fetched_at < hit.fetched_at:
+                self._cache[key] = replace(hit, fetched_at=fetched_at)
 
     def _refresh_in_background(self, req: ParsedRequest) -> None:
         """Ask the router for this key without anyone waiting (one call per key at a time).
@@ -561,7 +716,7 @@ class RankingClient:
             if pick is not None:
                 metadata["exploration_provider"] = pick
         ranking = Ranking(
-            routes=tuple(Route.from_proto(ep) for ep in resp.endpoints),
+            routes=_with_peer_p95(tuple(Route.from_proto(ep) for ep in resp.endpoints)),
             source="router",
             metadata=metadata,
             fetched_at=self._clock(),
@@ -641,6 +796,17 @@ def speed_ordered(prefs: router_pb2.RoutingPreferences) -> bool:
 
 #: Strategies whose leading routes carry draw weights (see RankedEndpoint.weight).
 _WEIGHTED = frozenset({"load_balance", "sort"})
+
+
+def _with_peer_p95(routes: tuple[Route, ...]) -> tuple[Route, ...]:
+    """Give the routes without a suggested hedge delay the largest one of the ranking."""
+    known = [r.hedge_after_s for r in routes if r.hedge_after_s is not None]
+    if not known or len(known) == len(routes):
+        return routes
+    peer = max(known)
+    return tuple(
+        r if r.hedge_after_s is not None else replace(r, peer_hedge_after_s=peer) for r in routes
+    )
 
 
 def _suggested_s(ep: router_pb2.RankedEndpoint, field_name: str) -> float | None:

@@ -127,7 +127,13 @@ def slow_start_after(settings: SidecarSettings, req: ParsedRequest, route: Route
     ``hedge_min_delay_s``. Only under ``sort: ttft`` and load balancing, and
     without ``order``: there TTFT is what the order is for; under ``sort:
     cost``/``tps`` or an explicit order a slow start is no reason to reorder.
-    Without a suggestion (no data on the endpoint) nothing is known to compare with.
+    An endpoint without its own suggestion (too little data at the router: a
+    provider rarely used, or only explored) is watched against the largest
+    suggestion of its ranking (``Route.peer_hedge_after_s``): otherwise such an
+    endpoint, if it hangs, keeps its place and every request reaching it waits
+    the full ``first_byte_timeout_s``, since the router hears of the first
+    timeout only that much later. The mark only moves it back here; no attempt is cut.
+    Without any suggestion in the ranking nothing is known to compare with.
 
     False alarms: a healthy attempt passes twice its endpoint's p95 with a
     chance that is nil for a lognormal TTFT with sigma 0.2 and about 1% with
@@ -137,7 +143,7 @@ def slow_start_after(settings: SidecarSettings, req: ParsedRequest, route: Route
     providers with such tails.
     """
     multiple = settings.slow_start_multiple
-    p95 = route.hedge_after_s
+    p95 = route.hedge_after_s if route.hedge_after_s is not None else route.peer_hedge_after_s
     if p95 is None or not multiple > 0:
         return None
     if not speed_ordered(req.preferences):

@@ -128,6 +128,9 @@ class AttemptRecord:
     cost: UsageCost | None = None
     #: The cost used estimated token counts (the upstream sent no usage).
     cost_estimated: bool = False
+    #: The first token was evidence the router lacks (RankingClient.note_first_token):
+    #: the outcome is sent urgently and the cached ranking asked again once delivered.
+    evidence: bool = False
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000.0
