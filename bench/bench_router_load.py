@@ -59,8 +59,15 @@ def _channel(address: str, tls: dict[str, bytes] | None) -> grpc.aio.Channel:
 
 
 async def _rank_calls(
-    address: str, callers: int, calls: int, token: str | None, tls: dict[str, bytes] | None
+    address: str,
+    callers: int,
+    calls: int,
+    token: str | None,
+    tls: dict[str, bytes] | None,
+    window: list[float] | None = None,
 ) -> list[float]:
+    """Latencies (ms) of ``calls`` RankProviders calls by ``callers`` concurrent callers;
+    ``window`` gets the wall-clock start and end of the measured calls."""
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     latencies: list[float] = []
     request = _rank_request()
@@ -75,7 +82,10 @@ async def _rank_calls(
                 await rank(request, metadata=metadata)
                 latencies.append((time.perf_counter() - start) * 1e3)
 
+        began = time.time()
         await asyncio.gather(*(worker() for _ in range(callers)))
+        if window is not None:
+            window += [began, time.time()]
     return latencies
 
 
@@ -84,10 +94,12 @@ def _ranker(address, callers, calls, token, tls, out: multiprocessing.Queue) -> 
 
 
 def _ranker_cpu(address, callers, calls, token, tls, out: multiprocessing.Queue) -> None:
-    """``_ranker`` that also reports the CPU its process used per second of the calls."""
+    """``_ranker`` that also reports the CPU its process used per second of the calls,
+    and the wall-clock window of the measured calls."""
     cpu, start = time.process_time(), time.perf_counter()
-    latencies = asyncio.run(_rank_calls(address, callers, calls, token, tls))
-    out.put((latencies, (time.process_time() - cpu) / (time.perf_counter() - start)))
+    window: list[float] = []
+    latencies = asyncio.run(_rank_calls(address, callers, calls, token, tls, window))
+    out.put((latencies, (time.process_time() - cpu) / (time.perf_counter() - start), window))
 
 
 def _batches(per_batch: int, count: int) -> list[bytes]:
@@ -161,6 +173,44 @@ class GcPauses:
         gc.callbacks.remove(self._on_gc)
 
 
+class RouterCounters:
+    """The router's ingestion counters and process CPU, sampled every 20 ms on its loop,
+    so rates cover exactly the window in which the ranking child was calling: the
+    child's start-up, during which ranking is quiet and ingestion runs unpaced, is
+    left out (counting it inflated outcomes/s)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.samples: list[tuple[float, ...]] = []
+        self._task = asyncio.ensure_future(self._sample())
+
+    def _read(self) -> tuple[float, ...]:
+        ingestor = self.app.servicer.ingestor
+        accepted = sum(self.app.servicer.ledger.accepted.values())
+        return (
+            time.time(),
+            accepted,
+            ingestor.busy_s,
+            ingestor.busy_cpu_s,
+            ingestor.refresh_s,
+            time.process_time(),
+        )
+
+    async def _sample(self) -> None:
+        while True:
+            self.samples.append(self._read())
+            await asyncio.sleep(0.02)
+
+    def rates(self, began: float, ended: float) -> dict[str, float]:
+        """Per second of [began, ended]: outcomes, loop shares, process CPU."""
+        self._task.cancel()
+        inside = [s for s in self.samples if began <= s[0] <= ended]
+        first, last = inside[0], inside[-1]
+        span = last[0] - first[0]
+        names = ("accepted", "busy", "busy_cpu", "refresh", "cpu")
+        return {name: (last[i + 1] - first[i + 1]) / span for i, name in enumerate(names)}
+
+
 async def _router(directory: Path, share: float | None = None, **security: Any):
     from bench_router import synthetic_catalog
 
@@ -227,13 +277,11 @@ async def starvation(calls: int, rounds: int, share: float | None = None) -> dic
             "writers": [],
         }
         for _ in range(rounds):
-            cpu_before, start = time.process_time(), time.perf_counter()
-            alone_round, ranker_cpu = await _in_child(
+            counters = RouterCounters(app)
+            alone_round, ranker_cpu, window = await _in_child(
                 _ranker_cpu, address, 32, calls, RANK_TOKEN, None
             )
-            cpu["router_alone"].append(
-                (time.process_time() - cpu_before) / (time.perf_counter() - start)
-            )
+            cpu["router_alone"].append(counters.rates(*window)["cpu"])
             cpu["ranker_alone"].append(ranker_cpu)
             alone += alone_round
             stop = spawn.Event()
@@ -248,28 +296,22 @@ async def starvation(calls: int, rounds: int, share: float | None = None) -> dic
             for _, started in writers:
                 if not await loop.run_in_executor(None, started.wait, 60):
                     raise RuntimeError("a writer did not start")
-            accepted_before = sum(app.servicer.ledger.accepted.values())
-            busy_before = app.servicer.ingestor.busy_s
-            refresh_before = app.servicer.ingestor.refresh_s
-            busy_cpu_before = app.servicer.ingestor.busy_cpu_s
-            cpu_before = time.process_time()
-            start = time.perf_counter()
+            counters = RouterCounters(app)
             pauses = GcPauses()
-            loaded_round, ranker_cpu = await _in_child(
+            loaded_round, ranker_cpu, window = await _in_child(
                 _ranker_cpu, address, 32, calls, RANK_TOKEN, None
             )
+            rates = counters.rates(*window)
             cpu["ranker_loaded"].append(ranker_cpu)
             pauses.close()
             gc_loaded += pauses.pauses_ms
-            elapsed = time.perf_counter() - start
             loaded += loaded_round
-            busy.append((app.servicer.ingestor.busy_s - busy_before) / elapsed)
-            refresh.append((app.servicer.ingestor.refresh_s - refresh_before) / elapsed)
-            busy_cpu.append((app.servicer.ingestor.busy_cpu_s - busy_cpu_before) / elapsed)
-            router_cpu.append((time.process_time() - cpu_before) / elapsed)
+            busy.append(rates["busy"])
+            refresh.append(rates["refresh"])
+            busy_cpu.append(rates["busy_cpu"])
+            router_cpu.append(rates["cpu"])
             round_ratios.append(_pct(loaded_round, 0.99) / _pct(alone_round, 0.99))
-            accepted = sum(app.servicer.ledger.accepted.values()) - accepted_before
-            ingest_rates.append(accepted / elapsed)
+            ingest_rates.append(rates["accepted"])
             stop.set()
             # Joins run off the loop: the router serves the writers' last calls on it.
             writer_cpu = 0.0
