@@ -56,10 +56,10 @@ class IngestPacing:
     share             0.45     most of the loop's time ingestion takes while
                                RankProviders calls are being served: ranking keeps
                                the rest, so its throughput falls at most ~1/(1-share)
-                               (the starvation target is 2x). At the 17-20 µs of loop
+                               (the starvation target is 2x). At the 13-18 µs of loop
                                CPU an outcome costs in the server (bench/README.md
-                               section 7), 0.45 of a core is ~23-27k outcomes/s,
-                               short of the 30k target. 1 disables pacing.
+                               section 7), 0.45 of a core is ~25-35k outcomes/s
+                               (the target is 30k). 1 disables pacing.
     slice_outcomes    64       outcomes applied between two yields: ~1 ms, the
                                longest a ranking call waits for ingestion. Larger
                                slices give each endpoint more outcomes to apply in
