@@ -189,9 +189,8 @@ class InMemoryStatsStore:
     def _record_endpoint(self, key: EndpointKey, outcomes: list[Outcome], now: float) -> None:
         stamps = [o.timestamp if o.timestamp <= now else now for o in outcomes]
         lo, hi = min(stamps), max(stamps)
-        floor = math.floor
         oldest_day = DAY.index(now) - DAY.size
-        if floor(hi / DAY.width) <= oldest_day:
+        if DAY.index(hi) <= oldest_day:
             self.ignored_too_old += len(outcomes)  # older than every window: no state
             return
         entry = self._entries.get(key)
@@ -203,8 +202,8 @@ class InMemoryStatsStore:
         # counted: True a success, False a failure, None not counted (the caller's fault).
         counted = [None if o.error_class is client_error else o.success for o in outcomes]
         kept: Sequence[int]
-        if floor(lo / DAY.width) <= oldest_day or any(
-            floor(lo / spec.width) != floor(hi / spec.width) for spec in (FINE, HOUR, DAY)
+        if DAY.index(lo) <= oldest_day or any(
+            spec.index(lo) != spec.index(hi) for spec in (FINE, HOUR, DAY)
         ):
             # Stragglers, or a batch across a bucket edge: bucket by bucket.
             kept = self._record_by_bucket(entry, outcomes, counted, stamps, now)
@@ -319,6 +318,7 @@ class InMemoryStatsStore:
     ) -> None:
         """Cache the endpoint's stats at ``now``; with ``keep_long``, its hour and day
         quantiles are kept from there instead of re-merged (``long_refresh_s``)."""
+        entry.windows.prune(now)
         if keep_long is None:
             full = entry.windows.summary(now)
             long = (full.ttft_1h, full.ttft_1d, full.tps_1h, full.tps_1d)

@@ -211,3 +211,22 @@ def test_memory_is_bounded_under_heavy_traffic() -> None:
     summary = windows.summary(now)
     assert summary.ttft_1d.count == 24 * 12 * 200
     assert summary.uptime_1d.attempts == 24 * 12 * 200
+
+
+@pytest.mark.parametrize("refresh", ["full", "stepwise"])
+def test_refresh_frees_fine_digests_older_than_the_five_minute_window(
+    store: InMemoryStatsStore, clock: FakeClock, refresh: str
+) -> None:
+    """Both refresh paths prune: fine-ring buckets past the 5-minute window keep their
+    counters (the 15-minute uptime) but drop their digests."""
+    store.record(ok(clock()))
+    clock.advance(6 * 60)
+    store.record(ok(clock()))
+    if refresh == "full":
+        store.refresh()
+    else:
+        for _ in store.refresh_steps():
+            pass
+    fine = [e for e in store.bucket_digests(KEY) if e.ring == FINE.name]
+    assert len(fine) == 2  # both still count towards the 15-minute uptime
+    assert [bool(e.ttft) for e in fine] == [False, True]
