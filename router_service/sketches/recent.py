@@ -112,17 +112,15 @@ class RecentTracker:
                 w = 1.0 - math.exp(-max(0.0, now - last) / cfg.tau_fail_s)
                 self._fail += w * ((1.0 if failed else 0.0) - self._fail)
             self._attempt_at = now if last is None else max(last, now)
-        if ttft_ms is None or not math.isfinite(ttft_ms) or ttft_ms < 0 or failed:
+        if not _is_ttft_sample(failed, ttft_ms):
             return
+        assert ttft_ms is not None
         est = self._ttft
         if est is None or self._ttft_at is None or now - self._ttft_at >= cfg.replace_after_s:
             self._ttft = ttft_ms
         else:
             tau = cfg.tau_up_s if ttft_ms > est else cfg.tau_s
-            dt = max(0.0, now - self._ttft_at)
-            # A burst of samples in one instant still moves the estimate: each
-            # counts as if ``tau / 20`` had passed, so no sample weighs nothing.
-            w = 1.0 - math.exp(-max(dt, tau / 20.0) / tau)
+            w = _ttft_weight(max(0.0, now - self._ttft_at), tau)
             self._ttft = est + w * (ttft_ms - est)
         self._ttft_at = now if self._ttft_at is None else max(self._ttft_at, now)
         self._samples += 1
@@ -138,9 +136,7 @@ class RecentTracker:
         expressions ``record`` evaluates, so the same results).
         """
         cfg = self._cfg
-        w_up = 1.0 - math.exp(-(cfg.tau_up_s / 20.0) / cfg.tau_up_s)
-        w_down = 1.0 - math.exp(-(cfg.tau_s / 20.0) / cfg.tau_s)
-        isfinite = math.isfinite
+        w_up, w_down = _ttft_weight(0.0, cfg.tau_up_s), _ttft_weight(0.0, cfg.tau_s)
         for failed, ttft_ms in attempts:
             est = self._ttft
             if (
@@ -150,8 +146,9 @@ class RecentTracker:
             ):
                 self.record(now, failed, ttft_ms)
                 continue
-            if ttft_ms is None or failed or ttft_ms < 0 or not isfinite(ttft_ms):
+            if not _is_ttft_sample(failed, ttft_ms):
                 continue
+            assert ttft_ms is not None
             self._ttft = est + (w_up if ttft_ms > est else w_down) * (ttft_ms - est)
             self._samples += 1
 
@@ -159,3 +156,18 @@ class RecentTracker:
         return RecentEstimate(
             self._ttft, self._ttft_at, self._fail, self._attempt_at, self._samples
         )
+
+
+def _is_ttft_sample(failed: bool | None, ttft_ms: float | None) -> bool:
+    """A TTFT moves the estimate only from an attempt that did not fail, and only
+    when it is a real duration."""
+    return ttft_ms is not None and math.isfinite(ttft_ms) and ttft_ms >= 0 and not failed
+
+
+def _ttft_weight(dt: float, tau: float) -> float:
+    """The weight of a TTFT sample ``dt`` seconds after the estimate's last one.
+
+    A burst of samples in one instant still moves the estimate: each counts as
+    if ``tau / 20`` had passed, so no sample weighs nothing.
+    """
+    return 1.0 - math.exp(-max(dt, tau / 20.0) / tau)
