@@ -192,7 +192,7 @@ class DashboardSeries:
             (fine_w, _), (hour_w, _) = _RINGS["fine"], _RINGS["hour"]
             tallies: dict[tuple[EndpointKey, int, int], _Counts] = {}
             log = math.log
-            client_error, none = ErrorClass.CLIENT_ERROR, ErrorClass.NONE
+            client_error = ErrorClass.CLIENT_ERROR
             for outcome in outcomes:
                 error_class = outcome.error_class
                 if error_class is client_error:
@@ -204,7 +204,7 @@ class DashboardSeries:
                 tally = tallies.get(key)
                 if tally is None:
                     tally = tallies[key] = _Counts()
-                if not outcome.success or error_class is not none:
+                if not outcome.success or error_class.counts_against_endpoint:
                     tally.failures += 1
                     continue
                 tally.successes += 1

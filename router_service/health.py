@@ -404,8 +404,7 @@ class HealthTracker:
                 st.probe_grants.popleft()
             return
 
-        # ErrorClass.counts_against_endpoint, with the client error handled above.
-        failed = outcome.error_class is not ErrorClass.NONE or not outcome.success
+        failed = outcome.error_class.counts_against_endpoint or not outcome.success
         st.window.append((now, failed))
         st.window_failures += failed
         if len(st.window) > cfg.failure_rate_max_samples:
