@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -222,6 +222,19 @@ class Ranking:
         return replace(self, routes=routes, metadata=metadata)
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _put_bounded(table: OrderedDict[_K, _V], key: _K, value: _V, limit: int) -> None:
+    """Set ``key`` as the most recent entry, dropping the oldest beyond ``limit``: the
+    bound on every per-key table a caller's traffic can fill."""
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > limit:
+        table.popitem(last=False)
+
+
 #: Router health states under which a stale endpoint may be explored (as the router does).
 _EXPLORABLE_HEALTH = frozenset(
     {
@@ -335,10 +348,7 @@ class Cooldowns:
         self, table: OrderedDict[tuple[str, str], float], key: tuple[str, str], s: float
     ) -> None:
         until = self._clock() + s
-        table[key] = max(until, table.get(key, 0.0))
-        table.move_to_end(key)
-        while len(table) > self._max:
-            table.popitem(last=False)
+        _put_bounded(table, key, max(until, table.get(key, 0.0)), self._max)
 
     def fail(self, model: str, provider: str, seconds: float) -> None:
         self._mark(self._until, (model, provider), seconds)
@@ -507,10 +517,7 @@ class RankingClient:
                 else:
                     last = self._last_token
                     pick = min(pool, key=lambda r: last.get((model, r.provider), -math.inf))
-        self._explore_credit[model] = credit
-        self._explore_credit.move_to_end(model)
-        while len(self._explore_credit) > self._s.rank_cache_entries:
-            self._explore_credit.popitem(last=False)
+        _put_bounded(self._explore_credit, model, credit, self._s.rank_cache_entries)
         return pick
 
     def _may_explore(self, model: str, route: Route, fetched_at: float, now: float) -> bool:
@@ -586,11 +593,7 @@ class RankingClient:
         outcome flush, as before.
         """
         now = self._clock()
-        pkey = (req.model, route.provider)
-        self._last_token[pkey] = now
-        self._last_token.move_to_end(pkey)
-        while len(self._last_token) > self._s.cooldown_entries:
-            self._last_token.popitem(last=False)
+        _put_bounded(self._last_token, (req.model, route.provider), now, self._s.cooldown_entries)
         if not speed_ordered(req.preferences):
             return False
         key = req.cache_key
@@ -619,11 +622,7 @@ class RankingClient:
         """The ranking for ``req`` expires once the outcome with ``ticket`` reached the router."""
         if ticket <= 0:
             return
-        key = req.cache_key
-        self._expire_on_delivery[key] = ticket
-        self._expire_on_delivery.move_to_end(key)
-        while len(self._expire_on_delivery) > self._s.rank_cache_entries:
-            self._expire_on_delivery.popitem(last=False)
+        _put_bounded(self._expire_on_delivery, req.cache_key, ticket, self._s.rank_cache_entries)
 
     def on_delivered(self, through: int) -> None:
         """Outcomes up to ticket ``through`` were acknowledged: expire the rankings they
