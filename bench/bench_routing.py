@@ -41,7 +41,7 @@ it after recovery (first window with >= 50%), and requests that reached the
 hung provider during the hang. Usage::
 
     .venv/bin/python bench/bench_routing.py [--quick] [--rounds N] [--no-litellm]
-        [--only ttft,lb,hedge,litellm,herd] [--per-second]
+        [--only ttft,lb,hedge,litellm,herd] [--per-second] [--no-race-explorations]
 
 ``--per-second`` prints, for our contenders, each 1 s window's mean TTFT over
 the paired oracle's and every provider's share of the requests sent in it.
@@ -236,6 +236,7 @@ async def run_ours(
                 listen="127.0.0.1:0",
                 environ={KEY_ENV: "sk-bench"},
                 log_level="WARNING",
+                race_explorations=RACE_EXPLORATIONS,
             )
         )
         await sc.start()
@@ -513,6 +514,8 @@ def per_second(run: Run, oracle: Run, p: float) -> None:
 
 
 CONTENDERS = ("ttft", "lb", "hedge", "litellm", "herd")
+#: Our sidecars' ``race_explorations`` (``--no-race-explorations``: the behaviour before it).
+RACE_EXPLORATIONS = True
 
 
 async def one_round(
@@ -608,7 +611,14 @@ def main() -> None:
     ap.add_argument(
         "--per-second", action="store_true", help="also print our contenders' per-second view"
     )
+    ap.add_argument(
+        "--no-race-explorations",
+        action="store_true",
+        help="our sidecars explore in the app's path, unraced (the behaviour before issue 16e)",
+    )
     args = ap.parse_args()
+    global RACE_EXPLORATIONS
+    RACE_EXPLORATIONS = not args.no_race_explorations
     only = frozenset(x.strip() for x in args.only.split(",") if x.strip())
     if not only <= set(CONTENDERS):
         ap.error(f"--only: unknown {sorted(only - set(CONTENDERS))}; choose from {CONTENDERS}")

@@ -186,6 +186,8 @@ class SidecarApp:
         if self._runner is not None:
             await bounded(self._runner.cleanup(), 5.0, "close HTTP listener")
             self._runner = None
+        if self.proxy is not None:
+            await bounded(self.proxy.hedger.close(), 2.0, "stop measuring race losers")
         if self.reporter is not None:
             await bounded(self.reporter.stop(), 5.0, "flush outcomes")
         if self._session is not None:

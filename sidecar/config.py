@@ -75,6 +75,13 @@ class SidecarSettings:
     hedge_min_delay_s: float = _opt(
         0.05, "Never hedge earlier than this after an attempt starts, whatever the p95."
     )
+    race_explorations: bool = _opt(
+        True,
+        "Under sort ttft, a streaming request whose first provider is an exploration pick "
+        "(stale or no data; at most the router's exploration share of requests) starts the "
+        "leader at the same time: the first token wins, the other is read to its first token, "
+        "reported and closed (it costs its prompt and at most a token).",
+    )
     slow_start_multiple: float = _opt(
         2.0,
         "A streaming attempt (sort ttft or load balance) with no first token after this "

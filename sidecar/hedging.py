@@ -35,6 +35,26 @@ Bounds and accounting:
   ``router_sidecar_hedge_cancelled_cost_usd_total``). A cancelled attempt
   is not reported to the router as an outcome: its TTFT is unknown, and
   it did not fail.
+
+Exploration races (``race_explorations``, on by default) use the same race
+for a different purpose. Under ``sort: ttft`` the router (or the ranking
+client) puts an endpoint with stale or no data first on a bounded share of
+requests (``exploration_share``, 5%): by construction one believed slower
+than the leader, so each exploration used to cost its request the
+difference. A streaming request whose first route is that exploration pick
+starts the leader at the same instant; the app gets whichever first token
+comes first (a recovered provider wins, and is measured); the other attempt
+is not cancelled but read to its own first token (or its first-token
+timeout) in the background, closed there, and reported like any attempt, so
+the router learns both TTFTs: the explored endpoint's, which is the point of
+exploring, and the leader's, which may be the news that it slowed or hung.
+Bounds: only exploration picks race (at most the exploration share of
+requests, not the hedge budget); the loser is closed at its first token, so
+it costs its prompt and at most a token (``routing.attempts``:
+``race: true`` on the leader started beside the pick, ``closed_after_first_token``
+and ``estimated_cost_usd`` on the loser; ``router_sidecar_exploration_races_total``
+by result, ``router_sidecar_exploration_race_cost_usd_total``). Measured in
+bench/bench_routing.py (bench/README.md section 9).
 """
 
 from __future__ import annotations
@@ -46,6 +66,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from router_common.domain import ErrorClass
+from router_common.pb import router_pb2
 from sidecar.config import SidecarSettings
 from sidecar.preferences import ParsedRequest
 from sidecar.ranking_client import Route, speed_ordered
@@ -131,6 +152,7 @@ class Hedger:
         clock: Callable[[], float] = time.monotonic,
         on_hedge: Callable[[str, float], None] = lambda result, cost: None,
         on_slow: Callable[[str, str], None] = lambda model, provider: None,
+        on_race: Callable[[str, float], None] = lambda result, cost: None,
     ) -> None:
         self._s = settings
         self.budget = HedgeBudget(settings.hedge_budget_share, clock)
@@ -145,6 +167,28 @@ class Hedger:
         #: first attempts to a slowed or hung provider, each rescued by a hedge while
         #: the budget lasts.
         self.on_slow = on_slow
+        #: Called with the result of an exploration race ("explored_won", "leader_won",
+        #: "both_failed") and the estimated cost in USD of the attempt closed after its
+        #: first token (0 when none).
+        self.on_race = on_race
+        #: Losers of exploration races, read to their first token in the background.
+        self._measuring: set[asyncio.Future[None]] = set()
+
+    async def close(self) -> None:
+        """Stop measuring race losers (sidecar shutdown): their upstreams are closed."""
+        for task in list(self._measuring):
+            task.cancel()
+        await asyncio.gather(*self._measuring, return_exceptions=True)
+
+    def races(self, req: ParsedRequest, route: Route, explored: str | None) -> bool:
+        """Whether this first attempt is an exploration pick to race against the leader."""
+        return (
+            self._s.race_explorations
+            and req.stream
+            and explored == route.provider
+            and req.preferences.sort == router_pb2.SORT_BY_TTFT
+            and not req.preferences.order
+        )
 
     def enabled(self, req: ParsedRequest) -> bool:
         """Hedging on for this request (the request's option wins over the flag)."""
@@ -162,6 +206,7 @@ class Hedger:
         rec: AttemptRecord,
         deadline: float,
         records: list[AttemptRecord],
+        race: bool = False,
     ) -> tuple[Opened, AttemptRecord, bool]:
         """Open ``route``, racing ``backup`` if it has no first token by its hedge delay.
 
@@ -170,27 +215,18 @@ class Hedger:
         the backup was started, its record is in ``records`` and is finished
         here unless it is the returned one; the returned record is the
         caller's to finish or commit, exactly as without hedging.
+
+        ``race``: ``route`` is an exploration pick and ``backup`` the leader
+        (``races``): both start at once, and the loser is read to its first
+        token in the background and reported (the module docstring).
         """
         first: asyncio.Future[Opened] = asyncio.ensure_future(
             proxy._open_stream(req, route, key, rec, deadline, len(records))
         )
-        delay = route.hedge_after_s
-        if backup is None or delay is None:
+        if backup is None or not (race or await self._hedge_due(first, route)):
             return await first, rec, False
-        delay = max(delay, self._s.hedge_min_delay_s)
-        done, _ = await asyncio.wait({first}, timeout=delay)
-        if done:
-            return await first, rec, False
-        if not self.budget.try_take(routine=True):
-            # The routine part is spent: the rest is kept for a clearly slow start.
-            late = delay * self._s.slow_start_multiple
-            if not late > delay:
-                return await first, rec, False
-            done, _ = await asyncio.wait({first}, timeout=late - delay)
-            if done or not self.budget.try_take():
-                return await first, rec, False
         brec = AttemptRecord(backup.provider, backup.upstream_model, time.time())
-        brec.extra = {"hedge": True}
+        brec.extra = {"race": True} if race else {"hedge": True}
         records.append(brec)
         ok, bkey = proxy._key_for(backup, brec)
         if not ok:
@@ -225,8 +261,16 @@ class Hedger:
             raise
         if winner is None:  # both failed: the backup is finished here, the first by the caller
             proxy._finish_attempt(req, brec)
-            self.on_hedge("both_failed", 0.0)
+            (self.on_race if race else self.on_hedge)("both_failed", 0.0)
             return first.result(), rec, True
+        if race:
+            result = "explored_won" if winner is first else "leader_won"
+            for fut in pending:  # the loser, still without a first token: measured
+                self._measure(proxy, req, fut, *owners[fut], result)
+            if not pending:  # the loser had failed: finished here, like a hedge's
+                proxy._finish_attempt(req, brec if winner is first else rec)
+                self.on_race(result, 0.0)
+            return winner.result(), owners[winner][0], True
         for fut in pending:  # the loser: cancelled at once, which closes its upstream
             fut.cancel()
             await asyncio.gather(fut, return_exceptions=True)
@@ -238,6 +282,58 @@ class Hedger:
         if winner is second and speed_ordered(req.preferences):
             self.on_slow(req.model, route.provider)
         return winner.result(), owners[winner][0], True
+
+    async def _hedge_due(self, first: asyncio.Future[Opened], route: Route) -> bool:
+        """Wait out ``route``'s hedge delay; True when a backup should start (budget taken)."""
+        delay = route.hedge_after_s
+        if delay is None:
+            return False
+        delay = max(delay, self._s.hedge_min_delay_s)
+        done, _ = await asyncio.wait({first}, timeout=delay)
+        if done:
+            return False
+        if self.budget.try_take(routine=True):
+            return True
+        # The routine part is spent: the rest is kept for a clearly slow start.
+        late = delay * self._s.slow_start_multiple
+        if not late > delay:
+            return False
+        done, _ = await asyncio.wait({first}, timeout=late - delay)
+        return not done and self.budget.try_take()
+
+    def _measure(
+        self,
+        proxy: _ProxyHooks,
+        req: ParsedRequest,
+        fut: asyncio.Future[Opened],
+        rec: AttemptRecord,
+        route: Route,
+        result: str,
+    ) -> None:
+        """Read a race's loser to its first token in the background, close it, report it."""
+
+        async def measure() -> None:
+            try:
+                opened = await fut
+            except asyncio.CancelledError:
+                fut.cancel()  # shutdown: closes its upstream
+                raise
+            cost = 0.0
+            if isinstance(opened, tuple):
+                opened[0].resp.close()  # its first token is all this attempt was for
+                rec.finish_ok(1, None, generation_seen=False)
+                cost = req.estimated_input_tokens * route.input_price_per_million / 1e6
+                rec.extra = {
+                    **(rec.extra or {}),
+                    "closed_after_first_token": True,
+                    "estimated_cost_usd": round(cost, 9),
+                }
+            proxy._finish_attempt(req, rec)  # a timeout or failure is reported as one
+            self.on_race(result, cost)
+
+        task = asyncio.ensure_future(measure())
+        self._measuring.add(task)
+        task.add_done_callback(self._measuring.discard)
 
 
 def _cancelled(rec: AttemptRecord, route: Route, req: ParsedRequest) -> float:

@@ -72,6 +72,19 @@ class SidecarMetrics:
             "Estimated cost (input tokens x price) of attempts cancelled by hedging, USD.",
             registry=r,
         )
+        self.exploration_races = Counter(
+            "router_sidecar_exploration_races_total",
+            "Exploration picks raced against the leader (sort ttft, --race-explorations), by "
+            "result: explored_won, leader_won, both_failed.",
+            ["result"],
+            registry=r,
+        )
+        self.exploration_race_cost = Counter(
+            "router_sidecar_exploration_race_cost_usd_total",
+            "Estimated cost (input tokens x price) of race losers closed after their first "
+            "token, USD.",
+            registry=r,
+        )
         self.spend = Counter(
             "router_sidecar_spend_usd",
             "What answered tokens cost at the catalog's prices, USD, by catalog model and "

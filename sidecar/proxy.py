@@ -118,6 +118,7 @@ class Proxy:
         self.hedger = Hedger(
             settings,
             on_hedge=self._count_hedge,
+            on_race=self._count_race,
             on_slow=lambda model, provider: self._ranking.cooldowns.slow(
                 model, provider, settings.slow_start_cooldown_s
             ),
@@ -230,6 +231,11 @@ class Proxy:
         if cancelled_cost_usd > 0:
             self._m.hedge_cancelled_cost.inc(cancelled_cost_usd)
 
+    def _count_race(self, result: str, closed_cost_usd: float) -> None:
+        self._m.exploration_races.labels(result).inc()
+        if closed_cost_usd > 0:
+            self._m.exploration_race_cost.inc(closed_cost_usd)
+
     def _finish_attempt(self, req: ParsedRequest, rec: AttemptRecord) -> None:
         """Metrics, local cooldown and the outcome report for one finished attempt."""
         self._m.count_attempt(rec.provider, rec.error_class.value)
@@ -317,12 +323,15 @@ class Proxy:
                 continue
             try:
                 if req.stream:
-                    if hedge:
+                    race = i == 0 and self.hedger.races(
+                        leg_req, route, leg.ranking.metadata.get("exploration_provider")
+                    )
+                    if hedge or race:
                         nxt = attempts[i + 1] if i + 1 < len(attempts) else None
                         backup = nxt[1] if nxt is not None and nxt[0] is leg else None
                         first_rec = rec
                         opened, rec, started = await self.hedger.open(
-                            self, leg_req, route, backup, key, rec, deadline, records
+                            self, leg_req, route, backup, key, rec, deadline, records, race
                         )
                         if started:
                             hedged.add(i + 1)

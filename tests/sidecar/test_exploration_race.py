@@ -1,0 +1,126 @@
+"""Exploration races end to end (real router, sidecar and fake providers): under
+``sort: ttft`` an exploration pick starts beside the leader, the first token wins, and
+the other attempt is read to its first token and reported, so the router learns both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from sidecar_helpers import MODEL, Stack, openai_client, wait_for
+
+from router_common.pb import router_pb2, router_pb2_grpc
+from router_service.ranking import RankingConfig
+
+MSGS = [{"role": "user", "content": "hello there, a prompt of some length"}]
+#: Every request explores (a stale endpoint first) once both are measured.
+EXPLORE_ALWAYS = RankingConfig(
+    exploration_share=1.0, exploration_share_unknown=1.0, stale_after_s=0.001, min_samples=1
+)
+
+
+async def _stream(client: Any, **prefs: Any) -> tuple[str, dict[str, Any]]:
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=MSGS, max_tokens=4, stream=True, extra_body={"provider": prefs}
+    )
+    text, routing = "", None
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        routing = (chunk.model_extra or {}).get("routing", routing)
+    assert routing is not None
+    return text, routing
+
+
+async def _router_ttft(address: str, provider: str) -> float | None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        resp = await router_pb2_grpc.RouterStub(channel).RankProviders(
+            router_pb2.RankProvidersRequest(
+                model=MODEL, preferences=router_pb2.RoutingPreferences(only=[provider])
+            )
+        )
+    ep = resp.endpoints[0]
+    return ep.ttft_ms if ep.HasField("ttft_ms") else None
+
+
+async def _explored(client: Any, provider: str) -> tuple[str, dict[str, Any], set[str]]:
+    """Stream until a request explores ``provider``: that answer, its routing, and
+    every provider that answered a request until then."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    served: set[str] = set()
+
+    async def explores() -> bool:
+        text, routing = await _stream(client, sort="latency")
+        served.add(routing["provider"])
+        if routing.get("exploration") and routing.get("exploration_provider") == provider:
+            found.append((text, routing))
+        return bool(found)
+
+    await wait_for(explores, timeout=15)
+    return (*found[0], served)
+
+
+async def test_a_slow_exploration_loses_the_race_and_is_still_measured(stack: Stack) -> None:
+    await stack.add_providers({"alpha": {}, "beta": {"ttft_median_ms": 250.0}})
+    stack.write_catalog()
+    router = await stack.start_router(ranking=EXPLORE_ALWAYS)
+    sc = await stack.start_sidecar(router.grpc_address)
+    client = openai_client(sc)
+
+    text, routing, served = await _explored(client, "beta")
+
+    # The app got one whole answer, from the leader, which answered first.
+    assert text and routing["provider"] == "alpha"
+    explored, leader = routing["attempts"][:2]
+    assert explored["provider"] == "beta"
+    assert leader["provider"] == "alpha" and leader["race"] is True and leader["status"] == "ok"
+    # The loser was read to its first token (~250 ms), closed there, and reported:
+    # beta never answered the app, yet the router ranks it by what the races measured.
+    assert served == {"alpha"}
+    beta_ttft = await wait_for(lambda: _router_ttft(router.grpc_address, "beta"))
+    assert beta_ttft > 100.0
+    await wait_for(lambda: sc.metrics.exploration_races.labels("leader_won")._value.get() >= 1)
+    await wait_for(lambda: sc.metrics.exploration_race_cost._value.get() > 0)
+
+
+async def test_a_recovered_exploration_wins_the_race_and_answers(stack: Stack) -> None:
+    await stack.add_providers({"alpha": {}, "beta": {"ttft_median_ms": 300.0}})
+    stack.write_catalog()
+    router = await stack.start_router(ranking=EXPLORE_ALWAYS)
+    sc = await stack.start_sidecar(router.grpc_address)
+    client = openai_client(sc)
+
+    async def alpha_leads_beta_measured_slow() -> bool:
+        _, routing = await _stream(client, sort="latency")
+        beta_ttft = await _router_ttft(router.grpc_address, "beta")
+        return routing["provider"] == "alpha" and beta_ttft is not None and beta_ttft > 100.0
+
+    await wait_for(alpha_leads_beta_measured_slow, timeout=15)
+    # Now they swap: alpha slows, beta recovers; the ranking still says alpha.
+    stack.providers["beta"].state.update_config(ttft_median_ms=5.0)
+    stack.providers["alpha"].state.update_config(ttft_median_ms=300.0)
+
+    text, routing, _ = await _explored(client, "beta")
+
+    assert text and routing["provider"] == "beta"  # the exploration answered first
+    explored, leader = routing["attempts"][:2]
+    assert explored["provider"] == "beta" and explored["status"] == "ok"
+    assert leader["provider"] == "alpha" and leader["race"] is True
+    await wait_for(lambda: sc.metrics.exploration_races.labels("explored_won")._value.get() >= 1)
+
+
+async def test_no_race_when_turned_off_or_not_sorted_by_ttft(stack: Stack) -> None:
+    await stack.add_providers({"alpha": {}, "beta": {"ttft_median_ms": 50.0}})
+    stack.write_catalog()
+    router = await stack.start_router(ranking=EXPLORE_ALWAYS)
+    sc = await stack.start_sidecar(router.grpc_address, race_explorations=False)
+    client = openai_client(sc)
+
+    _, routing, _ = await _explored(client, "beta")
+    assert routing["provider"] == "beta"  # explored as before: in the app's path
+    assert not any(a.get("race") for a in routing["attempts"])
+    # Load balancing explores too, but never races (only a speed sort does).
+    for _ in range(5):
+        _, routing = await _stream(client)
+        assert not any(a.get("race") for a in routing["attempts"])
+    assert sc.metrics.exploration_races.labels("leader_won")._value.get() == 0
