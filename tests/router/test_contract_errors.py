@@ -108,6 +108,16 @@ async def test_an_unknown_model_is_quoted_as_json(router_stub) -> None:
     assert err.value.details() == 'model "it\'s/x" is not in the catalog'
 
 
+@pytest.mark.parametrize("length", [0, MAX_MODEL_ID_LEN + 1])
+async def test_a_model_outside_its_limit_is_invalid_not_unknown(router_stub, length: int) -> None:
+    # The proto's `Limit: 1..256 characters` on RankProvidersRequest.model is a
+    # bad argument, as Outcome.model's is; NOT_FOUND is for a plausible id.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await router_stub.RankProviders(router_pb2.RankProvidersRequest(model="m" * length))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == (f"model: must be 1..{MAX_MODEL_ID_LEN} characters, got {length}")
+
+
 def outcome(**fields) -> router_pb2.Outcome:
     """A valid outcome for cerebras on MODEL, with ``fields`` changed."""
     return grpc_server_outcome(fields.pop("provider", "cerebras"), **fields)
