@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router_service.cli import parse_args
@@ -96,3 +97,36 @@ def test_ingest_share_flag_env_and_bounds(monkeypatch, capsys) -> None:
         with pytest.raises(SystemExit):
             parse_args(["--config", "c.yaml", "--ingest-share", bad])
         assert "--ingest-share: expected a number in (0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "flag"),
+    [
+        ("ROUTER_GRPC_PORT", "abc", "--grpc-port"),
+        ("ROUTER_HTTP_PORT", "70000", "--http-port"),
+        ("ROUTER_INGEST_SHARE", "2", "--ingest-share"),
+        ("ROUTER_LOG_LEVEL", "verbose", "--log-level"),
+        ("ROUTER_CALLER_OUTCOMES_PER_SECOND", "abc", "--caller-outcomes-per-second"),
+        ("ROUTER_CALLER_OUTCOMES_PER_SECOND", "nan", "--caller-outcomes-per-second"),
+        ("ROUTER_CALLER_OUTCOME_BURST", "inf", "--caller-outcome-burst"),
+        ("ROUTER_STREAM_IDLE_TIMEOUT_S", "x", "--stream-idle-timeout-s"),
+    ],
+)
+def test_a_bad_environment_variable_exits_2_naming_its_flag(
+    example_catalog: Path, variable: str, value: str, flag: str
+) -> None:
+    # A Kubernetes manifest sets these; a typo must read like a bad flag, not a traceback.
+    proc = _router("--config", str(example_catalog), env={variable: value})
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1].startswith(f"router-service: error: argument {flag}: "), stderr
+    assert value in stderr.splitlines()[-1]
+
+
+def test_a_non_finite_rate_limit_flag_is_refused(capsys) -> None:
+    # NaN compared false everywhere and silently switched the per-caller limit off.
+    for bad in ("nan", "inf", "-inf"):
+        with pytest.raises(SystemExit):
+            parse_args(["--config", "c.yaml", f"--caller-outcomes-per-second={bad}"])
+        assert "expected a finite number" in capsys.readouterr().err
