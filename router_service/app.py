@@ -36,7 +36,11 @@ from router_service.reflection_v1 import enable_reflection
 from router_service.replication.config import ReplicationConfig
 from router_service.replication.replicator import RedisReplicator, fleet_health_rng
 from router_service.replication.wiring import start_replication
-from router_service.rpc_guard import add_router_to_server
+from router_service.rpc_guard import (
+    LogLimiter,
+    add_router_to_server,
+    install_malformed_http_limit,
+)
 from router_service.security import RouterSecurity, SecuritySettings
 
 log = logging.getLogger(__name__)
@@ -183,6 +187,7 @@ class RouterApp:
             ],
         )
         self.http_app = app
+        install_malformed_http_limit(LogLimiter())
         # Dashboard and API requests are short; do not let keep-alive clients hold
         # shutdown for aiohttp's default 60 s.
         runner = web.AppRunner(

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf.message import DecodeError
 
 from router_common.pb import router_pb2
@@ -129,6 +130,49 @@ class RateLimitedLogFilter(logging.Filter):
                 record.exc_text = None
                 return True
         return True
+
+
+class MalformedHttpLogFilter(logging.Filter):
+    """aiohttp's ``Error handling request`` for a request it cannot parse, made one line.
+
+    aiohttp logs every unparseable request (a line over 8190 bytes, a bad
+    header, a bad HTTP version) at ERROR with a full traceback, before any
+    handler or middleware runs, so junk sent to the HTTP port flooded the log
+    with tracebacks; the exception text also quotes the raw bytes, which may
+    hold a header value such as a token. Here it becomes a WARNING ``malformed
+    HTTP request`` with the parser error's class as ``cause``, without the
+    text or traceback, at most once per interval per cause (like the gRPC
+    side). Errors raised by handlers are left alone: those tracebacks are ours.
+    """
+
+    def __init__(self, limiter: LogLimiter) -> None:
+        super().__init__()
+        self.limiter = limiter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        cause = type(exc).__name__
+        suppressed = self.limiter.allow(f"http:{cause}")
+        if suppressed is None:
+            return False
+        record.msg, record.args = "malformed HTTP request", ()
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = None
+        record.cause, record.suppressed = cause, suppressed
+        return True
+
+
+def install_malformed_http_limit(limiter: LogLimiter) -> None:
+    """Install MalformedHttpLogFilter on aiohttp's server logger (one filter per
+    process; a router started again in the same process brings its own limiter)."""
+    logger = logging.getLogger("aiohttp.server")
+    for existing in logger.filters:
+        if isinstance(existing, MalformedHttpLogFilter):
+            existing.limiter = limiter
+            return
+    logger.addFilter(MalformedHttpLogFilter(limiter))
 
 
 def install_accept_error_limit(limiter: LogLimiter) -> None:
