@@ -100,6 +100,24 @@ async def test_tokens_and_scopes_are_enforced_and_counted(token_router) -> None:
     assert counts[("RecordOutcome", "PERMISSION_DENIED")] == 1
 
 
+async def test_refusals_read_as_json_for_clients_in_any_language(token_router) -> None:
+    # Every error text quotes as JSON does (README "Errors"), refusals too.
+    from tests.router.test_contract_errors import assert_json_values
+
+    async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
+        stub = router_pb2_grpc.RouterStub(ch)
+        for metadata, expected in [
+            ((), 'missing credentials: send "authorization: Bearer <token>"'),
+            ((("authorization", "Basic eDp5"),), 'authorization must be "Bearer <token>"'),
+            (bearer("not-a-token-at-all"), "the bearer token is not valid"),
+            (bearer("dash-token-1"), 'caller "dashboards" lacks the "rank" scope'),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.RankProviders(RANK, metadata=metadata)
+            assert err.value.details().startswith(expected), err.value.details()
+            assert_json_values(err.value.details())
+
+
 async def test_tokens_file_reloads_and_a_bad_one_keeps_the_old_callers(
     token_router, tmp_path: Path
 ) -> None:
