@@ -130,3 +130,40 @@ def test_a_non_finite_rate_limit_flag_is_refused(capsys) -> None:
         with pytest.raises(SystemExit):
             parse_args(["--config", "c.yaml", f"--caller-outcomes-per-second={bad}"])
         assert "expected a finite number" in capsys.readouterr().err
+
+
+def test_failed_tls_handshakes_leave_stderr_json_lines(example_catalog: Path, tmp_path) -> None:
+    # gRPC core wrote one non-JSON "Handshake failed" INFO line per bad TLS client.
+    import socket
+
+    import trustme
+
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    flags = ["--config", str(example_catalog), "--host", "127.0.0.1", "--grpc-port", "0"]
+    flags += ["--http-port", "0", "--tls-cert", str(cert), "--tls-key", str(key)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router_service.cli", *flags, "--allow-unauthenticated"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        started = _read_started(proc)
+        port = int(started["grpc"].rsplit(":", 1)[1])
+        for _ in range(3):  # a plaintext HTTP/2 client, then TLS garbage
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x16\x03\x01\x00\x05hello")
+                sock.settimeout(5)
+                assert sock.recv(100) == b""  # the router closes the connection
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for line in rest.splitlines():
+        json.loads(line)  # every line of stderr is a JSON log record
