@@ -259,3 +259,31 @@ def test_the_proto_lists_every_reason_code_and_strategy() -> None:
 )
 def test_values_are_written_as_json(value: object, text: str) -> None:
     assert as_json(value) == text
+
+
+async def test_batch_ids_behave_as_the_proto_says(router_stub) -> None:
+    # BatchId's comment: ids at or below a forgotten one are duplicates; an id below
+    # the remembered ones but above every forgotten one is new (a late first delivery).
+    def batch(sender: str, sequence: int) -> router_pb2.RecordOutcomeRequest:
+        request = router_pb2.RecordOutcomeRequest(outcomes=[outcome()])
+        request.batch_id.sender, request.batch_id.sequence = sender, sequence
+        return request
+
+    late = await router_stub.RecordOutcome(batch("late", 10))
+    assert (late.accepted, late.duplicate_batches) == (1, 0)
+    late = await router_stub.RecordOutcome(batch("late", 3))
+    assert (late.accepted, late.duplicate_batches) == (1, 0)
+    # OutcomeAck.applied_sequences: the first 100 batches of a call.
+    ack = await router_stub.StreamOutcomes(iter([batch("many", s) for s in range(1, 102)]))
+    assert (ack.accepted, ack.duplicate_batches) == (101, 0)
+    assert list(ack.applied_sequences) == list(range(1, 101))
+    again = await router_stub.RecordOutcome(batch("many", 101))
+    assert (again.accepted, again.duplicate_batches) == (0, 1)
+    # 1024 more ids push 1..101 out of memory; at or below the highest forgotten: duplicates.
+    flood = [router_pb2.RecordOutcomeRequest() for _ in range(1_024)]
+    for sequence, request in enumerate(flood, start=1_000):
+        request.batch_id.sender, request.batch_id.sequence = "many", sequence
+    await router_stub.StreamOutcomes(iter(flood))
+    for sequence in (1, 101):
+        forgotten = await router_stub.RecordOutcome(batch("many", sequence))
+        assert (forgotten.accepted, forgotten.duplicate_batches) == (0, 1), sequence
