@@ -298,6 +298,44 @@ async def test_health_service_and_reflection(router_app) -> None:
             break
 
 
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+async def test_every_listed_service_and_method_resolves_by_reflection(
+    router_app, version: str
+) -> None:
+    # grpcurl-style: list, then describe each service and method. The v1 reflection
+    # service was listed but not resolvable, and no method symbol resolved at all.
+    from google.protobuf import descriptor_pb2
+
+    async with grpc.aio.insecure_channel(router_app.grpc_address) as channel:
+        call = channel.stream_stream(
+            f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+
+        async def ask(**request: str) -> reflection_pb2.ServerReflectionResponse:
+            replies = [r async for r in call([reflection_pb2.ServerReflectionRequest(**request)])]
+            return replies[0]
+
+        listed = await ask(list_services="")
+        names = [s.name for s in listed.list_services_response.service]
+        assert "grpc.reflection.v1.ServerReflection" in names
+        for name in names:
+            reply = await ask(file_containing_symbol=name)
+            assert reply.HasField("file_descriptor_response"), name
+            files = [
+                descriptor_pb2.FileDescriptorProto.FromString(raw)
+                for raw in reply.file_descriptor_response.file_descriptor_proto
+            ]
+            services = {f"{f.package}.{s.name}": s for f in files for s in f.service}
+            assert name in services, name
+            for method in services[name].method:
+                by_method = await ask(file_containing_symbol=f"{name}.{method.name}")
+                assert by_method.HasField("file_descriptor_response"), f"{name}.{method.name}"
+        missing = await ask(file_containing_symbol="router.v1.Router.NoSuchMethod")
+        assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
 async def test_health_turns_not_serving_on_shutdown(router_app) -> None:
     async with grpc.aio.insecure_channel(router_app.grpc_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
