@@ -167,3 +167,26 @@ def test_failed_tls_handshakes_leave_stderr_json_lines(example_catalog: Path, tm
             proc.kill()
     for line in rest.splitlines():
         json.loads(line)  # every line of stderr is a JSON log record
+
+
+def test_an_unusable_tls_file_exits_2_naming_its_flag_and_file(
+    example_catalog: Path, tmp_path: Path
+) -> None:
+    # ssl's own text ("[SSL] PEM lib (_ssl.c:3905)", "[Errno 2] ...") named neither.
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    base = ["--config", str(example_catalog), "--host", "127.0.0.1"]
+    base += ["--grpc-port", "0", "--http-port", "0"]
+    for flags, named in [
+        (["--tls-cert", str(junk), "--tls-key", str(junk)], f"--tls-cert {junk} / --tls-key"),
+        (
+            ["--tls-cert", str(tmp_path / "gone.crt"), "--tls-key", str(tmp_path / "gone.key")],
+            f"--tls-cert {tmp_path / 'gone.crt'}",
+        ),
+    ]:
+        proc = _router(*base, *flags)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 2, stderr
+        assert "Traceback" not in stderr
+        last = stderr.splitlines()[-1]
+        assert last.startswith(f"router-service: {named}"), last
