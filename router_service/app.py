@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 
 from router_common.catalog import CatalogError, catalog_version, load_catalog
 from router_common.domain import Clock
@@ -38,6 +38,7 @@ from router_service.replication.replicator import RedisReplicator, fleet_health_
 from router_service.replication.wiring import start_replication
 from router_service.rpc_guard import (
     LogLimiter,
+    add_guarded_service,
     add_router_to_server,
     install_malformed_http_limit,
 )
@@ -179,10 +180,15 @@ class RouterApp:
         )
 
     async def _start_grpc(self) -> None:
+        assert self.servicer is not None
         server = grpc.aio.server(options=self.security.grpc_options())
         add_router_to_server(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
+        # Health and reflection are open to all: corrupt requests are refused like the
+        # Router's (INVALID_ARGUMENT, logged once per cause per interval).
+        limiter = self.servicer.log_limiter
+        health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
+        add_guarded_service(server, health_service, self._health, health_pb2, limiter)
+        enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server, limiter)
         address = host_port(self.grpc_host, self.settings.grpc_port)
         check_port_free("gRPC", self.grpc_host, self.settings.grpc_port, "--grpc-port")
         try:

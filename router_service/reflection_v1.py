@@ -23,6 +23,8 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from router_service.rpc_guard import LogLimiter, add_guarded_service
+
 SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
 _V1_FILE = "grpc/reflection/v1/reflection.proto"
 
@@ -76,18 +78,15 @@ class _ReflectionServicer(reflection.aio.ReflectionServicer):
         return super()._file_containing_symbol(request, name)  # type: ignore[misc]
 
 
-def enable_reflection(service_names: Sequence[str], server: grpc.aio.Server) -> None:
-    """Serve reflection (v1 and v1alpha) listing ``service_names`` and both reflection services."""
+def enable_reflection(
+    service_names: Sequence[str], server: grpc.aio.Server, limiter: LogLimiter
+) -> None:
+    """Serve reflection (v1 and v1alpha) listing ``service_names`` and both reflection
+    services; a corrupt request is INVALID_ARGUMENT, logged under ``limiter``."""
     pool = descriptor_pool.Default()
     _register_v1_descriptor(pool)
     names = (*service_names, reflection.SERVICE_NAME, SERVICE_NAME)
     servicer = _ReflectionServicer(names, pool)
-    handler = grpc.stream_stream_rpc_method_handler(
-        servicer.ServerReflectionInfo,
-        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
-    )
+    descriptor = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
     for service in (reflection.SERVICE_NAME, SERVICE_NAME):
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(service, {"ServerReflectionInfo": handler}),)
-        )
+        add_guarded_service(server, descriptor, servicer, reflection_pb2, limiter, service)

@@ -14,6 +14,7 @@ before the handler runs; the handler reads it from :data:`current_caller`.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -82,6 +83,93 @@ def add_router_to_server(servicer: Any, server: grpc.aio.Server) -> None:
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
     )
+
+
+def add_guarded_service(
+    server: grpc.aio.Server,
+    service: Any,
+    servicer: Any,
+    messages: Any,
+    limiter: LogLimiter,
+    name: str | None = None,
+) -> None:
+    """Register a library servicer (health, reflection) with safe deserializers.
+
+    Why: these services are open to every caller, and grpcio answered a corrupt
+    request with UNKNOWN (``Unexpected <class '...DecodeError'>``) and an ERROR
+    traceback per call. Here, as for router.v1.Router, it is INVALID_ARGUMENT
+    with a short fixed message, logged at most once per interval per cause.
+    ``messages`` is the module holding the request and response classes;
+    ``name`` registers the service under another full name (reflection v1);
+    ``service`` is the service's descriptor (``*_pb2.DESCRIPTOR.services_by_name``).
+    """
+    full_name = name or service.full_name
+    handlers = {}
+    for method in service.methods:
+        request_class = getattr(messages, method.input_type.name)
+        response_class = getattr(messages, method.output_type.name)
+        where = f"{full_name}/{method.name}"
+        behavior = _guarded(getattr(servicer, method.name), method.client_streaming, where, limiter)
+        factory = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = factory(
+            behavior,
+            request_deserializer=safe_deserializer(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(full_name, handlers),))
+
+
+def _guarded(
+    behavior: Callable[..., Any], client_streaming: bool, where: str, limiter: LogLimiter
+) -> Callable[..., Any]:
+    """``behavior`` that first refuses Malformed requests (INVALID_ARGUMENT)."""
+
+    async def refuse(request: Malformed, context: grpc.aio.ServicerContext) -> None:
+        limiter.warning(log, "malformed request", f"{where}:{request.cause}", method=where)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.cause)
+
+    if client_streaming:
+
+        async def checked(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            async for request in requests:
+                if isinstance(request, Malformed):
+                    await refuse(request, context)
+                yield request
+
+        if inspect.isasyncgenfunction(behavior):
+
+            async def stream_in_stream_out(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                async for response in behavior(checked(requests, context), context):
+                    yield response
+
+            return stream_in_stream_out
+
+        async def stream_in(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await behavior(checked(requests, context), context)
+
+        return stream_in
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def unary_in_stream_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, Malformed):
+                await refuse(request, context)
+            async for response in behavior(request, context):
+                yield response
+
+        return unary_in_stream_out
+
+    async def unary_in(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            await refuse(request, context)
+        return await behavior(request, context)
+
+    return unary_in
 
 
 class LogLimiter:
