@@ -75,8 +75,8 @@ MAX_AUTH_CALLERS = 1_000
 MAX_SENDER_LEN = MAX_NAME_LEN
 #: Senders whose recent batch ids the router remembers per caller (least
 #: recently seen forgotten first), and batch ids remembered per sender. A sender
-#: numbers its batches upwards; an id older than every remembered one is
-#: treated as already applied.
+#: numbers its batches upwards; an id at or below the highest forgotten one
+#: is treated as already applied.
 MAX_SENDERS_PER_CALLER = 64
 BATCH_IDS_REMEMBERED = 1_024
 #: Callers whose state (rate-limit bucket, batch ids) the router keeps at once;

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 
 from router_common.catalog import CatalogError, catalog_version, load_catalog
 from router_common.domain import Clock
@@ -36,12 +36,29 @@ from router_service.reflection_v1 import enable_reflection
 from router_service.replication.config import ReplicationConfig
 from router_service.replication.replicator import RedisReplicator, fleet_health_rng
 from router_service.replication.wiring import start_replication
-from router_service.rpc_guard import add_router_to_server
+from router_service.rpc_guard import (
+    LogLimiter,
+    add_guarded_service,
+    add_router_to_server,
+    install_malformed_http_limit,
+)
 from router_service.security import RouterSecurity, SecuritySettings
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
+
+#: Wildcard binds, and the loopback address a local client reaches them on.
+_WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as gRPC targets and URLs write it: an IPv6 literal in brackets.
+
+    Why: gRPC parses ``::1:50051`` as a host without a port (then binds port
+    443 of a mangled address), so ``--host ::1`` or ``--host ::`` failed.
+    """
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,14 +115,13 @@ class RouterApp:
 
     @property
     def grpc_address(self) -> str:
-        host = self.grpc_host
-        return f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.grpc_port}"
+        return host_port(_WILDCARDS.get(self.grpc_host, self.grpc_host), self.grpc_port)
 
     @property
     def http_url(self) -> str:
-        host = self.http_host
+        host = _WILDCARDS.get(self.http_host, self.http_host)
         scheme = "https" if self.settings.security.tls_cert else "http"
-        return f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.http_port}"
+        return f"{scheme}://{host_port(host, self.http_port)}"
 
     async def __aenter__(self) -> RouterApp:
         await self.start()
@@ -130,8 +146,16 @@ class RouterApp:
             health_rng=fleet_health_rng(self.settings.replication),
         )
         self.security = RouterSecurity(self.settings.security, self.clock)
-        self.grpc_host = self.security.bind_host(self.settings.grpc_host)
-        self.http_host = self.security.bind_host(self.settings.http_host)
+        # Bare addresses from here on (``--host [::1]`` is ``::1``); host_port brackets them.
+        grpc_host, http_host = (
+            self.settings.grpc_host.strip("[]"),
+            self.settings.http_host.strip("[]"),
+        )
+        self.grpc_host = self.security.bind_host(grpc_host)
+        # One protected-mode warning when both ports were asked on one host.
+        self.http_host = (
+            self.grpc_host if http_host == grpc_host else self.security.bind_host(http_host)
+        )
         self.servicer = RouterServicer(
             self.core,
             self._data_arrived.set,
@@ -156,11 +180,16 @@ class RouterApp:
         )
 
     async def _start_grpc(self) -> None:
+        assert self.servicer is not None
         server = grpc.aio.server(options=self.security.grpc_options())
         add_router_to_server(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
-        address = f"{self.grpc_host}:{self.settings.grpc_port}"
+        # Health and reflection are open to all: corrupt requests are refused like the
+        # Router's (INVALID_ARGUMENT, logged once per cause per interval).
+        limiter = self.servicer.log_limiter
+        health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
+        add_guarded_service(server, health_service, self._health, health_pb2, limiter)
+        enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server, limiter)
+        address = host_port(self.grpc_host, self.settings.grpc_port)
         check_port_free("gRPC", self.grpc_host, self.settings.grpc_port, "--grpc-port")
         try:
             self.grpc_port = self.security.add_grpc_port(server, address)
@@ -183,6 +212,7 @@ class RouterApp:
             ],
         )
         self.http_app = app
+        install_malformed_http_limit(LogLimiter())
         # Dashboard and API requests are short; do not let keep-alive clients hold
         # shutdown for aiohttp's default 60 s.
         runner = web.AppRunner(

@@ -235,13 +235,13 @@ class Authenticator:
                 raise Denied(True, "the bearer token is not valid")
             return Caller(entry.name, entry.scopes, "token")
         if authorization and token is None:
-            raise Denied(True, "authorization must be 'Bearer <token>'")
+            raise Denied(True, 'authorization must be "Bearer <token>"')
         if self.mtls and certificate_names:
             name = certificate_names[0][:MAX_NAME_LEN]
             scopes = self.tokens.scopes_of(name) if self.tokens is not None else None
             return Caller(name, scopes if scopes is not None else frozenset(SCOPES), "certificate")
         if self.enabled:
-            raise Denied(True, "missing credentials: send 'authorization: Bearer <token>'")
+            raise Denied(True, 'missing credentials: send "authorization: Bearer <token>"')
         return Caller(peer_host(peer), frozenset(SCOPES), "peer")
 
     @staticmethod

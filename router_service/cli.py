@@ -40,10 +40,20 @@ log = logging.getLogger("router_service")
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {text}") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port must be 0..65535, got {value}")
     return value
+
+
+def _level(text: str) -> str:
+    level = text.lower()
+    if level not in LEVELS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LEVELS)}, got {text}")
+    return level
 
 
 def _share(value: str) -> float:
@@ -57,6 +67,12 @@ def _share(value: str) -> float:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags, each falling back to its environment variable.
+
+    Defaults taken from the environment are passed to argparse as strings, so
+    it converts and checks them with the flag's own ``type``: a bad variable
+    exits 2 with one usage line naming the flag, never a traceback.
+    """
     env = os.environ
     parser = argparse.ArgumentParser(
         prog="router-service",
@@ -72,13 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--grpc-port",
         type=_port,
-        default=_port(env.get(defaults.ENV_GRPC_PORT, str(defaults.GRPC_PORT))),
+        default=env.get(defaults.ENV_GRPC_PORT, str(defaults.GRPC_PORT)),
         help=f"gRPC port (env {defaults.ENV_GRPC_PORT}, default {defaults.GRPC_PORT})",
     )
     parser.add_argument(
         "--http-port",
         type=_port,
-        default=_port(env.get(defaults.ENV_HTTP_PORT, str(defaults.HTTP_PORT))),
+        default=env.get(defaults.ENV_HTTP_PORT, str(defaults.HTTP_PORT)),
         help=f"HTTP port for /metrics, the metrics API and the dashboard "
         f"(env {defaults.ENV_HTTP_PORT}, default {defaults.HTTP_PORT})",
     )
@@ -95,14 +111,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--log-level",
+        type=_level,
         choices=LEVELS,
-        default=env.get(defaults.ENV_LOG_LEVEL, defaults.LOG_LEVEL).lower(),
+        default=env.get(defaults.ENV_LOG_LEVEL, defaults.LOG_LEVEL),
         help=f"(env {defaults.ENV_LOG_LEVEL}, default {defaults.LOG_LEVEL})",
     )
     parser.add_argument(
         "--ingest-share",
         type=_share,
-        default=_share(env.get("ROUTER_INGEST_SHARE", str(IngestPacing().share))),
+        default=env.get("ROUTER_INGEST_SHARE", str(IngestPacing().share)),
         help="most of the event loop's time outcome ingestion may take while RankProviders "
         "calls are being served, in (0, 1]; 1 = unpaced (env ROUTER_INGEST_SHARE, "
         f"default {IngestPacing().share})",

@@ -190,6 +190,14 @@ def grpc_server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
     )
 
 
+class TlsFileError(OSError):
+    """A TLS file that cannot be used, named with its flag (one line at start)."""
+
+
+def _why(exc: OSError) -> str:
+    return str(getattr(exc, "reason", None) or exc.strerror or exc)
+
+
 class HttpTls:
     """The HTTP side's SSLContext; ``maybe_reload`` re-loads changed files in place
     (new connections use them). A client certificate is optional here so probes
@@ -203,9 +211,24 @@ class HttpTls:
         self._load()
 
     def _load(self) -> None:
-        self.context.load_cert_chain(self.tls.cert, self.tls.key)
-        if self.tls.client_ca:
-            self.context.load_verify_locations(self.tls.client_ca)
+        """Load the files; TlsFileError names the flag and file (ssl's own text,
+        ``[SSL] PEM lib (_ssl.c:3905)`` or a bare ``[Errno 2]``, names neither)."""
+        tls = self.tls
+        try:
+            self.context.load_cert_chain(tls.cert, tls.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsFileError(
+                f"--tls-cert {tls.cert} / --tls-key {tls.key}: not a usable PEM certificate "
+                f"and matching key ({_why(exc)})"
+            ) from None
+        if tls.client_ca:
+            try:
+                self.context.load_verify_locations(tls.client_ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise TlsFileError(
+                    f"--tls-client-ca {tls.client_ca}: not a usable PEM CA certificate "
+                    f"({_why(exc)})"
+                ) from None
             self.context.verify_mode = ssl.CERT_OPTIONAL
 
     def maybe_reload(self) -> None:

@@ -14,12 +14,14 @@ before the handler runs; the handler reads it from :data:`current_caller`.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
+from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf.message import DecodeError
 
 from router_common.pb import router_pb2
@@ -83,6 +85,93 @@ def add_router_to_server(servicer: Any, server: grpc.aio.Server) -> None:
     )
 
 
+def add_guarded_service(
+    server: grpc.aio.Server,
+    service: Any,
+    servicer: Any,
+    messages: Any,
+    limiter: LogLimiter,
+    name: str | None = None,
+) -> None:
+    """Register a library servicer (health, reflection) with safe deserializers.
+
+    Why: these services are open to every caller, and grpcio answered a corrupt
+    request with UNKNOWN (``Unexpected <class '...DecodeError'>``) and an ERROR
+    traceback per call. Here, as for router.v1.Router, it is INVALID_ARGUMENT
+    with a short fixed message, logged at most once per interval per cause.
+    ``messages`` is the module holding the request and response classes;
+    ``name`` registers the service under another full name (reflection v1);
+    ``service`` is the service's descriptor (``*_pb2.DESCRIPTOR.services_by_name``).
+    """
+    full_name = name or service.full_name
+    handlers = {}
+    for method in service.methods:
+        request_class = getattr(messages, method.input_type.name)
+        response_class = getattr(messages, method.output_type.name)
+        where = f"{full_name}/{method.name}"
+        behavior = _guarded(getattr(servicer, method.name), method.client_streaming, where, limiter)
+        factory = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = factory(
+            behavior,
+            request_deserializer=safe_deserializer(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(full_name, handlers),))
+
+
+def _guarded(
+    behavior: Callable[..., Any], client_streaming: bool, where: str, limiter: LogLimiter
+) -> Callable[..., Any]:
+    """``behavior`` that first refuses Malformed requests (INVALID_ARGUMENT)."""
+
+    async def refuse(request: Malformed, context: grpc.aio.ServicerContext) -> None:
+        limiter.warning(log, "malformed request", f"{where}:{request.cause}", method=where)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.cause)
+
+    if client_streaming:
+
+        async def checked(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            async for request in requests:
+                if isinstance(request, Malformed):
+                    await refuse(request, context)
+                yield request
+
+        if inspect.isasyncgenfunction(behavior):
+
+            async def stream_in_stream_out(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                async for response in behavior(checked(requests, context), context):
+                    yield response
+
+            return stream_in_stream_out
+
+        async def stream_in(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await behavior(checked(requests, context), context)
+
+        return stream_in
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def unary_in_stream_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, Malformed):
+                await refuse(request, context)
+            async for response in behavior(request, context):
+                yield response
+
+        return unary_in_stream_out
+
+    async def unary_in(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            await refuse(request, context)
+        return await behavior(request, context)
+
+    return unary_in
+
+
 class LogLimiter:
     """At most one log line per ``interval_s`` per cause; the rest are counted and
     reported (as ``suppressed``) with the next line for that cause."""
@@ -129,6 +218,49 @@ class RateLimitedLogFilter(logging.Filter):
                 record.exc_text = None
                 return True
         return True
+
+
+class MalformedHttpLogFilter(logging.Filter):
+    """aiohttp's ``Error handling request`` for a request it cannot parse, made one line.
+
+    aiohttp logs every unparseable request (a line over 8190 bytes, a bad
+    header, a bad HTTP version) at ERROR with a full traceback, before any
+    handler or middleware runs, so junk sent to the HTTP port flooded the log
+    with tracebacks; the exception text also quotes the raw bytes, which may
+    hold a header value such as a token. Here it becomes a WARNING ``malformed
+    HTTP request`` with the parser error's class as ``cause``, without the
+    text or traceback, at most once per interval per cause (like the gRPC
+    side). Errors raised by handlers are left alone: those tracebacks are ours.
+    """
+
+    def __init__(self, limiter: LogLimiter) -> None:
+        super().__init__()
+        self.limiter = limiter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        cause = type(exc).__name__
+        suppressed = self.limiter.allow(f"http:{cause}")
+        if suppressed is None:
+            return False
+        record.msg, record.args = "malformed HTTP request", ()
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = None
+        record.cause, record.suppressed = cause, suppressed
+        return True
+
+
+def install_malformed_http_limit(limiter: LogLimiter) -> None:
+    """Install MalformedHttpLogFilter on aiohttp's server logger (one filter per
+    process; a router started again in the same process brings its own limiter)."""
+    logger = logging.getLogger("aiohttp.server")
+    for existing in logger.filters:
+        if isinstance(existing, MalformedHttpLogFilter):
+            existing.limiter = limiter
+            return
+    logger.addFilter(MalformedHttpLogFilter(limiter))
 
 
 def install_accept_error_limit(limiter: LogLimiter) -> None:

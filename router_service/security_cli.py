@@ -7,6 +7,7 @@ the CLI.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from router_service.callers import CallerLimitsConfig
@@ -22,6 +23,17 @@ ENV = {
     "outcomes_per_second": "ROUTER_CALLER_OUTCOMES_PER_SECOND",
     "outcome_burst": "ROUTER_CALLER_OUTCOME_BURST",
 }
+
+
+def _finite(text: str) -> float:
+    """A finite float (``nan`` would silently switch a limit off); argparse reports the rest."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
 
 
 def add_security_flags(parser: argparse.ArgumentParser) -> None:
@@ -54,15 +66,15 @@ def add_security_flags(parser: argparse.ArgumentParser) -> None:
     defaults = CallerLimitsConfig()
     parser.add_argument(
         "--caller-outcomes-per-second",
-        type=float,
-        default=float(env.get(ENV["outcomes_per_second"], defaults.outcomes_per_second)),
+        type=_finite,
+        default=env.get(ENV["outcomes_per_second"], str(defaults.outcomes_per_second)),
         help="per-caller outcome rate limit, 0 = off "
         f"(env {ENV['outcomes_per_second']}, default {defaults.outcomes_per_second:g})",
     )
     parser.add_argument(
         "--caller-outcome-burst",
-        type=float,
-        default=float(env.get(ENV["outcome_burst"], defaults.outcome_burst)),
+        type=_finite,
+        default=env.get(ENV["outcome_burst"], str(defaults.outcome_burst)),
         help=f"per-caller burst (env {ENV['outcome_burst']}, default {defaults.outcome_burst:g})",
     )
 
@@ -88,8 +100,8 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             flag,
             dest=field,
-            type=float,
-            default=float(env.get(name, getattr(base, field))),
+            type=_finite,
+            default=env.get(name, str(getattr(base, field))),
             help=f"seconds after which {help_text} (env {name}, default {getattr(base, field):g})",
         )
 

@@ -14,7 +14,7 @@ from collections.abc import Container, Mapping
 
 from router_common.catalog_model import Endpoint, Provider
 from router_common.domain import EndpointKey
-from router_common.limits import MAX_TOKENS
+from router_common.limits import MAX_MODEL_ID_LEN, MAX_TOKENS
 from router_common.pb import router_pb2
 from router_common.routing.validation import (
     PreferencesError,
@@ -78,6 +78,13 @@ def routing_request(
     ``providers``: the catalog's provider names; when given, a name in
     order/only/ignore outside it is refused.
     """
+    # The proto's limit on `model` is checked before the catalog lookup, so a
+    # model id no catalog can hold is INVALID_ARGUMENT, not NOT_FOUND.
+    model_len = len(msg.model)
+    if not 1 <= model_len <= MAX_MODEL_ID_LEN:
+        raise RankingInputError(
+            "model", f"must be 1..{MAX_MODEL_ID_LEN} characters, got {model_len}"
+        )
     prefs = msg.preferences
     try:  # the rules the sidecar applies too, whatever its ranking source
         validate_preferences(prefs)

@@ -93,7 +93,8 @@ class RouterServicer:
 
     def RankProviders(self, request, context):
         """Ranks the endpoints serving a model for one request. NOT_FOUND for an
-        unknown model; INVALID_ARGUMENT (naming the field) for bad preferences;
+        unknown model; INVALID_ARGUMENT (naming the field) for bad preferences,
+        token estimates or a `model` outside its limit (empty or too long);
         FAILED_PRECONDITION when hard filters leave no endpoint at all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

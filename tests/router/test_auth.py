@@ -100,6 +100,24 @@ async def test_tokens_and_scopes_are_enforced_and_counted(token_router) -> None:
     assert counts[("RecordOutcome", "PERMISSION_DENIED")] == 1
 
 
+async def test_refusals_read_as_json_for_clients_in_any_language(token_router) -> None:
+    # Every error text quotes as JSON does (README "Errors"), refusals too.
+    from tests.router.test_contract_errors import assert_json_values
+
+    async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
+        stub = router_pb2_grpc.RouterStub(ch)
+        for metadata, expected in [
+            ((), 'missing credentials: send "authorization: Bearer <token>"'),
+            ((("authorization", "Basic eDp5"),), 'authorization must be "Bearer <token>"'),
+            (bearer("not-a-token-at-all"), "the bearer token is not valid"),
+            (bearer("dash-token-1"), 'caller "dashboards" lacks the "rank" scope'),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.RankProviders(RANK, metadata=metadata)
+            assert err.value.details().startswith(expected), err.value.details()
+            assert_json_values(err.value.details())
+
+
 async def test_tokens_file_reloads_and_a_bad_one_keeps_the_old_callers(
     token_router, tmp_path: Path
 ) -> None:
@@ -268,3 +286,35 @@ async def test_protected_mode_binds_loopback_unless_authenticated_or_allowed(
             assert (app.grpc_host, app.http_host) == (expected, expected)
         finally:
             await app.stop()
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]", "::"])
+async def test_an_ipv6_host_serves_grpc_and_http(tmp_path: Path, host: str) -> None:
+    # gRPC read "::1:0" as a host with no port and bound nothing: --host ::1 or :: failed.
+    app = loopback_router(
+        tmp_path,
+        grpc_host=host,
+        http_host=host,
+        drain_seconds=0.1,
+        watch_catalog=False,
+        security=SecuritySettings(allow_unauthenticated=host == "::"),
+    )
+    await app.start()
+    try:
+        assert app.grpc_address == f"[::1]:{app.grpc_port}"
+        async with grpc.aio.insecure_channel(app.grpc_address) as ch:
+            reply = await router_pb2_grpc.RouterStub(ch).RankProviders(RANK)
+            assert reply.endpoints
+        async with aiohttp.ClientSession() as http, http.get(f"{app.http_url}/healthz") as resp:
+            assert resp.status == 200
+    finally:
+        await app.stop()
+
+
+async def test_protected_mode_warns_once_for_both_ports(tmp_path: Path, caplog) -> None:
+    app = loopback_router(
+        tmp_path, grpc_host="0.0.0.0", http_host="0.0.0.0", drain_seconds=0.1, watch_catalog=False
+    )
+    await app.start()
+    await app.stop()
+    assert sum("protected mode" in r.getMessage() for r in caplog.records) == 1

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router_service.cli import parse_args
@@ -96,3 +97,96 @@ def test_ingest_share_flag_env_and_bounds(monkeypatch, capsys) -> None:
         with pytest.raises(SystemExit):
             parse_args(["--config", "c.yaml", "--ingest-share", bad])
         assert "--ingest-share: expected a number in (0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "flag"),
+    [
+        ("ROUTER_GRPC_PORT", "abc", "--grpc-port"),
+        ("ROUTER_HTTP_PORT", "70000", "--http-port"),
+        ("ROUTER_INGEST_SHARE", "2", "--ingest-share"),
+        ("ROUTER_LOG_LEVEL", "verbose", "--log-level"),
+        ("ROUTER_CALLER_OUTCOMES_PER_SECOND", "abc", "--caller-outcomes-per-second"),
+        ("ROUTER_CALLER_OUTCOMES_PER_SECOND", "nan", "--caller-outcomes-per-second"),
+        ("ROUTER_CALLER_OUTCOME_BURST", "inf", "--caller-outcome-burst"),
+        ("ROUTER_STREAM_IDLE_TIMEOUT_S", "x", "--stream-idle-timeout-s"),
+    ],
+)
+def test_a_bad_environment_variable_exits_2_naming_its_flag(
+    example_catalog: Path, variable: str, value: str, flag: str
+) -> None:
+    # A Kubernetes manifest sets these; a typo must read like a bad flag, not a traceback.
+    proc = _router("--config", str(example_catalog), env={variable: value})
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1].startswith(f"router-service: error: argument {flag}: "), stderr
+    assert value in stderr.splitlines()[-1]
+
+
+def test_a_non_finite_rate_limit_flag_is_refused(capsys) -> None:
+    # NaN compared false everywhere and silently switched the per-caller limit off.
+    for bad in ("nan", "inf", "-inf"):
+        with pytest.raises(SystemExit):
+            parse_args(["--config", "c.yaml", f"--caller-outcomes-per-second={bad}"])
+        assert "expected a finite number" in capsys.readouterr().err
+
+
+def test_failed_tls_handshakes_leave_stderr_json_lines(example_catalog: Path, tmp_path) -> None:
+    # gRPC core wrote one non-JSON "Handshake failed" INFO line per bad TLS client.
+    import socket
+
+    import trustme
+
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    flags = ["--config", str(example_catalog), "--host", "127.0.0.1", "--grpc-port", "0"]
+    flags += ["--http-port", "0", "--tls-cert", str(cert), "--tls-key", str(key)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router_service.cli", *flags, "--allow-unauthenticated"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        started = _read_started(proc)
+        port = int(started["grpc"].rsplit(":", 1)[1])
+        for _ in range(3):  # a plaintext HTTP/2 client, then TLS garbage
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x16\x03\x01\x00\x05hello")
+                sock.settimeout(5)
+                assert sock.recv(100) == b""  # the router closes the connection
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for line in rest.splitlines():
+        json.loads(line)  # every line of stderr is a JSON log record
+
+
+def test_an_unusable_tls_file_exits_2_naming_its_flag_and_file(
+    example_catalog: Path, tmp_path: Path
+) -> None:
+    # ssl's own text ("[SSL] PEM lib (_ssl.c:3905)", "[Errno 2] ...") named neither.
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    base = ["--config", str(example_catalog), "--host", "127.0.0.1"]
+    base += ["--grpc-port", "0", "--http-port", "0"]
+    for flags, named in [
+        (["--tls-cert", str(junk), "--tls-key", str(junk)], f"--tls-cert {junk} / --tls-key"),
+        (
+            ["--tls-cert", str(tmp_path / "gone.crt"), "--tls-key", str(tmp_path / "gone.key")],
+            f"--tls-cert {tmp_path / 'gone.crt'}",
+        ),
+    ]:
+        proc = _router(*base, *flags)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 2, stderr
+        assert "Traceback" not in stderr
+        last = stderr.splitlines()[-1]
+        assert last.startswith(f"router-service: {named}"), last

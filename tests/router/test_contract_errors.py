@@ -108,6 +108,16 @@ async def test_an_unknown_model_is_quoted_as_json(router_stub) -> None:
     assert err.value.details() == 'model "it\'s/x" is not in the catalog'
 
 
+@pytest.mark.parametrize("length", [0, MAX_MODEL_ID_LEN + 1])
+async def test_a_model_outside_its_limit_is_invalid_not_unknown(router_stub, length: int) -> None:
+    # The proto's `Limit: 1..256 characters` on RankProvidersRequest.model is a
+    # bad argument, as Outcome.model's is; NOT_FOUND is for a plausible id.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await router_stub.RankProviders(router_pb2.RankProvidersRequest(model="m" * length))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == (f"model: must be 1..{MAX_MODEL_ID_LEN} characters, got {length}")
+
+
 def outcome(**fields) -> router_pb2.Outcome:
     """A valid outcome for cerebras on MODEL, with ``fields`` changed."""
     return grpc_server_outcome(fields.pop("provider", "cerebras"), **fields)
@@ -249,3 +259,31 @@ def test_the_proto_lists_every_reason_code_and_strategy() -> None:
 )
 def test_values_are_written_as_json(value: object, text: str) -> None:
     assert as_json(value) == text
+
+
+async def test_batch_ids_behave_as_the_proto_says(router_stub) -> None:
+    # BatchId's comment: ids at or below a forgotten one are duplicates; an id below
+    # the remembered ones but above every forgotten one is new (a late first delivery).
+    def batch(sender: str, sequence: int) -> router_pb2.RecordOutcomeRequest:
+        request = router_pb2.RecordOutcomeRequest(outcomes=[outcome()])
+        request.batch_id.sender, request.batch_id.sequence = sender, sequence
+        return request
+
+    late = await router_stub.RecordOutcome(batch("late", 10))
+    assert (late.accepted, late.duplicate_batches) == (1, 0)
+    late = await router_stub.RecordOutcome(batch("late", 3))
+    assert (late.accepted, late.duplicate_batches) == (1, 0)
+    # OutcomeAck.applied_sequences: the first 100 batches of a call.
+    ack = await router_stub.StreamOutcomes(iter([batch("many", s) for s in range(1, 102)]))
+    assert (ack.accepted, ack.duplicate_batches) == (101, 0)
+    assert list(ack.applied_sequences) == list(range(1, 101))
+    again = await router_stub.RecordOutcome(batch("many", 101))
+    assert (again.accepted, again.duplicate_batches) == (0, 1)
+    # 1024 more ids push 1..101 out of memory; at or below the highest forgotten: duplicates.
+    flood = [router_pb2.RecordOutcomeRequest() for _ in range(1_024)]
+    for sequence, request in enumerate(flood, start=1_000):
+        request.batch_id.sender, request.batch_id.sequence = "many", sequence
+    await router_stub.StreamOutcomes(iter(flood))
+    for sequence in (1, 101):
+        forgotten = await router_stub.RecordOutcome(batch("many", sequence))
+        assert (forgotten.accepted, forgotten.duplicate_batches) == (0, 1), sequence

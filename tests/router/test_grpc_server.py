@@ -298,6 +298,79 @@ async def test_health_service_and_reflection(router_app) -> None:
             break
 
 
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+async def test_every_listed_service_and_method_resolves_by_reflection(
+    router_app, version: str
+) -> None:
+    # grpcurl-style: list, then describe each service and method. The v1 reflection
+    # service was listed but not resolvable, and no method symbol resolved at all.
+    from google.protobuf import descriptor_pb2
+
+    async with grpc.aio.insecure_channel(router_app.grpc_address) as channel:
+        call = channel.stream_stream(
+            f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+
+        async def ask(**request: str) -> reflection_pb2.ServerReflectionResponse:
+            replies = [r async for r in call([reflection_pb2.ServerReflectionRequest(**request)])]
+            return replies[0]
+
+        listed = await ask(list_services="")
+        names = [s.name for s in listed.list_services_response.service]
+        assert "grpc.reflection.v1.ServerReflection" in names
+        for name in names:
+            reply = await ask(file_containing_symbol=name)
+            assert reply.HasField("file_descriptor_response"), name
+            files = [
+                descriptor_pb2.FileDescriptorProto.FromString(raw)
+                for raw in reply.file_descriptor_response.file_descriptor_proto
+            ]
+            services = {f"{f.package}.{s.name}": s for f in files for s in f.service}
+            assert name in services, name
+            for method in services[name].method:
+                by_method = await ask(file_containing_symbol=f"{name}.{method.name}")
+                assert by_method.HasField("file_descriptor_response"), f"{name}.{method.name}"
+        missing = await ask(file_containing_symbol="router.v1.Router.NoSuchMethod")
+        assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+async def test_corrupt_health_and_reflection_requests_are_invalid_argument(
+    router_app, caplog
+) -> None:
+    # Open to every caller, these answered UNKNOWN ("Unexpected <class '...DecodeError'>")
+    # with an ERROR traceback per call: a cheap log flood for anyone.
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    identity = {"request_serializer": lambda b: b, "response_deserializer": lambda b: b}
+    async with grpc.aio.insecure_channel(router_app.grpc_address) as channel:
+        calls = [
+            channel.unary_unary("/grpc.health.v1.Health/Check", **identity)(b"\xff\xff"),
+            channel.unary_stream("/grpc.health.v1.Health/Watch", **identity)(b"\x0a\x02\xc3\x28"),
+        ]
+        for version in ("v1", "v1alpha"):
+            path = f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
+            calls.append(channel.stream_stream(path, **identity)(iter([b"\xff\xff"])))
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                if hasattr(call, "__aiter__"):
+                    _ = [r async for r in call]
+                else:
+                    await call
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+            assert err.value.details() in (
+                "the message is not valid protobuf wire format",
+                "a string field is not valid UTF-8",
+            )
+        health = health_pb2_grpc.HealthStub(channel)  # and a good request still works
+        reply = await health.Check(health_pb2.HealthCheckRequest())
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert not any(r.exc_info or r.exc_text for r in caplog.records)
+    assert not any(r.levelno >= logging.ERROR for r in caplog.records)
+
+
 async def test_health_turns_not_serving_on_shutdown(router_app) -> None:
     async with grpc.aio.insecure_channel(router_app.grpc_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)

@@ -8,6 +8,8 @@ recorded set of outcomes, end to end through a real router on loopback.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -252,6 +254,38 @@ async def test_unknown_model_is_404_json(router_app, http) -> None:
         assert response.status == 404
         assert response.content_type == "text/html"
         assert 'href="/"' in await response.text()  # a way back
+
+
+async def _raw_http(port: int, payload: bytes) -> bytes:
+    """Send bytes no HTTP client would, and read the router's answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_unparseable_http_is_400_and_one_log_line_per_cause(router_app, caplog) -> None:
+    # aiohttp logged each at ERROR with a traceback quoting the raw bytes (here a
+    # token in a header): junk on the port flooded the log, and could leak.
+    caplog.set_level(logging.WARNING)
+    junk = [
+        b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # LineTooLong
+        b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\x01\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+    ]
+    for payload in junk * 3:
+        answer = await _raw_http(router_app.http_port, payload)
+        assert answer.startswith(b"HTTP/1.0 400 ") or answer.startswith(b"HTTP/1.1 400 "), answer
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert records, "nothing logged at all"
+    assert not any(r.exc_info or r.exc_text for r in records)
+    assert all(r.getMessage() == "malformed HTTP request" for r in records)
+    causes = [r.__dict__["cause"] for r in records]
+    assert len(causes) == len(set(causes)) <= len(junk)  # once per cause per interval
+    assert "s3cret" not in caplog.text
 
 
 async def test_fresh_router_reports_not_enough_data(router_app, http) -> None:
