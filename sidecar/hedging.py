@@ -51,9 +51,10 @@ exploring, and the leader's, which may be the news that it slowed or hung.
 Bounds: only exploration picks race (at most the exploration share of
 requests, not the hedge budget); the loser is closed at its first token, so
 it costs its prompt and at most a token (``routing.attempts``:
-``race: true`` on the leader started beside the pick, ``closed_after_first_token``
-and ``estimated_cost_usd`` on the loser; ``router_sidecar_exploration_races_total``
-by result, ``router_sidecar_exploration_race_cost_usd_total``). Measured in
+``race: true`` on the leader started beside the pick; the loser is shown as
+a hedge's loser is, ``cancelled: true`` with ``estimated_cost_usd``, since the
+answer no longer waits for it; ``router_sidecar_exploration_races_total`` by
+result, ``router_sidecar_exploration_race_cost_usd_total``). Measured in
 bench/bench_routing.py (bench/README.md section 9).
 """
 
@@ -63,6 +64,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from router_common.domain import ErrorClass
@@ -264,12 +266,17 @@ class Hedger:
             (self.on_race if race else self.on_hedge)("both_failed", 0.0)
             return first.result(), rec, True
         if race:
-            result = "explored_won" if winner is first else "leader_won"
             for fut in pending:  # the loser, still without a first token: measured
-                self._measure(proxy, req, fut, *owners[fut], result)
+                loser, loser_route = owners[fut]
+                # The app's routing.attempts shows it as a hedge's loser is shown (the
+                # answer no longer waits for it); the record itself runs on and is reported.
+                shown = replace(loser, extra=dict(loser.extra or {}))
+                cost += _cancelled(shown, loser_route, req, "raced")
+                records[next(i for i, r in enumerate(records) if r is loser)] = shown
+                self._measure(proxy, req, fut, loser)
             if not pending:  # the loser had failed: finished here, like a hedge's
                 proxy._finish_attempt(req, brec if winner is first else rec)
-                self.on_race(result, 0.0)
+            self.on_race("explored_won" if winner is first else "leader_won", cost)
             return winner.result(), owners[winner][0], True
         for fut in pending:  # the loser: cancelled at once, which closes its upstream
             fut.cancel()
@@ -307,8 +314,6 @@ class Hedger:
         req: ParsedRequest,
         fut: asyncio.Future[Opened],
         rec: AttemptRecord,
-        route: Route,
-        result: str,
     ) -> None:
         """Read a race's loser to its first token in the background, close it, report it."""
 
@@ -318,27 +323,19 @@ class Hedger:
             except asyncio.CancelledError:
                 fut.cancel()  # shutdown: closes its upstream
                 raise
-            cost = 0.0
             if isinstance(opened, tuple):
                 opened[0].resp.close()  # its first token is all this attempt was for
                 rec.finish_ok(1, None, generation_seen=False)
-                cost = req.estimated_input_tokens * route.input_price_per_million / 1e6
-                rec.extra = {
-                    **(rec.extra or {}),
-                    "closed_after_first_token": True,
-                    "estimated_cost_usd": round(cost, 9),
-                }
             proxy._finish_attempt(req, rec)  # a timeout or failure is reported as one
-            self.on_race(result, cost)
 
         task = asyncio.ensure_future(measure())
         self._measuring.add(task)
         task.add_done_callback(self._measuring.discard)
 
 
-def _cancelled(rec: AttemptRecord, route: Route, req: ParsedRequest) -> float:
-    """Mark a hedge's losing attempt; its estimated cost (input tokens, USD)."""
-    rec.finish_error(ErrorClass.CLIENT_ERROR, "cancelled: the other hedged attempt answered first")
+def _cancelled(rec: AttemptRecord, route: Route, req: ParsedRequest, how: str = "hedged") -> float:
+    """Mark a hedge's (or race's) losing attempt; its estimated cost (input tokens, USD)."""
+    rec.finish_error(ErrorClass.CLIENT_ERROR, f"cancelled: the other {how} attempt answered first")
     rec.report = False
     cost = req.estimated_input_tokens * route.input_price_per_million / 1e6
     rec.extra = {**(rec.extra or {}), "cancelled": True, "estimated_cost_usd": round(cost, 9)}

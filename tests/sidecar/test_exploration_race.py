@@ -72,7 +72,9 @@ async def test_a_slow_exploration_loses_the_race_and_is_still_measured(stack: St
     # The app got one whole answer, from the leader, which answered first.
     assert text and routing["provider"] == "alpha"
     explored, leader = routing["attempts"][:2]
-    assert explored["provider"] == "beta"
+    # The app's view: the loser was cancelled (billed its prompt), as a hedge's is.
+    assert explored["provider"] == "beta" and explored["cancelled"] is True
+    assert explored["status"] in ("ok", "error") and explored["estimated_cost_usd"] > 0
     assert leader["provider"] == "alpha" and leader["race"] is True and leader["status"] == "ok"
     # The loser was read to its first token (~250 ms), closed there, and reported:
     # beta never answered the app, yet the router ranks it by what the races measured.
@@ -100,16 +102,28 @@ async def test_a_recovered_exploration_wins_the_race_and_answers(stack: Stack) -
     stack.providers["beta"].state.update_config(ttft_median_ms=5.0)
     stack.providers["alpha"].state.update_config(ttft_median_ms=300.0)
 
-    text, routing, _ = await _explored(client, "beta")
+    def alpha_measured() -> float:
+        return sc.metrics.attempts.labels("alpha", "none")._value.get()
+
+    # Until beta is explored, alpha answers; the exploring request is the last one.
+    while True:
+        before = alpha_measured()
+        text, routing = await _stream(client, sort="latency")
+        if routing.get("exploration_provider") == "beta":
+            break
 
     assert text and routing["provider"] == "beta"  # the exploration answered first
     explored, leader = routing["attempts"][:2]
     assert explored["provider"] == "beta" and explored["status"] == "ok"
     assert leader["provider"] == "alpha" and leader["race"] is True
+    assert leader["cancelled"] is True and leader["status"] == "error"
+    # The slowed leader was read on to its first token (~300 ms) and its attempt
+    # finished as a success and reported: news that it is slow now.
+    await wait_for(lambda: alpha_measured() == before + 1, timeout=10)
     await wait_for(lambda: sc.metrics.exploration_races.labels("explored_won")._value.get() >= 1)
 
 
-async def test_no_race_when_turned_off_or_not_sorted_by_ttft(stack: Stack) -> None:
+async def test_no_race_when_turned_off(stack: Stack) -> None:
     await stack.add_providers({"alpha": {}, "beta": {"ttft_median_ms": 50.0}})
     stack.write_catalog()
     router = await stack.start_router(ranking=EXPLORE_ALWAYS)
@@ -118,9 +132,20 @@ async def test_no_race_when_turned_off_or_not_sorted_by_ttft(stack: Stack) -> No
 
     _, routing, _ = await _explored(client, "beta")
     assert routing["provider"] == "beta"  # explored as before: in the app's path
-    assert not any(a.get("race") for a in routing["attempts"])
-    # Load balancing explores too, but never races (only a speed sort does).
-    for _ in range(5):
-        _, routing = await _stream(client)
-        assert not any(a.get("race") for a in routing["attempts"])
+    assert len(routing["attempts"]) == 1 and "race" not in routing["attempts"][0]
     assert sc.metrics.exploration_races.labels("leader_won")._value.get() == 0
+
+
+async def test_load_balancing_explores_unraced(stack: Stack) -> None:
+    await stack.add_providers({"alpha": {}, "beta": {"ttft_median_ms": 50.0}})
+    stack.write_catalog()
+    router = await stack.start_router(ranking=EXPLORE_ALWAYS)
+    sc = await stack.start_sidecar(router.grpc_address)  # racing on (the default)
+    client = openai_client(sc)
+
+    explorations = 0
+    for _ in range(10):
+        _, routing = await _stream(client)  # no sort: load balancing
+        explorations += bool(routing.get("exploration"))
+        assert len(routing["attempts"]) == 1 and "race" not in routing["attempts"][0]
+    assert explorations > 0  # load balancing explored, in the app's path
