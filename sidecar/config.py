@@ -91,7 +91,9 @@ class SidecarSettings:
         60.0, "Whole-answer timeout of a non-streaming attempt (its first byte is the answer)."
     )
     max_upstream_response_bytes: int = _opt(
-        32 * 1024 * 1024, "Largest non-streaming upstream body read (a failure above)."
+        32 * 1024 * 1024,
+        "Largest non-streaming upstream body, and longest line of a stream, read from a "
+        "provider (the attempt fails above it).",
     )
     max_error_body_bytes: int = _opt(64 * 1024, "Upstream error bodies are truncated to this.")
 

@@ -583,7 +583,9 @@ class Proxy:
         limit = min(deadline, loop.time() + wait.seconds)
         got_headers = False
         resp: aiohttp.ClientResponse | None = None
-        scanner = SSEScanner(req.model, req.wants_usage, self._redact.only(key))
+        scanner = SSEScanner(
+            req.model, req.wants_usage, self._redact.only(key), self._s.max_upstream_response_bytes
+        )
         slow_after = slow_start_after(self._s, req, route)
         slow_watch = (
             None
