@@ -15,12 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from router_common.json_text import as_json
 from router_common.limits import (
     MAX_FIRST_TOKEN_TIMEOUT_MS,
     MAX_MODEL_ID_LEN,
     MAX_MODELS_PER_REQUEST,
     MAX_NAME_LEN,
     MAX_PROVIDER_LIST,
+    MAX_TOKENS,
     MIN_PROVIDER_TIMEOUT_MS,
 )
 from router_common.pb import router_pb2
@@ -144,7 +146,7 @@ def _sort(value: Any, param: str) -> int:
         value = value.get("by")
         param += ".by"
     if not isinstance(value, str) or value.lower() not in SORTS:
-        raise RequestError(f"{param} must be one of {sorted(SORTS)}", param)
+        raise RequestError(f"{param} must be one of {as_json(sorted(SORTS))}", param)
     return SORTS[value.lower()]
 
 
@@ -152,7 +154,9 @@ def _threshold(value: Any, param: str) -> tuple[float, int | None]:
     """A number, or OpenRouter's ``{p50: x}`` form (the percentile is returned too)."""
     if isinstance(value, dict):
         if len(value) != 1 or next(iter(value)) not in PERCENTILES:
-            raise RequestError(f"{param} must be a number or one of {{p50|p75|p90|p99: x}}", param)
+            raise RequestError(
+                f"{param} must be a number or one of {{{'|'.join(PERCENTILES)}: x}}", param
+            )
         key, inner = next(iter(value.items()))
         return _number(inner, f"{param}.{key}"), PERCENTILES[key]
     return _number(value, param), None
@@ -345,6 +349,8 @@ def parse_request(
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise RequestError(f"{key} must be a non-negative integer", key)
+        if value > MAX_TOKENS:  # the router's bound on the estimate: same 400 from every source
+            raise RequestError(f"{key} must be at most {MAX_TOKENS}, got {as_json(value)}", key)
         max_out = max_out or value
     so = body.get("stream_options")
     if so is not None and not isinstance(so, dict):
@@ -417,7 +423,7 @@ def _model_list(value: Any, param: str) -> list[str]:
         if not isinstance(item, str) or not item.strip() or len(item) > MAX_MODEL_ID_LEN:
             raise RequestError(
                 f"{param} entries must be model ids of 1..{MAX_MODEL_ID_LEN} characters, "
-                f"got {str(item)[:40]!r}",
+                f"got {as_json(item)}",
                 param,
             )
     if len(set(value)) != len(value):
@@ -443,7 +449,7 @@ def _timeout_ms(value: Any, param: str) -> float:
     if not (MIN_PROVIDER_TIMEOUT_MS <= value <= MAX_FIRST_TOKEN_TIMEOUT_MS):
         raise RequestError(
             f"{param} must be between {MIN_PROVIDER_TIMEOUT_MS:g} and "
-            f"{MAX_FIRST_TOKEN_TIMEOUT_MS:g} milliseconds, got {value!r}",
+            f"{MAX_FIRST_TOKEN_TIMEOUT_MS:g} milliseconds, got {as_json(value)}",
             param,
         )
     return float(value)

@@ -25,7 +25,8 @@ from google.protobuf.json_format import MessageToDict
 from yarl import URL
 
 from router_common.catalog_model import Catalog, Endpoint, unknown_model_message
-from router_common.domain import Sort
+from router_common.domain import EndpointKey, Sort
+from router_common.json_text import as_json
 from router_common.limits import MAX_FIRST_TOKEN_TIMEOUT_MS
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_common.routing.cost import cost_factors, endpoint_cost
@@ -294,10 +295,7 @@ def rank_from_catalog(
             kept.append(ep)
     if not kept:
         raise RequestError(
-            f"no provider for {model!r} satisfies the routing preferences",
-            "provider",
-            400,
-            "no_eligible_provider",
+            no_eligible_message(model, excluded), "provider", 400, "no_eligible_provider"
         )
     keys: list[float | None] | None = None
     sort = SORT_FROM_WIRE.get(prefs.sort)
@@ -720,12 +718,9 @@ class RankingClient:
             metadata=metadata,
             fetched_at=self._clock(),
         )
-        if not ranking.routes:
+        if not ranking.routes:  # the router says FAILED_PRECONDITION instead; defensive
             raise RequestError(
-                f"no provider for {req.model!r} satisfies the routing preferences",
-                "provider",
-                400,
-                "no_eligible_provider",
+                no_eligible_message(req.model, []), "provider", 400, "no_eligible_provider"
             )
         self._put(req.cache_key, replace(ranking.for_reuse(), source="cache"))
         return ranking
@@ -835,6 +830,19 @@ def _route_weight(route: Route) -> float:
     """A weighted route's load-balance weight (``redraw`` only draws routes that have one)."""
     assert route.weight is not None
     return route.weight
+
+
+def no_eligible_message(model: str, excluded: list[dict[str, str]]) -> str:
+    """The router's FAILED_PRECONDITION text (``router_service/grpc_api.py``), from the catalog.
+
+    An app reads the same 400 whether the router or the fallback catalog found
+    that no endpoint passes the request's hard filters (``tests/sidecar`` checks
+    the two against each other).
+    """
+    reasons = "; ".join(
+        f"{as_json(str(EndpointKey(model, e['provider'])))}: {e['reason']}" for e in excluded
+    )
+    return f"no endpoint of {as_json(model)} satisfies the preferences ({reasons})"
 
 
 def _caller_error(exc: grpc.aio.AioRpcError) -> RequestError:
