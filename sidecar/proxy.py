@@ -493,6 +493,7 @@ class Proxy:
                     data=self._body_for(req, route),
                     headers=upstream_headers(key, False),
                     timeout=self._timeout,
+                    allow_redirects=False,  # an API that redirects a chat POST is misconfigured
                 ) as resp:
                     bound.reschedule(limit)  # answering: the whole-answer bound from here
                     try:
@@ -605,6 +606,7 @@ class Proxy:
                     data=self._body_for(req, route),
                     headers=upstream_headers(key, True),
                     timeout=self._timeout,
+                    allow_redirects=False,
                 )
                 got_headers = True
                 rec.http_status = resp.status

@@ -39,14 +39,20 @@ RETRIABLE = frozenset(
 
 
 def classify_status(status: int) -> ErrorClass:
-    """HTTP status of a failed response → ErrorClass (as the proto documents it)."""
+    """HTTP status of a failed response → ErrorClass (as the proto documents it).
+
+    Only a 4xx is the request's fault (passed on to the app as it is). A status
+    no OpenAI-compatible API answers a chat request with (1xx, a 2xx other than
+    200, a 3xx: redirects are not followed) is the endpoint misbehaving, like a
+    5xx: passed on, a 204 or 304 would reach the app as an empty "success".
+    """
     if status == 429:
         return ErrorClass.RATE_LIMITED
-    if status == 408 or status >= 500:
-        return ErrorClass.SERVER_ERROR
     if status in (401, 403):
         return ErrorClass.AUTH
-    return ErrorClass.CLIENT_ERROR
+    if 400 <= status < 500 and status != 408:
+        return ErrorClass.CLIENT_ERROR
+    return ErrorClass.SERVER_ERROR
 
 
 def classify_exception(exc: BaseException, got_headers: bool) -> ErrorClass:
