@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,14 +66,20 @@ def classify_exception(exc: BaseException, got_headers: bool) -> ErrorClass:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date); None if absent or garbled."""
+    """Retry-After as seconds (delta-seconds or an HTTP date); None if absent or garbled.
+
+    ``float`` also reads "inf", "nan" and "1e400": no delta-seconds, so garbled
+    (an infinite wait once made the app's own Retry-After a 500).
+    """
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -115,3 +115,62 @@ async def test_an_odd_status_from_the_only_provider_is_a_502(
     assert err.value.status_code == 502
     body = err.value.body
     assert isinstance(body, dict) and body["code"] == "all_providers_failed"
+
+
+@asynccontextmanager
+async def rate_limited_upstream(retry_after: str) -> AsyncIterator[str]:
+    """An upstream answering every chat request 429 with this ``Retry-After``."""
+
+    async def chat(request: web.Request) -> web.Response:
+        await request.read()
+        body = {"error": {"message": "slow down"}}
+        return web.json_response(body, status=429, headers={"Retry-After": retry_after})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("garbled", ["inf", "-Infinity", "1e400", "nan"])
+async def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(
+    stack: Stack, tmp_path: Path, garbled: str
+) -> None:
+    """``float`` reads these; an infinite one made the app's Retry-After a 500."""
+    async with rate_limited_upstream(garbled) as a, rate_limited_upstream("2.5") as b:
+        stack.catalog_path = tmp_path / "catalog.yaml"
+        stack.catalog_path.write_text(
+            "providers:\n"
+            f'  alpha: {{base_url: "{a}"}}\n'
+            f'  beta: {{base_url: "{b}"}}\n'
+            "models:\n"
+            f"  {MODEL}:\n"
+            "    endpoints:\n"
+            "      - {provider: alpha, input_price_per_million: 1, output_price_per_million: 1}\n"
+            "      - {provider: beta, input_price_per_million: 2, output_price_per_million: 2}\n"
+        )
+        router = await stack.start_router()
+        sc = await stack.start_sidecar(router.grpc_address)
+        with pytest.raises(openai.RateLimitError) as err:
+            await openai_client(sc).chat.completions.create(
+                model=MODEL,
+                messages=MSGS,
+                max_tokens=4,
+                extra_body={"provider": {"only": ["alpha"]}},
+            )
+        assert "Retry-After" not in err.value.response.headers  # alpha gave none usable
+        with pytest.raises(openai.RateLimitError) as err:
+            await openai_client(sc).chat.completions.create(
+                model=MODEL, messages=MSGS, max_tokens=4
+            )
+    assert err.value.response.headers["Retry-After"] == "3"  # beta's 2.5, rounded up
+    body = err.value.body
+    assert isinstance(body, dict) and body["code"] == "all_providers_rate_limited"
+    attempts = {a["provider"]: a for a in err.value.response.json()["routing"]["attempts"]}
+    assert "retry_after_s" not in attempts["alpha"] and attempts["beta"]["retry_after_s"] == 2.5

@@ -229,6 +229,8 @@ def test_classification_and_retry_after() -> None:
     assert parse_retry_after("2.5") == 2.5
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    for garbled in ("inf", "-inf", "nan", "1e400"):  # float() reads them; no seconds
+        assert parse_retry_after(garbled) is None
     key = "sk-live-abcdefghijklmnopqrstuvwxyz"
     redactor = KeyRedactor([key])
     assert key.encode() not in redactor.scrub(f"key={key}".encode())
