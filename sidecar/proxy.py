@@ -64,6 +64,7 @@ from sidecar.upstream import (
     read_error_body,
     upstream_error_message,
     upstream_headers,
+    usage_count,
 )
 
 log = logging.getLogger("sidecar.proxy")
@@ -375,10 +376,8 @@ class Proxy:
         """Cost a non-streaming answer from its usage; ``usage.cost`` gets the figure."""
         usage = answered.get("usage")
         usage = usage if isinstance(usage, dict) else None
-        prompt = usage.get("prompt_tokens") if usage is not None else None
-        exact_in = prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else None
-        out = usage.get("completion_tokens") if usage is not None else None
-        exact_out = isinstance(out, int) and not isinstance(out, bool)
+        exact_in = usage_count(usage.get("prompt_tokens")) if usage is not None else None
+        exact_out = usage is not None and usage_count(usage.get("completion_tokens")) is not None
         total = charge(
             self._m,
             leg.req.model,
@@ -536,8 +535,8 @@ class Proxy:
             rec.finish_error(ErrorClass.SERVER_ERROR, "upstream answer has no choices")
             return None
         usage = obj.get("usage")
-        tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-        rec.finish_ok(tokens if isinstance(tokens, int) else 0, None)
+        tokens = usage_count(usage.get("completion_tokens")) if isinstance(usage, dict) else None
+        rec.finish_ok(tokens or 0, None)
         return obj
 
     async def _http_failure(

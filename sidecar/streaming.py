@@ -27,7 +27,7 @@ from aiohttp import web
 from router_common.domain import ErrorClass
 from sidecar.idle_timeout import IdleTimeout
 from sidecar.redaction import KeyRedactor
-from sidecar.upstream import AttemptRecord, classify_exception
+from sidecar.upstream import AttemptRecord, classify_exception, usage_count
 
 #: What ``_inspect`` found in a chunk.
 _PLAIN, _FINISH, _USAGE, _EMPTY, _ERROR = range(5)
@@ -463,11 +463,11 @@ class SSEScanner:
         has_usage = False
         if isinstance(usage, dict):
             has_usage = True
-            tokens = usage.get("completion_tokens")
-            if isinstance(tokens, int) and not isinstance(tokens, bool):
+            tokens = usage_count(usage.get("completion_tokens"))
+            if tokens is not None:
                 self.usage_tokens = tokens
-            prompt = usage.get("prompt_tokens")
-            if isinstance(prompt, int) and not isinstance(prompt, bool):
+            prompt = usage_count(usage.get("prompt_tokens"))
+            if prompt is not None:
                 self.usage_prompt_tokens = prompt
         choices = obj.get("choices")
         if not isinstance(choices, list) or not choices:

@@ -20,6 +20,7 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from router_common.domain import ErrorClass
+from router_common.limits import MAX_TOKENS
 from router_common.outcome_bounds import fit_outcome, tokens_per_second, values_fit
 from router_common.pb import router_pb2
 from router_common.routing.cost import UsageCost
@@ -108,6 +109,16 @@ def upstream_error_message(body: bytes, status: int) -> str:
         text = body.decode("utf-8", "replace")
     text = " ".join(text.split())[:200]
     return f"HTTP {status}: {text}" if text else f"HTTP {status}"
+
+
+def usage_count(value: Any) -> int | None:
+    """A token count from a provider's ``usage``; None when it is none (then the sidecar
+    estimates). A bool, a negative count or one beyond ``MAX_TOKENS`` is garbled:
+    taken as it came, ``true`` stopped the outcome report with a TypeError (a 500
+    for an answered request) and ``-7`` or ``1e18`` tokens went into the cost."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+        return None
+    return value
 
 
 @dataclass(slots=True)
