@@ -291,8 +291,21 @@ class SidecarApp:
         if data is None and self._models_cache is not None:
             return web.json_response(self._models_cache)
         if data is None and self.catalog is not None:
+            # The router's entry shape, so an app reads one shape whichever answered;
+            # the catalog has no measurements, so the figures are null (as a fresh
+            # router's are).
             data = [
-                _model_entry(mid, {"providers": [e.provider.name for e in m.endpoints]})
+                _model_entry(
+                    mid,
+                    {
+                        "router": {
+                            "endpoint_count": len(m.endpoints),
+                            "best_p50_ttft_ms": None,
+                            "best_p50_throughput": None,
+                            "providers": [e.provider.name for e in m.endpoints],
+                        }
+                    },
+                )
                 for mid, m in self.catalog.models.items()
             ]
         if data is None:
