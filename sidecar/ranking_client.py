@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -253,6 +253,7 @@ def rank_from_catalog(
     input_tokens: int = 0,
     output_tokens: int = 0,
     rng: random.Random | None = None,
+    pref_params: Mapping[str, str] | None = None,
 ) -> tuple[list[Route], list[dict[str, str]]]:
     """The order the router would give with no metrics, computed from the catalog.
 
@@ -273,7 +274,7 @@ def rank_from_catalog(
     try:  # as the router refuses them (router_common.routing.validation)
         check_known_providers(prefs, catalog.providers)
     except PreferencesError as exc:
-        raise invalid_preferences(exc) from None
+        raise invalid_preferences(exc, pref_params) from None
     filters = HardFilters.from_preferences(prefs)
     kept: list[Endpoint] = []
     excluded: list[dict[str, str]] = []
@@ -700,7 +701,7 @@ class RankingClient:
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _CALLER_CODES:
                 self.router_ok = True
-                raise _caller_error(exc) from None
+                raise _caller_error(exc, req.pref_params) from None
             self._router_down(f"{exc.code().name}")
             return None
         except Exception as exc:  # channel closed during shutdown, etc.
@@ -749,6 +750,7 @@ class RankingClient:
             req.estimated_input_tokens,
             req.max_output_tokens,
             self._rng,
+            req.pref_params,
         )
         self.on_source("catalog")
         return Ranking(
@@ -845,7 +847,7 @@ def no_eligible_message(model: str, excluded: list[dict[str, str]]) -> str:
     return f"no endpoint of {as_json(model)} satisfies the preferences ({reasons})"
 
 
-def _caller_error(exc: grpc.aio.AioRpcError) -> RequestError:
+def _caller_error(exc: grpc.aio.AioRpcError, pref_params: Mapping[str, str] | None) -> RequestError:
     detail = exc.details() or exc.code().name
     if exc.code() == grpc.StatusCode.NOT_FOUND:
         return RequestError(detail, "model", 404, "model_not_found")
@@ -853,5 +855,5 @@ def _caller_error(exc: grpc.aio.AioRpcError) -> RequestError:
         return RequestError(detail, "provider", 400, "no_eligible_provider")
     path = detail.split(": ", 1)[0]  # the router's messages start with the proto path
     if path.startswith("preferences."):
-        return invalid_preferences(PreferencesError(path, detail.split(": ", 1)[1]))
+        return invalid_preferences(PreferencesError(path, detail.split(": ", 1)[1]), pref_params)
     return RequestError(detail, "provider", 400, "invalid_routing_preferences")

@@ -117,3 +117,40 @@ async def test_values_in_refusals_are_written_as_json(
     status, body = await _refusal(sc, extra)
     assert status == 400, json.dumps(body)
     assert body["error"]["message"] == message
+
+
+VERCEL = [
+    ({"only": ["ghost"]}, "providerOptions.gateway.only", 'provider "ghost" is not in the catalog'),
+    (
+        {"order": [f"p{i}" for i in range(100)]},
+        "providerOptions.gateway.order",
+        "at most 64 providers, got 100",
+    ),
+    ({"order": ["alpha", "alpha"]}, "providerOptions.gateway.order", "more than once"),
+]
+
+
+@pytest.mark.parametrize(("gateway", "param", "needle"), VERCEL)
+async def test_a_refused_vercel_option_is_named_as_the_request_wrote_it(
+    stack: Stack, gateway: dict[str, Any], param: str, needle: str
+) -> None:
+    """Found by an audit: ``param`` said ``provider.only`` for a request that had only
+    ``providerOptions.gateway.only``. Same answer from the router and the catalog."""
+    await stack.add_providers({"alpha": {}, "beta": {}})
+    stack.write_catalog()
+    router = await stack.start_router()
+    extra = {"providerOptions": {"gateway": gateway}}
+    sc = await stack.start_sidecar(router.grpc_address, fallback=True)
+    answers = [await _refusal(sc, extra)]
+    await stack.stop_router()
+    answers.append(await _refusal(sc, extra))
+    for status, body in answers:
+        assert status == 400 and body == answers[0][1]
+    error = answers[0][1]["error"]
+    assert error["param"] == param and needle in error["message"]
+    assert error["code"] == "invalid_routing_preferences"
+    # Given in both forms alike, the OpenRouter name is the one shown.
+    status, body = await _refusal(sc, {**extra, "provider": gateway})
+    assert status == 400 and body["error"]["param"] == param.replace(
+        "providerOptions.gateway.", "provider."
+    )
