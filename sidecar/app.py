@@ -25,6 +25,7 @@ from router_common.pb import router_pb2, router_pb2_grpc
 from router_common.shutdown import bounded
 from sidecar.config import SidecarSettings
 from sidecar.keys import ProviderKeys
+from sidecar.malformed_http import MalformedHttpLogFilter
 from sidecar.metrics import CONTENT_TYPE, SidecarMetrics
 from sidecar.outcomes import OutcomeReporter
 from sidecar.preferences import RequestError, parse_request
@@ -81,6 +82,8 @@ class SidecarApp:
         #: from whatever leaves this process (responses, streams, logs).
         self.redactor = KeyRedactor()
         self._log_filter = RedactingLogFilter(self.redactor)
+        #: aiohttp's per-request parser tracebacks, made rate-limited one-line warnings.
+        self._malformed_filter = MalformedHttpLogFilter()
         #: The per-request access line: same JSON fields as every other log line,
         #: written without the logging machinery (see DirectJsonLog), key-scrubbed.
         self._access_log = DirectJsonLog("sidecar", self.redactor.scrub)
@@ -112,6 +115,7 @@ class SidecarApp:
             self.catalog = load_catalog(s.fallback_catalog)
         for handler in logging.getLogger().handlers:
             handler.addFilter(self._log_filter)
+        logging.getLogger("aiohttp.server").addFilter(self._malformed_filter)
         if self.catalog is not None:
             self.keys.note_catalog(self.catalog)
         stub = None
@@ -199,6 +203,7 @@ class SidecarApp:
         self._access_log.flush()
         for handler in logging.getLogger().handlers:
             handler.removeFilter(self._log_filter)
+        logging.getLogger("aiohttp.server").removeFilter(self._malformed_filter)
 
     def _router_ok(self) -> None:
         self.metrics.router_up.set(1)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 
 import aiohttp
 import pytest
@@ -187,3 +189,33 @@ async def test_upstream_error_body_passed_on_without_key(stack: Stack) -> None:
         assert body["routing"]["attempts"][0]["error_class"] == "auth"
     finally:
         await runner.cleanup()
+
+
+async def test_unparsable_http_is_one_warning_line_without_the_bytes(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an audit: aiohttp logged every request it could not parse at ERROR with a
+    traceback quoting the raw bytes (here a header holding a token), one per request."""
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    sc = await stack.start_sidecar(fallback=True)
+    secret = "Bearer app-token-" + "s" * 9000  # a header line over aiohttp's 8190 bytes
+    caplog.set_level(logging.DEBUG)
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", sc.port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: {secret}\r\n".encode()
+            + b"Content-Length: 2\r\n\r\n{}"
+        )
+        await writer.drain()
+        head = await reader.read(200)
+        writer.close()
+        assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n")[0]
+    server = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert not [r for r in server if r.levelno >= logging.ERROR or r.exc_info or r.exc_text]
+    warnings = [r for r in server if r.getMessage() == "malformed HTTP request"]
+    assert len(warnings) == 1 and warnings[0].cause == "LineTooLong"
+    assert not any("app-token" in r.getMessage() + str(r.__dict__) for r in caplog.records)
+    status, _ = await _post(sc.base_url + "/chat/completions", _body(max_tokens=2))
+    assert status == 200  # and the sidecar serves on
