@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import openai
 import pytest
 from aiohttp import web
-from sidecar_helpers import MODEL, Stack, key_env, openai_client
+from sidecar_helpers import MODEL, Stack, key_env, openai_client, raw_upstream, write_raw_catalog
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -56,9 +55,8 @@ USAGE = (
 )
 
 
-@asynccontextmanager
-async def upstream(writes: Callable[[], Sequence[bytes]]) -> AsyncIterator[str]:
-    """An HTTP upstream answering every chat request with ``writes()``, one write each."""
+def _scripted(writes: Callable[[], Sequence[bytes]]):
+    """A chat handler answering with ``writes()``, one write each (paced: separate reads)."""
 
     async def chat(request: web.Request) -> web.StreamResponse:
         await request.read()
@@ -71,33 +69,16 @@ async def upstream(writes: Callable[[], Sequence[bytes]]) -> AsyncIterator[str]:
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        await runner.cleanup()
+    return chat
 
 
 async def _start(stack: Stack, tmp_path: Path, alpha_url: str, **over: object):
-    """Router and sidecar over a catalog of the hostile ``alpha`` (no key) and a fake ``beta``."""
+    """Router and sidecar over the hostile ``alpha`` (no key) and a fake ``beta``."""
     await stack.add_providers({"beta": {}})
-    beta = stack.providers["beta"]
-    stack.catalog_path = tmp_path / "catalog.yaml"
-    stack.catalog_path.write_text(
-        "providers:\n"
-        f'  alpha: {{base_url: "{alpha_url}"}}\n'
-        f'  beta: {{base_url: "{beta.base_url}", api_key_env: {key_env("beta")}}}\n'
-        "models:\n"
-        f"  {MODEL}:\n"
-        "    endpoints:\n"
-        "      - {provider: alpha, input_price_per_million: 1, output_price_per_million: 1}\n"
-        "      - {provider: beta, input_price_per_million: 2, output_price_per_million: 2}\n"
+    stack.catalog_path = write_raw_catalog(
+        tmp_path / "catalog.yaml",
+        {"alpha": alpha_url, "beta": stack.providers["beta"].base_url},
+        {"beta": key_env("beta")},
     )
     router = await stack.start_router()
     return await stack.start_sidecar(router.grpc_address, **over)
@@ -144,7 +125,7 @@ async def _stream(sc) -> tuple[str, dict | None, list[str | None], str]:
 async def test_lines_no_openai_client_can_read_are_not_relayed(
     stack: Stack, tmp_path: Path, writes: Callable[[], Sequence[bytes]]
 ) -> None:
-    async with upstream(writes) as url:
+    async with raw_upstream(_scripted(writes)) as url:
         sc = await _start(stack, tmp_path, url)
         text, routing, finishes, provider = await _stream(sc)
     assert provider == "alpha" and text == "Hello"
@@ -157,7 +138,7 @@ async def test_a_line_that_never_ends_before_the_first_token_fails_over(
     stack: Stack, tmp_path: Path
 ) -> None:
     endless = [_chunk("", role=True)] + [b"x" * 4096] * 8  # 32 KiB, never a newline
-    async with upstream(lambda: endless) as url:
+    async with raw_upstream(_scripted(lambda: endless)) as url:
         sc = await _start(stack, tmp_path, url, max_upstream_response_bytes=16 * 1024)
         text, routing, _, provider = await _stream(sc)
     assert provider == "beta" and text
@@ -171,7 +152,7 @@ async def test_a_line_that_never_ends_after_the_first_token_ends_the_stream_with
     stack: Stack, tmp_path: Path
 ) -> None:
     endless = [_chunk("", role=True) + _chunk("Hel")] + [b"x" * 4096] * 8
-    async with upstream(lambda: endless) as url:
+    async with raw_upstream(_scripted(lambda: endless)) as url:
         sc = await _start(stack, tmp_path, url, max_upstream_response_bytes=16 * 1024)
         with pytest.raises(openai.APIError, match="SSE line longer than 16384 bytes"):
             await _stream(sc)

@@ -10,22 +10,18 @@ Real router, real sidecar, the ``openai`` client, a real HTTP upstream.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import openai
 import pytest
 from aiohttp import web
-from sidecar_helpers import MODEL, Stack, key_env, openai_client
+from sidecar_helpers import MODEL, Stack, key_env, openai_client, raw_upstream, write_raw_catalog
 
 MSGS = [{"role": "user", "content": "hi"}]
 
 
-@asynccontextmanager
-async def odd_upstream(status: int) -> AsyncIterator[tuple[str, list[str]]]:
-    """An upstream answering every request with ``status``; yields its URL and the methods seen."""
-    seen: list[str] = []
+def _odd(status: int, seen: list[str]):
+    """A handler answering every request with ``status``, noting each method in ``seen``."""
 
     async def any_request(request: web.Request) -> web.Response:
         seen.append(request.method)
@@ -35,31 +31,15 @@ async def odd_upstream(status: int) -> AsyncIterator[tuple[str, list[str]]]:
         headers = {"Location": "/v1/elsewhere"} if 300 <= status < 400 else None
         return web.json_response({"error": {"message": "odd"}}, status=status, headers=headers)
 
-    app = web.Application()
-    app.router.add_route("*", "/v1/{tail:.*}", any_request)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1", seen
-    finally:
-        await runner.cleanup()
+    return any_request
 
 
 async def _start(stack: Stack, tmp_path: Path, alpha_url: str):
     await stack.add_providers({"beta": {}})
-    beta = stack.providers["beta"]
-    stack.catalog_path = tmp_path / "catalog.yaml"
-    stack.catalog_path.write_text(
-        "providers:\n"
-        f'  alpha: {{base_url: "{alpha_url}"}}\n'
-        f'  beta: {{base_url: "{beta.base_url}", api_key_env: {key_env("beta")}}}\n'
-        "models:\n"
-        f"  {MODEL}:\n"
-        "    endpoints:\n"
-        "      - {provider: alpha, input_price_per_million: 1, output_price_per_million: 1}\n"
-        "      - {provider: beta, input_price_per_million: 2, output_price_per_million: 2}\n"
+    stack.catalog_path = write_raw_catalog(
+        tmp_path / "catalog.yaml",
+        {"alpha": alpha_url, "beta": stack.providers["beta"].base_url},
+        {"beta": key_env("beta")},
     )
     router = await stack.start_router()
     return await stack.start_sidecar(router.grpc_address)
@@ -73,7 +53,8 @@ STATUSES = [201, 204, 302, 304, 307]
 async def test_an_odd_status_is_a_server_error_and_the_next_provider_answers(
     stack: Stack, tmp_path: Path, status: int, stream: bool
 ) -> None:
-    async with odd_upstream(status) as (url, seen):
+    seen: list[str] = []
+    async with raw_upstream(_odd(status, seen)) as url:
         sc = await _start(stack, tmp_path, url)
         raw = await openai_client(sc).chat.completions.with_raw_response.create(
             model=MODEL,
@@ -103,7 +84,7 @@ async def test_an_odd_status_is_a_server_error_and_the_next_provider_answers(
 async def test_an_odd_status_from_the_only_provider_is_a_502(
     stack: Stack, tmp_path: Path, status: int
 ) -> None:
-    async with odd_upstream(status) as (url, _):
+    async with raw_upstream(_odd(status, [])) as url:
         sc = await _start(stack, tmp_path, url)
         with pytest.raises(openai.APIStatusError) as err:
             await openai_client(sc).chat.completions.create(
@@ -117,25 +98,15 @@ async def test_an_odd_status_from_the_only_provider_is_a_502(
     assert isinstance(body, dict) and body["code"] == "all_providers_failed"
 
 
-@asynccontextmanager
-async def rate_limited_upstream(retry_after: str) -> AsyncIterator[str]:
-    """An upstream answering every chat request 429 with this ``Retry-After``."""
+def _rate_limited(retry_after: str):
+    """A chat handler answering 429 with this ``Retry-After``."""
 
     async def chat(request: web.Request) -> web.Response:
         await request.read()
         body = {"error": {"message": "slow down"}}
         return web.json_response(body, status=429, headers={"Retry-After": retry_after})
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    finally:
-        await runner.cleanup()
+    return chat
 
 
 @pytest.mark.parametrize("garbled", ["inf", "-Infinity", "1e400", "nan"])
@@ -143,18 +114,8 @@ async def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(
     stack: Stack, tmp_path: Path, garbled: str
 ) -> None:
     """``float`` reads these; an infinite one made the app's Retry-After a 500."""
-    async with rate_limited_upstream(garbled) as a, rate_limited_upstream("2.5") as b:
-        stack.catalog_path = tmp_path / "catalog.yaml"
-        stack.catalog_path.write_text(
-            "providers:\n"
-            f'  alpha: {{base_url: "{a}"}}\n'
-            f'  beta: {{base_url: "{b}"}}\n'
-            "models:\n"
-            f"  {MODEL}:\n"
-            "    endpoints:\n"
-            "      - {provider: alpha, input_price_per_million: 1, output_price_per_million: 1}\n"
-            "      - {provider: beta, input_price_per_million: 2, output_price_per_million: 2}\n"
-        )
+    async with raw_upstream(_rate_limited(garbled)) as a, raw_upstream(_rate_limited("2.5")) as b:
+        stack.catalog_path = write_raw_catalog(tmp_path / "catalog.yaml", {"alpha": a, "beta": b})
         router = await stack.start_router()
         sc = await stack.start_sidecar(router.grpc_address)
         with pytest.raises(openai.RateLimitError) as err:
