@@ -135,3 +135,16 @@ async def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(
     assert isinstance(body, dict) and body["code"] == "all_providers_rate_limited"
     attempts = {a["provider"]: a for a in err.value.response.json()["routing"]["attempts"]}
     assert "retry_after_s" not in attempts["alpha"] and attempts["beta"]["retry_after_s"] == 2.5
+
+
+async def test_a_zero_retry_after_reaches_the_app_as_one_second(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The README's rule: the smallest Retry-After given, rounded up, at least 1."""
+    async with raw_upstream(_rate_limited("0")) as a:
+        stack.catalog_path = write_raw_catalog(tmp_path / "catalog.yaml", {"alpha": a})
+        router = await stack.start_router()
+        sc = await stack.start_sidecar(router.grpc_address)
+        with pytest.raises(openai.RateLimitError) as err:
+            await openai_client(sc).chat.completions.create(model=MODEL, messages=MSGS)
+    assert err.value.response.headers["Retry-After"] == "1"
