@@ -219,3 +219,42 @@ async def test_unparsable_http_is_one_warning_line_without_the_bytes(
     assert not any("app-token" in r.getMessage() + str(r.__dict__) for r in caplog.records)
     status, _ = await _post(sc.base_url + "/chat/completions", _body(max_tokens=2))
     assert status == 200  # and the sidecar serves on
+
+
+async def test_the_sidecars_own_refusals_carry_the_readmes_codes(stack: Stack) -> None:
+    """Every code of the README's "The sidecar's own refusals", sent as an app would."""
+    import gzip
+
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    sc = await stack.start_sidecar(fallback=True, max_body_bytes=20_000)
+    url = sc.base_url + "/chat/completions"
+    deep = '{"model": "m", "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    cases: list[tuple[bytes | str, dict[str, str], int, str | None]] = [
+        ("{not json", {}, 400, "invalid_json"),
+        (b'{"model": "\xff"}', {}, 400, "invalid_json"),
+        ('{"model": "m", "temperature": NaN}', {}, 400, "invalid_json"),
+        (deep, {}, 400, "invalid_json"),
+        (_body(max_tokens=-1), {}, 400, "invalid_request"),
+        (
+            gzip.compress(_body(messages=[{"role": "user", "content": "x" * 100_000}]).encode()),
+            {"Content-Encoding": "gzip"},
+            413,
+            "body_too_large",
+        ),
+    ]
+    for payload, headers, status, code in cases:
+        got, body = await _post(url, payload, {"Content-Type": "application/json", **headers})
+        assert (got, body["error"]["code"]) == (status, code), payload[:40]
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url) as r:
+            assert r.status == 405 and (await r.json())["error"]["code"] is None
+        async with s.post(sc.base_url + "/nowhere", json={}) as r:
+            assert r.status == 404 and (await r.json())["error"]["code"] is None
+    got, body = await _post(url, _body(max_tokens=2), {"Content-Type": "text/plain"})
+    assert got == 200  # read as JSON whatever its Content-Type
+    await sc.stop()
+    sc = await stack.start_sidecar(router="127.0.0.1:1")  # nothing there, no catalog
+    got, body = await _post(sc.base_url + "/chat/completions", _body(max_tokens=2))
+    assert (got, body["error"]["code"]) == (503, "router_unavailable")
