@@ -29,7 +29,7 @@ from sidecar.malformed_http import MalformedHttpLogFilter
 from sidecar.metrics import CONTENT_TYPE, SidecarMetrics
 from sidecar.outcomes import OutcomeReporter
 from sidecar.preferences import RequestError, parse_request
-from sidecar.proxy import CLIENT_GONE, Proxy, error_body
+from sidecar.proxy import CLIENT_GONE, SERVED_BY, Proxy, error_body
 from sidecar.ranking_client import RankingClient
 from sidecar.redaction import KeyRedactor, RedactingLogFilter
 from sidecar.router_channel import open_router_channel
@@ -265,6 +265,7 @@ class SidecarApp:
             raise
         except (asyncio.CancelledError, ConnectionError):
             status = 499  # the app closed its connection: nginx's "client closed request"
+            provider, model = request.get(SERVED_BY, (provider, model))  # left mid-stream
             raise
         finally:
             self.metrics.count_request(status)

@@ -71,6 +71,9 @@ log = logging.getLogger("sidecar.proxy")
 
 #: Set on an aiohttp request whose app went away mid-answer (logged and counted as 499).
 CLIENT_GONE: web.RequestKey[bool] = web.RequestKey("router_client_gone", bool)
+#: (provider, model) of a stream once committed: the access line names them even when
+#: the app leaves mid-stream (then no response returns to read the headers from).
+SERVED_BY: web.RequestKey[tuple[str, str]] = web.RequestKey("router_served_by", tuple)
 
 #: orjson: the request body is re-encoded on every attempt and the routing object
 #: on every answer; it is several times faster than the stdlib here, and emits
@@ -663,6 +666,7 @@ class Proxy:
         """
         req = leg.req
         whole = start.eof or start.scanner.done
+        request[SERVED_BY] = (rec.provider, req.model)
         try:
             await app.prepare(request)
             if not whole:
