@@ -18,6 +18,7 @@ import aiohttp
 import grpc
 import orjson
 from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router_common.catalog_model import Catalog
 from router_common.logs import DirectJsonLog
@@ -346,15 +347,22 @@ class SidecarApp:
         return web.json_response(body, status=200 if ready else 503)
 
     async def _router_reachable(self) -> bool:
+        """The router answers its gRPC health check as SERVING within 0.5 s.
+
+        A connected channel alone is not enough: a router that is hung (stopped,
+        overloaded) keeps its TCP connection open while every ranking call times
+        out, and one that is shutting down or has no catalog yet says NOT_SERVING.
+        The health service needs no token (see Security), so this works in
+        protected mode too.
+        """
         if self._channel is None:
             return False
-        state = self._channel.get_state(try_to_connect=True)
-        if state == grpc.ChannelConnectivity.READY:
-            return True
         with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
             async with asyncio.timeout(0.5):
                 await self._channel.channel_ready()
-                return True
+                health: Any = health_pb2_grpc.HealthStub(self._channel)  # stubs lack Check
+                resp = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
+                return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
         return False
 
     async def _metrics(self, request: web.Request) -> web.Response:
