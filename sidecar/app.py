@@ -347,13 +347,14 @@ class SidecarApp:
         return web.json_response(body, status=200 if ready else 503)
 
     async def _router_reachable(self) -> bool:
-        """The router answers its gRPC health check as SERVING within 0.5 s.
+        """The router answers its gRPC health check within 0.5 s.
 
-        A connected channel alone is not enough: a router that is hung (stopped,
+        A connected channel alone is not enough: a hung router (stopped,
         overloaded) keeps its TCP connection open while every ranking call times
-        out, and one that is shutting down or has no catalog yet says NOT_SERVING.
-        The health service needs no token (see Security), so this works in
-        protected mode too.
+        out. Any answer counts, NOT_SERVING included: behind a round-robin
+        target one replica draining for a restart says so while the others
+        serve, and readiness must not flap with it. The health service needs
+        no token (see Security), so this works in protected mode too.
         """
         if self._channel is None:
             return False
@@ -361,8 +362,8 @@ class SidecarApp:
             async with asyncio.timeout(0.5):
                 await self._channel.channel_ready()
                 health: Any = health_pb2_grpc.HealthStub(self._channel)  # stubs lack Check
-                resp = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
-                return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+                await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
+                return True
         return False
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
+from grpc_health.v1 import health_pb2
 from sidecar_helpers import Stack, wait_for
 
 
@@ -85,3 +86,15 @@ async def test_a_hung_router_is_not_reachable(stack: Stack) -> None:
 async def _ready_ok(sc) -> bool:
     status, body = await _ready(sc)
     return status == 200 and body["router_reachable"] is True
+
+
+async def test_a_router_answering_not_serving_still_counts_as_reachable(stack: Stack) -> None:
+    """A replica draining for a restart says NOT_SERVING while the others behind the same
+    round-robin target serve: readiness must not flap with it."""
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    router = await stack.start_router()
+    sc = await stack.start_sidecar(router.grpc_address)
+    await router._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    status, body = await _ready(sc)
+    assert (status, body["router_reachable"]) == (200, True)
