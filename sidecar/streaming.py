@@ -46,16 +46,21 @@ _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 
 
 def _plain_deltas(block: bytes) -> bool:
-    """Every ``data:`` line of ``block`` is an ordinary delta: no finish, usage, error,
-    tool call or [DONE], so after the first token there is nothing to read in it but
-    the count of content chunks. Anything unusual (other spacing, a literal "data:" in
-    a token) fails a check and takes the line-by-line path, which is exact."""
-    data_lines = block.count(_DATA)
-    lines = block.count(b"\n")
-    blank = block.count(b"\n\n") + block.startswith(b"\n")
+    """Every line of ``block`` is an ordinary delta or a blank line: no finish, usage,
+    error, tool call, [DONE] or line of another kind, so after the first token there
+    is nothing to read in it but the count of content chunks. Anything unusual (other
+    spacing, an ``event:`` or ``id:`` line, a data line split over two) fails a check
+    and takes the line-by-line path, which is exact.
+
+    Each plain event is one data line with ``"finish_reason":null`` and a blank line:
+    two newlines per such chunk (the block may start with the blank line of the event
+    before, or end before its own). Counting newlines instead of ``data:`` costs the
+    same one scan and also catches lines that are not data (the relay drops those).
+    """
+    newlines = block.count(b"\n") - block.startswith(b"\n") + (not block.endswith(b"\n\n"))
     return (
-        data_lines == lines - blank  # no event:, id: or other line (those are dropped)
-        and data_lines == block.count(b'"finish_reason":null')
+        newlines == 2 * block.count(b'"finish_reason":null')
+        and block.startswith((_DATA, b"\ndata:"))
         and b'"error"' not in block
         and b'"tool_calls"' not in block
         and block.count(b'"usage"') == block.count(b'"usage":null')
