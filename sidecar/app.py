@@ -18,6 +18,7 @@ import aiohttp
 import grpc
 import orjson
 from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router_common.catalog_model import Catalog
 from router_common.logs import DirectJsonLog
@@ -25,10 +26,11 @@ from router_common.pb import router_pb2, router_pb2_grpc
 from router_common.shutdown import bounded
 from sidecar.config import SidecarSettings
 from sidecar.keys import ProviderKeys
+from sidecar.malformed_http import MalformedHttpLogFilter
 from sidecar.metrics import CONTENT_TYPE, SidecarMetrics
 from sidecar.outcomes import OutcomeReporter
 from sidecar.preferences import RequestError, parse_request
-from sidecar.proxy import CLIENT_GONE, Proxy, error_body
+from sidecar.proxy import CLIENT_GONE, SERVED_BY, Proxy, error_body
 from sidecar.ranking_client import RankingClient
 from sidecar.redaction import KeyRedactor, RedactingLogFilter
 from sidecar.router_channel import open_router_channel
@@ -81,6 +83,8 @@ class SidecarApp:
         #: from whatever leaves this process (responses, streams, logs).
         self.redactor = KeyRedactor()
         self._log_filter = RedactingLogFilter(self.redactor)
+        #: aiohttp's per-request parser tracebacks, made rate-limited one-line warnings.
+        self._malformed_filter = MalformedHttpLogFilter()
         #: The per-request access line: same JSON fields as every other log line,
         #: written without the logging machinery (see DirectJsonLog), key-scrubbed.
         self._access_log = DirectJsonLog("sidecar", self.redactor.scrub)
@@ -112,6 +116,7 @@ class SidecarApp:
             self.catalog = load_catalog(s.fallback_catalog)
         for handler in logging.getLogger().handlers:
             handler.addFilter(self._log_filter)
+        logging.getLogger("aiohttp.server").addFilter(self._malformed_filter)
         if self.catalog is not None:
             self.keys.note_catalog(self.catalog)
         stub = None
@@ -201,6 +206,7 @@ class SidecarApp:
         self._access_log.flush()
         for handler in logging.getLogger().handlers:
             handler.removeFilter(self._log_filter)
+        logging.getLogger("aiohttp.server").removeFilter(self._malformed_filter)
 
     def _router_ok(self) -> None:
         self.metrics.router_up.set(1)
@@ -262,6 +268,7 @@ class SidecarApp:
             raise
         except (asyncio.CancelledError, ConnectionError):
             status = 499  # the app closed its connection: nginx's "client closed request"
+            provider, model = request.get(SERVED_BY, (provider, model))  # left mid-stream
             raise
         finally:
             self.metrics.count_request(status)
@@ -293,8 +300,21 @@ class SidecarApp:
         if data is None and self._models_cache is not None:
             return web.json_response(self._models_cache)
         if data is None and self.catalog is not None:
+            # The router's entry shape, so an app reads one shape whichever answered;
+            # the catalog has no measurements, so the figures are null (as a fresh
+            # router's are).
             data = [
-                _model_entry(mid, {"providers": [e.provider.name for e in m.endpoints]})
+                _model_entry(
+                    mid,
+                    {
+                        "router": {
+                            "endpoint_count": len(m.endpoints),
+                            "best_p50_ttft_ms": None,
+                            "best_p50_throughput": None,
+                            "providers": [e.provider.name for e in m.endpoints],
+                        }
+                    },
+                )
                 for mid, m in self.catalog.models.items()
             ]
         if data is None:
@@ -329,14 +349,22 @@ class SidecarApp:
         return web.json_response(body, status=200 if ready else 503)
 
     async def _router_reachable(self) -> bool:
+        """The router answers its gRPC health check within 0.5 s.
+
+        A connected channel alone is not enough: a hung router (stopped,
+        overloaded) keeps its TCP connection open while every ranking call times
+        out. Any answer counts, NOT_SERVING included: behind a round-robin
+        target one replica draining for a restart says so while the others
+        serve, and readiness must not flap with it. The health service needs
+        no token (see Security), so this works in protected mode too.
+        """
         if self._channel is None:
             return False
-        state = self._channel.get_state(try_to_connect=True)
-        if state == grpc.ChannelConnectivity.READY:
-            return True
         with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
             async with asyncio.timeout(0.5):
                 await self._channel.channel_ready()
+                health: Any = health_pb2_grpc.HealthStub(self._channel)  # stubs lack Check
+                await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
                 return True
         return False
 

@@ -63,7 +63,13 @@ def _listen_error(settings: SidecarSettings, exc: OSError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = settings_from_args(argv)
+    try:
+        settings = settings_from_args(argv)
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):  # argparse already printed; --help is 0
+            raise
+        print(exc.code, file=sys.stderr)  # a bad value: one line, exit 2 like argparse
+        return 2
     try:
         configure_logging(settings.log_level.lower())
     except ValueError as exc:

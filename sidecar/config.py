@@ -10,11 +10,14 @@ which wins over the default.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from router_common.json_text import as_json
+from router_common.limits import MAX_OUTCOMES_PER_BATCH
 from sidecar import defaults
 
 
@@ -98,7 +101,9 @@ class SidecarSettings:
         60.0, "Whole-answer timeout of a non-streaming attempt (its first byte is the answer)."
     )
     max_upstream_response_bytes: int = _opt(
-        32 * 1024 * 1024, "Largest non-streaming upstream body read (a failure above)."
+        32 * 1024 * 1024,
+        "Largest non-streaming upstream body, and longest line of a stream, read from a "
+        "provider (the attempt fails above it).",
     )
     max_error_body_bytes: int = _opt(64 * 1024, "Upstream error bodies are truncated to this.")
 
@@ -179,7 +184,7 @@ def split_host_port(addr: str, default_host: str) -> tuple[str, int]:
         return default_host, int(addr)
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {addr!r}")
+        raise ValueError(f"expected HOST:PORT, got {as_json(addr)}")
     host = host.strip("[]") or default_host
     return host, int(port)
 
@@ -200,7 +205,7 @@ def _parse_bool(text: str) -> bool:
         return True
     if low in ("0", "false", "no", "off", ""):
         return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {as_json(text)}")
 
 
 def _converter(f: Any) -> Any:
@@ -250,10 +255,15 @@ def settings_from_args(
             try:
                 value = _converter(f)(raw)
             except (ValueError, argparse.ArgumentTypeError) as exc:
-                raise SystemExit(f"router-sidecar: bad {_env_name(f.name)}={raw!r}: {exc}") from exc
+                raise SystemExit(
+                    f"router-sidecar: bad {_env_name(f.name)}={as_json(raw)}: {exc}"
+                ) from exc
         if value is not None:
             values[f.name] = value
     settings = SidecarSettings(**values)
+    problem = check_settings(settings)
+    if problem is not None:
+        raise SystemExit(f"router-sidecar: {problem}")
     try:
         split_host_port(settings.listen, defaults.LISTEN_HOST)
         split_host_port(settings.router, "127.0.0.1")
@@ -266,3 +276,63 @@ def settings_from_args(
     except ValueError as exc:
         raise SystemExit(f"router-sidecar: bad --provider-first-token-timeouts: {exc}") from exc
     return settings
+
+
+#: Numeric settings that must be above zero: at zero the sidecar would accept no body,
+#: make no attempt, time every call out at once, or hold and send no outcome.
+_POSITIVE = frozenset(
+    {
+        "max_body_bytes",
+        "max_attempts",
+        "request_deadline_s",
+        "connect_timeout_s",
+        "first_byte_timeout_s",
+        "chunk_timeout_s",
+        "nonstream_timeout_s",
+        "max_upstream_response_bytes",
+        "max_error_body_bytes",
+        "rank_timeout_s",
+        "rank_cache_entries",
+        "cooldown_entries",
+        "outcome_queue_size",
+        "outcome_batch_size",
+        "outcome_flush_interval_s",
+        "outcome_send_timeout_s",
+        "outcome_max_backoff_s",
+    }
+)
+#: Settings that are a share of requests (0..1).
+_SHARES = frozenset({"hedge_budget_share"})
+
+
+def check_settings(settings: SidecarSettings) -> str | None:
+    """The first setting outside its bounds, named as its flag; None when all are sane.
+
+    ``float()`` reads "nan" and "inf", and nothing else refused a negative: a
+    ``--request-deadline-s nan`` made every deadline comparison false and a
+    ``--default-sort fastest`` made every request a 500, both after a clean start.
+    """
+    from sidecar.preferences import SORTS  # preferences' table; imported late (no cycle)
+
+    for f in fields(SidecarSettings):
+        value = getattr(settings, f.name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if not math.isfinite(value) or value < 0:
+            return f"{flag} must be a finite number >= 0, got {as_json(value)}"
+        if f.name in _POSITIVE and value <= 0:
+            return f"{flag} must be above 0, got {as_json(value)}"
+        if f.name in _SHARES and value > 1:
+            return f"{flag} must be a share from 0 to 1, got {as_json(value)}"
+    if settings.outcome_batch_size > MAX_OUTCOMES_PER_BATCH:
+        return (
+            f"--outcome-batch-size must be at most {MAX_OUTCOMES_PER_BATCH} (the proto's "
+            f"limit), got {settings.outcome_batch_size}"
+        )
+    if settings.default_sort is not None and settings.default_sort.lower() not in SORTS:
+        return (
+            f"--default-sort must be one of {as_json(sorted(SORTS))}, "
+            f"got {as_json(settings.default_sort)}"
+        )
+    return None

@@ -45,10 +45,23 @@ class ProviderKeys:
         self._models: dict[str, set[str]] = {}
 
     def key(self, env_name: str) -> str:
-        """The key in variable ``env_name`` ("" if unset); read once, then remembered."""
+        """The key in variable ``env_name`` ("" if unset); read once, then remembered.
+
+        Surrounding whitespace is not part of a key: a key file written with
+        ``echo`` ends in a newline, and a newline in the Authorization header
+        made aiohttp refuse every request to that provider (a 500 per request).
+        A key with a control character inside cannot be sent at all, so it
+        counts as unset (logged once, naming the variable, never the value).
+        """
         key = self._keys.get(env_name)
         if key is None:
-            key = self._env.get(env_name) or ""
+            key = (self._env.get(env_name) or "").strip()
+            if any(c < " " or c == "\x7f" for c in key):
+                log.warning(
+                    "API key variable holds a control character; treated as unset",
+                    extra={"api_key_env": env_name},
+                )
+                key = ""
             if len(self._keys) < _MAX_PROVIDERS:
                 self._keys[env_name] = key
             self._redactor.add(key)

@@ -26,6 +26,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from router_common.json_text import as_json
 from sidecar.preferences import ParsedRequest, RequestError
 from sidecar.ranking_client import Ranking, RankingClient, Route
 
@@ -91,7 +92,7 @@ async def rank_models(
         elif result is not None:
             ranked.append((r, result))
     if unknown:
-        names = ", ".join(repr(m[:80]) for m in unknown)
+        names = ", ".join(as_json(m) for m in unknown)
         param = "model" if unknown == [req.model] else "models"
         raise RequestError(
             f"unknown model{'s' if len(unknown) > 1 else ''} (not in the catalog): {names}",

@@ -15,12 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from router_common.json_text import as_json
 from router_common.limits import (
     MAX_FIRST_TOKEN_TIMEOUT_MS,
     MAX_MODEL_ID_LEN,
     MAX_MODELS_PER_REQUEST,
     MAX_NAME_LEN,
     MAX_PROVIDER_LIST,
+    MAX_TOKENS,
     MIN_PROVIDER_TIMEOUT_MS,
 )
 from router_common.pb import router_pb2
@@ -97,6 +99,10 @@ class ParsedRequest:
     #: ``providerOptions.gateway.providerTimeouts``: first-token timeout per provider,
     #: seconds (None: the request set none). Sidecar-local, not in the cache key.
     provider_timeouts: Mapping[str, float] | None = None
+    #: Preference proto paths the request set in Vercel's form only (``preferences.order``
+    #: → ``providerOptions.gateway.order``), so a refusal's ``param`` names the field
+    #: the request used; every other path is named in OpenRouter's form.
+    pref_params: Mapping[str, str] | None = None
 
     def for_model(self, model: str) -> ParsedRequest:
         """This request as sent to one model of its chain (ranking key and outcomes follow it)."""
@@ -116,6 +122,7 @@ class ParsedRequest:
             self.hedge,
             self.models,
             self.provider_timeouts,
+            self.pref_params,
         )
 
 
@@ -144,7 +151,7 @@ def _sort(value: Any, param: str) -> int:
         value = value.get("by")
         param += ".by"
     if not isinstance(value, str) or value.lower() not in SORTS:
-        raise RequestError(f"{param} must be one of {sorted(SORTS)}", param)
+        raise RequestError(f"{param} must be one of {as_json(sorted(SORTS))}", param)
     return SORTS[value.lower()]
 
 
@@ -152,7 +159,9 @@ def _threshold(value: Any, param: str) -> tuple[float, int | None]:
     """A number, or OpenRouter's ``{p50: x}`` form (the percentile is returned too)."""
     if isinstance(value, dict):
         if len(value) != 1 or next(iter(value)) not in PERCENTILES:
-            raise RequestError(f"{param} must be a number or one of {{p50|p75|p90|p99: x}}", param)
+            raise RequestError(
+                f"{param} must be a number or one of {{{'|'.join(PERCENTILES)}: x}}", param
+            )
         key, inner = next(iter(value.items()))
         return _number(inner, f"{param}.{key}"), PERCENTILES[key]
     return _number(value, param), None
@@ -229,10 +238,27 @@ def _vercel(block: Any) -> _Prefs:
     return out
 
 
+#: Preference names of ``_Prefs`` → the proto path ``validate_preferences`` names.
+_PROTO_PATHS = {
+    "order": "preferences.order",
+    "only": "preferences.only",
+    "ignore": "preferences.ignore",
+    "sort": "preferences.sort",
+    "zdr": "preferences.zero_data_retention",
+}
+
+
 def merge_preferences(
     body: dict[str, Any], default_sort: str | None = None, default_zdr: bool = False
 ) -> router_pb2.RoutingPreferences:
     """Both conventions → one RoutingPreferences; a disagreement is a 400 naming both fields."""
+    return _merge(body, default_sort, default_zdr)[0]
+
+
+def _merge(
+    body: dict[str, Any], default_sort: str | None, default_zdr: bool
+) -> tuple[router_pb2.RoutingPreferences, dict[str, str]]:
+    """``merge_preferences``, and the proto paths set in Vercel's form only → their field."""
     sources = []
     if body.get("provider") is not None:
         sources.append(_openrouter(body["provider"]))
@@ -250,6 +276,17 @@ def merge_preferences(
                 )
     for src in sources:
         merged.update(src.values)
+    vercel_only = (
+        {
+            _PROTO_PATHS[name]: param
+            for name, param in sources[-1].params.items()
+            if param.startswith("providerOptions.")
+            and name in _PROTO_PATHS
+            and not (len(sources) == 2 and name in sources[0].values)
+        }
+        if sources
+        else {}
+    )
 
     prefs = router_pb2.RoutingPreferences()
     sort = merged.get("sort")
@@ -279,7 +316,7 @@ def merge_preferences(
             prefs.percentile = pct
     if "allow_fallbacks" in merged:
         prefs.allow_fallbacks = merged["allow_fallbacks"]
-    return prefs
+    return prefs, vercel_only
 
 
 def message_text_chars(messages: list[Any]) -> int:
@@ -345,18 +382,21 @@ def parse_request(
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise RequestError(f"{key} must be a non-negative integer", key)
+        if value > MAX_TOKENS:  # the router's bound on the estimate: same 400 from every source
+            raise RequestError(f"{key} must be at most {MAX_TOKENS}, got {as_json(value)}", key)
         max_out = max_out or value
     so = body.get("stream_options")
     if so is not None and not isinstance(so, dict):
         raise RequestError("stream_options must be an object", "stream_options")
+    pref_params: Mapping[str, str] | None = None
     if body.get("provider") is None and body.get("providerOptions") is None:
         prefs, prefs_key, filters = _default_preferences(default_sort, default_zdr)
     else:
-        prefs = merge_preferences(body, default_sort, default_zdr)
+        prefs, pref_params = _merge(body, default_sort, default_zdr)
         try:  # the router's own rules, so the answer does not depend on the ranking source
             validate_preferences(prefs)
         except PreferencesError as exc:
-            raise invalid_preferences(exc) from None
+            raise invalid_preferences(exc, pref_params) from None
         prefs_key = prefs.SerializeToString(deterministic=True)
         filters = HardFilters.from_preferences(prefs)
     hedge = _hedge_option(body)
@@ -378,6 +418,7 @@ def parse_request(
         hedge=hedge,
         models=chain,
         provider_timeouts=timeouts,
+        pref_params=pref_params,
     )
 
 
@@ -390,9 +431,13 @@ _REQUEST_PARAMS = {
 }
 
 
-def invalid_preferences(exc: PreferencesError) -> RequestError:
-    """The 400 for preferences the router's rules refuse, naming the request's parameter."""
-    return RequestError(str(exc), _request_param(exc.field), 400, "invalid_routing_preferences")
+def invalid_preferences(
+    exc: PreferencesError, pref_params: Mapping[str, str] | None = None
+) -> RequestError:
+    """The 400 for preferences the router's rules refuse, naming the request's parameter
+    (``pref_params``: ``ParsedRequest.pref_params``, the fields set in Vercel's form)."""
+    param = (pref_params or {}).get(exc.field) or _request_param(exc.field)
+    return RequestError(str(exc), param, 400, "invalid_routing_preferences")
 
 
 def _request_param(proto_field: str) -> str:
@@ -417,7 +462,7 @@ def _model_list(value: Any, param: str) -> list[str]:
         if not isinstance(item, str) or not item.strip() or len(item) > MAX_MODEL_ID_LEN:
             raise RequestError(
                 f"{param} entries must be model ids of 1..{MAX_MODEL_ID_LEN} characters, "
-                f"got {str(item)[:40]!r}",
+                f"got {as_json(item)}",
                 param,
             )
     if len(set(value)) != len(value):
@@ -443,7 +488,7 @@ def _timeout_ms(value: Any, param: str) -> float:
     if not (MIN_PROVIDER_TIMEOUT_MS <= value <= MAX_FIRST_TOKEN_TIMEOUT_MS):
         raise RequestError(
             f"{param} must be between {MIN_PROVIDER_TIMEOUT_MS:g} and "
-            f"{MAX_FIRST_TOKEN_TIMEOUT_MS:g} milliseconds, got {value!r}",
+            f"{MAX_FIRST_TOKEN_TIMEOUT_MS:g} milliseconds, got {as_json(value)}",
             param,
         )
     return float(value)

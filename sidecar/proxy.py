@@ -64,12 +64,16 @@ from sidecar.upstream import (
     read_error_body,
     upstream_error_message,
     upstream_headers,
+    usage_count,
 )
 
 log = logging.getLogger("sidecar.proxy")
 
 #: Set on an aiohttp request whose app went away mid-answer (logged and counted as 499).
 CLIENT_GONE: web.RequestKey[bool] = web.RequestKey("router_client_gone", bool)
+#: (provider, model) of a stream once committed: the access line names them even when
+#: the app leaves mid-stream (then no response returns to read the headers from).
+SERVED_BY: web.RequestKey[tuple[str, str]] = web.RequestKey("router_served_by", tuple)
 
 #: orjson: the request body is re-encoded on every attempt and the routing object
 #: on every answer; it is several times faster than the stdlib here, and emits
@@ -384,10 +388,8 @@ class Proxy:
         """Cost a non-streaming answer from its usage; ``usage.cost`` gets the figure."""
         usage = answered.get("usage")
         usage = usage if isinstance(usage, dict) else None
-        prompt = usage.get("prompt_tokens") if usage is not None else None
-        exact_in = prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else None
-        out = usage.get("completion_tokens") if usage is not None else None
-        exact_out = isinstance(out, int) and not isinstance(out, bool)
+        exact_in = usage_count(usage.get("prompt_tokens")) if usage is not None else None
+        exact_out = usage is not None and usage_count(usage.get("completion_tokens")) is not None
         total = charge(
             self._m,
             leg.req.model,
@@ -502,6 +504,7 @@ class Proxy:
                     data=self._body_for(req, route),
                     headers=upstream_headers(key, False),
                     timeout=self._timeout,
+                    allow_redirects=False,  # an API that redirects a chat POST is misconfigured
                 ) as resp:
                     bound.reschedule(limit)  # answering: the whole-answer bound from here
                     try:
@@ -544,8 +547,8 @@ class Proxy:
             rec.finish_error(ErrorClass.SERVER_ERROR, "upstream answer has no choices")
             return None
         usage = obj.get("usage")
-        tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-        rec.finish_ok(tokens if isinstance(tokens, int) else 0, None)
+        tokens = usage_count(usage.get("completion_tokens")) if isinstance(usage, dict) else None
+        rec.finish_ok(tokens or 0, None)
         return obj
 
     async def _http_failure(
@@ -592,7 +595,9 @@ class Proxy:
         limit = min(deadline, loop.time() + wait.seconds)
         got_headers = False
         resp: aiohttp.ClientResponse | None = None
-        scanner = SSEScanner(req.model, req.wants_usage, self._redact.only(key))
+        scanner = SSEScanner(
+            req.model, req.wants_usage, self._redact.only(key), self._s.max_upstream_response_bytes
+        )
         slow_after = slow_start_after(self._s, req, route)
         slow_watch = (
             None
@@ -612,6 +617,7 @@ class Proxy:
                     data=self._body_for(req, route),
                     headers=upstream_headers(key, True),
                     timeout=self._timeout,
+                    allow_redirects=False,
                 )
                 got_headers = True
                 rec.http_status = resp.status
@@ -669,6 +675,7 @@ class Proxy:
         """
         req = leg.req
         whole = start.eof or start.scanner.done
+        request[SERVED_BY] = (rec.provider, req.model)
         try:
             await app.prepare(request)
             if not whole:

@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -25,7 +25,8 @@ from google.protobuf.json_format import MessageToDict
 from yarl import URL
 
 from router_common.catalog_model import Catalog, Endpoint, unknown_model_message
-from router_common.domain import Sort
+from router_common.domain import EndpointKey, Sort
+from router_common.json_text import as_json
 from router_common.limits import MAX_FIRST_TOKEN_TIMEOUT_MS
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_common.routing.cost import cost_factors, endpoint_cost
@@ -252,6 +253,7 @@ def rank_from_catalog(
     input_tokens: int = 0,
     output_tokens: int = 0,
     rng: random.Random | None = None,
+    pref_params: Mapping[str, str] | None = None,
 ) -> tuple[list[Route], list[dict[str, str]]]:
     """The order the router would give with no metrics, computed from the catalog.
 
@@ -272,7 +274,7 @@ def rank_from_catalog(
     try:  # as the router refuses them (router_common.routing.validation)
         check_known_providers(prefs, catalog.providers)
     except PreferencesError as exc:
-        raise invalid_preferences(exc) from None
+        raise invalid_preferences(exc, pref_params) from None
     filters = HardFilters.from_preferences(prefs)
     kept: list[Endpoint] = []
     excluded: list[dict[str, str]] = []
@@ -294,10 +296,7 @@ def rank_from_catalog(
             kept.append(ep)
     if not kept:
         raise RequestError(
-            f"no provider for {model!r} satisfies the routing preferences",
-            "provider",
-            400,
-            "no_eligible_provider",
+            no_eligible_message(model, excluded), "provider", 400, "no_eligible_provider"
         )
     keys: list[float | None] | None = None
     sort = SORT_FROM_WIRE.get(prefs.sort)
@@ -702,7 +701,7 @@ class RankingClient:
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _CALLER_CODES:
                 self.router_ok = True
-                raise _caller_error(exc) from None
+                raise _caller_error(exc, req.pref_params) from None
             self._router_down(f"{exc.code().name}")
             return None
         except Exception as exc:  # channel closed during shutdown, etc.
@@ -720,12 +719,9 @@ class RankingClient:
             metadata=metadata,
             fetched_at=self._clock(),
         )
-        if not ranking.routes:
+        if not ranking.routes:  # the router says FAILED_PRECONDITION instead; defensive
             raise RequestError(
-                f"no provider for {req.model!r} satisfies the routing preferences",
-                "provider",
-                400,
-                "no_eligible_provider",
+                no_eligible_message(req.model, []), "provider", 400, "no_eligible_provider"
             )
         self._put(req.cache_key, replace(ranking.for_reuse(), source="cache"))
         return ranking
@@ -754,6 +750,7 @@ class RankingClient:
             req.estimated_input_tokens,
             req.max_output_tokens,
             self._rng,
+            req.pref_params,
         )
         self.on_source("catalog")
         return Ranking(
@@ -837,7 +834,20 @@ def _route_weight(route: Route) -> float:
     return route.weight
 
 
-def _caller_error(exc: grpc.aio.AioRpcError) -> RequestError:
+def no_eligible_message(model: str, excluded: list[dict[str, str]]) -> str:
+    """The router's FAILED_PRECONDITION text (``router_service/grpc_api.py``), from the catalog.
+
+    An app reads the same 400 whether the router or the fallback catalog found
+    that no endpoint passes the request's hard filters (``tests/sidecar`` checks
+    the two against each other).
+    """
+    reasons = "; ".join(
+        f"{as_json(str(EndpointKey(model, e['provider'])))}: {e['reason']}" for e in excluded
+    )
+    return f"no endpoint of {as_json(model)} satisfies the preferences ({reasons})"
+
+
+def _caller_error(exc: grpc.aio.AioRpcError, pref_params: Mapping[str, str] | None) -> RequestError:
     detail = exc.details() or exc.code().name
     if exc.code() == grpc.StatusCode.NOT_FOUND:
         return RequestError(detail, "model", 404, "model_not_found")
@@ -845,5 +855,5 @@ def _caller_error(exc: grpc.aio.AioRpcError) -> RequestError:
         return RequestError(detail, "provider", 400, "no_eligible_provider")
     path = detail.split(": ", 1)[0]  # the router's messages start with the proto path
     if path.startswith("preferences."):
-        return invalid_preferences(PreferencesError(path, detail.split(": ", 1)[1]))
+        return invalid_preferences(PreferencesError(path, detail.split(": ", 1)[1]), pref_params)
     return RequestError(detail, "provider", 400, "invalid_routing_preferences")

@@ -27,7 +27,7 @@ from aiohttp import web
 from router_common.domain import ErrorClass
 from sidecar.idle_timeout import IdleTimeout
 from sidecar.redaction import KeyRedactor
-from sidecar.upstream import AttemptRecord, classify_exception
+from sidecar.upstream import AttemptRecord, classify_exception, usage_count
 
 #: What ``_inspect`` found in a chunk.
 _PLAIN, _FINISH, _USAGE, _EMPTY, _ERROR = range(5)
@@ -46,12 +46,21 @@ _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 
 
 def _plain_deltas(block: bytes) -> bool:
-    """Every ``data:`` line of ``block`` is an ordinary delta: no finish, usage, error,
-    tool call or [DONE], so after the first token there is nothing to read in it but
-    the count of content chunks. Anything unusual (other spacing, a literal "data:" in
-    a token) fails a check and takes the line-by-line path, which is exact."""
+    """Every line of ``block`` is an ordinary delta or a blank line: no finish, usage,
+    error, tool call, [DONE] or line of another kind, so after the first token there
+    is nothing to read in it but the count of content chunks. Anything unusual (other
+    spacing, an ``event:`` or ``id:`` line, a data line split over two) fails a check
+    and takes the line-by-line path, which is exact.
+
+    Each plain event is one data line with ``"finish_reason":null`` and a blank line:
+    two newlines per such chunk (the block may start with the blank line of the event
+    before, or end before its own). Counting newlines instead of ``data:`` costs the
+    same one scan and also catches lines that are not data (the relay drops those).
+    """
+    newlines = block.count(b"\n") - block.startswith(b"\n") + (not block.endswith(b"\n\n"))
     return (
-        block.count(_DATA) == block.count(b'"finish_reason":null')
+        newlines == 2 * block.count(b'"finish_reason":null')
+        and block.startswith((_DATA, b"\ndata:"))
         and b'"error"' not in block
         and b'"tool_calls"' not in block
         and block.count(b'"usage"') == block.count(b'"usage":null')
@@ -84,6 +93,10 @@ def _plain_run(block: bytes, pos: int, end: int) -> int:
     return stop
 
 
+#: Longest SSE line read from an upstream (the sidecar's setting is
+#: ``max_upstream_response_bytes``): beyond it the stream counts as broken.
+MAX_LINE_BYTES = 32 * 1024 * 1024
+
 #: ``"model":"id"`` bytes as upstreams write them → the id (every stream of an
 #: upstream model repeats the same bytes: decoded once).
 _FIELD_MODELS: dict[bytes, str] = {}
@@ -107,6 +120,9 @@ class SSEScanner:
         "_finish_obj",
         "_held_finish",
         "_held_usage",
+        "_long",
+        "_long_size",
+        "_max_line",
         "_model",
         "_model_field",
         "_model_json",
@@ -120,6 +136,7 @@ class SSEScanner:
         "finish_seen",
         "first_token_at",
         "last_id",
+        "line_too_long",
         "upstream_model",
         "usage_prompt_tokens",
         "usage_tokens",
@@ -131,8 +148,18 @@ class SSEScanner:
         model: str | None = None,
         want_usage: bool = True,
         redactor: KeyRedactor | None = None,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         self._tail = b""
+        #: The reads of one line that has not ended within a read (joined once when
+        #: it ends: appending read by read would copy the line again on every read).
+        self._long: list[bytes] | None = None
+        self._long_size = 0
+        #: Longest line accepted; a provider that sends more without a newline is
+        #: a broken stream, not something to buffer without bound.
+        self._max_line = max_line_bytes
+        #: The stream failed because a line exceeded ``_max_line`` (``error`` says so).
+        self.line_too_long = False
         self.first_token_at: float | None = None
         self.usage_tokens: int | None = None
         self.usage_prompt_tokens: int | None = None
@@ -164,10 +191,26 @@ class SSEScanner:
         """Take upstream bytes; return those to forward now (complete lines before [DONE])."""
         if self.done or self.error is not None:
             return b""
-        buf = self._tail + data if self._tail else data
+        if self._long is not None:  # a line longer than one read is being assembled
+            if b"\n" not in data:
+                self._long.append(data)
+                self._long_size += len(data)
+                self._check_line(self._long_size)
+                return b""
+            self._long.append(data)
+            buf = b"".join(self._long)
+            self._long = None
+        else:
+            buf = self._tail + data if self._tail else data
         cut = buf.rfind(b"\n")
         if cut < 0:
-            self._tail = buf
+            self._tail = b""
+            self._long = [buf]
+            self._long_size = len(buf)
+            self._check_line(len(buf))
+            return b""
+        if cut + 1 < len(buf) and len(buf) - cut - 1 > self._max_line:
+            self._check_line(len(buf) - cut - 1)
             return b""
         complete = buf[: cut + 1]
         self._tail = buf[cut + 1 :]
@@ -189,9 +232,12 @@ class SSEScanner:
             line = complete[pos : nl + 1]
             pos = nl + 1
             if not line.startswith(_DATA):
-                if not (skip_blank and line.strip() == b""):
-                    out.append(line)
-                skip_blank = False
+                if line.startswith(b":") or not line.strip():  # a comment, or a blank line
+                    if not (skip_blank and line.strip() == b""):
+                        out.append(line)
+                    skip_blank = False
+                else:  # event:, id:, retry: or junk: an OpenAI client would choke on it
+                    skip_blank = True
                 continue
             skip_blank = True
             payload = line[5:].strip()
@@ -228,8 +274,22 @@ class SSEScanner:
                         self.content_chunks += run.count(_CONTENT) - run.count(_EMPTY_CONTENT)
                         out.append(run)
                         pos = stop
-            # _EMPTY: a chunk without choices and without usage is dropped
+            # _EMPTY: a chunk without choices and without usage, or not JSON, is dropped
         return self._outgoing(b"".join(out))
+
+    def _check_line(self, size: int) -> None:
+        """A line past ``_max_line`` bytes ends the stream as failed (nothing more is held)."""
+        if size > self._max_line:
+            self.line_too_long = True
+            self.error = {"message": self.failure_text()}
+            self._long = None
+            self._tail = b""
+
+    def failure_text(self, mid_stream: bool = False) -> str:
+        """Why the upstream stream failed: its error event, or a line too long to hold."""
+        if self.line_too_long:
+            return f"upstream sent an SSE line longer than {self._max_line} bytes"
+        return f"upstream error event{' mid-stream' if mid_stream else ''}: {self.error_text()}"
 
     def _outgoing(self, block: bytes) -> bytes:
         """The app's model id in place of the upstream's, and no key."""
@@ -304,6 +364,8 @@ class SSEScanner:
 
     def flush(self, now: float) -> bytes:
         """At EOF: a last line without a newline is still a line."""
+        if self._long is not None:
+            self._tail, self._long = b"".join(self._long), None
         if not self._tail or self.done:
             return b""
         tail, self._tail = self._tail, b""
@@ -393,9 +455,9 @@ class SSEScanner:
         try:
             obj = orjson.loads(payload)
         except ValueError:
-            return _PLAIN
+            return _EMPTY  # not JSON: no OpenAI client could read it, so it is dropped
         if not isinstance(obj, dict):
-            return _PLAIN
+            return _EMPTY
         self._parsed = obj
         if obj.get("error"):
             self.error = obj["error"]
@@ -406,11 +468,11 @@ class SSEScanner:
         has_usage = False
         if isinstance(usage, dict):
             has_usage = True
-            tokens = usage.get("completion_tokens")
-            if isinstance(tokens, int) and not isinstance(tokens, bool):
+            tokens = usage_count(usage.get("completion_tokens"))
+            if tokens is not None:
                 self.usage_tokens = tokens
-            prompt = usage.get("prompt_tokens")
-            if isinstance(prompt, int) and not isinstance(prompt, bool):
+            prompt = usage_count(usage.get("prompt_tokens"))
+            if prompt is not None:
                 self.usage_prompt_tokens = prompt
         choices = obj.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -514,9 +576,7 @@ async def read_until_first_token(
         if scanner.error is not None or scanner.first_token_at is not None or scanner.done:
             break
     if scanner.error is not None:
-        rec.finish_error(
-            ErrorClass.SERVER_ERROR, f"upstream error event: {scanner.error_text()}", 200
-        )
+        rec.finish_error(ErrorClass.SERVER_ERROR, scanner.failure_text(), 200)
         return None
     if scanner.first_token_at is None and not scanner.complete:
         rec.finish_error(ErrorClass.STREAM_ABORT, "stream ended before the first token", 200)
@@ -594,7 +654,7 @@ async def relay(
         if scanner.error is not None:
             rec.finish_error(
                 ErrorClass.STREAM_ABORT,
-                f"upstream error event mid-stream: {scanner.error_text()}",
+                scanner.failure_text(mid_stream=True),
                 200,
                 scanner.output_tokens,
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from router_common.domain import ErrorClass
+from router_common.limits import MAX_TOKENS
 from router_common.outcome_bounds import fit_outcome, tokens_per_second, values_fit
 from router_common.pb import router_pb2
 from router_common.routing.cost import UsageCost
@@ -39,14 +41,20 @@ RETRIABLE = frozenset(
 
 
 def classify_status(status: int) -> ErrorClass:
-    """HTTP status of a failed response → ErrorClass (as the proto documents it)."""
+    """HTTP status of a failed response → ErrorClass (as the proto documents it).
+
+    Only a 4xx is the request's fault (passed on to the app as it is). A status
+    no OpenAI-compatible API answers a chat request with (1xx, a 2xx other than
+    200, a 3xx: redirects are not followed) is the endpoint misbehaving, like a
+    5xx: passed on, a 204 or 304 would reach the app as an empty "success".
+    """
     if status == 429:
         return ErrorClass.RATE_LIMITED
-    if status == 408 or status >= 500:
-        return ErrorClass.SERVER_ERROR
     if status in (401, 403):
         return ErrorClass.AUTH
-    return ErrorClass.CLIENT_ERROR
+    if 400 <= status < 500 and status != 408:
+        return ErrorClass.CLIENT_ERROR
+    return ErrorClass.SERVER_ERROR
 
 
 def classify_exception(exc: BaseException, got_headers: bool) -> ErrorClass:
@@ -59,14 +67,20 @@ def classify_exception(exc: BaseException, got_headers: bool) -> ErrorClass:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date); None if absent or garbled."""
+    """Retry-After as seconds (delta-seconds or an HTTP date); None if absent or garbled.
+
+    ``float`` also reads "inf", "nan" and "1e400": no delta-seconds, so garbled
+    (an infinite wait once made the app's own Retry-After a 500).
+    """
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -95,6 +109,16 @@ def upstream_error_message(body: bytes, status: int) -> str:
         text = body.decode("utf-8", "replace")
     text = " ".join(text.split())[:200]
     return f"HTTP {status}: {text}" if text else f"HTTP {status}"
+
+
+def usage_count(value: Any) -> int | None:
+    """A token count from a provider's ``usage``; None when it is none (then the sidecar
+    estimates). A bool, a negative count or one beyond ``MAX_TOKENS`` is garbled:
+    taken as it came, ``true`` stopped the outcome report with a TypeError (a 500
+    for an answered request) and ``-7`` or ``1e18`` tokens went into the cost."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+        return None
+    return value
 
 
 @dataclass(slots=True)

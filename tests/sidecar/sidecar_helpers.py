@@ -173,3 +173,40 @@ def openai_client(sidecar: SidecarApp, **kw: Any) -> Any:
     )
     _OPEN_CLIENTS.append(client)
     return client
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(handler: Any) -> Any:
+    """A real HTTP server on loopback whose every ``/v1/...`` route is ``handler``; yields
+    its base URL. For providers that misbehave in ways ``fake_provider`` does not script."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_route("*", "/v1/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+
+
+def write_raw_catalog(
+    path: Path, urls: Mapping[str, str], keys: Mapping[str, str] | None = None
+) -> Path:
+    """A catalog of ``MODEL`` served by the providers at ``urls``, in that order (cheapest
+    first); those named in ``keys`` need that key variable, the others none."""
+    lines = ["providers:"]
+    for name, url in urls.items():
+        key = f", api_key_env: {keys[name]}" if keys and name in keys else ""
+        lines.append(f'  {name}: {{base_url: "{url}"{key}}}')
+    lines += ["models:", f"  {MODEL}:", "    endpoints:"]
+    for i, name in enumerate(urls):
+        lines.append(
+            f"      - {{provider: {name}, input_price_per_million: {i + 1}, "
+            f"output_price_per_million: {i + 1}}}"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path

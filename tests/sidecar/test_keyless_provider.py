@@ -6,8 +6,9 @@ both through the router's ranking and from the fallback catalog.
 
 from __future__ import annotations
 
+import openai
 import pytest
-from sidecar_helpers import MODEL, Stack, openai_client
+from sidecar_helpers import MODEL, Stack, key_env, key_value, openai_client
 from sidecar_helpers import test_settings as sidecar_settings
 
 from sidecar.app import SidecarApp
@@ -51,3 +52,41 @@ async def test_keyless_provider_is_called_without_authorization(stack: Stack, so
     assert resp.model_extra["routing"]["source"] == source
     rec = stack.providers["local"].requests[-1]
     assert rec.auth_present is False
+
+
+async def test_a_key_read_with_its_trailing_newline_still_works(stack: Stack) -> None:
+    """Found by an audit: ``KEY=$'sk-...\\n'`` (a key file written with ``echo``) put a
+    newline in the Authorization header, aiohttp refused to send it, and every request
+    was a 500. Surrounding whitespace is not part of a key."""
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    router = await stack.start_router()
+    settings = sidecar_settings(
+        router=router.grpc_address, environ={key_env("alpha"): f"  {key_value('alpha')}\n"}
+    )
+    stack.sidecar = SidecarApp(settings)
+    await stack._exit.enter_async_context(stack.sidecar)
+    resp = await openai_client(stack.sidecar).chat.completions.create(
+        model=MODEL, messages=MSGS, max_tokens=3
+    )
+    assert resp.choices[0].message.content
+    assert stack.providers["alpha"].requests[-1].auth_ok is True
+
+
+async def test_a_key_with_a_control_character_inside_counts_as_unset(stack: Stack) -> None:
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    router = await stack.start_router()
+    settings = sidecar_settings(
+        router=router.grpc_address, environ={key_env("alpha"): "sk-half\none-0123456789"}
+    )
+    stack.sidecar = SidecarApp(settings)
+    await stack._exit.enter_async_context(stack.sidecar)
+    with pytest.raises(openai.APIStatusError) as err:
+        await openai_client(stack.sidecar).chat.completions.create(
+            model=MODEL, messages=MSGS, max_tokens=3
+        )
+    assert err.value.status_code == 503  # no provider could be tried, not a 500
+    body = err.value.body
+    assert isinstance(body, dict) and body["code"] == "no_provider_available"
+    assert stack.providers["alpha"].requests == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 
 import aiohttp
 import pytest
@@ -187,3 +189,72 @@ async def test_upstream_error_body_passed_on_without_key(stack: Stack) -> None:
         assert body["routing"]["attempts"][0]["error_class"] == "auth"
     finally:
         await runner.cleanup()
+
+
+async def test_unparsable_http_is_one_warning_line_without_the_bytes(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an audit: aiohttp logged every request it could not parse at ERROR with a
+    traceback quoting the raw bytes (here a header holding a token), one per request."""
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    sc = await stack.start_sidecar(fallback=True)
+    secret = "Bearer app-token-" + "s" * 9000  # a header line over aiohttp's 8190 bytes
+    caplog.set_level(logging.DEBUG)
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", sc.port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: {secret}\r\n".encode()
+            + b"Content-Length: 2\r\n\r\n{}"
+        )
+        await writer.drain()
+        head = await reader.read(200)
+        writer.close()
+        assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n")[0]
+    server = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert not [r for r in server if r.levelno >= logging.ERROR or r.exc_info or r.exc_text]
+    warnings = [r for r in server if r.getMessage() == "malformed HTTP request"]
+    assert len(warnings) == 1 and warnings[0].cause == "LineTooLong"
+    assert not any("app-token" in r.getMessage() + str(r.__dict__) for r in caplog.records)
+    status, _ = await _post(sc.base_url + "/chat/completions", _body(max_tokens=2))
+    assert status == 200  # and the sidecar serves on
+
+
+async def test_the_sidecars_own_refusals_carry_the_readmes_codes(stack: Stack) -> None:
+    """Every code of the README's "The sidecar's own refusals", sent as an app would."""
+    import gzip
+
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    sc = await stack.start_sidecar(fallback=True, max_body_bytes=20_000)
+    url = sc.base_url + "/chat/completions"
+    deep = '{"model": "m", "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    cases: list[tuple[bytes | str, dict[str, str], int, str | None]] = [
+        ("{not json", {}, 400, "invalid_json"),
+        (b'{"model": "\xff"}', {}, 400, "invalid_json"),
+        ('{"model": "m", "temperature": NaN}', {}, 400, "invalid_json"),
+        (deep, {}, 400, "invalid_json"),
+        (_body(max_tokens=-1), {}, 400, "invalid_request"),
+        (
+            gzip.compress(_body(messages=[{"role": "user", "content": "x" * 100_000}]).encode()),
+            {"Content-Encoding": "gzip"},
+            413,
+            "body_too_large",
+        ),
+    ]
+    for payload, headers, status, code in cases:
+        got, body = await _post(url, payload, {"Content-Type": "application/json", **headers})
+        assert (got, body["error"]["code"]) == (status, code), payload[:40]
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url) as r:
+            assert r.status == 405 and (await r.json())["error"]["code"] is None
+        async with s.post(sc.base_url + "/nowhere", json={}) as r:
+            assert r.status == 404 and (await r.json())["error"]["code"] is None
+    got, body = await _post(url, _body(max_tokens=2), {"Content-Type": "text/plain"})
+    assert got == 200  # read as JSON whatever its Content-Type
+    await sc.stop()
+    sc = await stack.start_sidecar(router="127.0.0.1:1")  # nothing there, no catalog
+    got, body = await _post(sc.base_url + "/chat/completions", _body(max_tokens=2))
+    assert (got, body["error"]["code"]) == (503, "router_unavailable")

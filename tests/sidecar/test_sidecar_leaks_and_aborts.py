@@ -185,7 +185,10 @@ async def test_app_leaving_before_the_first_token_closes_the_upstream(
     assert sc.ranking.cooldowns.cooling(MODEL, "alpha") is False
 
 
-async def test_app_leaving_mid_stream_closes_the_upstream(stack: Stack) -> None:
+async def test_app_leaving_mid_stream_closes_the_upstream(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     await stack.add_providers({"alpha": {"tokens_per_second": 20.0}})
     stack.write_catalog()
     router = await stack.start_router()
@@ -198,3 +201,6 @@ async def test_app_leaving_mid_stream_closes_the_upstream(stack: Stack) -> None:
     assert fake.requests[-1].tokens < 200
     await wait_for(lambda: sc.metrics.requests.labels("499")._value.get() == 1, timeout=3)
     assert sc.metrics.requests.labels("500")._value.get() == 0
+    # The access line names who was serving (found by an audit: it said null).
+    logged = [r for r in caplog.records if r.name == "sidecar" and r.getMessage() == "request"]
+    assert [(r.status, r.provider, r.model) for r in logged] == [(499, "alpha", MODEL)]

@@ -231,3 +231,28 @@ async def test_unknown_model_reads_the_same_from_router_and_fallback_catalog(
                 router_pb2.RankProvidersRequest(model="nobody/none"), timeout=2
             )
     assert rpc.value.details() == from_catalog.value.body["message"]
+
+
+async def test_models_entries_have_one_shape_from_router_and_fallback_catalog(
+    stack: Stack,
+) -> None:
+    """Found by an audit: from the catalog an entry had a top-level ``providers`` and no
+    ``router`` object, so code reading ``router.best_p50_ttft_ms`` broke when the router
+    was down."""
+    await stack.add_providers({"alpha": {}, "beta": {}})
+    stack.write_catalog()
+    router = await stack.start_router()
+    sc = await stack.start_sidecar(router.grpc_address)
+    _, from_router = await _get(sc.base_url + "/models")
+    await sc.stop()
+    sc = await stack.start_sidecar(fallback=True)  # no router: the fallback catalog answers
+    _, from_catalog = await _get(sc.base_url + "/models")
+    ours, theirs = from_router["data"][0], from_catalog["data"][0]
+    assert ours.keys() == theirs.keys() and ours["router"].keys() == theirs["router"].keys()
+    assert theirs["router"] == {
+        "endpoint_count": 2,
+        "best_p50_ttft_ms": None,
+        "best_p50_throughput": None,
+        "providers": ["alpha", "beta"],
+    }
+    assert sorted(ours["router"]["providers"]) == ["alpha", "beta"]

@@ -224,9 +224,13 @@ def test_classification_and_retry_after() -> None:
     assert classify_status(408).value == "server_error"
     assert classify_status(401).value == "auth"
     assert classify_status(422).value == "client_error"
+    for odd in (101, 201, 204, 302, 304, 307):  # no chat API answers so: the endpoint misbehaves
+        assert classify_status(odd).value == "server_error"
     assert parse_retry_after("2.5") == 2.5
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    for garbled in ("inf", "-inf", "nan", "1e400"):  # float() reads them; no seconds
+        assert parse_retry_after(garbled) is None
     key = "sk-live-abcdefghijklmnopqrstuvwxyz"
     redactor = KeyRedactor([key])
     assert key.encode() not in redactor.scrub(f"key={key}".encode())
@@ -407,3 +411,44 @@ def test_sse_scanner_end_of_stream_from_the_chunks_it_parsed() -> None:
     assert events[0]["choices"][0]["finish_reason"] == "stop" and "routing" not in events[0]
     assert events[1]["usage"] == {"completion_tokens": 3, "prompt_tokens": 2, "cost": 0.5}
     assert events[1]["routing"] == {"provider": "p"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--request-deadline-s", "nan"],
+            '--request-deadline-s must be a finite number >= 0, got "NaN"',
+        ),
+        (["--chunk-timeout-s", "-5"], "--chunk-timeout-s must be a finite number >= 0, got -5"),
+        (["--max-attempts", "0"], "--max-attempts must be above 0, got 0"),
+        (["--max-body-bytes", "0"], "--max-body-bytes must be above 0, got 0"),
+        (["--hedge-budget-share", "2"], "--hedge-budget-share must be a share from 0 to 1, got 2"),
+        (["--outcome-batch-size", "5000"], "--outcome-batch-size must be at most 1000"),
+        (["--default-sort", "fastest"], '--default-sort must be one of ["cost", "latency"'),
+        (["--listen", "bogus"], 'expected HOST:PORT, got "bogus"'),
+    ],
+)
+def test_a_bad_setting_is_refused_naming_its_flag(argv: list[str], message: str) -> None:
+    """Found by an audit: these started cleanly (a nan deadline disabled every deadline,
+    a bad default sort made every request a 500), or were written as Python writes them."""
+    with pytest.raises(SystemExit) as exc:
+        settings_from_args(["--router", "127.0.0.1:1", *argv], {})
+    assert isinstance(exc.value.code, str) and message in exc.value.code
+
+
+def test_the_cli_exits_2_with_one_line_for_a_bad_setting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As the module says (it exited 1: SystemExit with a message)."""
+    from sidecar.cli import main
+
+    assert main(["--router", "127.0.0.1:1", "--listen", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err == 'router-sidecar: expected HOST:PORT, got "bogus"\n'
+
+
+def test_a_bad_setting_from_the_environment_names_the_variable() -> None:
+    with pytest.raises(SystemExit, match="--request-deadline-s must be a finite number"):
+        settings_from_args([], {"SIDECAR_REQUEST_DEADLINE_S": "inf"})
+    assert settings_from_args([], {"SIDECAR_RANK_CACHE_TTL_S": "0"}).rank_cache_ttl_s == 0

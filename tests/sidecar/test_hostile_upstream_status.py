@@ -1,0 +1,150 @@
+"""A provider answering a chat request with a status no OpenAI-compatible API uses.
+
+Found by a black-box audit: a provider's 204 or 304 reached the app as an
+empty "success" (no answer, no ``routing``), a 201 carrying an error body as
+a success, and a 302 was followed as a GET whose 405 was passed on as the
+app's mistake. Such statuses are the endpoint misbehaving, like a 5xx: the
+next provider is tried, and when none is left the app gets the README's 502.
+Real router, real sidecar, the ``openai`` client, a real HTTP upstream.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+from aiohttp import web
+from sidecar_helpers import MODEL, Stack, key_env, openai_client, raw_upstream, write_raw_catalog
+
+MSGS = [{"role": "user", "content": "hi"}]
+
+
+def _odd(status: int, seen: list[str]):
+    """A handler answering every request with ``status``, noting each method in ``seen``."""
+
+    async def any_request(request: web.Request) -> web.Response:
+        seen.append(request.method)
+        await request.read()
+        if status in (204, 304):
+            return web.Response(status=status)
+        headers = {"Location": "/v1/elsewhere"} if 300 <= status < 400 else None
+        return web.json_response({"error": {"message": "odd"}}, status=status, headers=headers)
+
+    return any_request
+
+
+async def _start(stack: Stack, tmp_path: Path, alpha_url: str):
+    await stack.add_providers({"beta": {}})
+    stack.catalog_path = write_raw_catalog(
+        tmp_path / "catalog.yaml",
+        {"alpha": alpha_url, "beta": stack.providers["beta"].base_url},
+        {"beta": key_env("beta")},
+    )
+    router = await stack.start_router()
+    return await stack.start_sidecar(router.grpc_address)
+
+
+STATUSES = [201, 204, 302, 304, 307]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("status", STATUSES)
+async def test_an_odd_status_is_a_server_error_and_the_next_provider_answers(
+    stack: Stack, tmp_path: Path, status: int, stream: bool
+) -> None:
+    seen: list[str] = []
+    async with raw_upstream(_odd(status, seen)) as url:
+        sc = await _start(stack, tmp_path, url)
+        raw = await openai_client(sc).chat.completions.with_raw_response.create(
+            model=MODEL,
+            messages=MSGS,
+            max_tokens=4,
+            stream=stream,
+            extra_body={"provider": {"order": ["alpha", "beta"]}},
+        )
+        if stream:
+            routing = None
+            async for chunk in raw.parse():
+                routing = (chunk.model_extra or {}).get("routing", routing)
+        else:
+            routing = raw.parse().model_extra["routing"]
+    assert raw.status_code == 200 and raw.headers["x-router-provider"] == "beta"
+    assert routing is not None
+    first = routing["attempts"][0]
+    assert (first["provider"], first["http_status"], first["error_class"]) == (
+        "alpha",
+        status,
+        "server_error",
+    )
+    assert seen == ["POST"]  # a redirect is not followed
+
+
+@pytest.mark.parametrize("status", STATUSES)
+async def test_an_odd_status_from_the_only_provider_is_a_502(
+    stack: Stack, tmp_path: Path, status: int
+) -> None:
+    async with raw_upstream(_odd(status, [])) as url:
+        sc = await _start(stack, tmp_path, url)
+        with pytest.raises(openai.APIStatusError) as err:
+            await openai_client(sc).chat.completions.create(
+                model=MODEL,
+                messages=MSGS,
+                max_tokens=4,
+                extra_body={"provider": {"only": ["alpha"]}},
+            )
+    assert err.value.status_code == 502
+    body = err.value.body
+    assert isinstance(body, dict) and body["code"] == "all_providers_failed"
+
+
+def _rate_limited(retry_after: str):
+    """A chat handler answering 429 with this ``Retry-After``."""
+
+    async def chat(request: web.Request) -> web.Response:
+        await request.read()
+        body = {"error": {"message": "slow down"}}
+        return web.json_response(body, status=429, headers={"Retry-After": retry_after})
+
+    return chat
+
+
+@pytest.mark.parametrize("garbled", ["inf", "-Infinity", "1e400", "nan"])
+async def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(
+    stack: Stack, tmp_path: Path, garbled: str
+) -> None:
+    """``float`` reads these; an infinite one made the app's Retry-After a 500."""
+    async with raw_upstream(_rate_limited(garbled)) as a, raw_upstream(_rate_limited("2.5")) as b:
+        stack.catalog_path = write_raw_catalog(tmp_path / "catalog.yaml", {"alpha": a, "beta": b})
+        router = await stack.start_router()
+        sc = await stack.start_sidecar(router.grpc_address)
+        with pytest.raises(openai.RateLimitError) as err:
+            await openai_client(sc).chat.completions.create(
+                model=MODEL,
+                messages=MSGS,
+                max_tokens=4,
+                extra_body={"provider": {"only": ["alpha"]}},
+            )
+        assert "Retry-After" not in err.value.response.headers  # alpha gave none usable
+        with pytest.raises(openai.RateLimitError) as err:
+            await openai_client(sc).chat.completions.create(
+                model=MODEL, messages=MSGS, max_tokens=4
+            )
+    assert err.value.response.headers["Retry-After"] == "3"  # beta's 2.5, rounded up
+    body = err.value.body
+    assert isinstance(body, dict) and body["code"] == "all_providers_rate_limited"
+    attempts = {a["provider"]: a for a in err.value.response.json()["routing"]["attempts"]}
+    assert "retry_after_s" not in attempts["alpha"] and attempts["beta"]["retry_after_s"] == 2.5
+
+
+async def test_a_zero_retry_after_reaches_the_app_as_one_second(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The README's rule: the smallest Retry-After given, rounded up, at least 1."""
+    async with raw_upstream(_rate_limited("0")) as a:
+        stack.catalog_path = write_raw_catalog(tmp_path / "catalog.yaml", {"alpha": a})
+        router = await stack.start_router()
+        sc = await stack.start_sidecar(router.grpc_address)
+        with pytest.raises(openai.RateLimitError) as err:
+            await openai_client(sc).chat.completions.create(model=MODEL, messages=MSGS)
+    assert err.value.response.headers["Retry-After"] == "1"
