@@ -210,3 +210,51 @@ def write_raw_catalog(
         )
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+async def start_over_hostile_alpha(
+    stack: Stack, tmp_path: Path, alpha_url: str, **over: Any
+) -> SidecarApp:
+    """Router and sidecar over a hostile ``alpha`` at ``alpha_url`` (no key), then a
+    fake ``beta``; ``over`` overrides sidecar settings."""
+    await stack.add_providers({"beta": {}})
+    stack.catalog_path = write_raw_catalog(
+        tmp_path / "catalog.yaml",
+        {"alpha": alpha_url, "beta": stack.providers["beta"].base_url},
+        {"beta": key_env("beta")},
+    )
+    router = await stack.start_router()
+    return await stack.start_sidecar(router.grpc_address, **over)
+
+
+async def stream_text_and_routing(
+    client: Any, messages: list[dict[str, str]], **prefs: Any
+) -> tuple[str, dict[str, Any]]:
+    """One streamed request through the official client with routing options ``prefs``:
+    the answer's text and the ``routing`` object of its last chunks."""
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=4, stream=True, extra_body={"provider": prefs}
+    )
+    text, routing = "", None
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        routing = (chunk.model_extra or {}).get("routing", routing)
+    assert routing is not None
+    return text, routing
+
+
+async def router_ttft(address: str, provider: str) -> float | None:
+    """The TTFT the router now ranks ``provider`` of ``MODEL`` by (None: it has none)."""
+    import grpc
+
+    from router_common.pb import router_pb2, router_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        resp = await router_pb2_grpc.RouterStub(channel).RankProviders(
+            router_pb2.RankProvidersRequest(
+                model=MODEL, preferences=router_pb2.RoutingPreferences(only=[provider])
+            )
+        )
+    ep = resp.endpoints[0]
+    return ep.ttft_ms if ep.HasField("ttft_ms") else None

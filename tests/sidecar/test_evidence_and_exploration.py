@@ -7,10 +7,9 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Any
 
-import grpc
-from sidecar_helpers import MODEL, Stack, openai_client, wait_for
+from sidecar_helpers import MODEL, Stack, openai_client, router_ttft, wait_for
 
-from router_common.pb import router_pb2, router_pb2_grpc
+from router_common.pb import router_pb2
 from router_service.ranking import RankingConfig
 from sidecar.config import SidecarSettings
 from sidecar.preferences import ParsedRequest, parse_request
@@ -38,18 +37,6 @@ def _req(**prefs: Any) -> ParsedRequest:
     return parse_request(body)
 
 
-async def _router_ttft(address: str, provider: str) -> float | None:
-    """The TTFT the router now ranks ``provider`` by (None: it has none)."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        resp = await router_pb2_grpc.RouterStub(channel).RankProviders(
-            router_pb2.RankProvidersRequest(
-                model=MODEL, preferences=router_pb2.RoutingPreferences(only=[provider])
-            )
-        )
-    ep = resp.endpoints[0]
-    return ep.ttft_ms if ep.HasField("ttft_ms") else None
-
-
 async def test_a_fresh_routers_first_answer_reaches_it_at_once_and_reorders_the_sidecar(
     stack: Stack,
 ) -> None:
@@ -73,7 +60,7 @@ async def test_a_fresh_routers_first_answer_reaches_it_at_once_and_reorders_the_
     assert sc.reporter is not None and sc.ranking is not None
 
     async def router_has_it() -> bool:
-        return await _router_ttft(router.grpc_address, first) is not None
+        return await router_ttft(router.grpc_address, first) is not None
 
     await wait_for(router_has_it, timeout=5)
 

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
-from sidecar_helpers import MODEL, Stack, openai_client, wait_for
+from sidecar_helpers import (
+    Stack,
+    openai_client,
+    router_ttft,
+    stream_text_and_routing,
+    wait_for,
+)
 
-from router_common.pb import router_pb2, router_pb2_grpc
 from router_service.ranking import RankingConfig
 
 MSGS = [{"role": "user", "content": "hello there, a prompt of some length"}]
@@ -20,27 +24,7 @@ EXPLORE_ALWAYS = RankingConfig(
 
 
 async def _stream(client: Any, **prefs: Any) -> tuple[str, dict[str, Any]]:
-    stream = await client.chat.completions.create(
-        model=MODEL, messages=MSGS, max_tokens=4, stream=True, extra_body={"provider": prefs}
-    )
-    text, routing = "", None
-    async for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            text += chunk.choices[0].delta.content
-        routing = (chunk.model_extra or {}).get("routing", routing)
-    assert routing is not None
-    return text, routing
-
-
-async def _router_ttft(address: str, provider: str) -> float | None:
-    async with grpc.aio.insecure_channel(address) as channel:
-        resp = await router_pb2_grpc.RouterStub(channel).RankProviders(
-            router_pb2.RankProvidersRequest(
-                model=MODEL, preferences=router_pb2.RoutingPreferences(only=[provider])
-            )
-        )
-    ep = resp.endpoints[0]
-    return ep.ttft_ms if ep.HasField("ttft_ms") else None
+    return await stream_text_and_routing(client, MSGS, **prefs)
 
 
 async def _explored(client: Any, provider: str) -> tuple[str, dict[str, Any], set[str]]:
@@ -79,7 +63,7 @@ async def test_a_slow_exploration_loses_the_race_and_is_still_measured(stack: St
     # The loser was read to its first token (~250 ms), closed there, and reported:
     # beta never answered the app, yet the router ranks it by what the races measured.
     assert served == {"alpha"}
-    beta_ttft = await wait_for(lambda: _router_ttft(router.grpc_address, "beta"))
+    beta_ttft = await wait_for(lambda: router_ttft(router.grpc_address, "beta"))
     assert beta_ttft > 100.0
     await wait_for(lambda: sc.metrics.exploration_races.labels("leader_won")._value.get() >= 1)
     await wait_for(lambda: sc.metrics.exploration_race_cost._value.get() > 0)
@@ -94,7 +78,7 @@ async def test_a_recovered_exploration_wins_the_race_and_answers(stack: Stack) -
 
     async def alpha_leads_beta_measured_slow() -> bool:
         _, routing = await _stream(client, sort="latency")
-        beta_ttft = await _router_ttft(router.grpc_address, "beta")
+        beta_ttft = await router_ttft(router.grpc_address, "beta")
         return routing["provider"] == "alpha" and beta_ttft is not None and beta_ttft > 100.0
 
     await wait_for(alpha_leads_beta_measured_slow, timeout=15)

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from sidecar_helpers import MODEL, Stack, openai_client, wait_for
+from sidecar_helpers import MODEL, Stack, openai_client, stream_text_and_routing, wait_for
 
 from router_service.ranking import RankingConfig
 from sidecar.hedging import HedgeBudget, Hedger
@@ -18,16 +18,8 @@ ORDER = ["alpha", "beta", "gamma"]
 
 
 async def _stream(client: Any, **prefs: Any) -> dict[str, Any]:
-    stream = await client.chat.completions.create(
-        model=MODEL, messages=MSGS, max_tokens=4, stream=True, extra_body={"provider": prefs}
-    )
-    text, routing = "", None
-    async for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            text += chunk.choices[0].delta.content
-        if "routing" in (chunk.model_extra or {}):
-            routing = chunk.model_extra["routing"]
-    assert routing is not None and text
+    text, routing = await stream_text_and_routing(client, MSGS, **prefs)
+    assert text
     return routing
 
 

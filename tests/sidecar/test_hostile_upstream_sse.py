@@ -19,7 +19,13 @@ from pathlib import Path
 import openai
 import pytest
 from aiohttp import web
-from sidecar_helpers import MODEL, Stack, key_env, openai_client, raw_upstream, write_raw_catalog
+from sidecar_helpers import (
+    MODEL,
+    Stack,
+    openai_client,
+    raw_upstream,
+    start_over_hostile_alpha,
+)
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -72,18 +78,6 @@ def _scripted(writes: Callable[[], Sequence[bytes]]):
     return chat
 
 
-async def _start(stack: Stack, tmp_path: Path, alpha_url: str, **over: object):
-    """Router and sidecar over the hostile ``alpha`` (no key) and a fake ``beta``."""
-    await stack.add_providers({"beta": {}})
-    stack.catalog_path = write_raw_catalog(
-        tmp_path / "catalog.yaml",
-        {"alpha": alpha_url, "beta": stack.providers["beta"].base_url},
-        {"beta": key_env("beta")},
-    )
-    router = await stack.start_router()
-    return await stack.start_sidecar(router.grpc_address, **over)
-
-
 async def _stream(sc) -> tuple[str, dict | None, list[str | None], str]:
     """Text, routing, finish reasons and serving provider of one streamed request."""
     raw = await openai_client(sc).chat.completions.with_raw_response.create(
@@ -126,7 +120,7 @@ async def test_lines_no_openai_client_can_read_are_not_relayed(
     stack: Stack, tmp_path: Path, writes: Callable[[], Sequence[bytes]]
 ) -> None:
     async with raw_upstream(_scripted(writes)) as url:
-        sc = await _start(stack, tmp_path, url)
+        sc = await start_over_hostile_alpha(stack, tmp_path, url)
         text, routing, finishes, provider = await _stream(sc)
     assert provider == "alpha" and text == "Hello"
     assert finishes[-1] == "stop"
@@ -139,7 +133,9 @@ async def test_a_line_that_never_ends_before_the_first_token_fails_over(
 ) -> None:
     endless = [_chunk("", role=True)] + [b"x" * 4096] * 8  # 32 KiB, never a newline
     async with raw_upstream(_scripted(lambda: endless)) as url:
-        sc = await _start(stack, tmp_path, url, max_upstream_response_bytes=16 * 1024)
+        sc = await start_over_hostile_alpha(
+            stack, tmp_path, url, max_upstream_response_bytes=16 * 1024
+        )
         text, routing, _, provider = await _stream(sc)
     assert provider == "beta" and text
     assert routing is not None
@@ -153,7 +149,9 @@ async def test_a_line_that_never_ends_after_the_first_token_ends_the_stream_with
 ) -> None:
     endless = [_chunk("", role=True) + _chunk("Hel")] + [b"x" * 4096] * 8
     async with raw_upstream(_scripted(lambda: endless)) as url:
-        sc = await _start(stack, tmp_path, url, max_upstream_response_bytes=16 * 1024)
+        sc = await start_over_hostile_alpha(
+            stack, tmp_path, url, max_upstream_response_bytes=16 * 1024
+        )
         with pytest.raises(openai.APIError, match="SSE line longer than 16384 bytes"):
             await _stream(sc)
     assert stack.counts()["beta"] == 0  # no silent retry after the first token

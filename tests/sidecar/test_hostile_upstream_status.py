@@ -15,7 +15,14 @@ from pathlib import Path
 import openai
 import pytest
 from aiohttp import web
-from sidecar_helpers import MODEL, Stack, key_env, openai_client, raw_upstream, write_raw_catalog
+from sidecar_helpers import (
+    MODEL,
+    Stack,
+    openai_client,
+    raw_upstream,
+    start_over_hostile_alpha,
+    write_raw_catalog,
+)
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -34,17 +41,6 @@ def _odd(status: int, seen: list[str]):
     return any_request
 
 
-async def _start(stack: Stack, tmp_path: Path, alpha_url: str):
-    await stack.add_providers({"beta": {}})
-    stack.catalog_path = write_raw_catalog(
-        tmp_path / "catalog.yaml",
-        {"alpha": alpha_url, "beta": stack.providers["beta"].base_url},
-        {"beta": key_env("beta")},
-    )
-    router = await stack.start_router()
-    return await stack.start_sidecar(router.grpc_address)
-
-
 STATUSES = [201, 204, 302, 304, 307]
 
 
@@ -55,7 +51,7 @@ async def test_an_odd_status_is_a_server_error_and_the_next_provider_answers(
 ) -> None:
     seen: list[str] = []
     async with raw_upstream(_odd(status, seen)) as url:
-        sc = await _start(stack, tmp_path, url)
+        sc = await start_over_hostile_alpha(stack, tmp_path, url)
         raw = await openai_client(sc).chat.completions.with_raw_response.create(
             model=MODEL,
             messages=MSGS,
@@ -85,7 +81,7 @@ async def test_an_odd_status_from_the_only_provider_is_a_502(
     stack: Stack, tmp_path: Path, status: int
 ) -> None:
     async with raw_upstream(_odd(status, [])) as url:
-        sc = await _start(stack, tmp_path, url)
+        sc = await start_over_hostile_alpha(stack, tmp_path, url)
         with pytest.raises(openai.APIStatusError) as err:
             await openai_client(sc).chat.completions.create(
                 model=MODEL,
