@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
-from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf.message import DecodeError
 
+from router_common.log_limit import LogLimiter, MalformedHttpLogFilter
 from router_common.pb import router_pb2
 from router_service.auth import Caller
 
@@ -172,34 +171,6 @@ def _guarded(
     return unary_in
 
 
-class LogLimiter:
-    """At most one log line per ``interval_s`` per cause; the rest are counted and
-    reported (as ``suppressed``) with the next line for that cause."""
-
-    def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
-        self.interval_s = interval_s
-        self.clock = clock
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def allow(self, cause: str) -> int | None:
-        """None to stay silent, else how many lines for this cause were suppressed."""
-        now = self.clock()
-        last = self._last.get(cause)
-        if last is not None and now - last < self.interval_s:
-            self._suppressed[cause] = self._suppressed.get(cause, 0) + 1
-            return None
-        if len(self._last) > 1_000:  # causes are fixed strings; this is a safety net
-            self._last.clear()
-        self._last[cause] = now
-        return self._suppressed.pop(cause, 0)
-
-    def warning(self, logger: logging.Logger, message: str, cause: str, **extra: Any) -> None:
-        suppressed = self.allow(cause)
-        if suppressed is not None:
-            logger.warning(message, extra={"cause": cause, "suppressed": suppressed, **extra})
-
-
 class RateLimitedLogFilter(logging.Filter):
     """Rate-limits a noisy library logger (asyncio's accept errors under EMFILE)."""
 
@@ -217,38 +188,6 @@ class RateLimitedLogFilter(logging.Filter):
                 record.exc_info = None  # one line, never a traceback
                 record.exc_text = None
                 return True
-        return True
-
-
-class MalformedHttpLogFilter(logging.Filter):
-    """aiohttp's ``Error handling request`` for a request it cannot parse, made one line.
-
-    aiohttp logs every unparseable request (a line over 8190 bytes, a bad
-    header, a bad HTTP version) at ERROR with a full traceback, before any
-    handler or middleware runs, so junk sent to the HTTP port flooded the log
-    with tracebacks; the exception text also quotes the raw bytes, which may
-    hold a header value such as a token. Here it becomes a WARNING ``malformed
-    HTTP request`` with the parser error's class as ``cause``, without the
-    text or traceback, at most once per interval per cause (like the gRPC
-    side). Errors raised by handlers are left alone: those tracebacks are ours.
-    """
-
-    def __init__(self, limiter: LogLimiter) -> None:
-        super().__init__()
-        self.limiter = limiter
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, HttpProcessingError):
-            return True
-        cause = type(exc).__name__
-        suppressed = self.limiter.allow(f"http:{cause}")
-        if suppressed is None:
-            return False
-        record.msg, record.args = "malformed HTTP request", ()
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
-        record.exc_info = record.exc_text = None
-        record.cause, record.suppressed = cause, suppressed
         return True
 
 

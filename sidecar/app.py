@@ -21,12 +21,12 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router_common.catalog_model import Catalog
+from router_common.log_limit import MalformedHttpLogFilter
 from router_common.logs import DirectJsonLog
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_common.shutdown import bounded
 from sidecar.config import SidecarSettings
 from sidecar.keys import ProviderKeys
-from sidecar.malformed_http import MalformedHttpLogFilter
 from sidecar.metrics import CONTENT_TYPE, SidecarMetrics
 from sidecar.outcomes import OutcomeReporter
 from sidecar.preferences import RequestError, parse_request
