@@ -631,6 +631,18 @@ def test_a_free_probe_goes_first_even_when_exploration_would_fire() -> None:
         assert not result.exploration
 
 
+def test_a_ranking_that_places_a_probe_still_carries_the_exploration_share() -> None:
+    # The probe takes this request's first place, but a client reusing the ranking
+    # goes on exploring: with the share withheld during every probe (seconds of
+    # rankings in a recovery), a recovered endpoint was left unexplored meanwhile.
+    thin = dict(ABC_STATS, c=stats(ttft=200, n5=1))
+    cfg = RankingConfig(exploration_share=0.3)
+    result = run(eps=ABC, st_=thin, config=cfg, seed=1, health={"a": hv(H.PROBING, probe=True)})
+    assert names(result)[0] == "a" and not result.exploration
+    assert result.exploration_share == 0.3
+    assert [e.key.provider for e in result.ranked if e.explorable] == ["c"]
+
+
 # --------------------------------------------------------------------------- fallbacks
 
 

@@ -360,13 +360,17 @@ def rank(
     probe_waiting = request.allow_fallbacks and any(
         live[i].health.state is _PROBING for i in positions
     )
-    if explore_ok and not probe_waiting:
+    # The probe only takes this request's first place: the share and the explorable
+    # marks still go out, so a client reusing this ranking goes on exploring (with the
+    # share withheld, every ranking during a probe, seconds of them in a recovery, left
+    # a recovered endpoint unexplored: bench/bench_routing.py --per-second).
+    if explore_ok:
         pool = [i for i in positions[1:] if entries[i].explorable]
         unknown = [i for i in pool if _never_measured(live[i].stats)]
         share_now = config.exploration_share_unknown if unknown else config.exploration_share
         if pool and config.exploration_promise_exponent > 0:
             _weigh_explorable(pool, live, entries, sort_tps, q, config)
-        if pool and share_now > 0 and rng.random() < share_now:
+        if not probe_waiting and pool and share_now > 0 and rng.random() < share_now:
             among = unknown or pool
             chosen = _pick_explored(among, entries, rng)
             positions.remove(chosen)
