@@ -101,7 +101,7 @@ class SidecarSettings:
         60.0, "Whole-answer timeout of a non-streaming attempt (its first byte is the answer)."
     )
     max_upstream_response_bytes: int = _opt(
-        32 * 1024 * 1024,
+        defaults.MAX_UPSTREAM_RESPONSE_BYTES,
         "Largest non-streaming upstream body, and longest line of a stream, read from a "
         "provider (the attempt fails above it).",
     )

@@ -25,6 +25,7 @@ import orjson
 from aiohttp import web
 
 from router_common.domain import ErrorClass
+from sidecar.defaults import MAX_UPSTREAM_RESPONSE_BYTES
 from sidecar.idle_timeout import IdleTimeout
 from sidecar.redaction import KeyRedactor
 from sidecar.upstream import AttemptRecord, classify_exception, usage_count
@@ -93,10 +94,6 @@ def _plain_run(block: bytes, pos: int, end: int) -> int:
     return stop
 
 
-#: Longest SSE line read from an upstream (the sidecar's setting is
-#: ``max_upstream_response_bytes``): beyond it the stream counts as broken.
-MAX_LINE_BYTES = 32 * 1024 * 1024
-
 #: ``"model":"id"`` bytes as upstreams write them → the id (every stream of an
 #: upstream model repeats the same bytes: decoded once).
 _FIELD_MODELS: dict[bytes, str] = {}
@@ -148,7 +145,7 @@ class SSEScanner:
         model: str | None = None,
         want_usage: bool = True,
         redactor: KeyRedactor | None = None,
-        max_line_bytes: int = MAX_LINE_BYTES,
+        max_line_bytes: int = MAX_UPSTREAM_RESPONSE_BYTES,
     ) -> None:
         self._tail = b""
         #: The reads of one line that has not ended within a read (joined once when
