@@ -44,12 +44,18 @@ async def _explored(client: Any, provider: str) -> tuple[str, dict[str, Any], se
     return (*found[0], served)
 
 
-async def test_a_slow_exploration_loses_the_race_and_is_still_measured(stack: Stack) -> None:
-    await stack.add_providers({"alpha": {}, "beta": {"ttft_median_ms": 250.0}})
+async def _start(stack: Stack, beta_ttft_ms: float, **sidecar: Any) -> tuple[Any, Any, Any]:
+    """A fast alpha and a beta of ``beta_ttft_ms``, a router exploring on every request
+    once both are measured, a sidecar (``sidecar``: its settings) and a client of it."""
+    await stack.add_providers({"alpha": {}, "beta": {"ttft_median_ms": beta_ttft_ms}})
     stack.write_catalog()
     router = await stack.start_router(ranking=EXPLORE_ALWAYS)
-    sc = await stack.start_sidecar(router.grpc_address)
-    client = openai_client(sc)
+    sc = await stack.start_sidecar(router.grpc_address, **sidecar)
+    return router, sc, openai_client(sc)
+
+
+async def test_a_slow_exploration_loses_the_race_and_is_still_measured(stack: Stack) -> None:
+    router, sc, client = await _start(stack, beta_ttft_ms=250.0)
 
     text, routing, served = await _explored(client, "beta")
 
@@ -70,11 +76,7 @@ async def test_a_slow_exploration_loses_the_race_and_is_still_measured(stack: St
 
 
 async def test_a_recovered_exploration_wins_the_race_and_answers(stack: Stack) -> None:
-    await stack.add_providers({"alpha": {}, "beta": {"ttft_median_ms": 300.0}})
-    stack.write_catalog()
-    router = await stack.start_router(ranking=EXPLORE_ALWAYS)
-    sc = await stack.start_sidecar(router.grpc_address)
-    client = openai_client(sc)
+    router, sc, client = await _start(stack, beta_ttft_ms=300.0)
 
     async def alpha_leads_beta_measured_slow() -> bool:
         _, routing = await _stream(client, sort="latency")
@@ -108,11 +110,7 @@ async def test_a_recovered_exploration_wins_the_race_and_answers(stack: Stack) -
 
 
 async def test_no_race_when_turned_off(stack: Stack) -> None:
-    await stack.add_providers({"alpha": {}, "beta": {"ttft_median_ms": 50.0}})
-    stack.write_catalog()
-    router = await stack.start_router(ranking=EXPLORE_ALWAYS)
-    sc = await stack.start_sidecar(router.grpc_address, race_explorations=False)
-    client = openai_client(sc)
+    _, sc, client = await _start(stack, beta_ttft_ms=50.0, race_explorations=False)
 
     _, routing, _ = await _explored(client, "beta")
     assert routing["provider"] == "beta"  # explored as before: in the app's path
@@ -121,11 +119,7 @@ async def test_no_race_when_turned_off(stack: Stack) -> None:
 
 
 async def test_load_balancing_explores_unraced(stack: Stack) -> None:
-    await stack.add_providers({"alpha": {}, "beta": {"ttft_median_ms": 50.0}})
-    stack.write_catalog()
-    router = await stack.start_router(ranking=EXPLORE_ALWAYS)
-    sc = await stack.start_sidecar(router.grpc_address)  # racing on (the default)
-    client = openai_client(sc)
+    _, _, client = await _start(stack, beta_ttft_ms=50.0)  # racing on (the default)
 
     explorations = 0
     for _ in range(10):
