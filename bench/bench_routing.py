@@ -513,6 +513,23 @@ def per_second(run: Run, oracle: Run, p: float) -> None:
         print(f"| {sec} | {phase} | {fmt(mean(ours) / mean(best))} | {cells} | {sick} |")
 
 
+def herd_per_second(run: Run, duration: float) -> None:
+    """Per 1 s window of the herd run: each provider's share of the requests sent in it.
+
+    Shows whether an imbalance is a steady lean or one provider left out for seconds.
+    """
+    names = sorted(run.received)
+    print("\nherd, per second (share of requests)\n")
+    print("| s | " + " | ".join(names) + " |")
+    print("|" + "---|" * (1 + len(names)))
+    for sec in range(math.ceil(duration)):
+        sent = sum(1 for r in run.results if sec <= r.at < sec + 1) or 1
+        shares = [sum(1 for x in run.received[n] if sec <= x < sec + 1) / sent for n in names]
+        print(f"| {sec} | " + " | ".join(f"{s:.0%}" for s in shares) + " |")
+    total = {n: len(v) for n, v in run.received.items()}
+    print("\nwhole run: " + ", ".join(f"{n} {c}" for n, c in sorted(total.items())))
+
+
 CONTENDERS = ("ttft", "lb", "hedge", "litellm", "herd")
 #: Our sidecars' ``race_explorations`` (``--no-race-explorations``: the behaviour before it).
 RACE_EXPLORATIONS = True
@@ -580,13 +597,12 @@ async def one_round(
         return {"rows": rows, "herd": {}}
     herd_plan = schedule(herd_s, 2 * RATE, seed + 1, lanes=4)
     equal = {f"h{i}": HERD_TTFT_MS for i in range(4)}
-    herd = {
-        "ours": busiest_share(
-            await run_ours(
-                "herd", herd_plan, p, {"sort": "latency"}, equal, sidecars=4, incidents=False
-            )
-        )
-    }
+    ours_herd = await run_ours(
+        "herd", herd_plan, p, {"sort": "latency"}, equal, sidecars=4, incidents=False
+    )
+    if detail:
+        herd_per_second(ours_herd, herd_s)
+    herd = {"ours": busiest_share(ours_herd)}
     if with_litellm:
         herd["LiteLLM latency-based"] = busiest_share(
             await run_litellm(

@@ -17,6 +17,7 @@ from router_common.routing.order import order_rest, order_tier, weighted_indices
 from router_service.model import EndpointStats, HealthView
 from router_service.ranking.filters import Prep
 from router_service.ranking.request import RankingConfig
+from router_service.ranking.result import WINDOW_RECENT
 
 #: Tiers, best first. ``order`` providers can only be in OK, DEGRADED or PROBING.
 N_TIERS = 5
@@ -78,6 +79,43 @@ def sort_keys(rows: Sequence[Row], sort: Sort) -> list[float | None]:
     return [None if row.tps is None else -row.tps for row in rows]
 
 
+def ttft_slack(rows: Sequence[Row], config: RankingConfig) -> list[float]:
+    """How far (log units) each candidate's TTFT may be from the best's and stay near-best.
+
+    ``z * sigma * sqrt(V)``: ``V`` is the estimate's variance as a multiple of
+    one sample's (the recent estimate's ``ttft_variance_factor``; ``1/count``
+    for a window's quantile), ``sigma`` one sample's spread in log units, read
+    from the endpoint's own window as ``ln(p90/p50) / 1.2816`` (a lognormal's),
+    else ``spread_default_log_sd``, at most ``spread_max_log_sd``. Only a
+    candidate's own uncertainty counts, not the best's: an estimate that is
+    too low by luck draws traffic and is corrected within a second, but one
+    that is too high by luck gets none and would stay wrong until it went
+    stale; bench/bench_routing.py's herd saw one of four equal providers
+    left out for seconds after one slow first sample.
+    """
+    z = config.spread_uncertainty_z
+    if z <= 0:
+        return [0.0] * len(rows)
+    out: list[float] = []
+    for row in rows:
+        if row.ttft is None:
+            out.append(0.0)
+            continue
+        s = row.stats
+        if row.ttft_window == WINDOW_RECENT:
+            var = s.recent.ttft_variance_factor
+        else:
+            var = 1.0 / max(1, row.ttft_samples)
+        sd = config.spread_default_log_sd
+        for w in (s.ttft_5m, s.ttft_1h):
+            if w.count >= config.min_samples:
+                p50, p90 = w.get(0.5), w.get(0.9)
+                sd = math.log(p90 / p50) / 1.2816 if p50 and p90 and p90 > p50 else 0.0
+                break
+        out.append(z * min(sd, config.spread_max_log_sd) * math.sqrt(var))
+    return out
+
+
 def order_positions(
     names: Sequence[str],
     tiers: Sequence[int],
@@ -110,12 +148,15 @@ def spread_band(
     sort: Sort,
     config: RankingConfig,
     rng: random.Random,
+    slack: Sequence[float] | None = None,
 ) -> tuple[list[int], dict[int, float]]:
     """Redraw the near-best head of a ``sort: ttft``/``tps`` order by weight.
 
     The head is the leading run of tier-OK candidates with a value; those
-    within ``spread_tolerance`` of the run's best get weight
-    ``(best/value)**spread_exponent`` (tps: ``(value/best)**...``) and are
+    within ``spread_tolerance`` of the run's best (widened for candidate i by
+    the factor ``exp(slack[i])``, at most to ``spread_max_tolerance``: see
+    ``ttft_slack``) get weight ``(best/value)**spread_exponent`` (tps:
+    ``(value/best)**...``) and are
     drawn in a weighted order (Efraimidis-Spirakis), the rest of the run and
     everything after keep their place. When nothing leads with a value (no
     data yet), the endpoints without data get weight 1 each (their order is
@@ -143,9 +184,15 @@ def spread_band(
     top = max(good.values())
     if top <= 0:
         return positions, {}
-    tol = config.spread_tolerance
+    base = 1.0 + config.spread_tolerance
     exp = config.spread_exponent
-    weights = {i: (v / top) ** exp for i, v in good.items() if v * (1 + tol) >= top}
+    alike = 1.0 + config.spread_equal_tolerance
+    widest = max(base, 1.0 + config.spread_max_tolerance)
+    weights = {
+        i: 1.0 if v * alike >= top else (v / top) ** exp
+        for i, v in good.items()
+        if v * (base if slack is None else min(widest, base * math.exp(slack[i]))) >= top
+    }
     if len(weights) < 2:
         return positions, {}
     band = weighted_indices(list(weights), [weights.get(i, 0.0) for i in range(len(tiers))], rng)

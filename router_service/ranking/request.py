@@ -245,6 +245,27 @@ class RankingConfig:
       one 5% slower gets 0.86 of the best one's share, one 25% slower 0.51,
       and beyond 25% the order is strict. The weights
       are sent so a client reusing the ranking redraws per request.
+    - ``spread_equal_tolerance`` (0.1): within 10% of the best the weight is
+      1. Two recent estimates of equal endpoints differ by a few percent of
+      noise; weighted by ``(best/value)**3`` that noise became a lean of the
+      herd (bench/bench_routing.py) toward whichever endpoint had the
+      luckiest samples. No two of that benchmark's distinct providers are
+      within 10% of each other, so this costs a fleet nothing where speeds
+      really differ.
+    - ``spread_uncertainty_z`` (1.5), ``spread_default_log_sd`` (0.25),
+      ``spread_max_log_sd`` (0.5), ``spread_max_tolerance`` (0.5): under
+      ``sort: ttft`` a candidate's band is widened by the factor
+      ``exp(z * sigma * sqrt(V))`` (``ordering.ttft_slack``), at most to 50%:
+      ``V`` is its recent estimate's variance as a multiple of one sample's,
+      ``sigma`` one sample's log spread from its own window (the default
+      while the window is thin; at most ``spread_max_log_sd``, so a window
+      mixing two regimes does not open the band to a provider several times
+      slower). Why: an endpoint whose estimate rests on one slow first answer
+      was left out of the band, so it got no traffic and its estimate could
+      not improve until it went stale: in bench/bench_routing.py's herd (four
+      equal providers, four sidecars) the busiest took 32-36% of requests
+      over six seeds; with the widening and the equal tolerance 27-34%
+      (mean 30%). ``z = 0`` gives the fixed band.
     - ``first_token_timeout_multiple`` (2), ``first_token_timeout_floor_ms``
       (500), ``first_token_timeout_min_samples`` (20): the first-token
       timeout suggested per endpoint is ``multiple * max(p99 TTFT, recent
@@ -280,6 +301,11 @@ class RankingConfig:
     recovered_max_failure_ratio: float = 0.1
     spread_tolerance: float = 0.25
     spread_exponent: float = 3.0
+    spread_equal_tolerance: float = 0.1
+    spread_uncertainty_z: float = 1.5
+    spread_default_log_sd: float = 0.25
+    spread_max_log_sd: float = 0.5
+    spread_max_tolerance: float = 0.5
     first_token_timeout_multiple: float = 2.0
     first_token_timeout_floor_ms: float = 500.0
     first_token_timeout_min_samples: int = 20
@@ -305,6 +331,11 @@ class RankingConfig:
             ("recovered_max_failure_ratio", 0.0 <= self.recovered_max_failure_ratio <= 1.0),
             ("spread_tolerance", 0.0 <= self.spread_tolerance < 1.0),
             ("spread_exponent", 0 < self.spread_exponent <= 64),
+            ("spread_equal_tolerance", 0.0 <= self.spread_equal_tolerance < 1.0),
+            ("spread_uncertainty_z", 0 <= self.spread_uncertainty_z <= 10),
+            ("spread_default_log_sd", 0 <= self.spread_default_log_sd <= 5),
+            ("spread_max_log_sd", 0 <= self.spread_max_log_sd <= 5),
+            ("spread_max_tolerance", 0.0 <= self.spread_max_tolerance <= 10.0),
             ("first_token_timeout_multiple", 1.0 <= self.first_token_timeout_multiple <= 100),
             (
                 "first_token_timeout_floor_ms",

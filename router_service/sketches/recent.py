@@ -20,6 +20,12 @@ How (Finagle's Peak EWMA, without the in-flight term the router cannot see):
   so a slowdown is believed faster than a speed-up; that is the asymmetry
   that keeps traffic off an endpoint that got slow (a false "slow" costs one
   exploration to undo, a false "fast" costs many requests).
+- **How much to believe it.** Beside the estimate, its variance as a multiple
+  of one sample's: ``V = (1 - w)**2 * V + w**2`` per sample (the variance of
+  a weighted sum of independent samples), 1 after a replacing sample. Ranking
+  widens the near-best band by it (``RankingConfig.spread_uncertainty_z``): an
+  estimate resting on one or two samples may be one sample's bad luck, and an
+  endpoint pushed out of the band by it would get no traffic to correct it.
 - **Failures.** A decayed failure ratio with the same clock (``tau_fail``),
   so "recovered" can also mean "answers again".
 
@@ -91,7 +97,7 @@ DEFAULT_RECENT_CONFIG = RecentConfig()
 class RecentTracker:
     """The decayed TTFT and failure ratio of one endpoint (not thread-safe: the store locks)."""
 
-    __slots__ = ("_attempt_at", "_cfg", "_fail", "_samples", "_ttft", "_ttft_at")
+    __slots__ = ("_attempt_at", "_cfg", "_fail", "_samples", "_ttft", "_ttft_at", "_var")
 
     def __init__(self, config: RecentConfig = DEFAULT_RECENT_CONFIG) -> None:
         self._cfg = config
@@ -100,6 +106,7 @@ class RecentTracker:
         self._fail = 0.0
         self._attempt_at: float | None = None
         self._samples = 0
+        self._var = 1.0
 
     def record(self, now: float, failed: bool | None, ttft_ms: float | None) -> None:
         """One attempt at ``now``: ``failed`` None means not counted (the caller's fault)."""
@@ -118,10 +125,12 @@ class RecentTracker:
         est = self._ttft
         if est is None or self._ttft_at is None or now - self._ttft_at >= cfg.replace_after_s:
             self._ttft = ttft_ms
+            self._var = 1.0
         else:
             tau = cfg.tau_up_s if ttft_ms > est else cfg.tau_s
             w = _ttft_weight(max(0.0, now - self._ttft_at), tau)
             self._ttft = est + w * (ttft_ms - est)
+            self._var = _next_variance(self._var, w)
         self._ttft_at = now if self._ttft_at is None else max(self._ttft_at, now)
         self._samples += 1
 
@@ -149,12 +158,14 @@ class RecentTracker:
             if not _is_ttft_sample(failed, ttft_ms):
                 continue
             assert ttft_ms is not None
-            self._ttft = est + (w_up if ttft_ms > est else w_down) * (ttft_ms - est)
+            w = w_up if ttft_ms > est else w_down
+            self._ttft = est + w * (ttft_ms - est)
+            self._var = _next_variance(self._var, w)
             self._samples += 1
 
     def estimate(self) -> RecentEstimate:
         return RecentEstimate(
-            self._ttft, self._ttft_at, self._fail, self._attempt_at, self._samples
+            self._ttft, self._ttft_at, self._fail, self._attempt_at, self._samples, self._var
         )
 
 
@@ -162,6 +173,12 @@ def _is_ttft_sample(failed: bool | None, ttft_ms: float | None) -> bool:
     """A TTFT moves the estimate only from an attempt that did not fail, and only
     when it is a real duration."""
     return ttft_ms is not None and math.isfinite(ttft_ms) and ttft_ms >= 0 and not failed
+
+
+def _next_variance(var: float, w: float) -> float:
+    """The estimate's variance factor after a sample of weight ``w`` moved it."""
+    keep = 1.0 - w
+    return keep * keep * var + w * w
 
 
 def _ttft_weight(dt: float, tau: float) -> float:
