@@ -207,7 +207,10 @@ def bearer_token(header: str | None) -> bytes | None:
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         return None
-    return value.strip().encode()
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates; a plain
+    # encode() raised on them (a 500 and a traceback per request). Back to the
+    # bytes sent: they match no token, so the caller gets the usual 401.
+    return value.strip().encode("utf-8", "surrogateescape")
 
 
 class Authenticator:

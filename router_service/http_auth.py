@@ -11,7 +11,6 @@ and a client CA, a verified client certificate is also accepted.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections import Counter
 
 from aiohttp import web
@@ -27,7 +26,7 @@ def _basic_password(header: str) -> str | None:
         return None
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII (a 500 before)
         return None
     return decoded.partition(":")[2] or None
 
