@@ -199,23 +199,37 @@ def _why(exc: OSError) -> str:
 
 
 class HttpTls:
-    """The HTTP side's SSLContext; ``maybe_reload`` re-loads changed files in place
-    (new connections use them). A client certificate is optional here so probes
-    reach /healthz; when presented it must chain to the client CA."""
+    """The HTTP side's TLS; ``maybe_reload`` builds a new ``SSLContext`` from changed
+    files and new connections switch to it. A client certificate is optional here so
+    probes reach /healthz; when presented it must chain to the client CA.
+
+    Why a new context per reload: the server holds the context it was started with,
+    and loading a changed CA file into that one only *adds* to its trust store, so a
+    CA removed from ``--tls-client-ca`` stayed trusted until a restart. The server's
+    context therefore only hands each handshake over to the current one (its SNI
+    callback runs for every ClientHello, with or without a server name)."""
 
     def __init__(self, tls: TlsFiles) -> None:
         self.tls = tls
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._watch = _Stamped(*([tls.cert, tls.key] + ([tls.client_ca] if tls.client_ca else [])))
         self._watch.changed()
-        self._load()
+        self.current = self._build()
+        #: The context the server listens with: the first one, switching each
+        #: handshake to ``current``.
+        self.context = self.current
+        self.context.sni_callback = self._switch
 
-    def _load(self) -> None:
-        """Load the files; TlsFileError names the flag and file (ssl's own text,
-        ``[SSL] PEM lib (_ssl.c:3905)`` or a bare ``[Errno 2]``, names neither)."""
+    def _switch(self, ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        if ssl_object.context is not self.current:
+            ssl_object.context = self.current
+
+    def _build(self) -> ssl.SSLContext:
+        """A context from the files; TlsFileError names the flag and file (ssl's own
+        text, ``[SSL] PEM lib (_ssl.c:3905)`` or a bare ``[Errno 2]``, names neither)."""
         tls = self.tls
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
-            self.context.load_cert_chain(tls.cert, tls.key)
+            context.load_cert_chain(tls.cert, tls.key)
         except (OSError, ssl.SSLError) as exc:
             raise TlsFileError(
                 f"--tls-cert {tls.cert} / --tls-key {tls.key}: not a usable PEM certificate "
@@ -223,22 +237,25 @@ class HttpTls:
             ) from None
         if tls.client_ca:
             try:
-                self.context.load_verify_locations(tls.client_ca)
+                context.load_verify_locations(tls.client_ca)
             except (OSError, ssl.SSLError) as exc:
                 raise TlsFileError(
                     f"--tls-client-ca {tls.client_ca}: not a usable PEM CA certificate "
                     f"({_why(exc)})"
                 ) from None
-            self.context.verify_mode = ssl.CERT_OPTIONAL
+            context.verify_mode = ssl.CERT_OPTIONAL
+        return context
 
     def maybe_reload(self) -> None:
         if self._watch.changed():
             try:
-                self._load()
+                self.current = self._build()
             except (OSError, ssl.SSLError) as exc:
                 log.error(
                     "TLS files unusable, keeping the previous ones", extra={"error": str(exc)}
                 )
+                return
+            log.info("TLS certificates reloaded", extra={"port": "http"})
 
 
 def _probe(host: str, port: int) -> OSError | None:

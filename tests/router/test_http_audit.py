@@ -1,0 +1,127 @@
+"""Hostile input and credential rotation on the router's HTTP side, end to end.
+
+Found by a black-box audit against the README's promises: a caller must never
+get a 500 (or write a traceback into the log) by sending odd bytes, and a
+client CA removed from ``--tls-client-ca`` must stop being trusted on HTTP as
+it does on gRPC ("Certificate, key and CA files are re-read when they change").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+
+from router_service.security import SecuritySettings
+from tests.conftest import loopback_router, wait_for
+from tests.router.test_auth import write_tokens
+
+
+async def _raw_http(port: int, payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def token_router(tmp_path: Path):
+    app = loopback_router(
+        tmp_path,
+        drain_seconds=0.2,
+        watch_catalog=False,
+        security=SecuritySettings(auth_tokens=str(write_tokens(tmp_path))),
+    )
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+async def test_a_non_utf8_authorization_header_is_a_401_not_a_500(token_router, caplog) -> None:
+    # aiohttp hands header bytes that are not UTF-8 over as surrogates; the token
+    # parser's encode() raised on them: 500, and an ERROR traceback per request.
+    caplog.set_level(logging.WARNING)
+    for scheme in (b"Bearer", b"Basic"):
+        payload = (
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Authorization: " + scheme + b" dash-token-\xff\xfe\r\n\r\n"
+        )
+        answer = await _raw_http(token_router.http_port, payload)
+        assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+        assert b'"type": "unauthenticated"' in answer
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    refused = token_router.security.http_refusals
+    assert refused["401"] == 2 and "500" not in refused
+
+
+def _client_context(ca: trustme.CA, server_ca: trustme.CA, name: str) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    server_ca.configure_trust(context)
+    ca.issue_cert(f"{name}.example", common_name=name).configure_cert(context)
+    return context
+
+
+async def _status(url: str, context: ssl.SSLContext) -> int | str:
+    """The HTTP status, or "refused" when the TLS handshake rejects the client."""
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(url, ssl=context, timeout=aiohttp.ClientTimeout(total=5)) as resp,
+        ):
+            return resp.status
+    except (aiohttp.ClientError, ssl.SSLError, ConnectionError):
+        return "refused"
+
+
+async def test_a_client_ca_removed_from_the_file_stops_being_trusted_on_http(
+    tmp_path: Path,
+) -> None:
+    server_ca, old_ca, new_ca = trustme.CA(), trustme.CA(), trustme.CA()
+    server = server_ca.issue_cert("127.0.0.1", "localhost")
+    cert, key, client_ca = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+    server.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    old_ca.cert_pem.write_to_path(str(client_ca))
+    app = loopback_router(
+        tmp_path,
+        drain_seconds=0.2,
+        watch_catalog=False,
+        security=SecuritySettings(
+            tls_cert=str(cert),
+            tls_key=str(key),
+            tls_client_ca=str(client_ca),
+            reload_interval_s=0.05,
+        ),
+    )
+    await app.start()
+    try:
+        url = f"{app.http_url}/v1/models"
+        old_client = _client_context(old_ca, server_ca, "old-client")
+        new_client = _client_context(new_ca, server_ca, "new-client")
+        assert await _status(url, old_client) == 200
+        assert await _status(url, new_client) == "refused"
+        # Rotate: the file now holds only the new CA.
+        new_ca.cert_pem.write_to_path(str(client_ca))
+
+        async def new_ca_trusted() -> bool:
+            return await _status(url, new_client) == 200
+
+        await wait_for(new_ca_trusted)
+        # Before the fix the old CA stayed in the context's store: still a 200.
+        assert await _status(url, old_client) == "refused"
+        # A probe without a certificate still reaches /healthz.
+        plain = ssl.create_default_context()
+        server_ca.configure_trust(plain)
+        assert await _status(f"{app.http_url}/healthz", plain) == 200
+    finally:
+        await app.stop()
