@@ -74,6 +74,23 @@ def test_bad_redis_url_exits_2_without_leaking_the_password(capsys) -> None:
     assert redact("rediss://u:hunter2@h:6380/1") == "rediss://h:6380/1"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunter2/x@127.0.0.1:6379/0",  # "/": was quoted as the port
+        "redis://u:hun#ter2@127.0.0.1:6379/0",  # "#": the URL was cut inside the password
+        "redis://u:hunter2?@127.0.0.1:6379/0",
+        "redis://u:12/hunter2@127.0.0.1:6379/0",  # was quoted as the database
+    ],
+)
+def test_a_password_with_url_delimiters_exits_2_without_leaking_it(url: str, capsys) -> None:
+    code = main(["--config", str(EXAMPLE_CATALOG), "--redis", url])
+    err = capsys.readouterr().err
+    assert code == 2 and "--redis-password-file" in err, err
+    assert "hunter" not in err and "ter2" not in err, err
+    assert redact(url) == "redis://127.0.0.1:6379/0"
+
+
 def test_outcome_codec_round_trips() -> None:
     items = [
         Outcome(KEY, 1.5, True, ErrorClass.NONE, 200, 120.5, 80.0, 10, 900.0, None),
