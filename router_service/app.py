@@ -112,6 +112,8 @@ class RouterApp:
         self._refused_version: str | None = None
         self.http_app: web.Application | None = None
         self.replicator: RedisReplicator | None = None
+        #: SERVING on grpc.health.v1; /readyz answers the same on HTTP.
+        self.serving = False
 
     @property
     def grpc_address(self) -> str:
@@ -210,6 +212,7 @@ class RouterApp:
                 self.security.collector(self.servicer.ledger),
                 IngestCollector(self.servicer.ingestor),
             ],
+            ready=lambda: self.serving,
         )
         self.http_app = app
         install_malformed_http_limit(LogLimiter())
@@ -253,6 +256,7 @@ class RouterApp:
         )
 
     async def _set_serving(self, serving: bool) -> None:
+        self.serving = serving
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving

@@ -1,7 +1,7 @@
 """The HTTP side (dashboard, metrics API, ``/metrics``) takes the same ``read`` callers.
 
-When a tokens file is configured every route but ``/healthz`` (liveness
-probes) needs a caller with the ``read`` scope: ``Authorization: Bearer
+When a tokens file is configured every route but ``/healthz`` and ``/readyz``
+(probes) needs a caller with the ``read`` scope: ``Authorization: Bearer
 <token>`` (Prometheus' ``authorization`` config, curl), or HTTP Basic with the
 token as password (any user name) so a browser can open the dashboard -- the
 browser prompts once and resends it on the dashboard's own fetches. With TLS
@@ -17,7 +17,7 @@ from aiohttp import web
 
 from router_service.auth import Authenticator, Caller, Denied, certificate_names
 
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 def _basic_password(header: str) -> str | None:

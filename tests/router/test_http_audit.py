@@ -125,3 +125,46 @@ async def test_a_client_ca_removed_from_the_file_stops_being_trusted_on_http(
         assert await _status(f"{app.http_url}/healthz", plain) == 200
     finally:
         await app.stop()
+
+
+async def test_readyz_answers_503_until_the_shared_state_is_loaded(tmp_path: Path) -> None:
+    # Under TLS the README sends Kubernetes probes to HTTP, but /healthz was the only
+    # route: 200 while a replica still waited for Redis (NOT_SERVING on gRPC), so
+    # a readiness probe let traffic in before the shared state was loaded.
+    from grpc_health.v1 import health_pb2
+
+    from router_service.replication.config import ReplicationConfig
+    from tests.replication.fleet import RedisServer
+
+    server = RedisServer(tmp_path / "late-redis")  # port chosen, not started yet
+    cfg = ReplicationConfig(url=server.url, startup_timeout_s=30.0, backoff_max_s=0.2)
+    app = loopback_router(
+        tmp_path,
+        replication=cfg,
+        watch_catalog=False,
+        security=SecuritySettings(auth_tokens=str(write_tokens(tmp_path))),
+    )
+    starting = asyncio.create_task(app.start())
+    try:
+        await wait_for(lambda: app.http_port)
+        async with aiohttp.ClientSession() as http:
+            # Open like /healthz (no token): probes carry none.
+            async with http.get(f"{app.http_url}/readyz") as resp:
+                assert resp.status == 503 and (await resp.json())["status"] == "not_ready"
+            async with http.get(f"{app.http_url}/healthz") as resp:
+                assert resp.status == 200  # alive: liveness must not restart it
+            check = health_pb2.HealthCheckRequest(service="")
+            status = await app._health.Check(check, None)
+            assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            server.start()
+            await asyncio.wait_for(starting, 30)
+            async with http.get(f"{app.http_url}/readyz") as resp:
+                assert resp.status == 200 and (await resp.json())["status"] == "ready"
+            assert (await app._health.Check(check, None)).status == (
+                health_pb2.HealthCheckResponse.SERVING
+            )
+    finally:
+        if not starting.done():
+            starting.cancel()
+        await app.stop()
+        server.kill()
