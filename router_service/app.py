@@ -30,7 +30,7 @@ from router_service.grpc_api import RouterServicer
 from router_service.health import HealthConfig
 from router_service.http_api import build_http_app
 from router_service.ingest import IngestCollector, IngestPacing
-from router_service.listen import bind_error, check_port_free
+from router_service.listen import HttpSite, bind_error, check_port_free
 from router_service.ranking import RankingConfig
 from router_service.reflection_v1 import enable_reflection
 from router_service.replication.config import ReplicationConfig
@@ -225,12 +225,12 @@ class RouterApp:
             keepalive_timeout=self.settings.security.connections.http_keepalive_timeout_s,
         )
         await runner.setup()
-        site = web.TCPSite(
+        site = HttpSite(
             runner,
             self.http_host,
             self.settings.http_port,
             ssl_context=self.security.http_ssl_context(),
-            reuse_port=False,
+            handshake_timeout_s=self.settings.security.connections.http_keepalive_timeout_s,
         )
         try:
             await site.start()

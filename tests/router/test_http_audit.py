@@ -168,3 +168,45 @@ async def test_readyz_answers_503_until_the_shared_state_is_loaded(tmp_path: Pat
             starting.cancel()
         await app.stop()
         server.kill()
+
+
+async def test_a_tls_handshake_never_finished_is_closed_at_the_http_idle_timeout(
+    tmp_path: Path,
+) -> None:
+    # asyncio gives a TLS handshake 60 s and aiohttp's idle timeout starts only
+    # after it: with TLS on, a socket that never finished its handshake held a
+    # descriptor 60 s, not the README's "idle HTTP connections close after 15 s".
+    from router_service.listen import ConnectionLimits
+
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    server.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    app = loopback_router(
+        tmp_path,
+        drain_seconds=0.2,
+        watch_catalog=False,
+        security=SecuritySettings(
+            tls_cert=str(cert),
+            tls_key=str(key),
+            allow_unauthenticated=True,
+            connections=ConnectionLimits(http_keepalive_timeout_s=0.5),
+        ),
+    )
+    await app.start()
+    try:
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.http_port)
+        writer.write(b"\x16\x03\x01\x00\xff\x01")  # the start of a ClientHello, then nothing
+        began = loop.time()
+        # The server closes it (EOF); 5 s bounds a broken build, 60 s was the old wait.
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert loop.time() - began < 5
+        writer.close()
+        # A real client still completes its handshake.
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        assert await _status(f"{app.http_url}/healthz", context) == 200
+    finally:
+        await app.stop()
