@@ -190,3 +190,23 @@ def test_an_unusable_tls_file_exits_2_naming_its_flag_and_file(
         assert "Traceback" not in stderr
         last = stderr.splitlines()[-1]
         assert last.startswith(f"router-service: {named}"), last
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--grpc-handshake-timeout-s", "1e7"),  # gRPC takes ms as a C int: OverflowError
+        ("--stream-idle-timeout-s", "1e300"),
+        ("--http-idle-timeout-s", "-1"),
+        ("--caller-outcome-burst", "10"),  # the message named outcome_burst, not the flag
+        ("--caller-outcomes-per-second", "-5"),
+    ],
+)
+def test_an_out_of_range_limit_flag_exits_2_naming_it(
+    example_catalog: Path, flag: str, value: str
+) -> None:
+    proc = _router("--config", str(example_catalog), f"{flag}={value}")
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1].startswith(f"router-service: {flag} must be "), stderr
