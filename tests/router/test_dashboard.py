@@ -341,3 +341,13 @@ async def test_unknown_model_page_offers_a_way_back(router_app, page) -> None:
     await screenshot(page, "dashboard-unknown.png")
     await page.locator("#back").click()
     await page.wait_for_url(router_app.http_url + "/")
+
+
+async def test_a_huge_refresh_parameter_does_not_turn_into_a_busy_loop(router_app, page) -> None:
+    # setTimeout takes its delay as a 32-bit int: ?refresh=Infinity (or 2**32) became
+    # 0 ms, so the page polled the router back to back instead of every 2 s.
+    for asked in ("Infinity", str(2**32), "1e300"):
+        await page.goto(router_app.http_url + f"/?refresh={asked}")
+        await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+        period = await page.evaluate("Dash.REFRESH_MS")
+        assert 200 <= period <= 2**31 - 1, (asked, period)
