@@ -128,7 +128,8 @@ def parse_tokens_file(path: str | Path) -> tuple[list[_Entry], list[Path]]:
                 token_path = path.parent / token_path
             files.append(token_path)
             try:
-                token = token_path.read_text(encoding="utf-8").strip()
+                # utf-8-sig: a byte order mark (Windows editors) is not part of the token.
+                token = token_path.read_text(encoding="utf-8-sig").strip()
             except (OSError, UnicodeDecodeError):
                 raise AuthConfigError(
                     f"{where}.token_file: cannot read {str(token_path)!r}"

@@ -210,3 +210,28 @@ async def test_a_tls_handshake_never_finished_is_closed_at_the_http_idle_timeout
         assert await _status(f"{app.http_url}/healthz", context) == 200
     finally:
         await app.stop()
+
+
+async def test_a_token_file_saved_with_a_byte_order_mark_still_authenticates(
+    tmp_path: Path,
+) -> None:
+    # Windows editors and PowerShell 5's UTF8 write a BOM; strip() keeps it, so the
+    # token silently never matched (every request 401, nothing logged).
+    tokens = write_tokens(tmp_path)
+    (tmp_path / "dash-token").write_bytes(b"\xef\xbb\xbfdash-token-1\r\n")
+    app = loopback_router(
+        tmp_path,
+        drain_seconds=0.2,
+        watch_catalog=False,
+        security=SecuritySettings(auth_tokens=str(tokens)),
+    )
+    await app.start()
+    try:
+        headers = {"Authorization": "Bearer dash-token-1"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{app.http_url}/v1/models", headers=headers) as resp,
+        ):
+            assert resp.status == 200
+    finally:
+        await app.stop()
