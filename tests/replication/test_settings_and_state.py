@@ -91,6 +91,15 @@ def test_a_password_with_url_delimiters_exits_2_without_leaking_it(url: str, cap
     assert redact(url) == "redis://127.0.0.1:6379/0"
 
 
+def test_a_password_file_with_a_byte_order_mark_gives_the_password_without_it(tmp_path) -> None:
+    # Windows editors write a BOM; it became the password's first character, so
+    # Redis refused every connection (WRONGPASS) and the replica ran unshared.
+    secret = tmp_path / "password"
+    secret.write_bytes(b"\xef\xbb\xbfpw-0123456789\r\n")
+    cfg = config_from("--redis", "redis://h", "--redis-password-file", str(secret))
+    assert cfg is not None and cfg.password == "pw-0123456789"
+
+
 def test_outcome_codec_round_trips() -> None:
     items = [
         Outcome(KEY, 1.5, True, ErrorClass.NONE, 200, 120.5, 80.0, 10, 900.0, None),
