@@ -65,7 +65,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         kind = "not_found" if exc.status == 404 else "invalid_request"
         body = {
-            "error": {"message": f"{exc.reason}: {request.method} {request.path}", "type": kind}
+            # The path as sent (percent-encoded): the decoded one may be a route that works.
+            "error": {
+                "message": f"{exc.reason}: {request.method} {request.rel_url.raw_path}",
+                "type": kind,
+            }
         }
         return web.json_response(body, status=exc.status, headers=NO_STORE)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
+import yarl
 
 from router_service.security import SecuritySettings
 from tests.conftest import loopback_router, wait_for
@@ -235,3 +236,15 @@ async def test_a_token_file_saved_with_a_byte_order_mark_still_authenticates(
             assert resp.status == 200
     finally:
         await app.stop()
+
+
+async def test_a_404_under_v1_quotes_the_path_as_sent(token_router) -> None:
+    # An id encoded whole (encodeURIComponent("zai/glm-4.7")) is not a route: the 404
+    # quoted the decoded path, the very one that works, which misleads the reader.
+    headers = {"Authorization": "Bearer dash-token-1"}
+    async with aiohttp.ClientSession() as http:
+        url = f"{token_router.http_url}/v1/models/zai%2Fglm-4.7/endpoints"
+        async with http.get(yarl.URL(url, encoded=True), headers=headers) as resp:
+            body = await resp.json()
+        assert resp.status == 404 and body["error"]["type"] == "not_found"
+        assert "/v1/models/zai%2Fglm-4.7/endpoints" in body["error"]["message"], body
