@@ -105,7 +105,8 @@ const Dash = (() => {
   /** Sort requested in the URL fragment (#sort=ttft:asc), so a reload keeps it. */
   function sortFromHash(columns) {
     const m = /sort=([a-z0-9_]+):(asc|desc)/.exec(location.hash);
-    return m && columns[m[1]] ? { key: m[1], dir: m[2] === "asc" ? 1 : -1 } : null;
+    // Own keys only: "constructor" (a key of every object) is not a column.
+    return m && Object.hasOwn(columns, m[1]) ? { key: m[1], dir: m[2] === "asc" ? 1 : -1 } : null;
   }
 
   /** Run `load` now and every REFRESH_MS after each completes; report status in #status. */
