@@ -71,7 +71,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
                 "type": kind,
             }
         }
-        return web.json_response(body, status=exc.status, headers=NO_STORE)
+        # Allow stays: a 405 must say which methods are (RFC 9110).
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        return web.json_response(body, status=exc.status, headers={**NO_STORE, **allow})
 
 
 #: The app's Prometheus registry, for optional collectors (replication) to join.

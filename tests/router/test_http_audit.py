@@ -248,3 +248,14 @@ async def test_a_404_under_v1_quotes_the_path_as_sent(token_router) -> None:
             body = await resp.json()
         assert resp.status == 404 and body["error"]["type"] == "not_found"
         assert "/v1/models/zai%2Fglm-4.7/endpoints" in body["error"]["message"], body
+
+
+async def test_a_405_under_v1_keeps_its_allow_header(token_router) -> None:
+    # The JSON rewrite of aiohttp's 405 dropped Allow (which a 405 must carry, RFC 9110);
+    # /metrics, answered by aiohttp itself, kept it.
+    headers = {"Authorization": "Bearer dash-token-1"}
+    async with aiohttp.ClientSession() as http:
+        for path in ("/v1/models", "/metrics"):
+            async with http.post(f"{token_router.http_url}{path}", headers=headers) as resp:
+                assert resp.status == 405
+                assert set(resp.headers.get("Allow", "").split(",")) == {"GET", "HEAD"}, path
