@@ -223,6 +223,9 @@ class RouterApp:
             access_log=None,
             shutdown_timeout=2.0,
             keepalive_timeout=self.settings.security.connections.http_keepalive_timeout_s,
+            # No route reads a body; aiohttp would otherwise read and discard an unread
+            # one for 10 s after answering, on this loop, for anyone (even on /healthz).
+            lingering_time=0,
         )
         await runner.setup()
         site = HttpSite(
