@@ -131,9 +131,11 @@ def redact(url: str) -> str:
 
     Everything up to the last ``@`` goes, not just what the URL parser calls the
     user info: with an unencoded "/", "?" or "#" in the password, the parser's
-    netloc ends inside the password and the rest of it was shown.
+    netloc ends inside the password and the rest of it was shown. The query goes
+    too: redis-py takes ``?password=`` there.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "<unparseable URL>"
-    return f"{scheme}://{rest.rpartition('@')[2]}"
+    where = rest.rpartition("@")[2].partition("?")[0].partition("#")[0]
+    return f"{scheme}://{where}"

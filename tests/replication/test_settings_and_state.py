@@ -72,6 +72,7 @@ def test_bad_redis_url_exits_2_without_leaking_the_password(capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2 and "scheme 'http'" in err and "hunter2" not in err
     assert redact("rediss://u:hunter2@h:6380/1") == "rediss://h:6380/1"
+    assert redact("redis://h:6379/0?password=hunter2") == "redis://h:6379/0"  # redis-py reads it
 
 
 @pytest.mark.parametrize(
