@@ -1,9 +1,11 @@
-"""Hostile input and credential rotation on the router's HTTP side, end to end.
+"""Hostile input, credential rotation and probes on the router's HTTP side, end to end.
 
 Found by a black-box audit against the README's promises: a caller must never
-get a 500 (or write a traceback into the log) by sending odd bytes, and a
-client CA removed from ``--tls-client-ca`` must stop being trusted on HTTP as
-it does on gRPC ("Certificate, key and CA files are re-read when they change").
+get a 500 (or write a traceback into the log) by sending odd bytes, nor make
+the router's one event loop do unbounded work (reading a body nobody asked
+for, holding a half-done TLS handshake); a client CA removed from
+``--tls-client-ca`` must stop being trusted on HTTP as it does on gRPC; and
+an HTTPS readiness probe must see what grpc.health.v1 says.
 """
 
 from __future__ import annotations
