@@ -206,7 +206,12 @@ def test_an_out_of_range_limit_flag_exits_2_naming_it(
     example_catalog: Path, flag: str, value: str
 ) -> None:
     proc = _router("--config", str(example_catalog), f"{flag}={value}")
-    _, stderr = proc.communicate(timeout=30)
+    try:
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # it started instead of refusing the flag
+            proc.kill()
+            proc.wait(10)
     assert proc.returncode == 2, stderr
     assert "Traceback" not in stderr
     assert stderr.splitlines()[-1].startswith(f"router-service: {flag} must be "), stderr
