@@ -30,7 +30,7 @@ from router_service.grpc_api import RouterServicer
 from router_service.health import HealthConfig
 from router_service.http_api import build_http_app
 from router_service.ingest import IngestCollector, IngestPacing
-from router_service.listen import bind_error, check_port_free
+from router_service.listen import HttpSite, bind_error, check_port_free
 from router_service.ranking import RankingConfig
 from router_service.reflection_v1 import enable_reflection
 from router_service.replication.config import ReplicationConfig
@@ -112,6 +112,8 @@ class RouterApp:
         self._refused_version: str | None = None
         self.http_app: web.Application | None = None
         self.replicator: RedisReplicator | None = None
+        #: SERVING on grpc.health.v1; /readyz answers the same on HTTP.
+        self.serving = False
 
     @property
     def grpc_address(self) -> str:
@@ -210,6 +212,7 @@ class RouterApp:
                 self.security.collector(self.servicer.ledger),
                 IngestCollector(self.servicer.ingestor),
             ],
+            ready=lambda: self.serving,
         )
         self.http_app = app
         install_malformed_http_limit(LogLimiter())
@@ -220,14 +223,17 @@ class RouterApp:
             access_log=None,
             shutdown_timeout=2.0,
             keepalive_timeout=self.settings.security.connections.http_keepalive_timeout_s,
+            # No route reads a body; aiohttp would otherwise read and discard an unread
+            # one for 10 s after answering, on this loop, for anyone (even on /healthz).
+            lingering_time=0,
         )
         await runner.setup()
-        site = web.TCPSite(
+        site = HttpSite(
             runner,
             self.http_host,
             self.settings.http_port,
             ssl_context=self.security.http_ssl_context(),
-            reuse_port=False,
+            handshake_timeout_s=self.settings.security.connections.http_keepalive_timeout_s,
         )
         try:
             await site.start()
@@ -253,6 +259,7 @@ class RouterApp:
         )
 
     async def _set_serving(self, serving: bool) -> None:
+        self.serving = serving
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving

@@ -128,7 +128,8 @@ def parse_tokens_file(path: str | Path) -> tuple[list[_Entry], list[Path]]:
                 token_path = path.parent / token_path
             files.append(token_path)
             try:
-                token = token_path.read_text(encoding="utf-8").strip()
+                # utf-8-sig: a byte order mark (Windows editors) is not part of the token.
+                token = token_path.read_text(encoding="utf-8-sig").strip()
             except (OSError, UnicodeDecodeError):
                 raise AuthConfigError(
                     f"{where}.token_file: cannot read {str(token_path)!r}"
@@ -207,7 +208,10 @@ def bearer_token(header: str | None) -> bytes | None:
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         return None
-    return value.strip().encode()
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates; a plain
+    # encode() raised on them (a 500 and a traceback per request). Back to the
+    # bytes sent: they match no token, so the caller gets the usual 401.
+    return value.strip().encode("utf-8", "surrogateescape")
 
 
 class Authenticator:

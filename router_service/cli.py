@@ -28,7 +28,11 @@ from router_service.listen import PortInUseError, raise_file_limit
 from router_service.ranking import RankingConfig
 from router_service.replication.cli_args import add_redis_arguments, replication_config
 from router_service.replication.config import RedisSettingsError
-from router_service.rpc_guard import LogLimiter, install_accept_error_limit
+from router_service.rpc_guard import (
+    LogLimiter,
+    install_accept_error_limit,
+    install_unraisable_limit,
+)
 from router_service.security_cli import (
     add_connection_flags,
     add_security_flags,
@@ -179,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     raise_file_limit()
     install_accept_error_limit(LogLimiter())
+    install_unraisable_limit(LogLimiter())
     settings = Settings(
         security=security,
         config_path=args.config,

@@ -4,6 +4,9 @@ Routes (documents are built in :mod:`router_service.metrics_json`):
 
 =============================================  ============================================
 ``GET /healthz``                               liveness + catalog version
+``GET /readyz``                                readiness: 503 until SERVING (catalog and,
+                                               with --redis, the shared state loaded) and
+                                               while draining; for HTTPS probes under TLS
 ``GET /v1/models``                             model list with best P50 TTFT/throughput
 ``GET /v1/models/{creator}/{name}/endpoints``  per-provider metrics, uptime, health
 ``GET /v1/models/{creator}/{name}/timeseries`` per provider: ``?range=5m|15m|1h`` (10 s
@@ -62,9 +65,15 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         kind = "not_found" if exc.status == 404 else "invalid_request"
         body = {
-            "error": {"message": f"{exc.reason}: {request.method} {request.path}", "type": kind}
+            # The path as sent (percent-encoded): the decoded one may be a route that works.
+            "error": {
+                "message": f"{exc.reason}: {request.method} {request.rel_url.raw_path}",
+                "type": kind,
+            }
         }
-        return web.json_response(body, status=exc.status, headers=NO_STORE)
+        # Allow stays: a 405 must say which methods are (RFC 9110).
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        return web.json_response(body, status=exc.status, headers={**NO_STORE, **allow})
 
 
 #: The app's Prometheus registry, for optional collectors (replication) to join.
@@ -76,8 +85,14 @@ def build_http_app(
     rpc_counter: RpcCounter,
     middlewares: Sequence[Middleware] = (),
     collectors: Sequence[Collector] = (),
+    ready: Callable[[], bool] = lambda: True,
 ) -> web.Application:
-    """The aiohttp application mounted on the router's HTTP port."""
+    """The aiohttp application mounted on the router's HTTP port.
+
+    ``ready`` says whether the router is SERVING on grpc.health.v1: /readyz answers
+    it on HTTP, because under TLS Kubernetes' native gRPC probes cannot be used and
+    /healthz (liveness) is 200 before the shared state is loaded and while draining.
+    """
     app = web.Application(middlewares=[*middlewares, json_errors])
     registry = build_registry(core, rpc_counter)
     for collector in collectors:
@@ -116,6 +131,11 @@ def build_http_app(
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "catalog_version": core.catalog_version})
 
+    async def readyz(_: web.Request) -> web.Response:
+        if ready():
+            return web.json_response({"status": "ready"}, headers=NO_STORE)
+        return web.json_response({"status": "not_ready"}, status=503, headers=NO_STORE)
+
     async def list_models(_: web.Request) -> web.Response:
         return web.json_response(models_document(core), headers=NO_STORE)
 
@@ -138,6 +158,7 @@ def build_http_app(
         return web.FileResponse(STATIC_DIR / "model.html", headers=NO_STORE)
 
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{creator}/{name}/endpoints", model_document(endpoints_document))
     app.router.add_get("/v1/models/{creator}/{name}/timeseries", timeseries)

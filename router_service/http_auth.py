@@ -1,7 +1,7 @@
 """The HTTP side (dashboard, metrics API, ``/metrics``) takes the same ``read`` callers.
 
-When a tokens file is configured every route but ``/healthz`` (liveness
-probes) needs a caller with the ``read`` scope: ``Authorization: Bearer
+When a tokens file is configured every route but ``/healthz`` and ``/readyz``
+(probes) needs a caller with the ``read`` scope: ``Authorization: Bearer
 <token>`` (Prometheus' ``authorization`` config, curl), or HTTP Basic with the
 token as password (any user name) so a browser can open the dashboard -- the
 browser prompts once and resends it on the dashboard's own fetches. With TLS
@@ -11,14 +11,13 @@ and a client CA, a verified client certificate is also accepted.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections import Counter
 
 from aiohttp import web
 
 from router_service.auth import Authenticator, Caller, Denied, certificate_names
 
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 def _basic_password(header: str) -> str | None:
@@ -27,7 +26,7 @@ def _basic_password(header: str) -> str | None:
         return None
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII (a 500 before)
         return None
     return decoded.partition(":")[2] or None
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import logging
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,8 @@ class ConnectionLimits:
     handshake_timeout_s               10       a connection that never completes its
                                                HTTP/2 (or TLS) handshake is closed, so
                                                idle sockets cannot pin file descriptors
-    http_keepalive_timeout_s          15       an idle HTTP keep-alive connection closes
+    http_keepalive_timeout_s          15       an idle HTTP keep-alive connection closes,
+                                               and so does an unfinished TLS handshake
     idle_stream_timeout_s             60       a StreamOutcomes call that sends nothing
                                                for this long ends (DEADLINE_EXCEEDED)
     ================================  =======  ==========================================
@@ -199,23 +202,37 @@ def _why(exc: OSError) -> str:
 
 
 class HttpTls:
-    """The HTTP side's SSLContext; ``maybe_reload`` re-loads changed files in place
-    (new connections use them). A client certificate is optional here so probes
-    reach /healthz; when presented it must chain to the client CA."""
+    """The HTTP side's TLS; ``maybe_reload`` builds a new ``SSLContext`` from changed
+    files and new connections switch to it. A client certificate is optional here so
+    probes reach /healthz; when presented it must chain to the client CA.
+
+    Why a new context per reload: the server holds the context it was started with,
+    and loading a changed CA file into that one only *adds* to its trust store, so a
+    CA removed from ``--tls-client-ca`` stayed trusted until a restart. The server's
+    context therefore only hands each handshake over to the current one (its SNI
+    callback runs for every ClientHello, with or without a server name)."""
 
     def __init__(self, tls: TlsFiles) -> None:
         self.tls = tls
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._watch = _Stamped(*([tls.cert, tls.key] + ([tls.client_ca] if tls.client_ca else [])))
         self._watch.changed()
-        self._load()
+        self.current = self._build()
+        #: The context the server listens with: the first one, switching each
+        #: handshake to ``current``.
+        self.context = self.current
+        self.context.sni_callback = self._switch
 
-    def _load(self) -> None:
-        """Load the files; TlsFileError names the flag and file (ssl's own text,
-        ``[SSL] PEM lib (_ssl.c:3905)`` or a bare ``[Errno 2]``, names neither)."""
+    def _switch(self, ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        if ssl_object.context is not self.current:
+            ssl_object.context = self.current
+
+    def _build(self) -> ssl.SSLContext:
+        """A context from the files; TlsFileError names the flag and file (ssl's own
+        text, ``[SSL] PEM lib (_ssl.c:3905)`` or a bare ``[Errno 2]``, names neither)."""
         tls = self.tls
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
-            self.context.load_cert_chain(tls.cert, tls.key)
+            context.load_cert_chain(tls.cert, tls.key)
         except (OSError, ssl.SSLError) as exc:
             raise TlsFileError(
                 f"--tls-cert {tls.cert} / --tls-key {tls.key}: not a usable PEM certificate "
@@ -223,22 +240,68 @@ class HttpTls:
             ) from None
         if tls.client_ca:
             try:
-                self.context.load_verify_locations(tls.client_ca)
+                context.load_verify_locations(tls.client_ca)
             except (OSError, ssl.SSLError) as exc:
                 raise TlsFileError(
                     f"--tls-client-ca {tls.client_ca}: not a usable PEM CA certificate "
                     f"({_why(exc)})"
                 ) from None
-            self.context.verify_mode = ssl.CERT_OPTIONAL
+            context.verify_mode = ssl.CERT_OPTIONAL
+        return context
 
     def maybe_reload(self) -> None:
         if self._watch.changed():
             try:
-                self._load()
+                self.current = self._build()
             except (OSError, ssl.SSLError) as exc:
                 log.error(
                     "TLS files unusable, keeping the previous ones", extra={"error": str(exc)}
                 )
+                return
+            log.info("TLS certificates reloaded", extra={"port": "http"})
+
+
+class HttpSite(web.TCPSite):
+    """aiohttp's TCPSite with the TLS handshake bounded by the HTTP idle timeout.
+
+    Why: asyncio gives a TLS handshake 60 s by default and aiohttp's idle
+    (keep-alive) timeout only starts once it is done, so with TLS on a socket
+    that never finished its handshake held a descriptor 60 s instead of the
+    15 s every other idle HTTP connection gets.
+    """
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        handshake_timeout_s: float,
+    ) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_port=False)
+        self.handshake_timeout_s = handshake_timeout_s
+
+    async def start(self) -> None:
+        if self._ssl_context is None:
+            await super().start()
+            return
+        # TCPSite.start, plus ssl_handshake_timeout (TCPSite takes no such argument).
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self.handshake_timeout_s,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
 
 
 def _probe(host: str, port: int) -> OSError | None:

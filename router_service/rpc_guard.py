@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -207,3 +208,28 @@ def install_accept_error_limit(limiter: LogLimiter) -> None:
     logger = logging.getLogger("asyncio")
     if not any(isinstance(f, RateLimitedLogFilter) for f in logger.filters):
         logger.addFilter(RateLimitedLogFilter(limiter, ("accept", "Too many open files")))
+
+
+def install_unraisable_limit(limiter: LogLimiter) -> None:
+    """Exceptions Python cannot raise (``sys.unraisablehook``) as rate-limited JSON lines.
+
+    Why: the default hook prints a plain-text traceback to stderr per event, and a
+    client can provoke one per connection: a TLS ClientHello whose server name is
+    not ASCII fails in ssl's SNI callback (the HTTP side installs one to switch each
+    handshake to the current certificates). Logged once per exception class per
+    interval, like every other line a caller can provoke.
+    """
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        cause = f"unraisable:{type(exc).__name__}"
+        suppressed = limiter.allow(cause)
+        if suppressed is None:
+            return
+        log.warning(
+            "exception ignored (Python could not raise it)",
+            exc_info=(unraisable.exc_type, exc, unraisable.exc_traceback) if exc else None,
+            extra={"cause": cause, "suppressed": suppressed},
+        )
+
+    sys.unraisablehook = hook

@@ -10,9 +10,13 @@ import argparse
 import math
 import os
 
+from router_common.limits import MAX_OUTCOMES_PER_BATCH
 from router_service.callers import CallerLimitsConfig
 from router_service.listen import ConnectionLimits
 from router_service.security import SecuritySettings
+
+#: The longest connection timeout a flag may set (see security_settings).
+MAX_TIMEOUT_S = 86_400.0
 
 ENV = {
     "auth_tokens": "ROUTER_AUTH_TOKENS",
@@ -113,13 +117,27 @@ def security_settings(args: argparse.Namespace) -> SecuritySettings:
         handshake_timeout_s=args.handshake_timeout_s,
         idle_stream_timeout_s=args.idle_stream_timeout_s,
     )
-    for name, value in (
-        ("http", connections.http_keepalive_timeout_s),
-        ("handshake", connections.handshake_timeout_s),
-        ("stream", connections.idle_stream_timeout_s),
+    for flag, value in (
+        ("--http-idle-timeout-s", connections.http_keepalive_timeout_s),
+        ("--grpc-handshake-timeout-s", connections.handshake_timeout_s),
+        ("--stream-idle-timeout-s", connections.idle_stream_timeout_s),
     ):
-        if not value > 0:
-            raise ValueError(f"the {name} idle timeout must be > 0 seconds, got {value:g}")
+        # At most a day: gRPC takes milliseconds as a C int (a traceback past ~24 days).
+        if not 0 < value <= MAX_TIMEOUT_S:
+            raise ValueError(
+                f"{flag} must be > 0 and at most {MAX_TIMEOUT_S:g} seconds, got {value:g}"
+            )
+    # Checked here, not only in CallerLimitsConfig, so the message names the flag.
+    if args.caller_outcomes_per_second < 0:
+        raise ValueError(
+            "--caller-outcomes-per-second must be >= 0 (0: no limit), "
+            f"got {args.caller_outcomes_per_second:g}"
+        )
+    if args.caller_outcome_burst < MAX_OUTCOMES_PER_BATCH:
+        raise ValueError(
+            f"--caller-outcome-burst must be >= {MAX_OUTCOMES_PER_BATCH} (one full batch), "
+            f"got {args.caller_outcome_burst:g}"
+        )
     return SecuritySettings(
         connections=connections,
         auth_tokens=args.auth_tokens,

@@ -81,7 +81,8 @@ def replication_config(args: argparse.Namespace) -> ReplicationConfig | None:
                 f"--redis-password-file {str(path)!r} is over {MAX_PASSWORD_FILE_BYTES} bytes"
             )
         try:
-            password = raw.decode("utf-8").strip("\r\n")
+            # utf-8-sig: a byte order mark (Windows editors) is not part of the password.
+            password = raw.decode("utf-8-sig").strip("\r\n")
         except UnicodeDecodeError:
             raise RedisSettingsError(
                 f"--redis-password-file {str(path)!r} is not UTF-8 text"

@@ -91,6 +91,14 @@ class ReplicationConfig:
 
 def check_url(url: str) -> None:
     """Raise RedisSettingsError unless ``url`` is a usable redis:// or rediss:// URL."""
+    # A password holding "/", "?" or "#" (base64 has "/") ends the URL's host part
+    # early, so the parser's own errors quoted a piece of it as the "port" or the
+    # "database": say so without quoting anything after the scheme.
+    if any(c in _userinfo(url) for c in "/?#"):
+        raise RedisSettingsError(
+            f"--redis URL {redact(url)!r}: the user or password holds '/', '?' or '#'; "
+            "percent-encode it, or use --redis-password-file"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -113,11 +121,21 @@ def url_has_password(url: str) -> bool:
     return urlsplit(url).password is not None
 
 
+def _userinfo(url: str) -> str:
+    """What stands between ``scheme://`` and the last ``@`` (empty without one)."""
+    return url.partition("://")[2].rpartition("@")[0]
+
+
 def redact(url: str) -> str:
-    """``rediss://host:6380/0`` from ``rediss://user:secret@host:6380/0``."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        return f"{parts.scheme}://{netloc}{parts.path}"
-    except ValueError:
+    """``rediss://host:6380/0`` from ``rediss://user:secret@host:6380/0``.
+
+    Everything up to the last ``@`` goes, not just what the URL parser calls the
+    user info: with an unencoded "/", "?" or "#" in the password, the parser's
+    netloc ends inside the password and the rest of it was shown. The query goes
+    too: redis-py takes ``?password=`` there.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return "<unparseable URL>"
+    where = rest.rpartition("@")[2].partition("?")[0].partition("#")[0]
+    return f"{scheme}://{where}"

@@ -24,6 +24,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from router_common.domain import Clock, EndpointKey
@@ -129,7 +130,12 @@ class RedisReplicator:
             password=config.password,
             socket_timeout=config.socket_timeout_s,
             socket_connect_timeout=config.socket_timeout_s,
-            retry=Retry(NoBackoff(), 0),
+            # One retry, on a new connection, for a connection error only: after a
+            # Redis restart the pool still holds connections to the old server, and
+            # the first call on each failed ("Connection closed by server") -- a second
+            # "lost"/"restored" pair for one restart. A timeout (Redis slow) is not
+            # retried, so a slow Redis is still noticed after one socket timeout.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             max_connections=8,
         )
         self._seq = 0

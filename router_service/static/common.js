@@ -4,8 +4,10 @@
 
 const Dash = (() => {
   const params = new URLSearchParams(location.search);
-  // Refresh period; ?refresh=<ms> overrides it (tests, slow links). Never below 200 ms.
-  const REFRESH_MS = Math.max(200, Number(params.get("refresh")) || 2000);
+  // Refresh period; ?refresh=<ms> overrides it (tests, slow links). Never below 200 ms,
+  // never above an hour: setTimeout takes a 32-bit int, so Infinity or 2**32 was 0 ms
+  // (polling back to back).
+  const REFRESH_MS = Math.min(3600000, Math.max(200, Number(params.get("refresh")) || 2000));
 
   /** Create an element with attributes and children (strings become text nodes, never HTML). */
   function el(tag, attrs = {}, ...children) {
@@ -103,7 +105,8 @@ const Dash = (() => {
   /** Sort requested in the URL fragment (#sort=ttft:asc), so a reload keeps it. */
   function sortFromHash(columns) {
     const m = /sort=([a-z0-9_]+):(asc|desc)/.exec(location.hash);
-    return m && columns[m[1]] ? { key: m[1], dir: m[2] === "asc" ? 1 : -1 } : null;
+    // Own keys only: "constructor" (a key of every object) is not a column.
+    return m && Object.hasOwn(columns, m[1]) ? { key: m[1], dir: m[2] === "asc" ? 1 : -1 } : null;
   }
 
   /** Run `load` now and every REFRESH_MS after each completes; report status in #status. */

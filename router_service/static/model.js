@@ -48,7 +48,7 @@
 
   // ---- time range ------------------------------------------------------------------------
   let range = Dash.queryParam("range");
-  if (!RANGE_NOTE[range]) range = "15m";
+  if (!Object.hasOwn(RANGE_NOTE, range)) range = "15m";  // not ?range=constructor
   const rangeButtons = [...document.querySelectorAll("#range button")];
   function paintRange() {
     rangeButtons.forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.range === range)));

@@ -130,3 +130,29 @@ def test_redis_killed_mid_traffic_routers_keep_serving_and_converge(tmp_path, re
         stop.set()
         for r in routers:
             r.kill()
+
+
+def test_one_redis_restart_is_one_outage_in_the_log(tmp_path, redis_server) -> None:
+    # The client's pooled connections to the old server stayed in the pool; the
+    # first call on one after "restored" failed ("Connection closed by server"):
+    # a second "lost"/"restored" pair and errors for a single restart.
+    router = RouterProcess(tmp_path, "r0", redis_server.url, "--redis-checkpoint-interval", "0.05")
+    try:
+        router.start()
+        router.wait_started()
+        # Checkpoints run beside the blocking XREAD, so the pool holds two connections.
+        wait_until(lambda: metric(router, "router_redis_checkpoints_written_total") >= 3)
+        redis_server.kill()
+        wait_until(lambda: metric(router, "router_redis_connected") == 0.0)
+        redis_server.start()
+        wait_until(lambda: metric(router, "router_redis_connected") == 1.0)
+        errors = metric(router, "router_redis_errors_total")
+        written = metric(router, "router_redis_checkpoints_written_total")
+        # Every loop has used the pool again: 20 more checkpoints, each beside XREAD.
+        wait_until(lambda: metric(router, "router_redis_checkpoints_written_total") >= written + 20)
+        messages = [rec.get("message", "") for rec in router.records()]
+        lost = [m for m in messages if m.startswith("redis connection lost")]
+        assert len(lost) == 1 and messages.count("redis connection restored") == 1, lost
+        assert metric(router, "router_redis_errors_total") == errors
+    finally:
+        router.kill()

@@ -72,6 +72,33 @@ def test_bad_redis_url_exits_2_without_leaking_the_password(capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2 and "scheme 'http'" in err and "hunter2" not in err
     assert redact("rediss://u:hunter2@h:6380/1") == "rediss://h:6380/1"
+    assert redact("redis://h:6379/0?password=hunter2") == "redis://h:6379/0"  # redis-py reads it
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunter2/x@127.0.0.1:6379/0",  # "/": was quoted as the port
+        "redis://u:hun#ter2@127.0.0.1:6379/0",  # "#": the URL was cut inside the password
+        "redis://u:hunter2?@127.0.0.1:6379/0",
+        "redis://u:12/hunter2@127.0.0.1:6379/0",  # was quoted as the database
+    ],
+)
+def test_a_password_with_url_delimiters_exits_2_without_leaking_it(url: str, capsys) -> None:
+    code = main(["--config", str(EXAMPLE_CATALOG), "--redis", url])
+    err = capsys.readouterr().err
+    assert code == 2 and "--redis-password-file" in err, err
+    assert "hunter" not in err and "ter2" not in err, err
+    assert redact(url) == "redis://127.0.0.1:6379/0"
+
+
+def test_a_password_file_with_a_byte_order_mark_gives_the_password_without_it(tmp_path) -> None:
+    # Windows editors write a BOM; it became the password's first character, so
+    # Redis refused every connection (WRONGPASS) and the replica ran unshared.
+    secret = tmp_path / "password"
+    secret.write_bytes(b"\xef\xbb\xbfpw-0123456789\r\n")
+    cfg = config_from("--redis", "redis://h", "--redis-password-file", str(secret))
+    assert cfg is not None and cfg.password == "pw-0123456789"
 
 
 def test_outcome_codec_round_trips() -> None:

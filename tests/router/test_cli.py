@@ -190,3 +190,72 @@ def test_an_unusable_tls_file_exits_2_naming_its_flag_and_file(
         assert "Traceback" not in stderr
         last = stderr.splitlines()[-1]
         assert last.startswith(f"router-service: {named}"), last
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--grpc-handshake-timeout-s", "1e7"),  # gRPC takes ms as a C int: OverflowError
+        ("--stream-idle-timeout-s", "1e300"),
+        ("--http-idle-timeout-s", "-1"),
+        ("--caller-outcome-burst", "10"),  # the message named outcome_burst, not the flag
+        ("--caller-outcomes-per-second", "-5"),
+    ],
+)
+def test_an_out_of_range_limit_flag_exits_2_naming_it(
+    example_catalog: Path, flag: str, value: str
+) -> None:
+    proc = _router("--config", str(example_catalog), f"{flag}={value}")
+    try:
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # it started instead of refusing the flag
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1].startswith(f"router-service: {flag} must be "), stderr
+
+
+def test_a_tls_server_name_that_is_not_ascii_leaves_one_json_line(
+    example_catalog: Path, tmp_path: Path
+) -> None:
+    # The HTTP side's SNI callback (it switches each handshake to the current
+    # certificates) makes Python decode the server name as ASCII; one that is not
+    # was printed as a plain-text "Exception ignored in" traceback per handshake.
+    import socket
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    flags = ["--config", str(example_catalog), "--host", "127.0.0.1", "--grpc-port", "0"]
+    flags += ["--http-port", "0", "--tls-cert", str(cert), "--tls-key", str(key)]
+    proc = _router(*flags, "--allow-unauthenticated")
+    # A real ClientHello for "aaaaa.example", its name's first bytes made UTF-8 "é".
+    outgoing = ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(
+        ssl.MemoryBIO(), outgoing, server_hostname="aaaaa.example"
+    )
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    hello = outgoing.read().replace(b"aaaaa.example", "éaaa.example".encode())
+    try:
+        started = _read_started(proc)
+        port = int(started["http"].rsplit(":", 1)[1])
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(hello)
+                sock.settimeout(5)
+                sock.recv(100)  # an alert, then the router closes
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    records = [json.loads(line) for line in rest.splitlines()]  # every line is JSON
+    assert len([r for r in records if r.get("level") == "WARNING"]) <= 1, records

@@ -341,3 +341,33 @@ async def test_unknown_model_page_offers_a_way_back(router_app, page) -> None:
     await screenshot(page, "dashboard-unknown.png")
     await page.locator("#back").click()
     await page.wait_for_url(router_app.http_url + "/")
+
+
+async def test_a_huge_refresh_parameter_does_not_turn_into_a_busy_loop(router_app, page) -> None:
+    # setTimeout takes its delay as a 32-bit int: ?refresh=Infinity (or 2**32) became
+    # 0 ms, so the page polled the router back to back instead of every 2 s.
+    for asked in ("Infinity", str(2**32), "1e300"):
+        await page.goto(router_app.http_url + f"/?refresh={asked}")
+        await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+        period = await page.evaluate("Dash.REFRESH_MS")
+        assert 200 <= period <= 2**31 - 1, (asked, period)
+
+
+async def test_a_range_named_like_an_object_property_falls_back_to_15m(router_app, page) -> None:
+    # RANGE_NOTE["constructor"] is Object's constructor (truthy), so ?range=constructor
+    # was kept and every timeseries fetch was a 400: "cannot reach the router".
+    await page.goto(router_app.http_url + f"/models/{GLM}?range=constructor&refresh=200")
+    status = page.locator("#status")
+    await expect(status).to_have_attribute("data-state", "live")
+    await expect(status).not_to_have_attribute("data-refreshes", "1")  # polled again, still live
+    await expect(status).to_have_attribute("data-state", "live")
+    await expect(page.locator('#range button[data-range="15m"]')).to_have_attribute(
+        "aria-pressed", "true"
+    )
+
+
+async def test_a_sort_named_like_an_object_property_is_ignored(router_app, page) -> None:
+    # columns["constructor"] is truthy too: #sort=constructor:asc was taken as a column,
+    # and every render threw ("value is not a function"), so the list never showed.
+    await page.goto(router_app.http_url + "/#sort=constructor:asc")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
