@@ -40,7 +40,8 @@ class TokenFile:
             st = os.stat(self.path)
             stamp = (st.st_mtime_ns, st.st_ino, st.st_size)
             if stamp != self._stamp:
-                token = self.path.read_text(encoding="utf-8").strip()
+                # utf-8-sig: a byte order mark (Windows editors) is not part of the token.
+                token = self.path.read_text(encoding="utf-8-sig").strip()
                 if token:
                     self.token, self._stamp = token, stamp
         except (OSError, UnicodeDecodeError) as exc:
