@@ -70,6 +70,16 @@ def test_the_variance_factor_says_how_many_samples_the_estimate_rests_on() -> No
     assert tr.estimate().ttft_variance_factor < 1.0
 
 
+def test_the_first_samples_after_a_replace_are_averaged_not_dominated_by_the_first() -> None:
+    tr = RecentTracker(RecentConfig(tau_s=3.0, tau_up_s=2.0))
+    tr.record(0.0, False, 160.0)  # one slow first answer of an endpoint that does 100 ms
+    for i in range(1, 6):
+        tr.record(i * 0.1, False, 100.0)
+    # the plain mean of the six; the time-weighted average alone still said ~147 ms
+    assert tr.estimate().ttft_ms == pytest.approx((160.0 + 5 * 100.0) / 6)
+    assert tr.estimate().ttft_variance_factor == pytest.approx(1 / 6)
+
+
 def test_recent_failure_ratio_decays_and_client_errors_do_not_count() -> None:
     tr = RecentTracker(RecentConfig(tau_fail_s=5.0))
     for i in range(20):
@@ -239,6 +249,15 @@ def test_endpoints_within_the_equal_tolerance_weigh_the_same() -> None:
     assert w["a"] == pytest.approx((100 / 108) ** 3)
 
 
+#: One sample's log spread in stats(spread=1) windows: p90/p50 = 1.4.
+ONE_SAMPLE_SD = math.log(1.4) / 1.2816
+
+
+def _trickle(ratio: float, u: float) -> float:
+    """The documented scale of a weight beyond the 25% band (``ordering._band_weight``)."""
+    return math.erfc(math.log(ratio / 1.25) / (u * math.sqrt(2)))
+
+
 def test_an_estimate_resting_on_one_sample_stays_near_best_a_settled_one_does_not() -> None:
     # summary(spread=1): p90/p50 = 1.4, one sample's log spread ln(1.4)/1.2816 = 0.26
     base = {n: stats(ttft=100) for n in "abc"}
@@ -249,7 +268,9 @@ def test_an_estimate_resting_on_one_sample_stays_near_best_a_settled_one_does_no
     }
     result = run(eps=ABC, st_=st_, sort=Sort.TTFT, config=NO_EXPLORE)
     w = {e.endpoint.provider.name: e.weight for e in result.ranked}
-    assert w["b"] == pytest.approx((100 / 140) ** 3)
+    # beyond the 25% band by ln(1.4/1.25), within 1.5 standard errors (u = sd * sqrt(1)):
+    # its weight is scaled by erfc(excess / (u * sqrt 2)), a trickle to correct it
+    assert w["b"] == pytest.approx((100 / 140) ** 3 * _trickle(1.4, ONE_SAMPLE_SD))
     assert w["c"] is None
     assert names(result)[-1] == "c"
 
@@ -267,7 +288,7 @@ def test_uncertainty_widens_the_band_at_most_to_spread_max_tolerance() -> None:
         e.endpoint.provider.name: e.weight
         for e in run(eps=ABC[:2], st_=st_, sort=Sort.TTFT, config=wide).ranked
     }
-    assert w["b"] == pytest.approx((100 / 160) ** 3)
+    assert w["b"] == pytest.approx((100 / 160) ** 3 * _trickle(1.6, ONE_SAMPLE_SD))
     fixed = dataclasses.replace(NO_EXPLORE, spread_uncertainty_z=0.0)
     st_["b"] = with_recent(base["b"], 130.0, var=1.0)
     w = {

@@ -33,7 +33,7 @@ Pipeline:
    of their cluster) shuffled; without ``sort`` it is a weighted random order
    (load balance). Under ``sort: ttft``/``tps`` (without ``order``) the
    near-best head (within ``spread_tolerance`` of the best, widened for an
-   uncertain TTFT estimate by ``ordering.ttft_slack``; with no data yet,
+   uncertain TTFT estimate, ``ordering._band_weight``; with no data yet,
    the unmeasured endpoints, equally) is then redrawn
    with weights ``(best/value)**spread_exponent``, sent with the ranking, so
    a fleet asking for "the fastest" of near-equal endpoints spreads over them
@@ -130,7 +130,7 @@ from router_service.ranking.ordering import (
     order_positions,
     sort_keys,
     spread_band,
-    ttft_slack,
+    ttft_uncertainty,
 )
 from router_service.ranking.request import (
     DEFAULT_CONFIG,
@@ -346,8 +346,8 @@ def rank(
             names, tiers, order_pos, keys, weights, config.near_tie_tolerance, rng
         )
         if keys is not None and not order_pos and (sort is Sort.TTFT or sort is Sort.TPS):
-            slack = ttft_slack(live, config) if sort is Sort.TTFT else None
-            positions, spread = spread_band(positions, tiers, keys, sort, config, rng, slack)
+            unc = ttft_uncertainty(live, config) if sort is Sort.TTFT else None
+            positions, spread = spread_band(positions, tiers, keys, sort, config, rng, unc)
             for i, w in spread.items():
                 entries[i] = entries[i]._replace(weight=w)
 

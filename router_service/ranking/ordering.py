@@ -79,23 +79,15 @@ def sort_keys(rows: Sequence[Row], sort: Sort) -> list[float | None]:
     return [None if row.tps is None else -row.tps for row in rows]
 
 
-def ttft_slack(rows: Sequence[Row], config: RankingConfig) -> list[float]:
-    """How far (log units) each candidate's TTFT may be from the best's and stay near-best.
+def ttft_uncertainty(rows: Sequence[Row], config: RankingConfig) -> list[float]:
+    """Each candidate's TTFT estimate's standard error, in log units (0: none known).
 
-    ``z * sigma * sqrt(V)``: ``V`` is the estimate's variance as a multiple of
-    one sample's (the recent estimate's ``ttft_variance_factor``; ``1/count``
-    for a window's quantile), ``sigma`` one sample's spread in log units, read
+    ``sigma * sqrt(V)``: ``V`` is the estimate's variance as a multiple of one
+    sample's (the recent estimate's ``ttft_variance_factor``; ``1/count`` for
+    a window's quantile), ``sigma`` one sample's spread in log units, read
     from the endpoint's own window as ``ln(p90/p50) / 1.2816`` (a lognormal's),
-    else ``spread_default_log_sd``, at most ``spread_max_log_sd``. Only a
-    candidate's own uncertainty counts, not the best's: an estimate that is
-    too low by luck draws traffic and is corrected within a second, but one
-    that is too high by luck gets none and would stay wrong until it went
-    stale; bench/bench_routing.py's herd saw one of four equal providers
-    left out for seconds after one slow first sample.
+    else ``spread_default_log_sd``, at most ``spread_max_log_sd``.
     """
-    z = config.spread_uncertainty_z
-    if z <= 0:
-        return [0.0] * len(rows)
     out: list[float] = []
     for row in rows:
         if row.ttft is None:
@@ -112,8 +104,39 @@ def ttft_slack(rows: Sequence[Row], config: RankingConfig) -> list[float]:
                 p50, p90 = w.get(0.5), w.get(0.9)
                 sd = math.log(p90 / p50) / 1.2816 if p50 and p90 and p90 > p50 else 0.0
                 break
-        out.append(z * min(sd, config.spread_max_log_sd) * math.sqrt(var))
+        out.append(min(sd, config.spread_max_log_sd) * math.sqrt(var))
     return out
+
+
+def _band_weight(ratio: float, u: float, config: RankingConfig) -> float:
+    """A candidate's spread weight, ``ratio`` times slower than the best (0: outside).
+
+    Inside the base band (``spread_tolerance``): ``ratio**-spread_exponent``,
+    1 within ``spread_equal_tolerance``. Beyond it, a candidate whose own
+    estimate is uncertain (``u``, log units) stays in while it may still
+    belong: ``ln(ratio)`` within ``spread_uncertainty_z * u`` of the band's
+    edge and ``ratio`` at most ``1 + spread_max_tolerance``, its weight
+    scaled by ``erfc(excess / (u * sqrt 2))`` (twice the normal tail beyond
+    the excess: 1 at the edge, 0.32 one standard error out). Only the
+    candidate's own uncertainty counts, not the best's: an estimate too low
+    by luck draws traffic and is corrected within a second, one too high by
+    luck gets none and would stay wrong until it went stale (in
+    bench/bench_routing.py's herd one of four equal providers was left out
+    for seconds after one slow first answer). The scaled weight is a trickle:
+    enough samples to correct a wrong estimate, not a share of the traffic.
+    """
+    if ratio <= 1.0 + config.spread_equal_tolerance:
+        return 1.0
+    weight = ratio**-config.spread_exponent
+    edge = 1.0 + config.spread_tolerance
+    if ratio <= edge:
+        return weight
+    if u <= 0 or ratio > 1.0 + config.spread_max_tolerance:
+        return 0.0
+    excess = math.log(ratio / edge)
+    if excess > config.spread_uncertainty_z * u:
+        return 0.0
+    return weight * math.erfc(excess / (u * math.sqrt(2.0)))
 
 
 def order_positions(
@@ -148,15 +171,15 @@ def spread_band(
     sort: Sort,
     config: RankingConfig,
     rng: random.Random,
-    slack: Sequence[float] | None = None,
+    uncertainty: Sequence[float] | None = None,
 ) -> tuple[list[int], dict[int, float]]:
     """Redraw the near-best head of a ``sort: ttft``/``tps`` order by weight.
 
     The head is the leading run of tier-OK candidates with a value; those
-    within ``spread_tolerance`` of the run's best (widened for candidate i by
-    the factor ``exp(slack[i])``, at most to ``spread_max_tolerance``: see
-    ``ttft_slack``) get weight ``(best/value)**spread_exponent`` (tps:
-    ``(value/best)**...``) and are
+    near the run's best get a weight (``_band_weight``: within
+    ``spread_tolerance``, ``(best/value)**spread_exponent``, tps
+    ``(value/best)**...``; a little beyond it while the candidate's own
+    estimate is uncertain, ``uncertainty``) and are
     drawn in a weighted order (Efraimidis-Spirakis), the rest of the run and
     everything after keep their place. When nothing leads with a value (no
     data yet), the endpoints without data get weight 1 each (their order is
@@ -184,15 +207,13 @@ def spread_band(
     top = max(good.values())
     if top <= 0:
         return positions, {}
-    base = 1.0 + config.spread_tolerance
-    exp = config.spread_exponent
-    alike = 1.0 + config.spread_equal_tolerance
-    widest = max(base, 1.0 + config.spread_max_tolerance)
-    weights = {
-        i: 1.0 if v * alike >= top else (v / top) ** exp
-        for i, v in good.items()
-        if v * (base if slack is None else min(widest, base * math.exp(slack[i]))) >= top
-    }
+    weights: dict[int, float] = {}
+    for i, v in good.items():
+        if v <= 0:  # a throughput of 0: nothing near the best
+            continue
+        w = _band_weight(top / v, 0.0 if uncertainty is None else uncertainty[i], config)
+        if w > 0:
+            weights[i] = w
     if len(weights) < 2:
         return positions, {}
     band = weighted_indices(list(weights), [weights.get(i, 0.0) for i in range(len(tiers))], rng)

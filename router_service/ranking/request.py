@@ -254,18 +254,25 @@ class RankingConfig:
       really differ.
     - ``spread_uncertainty_z`` (1.5), ``spread_default_log_sd`` (0.25),
       ``spread_max_log_sd`` (0.5), ``spread_max_tolerance`` (0.5): under
-      ``sort: ttft`` a candidate's band is widened by the factor
-      ``exp(z * sigma * sqrt(V))`` (``ordering.ttft_slack``), at most to 50%:
-      ``V`` is its recent estimate's variance as a multiple of one sample's,
-      ``sigma`` one sample's log spread from its own window (the default
-      while the window is thin; at most ``spread_max_log_sd``, so a window
-      mixing two regimes does not open the band to a provider several times
-      slower). Why: an endpoint whose estimate rests on one slow first answer
-      was left out of the band, so it got no traffic and its estimate could
-      not improve until it went stale: in bench/bench_routing.py's herd (four
-      equal providers, four sidecars) the busiest took 32-36% of requests
-      over six seeds; with the widening and the equal tolerance 27-34%
-      (mean 30%). ``z = 0`` gives the fixed band.
+      ``sort: ttft`` a candidate beyond the band stays in it while its own
+      estimate is uncertain: ``ln(ratio / (1 + spread_tolerance))`` within
+      ``z`` standard errors ``u`` of its recent estimate, and at most 50%
+      slower than the best, with its weight scaled by ``erfc(excess / (u *
+      sqrt 2))``, a trickle (``ordering._band_weight``). ``u = sigma *
+      sqrt(V)``: ``V`` the estimate's variance as a multiple of one
+      sample's, ``sigma`` one sample's log spread from its own window (the
+      default while the window is thin; at most ``spread_max_log_sd``, so a
+      window mixing two regimes does not open the band to a provider several
+      times slower). Why: an endpoint whose estimate rested on one slow
+      first answer was left out of the band, so it got no traffic and its
+      estimate could not improve until it went stale; in
+      bench/bench_routing.py's herd (four equal providers, four sidecars)
+      the busiest took 36-39% of requests over eight seeds, 29-36% (mean
+      31%) with this, the equal tolerance and the recent estimate's warm-up.
+      Why a trickle and not the band's full weight: the full weight gave a
+      provider 1.33-1.5x slower a quarter of the traffic for its first few
+      samples after each exploration (cold start and slowdown phases of the
+      same benchmark). ``z = 0`` gives the fixed band.
     - ``first_token_timeout_multiple`` (2), ``first_token_timeout_floor_ms``
       (500), ``first_token_timeout_min_samples`` (20): the first-token
       timeout suggested per endpoint is ``multiple * max(p99 TTFT, recent

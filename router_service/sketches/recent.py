@@ -20,6 +20,9 @@ How (Finagle's Peak EWMA, without the in-flight term the router cannot see):
   so a slowdown is believed faster than a speed-up; that is the asymmetry
   that keeps traffic off an endpoint that got slow (a false "slow" costs one
   exploration to undo, a false "fast" costs many requests).
+- **Warm-up.** The k-th sample after a replace weighs at least ``1/k``: the
+  first few samples are averaged equally instead of the first one counting
+  like ``tau`` seconds of history (``RecentTracker._warm``).
 - **How much to believe it.** Beside the estimate, its variance as a multiple
   of one sample's: ``V = (1 - w)**2 * V + w**2`` per sample (the variance of
   a weighted sum of independent samples), 1 after a replacing sample. Ranking
@@ -97,7 +100,16 @@ DEFAULT_RECENT_CONFIG = RecentConfig()
 class RecentTracker:
     """The decayed TTFT and failure ratio of one endpoint (not thread-safe: the store locks)."""
 
-    __slots__ = ("_attempt_at", "_cfg", "_fail", "_samples", "_ttft", "_ttft_at", "_var")
+    __slots__ = (
+        "_attempt_at",
+        "_cfg",
+        "_fail",
+        "_run",
+        "_samples",
+        "_ttft",
+        "_ttft_at",
+        "_var",
+    )
 
     def __init__(self, config: RecentConfig = DEFAULT_RECENT_CONFIG) -> None:
         self._cfg = config
@@ -107,6 +119,8 @@ class RecentTracker:
         self._attempt_at: float | None = None
         self._samples = 0
         self._var = 1.0
+        #: TTFT samples since the estimate was last replaced, up to _RUN_CAP (see _warm).
+        self._run = 0
 
     def record(self, now: float, failed: bool | None, ttft_ms: float | None) -> None:
         """One attempt at ``now``: ``failed`` None means not counted (the caller's fault)."""
@@ -126,9 +140,10 @@ class RecentTracker:
         if est is None or self._ttft_at is None or now - self._ttft_at >= cfg.replace_after_s:
             self._ttft = ttft_ms
             self._var = 1.0
+            self._run = 1
         else:
             tau = cfg.tau_up_s if ttft_ms > est else cfg.tau_s
-            w = _ttft_weight(max(0.0, now - self._ttft_at), tau)
+            w = self._warm(_ttft_weight(max(0.0, now - self._ttft_at), tau))
             self._ttft = est + w * (ttft_ms - est)
             self._var = _next_variance(self._var, w)
         self._ttft_at = now if self._ttft_at is None else max(self._ttft_at, now)
@@ -158,10 +173,26 @@ class RecentTracker:
             if not _is_ttft_sample(failed, ttft_ms):
                 continue
             assert ttft_ms is not None
-            w = w_up if ttft_ms > est else w_down
+            w = self._warm(w_up if ttft_ms > est else w_down)
             self._ttft = est + w * (ttft_ms - est)
             self._var = _next_variance(self._var, w)
             self._samples += 1
+
+    def _warm(self, w: float) -> float:
+        """The weight of the next sample: ``w``, but at least ``1/k`` for the k-th since a replace.
+
+        Without it the first sample after a replace counted like seconds of
+        history: ``tau`` seconds of samples were needed to forget it, however
+        many arrived. One slow first answer (1.6x, lognormal noise) kept an
+        equal provider's estimate high for ~5 s in bench/bench_routing.py's
+        herd while it was getting samples at the others' level. With the
+        floor the first samples are averaged equally (a plain mean), and the
+        time-weighted average takes over once its weight is the larger.
+        """
+        run = self._run + 1 if self._run < _RUN_CAP else _RUN_CAP
+        self._run = run
+        floor = 1.0 / run
+        return w if w > floor else floor
 
     def estimate(self) -> RecentEstimate:
         return RecentEstimate(
@@ -173,6 +204,10 @@ def _is_ttft_sample(failed: bool | None, ttft_ms: float | None) -> bool:
     """A TTFT moves the estimate only from an attempt that did not fail, and only
     when it is a real duration."""
     return ttft_ms is not None and math.isfinite(ttft_ms) and ttft_ms >= 0 and not failed
+
+
+#: Past this many samples since a replace the 1/k floor is far below any weight.
+_RUN_CAP = 1 << 20
 
 
 def _next_variance(var: float, w: float) -> float:
