@@ -256,7 +256,7 @@ async def test_unknown_model_is_404_json(router_app, http) -> None:
         assert 'href="/"' in await response.text()  # a way back
 
 
-async def _raw_http(port: int, payload: bytes) -> bytes:
+async def raw_http(port: int, payload: bytes) -> bytes:
     """Send bytes no HTTP client would, and read the router's answer."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -277,7 +277,7 @@ async def test_unparseable_http_is_400_and_one_log_line_per_cause(router_app, ca
         b"GET / HTTP/9.9\r\n\r\n",
     ]
     for payload in junk * 3:
-        answer = await _raw_http(router_app.http_port, payload)
+        answer = await raw_http(router_app.http_port, payload)
         assert answer.startswith(b"HTTP/1.0 400 ") or answer.startswith(b"HTTP/1.1 400 "), answer
     records = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert records, "nothing logged at all"

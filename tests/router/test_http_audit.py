@@ -23,16 +23,16 @@ import yarl
 from router_service.security import SecuritySettings
 from tests.conftest import loopback_router, wait_for
 from tests.router.test_auth import write_tokens
+from tests.router.test_http_api import raw_http
 
 
-async def _raw_http(port: int, payload: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(payload)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
+def _server_cert(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path]:
+    """A loopback server certificate from ``ca``, written as the router's --tls-cert/--tls-key."""
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    server.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    return cert, key
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ async def test_a_non_utf8_authorization_header_is_a_401_not_a_500(token_router, 
             b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
             b"Authorization: " + scheme + b" dash-token-\xff\xfe\r\n\r\n"
         )
-        answer = await _raw_http(token_router.http_port, payload)
+        answer = await raw_http(token_router.http_port, payload)
         assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
         assert b'"type": "unauthenticated"' in answer
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -90,10 +90,8 @@ async def test_a_client_ca_removed_from_the_file_stops_being_trusted_on_http(
     tmp_path: Path,
 ) -> None:
     server_ca, old_ca, new_ca = trustme.CA(), trustme.CA(), trustme.CA()
-    server = server_ca.issue_cert("127.0.0.1", "localhost")
-    cert, key, client_ca = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
-    server.private_key_and_cert_chain_pem.write_to_path(str(cert))
-    server.private_key_pem.write_to_path(str(key))
+    cert, key = _server_cert(server_ca, tmp_path)
+    client_ca = tmp_path / "ca.pem"
     old_ca.cert_pem.write_to_path(str(client_ca))
     app = loopback_router(
         tmp_path,
@@ -182,10 +180,7 @@ async def test_a_tls_handshake_never_finished_is_closed_at_the_http_idle_timeout
     from router_service.listen import ConnectionLimits
 
     ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
-    server.private_key_and_cert_chain_pem.write_to_path(str(cert))
-    server.private_key_pem.write_to_path(str(key))
+    cert, key = _server_cert(ca, tmp_path)
     app = loopback_router(
         tmp_path,
         drain_seconds=0.2,
