@@ -43,6 +43,7 @@ from typing import Protocol, runtime_checkable
 from router_common.domain import Clock, EndpointKey, ErrorClass
 from router_service.model import EMPTY_STATS, EndpointStats, Outcome
 from router_service.sketches.recent import DEFAULT_RECENT_CONFIG, RecentConfig, RecentTracker
+from router_service.sketches.tdigest import check_finite
 from router_service.sketches.windows import (
     DAY,
     FINE,
@@ -257,6 +258,13 @@ class InMemoryStatsStore:
             entry = self._entries[key] = _Entry(
                 EndpointWindows(self._compression), RecentTracker(self._recent_config)
             )
+        ttfts = [o.ttft_ms for o in outcomes if o.ttft_ms is not None]
+        tpss = [o.tokens_per_second for o in outcomes if o.tokens_per_second is not None]
+        # Refused here, before anything changes, not when the queue is added to
+        # the windows: a digest takes only finite values (validation sees to it
+        # on the ingestion path; a direct caller gets the digest's ValueError).
+        check_finite(ttfts)
+        check_finite(tpss)
         client_error = ErrorClass.CLIENT_ERROR
         # counted: True a success, False a failure, None not counted (the caller's fault).
         counted = [None if o.error_class is client_error else o.success for o in outcomes]
@@ -290,8 +298,8 @@ class InMemoryStatsStore:
                 now,
                 counted.count(True),
                 counted.count(False),
-                [o.ttft_ms for o in outcomes if o.ttft_ms is not None],
-                [o.tokens_per_second for o in outcomes if o.tokens_per_second is not None],
+                ttfts,
+                tpss,
             )
             attempts = [
                 (None if c is None else not c, o.ttft_ms)
@@ -340,7 +348,13 @@ class InMemoryStatsStore:
         windows = entry.windows
         for group in entry.pending:
             windows.record_group(
-                group.ts, group.now, group.successes, group.failures, group.ttfts, group.tpss
+                group.ts,
+                group.now,
+                group.successes,
+                group.failures,
+                group.ttfts,
+                group.tpss,
+                checked=True,  # by _record_endpoint, before queueing
             )
         entry.pending = []
 

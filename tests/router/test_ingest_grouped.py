@@ -399,3 +399,19 @@ def test_series_grouped_equals_record_many() -> None:
         rings_a, rings_b = reference._endpoints[key].rings, grouped._endpoints[key].rings
         for name in rings_a:
             assert rings_a[name].slots == rings_b[name].slots
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_store_refuses_a_non_finite_value_when_recorded_not_when_refreshed(bad: float) -> None:
+    """The queue is added to the windows later; a value a digest cannot take must
+    still be refused by ``record_many`` itself, before it is queued, or every
+    later refresh would fail on it."""
+    clock = FakeClock(T0)
+    store = InMemoryStatsStore(clock)
+    key = EndpointKey(MODEL, "cerebras")
+    store.record_many([Outcome(key, clock(), True, ttft_ms=200.0)])
+    with pytest.raises(ValueError, match="must be finite"):
+        store.record_many([Outcome(key, clock(), True, tokens_per_second=bad)])
+    store.refresh()
+    assert store.stats(key).ttft_5m.count == 1
+    assert store.stats(key).tps_5m.count == 0
