@@ -195,10 +195,16 @@ class BatchValidator:
                     )
                 ):
                     duration, output_tokens = msg.duration_ms, msg.output_tokens
-                    has = msg.HasField
-                    ttft = msg.ttft_ms if has("ttft_ms") else None
-                    tps = msg.tokens_per_second if has("tokens_per_second") else None
-                    retry = msg.retry_after_seconds if has("retry_after_seconds") else None
+                    # An optional field that reads non-zero is set: HasField only for 0.
+                    ttft = msg.ttft_ms
+                    if not ttft and not msg.HasField("ttft_ms"):
+                        ttft = None
+                    tps = msg.tokens_per_second
+                    if not tps and not msg.HasField("tokens_per_second"):
+                        tps = None
+                    retry = msg.retry_after_seconds
+                    if not retry and not msg.HasField("retry_after_seconds"):
+                        retry = None
                     # values_fit, inline (router_common/outcome_bounds.py).
                     if (
                         0.0 <= duration <= max_duration
