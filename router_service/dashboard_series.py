@@ -244,10 +244,10 @@ class DashboardSeries:
 
         Each endpoint's outcomes usually fall in one 10 s and one 60 s bucket
         (``started_at`` is recent), and then they make one tally in a few
-        list passes, without a tally lookup per outcome; otherwise they are
-        tallied one by one as ``record_many`` does. The buckets end up with the
-        same counts and histograms: a bucket's counts are sums, whatever the
-        order they were added in.
+        list passes and land in its two buckets, without a tally per outcome or
+        per batch; otherwise they are tallied one by one as ``record_many``
+        does. The buckets end up with the same counts and histograms: a
+        bucket's counts are sums, whatever the order they were added in.
         """
         with self._lock:
             now = self._clock()
@@ -255,6 +255,9 @@ class DashboardSeries:
             tallies: dict[tuple[EndpointKey, int, int], _Counts] = {}
             client_error = ErrorClass.CLIENT_ERROR
             inf, log, inv, zero = math.inf, math.log, _INV_LOG_BIN, _ZERO_BIN
+            endpoints = self._endpoints
+            fine_horizon = int(now // fine_w) - _RINGS["fine"][1]
+            hour_horizon = int(now // hour_w) - _RINGS["hour"][1]
             for endpoint, outcomes in by_endpoint.items():
                 counted = [o for o in outcomes if o.error_class is not client_error]
                 if not counted:
@@ -268,28 +271,41 @@ class DashboardSeries:
                 if fine != int(hi // fine_w) or hour != int(hi // hour_w):
                     _tally(counted, now, tallies)
                     continue
-                tally = tallies.get((endpoint, fine, hour))
-                if tally is None:
-                    tally = tallies[(endpoint, fine, hour)] = _Counts()
                 good = [o for o in counted if o.success and o.error_class not in _AGAINST]
-                tally.failures += len(counted) - len(good)
-                tally.successes += len(good)
                 ttft_bins = [
                     floor(log(v) * inv) if v > 0 else zero
                     for o in good
                     if (v := o.ttft_ms) is not None and 0 <= v < inf
                 ]
-                if ttft_bins:
-                    _count_into(tally.ttft, ttft_bins)
-                    tally.ttft_n += len(ttft_bins)
                 tps_bins = [
                     floor(log(v) * inv)
                     for o in good
                     if (v := o.tokens_per_second) is not None and 0 < v < inf
                 ]
-                if tps_bins:
-                    _count_into(tally.tps, tps_bins)
-                    tally.tps_n += len(tps_bins)
+                # Straight into the endpoint's two buckets (``_land`` of one tally).
+                series = endpoints.get(endpoint)
+                if series is None:
+                    series = endpoints[endpoint] = _new_series(now)
+                rings = series.rings
+                for ring, index, horizon in (
+                    (rings["fine"], fine, fine_horizon),
+                    (rings["hour"], hour, hour_horizon),
+                ):
+                    if index <= horizon:
+                        continue  # older than the ring: nothing to show it in
+                    slots = ring.slots
+                    slot = index % ring.size
+                    b = slots[slot]
+                    if b is None or b.index != index:
+                        b = slots[slot] = _Bucket(index=index)
+                    b.failures += len(counted) - len(good)
+                    b.successes += len(good)
+                    if ttft_bins:
+                        _count_into(b.ttft, ttft_bins)
+                        b.ttft_n += len(ttft_bins)
+                    if tps_bins:
+                        _count_into(b.tps, tps_bins)
+                        b.tps_n += len(tps_bins)
             self._land(tallies, now)
 
     def _land(self, tallies: dict[tuple[EndpointKey, int, int], _Counts], now: float) -> None:
