@@ -30,6 +30,7 @@ from router_common.domain import EndpointKey, Sort
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_service.core import RouterCore
 from router_service.grpc_api import RouterServicer
+from router_service.ingest import GroupedRecorder
 from router_service.model import Outcome
 from router_service.ranking import RoutingRequest
 
@@ -274,11 +275,13 @@ async def bench_ingest(batches: int, per_batch: int) -> dict[str, float]:
     core.refresh()
     refresh_s = time.perf_counter() - refresh_start
     await server.stop(None)
-    # In-process ceiling: validation + store + health without gRPC.
+    # In-process ceiling: validation + store + health without gRPC, on the path
+    # the server's Ingestor takes (GroupedRecorder: RouterCore.record's result).
     messages = [router_pb2.RecordOutcomeRequest.FromString(b).outcomes for b in payload]
+    recorder = GroupedRecorder(core)
     start = time.perf_counter()
     for outcomes in messages:
-        core.record(outcomes)
+        recorder.record(outcomes)
     core_elapsed = time.perf_counter() - start
     return {
         "accepted": accepted,
