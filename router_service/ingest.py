@@ -1,9 +1,10 @@
 """Applies outcome batches exactly once, within each caller's budget, without starving ranking.
 
 Ranking and ingestion share one event loop (and, in the benchmark, one core).
-Applying an outcome costs 18-29 µs of CPU; four writers at full speed used to
-take nearly all of the loop and RankProviders p99 grew 13×. The mechanism here
-is a *time share*, measured, not guessed:
+Applying an outcome costs 9-11 µs of the loop in the server (``GroupedRecorder``;
+it was 18-29 µs), plus ~2.5 µs of quantile refresh; four writers at full speed
+used to take nearly all of the loop and RankProviders p99 grew 13×. The
+mechanism here is a *time share*, measured, not guessed:
 
 * batches are applied by one writer at a time (an ``asyncio.Lock``: the others
   wait, and because their handler does not read the next message, gRPC flow
@@ -60,16 +61,18 @@ class IngestPacing:
     share             0.45     most of the loop's time ingestion takes while
                                RankProviders calls are being served: ranking keeps
                                the rest, so its throughput falls at most ~1/(1-share)
-                               (the starvation target is 2x). At the 13-18 µs of loop
-                               CPU an outcome costs in the server (bench/README.md
-                               section 7), 0.45 of a core is ~25-35k outcomes/s
-                               (the target is 30k). 1 disables pacing.
+                               (the starvation target is 2x). At the ~11-14 µs of
+                               loop an outcome costs in the server, refresh
+                               included (bench/README.md section 7), 0.45 of a
+                               core is ~33-42k outcomes/s (the target is 30k).
+                               1 disables pacing.
     slice_outcomes    64       outcomes applied between two yields: ~1 ms, the
                                longest a ranking call waits for ingestion. Larger
                                slices give each endpoint more outcomes to apply in
                                one step (the store's per-endpoint fast path):
-                               in process, 128 cost ~10 µs per outcome against
-                               ~12 µs at 32; the benchmark could not tell 32, 64
+                               in process, 32 cost ~9.8 µs per outcome, 64 ~7.3,
+                               128 ~6.3; in the server 64 and 128 measured alike
+                               (~10 µs), and the benchmark could not tell 32, 64
                                and 128 apart in ranking's p99.
     ranking_quiet_s   0.25     with no RankProviders call for this long, ingestion
                                is not paced (only yields between slices): nothing
