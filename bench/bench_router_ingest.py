@@ -1,6 +1,6 @@
 """In-process cost of applying one outcome: ``RouterCore.record`` on 500-outcome batches.
 
-    .venv/bin/python bench/bench_router_ingest.py [--rounds 5] [--slice 64] [--profile]
+    .venv/bin/python bench/bench_router_ingest.py [--rounds 5] [--slice 64] [--profile | --parts]
 
 Why a separate figure from ``bench_router.py --scenario starvation``: the
 starvation run measures the loop time per outcome inside the server, mixed
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import math
 import pstats
 import sys
 import time
@@ -89,6 +90,47 @@ def measure(rounds: int, size: int, batches: int = 40) -> dict[str, float]:
     return {"parsed_us": best_parsed, "fresh_us": best_fresh, "refreshed_us": best_refreshed}
 
 
+def parts(rounds: int, size: int, batches: int = 40) -> dict[str, float]:
+    """µs per outcome of each step of ``GroupedRecorder.record`` (this branch's code
+    only), best of ``rounds``: validation, stats store, dashboard series, health."""
+    from router_common.limits import MAX_REJECTIONS_REPORTED
+    from router_service.outcome_validation import BatchValidator
+
+    core = populated_core(8)
+    payload = _batches(500, batches)
+    parsed = [router_pb2.RecordOutcomeRequest.FromString(b).outcomes for b in payload]
+    slices = [o[s : s + size] for o in parsed for s in range(0, 500, size)]
+    validator = BatchValidator(core.known_endpoints)
+    store, series, health = core.store, core.series, core.health
+    gc.collect()
+    gc.freeze()
+    best: dict[str, float] = {}
+    clock = time.perf_counter
+    for _ in range(rounds):
+        spent = dict.fromkeys(("validation", "store", "series", "health"), 0.0)
+        for part in slices:
+            a = clock()
+            accepted, by_endpoint, _ = validator.validate(
+                part, core.clock(), 0, [], MAX_REJECTIONS_REPORTED
+            )
+            b = clock()
+            baselines = {k: store.stats(k).ttft_1h.get(0.5) for k in by_endpoint}
+            store.record_grouped(by_endpoint)  # type: ignore[attr-defined]
+            c = clock()
+            series.record_grouped(by_endpoint)
+            d = clock()
+            health.record_many(accepted, baselines)
+            e = clock()
+            spent["validation"] += b - a
+            spent["store"] += c - b
+            spent["series"] += d - c
+            spent["health"] += e - d
+        core.refresh()
+        for name, seconds in spent.items():
+            best[name] = min(best.get(name, math.inf), seconds / (500 * batches) * 1e6)
+    return best
+
+
 def profile(size: int, batches: int = 40) -> None:
     core = populated_core(8)
     recorder = _recorder(core)
@@ -108,9 +150,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--slice", type=int, default=64, help="outcomes per record() call")
     parser.add_argument("--profile", action="store_true", help="cProfile one pass instead")
+    parser.add_argument(
+        "--parts", action="store_true", help="time each step of GroupedRecorder instead"
+    )
     args = parser.parse_args()
     if args.profile:
         profile(args.slice)
+        return
+    if args.parts:
+        split = parts(args.rounds, args.slice)
+        shown = ", ".join(f"{name} {us:.2f}" for name, us in split.items())
+        print(f"µs per outcome, best of {args.rounds}: {shown}; sum {sum(split.values()):.2f}")
         return
     r = measure(args.rounds, args.slice)
     print(
