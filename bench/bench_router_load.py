@@ -223,6 +223,7 @@ async def _router(
 
     catalog = directory / "catalog.yaml"
     catalog.write_text(synthetic_catalog(8))
+    default = IngestPacing()
     app = RouterApp(
         Settings(
             config_path=str(catalog),
@@ -234,8 +235,8 @@ async def _router(
             seed=1,
             security=SecuritySettings(**security),
             ingest_pacing=IngestPacing(
-                **({} if share is None else {"share": share}),
-                **({} if slice_outcomes is None else {"slice_outcomes": slice_outcomes}),
+                share=default.share if share is None else share,
+                slice_outcomes=default.slice_outcomes if slice_outcomes is None else slice_outcomes,
             ),
         )
     )

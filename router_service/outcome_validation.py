@@ -196,13 +196,13 @@ class BatchValidator:
                 ):
                     duration, output_tokens = msg.duration_ms, msg.output_tokens
                     # An optional field that reads non-zero is set: HasField only for 0.
-                    ttft = msg.ttft_ms
+                    ttft: float | None = msg.ttft_ms
                     if not ttft and not msg.HasField("ttft_ms"):
                         ttft = None
-                    tps = msg.tokens_per_second
+                    tps: float | None = msg.tokens_per_second
                     if not tps and not msg.HasField("tokens_per_second"):
                         tps = None
-                    retry = msg.retry_after_seconds
+                    retry: float | None = msg.retry_after_seconds
                     if not retry and not msg.HasField("retry_after_seconds"):
                         retry = None
                     # values_fit, inline (router_common/outcome_bounds.py).

@@ -258,13 +258,6 @@ class InMemoryStatsStore:
             entry = self._entries[key] = _Entry(
                 EndpointWindows(self._compression), RecentTracker(self._recent_config)
             )
-        ttfts = [o.ttft_ms for o in outcomes if o.ttft_ms is not None]
-        tpss = [o.tokens_per_second for o in outcomes if o.tokens_per_second is not None]
-        # Refused here, before anything changes, not when the queue is added to
-        # the windows: a digest takes only finite values (validation sees to it
-        # on the ingestion path; a direct caller gets the digest's ValueError).
-        check_finite(ttfts)
-        check_finite(tpss)
         client_error = ErrorClass.CLIENT_ERROR
         # counted: True a success, False a failure, None not counted (the caller's fault).
         counted = [None if o.error_class is client_error else o.success for o in outcomes]
@@ -283,6 +276,13 @@ class InMemoryStatsStore:
             newest = max(stamps[i] for i in kept)
         else:
             # The common case: every outcome in the same bucket of every ring.
+            ttfts = [o.ttft_ms for o in outcomes if o.ttft_ms is not None]
+            tpss = [o.tokens_per_second for o in outcomes if o.tokens_per_second is not None]
+            # Refused here, not when the queue is added to the windows: a digest
+            # takes only finite values (validation sees to it on the ingestion
+            # path; a direct caller gets the digest's ValueError, as before).
+            check_finite(ttfts)
+            check_finite(tpss)
             where = (
                 lo_fine,
                 lo_hour,
@@ -394,6 +394,9 @@ class InMemoryStatsStore:
                 group.ttfts.append(outcome.ttft_ms)
             if outcome.tokens_per_second is not None:
                 group.tpss.append(outcome.tokens_per_second)
+        for group in groups.values():  # as in the common case, before any is queued
+            check_finite(group.ttfts)
+            check_finite(group.tpss)
         now_where = (floor(now / fine_w), floor(now / hour_w), floor(now / day_w))
         for group_key, group in groups.items():
             self._queue(

@@ -415,3 +415,20 @@ def test_store_refuses_a_non_finite_value_when_recorded_not_when_refreshed(bad: 
     store.refresh()
     assert store.stats(key).ttft_5m.count == 1
     assert store.stats(key).tps_5m.count == 0
+
+
+def test_store_ignores_a_non_finite_value_older_than_every_window() -> None:
+    """As before the queue: an outcome dropped for its age never reaches a digest,
+    so its values are not checked (and the rest of its batch is recorded)."""
+    clock = FakeClock(T0)
+    store = InMemoryStatsStore(clock)
+    key = EndpointKey(MODEL, "cerebras")
+    store.record_many(
+        [
+            Outcome(key, clock() - 3 * 86_400, True, ttft_ms=math.nan),
+            Outcome(key, clock(), True, ttft_ms=200.0),
+        ]
+    )
+    store.refresh()
+    assert store.stats(key).ttft_5m.count == 1
+    assert store.ignored_too_old == 1
