@@ -30,6 +30,7 @@ from router_common.domain import EndpointKey, Sort
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_service.core import RouterCore
 from router_service.grpc_api import RouterServicer
+from router_service.ingest import GroupedRecorder
 from router_service.model import Outcome
 from router_service.ranking import RoutingRequest
 
@@ -274,11 +275,13 @@ async def bench_ingest(batches: int, per_batch: int) -> dict[str, float]:
     core.refresh()
     refresh_s = time.perf_counter() - refresh_start
     await server.stop(None)
-    # In-process ceiling: validation + store + health without gRPC.
+    # In-process ceiling: validation + store + health without gRPC, on the path
+    # the server's Ingestor takes (GroupedRecorder: RouterCore.record's result).
     messages = [router_pb2.RecordOutcomeRequest.FromString(b).outcomes for b in payload]
+    recorder = GroupedRecorder(core)
     start = time.perf_counter()
     for outcomes in messages:
-        core.record(outcomes)
+        recorder.record(outcomes)
     core_elapsed = time.perf_counter() - start
     return {
         "accepted": accepted,
@@ -289,12 +292,16 @@ async def bench_ingest(batches: int, per_batch: int) -> dict[str, float]:
     }
 
 
-def print_starvation(quick: bool, share: float | None = None) -> None:
+def print_starvation(
+    quick: bool, share: float | None = None, slice_outcomes: int | None = None
+) -> None:
     from bench_router_load import starvation
 
     calls, rounds = (1_600, 2) if quick else (3_200, 3)
-    r = asyncio.run(starvation(calls, rounds, share))
+    r = asyncio.run(starvation(calls, rounds, share, slice_outcomes))
     shown = "default" if share is None else f"{share:g}"
+    if slice_outcomes is not None:
+        shown += f", slices of {slice_outcomes}"
     print(
         "## Ranking while 4 StreamOutcomes writers run at full speed (32 callers, "
         f"ingest share {shown})\n"
@@ -363,9 +370,15 @@ def main() -> None:
         default=None,
         help="starvation: the router's --ingest-share (default: its default; 1 = unpaced)",
     )
+    parser.add_argument(
+        "--ingest-slice",
+        type=int,
+        default=None,
+        help="starvation: IngestPacing.slice_outcomes (default: its default)",
+    )
     args = parser.parse_args()
     if args.scenario in ("all", "starvation"):
-        print_starvation(args.quick, args.ingest_share)
+        print_starvation(args.quick, args.ingest_share, args.ingest_slice)
     if args.scenario in ("all", "auth"):
         print_auth_cost(args.quick)
     if args.scenario not in ("all", "base"):

@@ -211,7 +211,9 @@ class RouterCounters:
         return {name: (last[i + 1] - first[i + 1]) / span for i, name in enumerate(names)}
 
 
-async def _router(directory: Path, share: float | None = None, **security: Any):
+async def _router(
+    directory: Path, share: float | None = None, slice_outcomes: int | None = None, **security: Any
+):
     from bench_router import synthetic_catalog
 
     from router_service.app import RouterApp, Settings
@@ -221,6 +223,7 @@ async def _router(directory: Path, share: float | None = None, **security: Any):
 
     catalog = directory / "catalog.yaml"
     catalog.write_text(synthetic_catalog(8))
+    default = IngestPacing()
     app = RouterApp(
         Settings(
             config_path=str(catalog),
@@ -231,7 +234,10 @@ async def _router(directory: Path, share: float | None = None, **security: Any):
             watch_catalog=False,
             seed=1,
             security=SecuritySettings(**security),
-            ingest_pacing=IngestPacing() if share is None else IngestPacing(share=share),
+            ingest_pacing=IngestPacing(
+                share=default.share if share is None else share,
+                slice_outcomes=default.slice_outcomes if slice_outcomes is None else slice_outcomes,
+            ),
         )
     )
     await app.start()
@@ -249,14 +255,18 @@ async def _in_child(target, *args: Any) -> Any:
     return result
 
 
-async def starvation(calls: int, rounds: int, share: float | None = None) -> dict[str, float]:
+async def starvation(
+    calls: int, rounds: int, share: float | None = None, slice_outcomes: int | None = None
+) -> dict[str, float]:
     """RankProviders p50/p99 at 32 callers, alone and with 4 writers at full speed.
 
     ``share``: the router's ``IngestPacing.share`` (None: its default; 1: unpaced).
     """
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        app = await _router(directory, share, auth_tokens=str(_tokens_file(directory)))
+        app = await _router(
+            directory, share, slice_outcomes, auth_tokens=str(_tokens_file(directory))
+        )
         address = app.grpc_address
         spawn = multiprocessing.get_context("spawn")
         # An hour of data first, so ranking sorts real quantiles.

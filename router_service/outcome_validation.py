@@ -9,16 +9,21 @@ stored, and a rejection names the field that was wrong.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from router_common.domain import EndpointKey, ErrorClass
 from router_common.json_text import as_json
 from router_common.limits import (
+    MAX_DURATION_MS,
     MAX_FUTURE_SKEW_S,
     MAX_MODEL_ID_LEN,
     MAX_NAME_LEN,
     MAX_OUTCOME_AGE_S,
+    MAX_OUTPUT_TOKENS,
+    MAX_RETRY_AFTER_S,
+    MAX_TOKENS_PER_SECOND,
+    MAX_TTFT_MS,
 )
 from router_common.outcome_bounds import outcome_value_problem, values_fit
 from router_common.pb import router_pb2
@@ -113,3 +118,125 @@ def _error_class(msg: router_pb2.Outcome) -> ErrorClass | Rejection:
             f"{as_json(name)} contradicts success {as_json(msg.success)}",
         )
     return error_class
+
+
+class BatchValidator:
+    """``validate_outcome`` over a batch, grouping the accepted outcomes by endpoint.
+
+    The ingestion path validates tens of thousands of outcomes a second on the
+    serving loop. Here the common case (a catalog endpoint, a recent start,
+    a consistent error class and status, values within bounds) is checked in
+    one inline pass with the endpoint found in a prebuilt table (no
+    ``EndpointKey`` built per outcome: the catalog's own key is used); any
+    outcome that fails a check goes to ``validate_outcome``, which finds the
+    same answer the slow way and names the field. So the accepted outcomes and
+    the rejections are exactly ``validate_outcome``'s, in the same order.
+    """
+
+    __slots__ = ("_known", "_table")
+
+    def __init__(self, known: Collection[EndpointKey]) -> None:
+        self._known = known
+        #: model -> provider -> the catalog's key, for keys ``validate_outcome``
+        #: accepts (within the length limits it checks first).
+        self._table: dict[str, dict[str, EndpointKey]] = {}
+        for key in known:
+            if len(key.model) <= MAX_MODEL_ID_LEN and len(key.provider) <= MAX_NAME_LEN:
+                self._table.setdefault(key.model, {})[key.provider] = key
+
+    @property
+    def known(self) -> Collection[EndpointKey]:
+        return self._known
+
+    def validate(
+        self,
+        messages: Iterable[router_pb2.Outcome],
+        now: float,
+        first_index: int,
+        rejections: list[tuple[int, Rejection]],
+        max_rejections: int,
+    ) -> tuple[list[Outcome], dict[EndpointKey, list[Outcome]], int]:
+        """(accepted in order, accepted by endpoint, how many rejected).
+
+        The first ``max_rejections`` rejections go to ``rejections`` as
+        (first_index + position, Rejection), as ``RouterCore.record`` reports them.
+        """
+        table, known = self._table, self._known
+        oldest, newest = now - MAX_OUTCOME_AGE_S, now + MAX_FUTURE_SKEW_S
+        unspecified = router_pb2.ERROR_CLASS_UNSPECIFIED
+        none = ErrorClass.NONE
+        from_wire = ERROR_CLASS_FROM_WIRE
+        max_duration, max_tokens = MAX_DURATION_MS, MAX_OUTPUT_TOKENS
+        max_ttft, max_tps, max_retry = MAX_TTFT_MS, MAX_TOKENS_PER_SECOND, MAX_RETRY_AFTER_S
+        accepted: list[Outcome] = []
+        by_endpoint: dict[EndpointKey, list[Outcome]] = {}
+        rejected = 0
+        for offset, msg in enumerate(messages):
+            outcome: Outcome | None = None
+            providers = table.get(msg.model)
+            key = providers.get(msg.provider) if providers is not None else None
+            if key is not None:
+                started = msg.started_at or now
+                success = msg.success
+                wire = msg.error_class
+                if wire == unspecified:
+                    error_class = none if success else None
+                else:
+                    error_class = from_wire.get(wire)
+                    if error_class is not None and success != (error_class is none):
+                        error_class = None
+                status = msg.http_status
+                if (
+                    error_class is not None
+                    and oldest <= started <= newest
+                    and (
+                        not status
+                        or (100 <= status <= 599 and (not success or 200 <= status <= 299))
+                    )
+                ):
+                    duration, output_tokens = msg.duration_ms, msg.output_tokens
+                    # An optional field that reads non-zero is set: HasField only for 0.
+                    ttft: float | None = msg.ttft_ms
+                    if not ttft and not msg.HasField("ttft_ms"):
+                        ttft = None
+                    tps: float | None = msg.tokens_per_second
+                    if not tps and not msg.HasField("tokens_per_second"):
+                        tps = None
+                    retry: float | None = msg.retry_after_seconds
+                    if not retry and not msg.HasField("retry_after_seconds"):
+                        retry = None
+                    # values_fit, inline (router_common/outcome_bounds.py).
+                    if (
+                        0.0 <= duration <= max_duration
+                        and 0 <= output_tokens <= max_tokens
+                        and (ttft is None or 0.0 <= ttft <= max_ttft)
+                        and (tps is None or 0.0 <= tps <= max_tps)
+                        and (retry is None or 0.0 <= retry <= max_retry)
+                    ):
+                        outcome = Outcome(
+                            key,
+                            started,
+                            success,
+                            error_class,
+                            status,
+                            ttft,
+                            tps,
+                            output_tokens,
+                            duration,
+                            retry,
+                        )
+            if outcome is None:
+                checked = validate_outcome(msg, known, now)
+                if isinstance(checked, Rejection):
+                    rejected += 1
+                    if len(rejections) < max_rejections:
+                        rejections.append((first_index + offset, checked))
+                    continue
+                outcome = checked
+            accepted.append(outcome)
+            same = by_endpoint.get(outcome.endpoint)
+            if same is None:
+                by_endpoint[outcome.endpoint] = [outcome]
+            else:
+                same.append(outcome)
+        return accepted, by_endpoint, rejected

@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from router_common.domain import Clock, EndpointKey, ErrorClass
 from router_service.model import EMPTY_STATS, EndpointStats, Outcome
 from router_service.sketches.recent import DEFAULT_RECENT_CONFIG, RecentConfig, RecentTracker
+from router_service.sketches.tdigest import check_finite
 from router_service.sketches.windows import (
     DAY,
     FINE,
@@ -112,6 +113,12 @@ class StatsStore(Protocol):
         ...
 
 
+#: Bounds of an endpoint's queue of groups (``_Pending``): a store nobody
+#: refreshes must not grow without bound, and a flush is exact at any point.
+_PENDING_VALUES = 4096
+_PENDING_GROUPS = 64
+
+
 @dataclass(slots=True)
 class _Entry:
     windows: EndpointWindows
@@ -120,6 +127,46 @@ class _Entry:
     epoch: tuple[int, int, int] | None = None  # rings' current buckets at last compute
     #: When the hour and day windows were last merged (see ``long_refresh_s``).
     long_at: float = -math.inf
+    #: Groups recorded but not yet added to ``windows`` (``_flush`` adds them, in
+    #: order, before anything reads or changes the windows), see ``_Pending``.
+    pending: list[_Pending] = field(default_factory=list)
+
+
+class _Pending:
+    """One ``EndpointWindows.record_group`` call not made yet, or several merged.
+
+    Why: the ingestion path applies a batch in slices of ~64 outcomes, so each
+    slice brings ~8 outcomes per endpoint, and adding them to three rings' two
+    digests (six calls) cost more than the outcomes themselves. Groups are
+    queued instead, and a group that lands in the same buckets at the same
+    ring positions (``where``) as the last queued one is merged into it: the
+    counters add, the values are appended in order. ``record_group`` of the
+    merged group gives the same windows as the calls one by one (the digests
+    take values in the same order and ``TDigest.add_many`` flushes at the same
+    points; the counters are sums), and only the last group is ever merged
+    into, so each bucket receives its values in recording order. Nothing can
+    read the windows before ``_flush``: stats are published by ``refresh``.
+    """
+
+    __slots__ = ("failures", "now", "successes", "tpss", "ts", "ttfts", "where")
+
+    def __init__(
+        self,
+        where: tuple[int, int, int, int, int, int],
+        ts: float,
+        now: float,
+        successes: int,
+        failures: int,
+        ttfts: list[float],
+        tpss: list[float],
+    ) -> None:
+        self.where = where
+        self.ts = ts
+        self.now = now
+        self.successes = successes
+        self.failures = failures
+        self.ttfts = ttfts
+        self.tpss = tpss
 
 
 @dataclass(slots=True)
@@ -186,11 +233,24 @@ class InMemoryStatsStore:
             for key, same in by_endpoint.items():
                 self._record_endpoint(key, same, now)
 
+    def record_grouped(self, by_endpoint: Mapping[EndpointKey, list[Outcome]]) -> None:
+        """``record_many`` of outcomes already grouped by endpoint, each list in
+        recording order (the ingestion path groups a batch once for the store and
+        the dashboard series)."""
+        now = self._clock()
+        with self._lock:
+            for key, same in by_endpoint.items():
+                self._record_endpoint(key, same, now)
+
     def _record_endpoint(self, key: EndpointKey, outcomes: list[Outcome], now: float) -> None:
         stamps = [o.timestamp if o.timestamp <= now else now for o in outcomes]
         lo, hi = min(stamps), max(stamps)
-        oldest_day = DAY.index(now) - DAY.size
-        if DAY.index(hi) <= oldest_day:
+        floor = math.floor
+        fine_w, hour_w, day_w = FINE.width, HOUR.width, DAY.width
+        now_day = floor(now / day_w)
+        oldest_day = now_day - DAY.size
+        lo_day = floor(lo / day_w)
+        if floor(hi / day_w) <= oldest_day:
             self.ignored_too_old += len(outcomes)  # older than every window: no state
             return
         entry = self._entries.get(key)
@@ -201,32 +261,102 @@ class InMemoryStatsStore:
         client_error = ErrorClass.CLIENT_ERROR
         # counted: True a success, False a failure, None not counted (the caller's fault).
         counted = [None if o.error_class is client_error else o.success for o in outcomes]
-        kept: Sequence[int]
-        if DAY.index(lo) <= oldest_day or any(
-            spec.index(lo) != spec.index(hi) for spec in (FINE, HOUR, DAY)
+        lo_fine, lo_hour = floor(lo / fine_w), floor(lo / hour_w)
+        if (
+            lo_day <= oldest_day
+            or lo_fine != floor(hi / fine_w)
+            or lo_hour != floor(hi / hour_w)
+            or lo_day != floor(hi / day_w)
         ):
             # Stragglers, or a batch across a bucket edge: bucket by bucket.
             kept = self._record_by_bucket(entry, outcomes, counted, stamps, now)
+            attempts = [
+                (None if counted[i] is None else not counted[i], outcomes[i].ttft_ms) for i in kept
+            ]
+            newest = max(stamps[i] for i in kept)
         else:
             # The common case: every outcome in the same bucket of every ring.
-            entry.windows.record_group(
+            ttfts = [o.ttft_ms for o in outcomes if o.ttft_ms is not None]
+            tpss = [o.tokens_per_second for o in outcomes if o.tokens_per_second is not None]
+            # Refused here, not when the queue is added to the windows: a digest
+            # takes only finite values (validation sees to it on the ingestion
+            # path; a direct caller gets the digest's ValueError, as before).
+            check_finite(ttfts)
+            check_finite(tpss)
+            where = (
+                lo_fine,
+                lo_hour,
+                lo_day,
+                floor(now / fine_w),
+                floor(now / hour_w),
+                now_day,
+            )
+            self._queue(
+                entry,
+                where,
                 lo,
                 now,
                 counted.count(True),
                 counted.count(False),
-                [o.ttft_ms for o in outcomes if o.ttft_ms is not None],
-                [o.tokens_per_second for o in outcomes if o.tokens_per_second is not None],
+                ttfts,
+                tpss,
             )
-            kept = range(len(outcomes))
+            attempts = [
+                (None if c is None else not c, o.ttft_ms)
+                for c, o in zip(counted, outcomes, strict=True)
+            ]
+            newest = hi
         # The recent estimate runs on the router's clock (as health does).
-        entry.recent.record_many(
-            now,
-            [(None if counted[i] is None else not counted[i], outcomes[i].ttft_ms) for i in kept],
-        )
-        newest = max(stamps[i] for i in kept)
+        entry.recent.record_many(now, attempts)
         if entry.last_sample_at is None or newest > entry.last_sample_at:
             entry.last_sample_at = newest
         self._dirty.add(key)
+
+    @staticmethod
+    def _queue(
+        entry: _Entry,
+        where: tuple[int, int, int, int, int, int],
+        ts: float,
+        now: float,
+        successes: int,
+        failures: int,
+        ttfts: list[float],
+        tpss: list[float],
+    ) -> None:
+        """Queue ``record_group(ts, now, ...)`` on ``entry``'s windows (``_Pending``);
+        ``where`` is the ring indexes of ``ts`` and of ``now``, fine, hour, day."""
+        pending = entry.pending
+        if pending:
+            last = pending[-1]
+            if last.where == where:
+                last.successes += successes
+                last.failures += failures
+                last.ttfts += ttfts
+                last.tpss += tpss
+                if len(last.ttfts) + len(last.tpss) >= _PENDING_VALUES:
+                    InMemoryStatsStore._flush(entry)
+                return
+        pending.append(_Pending(where, ts, now, successes, failures, ttfts, tpss))
+        if len(pending) >= _PENDING_GROUPS:
+            InMemoryStatsStore._flush(entry)
+
+    @staticmethod
+    def _flush(entry: _Entry) -> None:
+        """Add the queued groups to the windows, in the order they were recorded."""
+        if not entry.pending:
+            return
+        windows = entry.windows
+        for group in entry.pending:
+            windows.record_group(
+                group.ts,
+                group.now,
+                group.successes,
+                group.failures,
+                group.ttfts,
+                group.tpss,
+                checked=True,  # by _record_endpoint, before queueing
+            )
+        entry.pending = []
 
     def _record_by_bucket(
         self,
@@ -264,9 +394,20 @@ class InMemoryStatsStore:
                 group.ttfts.append(outcome.ttft_ms)
             if outcome.tokens_per_second is not None:
                 group.tpss.append(outcome.tokens_per_second)
-        for group in groups.values():
-            entry.windows.record_group(
-                group.ts, now, group.successes, group.failures, group.ttfts, group.tpss
+        for group in groups.values():  # as in the common case, before any is queued
+            check_finite(group.ttfts)
+            check_finite(group.tpss)
+        now_where = (floor(now / fine_w), floor(now / hour_w), floor(now / day_w))
+        for group_key, group in groups.items():
+            self._queue(
+                entry,
+                group_key + now_where,
+                group.ts,
+                now,
+                group.successes,
+                group.failures,
+                group.ttfts,
+                group.tpss,
             )
         return kept
 
@@ -289,6 +430,17 @@ class InMemoryStatsStore:
         """
         now = self._clock() if now is None else now
         for key in list(self._entries):
+            with self._lock:
+                entry = self._entries.get(key)
+                flushed = entry is not None and bool(entry.pending)
+                if entry is not None and flushed:
+                    # Its own step: the groups queued since the last refresh
+                    # (~0.1 s of outcomes) are a digest flush's worth of work,
+                    # and together with the merges below one step would hold
+                    # the loop about twice as long.
+                    self._flush(entry)
+            if flushed:
+                yield
             with self._lock:
                 entry = self._entries.get(key)
                 if entry is None:
@@ -318,6 +470,7 @@ class InMemoryStatsStore:
     ) -> None:
         """Cache the endpoint's stats at ``now``; with ``keep_long``, its hour and day
         quantiles are kept from there instead of re-merged (``long_refresh_s``)."""
+        self._flush(entry)
         entry.windows.prune(now)
         if keep_long is None:
             full = entry.windows.summary(now)
@@ -359,6 +512,7 @@ class InMemoryStatsStore:
                 entry = self._entries[key] = _Entry(
                     EndpointWindows(self._compression), RecentTracker(self._recent_config)
                 )
+            self._flush(entry)
             entry.windows.absorb(exported, now)
             if last_sample_at is not None and (
                 entry.last_sample_at is None or last_sample_at > entry.last_sample_at
@@ -395,11 +549,16 @@ class InMemoryStatsStore:
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
-            windows = entry.windows if entry is not None else EndpointWindows(self._compression)
-            return windows.series(now)
+            if entry is None:
+                return EndpointWindows(self._compression).series(now)
+            self._flush(entry)
+            return entry.windows.series(now)
 
     def bucket_digests(self, key: EndpointKey, now: float | None = None) -> list[BucketExport]:
         now = self._clock() if now is None else now
         with self._lock:
             entry = self._entries.get(key)
-            return entry.windows.export(now) if entry is not None else []
+            if entry is None:
+                return []
+            self._flush(entry)
+            return entry.windows.export(now)

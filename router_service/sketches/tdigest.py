@@ -117,6 +117,20 @@ def _compress(means: np.ndarray, weights: np.ndarray, bands: int) -> tuple[np.nd
     return new_m, new_w
 
 
+def check_finite(values: Sequence[float]) -> None:
+    """ValueError naming the first non-finite value, as ``add`` raises it.
+
+    One C-speed ``sum`` first: a NaN or an infinity makes the sum non-finite,
+    so a finite sum clears the whole list (a sum that overflowed is checked
+    value by value, and passes).
+    """
+    if -math.inf < sum(values) < math.inf:
+        return
+    for value in values:
+        if not -math.inf < value < math.inf:
+            raise ValueError(f"t-digest values must be finite, got {value!r}")
+
+
 class TDigest:
     """Mergeable, serialisable quantile sketch (see the module docstring for the why).
 
@@ -168,17 +182,18 @@ class TDigest:
         if len(buf) >= self._buffer_limit:
             self._flush()
 
-    def add_many(self, values: Sequence[float]) -> None:
+    def add_many(self, values: Sequence[float], *, checked: bool = False) -> None:
         """``add`` each value in order, with the same buffer flushes (so the same digest).
 
         For the ingestion path, where a batch brings a few values per bucket:
         one call and one list extend instead of one call per value. Not
         ``add_batch``: a numpy array per handful of values costs more than the
-        values, and its flush points differ from ``add``'s.
+        values, and its flush points differ from ``add``'s. ``checked``: the
+        caller has already refused non-finite values (``check_finite``), as the
+        stats store does once for the three rings it adds them to.
         """
-        for value in values:
-            if not -math.inf < value < math.inf:
-                raise ValueError(f"t-digest values must be finite, got {value!r}")
+        if not checked:
+            check_finite(values)
         limit, start = self._buffer_limit, 0
         while start < len(values):
             buf = self._buf  # a flush replaces the list

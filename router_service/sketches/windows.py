@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from router_service.model import RANKING_QUANTILES, MetricSummary, Uptime
-from router_service.sketches.tdigest import TDigest
+from router_service.sketches.tdigest import TDigest, check_finite
 
 __all__ = [
     "DAY",
@@ -174,11 +174,13 @@ class _Ring:
         failures: int,
         ttfts: list[float],
         tpss: list[float],
+        checked: bool = False,
     ) -> bool:
         """``record`` of several outcomes that fall in bucket ``index`` (``current`` is now's).
 
         Same counters and the same digests (values added in order) as one
         ``record`` per outcome; False when ``index`` is too old for this ring.
+        ``checked``: the values are known finite (``TDigest.add_many``).
         """
         if index <= current - self.spec.size:
             return False
@@ -191,11 +193,11 @@ class _Ring:
         if ttfts:
             if bucket.ttft is None:
                 bucket.ttft = TDigest(self._compression)
-            bucket.ttft.add_many(ttfts)
+            bucket.ttft.add_many(ttfts, checked=checked)
         if tpss:
             if bucket.tps is None:
                 bucket.tps = TDigest(self._compression)
-            bucket.tps.add_many(tpss)
+            bucket.tps.add_many(tpss, checked=checked)
         return True
 
     def _bucket(self, index: int) -> _Bucket:
@@ -342,17 +344,25 @@ class EndpointWindows:
         failures: int,
         ttfts: list[float],
         tpss: list[float],
+        checked: bool = False,
     ) -> bool:
         """``record`` of several outcomes whose timestamps fall in the same bucket of
         every ring as ``ts`` (the store groups a batch by bucket): one pass per ring
         instead of one per outcome. Returns False when ``ts`` is older than every window.
+        ``checked``: the values are known finite; otherwise they are checked once
+        here (a non-finite one raises ValueError before any ring changes).
         """
+        if not checked:
+            check_finite(ttfts)
+            check_finite(tpss)
         ts = min(ts, now)
         recorded = False
         for ring in (self._fine, self._hour, self._day):
             spec = ring.spec
             recorded = (
-                ring.record_group(spec.index(ts), spec.index(now), successes, failures, ttfts, tpss)
+                ring.record_group(
+                    spec.index(ts), spec.index(now), successes, failures, ttfts, tpss, True
+                )
                 or recorded
             )
         return recorded

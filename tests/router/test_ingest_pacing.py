@@ -94,10 +94,15 @@ def test_stepwise_refresh_yields_per_changed_endpoint_and_matches_a_full_refresh
     for store in (stepwise, whole):
         store.record_many(outcomes)
     whole.refresh()
-    assert sum(1 for _ in stepwise.refresh_steps()) == 3  # one step per changed endpoint
+    # Two steps per changed endpoint: adding the outcomes queued for its windows,
+    # then merging them into its stats (either alone is a step's worth of work).
+    assert sum(1 for _ in stepwise.refresh_steps()) == 6
     assert sum(1 for _ in stepwise.refresh_steps()) == 0  # nothing changed since
     for key in keys:
         assert stepwise.stats(key).ttft_1h.get(0.5) == whole.stats(key).ttft_1h.get(0.5) > 0
+    stepwise.record_many(outcomes[:1])
+    stepwise.refresh()  # refresh() adds the queued outcomes too: nothing left to step
+    assert sum(1 for _ in stepwise.refresh_steps()) == 0
 
 
 def test_refresh_time_charged_to_ingestion_is_paid_by_the_next_slices() -> None:

@@ -180,14 +180,16 @@ async def test_a_response_arriving_in_one_read_reports_no_throughput_and_nothing
     stack.write_catalog()
     router = await stack.start_router()
     received: list[router_pb2.Outcome] = []
-    record = router.core.record
+    # Every slice of outcomes the router applies goes through its ingestor's recorder.
+    recorder = router.servicer.ingestor.recorder
+    record = recorder.record
 
     def spy(messages: Any, first_index: int = 0) -> Any:  # the real router, watched
         batch = list(messages)
         received.extend(batch)
         return record(batch, first_index)
 
-    router.core.record = spy
+    recorder.record = spy  # type: ignore[method-assign]
     sc = await stack.start_sidecar(router.grpc_address)
     burst = await _stream(sc.base_url, ["burst"], 200)
     paced = await _stream(sc.base_url, ["paced"], 8)
