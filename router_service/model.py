@@ -85,9 +85,6 @@ class RecentEstimate(NamedTuple):
     it was last updated (the caller's clock). ``failure_ratio`` is the decayed
     share of failed attempts (0 with no attempts); ``samples`` counts TTFT
     updates since the tracker was made (for "is this estimate more than one sample?").
-    ``ttft_variance_factor`` is the estimate's variance as a multiple of one
-    sample's (1 right after a single sample replaced it, ``w / (2 - w)`` in a
-    steady stream of weight ``w``): how much of ``ttft_ms`` is one sample's luck.
     """
 
     ttft_ms: float | None = None
@@ -95,7 +92,6 @@ class RecentEstimate(NamedTuple):
     failure_ratio: float = 0.0
     attempt_at: float | None = None
     samples: int = 0
-    ttft_variance_factor: float = 1.0
 
 
 EMPTY_RECENT = RecentEstimate()

@@ -32,10 +32,10 @@ Pipeline:
    descending) with near-ties (within ``near_tie_tolerance`` of the best value
    of their cluster) shuffled; without ``sort`` it is a weighted random order
    (load balance). Under ``sort: ttft``/``tps`` (without ``order``) the
-   near-best head (within ``spread_tolerance`` of the best, widened for an
-   uncertain TTFT estimate, ``ordering._band_weight``; with no data yet,
+   near-best head (within ``spread_tolerance`` of the best; with no data yet,
    the unmeasured endpoints, equally) is then redrawn
-   with weights ``(best/value)**spread_exponent``, sent with the ranking, so
+   with weights ``(best/value)**spread_exponent`` (1 within
+   ``spread_equal_tolerance``), sent with the ranking, so
    a fleet asking for "the fastest" of near-equal endpoints spreads over them
    (``ordering.spread_band``). Under every strategy but ``order`` (and not in
    panic), an ``exploration_share`` of requests (``exploration_share_unknown``
@@ -130,7 +130,6 @@ from router_service.ranking.ordering import (
     order_positions,
     sort_keys,
     spread_band,
-    ttft_uncertainty,
 )
 from router_service.ranking.request import (
     DEFAULT_CONFIG,
@@ -346,8 +345,7 @@ def rank(
             names, tiers, order_pos, keys, weights, config.near_tie_tolerance, rng
         )
         if keys is not None and not order_pos and (sort is Sort.TTFT or sort is Sort.TPS):
-            unc = ttft_uncertainty(live, config) if sort is Sort.TTFT else None
-            positions, spread = spread_band(positions, tiers, keys, sort, config, rng, unc)
+            positions, spread = spread_band(positions, tiers, keys, sort, config, rng)
             for i, w in spread.items():
                 entries[i] = entries[i]._replace(weight=w)
 

@@ -17,7 +17,6 @@ from router_common.routing.order import order_rest, order_tier, weighted_indices
 from router_service.model import EndpointStats, HealthView
 from router_service.ranking.filters import Prep
 from router_service.ranking.request import RankingConfig
-from router_service.ranking.result import WINDOW_RECENT
 
 #: Tiers, best first. ``order`` providers can only be in OK, DEGRADED or PROBING.
 N_TIERS = 5
@@ -79,64 +78,17 @@ def sort_keys(rows: Sequence[Row], sort: Sort) -> list[float | None]:
     return [None if row.tps is None else -row.tps for row in rows]
 
 
-def ttft_uncertainty(rows: Sequence[Row], config: RankingConfig) -> list[float]:
-    """Each candidate's TTFT estimate's standard error, in log units (0: none known).
+def _band_weight(ratio: float, config: RankingConfig) -> float:
+    """A candidate's spread weight, ``ratio`` times slower than the best (0: outside the band).
 
-    ``sigma * sqrt(V)``: ``V`` is the estimate's variance as a multiple of one
-    sample's (the recent estimate's ``ttft_variance_factor``; ``1/count`` for
-    a window's quantile), ``sigma`` one sample's spread in log units, read
-    from the endpoint's own window as ``ln(p90/p50) / 1.2816`` (a lognormal's),
-    else ``spread_default_log_sd``, at most ``spread_max_log_sd``.
-    """
-    out: list[float] = []
-    for row in rows:
-        if row.ttft is None:
-            out.append(0.0)
-            continue
-        s = row.stats
-        if row.ttft_window == WINDOW_RECENT:
-            var = s.recent.ttft_variance_factor
-        else:
-            var = 1.0 / max(1, row.ttft_samples)
-        sd = config.spread_default_log_sd
-        for w in (s.ttft_5m, s.ttft_1h):
-            if w.count >= config.min_samples:
-                p50, p90 = w.get(0.5), w.get(0.9)
-                sd = math.log(p90 / p50) / 1.2816 if p50 and p90 and p90 > p50 else 0.0
-                break
-        out.append(min(sd, config.spread_max_log_sd) * math.sqrt(var))
-    return out
-
-
-def _band_weight(ratio: float, u: float, config: RankingConfig) -> float:
-    """A candidate's spread weight, ``ratio`` times slower than the best (0: outside).
-
-    Inside the base band (``spread_tolerance``): ``ratio**-spread_exponent``,
-    1 within ``spread_equal_tolerance``. Beyond it, a candidate whose own
-    estimate is uncertain (``u``, log units) stays in while it may still
-    belong: ``ln(ratio)`` within ``spread_uncertainty_z * u`` of the band's
-    edge and ``ratio`` at most ``1 + spread_max_tolerance``, its weight
-    scaled by ``erfc(excess / (u * sqrt 2))`` (twice the normal tail beyond
-    the excess: 1 at the edge, 0.32 one standard error out). Only the
-    candidate's own uncertainty counts, not the best's: an estimate too low
-    by luck draws traffic and is corrected within a second, one too high by
-    luck gets none and would stay wrong until it went stale (in
-    bench/bench_routing.py's herd one of four equal providers was left out
-    for seconds after one slow first answer). The scaled weight is a trickle:
-    enough samples to correct a wrong estimate, not a share of the traffic.
+    1 within ``spread_equal_tolerance`` (two estimates that close differ by
+    noise), ``ratio**-spread_exponent`` within ``spread_tolerance``.
     """
     if ratio <= 1.0 + config.spread_equal_tolerance:
         return 1.0
-    weight = ratio**-config.spread_exponent
-    edge = 1.0 + config.spread_tolerance
-    if ratio <= edge:
-        return weight
-    if u <= 0 or ratio > 1.0 + config.spread_max_tolerance:
-        return 0.0
-    excess = math.log(ratio / edge)
-    if excess > config.spread_uncertainty_z * u:
-        return 0.0
-    return weight * math.erfc(excess / (u * math.sqrt(2.0)))
+    if ratio <= 1.0 + config.spread_tolerance:
+        return ratio**-config.spread_exponent
+    return 0.0
 
 
 def order_positions(
@@ -171,15 +123,13 @@ def spread_band(
     sort: Sort,
     config: RankingConfig,
     rng: random.Random,
-    uncertainty: Sequence[float] | None = None,
 ) -> tuple[list[int], dict[int, float]]:
     """Redraw the near-best head of a ``sort: ttft``/``tps`` order by weight.
 
     The head is the leading run of tier-OK candidates with a value; those
-    near the run's best get a weight (``_band_weight``: within
-    ``spread_tolerance``, ``(best/value)**spread_exponent``, tps
-    ``(value/best)**...``; a little beyond it while the candidate's own
-    estimate is uncertain, ``uncertainty``) and are
+    within ``spread_tolerance`` of the run's best get a weight
+    (``_band_weight``: ``(best/value)**spread_exponent``, tps
+    ``(value/best)**...``, and 1 within ``spread_equal_tolerance``) and are
     drawn in a weighted order (Efraimidis-Spirakis), the rest of the run and
     everything after keep their place. When nothing leads with a value (no
     data yet), the endpoints without data get weight 1 each (their order is
@@ -211,7 +161,7 @@ def spread_band(
     for i, v in good.items():
         if v <= 0:  # a throughput of 0: nothing near the best
             continue
-        w = _band_weight(top / v, 0.0 if uncertainty is None else uncertainty[i], config)
+        w = _band_weight(top / v, config)
         if w > 0:
             weights[i] = w
     if len(weights) < 2:

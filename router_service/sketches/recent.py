@@ -23,12 +23,6 @@ How (Finagle's Peak EWMA, without the in-flight term the router cannot see):
 - **Warm-up.** The k-th sample after a replace weighs at least ``1/k``: the
   first few samples are averaged equally instead of the first one counting
   like ``tau`` seconds of history (``RecentTracker._warm``).
-- **How much to believe it.** Beside the estimate, its variance as a multiple
-  of one sample's: ``V = (1 - w)**2 * V + w**2`` per sample (the variance of
-  a weighted sum of independent samples), 1 after a replacing sample. Ranking
-  widens the near-best band by it (``RankingConfig.spread_uncertainty_z``): an
-  estimate resting on one or two samples may be one sample's bad luck, and an
-  endpoint pushed out of the band by it would get no traffic to correct it.
 - **Failures.** A decayed failure ratio with the same clock (``tau_fail``),
   so "recovered" can also mean "answers again".
 
@@ -108,7 +102,6 @@ class RecentTracker:
         "_samples",
         "_ttft",
         "_ttft_at",
-        "_var",
     )
 
     def __init__(self, config: RecentConfig = DEFAULT_RECENT_CONFIG) -> None:
@@ -118,7 +111,6 @@ class RecentTracker:
         self._fail = 0.0
         self._attempt_at: float | None = None
         self._samples = 0
-        self._var = 1.0
         #: TTFT samples since the estimate was last replaced, up to _RUN_CAP (see _warm).
         self._run = 0
 
@@ -139,13 +131,11 @@ class RecentTracker:
         est = self._ttft
         if est is None or self._ttft_at is None or now - self._ttft_at >= cfg.replace_after_s:
             self._ttft = ttft_ms
-            self._var = 1.0
             self._run = 1
         else:
             tau = cfg.tau_up_s if ttft_ms > est else cfg.tau_s
             w = self._warm(_ttft_weight(max(0.0, now - self._ttft_at), tau))
             self._ttft = est + w * (ttft_ms - est)
-            self._var = _next_variance(self._var, w)
         self._ttft_at = now if self._ttft_at is None else max(self._ttft_at, now)
         self._samples += 1
 
@@ -175,7 +165,6 @@ class RecentTracker:
             assert ttft_ms is not None
             w = self._warm(w_up if ttft_ms > est else w_down)
             self._ttft = est + w * (ttft_ms - est)
-            self._var = _next_variance(self._var, w)
             self._samples += 1
 
     def _warm(self, w: float) -> float:
@@ -196,7 +185,7 @@ class RecentTracker:
 
     def estimate(self) -> RecentEstimate:
         return RecentEstimate(
-            self._ttft, self._ttft_at, self._fail, self._attempt_at, self._samples, self._var
+            self._ttft, self._ttft_at, self._fail, self._attempt_at, self._samples
         )
 
 
@@ -208,12 +197,6 @@ def _is_ttft_sample(failed: bool | None, ttft_ms: float | None) -> bool:
 
 #: Past this many samples since a replace the 1/k floor is far below any weight.
 _RUN_CAP = 1 << 20
-
-
-def _next_variance(var: float, w: float) -> float:
-    """The estimate's variance factor after a sample of weight ``w`` moved it."""
-    keep = 1.0 - w
-    return keep * keep * var + w * w
 
 
 def _ttft_weight(dt: float, tau: float) -> float:
