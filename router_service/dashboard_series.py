@@ -196,6 +196,14 @@ class _Ring:
         b = self.slots[index % self.size]
         return b if b is not None and b.index == index else None
 
+    def bucket(self, index: int) -> _Bucket:
+        """The bucket for ``index``, a fresh one when its slot still holds an older one."""
+        slot = index % self.size
+        b = self.slots[slot]
+        if b is None or b.index != index:
+            b = self.slots[slot] = _Bucket(index=index)
+        return b
+
 
 @dataclass(slots=True)
 class _EndpointSeries:
@@ -293,11 +301,7 @@ class DashboardSeries:
                 ):
                     if index <= horizon:
                         continue  # older than the ring: nothing to show it in
-                    slots = ring.slots
-                    slot = index % ring.size
-                    b = slots[slot]
-                    if b is None or b.index != index:
-                        b = slots[slot] = _Bucket(index=index)
+                    b = ring.bucket(index)
                     b.failures += len(counted) - len(good)
                     b.successes += len(good)
                     if ttft_bins:
@@ -322,12 +326,7 @@ class DashboardSeries:
             ):
                 if index <= horizons[ring.name]:
                     continue  # older than the ring: nothing to show it in
-                slots = ring.slots
-                slot = index % ring.size
-                b = slots[slot]
-                if b is None or b.index != index:
-                    b = slots[slot] = _Bucket(index=index)
-                b.add(tally)
+                ring.bucket(index).add(tally)
 
     def on_transition(self, transition: Transition) -> None:
         """The health tracker's hook: remember when each endpoint changed state."""

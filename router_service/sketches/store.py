@@ -132,6 +132,7 @@ class _Entry:
     pending: list[_Pending] = field(default_factory=list)
 
 
+@dataclass(slots=True)
 class _Pending:
     """One ``EndpointWindows.record_group`` call not made yet, or several merged.
 
@@ -148,25 +149,13 @@ class _Pending:
     read the windows before ``_flush``: stats are published by ``refresh``.
     """
 
-    __slots__ = ("failures", "now", "successes", "tpss", "ts", "ttfts", "where")
-
-    def __init__(
-        self,
-        where: tuple[int, int, int, int, int, int],
-        ts: float,
-        now: float,
-        successes: int,
-        failures: int,
-        ttfts: list[float],
-        tpss: list[float],
-    ) -> None:
-        self.where = where
-        self.ts = ts
-        self.now = now
-        self.successes = successes
-        self.failures = failures
-        self.ttfts = ttfts
-        self.tpss = tpss
+    where: tuple[int, int, int, int, int, int]
+    ts: float
+    now: float
+    successes: int
+    failures: int
+    ttfts: list[float]
+    tpss: list[float]
 
 
 @dataclass(slots=True)
