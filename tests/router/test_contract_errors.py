@@ -287,3 +287,20 @@ async def test_batch_ids_behave_as_the_proto_says(router_stub) -> None:
     for sequence in (1, 101):
         forgotten = await router_stub.RecordOutcome(batch("many", sequence))
         assert (forgotten.accepted, forgotten.duplicate_batches) == (0, 1), sequence
+
+
+async def test_a_rejection_index_counts_the_outcomes_of_duplicate_batches(router_stub) -> None:
+    # RejectedOutcome.index is "the position of the outcome in the call (across the
+    # whole stream)": a sender maps it back to what it sent, so the outcomes of a
+    # batch acknowledged as a duplicate still take their positions.
+    def batch(sequence: int, *outcomes: router_pb2.Outcome) -> router_pb2.RecordOutcomeRequest:
+        request = router_pb2.RecordOutcomeRequest(outcomes=outcomes)
+        request.batch_id.sender, request.batch_id.sequence = "index-sender", sequence
+        return request
+
+    first = batch(1, outcome(), outcome())
+    await router_stub.RecordOutcome(first)
+    bad = outcome(ttft_ms=math.nan)
+    ack = await router_stub.StreamOutcomes(iter([first, batch(2, outcome(), bad)]))
+    assert (ack.accepted, ack.rejected, ack.duplicate_batches) == (1, 1, 1)
+    assert [(r.index, r.reason.split(":")[0]) for r in ack.rejections] == [(3, "ttft_ms")]
