@@ -329,7 +329,7 @@ def test_reused_load_balance_ranking_is_redrawn_per_request_by_weight() -> None:
         ),
         # Escaped quotes inside a string never look like structure.
         (
-            b'{"id":"c","choices":[{"delta":{"role":"assistant","refusal":"\\"content\\":\\"x"},'
+            b'{"id":"c","choices":[{"delta":{"role":"assistant","name":"\\"content\\":\\"x"},'
             b'"finish_reason":null}]}',
             False,
         ),
