@@ -227,7 +227,10 @@ class SidecarApp:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return _error_response(exc.status, exc.reason or "error", None, None)
+            response = _error_response(exc.status, exc.reason or "error", None, None)
+            if "Allow" in exc.headers:  # a 405 must say which methods are (RFC 9110)
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         except (asyncio.CancelledError, ConnectionError):
             raise
         except Exception:

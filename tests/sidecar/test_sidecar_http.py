@@ -250,6 +250,7 @@ async def test_the_sidecars_own_refusals_carry_the_readmes_codes(stack: Stack) -
     async with aiohttp.ClientSession() as s:
         async with s.get(url) as r:
             assert r.status == 405 and (await r.json())["error"]["code"] is None
+            assert r.headers["Allow"] == "POST"  # RFC 9110: a 405 lists the allowed methods
         async with s.post(sc.base_url + "/nowhere", json={}) as r:
             assert r.status == 404 and (await r.json())["error"]["code"] is None
     got, body = await _post(url, _body(max_tokens=2), {"Content-Type": "text/plain"})
