@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 import grpc
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestPayloadError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router_common.catalog_model import Catalog
@@ -55,6 +56,14 @@ _STATUS_TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+def _unreadable_body(request: web.Request) -> str:
+    """What a body aiohttp could not read is, naming only an encoding it knows."""
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
+    if encoding in ("gzip", "deflate"):
+        return f"request body is not valid {encoding} data"
+    return "request body could not be read"
 
 
 def _error_response(
@@ -252,6 +261,10 @@ class SidecarApp:
                 raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise RequestError("request body too large", None, 413, "body_too_large") from None
+            except RequestPayloadError:
+                # The app's mistake (a corrupt gzip/deflate body, broken chunked
+                # framing), not the sidecar's: a 400, not a 500 and a traceback.
+                raise RequestError(_unreadable_body(request), None, 400, "invalid_json") from None
             try:
                 body = orjson.loads(raw)
             except ValueError:

@@ -259,3 +259,27 @@ async def test_the_sidecars_own_refusals_carry_the_readmes_codes(stack: Stack) -
     sc = await stack.start_sidecar(router="127.0.0.1:1")  # nothing there, no catalog
     got, body = await _post(sc.base_url + "/chat/completions", _body(max_tokens=2))
     assert (got, body["error"]["code"]) == (503, "router_unavailable")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compressed_body_that_does_not_decompress_is_a_400_without_a_traceback(
+    stack: Stack, caplog: pytest.LogCaptureFixture, encoding: str
+) -> None:
+    """Found by an audit: a corrupt gzip or deflate body (the app's mistake) was a 500
+    ``internal_error`` and two ERROR tracebacks, the sidecar's and aiohttp's (whose
+    lingering read of the rest of the body met the same decoding error)."""
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    sc = await stack.start_sidecar(fallback=True)
+    caplog.set_level(logging.DEBUG)
+    url = sc.base_url + "/chat/completions"
+    for _ in range(3):
+        status, body = await _post(url, b"not compressed " * 100, {"Content-Encoding": encoding})
+        assert (status, body["error"]["code"]) == (400, "invalid_json")
+        assert body["error"]["message"] == f"request body is not valid {encoding} data"
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    warnings = [r for r in caplog.records if r.getMessage() == "malformed HTTP request"]
+    assert len(warnings) <= 1  # aiohttp's, once per cause per 10 s
+    status, _ = await _post(url, _body(max_tokens=2))
+    assert status == 200  # and the sidecar serves on
