@@ -43,7 +43,11 @@ async def serve(settings: SidecarSettings) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     app = SidecarApp(settings)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop()  # close what start opened (upstream session, router channel)
+        raise
     freeze_startup_heap()
     try:
         await stop.wait()

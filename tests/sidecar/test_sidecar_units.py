@@ -426,7 +426,11 @@ def test_sse_scanner_end_of_stream_from_the_chunks_it_parsed() -> None:
         (["--hedge-budget-share", "2"], "--hedge-budget-share must be a share from 0 to 1, got 2"),
         (["--outcome-batch-size", "5000"], "--outcome-batch-size must be at most 1000"),
         (["--default-sort", "fastest"], '--default-sort must be one of ["cost", "latency"'),
-        (["--listen", "bogus"], 'expected HOST:PORT, got "bogus"'),
+        (["--listen", "bogus"], '--listen: expected HOST:PORT, got "bogus"'),
+        (["--listen", "127.0.0.1:99999"], '--listen: port must be 0..65535, got "127.0.0.1:99999"'),
+        (["--listen", "65536"], '--listen: port must be 0..65535, got "65536"'),
+        (["--router", "127.0.0.1:0"], '--router: port must be 1..65535, got "127.0.0.1:0"'),
+        (["--router", "dns:///r.example:70000"], "--router: port must be 1..65535"),
     ],
 )
 def test_a_bad_setting_is_refused_naming_its_flag(argv: list[str], message: str) -> None:
@@ -445,7 +449,7 @@ def test_the_cli_exits_2_with_one_line_for_a_bad_setting(
 
     assert main(["--router", "127.0.0.1:1", "--listen", "bogus"]) == 2
     err = capsys.readouterr().err
-    assert err == 'router-sidecar: expected HOST:PORT, got "bogus"\n'
+    assert err == 'router-sidecar: --listen: expected HOST:PORT, got "bogus"\n'
 
 
 def test_a_bad_setting_from_the_environment_names_the_variable() -> None:
