@@ -414,7 +414,7 @@ class SidecarApp:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         if self.reporter is not None:
-            self.metrics.outcome_queue_depth.set(self.reporter.depth)
+            self.metrics.outcome_queue_depth.set(self.reporter.backlog)
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 

@@ -283,3 +283,34 @@ async def test_a_compressed_body_that_does_not_decompress_is_a_400_without_a_tra
     assert len(warnings) <= 1  # aiohttp's, once per cause per 10 s
     status, _ = await _post(url, _body(max_tokens=2))
     assert status == 200  # and the sidecar serves on
+
+
+def _metric(text: str, name: str) -> float:
+    line = next(x for x in text.splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
+
+
+async def test_the_queue_depth_counts_outcomes_waiting_for_a_resend(stack: Stack) -> None:
+    """Found by an audit: with the router down, ``router_sidecar_outcome_queue_depth``
+    fell to 0 at the first failed delivery: outcomes formed into batches (kept and resent
+    until acknowledged) were no longer counted, so an outage looked like an empty queue."""
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    sc = await stack.start_sidecar(router="127.0.0.1:1", fallback=True)  # nothing there
+    metrics_url = sc.base_url.removesuffix("/v1") + "/metrics"
+    for _ in range(3):
+        status, _ = await _post(sc.base_url + "/chat/completions", _body(max_tokens=2))
+        assert status == 200
+    async with aiohttp.ClientSession() as s:
+        async with s.get(metrics_url) as r:
+            failures = _metric(await r.text(), "router_sidecar_outcome_send_failures_total")
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:  # until a delivery of all three has failed
+            async with s.get(metrics_url) as r:
+                text = await r.text()
+            if _metric(text, "router_sidecar_outcome_send_failures_total") > failures:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "no failed delivery"
+            await asyncio.sleep(0.02)
+    assert _metric(text, "router_sidecar_outcome_queue_depth") == 3
+    assert _metric(text, "router_sidecar_outcomes_dropped_total") == 0
