@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc.code, file=sys.stderr)  # a bad value: one line, exit 2 like argparse
         return 2
     try:
-        configure_logging(settings.log_level.lower())
+        configure_logging(settings.log_level)
     except ValueError as exc:
         print(f"router-sidecar: {exc}", file=sys.stderr)
         return 2

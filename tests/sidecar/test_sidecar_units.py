@@ -456,3 +456,17 @@ def test_a_bad_setting_from_the_environment_names_the_variable() -> None:
     with pytest.raises(SystemExit, match="--request-deadline-s must be a finite number"):
         settings_from_args([], {"SIDECAR_REQUEST_DEADLINE_S": "inf"})
     assert settings_from_args([], {"SIDECAR_RANK_CACHE_TTL_S": "0"}).rank_cache_ttl_s == 0
+
+
+def test_a_bad_log_level_is_one_line_naming_the_flag_in_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found by an audit: it read ``log level must be ..., got 'loud'`` (a Python repr of
+    the value lowercased, and no flag)."""
+    from sidecar.cli import main
+
+    assert main(["--router", "127.0.0.1:1", "--log-level", "LOUD"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        'router-sidecar: --log-level must be one of debug, info, warning, error, got "LOUD"\n'
+    )
