@@ -5,8 +5,9 @@ lines (holding back at most one partial line), looks at ``data:`` payloads to
 find the first content token, the usage and the end, and stops forwarding at
 ``data: [DONE]`` so the sidecar can put its ``routing`` chunk before it.
 
-Before the first content token nothing is sent to the app (the few bytes of a
-role-only chunk are held), so a provider that accepts the request and then
+Before the first content token (text, reasoning, a tool or function call, a
+refusal: any delta that is part of the answer) nothing is sent to the app (the
+few bytes of a role-only chunk are held), so a provider that accepts the request and then
 stalls or breaks can still be replaced by the next one without the app ever
 noticing. From the first token on, bytes flow straight through.
 """
