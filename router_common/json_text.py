@@ -7,7 +7,7 @@ rules, stated once here and in the README ("Errors"):
 * strings are JSON strings (``"groq"``), cut to ``max_chars`` characters with
   ``… (N characters)`` after the closing quote when longer;
 * numbers as JavaScript's ``JSON.stringify`` writes them: ``-1`` not ``-1.0``,
-  ``0.5``, ``1e+21``;
+  ``0.5``, ``0.000001`` not ``1e-06``, ``1e+21``;
 * non-finite doubles as the proto3 JSON mapping writes them: ``"NaN"``,
   ``"Infinity"``, ``"-Infinity"`` (plain JSON has no such numbers);
 * booleans ``true``/``false``, lists ``["a", "b"]``, None ``null``.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
+from decimal import Decimal
 
 #: Characters of one string value shown in a message (names are at most 128).
 MAX_SHOWN_CHARS = 64
@@ -41,15 +42,31 @@ def as_json(value: object, max_chars: int = MAX_SHOWN_CHARS) -> str:
 
 
 def _number(value: float) -> str:
+    """ECMAScript's Number::toString (what ``JSON.stringify`` writes).
+
+    The shortest digits that round-trip (Python's ``repr`` finds the same ones)
+    placed by JavaScript's rule, not Python's: plain decimals for magnitudes from
+    1e-6 up to 1e21 (``0.000001``, ``123456789012345680000``: the digits padded
+    with zeros, not the binary value's exact expansion), else ``d.ddde±n``.
+    """
     if math.isnan(value):
         return '"NaN"'
     if math.isinf(value):
         return '"Infinity"' if value > 0 else '"-Infinity"'
-    if value.is_integer() and abs(value) < 1e21:
-        return str(int(value))
-    text = repr(value)  # shortest round trip, as JavaScript's
-    if "e" in text:
-        mantissa, exponent = text.split("e")
-        sign = "-" if exponent.startswith("-") else "+"
-        text = f"{mantissa}e{sign}{int(exponent.lstrip('+-'))}"
-    return text
+    if value == 0:
+        return "0"  # -0 too, as JavaScript writes it
+    sign = "-" if value < 0 else ""
+    shortest = Decimal(repr(abs(value))).normalize().as_tuple()
+    digits = "".join(map(str, shortest.digits))
+    k = len(digits)
+    n = int(shortest.exponent) + k  # the value is 0.<digits> x 10**n
+    if k <= n <= 21:
+        text = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        text = f"{digits[:n]}.{digits[n:]}"
+    elif -6 < n <= 0:
+        text = "0." + "0" * -n + digits
+    else:
+        mantissa = digits if k == 1 else f"{digits[0]}.{digits[1:]}"
+        text = f"{mantissa}e{'+' if n > 0 else '-'}{abs(n - 1)}"
+    return sign + text

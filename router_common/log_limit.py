@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 __all__ = ["LogLimiter", "MalformedHttpLogFilter"]
 
@@ -60,7 +61,9 @@ class MalformedHttpLogFilter(logging.Filter):
     ERROR with a full traceback whose text quotes the raw bytes. Here it becomes
     a WARNING ``malformed HTTP request`` with the parser error's class as
     ``cause``, without the text or traceback, at most once per interval per
-    cause (``LogLimiter``). Errors raised by our own handlers are left alone:
+    cause (``LogLimiter``). So does the parser's error met again when aiohttp
+    reads the rest of a body that does not decode (corrupt gzip), after the
+    handler answered. Errors raised by our own handlers are left alone:
     those tracebacks are ours to read. Install it on ``aiohttp.server``.
     """
 
@@ -70,6 +73,10 @@ class MalformedHttpLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, RequestPayloadError) and isinstance(exc.__cause__, HttpProcessingError):
+            # A body that does not decode (corrupt gzip): after the handler's 400,
+            # aiohttp reads the rest of the body and meets the parser's error again.
+            exc = exc.__cause__
         if not isinstance(exc, HttpProcessingError):
             return True
         cause = type(exc).__name__

@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 from pythonjsonlogger.json import JsonFormatter
 
+from router_common.json_text import as_json
+
 LEVELS = ("debug", "info", "warning", "error")
 
 #: The handler ``configure_logging`` installed last (``DirectJsonLog`` writes to
@@ -32,7 +34,7 @@ def configure_logging(level: str = "info", stream=None) -> None:
     """Route the root logger to one JSON line per record."""
     global _installed
     if level.lower() not in LEVELS:
-        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
+        raise ValueError(f"--log-level must be one of {', '.join(LEVELS)}, got {as_json(level)}")
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(
         JsonFormatter(

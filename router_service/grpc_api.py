@@ -86,15 +86,15 @@ class _StreamTotals:
         self.rejected = 0
         self.batches = 0
         self.duplicates = 0
+        #: Outcomes of this call so far, duplicate batches' included: a
+        #: RejectedOutcome.index is a position in what the sender sent.
+        self.index = 0
         self.rejections: list[tuple[int, object]] = []
         self.applied_sequences: list[int] = []
 
-    @property
-    def index(self) -> int:
-        return self.accepted + self.rejected
-
-    def add(self, batch: BatchResult) -> None:
+    def add(self, batch: BatchResult, outcomes: int) -> None:
         self.batches += 1
+        self.index += outcomes
         if batch.sequence is not None and len(self.applied_sequences) < MAX_REJECTIONS_REPORTED:
             self.applied_sequences.append(batch.sequence)
         if batch.duplicate:
@@ -251,7 +251,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             batch = await self.ingestor.apply(current_caller.get().name, message, total.index)
         except BatchRefused as exc:
             await self._abort_stream(context, total, getattr(grpc.StatusCode, exc.code), str(exc))
-        total.add(batch)
+        total.add(batch, len(message.outcomes))
 
     async def _abort_stream(
         self, context, total: _StreamTotals, code: grpc.StatusCode, message: str

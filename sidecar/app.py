@@ -17,10 +17,11 @@ from typing import Any
 import aiohttp
 import grpc
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestPayloadError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from router_common.catalog_model import Catalog
+from router_common.catalog_model import Catalog, unknown_model_message
 from router_common.log_limit import MalformedHttpLogFilter
 from router_common.logs import DirectJsonLog
 from router_common.pb import router_pb2, router_pb2_grpc
@@ -55,6 +56,14 @@ _STATUS_TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+def _unreadable_body(request: web.Request) -> str:
+    """What a body aiohttp could not read is, naming only an encoding it knows."""
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
+    if encoding in ("gzip", "deflate"):
+        return f"request body is not valid {encoding} data"
+    return "request body could not be read"
 
 
 def _error_response(
@@ -166,6 +175,7 @@ class SidecarApp:
         app = web.Application(client_max_size=s.max_body_bytes, middlewares=[self._errors])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model:.+}", self._model)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
@@ -227,7 +237,10 @@ class SidecarApp:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return _error_response(exc.status, exc.reason or "error", None, None)
+            response = _error_response(exc.status, exc.reason or "error", None, None)
+            if "Allow" in exc.headers:  # a 405 must say which methods are (RFC 9110)
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         except (asyncio.CancelledError, ConnectionError):
             raise
         except Exception:
@@ -249,6 +262,10 @@ class SidecarApp:
                 raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise RequestError("request body too large", None, 413, "body_too_large") from None
+            except RequestPayloadError:
+                # The app's mistake (a corrupt gzip/deflate body, broken chunked
+                # framing), not the sidecar's: a 400, not a 500 and a traceback.
+                raise RequestError(_unreadable_body(request), None, 400, "invalid_json") from None
             try:
                 body = orjson.loads(raw)
             except ValueError:
@@ -288,6 +305,38 @@ class SidecarApp:
         Figures carry the names the router's HTTP API uses (``best_p50_ttft_ms``,
         ``best_p50_throughput``), so one figure has one name across APIs.
         """
+        body = await self._model_list()
+        if body is None:
+            return _error_response(
+                503,
+                "the router is unreachable and no fallback catalog is configured",
+                None,
+                "router_unavailable",
+            )
+        return web.json_response(body)
+
+    async def _model(self, request: web.Request) -> web.Response:
+        """One entry of the list: OpenAI's "retrieve model" (``client.models.retrieve``).
+
+        Ids hold a slash (``creator/name``), so the rest of the path is the id.
+        """
+        model = request.match_info["model"]
+        body = await self._model_list()
+        if body is None:
+            return _error_response(
+                503,
+                "the router is unreachable and no fallback catalog is configured",
+                None,
+                "router_unavailable",
+            )
+        for entry in body["data"]:
+            if entry["id"] == model:
+                return web.json_response(entry)
+        return _error_response(404, unknown_model_message(model), "model", "model_not_found")
+
+    async def _model_list(self) -> dict[str, Any] | None:
+        """``{"object": "list", "data": [...]}`` from the router, else the last answer,
+        else the fallback catalog; None when there is none of them."""
         data: list[dict[str, Any]] | None = None
         if self._stub is not None:
             try:
@@ -298,7 +347,7 @@ class SidecarApp:
             except grpc.aio.AioRpcError:
                 data = None
         if data is None and self._models_cache is not None:
-            return web.json_response(self._models_cache)
+            return self._models_cache
         if data is None and self.catalog is not None:
             # The router's entry shape, so an app reads one shape whichever answered;
             # the catalog has no measurements, so the figures are null (as a fresh
@@ -318,15 +367,10 @@ class SidecarApp:
                 for mid, m in self.catalog.models.items()
             ]
         if data is None:
-            return _error_response(
-                503,
-                "the router is unreachable and no fallback catalog is configured",
-                None,
-                "router_unavailable",
-            )
+            return None
         body = {"object": "list", "data": data}
         self._models_cache = body
-        return web.json_response(body)
+        return body
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -370,7 +414,7 @@ class SidecarApp:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         if self.reporter is not None:
-            self.metrics.outcome_queue_depth.set(self.reporter.depth)
+            self.metrics.outcome_queue_depth.set(self.reporter.backlog)
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 

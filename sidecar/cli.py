@@ -43,7 +43,11 @@ async def serve(settings: SidecarSettings) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     app = SidecarApp(settings)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop()  # close what start opened (upstream session, router channel)
+        raise
     freeze_startup_heap()
     try:
         await stop.wait()
@@ -71,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc.code, file=sys.stderr)  # a bad value: one line, exit 2 like argparse
         return 2
     try:
-        configure_logging(settings.log_level.lower())
+        configure_logging(settings.log_level)
     except ValueError as exc:
         print(f"router-sidecar: {exc}", file=sys.stderr)
         return 2

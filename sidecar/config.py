@@ -177,15 +177,21 @@ class SidecarSettings:
         return split_host_port(self.listen, defaults.LISTEN_HOST)[1]
 
 
-def split_host_port(addr: str, default_host: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT``, ``:PORT`` or ``[v6]:PORT``; a bare port binds the default host."""
+def split_host_port(addr: str, default_host: str, lowest_port: int = 0) -> tuple[str, int]:
+    """Parse ``HOST:PORT``, ``:PORT`` or ``[v6]:PORT``; a bare port binds the default host.
+
+    A port outside ``lowest_port..65535`` is a ValueError here, at start, not an
+    OverflowError traceback from ``bind()`` (or a channel that never connects)."""
     addr = addr.strip()
     if addr.isdigit():
-        return default_host, int(addr)
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {as_json(addr)}")
-    host = host.strip("[]") or default_host
+        host, port = default_host, addr
+    else:
+        host, sep, port = addr.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"expected HOST:PORT, got {as_json(addr)}")
+        host = host.strip("[]") or default_host
+    if not lowest_port <= int(port) <= 65535:
+        raise ValueError(f"port must be {lowest_port}..65535, got {as_json(addr)}")
     return host, int(port)
 
 
@@ -264,11 +270,14 @@ def settings_from_args(
     problem = check_settings(settings)
     if problem is not None:
         raise SystemExit(f"router-sidecar: {problem}")
-    try:
-        split_host_port(settings.listen, defaults.LISTEN_HOST)
-        split_host_port(settings.router, "127.0.0.1")
-    except ValueError as exc:
-        raise SystemExit(f"router-sidecar: {exc}") from exc
+    for flag, address, lowest_port in (
+        ("--listen", settings.listen, 0),  # 0: any free port
+        ("--router", settings.router, 1),
+    ):
+        try:
+            split_host_port(address, "127.0.0.1", lowest_port)
+        except ValueError as exc:
+            raise SystemExit(f"router-sidecar: {flag}: {exc}") from exc
     from sidecar.timeouts import parse_provider_timeouts  # timeouts imports this module
 
     try:

@@ -123,7 +123,7 @@ class SidecarMetrics:
         self._ttft_by: dict[str, Any] = {}
         self.outcome_queue_depth = Gauge(
             "router_sidecar_outcome_queue_depth",
-            "Outcomes waiting to be sent to the router.",
+            "Outcomes the router has not acknowledged yet: queued, or sent and to be resent.",
             registry=r,
         )
         self.outcomes_dropped = Counter(

@@ -224,7 +224,7 @@ class OutcomeReporter:
             self._pending.append(batch)
             self._pending_outcomes += n
         self._formed_through = self._submitted - len(self._queue)
-        self._m.outcome_queue_depth.set(len(self._queue))
+        self._m.outcome_queue_depth.set(self.backlog)
 
     def _acknowledged(self, sequences: set[int]) -> None:
         kept: deque[router_pb2.RecordOutcomeRequest] = deque()

@@ -354,6 +354,13 @@ def parse_request(
         raise RequestError("you must provide a model parameter", "model")
     if not isinstance(model, str) or not model.strip():
         raise RequestError("model must be a non-empty string", "model")
+    if len(model) > MAX_MODEL_ID_LEN:
+        # The router's bound on ``model``, checked here so the answer is this 400
+        # whichever source ranks (the fallback catalog would call it unknown).
+        raise RequestError(
+            f"model must be a model id of 1..{MAX_MODEL_ID_LEN} characters, got {as_json(model)}",
+            "model",
+        )
     chain: tuple[str, ...] = ()
     if fallback_models:
         chain = (model, *(m for m in fallback_models if m != model))

@@ -5,8 +5,9 @@ lines (holding back at most one partial line), looks at ``data:`` payloads to
 find the first content token, the usage and the end, and stops forwarding at
 ``data: [DONE]`` so the sidecar can put its ``routing`` chunk before it.
 
-Before the first content token nothing is sent to the app (the few bytes of a
-role-only chunk are held), so a provider that accepts the request and then
+Before the first content token (text, reasoning, a tool or function call, a
+refusal: any delta that is part of the answer) nothing is sent to the app (the
+few bytes of a role-only chunk are held), so a provider that accepts the request and then
 stalls or breaks can still be replaced by the next one without the app ever
 noticing. From the first token on, bytes flow straight through.
 """
@@ -37,6 +38,10 @@ _DATA = b"data:"
 _DONE = b"[DONE]"
 _CONTENT = b'"content":"'
 _EMPTY_CONTENT = b'"content":""'
+#: Deltas that are answer tokens without ``content``: a tool call, a refusal
+#: (structured outputs) and a call of the older ``functions`` API. Before the first
+#: token a chunk holding one is parsed (an empty or null one is no token).
+_OTHER_TOKENS = (b'"tool_calls"', b'"refusal"', b'"function_call"')
 _MODEL_KEY = b'"model"'
 _COMPACT_MODEL = b'"model":"'
 #: A ``"model": "..."`` member, any spacing. Quotes inside JSON strings are
@@ -435,12 +440,12 @@ class SSEScanner:
                 self._token(now)
                 return _PLAIN
             if self.first_token_at is not None:
-                if b'"tool_calls"' in payload:
+                if any(kind in payload for kind in _OTHER_TOKENS):
                     self.content_chunks += 1
                 return _PLAIN
             if (
                 payload.count(_CONTENT) == payload.count(_EMPTY_CONTENT)
-                and b'"tool_calls"' not in payload
+                and not any(kind in payload for kind in _OTHER_TOKENS)
                 and b'"reasoning' not in payload
                 and payload.count(b'"finish_reason"') == payload.count(b'"finish_reason":null')
                 and self._note_id(payload)
@@ -485,6 +490,8 @@ class SSEScanner:
                 or delta.get("tool_calls")
                 or delta.get("reasoning_content")
                 or delta.get("reasoning")
+                or delta.get("refusal")
+                or delta.get("function_call")
             ):
                 token = True
             if choice.get("finish_reason"):

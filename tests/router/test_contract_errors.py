@@ -249,6 +249,20 @@ def test_the_proto_lists_every_reason_code_and_strategy() -> None:
         (0.5, "0.5"),
         (1e-7, "1e-7"),
         (1e300, "1e+300"),
+        # JavaScript's Number::toString: plain decimals from 1e-6 up to 1e21, the
+        # shortest digits padded with zeros (not the exact binary value) below 1e21.
+        (-1e-6, "-0.000001"),
+        (1.234e-6, "0.000001234"),
+        (1.5e-7, "1.5e-7"),
+        (123456789012345680000.0, "123456789012345680000"),
+        (1e20, "100000000000000000000"),
+        (1e21, "1e+21"),
+        (1.5e21, "1.5e+21"),
+        (-0.0, "0"),
+        (5e-324, "5e-324"),
+        (1.7976931348623157e308, "1.7976931348623157e+308"),
+        (0.1 + 0.2, "0.30000000000000004"),
+        (-12345678.9, "-12345678.9"),
         (7, "7"),
         (True, "true"),
         (None, "null"),
@@ -287,3 +301,20 @@ async def test_batch_ids_behave_as_the_proto_says(router_stub) -> None:
     for sequence in (1, 101):
         forgotten = await router_stub.RecordOutcome(batch("many", sequence))
         assert (forgotten.accepted, forgotten.duplicate_batches) == (0, 1), sequence
+
+
+async def test_a_rejection_index_counts_the_outcomes_of_duplicate_batches(router_stub) -> None:
+    # RejectedOutcome.index is "the position of the outcome in the call (across the
+    # whole stream)": a sender maps it back to what it sent, so the outcomes of a
+    # batch acknowledged as a duplicate still take their positions.
+    def batch(sequence: int, *outcomes: router_pb2.Outcome) -> router_pb2.RecordOutcomeRequest:
+        request = router_pb2.RecordOutcomeRequest(outcomes=outcomes)
+        request.batch_id.sender, request.batch_id.sequence = "index-sender", sequence
+        return request
+
+    first = batch(1, outcome(), outcome())
+    await router_stub.RecordOutcome(first)
+    bad = outcome(ttft_ms=math.nan)
+    ack = await router_stub.StreamOutcomes(iter([first, batch(2, outcome(), bad)]))
+    assert (ack.accepted, ack.rejected, ack.duplicate_batches) == (1, 1, 1)
+    assert [(r.index, r.reason.split(":")[0]) for r in ack.rejections] == [(3, "ttft_ms")]

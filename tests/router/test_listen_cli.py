@@ -132,6 +132,10 @@ def test_sidecar_taken_listen_port_exits_2_naming_it() -> None:
         f"router-sidecar: listen port {port} on 127.0.0.1 is already in use; "
         "set another with --listen"
     ) in stderr.splitlines()
+    # And nothing else went wrong: the upstream session and the router channel the
+    # failed start had opened are closed (an audit found "Unclosed client session").
+    errors = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert [e["message"] for e in errors if e["level"] == "ERROR"] == ["cannot listen"]
 
 
 def test_protected_mode_listens_on_loopback_and_says_so(example_catalog: Path) -> None:

@@ -34,6 +34,14 @@ async def _refusal(sc, extra: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 
 
 ALIKE = [
+    # Found by a black-box audit: via the router a 400 invalid_routing_preferences
+    # naming ``provider`` (the router's ``model`` bound), from the catalog a 404.
+    (
+        {"model": "a/" + "x" * 300},
+        "model",
+        "invalid_request",
+        'model must be a model id of 1..256 characters, got "a/' + "x" * 62 + '"… (302 characters)',
+    ),
     (
         {"max_tokens": MAX_TOKENS + 1},
         "max_tokens",

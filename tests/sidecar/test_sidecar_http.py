@@ -250,6 +250,7 @@ async def test_the_sidecars_own_refusals_carry_the_readmes_codes(stack: Stack) -
     async with aiohttp.ClientSession() as s:
         async with s.get(url) as r:
             assert r.status == 405 and (await r.json())["error"]["code"] is None
+            assert r.headers["Allow"] == "POST"  # RFC 9110: a 405 lists the allowed methods
         async with s.post(sc.base_url + "/nowhere", json={}) as r:
             assert r.status == 404 and (await r.json())["error"]["code"] is None
     got, body = await _post(url, _body(max_tokens=2), {"Content-Type": "text/plain"})
@@ -258,3 +259,58 @@ async def test_the_sidecars_own_refusals_carry_the_readmes_codes(stack: Stack) -
     sc = await stack.start_sidecar(router="127.0.0.1:1")  # nothing there, no catalog
     got, body = await _post(sc.base_url + "/chat/completions", _body(max_tokens=2))
     assert (got, body["error"]["code"]) == (503, "router_unavailable")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compressed_body_that_does_not_decompress_is_a_400_without_a_traceback(
+    stack: Stack, caplog: pytest.LogCaptureFixture, encoding: str
+) -> None:
+    """Found by an audit: a corrupt gzip or deflate body (the app's mistake) was a 500
+    ``internal_error`` and two ERROR tracebacks, the sidecar's and aiohttp's (whose
+    lingering read of the rest of the body met the same decoding error)."""
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    sc = await stack.start_sidecar(fallback=True)
+    caplog.set_level(logging.DEBUG)
+    url = sc.base_url + "/chat/completions"
+    for _ in range(3):
+        status, body = await _post(url, b"not compressed " * 100, {"Content-Encoding": encoding})
+        assert (status, body["error"]["code"]) == (400, "invalid_json")
+        assert body["error"]["message"] == f"request body is not valid {encoding} data"
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    warnings = [r for r in caplog.records if r.getMessage() == "malformed HTTP request"]
+    assert len(warnings) <= 1  # aiohttp's, once per cause per 10 s
+    status, _ = await _post(url, _body(max_tokens=2))
+    assert status == 200  # and the sidecar serves on
+
+
+def _metric(text: str, name: str) -> float:
+    line = next(x for x in text.splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
+
+
+async def test_the_queue_depth_counts_outcomes_waiting_for_a_resend(stack: Stack) -> None:
+    """Found by an audit: with the router down, ``router_sidecar_outcome_queue_depth``
+    fell to 0 at the first failed delivery: outcomes formed into batches (kept and resent
+    until acknowledged) were no longer counted, so an outage looked like an empty queue."""
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    sc = await stack.start_sidecar(router="127.0.0.1:1", fallback=True)  # nothing there
+    metrics_url = sc.base_url.removesuffix("/v1") + "/metrics"
+    for _ in range(3):
+        status, _ = await _post(sc.base_url + "/chat/completions", _body(max_tokens=2))
+        assert status == 200
+    async with aiohttp.ClientSession() as s:
+        async with s.get(metrics_url) as r:
+            failures = _metric(await r.text(), "router_sidecar_outcome_send_failures_total")
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:  # until a delivery of all three has failed
+            async with s.get(metrics_url) as r:
+                text = await r.text()
+            if _metric(text, "router_sidecar_outcome_send_failures_total") > failures:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "no failed delivery"
+            await asyncio.sleep(0.02)
+    assert _metric(text, "router_sidecar_outcome_queue_depth") == 3
+    assert _metric(text, "router_sidecar_outcomes_dropped_total") == 0

@@ -256,3 +256,29 @@ async def test_models_entries_have_one_shape_from_router_and_fallback_catalog(
         "providers": ["alpha", "beta"],
     }
     assert sorted(ours["router"]["providers"]) == ["alpha", "beta"]
+
+
+@pytest.mark.parametrize("source", ["router", "fallback_catalog"])
+async def test_one_model_is_retrieved_as_the_openai_client_asks(stack: Stack, source: str) -> None:
+    """Found by an audit: ``client.models.retrieve(id)`` (``GET /v1/models/{id}``, an id
+    holding a slash) was a bare 404 ``Not Found`` for every model."""
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    if source == "router":
+        router = await stack.start_router()
+        sc = await stack.start_sidecar(router.grpc_address)
+    else:
+        sc = await stack.start_sidecar(fallback=True)
+    client = openai_client(sc)
+    listed = (await client.models.list()).data
+    model = await client.models.retrieve(MODEL)
+    assert model.id == MODEL and model.object == "model"
+    assert model.model_dump() == next(m for m in listed if m.id == MODEL).model_dump()
+    with pytest.raises(openai.NotFoundError) as err:
+        await client.models.retrieve("nobody/none")
+    assert err.value.body == {
+        "message": 'model "nobody/none" is not in the catalog',
+        "type": "not_found_error",
+        "param": "model",
+        "code": "model_not_found",
+    }

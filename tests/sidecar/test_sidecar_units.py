@@ -329,7 +329,7 @@ def test_reused_load_balance_ranking_is_redrawn_per_request_by_weight() -> None:
         ),
         # Escaped quotes inside a string never look like structure.
         (
-            b'{"id":"c","choices":[{"delta":{"role":"assistant","refusal":"\\"content\\":\\"x"},'
+            b'{"id":"c","choices":[{"delta":{"role":"assistant","name":"\\"content\\":\\"x"},'
             b'"finish_reason":null}]}',
             False,
         ),
@@ -426,7 +426,11 @@ def test_sse_scanner_end_of_stream_from_the_chunks_it_parsed() -> None:
         (["--hedge-budget-share", "2"], "--hedge-budget-share must be a share from 0 to 1, got 2"),
         (["--outcome-batch-size", "5000"], "--outcome-batch-size must be at most 1000"),
         (["--default-sort", "fastest"], '--default-sort must be one of ["cost", "latency"'),
-        (["--listen", "bogus"], 'expected HOST:PORT, got "bogus"'),
+        (["--listen", "bogus"], '--listen: expected HOST:PORT, got "bogus"'),
+        (["--listen", "127.0.0.1:99999"], '--listen: port must be 0..65535, got "127.0.0.1:99999"'),
+        (["--listen", "65536"], '--listen: port must be 0..65535, got "65536"'),
+        (["--router", "127.0.0.1:0"], '--router: port must be 1..65535, got "127.0.0.1:0"'),
+        (["--router", "dns:///r.example:70000"], "--router: port must be 1..65535"),
     ],
 )
 def test_a_bad_setting_is_refused_naming_its_flag(argv: list[str], message: str) -> None:
@@ -445,10 +449,24 @@ def test_the_cli_exits_2_with_one_line_for_a_bad_setting(
 
     assert main(["--router", "127.0.0.1:1", "--listen", "bogus"]) == 2
     err = capsys.readouterr().err
-    assert err == 'router-sidecar: expected HOST:PORT, got "bogus"\n'
+    assert err == 'router-sidecar: --listen: expected HOST:PORT, got "bogus"\n'
 
 
 def test_a_bad_setting_from_the_environment_names_the_variable() -> None:
     with pytest.raises(SystemExit, match="--request-deadline-s must be a finite number"):
         settings_from_args([], {"SIDECAR_REQUEST_DEADLINE_S": "inf"})
     assert settings_from_args([], {"SIDECAR_RANK_CACHE_TTL_S": "0"}).rank_cache_ttl_s == 0
+
+
+def test_a_bad_log_level_is_one_line_naming_the_flag_in_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found by an audit: it read ``log level must be ..., got 'loud'`` (a Python repr of
+    the value lowercased, and no flag)."""
+    from sidecar.cli import main
+
+    assert main(["--router", "127.0.0.1:1", "--log-level", "LOUD"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        'router-sidecar: --log-level must be one of debug, info, warning, error, got "LOUD"\n'
+    )
