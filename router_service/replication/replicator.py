@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +31,14 @@ from router_common.domain import Clock, EndpointKey
 from router_service.core import RouterCore
 from router_service.model import HealthState, HealthView, Outcome
 from router_service.replication.codec import (
+    NO_OUTCOMES,
+    BatchKey,
     CodecError,
+    decode_batch_ids,
     decode_buckets,
     decode_checkpoint,
     decode_outcomes,
+    encode_batch_ids,
     encode_buckets,
     encode_checkpoint,
     encode_outcomes,
@@ -73,11 +77,14 @@ class Keys:
 
 @dataclass(slots=True)
 class _Unit:
-    """One accepted batch (or slice of it) waiting to be published."""
+    """One stream entry waiting to be published: an accepted batch (or slice of
+    it), or the ids of batches applied here (``batch_ids``, ``ids`` of them)."""
 
     seq: int
     payload: bytes
     count: int
+    batch_ids: bytes | None = None
+    ids: int = 0
 
 
 @dataclass(slots=True)
@@ -90,6 +97,9 @@ class ReplicationStats:
     errors: int = 0
     bad_entries: int = 0
     duplicates: int = 0
+    batch_ids_published: int = 0
+    batch_ids_learned: int = 0
+    batch_ids_dropped: int = 0
     checkpoints_written: int = 0
     checkpoints_loaded: int = 0
     restore_seconds: float | None = None
@@ -114,11 +124,15 @@ class RedisReplicator:
         core: RouterCore,
         clock: Clock = time.time,
         on_data: Callable[[], None] = lambda: None,
+        on_batch_ids: Callable[[Sequence[BatchKey]], None] = lambda ids: None,
     ) -> None:
         self.config = config
         self.core = core
         self.clock = clock
         self.on_data = on_data
+        #: Called with the batch ids a peer applied (the router's CallerLedger
+        #: remembers them, so a resend to this replica is not applied again).
+        self.on_batch_ids = on_batch_ids
         self.replica_id = uuid.uuid4().hex[:16]
         self.keys = Keys(config.prefix)
         self.stats = ReplicationStats()
@@ -141,6 +155,7 @@ class RedisReplicator:
         self._seq = 0
         self._buffer: deque[_Unit] = deque()
         self._buffered = 0
+        self._buffered_ids = 0
         #: Own batches whose health waits for the stream to bring them back.
         self._pending: OrderedDict[int, tuple[float, list[Outcome]]] = OrderedDict()
         self._pending_count = 0
@@ -190,6 +205,12 @@ class RedisReplicator:
         self._wake.set()
         return deferred
 
+    def publish_batch_id(self, caller: str, sender: str, sequence: int) -> None:
+        self._seq += 1
+        key = (caller, sender, sequence)
+        self._enqueue(_Unit(self._seq, NO_OUTCOMES, 0, encode_batch_ids([key]), 1))
+        self._wake.set()
+
     def filter_probes(self, views: dict[EndpointKey, HealthView]) -> dict[EndpointKey, HealthView]:
         if not self._connected:
             return views  # Redis down: each replica probes on its own (see README)
@@ -202,12 +223,18 @@ class RedisReplicator:
         }
 
     def _enqueue(self, unit: _Unit) -> None:
+        """Buffer a unit; beyond ``buffer_max_outcomes`` (a batch id weighs as
+        one outcome, so id entries are bounded too) the oldest units are dropped."""
         self._buffer.append(unit)
         self._buffered += unit.count
-        while self._buffered > self.config.buffer_max_outcomes and len(self._buffer) > 1:
+        self._buffered_ids += unit.ids
+        cap = self.config.buffer_max_outcomes
+        while self._buffered + self._buffered_ids > cap and len(self._buffer) > 1:
             old = self._buffer.popleft()
             self._buffered -= old.count
+            self._buffered_ids -= old.ids
             self.stats.dropped += old.count
+            self.stats.batch_ids_dropped += old.ids
             self._settle_locally(old.seq)  # its echo will never come
 
     def _settle_locally(self, seq: int) -> None:
@@ -342,6 +369,7 @@ class RedisReplicator:
         for unit in reversed(again):
             self._buffer.appendleft(unit)
             self._buffered += unit.count
+            self._buffered_ids += unit.ids
 
     async def _publish_loop(self) -> None:
         while True:
@@ -360,9 +388,16 @@ class RedisReplicator:
         units = [self._buffer[i] for i in range(min(PUBLISH_BATCH, len(self._buffer)))]
         pipe = self._client.pipeline(transaction=False)
         for unit in units:
+            fields: dict[str, str | int | bytes] = {
+                "r": self.replica_id,
+                "s": unit.seq,
+                "o": unit.payload,
+            }
+            if unit.batch_ids is not None:
+                fields["b"] = unit.batch_ids
             pipe.xadd(
                 self.keys.stream,
-                {"r": self.replica_id, "s": unit.seq, "o": unit.payload},
+                fields,
                 maxlen=self.config.stream_max_entries,
                 approximate=True,
             )
@@ -373,7 +408,9 @@ class RedisReplicator:
         while self._buffer and id(self._buffer[0]) in sent:  # overflow may have dropped some
             unit = self._buffer.popleft()
             self._buffered -= unit.count
+            self._buffered_ids -= unit.ids
             self.stats.published += unit.count
+            self.stats.batch_ids_published += unit.ids
             self._recent.append((now, unit))
         cutoff = now - self.config.republish_window_s
         while self._recent and (
@@ -429,6 +466,8 @@ class RedisReplicator:
                 self.stats.duplicates += 1
                 return 0
             outcomes = decode_outcomes(fields[b"o"])
+            raw_ids = fields.get(b"b")
+            batch_ids = decode_batch_ids(raw_ids) if raw_ids is not None else []
         except (KeyError, ValueError, UnicodeDecodeError, CodecError):
             self.stats.bad_entries += 1
             return 0
@@ -443,6 +482,10 @@ class RedisReplicator:
             health = seq in pending
         applied = self.core.apply_replicated(outcomes, sketches=sketches, health=health)
         self.stats.applied += applied
+        if batch_ids:
+            # Learned even from entries the checkpoint covers: it does not carry the ledger.
+            self.on_batch_ids(batch_ids)
+            self.stats.batch_ids_learned += len(batch_ids)
         if live:
             millis = int(entry.split("-", 1)[0])
             self.lags.append(max(0.0, self.clock() - millis / 1000.0))
