@@ -10,18 +10,19 @@ A stream entry (``<prefix>:outcomes``, XADD by ``RedisReplicator``) has the fiel
 ``r``  the writing replica's id (a replica skips its own entries)
 ``s``  the writer's entry number, 1, 2, ... (a reader drops a number it has seen
        from that writer: a retried pipeline, a republish after a Redis restart)
-``o``  outcomes, ``encode_outcomes``: a JSON list of 11-item rows; ``[]`` in a
-       batch-id entry
-``b``  optional, batch-id entries only: ``encode_batch_ids``, a JSON list of
-       ``[caller, sender, sequence]`` of outcome batches the writer has applied
-       to the end; a reader remembers them in its ``CallerLedger`` so a resend
-       of that batch to it is acknowledged as a duplicate, not applied again
+``o``  outcomes, ``encode_outcomes``: a JSON list of 11-item rows (``[]`` in an
+       entry that only carries batch ids)
+``b``  optional: ``encode_batch_ids``, a JSON list of ``[caller, sender,
+       sequence]`` of outcome batches the writer has applied to the end; a
+       reader remembers them in its ``CallerLedger``, so a resend of such a
+       batch to it is acknowledged as a duplicate, not applied again
 ====  =========================================================================
 
-Outcome entries and batch-id entries are separate: a batch's id is published
-only after the whole batch was applied, while its outcomes are published as
-they are applied. A batch-id entry is a valid outcome entry with no outcomes,
-so a router that predates ``b`` reads it as an empty batch and moves on.
+A batch's outcomes are published as they are applied, its id only after the
+whole batch was: in a later entry, either the next outcome entry not yet sent
+(``b`` beside that entry's ``o``, which may be another batch's outcomes) or an
+entry of its own with ``o`` = ``[]``. Both are outcome entries as routers that
+predate ``b`` read them (they ignore ``b``; ``[]`` applies nothing).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -75,16 +75,27 @@ class Keys:
         return f"{self._probe}{key.provider}|{key.model}"
 
 
+#: Batch ids one stream entry carries at most (see ``publish_batch_id``).
+IDS_PER_ENTRY = 256
+
+
 @dataclass(slots=True)
 class _Unit:
     """One stream entry waiting to be published: an accepted batch (or slice of
-    it), or the ids of batches applied here (``batch_ids``, ``ids`` of them)."""
+    it) and/or the ids of batches applied here (``batch_ids``)."""
 
     seq: int
     payload: bytes
     count: int
-    batch_ids: bytes | None = None
-    ids: int = 0
+    batch_ids: list[BatchKey] = field(default_factory=list)
+    #: Set once the unit is in a pipeline: its fields are fixed from then on,
+    #: even if the pipeline fails (Redis may have stored the entry, and peers
+    #: would drop a resend with more ids as a duplicate of its number).
+    sending: bool = False
+
+    @property
+    def ids(self) -> int:
+        return len(self.batch_ids)
 
 
 @dataclass(slots=True)
@@ -206,9 +217,22 @@ class RedisReplicator:
         return deferred
 
     def publish_batch_id(self, caller: str, sender: str, sequence: int) -> None:
-        self._seq += 1
+        """Queue the id of a batch applied here to the end.
+
+        It rides on the newest entry not yet sent when there is one (under load
+        there nearly always is: batches finish while a pipeline is in flight),
+        so ids add few entries to the stream; else it gets an entry of its own.
+        Either way it is published after every outcome of its batch.
+        """
         key = (caller, sender, sequence)
-        self._enqueue(_Unit(self._seq, NO_OUTCOMES, 0, encode_batch_ids([key]), 1))
+        tail = self._buffer[-1] if self._buffer else None
+        if tail is not None and not tail.sending and tail.ids < IDS_PER_ENTRY:
+            tail.batch_ids.append(key)
+            self._buffered_ids += 1
+            self._trim()
+        else:
+            self._seq += 1
+            self._enqueue(_Unit(self._seq, NO_OUTCOMES, 0, [key]))
         self._wake.set()
 
     def filter_probes(self, views: dict[EndpointKey, HealthView]) -> dict[EndpointKey, HealthView]:
@@ -228,6 +252,9 @@ class RedisReplicator:
         self._buffer.append(unit)
         self._buffered += unit.count
         self._buffered_ids += unit.ids
+        self._trim()
+
+    def _trim(self) -> None:
         cap = self.config.buffer_max_outcomes
         while self._buffered + self._buffered_ids > cap and len(self._buffer) > 1:
             old = self._buffer.popleft()
@@ -388,13 +415,14 @@ class RedisReplicator:
         units = [self._buffer[i] for i in range(min(PUBLISH_BATCH, len(self._buffer)))]
         pipe = self._client.pipeline(transaction=False)
         for unit in units:
+            unit.sending = True
             fields: dict[str, str | int | bytes] = {
                 "r": self.replica_id,
                 "s": unit.seq,
                 "o": unit.payload,
             }
-            if unit.batch_ids is not None:
-                fields["b"] = unit.batch_ids
+            if unit.batch_ids:
+                fields["b"] = encode_batch_ids(unit.batch_ids)
             pipe.xadd(
                 self.keys.stream,
                 fields,

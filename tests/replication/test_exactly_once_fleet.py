@@ -52,10 +52,12 @@ def attempts(app: RouterApp) -> int:
     return app.core.endpoint_stats(CEREBRAS).uptime_1h.attempts
 
 
-async def start(tmp_path: Path, name: str, redis: RedisServer, **settings) -> RouterApp:
+async def start(
+    tmp_path: Path, name: str, redis: RedisServer, replication: dict | None = None, **settings
+) -> RouterApp:
     workdir = tmp_path / name
     workdir.mkdir()
-    config = ReplicationConfig(url=redis.url, prefix="once")
+    config = ReplicationConfig(url=redis.url, prefix="once", **(replication or {}))
     app = loopback_router(workdir, replication=config, watch_catalog=False, **settings)
     await app.start()
     return app
@@ -94,15 +96,16 @@ async def test_a_resend_to_a_peer_is_acknowledged_as_a_duplicate(pair, redis_ser
     assert list(again.applied_sequences) == [1]
 
     # B applied and published nothing of it: the stream holds A's entries only,
-    # the outcomes first, then the id once the batch was applied.
+    # the id in the last one, at or after every outcome of the batch.
     assert b.replicator.buffered == 0 and b.replicator.stats.published == 0
-    entries = redis_server.client().xrange(STREAM)
-    assert {fields[b"r"].decode() for _, fields in entries} == {a.replicator.replica_id}
-    kinds = [b"b" in fields for _, fields in entries]
-    assert kinds == [False, True]
-    id_entry = entries[-1][1]
-    assert orjson.loads(id_entry[b"b"]) == [["127.0.0.1", "sidecar-1/7/x", 1]]
-    assert decode_outcomes(id_entry[b"o"]) == []  # what a reader without "b" sees: no outcomes
+    entries = [fields for _, fields in redis_server.client().xrange(STREAM)]
+    assert {fields[b"r"].decode() for fields in entries} == {a.replicator.replica_id}
+    # Every entry is an outcome entry as a reader that ignores "b" sees it.
+    counts = [len(decode_outcomes(fields[b"o"])) for fields in entries]
+    assert sum(counts) == 5
+    with_ids = [i for i, fields in enumerate(entries) if b"b" in fields]
+    assert with_ids == [len(entries) - 1]
+    assert orjson.loads(entries[-1][b"b"]) == [["127.0.0.1", "sidecar-1/7/x", 1]]
     # The fleet counts the batch once, on both replicas.
     assert attempts(a) == 5 and attempts(b) == 5
     assert b.servicer.ledger.accepted["127.0.0.1"] == 0
@@ -173,3 +176,31 @@ async def test_ids_from_the_stream_stay_within_the_ledger_bounds(
 async def metrics_of(app: RouterApp) -> str:
     async with aiohttp.ClientSession() as session, session.get(f"{app.http_url}/metrics") as r:
         return await r.text()
+
+
+async def test_ids_buffered_while_redis_is_down_are_bounded_then_published(
+    tmp_path, redis_server: RedisServer
+) -> None:
+    quick = {"buffer_max_outcomes": 100, "backoff_max_s": 0.2}
+    a = await start(tmp_path, "a", redis_server, quick)
+    b = await start(tmp_path, "b", redis_server, quick)
+    try:
+        assert a.replicator is not None and b.replicator is not None
+        redis_server.kill()
+        await wait_for(lambda: not a.replicator.connected)
+        for sequence in range(1, 151):  # empty batches: ids only, no outcomes
+            assert (await record(a, request(0, "sidecar-3", sequence))).duplicate_batches == 0
+        # An id weighs as one outcome in the publish buffer; they share entries.
+        buffered = a.replicator._buffered_ids
+        dropped = a.replicator.stats.batch_ids_dropped
+        assert buffered <= 100 and dropped >= 50 and buffered + dropped == 150
+        assert len(a.replicator._buffer) < buffered  # several ids per entry
+
+        redis_server.start()
+        await wait_for(lambda: b.servicer.ledger.knows("127.0.0.1", "sidecar-3", 150))
+        assert b.replicator.stats.batch_ids_learned == buffered
+        assert not b.servicer.ledger.knows("127.0.0.1", "sidecar-3", dropped)  # dropped: unknown
+        assert b.servicer.ledger.knows("127.0.0.1", "sidecar-3", dropped + 1)
+    finally:
+        await a.stop()
+        await b.stop()
