@@ -111,6 +111,7 @@ async def test_a_resend_to_a_peer_is_acknowledged_as_a_duplicate(pair, redis_ser
     assert b.servicer.ledger.accepted["127.0.0.1"] == 0
     assert b.servicer.ledger.duplicates["127.0.0.1"] == 1
     assert a.replicator.stats.applied == 0  # A got nothing back from B
+    assert a.replicator.stats.batch_ids_learned == 0  # nor learned from its own entries
 
 
 async def test_a_batch_a_replica_refused_stays_new_at_its_peer(pair) -> None:
