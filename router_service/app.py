@@ -249,13 +249,14 @@ class RouterApp:
         """With --redis: join the peers and load the shared state before SERVING."""
         if self.settings.replication is None:
             return
-        assert self.core is not None
+        assert self.core is not None and self.servicer is not None
         self.replicator = await start_replication(
             self.settings.replication,
             self.core,
             self.clock,
             self._data_arrived.set,
             self.http_app,
+            self.servicer.ledger,
         )
 
     async def _set_serving(self, serving: bool) -> None:

@@ -5,12 +5,15 @@ A token bucket per caller caps how many outcomes it may report per second, so
 one compromised sidecar cannot drown the honest fleet's measurements; the
 batch-id memory makes a resent batch a no-op. Both are bounded: callers,
 senders per caller and ids per sender are capped (least recently seen
-forgotten first), whatever callers send. Pure and clock-injected.
+forgotten first), whatever callers send. With ``--redis`` the batch ids peer
+replicas applied are remembered here too (``learn``), inside the same bounds.
+Pure and clock-injected.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from router_common.domain import Clock
@@ -159,6 +162,23 @@ class CallerLedger:
 
     def remember(self, caller: str, sender: str, sequence: int) -> None:
         self._sender(caller, sender).remember(sequence)
+
+    def knows(self, caller: str, sender: str, sequence: int) -> bool:
+        """Whether that batch counts as applied, without counting or touching anything."""
+        state = self._callers.get(caller)
+        ids = state.senders.get(sender) if state is not None else None
+        return ids is not None and ids.is_duplicate(sequence)
+
+    def learn(self, ids: Iterable[tuple[str, str, int]]) -> None:
+        """Remember (caller, sender, sequence) ids of batches a peer replica applied.
+
+        Stored exactly as this replica's own (``remember``), so the caller,
+        sender and id caps bound them too: a peer's ids can push out older
+        state here, never grow it. Nothing is counted: the batches were not
+        sent here.
+        """
+        for caller, sender, sequence in ids:
+            self._sender(caller, sender).remember(sequence)
 
     @property
     def tracked(self) -> int:

@@ -56,6 +56,11 @@ class Replication(Protocol):
         """Withhold half-open probes this replica holds no fleet-wide permit for."""
         ...
 
+    def publish_batch_id(self, caller: str, sender: str, sequence: int) -> None:
+        """Tell peers this replica has applied the whole batch with this id, so a
+        resend that reaches one of them is acknowledged, not applied again."""
+        ...
+
 
 @dataclass(slots=True)
 class IngestResult:

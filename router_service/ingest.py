@@ -24,7 +24,11 @@ ingestion. bench/bench_router.py
 A batch is atomic: once its id is checked and its budget taken, it is applied
 to the end in a shielded task even if the caller's RPC is cancelled (deadline,
 disconnect), and its id is remembered first. So a resent batch is recognised
-and acknowledged without being counted twice.
+and acknowledged without being counted twice. With ``--redis``, once the batch
+is applied to the end (not before: a replica that dies mid-batch must not make
+its peers refuse the resend) its id goes on the replication stream, and every
+peer remembers it too (``CallerLedger.learn``), so a resend that reaches a peer
+after that (milliseconds) is acknowledged there as well.
 """
 
 from __future__ import annotations
@@ -206,9 +210,26 @@ class Ingestor:
             )
         if batch_id is not None:
             self.ledger.remember(caller, *batch_id)
-        task = asyncio.ensure_future(self._apply_locked(caller, message.outcomes, first_index))
+        task = asyncio.ensure_future(
+            self._apply_whole(caller, message.outcomes, first_index, batch_id)
+        )
         outcome.result = await asyncio.shield(task)
         return outcome
+
+    async def _apply_whole(
+        self,
+        caller: str,
+        outcomes: Sequence[router_pb2.Outcome],
+        first_index: int,
+        batch_id: tuple[str, int] | None,
+    ) -> IngestResult:
+        """Apply the batch, then (replicas) tell the peers its id: in the shielded
+        task, so a cancelled RPC still publishes it once the batch is applied."""
+        result = await self._apply_locked(caller, outcomes, first_index)
+        replication = self.core.replication
+        if batch_id is not None and replication is not None:
+            replication.publish_batch_id(caller, *batch_id)
+        return result
 
     async def _apply_locked(
         self, caller: str, outcomes: Sequence[router_pb2.Outcome], first_index: int

@@ -12,6 +12,13 @@ Design (one stream, one checkpoint, permits):
   Every replica reads the stream (XREAD BLOCK) and applies its peers'
   outcomes to its sketches and health. Digests are mergeable and counters
   add, so sketches do not care about order.
+* **Applied batch ids** ride on the same stream (field ``b``, see
+  ``codec``): once a batch that carries an id is applied to the end, its
+  (caller, sender, sequence) is published after its outcomes, and every peer
+  remembers it in its ``CallerLedger``, so a sidecar's resend that a Service
+  sends to a peer is acknowledged there as a duplicate instead of counted a
+  second time. Not before the batch is applied: a replica that dies mid-batch
+  must not make its peers refuse the resend.
 * **Health in fleet order.** Health is order-dependent (consecutive
   failures, probe results), so while Redis is up every replica, the origin
   included, feeds health in *stream order*: the origin applies its own batch

@@ -15,6 +15,11 @@ router_redis_published_outcomes_total       counter  outcomes this replica publi
 router_redis_applied_outcomes_total         counter  peers' outcomes applied here
 router_redis_bad_entries_total              counter  stream entries/checkpoints not understood
 router_redis_duplicate_entries_total        counter  peer batches seen twice and skipped
+router_redis_batch_ids_published_total      counter  ids of batches applied here, published so
+                                                     peers acknowledge a resend as a duplicate
+router_redis_batch_ids_learned_total        counter  batch ids peers applied, remembered here
+router_redis_dropped_batch_ids_total        counter  batch ids pushed out of the full buffer
+                                                     (peers would apply a resend of those)
 router_redis_checkpoints_written_total      counter  checkpoints this replica wrote (lease holder)
 router_redis_probe_permits_held             gauge    fleet-wide half-open permits held here
 ==========================================  =======  =============================================
@@ -79,6 +84,21 @@ class ReplicationCollector(Collector):
             "router_redis_duplicate_entries",
             "Peer batches seen twice and skipped",
             value=s.duplicates,
+        )
+        yield CounterMetricFamily(
+            "router_redis_batch_ids_published",
+            "Ids of batches applied here, published for peers",
+            value=s.batch_ids_published,
+        )
+        yield CounterMetricFamily(
+            "router_redis_batch_ids_learned",
+            "Ids of batches peers applied, remembered here",
+            value=s.batch_ids_learned,
+        )
+        yield CounterMetricFamily(
+            "router_redis_dropped_batch_ids",
+            "Batch ids dropped from the full publish buffer",
+            value=s.batch_ids_dropped,
         )
         yield CounterMetricFamily(
             "router_redis_checkpoints_written",

@@ -17,8 +17,8 @@ import random
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -31,10 +31,14 @@ from router_common.domain import Clock, EndpointKey
 from router_service.core import RouterCore
 from router_service.model import HealthState, HealthView, Outcome
 from router_service.replication.codec import (
+    NO_OUTCOMES,
+    BatchKey,
     CodecError,
+    decode_batch_ids,
     decode_buckets,
     decode_checkpoint,
     decode_outcomes,
+    encode_batch_ids,
     encode_buckets,
     encode_checkpoint,
     encode_outcomes,
@@ -71,13 +75,27 @@ class Keys:
         return f"{self._probe}{key.provider}|{key.model}"
 
 
+#: Batch ids one stream entry carries at most (see ``publish_batch_id``).
+IDS_PER_ENTRY = 256
+
+
 @dataclass(slots=True)
 class _Unit:
-    """One accepted batch (or slice of it) waiting to be published."""
+    """One stream entry waiting to be published: an accepted batch (or slice of
+    it) and/or the ids of batches applied here (``batch_ids``)."""
 
     seq: int
     payload: bytes
     count: int
+    batch_ids: list[BatchKey] = field(default_factory=list)
+    #: Set once the unit is in a pipeline: its fields are fixed from then on,
+    #: even if the pipeline fails (Redis may have stored the entry, and peers
+    #: would drop a resend with more ids as a duplicate of its number).
+    sending: bool = False
+
+    @property
+    def ids(self) -> int:
+        return len(self.batch_ids)
 
 
 @dataclass(slots=True)
@@ -90,6 +108,9 @@ class ReplicationStats:
     errors: int = 0
     bad_entries: int = 0
     duplicates: int = 0
+    batch_ids_published: int = 0
+    batch_ids_learned: int = 0
+    batch_ids_dropped: int = 0
     checkpoints_written: int = 0
     checkpoints_loaded: int = 0
     restore_seconds: float | None = None
@@ -114,11 +135,15 @@ class RedisReplicator:
         core: RouterCore,
         clock: Clock = time.time,
         on_data: Callable[[], None] = lambda: None,
+        on_batch_ids: Callable[[Sequence[BatchKey]], None] = lambda ids: None,
     ) -> None:
         self.config = config
         self.core = core
         self.clock = clock
         self.on_data = on_data
+        #: Called with the batch ids a peer applied (the router's CallerLedger
+        #: remembers them, so a resend to this replica is not applied again).
+        self.on_batch_ids = on_batch_ids
         self.replica_id = uuid.uuid4().hex[:16]
         self.keys = Keys(config.prefix)
         self.stats = ReplicationStats()
@@ -141,6 +166,7 @@ class RedisReplicator:
         self._seq = 0
         self._buffer: deque[_Unit] = deque()
         self._buffered = 0
+        self._buffered_ids = 0
         #: Own batches whose health waits for the stream to bring them back.
         self._pending: OrderedDict[int, tuple[float, list[Outcome]]] = OrderedDict()
         self._pending_count = 0
@@ -190,6 +216,25 @@ class RedisReplicator:
         self._wake.set()
         return deferred
 
+    def publish_batch_id(self, caller: str, sender: str, sequence: int) -> None:
+        """Queue the id of a batch applied here to the end.
+
+        It rides on the newest entry not yet sent when there is one (under load
+        there nearly always is: batches finish while a pipeline is in flight),
+        so ids add few entries to the stream; else it gets an entry of its own.
+        Either way it is published after every outcome of its batch.
+        """
+        key = (caller, sender, sequence)
+        tail = self._buffer[-1] if self._buffer else None
+        if tail is not None and not tail.sending and tail.ids < IDS_PER_ENTRY:
+            tail.batch_ids.append(key)
+            self._buffered_ids += 1
+            self._trim()
+        else:
+            self._seq += 1
+            self._enqueue(_Unit(self._seq, NO_OUTCOMES, 0, [key]))
+        self._wake.set()
+
     def filter_probes(self, views: dict[EndpointKey, HealthView]) -> dict[EndpointKey, HealthView]:
         if not self._connected:
             return views  # Redis down: each replica probes on its own (see README)
@@ -202,12 +247,21 @@ class RedisReplicator:
         }
 
     def _enqueue(self, unit: _Unit) -> None:
+        """Buffer a unit; beyond ``buffer_max_outcomes`` (a batch id weighs as
+        one outcome, so id entries are bounded too) the oldest units are dropped."""
         self._buffer.append(unit)
         self._buffered += unit.count
-        while self._buffered > self.config.buffer_max_outcomes and len(self._buffer) > 1:
+        self._buffered_ids += unit.ids
+        self._trim()
+
+    def _trim(self) -> None:
+        cap = self.config.buffer_max_outcomes
+        while self._buffered + self._buffered_ids > cap and len(self._buffer) > 1:
             old = self._buffer.popleft()
             self._buffered -= old.count
+            self._buffered_ids -= old.ids
             self.stats.dropped += old.count
+            self.stats.batch_ids_dropped += old.ids
             self._settle_locally(old.seq)  # its echo will never come
 
     def _settle_locally(self, seq: int) -> None:
@@ -342,6 +396,7 @@ class RedisReplicator:
         for unit in reversed(again):
             self._buffer.appendleft(unit)
             self._buffered += unit.count
+            self._buffered_ids += unit.ids
 
     async def _publish_loop(self) -> None:
         while True:
@@ -360,9 +415,17 @@ class RedisReplicator:
         units = [self._buffer[i] for i in range(min(PUBLISH_BATCH, len(self._buffer)))]
         pipe = self._client.pipeline(transaction=False)
         for unit in units:
+            unit.sending = True
+            fields: dict[str, str | int | bytes] = {
+                "r": self.replica_id,
+                "s": unit.seq,
+                "o": unit.payload,
+            }
+            if unit.batch_ids:
+                fields["b"] = encode_batch_ids(unit.batch_ids)
             pipe.xadd(
                 self.keys.stream,
-                {"r": self.replica_id, "s": unit.seq, "o": unit.payload},
+                fields,
                 maxlen=self.config.stream_max_entries,
                 approximate=True,
             )
@@ -373,7 +436,9 @@ class RedisReplicator:
         while self._buffer and id(self._buffer[0]) in sent:  # overflow may have dropped some
             unit = self._buffer.popleft()
             self._buffered -= unit.count
+            self._buffered_ids -= unit.ids
             self.stats.published += unit.count
+            self.stats.batch_ids_published += unit.ids
             self._recent.append((now, unit))
         cutoff = now - self.config.republish_window_s
         while self._recent and (
@@ -429,6 +494,8 @@ class RedisReplicator:
                 self.stats.duplicates += 1
                 return 0
             outcomes = decode_outcomes(fields[b"o"])
+            raw_ids = fields.get(b"b")
+            batch_ids = decode_batch_ids(raw_ids) if raw_ids is not None else []
         except (KeyError, ValueError, UnicodeDecodeError, CodecError):
             self.stats.bad_entries += 1
             return 0
@@ -443,6 +510,10 @@ class RedisReplicator:
             health = seq in pending
         applied = self.core.apply_replicated(outcomes, sketches=sketches, health=health)
         self.stats.applied += applied
+        if batch_ids:
+            # Learned even from entries the checkpoint covers: it does not carry the ledger.
+            self.on_batch_ids(batch_ids)
+            self.stats.batch_ids_learned += len(batch_ids)
         if live:
             millis = int(entry.split("-", 1)[0])
             self.lags.append(max(0.0, self.clock() - millis / 1000.0))

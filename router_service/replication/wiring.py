@@ -8,6 +8,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from router_common.domain import Clock
+from router_service.callers import CallerLedger
 from router_service.core import RouterCore
 from router_service.http_api import REGISTRY_KEY
 from router_service.replication.config import ReplicationConfig
@@ -23,9 +24,19 @@ async def start_replication(
     clock: Clock,
     on_data: Callable[[], None],
     http_app: web.Application | None,
+    ledger: CallerLedger | None = None,
 ) -> RedisReplicator:
-    """Attach a replicator to ``core``, start it and wait (bounded) for the shared state."""
-    replicator = RedisReplicator(config, core, clock, on_data=on_data)
+    """Attach a replicator to ``core``, start it and wait (bounded) for the shared state.
+
+    ``ledger`` learns the batch ids peers applied (exactly-once across replicas).
+    """
+    replicator = RedisReplicator(
+        config,
+        core,
+        clock,
+        on_data=on_data,
+        on_batch_ids=ledger.learn if ledger is not None else lambda ids: None,
+    )
     core.replication = replicator
     if http_app is not None and REGISTRY_KEY in http_app:
         http_app[REGISTRY_KEY].register(ReplicationCollector(replicator))
