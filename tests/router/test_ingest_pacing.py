@@ -139,16 +139,17 @@ def test_refresh_time_under_ranking_traffic_keeps_the_share() -> None:
     assert busy / wall <= 0.45 + 0.01
 
 
-def test_background_refresh_merges_the_hour_and_day_at_most_once_a_second() -> None:
-    """Between full merges the 5-minute window, uptimes and the recent view move; the
-    hour's and day's quantiles are re-merged once ``long_refresh_s`` has passed (and
-    always by ``refresh``)."""
+def test_background_refresh_merges_each_window_at_its_own_cadence() -> None:
+    """Every background pass takes the recent view (what ranking follows change
+    with); the 5-minute window and uptimes are re-merged once ``short_refresh_s``
+    has passed, the hour's and day's once ``long_refresh_s`` has (and everything
+    by ``refresh``)."""
     from router_common.domain import EndpointKey, ErrorClass
     from router_service.model import Outcome
     from router_service.sketches.store import InMemoryStatsStore
 
     clock = FakeClock()
-    store = InMemoryStatsStore(clock, long_refresh_s=1.0)
+    store = InMemoryStatsStore(clock, long_refresh_s=1.0, short_refresh_s=0.5)
     key = EndpointKey("m/x", "p0")
 
     def record(n: int, ttft: float) -> None:
@@ -167,16 +168,20 @@ def test_background_refresh_merges_the_hour_and_day_at_most_once_a_second() -> N
     record(5, 300.0)
     drain()
     stats = store.stats(key)
+    assert stats.recent.samples == 15 and stats.last_sample_at == clock()
+    assert stats.ttft_5m.count == 10 and stats.uptime_1h.attempts == 10  # wait for 0.5 s
+    clock.advance(0.3)
+    drain()  # no new data: the endpoint stayed due for its merge
+    stats = store.stats(key)
     assert stats.ttft_5m.count == 15 and stats.uptime_1h.attempts == 15
-    assert stats.recent.samples == 15
     assert stats.ttft_1h.count == 10  # the hour waits for its next merge
-    clock.advance(1.0)
+    clock.advance(0.5)
     record(1, 300.0)
     drain()
     assert store.stats(key).ttft_1h.count == store.stats(key).ttft_1d.count == 16
     record(1, 300.0)
     store.refresh()  # an explicit refresh is always complete
-    assert store.stats(key).ttft_1h.count == 17
+    assert store.stats(key).ttft_1h.count == store.stats(key).ttft_5m.count == 17
 
 
 async def test_ingestion_time_is_exported_to_prometheus(router_app, router_stub) -> None:
