@@ -2,7 +2,7 @@
 
 Ranking and ingestion share one event loop (and, in the benchmark, one core).
 Applying an outcome costs 9-11 µs of the loop in the server (``GroupedRecorder``;
-it was 18-29 µs), plus ~2.5 µs of quantile refresh; four writers at full speed
+it was 18-29 µs), plus ~1.5-2 µs of quantile refresh (mostly adding values to digests); four writers at full speed
 used to take nearly all of the loop and RankProviders p99 grew 13×. The
 mechanism here is a *time share*, measured, not guessed:
 
