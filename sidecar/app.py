@@ -66,6 +66,17 @@ def _unreadable_body(request: web.Request) -> str:
     return "request body could not be read"
 
 
+def _no_model_list() -> web.Response:
+    """The 503 of ``/v1/models`` (and one model) when neither the router nor a fallback
+    catalog can say which models exist."""
+    return _error_response(
+        503,
+        "the router is unreachable and no fallback catalog is configured",
+        None,
+        "router_unavailable",
+    )
+
+
 def _error_response(
     status: int, message: str, param: str | None = None, code: str | None = None
 ) -> web.Response:
@@ -307,12 +318,7 @@ class SidecarApp:
         """
         body = await self._model_list()
         if body is None:
-            return _error_response(
-                503,
-                "the router is unreachable and no fallback catalog is configured",
-                None,
-                "router_unavailable",
-            )
+            return _no_model_list()
         return web.json_response(body)
 
     async def _model(self, request: web.Request) -> web.Response:
@@ -323,12 +329,7 @@ class SidecarApp:
         model = request.match_info["model"]
         body = await self._model_list()
         if body is None:
-            return _error_response(
-                503,
-                "the router is unreachable and no fallback catalog is configured",
-                None,
-                "router_unavailable",
-            )
+            return _no_model_list()
         for entry in body["data"]:
             if entry["id"] == model:
                 return web.json_response(entry)
