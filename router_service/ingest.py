@@ -4,8 +4,8 @@ Ranking and ingestion share one event loop (and, in the benchmark, one core).
 Applying an outcome costs 9-11 µs of the loop in the server (``GroupedRecorder``;
 it was 18-29 µs), plus ~1.5-2 µs of quantile refresh (mostly adding values to
 digests); four writers at full speed used to take nearly all of the loop and
-RankProviders p99 grew 13×. The
-mechanism here is a *time share*, measured, not guessed:
+RankProviders p99 grew 13×. The mechanism here is a *time share*, measured,
+not guessed:
 
 * batches are applied by one writer at a time (an ``asyncio.Lock``: the others
   wait, and because their handler does not read the next message, gRPC flow
