@@ -96,7 +96,11 @@ class SidecarSettings:
         "How long an endpoint caught slow to start stays at the back here: about the time "
         "the router needs to see the outcome (flush 0.5 s) and the ranking cache to refresh.",
     )
-    chunk_timeout_s: float = _opt(30.0, "Longest silence allowed between two stream chunks.")
+    chunk_timeout_s: float = _opt(
+        30.0,
+        "Longest silence allowed between two stream chunks (SSE lines: the bytes of "
+        "a line that has not ended do not count).",
+    )
     nonstream_timeout_s: float = _opt(
         60.0, "Whole-answer timeout of a non-streaming attempt (its first byte is the answer)."
     )
