@@ -52,6 +52,12 @@ class SidecarSettings:
     request_deadline_s: float = _opt(
         120.0, "No new attempt starts after this many seconds; bounds time to first token too."
     )
+    shutdown_grace_s: float = _opt(
+        10.0,
+        "On SIGTERM/SIGINT: stop listening at once, let in-flight requests finish for "
+        "this long, then end the rest with an error the app can read (a stream's error "
+        "event and [DONE], else a 503), never a cut connection.",
+    )
     connect_timeout_s: float = _opt(5.0, "TCP/TLS connect timeout per attempt.")
     first_byte_timeout_s: float = _opt(
         30.0, "Time from sending the request to response headers and to the first token."
