@@ -391,10 +391,11 @@ class Proxy:
                     last_error = answered
             except asyncio.CancelledError:
                 if self.shutting_down:  # nothing reached the app yet: a 503 it can read
-                    if rec.status == "pending":
-                        rec.finish_error(ErrorClass.CLIENT_ERROR, SHUTDOWN_TEXT, rec.http_status)
-                        rec.report = False  # the sidecar's doing, no evidence about the provider
-                        self._finish_attempt(leg_req, rec)
+                    for r in records:  # this attempt, and a hedge's or race's other one
+                        if r.status == "pending":
+                            r.finish_error(ErrorClass.CLIENT_ERROR, SHUTDOWN_TEXT, r.http_status)
+                            r.report = False  # the sidecar's doing: no evidence about it
+                            self._finish_attempt(leg_req, r)
                     _uncancel()
                     body = error_body(
                         SHUTDOWN_MESSAGE,
