@@ -178,11 +178,19 @@ def grpc_server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
         if not watch.changed():
             return None
         try:
+            # gRPC core takes any bytes here; a key that does not match the
+            # certificate (a rotation written key first) or a truncated file it
+            # only refuses later, with plain-text lines on stderr, after this
+            # had logged "reloaded". The HTTP side's check says so first.
+            tls_context(tls)
             config = load()
         except OSError as exc:
-            log.error("TLS files unreadable, keeping the previous ones", extra={"error": str(exc)})
+            log.error(
+                "TLS files unusable, keeping the previous ones",
+                extra={"port": "grpc", "error": str(exc)},
+            )
             return None
-        log.info("TLS certificates reloaded")
+        log.info("TLS certificates reloaded", extra={"port": "grpc"})
         return config
 
     # gRPC documents None as "keep the current configuration"; the stub omits it.
@@ -199,6 +207,28 @@ class TlsFileError(OSError):
 
 def _why(exc: OSError) -> str:
     return str(getattr(exc, "reason", None) or exc.strerror or exc)
+
+
+def tls_context(tls: TlsFiles) -> ssl.SSLContext:
+    """A server context from the files; TlsFileError names the flag and file (ssl's own
+    text, ``[SSL] PEM lib (_ssl.c:3905)`` or a bare ``[Errno 2]``, names neither)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsFileError(
+            f"--tls-cert {tls.cert} / --tls-key {tls.key}: not a usable PEM certificate "
+            f"and matching key ({_why(exc)})"
+        ) from None
+    if tls.client_ca:
+        try:
+            context.load_verify_locations(tls.client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsFileError(
+                f"--tls-client-ca {tls.client_ca}: not a usable PEM CA certificate ({_why(exc)})"
+            ) from None
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
 
 
 class HttpTls:
@@ -227,27 +257,7 @@ class HttpTls:
             ssl_object.context = self.current
 
     def _build(self) -> ssl.SSLContext:
-        """A context from the files; TlsFileError names the flag and file (ssl's own
-        text, ``[SSL] PEM lib (_ssl.c:3905)`` or a bare ``[Errno 2]``, names neither)."""
-        tls = self.tls
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(tls.cert, tls.key)
-        except (OSError, ssl.SSLError) as exc:
-            raise TlsFileError(
-                f"--tls-cert {tls.cert} / --tls-key {tls.key}: not a usable PEM certificate "
-                f"and matching key ({_why(exc)})"
-            ) from None
-        if tls.client_ca:
-            try:
-                context.load_verify_locations(tls.client_ca)
-            except (OSError, ssl.SSLError) as exc:
-                raise TlsFileError(
-                    f"--tls-client-ca {tls.client_ca}: not a usable PEM CA certificate "
-                    f"({_why(exc)})"
-                ) from None
-            context.verify_mode = ssl.CERT_OPTIONAL
-        return context
+        return tls_context(self.tls)
 
     def maybe_reload(self) -> None:
         if self._watch.changed():
@@ -255,7 +265,8 @@ class HttpTls:
                 self.current = self._build()
             except (OSError, ssl.SSLError) as exc:
                 log.error(
-                    "TLS files unusable, keeping the previous ones", extra={"error": str(exc)}
+                    "TLS files unusable, keeping the previous ones",
+                    extra={"port": "http", "error": str(exc)},
                 )
                 return
             log.info("TLS certificates reloaded", extra={"port": "http"})

@@ -31,12 +31,15 @@ from sidecar.keys import ProviderKeys
 from sidecar.metrics import CONTENT_TYPE, SidecarMetrics
 from sidecar.outcomes import OutcomeReporter
 from sidecar.preferences import RequestError, parse_request
-from sidecar.proxy import CLIENT_GONE, SERVED_BY, Proxy, error_body
+from sidecar.proxy import CLIENT_GONE, SERVED_BY, SHUTDOWN_MESSAGE, Proxy, error_body
 from sidecar.ranking_client import RankingClient
 from sidecar.redaction import KeyRedactor, RedactingLogFilter
 from sidecar.router_channel import open_router_channel
 
 log = logging.getLogger("sidecar")
+
+#: After the shutdown grace, how long cancelled requests get to send their error.
+_CUT_WAIT_S = 2.0
 
 #: Reconnect quickly after a router restart (gRPC's default backoff grows to 120 s).
 GRPC_CHANNEL_OPTIONS = (
@@ -99,6 +102,11 @@ class SidecarApp:
         self.reporter: OutcomeReporter | None = None
         self.proxy: Proxy | None = None
         self._models_cache: dict[str, Any] | None = None
+        #: Chat requests being answered (their handler tasks) and an event set while
+        #: there are none: what a shutdown waits for, and cancels when its grace is over.
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         #: Every configured provider key, and the one function that removes them
         #: from whatever leaves this process (responses, streams, logs).
         self.redactor = KeyRedactor()
@@ -190,8 +198,13 @@ class SidecarApp:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        # aiohttp's own cut (cancel, then close the socket at once: the app gets a
+        # body without its end) must never come before ours (_drain_requests).
         self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=2.0
+            app,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=s.shutdown_grace_s + _CUT_WAIT_S,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.listen_host, s.listen_port)
@@ -208,9 +221,12 @@ class SidecarApp:
         )
 
     async def stop(self) -> None:
-        """Stop listening, flush outcomes briefly, close connections."""
+        """Stop listening, drain in-flight requests, flush outcomes briefly, close connections."""
         if self._runner is not None:
-            await bounded(self._runner.cleanup(), 5.0, "close HTTP listener")
+            # cleanup() closes the listening socket first, then waits for handlers.
+            cleanup = asyncio.ensure_future(self._runner.cleanup())
+            await self._drain_requests()
+            await bounded(cleanup, 5.0 + _CUT_WAIT_S, "close HTTP listener")
             self._runner = None
         if self.proxy is not None:
             await bounded(self.proxy.hedger.close(), 2.0, "stop measuring race losers")
@@ -228,6 +244,37 @@ class SidecarApp:
         for handler in logging.getLogger().handlers:
             handler.removeFilter(self._log_filter)
         logging.getLogger("aiohttp.server").removeFilter(self._malformed_filter)
+
+    async def _drain_requests(self) -> None:
+        """Let in-flight chat requests finish within the grace, then end the rest readably.
+
+        Until this existed a SIGTERM gave requests aiohttp's 2 s and then cut
+        their connections: a streaming app got a body without its end, and the
+        access log called it 499, the app's doing.
+        """
+        await asyncio.sleep(0)  # let cleanup() close the listener first
+        if self._idle.is_set():
+            return
+        grace = self.settings.shutdown_grace_s
+        log.info(
+            "draining in-flight requests", extra={"requests": len(self._inflight), "grace_s": grace}
+        )
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+            return
+        except TimeoutError:
+            pass
+        pending = list(self._inflight)
+        log.warning(
+            "shutdown grace over, ending in-flight requests with an error",
+            extra={"requests": len(pending)},
+        )
+        if self.proxy is not None:
+            self.proxy.shutting_down = True
+        for task in pending:
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), _CUT_WAIT_S)
 
     def _router_ok(self) -> None:
         self.metrics.router_up.set(1)
@@ -265,6 +312,10 @@ class SidecarApp:
         status = 500
         provider = None
         model = None
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+            self._idle.clear()
         try:
             length = request.content_length
             if length is not None and length > self.settings.max_body_bytes:
@@ -294,11 +345,27 @@ class SidecarApp:
         except RequestError as exc:
             status = exc.status
             raise
-        except (asyncio.CancelledError, ConnectionError):
+        except asyncio.CancelledError:
+            if self.proxy is None or not self.proxy.shutting_down or SERVED_BY in request:
+                status = 499  # the app closed its connection: nginx's "client closed request"
+                provider, model = request.get(SERVED_BY, (provider, model))
+                raise
+            # The shutdown grace ended this request before anything was sent (reading
+            # its body, waiting for a ranking): a 503 the app can read and retry.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            status = 503
+            return _error_response(503, SHUTDOWN_MESSAGE, None, "sidecar_shutting_down")
+        except ConnectionError:
             status = 499  # the app closed its connection: nginx's "client closed request"
             provider, model = request.get(SERVED_BY, (provider, model))  # left mid-stream
             raise
         finally:
+            if task is not None:
+                self._inflight.discard(task)
+                if not self._inflight:
+                    self._idle.set()
             self.metrics.count_request(status)
             self._access_log.info(
                 "request",

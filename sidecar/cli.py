@@ -1,4 +1,4 @@
-"""``router-sidecar``: run the sidecar until SIGTERM/SIGINT.
+"""``router-sidecar``: run the sidecar until SIGTERM/SIGINT (SIGHUP is logged and ignored).
 
 Logs are JSON lines on stderr. A bad flag, environment variable or fallback
 catalog exits with status 2 and a one-line reason, before listening.
@@ -35,6 +35,13 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+def _ignore_hangup() -> None:
+    log.warning(
+        "SIGHUP ignored: the sidecar has nothing to reload (rankings come from the router, "
+        "which reloads its catalog; restart the sidecar to re-read --fallback-catalog)"
+    )
+
+
 async def serve(settings: SidecarSettings) -> None:
     """Start the sidecar and wait for a termination signal, then stop cleanly."""
     stop = asyncio.Event()
@@ -42,6 +49,10 @@ async def serve(settings: SidecarSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    # SIGHUP's default action ends the process on the spot, cutting every stream
+    # with no log line; the router reloads on it, so operators send it to both.
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, _ignore_hangup)
     app = SidecarApp(settings)
     try:
         await app.start()

@@ -52,6 +52,12 @@ class SidecarSettings:
     request_deadline_s: float = _opt(
         120.0, "No new attempt starts after this many seconds; bounds time to first token too."
     )
+    shutdown_grace_s: float = _opt(
+        10.0,
+        "On SIGTERM/SIGINT: stop listening at once, let in-flight requests finish for "
+        "this long, then end the rest with an error the app can read (a stream's error "
+        "event and [DONE], else a 503), never a cut connection.",
+    )
     connect_timeout_s: float = _opt(5.0, "TCP/TLS connect timeout per attempt.")
     first_byte_timeout_s: float = _opt(
         30.0, "Time from sending the request to response headers and to the first token."
@@ -96,7 +102,11 @@ class SidecarSettings:
         "How long an endpoint caught slow to start stays at the back here: about the time "
         "the router needs to see the outcome (flush 0.5 s) and the ranking cache to refresh.",
     )
-    chunk_timeout_s: float = _opt(30.0, "Longest silence allowed between two stream chunks.")
+    chunk_timeout_s: float = _opt(
+        30.0,
+        "Longest silence allowed between two stream chunks (SSE lines: the bytes of "
+        "a line that has not ended do not count).",
+    )
     nonstream_timeout_s: float = _opt(
         60.0, "Whole-answer timeout of a non-streaming attempt (its first byte is the answer)."
     )

@@ -11,6 +11,7 @@ shown in the response's ``routing`` object.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -71,6 +72,19 @@ log = logging.getLogger("sidecar.proxy")
 
 #: Set on an aiohttp request whose app went away mid-answer (logged and counted as 499).
 CLIENT_GONE: web.RequestKey[bool] = web.RequestKey("router_client_gone", bool)
+
+#: Why an attempt was ended by the sidecar's own shutdown (no evidence about the provider).
+SHUTDOWN_TEXT = "the sidecar is shutting down"
+SHUTDOWN_MESSAGE = f"{SHUTDOWN_TEXT}; retry the request"
+
+
+def _uncancel() -> None:
+    """Consume the cancellation that ended the shutdown grace, so the handler can answer."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
 #: (provider, model) of a stream once committed: the access line names them even when
 #: the app leaves mid-stream (then no response returns to read the headers from).
 SERVED_BY: web.RequestKey[tuple[str, str]] = web.RequestKey("router_served_by", tuple)
@@ -127,6 +141,10 @@ class Proxy:
                 model, provider, settings.slow_start_cooldown_s
             ),
         )
+        #: Set when the shutdown grace is over and in-flight requests are cancelled: a
+        #: cancellation then means "end this request with an error the app can read"
+        #: (a stream's error event and [DONE], else a 503), not "the app left".
+        self.shutting_down = False
         #: The operator's per-provider first-token timeouts, seconds (see timeouts.py).
         self._provider_timeouts = parse_provider_timeouts(settings.provider_first_token_timeouts)
         self._timeout = aiohttp.ClientTimeout(
@@ -372,6 +390,20 @@ class Proxy:
                         )
                     last_error = answered
             except asyncio.CancelledError:
+                if self.shutting_down:  # nothing reached the app yet: a 503 it can read
+                    for r in records:  # this attempt, and a hedge's or race's other one
+                        if r.status == "pending":
+                            r.finish_error(ErrorClass.CLIENT_ERROR, SHUTDOWN_TEXT, r.http_status)
+                            r.report = False  # the sidecar's doing: no evidence about it
+                            self._finish_attempt(leg_req, r)
+                    _uncancel()
+                    body = error_body(
+                        SHUTDOWN_MESSAGE,
+                        "api_error",
+                        code="sidecar_shutting_down",
+                        routing=self.routing_object(plan, records, leg, None, None),
+                    )
+                    return self._json(503, body, None, len(records))
                 if rec.status == "pending":  # the app left while this attempt ran
                     rec.finish_error(ErrorClass.CLIENT_ERROR, "app disconnected", 499)
                     self._finish_attempt(leg_req, rec)
@@ -696,6 +728,10 @@ class Proxy:
             return app
         except asyncio.CancelledError:  # the app left; relay() closed the upstream
             start.resp.close()
+            if self.shutting_down:
+                return await self._end_stream_at_shutdown(
+                    plan, leg, route, records, rec, start, app
+                )
             if rec.status == "pending":
                 rec.finish_error(
                     ErrorClass.CLIENT_ERROR, "app disconnected", 499, start.scanner.output_tokens
@@ -736,6 +772,46 @@ class Proxy:
             raise
         self._finish_attempt(req, rec)  # bookkeeping once the app has its whole answer
         await release_upstream(start.resp)
+        return app
+
+    async def _end_stream_at_shutdown(
+        self,
+        plan: RequestPlan,
+        leg: Leg,
+        route: Route,
+        records: list[AttemptRecord],
+        rec: AttemptRecord,
+        start: StreamStart,
+        app: web.StreamResponse,
+    ) -> web.StreamResponse:
+        """The shutdown grace is over mid-stream: an error event and [DONE], not a cut body.
+
+        A body cut without its chunked terminator reads to SDKs as a network
+        error at best and as a complete answer at worst; an OpenAI-style error
+        event says the answer is incomplete and why. The attempt is costed (the
+        provider bills what it sent) but not reported: the sidecar ended it.
+        """
+        if rec.status == "pending":
+            rec.finish_error(
+                ErrorClass.CLIENT_ERROR, SHUTDOWN_TEXT, 200, start.scanner.output_tokens
+            )
+            rec.report = False
+        self._cost_stream(leg, route, rec, start.scanner)
+        self._finish_attempt(leg.req, rec)
+        _uncancel()
+        routing = self.routing_object(
+            plan, records, leg, rec.provider, start.scanner.upstream_model
+        )
+        final = error_body(
+            f"the answer is incomplete: {SHUTDOWN_TEXT}",
+            "api_error",
+            code="sidecar_shutting_down",
+            routing=routing,
+        )
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the app left meanwhile
+            await app.write_eof(
+                self._redact.scrub(b"data: " + _dumps(final) + b"\n\n") + b"data: [DONE]\n\n"
+            )
         return app
 
     def _cost_stream(

@@ -637,7 +637,11 @@ async def relay(
                 )
                 return
             assert idle is not None  # the loop only runs when it was created
-            idle.touch()
+            if b"\n" in data:
+                # Only a line that ended is a chunk: a provider trickling the bytes
+                # of one line (a byte a second, never a newline) is silent to the app
+                # and must not hold the stream open past chunk_timeout_s.
+                idle.touch()
             now = time.perf_counter()
             if data:
                 fwd = scanner.feed(data, now)

@@ -69,6 +69,7 @@ def test_settings(**over: Any) -> SidecarSettings:
         outcome_flush_interval_s=0.05,
         outcome_send_timeout_s=1.0,
         outcome_max_backoff_s=0.2,
+        shutdown_grace_s=1.0,
     )
     return replace(base, **over)
 
