@@ -30,8 +30,8 @@ from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sidecar.lean_http import LeanClient  # noqa: E402
-from sidecar.upstream import upstream_headers  # noqa: E402
+from sidecar.lean_http import LeanClient
+from sidecar.upstream import upstream_headers
 
 BODY = orjson.dumps(
     {

@@ -66,17 +66,17 @@ class LeanResponse:
     """
 
     __slots__ = (
-        "status",
-        "_raw",
-        "_headers",
-        "_conn",
         "_buf",
-        "_size",
+        "_conn",
         "_eof",
         "_exc",
+        "_headers",
+        "_paused",
+        "_raw",
+        "_size",
         "_waiter",
         "closed",
-        "_paused",
+        "status",
     )
 
     def __init__(self, conn: _Conn, status: int, raw: list[tuple[bytes, bytes]]) -> None:
@@ -166,7 +166,7 @@ class LeanResponse:
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (``-1``: to the end of the body)."""
         if n < 0:
-            parts = []
+            parts: list[bytes] = []
             while True:
                 part = await self.readany()
                 if not part:
