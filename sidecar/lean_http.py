@@ -108,6 +108,11 @@ class LeanResponse:
     def content(self) -> LeanResponse:
         return self
 
+    def __del__(self) -> None:
+        # Dropped mid-body without close(): the connection cannot be reused (as aiohttp).
+        if self._conn is not None:
+            self._conn.abort()
+
     # -- fed by the connection ------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
@@ -180,19 +185,13 @@ class LeanResponse:
         return data
 
     def release(self) -> None:
-        """Done with the response: its connection goes back to the pool if the body
-        was read to its end and the server keeps it alive, else it is closed."""
-        if self.closed:
-            return
-        self.closed = True
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.finish(self)
+        """Done with the response. As with aiohttp, a body that arrived to its end
+        already gave its connection back to the pool (and ``closed`` is True); one
+        that did not cannot serve another request, so its connection is closed."""
+        self.close()
 
     def close(self) -> None:
         """Abandon the response: its connection is closed (the provider stops sending)."""
-        if self.closed and self._conn is None:
-            return
         self.closed = True
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -214,7 +213,6 @@ class _Conn(asyncio.Protocol):
         self.header_bytes = 0
         self.head: asyncio.Future[LeanResponse] | None = None
         self.resp: LeanResponse | None = None
-        self.complete = False
         self.until_close = False
         self.keep_alive = False
         self.interim = False
@@ -247,7 +245,7 @@ class _Conn(asyncio.Protocol):
             if not head.done():
                 head.set_exception(ServerDisconnectedError())
         resp, self.resp = self.resp, None
-        if resp is not None and not self.complete:
+        if resp is not None:
             if self.until_close and exc is None:
                 self._flush_decoder(resp)
                 resp._end(None)
@@ -312,11 +310,15 @@ class _Conn(asyncio.Protocol):
         if self.interim:
             self.interim = False
             return
-        self.complete = True
-        resp = self.resp
+        resp, self.resp = self.resp, None
         if resp is not None:
             self._flush_decoder(resp)
             resp._end(None)
+            # As aiohttp does at the end of a body: the response is released (its
+            # buffered bytes stay readable) and the connection pooled at once.
+            resp._conn = None
+            resp.closed = True
+        self._recycle()
 
     # -- helpers ------------------------------------------------------------------
 
@@ -353,22 +355,18 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def finish(self, resp: LeanResponse) -> None:
-        """The response was released: pool the connection if it can serve another."""
-        self.resp = None
-        if (
-            self.lost
-            or not self.complete
-            or resp._paused
-            or not self.keep_alive
-            or self.client.closed
-        ):
+    def _recycle(self) -> None:
+        """A response ended: pool the connection if the server keeps it alive.
+
+        The parser is kept: llhttp reads one message after another on a connection.
+        """
+        if self.lost or not self.keep_alive or self.client.closed or self.transport is None:
             self.abort()
             return
-        self.complete = False
         self.decoder = None
         self.header_bytes = 0
-        self.parser = httptools.HttpResponseParser(self)
+        if not self.transport.is_reading():  # paused by a large body the sidecar read late
+            self.transport.resume_reading()
         self.idle_since = time.monotonic()
         self.client._pool(self)
 
