@@ -389,6 +389,8 @@ class LeanClient:
         self._heads: dict[tuple[URL, tuple[tuple[str, str], ...]], bytes] = {}
         self._ua = user_agent
         self.closed = False
+        #: The sweep that closes connections idle past KEEPALIVE_S (while any is pooled).
+        self._sweep: asyncio.TimerHandle | None = None
 
     async def post(
         self,
@@ -484,6 +486,27 @@ class LeanClient:
 
     def _pool(self, conn: _Conn) -> None:
         self._idle.setdefault(conn.key, []).append(conn)
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().call_later(KEEPALIVE_S, self._close_expired)
+
+    def _close_expired(self) -> None:
+        """Close what idled past KEEPALIVE_S, as aiohttp's connector does (a provider
+        used rarely would otherwise keep sockets open until its server drops them)."""
+        self._sweep = None
+        now = time.monotonic()
+        for key, idle in list(self._idle.items()):
+            keep = []
+            for conn in idle:
+                if now - conn.idle_since > KEEPALIVE_S:
+                    conn.abort()
+                elif not conn.lost:
+                    keep.append(conn)
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        if self._idle and not self.closed:
+            self._sweep = asyncio.get_running_loop().call_later(KEEPALIVE_S, self._close_expired)
 
     def _forget(self, conn: _Conn) -> None:
         self._all.discard(conn)
@@ -494,6 +517,9 @@ class LeanClient:
     async def close(self) -> None:
         """Close every connection, idle or in use."""
         self.closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         self._idle.clear()
         for conn in list(self._all):
             conn.abort()

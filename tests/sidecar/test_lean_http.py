@@ -314,3 +314,26 @@ def test_upstream_client_setting_is_checked() -> None:
     assert check_settings(SidecarSettings(upstream_client="aiohttp")) is None
     problem = check_settings(SidecarSettings(upstream_client="curl"))
     assert problem == '--upstream-client must be one of ["lean", "aiohttp"], got "curl"'
+
+
+async def test_idle_connection_is_closed_after_keep_alive(
+    client: LeanClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sidecar.lean_http.KEEPALIVE_S", 0.05)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await srv.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()  # returns when the client closes the idle connection
+
+    srv = RawServer(handler)
+    url = await srv.start()
+    try:
+        resp = await client.post(url, b"{}", upstream_headers(None, False), 5.0)
+        assert await resp.content.read() == b"ok"
+        resp.release()
+        async with asyncio.timeout(5):  # no further request: the sweep closes it
+            await srv.closed.wait()
+    finally:
+        await srv.close()
