@@ -40,6 +40,8 @@ from aiohttp.client_reqrep import ConnectionKey
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from router_common.json_text import as_json
+
 #: An idle pooled connection older than this is closed rather than reused
 #: (aiohttp's default keep-alive, so providers see the same connection lifetimes).
 KEEPALIVE_S = 15.0
@@ -430,7 +432,7 @@ class LeanClient:
             lines.append(f"User-Agent: {self._ua}")
         for name, value in headers.items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-                raise ValueError(f"newline in header {name!r}")
+                raise ValueError(f"upstream header {as_json(name)} holds a line break")
             lines.append(f"{name}: {value}")
         lines.append("Content-Length: ")
         head = "\r\n".join(lines).encode("latin-1")
