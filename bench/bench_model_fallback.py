@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sidecar.config import SidecarSettings
@@ -35,6 +33,7 @@ from sidecar.preferences import ParsedRequest, parse_request
 from sidecar.proxy import Proxy
 from sidecar.ranking_client import Ranking, RankingClient, Route
 from sidecar.redaction import KeyRedactor
+from sidecar.transport import UpstreamTransport, make_transport
 from sidecar.upstream import AttemptRecord
 
 MODELS = [f"bench/model-{i}" for i in range(8)]
@@ -51,7 +50,7 @@ def _request(models: int) -> ParsedRequest:
     return parse_request(body)
 
 
-def _proxy(session: aiohttp.ClientSession) -> tuple[Proxy, RankingClient]:
+def _proxy(transport: UpstreamTransport) -> tuple[Proxy, RankingClient]:
     settings = SidecarSettings(router="", rank_cache_ttl_s=1e9)
     redactor = KeyRedactor()
     ranking = RankingClient(settings, None, None)
@@ -64,7 +63,7 @@ def _proxy(session: aiohttp.ClientSession) -> tuple[Proxy, RankingClient]:
         req = parse_request({"model": model, "messages": [{"role": "user", "content": "x"}]})
         ranking._put(req.cache_key, Ranking(routes, "cache", meta, fetched_at=time.monotonic()))
     keys = ProviderKeys({}, redactor, lambda n: None)
-    proxy = Proxy(settings, session, ranking, SidecarMetrics(), lambda o: None, keys, redactor)
+    proxy = Proxy(settings, transport, ranking, SidecarMetrics(), lambda o: None, keys, redactor)
     return proxy, ranking
 
 
@@ -89,8 +88,9 @@ async def main() -> None:
     ap.add_argument("--n", type=int, default=20000, help="requests per measurement")
     args = ap.parse_args()
     rows = [(1, "one model (baseline)"), (3, "model + 2 fallback models"), (8, "8 models")]
-    async with aiohttp.ClientSession() as session:
-        proxy, _ = _proxy(session)
+    transport = make_transport("lean")  # never used: no request goes upstream here
+    try:
+        proxy, _ = _proxy(transport)
         best: dict[tuple[str, int], float] = {}
         for _ in range(args.rounds):
             for what, fn in (("plan", _plan), ("answer", _answer)):
@@ -102,6 +102,8 @@ async def main() -> None:
                     us = (time.perf_counter() - t) / args.n * 1e6
                     key = (what, models)
                     best[key] = min(best.get(key, us), us)
+    finally:
+        await transport.close()
     print(f"python {sys.version.split()[0]}; best of {args.rounds} rounds of {args.n} requests")
     print()
     print("| request | planning µs | ratio | planning + bookkeeping µs | ratio |")

@@ -14,7 +14,6 @@ import time
 from functools import partial
 from typing import Any
 
-import aiohttp
 import grpc
 import orjson
 from aiohttp import hdrs, web
@@ -35,6 +34,7 @@ from sidecar.proxy import CLIENT_GONE, SERVED_BY, SHUTDOWN_MESSAGE, Proxy, error
 from sidecar.ranking_client import RankingClient
 from sidecar.redaction import KeyRedactor, RedactingLogFilter
 from sidecar.router_channel import open_router_channel
+from sidecar.transport import UpstreamTransport, make_transport
 
 log = logging.getLogger("sidecar")
 
@@ -97,7 +97,7 @@ class SidecarApp:
         self.port = 0
         self._channel: grpc.aio.Channel | None = None
         self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._transport: UpstreamTransport | None = None
         self.ranking: RankingClient | None = None
         self.reporter: OutcomeReporter | None = None
         self.proxy: Proxy | None = None
@@ -174,16 +174,10 @@ class SidecarApp:
             urgent_min_gap_s=s.outcome_urgent_min_gap_s,
             on_delivered=self.ranking.on_delivered,
         )
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60),
-            timeout=aiohttp.ClientTimeout(total=None),
-            # One session serves every app request: a cookie one provider sets must
-            # not ride along on another app's call (and filtering costs time per call).
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        self._transport = make_transport(s.upstream_client)
         self.proxy = Proxy(
             s,
-            self._session,
+            self._transport,
             self.ranking,
             self.metrics,
             self.reporter.submit,
@@ -232,9 +226,9 @@ class SidecarApp:
             await bounded(self.proxy.hedger.close(), 2.0, "stop measuring race losers")
         if self.reporter is not None:
             await bounded(self.reporter.stop(), 5.0, "flush outcomes")
-        if self._session is not None:
-            await bounded(self._session.close(), 5.0, "close upstream session")
-            self._session = None
+        if self._transport is not None:
+            await bounded(self._transport.close(), 5.0, "close upstream connections")
+            self._transport = None
         if self.ranking is not None:
             await bounded(self.ranking.close(), 2.0, "cancel ranking refreshes")
         if self._channel is not None:

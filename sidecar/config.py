@@ -59,6 +59,10 @@ class SidecarSettings:
         "event and [DONE], else a 503), never a cut connection.",
     )
     connect_timeout_s: float = _opt(5.0, "TCP/TLS connect timeout per attempt.")
+    upstream_client: str = _opt(
+        "lean",
+        "HTTP client for provider calls: lean (httptools, less CPU per request) or aiohttp.",
+    )
     first_byte_timeout_s: float = _opt(
         30.0, "Time from sending the request to response headers and to the first token."
     )
@@ -320,6 +324,8 @@ _POSITIVE = frozenset(
         "outcome_max_backoff_s",
     }
 )
+#: The ``--upstream-client`` values (sidecar/transport.py builds each).
+UPSTREAM_CLIENTS = ("lean", "aiohttp")
 #: Settings that are a share of requests (0..1).
 _SHARES = frozenset({"hedge_budget_share"})
 
@@ -348,6 +354,11 @@ def check_settings(settings: SidecarSettings) -> str | None:
         return (
             f"--outcome-batch-size must be at most {MAX_OUTCOMES_PER_BATCH} (the proto's "
             f"limit), got {settings.outcome_batch_size}"
+        )
+    if settings.upstream_client not in UPSTREAM_CLIENTS:
+        return (
+            f"--upstream-client must be one of {as_json(list(UPSTREAM_CLIENTS))}, "
+            f"got {as_json(settings.upstream_client)}"
         )
     if settings.default_sort is not None and settings.default_sort.lower() not in SORTS:
         return (

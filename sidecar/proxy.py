@@ -56,6 +56,7 @@ from sidecar.timeouts import (
     response_timeout,
     slow_start_after,
 )
+from sidecar.transport import UpstreamResponse, UpstreamTransport
 from sidecar.upstream import (
     AttemptRecord,
     UpstreamError,
@@ -112,7 +113,7 @@ class Proxy:
     def __init__(
         self,
         settings: SidecarSettings,
-        session: aiohttp.ClientSession,
+        transport: UpstreamTransport,
         ranking: RankingClient,
         metrics: SidecarMetrics,
         report: Callable[[router_pb2.Outcome], object],
@@ -121,7 +122,8 @@ class Proxy:
         report_urgently: Callable[[router_pb2.Outcome], int] | None = None,
     ) -> None:
         self._s = settings
-        self._session = session
+        #: Carries every upstream POST (sidecar/transport.py: the lean client or aiohttp's).
+        self._transport = transport
         self._ranking = ranking
         self._m = metrics
         self._report = report
@@ -147,9 +149,6 @@ class Proxy:
         self.shutting_down = False
         #: The operator's per-provider first-token timeouts, seconds (see timeouts.py).
         self._provider_timeouts = parse_provider_timeouts(settings.provider_first_token_timeouts)
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=settings.connect_timeout_s, sock_connect=settings.connect_timeout_s
-        )
 
     # -- planning ------------------------------------------------------------
 
@@ -531,32 +530,33 @@ class Proxy:
         got_headers = False
         try:
             async with asyncio.timeout_at(first_limit) as bound:
-                async with self._session.post(
+                resp = await self._transport.post(
                     route.chat_url,
-                    data=self._body_for(req, route),
-                    headers=upstream_headers(key, False),
-                    timeout=self._timeout,
-                    allow_redirects=False,  # an API that redirects a chat POST is misconfigured
-                ) as resp:
+                    self._body_for(req, route),
+                    upstream_headers(key, False),
+                    self._s.connect_timeout_s,
+                )
+                try:  # redirects are not followed: a chat POST that redirects is misconfigured
                     bound.reschedule(limit)  # answering: the whole-answer bound from here
-                    try:
-                        got_headers = True
-                        rec.http_status = resp.status
-                        if resp.status != 200:
-                            return await self._http_failure(resp, rec, route)
-                        data = await resp.content.read(self._s.max_upstream_response_bytes + 1)
-                        while not resp.content.at_eof() and len(data) <= (
-                            self._s.max_upstream_response_bytes
-                        ):
-                            more = await resp.content.read(
-                                self._s.max_upstream_response_bytes + 1 - len(data)
-                            )
-                            if not more:
-                                break
-                            data += more
-                    except asyncio.CancelledError:
-                        resp.close()  # the app left: the provider stops generating now
-                        raise
+                    got_headers = True
+                    rec.http_status = resp.status
+                    if resp.status != 200:
+                        return await self._http_failure(resp, rec, route)
+                    data = await resp.content.read(self._s.max_upstream_response_bytes + 1)
+                    while not resp.content.at_eof() and len(data) <= (
+                        self._s.max_upstream_response_bytes
+                    ):
+                        more = await resp.content.read(
+                            self._s.max_upstream_response_bytes + 1 - len(data)
+                        )
+                        if not more:
+                            break
+                        data += more
+                except asyncio.CancelledError:
+                    resp.close()  # the app left: the provider stops generating now
+                    raise
+                finally:
+                    resp.release()  # pooled when read to its end (after close: nothing)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             cls = classify_exception(exc, got_headers)
             if cls == ErrorClass.STREAM_ABORT:  # body broke off: same as a server error here
@@ -584,7 +584,7 @@ class Proxy:
         return obj
 
     async def _http_failure(
-        self, resp: aiohttp.ClientResponse, rec: AttemptRecord, route: Route
+        self, resp: UpstreamResponse, rec: AttemptRecord, route: Route
     ) -> UpstreamError:
         cls = classify_status(resp.status)
         if cls == ErrorClass.RATE_LIMITED:
@@ -626,7 +626,7 @@ class Proxy:
         )
         limit = min(deadline, loop.time() + wait.seconds)
         got_headers = False
-        resp: aiohttp.ClientResponse | None = None
+        resp: UpstreamResponse | None = None
         scanner = SSEScanner(
             req.model, req.wants_usage, self._redact.only(key), self._s.max_upstream_response_bytes
         )
@@ -644,12 +644,11 @@ class Proxy:
         )
         try:
             async with asyncio.timeout_at(limit):
-                resp = await self._session.post(
+                resp = await self._transport.post(
                     route.chat_url,
-                    data=self._body_for(req, route),
-                    headers=upstream_headers(key, True),
-                    timeout=self._timeout,
-                    allow_redirects=False,
+                    self._body_for(req, route),
+                    upstream_headers(key, True),
+                    self._s.connect_timeout_s,
                 )
                 got_headers = True
                 rec.http_status = resp.status

@@ -29,6 +29,7 @@ from router_common.domain import ErrorClass
 from sidecar.defaults import MAX_UPSTREAM_RESPONSE_BYTES
 from sidecar.idle_timeout import IdleTimeout
 from sidecar.redaction import KeyRedactor
+from sidecar.transport import UpstreamResponse
 from sidecar.upstream import AttemptRecord, classify_exception, usage_count
 
 #: What ``_inspect`` found in a chunk.
@@ -547,14 +548,14 @@ class SSEScanner:
 class StreamStart:
     """An upstream stream that produced its first token (or ended cleanly without one)."""
 
-    resp: aiohttp.ClientResponse
+    resp: UpstreamResponse
     scanner: SSEScanner
     pending: bytes
     eof: bool
 
 
 async def read_until_first_token(
-    resp: aiohttp.ClientResponse, rec: AttemptRecord, scanner: SSEScanner
+    resp: UpstreamResponse, rec: AttemptRecord, scanner: SSEScanner
 ) -> StreamStart | None:
     """Read a 200 stream until its first content token, holding the bytes.
 
@@ -687,7 +688,7 @@ async def relay(
         # caller finishes with release_upstream() once the app has its answer.
 
 
-async def release_upstream(resp: aiohttp.ClientResponse, timeout_s: float = 1.0) -> None:
+async def release_upstream(resp: UpstreamResponse, timeout_s: float = 1.0) -> None:
     """Give the upstream connection back to the pool, reading what follows [DONE] first.
 
     Providers send ``data: [DONE]`` and then the chunked-encoding terminator,

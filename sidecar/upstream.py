@@ -25,6 +25,7 @@ from router_common.outcome_bounds import fit_outcome, tokens_per_second, values_
 from router_common.pb import router_pb2
 from router_common.routing.cost import UsageCost
 from router_common.wire_enums import ERROR_CLASS_TO_WIRE
+from sidecar.transport import UpstreamResponse
 
 #: Failures that move on to the next provider (before any byte reached the app: a
 #: stream that breaks after its first token is never retried, whatever its class).
@@ -290,7 +291,7 @@ def upstream_headers(key: str | None, stream: bool) -> CIMultiDictProxy[str]:
 _HEADERS: dict[tuple[str | None, bool], CIMultiDictProxy[str]] = {}
 
 
-async def read_error_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_error_body(resp: UpstreamResponse, limit: int) -> bytes:
     """Up to ``limit`` bytes of an error body (the caller redacts it before any use)."""
     parts: list[bytes] = []
     size = 0
