@@ -264,6 +264,21 @@ async def router_ttft(address: str, provider: str) -> float | None:
     return ep.ttft_ms if ep.HasField("ttft_ms") else None
 
 
+def sse_chunk(delta: Mapping[str, Any], finish: str | None = None, **fields: Any) -> bytes:
+    """One ``chat.completion.chunk`` event as a provider writes it, for the raw upstreams
+    that script a stream byte by byte; ``fields`` add or replace top-level fields (``id``,
+    ``usage``) where a test's stream needs them."""
+    obj = {
+        "id": "chatcmpl-x",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "up-alpha",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **fields,
+    }
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
 @dataclass
 class SidecarProcess:
     """A ``router-sidecar`` process and the stderr lines read from it so far, so a test can

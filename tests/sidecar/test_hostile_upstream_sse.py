@@ -12,7 +12,6 @@ without a newline was buffered without bound.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from sidecar_helpers import (
     Stack,
     openai_client,
     raw_upstream,
+    sse_chunk,
     start_over_hostile_alpha,
 )
 
@@ -34,15 +34,7 @@ def _chunk(content: str | None = None, finish: str | None = None, role: bool = F
     delta: dict[str, str] = {"role": "assistant"} if role else {}
     if content is not None:
         delta["content"] = content
-    obj = {
-        "id": "chatcmpl-hostile",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "up-alpha",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        "usage": None,
-    }
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    return sse_chunk(delta, finish, id="chatcmpl-hostile", usage=None)
 
 
 #: Lines no OpenAI client can read: not JSON, not an object, events without data, junk.
