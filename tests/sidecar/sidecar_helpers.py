@@ -216,19 +216,22 @@ def write_raw_catalog(
     return path
 
 
-async def start_over_hostile_alpha(
-    stack: Stack, tmp_path: Path, alpha_url: str, **over: Any
-) -> SidecarApp:
-    """Router and sidecar over a hostile ``alpha`` at ``alpha_url`` (no key), then a
-    fake ``beta``; ``over`` overrides sidecar settings."""
-    await stack.add_providers({"beta": {}})
-    stack.catalog_path = write_raw_catalog(
-        tmp_path / "catalog.yaml",
-        {"alpha": alpha_url, "beta": stack.providers["beta"].base_url},
-        {"beta": key_env("beta")},
-    )
-    router = await stack.start_router()
-    return await stack.start_sidecar(router.grpc_address, **over)
+@contextlib.asynccontextmanager
+async def over_hostile_alpha(
+    stack: Stack, tmp_path: Path, handler: Any, **over: Any
+) -> AsyncIterator[SidecarApp]:
+    """A raw upstream answering with ``handler`` as ``alpha`` (no key, cheapest), a fake
+    ``beta``, a router and a sidecar over them (``over`` overrides sidecar settings); yields
+    the sidecar, and the raw upstream stops when the block ends."""
+    async with raw_upstream(handler) as alpha_url:
+        await stack.add_providers({"beta": {}})
+        stack.catalog_path = write_raw_catalog(
+            tmp_path / "catalog.yaml",
+            {"alpha": alpha_url, "beta": stack.providers["beta"].base_url},
+            {"beta": key_env("beta")},
+        )
+        router = await stack.start_router()
+        yield await stack.start_sidecar(router.grpc_address, **over)
 
 
 async def stream_text_and_routing(

@@ -17,14 +17,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from sidecar_helpers import (
-    MODEL,
-    Stack,
-    openai_client,
-    raw_upstream,
-    sse_chunk,
-    start_over_hostile_alpha,
-)
+from sidecar_helpers import MODEL, Stack, openai_client, over_hostile_alpha, sse_chunk
 
 from sidecar.streaming import SSEScanner
 
@@ -64,8 +57,8 @@ def _slow_answer(deltas: list[dict[str, Any]], finish: str):
 async def test_a_slow_answer_without_content_is_streamed_not_cut(
     stack: Stack, tmp_path: Path, deltas: list[dict[str, Any]], finish: str, field: str
 ) -> None:
-    async with raw_upstream(_slow_answer(deltas, finish)) as url:
-        sc = await start_over_hostile_alpha(stack, tmp_path, url, first_byte_timeout_s=TIMEOUT_S)
+    handler = _slow_answer(deltas, finish)
+    async with over_hostile_alpha(stack, tmp_path, handler, first_byte_timeout_s=TIMEOUT_S) as sc:
         stream = await openai_client(sc).chat.completions.create(
             model=MODEL,
             messages=[{"role": "user", "content": "hi"}],
