@@ -725,20 +725,26 @@ class Proxy:
             request[CLIENT_GONE] = True
             self._finish_attempt(req, rec)
             return app
-        except asyncio.CancelledError:  # the app left; relay() closed the upstream
+        except asyncio.CancelledError:  # the app left (relay() closed the upstream), or shutdown
             start.resp.close()
-            if self.shutting_down:
-                return await self._end_stream_at_shutdown(
-                    plan, leg, route, records, rec, start, app
-                )
+            # The attempt is costed either way (the provider bills what it sent). At shutdown
+            # the sidecar ended it, so it is not reported to the router.
+            shutdown = self.shutting_down
             if rec.status == "pending":
-                rec.finish_error(
-                    ErrorClass.CLIENT_ERROR, "app disconnected", 499, start.scanner.output_tokens
-                )
-            request[CLIENT_GONE] = True
+                text, status = (SHUTDOWN_TEXT, 200) if shutdown else ("app disconnected", 499)
+                rec.finish_error(ErrorClass.CLIENT_ERROR, text, status, start.scanner.output_tokens)
+                if shutdown:
+                    rec.report = False
             self._cost_stream(leg, route, rec, start.scanner)
             self._finish_attempt(req, rec)
-            raise
+            if not shutdown:
+                request[CLIENT_GONE] = True
+                raise
+            _uncancel()
+            routing = self.routing_object(
+                plan, records, leg, rec.provider, start.scanner.upstream_model
+            )
+            return await self._end_stream_at_shutdown(app, routing)
         scanner = start.scanner
         total = self._cost_stream(leg, route, rec, scanner)
         if total is not None:
@@ -774,33 +780,14 @@ class Proxy:
         return app
 
     async def _end_stream_at_shutdown(
-        self,
-        plan: RequestPlan,
-        leg: Leg,
-        route: Route,
-        records: list[AttemptRecord],
-        rec: AttemptRecord,
-        start: StreamStart,
-        app: web.StreamResponse,
+        self, app: web.StreamResponse, routing: dict[str, Any]
     ) -> web.StreamResponse:
         """The shutdown grace is over mid-stream: an error event and [DONE], not a cut body.
 
         A body cut without its chunked terminator reads to SDKs as a network
         error at best and as a complete answer at worst; an OpenAI-style error
-        event says the answer is incomplete and why. The attempt is costed (the
-        provider bills what it sent) but not reported: the sidecar ended it.
+        event says the answer is incomplete and why.
         """
-        if rec.status == "pending":
-            rec.finish_error(
-                ErrorClass.CLIENT_ERROR, SHUTDOWN_TEXT, 200, start.scanner.output_tokens
-            )
-            rec.report = False
-        self._cost_stream(leg, route, rec, start.scanner)
-        self._finish_attempt(leg.req, rec)
-        _uncancel()
-        routing = self.routing_object(
-            plan, records, leg, rec.provider, start.scanner.upstream_model
-        )
         final = error_body(
             f"the answer is incomplete: {SHUTDOWN_TEXT}",
             "api_error",

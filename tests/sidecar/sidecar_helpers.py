@@ -7,8 +7,11 @@ sidecar to them; the API keys live only in the sidecar's (injected) environment.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Mapping
+import json
+import sys
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -213,19 +216,22 @@ def write_raw_catalog(
     return path
 
 
-async def start_over_hostile_alpha(
-    stack: Stack, tmp_path: Path, alpha_url: str, **over: Any
-) -> SidecarApp:
-    """Router and sidecar over a hostile ``alpha`` at ``alpha_url`` (no key), then a
-    fake ``beta``; ``over`` overrides sidecar settings."""
-    await stack.add_providers({"beta": {}})
-    stack.catalog_path = write_raw_catalog(
-        tmp_path / "catalog.yaml",
-        {"alpha": alpha_url, "beta": stack.providers["beta"].base_url},
-        {"beta": key_env("beta")},
-    )
-    router = await stack.start_router()
-    return await stack.start_sidecar(router.grpc_address, **over)
+@contextlib.asynccontextmanager
+async def over_hostile_alpha(
+    stack: Stack, tmp_path: Path, handler: Any, **over: Any
+) -> AsyncIterator[SidecarApp]:
+    """A raw upstream answering with ``handler`` as ``alpha`` (no key, cheapest), a fake
+    ``beta``, a router and a sidecar over them (``over`` overrides sidecar settings); yields
+    the sidecar, and the raw upstream stops when the block ends."""
+    async with raw_upstream(handler) as alpha_url:
+        await stack.add_providers({"beta": {}})
+        stack.catalog_path = write_raw_catalog(
+            tmp_path / "catalog.yaml",
+            {"alpha": alpha_url, "beta": stack.providers["beta"].base_url},
+            {"beta": key_env("beta")},
+        )
+        router = await stack.start_router()
+        yield await stack.start_sidecar(router.grpc_address, **over)
 
 
 async def stream_text_and_routing(
@@ -259,3 +265,85 @@ async def router_ttft(address: str, provider: str) -> float | None:
         )
     ep = resp.endpoints[0]
     return ep.ttft_ms if ep.HasField("ttft_ms") else None
+
+
+def sse_chunk(delta: Mapping[str, Any], finish: str | None = None, **fields: Any) -> bytes:
+    """One ``chat.completion.chunk`` event as a provider writes it, for the raw upstreams
+    that script a stream byte by byte; ``fields`` add or replace top-level fields (``id``,
+    ``usage``) where a test's stream needs them."""
+    obj = {
+        "id": "chatcmpl-x",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "up-alpha",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **fields,
+    }
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+@dataclass
+class SidecarProcess:
+    """A ``router-sidecar`` process and the stderr lines read from it so far, so a test can
+    assert on the whole log (every line JSON, no secret) after the process is gone."""
+
+    proc: asyncio.subprocess.Process
+    lines: list[str] = field(default_factory=list)
+
+    async def read_until(self, needle: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The first log record (parsed) whose line holds ``needle``; fails if the process
+        exits first or nothing comes within ``timeout``."""
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                raw = await self.proc.stderr.readline()
+                if not raw:
+                    raise AssertionError("sidecar exited early:\n" + self.log)
+                line = raw.decode()
+                self.lines.append(line)
+                if needle in line:
+                    record: dict[str, Any] = json.loads(line)
+                    return record
+
+    async def exit_code(self, timeout: float = 10.0) -> int:
+        """Wait for the process to exit (a signal sent it on its way), keeping the rest of
+        its stderr; the exit code."""
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(timeout):
+            rest = await self.proc.stderr.read()
+            code = await self.proc.wait()
+        self.lines.extend(rest.decode().splitlines(keepends=True))
+        return code
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every log line parsed: a line that is not JSON fails the test here."""
+        return [json.loads(line) for line in self.lines if line.strip()]
+
+
+@contextlib.asynccontextmanager
+async def sidecar_process(env: Mapping[str, str], *flags: str) -> AsyncIterator[SidecarProcess]:
+    """``python -m sidecar.cli`` on a free loopback port with the router unreachable (the
+    fallback catalog in ``env`` serves), plus ``flags``; killed on the way out if still up."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidecar.cli",
+        "--router",
+        "127.0.0.1:1",
+        "--listen",
+        "127.0.0.1:0",
+        *flags,
+        env=dict(env),
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        yield SidecarProcess(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -12,20 +12,13 @@ without a newline was buffered without bound.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import openai
 import pytest
 from aiohttp import web
-from sidecar_helpers import (
-    MODEL,
-    Stack,
-    openai_client,
-    raw_upstream,
-    start_over_hostile_alpha,
-)
+from sidecar_helpers import MODEL, Stack, openai_client, over_hostile_alpha, sse_chunk
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -34,15 +27,7 @@ def _chunk(content: str | None = None, finish: str | None = None, role: bool = F
     delta: dict[str, str] = {"role": "assistant"} if role else {}
     if content is not None:
         delta["content"] = content
-    obj = {
-        "id": "chatcmpl-hostile",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "up-alpha",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        "usage": None,
-    }
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    return sse_chunk(delta, finish, id="chatcmpl-hostile", usage=None)
 
 
 #: Lines no OpenAI client can read: not JSON, not an object, events without data, junk.
@@ -119,8 +104,7 @@ async def _stream(sc) -> tuple[str, dict | None, list[str | None], str]:
 async def test_lines_no_openai_client_can_read_are_not_relayed(
     stack: Stack, tmp_path: Path, writes: Callable[[], Sequence[bytes]]
 ) -> None:
-    async with raw_upstream(_scripted(writes)) as url:
-        sc = await start_over_hostile_alpha(stack, tmp_path, url)
+    async with over_hostile_alpha(stack, tmp_path, _scripted(writes)) as sc:
         text, routing, finishes, provider = await _stream(sc)
     assert provider == "alpha" and text == "Hello"
     assert finishes[-1] == "stop"
@@ -132,10 +116,9 @@ async def test_a_line_that_never_ends_before_the_first_token_fails_over(
     stack: Stack, tmp_path: Path
 ) -> None:
     endless = [_chunk("", role=True)] + [b"x" * 4096] * 8  # 32 KiB, never a newline
-    async with raw_upstream(_scripted(lambda: endless)) as url:
-        sc = await start_over_hostile_alpha(
-            stack, tmp_path, url, max_upstream_response_bytes=16 * 1024
-        )
+    async with over_hostile_alpha(
+        stack, tmp_path, _scripted(lambda: endless), max_upstream_response_bytes=16 * 1024
+    ) as sc:
         text, routing, _, provider = await _stream(sc)
     assert provider == "beta" and text
     assert routing is not None
@@ -148,10 +131,9 @@ async def test_a_line_that_never_ends_after_the_first_token_ends_the_stream_with
     stack: Stack, tmp_path: Path
 ) -> None:
     endless = [_chunk("", role=True) + _chunk("Hel")] + [b"x" * 4096] * 8
-    async with raw_upstream(_scripted(lambda: endless)) as url:
-        sc = await start_over_hostile_alpha(
-            stack, tmp_path, url, max_upstream_response_bytes=16 * 1024
-        )
+    async with over_hostile_alpha(
+        stack, tmp_path, _scripted(lambda: endless), max_upstream_response_bytes=16 * 1024
+    ) as sc:
         with pytest.raises(openai.APIError, match="SSE line longer than 16384 bytes"):
             await _stream(sc)
     assert stack.counts()["beta"] == 0  # no silent retry after the first token

@@ -19,8 +19,8 @@ from sidecar_helpers import (
     MODEL,
     Stack,
     openai_client,
+    over_hostile_alpha,
     raw_upstream,
-    start_over_hostile_alpha,
     write_raw_catalog,
 )
 
@@ -50,8 +50,7 @@ async def test_an_odd_status_is_a_server_error_and_the_next_provider_answers(
     stack: Stack, tmp_path: Path, status: int, stream: bool
 ) -> None:
     seen: list[str] = []
-    async with raw_upstream(_odd(status, seen)) as url:
-        sc = await start_over_hostile_alpha(stack, tmp_path, url)
+    async with over_hostile_alpha(stack, tmp_path, _odd(status, seen)) as sc:
         raw = await openai_client(sc).chat.completions.with_raw_response.create(
             model=MODEL,
             messages=MSGS,
@@ -80,8 +79,7 @@ async def test_an_odd_status_is_a_server_error_and_the_next_provider_answers(
 async def test_an_odd_status_from_the_only_provider_is_a_502(
     stack: Stack, tmp_path: Path, status: int
 ) -> None:
-    async with raw_upstream(_odd(status, [])) as url:
-        sc = await start_over_hostile_alpha(stack, tmp_path, url)
+    async with over_hostile_alpha(stack, tmp_path, _odd(status, [])) as sc:
         with pytest.raises(openai.APIStatusError) as err:
             await openai_client(sc).chat.completions.create(
                 model=MODEL,

@@ -10,6 +10,7 @@ request closes its connection, and TLS verification.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,9 @@ from sidecar.lean_http import LeanClient
 from sidecar.upstream import upstream_headers
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+#: A whole answer with a length: "ok".
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 class RawServer:
@@ -67,6 +71,32 @@ class RawServer:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
+
+    @contextlib.asynccontextmanager
+    async def running(self, ssl_ctx: ssl.SSLContext | None = None) -> AsyncIterator[URL]:
+        """``start`` for the body of an ``async with``, closed after it however it ends."""
+        url = await self.start(ssl_ctx)
+        try:
+            yield url
+        finally:
+            await self.close()
+
+    @classmethod
+    def answering(cls, answer: bytes, *, hold_open: bool = False) -> RawServer:
+        """A server that reads a request and writes ``answer`` (bytes as given, broken ones
+        too). ``hold_open``: it then keeps the connection until the client closes it, as a
+        keep-alive server does (else it closes at once, which ends a body without a length).
+        """
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await srv.read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+            if hold_open:
+                await reader.read()  # returns when the client closes
+
+        srv = cls(handler)
+        return srv
 
 
 @pytest.fixture
@@ -128,15 +158,8 @@ async def test_keep_alive_reuses_one_connection_and_streams_chunks(client: LeanC
 
 
 async def test_request_on_the_wire(client: LeanClient) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await srv.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-        await writer.drain()
-        await reader.read()
-
-    srv = RawServer(handler)
-    url = await srv.start()
-    try:
+    srv = RawServer.answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", hold_open=True)
+    async with srv.running() as url:
         resp = await client.post(url, b'{"a":"b"}', upstream_headers("sk-wire", True), 5.0)
         assert await resp.content.read(100) == b"{}"
         resp.release()
@@ -151,8 +174,6 @@ async def test_request_on_the_wire(client: LeanClient) -> None:
         assert fields["content-type"] == "application/json"
         assert fields["content-length"] == "9"
         assert body == b'{"a":"b"}'
-    finally:
-        await srv.close()
 
 
 async def test_body_until_close_is_whole_and_not_pooled(client: LeanClient) -> None:
@@ -165,15 +186,12 @@ async def test_body_until_close_is_whole_and_not_pooled(client: LeanClient) -> N
         await writer.drain()
 
     srv = RawServer(handler)
-    url = await srv.start()
-    try:
+    async with srv.running() as url:
         for expected_connections in (1, 2):
             resp = await client.post(url, b"{}", upstream_headers(None, True), 5.0)
             assert await _read_all(resp) == b"data: a\n\ndata: [DONE]\n\n"
             resp.release()
             assert srv.connections == expected_connections
-    finally:
-        await srv.close()
 
 
 @pytest.mark.parametrize(
@@ -192,20 +210,11 @@ async def test_body_until_close_is_whole_and_not_pooled(client: LeanClient) -> N
 async def test_each_broken_answer_is_aiohttps_error_class(
     client: LeanClient, answer: bytes, error: type[Exception]
 ) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await srv.read_request(reader)
-        writer.write(answer)
-        await writer.drain()
-
-    srv = RawServer(handler)
-    url = await srv.start()
-    try:
+    async with RawServer.answering(answer).running() as url:
         with pytest.raises(error):
             resp = await client.post(url, b"{}", upstream_headers(None, True), 5.0)
             await _read_all(resp)
         assert issubclass(error, aiohttp.ClientError)  # what the sidecar catches
-    finally:
-        await srv.close()
 
 
 async def test_connection_refused_is_a_connector_error(client: LeanClient) -> None:
@@ -220,13 +229,8 @@ async def test_connection_refused_is_a_connector_error(client: LeanClient) -> No
 
 
 async def test_cancelled_before_headers_closes_the_connection(client: LeanClient) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await srv.read_request(reader)
-        await reader.read()  # no answer: returns when the client closes
-
-    srv = RawServer(handler)
-    url = await srv.start()
-    try:
+    srv = RawServer.answering(b"", hold_open=True)  # no answer
+    async with srv.running() as url:
         task = asyncio.create_task(client.post(url, b"{}", upstream_headers(None, True), 5.0))
         while not srv.requests:
             await asyncio.sleep(0.005)
@@ -235,78 +239,51 @@ async def test_cancelled_before_headers_closes_the_connection(client: LeanClient
             await task
         async with asyncio.timeout(5):
             await srv.closed.wait()
-    finally:
-        await srv.close()
 
 
 async def test_close_mid_body_closes_the_connection(client: LeanClient) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await srv.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n")
-        await writer.drain()
-        await reader.read()  # the rest never comes: returns when the client closes
-
-    srv = RawServer(handler)
-    url = await srv.start()
-    try:
+    srv = RawServer.answering(  # the rest never comes
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n", hold_open=True
+    )
+    async with srv.running() as url:
         resp = await client.post(url, b"{}", upstream_headers(None, True), 5.0)
         assert await resp.content.readany() == b"abcd"
         resp.close()
         async with asyncio.timeout(5):
             await srv.closed.wait()
         resp.release()  # after close: nothing more to do, and no error
-    finally:
-        await srv.close()
 
 
 async def test_gzip_answer_is_decoded(client: LeanClient) -> None:
     payload = gzip.compress(b'{"choices":[]}')
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await srv.read_request(reader)
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
-            % (len(payload), payload)
-        )
-        await writer.drain()
-
-    srv = RawServer(handler)
-    url = await srv.start()
-    try:
+    srv = RawServer.answering(
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(payload), payload)
+    )
+    async with srv.running() as url:
         resp = await client.post(url, b"{}", upstream_headers(None, False), 5.0)
         assert await resp.content.read() == b'{"choices":[]}'
         resp.release()
-    finally:
-        await srv.close()
 
 
 async def test_tls_verifies_the_certificate(tmp_path: Path) -> None:
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await srv.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        await reader.read()
-
-    srv = RawServer(handler)
-    url = await srv.start(server_ctx)
     trusting_ctx = ssl.create_default_context()
     ca.configure_trust(trusting_ctx)
     trusting, default = LeanClient(ssl_context=trusting_ctx), LeanClient()
     try:
-        resp = await trusting.post(url, b"{}", upstream_headers(None, False), 5.0)
-        assert await resp.content.read() == b"ok"
-        resp.release()
-        # The system's CAs do not know this one: refused, as aiohttp refused it.
-        with pytest.raises(aiohttp.ClientConnectorCertificateError):
-            await default.post(url, b"{}", upstream_headers(None, False), 5.0)
+        async with RawServer.answering(OK, hold_open=True).running(server_ctx) as url:
+            resp = await trusting.post(url, b"{}", upstream_headers(None, False), 5.0)
+            assert await resp.content.read() == b"ok"
+            resp.release()
+            # The system's CAs do not know this one: refused, as aiohttp refused it.
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await default.post(url, b"{}", upstream_headers(None, False), 5.0)
     finally:
         await trusting.close()
         await default.close()
-        await srv.close()
 
 
 def test_upstream_client_setting_is_checked() -> None:
@@ -320,20 +297,10 @@ async def test_idle_connection_is_closed_after_keep_alive(
     client: LeanClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("sidecar.lean_http.KEEPALIVE_S", 0.05)
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await srv.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        await reader.read()  # returns when the client closes the idle connection
-
-    srv = RawServer(handler)
-    url = await srv.start()
-    try:
+    srv = RawServer.answering(OK, hold_open=True)  # until the client closes the idle connection
+    async with srv.running() as url:
         resp = await client.post(url, b"{}", upstream_headers(None, False), 5.0)
         assert await resp.content.read() == b"ok"
         resp.release()
         async with asyncio.timeout(5):  # no further request: the sweep closes it
             await srv.closed.wait()
-    finally:
-        await srv.close()

@@ -12,29 +12,17 @@ HTTP upstream writing the chunks.
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from sidecar_helpers import MODEL, Stack, openai_client, raw_upstream, start_over_hostile_alpha
+from sidecar_helpers import MODEL, Stack, openai_client, over_hostile_alpha, sse_chunk
 
 from sidecar.streaming import SSEScanner
 
 #: The first-token timeout the sidecar runs with; the answers take three times as long.
 TIMEOUT_S = 0.3
-
-
-def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    obj = {
-        "id": "chatcmpl-x",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "up-alpha",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
 REFUSAL = [{"refusal": word} for word in ("I ", "can't ", "help ", "with ", "that.")]
@@ -50,11 +38,11 @@ def _slow_answer(deltas: list[dict[str, Any]], finish: str):
         await request.read()
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        await resp.write(_chunk({"role": "assistant", "content": None}))
+        await resp.write(sse_chunk({"role": "assistant", "content": None}))
         for delta in deltas:
-            await resp.write(_chunk(delta))
+            await resp.write(sse_chunk(delta))
             await asyncio.sleep(3 * TIMEOUT_S / len(deltas))  # the provider's pace
-        await resp.write(_chunk({}, finish) + b"data: [DONE]\n\n")
+        await resp.write(sse_chunk({}, finish) + b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
 
@@ -69,8 +57,8 @@ def _slow_answer(deltas: list[dict[str, Any]], finish: str):
 async def test_a_slow_answer_without_content_is_streamed_not_cut(
     stack: Stack, tmp_path: Path, deltas: list[dict[str, Any]], finish: str, field: str
 ) -> None:
-    async with raw_upstream(_slow_answer(deltas, finish)) as url:
-        sc = await start_over_hostile_alpha(stack, tmp_path, url, first_byte_timeout_s=TIMEOUT_S)
+    handler = _slow_answer(deltas, finish)
+    async with over_hostile_alpha(stack, tmp_path, handler, first_byte_timeout_s=TIMEOUT_S) as sc:
         stream = await openai_client(sc).chat.completions.create(
             model=MODEL,
             messages=[{"role": "user", "content": "hi"}],

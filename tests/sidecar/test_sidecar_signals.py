@@ -14,22 +14,9 @@ import asyncio
 import json
 import os
 import signal
-import sys
 
 import aiohttp
-from sidecar_helpers import MODEL, Stack, key_env, key_value
-
-
-async def _read_until(stream: asyncio.StreamReader, needle: str, lines: list[str]) -> dict:
-    async with asyncio.timeout(10):
-        while True:
-            raw = await stream.readline()
-            if not raw:
-                raise AssertionError("sidecar exited early:\n" + "".join(lines))
-            line = raw.decode()
-            lines.append(line)
-            if needle in line:
-                return json.loads(line)
+from sidecar_helpers import MODEL, Stack, key_env, key_value, sidecar_process
 
 
 async def test_sighup_is_ignored_and_sigterm_ends_a_stream_readably(stack: Stack) -> None:
@@ -41,27 +28,13 @@ async def test_sighup_is_ignored_and_sigterm_ends_a_stream_readably(stack: Stack
         "SIDECAR_FALLBACK_CATALOG": str(catalog),
         "SIDECAR_SHUTDOWN_GRACE_S": "0.5",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar.cli",
-        "--router",
-        "127.0.0.1:1",
-        "--listen",
-        "127.0.0.1:0",
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    lines: list[str] = []
-    try:
-        assert proc.stderr is not None
-        started = await _read_until(proc.stderr, "sidecar started", lines)
+    async with sidecar_process(env) as sidecar:
+        started = await sidecar.read_until("sidecar started")
         url = started["listen"] + "/chat/completions"
         body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 
-        proc.send_signal(signal.SIGHUP)
-        await _read_until(proc.stderr, "SIGHUP ignored", lines)
+        sidecar.proc.send_signal(signal.SIGHUP)
+        await sidecar.read_until("SIGHUP ignored")
         async with aiohttp.ClientSession() as session:
             async with session.post(url, json=body) as resp:
                 assert resp.status == 200  # still serving
@@ -69,25 +42,15 @@ async def test_sighup_is_ignored_and_sigterm_ends_a_stream_readably(stack: Stack
             async with session.post(url, json={**body, "max_tokens": 400, "stream": True}) as resp:
                 assert resp.status == 200
                 await resp.content.readuntil(b"\n\n")  # its first chunk
-                proc.send_signal(signal.SIGTERM)
+                sidecar.proc.send_signal(signal.SIGTERM)
                 async with asyncio.timeout(10):
                     text = (await resp.read()).decode()  # a cut body would raise here
         events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]"
         assert json.loads(events[-2])["error"]["code"] == "sidecar_shutting_down"
-        async with asyncio.timeout(10):
-            rest = await proc.stderr.read()
-            code = await proc.wait()
-        lines.extend(rest.decode().splitlines(keepends=True))
-        assert code == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    log = "".join(lines)
-    assert "Traceback" not in log
-    records = [json.loads(line) for line in lines if line.strip()]  # every line is JSON
+        assert await sidecar.exit_code() == 0
+    assert "Traceback" not in sidecar.log
     assert any(
         r.get("message") == "shutdown grace over, ending in-flight requests with an error"
-        for r in records
+        for r in sidecar.records()  # every line is JSON
     )

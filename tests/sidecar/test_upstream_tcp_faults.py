@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from sidecar_helpers import MODEL, Stack, raw_upstream, start_over_hostile_alpha, wait_for
+from sidecar_helpers import MODEL, Stack, over_hostile_alpha, wait_for
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -61,8 +61,7 @@ async def test_a_provider_trickling_one_line_after_the_first_token_hits_the_chun
             pass  # the sidecar gave up on it and closed the connection
         return resp
 
-    async with raw_upstream(trickle) as alpha:
-        sidecar = await start_over_hostile_alpha(stack, tmp_path, alpha, chunk_timeout_s=0.5)
+    async with over_hostile_alpha(stack, tmp_path, trickle, chunk_timeout_s=0.5) as sidecar:
         try:
             t0 = time.monotonic()
             events = await _events(
