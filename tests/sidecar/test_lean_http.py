@@ -25,6 +25,7 @@ from yarl import URL
 from sidecar.config import SidecarSettings, check_settings
 from sidecar.lean_http import LeanClient
 from sidecar.upstream import upstream_headers
+from tests.sidecar.sidecar_helpers import wait_for
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -232,8 +233,7 @@ async def test_cancelled_before_headers_closes_the_connection(client: LeanClient
     srv = RawServer.answering(b"", hold_open=True)  # no answer
     async with srv.running() as url:
         task = asyncio.create_task(client.post(url, b"{}", upstream_headers(None, True), 5.0))
-        while not srv.requests:
-            await asyncio.sleep(0.005)
+        await wait_for(lambda: srv.requests, timeout=5.0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
