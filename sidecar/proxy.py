@@ -720,6 +720,9 @@ class Proxy:
         req = leg.req
         whole = start.eof or start.scanner.done
         request[SERVED_BY] = (rec.provider, req.model)
+        # Every attempt made, as routing.attempts lists them: a hedge's or race's other
+        # attempt may have started after this one (the header was built when it opened).
+        app.headers["x-router-attempts"] = str(len(records))
         try:
             await app.prepare(request)
             if not whole:
