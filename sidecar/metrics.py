@@ -35,6 +35,11 @@ _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+#: ``result`` values of ``router_sidecar_hedges_total`` (sidecar/hedging.py).
+HEDGE_RESULTS = ("won", "lost", "both_failed")
+#: ``result`` values of ``router_sidecar_exploration_races_total``.
+RACE_RESULTS = ("explored_won", "leader_won", "both_failed")
+
 
 class SidecarMetrics:
     """Every metric the sidecar exports. Label values are bounded: provider names come
@@ -85,6 +90,13 @@ class SidecarMetrics:
             "token, USD.",
             registry=r,
         )
+        # Every result at 0 from the start: an alert on ``rate(...{result="won"}[5m])``
+        # or a dashboard's panel has a series to read before the first hedge or race,
+        # rather than "no data" (which reads like a broken scrape).
+        for result in HEDGE_RESULTS:
+            self.hedges.labels(result)
+        for result in RACE_RESULTS:
+            self.exploration_races.labels(result)
         self.spend = Counter(
             "router_sidecar_spend_usd",
             "What answered tokens cost at the catalog's prices, USD, by catalog model and "

@@ -62,6 +62,7 @@ from sidecar.upstream import (
     UpstreamError,
     classify_exception,
     classify_status,
+    estimate_output_tokens,
     parse_retry_after,
     read_error_body,
     upstream_error_message,
@@ -430,8 +431,18 @@ class Proxy:
             leg.req.estimated_input_tokens,
             exact_out,
         )
-        if usage is not None and total is not None:
-            usage["cost"] = round(total, 12)
+        if total is None:
+            return
+        if usage is None:
+            # The provider sent no usage: the app still reads usage (and usage.cost) as
+            # OpenAI's API promises it, with the counts the cost was computed from.
+            prompt = leg.req.estimated_input_tokens
+            usage = answered["usage"] = {
+                "prompt_tokens": prompt,
+                "completion_tokens": rec.output_tokens,
+                "total_tokens": prompt + rec.output_tokens,
+            }
+        usage["cost"] = round(total, 12)
 
     def _json(
         self,
@@ -580,7 +591,9 @@ class Proxy:
             return None
         usage = obj.get("usage")
         tokens = usage_count(usage.get("completion_tokens")) if isinstance(usage, dict) else None
-        rec.finish_ok(tokens or 0, None)
+        if tokens is None:  # no count from the provider: estimated from the answer's text
+            tokens = estimate_output_tokens(obj["choices"])
+        rec.finish_ok(tokens, None)
         return obj
 
     async def _http_failure(
@@ -707,6 +720,9 @@ class Proxy:
         req = leg.req
         whole = start.eof or start.scanner.done
         request[SERVED_BY] = (rec.provider, req.model)
+        # Every attempt made, as routing.attempts lists them: a hedge's or race's other
+        # attempt may have started after this one (the header was built when it opened).
+        app.headers["x-router-attempts"] = str(len(records))
         try:
             await app.prepare(request)
             if not whole:
@@ -747,6 +763,13 @@ class Proxy:
             return await self._end_stream_at_shutdown(app, routing)
         scanner = start.scanner
         total = self._cost_stream(leg, route, rec, scanner)
+        if rec.status == "ok" and scanner.usage_tokens is None:
+            # The provider sent no usage: the app that asked for it gets the counts the
+            # cost was computed from (the estimate of the input, the chunks counted).
+            scanner.supply_usage(
+                rec.input_tokens if rec.input_tokens is not None else req.estimated_input_tokens,
+                rec.output_tokens,
+            )
         if total is not None:
             scanner.set_usage_cost(round(total, 12))
         routing = self.routing_object(plan, records, leg, rec.provider, scanner.upstream_model)

@@ -375,6 +375,33 @@ class SSEScanner:
         out = self.feed(tail + b"\n", now)
         return out
 
+    def supply_usage(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """A usage chunk from the sidecar's counts when the app asked for one and the
+        provider sent none.
+
+        Why: an app that sets ``stream_options.include_usage`` reads usage (and
+        ``usage.cost``) from the last chunk, as OpenAI's API promises it; a provider
+        that ignores the option would otherwise leave it with none, and its
+        ``routing`` on the finish chunk instead. The counts are the ones the cost
+        was computed from (``routing.cost_usd.estimated`` says they are estimates).
+        """
+        if not self.want_usage or self._held_usage is not None:
+            return
+        chunk: dict[str, Any] = {
+            "id": self.last_id or "",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self._model or self.upstream_model or "",
+            "choices": [],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+        self._usage_obj = chunk
+        self._held_usage = orjson.dumps(chunk)
+
     def set_usage_cost(self, cost_usd: float) -> None:
         """Put ``cost`` (USD, OpenRouter's field) in the held usage chunk the app will get."""
         if not self.want_usage or self._held_usage is None:

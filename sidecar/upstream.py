@@ -122,6 +122,39 @@ def usage_count(value: Any) -> int | None:
     return value
 
 
+def estimate_output_tokens(choices: list[Any]) -> int:
+    """Output tokens of a non-streaming answer whose provider sent no usage: ≈ chars / 4.
+
+    Why: without it such an answer was costed and reported as zero output tokens
+    (a stream counts its content chunks instead). Counted: each choice's text,
+    refusal, reasoning and tool or function call (name and arguments), the same
+    characters-per-token rule as the input estimate.
+    """
+    chars = 0
+    for choice in choices:
+        msg = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(msg, dict):
+            continue
+        for key in ("content", "refusal", "reasoning_content", "reasoning"):
+            value = msg.get(key)
+            if isinstance(value, str):
+                chars += len(value)
+            elif isinstance(value, list):
+                for part in value:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        chars += len(part["text"])
+        calls = msg.get("tool_calls")
+        calls = list(calls) if isinstance(calls, list) else []
+        calls.append({"function": msg.get("function_call")})
+        for call in calls:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict):
+                for key in ("name", "arguments"):
+                    if isinstance(fn.get(key), str):
+                        chars += len(fn[key])
+    return (chars + 3) // 4
+
+
 @dataclass(slots=True)
 class AttemptRecord:
     """The measurement of one attempt: what the response's ``routing.attempts`` shows

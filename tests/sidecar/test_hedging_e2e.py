@@ -183,3 +183,31 @@ async def test_a_first_attempt_that_loses_its_race_is_marked_slow_under_speed_or
     )
     assert started and winner.provider == "fast"
     assert slow_marks == ([(MODEL, "slow")] if marked else [])
+
+
+async def test_attempts_header_counts_the_hedge_when_the_first_attempt_wins(stack: Stack) -> None:
+    """Found by an audit: the first attempt winning after its hedge had started answered
+    ``x-router-attempts: 1`` while ``routing.attempts`` listed both (the header was built
+    when the first attempt opened, before the backup existed)."""
+    sc, client = await _warm(stack)
+    stack.providers["alpha"].add_incident("slowdown", factor=30.0)  # past its hedge delay
+    stack.providers["beta"].add_incident("hang")  # the backup never answers: alpha wins
+    raw = await client.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=MSGS,
+        max_tokens=4,
+        stream=True,
+        extra_body={"provider": {"order": ORDER, "hedge": True}},
+    )
+    routing = None
+    async for chunk in raw.parse():
+        routing = (chunk.model_extra or {}).get("routing") or routing
+    assert routing is not None and routing["provider"] == "alpha"
+    first, backup = routing["attempts"]
+    assert first["status"] == "ok" and backup["hedge"] is True and backup["cancelled"] is True
+    assert raw.headers["x-router-provider"] == "alpha"
+    assert raw.headers["x-router-attempts"] == "2" == str(len(routing["attempts"]))
+    assert sc.metrics.hedges.labels("lost")._value.get() == 1
+    assert sc.metrics.hedge_cancelled_cost._value.get() == pytest.approx(
+        backup["estimated_cost_usd"]
+    )
