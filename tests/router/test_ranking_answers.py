@@ -1,0 +1,91 @@
+"""What RankProviders answers, checked against the proto's promises (a black-box audit).
+
+Each test starts a real router on loopback and talks to it over real gRPC,
+as a client written in another language would: outcomes go in with
+RecordOutcome, and the answer is read field by field against what
+``proto/router/v1/router.proto`` and README.md say it carries. The router
+runs on a FakeClock, so "recent", "stale" and ejection times are set by the
+test, never by sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from router_common.pb import router_pb2, router_pb2_grpc
+from tests.conftest import FakeClock, loopback_router, wait_for
+
+MODEL = "zai/glm-4.7"
+
+
+def success(clock: FakeClock, provider: str, ttft_ms: float) -> router_pb2.Outcome:
+    return router_pb2.Outcome(
+        model=MODEL,
+        provider=provider,
+        started_at=clock.now,
+        success=True,
+        error_class=router_pb2.ERROR_CLASS_NONE,
+        http_status=200,
+        ttft_ms=ttft_ms,
+        tokens_per_second=100.0,
+        output_tokens=50,
+        duration_ms=ttft_ms + 500.0,
+    )
+
+
+def failure(clock: FakeClock, provider: str) -> router_pb2.Outcome:
+    return router_pb2.Outcome(
+        model=MODEL,
+        provider=provider,
+        started_at=clock.now,
+        success=False,
+        error_class=router_pb2.ERROR_CLASS_SERVER_ERROR,
+        http_status=503,
+        duration_ms=20.0,
+    )
+
+
+def rank_request(**prefs) -> router_pb2.RankProvidersRequest:
+    return router_pb2.RankProvidersRequest(
+        model=MODEL, preferences=router_pb2.RoutingPreferences(**prefs)
+    )
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def stub(tmp_path: Path, clock: FakeClock) -> AsyncIterator[router_pb2_grpc.RouterStub]:
+    app = loopback_router(tmp_path, clock=clock, drain_seconds=1.0, seed=7)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(app.grpc_address) as channel:
+            yield router_pb2_grpc.RouterStub(channel)
+    finally:
+        await app.stop()
+
+
+async def test_ejected_reason_carries_ejected_until_as_get_health_does(stub, clock) -> None:
+    """The proto: `ejected` (ejected until `numbers.ejected_until`)."""
+    ack = await stub.RecordOutcome(
+        router_pb2.RecordOutcomeRequest(outcomes=[failure(clock, "deepinfra") for _ in range(5)])
+    )
+    assert ack.accepted == 5
+
+    async def ejected() -> router_pb2.ExcludedEndpoint | None:
+        response = await stub.RankProviders(rank_request(sort=router_pb2.SORT_BY_COST))
+        return next((x for x in response.metadata.excluded if x.provider == "deepinfra"), None)
+
+    excluded = await wait_for(ejected)
+    assert excluded.reason.code == "ejected"
+    health = await stub.GetHealth(router_pb2.GetHealthRequest(model=MODEL))
+    view = next(e for e in health.endpoints if e.provider == "deepinfra")
+    assert view.state == router_pb2.HEALTH_STATE_EJECTED
+    assert view.HasField("ejected_until") and view.ejected_until > clock.now
+    assert excluded.reason.numbers["ejected_until"] == pytest.approx(view.ejected_until)
