@@ -89,3 +89,29 @@ async def test_ejected_reason_carries_ejected_until_as_get_health_does(stub, clo
     assert view.state == router_pb2.HEALTH_STATE_EJECTED
     assert view.HasField("ejected_until") and view.ejected_until > clock.now
     assert excluded.reason.numbers["ejected_until"] == pytest.approx(view.ejected_until)
+
+
+async def test_timeout_and_hedge_suggestions_do_not_move_with_the_requested_percentile(
+    stub, clock
+) -> None:
+    """The proto: `first_token_timeout_ms` is a multiple of the endpoint's recent p99 TTFT,
+    `hedge_after_ms` its recent p95: facts about the endpoint, the same whichever
+    percentile the request sorts by (they used to follow the P99 sort's scaled TTFT)."""
+    outcomes = [success(clock, "cerebras", 100.0 + 10.0 * i) for i in range(30)]
+    ack = await stub.RecordOutcome(router_pb2.RecordOutcomeRequest(outcomes=outcomes))
+    assert ack.accepted == 30
+
+    async def ranked(percentile: int) -> router_pb2.RankedEndpoint | None:
+        response = await stub.RankProviders(
+            rank_request(sort=router_pb2.SORT_BY_TTFT, percentile=percentile, only=["cerebras"])
+        )
+        entry = response.endpoints[0]
+        return entry if entry.HasField("hedge_after_ms") and entry.ttft_samples >= 30 else None
+
+    p50 = await wait_for(lambda: ranked(router_pb2.PERCENTILE_P50))
+    p99 = await ranked(router_pb2.PERCENTILE_P99)
+    assert p50.window == p99.window == "recent"
+    assert p99.ttft_ms > p50.ttft_ms  # the ranked TTFT does follow the percentile
+    assert p99.hedge_after_ms == pytest.approx(p50.hedge_after_ms)
+    assert p99.first_token_timeout_ms == pytest.approx(p50.first_token_timeout_ms)
+    assert 0 < p50.hedge_after_ms <= p50.first_token_timeout_ms <= 600_000
