@@ -379,7 +379,11 @@ def rank(
             exploration_reason = _exploration_reason(
                 live[chosen].prep.provider, live[chosen].stats, now, min5, config.stale_after_s
             )
-            entries[chosen] = entries[chosen]._replace(exploration=True)
+            # Put first on purpose: the reason says why (thin or stale data), in place
+            # of the one that moved it down (e.g. no_data_for_sort), which no longer holds.
+            entries[chosen] = entries[chosen]._replace(
+                exploration=True, deprioritized=exploration_reason
+            )
     # Half-open probe: without an explicit order, one PROBING endpoint with a free
     # permit goes first, so recovery is tested on real traffic (the rest of the
     # order is its fallback). Left at the tail it would never be reached while

@@ -115,3 +115,27 @@ async def test_timeout_and_hedge_suggestions_do_not_move_with_the_requested_perc
     assert p99.hedge_after_ms == pytest.approx(p50.hedge_after_ms)
     assert p99.first_token_timeout_ms == pytest.approx(p50.first_token_timeout_ms)
     assert 0 < p50.hedge_after_ms <= p50.first_token_timeout_ms <= 600_000
+
+
+@pytest.mark.parametrize("sort", [router_pb2.SORT_BY_UNSPECIFIED, router_pb2.SORT_BY_TTFT])
+async def test_exploration_pick_carries_the_exploration_reason(stub, sort) -> None:
+    """The proto lists `exploration` among the reason codes ("put first: thin or stale
+    data, refreshed on purpose"); it was computed but never sent. The pick now carries
+    it as its reason, in place of the one that had moved it down (on a fresh router,
+    `no_data_for_sort`), and the metadata lists it with the others."""
+
+    async def explored() -> router_pb2.RankProvidersResponse | None:
+        response = await stub.RankProviders(rank_request(sort=sort))
+        return response if response.metadata.exploration else None
+
+    # A fresh router explores a quarter of its rankings (`exploration_share_unknown`).
+    response = await wait_for(explored)
+    first = response.endpoints[0]
+    assert first.exploration and first.explorable
+    assert [e.exploration for e in response.endpoints].count(True) == 1
+    assert first.deprioritized.code == "exploration"
+    assert first.deprioritized.numbers["samples_5m"] == 0
+    assert first.provider.name in first.deprioritized.detail
+    listed = {x.provider: x.reason.code for x in response.metadata.deprioritized}
+    assert listed[first.provider.name] == "exploration"
+    assert "exploration" not in {e.deprioritized.code for e in response.endpoints[1:]}
