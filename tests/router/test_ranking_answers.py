@@ -139,3 +139,20 @@ async def test_exploration_pick_carries_the_exploration_reason(stub, sort) -> No
     listed = {x.provider: x.reason.code for x in response.metadata.deprioritized}
     assert listed[first.provider.name] == "exploration"
     assert "exploration" not in {e.deprioritized.code for e in response.endpoints[1:]}
+
+
+async def test_a_request_with_order_never_explores_even_with_a_sort(stub) -> None:
+    """`exploration_share` is 0 "under `order`": that is strategy `order+sort` too (the
+    request named who goes first), while the same sort without `order` explores."""
+    plain = await stub.RankProviders(rank_request(sort=router_pb2.SORT_BY_TTFT))
+    assert plain.metadata.exploration_share == pytest.approx(0.25)  # fresh: never measured
+    assert all(e.explorable for e in plain.endpoints)
+    for _ in range(40):  # at a share of 0.25, 40 rankings without one: 1e-5
+        ordered = await stub.RankProviders(
+            rank_request(sort=router_pb2.SORT_BY_TTFT, order=["baseten"])
+        )
+        assert ordered.metadata.strategy == "order+sort"
+        assert ordered.metadata.exploration_share == 0
+        assert not ordered.metadata.exploration
+        assert ordered.endpoints[0].provider.name == "baseten"
+        assert not any(e.explorable or e.exploration for e in ordered.endpoints)
