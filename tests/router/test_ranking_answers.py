@@ -156,3 +156,35 @@ async def test_a_request_with_order_never_explores_even_with_a_sort(stub) -> Non
         assert not ordered.metadata.exploration
         assert ordered.endpoints[0].provider.name == "baseten"
         assert not any(e.explorable or e.exploration for e in ordered.endpoints)
+
+
+async def test_panic_returns_the_ejected_with_their_reason_and_nothing_to_explore(
+    stub, clock
+) -> None:
+    """Every endpoint ejected: strategy `panic`, all of them returned (least recently
+    failed first), each with its `ejected` reason (and `numbers.ejected_until`) as
+    `deprioritized`, none `excluded`, and an exploration share of 0."""
+    model = "meta/llama-3.3-70b"
+    providers = ["cerebras", "groq", "together", "deepinfra"]
+    for i, provider in enumerate(providers):
+        clock.advance(1.0)  # deepinfra fails last, cerebras first
+        outcomes = [failure(clock, provider) for _ in range(5)]
+        for o in outcomes:
+            o.model = model
+        ack = await stub.RecordOutcome(router_pb2.RecordOutcomeRequest(outcomes=outcomes))
+        assert ack.accepted == 5, i
+    response = await stub.RankProviders(
+        router_pb2.RankProvidersRequest(
+            model=model, preferences=router_pb2.RoutingPreferences(sort=router_pb2.SORT_BY_COST)
+        )
+    )
+    meta = response.metadata
+    assert meta.strategy == "panic" and meta.panic
+    assert list(meta.execution_order) == providers  # least recently failed first
+    assert not meta.excluded and meta.exploration_share == 0 and not meta.exploration
+    for entry in response.endpoints:
+        assert entry.health == router_pb2.HEALTH_STATE_EJECTED
+        assert entry.deprioritized.code == "ejected"
+        assert entry.deprioritized.numbers["ejected_until"] > clock.now
+        assert not entry.explorable
+    assert [d.provider for d in meta.deprioritized] == providers
