@@ -188,3 +188,21 @@ async def test_panic_returns_the_ejected_with_their_reason_and_nothing_to_explor
         assert entry.deprioritized.numbers["ejected_until"] > clock.now
         assert not entry.explorable
     assert [d.provider for d in meta.deprioritized] == providers
+
+
+async def test_get_health_gives_a_reason_exactly_when_it_has_evidence(stub, clock) -> None:
+    """EndpointHealth.reason: "Empty, with `since` 0, for an endpoint this router has had
+    no outcome for". An endpoint with outcomes that stayed HEALTHY had an empty reason
+    beside a non-zero `since`."""
+    outcomes = [success(clock, "cerebras", 120.0) for _ in range(3)]
+    ack = await stub.RecordOutcome(router_pb2.RecordOutcomeRequest(outcomes=outcomes))
+    assert ack.accepted == 3
+    health = await stub.GetHealth(router_pb2.GetHealthRequest(model=MODEL))
+    by_name = {e.provider: e for e in health.endpoints}
+    seen = by_name.pop("cerebras")
+    assert seen.state == router_pb2.HEALTH_STATE_HEALTHY
+    assert seen.since == pytest.approx(clock.now) and seen.reason
+    assert not seen.HasField("ejected_until") and seen.consecutive_failures == 0
+    for unseen in by_name.values():
+        assert unseen.state == router_pb2.HEALTH_STATE_HEALTHY
+        assert (unseen.reason, unseen.since) == ("", 0.0)
