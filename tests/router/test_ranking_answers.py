@@ -110,6 +110,7 @@ async def test_timeout_and_hedge_suggestions_do_not_move_with_the_requested_perc
 
     p50 = await wait_for(lambda: ranked(router_pb2.PERCENTILE_P50))
     p99 = await ranked(router_pb2.PERCENTILE_P99)
+    assert p99 is not None
     assert p50.window == p99.window == "recent"
     assert p99.ttft_ms > p50.ttft_ms  # the ranked TTFT does follow the percentile
     assert p99.hedge_after_ms == pytest.approx(p50.hedge_after_ms)
