@@ -69,7 +69,10 @@ from dataclasses import dataclass, field, fields
 from router_common.domain import Clock, EndpointKey, ErrorClass
 from router_service.model import HEALTHY, HealthState, HealthView, Outcome
 
-__all__ = ["HealthConfig", "HealthTracker", "Transition"]
+__all__ = ["FIRST_SEEN_REASON", "HealthConfig", "HealthTracker", "Transition"]
+
+#: The reason of a HEALTHY endpoint that has reported outcomes but never changed state.
+FIRST_SEEN_REASON = "outcomes seen, none past a failure or slowdown threshold"
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,7 +445,9 @@ class HealthTracker:
         key = outcome.endpoint
         st = self._states.get(key)
         if st is None:
-            st = self._states[key] = _EndpointHealth(since=now)
+            # GetHealth promises a reason for every endpoint it has evidence on
+            # (empty only with `since` 0, for one it has none on).
+            st = self._states[key] = _EndpointHealth(since=now, reason=FIRST_SEEN_REASON)
             self._by_model.setdefault(key.model, set()).add(key)
         if st.state is not HealthState.HEALTHY:  # a healthy one has nothing time-driven
             self._advance(key, st, now)

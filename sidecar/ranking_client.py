@@ -113,7 +113,8 @@ class Route:
             output_price_per_million=ep.output_price_per_million,
             router_wants_it=ep.exploration or ep.health == router_pb2.HEALTH_STATE_PROBING,
             weight=ep.weight if ep.HasField("weight") else None,
-            deprioritized=ep.HasField("deprioritized"),
+            # `exploration` is the reason an endpoint was put first, not a demotion.
+            deprioritized=ep.HasField("deprioritized") and ep.deprioritized.code != "exploration",
             explorable=ep.explorable,
             exploration_weight=_exploration_weight(ep),
             first_token_timeout_s=_suggested_s(ep, "first_token_timeout_ms"),
@@ -166,6 +167,16 @@ class Ranking:
             for k, v in self.metadata.items()
             if k not in ("exploration", "exploration_provider")
         }
+        # The router's reason for its one-shot pick goes with the pick.
+        moved = [
+            d
+            for d in metadata.get("deprioritized", ())
+            if not (isinstance(d, dict) and d.get("reason", {}).get("code") == "exploration")
+        ]
+        if moved:
+            metadata["deprioritized"] = moved
+        else:
+            metadata.pop("deprioritized", None)
         metadata["execution_order"] = [r.provider for r in routes]
         return replace(self, routes=routes, metadata=metadata)
 

@@ -104,6 +104,9 @@ class RouterServicer:
     def RecordOutcome(self, request, context):
         """Records one or more outcomes. Bad items are rejected one by one and
         reported in the acknowledgement; good items in the same call are kept.
+        An acknowledged outcome counts in health at once; in the numbers (TTFT,
+        throughput, samples, uptime) of RankProviders and the metrics RPCs within
+        about a second (sketches are merged in the background, not per call).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -329,7 +329,7 @@ def rank(
                     vw,
                     None if weights is None else weights[i],
                     explore_ok and _explorable(hv, _s, now, min5, config.stale_after_s),
-                    *_timeouts(_s, t if tw == r.WINDOW_RECENT else None, config),
+                    *_timeouts(_s, _fresh_recent_ttft(_s, now, recent_age), config),
                     None,  # exploration_weight: set below on the explorable ones
                 ),
             )
@@ -379,7 +379,11 @@ def rank(
             exploration_reason = _exploration_reason(
                 live[chosen].prep.provider, live[chosen].stats, now, min5, config.stale_after_s
             )
-            entries[chosen] = entries[chosen]._replace(exploration=True)
+            # Put first on purpose: the reason says why (thin or stale data), in place
+            # of the one that moved it down (e.g. no_data_for_sort), which no longer holds.
+            entries[chosen] = entries[chosen]._replace(
+                exploration=True, deprioritized=exploration_reason
+            )
     # Half-open probe: without an explicit order, one PROBING endpoint with a free
     # permit goes first, so recovery is tested on real traffic (the rest of the
     # order is its fallback). Left at the tail it would never be reached while
@@ -517,6 +521,20 @@ def _recent_overrides(hv: HealthView, s: EndpointStats, now: float, config: Rank
         and now - at <= config.recent_max_age_s
         and rec.failure_ratio <= config.recovered_max_failure_ratio
     )
+
+
+def _fresh_recent_ttft(s: EndpointStats, now: float, max_age: float) -> float | None:
+    """The recent decayed TTFT level while fresh, else None.
+
+    Unscaled on purpose: the suggested timeout and hedge delay describe the
+    endpoint (its p99 and p95), not the request, so they must not move with
+    the request's ``percentile`` (the ranked ``ttft_ms`` is scaled to it).
+    """
+    rec = s.recent
+    at = rec.ttft_at
+    if rec.ttft_ms is None or at is None or now - at > max_age:
+        return None
+    return rec.ttft_ms
 
 
 def _quantile(s: EndpointStats, q: float, min_samples: int) -> float | None:

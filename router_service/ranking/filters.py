@@ -88,11 +88,17 @@ def pick(
 
 
 def health_numbers(hv: HealthView, now: float) -> dict[str, float]:
-    """The health facts worth showing: failures in a row, how long ago, how long still out."""
+    """The health facts worth showing: failures in a row, how long ago, how long still out.
+
+    An ejection carries both ``ejected_until`` (Unix seconds, the number the
+    proto names for the ``ejected`` code and GetHealth's field of that name)
+    and ``ejected_for_s`` (the seconds still to go, for a human reading it).
+    """
     nums: dict[str, float] = {"consecutive_failures": float(hv.consecutive_failures)}
     if hv.last_failure_at is not None:
         nums["last_failure_age_s"] = round(now - hv.last_failure_at, 3)
     if hv.ejected_until is not None:
+        nums["ejected_until"] = hv.ejected_until
         nums["ejected_for_s"] = round(max(0.0, hv.ejected_until - now), 3)
     return nums
 

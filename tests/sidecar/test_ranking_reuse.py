@@ -54,6 +54,30 @@ def test_reused_copy_drops_the_routers_exploration_flag() -> None:
     assert reused.routes[-1].explorable  # still explorable per request
 
 
+def test_reused_copy_drops_the_routers_exploration_reason_and_it_is_no_demotion() -> None:
+    """The router's pick carries the reason `exploration` as its `deprioritized`; that is
+    why it was put first, not a demotion, and it goes with the one-shot pick on reuse."""
+    entry = router_pb2.RankedEndpoint(
+        exploration=True, deprioritized=router_pb2.Reason(code="exploration")
+    )
+    entry.provider.name = "c"
+    assert not Route.from_proto(entry).deprioritized
+    entry.deprioritized.code = "degraded"
+    assert Route.from_proto(entry).deprioritized
+    why = {"code": "exploration", "detail": "exploring c"}
+    metadata = {
+        "strategy": "sort",
+        "exploration": True,
+        "deprioritized": [{"provider": "c", "reason": why}, {"provider": "b", "reason": {}}],
+    }
+    pick = route("c", router_wants_it=True, explorable=True)
+    reused = Ranking((pick, route("a"), route("b")), "router", metadata).for_reuse()
+    assert reused.metadata["deprioritized"] == [{"provider": "b", "reason": {}}]
+    only_pick = dict(metadata, deprioritized=[{"provider": "c", "reason": why}])
+    reused = Ranking((pick, route("a")), "router", only_pick).for_reuse()
+    assert "deprioritized" not in reused.metadata
+
+
 @pytest.mark.parametrize(
     ("ms", "expected"),
     [(2500.0, 2.5), (None, None), (0.0, None), (-5.0, None), (math.nan, None), (7e5, None)],
