@@ -225,6 +225,12 @@ class Authenticator:
     def enabled(self) -> bool:
         return self.tokens is not None or self.mtls
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever the callers do (a tokens file reload): a long-lived
+        stream admitted under older callers is checked again (see grpc_api)."""
+        return self.tokens.reloads if self.tokens is not None else 0
+
     def identify(
         self,
         authorization: str | None,

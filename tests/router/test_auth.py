@@ -139,6 +139,49 @@ async def test_tokens_file_reloads_and_a_bad_one_keeps_the_old_callers(
         assert await code_of(still) == grpc.StatusCode.OK
 
 
+def one_outcome() -> router_pb2.RecordOutcomeRequest:
+    return router_pb2.RecordOutcomeRequest(
+        outcomes=[router_pb2.Outcome(model=MODEL, provider="cerebras", success=True)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("sidecars_after", "expected"),
+    [
+        ('{token: "sidecar-secret-1", scopes: [rank]}', grpc.StatusCode.PERMISSION_DENIED),
+        ('{token: "sidecar-secret-2", scopes: [rank, report]}', grpc.StatusCode.UNAUTHENTICATED),
+    ],
+    ids=["scope-removed", "token-revoked"],
+)
+async def test_an_open_outcome_stream_stops_when_its_caller_loses_report(
+    token_router, tmp_path: Path, sidecars_after: str, expected: grpc.StatusCode
+) -> None:
+    # README: revoking a token "stops it within a second". A sidecar holds one
+    # StreamOutcomes call open for as long as its connection lives (up to an
+    # hour), and that stream was admitted once: it kept reporting after revocation.
+    ledger = token_router.servicer.ledger
+    async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
+        call = router_pb2_grpc.RouterStub(ch).StreamOutcomes(metadata=bearer("sidecar-secret-1"))
+        await call.write(one_outcome())
+        await wait_for(lambda: ledger.accepted["app-sidecars"] == 1, timeout=5)
+        reloads = token_router.security.tokens.reloads
+        (tmp_path / "tokens.yaml").write_text(
+            "callers:\n"
+            f"  app-sidecars: {sidecars_after}\n"
+            "  dashboards: {token_file: dash-token, scopes: [read]}\n"
+        )
+        await wait_for(lambda: token_router.security.tokens.reloads > reloads, timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            for _ in range(3):  # the router may end the call before the client writes again
+                await call.write(one_outcome())
+            await call.done_writing()
+            await call
+        assert (await call.code()) == expected, err.value
+        assert "after 1 batch(es) of this call were applied" in (await call.details())
+    assert ledger.accepted["app-sidecars"] == 1
+    assert token_router.servicer.rpc_counter.counts[("StreamOutcomes", expected.name)] == 1
+
+
 async def test_http_side_takes_read_tokens(token_router) -> None:
     url = token_router.http_url
     async with aiohttp.ClientSession() as http:
