@@ -214,6 +214,20 @@ def bearer_token(header: str | None) -> bytes | None:
     return value.strip().encode("utf-8", "surrogateescape")
 
 
+def one_authorization(values: Sequence[object]) -> str | None:
+    """The one ``authorization`` value a call sent; Denied (unauthenticated) for several.
+
+    Why: with two entries the first was used, so a good token followed by a bad one
+    passed and the reverse did not, and a proxy that adds its own credentials beside
+    a client's decided nothing predictable. ``Authorization`` is a singleton field
+    (RFC 9110 section 5.3), so more than one is refused, whatever they hold.
+    """
+    if len(values) > 1:
+        raise Denied(True, f"send one authorization entry, got {len(values)}")
+    value = values[0] if values else None
+    return value if isinstance(value, str) else None
+
+
 class Authenticator:
     """Names the caller of one request and checks its scope."""
 

@@ -27,6 +27,7 @@ from router_service.auth import (
     Caller,
     Denied,
     certificate_names,
+    one_authorization,
 )
 from router_service.callers import CallerLedger, CallerLimitsConfig
 from router_service.core import RouterCore, UnknownModelError
@@ -197,12 +198,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         otherwise abort with UNAUTHENTICATED or PERMISSION_DENIED (a stream's abort
         lists the batches it applied)."""
         metadata = context.invocation_metadata() or ()
-        authorization = next((v for k, v in metadata if k == "authorization"), None)
         try:
+            authorization = one_authorization([v for k, v in metadata if k == "authorization"])
             names = certificate_names(context.auth_context()) if self.authenticator.mtls else []
-            caller = self.authenticator.identify(
-                authorization if isinstance(authorization, str) else None, names, context.peer()
-            )
+            caller = self.authenticator.identify(authorization, names, context.peer())
             self.authenticator.require(caller, METHOD_SCOPES[method], method)
         except Denied as exc:
             code = (

@@ -12,6 +12,7 @@ import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
+from multidict import CIMultiDict
 
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_service.auth import AuthConfigError, parse_tokens_file
@@ -139,6 +140,33 @@ async def test_tokens_file_reloads_and_a_bad_one_keeps_the_old_callers(
         assert await code_of(still) == grpc.StatusCode.OK
 
 
+async def test_two_authorization_entries_are_refused_whatever_their_order(token_router) -> None:
+    # The first entry used to decide: good-then-bad passed, bad-then-good did not, and a
+    # read token followed by a rank token was judged on the read one. Authorization is a
+    # singleton field (RFC 9110 5.3): more than one is refused on both ports.
+    good, other = (
+        ("authorization", "Bearer sidecar-secret-1"),
+        ("authorization", "Bearer wrong-wrong"),
+    )
+    async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
+        stub = router_pb2_grpc.RouterStub(ch)
+        for metadata in [(good, other), (other, good), (good, good)]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.RankProviders(RANK, metadata=metadata)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert err.value.details() == "send one authorization entry, got 2"
+    counts = token_router.servicer.rpc_counter.counts
+    assert counts[("RankProviders", "UNAUTHENTICATED")] == 3
+    dash = "Bearer dash-token-1"
+    async with aiohttp.ClientSession() as http:
+        for second in (dash, "Bearer wrong-wrong"):
+            headers = CIMultiDict([("Authorization", dash), ("Authorization", second)])
+            async with http.get(f"{token_router.http_url}/v1/models", headers=headers) as resp:
+                assert resp.status == 401
+                body = await resp.json()
+                assert body["error"]["message"] == "send one authorization entry, got 2"
+
+
 def one_outcome() -> router_pb2.RecordOutcomeRequest:
     return router_pb2.RecordOutcomeRequest(
         outcomes=[router_pb2.Outcome(model=MODEL, provider="cerebras", success=True)]
@@ -161,7 +189,9 @@ async def test_an_open_outcome_stream_stops_when_its_caller_loses_report(
     # hour), and that stream was admitted once: it kept reporting after revocation.
     ledger = token_router.servicer.ledger
     async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
-        call = router_pb2_grpc.RouterStub(ch).StreamOutcomes(metadata=bearer("sidecar-secret-1"))
+        stub = router_pb2_grpc.RouterStub(ch)
+        # The deadline only bounds how long a broken build takes to fail.
+        call = stub.StreamOutcomes(metadata=bearer("sidecar-secret-1"), timeout=10)
         await call.write(one_outcome())
         await wait_for(lambda: ledger.accepted["app-sidecars"] == 1, timeout=5)
         reloads = token_router.security.tokens.reloads
@@ -171,13 +201,12 @@ async def test_an_open_outcome_stream_stops_when_its_caller_loses_report(
             "  dashboards: {token_file: dash-token, scopes: [read]}\n"
         )
         await wait_for(lambda: token_router.security.tokens.reloads > reloads, timeout=5)
+        # The router reads this batch before it ends the call, so the write goes through.
+        await call.write(one_outcome())
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            for _ in range(3):  # the router may end the call before the client writes again
-                await call.write(one_outcome())
-            await call.done_writing()
             await call
-        assert (await call.code()) == expected, err.value
-        assert "after 1 batch(es) of this call were applied" in (await call.details())
+        assert err.value.code() == expected, err.value
+        assert "after 1 batch(es) of this call were applied" in err.value.details()
     assert ledger.accepted["app-sidecars"] == 1
     assert token_router.servicer.rpc_counter.counts[("StreamOutcomes", expected.name)] == 1
 
