@@ -82,6 +82,18 @@ def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_ino, st.st_size)
 
 
+def sendable_token(token: str) -> bool:
+    """Whether a client can send ``token`` in ``authorization`` metadata at all.
+
+    Why: gRPC refuses a metadata value outside printable ASCII in the client
+    ("Illegal header value") before anything is sent, so a token with an accented
+    letter or a control character was loaded here and then could never be used
+    on gRPC (HTTP Basic, UTF-8, still took it): the caller got errors, the
+    router logged nothing.
+    """
+    return all(" " <= ch <= "~" for ch in token)
+
+
 def parse_tokens_file(path: str | Path) -> tuple[list[_Entry], list[Path]]:
     """Read the tokens file; returns the callers and every file it depends on."""
     path = Path(path)
@@ -136,6 +148,10 @@ def parse_tokens_file(path: str | Path) -> tuple[list[_Entry], list[Path]]:
                 ) from None
         if len(token) < 8:
             raise AuthConfigError(f"{where}: token must be at least 8 characters")
+        if not sendable_token(token):
+            raise AuthConfigError(
+                f"{where}: token must be printable ASCII (gRPC metadata carries nothing else)"
+            )
         encoded = token.encode()
         if encoded in seen_tokens:
             raise AuthConfigError(f"{where}: token is the same as another caller's")

@@ -33,7 +33,9 @@ class TokenFile:
         self.token = ""
         self._reload()
         if not self.token:
-            raise ValueError(f"--router-token-file {path}: empty or unreadable")
+            raise ValueError(
+                f"--router-token-file {path}: empty, unreadable or not printable ASCII"
+            )
 
     def _reload(self) -> None:
         try:
@@ -42,9 +44,13 @@ class TokenFile:
             if stamp != self._stamp:
                 # utf-8-sig: a byte order mark (Windows editors) is not part of the token.
                 token = self.path.read_text(encoding="utf-8-sig").strip()
+                if token and not all(" " <= ch <= "~" for ch in token):
+                    # gRPC refuses such a metadata value in the client ("Illegal
+                    # header value"), so every call would fail with an opaque error.
+                    raise ValueError("the token is not printable ASCII")
                 if token:
                     self.token, self._stamp = token, stamp
-        except (OSError, UnicodeDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             log.warning(
                 "router token file unreadable; keeping the last token", extra={"why": str(exc)}
             )

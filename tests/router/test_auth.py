@@ -239,6 +239,9 @@ def test_tokens_file_errors_name_the_key_never_the_token(tmp_path: Path) -> None
         "callers: {a: {token_file: missing, scopes: [rank]}}": "callers.a.token_file",
         "callers: {a: {token: long-enough-1, scopes: [rank]}, b: {token: long-enough-1, "
         "scopes: [read]}}": "callers.b: token is the same",
+        # No gRPC client can send these (it refuses the metadata value itself).
+        'callers: {a: {token: "long-enough-1\u00e9", scopes: [rank]}}': "must be printable ASCII",
+        'callers: {a: {token: "long-enough-1\\a", scopes: [rank]}}': "must be printable ASCII",
     }
     for text, expected in cases.items():
         path.write_text(text)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sidecar.router_channel import TokenFile
 
 
@@ -13,3 +15,18 @@ def test_a_byte_order_mark_and_line_end_are_not_part_of_the_token(tmp_path: Path
     path = tmp_path / "token"
     path.write_bytes("\ufeffs3cret-token\r\n".encode())
     assert TokenFile(str(path)).current() == "s3cret-token"
+
+
+def test_a_token_grpc_cannot_send_is_refused_at_start_and_never_replaces_a_good_one(
+    tmp_path: Path,
+) -> None:
+    # gRPC refuses a metadata value outside printable ASCII in the client, so every
+    # call to the router failed with an opaque INTERNAL "execute_batch" error.
+    path = tmp_path / "token"
+    path.write_text("s3cret-t\u00f6ken\n")
+    with pytest.raises(ValueError, match="not printable ASCII"):
+        TokenFile(str(path))
+    path.write_text("s3cret-token\n")
+    token = TokenFile(str(path), check_every_s=0)
+    path.write_text("s3cret-t\u00f6ken-2\n")
+    assert token.current() == "s3cret-token"
