@@ -16,6 +16,7 @@ compared in constant time and never logged, counted or echoed.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -70,8 +71,15 @@ class Denied(Exception):
 @dataclass(frozen=True, slots=True)
 class _Entry:
     name: str
-    token: bytes
+    #: SHA-256 of the token: every comparison is of 32 bytes, so its time says
+    #: nothing about the token's length (compare_digest returns early on a length
+    #: mismatch), and the store holds no token to leak in a repr or a dump.
+    digest: bytes
     scopes: frozenset[str]
+
+
+def token_digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
 
 
 def _file_stamp(path: Path) -> tuple[int, int, int] | None:
@@ -152,10 +160,10 @@ def parse_tokens_file(path: str | Path) -> tuple[list[_Entry], list[Path]]:
             raise AuthConfigError(
                 f"{where}: token must be printable ASCII (gRPC metadata carries nothing else)"
             )
-        encoded = token.encode()
-        if encoded in seen_tokens:
+        digest = token_digest(token.encode())
+        if digest in seen_tokens:
             raise AuthConfigError(f"{where}: token is the same as another caller's")
-        seen_tokens.add(encoded)
+        seen_tokens.add(digest)
         scopes = spec.get("scopes")
         if not isinstance(scopes, list) or not scopes:
             raise AuthConfigError(f"{where}.scopes: expected a list of {', '.join(SCOPES)}")
@@ -164,7 +172,7 @@ def parse_tokens_file(path: str | Path) -> tuple[list[_Entry], list[Path]]:
                 raise AuthConfigError(
                     f"{where}.scopes: unknown scope {scope!r} (allowed: {', '.join(SCOPES)})"
                 )
-        entries.append(_Entry(name, encoded, frozenset(scopes)))
+        entries.append(_Entry(name, digest, frozenset(scopes)))
     return entries, files
 
 
@@ -209,10 +217,12 @@ class TokenStore:
         return True
 
     def lookup(self, token: bytes) -> _Entry | None:
-        """The caller holding ``token``; every entry is compared (constant time each)."""
+        """The caller holding ``token``; every entry is compared, digest to digest, so
+        the time taken depends on neither the token's length nor where it matched."""
         found = None
+        digest = token_digest(token)
         for entry in self._entries:
-            if hmac.compare_digest(entry.token, token):
+            if hmac.compare_digest(entry.digest, digest):
                 found = entry
         return found
 

@@ -167,6 +167,24 @@ async def test_two_authorization_entries_are_refused_whatever_their_order(token_
                 assert body["error"]["message"] == "send one authorization entry, got 2"
 
 
+async def test_the_router_keeps_token_digests_not_tokens(token_router) -> None:
+    # compare_digest returns early when lengths differ, so comparing raw tokens told a
+    # timing attacker each token's length; digests are all 32 bytes. And a repr or a
+    # core dump of the store holds no token.
+    entries = token_router.security.tokens._entries
+    assert entries and all(len(entry.digest) == 32 for entry in entries)
+    held = repr(entries)
+    assert "sidecar-secret-1" not in held and "dash-token-1" not in held
+    async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
+        stub = router_pb2_grpc.RouterStub(ch)
+        assert await code_of(stub.RankProviders(RANK, metadata=bearer("sidecar-secret-1"))) == (
+            grpc.StatusCode.OK
+        )
+        assert await code_of(stub.RankProviders(RANK, metadata=bearer("sidecar-secret-"))) == (
+            grpc.StatusCode.UNAUTHENTICATED  # a prefix of a token is not the token
+        )
+
+
 def one_outcome() -> router_pb2.RecordOutcomeRequest:
     return router_pb2.RecordOutcomeRequest(
         outcomes=[router_pb2.Outcome(model=MODEL, provider="cerebras", success=True)]
