@@ -152,7 +152,7 @@ def parse_tokens_file(path: str | Path) -> tuple[list[_Entry], list[Path]]:
                 token = token_path.read_text(encoding="utf-8-sig").strip()
             except (OSError, UnicodeDecodeError):
                 raise AuthConfigError(
-                    f"{where}.token_file: cannot read {str(token_path)!r}"
+                    f"{where}.token_file: cannot read {as_json(str(token_path))}"
                 ) from None
         if len(token) < 8:
             raise AuthConfigError(f"{where}: token must be at least 8 characters")
@@ -167,10 +167,11 @@ def parse_tokens_file(path: str | Path) -> tuple[list[_Entry], list[Path]]:
         scopes = spec.get("scopes")
         if not isinstance(scopes, list) or not scopes:
             raise AuthConfigError(f"{where}.scopes: expected a list of {', '.join(SCOPES)}")
-        for scope in scopes:
+        for index, scope in enumerate(scopes):
             if scope not in SCOPES:
                 raise AuthConfigError(
-                    f"{where}.scopes: unknown scope {scope!r} (allowed: {', '.join(SCOPES)})"
+                    f"{where}.scopes[{index}]: unknown scope {as_json(scope)}"
+                    f" (allowed: {as_json(list(SCOPES))})"
                 )
         entries.append(_Entry(name, digest, frozenset(scopes)))
     return entries, files

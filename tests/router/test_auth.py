@@ -253,7 +253,9 @@ def test_tokens_file_errors_name_the_key_never_the_token(tmp_path: Path) -> None
     path = tmp_path / "t.yaml"
     cases = {
         "callers: {a: {token: short, scopes: [rank]}}": "callers.a: token must be at least 8",
-        "callers: {a: {token: long-enough-1, scopes: [admin]}}": "unknown scope 'admin'",
+        "callers: {a: {token: long-enough-1, scopes: [admin]}}": (
+            'callers.a.scopes[0]: unknown scope "admin" (allowed: ["rank", "report", "read"])'
+        ),
         "callers: {a: {token_file: missing, scopes: [rank]}}": "callers.a.token_file",
         "callers: {a: {token: long-enough-1, scopes: [rank]}, b: {token: long-enough-1, "
         "scopes: [read]}}": "callers.b: token is the same",
