@@ -183,12 +183,16 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return self._template_cache
 
     async def _admit(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
-        """Refuse a malformed request, an unknown caller or a missing scope (aborts)."""
-        if isinstance(request, Malformed):
-            await self._abort_malformed(method, request, context)
+        """Refuse an unknown caller, a missing scope or a malformed request (aborts).
+
+        The caller first: README promises UNAUTHENTICATED for a missing or wrong
+        token, and a caller without one learns nothing about what it sent (junk
+        from anyone was INVALID_ARGUMENT and logged as a malformed request)."""
         caller = await self._identify(method, context)
         if caller is None:  # refused (context.abort raised; this is for the type checker)
             return
+        if isinstance(request, Malformed):
+            await self._abort_malformed(method, request, context)
         current_caller.set(caller)
 
     async def _identify(

@@ -185,6 +185,24 @@ async def test_the_router_keeps_token_digests_not_tokens(token_router) -> None:
         )
 
 
+async def test_a_malformed_request_without_a_token_is_unauthenticated(token_router) -> None:
+    # The request's parse was judged before its caller: anyone without a token got
+    # INVALID_ARGUMENT (and a "malformed request" log line) for junk.
+    async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
+        raw = ch.unary_unary(
+            "/router.v1.Router/RankProviders",
+            request_serializer=lambda b: b,
+            response_deserializer=router_pb2.RankProvidersResponse.FromString,
+        )
+        assert await code_of(raw(b"\x0a\xff")) == grpc.StatusCode.UNAUTHENTICATED
+        assert await code_of(raw(b"\x0a\xff", metadata=bearer("dash-token-1"))) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+        assert await code_of(raw(b"\x0a\xff", metadata=bearer("sidecar-secret-1"))) == (
+            grpc.StatusCode.INVALID_ARGUMENT
+        )
+
+
 def one_outcome() -> router_pb2.RecordOutcomeRequest:
     return router_pb2.RecordOutcomeRequest(
         outcomes=[router_pb2.Outcome(model=MODEL, provider="cerebras", success=True)]
