@@ -104,9 +104,23 @@ def sendable_token(token: str) -> bool:
 
 def parse_tokens_file(path: str | Path) -> tuple[list[_Entry], list[Path]]:
     """Read the tokens file; returns the callers and every file it depends on."""
-    path = Path(path)
+    entries, files, _stamps = _parse_stamped(Path(path))
+    return entries, files
+
+
+def _parse_stamped(
+    path: Path,
+) -> tuple[list[_Entry], list[Path], list[tuple[int, int, int] | None]]:
+    """``parse_tokens_file`` and each file's stamp, taken just *before* it was read.
+
+    Why before: stamps taken after the parse recorded a file that was rotated while
+    it was being read as already loaded, so a Secret update landing in that instant
+    was never picked up (until the next one). Stamped first, such a change shows on
+    the next poll."""
+    stamps: list[tuple[int, int, int] | None] = []
     source = str(path)
     try:
+        stamps.append(_file_stamp(path))
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise AuthConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
@@ -147,6 +161,7 @@ def parse_tokens_file(path: str | Path) -> tuple[list[_Entry], list[Path]]:
             if not token_path.is_absolute():
                 token_path = path.parent / token_path
             files.append(token_path)
+            stamps.append(_file_stamp(token_path))
             try:
                 # utf-8-sig: a byte order mark (Windows editors) is not part of the token.
                 token = token_path.read_text(encoding="utf-8-sig").strip()
@@ -174,7 +189,7 @@ def parse_tokens_file(path: str | Path) -> tuple[list[_Entry], list[Path]]:
                     f" (allowed: {as_json(list(SCOPES))})"
                 )
         entries.append(_Entry(name, digest, frozenset(scopes)))
-    return entries, files
+    return entries, files, stamps
 
 
 class TokenStore:
@@ -182,8 +197,7 @@ class TokenStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._entries, self._files = parse_tokens_file(self.path)
-        self._stamps = [_file_stamp(p) for p in self._files]
+        self._entries, self._files, self._stamps = _parse_stamped(self.path)
         self.reloads = 0
         self.refused = 0
 
@@ -204,7 +218,7 @@ class TokenStore:
             return False
         self._stamps = stamps
         try:
-            entries, files = parse_tokens_file(self.path)
+            entries, files, file_stamps = _parse_stamped(self.path)
         except AuthConfigError as exc:
             self.refused += 1
             log.error(
@@ -212,7 +226,7 @@ class TokenStore:
             )
             return False
         self._entries, self._files = entries, files
-        self._stamps = [_file_stamp(p) for p in files]
+        self._stamps = file_stamps
         self.reloads += 1
         log.info("tokens file loaded", extra={"callers": self.names})
         return True

@@ -247,6 +247,39 @@ async def test_an_open_outcome_stream_stops_when_its_caller_loses_report(
     assert token_router.servicer.rpc_counter.counts[("StreamOutcomes", expected.name)] == 1
 
 
+async def test_a_rotation_landing_during_a_reload_is_picked_up(
+    token_router, tmp_path: Path, monkeypatch
+) -> None:
+    # The reload stamped its files after reading them, so a token file replaced while
+    # the reload was reading it was recorded as loaded: the new token never took
+    # effect (until some later change). Here the rotation lands right after the read.
+    dash = tmp_path / "dash-token"
+    real_read_text = Path.read_text
+    landed = []
+
+    def read_text_then_rotate(self: Path, *args, **kwargs) -> str:
+        text = real_read_text(self, *args, **kwargs)
+        if self == dash and not landed:
+            landed.append(True)
+            rotated = tmp_path / "dash-token.new"
+            rotated.write_text("dash-token-22\n")
+            rotated.replace(dash)  # a new inode, as a Secret volume's swap gives
+        return text
+
+    monkeypatch.setattr(Path, "read_text", read_text_then_rotate)
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(tokens.read_text() + "# touched\n")  # triggers a reload
+    async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
+        stub = router_pb2_grpc.RouterStub(ch)
+
+        async def rotated() -> bool:
+            call = stub.ListModels(router_pb2.ListModelsRequest(), metadata=bearer("dash-token-22"))
+            return await code_of(call) == grpc.StatusCode.OK
+
+        await wait_for(lambda: landed, timeout=5)
+        await wait_for(rotated, timeout=5)
+
+
 async def test_http_side_takes_read_tokens(token_router) -> None:
     url = token_router.http_url
     async with aiohttp.ClientSession() as http:
