@@ -241,9 +241,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def StreamOutcomes(self, request_iterator: AsyncIterator, context):
         total = _StreamTotals()
         idle = self.idle_stream_timeout_s
-        # A stream lives as long as its connection (up to an hour): when the
-        # callers change (a token revoked, a scope removed) it is admitted again
-        # before its next batch, so revoking a token stops an open stream too.
+        # A caller can hold a stream open as long as its connection lives (up to an
+        # hour): when the callers change (a token revoked, a scope removed) it is
+        # admitted again before its next batch, so revocation stops it too.
         generation = self.authenticator.generation
         iterator = request_iterator.__aiter__()
         while True:

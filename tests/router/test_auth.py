@@ -220,9 +220,10 @@ def one_outcome() -> router_pb2.RecordOutcomeRequest:
 async def test_an_open_outcome_stream_stops_when_its_caller_loses_report(
     token_router, tmp_path: Path, sidecars_after: str, expected: grpc.StatusCode
 ) -> None:
-    # README: revoking a token "stops it within a second". A sidecar holds one
-    # StreamOutcomes call open for as long as its connection lives (up to an
-    # hour), and that stream was admitted once: it kept reporting after revocation.
+    # README: revoking a token "stops it within a second". Our sidecar opens short
+    # calls, but a compromised caller can hold one StreamOutcomes call open as long
+    # as its connection lives (up to an hour), and that call was admitted once: it
+    # kept reporting after its token was revoked or its report scope removed.
     ledger = token_router.servicer.ledger
     async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
         stub = router_pb2_grpc.RouterStub(ch)
