@@ -293,6 +293,10 @@ class Authenticator:
         peer: str,
     ) -> Caller:
         """Who is calling: token, else certificate, else (auth off) the peer. Raises Denied."""
+        if not self.enabled:
+            # Nothing to check against: what a client sends (a proxy's Basic
+            # credentials, say) is ignored, as on the HTTP side, not refused.
+            return Caller(peer_host(peer), frozenset(SCOPES), "peer")
         token = bearer_token(authorization)
         if self.tokens is not None and token is not None:
             entry = self.tokens.lookup(token)
@@ -305,9 +309,7 @@ class Authenticator:
             name = certificate_names[0][:MAX_NAME_LEN]
             scopes = self.tokens.scopes_of(name) if self.tokens is not None else None
             return Caller(name, scopes if scopes is not None else frozenset(SCOPES), "certificate")
-        if self.enabled:
-            raise Denied(True, 'missing credentials: send "authorization: Bearer <token>"')
-        return Caller(peer_host(peer), frozenset(SCOPES), "peer")
+        raise Denied(True, 'missing credentials: send "authorization: Bearer <token>"')
 
     @staticmethod
     def require(caller: Caller, scope: str, what: str) -> None:

@@ -203,6 +203,30 @@ async def test_a_malformed_request_without_a_token_is_unauthenticated(token_rout
         )
 
 
+async def test_without_authentication_an_authorization_sent_is_ignored(tmp_path: Path) -> None:
+    # With no tokens and no client CA the router checks nothing, and the HTTP side
+    # ignored Authorization; gRPC refused a Basic one (or two entries) with
+    # UNAUTHENTICATED, so a client behind a proxy adding credentials could not call.
+    app = loopback_router(tmp_path, drain_seconds=0.1, watch_catalog=False)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(app.grpc_address) as ch:
+            stub = router_pb2_grpc.RouterStub(ch)
+            for metadata in [
+                (("authorization", "Basic eDp5"),),
+                (("authorization", "Bearer a-token-1"), ("authorization", "Bearer b-token-2")),
+            ]:
+                assert await code_of(stub.RankProviders(RANK, metadata=metadata)) == (
+                    grpc.StatusCode.OK
+                )
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": "Basic eDp5"}
+            async with http.get(f"{app.http_url}/v1/models", headers=headers) as resp:
+                assert resp.status == 200
+    finally:
+        await app.stop()
+
+
 def one_outcome() -> router_pb2.RecordOutcomeRequest:
     return router_pb2.RecordOutcomeRequest(
         outcomes=[router_pb2.Outcome(model=MODEL, provider="cerebras", success=True)]
