@@ -16,6 +16,7 @@ compared in constant time and never logged, counted or echoed.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -70,8 +71,15 @@ class Denied(Exception):
 @dataclass(frozen=True, slots=True)
 class _Entry:
     name: str
-    token: bytes
+    #: SHA-256 of the token: every comparison is of 32 bytes, so its time says
+    #: nothing about the token's length (compare_digest returns early on a length
+    #: mismatch), and the store holds no token to leak in a repr or a dump.
+    digest: bytes
     scopes: frozenset[str]
+
+
+def token_digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
 
 
 def _file_stamp(path: Path) -> tuple[int, int, int] | None:
@@ -82,11 +90,37 @@ def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_ino, st.st_size)
 
 
+def sendable_token(token: str) -> bool:
+    """Whether a client can send ``token`` in ``authorization`` metadata at all.
+
+    Why: gRPC refuses a metadata value outside printable ASCII in the client
+    ("Illegal header value") before anything is sent, so a token with an accented
+    letter or a control character was loaded here and then could never be used
+    on gRPC (HTTP Basic, UTF-8, still took it): the caller got errors, the
+    router logged nothing.
+    """
+    return all(" " <= ch <= "~" for ch in token)
+
+
 def parse_tokens_file(path: str | Path) -> tuple[list[_Entry], list[Path]]:
     """Read the tokens file; returns the callers and every file it depends on."""
-    path = Path(path)
+    entries, files, _stamps = _parse_stamped(Path(path))
+    return entries, files
+
+
+def _parse_stamped(
+    path: Path,
+) -> tuple[list[_Entry], list[Path], list[tuple[int, int, int] | None]]:
+    """``parse_tokens_file`` and each file's stamp, taken just *before* it was read.
+
+    Why before: stamps taken after the parse recorded a file that was rotated while
+    it was being read as already loaded, so a Secret update landing in that instant
+    was never picked up (until the next one). Stamped first, such a change shows on
+    the next poll."""
+    stamps: list[tuple[int, int, int] | None] = []
     source = str(path)
     try:
+        stamps.append(_file_stamp(path))
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise AuthConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
@@ -127,29 +161,35 @@ def parse_tokens_file(path: str | Path) -> tuple[list[_Entry], list[Path]]:
             if not token_path.is_absolute():
                 token_path = path.parent / token_path
             files.append(token_path)
+            stamps.append(_file_stamp(token_path))
             try:
                 # utf-8-sig: a byte order mark (Windows editors) is not part of the token.
                 token = token_path.read_text(encoding="utf-8-sig").strip()
             except (OSError, UnicodeDecodeError):
                 raise AuthConfigError(
-                    f"{where}.token_file: cannot read {str(token_path)!r}"
+                    f"{where}.token_file: cannot read {as_json(str(token_path))}"
                 ) from None
         if len(token) < 8:
             raise AuthConfigError(f"{where}: token must be at least 8 characters")
-        encoded = token.encode()
-        if encoded in seen_tokens:
+        if not sendable_token(token):
+            raise AuthConfigError(
+                f"{where}: token must be printable ASCII (gRPC metadata carries nothing else)"
+            )
+        digest = token_digest(token.encode())
+        if digest in seen_tokens:
             raise AuthConfigError(f"{where}: token is the same as another caller's")
-        seen_tokens.add(encoded)
+        seen_tokens.add(digest)
         scopes = spec.get("scopes")
         if not isinstance(scopes, list) or not scopes:
             raise AuthConfigError(f"{where}.scopes: expected a list of {', '.join(SCOPES)}")
-        for scope in scopes:
+        for index, scope in enumerate(scopes):
             if scope not in SCOPES:
                 raise AuthConfigError(
-                    f"{where}.scopes: unknown scope {scope!r} (allowed: {', '.join(SCOPES)})"
+                    f"{where}.scopes[{index}]: unknown scope {as_json(scope)}"
+                    f" (allowed: {as_json(list(SCOPES))})"
                 )
-        entries.append(_Entry(name, encoded, frozenset(scopes)))
-    return entries, files
+        entries.append(_Entry(name, digest, frozenset(scopes)))
+    return entries, files, stamps
 
 
 class TokenStore:
@@ -157,8 +197,7 @@ class TokenStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._entries, self._files = parse_tokens_file(self.path)
-        self._stamps = [_file_stamp(p) for p in self._files]
+        self._entries, self._files, self._stamps = _parse_stamped(self.path)
         self.reloads = 0
         self.refused = 0
 
@@ -179,7 +218,7 @@ class TokenStore:
             return False
         self._stamps = stamps
         try:
-            entries, files = parse_tokens_file(self.path)
+            entries, files, file_stamps = _parse_stamped(self.path)
         except AuthConfigError as exc:
             self.refused += 1
             log.error(
@@ -187,16 +226,18 @@ class TokenStore:
             )
             return False
         self._entries, self._files = entries, files
-        self._stamps = [_file_stamp(p) for p in files]
+        self._stamps = file_stamps
         self.reloads += 1
         log.info("tokens file loaded", extra={"callers": self.names})
         return True
 
     def lookup(self, token: bytes) -> _Entry | None:
-        """The caller holding ``token``; every entry is compared (constant time each)."""
+        """The caller holding ``token``; every entry is compared, digest to digest, so
+        the time taken depends on neither the token's length nor where it matched."""
         found = None
+        digest = token_digest(token)
         for entry in self._entries:
-            if hmac.compare_digest(entry.token, token):
+            if hmac.compare_digest(entry.digest, digest):
                 found = entry
         return found
 
@@ -214,6 +255,20 @@ def bearer_token(header: str | None) -> bytes | None:
     return value.strip().encode("utf-8", "surrogateescape")
 
 
+def one_authorization(values: Sequence[object]) -> str | None:
+    """The one ``authorization`` value a call sent; Denied (unauthenticated) for several.
+
+    Why: with two entries the first was used, so a good token followed by a bad one
+    passed and the reverse did not, and a proxy that adds its own credentials beside
+    a client's decided nothing predictable. ``Authorization`` is a singleton field
+    (RFC 9110 section 5.3), so more than one is refused, whatever they hold.
+    """
+    if len(values) > 1:
+        raise Denied(True, f"send one authorization entry, got {len(values)}")
+    value = values[0] if values else None
+    return value if isinstance(value, str) else None
+
+
 class Authenticator:
     """Names the caller of one request and checks its scope."""
 
@@ -225,6 +280,12 @@ class Authenticator:
     def enabled(self) -> bool:
         return self.tokens is not None or self.mtls
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever the callers do (a tokens file reload): a long-lived
+        stream admitted under older callers is checked again (see grpc_api)."""
+        return self.tokens.reloads if self.tokens is not None else 0
+
     def identify(
         self,
         authorization: str | None,
@@ -232,6 +293,10 @@ class Authenticator:
         peer: str,
     ) -> Caller:
         """Who is calling: token, else certificate, else (auth off) the peer. Raises Denied."""
+        if not self.enabled:
+            # Nothing to check against: what a client sends (a proxy's Basic
+            # credentials, say) is ignored, as on the HTTP side, not refused.
+            return Caller(peer_host(peer), frozenset(SCOPES), "peer")
         token = bearer_token(authorization)
         if self.tokens is not None and token is not None:
             entry = self.tokens.lookup(token)
@@ -244,9 +309,7 @@ class Authenticator:
             name = certificate_names[0][:MAX_NAME_LEN]
             scopes = self.tokens.scopes_of(name) if self.tokens is not None else None
             return Caller(name, scopes if scopes is not None else frozenset(SCOPES), "certificate")
-        if self.enabled:
-            raise Denied(True, 'missing credentials: send "authorization: Bearer <token>"')
-        return Caller(peer_host(peer), frozenset(SCOPES), "peer")
+        raise Denied(True, 'missing credentials: send "authorization: Bearer <token>"')
 
     @staticmethod
     def require(caller: Caller, scope: str, what: str) -> None:

@@ -21,7 +21,14 @@ from router_common.domain import EndpointKey
 from router_common.json_text import as_json
 from router_common.limits import MAX_OUTCOMES_PER_BATCH, MAX_REJECTIONS_REPORTED
 from router_common.pb import router_pb2, router_pb2_grpc
-from router_service.auth import METHOD_SCOPES, Authenticator, Denied, certificate_names
+from router_service.auth import (
+    METHOD_SCOPES,
+    Authenticator,
+    Caller,
+    Denied,
+    certificate_names,
+    one_authorization,
+)
 from router_service.callers import CallerLedger, CallerLimitsConfig
 from router_service.core import RouterCore, UnknownModelError
 from router_service.figures import best_p50s
@@ -176,16 +183,30 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return self._template_cache
 
     async def _admit(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
-        """Refuse a malformed request, an unknown caller or a missing scope (aborts)."""
+        """Refuse an unknown caller, a missing scope or a malformed request (aborts).
+
+        The caller first: README promises UNAUTHENTICATED for a missing or wrong
+        token, and a caller without one learns nothing about what it sent (junk
+        from anyone was INVALID_ARGUMENT and logged as a malformed request)."""
+        caller = await self._identify(method, context)
+        if caller is None:  # refused (context.abort raised; this is for the type checker)
+            return
         if isinstance(request, Malformed):
             await self._abort_malformed(method, request, context)
+        current_caller.set(caller)
+
+    async def _identify(
+        self, method: str, context: grpc.aio.ServicerContext, total: _StreamTotals | None = None
+    ) -> Caller | None:
+        """The call's caller, holding the method's scope under the current callers;
+        otherwise abort with UNAUTHENTICATED or PERMISSION_DENIED (a stream's abort
+        lists the batches it applied)."""
         metadata = context.invocation_metadata() or ()
-        authorization = next((v for k, v in metadata if k == "authorization"), None)
         try:
+            sent = [v for k, v in metadata if k == "authorization"]
+            authorization = one_authorization(sent) if self.authenticator.enabled else None
             names = certificate_names(context.auth_context()) if self.authenticator.mtls else []
-            caller = self.authenticator.identify(
-                authorization if isinstance(authorization, str) else None, names, context.peer()
-            )
+            caller = self.authenticator.identify(authorization, names, context.peer())
             self.authenticator.require(caller, METHOD_SCOPES[method], method)
         except Denied as exc:
             code = (
@@ -196,8 +217,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             self.log_limiter.warning(
                 log, "call refused", f"{method}:{code.name}", method=method, why=str(exc)
             )
+            if total is not None:
+                await self._abort_stream(context, total, code, str(exc))
             await context.abort(code, str(exc))
-        current_caller.set(caller)
+            return None
+        return caller
 
     async def _abort_malformed(
         self, method: str, request: Malformed, context: grpc.aio.ServicerContext, extra: str = ""
@@ -218,6 +242,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def StreamOutcomes(self, request_iterator: AsyncIterator, context):
         total = _StreamTotals()
         idle = self.idle_stream_timeout_s
+        # A caller can hold a stream open as long as its connection lives (up to an
+        # hour): when the callers change (a token revoked, a scope removed) it is
+        # admitted again before its next batch, so revocation stops it too.
+        generation = self.authenticator.generation
         iterator = request_iterator.__aiter__()
         while True:
             try:
@@ -239,6 +267,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 await self._abort_stream(
                     context, total, grpc.StatusCode.INVALID_ARGUMENT, message.cause
                 )
+            if self.authenticator.generation != generation:
+                generation = self.authenticator.generation
+                caller = await self._identify("StreamOutcomes", context, total)
+                if caller is not None:
+                    current_caller.set(caller)
             await self._check_size(message, "message", context, total)
             await self._apply(message, total, context)
         return total.ack()

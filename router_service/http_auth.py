@@ -15,7 +15,13 @@ from collections import Counter
 
 from aiohttp import web
 
-from router_service.auth import Authenticator, Caller, Denied, certificate_names
+from router_service.auth import (
+    Authenticator,
+    Caller,
+    Denied,
+    certificate_names,
+    one_authorization,
+)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -54,11 +60,11 @@ def http_auth_middleware(authenticator: Authenticator, refusals: Counter[str]):
     async def middleware(request: web.Request, handler):
         if not authenticator.enabled or request.path in OPEN_PATHS:
             return await handler(request)
-        header = request.headers.get("Authorization")
-        if header and header.strip().lower().startswith("basic "):
-            password = _basic_password(header)
-            header = f"Bearer {password}" if password else "Bearer -"
         try:
+            header = one_authorization(request.headers.getall("Authorization", []))
+            if header and header.strip().lower().startswith("basic "):
+                password = _basic_password(header)
+                header = f"Bearer {password}" if password else "Bearer -"
             peer = request.remote or "unknown"
             caller: Caller = authenticator.identify(header, _peer_certificate_names(request), peer)
             authenticator.require(caller, "read", request.path)

@@ -5,7 +5,8 @@ Secret volume) and re-read when the file changes, checked at most once a
 second, so rotating the Secret needs no restart. It is added to every call's
 metadata by a client interceptor and never logged. TLS uses ``--router-ca``
 to verify the router and, for mTLS, ``--router-tls-cert``/``--router-tls-key``
-as the sidecar's identity (read at start; restart to rotate them).
+as the sidecar's identity (read at start; restart to rotate them). A token
+without TLS is a warning at start: it crosses the network in clear text.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ class TokenFile:
         self.token = ""
         self._reload()
         if not self.token:
-            raise ValueError(f"--router-token-file {path}: empty or unreadable")
+            raise ValueError(
+                f"--router-token-file {path}: empty, unreadable or not printable ASCII"
+            )
 
     def _reload(self) -> None:
         try:
@@ -42,9 +45,13 @@ class TokenFile:
             if stamp != self._stamp:
                 # utf-8-sig: a byte order mark (Windows editors) is not part of the token.
                 token = self.path.read_text(encoding="utf-8-sig").strip()
+                if token and not all(" " <= ch <= "~" for ch in token):
+                    # gRPC refuses such a metadata value in the client ("Illegal
+                    # header value"), so every call would fail with an opaque error.
+                    raise ValueError("the token is not printable ASCII")
                 if token:
                     self.token, self._stamp = token, stamp
-        except (OSError, UnicodeDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             log.warning(
                 "router token file unreadable; keeping the last token", extra={"why": str(exc)}
             )
@@ -110,6 +117,14 @@ def open_router_channel(
     if token_file:
         token = TokenFile(token_file)
         interceptors = [_UnaryToken(token), _StreamToken(token)]
+        if not (ca or cert):
+            # Said once at start: whoever reads the pod network can replay the token
+            # (a mesh or CNI that encrypts pod traffic makes this harmless).
+            log.warning(
+                "router token sent without TLS; set --router-ca (router --tls-cert) "
+                "unless the network between them is encrypted",
+                extra={"router": address},
+            )
     if ca or cert:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=_read(ca, "--router-ca"),

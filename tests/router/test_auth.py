@@ -12,6 +12,7 @@ import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
+from multidict import CIMultiDict
 
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_service.auth import AuthConfigError, parse_tokens_file
@@ -139,6 +140,171 @@ async def test_tokens_file_reloads_and_a_bad_one_keeps_the_old_callers(
         assert await code_of(still) == grpc.StatusCode.OK
 
 
+async def test_two_authorization_entries_are_refused_whatever_their_order(token_router) -> None:
+    # The first entry used to decide: good-then-bad passed, bad-then-good did not, and a
+    # read token followed by a rank token was judged on the read one. Authorization is a
+    # singleton field (RFC 9110 5.3): more than one is refused on both ports.
+    good, other = (
+        ("authorization", "Bearer sidecar-secret-1"),
+        ("authorization", "Bearer wrong-wrong"),
+    )
+    async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
+        stub = router_pb2_grpc.RouterStub(ch)
+        for metadata in [(good, other), (other, good), (good, good)]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.RankProviders(RANK, metadata=metadata)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert err.value.details() == "send one authorization entry, got 2"
+    counts = token_router.servicer.rpc_counter.counts
+    assert counts[("RankProviders", "UNAUTHENTICATED")] == 3
+    dash = "Bearer dash-token-1"
+    async with aiohttp.ClientSession() as http:
+        for second in (dash, "Bearer wrong-wrong"):
+            headers = CIMultiDict([("Authorization", dash), ("Authorization", second)])
+            async with http.get(f"{token_router.http_url}/v1/models", headers=headers) as resp:
+                assert resp.status == 401
+                body = await resp.json()
+                assert body["error"]["message"] == "send one authorization entry, got 2"
+
+
+async def test_the_router_keeps_token_digests_not_tokens(token_router) -> None:
+    # compare_digest returns early when lengths differ, so comparing raw tokens told a
+    # timing attacker each token's length; digests are all 32 bytes. And a repr or a
+    # core dump of the store holds no token.
+    entries = token_router.security.tokens._entries
+    assert entries and all(len(entry.digest) == 32 for entry in entries)
+    held = repr(entries)
+    assert "sidecar-secret-1" not in held and "dash-token-1" not in held
+    async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
+        stub = router_pb2_grpc.RouterStub(ch)
+        assert await code_of(stub.RankProviders(RANK, metadata=bearer("sidecar-secret-1"))) == (
+            grpc.StatusCode.OK
+        )
+        assert await code_of(stub.RankProviders(RANK, metadata=bearer("sidecar-secret-"))) == (
+            grpc.StatusCode.UNAUTHENTICATED  # a prefix of a token is not the token
+        )
+
+
+async def test_a_malformed_request_without_a_token_is_unauthenticated(token_router) -> None:
+    # The request's parse was judged before its caller: anyone without a token got
+    # INVALID_ARGUMENT (and a "malformed request" log line) for junk.
+    async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
+        raw = ch.unary_unary(
+            "/router.v1.Router/RankProviders",
+            request_serializer=lambda b: b,
+            response_deserializer=router_pb2.RankProvidersResponse.FromString,
+        )
+        assert await code_of(raw(b"\x0a\xff")) == grpc.StatusCode.UNAUTHENTICATED
+        assert await code_of(raw(b"\x0a\xff", metadata=bearer("dash-token-1"))) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+        assert await code_of(raw(b"\x0a\xff", metadata=bearer("sidecar-secret-1"))) == (
+            grpc.StatusCode.INVALID_ARGUMENT
+        )
+
+
+async def test_without_authentication_an_authorization_sent_is_ignored(tmp_path: Path) -> None:
+    # With no tokens and no client CA the router checks nothing, and the HTTP side
+    # ignored Authorization; gRPC refused a Basic one (or two entries) with
+    # UNAUTHENTICATED, so a client behind a proxy adding credentials could not call.
+    app = loopback_router(tmp_path, drain_seconds=0.1, watch_catalog=False)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(app.grpc_address) as ch:
+            stub = router_pb2_grpc.RouterStub(ch)
+            for metadata in [
+                (("authorization", "Basic eDp5"),),
+                (("authorization", "Bearer a-token-1"), ("authorization", "Bearer b-token-2")),
+            ]:
+                assert await code_of(stub.RankProviders(RANK, metadata=metadata)) == (
+                    grpc.StatusCode.OK
+                )
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": "Basic eDp5"}
+            async with http.get(f"{app.http_url}/v1/models", headers=headers) as resp:
+                assert resp.status == 200
+    finally:
+        await app.stop()
+
+
+def one_outcome() -> router_pb2.RecordOutcomeRequest:
+    return router_pb2.RecordOutcomeRequest(
+        outcomes=[router_pb2.Outcome(model=MODEL, provider="cerebras", success=True)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("sidecars_after", "expected"),
+    [
+        ('{token: "sidecar-secret-1", scopes: [rank]}', grpc.StatusCode.PERMISSION_DENIED),
+        ('{token: "sidecar-secret-2", scopes: [rank, report]}', grpc.StatusCode.UNAUTHENTICATED),
+    ],
+    ids=["scope-removed", "token-revoked"],
+)
+async def test_an_open_outcome_stream_stops_when_its_caller_loses_report(
+    token_router, tmp_path: Path, sidecars_after: str, expected: grpc.StatusCode
+) -> None:
+    # README: revoking a token "stops it within a second". Our sidecar opens short
+    # calls, but a compromised caller can hold one StreamOutcomes call open as long
+    # as its connection lives (up to an hour), and that call was admitted once: it
+    # kept reporting after its token was revoked or its report scope removed.
+    ledger = token_router.servicer.ledger
+    async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
+        stub = router_pb2_grpc.RouterStub(ch)
+        # The deadline only bounds how long a broken build takes to fail.
+        call = stub.StreamOutcomes(metadata=bearer("sidecar-secret-1"), timeout=10)
+        await call.write(one_outcome())
+        await wait_for(lambda: ledger.accepted["app-sidecars"] == 1, timeout=5)
+        reloads = token_router.security.tokens.reloads
+        (tmp_path / "tokens.yaml").write_text(
+            "callers:\n"
+            f"  app-sidecars: {sidecars_after}\n"
+            "  dashboards: {token_file: dash-token, scopes: [read]}\n"
+        )
+        await wait_for(lambda: token_router.security.tokens.reloads > reloads, timeout=5)
+        # The router reads this batch before it ends the call, so the write goes through.
+        await call.write(one_outcome())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == expected, err.value
+        assert "after 1 batch(es) of this call were applied" in err.value.details()
+    assert ledger.accepted["app-sidecars"] == 1
+    assert token_router.servicer.rpc_counter.counts[("StreamOutcomes", expected.name)] == 1
+
+
+async def test_a_rotation_landing_during_a_reload_is_picked_up(
+    token_router, tmp_path: Path, monkeypatch
+) -> None:
+    # The reload stamped its files after reading them, so a token file replaced while
+    # the reload was reading it was recorded as loaded: the new token never took
+    # effect (until some later change). Here the rotation lands right after the read.
+    dash = tmp_path / "dash-token"
+    real_read_text = Path.read_text
+    landed = []
+
+    def read_text_then_rotate(self: Path, *args, **kwargs) -> str:
+        text = real_read_text(self, *args, **kwargs)
+        if self == dash and not landed:
+            landed.append(True)
+            rotated = tmp_path / "dash-token.new"
+            rotated.write_text("dash-token-22\n")
+            rotated.replace(dash)  # a new inode, as a Secret volume's swap gives
+        return text
+
+    monkeypatch.setattr(Path, "read_text", read_text_then_rotate)
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(tokens.read_text() + "# touched\n")  # triggers a reload
+    async with grpc.aio.insecure_channel(token_router.grpc_address) as ch:
+        stub = router_pb2_grpc.RouterStub(ch)
+
+        async def rotated() -> bool:
+            call = stub.ListModels(router_pb2.ListModelsRequest(), metadata=bearer("dash-token-22"))
+            return await code_of(call) == grpc.StatusCode.OK
+
+        await wait_for(lambda: landed, timeout=5)
+        await wait_for(rotated, timeout=5)
+
+
 async def test_http_side_takes_read_tokens(token_router) -> None:
     url = token_router.http_url
     async with aiohttp.ClientSession() as http:
@@ -163,10 +329,15 @@ def test_tokens_file_errors_name_the_key_never_the_token(tmp_path: Path) -> None
     path = tmp_path / "t.yaml"
     cases = {
         "callers: {a: {token: short, scopes: [rank]}}": "callers.a: token must be at least 8",
-        "callers: {a: {token: long-enough-1, scopes: [admin]}}": "unknown scope 'admin'",
+        "callers: {a: {token: long-enough-1, scopes: [admin]}}": (
+            'callers.a.scopes[0]: unknown scope "admin" (allowed: ["rank", "report", "read"])'
+        ),
         "callers: {a: {token_file: missing, scopes: [rank]}}": "callers.a.token_file",
         "callers: {a: {token: long-enough-1, scopes: [rank]}, b: {token: long-enough-1, "
         "scopes: [read]}}": "callers.b: token is the same",
+        # No gRPC client can send these (it refuses the metadata value itself).
+        'callers: {a: {token: "long-enough-1\u00e9", scopes: [rank]}}': "must be printable ASCII",
+        'callers: {a: {token: "long-enough-1\\a", scopes: [rank]}}': "must be printable ASCII",
     }
     for text, expected in cases.items():
         path.write_text(text)
