@@ -60,7 +60,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         metavar="SECONDS",
         help=f"run unattended for this long (>= {MIN_DURATION_S:.0f}), then print a summary; "
-        "exit 0 only if every incident was detected and routed around "
+        "exit 0 only if every incident was detected and routed around; "
+        "interrupted (Ctrl-C, SIGTERM), 128 + the signal, with no verdict "
         "(default: none, run live until Ctrl-C)",
     )
     p.add_argument("--no-live", action="store_true", help="plain status lines, no live view")
@@ -111,9 +112,16 @@ async def run(args: argparse.Namespace, console: Console) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
         return 2
     stop = asyncio.Event()
+    #: Signals that ended the run: an interrupted run is never judged a pass.
+    interrupted: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        interrupted.append(sig)
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     live_view = not args.no_live and console.is_terminal
     try:
         console.print(
@@ -130,7 +138,7 @@ async def run(args: argparse.Namespace, console: Console) -> int:
             return 130
         stop_wait.cancel()
         start_task.result()
-        rc = await _run_started(args, console, stack, stop, live_view, workdir)
+        rc = await _run_started(args, console, stack, stop, live_view, workdir, interrupted)
         if rc == 0 and args.duration is not None:
             stack.stop()
             shutil.rmtree(workdir, ignore_errors=True)  # unattended success: nothing to read
@@ -151,6 +159,7 @@ async def _run_started(
     stop: asyncio.Event,
     live_view: bool,
     workdir: Path,
+    interrupted: Sequence[signal.Signals] = (),
 ) -> int:
     providers_of = model_providers(stack.catalog)
     weights = {m: w for m, w in DEFAULT_MODELS.items() if m in providers_of}
@@ -251,12 +260,22 @@ async def _run_started(
         dashboard_url=stack.dashboard_url,
         skipped=traffic.skipped,
         errors=errors,
+        interrupted=bool(interrupted),
+        # Unattended runs plan exactly what fits the duration; interactive ones plan
+        # cycles until Ctrl-C, so the ones never reached are not "not run".
+        incidents_not_run=(
+            sum(1 for i in range(len(script.plans)) if i not in script.started)
+            if args.duration is not None
+            else 0
+        ),
     )
     print_summary(summary, console, as_json=args.json)
     if args.dump_records:
         _dump(Path(args.dump_records), traffic, monitor)
     if args.duration is None:
         return 0
+    if interrupted:  # the shell's convention for a run ended by a signal
+        return 128 + interrupted[0]
     return 0 if summary["all_incidents_handled"] and not leftovers else 1
 
 
@@ -275,7 +294,18 @@ async def _finish(
         if i not in script.started:
             continue
         end = script.ended.get(i, plan.end_s)
-        results.append(evaluate(plan, script.started[i], end, traffic.records, monitor.samples))
+        results.append(
+            evaluate(
+                plan,
+                script.started[i],
+                end,
+                traffic.records,
+                monitor.samples,
+                # Ended on schedule means at or after the planned end; earlier, the
+                # script was stopped (Ctrl-C, SIGTERM) in the middle of it.
+                cut_short=end < plan.end_s,
+            )
+        )
     return results
 
 
