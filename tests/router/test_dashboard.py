@@ -371,3 +371,20 @@ async def test_a_sort_named_like_an_object_property_is_ignored(router_app, page)
     # and every render threw ("value is not a function"), so the list never showed.
     await page.goto(router_app.http_url + "/#sort=constructor:asc")
     await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+
+
+async def test_pages_log_no_console_errors(router_app, page) -> None:
+    """A newcomer opening the devtools sees no red: the browser asks for an icon and got
+    a 404 (logged as "Failed to load resource") on every first visit before the pages
+    named one."""
+    console_errors: list[str] = []
+    page.on(
+        "console",
+        lambda m: m.type == "error" and console_errors.append(f"{m.text} {m.location.get('url')}"),
+    )
+    for path in ("/", f"/models/{GLM}"):
+        # refresh=10 min: no polling, so the network goes idle once the page is done.
+        await page.goto(router_app.http_url + path + "?refresh=600000")
+        await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+        await page.wait_for_load_state("networkidle")
+    assert console_errors == []
