@@ -63,3 +63,20 @@ def test_every_option_states_its_default(
 def test_router_help_names_the_bind_address_default(capsys: pytest.CaptureFixture[str]) -> None:
     blocks = _option_blocks(_help(lambda: router_parse_args(["--help"]), capsys))
     assert "0.0.0.0" in blocks["--host"]
+
+
+def test_sidecar_help_shows_defaults_as_the_flags_take_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No Python spellings: "Default: None." (no value), "Default: ." (an empty string)
+    and "Default: False." (the switch takes true/false) read as typos to a newcomer."""
+    blocks = _option_blocks(_help(lambda: sidecar_parser().parse_args(["--help"]), capsys))
+    odd = {
+        flag: text
+        for flag, text in blocks.items()
+        if re.search(r"Default: (None|True|False|)\.", text)
+    }
+    assert odd == {}
+    assert "Default: none." in blocks["--provider-first-token-timeouts"]
+    assert "Default: false." in blocks["--hedge"]
+    assert "dns:///" in blocks["--router"]
