@@ -80,3 +80,16 @@ def test_sidecar_help_shows_defaults_as_the_flags_take_them(
     assert "Default: none." in blocks["--provider-first-token-timeouts"]
     assert "Default: false." in blocks["--hedge"]
     assert "dns:///" in blocks["--router"]
+
+
+def test_every_router_flag_is_in_a_readme_flag_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's "Running the router" table (and the Redis section's) is where a
+    newcomer looks a flag up; --ingest-share was only in prose 1,200 lines further on."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table_rows = "\n".join(line for line in readme.splitlines() if line.startswith("| `--"))
+    text = _help(lambda: router_parse_args(["--config", "x.yaml", "--help"]), capsys)
+    flags = set(re.findall(r"^  (--[\w-]+)", text, re.M)) - {"--help"}
+    missing = sorted(f for f in flags if not re.search(rf"`{f}[` ]", table_rows))
+    assert missing == []
