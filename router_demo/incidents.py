@@ -239,6 +239,8 @@ class IncidentResult:
     routed_around_after_s: float | None
     recovered_after_s: float | None
     probe_first_attempts: int = 0
+    #: Ended early by Ctrl-C or SIGTERM, before its planned end: too short to judge.
+    cut_short: bool = False
 
     @property
     def passed(self) -> bool:
@@ -261,6 +263,7 @@ class IncidentResult:
             "recovered": self.recovered_after_s is not None,
             "recovered_after_s": r(self.recovered_after_s),
             "probe_first_attempts": self.probe_first_attempts,
+            "cut_short": self.cut_short,
         }
 
 
@@ -270,8 +273,11 @@ def evaluate(
     ended_at: float,
     records: Sequence[RequestRecord],
     samples: Sequence[HealthSample],
+    *,
+    cut_short: bool = False,
 ) -> IncidentResult:
-    """Measure one incident that ran from ``started_at`` to ``ended_at`` (actual times)."""
+    """Measure one incident that ran from ``started_at`` to ``ended_at`` (actual times);
+    ``cut_short`` marks one the run's interruption ended before its planned end."""
     actual = IncidentPlan(
         plan.kind, plan.provider, started_at, ended_at, status=plan.status, factor=plan.factor
     )
@@ -292,6 +298,7 @@ def evaluate(
         routed_around_after_s=routed_around_for(actual, records, is_probe),
         recovered_after_s=recovered_after(samples, plan.provider, ended_at),
         probe_first_attempts=probes,
+        cut_short=cut_short,
     )
 
 

@@ -34,8 +34,16 @@ def build_summary(
     dashboard_url: str,
     skipped: int = 0,
     errors: Sequence[str] = (),
+    interrupted: bool = False,
+    incidents_not_run: int = 0,
 ) -> dict[str, Any]:
-    """Everything the summary shows, as JSON-ready data."""
+    """Everything the summary shows, as JSON-ready data.
+
+    ``interrupted``: the run was ended by Ctrl-C or SIGTERM rather than by its
+    ``--duration``; ``incidents_not_run``: planned incidents that never started
+    for that reason. Neither kind of incident can be judged, so an interrupted
+    run is never reported as one where every incident was handled.
+    """
     ok = sum(1 for r in records if r.ok)
     failed = [r for r in records if not r.ok]
     served = Counter(r.provider for r in records if r.ok and r.provider)
@@ -56,7 +64,12 @@ def build_summary(
         "served_by": dict(served.most_common()),
         "by_preference": by_label,
         "incidents": [res.to_json() for res in results],
-        "all_incidents_handled": bool(results) and all(res.passed for res in results),
+        "all_incidents_handled": bool(results)
+        and not interrupted
+        and incidents_not_run == 0
+        and all(res.passed and not res.cut_short for res in results),
+        "interrupted": interrupted,
+        "incidents_not_run": incidents_not_run,
         "pids": list(pids),
         "ports": list(ports),
         "dashboard": dashboard_url,
@@ -99,8 +112,34 @@ DEFINITIONS = (
 )
 
 
-def _secs(value: float | None, missing: str) -> str:
+def _secs(value: float | None, missing: str, *, cut_short: bool = False) -> str:
+    if value is None and cut_short:
+        return "[yellow]cut short[/]"  # not a failure: the run ended before it could be
     return f"[red]{missing}[/]" if value is None else f"{value:.1f} s"
+
+
+def _verdict(summary: dict[str, Any]) -> str:
+    """The last line: a judgement only over incidents that ran to their planned end."""
+    incidents = summary["incidents"]
+    judged = [inc for inc in incidents if not inc.get("cut_short")]
+    lines = []
+    if summary.get("interrupted"):
+        cut = len(incidents) - len(judged)
+        lines.append(
+            f"[yellow]interrupted after {summary['duration_s']:.0f} s[/]: "
+            f"{cut} incident(s) cut short, {summary.get('incidents_not_run', 0)} not run; "
+            "neither is judged"
+        )
+    if not judged:
+        lines.append("[yellow]no incident ran to its end[/]")
+    elif all(inc["detected"] and inc["routed_around"] for inc in judged):
+        every = (
+            "every incident that ran to its end" if summary.get("interrupted") else "every incident"
+        )
+        lines.append(f"[green]{every} was detected and routed around[/]")
+    else:
+        lines.append("[red]some incident was not detected or not routed around[/]")
+    return "\n".join(lines)
 
 
 def print_summary(summary: dict[str, Any], console: Console, *, as_json: bool = False) -> None:
@@ -124,8 +163,12 @@ def print_summary(summary: dict[str, Any], console: Console, *, as_json: bool = 
         table.add_row(
             inc["description"],
             window,
-            _secs(inc["detected_after_s"], "NOT detected"),
-            _secs(inc["routed_around_after_s"], "NOT routed around"),
+            _secs(inc["detected_after_s"], "NOT detected", cut_short=inc.get("cut_short", False)),
+            _secs(
+                inc["routed_around_after_s"],
+                "NOT routed around",
+                cut_short=inc.get("cut_short", False),
+            ),
             _secs(inc["recovered_after_s"], "not yet"),
             str(inc["probe_first_attempts"]),
         )
@@ -151,12 +194,7 @@ def print_summary(summary: dict[str, Any], console: Console, *, as_json: bool = 
     console.print(words, highlight=False)
     for err in summary["errors"]:
         console.print(f"[yellow]warning:[/] {err}")
-    verdict = (
-        "[green]every incident was detected and routed around[/]"
-        if summary["all_incidents_handled"]
-        else "[red]some incident was not detected or not routed around[/]"
-    )
-    console.print(verdict)
+    console.print(_verdict(summary))
     if as_json:
         # Plain print, not rich: no wrapping or markup may touch the JSON line.
         print(json.dumps({SUMMARY_KEY: summary}, separators=(",", ":")), flush=True)

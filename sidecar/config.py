@@ -30,7 +30,11 @@ def _opt(default: Any, help_text: str, **kw: Any) -> Any:
 class SidecarSettings:
     """Everything the sidecar can be configured with. Immutable once built."""
 
-    router: str = _opt(defaults.ROUTER_ADDRESS, "Router gRPC address, HOST:PORT.")
+    router: str = _opt(
+        defaults.ROUTER_ADDRESS,
+        "Router gRPC address, HOST:PORT, or a gRPC target such as "
+        "dns:///HOST:PORT (calls balanced round_robin over every address it resolves to).",
+    )
     router_token_file: str | None = _opt(
         None, "File holding the bearer token sent to the router (re-read when it changes)."
     )
@@ -239,6 +243,17 @@ def _converter(f: Any) -> Any:
     return str
 
 
+def _shown_default(value: object) -> str:
+    """A default as the flag would take it: ``none`` for no value (not Python's
+    ``None`` or an empty string, which printed as "Default: ."), ``true``/``false``
+    for switches (what ``_parse_bool`` accepts), else the value itself."""
+    if value is None or value == "":
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``router-sidecar`` argument parser, generated from SidecarSettings."""
     parser = argparse.ArgumentParser(
@@ -254,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
             dest=f.name,
             type=_converter(f),
             default=None,
-            help=f"{f.metadata['help']} Env {_env_name(f.name)}. Default: {default}.",
+            help=f"{f.metadata['help']} Env {_env_name(f.name)}. "
+            f"Default: {_shown_default(default)}.",
         )
     return parser
 

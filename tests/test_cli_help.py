@@ -63,3 +63,33 @@ def test_every_option_states_its_default(
 def test_router_help_names_the_bind_address_default(capsys: pytest.CaptureFixture[str]) -> None:
     blocks = _option_blocks(_help(lambda: router_parse_args(["--help"]), capsys))
     assert "0.0.0.0" in blocks["--host"]
+
+
+def test_sidecar_help_shows_defaults_as_the_flags_take_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No Python spellings: "Default: None." (no value), "Default: ." (an empty string)
+    and "Default: False." (the switch takes true/false) read as typos to a newcomer."""
+    blocks = _option_blocks(_help(lambda: sidecar_parser().parse_args(["--help"]), capsys))
+    odd = {
+        flag: text
+        for flag, text in blocks.items()
+        if re.search(r"Default: (None|True|False|)\.", text)
+    }
+    assert odd == {}
+    assert "Default: none." in blocks["--provider-first-token-timeouts"]
+    assert "Default: false." in blocks["--hedge"]
+    assert "dns:///" in blocks["--router"]
+
+
+def test_every_router_flag_is_in_a_readme_flag_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's "Running the router" table (and the Redis section's) is where a
+    newcomer looks a flag up; --ingest-share was only in prose 1,200 lines further on."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table_rows = "\n".join(line for line in readme.splitlines() if line.startswith("| `--"))
+    text = _help(lambda: router_parse_args(["--config", "x.yaml", "--help"]), capsys)
+    flags = set(re.findall(r"^  (--[\w-]+)", text, re.M)) - {"--help"}
+    missing = sorted(f for f in flags if not re.search(rf"`{f}[` ]", table_rows))
+    assert missing == []

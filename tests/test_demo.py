@@ -351,3 +351,99 @@ def test_summary_explains_its_words_and_ends_without_json_unless_asked() -> None
     assert SUMMARY_KEY not in text
     with_json = _printed_summary(as_json=True).strip().splitlines()[-1]
     assert json.loads(with_json)[SUMMARY_KEY]["incidents"][0]["detected_after_s"] == 2.5
+
+
+def _interrupted_summary() -> dict:
+    """An unattended run stopped 3 s into its first incident, before the second began."""
+    plan = IncidentPlan("fail", "deepinfra", 9.0, 24.0)
+    result = IncidentResult(plan, 9.0, 12.0, None, None, None, cut_short=True)
+    return build_summary(
+        [], [result], duration_s=12.0, pids=[1], ports=[2], dashboard_url="http://x/",
+        interrupted=True, incidents_not_run=1,
+    )  # fmt: skip
+
+
+def test_an_interrupted_run_is_not_a_pass_and_its_cut_short_incident_is_not_a_failure() -> None:
+    """Ctrl-C in the middle of an incident: the summary says the run was interrupted and
+    the incident cut short, never "every incident was detected" (an unattended run used
+    to exit 0 with that line) nor "NOT detected" (the incident had no time to be)."""
+    from rich.console import Console
+
+    summary = _interrupted_summary()
+    assert summary["all_incidents_handled"] is False
+    assert summary["interrupted"] is True and summary["incidents_not_run"] == 1
+    assert summary["incidents"][0]["cut_short"] is True
+    console = Console(record=True, width=120, file=io.StringIO())
+    print_summary(summary, console)
+    text = console.export_text()
+    assert "interrupted after 12 s: 1 incident(s) cut short, 1 not run" in text
+    assert "cut short" in text.split("Served by")[0]
+    assert "NOT detected" not in text and "NOT routed around" not in text
+    assert "every incident was detected" not in text
+    assert "no incident ran to its end" in text
+
+
+def test_a_complete_incident_in_an_interrupted_run_is_still_judged() -> None:
+    from rich.console import Console
+
+    done = IncidentResult(IncidentPlan("fail", "a", 9.0, 24.0), 9.0, 24.0, 2.0, 3.0, 5.0)
+    missed = IncidentResult(IncidentPlan("slowdown", "b", 21.0, 36.0), 21.0, 36.0, None, None, None)
+    for results, verdict in (
+        ([done], "every incident that ran to its end was detected and routed around"),
+        ([done, missed], "some incident was not detected or not routed around"),
+    ):
+        summary = build_summary(
+            [], results, duration_s=40.0, pids=[], ports=[], dashboard_url="http://x/",
+            interrupted=True,
+        )  # fmt: skip
+        assert summary["all_incidents_handled"] is False
+        console = Console(record=True, width=120, file=io.StringIO())
+        print_summary(summary, console)
+        assert verdict in console.export_text()
+
+
+@pytest.mark.timeout(DEMO_SECONDS + 90)
+def test_sigint_during_an_unattended_run_exits_130_without_a_verdict_or_orphans() -> None:
+    """SIGINT once the first incident is under way (read from the demo's own status
+    lines, no sleep): exit 130, the summary says interrupted, nothing left running."""
+    import selectors
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router_demo.cli", "--duration", str(DEMO_SECONDS),
+         "--no-live", "--json"],
+        cwd=ROOT, env={**os.environ, "COLUMNS": "120"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + DEMO_SECONDS
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=1.0):
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "incidents=[" in line and "incidents=[none]" not in line:
+                break
+        assert seen and "incidents=[none]" not in seen[-1], "".join(seen)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    stdout = "".join(seen) + out
+    detail = f"stdout:\n{stdout[-4000:]}\nstderr:\n{err[-2000:]}"
+    assert proc.returncode == 128 + signal.SIGINT, detail
+    summary = _summary_from(stdout)
+    assert summary["interrupted"] is True and summary["all_incidents_handled"] is False, detail
+    assert summary["incidents_not_run"] >= 1, detail
+    assert "every incident was detected" not in stdout, detail
+    assert "Traceback" not in stdout + err, detail
+    assert [pid for pid in summary["pids"] if pid_alive(pid)] == []
+    assert [port for port in summary["ports"] if port_open(port)] == []

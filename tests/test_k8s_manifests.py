@@ -830,3 +830,76 @@ def test_example_redis_is_reachable_at_the_secrets_url() -> None:
     router_owner, _ = router()
     (rule,) = policy["spec"]["ingress"]
     assert all(selects(peer["podSelector"], pod_labels(router_owner)) for peer in rule["from"])
+
+
+# --------------------------------------------------------------------------- the Deploy steps
+
+
+def _secret_refs() -> dict[str, set[str]]:
+    """Every Secret a pod of the kustomization uses, with the keys it reads (empty: all)."""
+    refs: dict[str, set[str]] = {}
+    for owner in objects():
+        if owner["kind"] not in POD_OWNERS:
+            continue
+        spec = owner["spec"]["template"]["spec"]
+        for c in spec.get("initContainers", []) + spec.get("containers", []):
+            for e in c.get("envFrom", []):
+                if "secretRef" in e:
+                    refs.setdefault(e["secretRef"]["name"], set())
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    refs.setdefault(ref["name"], set()).add(ref["key"])
+        for v in spec.get("volumes", []):
+            if "secret" in v:
+                keys = {item["key"] for item in v["secret"].get("items", [])}
+                refs.setdefault(v["secret"]["secretName"], set()).update(keys)
+    return refs
+
+
+def _deploy_block() -> str:
+    """The shell block of k8s/README.md's "Deploy" section, joined over backslashes."""
+    text = (K8S / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return block.replace("\\\n", " ")
+
+
+def test_deploy_steps_create_every_secret_the_pods_mount_before_applying() -> None:
+    """Following k8s/README.md's Deploy block to the letter must give pods that start:
+    a Secret a pod mounts or reads that the block never creates leaves the pod in
+    ContainerCreating (missing volume) or CreateContainerConfigError. The router-auth
+    Secret (--auth-tokens, the sidecar's token) was missing from it."""
+    in_kustomization = {
+        doc["metadata"]["name"]
+        for resource in kustomization()["resources"]
+        for doc in _yaml_docs(K8S / resource)
+        if doc["kind"] == "Secret"
+    }
+    created: dict[str, set[str]] = {}
+    apply_at = None
+    lines = _deploy_block().splitlines()
+    for n, line in enumerate(lines):
+        words = shlex.split(line, comments=True)
+        if "apply" in words and "-k" in words:
+            apply_at = n
+        if words[:1] != ["kubectl"] or "secret" not in words or "create" not in words:
+            continue
+        assert apply_at is None, f"Secret created after `kubectl apply -k`: {line}"
+        name = words[words.index("generic") + 1]
+        keys = set()
+        for w in words:
+            m = re.match(r"--from-(?:literal|file)=([^=]+)", w)
+            if m:
+                keys.add(m.group(1).rsplit("/", 1)[-1])
+        created[name] = keys
+    assert apply_at is not None
+    for name, keys in _secret_refs().items():
+        if name in in_kustomization:
+            continue
+        assert name in created, f"k8s/README.md's Deploy steps never create Secret {name!r}"
+        assert keys <= created[name], f"Secret {name!r} lacks {sorted(keys - created[name])}"
+    # The tokens file the router reads names the token files the Secret must hold.
+    tokens_file = next(line for line in lines if "callers:" in line and "tokens.yaml" in line)
+    for token_file in re.findall(r"token_file: ([\w.-]+)", tokens_file):
+        assert token_file in created["router-auth"], token_file

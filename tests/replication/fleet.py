@@ -39,7 +39,7 @@ def free_port() -> int:
 def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found is None:
-        raise RuntimeError("redis-server is not installed: run scripts/setup")
+        raise RuntimeError("redis-server is not installed: run scripts/setup --redis")
     return found
 
 

@@ -371,3 +371,86 @@ async def test_a_sort_named_like_an_object_property_is_ignored(router_app, page)
     # and every render threw ("value is not a function"), so the list never showed.
     await page.goto(router_app.http_url + "/#sort=constructor:asc")
     await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+
+
+async def test_pages_log_no_console_errors(router_app, page) -> None:
+    """A newcomer opening the devtools sees no red: the browser asks for an icon and got
+    a 404 (logged as "Failed to load resource") on every first visit before the pages
+    named one."""
+    console_errors: list[str] = []
+    page.on(
+        "console",
+        lambda m: m.type == "error" and console_errors.append(f"{m.text} {m.location.get('url')}"),
+    )
+    for path in ("/", f"/models/{GLM}"):
+        # refresh=10 min: no polling, so the network goes idle once the page is done.
+        await page.goto(router_app.http_url + path + "?refresh=600000")
+        await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+        await page.wait_for_load_state("networkidle")
+    assert console_errors == []
+
+
+async def test_dashboard_behind_tokens_opens_with_the_read_token_as_basic_password(
+    tmp_path: Path,
+) -> None:
+    """k8s/ runs the router with --auth-tokens, and the README says a browser's own login
+    prompt opens the dashboard (any user, the read token as password). The pages' own
+    fetches of the JSON API must carry that login too, or the page loads and every
+    figure fails; a token without `read` gets a page that says why, not a blank one."""
+    import grpc
+
+    from router_common.pb import router_pb2_grpc
+    from router_service.security import SecuritySettings
+    from tests.conftest import loopback_router
+
+    (tmp_path / "dash-token").write_text("dash-token-1\n")
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(
+        "callers:\n"
+        '  app-sidecars: {token: "sidecar-secret-1", scopes: [rank, report]}\n'
+        "  dashboards: {token_file: dash-token, scopes: [read]}\n"
+    )
+    app = loopback_router(
+        tmp_path, drain_seconds=0.2, security=SecuritySettings(auth_tokens=str(tokens))
+    )
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(app.grpc_address) as channel:
+            ack = await router_pb2_grpc.RouterStub(channel).RecordOutcome(
+                router_pb2.RecordOutcomeRequest(outcomes=seeded_outcomes()),
+                metadata=(("authorization", "Bearer sidecar-secret-1"),),
+            )
+        assert ack.accepted > 0 and ack.rejected == 0
+        app.refresh_now()
+        async with playwright_api.async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                for password, ok in (("dash-token-1", True), ("sidecar-secret-1", False)):
+                    context = await browser.new_context(
+                        http_credentials={"username": "anyone", "password": password}
+                    )
+                    page = await context.new_page()
+                    errors: list[str] = []
+                    page.on("pageerror", lambda exc, errors=errors: errors.append(str(exc)))
+                    resp = await page.goto(app.http_url + f"/models/{GLM}")
+                    assert resp is not None
+                    if ok:
+                        assert resp.status == 200
+                        status = page.locator("#status")
+                        await expect(status).to_have_attribute("data-state", "live")
+                        cerebras = page.locator('tr[data-provider="cerebras"]')
+                        ttft = cerebras.locator('td[data-col="ttft_p50"]')
+                        await expect(ttft).to_have_text("304 ms")
+                        strip = page.locator("#strip .cell[data-health=healthy]")
+                        await expect(strip.first).to_be_attached()
+                        chart = page.locator("#chart-ttft path[data-stat=p50]")
+                        await expect(chart).to_have_count(2)
+                    else:  # the JSON refusal names the missing scope
+                        assert resp.status == 403
+                        assert "read" in await page.inner_text("body")
+                    assert not errors
+                    await context.close()
+            finally:
+                await browser.close()
+    finally:
+        await app.stop()
