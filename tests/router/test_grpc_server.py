@@ -16,43 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from router_common.pb import router_pb2
 from tests.conftest import wait_for
-
-MODEL = "zai/glm-4.7"
-
-
-def outcome(provider: str, model: str = MODEL, **fields) -> router_pb2.Outcome:
-    base = dict(
-        model=model,
-        provider=provider,
-        started_at=time.time(),
-        success=True,
-        error_class=router_pb2.ERROR_CLASS_NONE,
-        http_status=200,
-        ttft_ms=300.0,
-        tokens_per_second=100.0,
-        output_tokens=50,
-        duration_ms=800.0,
-    )
-    base.update(fields)
-    return router_pb2.Outcome(**base)
-
-
-def failure(provider: str, model: str = MODEL) -> router_pb2.Outcome:
-    return router_pb2.Outcome(
-        model=model,
-        provider=provider,
-        started_at=time.time(),
-        success=False,
-        error_class=router_pb2.ERROR_CLASS_SERVER_ERROR,
-        http_status=503,
-        duration_ms=20.0,
-    )
-
-
-def rank_request(**prefs) -> router_pb2.RankProvidersRequest:
-    return router_pb2.RankProvidersRequest(
-        model=prefs.pop("model", MODEL), preferences=router_pb2.RoutingPreferences(**prefs)
-    )
+from tests.router.pb_builders import MODEL, failure, outcome, rank_request
 
 
 async def test_rank_returns_every_endpoint_with_metadata(router_stub) -> None:

@@ -18,41 +18,16 @@ import pytest
 
 from router_common.pb import router_pb2, router_pb2_grpc
 from tests.conftest import FakeClock, loopback_router, wait_for
-
-MODEL = "zai/glm-4.7"
+from tests.router.pb_builders import MODEL, outcome, rank_request
+from tests.router.pb_builders import failure as _failure
 
 
 def success(clock: FakeClock, provider: str, ttft_ms: float) -> router_pb2.Outcome:
-    return router_pb2.Outcome(
-        model=MODEL,
-        provider=provider,
-        started_at=clock.now,
-        success=True,
-        error_class=router_pb2.ERROR_CLASS_NONE,
-        http_status=200,
-        ttft_ms=ttft_ms,
-        tokens_per_second=100.0,
-        output_tokens=50,
-        duration_ms=ttft_ms + 500.0,
-    )
+    return outcome(provider, started_at=clock.now, ttft_ms=ttft_ms, duration_ms=ttft_ms + 500.0)
 
 
 def failure(clock: FakeClock, provider: str) -> router_pb2.Outcome:
-    return router_pb2.Outcome(
-        model=MODEL,
-        provider=provider,
-        started_at=clock.now,
-        success=False,
-        error_class=router_pb2.ERROR_CLASS_SERVER_ERROR,
-        http_status=503,
-        duration_ms=20.0,
-    )
-
-
-def rank_request(**prefs) -> router_pb2.RankProvidersRequest:
-    return router_pb2.RankProvidersRequest(
-        model=MODEL, preferences=router_pb2.RoutingPreferences(**prefs)
-    )
+    return _failure(provider, started_at=clock.now)
 
 
 @pytest.fixture
