@@ -41,9 +41,11 @@ async def test_an_idle_keep_alive_connection_is_closed(stack: Stack) -> None:
     try:
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
-        assert head.startswith(b"HTTP/1.1 200 ") and b"keep-alive" not in head.lower()
-        rest = await _closed_by_peer(reader)  # the body, then EOF once idle
-        assert b"ok" in rest or rest.startswith(b"{")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        # The body, then EOF once the connection has been idle IDLE_S (aiohttp's
+        # default kept it 3630 s, so this waited out DEADLINE_S and failed).
+        rest = await _closed_by_peer(reader)
+        assert rest.startswith(b"{"), rest
     finally:
         writer.close()
 
