@@ -26,6 +26,8 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
+from router_common import fd_limit
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
@@ -122,21 +124,9 @@ def protected_host(host: str, authenticated: bool, allow_unauthenticated: bool) 
 
 
 def raise_file_limit() -> tuple[int, int]:
-    """Soft RLIMIT_NOFILE up to the hard limit; logs and returns (before, after) soft."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            target = soft
-    log.info(
-        "file descriptor limit",
-        extra={"soft_before": soft, "soft": target, "hard": hard},
-    )
-    return soft, target
+    """Soft RLIMIT_NOFILE up to the hard limit (shared with the sidecar); logs and returns
+    (before, after) soft."""
+    return fd_limit.raise_file_limit(log)
 
 
 class _Stamped:

@@ -199,6 +199,9 @@ class SidecarApp:
             access_log=None,
             handler_cancellation=True,
             shutdown_timeout=s.shutdown_grace_s + _CUT_WAIT_S,
+            # aiohttp's own default is 3630 s: an idle keep-alive, or a client sending its
+            # headers a byte at a time, held a descriptor for an hour.
+            keepalive_timeout=s.client_idle_timeout_s,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.listen_host, s.listen_port)
@@ -315,7 +318,17 @@ class SidecarApp:
             if length is not None and length > self.settings.max_body_bytes:
                 raise RequestError("request body too large", None, 413, "body_too_large")
             try:
-                raw = await request.read()
+                # Bounded: aiohttp sets no limit on reading a body, so an app (or anyone
+                # reaching the port) trickling one byte a second held a handler for days.
+                async with asyncio.timeout(self.settings.client_idle_timeout_s):
+                    raw = await request.read()
+            except TimeoutError:
+                raise RequestError(
+                    f"request body not received within {self.settings.client_idle_timeout_s} s",
+                    None,
+                    408,
+                    "body_timeout",
+                ) from None
             except web.HTTPRequestEntityTooLarge:
                 raise RequestError("request body too large", None, 413, "body_too_large") from None
             except RequestPayloadError:

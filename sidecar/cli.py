@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from router_common.fd_limit import raise_file_limit
 from router_common.logs import configure_logging
 from sidecar.app import SidecarApp
 from sidecar.config import SidecarSettings, settings_from_args
@@ -53,6 +54,9 @@ async def serve(settings: SidecarSettings) -> None:
     # with no log line; the router reloads on it, so operators send it to both.
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, _ignore_hangup)
+    # Every app keep-alive and provider connection holds a descriptor; the router
+    # does the same at start (router_common.fd_limit).
+    raise_file_limit(log)
     app = SidecarApp(settings)
     try:
         await app.start()

@@ -62,6 +62,12 @@ class SidecarSettings:
         "this long, then end the rest with an error the app can read (a stream's error "
         "event and [DONE], else a 503), never a cut connection.",
     )
+    client_idle_timeout_s: float = _opt(
+        15.0,
+        "An app's connection is closed when idle this long between requests, or when its "
+        "request head has not fully arrived this long after the connection opened or the "
+        "previous answer; a request body not fully read within it is a 408.",
+    )
     connect_timeout_s: float = _opt(5.0, "TCP/TLS connect timeout per attempt.")
     upstream_client: str = _opt(
         "lean",
@@ -322,6 +328,7 @@ def settings_from_args(
 _POSITIVE = frozenset(
     {
         "max_body_bytes",
+        "client_idle_timeout_s",
         "max_attempts",
         "request_deadline_s",
         "connect_timeout_s",

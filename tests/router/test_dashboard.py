@@ -18,11 +18,13 @@ import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
+from aiohttp import web
 
 from router_common.pb import router_pb2
+from tests.conftest import wait_for
 from tests.router.test_grpc_server import failure, outcome
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -454,3 +456,57 @@ async def test_dashboard_behind_tokens_opens_with_the_read_token_as_basic_passwo
                 await browser.close()
     finally:
         await app.stop()
+
+
+#: Markup that sets window.__pwned if any page ever parses it as HTML (or runs it).
+HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>\'"'
+
+
+async def test_markup_in_the_url_is_shown_as_text_never_run(router_app, page) -> None:
+    # Every page echoes parts of its URL (the asked model id, ?q=, ?range=, #sort=):
+    # they must reach the DOM as text. Checked in the browser, where it matters.
+    enc = quote(HOSTILE, safe="")
+    visits = [
+        (f"/models/{enc}/{enc}", "#message", HOSTILE),  # the unknown-model page
+        (f"/?q={enc}#sort={enc}", None, None),
+        (f"/models/{GLM}?range={enc}#sort={enc}", None, None),
+    ]
+    for path, where, shown in visits:
+        await page.goto(router_app.http_url + path)
+        await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+        if where:
+            await expect(page.locator(where)).to_contain_text(shown)
+        assert await page.locator("main img, main script").count() == 0, path
+        assert await page.evaluate("window.__pwned") is None, path
+
+
+async def test_another_site_cannot_frame_the_dashboard(router_app, page) -> None:
+    # Framed by another origin (here another loopback port), the dashboard must not load:
+    # a page could overlay it and make a user with remembered credentials click on it.
+    async def framer(_: web.Request) -> web.Response:
+        html = f'<iframe id="f" src="{router_app.http_url}/"></iframe>'
+        return web.Response(text=html, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", framer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    # A page of its own: the fixture's page fails any request off the router.
+    page = await page.context.new_page()
+    try:
+        port = runner.addresses[0][1]
+        loaded: list[str] = []
+        page.on(
+            "response", lambda r: r.url.rstrip("/") == router_app.http_url and loaded.append(r.url)
+        )
+        await page.goto(f"http://127.0.0.1:{port}/")
+        await wait_for(lambda: loaded)  # the browser fetched the framed page ...
+        child = page.frames[1]
+        await child.wait_for_load_state()
+        # ... and refused to render it: no dashboard script ran in the frame.
+        assert await page.frame_locator("#f").locator("#status").count() == 0
+        assert "chrome-error" in child.url or child.url == "about:blank", child.url
+    finally:
+        await runner.cleanup()

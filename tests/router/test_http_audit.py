@@ -278,3 +278,35 @@ async def test_an_unread_request_body_is_not_drained_on_the_event_loop(token_rou
         assert sent < 64 * 1024 * 1024, f"the router read {sent / 1e6:.0f} MB of a body"
     finally:
         writer.close()
+
+
+async def test_every_answer_carries_the_security_headers(token_router) -> None:
+    # No answer of the HTTP port said nosniff, had a Content-Security-Policy or refused
+    # framing, and the pages were text/html without a charset: another site could frame
+    # the dashboard under a browser's remembered Basic credentials (clickjacking), and
+    # any markup ever injected would have run.
+    auth = {"Authorization": "Bearer dash-token-1"}
+    cases = [
+        ("/", auth, 200, "text/html"),
+        ("/models/zai/glm-4.7", auth, 200, "text/html"),
+        ("/models/%3Cscript%3E/x%22", auth, 404, "text/html"),
+        ("/static/common.js", auth, 200, "application/javascript"),
+        ("/v1/models", auth, 200, "application/json"),
+        ("/v1/models/%3Cb%3E/x/endpoints", auth, 404, "application/json"),
+        ("/v1/nope", auth, 404, "application/json"),
+        ("/metrics", auth, 200, "text/plain"),
+        ("/nope", auth, 404, "text/plain"),
+        ("/v1/models", {}, 401, "application/json"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for path, headers, status, mime in cases:
+            url = yarl.URL(f"{token_router.http_url}{path}", encoded=True)
+            headers = {**headers, "Origin": "http://evil.example"}
+            async with http.get(url, headers=headers) as resp:
+                assert resp.status == status, path
+                assert resp.content_type == mime and resp.charset == "utf-8", (path, resp.headers)
+                assert resp.headers.get("X-Content-Type-Options") == "nosniff", path
+                assert resp.headers.get("X-Frame-Options") == "DENY", path
+                csp = resp.headers.get("Content-Security-Policy", "")
+                assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp, path
+                assert "Access-Control-Allow-Origin" not in resp.headers, path

@@ -325,9 +325,20 @@ class SidecarProcess:
 
 
 @contextlib.asynccontextmanager
-async def sidecar_process(env: Mapping[str, str], *flags: str) -> AsyncIterator[SidecarProcess]:
+async def sidecar_process(
+    env: Mapping[str, str], *flags: str, soft_nofile: int | None = None
+) -> AsyncIterator[SidecarProcess]:
     """``python -m sidecar.cli`` on a free loopback port with the router unreachable (the
-    fallback catalog in ``env`` serves), plus ``flags``; killed on the way out if still up."""
+    fallback catalog in ``env`` serves), plus ``flags``; killed on the way out if still up.
+    ``soft_nofile`` starts it with that soft file-descriptor limit (the hard one kept)."""
+
+    def lower_soft_limit() -> None:
+        if soft_nofile is not None:
+            import resource
+
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft_nofile, hard))
+
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -340,6 +351,7 @@ async def sidecar_process(env: Mapping[str, str], *flags: str) -> AsyncIterator[
         env=dict(env),
         stderr=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL,
+        preexec_fn=lower_soft_limit,
     )
     try:
         yield SidecarProcess(proc)
