@@ -20,7 +20,7 @@ from router_common.json_text import as_json
 from router_common.limits import MAX_MODEL_ID_LEN, MAX_NAME_LEN, MAX_TOKENS
 from router_common.pb import router_pb2
 from router_common.routing import reasons
-from tests.router.test_grpc_server import outcome as grpc_server_outcome
+from tests.router.pb_builders import outcome as grpc_server_outcome
 
 MODEL = "zai/glm-4.7"  # served by cerebras, together, fireworks, ... (not groq)
 PROTO = Path(__file__).resolve().parents[2] / "proto" / "router" / "v1" / "router.proto"

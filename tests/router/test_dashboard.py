@@ -24,8 +24,8 @@ import pytest
 from aiohttp import web
 
 from router_common.pb import router_pb2
-from tests.conftest import wait_for
-from tests.router.test_grpc_server import failure, outcome
+from tests.conftest import serving, wait_for
+from tests.router.pb_builders import failure, outcome
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -489,14 +489,9 @@ async def test_another_site_cannot_frame_the_dashboard(router_app, page) -> None
 
     app = web.Application()
     app.router.add_get("/", framer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
     # A page of its own: the fixture's page fails any request off the router.
     page = await page.context.new_page()
-    try:
-        port = runner.addresses[0][1]
+    async with serving(app) as port:
         loaded: list[str] = []
         page.on(
             "response", lambda r: r.url.rstrip("/") == router_app.http_url and loaded.append(r.url)
@@ -508,5 +503,3 @@ async def test_another_site_cannot_frame_the_dashboard(router_app, page) -> None
         # ... and refused to render it: no dashboard script ran in the frame.
         assert await page.frame_locator("#f").locator("#status").count() == 0
         assert "chrome-error" in child.url or child.url == "about:blank", child.url
-    finally:
-        await runner.cleanup()

@@ -29,7 +29,7 @@ from router_service.grpc_api import RpcCounter
 from router_service.http_api import build_http_app
 from router_service.metrics_json import endpoints_document, models_document
 from tests.conftest import EXAMPLE_CATALOG, wait_for
-from tests.router.test_grpc_server import failure, outcome
+from tests.router.pb_builders import failure, outcome
 
 GLM = "zai/glm-4.7"
 OSS = "openai/gpt-oss-120b"
