@@ -68,6 +68,7 @@ from sidecar.upstream import (
     upstream_error_message,
     upstream_headers,
     usage_count,
+    usage_object,
 )
 
 log = logging.getLogger("sidecar.proxy")
@@ -436,12 +437,9 @@ class Proxy:
         if usage is None:
             # The provider sent no usage: the app still reads usage (and usage.cost) as
             # OpenAI's API promises it, with the counts the cost was computed from.
-            prompt = leg.req.estimated_input_tokens
-            usage = answered["usage"] = {
-                "prompt_tokens": prompt,
-                "completion_tokens": rec.output_tokens,
-                "total_tokens": prompt + rec.output_tokens,
-            }
+            usage = answered["usage"] = usage_object(
+                leg.req.estimated_input_tokens, rec.output_tokens
+            )
         usage["cost"] = round(total, 12)
 
     def _json(

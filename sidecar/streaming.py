@@ -30,7 +30,7 @@ from sidecar.defaults import MAX_UPSTREAM_RESPONSE_BYTES
 from sidecar.idle_timeout import IdleTimeout
 from sidecar.redaction import KeyRedactor
 from sidecar.transport import UpstreamResponse
-from sidecar.upstream import AttemptRecord, classify_exception, usage_count
+from sidecar.upstream import AttemptRecord, classify_exception, usage_count, usage_object
 
 #: What ``_inspect`` found in a chunk.
 _PLAIN, _FINISH, _USAGE, _EMPTY, _ERROR = range(5)
@@ -393,11 +393,7 @@ class SSEScanner:
             "created": int(time.time()),
             "model": self._model or self.upstream_model or "",
             "choices": [],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": usage_object(prompt_tokens, completion_tokens),
         }
         self._usage_obj = chunk
         self._held_usage = orjson.dumps(chunk)

@@ -122,6 +122,16 @@ def usage_count(value: Any) -> int | None:
     return value
 
 
+def usage_object(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """OpenAI's ``usage`` from the sidecar's own counts, for an answer whose provider
+    sent none (streamed or not: the app reads ``usage`` and ``usage.cost`` either way)."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
 def estimate_output_tokens(choices: list[Any]) -> int:
     """Output tokens of a non-streaming answer whose provider sent no usage: ≈ chars / 4.
 
