@@ -11,8 +11,10 @@ an HTTPS readiness probe must see what grpc.health.v1 says.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -20,6 +22,7 @@ import pytest
 import trustme
 import yarl
 
+from router_service.app import RouterApp
 from router_service.security import SecuritySettings
 from tests.conftest import loopback_router, wait_for
 from tests.router.test_auth import write_tokens
@@ -35,19 +38,21 @@ def _server_cert(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-@pytest.fixture
-async def token_router(tmp_path: Path):
-    app = loopback_router(
-        tmp_path,
-        drain_seconds=0.2,
-        watch_catalog=False,
-        security=SecuritySettings(auth_tokens=str(write_tokens(tmp_path))),
-    )
+@contextlib.asynccontextmanager
+async def _started(tmp_path: Path, security: SecuritySettings) -> AsyncIterator[RouterApp]:
+    """A router on loopback with ``security``, stopped however the test ends."""
+    app = loopback_router(tmp_path, drain_seconds=0.2, watch_catalog=False, security=security)
     await app.start()
     try:
         yield app
     finally:
         await app.stop()
+
+
+@pytest.fixture
+async def token_router(tmp_path: Path):
+    async with _started(tmp_path, SecuritySettings(auth_tokens=str(write_tokens(tmp_path)))) as app:
+        yield app
 
 
 async def test_a_non_utf8_authorization_header_is_a_401_not_a_500(token_router, caplog) -> None:
@@ -93,19 +98,15 @@ async def test_a_client_ca_removed_from_the_file_stops_being_trusted_on_http(
     cert, key = _server_cert(server_ca, tmp_path)
     client_ca = tmp_path / "ca.pem"
     old_ca.cert_pem.write_to_path(str(client_ca))
-    app = loopback_router(
+    async with _started(
         tmp_path,
-        drain_seconds=0.2,
-        watch_catalog=False,
-        security=SecuritySettings(
+        SecuritySettings(
             tls_cert=str(cert),
             tls_key=str(key),
             tls_client_ca=str(client_ca),
             reload_interval_s=0.05,
         ),
-    )
-    await app.start()
-    try:
+    ) as app:
         url = f"{app.http_url}/v1/models"
         old_client = _client_context(old_ca, server_ca, "old-client")
         new_client = _client_context(new_ca, server_ca, "new-client")
@@ -124,8 +125,6 @@ async def test_a_client_ca_removed_from_the_file_stops_being_trusted_on_http(
         plain = ssl.create_default_context()
         server_ca.configure_trust(plain)
         assert await _status(f"{app.http_url}/healthz", plain) == 200
-    finally:
-        await app.stop()
 
 
 async def test_readyz_answers_503_until_the_shared_state_is_loaded(tmp_path: Path) -> None:
@@ -181,19 +180,15 @@ async def test_a_tls_handshake_never_finished_is_closed_at_the_http_idle_timeout
 
     ca = trustme.CA()
     cert, key = _server_cert(ca, tmp_path)
-    app = loopback_router(
+    async with _started(
         tmp_path,
-        drain_seconds=0.2,
-        watch_catalog=False,
-        security=SecuritySettings(
+        SecuritySettings(
             tls_cert=str(cert),
             tls_key=str(key),
             allow_unauthenticated=True,
             connections=ConnectionLimits(http_keepalive_timeout_s=0.5),
         ),
-    )
-    await app.start()
-    try:
+    ) as app:
         loop = asyncio.get_running_loop()
         reader, writer = await asyncio.open_connection("127.0.0.1", app.http_port)
         writer.write(b"\x16\x03\x01\x00\xff\x01")  # the start of a ClientHello, then nothing
@@ -206,8 +201,6 @@ async def test_a_tls_handshake_never_finished_is_closed_at_the_http_idle_timeout
         context = ssl.create_default_context()
         ca.configure_trust(context)
         assert await _status(f"{app.http_url}/healthz", context) == 200
-    finally:
-        await app.stop()
 
 
 async def test_a_token_file_saved_with_a_byte_order_mark_still_authenticates(
@@ -217,22 +210,13 @@ async def test_a_token_file_saved_with_a_byte_order_mark_still_authenticates(
     # token silently never matched (every request 401, nothing logged).
     tokens = write_tokens(tmp_path)
     (tmp_path / "dash-token").write_bytes(b"\xef\xbb\xbfdash-token-1\r\n")
-    app = loopback_router(
-        tmp_path,
-        drain_seconds=0.2,
-        watch_catalog=False,
-        security=SecuritySettings(auth_tokens=str(tokens)),
-    )
-    await app.start()
-    try:
+    async with _started(tmp_path, SecuritySettings(auth_tokens=str(tokens))) as app:
         headers = {"Authorization": "Bearer dash-token-1"}
         async with (
             aiohttp.ClientSession() as http,
             http.get(f"{app.http_url}/v1/models", headers=headers) as resp,
         ):
             assert resp.status == 200
-    finally:
-        await app.stop()
 
 
 async def test_a_404_under_v1_quotes_the_path_as_sent(token_router) -> None:
