@@ -319,3 +319,39 @@ async def test_one_model_is_retrieved_as_the_openai_client_asks(stack: Stack, so
         "param": "model",
         "code": "model_not_found",
     }
+
+
+@pytest.mark.parametrize(
+    ("provider", "status", "param"),
+    [
+        ({"data_collection": "deny"}, 400, "provider.data_collection"),
+        ({"data_collection": "never"}, 400, "provider.data_collection"),
+        ({"data_collection": "deny", "zdr": True}, 200, None),
+        ({"data_collection": "allow"}, 200, None),
+    ],
+)
+async def test_openrouters_data_collection_deny_is_never_silently_dropped(
+    stack: Stack, provider: dict, status: int, param: str | None
+) -> None:
+    """OpenRouter apps send ``data_collection: "deny"`` to keep their prompts away from
+    providers that store them; ignored like an unknown key, the prompt went to whichever
+    provider ranked first, one that keeps data included."""
+    await stack.add_providers({"keeper": {}, "forgetter": {}})
+    stack.write_catalog(zdr={"forgetter": True}, prices={"keeper": 0.1, "forgetter": 5.0})
+    sc = await stack.start_sidecar(fallback=True)
+    body = {"provider": {**provider, "sort": "price"}}
+    client = openai_client(sc)
+    if status == 400:
+        with pytest.raises(openai.BadRequestError) as err:
+            await client.chat.completions.create(
+                model=MODEL, messages=MSGS, max_tokens=3, extra_body=body
+            )
+        assert err.value.param == param and err.value.code == "invalid_request"
+        assert "provider.data_collection" in err.value.message
+        assert stack.counts() == {"keeper": 0, "forgetter": 0}
+        return
+    answer = await client.chat.completions.create(
+        model=MODEL, messages=MSGS, max_tokens=3, extra_body=body
+    )
+    served = answer.model_extra["routing"]["provider"]
+    assert served == ("forgetter" if provider.get("zdr") else "keeper")
