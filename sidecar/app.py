@@ -21,6 +21,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router_common.catalog_model import Catalog, unknown_model_message
+from router_common.json_text import as_json
 from router_common.log_limit import MalformedHttpLogFilter
 from router_common.logs import DirectJsonLog
 from router_common.pb import router_pb2, router_pb2_grpc
@@ -59,6 +60,13 @@ _STATUS_TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+#: What the sidecar answers, named in its 404 and 405 (OpenAI's other APIs are not proxied).
+_SERVED_ROUTES = (
+    "this sidecar serves POST /v1/chat/completions, GET /v1/models and GET /v1/models/{model} "
+    "(no embeddings, completions, responses or other OpenAI APIs)"
+)
 
 
 def _unreadable_body(request: web.Request) -> str:
@@ -292,7 +300,12 @@ class SidecarApp:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            response = _error_response(exc.status, exc.reason or "error", None, None)
+            message = exc.reason or "error"
+            if exc.status in (404, 405):
+                # A bare "Not Found" left an app calling embeddings, the Responses API or
+                # legacy completions through an OpenAI SDK guessing what was wrong.
+                message = f"{message}: {request.method} {as_json(request.path)}; {_SERVED_ROUTES}"
+            response = _error_response(exc.status, message, None, None)
             if "Allow" in exc.headers:  # a 405 must say which methods are (RFC 9110)
                 response.headers["Allow"] = exc.headers["Allow"]
             return response

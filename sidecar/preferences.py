@@ -212,6 +212,16 @@ def _openrouter(block: Any) -> _Prefs:
     ):
         if block.get(key) is not None:
             put(name, key, _threshold(block[key], f"provider.{key}"))
+    collection = block.get("data_collection")
+    if collection is not None:
+        if collection not in ("allow", "deny"):
+            raise RequestError(
+                f'provider.data_collection must be "allow" or "deny", got {as_json(collection)}',
+                "provider.data_collection",
+            )
+        if collection == "deny":
+            out.values["data_collection_deny"] = True
+            out.params["data_collection_deny"] = "provider.data_collection"
     return out
 
 
@@ -298,6 +308,15 @@ def _merge(
     prefs.only.extend(merged.get("only", []))
     prefs.ignore.extend(merged.get("ignore", []))
     prefs.zero_data_retention = bool(merged.get("zdr", default_zdr))
+    if merged.get("data_collection_deny") and not prefs.zero_data_retention:
+        # Ignoring it (as unknown keys are) would send the prompt to a provider that
+        # may keep it; the catalog records zero data retention, nothing weaker.
+        raise RequestError(
+            'provider.data_collection "deny" needs provider.zdr: true here: the catalog '
+            "records only whether a provider keeps zero data, so zero data retention is "
+            "the guarantee the sidecar can enforce",
+            "provider.data_collection",
+        )
     price = merged.get("max_price")
     if price:
         if "prompt" in price:

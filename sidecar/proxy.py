@@ -450,6 +450,7 @@ class Proxy:
         attempts: int,
         retry_after: str | None = None,
         model: str | None = None,
+        final: bool = False,
     ) -> web.Response:
         headers = {"x-router-attempts": str(attempts)}
         if provider:
@@ -458,6 +459,9 @@ class Proxy:
             headers["x-router-model"] = model
         if retry_after is not None:
             headers["Retry-After"] = retry_after
+        if final:
+            # OpenAI's SDKs obey this header before their own rule (retry every 5xx twice).
+            headers["x-should-retry"] = "false"
         return web.Response(
             status=status,
             body=self._redact.scrub(_dumps(body)),
@@ -478,6 +482,14 @@ class Proxy:
         attempt was rate limited (``Retry-After``: the smallest one given), 504
         when every attempt timed out, 503 when no provider could be tried at all,
         502 for any other mix (a provider refusing the sidecar's key included).
+
+        A 502/504 after more than one attempt, and the 503, say ``x-should-retry:
+        false``: the sidecar already fell back through its attempt limit, and an
+        OpenAI SDK retrying it (twice by default) would call every failing provider
+        again, tripling the upstream calls per app call; a 503 with nothing to try
+        answers the same until the sidecar's keys change. A single attempt (a model
+        with one eligible provider) and a 429 (its ``Retry-After`` paces the SDK)
+        keep the SDK's own retries.
         """
         routing = self.routing_object(plan, records, None, None)
         skipped = [p for leg in plan.legs for p in leg.skipped]
@@ -522,7 +534,8 @@ class Proxy:
         if records:
             msg += ": " + "; ".join(f"{r.provider}: {r.error}" for r in records)
         body = error_body(msg, type_, code=code, routing=routing)
-        return self._json(status, body, None, len(records), retry_after)
+        final = status == 503 or (status != 429 and len(records) > 1)
+        return self._json(status, body, None, len(records), retry_after, final=final)
 
     # -- non-streaming ---------------------------------------------------------
 

@@ -169,12 +169,12 @@ _OPEN_CLIENTS: list[Any] = []
 
 
 def openai_client(sidecar: SidecarApp, **kw: Any) -> Any:
-    """The official client pointed at the sidecar, with its own retries off."""
+    """The official client pointed at the sidecar, with its own retries off (unless ``kw``
+    gives ``max_retries``)."""
     import openai
 
-    client = openai.AsyncOpenAI(
-        base_url=sidecar.base_url, api_key="unused-by-sidecar", max_retries=0, timeout=20.0, **kw
-    )
+    kw = {"max_retries": 0, "timeout": 20.0, **kw}
+    client = openai.AsyncOpenAI(base_url=sidecar.base_url, api_key="unused-by-sidecar", **kw)
     _OPEN_CLIENTS.append(client)
     return client
 

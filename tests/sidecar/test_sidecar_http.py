@@ -7,9 +7,10 @@ import json
 import logging
 
 import aiohttp
+import openai
 import pytest
 from aiohttp import web
-from sidecar_helpers import MODEL, Stack, key_env, key_value
+from sidecar_helpers import MODEL, Stack, key_env, key_value, openai_client
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -93,6 +94,31 @@ async def test_unknown_route_and_method(stack: Stack) -> None:
             assert r.status == 404 and "error" in await r.json()
         async with s.get(sc.base_url + "/chat/completions") as r:
             assert r.status == 405 and "error" in await r.json()
+            assert "GET " in (await r.json())["error"]["message"]
+
+
+@pytest.mark.parametrize("api", ["embeddings", "completions", "responses"])
+async def test_an_openai_api_the_sidecar_does_not_serve_is_named_in_its_404(
+    stack: Stack, api: str
+) -> None:
+    """Through the official SDK the 404 was ``Not Found`` alone: no word of which call
+    was refused or what the sidecar does serve."""
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    sc = await stack.start_sidecar(fallback=True)
+    client = openai_client(sc)
+    calls = {
+        "embeddings": lambda: client.embeddings.create(model=MODEL, input="x"),
+        "completions": lambda: client.completions.create(model=MODEL, prompt="x"),
+        "responses": lambda: client.responses.create(model=MODEL, input="x"),
+    }
+    with pytest.raises(openai.NotFoundError) as err:
+        await calls[api]()
+    error = err.value.body
+    assert error["code"] is None and error["param"] is None
+    assert f'POST "/v1/{api}"' in error["message"]
+    assert "POST /v1/chat/completions" in error["message"]
+    assert stack.counts() == {"alpha": 0}
 
 
 async def test_health_ready_models_metrics(stack: Stack) -> None:

@@ -118,6 +118,40 @@ async def test_the_status_when_every_provider_fails_does_not_depend_on_the_last(
     assert err.value.body["code"] == "all_providers_failed"
 
 
+async def test_an_sdk_retrying_a_failed_fallback_does_not_call_the_providers_again(
+    stack: Stack,
+) -> None:
+    """The SDKs retry every 5xx twice by default; after the sidecar's own fallback that
+    tripled the calls to failing providers (2 providers: 6 upstream calls per app call)."""
+    await stack.add_providers({"alpha": {}, "beta": {}})
+    for fp in stack.providers.values():
+        fp.add_incident("fail", status=500)
+    stack.write_catalog()
+    sc = await stack.start_sidecar(fallback=True)
+    client = openai_client(sc, max_retries=2)  # the SDKs' default
+    with pytest.raises(openai.InternalServerError) as err:
+        await client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=3)
+    assert err.value.status_code == 502
+    assert err.value.response.headers["x-should-retry"] == "false"
+    assert stack.counts() == {"alpha": 1, "beta": 1}
+
+
+@pytest.mark.parametrize("status", [500, 429])
+async def test_one_failed_attempt_or_a_rate_limit_leaves_the_sdk_its_retries(
+    stack: Stack, status: int
+) -> None:
+    """One attempt is what the app would have sent the provider itself, and a 429's
+    Retry-After paces the SDK: neither says ``x-should-retry``."""
+    await stack.add_providers({"alpha": {"retry_after_s": 1.0}})
+    stack.providers["alpha"].add_incident("fail", status=status)
+    stack.write_catalog()
+    sc = await stack.start_sidecar(fallback=True)
+    with pytest.raises(openai.APIStatusError) as err:
+        await openai_client(sc).chat.completions.create(model=MODEL, messages=MSGS, max_tokens=3)
+    assert err.value.status_code == (502 if status == 500 else 429)
+    assert "x-should-retry" not in err.value.response.headers
+
+
 async def test_all_timed_out_is_504(stack: Stack) -> None:
     await stack.add_providers({"alpha": {}, "beta": {}})
     for fp in stack.providers.values():
@@ -129,6 +163,8 @@ async def test_all_timed_out_is_504(stack: Stack) -> None:
             model=MODEL, messages=MSGS, max_tokens=3, stream=True
         )
     assert err.value.status_code == 504
+    # Both providers were waited for: an SDK retry would wait for both again.
+    assert err.value.response.headers["x-should-retry"] == "false"
 
 
 async def _get(url: str) -> tuple[int, dict]:
@@ -192,6 +228,7 @@ async def test_a_model_with_no_keyed_provider_is_not_ready_and_503(stack: Stack)
         await openai_client(sc).chat.completions.create(model=MODEL, messages=MSGS, max_tokens=3)
     assert err.value.status_code == 503
     assert "API key unset for: alpha" in err.value.message
+    assert err.value.response.headers["x-should-retry"] == "false"  # same answer until keys change
 
 
 async def test_models_figures_share_the_routers_names(stack: Stack) -> None:
@@ -282,3 +319,39 @@ async def test_one_model_is_retrieved_as_the_openai_client_asks(stack: Stack, so
         "param": "model",
         "code": "model_not_found",
     }
+
+
+@pytest.mark.parametrize(
+    ("provider", "status", "param"),
+    [
+        ({"data_collection": "deny"}, 400, "provider.data_collection"),
+        ({"data_collection": "never"}, 400, "provider.data_collection"),
+        ({"data_collection": "deny", "zdr": True}, 200, None),
+        ({"data_collection": "allow"}, 200, None),
+    ],
+)
+async def test_openrouters_data_collection_deny_is_never_silently_dropped(
+    stack: Stack, provider: dict, status: int, param: str | None
+) -> None:
+    """OpenRouter apps send ``data_collection: "deny"`` to keep their prompts away from
+    providers that store them; ignored like an unknown key, the prompt went to whichever
+    provider ranked first, one that keeps data included."""
+    await stack.add_providers({"keeper": {}, "forgetter": {}})
+    stack.write_catalog(zdr={"forgetter": True}, prices={"keeper": 0.1, "forgetter": 5.0})
+    sc = await stack.start_sidecar(fallback=True)
+    body = {"provider": {**provider, "sort": "price"}}
+    client = openai_client(sc)
+    if status == 400:
+        with pytest.raises(openai.BadRequestError) as err:
+            await client.chat.completions.create(
+                model=MODEL, messages=MSGS, max_tokens=3, extra_body=body
+            )
+        assert err.value.param == param and err.value.code == "invalid_request"
+        assert "provider.data_collection" in err.value.message
+        assert stack.counts() == {"keeper": 0, "forgetter": 0}
+        return
+    answer = await client.chat.completions.create(
+        model=MODEL, messages=MSGS, max_tokens=3, extra_body=body
+    )
+    served = answer.model_extra["routing"]["provider"]
+    assert served == ("forgetter" if provider.get("zdr") else "keeper")
