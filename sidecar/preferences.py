@@ -307,16 +307,12 @@ def _merge(
     prefs.order.extend(merged.get("order", []))
     prefs.only.extend(merged.get("only", []))
     prefs.ignore.extend(merged.get("ignore", []))
-    prefs.zero_data_retention = bool(merged.get("zdr", default_zdr))
-    if merged.get("data_collection_deny") and not prefs.zero_data_retention:
-        # Ignoring it (as unknown keys are) would send the prompt to a provider that
-        # may keep it; the catalog records zero data retention, nothing weaker.
-        raise RequestError(
-            'provider.data_collection "deny" needs provider.zdr: true here: the catalog '
-            "records only whether a provider keeps zero data, so zero data retention is "
-            "the guarantee the sidecar can enforce",
-            "provider.data_collection",
-        )
+    # OpenRouter's data_collection "deny" asks for providers that keep no prompt; the
+    # catalog records zero data retention (the stronger promise) and nothing weaker, so
+    # "deny" is enforced as zero data retention, never dropped like an unknown key.
+    prefs.zero_data_retention = bool(merged.get("zdr", default_zdr)) or bool(
+        merged.get("data_collection_deny")
+    )
     price = merged.get("max_price")
     if price:
         if "prompt" in price:

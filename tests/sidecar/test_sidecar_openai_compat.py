@@ -322,20 +322,22 @@ async def test_one_model_is_retrieved_as_the_openai_client_asks(stack: Stack, so
 
 
 @pytest.mark.parametrize(
-    ("provider", "status", "param"),
+    ("provider", "status", "expected"),
     [
-        ({"data_collection": "deny"}, 400, "provider.data_collection"),
+        ({"data_collection": "deny"}, 200, "forgetter"),
+        ({"data_collection": "deny", "zdr": False}, 200, "forgetter"),
         ({"data_collection": "never"}, 400, "provider.data_collection"),
-        ({"data_collection": "deny", "zdr": True}, 200, None),
-        ({"data_collection": "allow"}, 200, None),
+        ({"data_collection": "deny", "zdr": True}, 200, "forgetter"),
+        ({"data_collection": "allow"}, 200, "keeper"),
     ],
 )
 async def test_openrouters_data_collection_deny_is_never_silently_dropped(
-    stack: Stack, provider: dict, status: int, param: str | None
+    stack: Stack, provider: dict, status: int, expected: str
 ) -> None:
     """OpenRouter apps send ``data_collection: "deny"`` to keep their prompts away from
     providers that store them; ignored like an unknown key, the prompt went to whichever
-    provider ranked first, one that keeps data included."""
+    provider ranked first, one that keeps data included. It is enforced as zero data
+    retention (``expected``: the provider that serves, or the 400's ``param``)."""
     await stack.add_providers({"keeper": {}, "forgetter": {}})
     stack.write_catalog(zdr={"forgetter": True}, prices={"keeper": 0.1, "forgetter": 5.0})
     sc = await stack.start_sidecar(fallback=True)
@@ -346,12 +348,11 @@ async def test_openrouters_data_collection_deny_is_never_silently_dropped(
             await client.chat.completions.create(
                 model=MODEL, messages=MSGS, max_tokens=3, extra_body=body
             )
-        assert err.value.param == param and err.value.code == "invalid_request"
+        assert err.value.param == expected and err.value.code == "invalid_request"
         assert "provider.data_collection" in err.value.message
         assert stack.counts() == {"keeper": 0, "forgetter": 0}
         return
     answer = await client.chat.completions.create(
         model=MODEL, messages=MSGS, max_tokens=3, extra_body=body
     )
-    served = answer.model_extra["routing"]["provider"]
-    assert served == ("forgetter" if provider.get("zdr") else "keeper")
+    assert answer.model_extra["routing"]["provider"] == expected
