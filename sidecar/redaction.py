@@ -121,8 +121,9 @@ class KeyRedactor:
 _EMPTY = KeyRedactor()
 
 #: Base64 forms shorter than this are not searched: too short to be told from
-#: other base64 text (a short key is still searched as itself).
-_MIN_BASE64_CORE = 12
+#: other text (a key under 8 bytes is still searched as itself). 8 base64
+#: characters are 48 bits: a chance match in relayed text is negligible.
+_MIN_BASE64_CORE = 8
 
 
 def _parts(raw: bytes) -> list[bytes]:
