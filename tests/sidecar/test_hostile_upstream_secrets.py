@@ -176,3 +176,34 @@ async def test_a_json_escaped_key_in_a_relayed_chunk_never_reaches_the_app(
     assert text.startswith("helloyour key: ")  # the chunk was relayed, the key cut out
     _assert_no_key(data, key)
     _assert_no_key(text.encode(), key)
+
+
+#: Both quote kinds: Python's repr escapes one of them (``\'``), JSON the other (``\"``).
+QUOTES_KEY = "sk-quo'te\"s-0123456789abcdef"
+
+
+async def _error_event_not_a_message(request: web.Request) -> web.StreamResponse:
+    """An SSE error event whose ``error`` is a list quoting the key (no ``message``)."""
+    key = request.headers["Authorization"].removeprefix("Bearer ")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(b"data: " + json.dumps({"error": ["denied", {"key": key}]}).encode() + b"\n\n")
+    await resp.write_eof()
+    return resp
+
+
+async def test_an_error_event_that_is_not_a_message_is_shown_as_json_without_the_key(
+    stack: Stack, tmp_path: Path
+) -> None:
+    async with _sidecar_over(stack, tmp_path, _error_event_not_a_message, QUOTES_KEY) as sc:
+        status, data = await _post(sc, stream=True)
+    assert status == 502
+    message = json.loads(data)["error"]["message"]
+    # JSON notation (the project's rule for values), not a Python repr ...
+    assert 'upstream error event: ["denied",{"key":"[REDACTED]' in message
+    # ... so no spelling of the key survives: raw, JSON-escaped or repr-escaped.
+    raw = QUOTES_KEY.encode()
+    for half in (raw[: len(raw) // 2], raw[len(raw) // 2 :]):
+        for spelling in (half, half.replace(b"'", b"\\'"), half.replace(b'"', b'\\"')):
+            assert spelling not in message.encode()
+            assert spelling not in data
