@@ -7,7 +7,9 @@ a URL) or JSON-escaped in a relayed stream chunk (``\\u0073k-…``: the sidecar
 relays those bytes as they are and the app's JSON parser turns them back into
 the key) put the key in front of the app. Real router, real sidecar, a real
 HTTP upstream; the app's bytes are checked after decoding each disguise, so a
-key that got through in any of them fails the test.
+key that got through in any of them fails the test. The last test keeps the
+exits the audit found clean (response headers, a redirect, text and HTML
+bodies, an error event cut inside the key) clean.
 """
 
 from __future__ import annotations
@@ -207,3 +209,85 @@ async def test_an_error_event_that_is_not_a_message_is_shown_as_json_without_the
         for spelling in (half, half.replace(b"'", b"\\'"), half.replace(b'"', b'\\"')):
             assert spelling not in message.encode()
             assert spelling not in data
+
+
+def _echo(request: web.Request) -> str:
+    """What a debugging provider quotes: the Authorization header and the full URL."""
+    return f"auth {request.headers['Authorization']} at {request.url}"
+
+
+async def _in_headers(request: web.Request) -> web.StreamResponse:
+    key = request.headers["Authorization"].removeprefix("Bearer ")
+    headers = {
+        "x-debug-auth": request.headers["Authorization"],
+        "WWW-Authenticate": f'Bearer realm="{key}"',
+        "Retry-After": key,
+    }
+    return web.json_response({"error": {"message": "no"}}, status=429, headers=headers)
+
+
+async def _redirect(request: web.Request) -> web.StreamResponse:
+    key = request.headers["Authorization"].removeprefix("Bearer ")
+    return web.Response(status=307, headers={"Location": f"https://elsewhere.test/v1?key={key}"})
+
+
+async def _plain_text(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=503, text=_echo(request))
+
+
+async def _html(request: web.Request) -> web.StreamResponse:
+    page = f"<html><body><h1>502</h1><pre>{_echo(request)}</pre></body></html>"
+    return web.Response(status=502, text=page, content_type="text/html")
+
+
+async def _error_event_split_across_writes(request: web.Request) -> web.StreamResponse:
+    """An SSE error event quoting the key, written in two pieces cut inside the key."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    event = b"data: " + json.dumps({"error": {"message": _echo(request)}}).encode() + b"\n\n"
+    cut = event.index(b"Bearer ") + 7 + 5
+    await resp.write(event[:cut])
+    await resp.write(event[cut:])
+    await resp.write_eof()
+    return resp
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize(
+    "handler",
+    [_in_headers, _redirect, _plain_text, _html, _error_event_split_across_writes],
+    ids=["headers", "redirect", "text", "html", "split-event"],
+)
+async def test_a_key_echoed_anywhere_else_reaches_no_output(
+    stack: Stack,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    handler: Handler,
+    stream: bool,
+) -> None:
+    """Response headers, a redirect's Location, text and HTML bodies, an error event
+    cut inside the key: none of it reaches the app's body or headers, the log (at
+    DEBUG) or ``/metrics``. (The audit found these clean; this keeps them so.)"""
+    caplog.set_level(logging.DEBUG)
+    async with _sidecar_over(stack, tmp_path, handler, PLAIN_KEY) as sc:
+        payload = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                sc.base_url + "/chat/completions",
+                json={**payload, "stream": stream},
+                headers={"Authorization": "Bearer app-own-token-0123456789"},
+            ) as r,
+        ):
+            data = await r.read()
+            headers = "\n".join(f"{k}: {v}" for k, v in r.headers.items()).encode()
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(sc.base_url.removesuffix("/v1") + "/metrics") as m,
+        ):
+            metrics = await m.read()
+    assert r.status in (429, 502, 503)
+    logged = "\n".join(rec.getMessage() + str(rec.__dict__) for rec in caplog.records).encode()
+    for output in (data, headers, metrics, logged):
+        _assert_no_key(output, PLAIN_KEY)
+        assert b"app-own-token" not in output
