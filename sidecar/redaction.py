@@ -75,8 +75,8 @@ class KeyRedactor:
             needles.update(_json_string(part))
         needles.update(_base64_cores(raw))
         self._needles = tuple(sorted(needles, key=len, reverse=True))
-        escaped = sorted({p for k in self._keys for p in _parts(k.encode())}, key=len, reverse=True)
-        self._escaped = re.compile(b"|".join(_json_escaped(p) for p in escaped))
+        # Every needle, base64 ones included: PHP's json_encode writes "/" as "\/".
+        self._escaped = re.compile(b"|".join(_json_escaped(n) for n in self._needles))
 
     def only(self, key: str | None) -> KeyRedactor:
         """A redactor for one key: what a relayed stream is checked with.

@@ -35,6 +35,8 @@ from sidecar.app import SidecarApp
 PLAIN_KEY = "sk-audit-0123456789abcdefXYZ-SECRET"
 #: Characters a URL percent-encodes and a regular expression treats as special.
 ODD_KEY = "sk+a/b=c.d*e(f)[g]|h^$-0123456789"
+#: Its base64 holds "/", which PHP's json_encode writes as "\\/".
+SLASH_B64_KEY = "sk-ab??c?-0123456789abcdefXYZ"
 #: Under 16 characters: searched whole, never by halves.
 SHORT_KEY = "k3y-8chX"
 KEY_ENV = "AUDIT_ALPHA_API_KEY"
@@ -49,7 +51,8 @@ def _decoded(data: bytes) -> bytes:
     """``data`` plus what an app could decode from it: percent-decoding, JSON escapes,
     and every base64-looking run (at each of the four start offsets)."""
     views = [data, urllib.parse.unquote_to_bytes(data)]
-    views.append(re.sub(rb"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)).encode(), data))
+    unescaped = re.sub(rb"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)).encode(), data)
+    views.append(unescaped.replace(b"\\/", b"/"))
     for run in re.findall(rb"[A-Za-z0-9+/=_-]{12,}", data):
         for text in (run, run.replace(b"-", b"+").replace(b"_", b"/")):
             for cut in range(4):
@@ -131,7 +134,13 @@ def _percent(text: str) -> str:
         (_b64, ODD_KEY),
         (_b64, SHORT_KEY),
     ],
-    ids=["base64", "base64url-odd-key", "percent-odd-key", "base64-odd-key", "base64-short-key"],
+    ids=[
+        "base64",
+        "base64url-odd-key",
+        "percent-odd-key",
+        "base64-odd-key",
+        "base64-short-key",
+    ],
 )
 async def test_an_encoded_key_in_an_error_body_never_reaches_the_app(
     stack: Stack,
@@ -152,31 +161,41 @@ async def test_an_encoded_key_in_an_error_body_never_reaches_the_app(
     )
 
 
-async def _escaped_key_in_content(request: web.Request) -> web.StreamResponse:
-    """A stream whose second chunk spells the key with JSON escapes, as an encoder
-    writing ASCII-only JSON would."""
-    key = request.headers["Authorization"].removeprefix("Bearer ")
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await resp.prepare(request)
-    await resp.write(sse_chunk({"role": "assistant", "content": "hello"}))
-    second = sse_chunk({"content": "your key: KEY"}).replace(b"KEY", _uescaped(key).encode())
-    await resp.write(second.replace(b"/", b"\\/"))
-    await resp.write(sse_chunk({}, finish="stop") + b"data: [DONE]\n\n")
-    await resp.write_eof()
-    return resp
+def _escaped_key_in_content(spell: Callable[[str], str]) -> Handler:
+    """A stream whose second chunk holds ``spell(key)`` written with JSON escapes: every
+    "/" as "\\/" (PHP's json_encode) and, for ``_uescaped``, every character as
+    ``\\uXXXX`` (an encoder writing ASCII-only JSON)."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        key = request.headers["Authorization"].removeprefix("Bearer ")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(sse_chunk({"role": "assistant", "content": "hello"}))
+        second = sse_chunk({"content": "your key: KEY"}).replace(b"KEY", spell(key).encode())
+        await resp.write(second.replace(b"/", b"\\/"))
+        await resp.write(sse_chunk({}, finish="stop") + b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    return answer
 
 
-@pytest.mark.parametrize("key", [PLAIN_KEY, ODD_KEY], ids=["plain-key", "odd-key"])
+@pytest.mark.parametrize(
+    ("spell", "key"),
+    [(_uescaped, PLAIN_KEY), (_uescaped, ODD_KEY), (_b64, SLASH_B64_KEY)],
+    ids=["plain-key", "odd-key", "base64-php-slashes"],
+)
 async def test_a_json_escaped_key_in_a_relayed_chunk_never_reaches_the_app(
-    stack: Stack, tmp_path: Path, key: str
+    stack: Stack, tmp_path: Path, spell: Callable[[str], str], key: str
 ) -> None:
-    async with _sidecar_over(stack, tmp_path, _escaped_key_in_content, key) as sc:
+    async with _sidecar_over(stack, tmp_path, _escaped_key_in_content(spell), key) as sc:
         status, data = await _post(sc, stream=True)
     assert status == 200
     events = [json.loads(ln[6:]) for ln in data.split(b"\n") if ln.startswith(b"data: {")]
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
     assert text.startswith("helloyour key: ")  # the chunk was relayed, the key cut out
     _assert_no_key(data, key)
+    _assert_no_key(text.encode(), key)  # what the app reads once it parsed the JSON
     _assert_no_key(text.encode(), key)
 
 
