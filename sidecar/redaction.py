@@ -104,9 +104,14 @@ class KeyRedactor:
         if (
             self._escaped is not None
             and b"\\" in data  # one memchr; most blocks stop here
-            and (b"\\u" in data or b"\\/" in data)
+            and _ASCII_ESCAPE.search(data) is not None
         ):
-            data = self._escaped.sub(MARK, data)
+            # Escaped ASCII (Go writes <, > and & as \u003c..., PHP "/" as "\/"):
+            # decoded, searched like plain bytes, and only when a needle shows is the
+            # (slow) pattern of every escaped spelling run over the original.
+            view = _ASCII_ESCAPE.sub(_unescape, data)
+            if any(needle in view for needle in self._needles):
+                data = self._escaped.sub(MARK, data)
         return data
 
     def scrub_text(self, text: str) -> str:
@@ -172,6 +177,17 @@ def _base64_cores(raw: bytes) -> set[bytes]:
             cores.add(core)
             cores.add(core.replace(b"+", b"-").replace(b"/", b"_"))
     return cores
+
+
+#: A JSON escape that can spell a key's character: ``\\u0000``..``\\u007f``, ``\\/``.
+#: Non-ASCII escapes (``\\u00e9``, ``\\u4e2d``: text from an encoder writing
+#: ASCII-only JSON) cannot, and do not wake the search.
+_ASCII_ESCAPE = re.compile(rb"\\u00[0-7][0-9a-fA-F]|\\/")
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    text = match.group()
+    return b"/" if text == b"\\/" else bytes((int(text[2:], 16),))
 
 
 def _json_escaped(part: bytes) -> bytes:
