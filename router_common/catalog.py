@@ -91,7 +91,21 @@ class _Validator:
         return value
 
     def url(self, value: Any, path: str) -> str:
+        """A provider's base URL, which must hold no credentials.
+
+        Keys live only in the sidecar's environment (``api_key_env``). A
+        ``user:password@`` or a ``?key=`` in the URL would put one in the router,
+        in every ``RankProviders`` answer to every sidecar, and in the sidecar's
+        requests and errors; so such a URL is refused, and the message never
+        repeats the URL (it would repeat the secret).
+        """
         text = self.string(value, path)
+        if "@" in text or "?" in text or "#" in text:
+            raise self.fail(
+                path,
+                "must not hold a user, password, query or fragment (credentials "
+                "belong in the variable api_key_env names; the URL is not repeated here)",
+            )
         if not text.startswith(("http://", "https://")) or len(text) > 2048:
             raise self.fail(path, f"expected an http(s) URL, got {text!r}")
         return text.rstrip("/")

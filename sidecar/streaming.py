@@ -355,12 +355,17 @@ class SSEScanner:
         return b'"model":' + (self._model_json or b"null")
 
     def error_text(self) -> str:
-        """The upstream error event's message, short and without keys."""
+        """The upstream error event's message, short and without keys.
+
+        An ``error`` that is not ``{"message": "<text>"}`` is written as JSON, the
+        project's notation for values (``str()`` wrote a Python repr, whose
+        ``\\'`` escapes the redactor does not know: a key holding both quote kinds
+        got through)."""
         err = self.error
         if isinstance(err, dict) and isinstance(err.get("message"), str):
             text = err["message"][:4096]
         else:
-            text = str(err)[:4096]
+            text = orjson.dumps(err).decode()[:4096]
         if self._redact is not None:  # before cutting: a cut key could slip through in part
             text = self._redact.scrub_text(text)
         return text[:300]

@@ -93,3 +93,14 @@ def test_every_router_flag_is_in_a_readme_flag_table(capsys: pytest.CaptureFixtu
     flags = set(re.findall(r"^  (--[\w-]+)", text, re.M)) - {"--help"}
     missing = sorted(f for f in flags if not re.search(rf"`{f}[` ]", table_rows))
     assert missing == []
+
+
+def test_router_help_never_prints_the_redis_password_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by a secrets audit: --help appended "(default: <ROUTER_REDIS_URL>)", so
+    # anyone running --help in the pod printed the Redis password.
+    monkeypatch.setenv("ROUTER_REDIS_URL", "redis://:hunter2-redis-password@redis.internal:6379/0")
+    text = _help(lambda: router_parse_args(["--config", "x.yaml", "--help"]), capsys)
+    assert "hunter2-redis-password" not in text
+    assert "default: none" in _option_blocks(text)["--redis"]

@@ -29,8 +29,11 @@ def add_redis_arguments(
         "--redis",
         default=env.get(ENV_URL) or None,
         metavar="URL",
+        # The text states the default so --help never prints the value read from the
+        # environment: the URL may hold the Redis password.
         help=f"redis:// or rediss:// URL; replicas given the same Redis and prefix share "
-        f"outcomes, sketches and health (env {ENV_URL})",
+        f"outcomes, sketches and health (env {ENV_URL}, never echoed here: it may hold "
+        f"the password; default: none, single-process)",
     )
     group.add_argument(
         "--redis-password-file",

@@ -83,6 +83,12 @@ class ReplicationConfig:
             if getattr(self, name) < 1:
                 raise RedisSettingsError(f"{name} must be at least 1")
 
+    def __repr__(self) -> str:
+        """Without the URL's credentials or the password: the config sits in the
+        router's Settings, whose repr a traceback with locals, a debugger or a test
+        failure prints (the dataclass repr printed both)."""
+        return f"ReplicationConfig(redis={self.redacted_url!r}, prefix={self.prefix!r}, ...)"
+
     @property
     def redacted_url(self) -> str:
         """The URL without credentials: what logs and errors may show."""

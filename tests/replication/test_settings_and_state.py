@@ -101,6 +101,24 @@ def test_a_password_file_with_a_byte_order_mark_gives_the_password_without_it(tm
     assert cfg is not None and cfg.password == "pw-0123456789"
 
 
+def test_the_router_settings_repr_holds_no_redis_password(tmp_path) -> None:
+    # Found by a secrets audit: the dataclass repr of ReplicationConfig, and so of
+    # the router's Settings (what a traceback with locals or a debugger prints),
+    # held the URL's password and the password file's contents.
+    from router_service.app import Settings
+
+    secret = tmp_path / "password"
+    secret.write_text("file-pw-0123456789\n")
+    for argv in (
+        ("--redis", "redis://:url-pw-0123456789@h:6379/0"),
+        ("--redis", "redis://h:6379/0", "--redis-password-file", str(secret)),
+    ):
+        cfg = config_from(*argv)
+        shown = repr(Settings(config_path="c.yaml", replication=cfg))
+        assert "pw-0123456789" not in shown
+        assert "redis://h:6379/0" in shown
+
+
 def test_outcome_codec_round_trips() -> None:
     items = [
         Outcome(KEY, 1.5, True, ErrorClass.NONE, 200, 120.5, 80.0, 10, 900.0, None),

@@ -109,6 +109,29 @@ def test_bad_catalog_names_file_key_and_problem(text: str, key_path: str, proble
     assert problem in message
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:hunter2-catalog-secret@api.groq.com/openai/v1",
+        "https://:hunter2-catalog-secret@api.groq.com/openai/v1",
+        "https://us/er:hunter2-catalog-secret@api.groq.com/openai/v1",  # "/" unencoded
+        "https://generativelanguage.googleapis.com/v1beta/openai?key=hunter2-catalog-secret",
+        "https://api.groq.com/openai/v1#hunter2-catalog-secret",
+        "user:hunter2-catalog-secret@api.groq.com/openai/v1",  # no scheme either
+    ],
+)
+def test_a_base_url_holding_credentials_is_refused_without_repeating_them(url: str) -> None:
+    # Found by a secrets audit: a catalog could carry a provider password or key in
+    # base_url, which the router held and sent to every sidecar; with the aiohttp
+    # upstream client it also made every request to any provider a 500.
+    with pytest.raises(CatalogError) as info:
+        parse_catalog(GOOD.replace("https://api.groq.com/openai/v1/", url), "bad.yaml")
+    message = str(info.value)
+    assert message.startswith("bad.yaml: providers.groq.base_url: ")
+    assert "api_key_env" in message
+    assert "hunter2" not in message
+
+
 def test_missing_file_names_it(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     with pytest.raises(CatalogError, match=r"nope\.yaml: \(file\): cannot read"):

@@ -238,6 +238,21 @@ def test_classification_and_retry_after() -> None:
     assert redactor.scrub_text(f"Bearer {key}") == "Bearer [REDACTED][REDACTED]"
 
 
+def test_escaped_text_without_a_key_is_relayed_byte_for_byte() -> None:
+    """The JSON-escape search wakes on escaped ASCII only and rewrites nothing that
+    does not decode to a key: Go's \\u003c, PHP's \\/, escaped non-ASCII text."""
+    key = "sk-live-abcdefghijklmnopqrstuvwxyz"
+    redactor = KeyRedactor([key]).only(key)
+    block = (
+        b'data: {"choices":[{"delta":{"content":"a \\u003c b \\/ caf\\u00e9 \\u4e2d'
+        b' sk-live-abc\\\\u0064"}}]}\n\n'
+    )
+    assert redactor.scrub(block) is block
+    # Escaped in mixed case and in part, the key is still found.
+    spelled = "".join(f"\\u{ord(c):04X}" if i % 3 else c for i, c in enumerate(key))
+    assert redactor.scrub(f'"{spelled}"'.encode()) == b'"[REDACTED][REDACTED]"'
+
+
 async def test_outcome_queue_is_bounded_and_counts_drops() -> None:
     metrics = SidecarMetrics()
     rep = OutcomeReporter(
