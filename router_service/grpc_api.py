@@ -267,7 +267,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 )
             if isinstance(message, Malformed):
                 self.log_limiter.warning(
-                    log, "malformed request", f"StreamOutcomes:{message.cause}"
+                    log,
+                    "malformed request",
+                    f"StreamOutcomes:{message.cause}",
+                    method="StreamOutcomes",
                 )
                 await self._abort_stream(
                     context, total, grpc.StatusCode.INVALID_ARGUMENT, message.cause

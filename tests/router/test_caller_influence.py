@@ -207,6 +207,18 @@ async def test_malformed_requests_are_invalid_argument_counted_and_logged_once(
     lines = [r for r in caplog.records if "malformed" in r.getMessage()]
     assert len(lines) == 2  # once per cause per interval
     assert not any(r.exc_info for r in caplog.records)
+    # A stream's malformed message is logged with its method too (the line had
+    # no `method` field, so a log query by method missed StreamOutcomes' junk).
+    stream = channel.stream_unary(
+        "/router.v1.Router/StreamOutcomes",
+        request_serializer=lambda b: b,
+        response_deserializer=router_pb2.OutcomeAck.FromString,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stream(iter([b"\x0a\xff"]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    streamed = [r for r in caplog.records if "StreamOutcomes:" in getattr(r, "cause", "")]
+    assert [getattr(r, "method", None) for r in streamed] == ["StreamOutcomes"]
 
 
 async def test_what_a_compromised_reporting_caller_can_still_do(tmp_path: Path, clock) -> None:
