@@ -38,7 +38,9 @@ _CAPPED_OPTIONAL = frozenset({"retry_after_seconds"})
 
 
 def bound_problem(value: float, upper: float) -> str | None:
-    """Why ``value`` is not acceptable for a field bounded by [0, ``upper``]; None if it is."""
+    """Why ``value`` is not acceptable for a field bounded by [0, ``upper``]; None if it is.
+
+    ``value`` may be an int (an int64 field): it is compared and shown exactly."""
     if not math.isfinite(value):
         return f"must be a finite number, got {as_json(value)}"
     if value < 0 or value > upper:
@@ -49,7 +51,9 @@ def bound_problem(value: float, upper: float) -> str | None:
 def outcome_value_problem(msg: router_pb2.Outcome) -> tuple[str, str] | None:
     """The first (field, problem) of ``msg``'s values outside the bounds, or None."""
     for name, upper in REQUIRED_BOUNDS:
-        problem = bound_problem(float(getattr(msg, name)), upper)
+        # The value as sent: an int64 through float() was rounded in the message
+        # (2**63 - 1 showed as 9223372036854776000, a number nobody sent).
+        problem = bound_problem(getattr(msg, name), upper)
         if problem is not None:
             return name, problem
     for name, upper in OPTIONAL_BOUNDS:

@@ -242,18 +242,23 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def StreamOutcomes(self, request_iterator: AsyncIterator, context):
         total = _StreamTotals()
         idle = self.idle_stream_timeout_s
+        loop = asyncio.get_running_loop()
+        answer_by = self._answer_by(context, loop.time())
         # A caller can hold a stream open as long as its connection lives (up to an
         # hour): when the callers change (a token revoked, a scope removed) it is
         # admitted again before its next batch, so revocation stops it too.
         generation = self.authenticator.generation
         iterator = request_iterator.__aiter__()
         while True:
+            wait = idle if answer_by is None else min(idle, answer_by - loop.time())
             try:
-                async with asyncio.timeout(idle):
+                async with asyncio.timeout(max(wait, 0.0)):
                     message = await anext(iterator)
             except StopAsyncIteration:
                 break
             except TimeoutError:
+                if wait < idle:
+                    await self._abort_at_deadline(context, total)
                 await self._abort_stream(
                     context,
                     total,
@@ -262,7 +267,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 )
             if isinstance(message, Malformed):
                 self.log_limiter.warning(
-                    log, "malformed request", f"StreamOutcomes:{message.cause}"
+                    log,
+                    "malformed request",
+                    f"StreamOutcomes:{message.cause}",
+                    method="StreamOutcomes",
                 )
                 await self._abort_stream(
                     context, total, grpc.StatusCode.INVALID_ARGUMENT, message.cause
@@ -273,11 +281,45 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 if caller is not None:
                     current_caller.set(caller)
             await self._check_size(message, "message", context, total)
-            await self._apply(message, total, context)
+            if answer_by is None:
+                await self._apply(message, total, context)
+                continue
+            try:
+                # An admitted batch is applied in full however long this waits
+                # (Ingestor.apply shields it); only the answer stops waiting.
+                async with asyncio.timeout(max(answer_by - loop.time(), 0.0)):
+                    await self._apply(message, total, context)
+            except TimeoutError:
+                await self._abort_at_deadline(context, total)
         return total.ack()
 
     #: A StreamOutcomes call that sends nothing for this long is ended.
     idle_stream_timeout_s: float = 60.0
+    #: A StreamOutcomes call with a deadline is ended by the router this long
+    #: before it (at most a quarter of the time it had when it arrived).
+    deadline_margin_s: float = 0.5
+
+    def _answer_by(self, context: grpc.aio.ServicerContext, now: float) -> float | None:
+        """The loop time by which a stream with a deadline must be answered, else None.
+
+        Why: at the caller's deadline its own gRPC library ends the call with a
+        DEADLINE_EXCEEDED of its making, without the router's trailing metadata,
+        so a sender never learned which batches had been applied (the proto
+        promises `router-applied-sequences` for a deadline). Answering a little
+        before it, the router's DEADLINE_EXCEEDED and its list arrive in time."""
+        remaining = context.time_remaining()
+        if remaining is None:
+            return None
+        return now + remaining - min(self.deadline_margin_s, remaining / 4)
+
+    async def _abort_at_deadline(self, context, total: _StreamTotals) -> None:
+        await self._abort_stream(
+            context,
+            total,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "the call's deadline is due: the router ends the stream just before it,"
+            " so this answer arrives; resend the batches not listed as applied",
+        )
 
     async def _apply(self, message, total: _StreamTotals, context) -> None:
         try:

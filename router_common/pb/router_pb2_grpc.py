@@ -35,9 +35,13 @@ class RouterStub:
     request message (`preferences.max_price.input_per_million`,
     `estimated_input_tokens`, `batch_id.sender`; for a rejected outcome the
     field of `Outcome`, e.g. `ttft_ms`). Values in messages are written as JSON:
-    strings quoted (`"groq"`), lists `["a", "b"]`, numbers as JavaScript writes
-    them (`-1`, `0.5`), non-finite doubles as proto3 JSON does (`"NaN"`,
-    `"Infinity"`, `"-Infinity"`). Endpoints are written `provider | model`.
+    strings quoted (`"groq"`; characters outside ASCII escaped, as JSON
+    allows: JSON.parse reads them back as sent), lists `["a", "b"]`,
+    numbers as JavaScript writes them (`-1`, `0.5`; an int64 exactly, all its
+    digits), non-finite doubles as proto3 JSON does (`"NaN"`, `"Infinity"`,
+    `"-Infinity"`). Endpoints are written `provider | model`. A limit in
+    "characters" counts Unicode code points: an emoji is 1 (JavaScript's
+    `length` counts it 2), `é` is 1 (2 bytes of UTF-8).
     """
 
     def __init__(self, channel):
@@ -86,9 +90,13 @@ class RouterServicer:
     request message (`preferences.max_price.input_per_million`,
     `estimated_input_tokens`, `batch_id.sender`; for a rejected outcome the
     field of `Outcome`, e.g. `ttft_ms`). Values in messages are written as JSON:
-    strings quoted (`"groq"`), lists `["a", "b"]`, numbers as JavaScript writes
-    them (`-1`, `0.5`), non-finite doubles as proto3 JSON does (`"NaN"`,
-    `"Infinity"`, `"-Infinity"`). Endpoints are written `provider | model`.
+    strings quoted (`"groq"`; characters outside ASCII escaped, as JSON
+    allows: JSON.parse reads them back as sent), lists `["a", "b"]`,
+    numbers as JavaScript writes them (`-1`, `0.5`; an int64 exactly, all its
+    digits), non-finite doubles as proto3 JSON does (`"NaN"`, `"Infinity"`,
+    `"-Infinity"`). Endpoints are written `provider | model`. A limit in
+    "characters" counts Unicode code points: an emoji is 1 (JavaScript's
+    `length` counts it 2), `é` is 1 (2 bytes of UTF-8).
     """
 
     def RankProviders(self, request, context):
@@ -190,9 +198,13 @@ class Router:
     request message (`preferences.max_price.input_per_million`,
     `estimated_input_tokens`, `batch_id.sender`; for a rejected outcome the
     field of `Outcome`, e.g. `ttft_ms`). Values in messages are written as JSON:
-    strings quoted (`"groq"`), lists `["a", "b"]`, numbers as JavaScript writes
-    them (`-1`, `0.5`), non-finite doubles as proto3 JSON does (`"NaN"`,
-    `"Infinity"`, `"-Infinity"`). Endpoints are written `provider | model`.
+    strings quoted (`"groq"`; characters outside ASCII escaped, as JSON
+    allows: JSON.parse reads them back as sent), lists `["a", "b"]`,
+    numbers as JavaScript writes them (`-1`, `0.5`; an int64 exactly, all its
+    digits), non-finite doubles as proto3 JSON does (`"NaN"`, `"Infinity"`,
+    `"-Infinity"`). Endpoints are written `provider | model`. A limit in
+    "characters" counts Unicode code points: an emoji is 1 (JavaScript's
+    `length` counts it 2), `é` is 1 (2 bytes of UTF-8).
     """
 
     @staticmethod

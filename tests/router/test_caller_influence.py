@@ -6,6 +6,7 @@ ejections are exact.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from router_common.pb import router_pb2, router_pb2_grpc
 from router_service.callers import CallerLimitsConfig
 from router_service.model import HealthState
 from router_service.security import SecuritySettings
-from tests.conftest import FakeClock, loopback_router
+from tests.conftest import FakeClock, loopback_router, wait_for
 
 MODEL = "zai/glm-4.7"
 
@@ -123,6 +124,60 @@ async def test_a_stream_failing_partway_says_what_was_applied(limited) -> None:
     assert attempts(app) == 9
 
 
+async def test_a_stream_open_at_its_deadline_still_says_what_was_applied(limited) -> None:
+    # A client's deadline used to end the call on the client's own clock: the
+    # DEADLINE_EXCEEDED it saw was made up by its gRPC library, with no trailing
+    # metadata, so the `router-applied-sequences` the proto promises for a
+    # deadline never arrived. The router now ends the stream itself shortly
+    # before the deadline, while it waits for the next message, and says.
+    app, stub, _ = limited
+    never = asyncio.Event()
+
+    async def batches():
+        yield batch(3, sequence=1)
+        await never.wait()  # the stream stays open, as a slow sender's does
+
+    call = stub.StreamOutcomes(batches(), timeout=2.0)
+    await wait_for(lambda: attempts(app) == 3)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert dict(info.value.trailing_metadata() or ()).get("router-applied-sequences") == "1"
+    details = info.value.details() or ""
+    assert "deadline" in details and "sequences [1]" in details
+
+
+async def test_a_batch_queued_at_the_deadline_is_applied_and_not_listed(limited) -> None:
+    # The deadline comes while a batch waits for the ingestion lock (another
+    # writer holds it): the answer lists only what was applied by then; the
+    # queued batch, already admitted, is applied in full afterwards and a resend
+    # of it is acknowledged as a duplicate.
+    app, stub, _ = limited
+    second = asyncio.Event()
+
+    async def batches():
+        yield batch(3, sequence=1)
+        await second.wait()
+        yield batch(3, sequence=2)
+
+    call = stub.StreamOutcomes(batches(), timeout=2.0)
+    await wait_for(lambda: attempts(app) == 3)
+    lock = app.servicer.ingestor._lock
+    await lock.acquire()  # another writer, mid-batch
+    try:
+        second.set()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+    finally:
+        lock.release()
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert dict(info.value.trailing_metadata() or ()).get("router-applied-sequences") == "1"
+    await wait_for(lambda: attempts(app) == 6)
+    ack = await stub.StreamOutcomes(iter([batch(3, sequence=s) for s in (1, 2)]))
+    assert (ack.accepted, ack.duplicate_batches) == (0, 2)
+    assert attempts(app) == 6
+
+
 async def test_malformed_requests_are_invalid_argument_counted_and_logged_once(
     limited, caplog
 ) -> None:
@@ -152,6 +207,18 @@ async def test_malformed_requests_are_invalid_argument_counted_and_logged_once(
     lines = [r for r in caplog.records if "malformed" in r.getMessage()]
     assert len(lines) == 2  # once per cause per interval
     assert not any(r.exc_info for r in caplog.records)
+    # A stream's malformed message is logged with its method too (the line had
+    # no `method` field, so a log query by method missed StreamOutcomes' junk).
+    stream = channel.stream_unary(
+        "/router.v1.Router/StreamOutcomes",
+        request_serializer=lambda b: b,
+        response_deserializer=router_pb2.OutcomeAck.FromString,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stream(iter([b"\x0a\xff"]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    streamed = [r for r in caplog.records if "StreamOutcomes:" in getattr(r, "cause", "")]
+    assert [getattr(r, "method", None) for r in streamed] == ["StreamOutcomes"]
 
 
 async def test_what_a_compromised_reporting_caller_can_still_do(tmp_path: Path, clock) -> None:

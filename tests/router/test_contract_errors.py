@@ -130,6 +130,9 @@ HOSTILE_OUTCOMES = [
     ({"tokens_per_second": math.inf}, "tokens_per_second", '"Infinity"'),
     ({"duration_ms": -math.inf}, "duration_ms", '"-Infinity"'),
     ({"output_tokens": -5}, "output_tokens", "got -5"),
+    # An int64 is shown exactly (proto3 JSON writes it as a string of its digits),
+    # not rounded through a double: 2**63 - 1, not 9223372036854776000.
+    ({"output_tokens": 2**63 - 1}, "output_tokens", "got 9223372036854775807"),
     ({"retry_after_seconds": 1e9}, "retry_after_seconds", "1000000000"),
     ({"provider": "groq"}, "provider", f'"groq | {MODEL}"'),
     ({"provider": "ghost"}, "provider", f'"ghost | {MODEL}"'),
