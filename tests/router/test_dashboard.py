@@ -503,3 +503,26 @@ async def test_another_site_cannot_frame_the_dashboard(router_app, page) -> None
         # ... and refused to render it: no dashboard script ran in the frame.
         assert await page.frame_locator("#f").locator("#status").count() == 0
         assert "chrome-error" in child.url or child.url == "about:blank", child.url
+
+
+async def test_a_chart_whose_values_are_all_zero_draws_a_line_not_nan(
+    router_app, router_stub, page
+) -> None:
+    """Found by the observability audit: when every point of the TTFT chart was 0 ms (a
+    valid outcome: a cached answer, a clock's resolution), the axis maximum was
+    10 ** floor(log10(0)) = 0, so every y coordinate was 0/0: Chromium logged
+    'attribute y1: Expected length, "NaN"' for each grid line and drew no line."""
+    kimi = "moonshotai/kimi-k2"
+    zeros = [outcome("groq", model=kimi, ttft_ms=0.0, started_at=time.time()) for _ in range(6)]
+    ack = await router_stub.RecordOutcome(router_pb2.RecordOutcomeRequest(outcomes=zeros))
+    assert ack.rejected == 0
+    router_app.refresh_now()
+    console_errors: list[str] = []
+    page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+    await page.goto(router_app.http_url + f"/models/{kimi}?refresh=600000")
+    line = page.locator("#chart-ttft path[data-provider=groq][data-stat=p50]")
+    await expect(line).to_have_attribute("data-last", "0")
+    assert "NaN" not in (await line.get_attribute("d") or "NaN")
+    assert "NaN" not in await page.locator("#chart-ttft").inner_html()
+    await page.wait_for_load_state("networkidle")
+    assert console_errors == []
