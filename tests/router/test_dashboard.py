@@ -12,6 +12,7 @@ browser fails. Set ``DASHBOARD_SCREENSHOTS=/some/dir`` to keep screenshots.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -526,3 +527,44 @@ async def test_a_chart_whose_values_are_all_zero_draws_a_line_not_nan(
     assert "NaN" not in await page.locator("#chart-ttft").inner_html()
     await page.wait_for_load_state("networkidle")
     assert console_errors == []
+
+
+async def test_a_router_that_stops_answering_is_not_shown_as_live(router_app) -> None:
+    """Found by the observability audit: the pages' fetches had no deadline, so when the
+    router hung (connection open, no answer: a stopped process, a stuck loop) the open
+    dashboard kept saying "live · updated <time>" forever over stale figures, while a
+    refused connection did say "cannot reach the router". Here a real loopback proxy in
+    front of the router stops answering the JSON API once the page is live."""
+    import aiohttp
+
+    hung = asyncio.Event()
+    release = asyncio.Event()  # set at the end, so the held requests finish for cleanup
+
+    async def forward(request: web.Request) -> web.Response:
+        if hung.is_set() and request.path.startswith("/v1/"):
+            await release.wait()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(router_app.http_url + request.path_qs) as upstream,
+        ):
+            body = await upstream.read()
+            headers = {"Content-Type": upstream.headers["Content-Type"]}
+            return web.Response(body=body, status=upstream.status, headers=headers)
+
+    proxy = web.Application()
+    proxy.router.add_get("/{tail:.*}", forward)
+    async with serving(proxy) as port, playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(f"http://127.0.0.1:{port}/?refresh=200")
+            status = page.locator("#status")
+            await expect(status).to_have_attribute("data-state", "live")
+            hung.set()
+            await expect(status).to_have_attribute("data-state", "error", timeout=10_000)
+            await expect(status).to_contain_text("no answer within")
+            hung.clear()  # answering again: the page says so by itself
+            await expect(status).to_have_attribute("data-state", "live", timeout=10_000)
+        finally:
+            release.set()
+            await browser.close()
