@@ -41,9 +41,16 @@ const Dash = (() => {
     if (v === null || v === undefined) return null;
     return v >= 100 ? `${Math.round(v)} tok/s` : `${v.toFixed(1)} tok/s`;
   }
+  /** A ratio as a percentage: one decimal, more when that would read 100 (or 0) for a
+   *  window with a failure (or a success): 0.9995 is "99.95%", never "100.0%". */
   function fmtPct(v) {
     if (v === null || v === undefined) return null;
-    return v === 1 ? "100%" : `${(v * 100).toFixed(1)}%`;
+    if (v >= 1) return "100%";
+    if (v <= 0) return "0%";
+    const pct = v * 100;
+    let digits = 1;
+    while (digits < 4 && ["100", "0"].includes(String(Number(pct.toFixed(digits))))) digits += 1;
+    return `${pct.toFixed(digits)}%`;
   }
   function fmtTime(unixSeconds) {
     return new Date(unixSeconds * 1000).toLocaleTimeString([], { hour12: false });

@@ -568,3 +568,25 @@ async def test_a_router_that_stops_answering_is_not_shown_as_live(router_app) ->
         finally:
             release.set()
             await browser.close()
+
+
+async def test_an_uptime_with_a_failure_never_reads_100_percent(
+    router_app, router_stub, page
+) -> None:
+    """Found by the observability audit: percentages were printed with one decimal, so one
+    failure in 2,000 attempts (99.95 %) read "100.0%" in the table and the health strip,
+    next to a clean endpoint's "100%". Decimals are added until it reads below 100."""
+    kimi = "moonshotai/kimi-k2"
+    for first in range(0, 2000, 1000):
+        batch = [outcome("groq", model=kimi) for _ in range(1000)]
+        if first == 0:
+            batch[0] = failure("groq", model=kimi)
+        ack = await router_stub.RecordOutcome(router_pb2.RecordOutcomeRequest(outcomes=batch))
+        assert ack.accepted == 1000
+    router_app.refresh_now()
+    await page.goto(router_app.http_url + f"/models/{kimi}?refresh=600000")
+    groq = page.locator('tr[data-provider="groq"]')
+    await expect(groq.locator('td[data-col="uptime_1h"]')).to_have_text("99.95%")
+    await expect(page.locator('.strip-row[data-provider="groq"] .strip-uptime')).to_have_text(
+        "99.95%"
+    )

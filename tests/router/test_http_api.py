@@ -28,6 +28,7 @@ from router_service.figures import MIN_SAMPLES
 from router_service.grpc_api import RpcCounter
 from router_service.http_api import build_http_app
 from router_service.metrics_json import endpoints_document, models_document
+from router_service.model import rounded_ratio
 from tests.conftest import EXAMPLE_CATALOG, wait_for
 from tests.router.pb_builders import failure, outcome
 
@@ -319,6 +320,41 @@ async def test_fresh_router_reports_not_enough_data(router_app, http) -> None:
     for page in ("/", f"/models/{GLM}", "/static/common.js", "/static/style.css"):
         async with http.get(page) as response:
             assert response.status == 200, page
+
+
+async def test_an_uptime_with_a_failure_is_never_published_as_1(
+    router_app, router_stub, http
+) -> None:
+    """Found by the observability audit: ratios were rounded to 4 digits, so one failure
+    in 20,000 attempts (0.99995) read 1.0 in /endpoints and /timeseries (and "100%" on the
+    dashboard) while /metrics said 0.99995. Ratios now keep 6 digits and a window with
+    a failure never rounds up to 1."""
+    for first in range(0, 20_000, 1000):
+        batch = [outcome("cerebras") for _ in range(1000)]
+        if first == 0:
+            batch[0] = failure("cerebras")
+        ack = await router_stub.RecordOutcome(router_pb2.RecordOutcomeRequest(outcomes=batch))
+        assert ack.accepted == 1000
+    router_app.refresh_now()
+    doc = await get_json(http, f"/v1/models/{GLM}/endpoints")
+    row = next(e for e in doc["data"]["endpoints"] if e["provider_name"] == "cerebras")
+    assert row["attempts"]["last_1h"] == 20_000
+    assert row["uptime_last_15m"] == row["uptime_last_1h"] == row["uptime_last_1d"] == 0.99995
+    series = await get_json(http, f"/v1/models/{GLM}/timeseries?range=1h")
+    points = [p for s in series["data"]["series"] for p in s["points"] if p["attempts"]]
+    assert sum(p["failures"] for p in points) == 1
+    assert all(p["uptime"] < 1 for p in points if p["failures"])
+    metrics = await scrape(http)
+    key = ("router_endpoint_uptime_ratio", labels(model=GLM, provider="cerebras", window="1h"))
+    assert metrics[key] == row["uptime_last_1h"]
+
+
+def test_published_ratios_reach_1_or_0_only_when_exact() -> None:
+    assert rounded_ratio(20, 20) == 1.0
+    assert rounded_ratio(0, 20) == 0.0
+    assert rounded_ratio(999_999_999, 1_000_000_000) == 0.999999
+    assert rounded_ratio(1, 1_000_000_000) == 0.000001
+    assert rounded_ratio(2, 3) == 0.666667
 
 
 # -- Prometheus -----------------------------------------------------------------------
