@@ -45,7 +45,7 @@ from router_service.metrics_json import (
     not_found_document,
     timeseries_document,
 )
-from router_service.prometheus import build_registry
+from router_service.prometheus import EndpointExposition, build_registry
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -172,11 +172,22 @@ def build_http_app(
     async def list_models(_: web.Request) -> web.Response:
         return web.json_response(models_document(core), headers=NO_STORE)
 
-    async def metrics(request: web.Request) -> web.Response:
+    endpoint_series = EndpointExposition(core)
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(
-            body=encoder(registry), headers={"Content-Type": content_type, **NO_STORE}
-        )
+        # The per-endpoint families first (rendered in slices, see EndpointExposition),
+        # then the registry's, whose OpenMetrics rendering ends with the "# EOF" line.
+        # Everything is rendered before the head is sent, so a failure is still a 500.
+        chunks = [*await endpoint_series.render(), encoder(registry)]
+        response = web.StreamResponse(headers={"Content-Type": content_type, **NO_STORE})
+        response.content_length = sum(len(chunk) for chunk in chunks)
+        await response.prepare(request)
+        if request.method != "HEAD":  # a streamed answer's body is the handler's to omit
+            for chunk in chunks:
+                await response.write(chunk)  # waits for the socket when its buffer is full
+        await response.write_eof()
+        return response
 
     async def dashboard_index(_: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "index.html", headers=NO_STORE)
