@@ -9,7 +9,7 @@ Routes (documents are built in :mod:`router_service.metrics_json`):
                                                while draining; for HTTPS probes under TLS
 ``GET /v1/models``                             model list with best P50 TTFT/throughput
 ``GET /v1/models/{creator}/{name}/endpoints``  per-provider metrics, uptime, health
-``GET /v1/models/{creator}/{name}/timeseries`` per provider: ``?range=5m|15m|1h`` (10 s
+``GET /v1/models/{creator}/{name}/timeseries`` per provider: ``?range=5m|15m|1h`` once (10 s
                                                points; 1 min for 1h), default 15m
 ``GET /metrics``                               Prometheus (text or OpenMetrics, negotiated)
 ``GET /``                                      dashboard: model list
@@ -153,10 +153,16 @@ def build_http_app(
             model = lookup(request)
         except UnknownModelError as exc:
             return web.json_response(not_found_document(str(exc)), status=404, headers=NO_STORE)
-        range_name = request.query.get("range", DEFAULT_RANGE)
-        if range_name not in RANGES:
+        given = request.query.getall("range", [DEFAULT_RANGE])
+        range_name = given[0]
+        message = None
+        if len(given) > 1:
+            # Two ranges are no range: answering the first would hide the caller's mistake.
+            message = f"range: give it once, got {len(given)}: {json.dumps(given[:4])}"
+        elif range_name not in RANGES:
             shown = json.dumps(range_name[:40])
             message = f"range: expected one of {', '.join(RANGES)}, got {shown}"
+        if message is not None:
             body = {"error": {"message": message, "type": "invalid_request"}}
             return web.json_response(body, status=400, headers=NO_STORE)
         return web.json_response(timeseries_document(core, model, range_name), headers=NO_STORE)

@@ -243,6 +243,9 @@ async def test_timeseries_ranges_and_a_bad_range(recorded, http) -> None:
     assert default["window"] == "15m"
     doc = await get_json(http, f"/v1/models/{GLM}/timeseries?range=2h", status=400)
     assert doc["error"]["message"] == 'range: expected one of 5m, 15m, 1h, got "2h"'
+    # Found by the observability audit: ?range=1h&range=5m answered the hour, silently.
+    doc = await get_json(http, f"/v1/models/{GLM}/timeseries?range=1h&range=5m", status=400)
+    assert doc["error"]["message"] == 'range: give it once, got 2: ["1h", "5m"]'
 
 
 async def test_unknown_model_is_404_json(router_app, http) -> None:
