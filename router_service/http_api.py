@@ -6,7 +6,8 @@ Routes (documents are built in :mod:`router_service.metrics_json`):
 ``GET /healthz``                               liveness + catalog version
 ``GET /readyz``                                readiness: 503 until SERVING (catalog and,
                                                with --redis, the shared state loaded) and
-                                               while draining; for HTTPS probes under TLS
+                                               while draining (``reason`` says which);
+                                               for HTTPS probes under TLS
 ``GET /v1/models``                             model list with best P50 TTFT/throughput
 ``GET /v1/models/{creator}/{name}/endpoints``  per-provider metrics, uptime, health
 ``GET /v1/models/{creator}/{name}/timeseries`` per provider: ``?range=5m|15m|1h`` once (10 s
@@ -118,6 +119,7 @@ def build_http_app(
     middlewares: Sequence[Middleware] = (),
     collectors: Sequence[Collector] = (),
     ready: Callable[[], bool] = lambda: True,
+    not_ready_reason: Callable[[], str] = lambda: "starting",
 ) -> web.Application:
     """The aiohttp application mounted on the router's HTTP port.
 
@@ -173,7 +175,8 @@ def build_http_app(
     async def readyz(_: web.Request) -> web.Response:
         if ready():
             return web.json_response({"status": "ready"}, headers=NO_STORE)
-        return web.json_response({"status": "not_ready"}, status=503, headers=NO_STORE)
+        body = {"status": "not_ready", "reason": not_ready_reason()}
+        return web.json_response(body, status=503, headers=NO_STORE)
 
     async def list_models(_: web.Request) -> web.Response:
         return web.json_response(models_document(core), headers=NO_STORE)
