@@ -117,6 +117,8 @@ class RouterApp:
         self.replicator: RedisReplicator | None = None
         #: SERVING on grpc.health.v1; /readyz answers the same on HTTP.
         self.serving = False
+        #: Why not, for /readyz's body: a pod stuck NotReady says what it waits for.
+        self.not_ready_reason = "starting"
 
     @property
     def grpc_address(self) -> str:
@@ -177,6 +179,11 @@ class RouterApp:
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="refresh"))
         if self.settings.watch_catalog:
             self._tasks.append(asyncio.create_task(self._watch_catalog(), name="watch-catalog"))
+        if self.settings.replication is not None:
+            self.not_ready_reason = (
+                "loading the shared state from redis (waits up to "
+                f"{self.settings.replication.startup_timeout_s:g} s for it)"
+            )
         await self._start_replication()
         await self._set_serving(True)
         log.info(
@@ -216,6 +223,7 @@ class RouterApp:
                 IngestCollector(self.servicer.ingestor),
             ],
             ready=lambda: self.serving,
+            not_ready_reason=lambda: self.not_ready_reason,
         )
         self.http_app = app
         install_malformed_http_limit(LogLimiter())
@@ -332,6 +340,7 @@ class RouterApp:
         """Graceful: report NOT_SERVING, drain in-flight RPCs, then close."""
         if self._grpc is None and self._http is None:
             return
+        self.not_ready_reason = "draining: shutting down"
         await self._set_serving(False)
         for task in self._tasks:
             task.cancel()

@@ -42,7 +42,7 @@ from typing import Any
 
 from router_common.domain import Clock, EndpointKey, ErrorClass
 from router_service.health import Transition
-from router_service.model import HealthState, Outcome
+from router_service.model import HealthState, Outcome, rounded_ratio
 
 __all__ = ["RANGES", "DashboardSeries", "RangeSpec"]
 
@@ -394,7 +394,7 @@ def _point(
         "attempts": attempts,
         "successes": b.successes if b else 0,
         "failures": b.failures if b else 0,
-        "uptime": round(b.successes / b.attempts, 4) if b and b.attempts else None,
+        "uptime": rounded_ratio(b.successes, b.attempts) if b and b.attempts else None,
         "ttft_p50": q(b.ttft, b.ttft_n, 0.5, enough_ttft) if b else None,
         "ttft_p95": q(b.ttft, b.ttft_n, 0.95, enough_ttft) if b else None,
         "throughput_p50": q(b.tps, b.tps_n, 0.5, enough_tps) if b else None,

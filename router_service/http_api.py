@@ -6,10 +6,11 @@ Routes (documents are built in :mod:`router_service.metrics_json`):
 ``GET /healthz``                               liveness + catalog version
 ``GET /readyz``                                readiness: 503 until SERVING (catalog and,
                                                with --redis, the shared state loaded) and
-                                               while draining; for HTTPS probes under TLS
+                                               while draining (``reason`` says which);
+                                               for HTTPS probes under TLS
 ``GET /v1/models``                             model list with best P50 TTFT/throughput
 ``GET /v1/models/{creator}/{name}/endpoints``  per-provider metrics, uptime, health
-``GET /v1/models/{creator}/{name}/timeseries`` per provider: ``?range=5m|15m|1h`` (10 s
+``GET /v1/models/{creator}/{name}/timeseries`` per provider: ``?range=5m|15m|1h`` once (10 s
                                                points; 1 min for 1h), default 15m
 ``GET /metrics``                               Prometheus (text or OpenMetrics, negotiated)
 ``GET /``                                      dashboard: model list
@@ -45,7 +46,7 @@ from router_service.metrics_json import (
     not_found_document,
     timeseries_document,
 )
-from router_service.prometheus import build_registry
+from router_service.prometheus import EndpointExposition, build_registry
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -118,6 +119,7 @@ def build_http_app(
     middlewares: Sequence[Middleware] = (),
     collectors: Sequence[Collector] = (),
     ready: Callable[[], bool] = lambda: True,
+    not_ready_reason: Callable[[], str] = lambda: "starting",
 ) -> web.Application:
     """The aiohttp application mounted on the router's HTTP port.
 
@@ -153,10 +155,16 @@ def build_http_app(
             model = lookup(request)
         except UnknownModelError as exc:
             return web.json_response(not_found_document(str(exc)), status=404, headers=NO_STORE)
-        range_name = request.query.get("range", DEFAULT_RANGE)
-        if range_name not in RANGES:
+        given = request.query.getall("range", [DEFAULT_RANGE])
+        range_name = given[0]
+        message = None
+        if len(given) > 1:
+            # Two ranges are no range: answering the first would hide the caller's mistake.
+            message = f"range: give it once, got {len(given)}: {json.dumps(given[:4])}"
+        elif range_name not in RANGES:
             shown = json.dumps(range_name[:40])
             message = f"range: expected one of {', '.join(RANGES)}, got {shown}"
+        if message is not None:
             body = {"error": {"message": message, "type": "invalid_request"}}
             return web.json_response(body, status=400, headers=NO_STORE)
         return web.json_response(timeseries_document(core, model, range_name), headers=NO_STORE)
@@ -167,16 +175,28 @@ def build_http_app(
     async def readyz(_: web.Request) -> web.Response:
         if ready():
             return web.json_response({"status": "ready"}, headers=NO_STORE)
-        return web.json_response({"status": "not_ready"}, status=503, headers=NO_STORE)
+        body = {"status": "not_ready", "reason": not_ready_reason()}
+        return web.json_response(body, status=503, headers=NO_STORE)
 
     async def list_models(_: web.Request) -> web.Response:
         return web.json_response(models_document(core), headers=NO_STORE)
 
-    async def metrics(request: web.Request) -> web.Response:
+    endpoint_series = EndpointExposition(core)
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(
-            body=encoder(registry), headers={"Content-Type": content_type, **NO_STORE}
-        )
+        # The per-endpoint families first (rendered in slices, see EndpointExposition),
+        # then the registry's, whose OpenMetrics rendering ends with the "# EOF" line.
+        # Everything is rendered before the head is sent, so a failure is still a 500.
+        chunks = [*await endpoint_series.render(), encoder(registry)]
+        response = web.StreamResponse(headers={"Content-Type": content_type, **NO_STORE})
+        response.content_length = sum(len(chunk) for chunk in chunks)
+        await response.prepare(request)
+        if request.method != "HEAD":  # a streamed answer's body is the handler's to omit
+            for chunk in chunks:
+                await response.write(chunk)  # waits for the socket when its buffer is full
+        await response.write_eof()
+        return response
 
     async def dashboard_index(_: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "index.html", headers=NO_STORE)

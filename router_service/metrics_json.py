@@ -30,7 +30,14 @@ from router_service.core import RouterCore
 from router_service.dashboard_series import RANGES
 from router_service.figures import MIN_SAMPLES, best_p50s, best_p95_ttft
 from router_service.health import Transition
-from router_service.model import EndpointStats, HealthState, HealthView, MetricSummary, Uptime
+from router_service.model import (
+    EndpointStats,
+    HealthState,
+    HealthView,
+    MetricSummary,
+    Uptime,
+    rounded_ratio,
+)
 
 #: Health transitions returned with a model's endpoints (most recent last).
 TRANSITIONS_SHOWN = 20
@@ -59,7 +66,7 @@ def uptime_ratio(uptime: Uptime) -> float | None:
     """Success ratio of a window, or None below MIN_SAMPLES attempts."""
     if uptime.attempts < MIN_SAMPLES:
         return None
-    return _num(uptime.ratio, 4)
+    return rounded_ratio(uptime.successes, uptime.attempts)
 
 
 def endpoint_document(endpoint: Endpoint, stats: EndpointStats, view: HealthView) -> JSON:

@@ -78,6 +78,24 @@ class Uptime:
         return self.successes / self.attempts
 
 
+#: Decimal places of a ratio in the JSON API: six tell 99.9999 % from 100 %.
+RATIO_DIGITS = 6
+
+
+def rounded_ratio(successes: int, attempts: int) -> float:
+    """``successes / attempts`` rounded for the JSON API, reaching 1.0 or 0.0 only when exact.
+
+    Why: rounded to 4 digits, one failure in 20,000 attempts (0.99995) read 1.0, so the
+    API and the dashboard claimed a clean window that /metrics (unrounded) did not.
+    """
+    shown = round(successes / attempts, RATIO_DIGITS)
+    if shown == 1.0 and successes < attempts:
+        return round(1.0 - 10**-RATIO_DIGITS, RATIO_DIGITS)
+    if shown == 0.0 and successes > 0:
+        return 10.0**-RATIO_DIGITS
+    return shown
+
+
 class RecentEstimate(NamedTuple):
     """The recent view of one endpoint, as ranking reads it.
 

@@ -6,10 +6,12 @@ run several sidecars in one process without name clashes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 
 #: Added latency is sub-millisecond when healthy; fallbacks push it to seconds.
 _ADDED_BUCKETS = (
@@ -207,4 +209,25 @@ class SidecarMetrics:
         self._ranking_source_by[source].inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(_WithoutCreated(self.registry))
+
+
+class _WithoutCreated:
+    """The registry's families without prometheus_client's ``*_created`` samples.
+
+    Why: the text format carries them as gauges of their own, one per labelled child
+    of every counter and histogram (``router_sidecar_attempts_created{provider,
+    error_class}``, …): a second series per series, holding only the second the
+    child was first used, which no alert or panel reads. Filtered here rather than
+    with ``disable_created_metrics()``, which would change every registry of a
+    process that embeds the sidecar.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            kept = Metric(family.name, family.documentation, family.type, family.unit)
+            kept.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield kept

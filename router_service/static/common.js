@@ -8,6 +8,10 @@ const Dash = (() => {
   // never above an hour: setTimeout takes a 32-bit int, so Infinity or 2**32 was 0 ms
   // (polling back to back).
   const REFRESH_MS = Math.min(3600000, Math.max(200, Number(params.get("refresh")) || 2000));
+  // How long one fetch may wait for the router: 5 refresh periods, 2 s to 30 s (10 s by
+  // default). Without a deadline a hung router (connection open, no answer) left the page
+  // saying "live" over stale figures forever; a refused connection already said so.
+  const FETCH_TIMEOUT_MS = Math.min(30000, Math.max(2000, 5 * REFRESH_MS));
 
   /** Create an element with attributes and children (strings become text nodes, never HTML). */
   function el(tag, attrs = {}, ...children) {
@@ -37,9 +41,16 @@ const Dash = (() => {
     if (v === null || v === undefined) return null;
     return v >= 100 ? `${Math.round(v)} tok/s` : `${v.toFixed(1)} tok/s`;
   }
+  /** A ratio as a percentage: one decimal, more when that would read 100 (or 0) for a
+   *  window with a failure (or a success): 0.9995 is "99.95%", never "100.0%". */
   function fmtPct(v) {
     if (v === null || v === undefined) return null;
-    return v === 1 ? "100%" : `${(v * 100).toFixed(1)}%`;
+    if (v >= 1) return "100%";
+    if (v <= 0) return "0%";
+    const pct = v * 100;
+    let digits = 1;
+    while (digits < 4 && ["100", "0"].includes(String(Number(pct.toFixed(digits))))) digits += 1;
+    return `${pct.toFixed(digits)}%`;
   }
   function fmtTime(unixSeconds) {
     return new Date(unixSeconds * 1000).toLocaleTimeString([], { hour12: false });
@@ -52,8 +63,15 @@ const Dash = (() => {
   }
 
   async function getJSON(url) {
-    const res = await fetch(url, { cache: "no-store", headers: { Accept: "application/json" } });
-    const body = await res.json().catch(() => null);
+    const signal = AbortSignal.timeout(FETCH_TIMEOUT_MS);
+    let res, body;
+    try {
+      res = await fetch(url, { cache: "no-store", headers: { Accept: "application/json" }, signal });
+      body = await res.json().catch((err) => { if (signal.aborted) throw err; return null; });
+    } catch (err) {
+      if (!signal.aborted) throw err;
+      throw new Error(`no answer within ${FETCH_TIMEOUT_MS / 1000} s`);
+    }
     if (!res.ok) {
       const msg = body && body.error ? body.error.message : `HTTP ${res.status}`;
       const err = new Error(msg);
@@ -147,5 +165,5 @@ const Dash = (() => {
   }
 
   return { el, noData, fmtMs, fmtTps, fmtPct, fmtTime, modelHref, apiModelPath, getJSON,
-           sorter, sortFromHash, poll, badge, queryParam, STATE_LABEL, REFRESH_MS };
+           sorter, sortFromHash, poll, badge, queryParam, STATE_LABEL, REFRESH_MS, FETCH_TIMEOUT_MS };
 })();

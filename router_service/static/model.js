@@ -163,6 +163,9 @@
     return node;
   }
   function niceMax(v) {
+    // Every value 0 (0 ms TTFT, 0 tok/s are valid outcomes): log10(0) is -Infinity and an
+    // axis of 0..0 made every y coordinate 0/0 (NaN in the SVG, no line drawn). 0..1 instead.
+    if (!(v > 0 && Number.isFinite(v))) return 1;
     const mag = 10 ** Math.floor(Math.log10(v));
     for (const m of [1, 2, 2.5, 5, 10]) if (m * mag >= v) return m * mag;
     return 10 * mag;

@@ -12,6 +12,7 @@ browser fails. Set ``DASHBOARD_SCREENSHOTS=/some/dir`` to keep screenshots.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -503,3 +504,89 @@ async def test_another_site_cannot_frame_the_dashboard(router_app, page) -> None
         # ... and refused to render it: no dashboard script ran in the frame.
         assert await page.frame_locator("#f").locator("#status").count() == 0
         assert "chrome-error" in child.url or child.url == "about:blank", child.url
+
+
+async def test_a_chart_whose_values_are_all_zero_draws_a_line_not_nan(
+    router_app, router_stub, page
+) -> None:
+    """Found by the observability audit: when every point of the TTFT chart was 0 ms (a
+    valid outcome: a cached answer, a clock's resolution), the axis maximum was
+    10 ** floor(log10(0)) = 0, so every y coordinate was 0/0: Chromium logged
+    'attribute y1: Expected length, "NaN"' for each grid line and drew no line."""
+    kimi = "moonshotai/kimi-k2"
+    zeros = [outcome("groq", model=kimi, ttft_ms=0.0, started_at=time.time()) for _ in range(6)]
+    ack = await router_stub.RecordOutcome(router_pb2.RecordOutcomeRequest(outcomes=zeros))
+    assert ack.rejected == 0
+    router_app.refresh_now()
+    console_errors: list[str] = []
+    page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+    await page.goto(router_app.http_url + f"/models/{kimi}?refresh=600000")
+    line = page.locator("#chart-ttft path[data-provider=groq][data-stat=p50]")
+    await expect(line).to_have_attribute("data-last", "0")
+    assert "NaN" not in (await line.get_attribute("d") or "NaN")
+    assert "NaN" not in await page.locator("#chart-ttft").inner_html()
+    await page.wait_for_load_state("networkidle")
+    assert console_errors == []
+
+
+async def test_a_router_that_stops_answering_is_not_shown_as_live(router_app) -> None:
+    """Found by the observability audit: the pages' fetches had no deadline, so when the
+    router hung (connection open, no answer: a stopped process, a stuck loop) the open
+    dashboard kept saying "live · updated <time>" forever over stale figures, while a
+    refused connection did say "cannot reach the router". Here a real loopback proxy in
+    front of the router stops answering the JSON API once the page is live."""
+    import aiohttp
+
+    hung = asyncio.Event()
+    release = asyncio.Event()  # set at the end, so the held requests finish for cleanup
+
+    async def forward(request: web.Request) -> web.Response:
+        if hung.is_set() and request.path.startswith("/v1/"):
+            await release.wait()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(router_app.http_url + request.path_qs) as upstream,
+        ):
+            body = await upstream.read()
+            headers = {"Content-Type": upstream.headers["Content-Type"]}
+            return web.Response(body=body, status=upstream.status, headers=headers)
+
+    proxy = web.Application()
+    proxy.router.add_get("/{tail:.*}", forward)
+    async with serving(proxy) as port, playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(f"http://127.0.0.1:{port}/?refresh=200")
+            status = page.locator("#status")
+            await expect(status).to_have_attribute("data-state", "live")
+            hung.set()
+            await expect(status).to_have_attribute("data-state", "error", timeout=10_000)
+            await expect(status).to_contain_text("no answer within")
+            hung.clear()  # answering again: the page says so by itself
+            await expect(status).to_have_attribute("data-state", "live", timeout=10_000)
+        finally:
+            release.set()
+            await browser.close()
+
+
+async def test_an_uptime_with_a_failure_never_reads_100_percent(
+    router_app, router_stub, page
+) -> None:
+    """Found by the observability audit: percentages were printed with one decimal, so one
+    failure in 2,000 attempts (99.95 %) read "100.0%" in the table and the health strip,
+    next to a clean endpoint's "100%". Decimals are added until it reads below 100."""
+    kimi = "moonshotai/kimi-k2"
+    for first in range(0, 2000, 1000):
+        batch = [outcome("groq", model=kimi) for _ in range(1000)]
+        if first == 0:
+            batch[0] = failure("groq", model=kimi)
+        ack = await router_stub.RecordOutcome(router_pb2.RecordOutcomeRequest(outcomes=batch))
+        assert ack.accepted == 1000
+    router_app.refresh_now()
+    await page.goto(router_app.http_url + f"/models/{kimi}?refresh=600000")
+    groq = page.locator('tr[data-provider="groq"]')
+    await expect(groq.locator('td[data-col="uptime_1h"]')).to_have_text("99.95%")
+    await expect(page.locator('.strip-row[data-provider="groq"] .strip-uptime')).to_have_text(
+        "99.95%"
+    )

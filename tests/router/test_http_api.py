@@ -9,9 +9,11 @@ recorded set of outcomes, end to end through a real router on loopback.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,7 +30,8 @@ from router_service.figures import MIN_SAMPLES
 from router_service.grpc_api import RpcCounter
 from router_service.http_api import build_http_app
 from router_service.metrics_json import endpoints_document, models_document
-from tests.conftest import EXAMPLE_CATALOG, wait_for
+from router_service.model import rounded_ratio
+from tests.conftest import EXAMPLE_CATALOG, loopback_router, wait_for
 from tests.router.pb_builders import failure, outcome
 
 GLM = "zai/glm-4.7"
@@ -240,6 +243,9 @@ async def test_timeseries_ranges_and_a_bad_range(recorded, http) -> None:
     assert default["window"] == "15m"
     doc = await get_json(http, f"/v1/models/{GLM}/timeseries?range=2h", status=400)
     assert doc["error"]["message"] == 'range: expected one of 5m, 15m, 1h, got "2h"'
+    # Found by the observability audit: ?range=1h&range=5m answered the hour, silently.
+    doc = await get_json(http, f"/v1/models/{GLM}/timeseries?range=1h&range=5m", status=400)
+    assert doc["error"]["message"] == 'range: give it once, got 2: ["1h", "5m"]'
 
 
 async def test_unknown_model_is_404_json(router_app, http) -> None:
@@ -319,6 +325,41 @@ async def test_fresh_router_reports_not_enough_data(router_app, http) -> None:
     for page in ("/", f"/models/{GLM}", "/static/common.js", "/static/style.css"):
         async with http.get(page) as response:
             assert response.status == 200, page
+
+
+async def test_an_uptime_with_a_failure_is_never_published_as_1(
+    router_app, router_stub, http
+) -> None:
+    """Found by the observability audit: ratios were rounded to 4 digits, so one failure
+    in 20,000 attempts (0.99995) read 1.0 in /endpoints and /timeseries (and "100%" on the
+    dashboard) while /metrics said 0.99995. Ratios now keep 6 digits and a window with
+    a failure never rounds up to 1."""
+    for first in range(0, 20_000, 1000):
+        batch = [outcome("cerebras") for _ in range(1000)]
+        if first == 0:
+            batch[0] = failure("cerebras")
+        ack = await router_stub.RecordOutcome(router_pb2.RecordOutcomeRequest(outcomes=batch))
+        assert ack.accepted == 1000
+    router_app.refresh_now()
+    doc = await get_json(http, f"/v1/models/{GLM}/endpoints")
+    row = next(e for e in doc["data"]["endpoints"] if e["provider_name"] == "cerebras")
+    assert row["attempts"]["last_1h"] == 20_000
+    assert row["uptime_last_15m"] == row["uptime_last_1h"] == row["uptime_last_1d"] == 0.99995
+    series = await get_json(http, f"/v1/models/{GLM}/timeseries?range=1h")
+    points = [p for s in series["data"]["series"] for p in s["points"] if p["attempts"]]
+    assert sum(p["failures"] for p in points) == 1
+    assert all(p["uptime"] < 1 for p in points if p["failures"])
+    metrics = await scrape(http)
+    key = ("router_endpoint_uptime_ratio", labels(model=GLM, provider="cerebras", window="1h"))
+    assert metrics[key] == row["uptime_last_1h"]
+
+
+def test_published_ratios_reach_1_or_0_only_when_exact() -> None:
+    assert rounded_ratio(20, 20) == 1.0
+    assert rounded_ratio(0, 20) == 0.0
+    assert rounded_ratio(999_999_999, 1_000_000_000) == 0.999999
+    assert rounded_ratio(1, 1_000_000_000) == 0.000001
+    assert rounded_ratio(2, 3) == 0.666667
 
 
 # -- Prometheus -----------------------------------------------------------------------
@@ -404,6 +445,84 @@ async def test_metrics_negotiates_openmetrics(router_app, http) -> None:
 def endpoint_rows(core: RouterCore) -> dict[str, dict[str, Any]]:
     doc = endpoints_document(core, core.model(GLM))
     return {e["provider_name"]: e for e in doc["data"]["endpoints"]}
+
+
+async def test_head_metrics_has_the_get_head_and_no_body(router_app, http) -> None:
+    """/metrics is written in chunks; a HEAD answer must still carry no body, or the next
+    answer on the kept-alive connection is read from the middle of it."""
+    for _ in range(2):  # the second HEAD reuses the connection
+        async with http.head("/metrics") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            assert int(response.headers["Content-Length"]) > 1000  # what a GET would send
+            assert await response.read() == b""
+    assert (await get_json(http, "/healthz"))["status"] == "ok"
+
+
+def large_catalog(models: int, providers: int) -> str:
+    """A catalog of ``models`` x ``providers`` endpoints (the limits allow 10,000 models)."""
+    lines = ["providers:"]
+    for p in range(providers):
+        lines += [f"  p{p}:", f"    base_url: https://p{p}.example/v1", f"    api_key_env: KEY_{p}"]
+    lines.append("models:")
+    for m in range(models):
+        lines += [f"  creator/model-{m}:", "    endpoints:"]
+        lines += [
+            f"      - {{provider: p{p}, input_price_per_million: 1, output_price_per_million: 2}}"
+            for p in range(providers)
+        ]
+    return "\n".join(lines) + "\n"
+
+
+async def test_a_scrape_of_a_large_catalog_leaves_the_event_loop_to_others(tmp_path) -> None:
+    """Found by the observability audit: /metrics was rendered in one synchronous call, and
+    prometheus_client spends ~11 µs a sample, so with 10,000 endpoints (~120,000 series)
+    each scrape held the router's event loop for about 1.3 s: every RankProviders call
+    waited behind Prometheus. The per-endpoint series are now written in slices.
+
+    Measured in the loop thread's CPU time (an OS preemption is not the router's doing):
+    the longest stretch another task waited must be a small part of the scrape (it was
+    nearly all of it: 1.79 s of 1.81 s here; now ~15 ms of ~150 ms)."""
+    app = loopback_router(tmp_path, seed=1)
+    Path(app.settings.config_path).write_text(large_catalog(2000, 5))
+    await app.start()
+    # As the command line does after start (router_service/gc_pauses.py): a full GC pass
+    # over this test process's heap is a stall of its own, not the scrape's.
+    gc.collect()
+    gc.freeze()
+    try:
+        waits: list[float] = []
+        done = asyncio.Event()
+
+        async def another_task() -> None:
+            last = time.thread_time()
+            while not done.is_set():
+                await asyncio.sleep(0)
+                now = time.thread_time()
+                waits.append(now - last)
+                last = now
+
+        async with aiohttp.ClientSession() as session:
+            task = asyncio.create_task(another_task())
+            began = time.thread_time()
+            async with session.get(app.http_url + "/metrics") as response:
+                # Up to the answer's head: the router's part (reading a 10 MB body is the
+                # test client's, on this same loop).
+                scrape = time.thread_time() - began
+                done.set()
+                await task
+                text = await response.text()
+        samples = {
+            s.name
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.labels.get("model") == "creator/model-1999" and s.labels.get("provider") == "p4"
+        }
+        assert "router_endpoint_health_state" in samples  # the last endpoint is there
+        assert max(waits) < scrape / 4, (max(waits), scrape)
+    finally:
+        gc.unfreeze()
+        await app.stop()
 
 
 def test_minimum_samples_boundary_and_private_registries() -> None:

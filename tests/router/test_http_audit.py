@@ -150,7 +150,13 @@ async def test_readyz_answers_503_until_the_shared_state_is_loaded(tmp_path: Pat
         async with aiohttp.ClientSession() as http:
             # Open like /healthz (no token): probes carry none.
             async with http.get(f"{app.http_url}/readyz") as resp:
-                assert resp.status == 503 and (await resp.json())["status"] == "not_ready"
+                body = await resp.json()
+                assert resp.status == 503 and body["status"] == "not_ready"
+                # Found by the observability audit: the body said only "not_ready", so a
+                # pod stuck NotReady did not say what it waited for.
+                assert body["reason"] == (
+                    "loading the shared state from redis (waits up to 30 s for it)"
+                )
             async with http.get(f"{app.http_url}/healthz") as resp:
                 assert resp.status == 200  # alive: liveness must not restart it
             check = health_pb2.HealthCheckRequest(service="")
@@ -294,3 +300,40 @@ async def test_every_answer_carries_the_security_headers(token_router) -> None:
                 csp = resp.headers.get("Content-Security-Policy", "")
                 assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp, path
                 assert "Access-Control-Allow-Origin" not in resp.headers, path
+
+
+async def test_readyz_says_draining_while_in_flight_calls_finish(tmp_path: Path) -> None:
+    """Found by the observability audit: /readyz's 503 said only "not_ready", the same
+    while starting and while draining, so an SRE looking at a NotReady pod could not
+    tell a replica waiting for Redis from one shutting down. A StreamOutcomes call held
+    open keeps the router draining (gRPC grace) while /readyz is asked."""
+    import grpc
+
+    from router_common.pb import router_pb2, router_pb2_grpc
+    from tests.router.pb_builders import outcome
+
+    app = loopback_router(tmp_path, drain_seconds=10.0, watch_catalog=False)
+    await app.start()
+    stopping: asyncio.Task | None = None
+    try:
+        async with grpc.aio.insecure_channel(app.grpc_address) as channel:
+            call = router_pb2_grpc.RouterStub(channel).StreamOutcomes(timeout=10)
+            await call.write(router_pb2.RecordOutcomeRequest(outcomes=[outcome("cerebras")]))
+            await wait_for(
+                lambda: app.core is not None and sum(app.core.outcomes_by_class.values())
+            )
+            stopping = asyncio.create_task(app.stop())
+            async with aiohttp.ClientSession() as http:
+
+                async def draining() -> dict | None:
+                    async with http.get(f"{app.http_url}/readyz") as resp:
+                        return await resp.json() if resp.status == 503 else None
+
+                body = await wait_for(draining)
+            assert body == {"status": "not_ready", "reason": "draining: shutting down"}
+            await call.done_writing()
+            await call
+        await asyncio.wait_for(stopping, 15)
+    finally:
+        if stopping is None:
+            await app.stop()

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from sidecar_helpers import MODEL, Stack
 
 from sidecar.app import SidecarApp
@@ -85,3 +86,22 @@ async def test_label_values_come_from_the_catalog_whatever_callers_send(stack: S
     assert values["provider"] <= {"alpha", "beta"}
     assert values["status"] <= {"200", "400", "404"}
     assert set(values) <= {"model", "provider", "status", "error_class", "result", "source", "le"}
+
+
+async def test_no_created_series_beside_the_counters_and_histograms(stack: Stack) -> None:
+    """Found by the observability audit: prometheus_client wrote a ``*_created`` gauge
+    beside every labelled counter and histogram child (``router_sidecar_attempts_created
+    {provider,error_class}``, …), doubling the series Prometheus stores for a value no
+    alert reads. The exposition stays valid, every documented series stays."""
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    sc = await stack.start_sidecar(router="127.0.0.1:1", fallback=True)
+    msgs = [{"role": "user", "content": "hi"}]
+    assert await _chat(sc, {"model": MODEL, "messages": msgs, "max_tokens": 2}) == 200
+    text = await _metrics(sc)
+    assert "_created" not in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["router_sidecar_attempts"].type == "counter"
+    assert families["router_sidecar_upstream_ttft_seconds"].type == "histogram"
+    assert 'router_sidecar_attempts_total{error_class="none",provider="alpha"} 1.0' in text
+    assert 'router_sidecar_requests_total{status="200"} 1.0' in text
