@@ -245,6 +245,11 @@ def _vercel(block: Any) -> _Prefs:
     if gateway.get("zeroDataRetention") is not None:
         out.values["zdr"] = _bool(gateway["zeroDataRetention"], base + "zeroDataRetention")
         out.params["zdr"] = base + "zeroDataRetention"
+    if gateway.get("disallowPromptTraining") is not None:
+        param = base + "disallowPromptTraining"
+        if _bool(gateway["disallowPromptTraining"], param):
+            out.values["no_training"] = True
+            out.params["no_training"] = param
     return out
 
 
@@ -307,11 +312,15 @@ def _merge(
     prefs.order.extend(merged.get("order", []))
     prefs.only.extend(merged.get("only", []))
     prefs.ignore.extend(merged.get("ignore", []))
-    # OpenRouter's data_collection "deny" asks for providers that keep no prompt; the
-    # catalog records zero data retention (the stronger promise) and nothing weaker, so
-    # "deny" is enforced as zero data retention, never dropped like an unknown key.
-    prefs.zero_data_retention = bool(merged.get("zdr", default_zdr)) or bool(
-        merged.get("data_collection_deny")
+    # OpenRouter's data_collection "deny" and Vercel's disallowPromptTraining ask for
+    # providers that keep (or train on) no prompt; the catalog records zero data
+    # retention (the stronger promise, which Vercel documents as implying no training)
+    # and nothing weaker, so both are enforced as zero data retention, never dropped
+    # like an unknown key.
+    prefs.zero_data_retention = (
+        bool(merged.get("zdr", default_zdr))
+        or bool(merged.get("data_collection_deny"))
+        or bool(merged.get("no_training"))
     )
     price = merged.get("max_price")
     if price:
