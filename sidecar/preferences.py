@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -146,6 +147,53 @@ def _number(value: Any, param: str) -> float:
     return float(value)
 
 
+#: A price as OpenRouter's SDKs send it: a decimal string ("1000", "0.5").
+_DECIMAL = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+#: ``max_price`` keys the catalog can enforce (its prices are per million tokens).
+_TOKEN_PRICES = ("prompt", "completion")
+
+
+def _max_price(value: Any) -> dict[str, float]:
+    """OpenRouter's ``max_price``: caps on the prompt and completion price, USD per
+    million tokens, as numbers or as the decimal strings its SDKs send.
+
+    A cap is a guarantee: one the catalog cannot check (``request``, ``image``,
+    ``audio``: it records token prices only) or a misspelt key is a 400 naming it,
+    never dropped, or the request could go to a provider above the app's cap.
+    """
+    if not isinstance(value, dict):
+        raise RequestError(
+            f"provider.max_price must be an object, got {as_json(value)}", "provider.max_price"
+        )
+    price: dict[str, float] = {}
+    for key, cap in value.items():
+        param = f"provider.max_price.{key}"[:200]
+        if cap is None:
+            continue
+        if key not in _TOKEN_PRICES:
+            raise RequestError(
+                f"{param} cannot be enforced: the catalog records token prices only, "
+                f"so max_price takes {' and '.join(_TOKEN_PRICES)} (USD per million tokens)",
+                param,
+            )
+        number = float(cap) if isinstance(cap, str) and _DECIMAL.fullmatch(cap) else cap
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, int | float)
+            or not math.isfinite(number)
+        ):
+            raise RequestError(
+                f"{param} must be a number or a decimal string (USD per million tokens), "
+                f"got {as_json(cap)}",
+                param,
+            )
+        if number < 0:
+            raise RequestError(f"{param} must not be negative, got {as_json(cap)}", param)
+        price[key] = float(number)
+    return price
+
+
 def _sort(value: Any, param: str) -> int:
     if isinstance(value, dict):  # OpenRouter also accepts {by: "...", partition: ...}
         value = value.get("by")
@@ -198,14 +246,7 @@ def _openrouter(block: Any) -> _Prefs:
             _bool(block["allow_fallbacks"], "provider.allow_fallbacks"),
         )
     if block.get("max_price") is not None:
-        mp = block["max_price"]
-        if not isinstance(mp, dict):
-            raise RequestError("provider.max_price must be an object", "provider.max_price")
-        price: dict[str, float] = {}
-        for key in ("prompt", "completion"):
-            if mp.get(key) is not None:
-                price[key] = _number(mp[key], f"provider.max_price.{key}")
-        put("max_price", "max_price", price)
+        put("max_price", "max_price", _max_price(block["max_price"]))
     for key, name in (
         ("preferred_max_latency", "max_ttft"),
         ("preferred_min_throughput", "min_tps"),

@@ -58,3 +58,73 @@ async def test_vercels_disallow_prompt_training_is_enforced_not_dropped(
     assert status == 200, answer
     assert answer["routing"]["provider"] == served
     assert stack.counts()[served] == 1 and sum(stack.counts().values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("max_price", "served"),
+    [
+        ({"prompt": 1.5, "completion": 1.5}, "cheap"),
+        # OpenRouter's SDKs type every max_price field as a decimal string.
+        ({"prompt": "2.5", "completion": "2.5"}, "mid"),
+        ({"prompt": "1e0"}, "cheap"),
+    ],
+)
+async def test_openrouters_max_price_as_numbers_or_decimal_strings(
+    stack: Stack, max_price: dict[str, Any], served: str
+) -> None:
+    """The caps hold in both spellings (the string form was a 400 ``must be a number``).
+    ``order`` puts the dearest first, so the provider that serves is the dearest one
+    the cap lets through."""
+    sc = await _stack(stack)
+    order = ["private", "mid", "cheap"]
+    status, answer = await _post(sc, provider={"max_price": max_price, "order": order})
+    assert status == 200, answer
+    assert answer["routing"]["provider"] == served
+    excluded = {e["provider"] for e in answer["routing"]["excluded"]}
+    assert excluded == {"cheap", "mid", "private"} - {"cheap", served}
+
+
+@pytest.mark.parametrize(
+    ("max_price", "param", "message"),
+    [
+        (
+            {"prompt": 5, "request": 0.001},
+            "provider.max_price.request",
+            "provider.max_price.request cannot be enforced: the catalog records token prices "
+            "only, so max_price takes prompt and completion (USD per million tokens)",
+        ),
+        ({"image": 0}, "provider.max_price.image", None),
+        ({"audio": "0.5"}, "provider.max_price.audio", None),
+        ({"promt": 0.5}, "provider.max_price.promt", None),
+        (
+            {"prompt": True},
+            "provider.max_price.prompt",
+            "provider.max_price.prompt must be a number or a decimal string "
+            "(USD per million tokens), got true",
+        ),
+        ({"prompt": "cheap"}, "provider.max_price.prompt", None),
+        ({"prompt": "1e999"}, "provider.max_price.prompt", None),
+        ({"completion": "-1"}, "provider.max_price.completion", None),
+        (
+            {"completion": -1.0},
+            "provider.max_price.completion",
+            "provider.max_price.completion must not be negative, got -1",
+        ),
+        ([1, 2], "provider.max_price", "provider.max_price must be an object, got [1, 2]"),
+    ],
+)
+async def test_a_price_cap_the_catalog_cannot_enforce_is_a_400_not_dropped(
+    stack: Stack, max_price: Any, param: str, message: str | None
+) -> None:
+    """OpenRouter's ``max_price`` also documents ``request`` (per request), ``image`` and
+    ``audio``; the catalog has token prices only, so those caps (and misspelt keys) were
+    dropped and the request went to the cheapest provider whatever it charges for them.
+    Each is a 400 naming the field as the request wrote it; nothing goes upstream."""
+    sc = await _stack(stack)
+    status, answer = await _post(sc, provider={"max_price": max_price})
+    assert status == 400, answer
+    assert answer["error"]["param"] == param
+    assert answer["error"]["message"].startswith(param)
+    if message is not None:
+        assert answer["error"]["message"] == message
+    assert sum(stack.counts().values()) == 0
