@@ -48,6 +48,10 @@ PERCENTILES: dict[str, int] = {
     "p99": router_pb2.PERCENTILE_P99,
 }
 
+#: OpenRouter's model variants that are routing shortcuts (``openai/gpt-5:nitro``):
+#: the suffix is exactly ``provider.sort`` set to this value.
+VARIANT_SORTS: dict[str, str] = {":nitro": "throughput", ":floor": "price"}
+
 #: Fields routing consumes; never forwarded upstream.
 ROUTING_FIELDS = ("provider", "providerOptions", "models")
 
@@ -312,37 +316,43 @@ def merge_preferences(
 
 
 def _merge(
-    body: dict[str, Any], default_sort: str | None, default_zdr: bool
+    body: dict[str, Any],
+    default_sort: str | None,
+    default_zdr: bool,
+    variant: _Prefs | None = None,
 ) -> tuple[router_pb2.RoutingPreferences, dict[str, str]]:
-    """``merge_preferences``, and the proto paths set in Vercel's form only → their field."""
+    """``merge_preferences``, and the proto paths set in Vercel's form only → their field.
+
+    ``variant``: the sort a model suffix (``:nitro``) asks for, one more source that
+    must agree with the others like they must agree with each other.
+    """
     sources = []
     if body.get("provider") is not None:
         sources.append(_openrouter(body["provider"]))
     if body.get("providerOptions") is not None:
         sources.append(_vercel(body["providerOptions"]))
+    if variant is not None:
+        sources.append(variant)
     merged: dict[str, Any] = {}
-    if len(sources) == 2:
-        a, b = sources
-        for name in a.values.keys() & b.values.keys():
-            if a.values[name] != b.values[name]:
-                raise RequestError(
-                    f"{a.params[name]} conflicts with {b.params[name]}; "
-                    "give one or make them agree",
-                    f"{a.params[name]},{b.params[name]}",
-                )
+    for i, a in enumerate(sources):
+        for b in sources[i + 1 :]:
+            for name in a.values.keys() & b.values.keys():
+                if a.values[name] != b.values[name]:
+                    raise RequestError(
+                        f"{a.params[name]} conflicts with {b.params[name]}; "
+                        "give one or make them agree",
+                        f"{a.params[name]},{b.params[name]}",
+                    )
     for src in sources:
         merged.update(src.values)
-    vercel_only = (
-        {
-            _PROTO_PATHS[name]: param
-            for name, param in sources[-1].params.items()
-            if param.startswith("providerOptions.")
-            and name in _PROTO_PATHS
-            and not (len(sources) == 2 and name in sources[0].values)
-        }
-        if sources
-        else {}
-    )
+    vercel_only = {
+        _PROTO_PATHS[name]: param
+        for src in sources
+        for name, param in src.params.items()
+        if param.startswith("providerOptions.")
+        and name in _PROTO_PATHS
+        and not any(name in other.values for other in sources if other is not src)
+    }
 
     prefs = router_pb2.RoutingPreferences()
     sort = merged.get("sort")
@@ -419,6 +429,7 @@ def parse_request(
         raise RequestError("you must provide a model parameter", "model")
     if not isinstance(model, str) or not model.strip():
         raise RequestError("model must be a non-empty string", "model")
+    model, fallback_models, variant = _model_variants(model, fallback_models)
     if len(model) > MAX_MODEL_ID_LEN:
         # The router's bound on ``model``, checked here so the answer is this 400
         # whichever source ranks (the fallback catalog would call it unknown).
@@ -428,7 +439,7 @@ def parse_request(
         )
     chain: tuple[str, ...] = ()
     if fallback_models:
-        chain = (model, *(m for m in fallback_models if m != model))
+        chain = tuple(dict.fromkeys((model, *fallback_models)))  # in order, each once
         if len(chain) > MAX_MODELS_PER_REQUEST:
             raise RequestError(
                 f"model and models name {len(chain)} distinct models; "
@@ -461,10 +472,10 @@ def parse_request(
     if so is not None and not isinstance(so, dict):
         raise RequestError("stream_options must be an object", "stream_options")
     pref_params: Mapping[str, str] | None = None
-    if body.get("provider") is None and body.get("providerOptions") is None:
+    if body.get("provider") is None and body.get("providerOptions") is None and variant is None:
         prefs, prefs_key, filters = _default_preferences(default_sort, default_zdr)
     else:
-        prefs, pref_params = _merge(body, default_sort, default_zdr)
+        prefs, pref_params = _merge(body, default_sort, default_zdr, variant)
         try:  # the router's own rules, so the answer does not depend on the ranking source
             validate_preferences(prefs)
         except PreferencesError as exc:
@@ -552,6 +563,39 @@ def _models_option(body: dict[str, Any]) -> list[str]:
         param = "providerOptions.gateway.models"
         found.append((param, _model_list(gateway["models"], param)))
     return _agreeing(found) or []
+
+
+def _model_variants(model: str, fallback_models: list[str]) -> tuple[str, list[str], _Prefs | None]:
+    """``model`` and ``models`` without OpenRouter's ``:nitro`` / ``:floor`` suffixes, and
+    the sort they ask for (None: no suffix).
+
+    The suffix is OpenRouter's shortcut for ``provider.sort`` (throughput, price); kept,
+    it made the id one the catalog does not list (a 404 for a documented form). The
+    preferences apply to every model of a request here, so the suffixes of one request
+    must agree, as must ``provider.sort``; a disagreement is a 400 naming both fields.
+    """
+    found: list[tuple[str, str]] = []  # (param, sort name)
+
+    def strip(entry: str, param: str) -> str:
+        for suffix, sort in VARIANT_SORTS.items():
+            if entry.endswith(suffix) and len(entry) > len(suffix):
+                found.append((param, sort))
+                return entry[: -len(suffix)]
+        return entry
+
+    model = strip(model, "model")
+    fallback_models = [strip(m, "models") for m in fallback_models]
+    if not found:
+        return model, fallback_models, None
+    for param, sort in found[1:]:
+        if sort != found[0][1]:
+            raise RequestError(
+                f"{found[0][0]} and {param} name model variants that sort differently "
+                f"({as_json(found[0][1])}, {as_json(sort)}); give one",
+                f"{found[0][0]},{param}" if param != found[0][0] else param,
+            )
+    param, sort = found[0]
+    return model, fallback_models, _Prefs({"sort": SORTS[sort]}, {"sort": param})
 
 
 def _timeout_ms(value: Any, param: str) -> float:

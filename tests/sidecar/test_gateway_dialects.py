@@ -128,3 +128,58 @@ async def test_a_price_cap_the_catalog_cannot_enforce_is_a_400_not_dropped(
     if message is not None:
         assert answer["error"]["message"] == message
     assert sum(stack.counts().values()) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "sort", "served"),
+    [
+        ({"model": f"{MODEL}:floor"}, "cost", "cheap"),
+        ({"model": f"{MODEL}:nitro"}, "tps", None),
+        ({"model": f"{MODEL}:nitro", "provider": {"sort": "throughput"}}, "tps", None),
+        ({"model": f"{MODEL}:floor", "provider": {"sort": {"by": "price"}}}, "cost", "cheap"),
+        ({"model": None, "models": [f"{MODEL}:floor"]}, "cost", "cheap"),
+        (
+            {
+                "model": f"{MODEL}:floor",
+                "providerOptions": {"gateway": {"zeroDataRetention": True}},
+            },
+            "cost",
+            "private",
+        ),
+    ],
+)
+async def test_openrouters_nitro_and_floor_model_suffixes_set_the_sort(
+    stack: Stack, body: dict[str, Any], sort: str, served: str | None
+) -> None:
+    """``model:nitro`` is OpenRouter's shortcut for ``provider.sort: "throughput"`` and
+    ``model:floor`` for ``"price"``; kept in the id, both were a 404 ``model not in the
+    catalog``. The answer names the catalog's model, without the suffix."""
+    sc = await _stack(stack)
+    status, answer = await _post(sc, **body)  # "model": None is sent as null: models only
+    assert status == 200, answer
+    assert answer["model"] == MODEL and answer["routing"]["model"] == MODEL
+    assert answer["routing"]["preferences"]["sort"] == sort
+    if served is not None:
+        assert answer["routing"]["provider"] == served
+    assert sum(stack.counts().values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": f"{MODEL}:nitro", "provider": {"sort": "price"}}, "provider.sort,model"),
+        (
+            {"model": f"{MODEL}:floor", "providerOptions": {"gateway": {"sort": "ttft"}}},
+            "providerOptions.gateway.sort,model",
+        ),
+        ({"model": f"{MODEL}:floor", "models": [f"{MODEL}:nitro"]}, "model,models"),
+    ],
+)
+async def test_a_model_suffix_that_contradicts_the_sort_is_a_400_naming_both(
+    stack: Stack, body: dict[str, Any], param: str
+) -> None:
+    sc = await _stack(stack)
+    status, answer = await _post(sc, **body)
+    assert status == 400, answer
+    assert answer["error"]["param"] == param
+    assert sum(stack.counts().values()) == 0
