@@ -198,12 +198,30 @@ def _max_price(value: Any) -> dict[str, float]:
     return price
 
 
-def _sort(value: Any, param: str) -> int:
-    if isinstance(value, dict):  # OpenRouter also accepts {by: "...", partition: ...}
+#: OpenRouter's ``sort.partition``: "model" (its default, and what the sidecar does:
+#: a fallback model's endpoints follow the primary's) or "none" (all models' endpoints
+#: sorted together; not honoured, the models stay in their order: no filter is lost).
+PARTITIONS = ("model", "none")
+
+
+def _sort(value: Any, param: str) -> int | None:
+    """A sort name, or OpenRouter's ``{by, partition}`` object (both optional there:
+    no ``by`` is no sort). None: no sort asked for."""
+    if isinstance(value, dict):
+        partition = value.get("partition")
+        if partition is not None and partition not in PARTITIONS:
+            raise RequestError(
+                f"{param}.partition must be one of {as_json(PARTITIONS)}, got {as_json(partition)}",
+                f"{param}.partition",
+            )
         value = value.get("by")
         param += ".by"
+        if value is None:
+            return None
     if not isinstance(value, str) or value.lower() not in SORTS:
-        raise RequestError(f"{param} must be one of {as_json(sorted(SORTS))}", param)
+        raise RequestError(
+            f"{param} must be one of {as_json(sorted(SORTS))}, got {as_json(value)}", param
+        )
     return SORTS[value.lower()]
 
 
@@ -240,7 +258,9 @@ def _openrouter(block: Any) -> _Prefs:
         if block.get(key) is not None:
             put(key, key, _str_list(block[key], f"provider.{key}"))
     if block.get("sort") is not None:
-        put("sort", "sort", _sort(block["sort"], "provider.sort"))
+        sort = _sort(block["sort"], "provider.sort")
+        if sort is not None:
+            put("sort", "sort", sort)
     if block.get("zdr") is not None:
         put("zdr", "zdr", _bool(block["zdr"], "provider.zdr"))
     if block.get("allow_fallbacks") is not None:
@@ -285,8 +305,10 @@ def _vercel(block: Any) -> _Prefs:
             out.values[key] = _str_list(gateway[key], base + key)
             out.params[key] = base + key
     if gateway.get("sort") is not None:
-        out.values["sort"] = _sort(gateway["sort"], base + "sort")
-        out.params["sort"] = base + "sort"
+        sort = _sort(gateway["sort"], base + "sort")
+        if sort is not None:
+            out.values["sort"] = sort
+            out.params["sort"] = base + "sort"
     if gateway.get("zeroDataRetention") is not None:
         out.values["zdr"] = _bool(gateway["zeroDataRetention"], base + "zeroDataRetention")
         out.params["zdr"] = base + "zeroDataRetention"

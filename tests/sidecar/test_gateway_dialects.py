@@ -183,3 +183,38 @@ async def test_a_model_suffix_that_contradicts_the_sort_is_a_400_naming_both(
     assert status == 400, answer
     assert answer["error"]["param"] == param
     assert sum(stack.counts().values()) == 0
+
+
+@pytest.mark.parametrize(
+    ("sort", "expected"),
+    [
+        ({"by": "price", "partition": "model"}, "cost"),
+        ({"by": "price", "partition": "none"}, "cost"),
+        ({"partition": "none"}, None),
+        ({}, None),
+    ],
+)
+async def test_openrouters_sort_object_by_and_partition_are_optional(
+    stack: Stack, sort: dict[str, Any], expected: str | None
+) -> None:
+    """OpenRouter documents ``sort`` as a string or ``{by, partition}``, each optional;
+    ``{partition: "none"}`` alone was a 400 ``provider.sort.by must be one of``. No
+    ``by`` is no sort; ``partition`` is accepted (see the README: "none" is not
+    honoured, the models keep their order)."""
+    sc = await _stack(stack)
+    status, answer = await _post(sc, provider={"sort": sort})
+    assert status == 200, answer
+    assert answer["routing"]["preferences"].get("sort") == expected
+    if expected == "cost":
+        assert answer["routing"]["provider"] == "cheap"
+
+
+async def test_an_unknown_sort_partition_is_a_400_naming_it(stack: Stack) -> None:
+    sc = await _stack(stack)
+    status, answer = await _post(sc, provider={"sort": {"by": "price", "partition": "all"}})
+    assert status == 400, answer
+    assert answer["error"]["param"] == "provider.sort.partition"
+    assert answer["error"]["message"] == (
+        'provider.sort.partition must be one of ["model", "none"], got "all"'
+    )
+    assert sum(stack.counts().values()) == 0

@@ -102,7 +102,7 @@ async def test_request_refusals_read_the_same_from_every_ranking_source(
         (
             {"provider": {"sort": "fastest"}},
             "provider.sort must be one of "
-            '["cost", "latency", "price", "throughput", "tps", "ttft"]',
+            '["cost", "latency", "price", "throughput", "tps", "ttft"], got "fastest"',
         ),
         (
             {"providerOptions": {"gateway": {"providerTimeouts": {"alpha": 700000.0}}}},
