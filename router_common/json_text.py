@@ -10,21 +10,32 @@ rules, stated once here and in the README ("Errors"):
   ``0.5``, ``0.000001`` not ``1e-06``, ``1e+21``;
 * non-finite doubles as the proto3 JSON mapping writes them: ``"NaN"``,
   ``"Infinity"``, ``"-Infinity"`` (plain JSON has no such numbers);
-* booleans ``true``/``false``, lists ``["a", "b"]``, None ``null``.
+* booleans ``true``/``false``, lists ``["a", "b"]``, objects ``{"a": 1}``, None
+  ``null``; a list or object shows its first ``MAX_SHOWN_ENTRIES`` entries, then
+  ``…`` and ``(N entries)`` after the closing bracket, and nesting deeper than
+  ``MAX_SHOWN_DEPTH`` is ``[…]`` / ``{…}``, so a message about a huge value stays small.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 
 #: Characters of one string value shown in a message (names are at most 128).
 MAX_SHOWN_CHARS = 64
 
+#: Entries of one list or object shown in a message.
+MAX_SHOWN_ENTRIES = 8
 
-def as_json(value: object, max_chars: int = MAX_SHOWN_CHARS) -> str:
+
+#: Levels of nested lists and objects shown; deeper ones are ``[…]`` / ``{…}``.
+MAX_SHOWN_DEPTH = 4
+
+
+def as_json(value: object, max_chars: int = MAX_SHOWN_CHARS, _depth: int = 0) -> str:
     """``value`` in JSON notation, for an error message (see the module docstring)."""
     if value is None or isinstance(value, bool):
         return json.dumps(value)
@@ -36,9 +47,27 @@ def as_json(value: object, max_chars: int = MAX_SHOWN_CHARS) -> str:
         if len(value) > max_chars:
             return f"{json.dumps(value[:max_chars])}… ({len(value)} characters)"
         return json.dumps(value)
+    if isinstance(value, Mapping):
+        if _depth == MAX_SHOWN_DEPTH:
+            return "{…}"
+        items = [
+            f"{as_json(str(k), max_chars)}: {as_json(v, max_chars, _depth + 1)}"
+            for k, v in itertools.islice(value.items(), MAX_SHOWN_ENTRIES)
+        ]
+        return _bracketed("{", items, "}", len(value))
     if isinstance(value, Iterable):
-        return "[" + ", ".join(as_json(v, max_chars) for v in value) + "]"
+        if _depth == MAX_SHOWN_DEPTH:
+            return "[…]"
+        entries = list(value)
+        items = [as_json(v, max_chars, _depth + 1) for v in entries[:MAX_SHOWN_ENTRIES]]
+        return _bracketed("[", items, "]", len(entries))
     return json.dumps(str(value))
+
+
+def _bracketed(open_: str, items: list[str], close: str, total: int) -> str:
+    if total > len(items):
+        return f"{open_}{', '.join([*items, '…'])}{close} ({total} entries)"
+    return f"{open_}{', '.join(items)}{close}"
 
 
 def _number(value: float) -> str:

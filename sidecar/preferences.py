@@ -133,21 +133,21 @@ class ParsedRequest:
 
 def _str_list(value: Any, param: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise RequestError(f"{param} must be a list of provider names", param)
+        raise RequestError(f"{param} must be a list of provider names, got {as_json(value)}", param)
     return list(value)
 
 
 def _bool(value: Any, param: str) -> bool:
     if not isinstance(value, bool):
-        raise RequestError(f"{param} must be a boolean", param)
+        raise RequestError(f"{param} must be a boolean, got {as_json(value)}", param)
     return value
 
 
 def _number(value: Any, param: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise RequestError(f"{param} must be a number", param)
+        raise RequestError(f"{param} must be a number, got {as_json(value)}", param)
     if value < 0:
-        raise RequestError(f"{param} must not be negative", param)
+        raise RequestError(f"{param} must not be negative, got {as_json(value)}", param)
     return float(value)
 
 
@@ -230,7 +230,9 @@ def _threshold(value: Any, param: str) -> tuple[float, int | None]:
     if isinstance(value, dict):
         if len(value) != 1 or next(iter(value)) not in PERCENTILES:
             raise RequestError(
-                f"{param} must be a number or one of {{{'|'.join(PERCENTILES)}: x}}", param
+                f"{param} must be a number or one of {{{'|'.join(PERCENTILES)}: x}}, "
+                f"got {as_json(value)}",
+                param,
             )
         key, inner = next(iter(value.items()))
         return _number(inner, f"{param}.{key}"), PERCENTILES[key]
@@ -247,7 +249,7 @@ class _Prefs:
 
 def _openrouter(block: Any) -> _Prefs:
     if not isinstance(block, dict):
-        raise RequestError("provider must be an object", "provider")
+        raise RequestError(f"provider must be an object, got {as_json(block)}", "provider")
     out = _Prefs({}, {})
 
     def put(name: str, key: str, value: Any) -> None:
@@ -292,13 +294,18 @@ def _openrouter(block: Any) -> _Prefs:
 
 def _vercel(block: Any) -> _Prefs:
     if not isinstance(block, dict):
-        raise RequestError("providerOptions must be an object", "providerOptions")
+        raise RequestError(
+            f"providerOptions must be an object, got {as_json(block)}", "providerOptions"
+        )
     gateway = block.get("gateway")
     out = _Prefs({}, {})
     if gateway is None:
         return out
     if not isinstance(gateway, dict):
-        raise RequestError("providerOptions.gateway must be an object", "providerOptions.gateway")
+        raise RequestError(
+            f"providerOptions.gateway must be an object, got {as_json(gateway)}",
+            "providerOptions.gateway",
+        )
     base = "providerOptions.gateway."
     for key in ("order", "only"):
         if gateway.get(key) is not None:

@@ -218,3 +218,76 @@ async def test_an_unknown_sort_partition_is_a_400_naming_it(stack: Stack) -> Non
         'provider.sort.partition must be one of ["model", "none"], got "all"'
     )
     assert sum(stack.counts().values()) == 0
+
+
+TYPE_ERRORS = [
+    ({"provider": "cheap"}, "provider", 'provider must be an object, got "cheap"'),
+    (
+        {"provider": {"order": "cheap"}},
+        "provider.order",
+        'provider.order must be a list of provider names, got "cheap"',
+    ),
+    (
+        {"provider": {"only": ["cheap", 5]}},
+        "provider.only",
+        'provider.only must be a list of provider names, got ["cheap", 5]',
+    ),
+    (
+        {"provider": {"allow_fallbacks": "no"}},
+        "provider.allow_fallbacks",
+        'provider.allow_fallbacks must be a boolean, got "no"',
+    ),
+    ({"provider": {"zdr": 1}}, "provider.zdr", "provider.zdr must be a boolean, got 1"),
+    (
+        {"provider": {"preferred_min_throughput": -5.0}},
+        "provider.preferred_min_throughput",
+        "provider.preferred_min_throughput must not be negative, got -5",
+    ),
+    (
+        {"provider": {"preferred_max_latency": {"p90": None}}},
+        "provider.preferred_max_latency.p90",
+        "provider.preferred_max_latency.p90 must be a number, got null",
+    ),
+    (
+        {"providerOptions": []},
+        "providerOptions",
+        "providerOptions must be an object, got []",
+    ),
+    (
+        {"providerOptions": {"gateway": {"order": {"cheap": 1}}}},
+        "providerOptions.gateway.order",
+        'providerOptions.gateway.order must be a list of provider names, got {"cheap": 1}',
+    ),
+    (
+        {"providerOptions": {"gateway": {"only": [f"p{i}" for i in range(1000)] + [7]}}},
+        "providerOptions.gateway.only",
+        "providerOptions.gateway.only must be a list of provider names, got "
+        '["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7", …] (1001 entries)',
+    ),
+    (
+        {"providerOptions": {"gateway": {"zeroDataRetention": "yes"}}},
+        "providerOptions.gateway.zeroDataRetention",
+        'providerOptions.gateway.zeroDataRetention must be a boolean, got "yes"',
+    ),
+    (
+        {"providerOptions": {"gateway": {"disallowPromptTraining": [True]}}},
+        "providerOptions.gateway.disallowPromptTraining",
+        "providerOptions.gateway.disallowPromptTraining must be a boolean, got [true]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "param", "message"), TYPE_ERRORS)
+async def test_type_errors_name_the_field_as_the_request_wrote_it_and_the_value_as_json(
+    stack: Stack, body: dict[str, Any], param: str, message: str
+) -> None:
+    """A wrong type is a 400 whose ``param`` is the request's own spelling and whose
+    message shows the value as JSON writes it (a list or object cut to its first
+    entries); it said only ``must be a boolean``, so a client could not see which of
+    its values was read. Nothing goes upstream."""
+    sc = await _stack(stack)
+    status, answer = await _post(sc, **body)
+    assert status == 400, answer
+    assert answer["error"]["param"] == param
+    assert answer["error"]["message"] == message
+    assert sum(stack.counts().values()) == 0

@@ -111,7 +111,8 @@ async def test_request_refusals_read_the_same_from_every_ranking_source(
         ),
         (
             {"provider": {"preferred_max_latency": {"p42": 1}}},
-            "provider.preferred_max_latency must be a number or one of {p50|p75|p90|p95|p99: x}",
+            "provider.preferred_max_latency must be a number or one of "
+            '{p50|p75|p90|p95|p99: x}, got {"p42": 1}',
         ),
     ],
 )
