@@ -10,6 +10,8 @@ providers on loopback: ``cheap`` (keeps data, the cheapest), ``mid`` and
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -291,3 +293,24 @@ async def test_type_errors_name_the_field_as_the_request_wrote_it_and_the_value_
     assert answer["error"]["param"] == param
     assert answer["error"]["message"] == message
     assert sum(stack.counts().values()) == 0
+
+
+async def test_vercels_byok_credentials_are_accepted_and_never_forwarded_or_logged(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Vercel apps may send per-request provider keys (``byok``); the sidecar calls
+    providers with its own keys only, so they are ignored (README), and being secrets
+    they must reach no provider, no answer and no log line."""
+    caplog.set_level(logging.DEBUG)
+    sc = await _stack(stack)
+    secret = "sk-app-own-key-5f0e9a1c77d24b1e"
+    gateway = {"byok": {"cheap": [{"apiKey": secret}]}, "sort": "cost"}
+    status, answer = await _post(sc, providerOptions={"gateway": gateway})
+    assert status == 200, answer
+    assert answer["routing"]["provider"] == "cheap"
+    (sent,) = stack.providers["cheap"].requests
+    assert sent.auth_ok is True  # the sidecar's own key
+    assert secret not in json.dumps(sent.body) and secret not in json.dumps(sent.headers)
+    assert "providerOptions" not in sent.body
+    assert secret not in json.dumps(answer)
+    assert secret not in "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
