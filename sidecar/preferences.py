@@ -225,18 +225,33 @@ def _sort(value: Any, param: str) -> int | None:
     return SORTS[value.lower()]
 
 
-def _threshold(value: Any, param: str) -> tuple[float, int | None]:
-    """A number, or OpenRouter's ``{p50: x}`` form (the percentile is returned too)."""
-    if isinstance(value, dict):
-        if len(value) != 1 or next(iter(value)) not in PERCENTILES:
-            raise RequestError(
-                f"{param} must be a number or one of {{{'|'.join(PERCENTILES)}: x}}, "
-                f"got {as_json(value)}",
-                param,
-            )
-        key, inner = next(iter(value.items()))
-        return _number(inner, f"{param}.{key}"), PERCENTILES[key]
-    return _number(value, param), None
+def _threshold(value: Any, param: str) -> tuple[float, int | None] | None:
+    """A number, or OpenRouter's percentile cutoffs ``{p50: x, p90: y}`` (each optional
+    and nullable there; the percentile is returned too). None: no cutoff given.
+
+    The router judges soft thresholds at one percentile per request, so one
+    non-null cutoff is honoured; several are a 400 naming the field (README).
+    """
+    if not isinstance(value, dict):
+        return _number(value, param), None
+    unknown = [k for k in value if k not in PERCENTILES]
+    if unknown:
+        raise RequestError(
+            f"{param} must be a number or one of {{{'|'.join(PERCENTILES)}: x}}, "
+            f"got {as_json(value)}",
+            param,
+        )
+    cutoffs = [(k, v) for k, v in value.items() if v is not None]
+    if not cutoffs:
+        return None
+    if len(cutoffs) > 1:
+        raise RequestError(
+            f"{param} takes one percentile cutoff here (soft thresholds are judged at one "
+            f"percentile per request), got {as_json(value)}",
+            param,
+        )
+    key, inner = cutoffs[0]
+    return _number(inner, f"{param}.{key}"), PERCENTILES[key]
 
 
 @dataclass(slots=True)
@@ -278,7 +293,9 @@ def _openrouter(block: Any) -> _Prefs:
         ("preferred_min_throughput", "min_tps"),
     ):
         if block.get(key) is not None:
-            put(name, key, _threshold(block[key], f"provider.{key}"))
+            threshold = _threshold(block[key], f"provider.{key}")
+            if threshold is not None:
+                put(name, key, threshold)
     collection = block.get("data_collection")
     if collection is not None:
         if collection not in ("allow", "deny"):

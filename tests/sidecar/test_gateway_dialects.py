@@ -246,9 +246,15 @@ TYPE_ERRORS = [
         "provider.preferred_min_throughput must not be negative, got -5",
     ),
     (
-        {"provider": {"preferred_max_latency": {"p90": None}}},
+        {"provider": {"preferred_max_latency": {"p90": "fast"}}},
         "provider.preferred_max_latency.p90",
-        "provider.preferred_max_latency.p90 must be a number, got null",
+        'provider.preferred_max_latency.p90 must be a number, got "fast"',
+    ),
+    (
+        {"provider": {"preferred_max_latency": {"p50": 1, "p90": 3}}},
+        "provider.preferred_max_latency",
+        "provider.preferred_max_latency takes one percentile cutoff here (soft thresholds "
+        'are judged at one percentile per request), got {"p50": 1, "p90": 3}',
     ),
     (
         {"providerOptions": []},
@@ -314,3 +320,24 @@ async def test_vercels_byok_credentials_are_accepted_and_never_forwarded_or_logg
     assert "providerOptions" not in sent.body
     assert secret not in json.dumps(answer)
     assert secret not in "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("provider", "at_p90"),
+    [
+        ({"preferred_max_latency": {"p50": None, "p90": 0.5, "p99": None}}, True),
+        ({"preferred_min_throughput": {"p50": None, "p75": None}}, False),
+        ({"preferred_min_throughput": {}}, False),
+    ],
+)
+async def test_percentile_cutoffs_may_be_null_as_openrouters_sdks_write_them(
+    stack: Stack, provider: dict[str, Any], at_p90: bool
+) -> None:
+    """OpenRouter documents each percentile cutoff as optional and nullable; an object
+    whose other cutoffs are null was a 400 (``must be a number or one of``). Null
+    cutoffs are no cutoffs; the one given is honoured (the router reports it)."""
+    sc = await _stack(stack)
+    status, answer = await _post(sc, provider=provider)
+    assert status == 200, answer
+    expected = "PERCENTILE_P90" if at_p90 else "PERCENTILE_P50"
+    assert answer["routing"]["percentile"] == expected
