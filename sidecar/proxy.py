@@ -25,6 +25,7 @@ from aiohttp import web
 from router_common.domain import ErrorClass
 from router_common.pb import router_pb2
 from router_common.routing.filters import hard_filter
+from router_common.routing.order import kept_without_fallbacks
 from sidecar.config import SidecarSettings
 from sidecar.hedging import Hedger
 from sidecar.keys import ProviderKeys
@@ -189,7 +190,7 @@ class Proxy:
                 routes = [r for r in routes if r.provider not in keys.missing]
         prefs = req.preferences
         if prefs.HasField("allow_fallbacks") and not prefs.allow_fallbacks:
-            routes = routes[:1]
+            routes = routes[: kept_without_fallbacks([r.provider for r in routes], prefs.order)]
         return routes, skipped
 
     async def request_plan(self, req: ParsedRequest) -> RequestPlan:

@@ -33,6 +33,7 @@ from router_common.routing.cost import cost_factors, endpoint_cost
 from router_common.routing.filters import HardFilters, hard_filter
 from router_common.routing.order import (
     DEFAULT_NEAR_TIE_TOLERANCE,
+    kept_without_fallbacks,
     order_tier,
     weighted_choice,
     weighted_order,
@@ -329,7 +330,7 @@ def rank_from_catalog(
     )
     routes = [Route.from_catalog(kept[i]) for i in positions]
     if prefs.HasField("allow_fallbacks") and not prefs.allow_fallbacks:
-        routes = routes[:1]
+        routes = routes[: kept_without_fallbacks([r.provider for r in routes], prefs.order)]
     return routes, excluded
 
 

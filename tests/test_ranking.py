@@ -653,6 +653,16 @@ def test_allow_fallbacks_false_returns_only_the_first() -> None:
     assert [x.reason.numbers["position"] for x in result.excluded] == [2, 3]
 
 
+def test_allow_fallbacks_false_with_order_keeps_the_ordered_providers() -> None:
+    """OpenRouter: false means "only the primary provider, or your custom providers in
+    `order`": with `order` the listed providers stay (in that order), no other does."""
+    result = run(eps=ABC, st_=ABC_STATS, sort=Sort.TTFT, order=("c", "a"), allow_fallbacks=False)
+    assert names(result) == ["c", "a"]
+    assert excluded(result) == {"b": "fallbacks_disabled"}
+    result = run(eps=ABC, st_=ABC_STATS, sort=Sort.TTFT, order=("c",), allow_fallbacks=False)
+    assert names(result) == ["c"]
+
+
 def test_fallbacks_disabled_drops_the_probe_permit_too() -> None:
     result = run(
         eps=ABC, st_=ABC_STATS, health={"a": hv(H.PROBING, probe=True)}, allow_fallbacks=False
@@ -798,9 +808,11 @@ def test_property_result_is_a_permutation_of_the_filtered_candidates(scenario: t
     assert result.panic == (not healthy and bool(passing))
     if req.allow_fallbacks:
         assert sorted(e.key for e in ranked) == sorted(e.key for e in expected)
-    else:
-        assert len(ranked) == min(1, len(expected))
+    else:  # the first only, or a leading run of providers `order` names
+        assert bool(ranked) == bool(expected)
         assert all(e in expected for e in ranked)
+        if len(ranked) > 1:
+            assert all(e.provider.name in req.order for e in ranked)
     # At most one probe per request, and it is tried first.
     assert len(result.probing) <= 1
     if result.probing:

@@ -150,3 +150,24 @@ def order_tier(
     if rest:
         out.extend(order_rest(rest, keys, weights, tol, rng))
     return out
+
+
+def kept_without_fallbacks(providers: Sequence[str], order: Sequence[str]) -> int:
+    """How many leading entries of a ranking ``allow_fallbacks: false`` keeps.
+
+    OpenRouter documents false as "use only the primary provider, or your custom
+    providers in `order`": with ``order``, the leading run of endpoints whose
+    provider ``order`` names (they rank first, in that order), so a failure of the
+    first still goes to the next provider the app listed and never to one it did
+    not; without ``order`` (or when no listed provider leads), the first only.
+    One rule for the router and the sidecar, so every ranking source agrees.
+    """
+    if not providers:
+        return 0
+    named = set(order)
+    if providers[0] not in named:
+        return 1
+    kept = 1
+    while kept < len(providers) and providers[kept] in named:
+        kept += 1
+    return kept

@@ -55,8 +55,10 @@ Pipeline:
    its degradation is ranked on it like a healthy one (``_recent_overrides``).
    Each entry also carries a suggested first-token timeout and hedge delay
    (``_timeouts``).
-5. ``allow_fallbacks=False`` keeps only the first endpoint; the others are
-   excluded with "fallbacks_disabled" (and no probe permit is asked for them).
+5. ``allow_fallbacks=False`` keeps only the first endpoint, or with ``order``
+   the leading endpoints of providers ``order`` names (``kept_without_fallbacks``);
+   the others are excluded with "fallbacks_disabled" (and no probe permit is
+   asked for them).
 
 Percentiles are literal quantiles of the metric: ``percentile=0.9`` ranks by
 the p90 TTFT (slow tail) and by the p90 throughput (fast tail), the same
@@ -98,7 +100,7 @@ from router_common.limits import MAX_FIRST_TOKEN_TIMEOUT_MS
 from router_common.routing import reasons as rc
 from router_common.routing.cost import cost_factors, endpoint_cost
 from router_common.routing.filters import hard_filter
-from router_common.routing.order import weighted_choice
+from router_common.routing.order import kept_without_fallbacks, weighted_choice
 from router_common.routing.reasons import Reason
 from router_service.model import (
     EMPTY_STATS,
@@ -407,22 +409,27 @@ def rank(
             entries[probe] = entries[probe]._replace(deprioritized=None)
     ranked = [entries[i] for i in positions]
 
-    # 5. allow_fallbacks=False: the first endpoint only.
-    if not request.allow_fallbacks and len(ranked) > 1:
-        first = ranked[0].endpoint.provider.name
-        for pos, dropped in enumerate(ranked[1:], start=2):
+    # 5. allow_fallbacks=False: the first endpoint only, or the leading `order` ones.
+    kept = (
+        len(ranked)
+        if request.allow_fallbacks
+        else kept_without_fallbacks([e.endpoint.provider.name for e in ranked], request.order)
+    )
+    if kept < len(ranked):
+        tried = ", ".join(e.endpoint.provider.name for e in ranked[:kept])
+        for pos, dropped in enumerate(ranked[kept:], start=kept + 1):
             why = "" if dropped.deprioritized is None else f" (also {dropped.deprioritized.code})"
             excluded.append(
                 Exclusion(
                     dropped.endpoint,
                     Reason(
                         rc.FALLBACKS_DISABLED,
-                        f"allow_fallbacks=false: only {first} is tried; this was #{pos}{why}",
+                        f"allow_fallbacks=false: only {tried} tried; this was #{pos}{why}",
                         {"position": float(pos)},
                     ),
                 )
             )
-        del ranked[1:]
+        del ranked[kept:]
 
     return RankingResult(
         ranked=tuple(ranked),

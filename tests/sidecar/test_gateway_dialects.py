@@ -341,3 +341,29 @@ async def test_percentile_cutoffs_may_be_null_as_openrouters_sdks_write_them(
     assert status == 200, answer
     expected = "PERCENTILE_P90" if at_p90 else "PERCENTILE_P50"
     assert answer["routing"]["percentile"] == expected
+
+
+@pytest.mark.parametrize("with_router", [True, False])
+async def test_allow_fallbacks_false_still_tries_every_provider_named_in_order(
+    stack: Stack, with_router: bool
+) -> None:
+    """OpenRouter documents ``allow_fallbacks: false`` as "use only the primary provider,
+    or your custom providers in `order`". With ``order: [down, mid]`` the sidecar tried
+    ``down`` alone and answered its 500; now ``mid`` serves, and ``cheap``, which the
+    app did not list, is never tried. Same from the router and the fallback catalog."""
+    await stack.add_providers({"cheap": {}, "mid": {}, "down": {"error_rate": 1.0}})
+    stack.write_catalog(prices={"cheap": 1.0, "mid": 2.0, "down": 3.0})
+    if with_router:
+        router = await stack.start_router()
+        sc = await stack.start_sidecar(router.grpc_address)
+    else:
+        sc = await stack.start_sidecar(fallback=True)
+    provider = {"order": ["down", "mid"], "allow_fallbacks": False, "sort": "price"}
+    status, answer = await _post(sc, provider=provider)
+    assert status == 200, answer
+    assert [a["provider"] for a in answer["routing"]["attempts"]] == ["down", "mid"]
+    assert stack.counts() == {"cheap": 0, "mid": 1, "down": 1}
+    # Without `order`, false keeps its meaning: the first provider only.
+    status, answer = await _post(sc, provider={"allow_fallbacks": False, "sort": "price"})
+    assert status == 200 and answer["routing"]["provider"] == "cheap"
+    assert [a["provider"] for a in answer["routing"]["attempts"]] == ["cheap"]
