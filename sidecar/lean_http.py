@@ -378,6 +378,13 @@ class _Conn(asyncio.Protocol):
         self.transport.write(data)
 
 
+def _close_unwanted(dial: asyncio.Task[_Conn]) -> None:
+    """The caller of a dial left before it finished: close what it connected."""
+    if dial.cancelled() or dial.exception() is not None:
+        return  # nothing connected (the failure is the caller's no more: it left)
+    dial.result().abort()
+
+
 class LeanClient:
     """POSTs over pooled keep-alive connections; one per sidecar."""
 
@@ -456,6 +463,26 @@ class LeanClient:
         return None
 
     async def _connect(self, key: tuple[str, str, int], timeout: float | None) -> _Conn:
+        """A new connection; the dial itself is never cancelled by the caller.
+
+        Why: a caller cancelled while ``create_connection`` dials (the app left,
+        a hedge lost, a first-token deadline) cancels asyncio's happy-eyeballs
+        race, which drops the socket it had just connected into a reference
+        cycle (CPython 3.11's ``staggered_race``): the descriptor stayed open, an
+        ESTABLISHED socket to the provider with nothing sent, until the next
+        full garbage collection, which an idle sidecar (its heap frozen) may
+        not run for hours. So the dial runs in its own task, bounded by the
+        connect timeout, and a caller that leaves has the finished connection
+        closed instead of abandoned.
+        """
+        dial = asyncio.get_running_loop().create_task(self._dial(key, timeout))
+        try:
+            return await asyncio.shield(dial)
+        except asyncio.CancelledError:
+            dial.add_done_callback(_close_unwanted)
+            raise
+
+    async def _dial(self, key: tuple[str, str, int], timeout: float | None) -> _Conn:
         scheme, host, port = key
         tls = scheme == "https"
         if tls and self._ssl is None:
