@@ -20,6 +20,7 @@ unchanged.
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 import time
 import zlib
@@ -352,6 +353,25 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None and not self.lost:
             self.transport.resume_reading()
 
+    def dropped(self) -> bool:
+        """Has the server closed (or written on) this idle connection, unseen so far?
+
+        Its FIN (or anything else: an idle connection has nothing to read) may
+        already be in the kernel while the event loop has not yet handed it to
+        ``connection_lost``, e.g. a server that closes right after its response
+        without saying ``Connection: close``. A request sent on it would fail as
+        a connect error held against the provider; one poll of the socket (as
+        urllib3 does before reusing a connection) finds it first.
+        """
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([sock.fileno()], (), (), 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
     def abort(self) -> None:
         self.lost = True
         if self.transport is not None:
@@ -456,7 +476,7 @@ class LeanClient:
             conn = idle.pop()
             if conn.lost:
                 continue
-            if now - conn.idle_since > KEEPALIVE_S:
+            if now - conn.idle_since > KEEPALIVE_S or conn.dropped():
                 conn.abort()
                 continue
             return conn
