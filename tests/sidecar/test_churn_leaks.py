@@ -58,3 +58,39 @@ async def test_an_app_leaving_while_a_ranking_is_shared_does_not_end_the_others(
             assert await asyncio.wait_for(second, 20) == 200
         assert sc.metrics.requests.labels("499")._value.get() == 1
         assert not sc.ranking._inflight  # the shared call is gone once answered
+
+
+async def test_outcome_delivery_backs_off_during_an_outage_however_full_the_queue(
+    stack: Stack,
+) -> None:
+    """Found by a leak audit: with the router down and traffic flowing, every outcome
+    queued beyond a batch's worth woke the sender past its backoff, so it retried
+    StreamOutcomes about every 10 ms (700 failed calls and WARNING lines in ten
+    seconds of outage at 300 requests/s), and every sidecar would hammer a router
+    coming back. A full queue cannot make a failing router answer sooner: retries
+    follow the backoff (here 0.05 s doubling to 0.4 s) whatever the traffic."""
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    router = await stack.start_router()
+    sc = await stack.start_sidecar(
+        router.grpc_address,
+        fallback=True,  # requests are still served from the catalog while it is down
+        outcome_batch_size=2,  # a couple of requests fill a batch
+        outcome_max_backoff_s=0.4,
+    )
+    url = sc.base_url + "/chat/completions"
+    body = {"model": MODEL, "messages": MSGS, "max_tokens": 2}
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as session:
+        assert await _post(session, url, body) == 200
+        await wait_for(lambda: sc.reporter.backlog == 0, timeout=5)  # delivered
+        await stack.stop_router()
+        before = sc.reporter.failures
+        began = loop.time()
+        for _ in range(100):
+            assert await _post(session, url, body) == 200
+        elapsed = loop.time() - began
+    failed_calls = sc.reporter.failures - before
+    # Backoff: 0.05, 0.1, 0.2, then every 0.4 s (plus one for timing at each end).
+    bound = 5 + elapsed / 0.4
+    assert failed_calls <= bound, f"{failed_calls} failed calls in {elapsed:.2f} s"
