@@ -135,6 +135,17 @@ class CallerLedger:
         bucket.tokens -= outcomes
         return True
 
+    def count_accepted(self, caller: str, outcomes: int) -> None:
+        """Add to the caller's accepted count, if the caller is still tracked.
+
+        Called once its batch is applied, which may be long after ``take``: a
+        caller forgotten meanwhile (``MAX_TRACKED_CALLERS`` others arrived) had
+        its rows dropped, and counting it now would recreate one no later
+        eviction removes, so the series would grow with every such caller.
+        """
+        if caller in self._callers:
+            self.accepted[caller] += outcomes
+
     def retry_after_s(self, caller: str, outcomes: int) -> float:
         """Seconds until ``outcomes`` fit in the caller's bucket."""
         rate = self.config.outcomes_per_second

@@ -252,7 +252,7 @@ class Ingestor:
                 self.paced_s += pause
                 await asyncio.sleep(pause)
         del total.rejections[MAX_REJECTIONS_REPORTED:]
-        self.ledger.accepted[caller] += total.accepted
+        self.ledger.count_accepted(caller, total.accepted)
         if total.accepted:
             self._on_ingested()
         return total

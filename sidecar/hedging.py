@@ -225,7 +225,16 @@ class Hedger:
         first: asyncio.Future[Opened] = asyncio.ensure_future(
             proxy._open_stream(req, route, key, rec, deadline, len(records))
         )
-        if backup is None or not (race or await self._hedge_due(first, route)):
+        try:
+            due = backup is not None and (race or await self._hedge_due(first, route))
+        except BaseException:
+            # The app left while the hedge delay ran: ``asyncio.wait`` does not cancel
+            # what it waits on, and the first attempt would keep its upstream open (the
+            # provider generating) until its first token or first-byte timeout.
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+            raise
+        if backup is None or not due:
             return await first, rec, False
         brec = AttemptRecord(backup.provider, backup.upstream_model, time.time())
         brec.extra = {"race": True} if race else {"hedge": True}

@@ -20,6 +20,7 @@ unchanged.
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 import time
 import zlib
@@ -352,6 +353,25 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None and not self.lost:
             self.transport.resume_reading()
 
+    def dropped(self) -> bool:
+        """Has the server closed (or written on) this idle connection, unseen so far?
+
+        Its FIN (or anything else: an idle connection has nothing to read) may
+        already be in the kernel while the event loop has not yet handed it to
+        ``connection_lost``, e.g. a server that closes right after its response
+        without saying ``Connection: close``. A request sent on it would fail as
+        a connect error held against the provider; one poll of the socket (as
+        urllib3 does before reusing a connection) finds it first.
+        """
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([sock.fileno()], (), (), 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
     def abort(self) -> None:
         self.lost = True
         if self.transport is not None:
@@ -376,6 +396,13 @@ class _Conn(asyncio.Protocol):
         self.head = head
         assert self.transport is not None
         self.transport.write(data)
+
+
+def _close_unwanted(dial: asyncio.Task[_Conn]) -> None:
+    """The caller of a dial left before it finished: close what it connected."""
+    if dial.cancelled() or dial.exception() is not None:
+        return  # nothing connected (the failure is the caller's no more: it left)
+    dial.result().abort()
 
 
 class LeanClient:
@@ -449,13 +476,33 @@ class LeanClient:
             conn = idle.pop()
             if conn.lost:
                 continue
-            if now - conn.idle_since > KEEPALIVE_S:
+            if now - conn.idle_since > KEEPALIVE_S or conn.dropped():
                 conn.abort()
                 continue
             return conn
         return None
 
     async def _connect(self, key: tuple[str, str, int], timeout: float | None) -> _Conn:
+        """A new connection; the dial itself is never cancelled by the caller.
+
+        Why: a caller cancelled while ``create_connection`` dials (the app left,
+        a hedge lost, a first-token deadline) cancels asyncio's happy-eyeballs
+        race, which drops the socket it had just connected into a reference
+        cycle (CPython 3.11's ``staggered_race``): the descriptor stayed open, an
+        ESTABLISHED socket to the provider with nothing sent, until the next
+        full garbage collection, which an idle sidecar (its heap frozen) may
+        not run for hours. So the dial runs in its own task, bounded by the
+        connect timeout, and a caller that leaves has the finished connection
+        closed instead of abandoned.
+        """
+        dial = asyncio.get_running_loop().create_task(self._dial(key, timeout))
+        try:
+            return await asyncio.shield(dial)
+        except asyncio.CancelledError:
+            dial.add_done_callback(_close_unwanted)
+            raise
+
+    async def _dial(self, key: tuple[str, str, int], timeout: float | None) -> _Conn:
         scheme, host, port = key
         tls = scheme == "https"
         if tls and self._ssl is None:

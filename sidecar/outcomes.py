@@ -194,9 +194,16 @@ class OutcomeReporter:
     async def _run(self) -> None:
         backoff = self._interval
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(backoff):
-                    await self._wake.wait()
+            if self._delivering:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff):
+                        await self._wake.wait()
+            else:
+                # Delivery is failing: wait out the backoff whatever wakes us. A queue
+                # past a batch's worth set the wake on every outcome, and the sender
+                # retried about every 10 ms through an outage (a WARNING each time, and
+                # every sidecar hammering the router as it came back).
+                await asyncio.sleep(backoff)
             self._wake.clear()
             if not self.backlog:
                 backoff = self._interval

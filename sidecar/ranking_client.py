@@ -11,6 +11,7 @@ the back for a short cooldown, because the router learns of them only later.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import random
@@ -421,7 +422,8 @@ class RankingClient:
         #: Fresh router answers from a background refresh that carry a probe or an
         #: exploration pick: meant for one request, so the next one takes it as is.
         self._one_shot: dict[tuple[str, bytes], Ranking] = {}
-        self._inflight: dict[tuple[str, bytes], asyncio.Future[Ranking | None]] = {}
+        #: Shared RankProviders calls by key (``_ask_router_once``).
+        self._inflight: dict[tuple[str, bytes], asyncio.Task[Ranking | None]] = {}
         #: Background refreshes by key: scheduled (a timer) or running (a task).
         self._refreshes: dict[tuple[str, bytes], asyncio.TimerHandle | asyncio.Task[None]] = {}
         self._router_skip_until = 0.0
@@ -565,24 +567,28 @@ class RankingClient:
         return self._fallback(req, hit)
 
     async def _ask_router_once(self, req: ParsedRequest) -> Ranking | None:
-        """``_ask_router``, shared by every caller asking for the same key meanwhile."""
+        """``_ask_router``, shared by every caller asking for the same key meanwhile.
+
+        The call runs in its own task, which no caller's cancellation reaches:
+        when it ran in the first caller's task, that app leaving (its handler
+        cancelled) ended the call with ``CancelledError`` for every other
+        request waiting on the same key, and their connections were dropped as
+        if they had left too (counted 499). The task is bounded by
+        ``rank_timeout_s``; its answer still fills the cache when all have left.
+        """
         key = req.cache_key
-        fut = self._inflight.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            ranking = await self._ask_router(req)
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: nobody else may be waiting
-            raise
-        else:
-            fut.set_result(ranking)
-        finally:
-            self._inflight.pop(key, None)
-        return ranking
+        call = self._inflight.get(key)
+        if call is None:
+            call = asyncio.get_running_loop().create_task(self._ask_router(req))
+            self._inflight[key] = call
+            call.add_done_callback(functools.partial(self._call_done, key))
+        return await asyncio.shield(call)
+
+    def _call_done(self, key: tuple[str, bytes], call: asyncio.Task[Ranking | None]) -> None:
+        if self._inflight.get(key) is call:
+            del self._inflight[key]
+        if not call.cancelled():
+            call.exception()  # retrieved: every caller may have left
 
     def note_first_token(self, req: ParsedRequest, route: Route, ttft_s: float) -> bool:
         """An attempt answered; True when its answer is evidence the cached ranking
@@ -690,8 +696,11 @@ class RankingClient:
                 self._one_shot.pop(next(iter(self._one_shot)))
 
     async def close(self) -> None:
-        """Cancel background refreshes (at shutdown)."""
-        pending = list(self._refreshes.values())
+        """Cancel background refreshes and shared ranking calls (at shutdown)."""
+        pending: list[asyncio.TimerHandle | asyncio.Task[Any]] = [
+            *self._refreshes.values(),
+            *self._inflight.values(),
+        ]
         self._refreshes.clear()
         for handle in pending:
             handle.cancel()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
+import aiohttp
 import pytest
 from sidecar_helpers import MODEL, Stack, openai_client, stream_text_and_routing, wait_for
 
@@ -211,3 +213,37 @@ async def test_attempts_header_counts_the_hedge_when_the_first_attempt_wins(stac
     assert sc.metrics.hedge_cancelled_cost._value.get() == pytest.approx(
         backup["estimated_cost_usd"]
     )
+
+
+async def test_app_leaving_while_a_hedge_is_pending_closes_the_first_attempt(
+    stack: Stack,
+) -> None:
+    """Found by a leak audit: an app that left while its first attempt waited out the
+    hedge delay left that attempt running, its upstream connection open, until the
+    provider's first token or the first-byte timeout (100 requests cut within 0.1 s
+    left 99 upstream sockets open for the provider's whole 10 s time to first token;
+    without hedging, none). The provider must see its connection closed at once.
+    """
+    # A hedge delay far longer than the test, so the app leaves inside it.
+    sc, _ = await _warm(stack, hedge_min_delay_s=20.0)
+    alpha = stack.providers["alpha"]
+    alpha.add_incident("hang")  # the first token never comes: only the sidecar can close it
+    before = len(alpha.requests)
+    beta_before = len(stack.providers["beta"].requests)
+    payload = {
+        "model": MODEL,
+        "messages": MSGS,
+        "stream": True,
+        "provider": {"order": ORDER, "hedge": True},
+    }
+    async with aiohttp.ClientSession() as session:
+        task = asyncio.create_task(session.post(sc.base_url + "/chat/completions", json=payload))
+        await wait_for(lambda: len(alpha.requests) > before, timeout=5)
+        task.cancel()  # the app leaves: its connection to the sidecar is closed
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    hung = alpha.requests[before]
+    # Closed by the sidecar within seconds, not after the 30 s first-byte timeout.
+    await wait_for(lambda: hung.duration_ms is not None, timeout=5)
+    await wait_for(lambda: sc.metrics.requests.labels("499")._value.get() == 1, timeout=5)
+    assert len(stack.providers["beta"].requests) == beta_before  # no hedge was started

@@ -8,55 +8,12 @@ its connection still open), every ranking call timed out but ``/readyz`` said
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
 from grpc_health.v1 import health_pb2
-from sidecar_helpers import Stack, wait_for
-
-
-@contextmanager
-def router_process(catalog: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """``router-service`` on free loopback ports; yields the process and its gRPC address."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "router_service.cli", "--config", catalog],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={
-            **os.environ,
-            "ROUTER_HOST": "127.0.0.1",
-            "ROUTER_GRPC_PORT": "0",
-            "ROUTER_HTTP_PORT": "0",
-        },
-    )
-    try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 30
-        address = ""
-        for line in proc.stderr:
-            record = json.loads(line)
-            if record["message"] == "router started":
-                address = record["grpc"]
-                break
-            assert time.monotonic() < deadline, "router did not start in time"
-        assert address, f"router exited early with {proc.wait()}"
-        # Keep reading its log so a full pipe never blocks it.
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
-        yield proc, address
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)
-            proc.kill()
-        proc.wait(timeout=10)
+from sidecar_helpers import Stack, router_process, wait_for
 
 
 async def _ready(sc) -> tuple[int, dict[str, Any]]:
