@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from grpc._cython.cygrpc import ExecuteBatchError  # raised by a write to a closed call
 
 from router_common.domain import EndpointKey
 from router_common.json_text import as_json
@@ -73,6 +74,12 @@ def _counted(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]
             self.rpc_counter.observe(name, context.code() or grpc.StatusCode.UNKNOWN)
             raise
         except asyncio.CancelledError:
+            self.rpc_counter.observe(name, grpc.StatusCode.CANCELLED)
+            raise
+        except ExecuteBatchError:
+            # A write to the call failed: the caller left mid-call (gRPC itself then
+            # ignores the error, and logs it when the caller had not left). The caller's
+            # doing, not the router's: no INTERNAL, no ERROR traceback it could repeat.
             self.rpc_counter.observe(name, grpc.StatusCode.CANCELLED)
             raise
         except Exception:
