@@ -187,6 +187,11 @@ class RedisReplicator:
         #: Set when Redis comes back: units published before this instant
         #: (monotonic) and within the window are published again.
         self._republish_before: float | None = None
+        #: Redis's clock minus this replica's (seconds), measured with TIME at
+        #: restore and every checkpoint tick. Stream ids are Redis's clock, so
+        #: the retention trim (MINID) and the replication lag are computed on
+        #: it: a writer whose clock ran 2 minutes ahead trimmed the whole stream.
+        self._redis_offset = 0.0
 
     # ------------------------------------------------------------- seam (sync)
 
@@ -516,12 +521,24 @@ class RedisReplicator:
             self.stats.batch_ids_learned += len(batch_ids)
         if live:
             millis = int(entry.split("-", 1)[0])
-            self.lags.append(max(0.0, self.clock() - millis / 1000.0))
+            self.lags.append(max(0.0, self._redis_clock() - millis / 1000.0))
         return applied
+
+    def _redis_clock(self) -> float:
+        """Now on Redis's clock (the clock of stream ids), from this replica's."""
+        return self.clock() + self._redis_offset
+
+    async def _measure_redis_offset(self) -> None:
+        """Measure ``_redis_offset`` with TIME (error: half a round trip)."""
+        before = self.clock()
+        seconds, micros = await self._client.time()
+        after = self.clock()
+        self._redis_offset = seconds + micros / 1e6 - (before + after) / 2
 
     async def _restore(self) -> None:
         """Load the latest checkpoint and replay the stream after it (restart, or late Redis)."""
         started = time.monotonic()
+        await self._measure_redis_offset()
         raw = await self._client.get(self.keys.checkpoint)
         writer, horizon, pending, position = None, 0, frozenset[int](), "0-0"
         if raw is not None:
@@ -609,6 +626,7 @@ class RedisReplicator:
                 continue
             try:
                 client = self._client
+                await self._measure_redis_offset()
                 if not await client.set(self.keys.lease, self.replica_id, nx=True, px=lease_ms):
                     holder = await client.get(self.keys.lease)
                     if holder is None or holder.decode() != self.replica_id:
@@ -617,7 +635,7 @@ class RedisReplicator:
                 await client.set(
                     self.keys.checkpoint, self._checkpoint_doc(), ex=int(cfg.checkpoint_ttl_s)
                 )
-                cutoff_ms = int((self.clock() - cfg.stream_retention_s) * 1000)
+                cutoff_ms = int((self._redis_clock() - cfg.stream_retention_s) * 1000)
                 await client.xtrim(
                     self.keys.stream, minid=f"{max(cutoff_ms, 0)}-0", approximate=True
                 )
