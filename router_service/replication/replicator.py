@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from router_common.domain import Clock, EndpointKey
 from router_service.core import RouterCore
@@ -192,6 +192,7 @@ class RedisReplicator:
         #: the retention trim (MINID) and the replication lag are computed on
         #: it: a writer whose clock ran 2 minutes ahead trimmed the whole stream.
         self._redis_offset = 0.0
+        self._time_refused = False
 
     # ------------------------------------------------------------- seam (sync)
 
@@ -529,9 +530,23 @@ class RedisReplicator:
         return self.clock() + self._redis_offset
 
     async def _measure_redis_offset(self) -> None:
-        """Measure ``_redis_offset`` with TIME (error: half a round trip)."""
+        """Measure ``_redis_offset`` with TIME (error: half a round trip).
+
+        An ACL user without TIME (lists written before the router needed it)
+        keeps replicating on this replica's clock, as before, warned once.
+        """
         before = self.clock()
-        seconds, micros = await self._client.time()
+        try:
+            seconds, micros = await self._client.time()
+        except NoPermissionError as exc:
+            if not self._time_refused:
+                self._time_refused = True
+                log.warning(
+                    "redis refused TIME: trimming the stream and measuring the lag on "
+                    "this replica's clock (grant the ACL user +time)",
+                    extra={"redis": self.config.redacted_url, "error": str(exc)[:200]},
+                )
+            return
         after = self.clock()
         self._redis_offset = seconds + micros / 1e6 - (before + after) / 2
 
