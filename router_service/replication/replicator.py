@@ -24,8 +24,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError, RedisError
 
 from router_common.domain import Clock, EndpointKey
 from router_service.core import RouterCore
@@ -370,12 +374,16 @@ class RedisReplicator:
         if self._connected or self._down_since is None:
             self._connected = False
             self._down_since = time.monotonic()
+            extra = {
+                "redis": self.config.redacted_url,
+                "error": f"{type(exc).__name__}: {str(exc)[:200]}",
+            }
+            if isinstance(exc, AuthenticationError):
+                extra["check"] = "the user and password of --redis or --redis-password-file"
+            elif isinstance(exc, NoPermissionError):
+                extra["check"] = "the ACL of the --redis user (README: keys and commands)"
             log.error(
-                "redis connection lost: serving from local state, buffering outcomes",
-                extra={
-                    "redis": self.config.redacted_url,
-                    "error": f"{type(exc).__name__}: {str(exc)[:200]}",
-                },
+                "redis connection lost: serving from local state, buffering outcomes", extra=extra
             )
 
     async def _backoff(self) -> None:
