@@ -39,7 +39,9 @@ Design (one stream, one checkpoint, permits):
   half-open probes through, so N replicas let ``probe_permits`` probes
   through in total, not N times as many.
 * **Bounds.** Stream: approximate MAXLEN and MINID trimming to
-  ``stream_retention_s``, and the key expires after it with no writer.
+  ``stream_retention_s`` on Redis's clock (TIME; stream ids carry it, and a
+  replica's clock may be off from it), and the key expires after it with no
+  writer.
   Checkpoint: one key, size ~ endpoints x buckets x 2.4 KB, expires after a
   day. Lease and permits: PX. The publish buffer: ``buffer_max_outcomes``,
   oldest dropped first and counted.

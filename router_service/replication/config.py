@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 SCHEMES = ("redis", "rediss")
+#: The query parameters a ``rediss://`` URL may carry: where the client finds
+#: the CA that signed Redis's certificate (a private CA), its own certificate
+#: for mutual TLS, and how strictly it checks. redis-py reads any query
+#: parameter as a connection setting: an unknown one failed every connection
+#: attempt with a traceback, and a bad number killed the process at start.
+TLS_FILE_PARAMETERS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+TLS_CERT_REQS = ("none", "optional", "required")
+TLS_BOOLEANS = ("true", "false", "yes", "no", "1", "0")
+TLS_PARAMETERS = (*TLS_FILE_PARAMETERS, "ssl_cert_reqs", "ssl_check_hostname")
 
 
 class RedisSettingsError(ValueError):
@@ -121,6 +130,45 @@ def check_url(url: str) -> None:
     db = parts.path.lstrip("/")
     if db and not db.isdigit():
         raise RedisSettingsError(f"--redis URL path must be a database number, got {db!r}")
+    _check_query(parts.scheme, parts.query)
+
+
+def _check_query(scheme: str, query: str) -> None:
+    """Admit only the TLS parameters of ``TLS_PARAMETERS``, on rediss://, with usable values.
+
+    Values are not quoted in errors (only file paths): a query may hold a secret.
+    """
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name == "password":
+            raise RedisSettingsError(
+                "--redis URL: the password goes in the user info "
+                "(redis://user:password@host) or in --redis-password-file, not in the query"
+            )
+        if name not in TLS_PARAMETERS:
+            raise RedisSettingsError(
+                f"--redis URL query parameter {name!r} is not supported "
+                f"(accepted, with rediss:// only: {', '.join(TLS_PARAMETERS)})"
+            )
+        if scheme != "rediss":
+            raise RedisSettingsError(
+                f"--redis URL query parameter {name!r} is a TLS setting: use rediss://"
+            )
+        if name in TLS_FILE_PARAMETERS:
+            try:
+                with open(value, "rb"):
+                    pass
+            except OSError as exc:
+                raise RedisSettingsError(
+                    f"--redis URL {name} file {value!r} cannot be read: {exc.strerror}"
+                ) from None
+        elif name == "ssl_cert_reqs" and value not in TLS_CERT_REQS:
+            raise RedisSettingsError(
+                f"--redis URL ssl_cert_reqs must be one of {', '.join(TLS_CERT_REQS)}"
+            )
+        elif name == "ssl_check_hostname" and value.lower() not in TLS_BOOLEANS:
+            raise RedisSettingsError(
+                f"--redis URL ssl_check_hostname must be one of {', '.join(TLS_BOOLEANS)}"
+            )
 
 
 def url_has_password(url: str) -> bool:

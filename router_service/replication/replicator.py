@@ -24,8 +24,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from router_common.domain import Clock, EndpointKey
 from router_service.core import RouterCore
@@ -187,6 +191,12 @@ class RedisReplicator:
         #: Set when Redis comes back: units published before this instant
         #: (monotonic) and within the window are published again.
         self._republish_before: float | None = None
+        #: Redis's clock minus this replica's (seconds), measured with TIME at
+        #: restore and every checkpoint tick. Stream ids are Redis's clock, so
+        #: the retention trim (MINID) and the replication lag are computed on
+        #: it: a writer whose clock ran 2 minutes ahead trimmed the whole stream.
+        self._redis_offset = 0.0
+        self._time_refused = False
 
     # ------------------------------------------------------------- seam (sync)
 
@@ -364,12 +374,16 @@ class RedisReplicator:
         if self._connected or self._down_since is None:
             self._connected = False
             self._down_since = time.monotonic()
+            extra = {
+                "redis": self.config.redacted_url,
+                "error": f"{type(exc).__name__}: {str(exc)[:200]}",
+            }
+            if isinstance(exc, AuthenticationError):
+                extra["check"] = "the user and password of --redis or --redis-password-file"
+            elif isinstance(exc, NoPermissionError):
+                extra["check"] = "the ACL of the --redis user (README: keys and commands)"
             log.error(
-                "redis connection lost: serving from local state, buffering outcomes",
-                extra={
-                    "redis": self.config.redacted_url,
-                    "error": f"{type(exc).__name__}: {str(exc)[:200]}",
-                },
+                "redis connection lost: serving from local state, buffering outcomes", extra=extra
             )
 
     async def _backoff(self) -> None:
@@ -516,12 +530,38 @@ class RedisReplicator:
             self.stats.batch_ids_learned += len(batch_ids)
         if live:
             millis = int(entry.split("-", 1)[0])
-            self.lags.append(max(0.0, self.clock() - millis / 1000.0))
+            self.lags.append(max(0.0, self._redis_clock() - millis / 1000.0))
         return applied
+
+    def _redis_clock(self) -> float:
+        """Now on Redis's clock (the clock of stream ids), from this replica's."""
+        return self.clock() + self._redis_offset
+
+    async def _measure_redis_offset(self) -> None:
+        """Measure ``_redis_offset`` with TIME (error: half a round trip).
+
+        An ACL user without TIME (lists written before the router needed it)
+        keeps replicating on this replica's clock, as before, warned once.
+        """
+        before = self.clock()
+        try:
+            seconds, micros = await self._client.time()
+        except NoPermissionError as exc:
+            if not self._time_refused:
+                self._time_refused = True
+                log.warning(
+                    "redis refused TIME: trimming the stream and measuring the lag on "
+                    "this replica's clock (grant the ACL user +time)",
+                    extra={"redis": self.config.redacted_url, "error": str(exc)[:200]},
+                )
+            return
+        after = self.clock()
+        self._redis_offset = seconds + micros / 1e6 - (before + after) / 2
 
     async def _restore(self) -> None:
         """Load the latest checkpoint and replay the stream after it (restart, or late Redis)."""
         started = time.monotonic()
+        await self._measure_redis_offset()
         raw = await self._client.get(self.keys.checkpoint)
         writer, horizon, pending, position = None, 0, frozenset[int](), "0-0"
         if raw is not None:
@@ -609,6 +649,7 @@ class RedisReplicator:
                 continue
             try:
                 client = self._client
+                await self._measure_redis_offset()
                 if not await client.set(self.keys.lease, self.replica_id, nx=True, px=lease_ms):
                     holder = await client.get(self.keys.lease)
                     if holder is None or holder.decode() != self.replica_id:
@@ -617,7 +658,7 @@ class RedisReplicator:
                 await client.set(
                     self.keys.checkpoint, self._checkpoint_doc(), ex=int(cfg.checkpoint_ttl_s)
                 )
-                cutoff_ms = int((self.clock() - cfg.stream_retention_s) * 1000)
+                cutoff_ms = int((self._redis_clock() - cfg.stream_retention_s) * 1000)
                 await client.xtrim(
                     self.keys.stream, minid=f"{max(cutoff_ms, 0)}-0", approximate=True
                 )

@@ -46,15 +46,20 @@ def redis_server_binary() -> str:
 class RedisServer:
     """redis-server on 127.0.0.1; ``kill`` and ``start`` again keep the same port."""
 
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
+    def __init__(self, workdir: Path, password: str | None = None, tls: Path | None = None) -> None:
+        """``tls``: a directory holding ``ca.pem``, ``cert.pem`` and ``key.pem``; Redis
+        then listens with TLS only (``rediss://``), checking no client certificate."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.password = password
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls / 'ca.pem'}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
@@ -71,6 +76,12 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls:
+            args[args.index("--port") + 1] = "0"
+            args += ["--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            args += ["--tls-cert-file", str(self.tls / "cert.pem")]
+            args += ["--tls-key-file", str(self.tls / "key.pem")]
+            args += ["--tls-ca-cert-file", str(self.tls / "ca.pem")]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while True:
@@ -85,7 +96,12 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(
-            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password,
+            socket_timeout=2,
+            ssl=self.tls is not None,
+            ssl_ca_certs=str(self.tls / "ca.pem") if self.tls else None,
         )
 
     def kill(self) -> None:

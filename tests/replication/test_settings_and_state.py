@@ -179,3 +179,31 @@ def test_password_protected_redis_and_no_secret_in_logs(tmp_path) -> None:
         for r in routers:
             r.kill()
         server.kill()
+
+
+@pytest.mark.parametrize("where", ["file", "url"])
+def test_refused_credentials_name_the_flags_without_the_password(tmp_path, where: str) -> None:
+    """A wrong password is bad input the router can only learn from Redis: the
+    log said only 'redis connection lost' with redis-py's text; it now says which
+    flags to check, and never the password."""
+    wrong = "wrong-pw-0123456789-SECRET"
+    server = RedisServer(tmp_path / "redis", password="right-pw")
+    server.start()
+    secret = tmp_path / "password"
+    secret.write_text(wrong)
+    if where == "url":
+        router = RouterProcess(tmp_path, where, f"redis://:{wrong}@127.0.0.1:{server.port}/0")
+    else:
+        router = RouterProcess(tmp_path, where, server.url, "--redis-password-file", str(secret))
+    try:
+        router.start()
+        lost = wait_until(
+            lambda: [
+                r for r in router.records() if r["message"].startswith("redis connection lost")
+            ]
+        )
+        assert "--redis-password-file" in lost[0]["check"], lost
+        assert wrong not in router.log_path.read_text()
+    finally:
+        router.kill()
+        server.kill()
