@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,6 +102,51 @@ def _read(path: str | None, flag: str) -> bytes | None:
         raise ValueError(f"{flag} {path}: {exc.strerror or exc}") from None
 
 
+class _EncryptedKey(Exception):
+    """Raised from the passphrase callback: the key file is encrypted."""
+
+
+def _no_passphrase() -> bytes:
+    """Without a callback OpenSSL would ask on the terminal (a hang) or print a prompt."""
+    raise _EncryptedKey
+
+
+def _why(exc: OSError) -> str:
+    return str(getattr(exc, "reason", None) or exc.strerror or exc)
+
+
+def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
+    """ValueError (one line naming the flag and file) unless the files load together.
+
+    Why here: gRPC takes any bytes for these and only fails when it dials, on
+    every attempt, as ``UNAVAILABLE: Failed to create security handshaker`` with
+    plain-text lines on stderr (``Invalid private key``, ``Could not load any
+    root certificate``), while the sidecar had started and served from its
+    fallback. Python's ssl reads the same PEM, so a pair it refuses gRPC refuses.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca:
+        try:
+            context.load_verify_locations(ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"--router-ca {ca}: not a usable PEM CA certificate ({_why(exc)})"
+            ) from None
+    if cert and key:
+        try:
+            context.load_cert_chain(cert, key, password=_no_passphrase)
+        except _EncryptedKey:
+            raise ValueError(
+                f"--router-tls-key {key}: the private key is encrypted and the sidecar takes "
+                "no passphrase; give it the decrypted key (openssl pkey -in KEY -out KEY.plain)"
+            ) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"--router-tls-cert {cert} / --router-tls-key {key}: not a usable PEM "
+                f"certificate and matching key ({_why(exc)})"
+            ) from None
+
+
 def open_router_channel(
     address: str,
     options: Sequence[tuple[str, Any]],
@@ -126,6 +172,7 @@ def open_router_channel(
                 extra={"router": address},
             )
     if ca or cert:
+        check_tls_files(ca, cert, key)
         credentials = grpc.ssl_channel_credentials(
             root_certificates=_read(ca, "--router-ca"),
             private_key=_read(key, "--router-tls-key"),
