@@ -182,3 +182,20 @@ def open_router_channel(
             address, credentials, options=list(options), interceptors=interceptors
         )
     return grpc.aio.insecure_channel(address, options=list(options), interceptors=interceptors)
+
+
+#: The most of a gRPC error's text a log line carries.
+MAX_DETAIL_CHARS = 300
+
+
+def rpc_detail(exc: BaseException) -> str:
+    """A failed call's reason for the log: gRPC's details, bounded.
+
+    Why: the status code alone (``UNAVAILABLE``) says nothing of a TLS handshake
+    that failed (``CERTIFICATE_VERIFY_FAILED``, ``Hostname Verification Check
+    failed``) or of the scope a token lacks; the details do. They hold gRPC's
+    and the router's own text, never request metadata (the token).
+    """
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return (exc.details() or "")[:MAX_DETAIL_CHARS]
+    return str(exc)[:MAX_DETAIL_CHARS]

@@ -16,9 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
+from sidecar_helpers import sidecar_process
+
+from router_service.security import SecuritySettings
+from tests.conftest import loopback_router
 
 
 def _encrypted(key_pem: bytes) -> bytes:
@@ -80,3 +85,54 @@ def test_unusable_router_tls_files_stop_the_sidecar_at_start_naming_the_flag(
     expected = named.format(ca=ca_file, cert=cert, key=key)
     assert len(refused) == 1 and refused[0]["why"].startswith(expected), proc.stderr
     assert "a-passphrase" not in proc.stderr and "BEGIN" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("a CA that did not sign it", "CERTIFICATE_VERIFY_FAILED"),
+        ("a certificate that does not name 127.0.0.1", "Hostname"),
+    ],
+)
+async def test_a_router_certificate_the_sidecar_refuses_is_named_in_one_json_line(
+    tmp_path: Path, case: str, said: str
+) -> None:
+    # The sidecar logged only "router unreachable ... why: UNAVAILABLE" (the
+    # reason was in the gRPC error it dropped) and gRPC core wrote a plain-text
+    # "I... Handshake failed" line to its stderr on every reconnect.
+    ca, other_ca = trustme.CA(), trustme.CA()
+    leaf = ca.issue_cert("localhost") if "name" in case else ca.issue_cert("127.0.0.1")
+    cert, key, trusted = tmp_path / "r.pem", tmp_path / "r.key", tmp_path / "ca.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    (other_ca if "CA" in case else ca).cert_pem.write_to_path(str(trusted))
+    router = loopback_router(
+        tmp_path,
+        drain_seconds=0.2,
+        watch_catalog=False,
+        security=SecuritySettings(tls_cert=str(cert), tls_key=str(key)),
+    )
+    await router.start()
+    try:
+        flags = ("--router", router.grpc_address, "--router-ca", str(trusted))
+        # A deadline no loaded machine meets by accident: the first failure is logged.
+        flags += ("--router-retry-s", "0.1", "--rank-timeout-s", "20")
+        async with sidecar_process(_env(), *flags) as sidecar:
+            started = await sidecar.read_until("sidecar started")
+            async with aiohttp.ClientSession() as http:
+                for _ in range(3):  # reconnects, each a failed handshake
+                    async with http.post(
+                        f"{started['listen']}/chat/completions",
+                        json={
+                            "model": "zai/glm-4.7",
+                            "messages": [{"role": "user", "content": "hi"}],
+                        },
+                    ) as resp:
+                        assert resp.status == 503
+            down = await sidecar.read_until("router unreachable")
+            assert down["why"] == "UNAVAILABLE" and said in down["detail"], down
+            sidecar.proc.terminate()
+            assert await sidecar.exit_code() == 0
+            sidecar.records()  # every stderr line is JSON
+    finally:
+        await router.stop()
