@@ -38,9 +38,15 @@ class SidecarSettings:
     router_token_file: str | None = _opt(
         None, "File holding the bearer token sent to the router (re-read when it changes)."
     )
-    router_ca: str | None = _opt(None, "CA (PEM) that signed the router's certificate: use TLS.")
-    router_tls_cert: str | None = _opt(None, "Client certificate (PEM) for mTLS to the router.")
-    router_tls_key: str | None = _opt(None, "Client key (PEM) for mTLS to the router.")
+    router_ca: str | None = _opt(
+        None, "CA (PEM) that signed the router's certificate: use TLS (re-read when it changes)."
+    )
+    router_tls_cert: str | None = _opt(
+        None, "Client certificate (PEM) for mTLS to the router (re-read when it changes)."
+    )
+    router_tls_key: str | None = _opt(
+        None, "Client key (PEM, not encrypted) for mTLS to the router (re-read when it changes)."
+    )
     listen: str = _opt(
         f"{defaults.LISTEN_HOST}:{defaults.LISTEN_PORT}",
         "Address to serve the OpenAI API on, HOST:PORT (loopback by default; port 0 = any).",

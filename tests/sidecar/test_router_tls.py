@@ -11,6 +11,7 @@ stderr while it served from its fallback.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -20,10 +21,10 @@ import aiohttp
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
-from sidecar_helpers import sidecar_process
+from sidecar_helpers import MODEL, Stack, openai_client, sidecar_process
 
 from router_service.security import SecuritySettings
-from tests.conftest import loopback_router
+from tests.conftest import loopback_router, wait_for
 
 
 def _encrypted(key_pem: bytes) -> bytes:
@@ -136,3 +137,100 @@ async def test_a_router_certificate_the_sidecar_refuses_is_named_in_one_json_lin
             sidecar.records()  # every stderr line is JSON
     finally:
         await router.stop()
+
+
+def _k8s_secret_swap(directory: Path, version: str, files: dict[str, bytes]) -> None:
+    """What the kubelet does to a mounted Secret: a new ``..<version>`` directory,
+    then ``..data`` replaced by an atomic rename; the file names are symlinks
+    through ``..data`` and never change themselves."""
+    target = directory / f"..{version}"
+    target.mkdir()
+    for name, data in files.items():
+        (target / name).write_bytes(data)
+    tmp = directory / "..data_tmp"
+    tmp.symlink_to(target.name)
+    tmp.replace(directory / "..data")
+    for name in files:
+        link = directory / name
+        if not link.is_symlink():
+            link.symlink_to(Path("..data") / name)
+
+
+async def test_the_sidecar_takes_a_renewed_client_certificate_without_a_restart(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The sidecar read --router-tls-cert/--router-tls-key once: after a
+    # cert-manager renewal it went on presenting the old certificate until that
+    # expired and every call to the router failed.
+    caplog.set_level(logging.INFO, logger="sidecar.router_channel")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    files = {name: stack.tmp / name for name in ("server.pem", "server.key", "ca.pem")}
+    server.cert_chain_pems[0].write_to_path(str(files["server.pem"]))
+    server.private_key_pem.write_to_path(str(files["server.key"]))
+    ca.cert_pem.write_to_path(str(files["ca.pem"]))
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    router = await stack.start_router(
+        security=SecuritySettings(
+            tls_cert=str(files["server.pem"]),
+            tls_key=str(files["server.key"]),
+            tls_client_ca=str(files["ca.pem"]),
+        )
+    )
+    secret = stack.tmp / "secret"
+    secret.mkdir()
+
+    def issue(version: str, name: str, key_of: str | None = None) -> None:
+        leaf = ca.issue_cert(f"{name}.example", common_name=name)
+        key = ca.issue_cert("x.example").private_key_pem if key_of else leaf.private_key_pem
+        _k8s_secret_swap(
+            secret,
+            version,
+            {
+                "tls.crt": leaf.cert_chain_pems[0].bytes(),
+                "tls.key": key.bytes(),
+                "ca.crt": ca.cert_pem.bytes(),
+            },
+        )
+
+    issue("v1", "sidecar-old")
+    sidecar = await stack.start_sidecar(
+        router=router.grpc_address,
+        router_ca=str(secret / "ca.crt"),
+        router_tls_cert=str(secret / "tls.crt"),
+        router_tls_key=str(secret / "tls.key"),
+    )
+    client = openai_client(sidecar)
+    accepted = router.servicer.ledger.accepted
+
+    async def attributed_to(name: str) -> bool:
+        """One request; True once the router has credited an outcome to ``name``."""
+        before = accepted[name]
+        await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+        return accepted[name] > before
+
+    await wait_for(lambda: attributed_to("sidecar-old"), timeout=10)
+    issue("v2", "sidecar-new")
+    await wait_for(lambda: attributed_to("sidecar-new"), timeout=10)
+    assert any(r.getMessage() == "router TLS files reloaded" for r in caplog.records)
+    # A rotation whose key is not its certificate's: refused, said once, and the
+    # previous identity goes on.
+    issue("v3", "sidecar-broken", key_of="another certificate")
+
+    def refused() -> list[logging.LogRecord]:
+        return [
+            r
+            for r in caplog.records
+            if r.getMessage() == "router TLS files unusable, keeping the previous ones"
+        ]
+
+    async def served_and_refused() -> bool:
+        return await attributed_to("sidecar-new") and bool(refused())
+
+    await wait_for(served_and_refused, timeout=10)
+    assert "--router-tls-cert" in refused()[0].why and len(refused()) == 1
+    await wait_for(lambda: attributed_to("sidecar-new"), timeout=10)
+    assert "sidecar-broken" not in accepted
