@@ -232,6 +232,44 @@ def test_an_encrypted_tls_key_exits_2_naming_it_without_asking_for_a_passphrase(
 
 
 @pytest.mark.parametrize(
+    ("flags", "env", "named"),
+    [
+        # --tls-cert with ROUTER_TLS_KEY= (a missing Secret key): it served plaintext
+        # on 0.0.0.0 while its start line said https.
+        (["--tls-cert", "{cert}", "--tls-client-ca", "{ca}"], {"ROUTER_TLS_KEY": ""}, "--tls-key"),
+        # An empty client CA: no client certificate was asked for, silently.
+        (
+            ["--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-client-ca", ""],
+            {},
+            "--tls-client-ca",
+        ),
+    ],
+)
+def test_an_empty_tls_flag_exits_2_naming_it(
+    example_catalog: Path, tmp_path: Path, flags: list[str], env: dict[str, str], named: str
+) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    files = {"cert": tmp_path / "s.crt", "key": tmp_path / "s.key", "ca": tmp_path / "ca.pem"}
+    leaf.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    leaf.private_key_pem.write_to_path(str(files["key"]))
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    base = ["--config", str(example_catalog), "--host", "0.0.0.0", "--grpc-port", "0"]
+    base += ["--http-port", "0"]
+    proc = _router(*base, *(f.format(**files) for f in flags), env=env)
+    try:
+        _, stderr = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"the router started despite an empty {named}") from None
+    assert proc.returncode == 2, stderr
+    assert stderr.splitlines()[-1].startswith(f"router-service: {named} is empty"), stderr
+
+
+@pytest.mark.parametrize(
     ("flag", "value"),
     [
         ("--grpc-handshake-timeout-s", "1e7"),  # gRPC takes ms as a C int: OverflowError

@@ -234,3 +234,30 @@ async def test_the_sidecar_takes_a_renewed_client_certificate_without_a_restart(
     assert "--router-tls-cert" in refused()[0].why and len(refused()) == 1
     await wait_for(lambda: attributed_to("sidecar-new"), timeout=10)
     assert "sidecar-broken" not in accepted
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "named"),
+    [
+        # An empty key beside a certificate: gRPC core aborted (SIGABRT, a C trace).
+        (["--router-tls-cert", "{cert}", "--router-tls-key", ""], {}, "--router-tls-key"),
+        # SIDECAR_ROUTER_CA= (a missing Secret key) alone: no TLS at all, silently.
+        ([], {"SIDECAR_ROUTER_CA": ""}, "--router-ca"),
+    ],
+)
+def test_an_empty_router_tls_flag_exits_2_naming_it(
+    tmp_path: Path, flags: list[str], env: dict[str, str], named: str
+) -> None:
+    leaf = trustme.CA().issue_cert("sidecar-a.example")
+    cert = tmp_path / "client.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    argv = [sys.executable, "-m", "sidecar.cli", "--router", "127.0.0.1:1"]
+    argv += ["--listen", "127.0.0.1:0", *(f.format(cert=cert) for f in flags)]
+    try:
+        proc = subprocess.run(
+            argv, env={**_env(), **env}, capture_output=True, text=True, timeout=20
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the sidecar started despite an empty {named}") from None
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"router-sidecar: {named} is empty"), proc.stderr
