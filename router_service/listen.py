@@ -199,12 +199,33 @@ def _why(exc: OSError) -> str:
     return str(getattr(exc, "reason", None) or exc.strerror or exc)
 
 
+class _EncryptedKey(Exception):
+    """Raised from the passphrase callback: the key file is encrypted."""
+
+
+def _no_passphrase() -> bytes:
+    """The passphrase callback ``load_cert_chain`` gets.
+
+    Why: with no callback OpenSSL asks for the passphrase itself, on the
+    controlling terminal (a router started in a shell, or ``docker run -t``,
+    hung at start, and a reload on the event loop froze every call) or, with
+    no terminal, wrote a plain-text ``Enter PEM pass phrase:`` to stderr and
+    failed with a bare ``Invalid argument``. The router takes no passphrase.
+    """
+    raise _EncryptedKey
+
+
 def tls_context(tls: TlsFiles) -> ssl.SSLContext:
     """A server context from the files; TlsFileError names the flag and file (ssl's own
     text, ``[SSL] PEM lib (_ssl.c:3905)`` or a bare ``[Errno 2]``, names neither)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(tls.cert, tls.key)
+        context.load_cert_chain(tls.cert, tls.key, password=_no_passphrase)
+    except _EncryptedKey:
+        raise TlsFileError(
+            f"--tls-key {tls.key}: the private key is encrypted and the router takes no "
+            "passphrase; give it the decrypted key (openssl pkey -in KEY -out KEY.plain)"
+        ) from None
     except (OSError, ssl.SSLError) as exc:
         raise TlsFileError(
             f"--tls-cert {tls.cert} / --tls-key {tls.key}: not a usable PEM certificate "

@@ -127,6 +127,20 @@ def security_settings(args: argparse.Namespace) -> SecuritySettings:
             raise ValueError(
                 f"{flag} must be > 0 and at most {MAX_TIMEOUT_S:g} seconds, got {value:g}"
             )
+    # An empty value (ROUTER_TLS_KEY= from a missing Secret key, --tls-key "") is a
+    # mistake, not "unset": --tls-cert with an empty --tls-key served plaintext on
+    # both ports while the start line said https, and an empty --tls-client-ca
+    # silently asked no client certificate.
+    for flag, name, value in (
+        ("--auth-tokens", "auth_tokens", args.auth_tokens),
+        ("--tls-cert", "tls_cert", args.tls_cert),
+        ("--tls-key", "tls_key", args.tls_key),
+        ("--tls-client-ca", "tls_client_ca", args.tls_client_ca),
+    ):
+        if value is not None and not value.strip():
+            raise ValueError(
+                f"{flag} is empty (flag or env {ENV[name]}): name a file, or leave both unset"
+            )
     # Checked here, not only in CallerLimitsConfig, so the message names the flag.
     if args.caller_outcomes_per_second < 0:
         raise ValueError(

@@ -38,9 +38,15 @@ class SidecarSettings:
     router_token_file: str | None = _opt(
         None, "File holding the bearer token sent to the router (re-read when it changes)."
     )
-    router_ca: str | None = _opt(None, "CA (PEM) that signed the router's certificate: use TLS.")
-    router_tls_cert: str | None = _opt(None, "Client certificate (PEM) for mTLS to the router.")
-    router_tls_key: str | None = _opt(None, "Client key (PEM) for mTLS to the router.")
+    router_ca: str | None = _opt(
+        None, "CA (PEM) that signed the router's certificate: use TLS (re-read when it changes)."
+    )
+    router_tls_cert: str | None = _opt(
+        None, "Client certificate (PEM) for mTLS to the router (re-read when it changes)."
+    )
+    router_tls_key: str | None = _opt(
+        None, "Client key (PEM, not encrypted) for mTLS to the router (re-read when it changes)."
+    )
     listen: str = _opt(
         f"{defaults.LISTEN_HOST}:{defaults.LISTEN_PORT}",
         "Address to serve the OpenAI API on, HOST:PORT (loopback by default; port 0 = any).",
@@ -373,6 +379,16 @@ def check_settings(settings: SidecarSettings) -> str | None:
             return f"{flag} must be above 0, got {as_json(value)}"
         if f.name in _SHARES and value > 1:
             return f"{flag} must be a share from 0 to 1, got {as_json(value)}"
+    # An empty file name (SIDECAR_ROUTER_TLS_KEY= from a missing Secret key) is a
+    # mistake, not "unset": an empty --router-tls-key aborted the process in gRPC
+    # core (SIGABRT, a C stack trace), and an empty --router-ca alone meant no TLS.
+    for name in ("router_ca", "router_tls_cert", "router_tls_key", "router_token_file"):
+        value = getattr(settings, name)
+        if value is not None and not value.strip():
+            flag = "--" + name.replace("_", "-")
+            return (
+                f"{flag} is empty (flag or env {_env_name(name)}): name a file, or leave both unset"
+            )
     if settings.outcome_batch_size > MAX_OUTCOMES_PER_BATCH:
         return (
             f"--outcome-batch-size must be at most {MAX_OUTCOMES_PER_BATCH} (the proto's "

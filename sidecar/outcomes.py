@@ -43,6 +43,7 @@ import grpc
 from router_common.limits import MAX_OUTCOMES_PER_BATCH, MAX_SENDER_LEN
 from router_common.pb import router_pb2, router_pb2_grpc
 from sidecar.metrics import SidecarMetrics
+from sidecar.router_channel import rpc_detail
 
 log = logging.getLogger("sidecar.outcomes")
 
@@ -277,7 +278,12 @@ class OutcomeReporter:
             code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
             log.warning(
                 "outcome delivery failed; will resend the unapplied batches",
-                extra={"why": code, "applied_batches": len(applied), "backlog": self.backlog},
+                extra={
+                    "why": code,
+                    "detail": rpc_detail(exc),
+                    "applied_batches": len(applied),
+                    "backlog": self.backlog,
+                },
             )
             return False
         except asyncio.CancelledError:

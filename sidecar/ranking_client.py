@@ -43,6 +43,7 @@ from router_common.routing.validation import PreferencesError, check_known_provi
 from router_common.wire_enums import SORT_FROM_WIRE
 from sidecar.config import SidecarSettings
 from sidecar.preferences import ParsedRequest, RequestError, invalid_preferences
+from sidecar.router_channel import rpc_detail
 
 log = logging.getLogger("sidecar.ranking")
 
@@ -723,10 +724,10 @@ class RankingClient:
             if exc.code() in _CALLER_CODES:
                 self.router_ok = True
                 raise _caller_error(exc, req.pref_params) from None
-            self._router_down(f"{exc.code().name}")
+            self._router_down(exc.code().name, rpc_detail(exc))
             return None
         except Exception as exc:  # channel closed during shutdown, etc.
-            self._router_down(type(exc).__name__)
+            self._router_down(type(exc).__name__, rpc_detail(exc))
             return None
         self.router_ok = True
         metadata = MessageToDict(resp.metadata, preserving_proto_field_name=True)
@@ -747,9 +748,12 @@ class RankingClient:
         self._put(req.cache_key, replace(ranking.for_reuse(), source="cache"))
         return ranking
 
-    def _router_down(self, why: str) -> None:
+    def _router_down(self, why: str, detail: str = "") -> None:
         if self.router_ok is not False:
-            log.warning("router unreachable, serving from cache/catalog", extra={"why": why})
+            log.warning(
+                "router unreachable, serving from cache/catalog",
+                extra={"why": why, "detail": detail},
+            )
         self.router_ok = False
         self._router_skip_until = self._clock() + self._s.router_retry_s
 

@@ -5,14 +5,17 @@ Secret volume) and re-read when the file changes, checked at most once a
 second, so rotating the Secret needs no restart. It is added to every call's
 metadata by a client interceptor and never logged. TLS uses ``--router-ca``
 to verify the router and, for mTLS, ``--router-tls-cert``/``--router-tls-key``
-as the sidecar's identity (read at start; restart to rotate them). A token
+as the sidecar's identity; all three are re-read when they change
+(:class:`ReloadingChannel`). A token
 without TLS is a warning at start: it crosses the network in clear text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import ssl
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,6 +104,184 @@ def _read(path: str | None, flag: str) -> bytes | None:
         raise ValueError(f"{flag} {path}: {exc.strerror or exc}") from None
 
 
+class _EncryptedKey(Exception):
+    """Raised from the passphrase callback: the key file is encrypted."""
+
+
+def _no_passphrase() -> bytes:
+    """Without a callback OpenSSL would ask on the terminal (a hang) or print a prompt."""
+    raise _EncryptedKey
+
+
+def _why(exc: OSError) -> str:
+    return str(getattr(exc, "reason", None) or exc.strerror or exc)
+
+
+def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
+    """ValueError (one line naming the flag and file) unless the files load together.
+
+    Why here: gRPC takes any bytes for these and only fails when it dials, on
+    every attempt, as ``UNAVAILABLE: Failed to create security handshaker`` with
+    plain-text lines on stderr (``Invalid private key``, ``Could not load any
+    root certificate``), while the sidecar had started and served from its
+    fallback. Python's ssl reads the same PEM, so a pair it refuses gRPC refuses.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca:
+        try:
+            context.load_verify_locations(ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"--router-ca {ca}: not a usable PEM CA certificate ({_why(exc)})"
+            ) from None
+    if cert and key:
+        try:
+            context.load_cert_chain(cert, key, password=_no_passphrase)
+        except _EncryptedKey:
+            raise ValueError(
+                f"--router-tls-key {key}: the private key is encrypted and the sidecar takes "
+                "no passphrase; give it the decrypted key (openssl pkey -in KEY -out KEY.plain)"
+            ) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"--router-tls-cert {cert} / --router-tls-key {key}: not a usable PEM "
+                f"certificate and matching key ({_why(exc)})"
+            ) from None
+
+
+def _stamp(paths: Sequence[str]) -> tuple[tuple[int, int, int], ...] | None:
+    """(mtime, inode, size) of each file, following symlinks (a Kubernetes Secret's
+    ``..data`` swap changes the inode); None while one is missing (mid-swap)."""
+    stamps = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        stamps.append((st.st_mtime_ns, st.st_ino, st.st_size))
+    return tuple(stamps)
+
+
+class _Rebinding:
+    """A stub's multicallable that calls through the router channel current at call time."""
+
+    def __init__(self, owner: ReloadingChannel, kind: str, args: tuple[Any, ...], kwargs: Any):
+        self._owner, self._kind, self._args, self._kwargs = owner, kind, args, kwargs
+        self._bound: tuple[grpc.aio.Channel, Any] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        channel = self._owner.current()
+        if self._bound is None or self._bound[0] is not channel:
+            factory = getattr(channel, self._kind)
+            self._bound = (channel, factory(*self._args, **self._kwargs))
+        return self._bound[1](*args, **kwargs)
+
+
+class ReloadingChannel(grpc.aio.Channel):
+    """The router channel, rebuilt when ``--router-ca``, ``--router-tls-cert`` or
+    ``--router-tls-key`` change (checked at most once a second, on use).
+
+    Why: gRPC's Python client credentials are fixed when a channel is made, so a
+    sidecar read its certificate once; a cert-manager renewal (or a CA rotation)
+    left it presenting the old certificate until it expired and every router call
+    failed. Stubs made on this channel call through whichever channel is current;
+    the previous one gets ``retire_grace_s`` for calls in flight. Files that do not
+    load together (a rotation half-written) are refused, logged once, and the
+    current channel stays.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        options: Sequence[tuple[str, Any]],
+        interceptors: list[Any] | None,
+        ca: str | None,
+        cert: str | None,
+        key: str | None,
+        check_every_s: float = 1.0,
+        retire_grace_s: float = 30.0,
+    ) -> None:
+        self._address, self._options, self._interceptors = address, list(options), interceptors
+        self._ca, self._cert, self._key = ca, cert, key
+        self._paths = [p for p in (ca, cert, key) if p]
+        self.check_every_s, self.retire_grace_s = check_every_s, retire_grace_s
+        self._checked = time.monotonic()
+        self._stamp = _stamp(self._paths)
+        check_tls_files(ca, cert, key)
+        self._channel = self._build()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._retired: set[grpc.aio.Channel] = set()
+
+    def _build(self) -> grpc.aio.Channel:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(self._ca, "--router-ca"),
+            private_key=_read(self._key, "--router-tls-key"),
+            certificate_chain=_read(self._cert, "--router-tls-cert"),
+        )
+        return grpc.aio.secure_channel(
+            self._address, credentials, options=self._options, interceptors=self._interceptors
+        )
+
+    def current(self) -> grpc.aio.Channel:
+        """The channel to call through, rebuilt first if the files changed."""
+        now = time.monotonic()
+        if now - self._checked >= self.check_every_s:
+            self._checked = now
+            stamp = _stamp(self._paths)
+            if stamp is not None and stamp != self._stamp:
+                self._stamp = stamp
+                self._reload()
+        return self._channel
+
+    def _reload(self) -> None:
+        try:
+            check_tls_files(self._ca, self._cert, self._key)
+            fresh = self._build()
+        except ValueError as exc:
+            log.error(
+                "router TLS files unusable, keeping the previous ones", extra={"why": str(exc)}
+            )
+            return
+        old, self._channel = self._channel, fresh
+        self._retired.add(old)
+        task = asyncio.get_running_loop().create_task(old.close(grace=self.retire_grace_s))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        task.add_done_callback(lambda _: self._retired.discard(old))
+        log.info("router TLS files reloaded", extra={"router": self._address})
+
+    def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return _Rebinding(self, "unary_unary", args, kwargs)
+
+    def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return _Rebinding(self, "unary_stream", args, kwargs)
+
+    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return _Rebinding(self, "stream_unary", args, kwargs)
+
+    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return _Rebinding(self, "stream_stream", args, kwargs)
+
+    async def channel_ready(self) -> None:
+        await self.current().channel_ready()
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self.current().get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self.current().wait_for_state_change(last_observed_state)
+
+    async def close(self, grace: float | None = None) -> None:
+        """The current channel and any still retiring, each with ``grace``."""
+        await asyncio.gather(*(ch.close(grace) for ch in [*self._retired, self._channel]))
+
+    async def __aenter__(self) -> ReloadingChannel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
 def open_router_channel(
     address: str,
     options: Sequence[tuple[str, Any]],
@@ -110,7 +291,8 @@ def open_router_channel(
     cert: str | None = None,
     key: str | None = None,
 ) -> grpc.aio.Channel:
-    """A channel to the router; ValueError (one line) for unusable files."""
+    """A channel to the router; ValueError (one line) for unusable files. With TLS,
+    a :class:`ReloadingChannel`: the files are re-read when they change."""
     if (cert is None) != (key is None):
         raise ValueError("--router-tls-cert and --router-tls-key go together")
     interceptors: list[Any] | None = None
@@ -126,12 +308,22 @@ def open_router_channel(
                 extra={"router": address},
             )
     if ca or cert:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=_read(ca, "--router-ca"),
-            private_key=_read(key, "--router-tls-key"),
-            certificate_chain=_read(cert, "--router-tls-cert"),
-        )
-        return grpc.aio.secure_channel(
-            address, credentials, options=list(options), interceptors=interceptors
-        )
+        return ReloadingChannel(address, options, interceptors, ca, cert, key)
     return grpc.aio.insecure_channel(address, options=list(options), interceptors=interceptors)
+
+
+#: The most of a gRPC error's text a log line carries.
+MAX_DETAIL_CHARS = 300
+
+
+def rpc_detail(exc: BaseException) -> str:
+    """A failed call's reason for the log: gRPC's details, bounded.
+
+    Why: the status code alone (``UNAVAILABLE``) says nothing of a TLS handshake
+    that failed (``CERTIFICATE_VERIFY_FAILED``, ``Hostname Verification Check
+    failed``) or of the scope a token lacks; the details do. They hold gRPC's
+    and the router's own text, never request metadata (the token).
+    """
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return (exc.details() or "")[:MAX_DETAIL_CHARS]
+    return str(exc)[:MAX_DETAIL_CHARS]

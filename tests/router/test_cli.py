@@ -192,6 +192,83 @@ def test_an_unusable_tls_file_exits_2_naming_its_flag_and_file(
         assert last.startswith(f"router-service: {named}"), last
 
 
+def test_an_encrypted_tls_key_exits_2_naming_it_without_asking_for_a_passphrase(
+    example_catalog: Path, tmp_path: Path
+) -> None:
+    # OpenSSL asked for the passphrase itself: on a terminal the router hung at
+    # start; without one (this test: a new session has no controlling terminal)
+    # stderr got a plain-text "Enter PEM pass phrase:" and "(Invalid argument)".
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    plain = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None)
+    key.write_bytes(
+        plain.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"a-passphrase"),
+        )
+    )
+    flags = ["--config", str(example_catalog), "--host", "127.0.0.1", "--grpc-port", "0"]
+    flags += ["--http-port", "0", "--tls-cert", str(cert), "--tls-key", str(key)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router_service.cli", *flags],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 2, stderr
+    assert "pass phrase" not in stderr and "Traceback" not in stderr
+    for line in stderr.splitlines()[:-1]:
+        json.loads(line)  # every other line is a JSON log record
+    last = stderr.splitlines()[-1]
+    assert last.startswith(f"router-service: --tls-key {key}: the private key is encrypted"), last
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "named"),
+    [
+        # --tls-cert with ROUTER_TLS_KEY= (a missing Secret key): it served plaintext
+        # on 0.0.0.0 while its start line said https.
+        (["--tls-cert", "{cert}", "--tls-client-ca", "{ca}"], {"ROUTER_TLS_KEY": ""}, "--tls-key"),
+        # An empty client CA: no client certificate was asked for, silently.
+        (
+            ["--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-client-ca", ""],
+            {},
+            "--tls-client-ca",
+        ),
+    ],
+)
+def test_an_empty_tls_flag_exits_2_naming_it(
+    example_catalog: Path, tmp_path: Path, flags: list[str], env: dict[str, str], named: str
+) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    files = {"cert": tmp_path / "s.crt", "key": tmp_path / "s.key", "ca": tmp_path / "ca.pem"}
+    leaf.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    leaf.private_key_pem.write_to_path(str(files["key"]))
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    base = ["--config", str(example_catalog), "--host", "0.0.0.0", "--grpc-port", "0"]
+    base += ["--http-port", "0"]
+    proc = _router(*base, *(f.format(**files) for f in flags), env=env)
+    try:
+        _, stderr = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"the router started despite an empty {named}") from None
+    assert proc.returncode == 2, stderr
+    assert stderr.splitlines()[-1].startswith(f"router-service: {named} is empty"), stderr
+
+
 @pytest.mark.parametrize(
     ("flag", "value"),
     [

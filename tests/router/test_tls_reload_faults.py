@@ -9,12 +9,15 @@ check the pair the same way before using it, and say the same thing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
 from pathlib import Path
 
 import grpc
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router_service.security import SecuritySettings
@@ -79,5 +82,106 @@ async def test_a_half_written_rotation_keeps_the_previous_pair_and_says_so(
         second.private_key_and_cert_chain_pem.write_to_path(str(cert))
         await wait_for(lambda: _serving(app.grpc_address, ca2), timeout=5)
         assert [r.port for r in _grpc_records(caplog, "TLS certificates reloaded")] == ["grpc"]
+    finally:
+        await app.stop()
+
+
+def _k8s_secret_swap(directory: Path, version: str, files: dict[str, bytes]) -> None:
+    """What the kubelet does to a mounted Secret: a new ``..<version>`` directory,
+    then ``..data`` replaced by an atomic rename; ``tls.crt`` etc. are symlinks
+    through ``..data`` and never change themselves."""
+    target = directory / f"..{version}"
+    target.mkdir()
+    for name, data in files.items():
+        (target / name).write_bytes(data)
+    tmp = directory / "..data_tmp"
+    tmp.symlink_to(target.name)
+    tmp.replace(directory / "..data")
+    for name in files:
+        link = directory / name
+        if not link.is_symlink():
+            link.symlink_to(Path("..data") / name)
+
+
+async def _https_serving(port: int, ca: trustme.CA) -> bool:
+    """A new HTTPS connection's handshake succeeds against ``ca``."""
+    context = ssl.create_default_context(cafile=None)
+    ca.configure_trust(context)
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost"),
+            timeout=3,
+        )
+    except (TimeoutError, OSError, ssl.SSLError):
+        return False
+    writer.close()
+    return True
+
+
+async def test_a_rotation_to_an_encrypted_key_keeps_the_previous_pair_and_names_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Without a passphrase callback OpenSSL asked for one: on the router's
+    # terminal (the HTTP reload runs on the event loop: every call froze) or,
+    # with none, "Enter PEM pass phrase:" on stderr and "(Invalid argument)".
+    caplog.set_level(logging.INFO, logger="router_service.listen")
+    ca = trustme.CA()
+    first = ca.issue_cert("127.0.0.1", "localhost")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    _k8s_secret_swap(
+        secret,
+        "v1",
+        {"tls.crt": first.cert_chain_pems[0].bytes(), "tls.key": first.private_key_pem.bytes()},
+    )
+    cert, key = secret / "tls.crt", secret / "tls.key"
+    app = loopback_router(
+        tmp_path,
+        drain_seconds=0.2,
+        watch_catalog=False,
+        security=SecuritySettings(tls_cert=str(cert), tls_key=str(key), reload_interval_s=0.05),
+    )
+    await app.start()
+    try:
+        assert await _serving(app.grpc_address, ca)
+        assert await _https_serving(app.http_port, ca)
+        ca2 = trustme.CA()
+        second = ca2.issue_cert("127.0.0.1", "localhost")
+        plain = serialization.load_pem_private_key(second.private_key_pem.bytes(), None)
+        encrypted = plain.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"a-passphrase"),
+        )
+        _k8s_secret_swap(
+            secret, "v2", {"tls.crt": second.cert_chain_pems[0].bytes(), "tls.key": encrypted}
+        )
+
+        def refused(port: str) -> list[logging.LogRecord]:
+            return [
+                r
+                for r in caplog.records
+                if r.getMessage() == "TLS files unusable, keeping the previous ones"
+                and getattr(r, "port", None) == port
+            ]
+
+        # gRPC reads the files before a new handshake, HTTP on its poll.
+        assert await _serving(app.grpc_address, ca)
+        await wait_for(lambda: refused("http"), timeout=5)
+        for port in ("grpc", "http"):
+            assert f"--tls-key {key}: the private key is encrypted" in refused(port)[0].error
+        assert await _https_serving(app.http_port, ca)
+        assert "pass phrase" not in capfd.readouterr().err
+        # The decrypted key arrives: both ports switch to the new pair.
+        _k8s_secret_swap(
+            secret,
+            "v3",
+            {
+                "tls.crt": second.cert_chain_pems[0].bytes(),
+                "tls.key": second.private_key_pem.bytes(),
+            },
+        )
+        await wait_for(lambda: _serving(app.grpc_address, ca2), timeout=5)
+        await wait_for(lambda: _https_serving(app.http_port, ca2), timeout=5)
     finally:
         await app.stop()
