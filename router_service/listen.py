@@ -27,6 +27,7 @@ import grpc
 from aiohttp import web
 
 from router_common import fd_limit
+from router_common.tls_files import TlsPairError, load_pair, why
 
 log = logging.getLogger(__name__)
 
@@ -195,48 +196,20 @@ class TlsFileError(OSError):
     """A TLS file that cannot be used, named with its flag (one line at start)."""
 
 
-def _why(exc: OSError) -> str:
-    return str(getattr(exc, "reason", None) or exc.strerror or exc)
-
-
-class _EncryptedKey(Exception):
-    """Raised from the passphrase callback: the key file is encrypted."""
-
-
-def _no_passphrase() -> bytes:
-    """The passphrase callback ``load_cert_chain`` gets.
-
-    Why: with no callback OpenSSL asks for the passphrase itself, on the
-    controlling terminal (a router started in a shell, or ``docker run -t``,
-    hung at start, and a reload on the event loop froze every call) or, with
-    no terminal, wrote a plain-text ``Enter PEM pass phrase:`` to stderr and
-    failed with a bare ``Invalid argument``. The router takes no passphrase.
-    """
-    raise _EncryptedKey
-
-
 def tls_context(tls: TlsFiles) -> ssl.SSLContext:
     """A server context from the files; TlsFileError names the flag and file (ssl's own
     text, ``[SSL] PEM lib (_ssl.c:3905)`` or a bare ``[Errno 2]``, names neither)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(tls.cert, tls.key, password=_no_passphrase)
-    except _EncryptedKey:
-        raise TlsFileError(
-            f"--tls-key {tls.key}: the private key is encrypted and the router takes no "
-            "passphrase; give it the decrypted key (openssl pkey -in KEY -out KEY.plain)"
-        ) from None
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsFileError(
-            f"--tls-cert {tls.cert} / --tls-key {tls.key}: not a usable PEM certificate "
-            f"and matching key ({_why(exc)})"
-        ) from None
+        load_pair(context, tls.cert, tls.key, "--tls-cert", "--tls-key", "router")
+    except TlsPairError as exc:
+        raise TlsFileError(str(exc)) from None
     if tls.client_ca:
         try:
             context.load_verify_locations(tls.client_ca)
         except (OSError, ssl.SSLError) as exc:
             raise TlsFileError(
-                f"--tls-client-ca {tls.client_ca}: not a usable PEM CA certificate ({_why(exc)})"
+                f"--tls-client-ca {tls.client_ca}: not a usable PEM CA certificate ({why(exc)})"
             ) from None
         context.verify_mode = ssl.CERT_OPTIONAL
     return context

@@ -23,6 +23,8 @@ from typing import Any
 
 import grpc
 
+from router_common.tls_files import load_pair, why
+
 log = logging.getLogger("sidecar.router_channel")
 
 
@@ -104,19 +106,6 @@ def _read(path: str | None, flag: str) -> bytes | None:
         raise ValueError(f"{flag} {path}: {exc.strerror or exc}") from None
 
 
-class _EncryptedKey(Exception):
-    """Raised from the passphrase callback: the key file is encrypted."""
-
-
-def _no_passphrase() -> bytes:
-    """Without a callback OpenSSL would ask on the terminal (a hang) or print a prompt."""
-    raise _EncryptedKey
-
-
-def _why(exc: OSError) -> str:
-    return str(getattr(exc, "reason", None) or exc.strerror or exc)
-
-
 def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
     """ValueError (one line naming the flag and file) unless the files load together.
 
@@ -132,21 +121,10 @@ def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
             context.load_verify_locations(ca)
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(
-                f"--router-ca {ca}: not a usable PEM CA certificate ({_why(exc)})"
+                f"--router-ca {ca}: not a usable PEM CA certificate ({why(exc)})"
             ) from None
     if cert and key:
-        try:
-            context.load_cert_chain(cert, key, password=_no_passphrase)
-        except _EncryptedKey:
-            raise ValueError(
-                f"--router-tls-key {key}: the private key is encrypted and the sidecar takes "
-                "no passphrase; give it the decrypted key (openssl pkey -in KEY -out KEY.plain)"
-            ) from None
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(
-                f"--router-tls-cert {cert} / --router-tls-key {key}: not a usable PEM "
-                f"certificate and matching key ({_why(exc)})"
-            ) from None
+        load_pair(context, cert, key, "--router-tls-cert", "--router-tls-key", "sidecar")
 
 
 def _stamp(paths: Sequence[str]) -> tuple[tuple[int, int, int], ...] | None:
