@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router_service.security import SecuritySettings
 from tests.conftest import loopback_router, wait_for
+from tests.k8s_volume import kubelet_swap
 
 OPTIONS = (("grpc.ssl_target_name_override", "localhost"),)
 
@@ -86,23 +87,6 @@ async def test_a_half_written_rotation_keeps_the_previous_pair_and_says_so(
         await app.stop()
 
 
-def _k8s_secret_swap(directory: Path, version: str, files: dict[str, bytes]) -> None:
-    """What the kubelet does to a mounted Secret: a new ``..<version>`` directory,
-    then ``..data`` replaced by an atomic rename; ``tls.crt`` etc. are symlinks
-    through ``..data`` and never change themselves."""
-    target = directory / f"..{version}"
-    target.mkdir()
-    for name, data in files.items():
-        (target / name).write_bytes(data)
-    tmp = directory / "..data_tmp"
-    tmp.symlink_to(target.name)
-    tmp.replace(directory / "..data")
-    for name in files:
-        link = directory / name
-        if not link.is_symlink():
-            link.symlink_to(Path("..data") / name)
-
-
 async def _https_serving(port: int, ca: trustme.CA) -> bool:
     """A new HTTPS connection's handshake succeeds against ``ca``."""
     context = ssl.create_default_context(cafile=None)
@@ -129,7 +113,7 @@ async def test_a_rotation_to_an_encrypted_key_keeps_the_previous_pair_and_names_
     first = ca.issue_cert("127.0.0.1", "localhost")
     secret = tmp_path / "secret"
     secret.mkdir()
-    _k8s_secret_swap(
+    kubelet_swap(
         secret,
         "v1",
         {"tls.crt": first.cert_chain_pems[0].bytes(), "tls.key": first.private_key_pem.bytes()},
@@ -153,7 +137,7 @@ async def test_a_rotation_to_an_encrypted_key_keeps_the_previous_pair_and_names_
             serialization.PrivateFormat.PKCS8,
             serialization.BestAvailableEncryption(b"a-passphrase"),
         )
-        _k8s_secret_swap(
+        kubelet_swap(
             secret, "v2", {"tls.crt": second.cert_chain_pems[0].bytes(), "tls.key": encrypted}
         )
 
@@ -173,7 +157,7 @@ async def test_a_rotation_to_an_encrypted_key_keeps_the_previous_pair_and_names_
         assert await _https_serving(app.http_port, ca)
         assert "pass phrase" not in capfd.readouterr().err
         # The decrypted key arrives: both ports switch to the new pair.
-        _k8s_secret_swap(
+        kubelet_swap(
             secret,
             "v3",
             {

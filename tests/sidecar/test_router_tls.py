@@ -25,6 +25,7 @@ from sidecar_helpers import MODEL, Stack, openai_client, sidecar_process
 
 from router_service.security import SecuritySettings
 from tests.conftest import loopback_router, wait_for
+from tests.k8s_volume import kubelet_swap
 
 
 def _encrypted(key_pem: bytes) -> bytes:
@@ -139,23 +140,6 @@ async def test_a_router_certificate_the_sidecar_refuses_is_named_in_one_json_lin
         await router.stop()
 
 
-def _k8s_secret_swap(directory: Path, version: str, files: dict[str, bytes]) -> None:
-    """What the kubelet does to a mounted Secret: a new ``..<version>`` directory,
-    then ``..data`` replaced by an atomic rename; the file names are symlinks
-    through ``..data`` and never change themselves."""
-    target = directory / f"..{version}"
-    target.mkdir()
-    for name, data in files.items():
-        (target / name).write_bytes(data)
-    tmp = directory / "..data_tmp"
-    tmp.symlink_to(target.name)
-    tmp.replace(directory / "..data")
-    for name in files:
-        link = directory / name
-        if not link.is_symlink():
-            link.symlink_to(Path("..data") / name)
-
-
 async def test_the_sidecar_takes_a_renewed_client_certificate_without_a_restart(
     stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -184,7 +168,7 @@ async def test_the_sidecar_takes_a_renewed_client_certificate_without_a_restart(
     def issue(version: str, name: str, key_of: str | None = None) -> None:
         leaf = ca.issue_cert(f"{name}.example", common_name=name)
         key = ca.issue_cert("x.example").private_key_pem if key_of else leaf.private_key_pem
-        _k8s_secret_swap(
+        kubelet_swap(
             secret,
             version,
             {
