@@ -242,16 +242,41 @@ def _parse_endpoint(
 
 def load_catalog(path: str | Path) -> Catalog:
     """Read and validate a catalog file; errors name the file."""
-    source = str(path)
+    return read_catalog(path)[0]
+
+
+def read_catalog_bytes(path: str | Path) -> bytes:
+    """The file's bytes, or CatalogError naming it (``(file)``: missing, unreadable)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_bytes()
     except OSError as exc:
-        raise CatalogError(source, "(file)", f"cannot read: {exc.strerror or exc}") from None
+        raise CatalogError(str(path), "(file)", f"cannot read: {exc.strerror or exc}") from None
+
+
+def parse_catalog_bytes(data: bytes, source: str) -> Catalog:
+    """``parse_catalog`` of a file's bytes, which must be UTF-8."""
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise CatalogError(source, "(file)", "not UTF-8 text") from None
     return parse_catalog(text, source)
 
 
-def catalog_version(path: str | Path) -> str:
+def read_catalog(path: str | Path) -> tuple[Catalog, str]:
+    """The catalog and its version, both from one read of the file.
+
+    Why one read: a ConfigMap update can swap the file between two reads, and a
+    version hashed from one read beside a catalog parsed from another would name,
+    in every RankProviders answer, a catalog that is not the one ranking."""
+    data = read_catalog_bytes(path)
+    return parse_catalog_bytes(data, str(path)), version_of_bytes(data)
+
+
+def version_of_bytes(data: bytes) -> str:
     """A short content hash, so clients and logs can tell which catalog ranked them."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def catalog_version(path: str | Path) -> str:
+    """``version_of_bytes`` of a file (a second read: use ``read_catalog`` to load one)."""
+    return version_of_bytes(Path(path).read_bytes())

@@ -19,7 +19,13 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2
 
-from router_common.catalog import CatalogError, catalog_version, load_catalog
+from router_common.catalog import (
+    CatalogError,
+    parse_catalog_bytes,
+    read_catalog,
+    read_catalog_bytes,
+    version_of_bytes,
+)
 from router_common.domain import Clock
 from router_common.pb import router_pb2
 from router_common.shutdown import bounded
@@ -112,7 +118,10 @@ class RouterApp:
         self.servicer: RouterServicer | None = None
         self.grpc_host = settings.grpc_host
         self.http_host = settings.http_host
-        self._refused_version: str | None = None
+        #: What the last refused reload refused (the file's version, or the error
+        #: when it could not be read), so a file that stays bad is logged once,
+        #: not at every poll.
+        self._refused: str | None = None
         self.http_app: web.Application | None = None
         self.replicator: RedisReplicator | None = None
         #: SERVING on grpc.health.v1; /readyz answers the same on HTTP.
@@ -141,11 +150,11 @@ class RouterApp:
         """Load the catalog (CatalogError if bad), then serve gRPC and HTTP."""
         await self._set_serving(False)
         path = self.settings.config_path
-        catalog = load_catalog(path)
+        catalog, version = read_catalog(path)
         rng = random.Random(self.settings.seed)
         self.core = RouterCore(
             catalog,
-            catalog_version(path),
+            version,
             self.clock,
             rng,
             health_config=self.settings.health,
@@ -307,23 +316,40 @@ class RouterApp:
         self.core.refresh()
 
     def reload_catalog(self) -> bool:
-        """Reload the catalog file; a bad file is refused and the old catalog kept."""
+        """Reload the catalog file; a bad file is refused and the old catalog kept.
+
+        The version and the catalog come from one read (``read_catalog``). A
+        refusal is logged once per distinct file content (or read error): the
+        watcher's poll calls this every few seconds, and a file that stays
+        missing or broken must not write the same line each time."""
         assert self.core is not None
         path = self.settings.config_path
-        version: str | None = None
         try:
-            version = catalog_version(path)
-            if version == self.core.catalog_version:
-                return True
-            if version == self._refused_version:
-                return False  # already logged; wait for the file to change again
-            catalog = load_catalog(path)
-        except (CatalogError, OSError) as exc:
-            log.error("catalog reload refused, keeping the previous one", extra={"error": str(exc)})
-            self._refused_version = version
-            return False
+            data = read_catalog_bytes(path)
+        except CatalogError as exc:
+            return self._refuse(str(exc), exc)
+        version = version_of_bytes(data)
+        if version == self.core.catalog_version:
+            self._refused = None  # back to the loaded file: a new breakage is news
+            return True
+        if version == self._refused:
+            return False  # already logged; wait for the file to change again
+        try:
+            catalog = parse_catalog_bytes(data, str(path))
+        except CatalogError as exc:
+            return self._refuse(version, exc)
+        self._refused = None
         self.core.replace_catalog(catalog, version)
         return True
+
+    def _refuse(self, what: str, exc: CatalogError) -> bool:
+        if what != self._refused:
+            log.error(
+                "catalog reload refused, keeping the previous one",
+                extra={"file": exc.source, "error": str(exc)},
+            )
+            self._refused = what
+        return False
 
     async def _watch_catalog(self) -> None:
         """Reload when the catalog file changes (see router_service.catalog_watch)."""

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
+import pytest
+
+from router_common.catalog import version_of_bytes
 from router_service.app import RouterApp, Settings
 from tests.conftest import EXAMPLE_CATALOG, wait_for
 
@@ -51,4 +58,118 @@ async def test_reloads_on_every_configmap_update(tmp_path: Path) -> None:
             cerebras = core.catalog.models["zai/glm-4.7"].endpoints[0]
             assert cerebras.input_price_per_mtok == float(price)
     finally:
+        await app.stop()
+
+
+def _router_on(volume: Path) -> RouterApp:
+    """A router on the volume's catalog, reloading only when told (as SIGHUP or a poll does)."""
+    return RouterApp(
+        Settings(
+            config_path=str(volume / "catalog.yaml"),
+            grpc_host="127.0.0.1",
+            grpc_port=0,
+            http_host="127.0.0.1",
+            http_port=0,
+            drain_seconds=0.5,
+            watch_catalog=False,
+        )
+    )
+
+
+def _until_no_reader(fifo: Path, timeout: float = 10.0) -> None:
+    """Wait until nobody holds ``fifo`` open for reading (a non-blocking open for writing
+    then fails with ENXIO)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return
+            raise
+    raise TimeoutError(f"{fifo} still open for reading after {timeout} s")
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith("catalog reload refused")]
+
+
+async def test_a_missing_or_broken_catalog_is_logged_once_not_at_every_poll(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watcher polls every few seconds; a key removed from the ConfigMap (the file
+    gone) used to write the same ERROR at every poll, forever, with a bare errno."""
+    volume = tmp_path / "etc-router"
+    volume.mkdir()
+    original = EXAMPLE_CATALOG.read_text()
+    _publish(volume, 0, original)
+    app = _router_on(volume)
+    await app.start()
+    try:
+        core = app.core
+        assert core is not None
+        version = core.catalog_version
+        caplog.set_level(logging.ERROR, logger="router_service.app")
+        (volume / "catalog.yaml").unlink()
+        assert [app.reload_catalog() for _ in range(3)] == [False, False, False]
+        (missing,) = _refusals(caplog)
+        assert missing.file == str(volume / "catalog.yaml")  # type: ignore[attr-defined]
+        assert "(file): cannot read: No such file or directory" in missing.error  # type: ignore[attr-defined]
+        (volume / "catalog.yaml").symlink_to("..data/catalog.yaml")
+        assert app.reload_catalog() and core.catalog_version == version
+
+        caplog.clear()
+        _publish(volume, 1, "providers: [\n")
+        assert [app.reload_catalog() for _ in range(3)] == [False, False, False]
+        (broken,) = _refusals(caplog)
+        assert "not valid YAML" in broken.error  # type: ignore[attr-defined]
+        assert core.catalog_version == version
+
+        caplog.clear()  # fixed, then broken the same way again: that is news, logged again
+        _publish(volume, 2, original)
+        assert app.reload_catalog()
+        _publish(volume, 3, "providers: [\n")
+        assert not app.reload_catalog()
+        assert len(_refusals(caplog)) == 1
+    finally:
+        await app.stop()
+
+
+async def test_the_version_names_the_catalog_that_was_parsed(tmp_path: Path) -> None:
+    """The version used to be hashed from one read and the catalog parsed from a second:
+    a swap between the two made RankProviders name a catalog other than the one ranking.
+    A FIFO stands in for the swap: each open of it reads the next content."""
+    volume = tmp_path / "etc-router"
+    volume.mkdir()
+    original = EXAMPLE_CATALOG.read_text()
+    _publish(volume, 0, original)
+    app = _router_on(volume)
+    await app.start()
+    fifo = volume / "catalog.yaml"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    first, second = (original.replace("2.25", price, 1) for price in ("9.99", "8.88"))
+
+    def kubelet() -> None:
+        with open(fifo, "w") as f:  # waits for the router to open the file
+            f.write(first)
+        _until_no_reader(fifo)  # one content per read, never two in one pipe
+        with open(fifo, "w") as f:  # a second read, if the router makes one
+            f.write(second)
+
+    writer = threading.Thread(target=kubelet, daemon=True)
+    writer.start()
+    try:
+        core = app.core
+        assert core is not None
+        assert app.reload_catalog()
+        cerebras = core.catalog.models["zai/glm-4.7"].endpoints[0]
+        assert cerebras.input_price_per_mtok == 9.99
+        assert core.catalog_version == version_of_bytes(first.encode())
+    finally:
+        if writer.is_alive():  # the router read once: the writer waits for a second read
+            with open(fifo, "rb") as drain:
+                drain.read()
+        writer.join(timeout=10)
+        assert not writer.is_alive()
         await app.stop()
