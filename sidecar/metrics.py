@@ -150,6 +150,12 @@ class SidecarMetrics:
             "Outcomes acknowledged by the router.",
             registry=r,
         )
+        self.outcomes_rejected = Counter(
+            "router_sidecar_outcomes_rejected_total",
+            "Outcomes the router acknowledged as rejected (stored nothing); the log line "
+            "'router rejected outcomes' names the first reason.",
+            registry=r,
+        )
         self.outcome_send_failures = Counter(
             "router_sidecar_outcome_send_failures_total",
             "StreamOutcomes calls that failed (router unreachable or erroring).",

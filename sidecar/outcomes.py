@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from router_common.limits import MAX_OUTCOMES_PER_BATCH, MAX_SENDER_LEN
+from router_common.log_limit import LogLimiter
 from router_common.pb import router_pb2, router_pb2_grpc
 from sidecar.metrics import SidecarMetrics
 from sidecar.router_channel import rpc_detail
@@ -88,6 +89,10 @@ class OutcomeReporter:
         self._batches_per_call = batches_per_call
         self._on_ok = on_router_ok
         self._on_down = on_router_down
+        #: "router rejected outcomes": one line per rejected field per 10 s. A cause
+        #: that lasts (a catalog both sides disagree on) rejects at every flush, and
+        #: the flush interval is 0.5 s.
+        self._rejection_log = LogLimiter()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         #: One call at a time: two would send the same pending batches.
@@ -295,12 +300,14 @@ class OutcomeReporter:
         self.duplicates += ack.duplicate_batches
         self._m.outcomes_sent.inc(ack.accepted)
         if ack.rejected:
-            log.warning(
+            self._m.outcomes_rejected.inc(ack.rejected)
+            first = ack.rejections[0].reason if ack.rejections else ""
+            self._rejection_log.warning(
+                log,
                 "router rejected outcomes",
-                extra={
-                    "rejected": ack.rejected,
-                    "first_reason": ack.rejections[0].reason if ack.rejections else "",
-                },
+                cause=first.partition(":")[0],
+                rejected=ack.rejected,
+                first_reason=first,
             )
         self._on_ok()
         if through:
