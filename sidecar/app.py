@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -35,6 +36,7 @@ from sidecar.proxy import CLIENT_GONE, SERVED_BY, SHUTDOWN_MESSAGE, Proxy, error
 from sidecar.ranking_client import RankingClient
 from sidecar.redaction import KeyRedactor, RedactingLogFilter
 from sidecar.router_channel import open_router_channel
+from sidecar.router_clock import RouterClock
 from sidecar.transport import UpstreamTransport, make_transport
 
 log = logging.getLogger("sidecar")
@@ -98,9 +100,17 @@ def _error_response(
 class SidecarApp:
     """One sidecar: ``await start()``, then ``base_url``/``port``; ``await stop()``."""
 
-    def __init__(self, settings: SidecarSettings, catalog: Catalog | None = None) -> None:
+    def __init__(
+        self,
+        settings: SidecarSettings,
+        catalog: Catalog | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.metrics = SidecarMetrics()
+        #: This node's wall clock (a test injects a skewed one), read through the
+        #: offset to the router's (sidecar/router_clock.py) for outcome start times.
+        self.router_clock = RouterClock(wall_clock, self.metrics.router_clock_offset.set)
         self.catalog = catalog
         self.port = 0
         self._channel: grpc.aio.Channel | None = None
@@ -167,7 +177,7 @@ class SidecarApp:
             )
             stub = router_pb2_grpc.RouterStub(self._channel)
         self._stub = stub
-        self.ranking = RankingClient(s, stub, self.catalog)
+        self.ranking = RankingClient(s, stub, self.catalog, router_clock=self.router_clock)
         self.ranking.on_source = self.metrics.count_ranking_source
         self.reporter = OutcomeReporter(
             stub,

@@ -130,6 +130,8 @@ class HedgeBudget:
 class _ProxyHooks(Protocol):
     """The parts of ``sidecar.proxy.Proxy`` a hedge needs (narrow, for the merge and tests)."""
 
+    def started_at(self) -> float: ...
+
     def _key_for(self, route: Route, rec: AttemptRecord) -> tuple[bool, str | None]: ...
 
     def _finish_attempt(self, req: ParsedRequest, rec: AttemptRecord) -> None: ...
@@ -236,7 +238,7 @@ class Hedger:
             raise
         if backup is None or not due:
             return await first, rec, False
-        brec = AttemptRecord(backup.provider, backup.upstream_model, time.time())
+        brec = AttemptRecord(backup.provider, backup.upstream_model, proxy.started_at())
         brec.extra = {"race": True} if race else {"hedge": True}
         records.append(brec)
         ok, bkey = proxy._key_for(backup, brec)

@@ -156,6 +156,12 @@ class SidecarMetrics:
             "'router rejected outcomes' names the first reason.",
             registry=r,
         )
+        self.router_clock_offset = Gauge(
+            "router_sidecar_router_clock_offset_seconds",
+            "The router's wall clock minus this host's, measured from the last fresh "
+            "ranking (outcome start times are sent on the router's clock).",
+            registry=r,
+        )
         self.outcome_send_failures = Counter(
             "router_sidecar_outcome_send_failures_total",
             "StreamOutcomes calls that failed (router unreachable or erroring).",

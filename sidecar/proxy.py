@@ -155,6 +155,11 @@ class Proxy:
 
     # -- planning ------------------------------------------------------------
 
+    def started_at(self) -> float:
+        """Now on the router's clock, for an attempt's ``started_at``: the router judges
+        and buckets outcomes by its own clock, not this node's (sidecar/router_clock.py)."""
+        return self._ranking.router_clock.now()
+
     def plan(self, req: ParsedRequest, ranking: Ranking) -> tuple[list[Route], list[str]]:
         """The routes that may be tried, in order, and the providers skipped for want of a key.
 
@@ -338,7 +343,7 @@ class Proxy:
             if records:
                 self._m.fallbacks.inc()
             leg_req = leg.req
-            rec = AttemptRecord(route.provider, route.upstream_model, time.time())
+            rec = AttemptRecord(route.provider, route.upstream_model, self.started_at())
             rec.model = leg_req.model
             records.append(rec)
             ok, key = self._key_for(route, rec)

@@ -44,6 +44,7 @@ from router_common.wire_enums import SORT_FROM_WIRE
 from sidecar.config import SidecarSettings
 from sidecar.preferences import ParsedRequest, RequestError, invalid_preferences
 from sidecar.router_channel import rpc_detail
+from sidecar.router_clock import RouterClock
 
 log = logging.getLogger("sidecar.ranking")
 
@@ -414,8 +415,12 @@ class RankingClient:
         catalog: Catalog | None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        router_clock: RouterClock | None = None,
     ) -> None:
         self._s = settings
+        #: The router's wall clock as seen here, re-measured by every fresh answer:
+        #: what outcomes' ``started_at`` is read from (sidecar/router_clock.py).
+        self.router_clock = router_clock or RouterClock()
         self._stub = stub
         self.catalog = catalog
         self._clock = clock
@@ -718,6 +723,7 @@ class RankingClient:
             estimated_input_tokens=req.estimated_input_tokens,
             max_output_tokens=req.max_output_tokens,
         )
+        sent = self.router_clock.wall()
         try:
             resp = await self._stub.RankProviders(msg, timeout=self._s.rank_timeout_s)
         except grpc.aio.AioRpcError as exc:
@@ -730,6 +736,7 @@ class RankingClient:
             self._router_down(type(exc).__name__, rpc_detail(exc))
             return None
         self.router_ok = True
+        self.router_clock.observe(sent, resp.metadata.ranked_at, self.router_clock.wall())
         metadata = MessageToDict(resp.metadata, preserving_proto_field_name=True)
         if resp.metadata.exploration:  # name the pick, as a per-request exploration does
             pick = next((ep.provider.name for ep in resp.endpoints if ep.exploration), None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import aiohttp
@@ -134,6 +135,9 @@ class _RaceProxy:
 
     def __init__(self) -> None:
         self.finished: list[str] = []
+
+    def started_at(self) -> float:
+        return time.time()
 
     def _key_for(self, route: Any, rec: Any) -> tuple[bool, str | None]:
         return True, None
