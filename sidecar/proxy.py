@@ -618,7 +618,9 @@ class Proxy:
     ) -> UpstreamError:
         cls = classify_status(resp.status)
         if cls == ErrorClass.RATE_LIMITED:
-            rec.retry_after_s = parse_retry_after(resp.headers.get("Retry-After"))
+            rec.retry_after_s = parse_retry_after(
+                resp.headers.get("Retry-After"), date=resp.headers.get("Date")
+            )
         body = self._redact.scrub(await read_error_body(resp, self._s.max_error_body_bytes))
         if cls == ErrorClass.AUTH:
             # The sidecar's key was refused: the app's own key is not in question,

@@ -67,11 +67,19 @@ def classify_exception(exc: BaseException, got_headers: bool) -> ErrorClass:
     return ErrorClass.CONNECT
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+def parse_retry_after(
+    value: str | None, now: float | None = None, date: str | None = None
+) -> float | None:
     """Retry-After as seconds (delta-seconds or an HTTP date); None if absent or garbled.
 
     ``float`` also reads "inf", "nan" and "1e400": no delta-seconds, so garbled
     (an infinite wait once made the app's own Retry-After a 500).
+
+    An HTTP date is counted from the response's own ``Date`` header when it has
+    a readable one (``date``), not from this host's clock: both dates are then
+    on the provider's clock, so a provider (or this node) whose clock is off by
+    hours still means "30 s" when it says 30 s after its own now. Without one,
+    from ``now`` (default: this host's wall clock).
     """
     if not value:
         return None
@@ -82,13 +90,22 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         pass
     else:
         return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
+    when = _http_date(value)
     if when is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    reference = _http_date(date) if date else None
+    if reference is None:
+        reference = time.time() if now is None else now
+    return max(0.0, when - reference)
+
+
+def _http_date(value: str) -> float | None:
+    """An HTTP date as Unix seconds; None if garbled."""
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError):
+        return None
+    return None if when is None else when.timestamp()
 
 
 def upstream_error_message(body: bytes, status: int) -> str:

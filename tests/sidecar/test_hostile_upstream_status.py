@@ -10,6 +10,8 @@ Real router, real sidecar, the ``openai`` client, a real HTTP upstream.
 
 from __future__ import annotations
 
+import email.utils
+import time
 from pathlib import Path
 
 import openai
@@ -142,3 +144,32 @@ async def test_a_zero_retry_after_reaches_the_app_as_one_second(
         with pytest.raises(openai.RateLimitError) as err:
             await openai_client(sc).chat.completions.create(model=MODEL, messages=MSGS)
     assert err.value.response.headers["Retry-After"] == "1"
+
+
+async def test_a_retry_after_date_is_counted_on_the_providers_own_clock(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A provider whose clock is 2 hours ahead says "30 s after my now" as a date 2 h
+    30 s ahead of ours: counted from our clock, that was a 7230 s wait told to the app
+    and an ejection at the router's 600 s cap. Its own ``Date`` header is the reference."""
+    provider_now = time.time() + 7200
+
+    async def chat(request: web.Request) -> web.Response:
+        await request.read()
+        headers = {
+            "Date": email.utils.formatdate(provider_now, usegmt=True),
+            "Retry-After": email.utils.formatdate(provider_now + 30, usegmt=True),
+        }
+        return web.json_response({"error": {"message": "slow down"}}, status=429, headers=headers)
+
+    async with raw_upstream(chat) as a:
+        stack.catalog_path = write_raw_catalog(tmp_path / "catalog.yaml", {"alpha": a})
+        router = await stack.start_router()
+        sc = await stack.start_sidecar(router.grpc_address)
+        with pytest.raises(openai.RateLimitError) as err:
+            await openai_client(sc).chat.completions.create(
+                model=MODEL, messages=MSGS, max_tokens=4
+            )
+    assert err.value.response.headers["Retry-After"] == "30"
+    (attempt,) = err.value.response.json()["routing"]["attempts"]
+    assert attempt["retry_after_s"] == 30.0
