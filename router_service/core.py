@@ -105,6 +105,9 @@ class RouterCore:
         #: Outcomes by (error class) and rejected outcomes, for /metrics.
         self.outcomes_by_class: Counter[str] = Counter()
         self.outcomes_rejected = 0
+        #: Rejected outcomes by the Outcome field the rejection names: a client
+        #: whose clock is off shows as ``started_at``, a stale catalog as ``provider``.
+        self.outcomes_rejected_by_field: Counter[str] = Counter()
 
     # -- catalog -------------------------------------------------------------
 
@@ -172,6 +175,7 @@ class RouterCore:
             checked = validate_outcome(msg, self._known, now)
             if isinstance(checked, Rejection):
                 result.rejected += 1
+                self.outcomes_rejected_by_field[checked.field] += 1
                 if len(result.rejections) < MAX_REJECTIONS_REPORTED:
                     result.rejections.append((first_index + offset, checked))
                 continue

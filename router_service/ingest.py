@@ -294,7 +294,12 @@ class GroupedRecorder:
             self._validator = BatchValidator(known)
         result = IngestResult()
         accepted, by_endpoint, rejected = self._validator.validate(
-            messages, core.clock(), first_index, result.rejections, MAX_REJECTIONS_REPORTED
+            messages,
+            core.clock(),
+            first_index,
+            result.rejections,
+            MAX_REJECTIONS_REPORTED,
+            core.outcomes_rejected_by_field,
         )
         # Baselines are read before this batch lands, as RouterCore.record does.
         stats = store.stats

@@ -9,6 +9,7 @@ stored, and a rejection names the field that was wrong.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
@@ -155,8 +156,11 @@ class BatchValidator:
         first_index: int,
         rejections: list[tuple[int, Rejection]],
         max_rejections: int,
+        by_field: Counter[str] | None = None,
     ) -> tuple[list[Outcome], dict[EndpointKey, list[Outcome]], int]:
         """(accepted in order, accepted by endpoint, how many rejected).
+
+        ``by_field``, if given, counts every rejection by the field it names.
 
         The first ``max_rejections`` rejections go to ``rejections`` as
         (first_index + position, Rejection), as ``RouterCore.record`` reports them.
@@ -229,6 +233,8 @@ class BatchValidator:
                 checked = validate_outcome(msg, known, now)
                 if isinstance(checked, Rejection):
                     rejected += 1
+                    if by_field is not None:
+                        by_field[checked.field] += 1
                     if len(rejections) < max_rejections:
                         rejections.append((first_index + offset, checked))
                     continue

@@ -27,7 +27,7 @@ router_endpoint_uptime_ratio                    gauge    model, provider, window
 router_endpoint_health_state                    gauge    model, provider, state
 router_endpoint_consecutive_failures            gauge    model, provider
 router_outcomes_total                           counter  error_class
-router_outcomes_rejected_total                  counter
+router_outcomes_rejected_total                  counter  field
 router_rpc_requests_total                       counter  method, code
 router_ingest_busy_seconds_total                counter
 router_ingest_paced_seconds_total               counter
@@ -55,10 +55,15 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from router_common.domain import EndpointKey, ErrorClass
+from router_common.pb import router_pb2
 from router_service.core import RouterCore
 from router_service.figures import MIN_SAMPLES
 from router_service.grpc_api import RpcCounter
 from router_service.model import RANKING_QUANTILES, HealthState, MetricSummary
+
+#: ``field`` values of router_outcomes_rejected_total, each written even at 0 so an
+#: alert on one has a series to watch; a field only the contract knows is added on sight.
+OUTCOME_FIELDS = frozenset(f.name for f in router_pb2.Outcome.DESCRIPTOR.fields)
 
 #: Endpoints rendered between two yields to the event loop (see EndpointExposition).
 ENDPOINTS_PER_SLICE = 256
@@ -241,11 +246,16 @@ class RouterCollector(Collector):
         for error_class in ErrorClass:
             outcomes.add_metric([error_class.value], by_class.get(error_class.value, 0))
         yield outcomes
-        yield CounterMetricFamily(
+        rejected = CounterMetricFamily(
             "router_outcomes_rejected",
-            "Outcomes refused at validation (malformed, or an endpoint not in the catalog).",
-            value=core.outcomes_rejected,
+            "Outcomes refused at validation, by the Outcome field the rejection names "
+            "(started_at: the sender's clock is off; provider/model: not in the catalog).",
+            labels=["field"],
         )
+        by_field = dict(core.outcomes_rejected_by_field)
+        for name in sorted(OUTCOME_FIELDS | by_field.keys()):
+            rejected.add_metric([name], by_field.get(name, 0))
+        yield rejected
         rpcs = CounterMetricFamily(
             "router_rpc_requests",
             "Completed gRPC calls by method and status code name.",

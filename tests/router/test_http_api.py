@@ -85,6 +85,12 @@ async def recorded(router_app, router_stub, http) -> dict[str, Any]:
         router_pb2.RecordOutcomeRequest(outcomes=[outcome("groq")])  # groq does not serve GLM
     )
     assert junk.rejected == 1
+    skewed = await router_stub.RecordOutcome(  # a sender whose clock is 2 minutes ahead
+        router_pb2.RecordOutcomeRequest(
+            outcomes=[outcome("cerebras", started_at=time.time() + 120)]
+        )
+    )
+    assert skewed.rejected == 1
     with pytest.raises(grpc.aio.AioRpcError):
         await router_stub.RankProviders(router_pb2.RankProvidersRequest(model="nobody/nothing"))
 
@@ -409,8 +415,12 @@ async def test_metrics_match_recorded_outcomes(router_app, recorded, http) -> No
     assert value("router_outcomes_total", error_class="server_error") == 2 + 6
     assert value("router_outcomes_total", error_class="client_error") == 1
     assert value("router_outcomes_total", error_class="timeout") == 0
-    assert value("router_outcomes_rejected_total") == 1
-    assert value("router_rpc_requests_total", method="RecordOutcome", code="OK") == 2
+    # By the field the rejection names: an operator tells a sender's skewed clock
+    # (started_at) from a catalog the sender disagrees with (provider).
+    assert value("router_outcomes_rejected_total", field="provider") == 1
+    assert value("router_outcomes_rejected_total", field="started_at") == 1
+    assert value("router_outcomes_rejected_total", field="ttft_ms") == 0
+    assert value("router_rpc_requests_total", method="RecordOutcome", code="OK") == 3
     assert value("router_rpc_requests_total", method="RankProviders", code="NOT_FOUND") == 1
     version = router_app.core.catalog_version
     assert value("router_catalog_info", version=version) == 1

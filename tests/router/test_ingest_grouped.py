@@ -206,6 +206,7 @@ def _state(core: RouterCore, clock: FakeClock) -> dict:
         "views": {k: core.health_view(k) for k in keys},
         "by_class": list(core.outcomes_by_class.items()),
         "rejected": core.outcomes_rejected,
+        "rejected_by_field": dict(core.outcomes_rejected_by_field),
     }
 
 
@@ -271,6 +272,7 @@ def test_grouped_recorder_equals_record(seed: int, monkeypatch: pytest.MonkeyPat
     accepted = sum(plain.outcomes_by_class.values())
     assert general["grouped"] < accepted / 2
     assert plain.outcomes_rejected > 0
+    assert sum(plain.outcomes_rejected_by_field.values()) == plain.outcomes_rejected
     assert transitions_seen > 0
     states = {t.to_state for t in plain.health.transitions()}
     assert {HealthState.EJECTED, HealthState.DEGRADED} <= states
