@@ -191,6 +191,7 @@ class SidecarApp:
             on_router_down=lambda: self.metrics.router_up.set(0),
             urgent_min_gap_s=s.outcome_urgent_min_gap_s,
             on_delivered=self.ranking.on_delivered,
+            router_clock=self.router_clock,
         )
         self._transport = make_transport(s.upstream_client)
         self.proxy = Proxy(

@@ -45,6 +45,7 @@ from router_common.log_limit import LogLimiter
 from router_common.pb import router_pb2, router_pb2_grpc
 from sidecar.metrics import SidecarMetrics
 from sidecar.router_channel import rpc_detail
+from sidecar.router_clock import RouterClock
 
 log = logging.getLogger("sidecar.outcomes")
 
@@ -74,8 +75,12 @@ class OutcomeReporter:
         sender: str | None = None,
         urgent_min_gap_s: float = 0.0,
         on_delivered: Callable[[int], None] = lambda through: None,
+        router_clock: RouterClock | None = None,
     ) -> None:
         self._stub = stub
+        #: Puts each outcome's ``started_at`` (this node's clock) on the router's.
+        self._router_clock = router_clock or RouterClock()
+        self._router_clock.on_first_offset = self._shift_unmeasured
         self._m = metrics
         self._queue: deque[router_pb2.Outcome] = deque()
         #: Batches formed (with their ids) and not yet acknowledged, oldest first.
@@ -125,6 +130,9 @@ class OutcomeReporter:
         """
         if self._stub is None:
             return 0
+        clock = self._router_clock
+        if clock.measured and outcome.started_at:
+            outcome.started_at += clock.offset_s
         if self.backlog >= self._max:
             self._drop_oldest()
         self._queue.append(outcome)
@@ -224,6 +232,18 @@ class OutcomeReporter:
                 ok = False
             self._delivering = ok
             backoff = self._interval if ok else min(max(backoff * 2, 0.05), self._max_backoff)
+
+    def _shift_unmeasured(self, offset_s: float) -> None:
+        """The first offset to the router's clock is known: everything queued so far
+        was stamped on this node's clock alone (sidecar/router_clock.py). A batch
+        being sent right now keeps its times if that send succeeds."""
+        for outcome in self._queue:
+            if outcome.started_at:
+                outcome.started_at += offset_s
+        for batch in self._pending:
+            for outcome in batch.outcomes:
+                if outcome.started_at:
+                    outcome.started_at += offset_s
 
     def _form_batches(self) -> None:
         """Turn queued outcomes into id-carrying batches, up to one call's worth."""

@@ -156,9 +156,10 @@ class Proxy:
     # -- planning ------------------------------------------------------------
 
     def started_at(self) -> float:
-        """Now on the router's clock, for an attempt's ``started_at``: the router judges
-        and buckets outcomes by its own clock, not this node's (sidecar/router_clock.py)."""
-        return self._ranking.router_clock.now()
+        """Now on this node's wall clock, for an attempt's ``started_at``; the outcome
+        reporter puts it on the router's clock when it queues the outcome (the router
+        judges and buckets outcomes by its own clock: sidecar/router_clock.py)."""
+        return self._ranking.router_clock.wall()
 
     def plan(self, req: ParsedRequest, ranking: Ranking) -> tuple[list[Route], list[str]]:
         """The routes that may be tried, in order, and the providers skipped for want of a key.

@@ -14,10 +14,16 @@ the router's clock when it ranked. Read between this host's wall clock before
 the call and after it, it gives the offset ``ranked_at - midpoint`` to within
 half the round trip (a few ms on a cluster network; the call's timeout, 0.5 s
 by default, bounds it). Outcome start times are then this host's wall clock
-plus the latest offset. Before the first answer the offset is 0 (the clock as
-it is). The offset is exported (``router_sidecar_router_clock_offset_seconds``)
-and logged once when it passes ``WARN_OFFSET_S``, so a skewed node is visible
-even though nothing is lost any more.
+plus the latest offset, applied when the outcome is queued
+(``OutcomeReporter.submit``). Before the first answer there is no offset:
+outcomes queued then (a router unreachable at start, requests served from
+the fallback catalog) are shifted by the first offset measured
+(``on_first_offset``), so they are not lost either (a batch the sender's retry
+delivers before any ranking call succeeds keeps this node's times: the
+offset is only learnt from a ranking). The offset is exported
+(``router_sidecar_router_clock_offset_seconds``) and logged once when it
+passes ``WARN_OFFSET_S``, so a skewed node is visible even though nothing is
+lost any more.
 
 Durations (TTFT, throughput, attempt time) never come from here: they are
 measured on ``time.perf_counter`` (monotonic), so a clock step during a request
@@ -48,6 +54,11 @@ class RouterClock:
         #: This host's wall clock (injected in tests: a skewed node).
         self.wall = wall
         self.offset_s = 0.0
+        #: True once an answer gave an offset: until then ``offset_s`` (0) is a guess.
+        self.measured = False
+        #: Called once, with the first offset measured (the outcome reporter shifts
+        #: what it queued before it).
+        self.on_first_offset: Callable[[float], None] = lambda offset_s: None
         self._on_offset = on_offset
         self._warned = False
 
@@ -64,6 +75,9 @@ class RouterClock:
         offset = ranked_at - (sent + received) / 2.0
         self.offset_s = offset
         self._on_offset(offset)
+        if not self.measured:
+            self.measured = True
+            self.on_first_offset(offset)
         if abs(offset) >= WARN_OFFSET_S and not self._warned:
             self._warned = True
             log.warning(

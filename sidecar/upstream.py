@@ -189,7 +189,8 @@ class AttemptRecord:
 
     provider: str
     upstream_model: str
-    started_at: float  # wall clock, Unix seconds
+    started_at: float  # this node's wall clock, Unix seconds (OutcomeReporter.submit
+    # puts it on the router's clock)
     t0: float = field(default_factory=time.perf_counter)
     status: str = "pending"  # ok | error
     http_status: int = 0

@@ -12,6 +12,7 @@ node is the sidecar's injected wall clock.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 import aiohttp
@@ -38,6 +39,21 @@ async def _window_samples(http_url: str) -> tuple[int, int]:
     )
 
 
+async def _stream(sidecar: SidecarApp) -> None:
+    """One streamed chat completion, read to its end (so TTFT is measured)."""
+    stream = await openai_client(sidecar).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    async for _chunk in stream:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _metric(text: str, name: str) -> float:
     (line,) = (ln for ln in text.splitlines() if ln.startswith(name + " "))
     return float(line.split()[1])
@@ -57,14 +73,9 @@ async def test_a_skewed_sidecar_clock_still_lands_in_the_routers_windows(
     sidecar = SidecarApp(settings, wall_clock=lambda: time.time() + skew_s)
     stack.sidecar = sidecar  # torn down by the stack
     await sidecar.start()
-    client = openai_client(sidecar)
     requests = 4
     for _ in range(requests):
-        stream = await client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
-        )
-        async for _chunk in stream:
-            pass
+        await _stream(sidecar)
 
     async def all_in_the_window() -> bool:
         return await _window_samples(router.http_url) == (requests, requests)
@@ -83,14 +94,72 @@ async def test_a_skewed_sidecar_clock_still_lands_in_the_routers_windows(
     assert abs(warning.offset_s + skew_s) < 1.0  # type: ignore[attr-defined]
 
 
+async def test_outcomes_queued_before_the_router_first_answered_are_shifted_too(
+    stack: Stack,
+) -> None:
+    """A sidecar that starts while the router is unreachable serves from its fallback
+    catalog and queues its outcomes before any answer gave it the offset: they are
+    shifted by the first offset measured, not sent on this node's clock. (The sender
+    waits a minute between tries here, so the first answer comes before any resend:
+    a resend that wins that race keeps this node's times, as the README says.)"""
+    await stack.add_providers({"alpha": {}, "beta": {}})
+    stack.write_catalog()
+    port = _free_port()
+    settings = sidecar_settings(
+        router=f"127.0.0.1:{port}",
+        fallback_catalog=str(stack.catalog_path),
+        environ={key_env(n): key_value(n) for n in stack.providers},
+        outcome_flush_interval_s=60.0,
+        outcome_max_backoff_s=60.0,
+    )
+    sidecar = SidecarApp(settings, wall_clock=lambda: time.time() + 120)
+    stack.sidecar = sidecar  # torn down by the stack
+    await sidecar.start()
+    reporter = sidecar.reporter
+    assert reporter is not None
+    queued = 3
+    for _ in range(queued):
+        await _stream(sidecar)
+    await wait_for(lambda: reporter.backlog == queued, timeout=10)
+    assert not sidecar.router_clock.measured
+    router = await stack.start_router(port=port)
+    sent = queued
+
+    async def measured() -> bool:
+        nonlocal sent
+        await _stream(sidecar)  # from the fallback until the sidecar retries the router
+        sent += 1
+        return sidecar.router_clock.measured
+
+    await wait_for(measured, timeout=10)
+
+    async def delivered() -> bool:
+        await reporter.flush_once()
+        return reporter.backlog == 0
+
+    await wait_for(delivered, timeout=10)
+
+    async def all_in_the_window() -> bool:
+        return await _window_samples(router.http_url) == (sent, sent)
+
+    await wait_for(all_in_the_window, timeout=10)
+    assert router.core.outcomes_rejected == 0
+
+
 def test_no_offset_from_a_reading_across_a_clock_step_or_from_a_silent_router() -> None:
     """A step of this node's clock during the call (received before sent) would put the
     whole step into the offset; a router that sends no ``ranked_at`` (0) says nothing."""
     seen: list[float] = []
+    first: list[float] = []
     clock = RouterClock(wall=lambda: 1_000.0, on_offset=seen.append)
+    clock.on_first_offset = first.append
+    clock.observe(sent=1_000.0, ranked_at=0.0, received=1_000.2)
+    assert not clock.measured
     clock.observe(sent=1_000.0, ranked_at=1_010.0, received=1_000.2)
     assert clock.offset_s == pytest.approx(9.9) and clock.now() == pytest.approx(1_009.9)
     clock.observe(sent=1_000.0, ranked_at=1_010.0, received=990.0)  # stepped back 10 s
     clock.observe(sent=1_000.0, ranked_at=0.0, received=1_000.2)
     assert clock.offset_s == pytest.approx(9.9)
     assert seen == [pytest.approx(9.9)]
+    clock.observe(sent=1_000.0, ranked_at=1_011.0, received=1_000.2)
+    assert clock.measured and first == [pytest.approx(9.9)]  # once, with the first
