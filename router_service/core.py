@@ -29,6 +29,9 @@ from router_service.sketches.store import InMemoryStatsStore, StatsStore
 
 log = logging.getLogger(__name__)
 
+#: Endpoints named in the "catalog loaded" line, each of added and removed (counts are whole).
+_LOGGED_ENDPOINTS = 20
+
 
 class UnknownModelError(LookupError):
     """The model is not in the catalog (NOT_FOUND on the wire)."""
@@ -112,19 +115,32 @@ class RouterCore:
     # -- catalog -------------------------------------------------------------
 
     def replace_catalog(self, catalog: Catalog, version: str) -> None:
-        """Swap in a reloaded catalog; endpoints that still exist keep their metrics."""
+        """Swap in a reloaded catalog; endpoints that still exist keep their metrics.
+
+        The log line names the endpoints added and removed (the first
+        ``_LOGGED_ENDPOINTS`` of each, with counts): a removed endpoint's sketches,
+        health and dashboard history are dropped here, and re-adding it later
+        starts it from nothing, so an operator reverting an edit can see what
+        the edit cost."""
+        before = self._known
         self.catalog = catalog
         self.catalog_version = version
         self._known = catalog.endpoint_keys()
         self.store.retain(self._known)
         self.health.retain(self._known)
         self.series.retain(self._known)
+        added = sorted(str(k) for k in self._known - before)
+        removed = sorted(str(k) for k in before - self._known)
         log.info(
             "catalog loaded",
             extra={
                 "catalog_version": version,
                 "models": len(catalog.models),
                 "endpoints": len(self._known),
+                "endpoints_added": len(added),
+                "endpoints_removed": len(removed),
+                "added": added[:_LOGGED_ENDPOINTS],
+                "removed": removed[:_LOGGED_ENDPOINTS],
             },
         )
 

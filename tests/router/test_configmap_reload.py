@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from router_common.catalog import version_of_bytes
+from router_common.domain import EndpointKey
 from router_service.app import RouterApp, Settings
 from tests.conftest import EXAMPLE_CATALOG, wait_for
+from tests.router.pb_builders import MODEL, outcome
 
 
 def _publish(volume: Path, generation: int, text: str) -> None:
@@ -173,3 +175,41 @@ async def test_the_version_names_the_catalog_that_was_parsed(tmp_path: Path) -> 
         writer.join(timeout=10)
         assert not writer.is_alive()
         await app.stop()
+
+
+async def test_a_reload_names_the_endpoints_it_removed_and_added(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A removed endpoint's sketches, health and history are dropped at once, and
+    re-adding it starts it from nothing: the "catalog loaded" line used to give only
+    counts, so an operator reverting an edit could not see what the edit cost."""
+    volume = tmp_path / "etc-router"
+    volume.mkdir()
+    original = EXAMPLE_CATALOG.read_text()
+    glm_on_deepinfra = "      - {provider: deepinfra, upstream_model: zai-org/GLM-4.7,"
+    without = "\n".join(
+        line for line in original.splitlines() if not line.startswith(glm_on_deepinfra)
+    )
+    assert without != original.rstrip("\n")
+    _publish(volume, 0, original)
+    app = _router_on(volume)
+    await app.start()
+    try:
+        core = app.core
+        assert core is not None
+        key = EndpointKey(MODEL, "deepinfra")
+        assert core.record([outcome("deepinfra")] * 5).accepted == 5
+        assert key in core.store.keys()
+        caplog.set_level(logging.INFO, logger="router_service.core")
+        _publish(volume, 1, without)
+        assert app.reload_catalog()
+        assert key not in core.store.keys()
+        _publish(volume, 2, original)
+        assert app.reload_catalog()
+        assert key not in core.store.keys()  # back in the catalog, from nothing
+    finally:
+        await app.stop()
+    removal, revert = [r for r in caplog.records if r.getMessage() == "catalog loaded"]
+    assert (removal.removed, removal.added) == (["deepinfra | zai/glm-4.7"], [])  # type: ignore[attr-defined]
+    assert (revert.removed, revert.added) == ([], ["deepinfra | zai/glm-4.7"])  # type: ignore[attr-defined]
+    assert (removal.endpoints_removed, revert.endpoints_added) == (1, 1)  # type: ignore[attr-defined]
