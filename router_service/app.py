@@ -331,6 +331,7 @@ class RouterApp:
         version = version_of_bytes(data)
         if version == self.core.catalog_version:
             self._refused = None  # back to the loaded file: a new breakage is news
+            self.core.catalog_refused = None
             return True
         if version == self._refused:
             return False  # already logged; wait for the file to change again
@@ -339,10 +340,13 @@ class RouterApp:
         except CatalogError as exc:
             return self._refuse(version, exc)
         self._refused = None
+        self.core.catalog_refused = None
         self.core.replace_catalog(catalog, version)
         return True
 
     def _refuse(self, what: str, exc: CatalogError) -> bool:
+        assert self.core is not None
+        self.core.catalog_refused = str(exc)
         if what != self._refused:
             log.error(
                 "catalog reload refused, keeping the previous one",

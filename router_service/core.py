@@ -105,6 +105,10 @@ class RouterCore:
         self.catalog = catalog
         self.catalog_version = catalog_version
         self._known = catalog.endpoint_keys()
+        #: Why the catalog file on disk was refused at the last reload (None: the
+        #: file is the loaded catalog, or was loaded), for /metrics: the previous
+        #: catalog keeps serving, so nothing else shows that an edit is not in effect.
+        self.catalog_refused: str | None = None
         #: Outcomes by (error class) and rejected outcomes, for /metrics.
         self.outcomes_by_class: Counter[str] = Counter()
         self.outcomes_rejected = 0

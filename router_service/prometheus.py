@@ -32,6 +32,7 @@ router_rpc_requests_total                       counter  method, code
 router_ingest_busy_seconds_total                counter
 router_ingest_paced_seconds_total               counter
 router_catalog_info                             gauge    version
+router_catalog_reload_refused                   gauge
 router_catalog_models / router_catalog_endpoints gauge
 ==============================================  =======  ====================================
 
@@ -270,6 +271,12 @@ class RouterCollector(Collector):
         )
         info.add_metric([core.catalog_version], 1.0)
         yield info
+        yield GaugeMetricFamily(
+            "router_catalog_reload_refused",
+            "1 while the catalog file was refused at its last reload (the previous catalog "
+            "still serves; the log line 'catalog reload refused' says why), else 0.",
+            value=0.0 if core.catalog_refused is None else 1.0,
+        )
         yield GaugeMetricFamily(
             "router_catalog_models",
             "Models in the loaded catalog.",

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from router_common.catalog import version_of_bytes
@@ -92,6 +93,17 @@ def _until_no_reader(fifo: Path, timeout: float = 10.0) -> None:
     raise TimeoutError(f"{fifo} still open for reading after {timeout} s")
 
 
+async def _refused_gauge(app: RouterApp) -> float:
+    """``router_catalog_reload_refused`` from the router's /metrics."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{app.http_url}/metrics") as response,
+    ):
+        text = await response.text()
+    (line,) = (ln for ln in text.splitlines() if ln.startswith("router_catalog_reload_refused "))
+    return float(line.split()[1])
+
+
 def _refusals(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.getMessage().startswith("catalog reload refused")]
 
@@ -117,8 +129,10 @@ async def test_a_missing_or_broken_catalog_is_logged_once_not_at_every_poll(
         (missing,) = _refusals(caplog)
         assert missing.file == str(volume / "catalog.yaml")  # type: ignore[attr-defined]
         assert "(file): cannot read: No such file or directory" in missing.error  # type: ignore[attr-defined]
+        assert await _refused_gauge(app) == 1  # the edit is not in effect: alertable
         (volume / "catalog.yaml").symlink_to("..data/catalog.yaml")
         assert app.reload_catalog() and core.catalog_version == version
+        assert await _refused_gauge(app) == 0
 
         caplog.clear()
         _publish(volume, 1, "providers: [\n")
@@ -126,10 +140,12 @@ async def test_a_missing_or_broken_catalog_is_logged_once_not_at_every_poll(
         (broken,) = _refusals(caplog)
         assert "not valid YAML" in broken.error  # type: ignore[attr-defined]
         assert core.catalog_version == version
+        assert await _refused_gauge(app) == 1
 
         caplog.clear()  # fixed, then broken the same way again: that is news, logged again
         _publish(volume, 2, original)
         assert app.reload_catalog()
+        assert await _refused_gauge(app) == 0
         _publish(volume, 3, "providers: [\n")
         assert not app.reload_catalog()
         assert len(_refusals(caplog)) == 1
