@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -17,22 +16,12 @@ from router_common.catalog import version_of_bytes
 from router_common.domain import EndpointKey
 from router_service.app import RouterApp, Settings
 from tests.conftest import EXAMPLE_CATALOG, wait_for
+from tests.k8s_volume import kubelet_swap
 from tests.router.pb_builders import MODEL, outcome
 
 
 def _publish(volume: Path, generation: int, text: str) -> None:
-    """Do what the kubelet does: write a new timestamped dir, swap ..data, delete the old dir."""
-    new_dir = volume / f"..2026_11_23_{generation}"
-    new_dir.mkdir()
-    (new_dir / "catalog.yaml").write_text(text)
-    old = os.readlink(volume / "..data") if (volume / "..data").is_symlink() else None
-    tmp_link = volume / "..data_tmp"
-    tmp_link.symlink_to(new_dir.name)
-    tmp_link.rename(volume / "..data")
-    if not (volume / "catalog.yaml").exists():
-        (volume / "catalog.yaml").symlink_to("..data/catalog.yaml")
-    if old:
-        shutil.rmtree(volume / old)
+    kubelet_swap(volume, f"2026_11_23_{generation}", {"catalog.yaml": text.encode()})
 
 
 async def test_reloads_on_every_configmap_update(tmp_path: Path) -> None:
@@ -40,16 +29,7 @@ async def test_reloads_on_every_configmap_update(tmp_path: Path) -> None:
     volume.mkdir()
     original = EXAMPLE_CATALOG.read_text()
     _publish(volume, 0, original)
-    app = RouterApp(
-        Settings(
-            config_path=str(volume / "catalog.yaml"),
-            grpc_host="127.0.0.1",
-            grpc_port=0,
-            http_host="127.0.0.1",
-            http_port=0,
-            drain_seconds=0.5,
-        )
-    )
+    app = _router_on(volume, watch=True)
     await app.start()
     try:
         core = app.core
@@ -64,8 +44,9 @@ async def test_reloads_on_every_configmap_update(tmp_path: Path) -> None:
         await app.stop()
 
 
-def _router_on(volume: Path) -> RouterApp:
-    """A router on the volume's catalog, reloading only when told (as SIGHUP or a poll does)."""
+def _router_on(volume: Path, watch: bool = False) -> RouterApp:
+    """A router on the volume's catalog; without ``watch`` it reloads only when told
+    (as SIGHUP or a poll does)."""
     return RouterApp(
         Settings(
             config_path=str(volume / "catalog.yaml"),
@@ -74,7 +55,7 @@ def _router_on(volume: Path) -> RouterApp:
             http_host="127.0.0.1",
             http_port=0,
             drain_seconds=0.5,
-            watch_catalog=False,
+            watch_catalog=watch,
         )
     )
 
