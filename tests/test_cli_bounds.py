@@ -51,3 +51,20 @@ def test_fake_provider_takes_a_log_level_in_any_case() -> None:
     from fake_provider.cli import build_parser
 
     assert build_parser().parse_args(["--log-level", "debug"]).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # --rps nan passed "<= 0": the demo spun, sent nothing and ignored SIGTERM.
+        (["--rps", "nan"], '--rps must be a finite number, got "NaN"'),
+        (["--duration", "inf"], '--duration must be a finite number, got "Infinity"'),
+        (["--slowdown-factor", "nan"], '--slowdown-factor must be a finite number, got "NaN"'),
+        (["--slowdown-factor", "0"], "--slowdown-factor must be positive"),
+        (["--max-tokens", "0"], "--max-tokens must be at least 1"),
+    ],
+)
+def test_router_demo_refuses_a_bad_flag_before_starting(args: list[str], message: str) -> None:
+    proc = _run("router-demo", "--no-live", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"router-demo: error: {message}"
