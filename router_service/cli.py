@@ -55,6 +55,14 @@ def _port(text: str) -> int:
     return value
 
 
+def _catalog_path(text: str) -> str:
+    """Not empty: ``--config ""`` (or ``ROUTER_CONFIG=`` in a manifest) read the
+    working directory and said ``: (file): cannot read: Is a directory``."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected the catalog's path, got {as_json(text)}")
+    return text
+
+
 def _level(text: str) -> str:
     level = text.lower()
     if level not in LEVELS:
@@ -92,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env_backed(
         parser.add_argument(
             "--config",
+            type=_catalog_path,
             required=defaults.ENV_CONFIG not in env,
             help=f"catalog YAML (env {defaults.ENV_CONFIG})",
         ),

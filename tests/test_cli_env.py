@@ -225,3 +225,17 @@ def test_every_boolean_variable_reads_the_same_words(
     monkeypatch.setenv("ROUTER_ALLOW_UNAUTHENTICATED", text)
     assert parse_args(["--config", "c.yaml"]).allow_unauthenticated is value
     assert settings_from_args([], {"SIDECAR_HEDGE": text}).hedge is value
+
+
+def test_an_empty_catalog_path_is_refused_by_name() -> None:
+    # It read ": (file): cannot read: Is a directory" (the working directory).
+    proc = _run("router-service", env={"ROUTER_CONFIG": ""})
+    assert (proc.returncode, proc.stderr) == (
+        2,
+        'router-service: ROUTER_CONFIG="" (sets --config): expected the catalog\'s path, got ""\n',
+    )
+    proc = _run("router-service", "--config", "", env={})
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        'router-service: error: argument --config: expected the catalog\'s path, got ""'
+    )
