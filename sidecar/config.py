@@ -334,6 +334,11 @@ _POSITIVE = frozenset(
 )
 #: The ``--upstream-client`` values (sidecar/transport.py builds each).
 UPSTREAM_CLIENTS = ("lean", "aiohttp")
+#: The longest any ``*_s`` setting may be: a day. gRPC turns a call's timeout into an
+#: absolute deadline, and ``--rank-timeout-s 1e300`` overflowed into one already past:
+#: every RankProviders call failed at once with DEADLINE_EXCEEDED and the sidecar
+#: silently served from its fallback catalog.
+MAX_SECONDS = 86_400.0
 #: Settings that are a share of requests (0..1).
 _SHARES = frozenset({"hedge_budget_share"})
 
@@ -356,6 +361,8 @@ def check_settings(settings: SidecarSettings) -> str | None:
             return f"{flag} must be a finite number >= 0, got {as_json(value)}"
         if f.name in _POSITIVE and value <= 0:
             return f"{flag} must be above 0, got {as_json(value)}"
+        if f.name.endswith("_s") and value > MAX_SECONDS:
+            return f"{flag} must be at most {MAX_SECONDS:g} seconds, got {as_json(value)}"
         if f.name in _SHARES and value > 1:
             return f"{flag} must be a share from 0 to 1, got {as_json(value)}"
     if settings.outcome_batch_size > MAX_OUTCOMES_PER_BATCH:

@@ -68,3 +68,19 @@ def test_router_demo_refuses_a_bad_flag_before_starting(args: list[str], message
     proc = _run("router-demo", "--no-live", *args)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines()[-1] == f"router-demo: error: {message}"
+
+
+@pytest.mark.parametrize(
+    "flag", ["--rank-timeout-s", "--outcome-send-timeout-s", "--request-deadline-s"]
+)
+def test_sidecar_refuses_a_duration_over_a_day(flag: str) -> None:
+    # --rank-timeout-s 1e300 started, and every RankProviders call then failed at once
+    # with DEADLINE_EXCEEDED (the deadline overflowed into the past).
+    proc = _run("router-sidecar", flag, "1e300")
+    assert (proc.returncode, proc.stderr) == (
+        2,
+        f"router-sidecar: {flag} must be at most 86400 seconds, got 1e+300\n",
+    )
+    from sidecar.config import settings_from_args
+
+    assert getattr(settings_from_args([flag, "86400"], {}), flag[2:].replace("-", "_")) == 86400
