@@ -68,7 +68,7 @@ def add_security_flags(parser: argparse.ArgumentParser) -> None:
             action="store_true",
             help="listen beyond loopback without tokens or mTLS (protected mode off; "
             f"env {ENV['allow_unauthenticated']}=true, or 1/yes/on; 0/false/no/off/empty "
-            "keep it on; default off: protected mode)",
+            "keep protected mode on; default off)",
         ),
         ENV["allow_unauthenticated"],
         parse_bool,
