@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -40,13 +41,44 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"), default=str)
 
 
+#: ``--log-level`` values (any case); anything else was a ValueError traceback from logging.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _port(text: str) -> int:
+    """0..65535: a larger port was an OverflowError traceback from bind()."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a port 0..65535, got {json.dumps(text)}"
+        ) from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {port}")
+    return port
+
+
+def _finite(text: str) -> float:
+    """A finite number: ``nan`` compares false with every bound, so ``--ttft-ms nan``
+    started without a word."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {json.dumps(text)}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {json.dumps(text)}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fake-provider",
         description="A fake OpenAI-compatible LLM provider with configurable latency and failures.",
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=9001, help="port, 0 = any free port (default 9001)")
+    p.add_argument(
+        "--port", type=_port, default=9001, help="port, 0 = any free port (default 9001)"
+    )
     p.add_argument(
         "--name",
         default="fake",
@@ -57,22 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated model ids served (others get 404); default: accept any",
     )
-    p.add_argument("--ttft-ms", type=float, default=50.0, help="median TTFT in ms (default 50)")
+    p.add_argument("--ttft-ms", type=_finite, default=50.0, help="median TTFT in ms (default 50)")
     p.add_argument(
         "--ttft-sigma",
-        type=float,
+        type=_finite,
         default=0.0,
         help="lognormal sigma of TTFT, 0 = constant (default 0)",
     )
     p.add_argument(
         "--tps",
-        type=float,
+        type=_finite,
         default=200.0,
         help="output tokens/s, 0 = unpaced (default 200)",
     )
     p.add_argument(
         "--error-rate",
-        type=float,
+        type=_finite,
         default=0.0,
         help="share of requests failing (default 0)",
     )
@@ -84,13 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rate-limit-rate",
-        type=float,
+        type=_finite,
         default=0.0,
         help="share of requests 429'd (default 0)",
     )
     p.add_argument(
         "--retry-after-s",
-        type=float,
+        type=_finite,
         default=1.0,
         help="Retry-After on 429s (default 1)",
     )
@@ -124,12 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--done-to-eof-ms",
-        type=float,
+        type=_finite,
         default=0.0,
         help="pause between data: [DONE] and the end of the body (the chunked terminator; "
         "default 0)",
     )
-    p.add_argument("--log-level", default="INFO", help="INFO logs every request (default INFO)")
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="INFO",
+        help="INFO logs every request (default INFO)",
+    )
     return p
 
 
@@ -194,8 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     # KeyboardInterrupt: a signal arrived before the handlers were installed.
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config, args.host, args.port))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(config, args.host, args.port))
+    except OSError as exc:  # a taken port, an address not on this host: one line, no traceback
+        print(
+            f"fake-provider: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import shutil
 import signal
 import sys
@@ -27,6 +28,7 @@ from rich.console import Console
 from rich.live import Live
 
 from router_common.cli_help import DefaultsHelpFormatter
+from router_common.json_text import as_json
 from router_demo.catalog import model_providers, provider_specs
 from router_demo.incidents import IncidentResult, IncidentScript, evaluate, plan_incidents
 from router_demo.monitor import HealthMonitor
@@ -95,6 +97,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="write every request record and health poll as JSON lines (for debugging)",
     )
     args = p.parse_args(argv)
+    # nan compares false with every bound: --rps nan passed "<= 0", then the demo
+    # spun without sending a request and ignored SIGTERM.
+    for flag, value in (
+        ("--duration", args.duration),
+        ("--rps", args.rps),
+        ("--slowdown-factor", args.slowdown_factor),
+    ):
+        if value is not None and not math.isfinite(value):
+            p.error(f"{flag} must be a finite number, got {as_json(value)}")
+    if args.slowdown_factor <= 0:
+        p.error("--slowdown-factor must be positive")
+    if args.max_tokens < 1:
+        p.error("--max-tokens must be at least 1")
     if args.duration is not None and args.duration < MIN_DURATION_S:
         p.error(f"--duration must be at least {MIN_DURATION_S:.0f} seconds")
     if args.rps <= 0:

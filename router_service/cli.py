@@ -16,7 +16,9 @@ import signal
 import sys
 
 from router_common.catalog import CatalogError
+from router_common.cli_env import env_backed, parse_with_env, relabel
 from router_common.cli_help import DefaultsHelpFormatter
+from router_common.json_text import as_json
 from router_common.logs import LEVELS, configure_logging
 from router_service import defaults
 from router_service.app import RouterApp, Settings
@@ -47,16 +49,26 @@ def _port(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {text}") from None
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {as_json(text)}") from None
     if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {value}")
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {as_json(value)}")
     return value
+
+
+def _catalog_path(text: str) -> str:
+    """Not empty: ``--config ""`` (or ``ROUTER_CONFIG=`` in a manifest) read the
+    working directory and said ``: (file): cannot read: Is a directory``."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected the catalog's path, got {as_json(text)}")
+    return text
 
 
 def _level(text: str) -> str:
     level = text.lower()
     if level not in LEVELS:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LEVELS)}, got {text}")
+        raise argparse.ArgumentTypeError(
+            f"expected one of {as_json(list(LEVELS))}, got {as_json(text)}"
+        )
     return level
 
 
@@ -64,18 +76,20 @@ def _share(value: str) -> float:
     try:
         share = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a number in (0, 1], got {as_json(value)}"
+        ) from None
     if not 0 < share <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {as_json(value)}")
     return share
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Flags, each falling back to its environment variable.
+    """Flags, each falling back to its environment variable (router_common.cli_env).
 
-    Defaults taken from the environment are passed to argparse as strings, so
-    it converts and checks them with the flag's own ``type``: a bad variable
-    exits 2 with one usage line naming the flag, never a traceback.
+    A bad variable exits 2 with one line naming the variable and the flag it
+    sets, never a traceback; --help shows the built-in defaults, never a value
+    read from the environment.
     """
     env = os.environ
     parser = argparse.ArgumentParser(
@@ -83,55 +97,73 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="LLM provider router: gRPC ranking service.",
         formatter_class=DefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--config",
-        default=env.get(defaults.ENV_CONFIG),
-        required=defaults.ENV_CONFIG not in env,
-        help=f"catalog YAML (env {defaults.ENV_CONFIG})",
+    env_backed(
+        parser.add_argument(
+            "--config",
+            type=_catalog_path,
+            required=defaults.ENV_CONFIG not in env,
+            help=f"catalog YAML (env {defaults.ENV_CONFIG})",
+        ),
+        defaults.ENV_CONFIG,
     )
-    parser.add_argument(
-        "--grpc-port",
-        type=_port,
-        default=env.get(defaults.ENV_GRPC_PORT, str(defaults.GRPC_PORT)),
-        help=f"gRPC port (env {defaults.ENV_GRPC_PORT}, default {defaults.GRPC_PORT})",
+    env_backed(
+        parser.add_argument(
+            "--grpc-port",
+            type=_port,
+            default=defaults.GRPC_PORT,
+            help=f"gRPC port (env {defaults.ENV_GRPC_PORT}, default {defaults.GRPC_PORT})",
+        ),
+        defaults.ENV_GRPC_PORT,
     )
-    parser.add_argument(
-        "--http-port",
-        type=_port,
-        default=env.get(defaults.ENV_HTTP_PORT, str(defaults.HTTP_PORT)),
-        help=f"HTTP port for /metrics, the metrics API and the dashboard "
-        f"(env {defaults.ENV_HTTP_PORT}, default {defaults.HTTP_PORT})",
+    env_backed(
+        parser.add_argument(
+            "--http-port",
+            type=_port,
+            default=defaults.HTTP_PORT,
+            help=f"HTTP port for /metrics, the metrics API and the dashboard "
+            f"(env {defaults.ENV_HTTP_PORT}, default {defaults.HTTP_PORT})",
+        ),
+        defaults.ENV_HTTP_PORT,
     )
-    parser.add_argument(
-        "--host",
-        default=env.get("ROUTER_HOST", "0.0.0.0"),
-        help="bind address of gRPC and HTTP (env ROUTER_HOST)",
+    env_backed(
+        parser.add_argument(
+            "--host", default="0.0.0.0", help="bind address of gRPC and HTTP (env ROUTER_HOST)"
+        ),
+        "ROUTER_HOST",
     )
-    parser.add_argument(
-        "--tuning",
-        default=env.get(defaults.ENV_TUNING),
-        help="optional YAML of health thresholds and ranking knobs; omitted keys keep their "
-        f"documented defaults (env {defaults.ENV_TUNING})",
+    env_backed(
+        parser.add_argument(
+            "--tuning",
+            help="optional YAML of health thresholds and ranking knobs; omitted keys keep "
+            f"their documented defaults (env {defaults.ENV_TUNING})",
+        ),
+        defaults.ENV_TUNING,
     )
-    parser.add_argument(
-        "--log-level",
-        type=_level,
-        choices=LEVELS,
-        default=env.get(defaults.ENV_LOG_LEVEL, defaults.LOG_LEVEL),
-        help=f"(env {defaults.ENV_LOG_LEVEL}, default {defaults.LOG_LEVEL})",
+    env_backed(
+        parser.add_argument(
+            "--log-level",
+            type=_level,
+            choices=LEVELS,
+            default=defaults.LOG_LEVEL,
+            help=f"(env {defaults.ENV_LOG_LEVEL}, default {defaults.LOG_LEVEL})",
+        ),
+        defaults.ENV_LOG_LEVEL,
     )
-    parser.add_argument(
-        "--ingest-share",
-        type=_share,
-        default=env.get("ROUTER_INGEST_SHARE", str(IngestPacing().share)),
-        help="most of the event loop's time outcome ingestion may take while RankProviders "
-        "calls are being served, in (0, 1]; 1 = unpaced (env ROUTER_INGEST_SHARE, "
-        f"default {IngestPacing().share})",
+    env_backed(
+        parser.add_argument(
+            "--ingest-share",
+            type=_share,
+            default=IngestPacing().share,
+            help="most of the event loop's time outcome ingestion may take while RankProviders "
+            "calls are being served, in (0, 1]; 1 = unpaced (env ROUTER_INGEST_SHARE, "
+            f"default {IngestPacing().share})",
+        ),
+        "ROUTER_INGEST_SHARE",
     )
     add_security_flags(parser)
     add_connection_flags(parser)
-    add_redis_arguments(parser, env)
-    return parser.parse_args(argv)
+    add_redis_arguments(parser)
+    return parse_with_env(parser, argv, env)
 
 
 async def serve(settings: Settings) -> int:
@@ -174,12 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         security = security_settings(args)
     except ValueError as exc:
-        print(f"router-service: {exc}", file=sys.stderr)
+        print(f"router-service: {relabel(args, str(exc))}", file=sys.stderr)
         return 2
     try:
         replication = replication_config(args)
     except RedisSettingsError as exc:
-        print(f"router-service: {exc}", file=sys.stderr)
+        print(f"router-service: {relabel(args, str(exc))}", file=sys.stderr)
         return 2
     raise_file_limit()
     install_accept_error_limit(LogLimiter())

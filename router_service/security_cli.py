@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 
+from router_common.cli_env import env_backed, parse_bool
+from router_common.json_text import as_json
 from router_common.limits import MAX_OUTCOMES_PER_BATCH
 from router_service.callers import CallerLimitsConfig
 from router_service.listen import ConnectionLimits
@@ -34,58 +35,69 @@ def _finite(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {as_json(text)}") from None
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {as_json(text)}")
     return value
 
 
 def add_security_flags(parser: argparse.ArgumentParser) -> None:
-    env = os.environ
-    parser.add_argument(
-        "--auth-tokens",
-        default=env.get(ENV["auth_tokens"]),
-        help="YAML of named callers with tokens and scopes; reloaded on change "
-        f"(env {ENV['auth_tokens']})",
+    env_backed(
+        parser.add_argument(
+            "--auth-tokens",
+            help="YAML of named callers with tokens and scopes; reloaded on change "
+            f"(env {ENV['auth_tokens']})",
+        ),
+        ENV["auth_tokens"],
     )
-    parser.add_argument(
-        "--tls-cert", default=env.get(ENV["tls_cert"]), help=f"PEM (env {ENV['tls_cert']})"
+    env_backed(
+        parser.add_argument("--tls-cert", help=f"PEM (env {ENV['tls_cert']})"), ENV["tls_cert"]
     )
-    parser.add_argument(
-        "--tls-key", default=env.get(ENV["tls_key"]), help=f"PEM (env {ENV['tls_key']})"
+    env_backed(parser.add_argument("--tls-key", help=f"PEM (env {ENV['tls_key']})"), ENV["tls_key"])
+    env_backed(
+        parser.add_argument(
+            "--tls-client-ca",
+            help="require client certificates signed by this CA (mTLS); the caller is named "
+            f"by its certificate (env {ENV['tls_client_ca']})",
+        ),
+        ENV["tls_client_ca"],
     )
-    parser.add_argument(
-        "--tls-client-ca",
-        default=env.get(ENV["tls_client_ca"]),
-        help="require client certificates signed by this CA (mTLS); the caller is named by "
-        f"its certificate (env {ENV['tls_client_ca']})",
-    )
-    parser.add_argument(
-        "--allow-unauthenticated",
-        action="store_true",
-        default=env.get(ENV["allow_unauthenticated"], "").lower() in ("1", "true", "yes"),
-        help="listen beyond loopback without tokens or mTLS (protected mode off; "
-        f"env {ENV['allow_unauthenticated']}=true; default off: protected mode)",
+    env_backed(
+        parser.add_argument(
+            "--allow-unauthenticated",
+            action="store_true",
+            help="listen beyond loopback without tokens or mTLS (protected mode off; "
+            f"env {ENV['allow_unauthenticated']}=true, or 1/yes/on; 0/false/no/off/empty "
+            "keep protected mode on; default off)",
+        ),
+        ENV["allow_unauthenticated"],
+        parse_bool,
     )
     defaults = CallerLimitsConfig()
-    parser.add_argument(
-        "--caller-outcomes-per-second",
-        type=_finite,
-        default=env.get(ENV["outcomes_per_second"], str(defaults.outcomes_per_second)),
-        help="per-caller outcome rate limit, 0 = off "
-        f"(env {ENV['outcomes_per_second']}, default {defaults.outcomes_per_second:g})",
+    env_backed(
+        parser.add_argument(
+            "--caller-outcomes-per-second",
+            type=_finite,
+            default=defaults.outcomes_per_second,
+            help="per-caller outcome rate limit, 0 = off "
+            f"(env {ENV['outcomes_per_second']}, default {defaults.outcomes_per_second:g})",
+        ),
+        ENV["outcomes_per_second"],
     )
-    parser.add_argument(
-        "--caller-outcome-burst",
-        type=_finite,
-        default=env.get(ENV["outcome_burst"], str(defaults.outcome_burst)),
-        help=f"per-caller burst (env {ENV['outcome_burst']}, default {defaults.outcome_burst:g})",
+    env_backed(
+        parser.add_argument(
+            "--caller-outcome-burst",
+            type=_finite,
+            default=defaults.outcome_burst,
+            help=f"per-caller burst, at least {MAX_OUTCOMES_PER_BATCH} "
+            f"(env {ENV['outcome_burst']}, default {defaults.outcome_burst:g})",
+        ),
+        ENV["outcome_burst"],
     )
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     """The connection timeouts an operator most often needs to change (see ConnectionLimits)."""
-    env = os.environ
     base = ConnectionLimits()
     for flag, field, help_text in (
         ("--http-idle-timeout-s", "http_keepalive_timeout_s", "idle HTTP connections close"),
@@ -101,12 +113,16 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
         ),
     ):
         name = "ROUTER_" + flag.lstrip("-").replace("-", "_").upper()
-        parser.add_argument(
-            flag,
-            dest=field,
-            type=_finite,
-            default=env.get(name, str(getattr(base, field))),
-            help=f"seconds after which {help_text} (env {name}, default {getattr(base, field):g})",
+        env_backed(
+            parser.add_argument(
+                flag,
+                dest=field,
+                type=_finite,
+                default=getattr(base, field),
+                help=f"seconds after which {help_text}, above 0 and at most {MAX_TIMEOUT_S:g} "
+                f"(env {name}, default {getattr(base, field):g})",
+            ),
+            name,
         )
 
 

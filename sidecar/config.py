@@ -16,8 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from router_common.cli_env import env_backed, origin, parse_bool, parse_with_env, relabel
 from router_common.json_text import as_json
 from router_common.limits import MAX_OUTCOMES_PER_BATCH
+from router_common.logs import LEVELS
 from sidecar import defaults
 
 
@@ -235,15 +237,6 @@ def _env_name(name: str) -> str:
     return known.get(name, "SIDECAR_" + name.upper())
 
 
-def _parse_bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {as_json(text)}")
-
-
 def _converter(f: Any) -> Any:
     t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     if t.startswith("int"):
@@ -251,14 +244,14 @@ def _converter(f: Any) -> Any:
     if t.startswith("float"):
         return float
     if t.startswith("bool"):
-        return _parse_bool
+        return parse_bool
     return str
 
 
 def _shown_default(value: object) -> str:
     """A default as the flag would take it: ``none`` for no value (not Python's
     ``None`` or an empty string, which printed as "Default: ."), ``true``/``false``
-    for switches (what ``_parse_bool`` accepts), else the value itself."""
+    for switches (what ``parse_bool`` accepts), else the value itself."""
     if value is None or value == "":
         return "none"
     if isinstance(value, bool):
@@ -276,13 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
         if f.metadata.get("cli") is False:
             continue
         default = None if f.default is MISSING else f.default
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=_converter(f),
-            default=None,
-            help=f"{f.metadata['help']} Env {_env_name(f.name)}. "
-            f"Default: {_shown_default(default)}.",
+        env_backed(
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                type=_converter(f),
+                default=None,
+                help=f"{f.metadata['help']} Env {_env_name(f.name)}. "
+                f"Default: {_shown_default(default)}.",
+            ),
+            _env_name(f.name),
         )
     return parser
 
@@ -291,27 +287,15 @@ def settings_from_args(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> SidecarSettings:
     """Build settings from flags, then environment variables, then defaults."""
-    env = os.environ if environ is None else environ
-    ns = build_parser().parse_args(argv)
+    ns = parse_with_env(build_parser(), argv, environ)
     values: dict[str, Any] = {}
     for f in fields(SidecarSettings):
-        if f.metadata.get("cli") is False:
-            continue
-        value = getattr(ns, f.name)
-        if value is None and _env_name(f.name) in env:
-            raw = env[_env_name(f.name)]
-            try:
-                value = _converter(f)(raw)
-            except (ValueError, argparse.ArgumentTypeError) as exc:
-                raise SystemExit(
-                    f"router-sidecar: bad {_env_name(f.name)}={as_json(raw)}: {exc}"
-                ) from exc
-        if value is not None:
-            values[f.name] = value
+        if f.metadata.get("cli") is not False and getattr(ns, f.name) is not None:
+            values[f.name] = getattr(ns, f.name)
     settings = SidecarSettings(**values)
     problem = check_settings(settings)
     if problem is not None:
-        raise SystemExit(f"router-sidecar: {problem}")
+        raise SystemExit(f"router-sidecar: {relabel(ns, problem)}")
     for flag, address, lowest_port in (
         ("--listen", settings.listen, 0),  # 0: any free port
         ("--router", settings.router, 1),
@@ -319,13 +303,14 @@ def settings_from_args(
         try:
             split_host_port(address, "127.0.0.1", lowest_port)
         except ValueError as exc:
-            raise SystemExit(f"router-sidecar: {flag}: {exc}") from exc
+            raise SystemExit(f"router-sidecar: {relabel(ns, flag)}: {exc}") from exc
     from sidecar.timeouts import parse_provider_timeouts  # timeouts imports this module
 
     try:
         parse_provider_timeouts(settings.provider_first_token_timeouts)
     except ValueError as exc:
-        raise SystemExit(f"router-sidecar: bad --provider-first-token-timeouts: {exc}") from exc
+        name = origin(ns, "provider_first_token_timeouts", "--provider-first-token-timeouts")
+        raise SystemExit(f"router-sidecar: {name}: {exc}") from exc
     return settings
 
 
@@ -355,6 +340,11 @@ _POSITIVE = frozenset(
 )
 #: The ``--upstream-client`` values (sidecar/transport.py builds each).
 UPSTREAM_CLIENTS = ("lean", "aiohttp")
+#: The longest any ``*_s`` setting may be: a day. gRPC turns a call's timeout into an
+#: absolute deadline, and ``--rank-timeout-s 1e300`` overflowed into one already past:
+#: every RankProviders call failed at once with DEADLINE_EXCEEDED and the sidecar
+#: silently served from its fallback catalog.
+MAX_SECONDS = 86_400.0
 #: Settings that are a share of requests (0..1).
 _SHARES = frozenset({"hedge_budget_share"})
 
@@ -377,6 +367,8 @@ def check_settings(settings: SidecarSettings) -> str | None:
             return f"{flag} must be a finite number >= 0, got {as_json(value)}"
         if f.name in _POSITIVE and value <= 0:
             return f"{flag} must be above 0, got {as_json(value)}"
+        if f.name.endswith("_s") and value > MAX_SECONDS:
+            return f"{flag} must be at most {MAX_SECONDS:g} seconds, got {as_json(value)}"
         if f.name in _SHARES and value > 1:
             return f"{flag} must be a share from 0 to 1, got {as_json(value)}"
     # An empty file name (SIDECAR_ROUTER_TLS_KEY= from a missing Secret key) is a
@@ -394,6 +386,9 @@ def check_settings(settings: SidecarSettings) -> str | None:
             f"--outcome-batch-size must be at most {MAX_OUTCOMES_PER_BATCH} (the proto's "
             f"limit), got {settings.outcome_batch_size}"
         )
+    if settings.log_level.lower() not in LEVELS:  # checked here so a variable is named
+        levels = ", ".join(LEVELS)
+        return f"--log-level must be one of {levels}, got {as_json(settings.log_level)}"
     if settings.upstream_client not in UPSTREAM_CLIENTS:
         return (
             f"--upstream-client must be one of {as_json(list(UPSTREAM_CLIENTS))}, "

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import Mapping
 from pathlib import Path
 
+from router_common.cli_env import env_backed
+from router_common.json_text import as_json
 from router_service.replication.config import (
+    MAX_CHECKPOINT_S,
+    MIN_CHECKPOINT_S,
     RedisSettingsError,
     ReplicationConfig,
     url_has_password,
@@ -21,39 +23,60 @@ ENV_CHECKPOINT = "ROUTER_REDIS_CHECKPOINT_INTERVAL_S"
 MAX_PASSWORD_FILE_BYTES = 4096
 
 
-def add_redis_arguments(
-    parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ
-) -> None:
+def _seconds(text: str) -> float:
+    """A number; its bounds are ReplicationConfig's, checked after parsing."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {as_json(text)}") from None
+
+
+def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("replicas sharing state over Redis (off unless --redis)")
-    group.add_argument(
-        "--redis",
-        default=env.get(ENV_URL) or None,
-        metavar="URL",
-        # The text states the default so --help never prints the value read from the
-        # environment: the URL may hold the Redis password.
-        help=f"redis:// or rediss:// URL; replicas given the same Redis and prefix share "
-        f"outcomes, sketches and health (env {ENV_URL}, never echoed here: it may hold "
-        f"the password; default: none, single-process)",
+    env_backed(
+        group.add_argument(
+            "--redis",
+            metavar="URL",
+            # The text states the default so --help never prints a URL, which may hold
+            # the Redis password; errors about it never print the variable's value.
+            help=f"redis:// or rediss:// URL; replicas given the same Redis and prefix share "
+            f"outcomes, sketches and health (env {ENV_URL}, never echoed here: it may hold "
+            f"the password; default: none, single-process)",
+        ),
+        ENV_URL,
+        lambda text: text or None,
+        secret=True,
     )
-    group.add_argument(
-        "--redis-password-file",
-        default=env.get(ENV_PASSWORD_FILE) or None,
-        metavar="PATH",
-        help=f"file holding the Redis password (a mounted Secret), instead of putting it "
-        f"in the URL (env {ENV_PASSWORD_FILE})",
+    env_backed(
+        group.add_argument(
+            "--redis-password-file",
+            metavar="PATH",
+            help=f"file holding the Redis password (a mounted Secret), instead of putting it "
+            f"in the URL (env {ENV_PASSWORD_FILE})",
+        ),
+        ENV_PASSWORD_FILE,
+        lambda text: text or None,
     )
-    group.add_argument(
-        "--redis-checkpoint-interval",
-        type=float,
-        default=env.get(ENV_CHECKPOINT, "5"),
-        metavar="SECONDS",
-        help=f"how often one replica writes the shared checkpoint a restarting replica "
-        f"loads (env {ENV_CHECKPOINT}, default 5)",
+    env_backed(
+        group.add_argument(
+            "--redis-checkpoint-interval",
+            type=_seconds,
+            default=5.0,
+            metavar="SECONDS",
+            help=f"how often one replica writes the shared checkpoint a restarting replica "
+            f"loads, {MIN_CHECKPOINT_S:g}..{MAX_CHECKPOINT_S:g} (env {ENV_CHECKPOINT}, "
+            "default 5)",
+        ),
+        ENV_CHECKPOINT,
     )
-    group.add_argument(
-        "--redis-prefix",
-        default=env.get(ENV_PREFIX) or "llm-router",
-        help=f"namespace of every Redis key (env {ENV_PREFIX}, default llm-router)",
+    env_backed(
+        group.add_argument(
+            "--redis-prefix",
+            default="llm-router",
+            help=f"namespace of every Redis key (env {ENV_PREFIX}, default llm-router)",
+        ),
+        ENV_PREFIX,
+        lambda text: text or "llm-router",
     )
 
 
@@ -77,21 +100,22 @@ def replication_config(args: argparse.Namespace) -> ReplicationConfig | None:
             raw = path.read_bytes()[: MAX_PASSWORD_FILE_BYTES + 1]
         except OSError as exc:
             raise RedisSettingsError(
-                f"--redis-password-file {str(path)!r} cannot be read: {exc.strerror}"
+                f"--redis-password-file {as_json(str(path))} cannot be read: {exc.strerror}"
             ) from None
         if len(raw) > MAX_PASSWORD_FILE_BYTES:
             raise RedisSettingsError(
-                f"--redis-password-file {str(path)!r} is over {MAX_PASSWORD_FILE_BYTES} bytes"
+                f"--redis-password-file {as_json(str(path))} is over "
+                f"{MAX_PASSWORD_FILE_BYTES} bytes"
             )
         try:
             # utf-8-sig: a byte order mark (Windows editors) is not part of the password.
             password = raw.decode("utf-8-sig").strip("\r\n")
         except UnicodeDecodeError:
             raise RedisSettingsError(
-                f"--redis-password-file {str(path)!r} is not UTF-8 text"
+                f"--redis-password-file {as_json(str(path))} is not UTF-8 text"
             ) from None
         if not password:
-            raise RedisSettingsError(f"--redis-password-file {str(path)!r} is empty")
+            raise RedisSettingsError(f"--redis-password-file {as_json(str(path))} is empty")
     return ReplicationConfig(
         url=args.redis,
         password=password,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
+from router_common.json_text import as_json
+
 SCHEMES = ("redis", "rediss")
 #: The query parameters a ``rediss://`` URL may carry: where the client finds
 #: the CA that signed Redis's certificate (a private CA), its own certificate
@@ -15,6 +17,11 @@ TLS_FILE_PARAMETERS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 TLS_CERT_REQS = ("none", "optional", "required")
 TLS_BOOLEANS = ("true", "false", "yes", "no", "1", "0")
 TLS_PARAMETERS = (*TLS_FILE_PARAMETERS, "ssl_cert_reqs", "ssl_check_hostname")
+
+
+#: Bounds of ``--redis-checkpoint-interval`` (seconds).
+MIN_CHECKPOINT_S = 0.05
+MAX_CHECKPOINT_S = 3600.0
 
 
 class RedisSettingsError(ValueError):
@@ -79,12 +86,13 @@ class ReplicationConfig:
         check_url(self.url)
         if not self.prefix or any(c.isspace() for c in self.prefix) or len(self.prefix) > 64:
             raise RedisSettingsError(
-                f"--redis-prefix must be 1..64 characters without spaces, got {self.prefix!r}"
+                "--redis-prefix must be 1..64 characters without spaces, "
+                f"got {as_json(self.prefix)}"
             )
-        if not 0.05 <= self.checkpoint_interval_s <= 3600:
+        if not MIN_CHECKPOINT_S <= self.checkpoint_interval_s <= MAX_CHECKPOINT_S:
             raise RedisSettingsError(
-                f"--redis-checkpoint-interval must be 0.05..3600 seconds, "
-                f"got {self.checkpoint_interval_s}"
+                f"--redis-checkpoint-interval must be {MIN_CHECKPOINT_S:g}..{MAX_CHECKPOINT_S:g} "
+                f"seconds, got {as_json(self.checkpoint_interval_s)}"
             )
         if self.read_block_s >= self.socket_timeout_s:
             raise RedisSettingsError("read_block_s must be below socket_timeout_s")

@@ -468,7 +468,10 @@ def test_the_cli_exits_2_with_one_line_for_a_bad_setting(
 
 
 def test_a_bad_setting_from_the_environment_names_the_variable() -> None:
-    with pytest.raises(SystemExit, match="--request-deadline-s must be a finite number"):
+    with pytest.raises(
+        SystemExit,
+        match=r"SIDECAR_REQUEST_DEADLINE_S \(sets --request-deadline-s\) must be a finite number",
+    ):
         settings_from_args([], {"SIDECAR_REQUEST_DEADLINE_S": "inf"})
     assert settings_from_args([], {"SIDECAR_RANK_CACHE_TTL_S": "0"}).rank_cache_ttl_s == 0
 
