@@ -236,7 +236,11 @@ def test_an_encrypted_tls_key_exits_2_naming_it_without_asking_for_a_passphrase(
     [
         # --tls-cert with ROUTER_TLS_KEY= (a missing Secret key): it served plaintext
         # on 0.0.0.0 while its start line said https.
-        (["--tls-cert", "{cert}", "--tls-client-ca", "{ca}"], {"ROUTER_TLS_KEY": ""}, "--tls-key"),
+        (
+            ["--tls-cert", "{cert}", "--tls-client-ca", "{ca}"],
+            {"ROUTER_TLS_KEY": ""},
+            "ROUTER_TLS_KEY (sets --tls-key)",
+        ),
         # An empty client CA: no client certificate was asked for, silently.
         (
             ["--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-client-ca", ""],

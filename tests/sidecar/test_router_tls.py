@@ -226,7 +226,7 @@ async def test_the_sidecar_takes_a_renewed_client_certificate_without_a_restart(
         # An empty key beside a certificate: gRPC core aborted (SIGABRT, a C trace).
         (["--router-tls-cert", "{cert}", "--router-tls-key", ""], {}, "--router-tls-key"),
         # SIDECAR_ROUTER_CA= (a missing Secret key) alone: no TLS at all, silently.
-        ([], {"SIDECAR_ROUTER_CA": ""}, "--router-ca"),
+        ([], {"SIDECAR_ROUTER_CA": ""}, "SIDECAR_ROUTER_CA (sets --router-ca)"),
     ],
 )
 def test_an_empty_router_tls_flag_exits_2_naming_it(
