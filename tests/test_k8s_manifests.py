@@ -14,6 +14,8 @@ import dataclasses
 import json
 import re
 import shlex
+import shutil
+import socket
 import tomllib
 from collections.abc import Iterator
 from functools import cache
@@ -941,6 +943,20 @@ def _k8s_bytes(value: str) -> int:
     return int(m.group(1)) * _K8S_UNITS[m.group(2) or ""]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis_server_binary() -> str:
+    """Debian's redis-server, as the replication tests use (scripts/setup --redis)."""
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("redis-server is not installed: run scripts/setup --redis")
+    return found
+
+
 def _redis() -> tuple[dict[str, Any], dict[str, Any]]:
     (sts,) = find("StatefulSet", "redis")
     (c,) = pod_spec(sts)["containers"]
@@ -1015,8 +1031,8 @@ def test_example_redis_command_starts_redis_with_the_password_from_the_file(
     import time
 
     import redis
-
-    from tests.replication.fleet import free_port, redis_server_binary
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     _, c = _redis()
     args = argv(c)
@@ -1028,7 +1044,7 @@ def test_example_redis_command_starts_redis_with_the_password_from_the_file(
     args[args.index("--dir") + 1] = str(tmp_path)
     args += ["--bind", "127.0.0.1"]
     env = {
-        "PATH": f"{Path(redis_server_binary()).parent}:/usr/bin:/bin",
+        "PATH": f"{Path(_redis_server_binary()).parent}:/usr/bin:/bin",
         "REDIS_PASSWORD_FILE": str(pw_file),
     }
     for var in c.get("env", []):
@@ -1037,17 +1053,19 @@ def test_example_redis_command_starts_redis_with_the_password_from_the_file(
     try:
         authed = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=2)
         deadline = time.monotonic() + 10
-        while True:
+        while True:  # a raw connect: redis-py's own retries back off for seconds
             try:
-                if authed.ping():
-                    break
-            except redis.exceptions.ConnectionError:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
                 pass
             assert proc.poll() is None, "redis-server exited"
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.02)
+        assert authed.ping()
+        no_retry = Retry(NoBackoff(), 0)  # redis-py retries an AuthenticationError
         with pytest.raises(redis.exceptions.AuthenticationError):
-            redis.Redis(host="127.0.0.1", port=port, socket_timeout=2).set("k", "v")
+            redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, retry=no_retry).set("k", "v")
         maxmemory = authed.config_get("maxmemory")["maxmemory"]
         assert int(str(maxmemory)) == _redis_bytes(flag(args, "--maxmemory") or "0")
         proc_dir = Path(f"/proc/{proc.pid}")
@@ -1061,4 +1079,74 @@ def test_example_redis_command_starts_redis_with_the_password_from_the_file(
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _shell_script_containers() -> list[tuple[dict[str, Any], dict[str, Any], str]]:
+    """(owner, container, script) for every container whose PID 1 is ``sh -c script``."""
+    found = []
+    for o in pod_owners():
+        for c in all_containers(o):
+            args = argv(c)
+            if PurePosixPath(args[0]).name in ("sh", "bash", "ash") and args[1:2] == ["-c"]:
+                found.append((o, c, args[2]))
+    return found
+
+
+def test_shell_pid1_containers_trap_sigterm() -> None:
+    """A shell as PID 1 ignores SIGTERM without a trap (the kernel drops signals PID 1
+    has no handler for): the example app's loop made every pod deletion wait the full
+    terminationGracePeriodSeconds. A script either execs its program or traps TERM,
+    with its long waits in the background (a trap runs only between commands)."""
+    scripts = _shell_script_containers()
+    assert scripts, "expected the example app's shell loop"
+    for o, c, script in scripts:
+        where = f"{o['metadata']['name']}/{c['name']}"
+        if re.search(r"^\s*exec\s", script, re.MULTILINE):
+            continue
+        assert re.search(r"^\s*trap\s+.+\s(TERM|SIGTERM|15)\b", script, re.MULTILINE), (
+            f"{where}: sh as PID 1 ignores SIGTERM without a trap"
+        )
+        for line in script.splitlines():
+            if re.match(r"\s*(sleep|curl)\b", line) and not line.rstrip().endswith("\\"):
+                assert line.rstrip().endswith("&"), f"{where}: {line.strip()!r} blocks the trap"
+
+
+def test_example_app_script_ends_on_sigterm_as_pid1(tmp_path: Path) -> None:
+    """The example app's own script, as PID 1 of a new PID namespace (as in its
+    container), ends within seconds of SIGTERM; before the trap it ignored it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip("needs unshare and root for a PID namespace")
+    (_, c, script) = next(
+        s for s in _shell_script_containers() if s[0]["metadata"]["name"] == "example-app"
+    )
+    # Nothing listens on the port: curl fails at once and the loop reaches its sleep.
+    script = script.replace("127.0.0.1:8080", f"127.0.0.1:{free_port()}")
+    shell = argv(c)[0] if Path(argv(c)[0]).exists() else "/bin/sh"
+    proc = subprocess.Popen(
+        [unshare, "--pid", "--fork", "--kill-child", shell, "-c", script],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        deadline = time.monotonic() + 10
+        pid1 = None
+        while pid1 is None or not Path(f"/proc/{pid1}/task/{pid1}/children").read_text().split():
+            # The shell has a child (curl or sleep) only after its first line, the trap.
+            if pid1 is None and children.read_text().split():
+                pid1 = int(children.read_text().split()[0])
+            assert time.monotonic() < deadline, "the script never started its loop"
+            time.sleep(0.02)
+        os.kill(pid1, signal.SIGTERM)
+        proc.wait(timeout=5)  # the loop's own sleep is 30 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
             proc.wait()
