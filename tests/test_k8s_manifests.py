@@ -1150,3 +1150,35 @@ def test_example_app_script_ends_on_sigterm_as_pid1(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _probe_window_s(probe: dict[str, Any]) -> float:
+    """How long a probe may keep failing before the kubelet acts on it."""
+    return probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+
+
+def test_router_startup_probe_outwaits_redis_at_startup() -> None:
+    """A starting replica waits up to ReplicationConfig.startup_timeout_s for Redis
+    before it serves from an empty state; a startup probe that gave up sooner would
+    restart a pod that is merely waiting for Redis, forever while Redis is down."""
+    from router_service.replication.config import ReplicationConfig
+
+    _, c = router()
+    cfg = ReplicationConfig(url="redis://redis:6379/0")
+    needed = cfg.startup_timeout_s + cfg.socket_timeout_s
+    window = _probe_window_s(c["startupProbe"])
+    assert window > needed, f"startupProbe gives {window}s, the Redis wait needs {needed}s"
+
+
+def test_example_app_grace_covers_the_sidecars_drain() -> None:
+    """On deletion the app container stops first, then the native sidecar gets SIGTERM
+    and drains in-flight requests for --shutdown-grace-s (plus the cut wait), all
+    inside one terminationGracePeriodSeconds."""
+    from sidecar import app as sidecar_app
+
+    owner, c = sidecar()
+    grace = flag(program(c), "--shutdown-grace-s") or env_value(c, "SIDECAR_SHUTDOWN_GRACE_S")
+    drain = float(grace) if grace else SidecarSettings().shutdown_grace_s
+    needed = drain + sidecar_app._CUT_WAIT_S
+    period = pod_spec(owner).get("terminationGracePeriodSeconds", 30)
+    assert period > needed, f"terminationGracePeriodSeconds {period} <= sidecar drain {needed}s"
