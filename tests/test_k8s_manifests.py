@@ -14,6 +14,8 @@ import dataclasses
 import json
 import re
 import shlex
+import shutil
+import socket
 import tomllib
 from collections.abc import Iterator
 from functools import cache
@@ -822,8 +824,13 @@ def test_example_redis_is_reachable_at_the_secrets_url() -> None:
     (port,) = [p for p in svc["spec"]["ports"] if p["port"] == (parts.port or 6379)]
     (c,) = pod_spec(sts)["containers"]
     assert container_ports(c)[port["targetPort"]] == 6379
-    ref = c["env"][0]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": example["metadata"]["name"], "key": "password"}
+    password_file = env_value(c, "REDIS_PASSWORD_FILE")
+    assert password_file, "the Redis password must come from a mounted file"
+    _, volume = mount_for(sts, c, password_file)
+    assert volume["secret"]["secretName"] == example["metadata"]["name"]
+    assert {"key": "password", "path": PurePosixPath(password_file).name} in volume["secret"][
+        "items"
+    ]
     # Only router pods are let in.
     (policy,) = find("NetworkPolicy", "redis")
     assert selects(policy["spec"]["podSelector"], pod_labels(sts))
@@ -903,3 +910,275 @@ def test_deploy_steps_create_every_secret_the_pods_mount_before_applying() -> No
     tokens_file = next(line for line in lines if "callers:" in line and "tokens.yaml" in line)
     for token_file in re.findall(r"token_file: ([\w.-]+)", tokens_file):
         assert token_file in created["router-auth"], token_file
+
+
+#: Bytes per outcome in a stream entry, rounded up: the replication config's
+#: documented bound is ~25 KB per entry of ``max_outcomes_per_entry`` (200) outcomes.
+STREAM_BYTES_PER_OUTCOME = 125
+
+_REDIS_SIZE = re.compile(r"(\d+)(b|k|kb|m|mb|g|gb)?", re.IGNORECASE)
+_REDIS_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1024,
+    "m": 1000**2,
+    "mb": 1024**2,
+    "g": 1000**3,
+    "gb": 1024**3,
+}
+_K8S_UNITS = {"": 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "M": 1000**2, "G": 1000**3}
+
+
+def _redis_bytes(value: str) -> int:
+    """A redis.conf memory size ("640mb") in bytes, with Redis's own unit rules."""
+    m = _REDIS_SIZE.fullmatch(value)
+    assert m, f"not a Redis memory size: {value!r}"
+    return int(m.group(1)) * _REDIS_UNITS[(m.group(2) or "").lower()]
+
+
+def _k8s_bytes(value: str) -> int:
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|M|G)?", str(value))
+    assert m, f"unsupported quantity {value!r}"
+    return int(m.group(1)) * _K8S_UNITS[m.group(2) or ""]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis_server_binary() -> str:
+    """Debian's redis-server, as the replication tests use (scripts/setup --redis)."""
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("redis-server is not installed: run scripts/setup --redis")
+    return found
+
+
+def _redis() -> tuple[dict[str, Any], dict[str, Any]]:
+    (sts,) = find("StatefulSet", "redis")
+    (c,) = pod_spec(sts)["containers"]
+    return sts, c
+
+
+def test_example_redis_holds_the_streams_worst_case() -> None:
+    """maxmemory was 400mb with noeviction while the router's own config documents a
+    500 MB worst case for the stream alone (20,000 entries x 25 KB): a busy fleet
+    would fill Redis, which then refuses the routers' writes (OOM command not
+    allowed) and replication stops. The container limit must also leave room above
+    maxmemory for the forked AOF rewrite's copy-on-write pages, and the volume for
+    the AOF growing to twice its base before a rewrite plus the new base."""
+    from router_service.replication.config import ReplicationConfig
+
+    sts, c = _redis()
+    args = argv(c)
+    assert flag(args, "--maxmemory-policy") == "noeviction"
+    assert flag(args, "--appendonly") == "yes"
+    maxmemory = _redis_bytes(flag(args, "--maxmemory") or "0")
+    cfg = ReplicationConfig(url="redis://redis:6379/0")
+    worst_stream = cfg.stream_max_entries * cfg.max_outcomes_per_entry * STREAM_BYTES_PER_OUTCOME
+    assert maxmemory >= 1.2 * worst_stream, (
+        f"maxmemory {maxmemory / 2**20:.0f} MiB is below 1.2 x the stream's worst case "
+        f"{worst_stream / 2**20:.0f} MiB (checkpoint and leases come on top)"
+    )
+    limit = _k8s_bytes(c["resources"]["limits"]["memory"])
+    assert limit >= 1.5 * maxmemory, f"memory limit {limit} leaves no room for the AOF fork"
+    assert _k8s_bytes(c["resources"]["requests"]["memory"]) >= maxmemory
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    storage = _k8s_bytes(claim["spec"]["resources"]["requests"]["storage"])
+    assert storage >= 3 * maxmemory, f"a {storage} byte volume cannot hold the AOF's worst case"
+
+
+def test_example_redis_password_is_in_no_command_line_or_environment() -> None:
+    """The StatefulSet passed ``--requirepass $(REDIS_PASSWORD)``: the kubelet expands
+    it into the container's OCI spec (``crictl inspect``, config.json on the node)
+    and redis-server's /proc cmdline showed it until Redis set its process title."""
+    _, c = _redis()
+    for var in c.get("env", []):
+        assert "valueFrom" not in var, f"{var['name']}: a Secret value in the environment"
+    assert not any("$(" in a for a in argv(c)), "a $(VAR) expanded into the command line"
+    assert flag(argv(c), "--requirepass") is None
+    for v in c.get("envFrom", []):
+        assert "secretRef" not in v
+
+
+def test_secret_volumes_are_not_world_readable() -> None:
+    """The router's redis-password volume had no defaultMode: 0644, readable by any
+    UID in the container, unlike the router-auth volume (0440 with fsGroup)."""
+    for o in pod_owners():
+        for v in pod_spec(o).get("volumes", []):
+            secret = v.get("secret")
+            if not secret:
+                continue
+            modes = [secret.get("defaultMode", 0o644)]
+            modes += [i["mode"] for i in secret.get("items", []) if "mode" in i]
+            for mode in modes:
+                assert mode & 0o007 == 0, f"{o['metadata']['name']}/{v['name']}: mode {mode:o}"
+
+
+def test_example_redis_command_starts_redis_with_the_password_from_the_file(
+    tmp_path: Path,
+) -> None:
+    """Runs the StatefulSet's own command line (the container's paths and port
+    swapped for the test's) with a real redis-server: the password from the file is
+    required, the shell has exec'd redis-server (PID 1 must get SIGTERM), and the
+    password is in neither its command line nor its environment."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    _, c = _redis()
+    args = argv(c)
+    password = "0123456789abcdef" * 3
+    pw_file = tmp_path / "password"
+    pw_file.write_text(password)
+    port = free_port()
+    args[args.index("--port") + 1] = str(port)
+    args[args.index("--dir") + 1] = str(tmp_path)
+    args += ["--bind", "127.0.0.1"]
+    env = {
+        "PATH": f"{Path(_redis_server_binary()).parent}:/usr/bin:/bin",
+        "REDIS_PASSWORD_FILE": str(pw_file),
+    }
+    for var in c.get("env", []):
+        assert var["name"] == "REDIS_PASSWORD_FILE", f"unexpected env {var['name']}"
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        authed = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=2)
+        deadline = time.monotonic() + 10
+        while True:  # a raw connect: redis-py's own retries back off for seconds
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                pass
+            assert proc.poll() is None, "redis-server exited"
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+        assert authed.ping()
+        no_retry = Retry(NoBackoff(), 0)  # redis-py retries an AuthenticationError
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, retry=no_retry).set("k", "v")
+        maxmemory = authed.config_get("maxmemory")["maxmemory"]
+        assert int(str(maxmemory)) == _redis_bytes(flag(args, "--maxmemory") or "0")
+        proc_dir = Path(f"/proc/{proc.pid}")
+        if proc_dir.exists():
+            assert (proc_dir / "comm").read_text().strip() == "redis-server", "sh did not exec"
+            assert password.encode() not in (proc_dir / "cmdline").read_bytes()
+            assert password.encode() not in (proc_dir / "environ").read_bytes()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _shell_script_containers() -> list[tuple[dict[str, Any], dict[str, Any], str]]:
+    """(owner, container, script) for every container whose PID 1 is ``sh -c script``."""
+    found = []
+    for o in pod_owners():
+        for c in all_containers(o):
+            args = argv(c)
+            if PurePosixPath(args[0]).name in ("sh", "bash", "ash") and args[1:2] == ["-c"]:
+                found.append((o, c, args[2]))
+    return found
+
+
+def test_shell_pid1_containers_trap_sigterm() -> None:
+    """A shell as PID 1 ignores SIGTERM without a trap (the kernel drops signals PID 1
+    has no handler for): the example app's loop made every pod deletion wait the full
+    terminationGracePeriodSeconds. A script either execs its program or traps TERM,
+    with its long waits in the background (a trap runs only between commands)."""
+    scripts = _shell_script_containers()
+    assert scripts, "expected the example app's shell loop"
+    for o, c, script in scripts:
+        where = f"{o['metadata']['name']}/{c['name']}"
+        if re.search(r"^\s*exec\s", script, re.MULTILINE):
+            continue
+        assert re.search(r"^\s*trap\s+.+\s(TERM|SIGTERM|15)\b", script, re.MULTILINE), (
+            f"{where}: sh as PID 1 ignores SIGTERM without a trap"
+        )
+        for line in script.splitlines():
+            if re.match(r"\s*(sleep|curl)\b", line) and not line.rstrip().endswith("\\"):
+                assert line.rstrip().endswith("&"), f"{where}: {line.strip()!r} blocks the trap"
+
+
+def test_example_app_script_ends_on_sigterm_as_pid1(tmp_path: Path) -> None:
+    """The example app's own script, as PID 1 of a new PID namespace (as in its
+    container), ends within seconds of SIGTERM; before the trap it ignored it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip("needs unshare and root for a PID namespace")
+    (_, c, script) = next(
+        s for s in _shell_script_containers() if s[0]["metadata"]["name"] == "example-app"
+    )
+    # Nothing listens on the port: curl fails at once and the loop reaches its sleep.
+    script = script.replace("127.0.0.1:8080", f"127.0.0.1:{free_port()}")
+    shell = argv(c)[0] if Path(argv(c)[0]).exists() else "/bin/sh"
+    proc = subprocess.Popen(
+        [unshare, "--pid", "--fork", "--kill-child", shell, "-c", script],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        deadline = time.monotonic() + 10
+        pid1 = None
+        while pid1 is None or not Path(f"/proc/{pid1}/task/{pid1}/children").read_text().split():
+            # The shell has a child (curl or sleep) only after its first line, the trap.
+            if pid1 is None and children.read_text().split():
+                pid1 = int(children.read_text().split()[0])
+            assert time.monotonic() < deadline, "the script never started its loop"
+            time.sleep(0.02)
+        os.kill(pid1, signal.SIGTERM)
+        proc.wait(timeout=5)  # the loop's own sleep is 30 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _probe_window_s(probe: dict[str, Any]) -> float:
+    """How long a probe may keep failing before the kubelet acts on it."""
+    return probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+
+
+def test_router_startup_probe_outwaits_redis_at_startup() -> None:
+    """A starting replica waits up to ReplicationConfig.startup_timeout_s for Redis
+    before it serves from an empty state; a startup probe that gave up sooner would
+    restart a pod that is merely waiting for Redis, forever while Redis is down."""
+    from router_service.replication.config import ReplicationConfig
+
+    _, c = router()
+    cfg = ReplicationConfig(url="redis://redis:6379/0")
+    needed = cfg.startup_timeout_s + cfg.socket_timeout_s
+    window = _probe_window_s(c["startupProbe"])
+    assert window > needed, f"startupProbe gives {window}s, the Redis wait needs {needed}s"
+
+
+def test_example_app_grace_covers_the_sidecars_drain() -> None:
+    """On deletion the app container stops first, then the native sidecar gets SIGTERM
+    and drains in-flight requests for --shutdown-grace-s (plus the cut wait), all
+    inside one terminationGracePeriodSeconds."""
+    from sidecar import app as sidecar_app
+
+    owner, c = sidecar()
+    grace = flag(program(c), "--shutdown-grace-s") or env_value(c, "SIDECAR_SHUTDOWN_GRACE_S")
+    drain = float(grace) if grace else SidecarSettings().shutdown_grace_s
+    needed = drain + sidecar_app._CUT_WAIT_S
+    period = pod_spec(owner).get("terminationGracePeriodSeconds", 30)
+    assert period > needed, f"terminationGracePeriodSeconds {period} <= sidecar drain {needed}s"
