@@ -244,6 +244,16 @@ class SSEScanner:
                 continue
             skip_blank = True
             payload = line[5:].strip()
+            if complete.startswith(_DATA, pos):
+                # One event in several data lines (the SSE spec joins them with "\n"):
+                # inspected and forwarded as one line, which every client reads alike.
+                parts = [payload]
+                while complete.startswith(_DATA, pos):
+                    nl = complete.find(b"\n", pos)
+                    parts.append(complete[pos + 5 : nl + 1].strip())
+                    pos = nl + 1
+                payload = b"\n".join(parts)
+                line = b"data: " + payload.replace(b"\n", b" ") + b"\n"
             if payload == _DONE:
                 self.done = True
                 self._tail = b""
@@ -254,6 +264,11 @@ class SSEScanner:
                 continue
             kind = self._inspect(payload, now)
             if kind == _ERROR:
+                break
+            if kind == _EMPTY and pos >= end and len(line) + len(self._tail) <= self._max_line:
+                # Not JSON and its event not ended in this read: the rest of its data
+                # lines may come in the next one, so it is held to be joined with them.
+                self._tail = line + self._tail
                 break
             if kind == _USAGE:
                 self._held_usage = payload

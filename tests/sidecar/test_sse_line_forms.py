@@ -1,0 +1,93 @@
+"""A provider that writes SSE in one of the forms the spec allows but OpenAI does not use.
+
+Real router, real sidecar, the official ``openai`` client, and a real HTTP
+upstream writing exactly the given bytes: one event in several ``data:`` lines
+(the spec joins them with a newline). Found by a black-box audit: the lines of
+such an event were relayed one by one, so the ``openai`` client raised
+``JSONDecodeError`` mid-stream (and the token in the first line was lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from sidecar_helpers import MODEL, Stack, openai_client, over_hostile_alpha, sse_chunk
+
+MSGS = [{"role": "user", "content": "hi"}]
+
+
+def _chunk(content: str | None = None, finish: str | None = None) -> bytes:
+    return sse_chunk({} if content is None else {"content": content}, finish, usage=None)
+
+
+HELLO = [_chunk("Hel"), _chunk("lo"), _chunk(None, "stop") + b"data: [DONE]\n\n"]
+
+
+def _scripted(writes: Sequence[bytes], pace_s: float = 0.02):
+    """A chat handler answering with ``writes``, one write each, ``pace_s`` apart (the
+    provider's pacing, so each is a read of its own)."""
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, blob in enumerate(writes):
+            if i:
+                await asyncio.sleep(pace_s)
+            await resp.write(blob)
+        await resp.write_eof()
+        return resp
+
+    return chat
+
+
+async def _stream(sc) -> tuple[str, dict, str]:
+    """Text, routing and serving provider of one streamed request (alpha first)."""
+    raw = await openai_client(sc).chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=MSGS,
+        max_tokens=8,
+        stream=True,
+        extra_body={"provider": {"order": ["alpha", "beta"]}},
+    )
+    text, routing = "", None
+    async for chunk in raw.parse():
+        text += chunk.choices[0].delta.content or ""
+        routing = (chunk.model_extra or {}).get("routing", routing)
+    assert routing is not None
+    return text, routing, raw.headers["x-router-provider"]
+
+
+SPLIT_EVENT = (
+    b'data: {"id":"chatcmpl-x","object":"chat.completion.chunk","created":1,\n'
+    b'data: "model":"up-alpha","choices":[{"index":0,"delta":{"content":"Hel"},'
+    b'"finish_reason":null}]}\n\n'
+)
+
+
+@pytest.mark.parametrize(
+    "writes",
+    [
+        [SPLIT_EVENT, *HELLO[1:]],
+        [SPLIT_EVENT[:80], SPLIT_EVENT[80:], *HELLO[1:]],  # the event's lines in two reads
+        [_chunk("", None) + SPLIT_EVENT.replace(b"Hel", b"He") + _chunk("l"), *HELLO[1:]],
+    ],
+    ids=[
+        "multi-line-event",
+        "multi-line-event-in-two-reads",
+        "multi-line-event-among-others",
+    ],
+)
+async def test_every_line_form_the_spec_allows_reaches_the_app_whole(
+    stack: Stack, tmp_path: Path, writes: list[bytes]
+) -> None:
+    async with over_hostile_alpha(stack, tmp_path, _scripted(writes)) as sc:
+        text, routing, provider = await _stream(sc)
+    assert (provider, text) == ("alpha", "Hello")
+    attempt = routing["attempts"][-1]
+    assert attempt["status"] == "ok" and attempt["output_tokens"] >= 2
+    assert stack.counts()["beta"] == 0
