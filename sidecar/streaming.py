@@ -100,6 +100,9 @@ def _plain_run(block: bytes, pos: int, end: int) -> int:
     return stop
 
 
+#: A UTF-8 byte order mark, which the SSE spec strips from the start of a stream.
+_BOM = b"\xef\xbb\xbf"
+
 #: ``"model":"id"`` bytes as upstreams write them → the id (every stream of an
 #: upstream model repeats the same bytes: decoded once).
 _FIELD_MODELS: dict[bytes, str] = {}
@@ -609,9 +612,16 @@ async def read_until_first_token(
     """
     pending: list[bytes] = []
     eof = False
+    first = True
     while True:
         data = await resp.content.readany()
         now = time.perf_counter()
+        if first:
+            first = False
+            if data.startswith(_BOM):  # else the first line is no data line, and dropped
+                data = data[3:]
+                if not data:
+                    continue
         if not data:
             eof = True
             tail = scanner.flush(now)

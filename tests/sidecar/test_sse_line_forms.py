@@ -1,9 +1,11 @@
 """A provider that writes SSE in one of the forms the spec allows but OpenAI does not use.
 
 Real router, real sidecar, the official ``openai`` client, and a real HTTP
-upstream writing exactly the given bytes: one event in several ``data:`` lines
-(the spec joins them with a newline). Found by a black-box audit: the lines of
-such an event were relayed one by one, so the ``openai`` client raised
+upstream writing exactly the given bytes: a UTF-8 byte order mark before the
+first event, and one event in several ``data:`` lines (the spec joins them with
+a newline). Found by a black-box audit: the BOM made the first line junk (its
+token never reached the app, and TTFT was measured on the next one), and the
+lines of a split event were relayed one by one, so the ``openai`` client raised
 ``JSONDecodeError`` mid-stream (and the token in the first line was lost).
 """
 
@@ -72,11 +74,15 @@ SPLIT_EVENT = (
 @pytest.mark.parametrize(
     "writes",
     [
+        [b"\xef\xbb\xbf" + HELLO[0], *HELLO[1:]],
+        [b"\xef\xbb\xbf", *HELLO],  # the BOM in a read of its own
         [SPLIT_EVENT, *HELLO[1:]],
         [SPLIT_EVENT[:80], SPLIT_EVENT[80:], *HELLO[1:]],  # the event's lines in two reads
         [_chunk("", None) + SPLIT_EVENT.replace(b"Hel", b"He") + _chunk("l"), *HELLO[1:]],
     ],
     ids=[
+        "bom",
+        "bom-own-read",
         "multi-line-event",
         "multi-line-event-in-two-reads",
         "multi-line-event-among-others",
