@@ -100,6 +100,11 @@ def _plain_run(block: bytes, pos: int, end: int) -> int:
     return stop
 
 
+def _unify_newlines(data: bytes) -> bytes:
+    """CRLF and lone CR as LF (the three line ends the SSE spec allows)."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
 #: A UTF-8 byte order mark, which the SSE spec strips from the start of a stream.
 _BOM = b"\xef\xbb\xbf"
 
@@ -137,6 +142,7 @@ class SSEScanner:
         "_tail",
         "_usage_obj",
         "content_chunks",
+        "cr_lines",
         "done",
         "error",
         "finish_seen",
@@ -166,6 +172,8 @@ class SSEScanner:
         self._max_line = max_line_bytes
         #: The stream failed because a line exceeded ``_max_line`` (``error`` says so).
         self.line_too_long = False
+        #: The upstream ends lines with CR alone: every read is translated to LF first.
+        self.cr_lines = False
         self.first_token_at: float | None = None
         self.usage_tokens: int | None = None
         self.usage_prompt_tokens: int | None = None
@@ -197,8 +205,10 @@ class SSEScanner:
         """Take upstream bytes; return those to forward now (complete lines before [DONE])."""
         if self.done or self.error is not None:
             return b""
+        if self.cr_lines:
+            data = _unify_newlines(data)
         if self._long is not None:  # a line longer than one read is being assembled
-            if b"\n" not in data:
+            if b"\n" not in data and b"\r" not in data:
                 self._long.append(data)
                 self._long_size += len(data)
                 self._check_line(self._long_size)
@@ -209,6 +219,12 @@ class SSEScanner:
         else:
             buf = self._tail + data if self._tail else data
         cut = buf.rfind(b"\n")
+        if cut < 0 and not self.cr_lines and buf.find(b"\r", 0, len(buf) - 1) >= 0:
+            # A CR not followed by LF: the upstream ends its lines with CR alone (the
+            # SSE spec allows it). Only such a stream pays for the translation.
+            self.cr_lines = True
+            buf = _unify_newlines(buf)
+            cut = buf.rfind(b"\n")
         if cut < 0:
             self._tail = b""
             self._long = [buf]
@@ -691,7 +707,7 @@ async def relay(
                 )
                 return
             assert idle is not None  # the loop only runs when it was created
-            if b"\n" in data:
+            if b"\n" in data or (scanner.cr_lines and b"\r" in data):
                 # Only a line that ended is a chunk: a provider trickling the bytes
                 # of one line (a byte a second, never a newline) is silent to the app
                 # and must not hold the stream open past chunk_timeout_s.

@@ -1,12 +1,13 @@
 """A provider that writes SSE in one of the forms the spec allows but OpenAI does not use.
 
 Real router, real sidecar, the official ``openai`` client, and a real HTTP
-upstream writing exactly the given bytes: a UTF-8 byte order mark before the
-first event, and one event in several ``data:`` lines (the spec joins them with
-a newline). Found by a black-box audit: the BOM made the first line junk (its
-token never reached the app, and TTFT was measured on the next one), and the
-lines of a split event were relayed one by one, so the ``openai`` client raised
-``JSONDecodeError`` mid-stream (and the token in the first line was lost).
+upstream writing exactly the given bytes: lines ended by CR alone or CRLF, a
+UTF-8 byte order mark before the first event, and one event in several
+``data:`` lines (the spec joins them with a newline). Found by a black-box
+audit: a CR-only stream was taken for one endless line (the provider was failed
+over as if it had sent nothing), the BOM made the first line junk (its token
+never reached the app), and the lines of a split event were relayed one by one,
+so the ``openai`` client raised ``JSONDecodeError`` mid-stream.
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ async def _stream(sc) -> tuple[str, dict, str]:
     return text, routing, raw.headers["x-router-provider"]
 
 
+def _cr(blobs: Sequence[bytes]) -> list[bytes]:
+    return [b.replace(b"\n", b"\r") for b in blobs]
+
+
+def _crlf(blobs: Sequence[bytes]) -> list[bytes]:
+    return [b.replace(b"\n", b"\r\n") for b in blobs]
+
+
 SPLIT_EVENT = (
     b'data: {"id":"chatcmpl-x","object":"chat.completion.chunk","created":1,\n'
     b'data: "model":"up-alpha","choices":[{"index":0,"delta":{"content":"Hel"},'
@@ -74,6 +83,11 @@ SPLIT_EVENT = (
 @pytest.mark.parametrize(
     "writes",
     [
+        _cr(HELLO),
+        _crlf(HELLO),
+        [b"".join(_cr(HELLO))],  # the whole stream in one read
+        # a CRLF cut between its CR and LF by the reads
+        [_crlf(HELLO)[0][:-1], b"\n" + _crlf(HELLO)[1][:-1], b"\n" + _crlf(HELLO)[2]],
         [b"\xef\xbb\xbf" + HELLO[0], *HELLO[1:]],
         [b"\xef\xbb\xbf", *HELLO],  # the BOM in a read of its own
         [SPLIT_EVENT, *HELLO[1:]],
@@ -81,6 +95,10 @@ SPLIT_EVENT = (
         [_chunk("", None) + SPLIT_EVENT.replace(b"Hel", b"He") + _chunk("l"), *HELLO[1:]],
     ],
     ids=[
+        "cr",
+        "crlf",
+        "cr-one-read",
+        "crlf-cut",
         "bom",
         "bom-own-read",
         "multi-line-event",
@@ -97,3 +115,16 @@ async def test_every_line_form_the_spec_allows_reaches_the_app_whole(
     attempt = routing["attempts"][-1]
     assert attempt["status"] == "ok" and attempt["output_tokens"] >= 2
     assert stack.counts()["beta"] == 0
+
+
+async def test_cr_only_lines_keep_a_slow_stream_alive(stack: Stack, tmp_path: Path) -> None:
+    """Each CR-ended line is a chunk for ``--chunk-timeout-s``, also one the app never
+    sees (an ``event:`` line): a stream whose lines come well within it, but which
+    lasts longer, is not cut."""
+    writes = _cr([_chunk("Hel"), *[b"event: ping\n\n"] * 5, *HELLO[1:]])
+    async with over_hostile_alpha(
+        stack, tmp_path, _scripted(writes, pace_s=0.25), chunk_timeout_s=0.8
+    ) as sc:
+        text, routing, provider = await _stream(sc)
+    assert (provider, text) == ("alpha", "Hello")
+    assert routing["attempts"][-1]["status"] == "ok"
