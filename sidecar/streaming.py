@@ -653,12 +653,21 @@ async def read_until_first_token(
         rec.finish_error(ErrorClass.SERVER_ERROR, scanner.failure_text(), 200)
         return None
     if scanner.first_token_at is None and not scanner.complete:
-        rec.finish_error(ErrorClass.STREAM_ABORT, "stream ended before the first token", 200)
+        rec.finish_error(ErrorClass.STREAM_ABORT, _no_token_reason(resp), 200)
         return None
     if scanner.first_token_at is not None:
         rec.ttft_ms = (scanner.first_token_at - rec.t0) * 1000.0
     scanner.first_read_done()
     return StreamStart(resp, scanner, b"".join(pending), eof)
+
+
+def _no_token_reason(resp: UpstreamResponse) -> str:
+    """Why a 200 stream gave no token: a JSON body is a provider that ignored
+    ``stream: true`` (its answer is no SSE), which an operator must be able to tell
+    from a stream that broke."""
+    if "json" in resp.headers.get("Content-Type", "").lower():
+        return "upstream answered with a JSON body, not an event stream (stream: true ignored)"
+    return "stream ended before the first token"
 
 
 #: Bytes read after [DONE] before giving up on reusing the connection.

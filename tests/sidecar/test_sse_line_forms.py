@@ -128,3 +128,38 @@ async def test_cr_only_lines_keep_a_slow_stream_alive(stack: Stack, tmp_path: Pa
         text, routing, provider = await _stream(sc)
     assert (provider, text) == ("alpha", "Hello")
     assert routing["attempts"][-1]["status"] == "ok"
+
+
+async def test_a_json_answer_to_a_stream_request_fails_over_saying_so(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A provider that ignores ``stream: true`` and answers 200 with a whole JSON
+    completion: the next provider serves, and the attempt's error says what happened
+    (it read "stream ended before the first token", as if the stream had broken)."""
+
+    async def chat(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(
+            {
+                "id": "chatcmpl-x",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "up-alpha",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Hello"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        )
+
+    async with over_hostile_alpha(stack, tmp_path, chat) as sc:
+        text, routing, provider = await _stream(sc)
+    assert provider == "beta" and text
+    first = routing["attempts"][0]
+    assert (first["provider"], first["error_class"]) == ("alpha", "stream_abort")
+    assert first["error"] == (
+        "upstream answered with a JSON body, not an event stream (stream: true ignored)"
+    )
