@@ -100,6 +100,14 @@ def _plain_run(block: bytes, pos: int, end: int) -> int:
     return stop
 
 
+def _unify_newlines(data: bytes) -> bytes:
+    """CRLF and lone CR as LF (the three line ends the SSE spec allows)."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+#: A UTF-8 byte order mark, which the SSE spec strips from the start of a stream.
+_BOM = b"\xef\xbb\xbf"
+
 #: ``"model":"id"`` bytes as upstreams write them → the id (every stream of an
 #: upstream model repeats the same bytes: decoded once).
 _FIELD_MODELS: dict[bytes, str] = {}
@@ -134,6 +142,7 @@ class SSEScanner:
         "_tail",
         "_usage_obj",
         "content_chunks",
+        "cr_lines",
         "done",
         "error",
         "finish_seen",
@@ -163,6 +172,8 @@ class SSEScanner:
         self._max_line = max_line_bytes
         #: The stream failed because a line exceeded ``_max_line`` (``error`` says so).
         self.line_too_long = False
+        #: The upstream ends lines with CR alone: every read is translated to LF first.
+        self.cr_lines = False
         self.first_token_at: float | None = None
         self.usage_tokens: int | None = None
         self.usage_prompt_tokens: int | None = None
@@ -194,8 +205,10 @@ class SSEScanner:
         """Take upstream bytes; return those to forward now (complete lines before [DONE])."""
         if self.done or self.error is not None:
             return b""
+        if self.cr_lines:
+            data = _unify_newlines(data)
         if self._long is not None:  # a line longer than one read is being assembled
-            if b"\n" not in data:
+            if b"\n" not in data and b"\r" not in data:
                 self._long.append(data)
                 self._long_size += len(data)
                 self._check_line(self._long_size)
@@ -206,6 +219,12 @@ class SSEScanner:
         else:
             buf = self._tail + data if self._tail else data
         cut = buf.rfind(b"\n")
+        if cut < 0 and not self.cr_lines and buf.find(b"\r", 0, len(buf) - 1) >= 0:
+            # A CR not followed by LF: the upstream ends its lines with CR alone (the
+            # SSE spec allows it). Only such a stream pays for the translation.
+            self.cr_lines = True
+            buf = _unify_newlines(buf)
+            cut = buf.rfind(b"\n")
         if cut < 0:
             self._tail = b""
             self._long = [buf]
@@ -244,6 +263,16 @@ class SSEScanner:
                 continue
             skip_blank = True
             payload = line[5:].strip()
+            if complete.startswith(_DATA, pos):
+                # One event in several data lines (the SSE spec joins them with "\n"):
+                # inspected and forwarded as one line, which every client reads alike.
+                parts = [payload]
+                while complete.startswith(_DATA, pos):
+                    nl = complete.find(b"\n", pos)
+                    parts.append(complete[pos + 5 : nl + 1].strip())
+                    pos = nl + 1
+                payload = b"\n".join(parts)
+                line = b"data: " + payload.replace(b"\n", b" ") + b"\n"
             if payload == _DONE:
                 self.done = True
                 self._tail = b""
@@ -254,6 +283,11 @@ class SSEScanner:
                 continue
             kind = self._inspect(payload, now)
             if kind == _ERROR:
+                break
+            if kind == _EMPTY and pos >= end and len(line) + len(self._tail) <= self._max_line:
+                # Not JSON and its event not ended in this read: the rest of its data
+                # lines may come in the next one, so it is held to be joined with them.
+                self._tail = line + self._tail
                 break
             if kind == _USAGE:
                 self._held_usage = payload
@@ -594,9 +628,16 @@ async def read_until_first_token(
     """
     pending: list[bytes] = []
     eof = False
+    first = True
     while True:
         data = await resp.content.readany()
         now = time.perf_counter()
+        if first:
+            first = False
+            if data.startswith(_BOM):  # else the first line is no data line, and dropped
+                data = data[3:]
+                if not data:
+                    continue
         if not data:
             eof = True
             tail = scanner.flush(now)
@@ -612,12 +653,21 @@ async def read_until_first_token(
         rec.finish_error(ErrorClass.SERVER_ERROR, scanner.failure_text(), 200)
         return None
     if scanner.first_token_at is None and not scanner.complete:
-        rec.finish_error(ErrorClass.STREAM_ABORT, "stream ended before the first token", 200)
+        rec.finish_error(ErrorClass.STREAM_ABORT, _no_token_reason(resp), 200)
         return None
     if scanner.first_token_at is not None:
         rec.ttft_ms = (scanner.first_token_at - rec.t0) * 1000.0
     scanner.first_read_done()
     return StreamStart(resp, scanner, b"".join(pending), eof)
+
+
+def _no_token_reason(resp: UpstreamResponse) -> str:
+    """Why a 200 stream gave no token: a JSON body is a provider that ignored
+    ``stream: true`` (its answer is no SSE), which an operator must be able to tell
+    from a stream that broke."""
+    if "json" in resp.headers.get("Content-Type", "").lower():
+        return "upstream answered with a JSON body, not an event stream (stream: true ignored)"
+    return "stream ended before the first token"
 
 
 #: Bytes read after [DONE] before giving up on reusing the connection.
@@ -666,7 +716,7 @@ async def relay(
                 )
                 return
             assert idle is not None  # the loop only runs when it was created
-            if b"\n" in data:
+            if b"\n" in data or (scanner.cr_lines and b"\r" in data):
                 # Only a line that ended is a chunk: a provider trickling the bytes
                 # of one line (a byte a second, never a newline) is silent to the app
                 # and must not hold the stream open past chunk_timeout_s.
