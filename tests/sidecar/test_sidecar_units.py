@@ -103,7 +103,16 @@ def test_rank_from_catalog_enforces_filters() -> None:
     prefs = router_pb2.RoutingPreferences(zero_data_retention=True)
     routes, excluded = rank_from_catalog(CATALOG, "m/x", prefs)
     assert [r.provider for r in routes] == ["a", "c"]
-    assert excluded == [{"provider": "b", "reason": "not_zdr"}]
+    assert excluded == [
+        {
+            "provider": "b",
+            "reason": {
+                "code": "not_zdr",
+                "detail": "provider b does not offer zero data retention",
+                "numbers": {"zero_data_retention": 0.0},
+            },
+        }
+    ]
     prefs = router_pb2.RoutingPreferences(order=["c"], ignore=["b"])
     assert [r.provider for r in rank_from_catalog(CATALOG, "m/x", prefs)[0]] == ["c", "a"]
     prefs = router_pb2.RoutingPreferences(sort=router_pb2.SORT_BY_COST)
