@@ -440,11 +440,14 @@ def test_sse_scanner_end_of_stream_from_the_chunks_it_parsed() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        # A setting that must be above 0 says so for nan and negatives too (they read
+        # ">= 0", and 0 was then refused as well; found by the README audit).
         (
             ["--request-deadline-s", "nan"],
-            '--request-deadline-s must be a finite number >= 0, got "NaN"',
+            '--request-deadline-s must be a finite number above 0, got "NaN"',
         ),
-        (["--chunk-timeout-s", "-5"], "--chunk-timeout-s must be a finite number >= 0, got -5"),
+        (["--chunk-timeout-s", "-5"], "--chunk-timeout-s must be a finite number above 0, got -5"),
+        (["--cooldown-s", "-1"], "--cooldown-s must be a finite number >= 0, got -1"),
         (["--max-attempts", "0"], "--max-attempts must be above 0, got 0"),
         (["--max-body-bytes", "0"], "--max-body-bytes must be above 0, got 0"),
         (["--hedge-budget-share", "2"], "--hedge-budget-share must be a share from 0 to 1, got 2"),
