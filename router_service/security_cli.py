@@ -117,6 +117,9 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 flag,
                 dest=field,
+                # The dest is ConnectionLimits' field name, which --help would show as
+                # HTTP_KEEPALIVE_TIMEOUT_S beside ROUTER_HTTP_IDLE_TIMEOUT_S.
+                metavar="SECONDS",
                 type=_finite,
                 default=getattr(base, field),
                 help=f"seconds after which {help_text}, above 0 and at most {MAX_TIMEOUT_S:g} "
