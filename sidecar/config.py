@@ -379,9 +379,8 @@ def check_settings(settings: SidecarSettings) -> str | None:
         value = getattr(settings, name)
         if value is not None and not value.strip():
             flag = "--" + name.replace("_", "-")
-            return (
-                f"{flag} is empty (flag or env {_env_name(name)}): name a file, or leave both unset"
-            )
+            # From a variable, cli_env names it and the flag; from a flag, the flag.
+            return f"{flag} is empty: name a file, or leave it unset"
     if settings.outcome_batch_size > MAX_OUTCOMES_PER_BATCH:
         return (
             f"--outcome-batch-size must be at most {MAX_OUTCOMES_PER_BATCH} (the proto's "
