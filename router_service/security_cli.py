@@ -150,16 +150,14 @@ def security_settings(args: argparse.Namespace) -> SecuritySettings:
     # mistake, not "unset": --tls-cert with an empty --tls-key served plaintext on
     # both ports while the start line said https, and an empty --tls-client-ca
     # silently asked no client certificate.
-    for flag, name, value in (
-        ("--auth-tokens", "auth_tokens", args.auth_tokens),
-        ("--tls-cert", "tls_cert", args.tls_cert),
-        ("--tls-key", "tls_key", args.tls_key),
-        ("--tls-client-ca", "tls_client_ca", args.tls_client_ca),
+    for flag, value in (
+        ("--auth-tokens", args.auth_tokens),
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+        ("--tls-client-ca", args.tls_client_ca),
     ):
-        if value is not None and not value.strip():
-            raise ValueError(
-                f"{flag} is empty (flag or env {ENV[name]}): name a file, or leave both unset"
-            )
+        if value is not None and not value.strip():  # from a variable, cli_env names it
+            raise ValueError(f"{flag} is empty: name a file, or leave it unset")
     # Checked here, not only in CallerLimitsConfig, so the message names the flag.
     if args.caller_outcomes_per_second < 0:
         raise ValueError(
