@@ -67,6 +67,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 
 from router_common.domain import Clock, EndpointKey, ErrorClass
+from router_common.json_text import as_json
 from router_service.model import HEALTHY, HealthState, HealthView, Outcome
 
 __all__ = ["FIRST_SEEN_REASON", "HealthConfig", "HealthTracker", "Transition"]
@@ -156,17 +157,19 @@ class HealthConfig:
             value = getattr(self, f.name)
             if f.type in ("int", int):
                 if isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(f"HealthConfig.{f.name} must be an int, got {value!r}")
+                    raise ValueError(f"HealthConfig.{f.name} must be an int, got {as_json(value)}")
             elif (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
                 or not math.isfinite(value)
             ):
-                raise ValueError(f"HealthConfig.{f.name} must be a finite number, got {value!r}")
+                raise ValueError(
+                    f"HealthConfig.{f.name} must be a finite number, got {as_json(value)}"
+                )
 
         def need(name: str, ok: bool, what: str) -> None:
             if not ok:
-                raise ValueError(f"HealthConfig.{name} {what}, got {getattr(self, name)!r}")
+                raise ValueError(f"HealthConfig.{name} {what}, got {as_json(getattr(self, name))}")
 
         for name in (
             "consecutive_failures_to_eject",

@@ -117,6 +117,9 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 flag,
                 dest=field,
+                # The dest is ConnectionLimits' field name, which --help would show as
+                # HTTP_KEEPALIVE_TIMEOUT_S beside ROUTER_HTTP_IDLE_TIMEOUT_S.
+                metavar="SECONDS",
                 type=_finite,
                 default=getattr(base, field),
                 help=f"seconds after which {help_text}, above 0 and at most {MAX_TIMEOUT_S:g} "
@@ -153,7 +156,7 @@ def security_settings(args: argparse.Namespace) -> SecuritySettings:
         ("--tls-key", args.tls_key),
         ("--tls-client-ca", args.tls_client_ca),
     ):
-        if value is not None and not value.strip():
+        if value is not None and not value.strip():  # from a variable, cli_env names it
             raise ValueError(f"{flag} is empty: name a file, or leave it unset")
     # Checked here, not only in CallerLimitsConfig, so the message names the flag.
     if args.caller_outcomes_per_second < 0:

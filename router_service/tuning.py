@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from router_common.json_text import as_json
 from router_service.health import HealthConfig
 from router_service.ranking import RankingConfig
 
@@ -37,16 +38,16 @@ def _coerce(source: str, path: str, expected: Any, value: Any) -> Any:
     kind = expected if isinstance(expected, type) else type(expected)
     if kind is bool:
         if not isinstance(value, bool):
-            raise TuningError(f"{source}: {path}: expected true or false, got {value!r}")
+            raise TuningError(f"{source}: {path}: expected true or false, got {as_json(value)}")
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TuningError(f"{source}: {path}: expected a number, got {value!r}")
+        raise TuningError(f"{source}: {path}: expected a number, got {as_json(value)}")
     if kind is int:
         if not float(value).is_integer():
-            raise TuningError(f"{source}: {path}: expected a whole number, got {value!r}")
+            raise TuningError(f"{source}: {path}: expected a whole number, got {as_json(value)}")
         return int(value)
     if not math.isfinite(value):
-        raise TuningError(f"{source}: {path}: expected a finite number, got {value!r}")
+        raise TuningError(f"{source}: {path}: expected a finite number, got {as_json(value)}")
     return float(value)
 
 
@@ -75,8 +76,9 @@ def parse_tuning(text: str, source: str = "<tuning>") -> tuple[HealthConfig, Ran
             kwargs[key] = _coerce(source, f"{section}.{key}", getattr(defaults, key), value)
         try:
             built[section] = cls(**kwargs)
-        except ValueError as exc:
-            raise TuningError(f"{source}: {section}: {exc}") from None
+        except ValueError as exc:  # "RankingConfig.x ..." is the file's "ranking.x ..."
+            text = str(exc).removeprefix(f"{cls.__name__}.")
+            raise TuningError(f"{source}: {section}.{text}") from None
     return built["health"], built["ranking"]
 
 

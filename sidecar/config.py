@@ -363,8 +363,9 @@ def check_settings(settings: SidecarSettings) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
         flag = "--" + f.name.replace("_", "-")
-        if not math.isfinite(value) or value < 0:
-            return f"{flag} must be a finite number >= 0, got {as_json(value)}"
+        if not math.isfinite(value) or value < 0:  # the bound the setting really has
+            bound = "above 0" if f.name in _POSITIVE else ">= 0"
+            return f"{flag} must be a finite number {bound}, got {as_json(value)}"
         if f.name in _POSITIVE and value <= 0:
             return f"{flag} must be above 0, got {as_json(value)}"
         if f.name.endswith("_s") and value > MAX_SECONDS:
@@ -378,6 +379,7 @@ def check_settings(settings: SidecarSettings) -> str | None:
         value = getattr(settings, name)
         if value is not None and not value.strip():
             flag = "--" + name.replace("_", "-")
+            # From a variable, cli_env names it and the flag; from a flag, the flag.
             return f"{flag} is empty: name a file, or leave it unset"
     if settings.outcome_batch_size > MAX_OUTCOMES_PER_BATCH:
         return (

@@ -475,7 +475,12 @@ def parse_request(
         raise RequestError("you must provide a model parameter", "model")
     if not isinstance(model, str) or not model.strip():
         raise RequestError("model must be a non-empty string", "model")
-    model, fallback_models, variant = _model_variants(model, fallback_models)
+    model, fallback_models, variant = _model_variants(
+        model,
+        fallback_models,
+        "model" if body.get("model") is not None else _models_param(body),
+        _models_param(body),
+    )
     if len(model) > MAX_MODEL_ID_LEN:
         # The router's bound on ``model``, checked here so the answer is this 400
         # whichever source ranks (the fallback catalog would call it unknown).
@@ -611,14 +616,23 @@ def _models_option(body: dict[str, Any]) -> list[str]:
     return _agreeing(found) or []
 
 
-def _model_variants(model: str, fallback_models: list[str]) -> tuple[str, list[str], _Prefs | None]:
+def _models_param(body: dict[str, Any]) -> str:
+    """The field the request wrote its fallback models in (both given agree, or were refused)."""
+    return "models" if body.get("models") is not None else "providerOptions.gateway.models"
+
+
+def _model_variants(
+    model: str, fallback_models: list[str], model_param: str, models_param: str
+) -> tuple[str, list[str], _Prefs | None]:
     """``model`` and ``models`` without OpenRouter's ``:nitro`` / ``:floor`` suffixes, and
     the sort they ask for (None: no suffix).
 
     The suffix is OpenRouter's shortcut for ``provider.sort`` (throughput, price); kept,
     it made the id one the catalog does not list (a 404 for a documented form). The
     preferences apply to every model of a request here, so the suffixes of one request
-    must agree, as must ``provider.sort``; a disagreement is a 400 naming both fields.
+    must agree, as must ``provider.sort``; a disagreement is a 400 naming both fields,
+    as the request spelled them (``model_param`` is the fallback list's field when the
+    request sent no ``model``).
     """
     found: list[tuple[str, str]] = []  # (param, sort name)
 
@@ -629,14 +643,15 @@ def _model_variants(model: str, fallback_models: list[str]) -> tuple[str, list[s
                 return entry[: -len(suffix)]
         return entry
 
-    model = strip(model, "model")
-    fallback_models = [strip(m, "models") for m in fallback_models]
+    model = strip(model, model_param)
+    fallback_models = [strip(m, models_param) for m in fallback_models]
     if not found:
         return model, fallback_models, None
     for param, sort in found[1:]:
         if sort != found[0][1]:
+            names = f"{found[0][0]} and {param} name" if param != found[0][0] else f"{param} names"
             raise RequestError(
-                f"{found[0][0]} and {param} name model variants that sort differently "
+                f"{names} model variants that sort differently "
                 f"({as_json(found[0][1])}, {as_json(sort)}); give one",
                 f"{found[0][0]},{param}" if param != found[0][0] else param,
             )

@@ -280,8 +280,10 @@ def rank_from_catalog(
     ``sort: ttft``/``tps`` have no data here, so, as at the router, their
     candidates are shuffled; without a sort the catalog order stands (the
     router's load-balance weights need its metrics). Returns the routes and the
-    excluded providers with their reason code. Raises RequestError when the
-    model is unknown or nothing is left.
+    excluded providers in the router's JSON shape (``{"provider", "reason": {"code",
+    "detail", "numbers"}}``, numbers omitted when none, as proto3 JSON omits an
+    empty map), so ``routing.excluded`` reads alike whichever source ranked.
+    Raises RequestError when the model is unknown or nothing is left.
     """
     entry = catalog.models.get(model)
     if entry is None:
@@ -292,7 +294,7 @@ def rank_from_catalog(
         raise invalid_preferences(exc, pref_params) from None
     filters = HardFilters.from_preferences(prefs)
     kept: list[Endpoint] = []
-    excluded: list[dict[str, str]] = []
+    excluded: list[dict[str, Any]] = []
     for ep in entry.endpoints:
         reason = (
             hard_filter(
@@ -306,7 +308,10 @@ def rank_from_catalog(
             else None
         )
         if reason is not None:
-            excluded.append({"provider": ep.provider.name, "reason": reason.code})
+            why: dict[str, Any] = {"code": reason.code, "detail": reason.detail}
+            if reason.numbers:
+                why["numbers"] = dict(reason.numbers)
+            excluded.append({"provider": ep.provider.name, "reason": why})
         else:
             kept.append(ep)
     if not kept:
@@ -788,10 +793,11 @@ class RankingClient:
         return Ranking(
             routes=tuple(routes),
             source="catalog",
+            # Empty lists omitted, as in the router's metadata (proto3 JSON).
             metadata={
                 "strategy": "fallback_catalog",
                 "execution_order": [r.provider for r in routes],
-                "excluded": excluded,
+                **({"excluded": excluded} if excluded else {}),
             },
             fetched_at=self._clock(),
         )
@@ -866,7 +872,7 @@ def _route_weight(route: Route) -> float:
     return route.weight
 
 
-def no_eligible_message(model: str, excluded: list[dict[str, str]]) -> str:
+def no_eligible_message(model: str, excluded: list[dict[str, Any]]) -> str:
     """The router's FAILED_PRECONDITION text (``router_service/grpc_api.py``), from the catalog.
 
     An app reads the same 400 whether the router or the fallback catalog found
@@ -874,7 +880,8 @@ def no_eligible_message(model: str, excluded: list[dict[str, str]]) -> str:
     the two against each other).
     """
     reasons = "; ".join(
-        f"{as_json(str(EndpointKey(model, e['provider'])))}: {e['reason']}" for e in excluded
+        f"{as_json(str(EndpointKey(model, e['provider'])))}: {e['reason']['code']}"
+        for e in excluded
     )
     return f"no endpoint of {as_json(model)} satisfies the preferences ({reasons})"
 

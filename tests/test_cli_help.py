@@ -104,3 +104,17 @@ def test_router_help_never_prints_the_redis_password_from_the_environment(
     text = _help(lambda: router_parse_args(["--config", "x.yaml", "--help"]), capsys)
     assert "hunter2-redis-password" not in text
     assert "default: none" in _option_blocks(text)["--redis"]
+
+
+def test_router_help_shows_no_internal_field_name_as_a_value(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found by the README audit: --http-idle-timeout-s showed HTTP_KEEPALIVE_TIMEOUT_S
+    (ConnectionLimits' field) beside its variable ROUTER_HTTP_IDLE_TIMEOUT_S, so a
+    reader guessing the variable from the usage line got a name nothing reads."""
+    text = _help(lambda: router_parse_args(["--help"]), capsys)
+    for flag, block in _option_blocks(text).items():
+        shown = block.split()[1] if len(block.split()) > 1 else ""
+        own = flag.lstrip("-").replace("-", "_").upper()
+        if shown.isupper():
+            assert shown in {own, "SECONDS", "URL", "PATH"}, (flag, shown)

@@ -98,7 +98,7 @@ def test_fallback_orders_as_the_router_does_with_no_metrics(data: st.DataObject,
         assert exc.code == "no_eligible_provider" and router_order == []
         return
     assert [r.provider for r in routes] == router_order
-    assert {x["provider"]: x["reason"] for x in excluded} == router_excluded
+    assert {x["provider"]: x["reason"]["code"] for x in excluded} == router_excluded
 
 
 def test_the_property_sees_near_ties_shuffled_both_ways() -> None:

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from router_common.domain import Sort
+from router_common.json_text import as_json
 from router_common.limits import (
     MAX_FIRST_TOKEN_TIMEOUT_MS,
     MAX_MODEL_ID_LEN,
@@ -335,7 +336,9 @@ class RankingConfig:
         )
         for name, ok in checks:
             if not ok:
-                raise ValueError(f"RankingConfig.{name} out of range: {getattr(self, name)!r}")
+                raise ValueError(
+                    f"RankingConfig.{name} out of range, got {as_json(getattr(self, name))}"
+                )
 
 
 DEFAULT_CONFIG = RankingConfig()

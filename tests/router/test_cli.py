@@ -236,6 +236,7 @@ def test_an_encrypted_tls_key_exits_2_naming_it_without_asking_for_a_passphrase(
     [
         # --tls-cert with ROUTER_TLS_KEY= (a missing Secret key): it served plaintext
         # on 0.0.0.0 while its start line said https.
+        # Named as the variable and the flag it sets (router_common/cli_env.py).
         (
             ["--tls-cert", "{cert}", "--tls-client-ca", "{ca}"],
             {"ROUTER_TLS_KEY": ""},
@@ -271,6 +272,7 @@ def test_an_empty_tls_flag_exits_2_naming_it(
         raise AssertionError(f"the router started despite an empty {named}") from None
     assert proc.returncode == 2, stderr
     assert stderr.splitlines()[-1].startswith(f"router-service: {named} is empty"), stderr
+    assert stderr.splitlines()[-1].count("ROUTER_TLS_KEY") <= 1, stderr  # named once
 
 
 @pytest.mark.parametrize(

@@ -29,10 +29,22 @@ def test_empty_file_is_all_defaults() -> None:
         ("routing: {}", "t.yaml: routing: unknown section"),
         ("health: {nope: 1}", "t.yaml: health.nope: unknown key"),
         ("health: {probe_permits: 1.5}", "t.yaml: health.probe_permits: expected a whole number"),
-        ("health: {degraded_ttft_ratio: fast}", "health.degraded_ttft_ratio: expected a number"),
-        ("health: {degraded_ttft_ratio: .inf}", "degraded_ttft_ratio: expected a finite number"),
-        ("health: {base_ejection_s: -1}", "t.yaml: health: HealthConfig.base_ejection_s"),
-        ("ranking: {exploration_share: 2}", "t.yaml: ranking:"),
+        # Values as JSON writes them and keys as the file writes them (found by the
+        # README audit: "got 'fast'", "ranking: RankingConfig.exploration_share out of
+        # range: 2.0").
+        (
+            "health: {degraded_ttft_ratio: fast}",
+            't.yaml: health.degraded_ttft_ratio: expected a number, got "fast"',
+        ),
+        (
+            "health: {degraded_ttft_ratio: .inf}",
+            't.yaml: health.degraded_ttft_ratio: expected a finite number, got "Infinity"',
+        ),
+        ("health: {base_ejection_s: -1}", "t.yaml: health.base_ejection_s must be > 0, got -1"),
+        (
+            "ranking: {exploration_share: 2}",
+            "t.yaml: ranking.exploration_share out of range, got 2",
+        ),
         ("health: [1]", "t.yaml: health: expected a mapping"),
         ("- 1", "t.yaml: (root): expected a mapping"),
     ],

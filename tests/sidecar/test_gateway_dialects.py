@@ -175,6 +175,20 @@ async def test_openrouters_nitro_and_floor_model_suffixes_set_the_sort(
             "providerOptions.gateway.sort,model",
         ),
         ({"model": f"{MODEL}:floor", "models": [f"{MODEL}:nitro"]}, "model,models"),
+        # Found by the README audit: with `models` alone, its first entry was named
+        # `model`, a field the request never sent (and a sort conflict "with model").
+        ({"model": None, "models": [f"{MODEL}:nitro", f"{MODEL}:floor"]}, "models"),
+        (
+            {"model": None, "models": [f"{MODEL}:nitro"], "provider": {"sort": "price"}},
+            "provider.sort,models",
+        ),
+        (
+            {
+                "model": None,
+                "providerOptions": {"gateway": {"models": [f"{MODEL}:nitro", f"{MODEL}:floor"]}},
+            },
+            "providerOptions.gateway.models",
+        ),
     ],
 )
 async def test_a_model_suffix_that_contradicts_the_sort_is_a_400_naming_both(
@@ -184,6 +198,9 @@ async def test_a_model_suffix_that_contradicts_the_sort_is_a_400_naming_both(
     status, answer = await _post(sc, **body)
     assert status == 400, answer
     assert answer["error"]["param"] == param
+    assert all(name in answer["error"]["message"] for name in param.split(",")), answer
+    if body.get("model") is None:  # never a field the request did not send
+        assert not answer["error"]["message"].startswith("model "), answer
     assert sum(stack.counts().values()) == 0
 
 

@@ -226,6 +226,8 @@ async def test_the_sidecar_takes_a_renewed_client_certificate_without_a_restart(
         # An empty key beside a certificate: gRPC core aborted (SIGABRT, a C trace).
         (["--router-tls-cert", "{cert}", "--router-tls-key", ""], {}, "--router-tls-key"),
         # SIDECAR_ROUTER_CA= (a missing Secret key) alone: no TLS at all, silently.
+        # Named as the variable and the flag it sets (router_common/cli_env.py), the
+        # variable once: it read "... is empty (flag or env SIDECAR_ROUTER_CA)" too.
         ([], {"SIDECAR_ROUTER_CA": ""}, "SIDECAR_ROUTER_CA (sets --router-ca)"),
     ],
 )
@@ -245,3 +247,4 @@ def test_an_empty_router_tls_flag_exits_2_naming_it(
         raise AssertionError(f"the sidecar started despite an empty {named}") from None
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"router-sidecar: {named} is empty"), proc.stderr
+    assert proc.stderr.count("SIDECAR_ROUTER_CA") <= 1, proc.stderr

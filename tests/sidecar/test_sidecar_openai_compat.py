@@ -295,6 +295,47 @@ async def test_models_entries_have_one_shape_from_router_and_fallback_catalog(
     assert sorted(ours["router"]["providers"]) == ["alpha", "beta"]
 
 
+async def test_routing_excluded_has_one_shape_from_router_and_fallback_catalog(
+    stack: Stack,
+) -> None:
+    """Found by the README audit: from the fallback catalog ``routing.excluded`` held
+    ``{"provider", "reason": "not_zdr"}`` (a bare code) and was written even when empty,
+    while the router's is ``reason: {code, detail, numbers}`` and omitted when empty, as
+    the README documents; code reading ``excluded[0].reason.code`` broke with the router
+    down."""
+    await stack.add_providers({"alpha": {}, "beta": {}})
+    stack.write_catalog(zdr={"alpha": True})
+    router = await stack.start_router()
+
+    async def routing(sc: SidecarApp, provider: dict) -> dict:
+        raw = await openai_client(sc).chat.completions.with_raw_response.create(
+            model=MODEL, messages=MSGS, max_tokens=3, extra_body={"provider": provider}
+        )
+        return raw.parse().model_extra["routing"]
+
+    sc = await stack.start_sidecar(router.grpc_address)
+    router_zdr, router_plain = await routing(sc, {"zdr": True}), await routing(sc, {})
+    await sc.stop()
+    sc = await stack.start_sidecar(fallback=True)  # no router: the fallback catalog ranks
+    catalog_zdr, catalog_plain = await routing(sc, {"zdr": True}), await routing(sc, {})
+    assert (router_zdr["source"], catalog_zdr["source"]) == ("router", "catalog")
+    assert (
+        catalog_zdr["excluded"]
+        == router_zdr["excluded"]
+        == [
+            {
+                "provider": "beta",
+                "reason": {
+                    "code": "not_zdr",
+                    "detail": "provider beta does not offer zero data retention",
+                    "numbers": {"zero_data_retention": 0.0},
+                },
+            }
+        ]
+    )
+    assert "excluded" not in router_plain and "excluded" not in catalog_plain
+
+
 @pytest.mark.parametrize("source", ["router", "fallback_catalog"])
 async def test_one_model_is_retrieved_as_the_openai_client_asks(stack: Stack, source: str) -> None:
     """Found by an audit: ``client.models.retrieve(id)`` (``GET /v1/models/{id}``, an id

@@ -103,7 +103,16 @@ def test_rank_from_catalog_enforces_filters() -> None:
     prefs = router_pb2.RoutingPreferences(zero_data_retention=True)
     routes, excluded = rank_from_catalog(CATALOG, "m/x", prefs)
     assert [r.provider for r in routes] == ["a", "c"]
-    assert excluded == [{"provider": "b", "reason": "not_zdr"}]
+    assert excluded == [
+        {
+            "provider": "b",
+            "reason": {
+                "code": "not_zdr",
+                "detail": "provider b does not offer zero data retention",
+                "numbers": {"zero_data_retention": 0.0},
+            },
+        }
+    ]
     prefs = router_pb2.RoutingPreferences(order=["c"], ignore=["b"])
     assert [r.provider for r in rank_from_catalog(CATALOG, "m/x", prefs)[0]] == ["c", "a"]
     prefs = router_pb2.RoutingPreferences(sort=router_pb2.SORT_BY_COST)
@@ -431,11 +440,14 @@ def test_sse_scanner_end_of_stream_from_the_chunks_it_parsed() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        # A setting that must be above 0 says so for nan and negatives too (they read
+        # ">= 0", and 0 was then refused as well; found by the README audit).
         (
             ["--request-deadline-s", "nan"],
-            '--request-deadline-s must be a finite number >= 0, got "NaN"',
+            '--request-deadline-s must be a finite number above 0, got "NaN"',
         ),
-        (["--chunk-timeout-s", "-5"], "--chunk-timeout-s must be a finite number >= 0, got -5"),
+        (["--chunk-timeout-s", "-5"], "--chunk-timeout-s must be a finite number above 0, got -5"),
+        (["--cooldown-s", "-1"], "--cooldown-s must be a finite number >= 0, got -1"),
         (["--max-attempts", "0"], "--max-attempts must be above 0, got 0"),
         (["--max-body-bytes", "0"], "--max-body-bytes must be above 0, got 0"),
         (["--hedge-budget-share", "2"], "--hedge-budget-share must be a share from 0 to 1, got 2"),
