@@ -256,6 +256,26 @@ async def stream_text_and_routing(
     return text, routing
 
 
+async def stream_alpha_then_beta(
+    sidecar: SidecarApp, max_tokens: int, messages: list[dict[str, str]]
+) -> tuple[str, Any, Any]:
+    """One streamed request with ``order: [alpha, beta]`` through the official client:
+    the answer's text, the ``routing`` object of its last chunks (None if none had
+    one) and the response headers."""
+    raw = await openai_client(sidecar).chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=max_tokens,
+        stream=True,
+        extra_body={"provider": {"order": ["alpha", "beta"]}},
+    )
+    text, routing = "", None
+    async for chunk in raw.parse():
+        text += chunk.choices[0].delta.content or ""
+        routing = (chunk.model_extra or {}).get("routing", routing)
+    return text, routing, raw.headers
+
+
 async def router_ttft(address: str, provider: str) -> float | None:
     """The TTFT the router now ranks ``provider`` of ``MODEL`` by (None: it has none)."""
     import grpc

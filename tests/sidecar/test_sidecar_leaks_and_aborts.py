@@ -13,7 +13,13 @@ import logging
 
 import aiohttp
 import pytest
-from sidecar_helpers import MODEL, Stack, key_value, openai_client, wait_for
+from sidecar_helpers import (
+    MODEL,
+    Stack,
+    key_value,
+    stream_alpha_then_beta,
+    wait_for,
+)
 
 MSGS = [{"role": "user", "content": "hello there"}]
 
@@ -114,20 +120,9 @@ async def test_a_stream_that_breaks_before_its_first_token_falls_back(
     stack.write_catalog()
     router = await stack.start_router()
     sc = await stack.start_sidecar(router.grpc_address)
-    client = openai_client(sc)
-    raw = await client.chat.completions.with_raw_response.create(
-        model=MODEL,
-        messages=MSGS,
-        max_tokens=4,
-        stream=True,
-        extra_body={"provider": {"order": ["alpha", "beta"]}},
-    )
-    text, routing = "", None
-    async for chunk in raw.parse():
-        text += chunk.choices[0].delta.content or ""
-        routing = (chunk.model_extra or {}).get("routing", routing)
-    assert raw.headers["x-router-provider"] == "beta"
-    assert raw.headers["x-router-attempts"] == "2"
+    text, routing, headers = await stream_alpha_then_beta(sc, max_tokens=4, messages=MSGS)
+    assert headers["x-router-provider"] == "beta"
+    assert headers["x-router-attempts"] == "2"
     assert text and routing is not None
     assert [a["error_class"] for a in routing["attempts"]] == ["stream_abort", "none"]
     assert stack.providers["alpha"].requests[-1].outcome in ("dropped", "truncate")

@@ -18,7 +18,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from sidecar_helpers import MODEL, Stack, openai_client, over_hostile_alpha, sse_chunk
+from sidecar_helpers import (
+    Stack,
+    over_hostile_alpha,
+    sse_chunk,
+    stream_alpha_then_beta,
+)
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -50,19 +55,9 @@ def _scripted(writes: Sequence[bytes], pace_s: float = 0.02):
 
 async def _stream(sc) -> tuple[str, dict, str]:
     """Text, routing and serving provider of one streamed request (alpha first)."""
-    raw = await openai_client(sc).chat.completions.with_raw_response.create(
-        model=MODEL,
-        messages=MSGS,
-        max_tokens=8,
-        stream=True,
-        extra_body={"provider": {"order": ["alpha", "beta"]}},
-    )
-    text, routing = "", None
-    async for chunk in raw.parse():
-        text += chunk.choices[0].delta.content or ""
-        routing = (chunk.model_extra or {}).get("routing", routing)
+    text, routing, headers = await stream_alpha_then_beta(sc, max_tokens=8, messages=MSGS)
     assert routing is not None
-    return text, routing, raw.headers["x-router-provider"]
+    return text, routing, headers["x-router-provider"]
 
 
 def _cr(blobs: Sequence[bytes]) -> list[bytes]:
