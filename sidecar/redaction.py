@@ -64,12 +64,7 @@ class KeyRedactor:
         self._keys.add(key)
         needles = set(self._needles)
         raw = key.encode()
-        if len(raw) >= _MIN_SPLIT_LEN:
-            half = len(raw) // 2
-            parts = [raw[:half], raw[half:]]
-        else:
-            parts = [raw]
-        for part in parts:
+        for part in _parts(raw):
             needles.add(part)
             needles.update(_percent_encoded(part))
             needles.update(_json_string(part))
