@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Literal
 
 import yaml
 
+from router_common.file_stamp import Stamp, file_stamp
 from router_common.json_text import as_json
 from router_common.limits import MAX_AUTH_CALLERS, MAX_NAME_LEN
 
@@ -82,14 +82,6 @@ def token_digest(token: bytes) -> bytes:
     return hashlib.sha256(token).digest()
 
 
-def _file_stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_ino, st.st_size)
-
-
 def sendable_token(token: str) -> bool:
     """Whether a client can send ``token`` in ``authorization`` metadata at all.
 
@@ -110,17 +102,17 @@ def parse_tokens_file(path: str | Path) -> tuple[list[_Entry], list[Path]]:
 
 def _parse_stamped(
     path: Path,
-) -> tuple[list[_Entry], list[Path], list[tuple[int, int, int] | None]]:
+) -> tuple[list[_Entry], list[Path], list[Stamp | None]]:
     """``parse_tokens_file`` and each file's stamp, taken just *before* it was read.
 
     Why before: stamps taken after the parse recorded a file that was rotated while
     it was being read as already loaded, so a Secret update landing in that instant
     was never picked up (until the next one). Stamped first, such a change shows on
     the next poll."""
-    stamps: list[tuple[int, int, int] | None] = []
+    stamps: list[Stamp | None] = []
     source = str(path)
     try:
-        stamps.append(_file_stamp(path))
+        stamps.append(file_stamp(path))
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise AuthConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
@@ -161,7 +153,7 @@ def _parse_stamped(
             if not token_path.is_absolute():
                 token_path = path.parent / token_path
             files.append(token_path)
-            stamps.append(_file_stamp(token_path))
+            stamps.append(file_stamp(token_path))
             try:
                 # utf-8-sig: a byte order mark (Windows editors) is not part of the token.
                 token = token_path.read_text(encoding="utf-8-sig").strip()
@@ -213,7 +205,7 @@ class TokenStore:
 
     def maybe_reload(self) -> bool:
         """Re-read when any file changed; a bad file is refused and logged once."""
-        stamps = [_file_stamp(p) for p in self._files]
+        stamps = [file_stamp(p) for p in self._files]
         if stamps == self._stamps:
             return False
         self._stamps = stamps

@@ -18,7 +18,6 @@ import asyncio
 import errno
 import ipaddress
 import logging
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import grpc
 from aiohttp import web
 
 from router_common import fd_limit
+from router_common.file_stamp import Stamp, files_stamp
 from router_common.tls_files import TlsPairError, load_pair, why
 
 log = logging.getLogger(__name__)
@@ -131,22 +131,16 @@ def raise_file_limit() -> tuple[int, int]:
 
 
 class _Stamped:
-    """File contents re-read when their (mtime, inode, size) change."""
+    """File contents re-read when their stamps (``router_common.file_stamp``) change."""
 
     def __init__(self, *paths: str) -> None:
         self.paths = [Path(p) for p in paths]
-        self.stamp: list[tuple[int, int, int]] | None = None
+        self.stamp: tuple[Stamp, ...] | None = None
 
     def changed(self) -> bool:
-        stamp = []
-        for p in self.paths:
-            try:
-                st = os.stat(p)
-            except OSError:
-                return False  # mid-swap: keep the current files
-            stamp.append((st.st_mtime_ns, st.st_ino, st.st_size))
-        if stamp == self.stamp:
-            return False
+        stamp = files_stamp(self.paths)
+        if stamp is None or stamp == self.stamp:
+            return False  # None: mid-swap, keep the current files
         self.stamp = stamp
         return True
 

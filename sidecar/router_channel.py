@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from router_common.file_stamp import Stamp, file_stamp, files_stamp
 from router_common.tls_files import load_pair, why
 
 log = logging.getLogger("sidecar.router_channel")
@@ -34,7 +34,7 @@ class TokenFile:
     def __init__(self, path: str, check_every_s: float = 1.0) -> None:
         self.path = Path(path)
         self.check_every_s = check_every_s
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: Stamp | None = None
         self._checked = float("-inf")
         self.token = ""
         self._reload()
@@ -45,9 +45,8 @@ class TokenFile:
 
     def _reload(self) -> None:
         try:
-            st = os.stat(self.path)
-            stamp = (st.st_mtime_ns, st.st_ino, st.st_size)
-            if stamp != self._stamp:
+            stamp = file_stamp(self.path)
+            if stamp is None or stamp != self._stamp:  # None: the read says why
                 # utf-8-sig: a byte order mark (Windows editors) is not part of the token.
                 token = self.path.read_text(encoding="utf-8-sig").strip()
                 if token and not all(" " <= ch <= "~" for ch in token):
@@ -127,19 +126,6 @@ def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
         load_pair(context, cert, key, "--router-tls-cert", "--router-tls-key", "sidecar")
 
 
-def _stamp(paths: Sequence[str]) -> tuple[tuple[int, int, int], ...] | None:
-    """(mtime, inode, size) of each file, following symlinks (a Kubernetes Secret's
-    ``..data`` swap changes the inode); None while one is missing (mid-swap)."""
-    stamps = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        stamps.append((st.st_mtime_ns, st.st_ino, st.st_size))
-    return tuple(stamps)
-
-
 class _Rebinding:
     """A stub's multicallable that calls through the router channel current at call time."""
 
@@ -184,7 +170,7 @@ class ReloadingChannel(grpc.aio.Channel):
         self._paths = [p for p in (ca, cert, key) if p]
         self.check_every_s, self.retire_grace_s = check_every_s, retire_grace_s
         self._checked = time.monotonic()
-        self._stamp = _stamp(self._paths)
+        self._stamp = files_stamp(self._paths)
         check_tls_files(ca, cert, key)
         self._channel = self._build()
         self._retiring: set[asyncio.Task[None]] = set()
@@ -205,7 +191,7 @@ class ReloadingChannel(grpc.aio.Channel):
         now = time.monotonic()
         if now - self._checked >= self.check_every_s:
             self._checked = now
-            stamp = _stamp(self._paths)
+            stamp = files_stamp(self._paths)
             if stamp is not None and stamp != self._stamp:
                 self._stamp = stamp
                 self._reload()
