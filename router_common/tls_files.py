@@ -20,7 +20,7 @@ import ssl
 
 
 class TlsPairError(ValueError):
-    """A certificate and key that do not load together, named by their flags (one line)."""
+    """TLS files that do not load (a pair, or a CA), named by their flags (one line)."""
 
 
 class _EncryptedKey(Exception):
@@ -52,3 +52,11 @@ def load_pair(
             f"{cert_flag} {cert} / {key_flag} {key}: not a usable PEM certificate "
             f"and matching key ({why(exc)})"
         ) from None
+
+
+def load_ca(context: ssl.SSLContext, ca: str, flag: str) -> None:
+    """``context.load_verify_locations(ca)``, or TlsPairError naming the flag and file."""
+    try:
+        context.load_verify_locations(ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsPairError(f"{flag} {ca}: not a usable PEM CA certificate ({why(exc)})") from None

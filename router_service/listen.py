@@ -27,7 +27,7 @@ from aiohttp import web
 
 from router_common import fd_limit
 from router_common.file_stamp import Stamp, files_stamp
-from router_common.tls_files import TlsPairError, load_pair, why
+from router_common.tls_files import TlsPairError, load_ca, load_pair
 
 log = logging.getLogger(__name__)
 
@@ -196,15 +196,11 @@ def tls_context(tls: TlsFiles) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         load_pair(context, tls.cert, tls.key, "--tls-cert", "--tls-key", "router")
+        if tls.client_ca:
+            load_ca(context, tls.client_ca, "--tls-client-ca")
     except TlsPairError as exc:
         raise TlsFileError(str(exc)) from None
     if tls.client_ca:
-        try:
-            context.load_verify_locations(tls.client_ca)
-        except (OSError, ssl.SSLError) as exc:
-            raise TlsFileError(
-                f"--tls-client-ca {tls.client_ca}: not a usable PEM CA certificate ({why(exc)})"
-            ) from None
         context.verify_mode = ssl.CERT_OPTIONAL
     return context
 

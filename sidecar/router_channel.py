@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from router_common.file_stamp import Stamp, file_stamp, files_stamp
-from router_common.tls_files import load_pair, why
+from router_common.tls_files import load_ca, load_pair
 
 log = logging.getLogger("sidecar.router_channel")
 
@@ -116,12 +116,7 @@ def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if ca:
-        try:
-            context.load_verify_locations(ca)
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(
-                f"--router-ca {ca}: not a usable PEM CA certificate ({why(exc)})"
-            ) from None
+        load_ca(context, ca, "--router-ca")
     if cert and key:
         load_pair(context, cert, key, "--router-tls-cert", "--router-tls-key", "sidecar")
 
