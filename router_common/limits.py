@@ -59,6 +59,10 @@ MAX_RETRY_AFTER_S = 86_400.0
 #: every window anyway) or in the future (clock skew between pods).
 MAX_OUTCOME_AGE_S = 86_400.0
 MAX_FUTURE_SKEW_S = 60.0
+#: The longest duration a command-line setting may give (timeouts, intervals), both
+#: processes: gRPC turns a timeout into an absolute deadline, and a huge one
+#: (``--rank-timeout-s 1e300``) overflowed into one already past.
+MAX_SETTING_SECONDS = 86_400.0
 
 # -- catalog ------------------------------------------------------------------
 

@@ -11,13 +11,13 @@ import math
 
 from router_common.cli_env import env_backed, parse_bool
 from router_common.json_text import as_json
-from router_common.limits import MAX_OUTCOMES_PER_BATCH
+from router_common.limits import MAX_OUTCOMES_PER_BATCH, MAX_SETTING_SECONDS
 from router_service.callers import CallerLimitsConfig
 from router_service.listen import ConnectionLimits
 from router_service.security import SecuritySettings
 
 #: The longest connection timeout a flag may set (see security_settings).
-MAX_TIMEOUT_S = 86_400.0
+MAX_TIMEOUT_S = MAX_SETTING_SECONDS
 
 ENV = {
     "auth_tokens": "ROUTER_AUTH_TOKENS",

@@ -18,7 +18,7 @@ from typing import Any
 
 from router_common.cli_env import env_backed, origin, parse_bool, parse_with_env, relabel
 from router_common.json_text import as_json
-from router_common.limits import MAX_OUTCOMES_PER_BATCH
+from router_common.limits import MAX_OUTCOMES_PER_BATCH, MAX_SETTING_SECONDS
 from router_common.logs import LEVELS
 from sidecar import defaults
 
@@ -340,11 +340,10 @@ _POSITIVE = frozenset(
 )
 #: The ``--upstream-client`` values (sidecar/transport.py builds each).
 UPSTREAM_CLIENTS = ("lean", "aiohttp")
-#: The longest any ``*_s`` setting may be: a day. gRPC turns a call's timeout into an
-#: absolute deadline, and ``--rank-timeout-s 1e300`` overflowed into one already past:
-#: every RankProviders call failed at once with DEADLINE_EXCEEDED and the sidecar
-#: silently served from its fallback catalog.
-MAX_SECONDS = 86_400.0
+#: The longest any ``*_s`` setting may be (router_common.limits): ``--rank-timeout-s
+#: 1e300`` made every RankProviders call fail at once with DEADLINE_EXCEEDED, and the
+#: sidecar silently served from its fallback catalog.
+MAX_SECONDS = MAX_SETTING_SECONDS
 #: Settings that are a share of requests (0..1).
 _SHARES = frozenset({"hedge_budget_share"})
 
