@@ -289,10 +289,16 @@ class Hedger:
                 proxy._finish_attempt(req, brec if winner is first else rec)
             self.on_race("explored_won" if winner is first else "leader_won", cost)
             return winner.result(), owners[winner][0], True
-        for fut in pending:  # the loser: cancelled at once, which closes its upstream
-            fut.cancel()
-            await asyncio.gather(fut, return_exceptions=True)
-            cost += _cancelled(*owners[fut], req)
+        try:
+            for fut in pending:  # the loser: cancelled at once, which closes its upstream
+                fut.cancel()
+                await asyncio.gather(fut, return_exceptions=True)
+                cost += _cancelled(*owners[fut], req)
+        except BaseException:
+            # The app left while the loser closed: nobody will read the winner either,
+            # and its provider would go on generating until the connection was collected.
+            winner.result()[0].resp.close()
+            raise
         # The caller commits the winner; every other attempt's bookkeeping is done here
         # (a cancelled one is not reported to the router; a genuine failure is).
         proxy._finish_attempt(req, brec if winner is first else rec)
