@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 from router_common.json_text import as_json
+from router_service.listen import is_loopback
 
 SCHEMES = ("redis", "rediss")
 #: The query parameters a ``rediss://`` URL may carry: where the client finds
@@ -105,6 +106,22 @@ class ReplicationConfig:
         router's Settings, whose repr a traceback with locals, a debugger or a test
         failure prints (the dataclass repr printed both)."""
         return f"ReplicationConfig(redis={self.redacted_url!r}, prefix={self.prefix!r}, ...)"
+
+    @property
+    def unprotected(self) -> bool:
+        """Redis off this host with nothing that authenticates the router to it.
+
+        Whatever can write to that Redis writes outcomes and health that every
+        replica applies, past the router's own tokens and rate limits: the hole
+        protected mode closes on the router's port, one hop further. A password
+        (URL or file) or a TLS client certificate counts as credentials.
+        """
+        parts = urlsplit(self.url)
+        if self.password or parts.password:
+            return False
+        if "ssl_certfile" in dict(parse_qsl(parts.query)):
+            return False
+        return not is_loopback(parts.hostname or "")
 
     @property
     def redacted_url(self) -> str:

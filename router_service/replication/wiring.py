@@ -48,6 +48,13 @@ async def start_replication(
             "replica": replicator.replica_id,
         },
     )
+    if config.unprotected:
+        log.warning(
+            "redis without credentials: anything that reaches it can write the outcomes and "
+            "health every replica applies, past --auth-tokens and the per-caller limits; give "
+            "Redis a password (requirepass or an ACL user) and pass --redis-password-file",
+            extra={"redis": config.redacted_url},
+        )
     await replicator.start()
     await replicator.wait_restored(config.startup_timeout_s)
     return replicator

@@ -12,7 +12,7 @@ from router_service.health import HealthConfig, HealthTracker
 from router_service.model import Outcome
 from router_service.replication.cli_args import replication_config
 from router_service.replication.codec import decode_outcomes, encode_outcomes
-from router_service.replication.config import RedisSettingsError, redact
+from router_service.replication.config import RedisSettingsError, ReplicationConfig, redact
 from router_service.sketches.windows import EndpointWindows
 from tests.conftest import EXAMPLE_CATALOG, FakeClock
 from tests.replication.fleet import RedisServer, RouterProcess, endpoint_figures, outcome, send
@@ -207,3 +207,39 @@ def test_refused_credentials_name_the_flags_without_the_password(tmp_path, where
     finally:
         router.kill()
         server.kill()
+
+
+@pytest.mark.parametrize(
+    ("url", "password", "unprotected"),
+    [
+        ("redis://redis.internal:6379/0", None, True),
+        ("redis://user@10.0.0.5:6379", None, True),  # a user name alone proves nothing
+        ("redis://redis.internal:6379/0", "from-a-file", False),
+        ("redis://:pw@redis.internal:6379/0", None, False),
+        ("rediss://redis.internal:6380?ssl_certfile=/dev/null&ssl_keyfile=/dev/null", None, False),
+        ("redis://127.0.0.1:6379", None, False),  # on this host, like protected mode's loopback
+        ("redis://localhost:6379", None, False),
+        ("redis://[::1]:6379", None, False),
+    ],
+)
+def test_a_remote_redis_without_credentials_is_unprotected(
+    url: str, password: str | None, unprotected: bool
+) -> None:
+    assert ReplicationConfig(url, password=password).unprotected is unprotected
+
+
+def test_a_remote_redis_without_credentials_is_warned_about_at_start(tmp_path) -> None:
+    """Anything that can write the Redis writes what every replica applies: the
+    router's tokens and rate limits do not cover it. Said at start, like the
+    router's own protected mode (192.0.2.1 is TEST-NET: nothing answers there)."""
+    router = RouterProcess(tmp_path, "open", "redis://192.0.2.1:6379/0")
+    try:
+        router.start()
+        warned = wait_until(
+            lambda: [
+                r for r in router.records() if r["message"].startswith("redis without credentials")
+            ]
+        )
+        assert warned[0]["level"] == "WARNING" and warned[0]["redis"] == "redis://192.0.2.1:6379/0"
+    finally:
+        router.kill()
