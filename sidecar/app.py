@@ -44,6 +44,11 @@ log = logging.getLogger("sidecar")
 #: After the shutdown grace, how long cancelled requests get to send their error.
 _CUT_WAIT_S = 2.0
 
+#: Keepalive pings to each router replica: how often, and how long an answer may take
+#: before the connection is given up as hung (see GRPC_CHANNEL_OPTIONS).
+ROUTER_KEEPALIVE_TIME_MS = 15_000
+ROUTER_KEEPALIVE_TIMEOUT_MS = 5_000
+
 #: Reconnect quickly after a router restart (gRPC's default backoff grows to 120 s).
 GRPC_CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -53,6 +58,18 @@ GRPC_CHANNEL_OPTIONS = (
     # Spread calls over every address the target resolves to (a headless
     # Service's router replicas via dns:///), and skip a replica that is down.
     ("grpc.service_config", '{"loadBalancingConfig": [{"round_robin": {}}]}'),
+    # A replica that hangs (a stopped process, a frozen node, a path that drops
+    # packets) keeps its TCP connection "up", so round_robin kept sending it every
+    # other call, each failing at its deadline, for as long as it hung. A ping
+    # unanswered within the timeout closes that connection and round_robin skips
+    # the replica until it answers again. 15 s stays above the router's
+    # 10 s minimum between a client's pings (router_service/listen.py).
+    ("grpc.keepalive_time_ms", ROUTER_KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", ROUTER_KEEPALIVE_TIMEOUT_MS),
+    # grpcio 1.85 times a ping by this one (default 60 s), not keepalive_timeout_ms alone.
+    ("grpc.http2.ping_timeout_ms", ROUTER_KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
 )
 
 _STATUS_TYPES = {
