@@ -568,14 +568,31 @@ class RankingClient:
         return self.cached(req) or await self.rank_uncached(req)
 
     async def rank_uncached(self, req: ParsedRequest) -> Ranking:
-        """``rank`` once ``cached`` has said None: ask the router, else fall back."""
+        """``rank`` once ``cached`` has said None: ask the router, else fall back.
+
+        When the router's last call failed and there is something to fall back on
+        (a stale ranking, the fallback catalog), the retry after ``router_retry_s``
+        runs in the background and this request is served from the fallback: a
+        router that hangs (stopped, its packets dropped) used to make every request
+        arriving during each retry wait ``rank_timeout_s`` for nothing, so about
+        half the traffic took a second longer for as long as it hung.
+        """
         hit = self._get(req.cache_key)
         if self._stub is not None and self._clock() >= self._router_skip_until:
-            ranking = await self._ask_router_once(req)
-            if ranking is not None:
-                self.on_source("router")
-                return ranking
+            if self.router_ok is False and self._has_fallback(hit):
+                self._refresh_in_background(req)
+            else:
+                ranking = await self._ask_router_once(req)
+                if ranking is not None:
+                    self.on_source("router")
+                    return ranking
         return self._fallback(req, hit)
+
+    def _has_fallback(self, stale: Ranking | None) -> bool:
+        """``_fallback`` would answer without a 503."""
+        if stale is not None and self._clock() - stale.fetched_at < self._s.rank_cache_stale_s:
+            return True
+        return self.catalog is not None
 
     async def _ask_router_once(self, req: ParsedRequest) -> Ranking | None:
         """``_ask_router``, shared by every caller asking for the same key meanwhile.
