@@ -552,6 +552,7 @@ class Proxy:
         """One non-streaming attempt; the parsed body on success, else the failure."""
         loop = asyncio.get_running_loop()
         limit = min(deadline, loop.time() + self._s.nonstream_timeout_s)
+        whole = f"no complete answer within {limit - loop.time():.3g}s"
         started = response_timeout(
             self._s, route, req.provider_timeouts, self._provider_timeouts or None
         )
@@ -594,7 +595,7 @@ class Proxy:
                 rec.finish_error(cls, _timeout_text("no response", started))
                 rec.report = not started.requested  # the app's choice, not the endpoint's fault
                 return None
-            rec.finish_error(cls, _exc_text(exc, cls))
+            rec.finish_error(cls, _exc_text(exc, cls, self._s.connect_timeout_s, whole))
             return None
         if len(data) > self._s.max_upstream_response_bytes:
             rec.finish_error(ErrorClass.SERVER_ERROR, "upstream response too large")
@@ -703,7 +704,7 @@ class Proxy:
                 # A shorter wait the request chose is no evidence against the endpoint.
                 rec.report = not wait.requested
             else:
-                msg = _exc_text(exc, cls)
+                msg = _exc_text(exc, cls, self._s.connect_timeout_s)
             rec.finish_error(cls, msg, rec.http_status)
             if resp is not None:
                 resp.close()
@@ -905,8 +906,27 @@ def _timeout_text(what: str, wait: AttemptTimeout) -> str:
     return f"{what} within {wait.seconds:g}s{why}"
 
 
-def _exc_text(exc: BaseException, cls: ErrorClass) -> str:
-    """A short description of a transport failure (never the request or the key)."""
+def _exc_text(
+    exc: BaseException, cls: ErrorClass, connect_timeout_s: float, timeout: str = "timeout"
+) -> str:
+    """A short description of a transport failure (never the request or the key).
+
+    Says what an operator needs to tell the failures apart: a bare "timeout" was
+    given alike to a connection (or TLS handshake: an https URL on a plain port)
+    that never completed and to an answer that stopped arriving (``timeout``
+    says which wait ran out), and
+    "connect: ClientResponseError" to a provider that did answer, with a status
+    line or headers no HTTP parser reads. The exception's own text is a fixed
+    parser or OS message, never bytes of the request (and the whole attempt text
+    is scrubbed of keys like every routing text).
+    """
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"connect: not connected within {connect_timeout_s:g}s"
     if cls == ErrorClass.TIMEOUT:
-        return "timeout"
+        return timeout
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        why = exc.os_error.strerror or type(exc.os_error).__name__
+        return f"connect: {why}"
+    if isinstance(exc, aiohttp.ClientResponseError) and exc.message:
+        return f"{cls.value}: unreadable response: {exc.message}"
     return f"{cls.value}: {type(exc).__name__}"

@@ -1,0 +1,152 @@
+"""Each transport failure says what happened, so an operator can tell them apart.
+
+Found by a black-box fault audit (a raw TCP "provider" on loopback misbehaving one
+way per test, a real sidecar): an https URL pointing at a plain port (the TLS
+handshake never completes), a provider that never answers a non-streaming
+request, and an answer that stops arriving were all ``"timeout"``; a provider
+that answered with a status line or headers no HTTP parser reads was
+``"connect: ClientResponseError"`` (it had connected), and with the lean client
+its oversized headers were httptools' ``User callback error``; a refused
+connection was ``"connect: ClientConnectorError"``. The attempt's ``error`` (in
+``routing.attempts`` and the 502/504 message) now names the wait that ran out
+or the reason the response could not be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from sidecar_helpers import MODEL, Stack, write_raw_catalog
+
+Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_tcp(reply: Reply) -> AsyncIterator[int]:
+    """A TCP server on loopback whose every connection is handed to ``reply``; yields the port."""
+    conns: list[asyncio.StreamWriter] = []
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        conns.append(w)
+        with contextlib.suppress(ConnectionError):
+            await reply(r, w)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for w in conns:
+            w.transport.abort()
+        await server.wait_closed()
+
+
+async def _read_head(r: asyncio.StreamReader) -> None:
+    await r.readuntil(b"\r\n\r\n")
+
+
+async def garbage_status(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await _read_head(r)
+    w.write(b"HELLO WORLD\r\n\r\n")
+    await w.drain()
+
+
+async def giant_headers(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await _read_head(r)
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Big: " + b"a" * 200_000)
+    w.write(b"\r\n\r\n")
+    await w.drain()
+
+
+async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """Reads what comes (a request, or a TLS ClientHello that never gets an answer)."""
+    while await r.read(65536):
+        pass
+
+
+async def _first_attempt_error(
+    stack: Stack, tmp_path: Path, url: str, stream: bool, **over: Any
+) -> tuple[int, str, str]:
+    stack.catalog_path = write_raw_catalog(tmp_path / "catalog.yaml", {"alpha": url})
+    sc = await stack.start_sidecar(fallback=True, **over)
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+        "stream": stream,
+    }
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(sc.base_url + "/chat/completions", json=body) as r,
+    ):
+        answer = await r.json()
+    attempt = answer["routing"]["attempts"][0]
+    assert attempt["error"] in answer["error"]["message"]
+    return r.status, attempt["error_class"], attempt["error"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+async def test_an_unreadable_response_says_why(
+    stack: Stack, tmp_path: Path, stream: bool, client: str
+) -> None:
+    async with raw_tcp(garbage_status) as port:
+        status, cls, error = await _first_attempt_error(
+            stack, tmp_path, f"http://127.0.0.1:{port}/v1", stream, upstream_client=client
+        )
+    assert status == 502
+    assert error.startswith(f"{cls}: unreadable response: "), error
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+async def test_oversized_response_headers_say_so(
+    stack: Stack, tmp_path: Path, stream: bool, client: str
+) -> None:
+    async with raw_tcp(giant_headers) as port:
+        status, cls, error = await _first_attempt_error(
+            stack, tmp_path, f"http://127.0.0.1:{port}/v1", stream, upstream_client=client
+        )
+    assert status == 502
+    assert error.startswith(f"{cls}: unreadable response: "), error
+    assert "User callback error" not in error
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_refused_connection_says_so(stack: Stack, tmp_path: Path, stream: bool) -> None:
+    with socket.socket() as sock:  # a port nothing listens on (bound, never listening)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        status, cls, error = await _first_attempt_error(
+            stack, tmp_path, f"http://127.0.0.1:{port}/v1", stream
+        )
+    assert (status, cls) == (502, "connect")
+    assert error.startswith("connect: ") and "ClientConnectorError" not in error, error
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_tls_to_a_plain_port_is_a_connect_timeout(
+    stack: Stack, tmp_path: Path, stream: bool
+) -> None:
+    async with raw_tcp(silent) as port:
+        status, cls, error = await _first_attempt_error(
+            stack, tmp_path, f"https://127.0.0.1:{port}/v1", stream, connect_timeout_s=0.3
+        )
+    assert (status, cls, error) == (504, "timeout", "connect: not connected within 0.3s")
+
+
+async def test_a_non_streaming_answer_that_never_comes_names_its_wait(
+    stack: Stack, tmp_path: Path
+) -> None:
+    async with raw_tcp(silent) as port:
+        status, cls, error = await _first_attempt_error(
+            stack, tmp_path, f"http://127.0.0.1:{port}/v1", False, nonstream_timeout_s=0.4
+        )
+    assert (status, cls, error) == (504, "timeout", "no complete answer within 0.4s")
