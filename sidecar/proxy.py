@@ -551,8 +551,11 @@ class Proxy:
     ) -> dict[str, Any] | UpstreamError | None:
         """One non-streaming attempt; the parsed body on success, else the failure."""
         loop = asyncio.get_running_loop()
-        limit = min(deadline, loop.time() + self._s.nonstream_timeout_s)
-        whole = f"no complete answer within {limit - loop.time():.3g}s"
+        now = loop.time()
+        limit = min(deadline, now + self._s.nonstream_timeout_s)
+        whole = f"no complete answer within {limit - now:.3g}s"
+        if deadline < now + self._s.nonstream_timeout_s:
+            whole += " (the request deadline)"
         started = response_timeout(
             self._s, route, req.provider_timeouts, self._provider_timeouts or None
         )
@@ -658,7 +661,11 @@ class Proxy:
         wait = first_token_timeout(
             self._s, route, req.provider_timeouts, self._provider_timeouts or None
         )
-        limit = min(deadline, loop.time() + wait.seconds)
+        now = loop.time()
+        limit = min(deadline, now + wait.seconds)
+        # When the request's deadline comes first, the error names it, not a wait
+        # it never reached ("no first token within 30s" after 10 s).
+        cut = None if limit >= now + wait.seconds else limit - now
         got_headers = False
         resp: UpstreamResponse | None = None
         scanner = SSEScanner(
@@ -700,7 +707,11 @@ class Proxy:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             cls = classify_exception(exc, got_headers)
             if cls == ErrorClass.TIMEOUT and (got_headers or type(exc) is TimeoutError):
-                msg = _timeout_text("no first token", wait)
+                msg = (
+                    _timeout_text("no first token", wait)
+                    if cut is None
+                    else f"no first token within {cut:.3g}s (the request deadline)"
+                )
                 # A shorter wait the request chose is no evidence against the endpoint.
                 rec.report = not wait.requested
             else:

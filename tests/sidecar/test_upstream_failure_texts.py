@@ -7,7 +7,10 @@ request, and an answer that stops arriving were all ``"timeout"``; a provider
 that answered with a status line or headers no HTTP parser reads was
 ``"connect: ClientResponseError"`` (it had connected), and with the lean client
 its oversized headers were httptools' ``User callback error``; a refused
-connection was ``"connect: ClientConnectorError"``. The attempt's ``error`` (in
+connection was ``"connect: ClientConnectorError"``; and an attempt cut short by
+the request deadline named the first-token wait it never reached ("no first
+token within 30s" after 10 s, found with a hedge whose backup failed at once).
+The attempt's ``error`` (in
 ``routing.attempts`` and the 502/504 message) now names the wait that ran out
 or the reason the response could not be read.
 """
@@ -150,3 +153,23 @@ async def test_a_non_streaming_answer_that_never_comes_names_its_wait(
             stack, tmp_path, f"http://127.0.0.1:{port}/v1", False, nonstream_timeout_s=0.4
         )
     assert (status, cls, error) == (504, "timeout", "no complete answer within 0.4s")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_wait_cut_short_by_the_request_deadline_names_the_deadline(
+    stack: Stack, tmp_path: Path, stream: bool
+) -> None:
+    """It said "no first token within 30s" (a wait it never reached) after 10 s."""
+    async with raw_tcp(silent) as port:
+        status, cls, error = await _first_attempt_error(
+            stack,
+            tmp_path,
+            f"http://127.0.0.1:{port}/v1",
+            stream,
+            request_deadline_s=0.4,
+            first_byte_timeout_s=5.0,
+            nonstream_timeout_s=5.0,
+        )
+    what = "first token" if stream else "complete answer"
+    assert (status, cls) == (504, "timeout")
+    assert error == f"no {what} within 0.4s (the request deadline)", error
