@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import time
@@ -599,6 +600,7 @@ class Proxy:
                 rec.report = not started.requested  # the app's choice, not the endpoint's fault
                 return None
             rec.finish_error(cls, _exc_text(exc, cls, self._s.connect_timeout_s, whole))
+            rec.report = not _short_here(exc)
             return None
         if len(data) > self._s.max_upstream_response_bytes:
             rec.finish_error(ErrorClass.SERVER_ERROR, "upstream response too large")
@@ -716,6 +718,8 @@ class Proxy:
                 rec.report = not wait.requested
             else:
                 msg = _exc_text(exc, cls, self._s.connect_timeout_s)
+                if _short_here(exc):
+                    rec.report = False
             rec.finish_error(cls, msg, rec.http_status)
             if resp is not None:
                 resp.close()
@@ -917,6 +921,23 @@ def _timeout_text(what: str, wait: AttemptTimeout) -> str:
     return f"{what} within {wait.seconds:g}s{why}"
 
 
+#: errno values that say this process ran short (descriptors, buffers, memory).
+_SHORT_HERE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def _short_here(exc: BaseException) -> bool:
+    """The attempt failed for want of this sidecar's own resources, not the provider's.
+
+    Out of file descriptors (an app holding many connections, a low ``ulimit -n``),
+    every attempt failed as ``connect`` and was reported to the router and put the
+    provider in a local cooldown: one sidecar's shortage counted against a
+    healthy provider for the whole fleet. Such an attempt is not reported and
+    cools nothing; the app still gets the failure.
+    """
+    os_error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    return isinstance(os_error, OSError) and os_error.errno in _SHORT_HERE
+
+
 def _exc_text(
     exc: BaseException, cls: ErrorClass, connect_timeout_s: float, timeout: str = "timeout"
 ) -> str:
@@ -937,6 +958,8 @@ def _exc_text(
         return timeout
     if isinstance(exc, aiohttp.ClientConnectorError):
         why = exc.os_error.strerror or type(exc.os_error).__name__
+        if _short_here(exc):
+            return f"connect: {why} (in this sidecar, not held against the provider)"
         return f"connect: {why}"
     if isinstance(exc, aiohttp.ClientResponseError) and exc.message:
         return f"{cls.value}: unreadable response: {exc.message}"
