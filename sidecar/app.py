@@ -454,13 +454,19 @@ class SidecarApp:
         """``{"object": "list", "data": [...]}`` from the router, else the last answer,
         else the fallback catalog; None when there is none of them."""
         data: list[dict[str, Any]] | None = None
-        if self._stub is not None:
+        # Not while the router is being skipped after a failed call (as rankings do):
+        # a hung router made every model list wait ``rank_timeout_s`` for nothing.
+        ranking = self.ranking
+        assert ranking is not None  # started
+        usable = self._models_cache is not None or self.catalog is not None
+        if self._stub is not None and not (usable and ranking.router_skipped):
             try:
                 resp = await self._stub.ListModels(
                     router_pb2.ListModelsRequest(), timeout=self.settings.rank_timeout_s
                 )
                 data = [_model_entry(m.id, {"router": _summary(m)}) for m in resp.models]
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as exc:
+                ranking.note_router_down(exc)
                 data = None
         if data is None and self._models_cache is not None:
             return self._models_cache

@@ -819,6 +819,20 @@ class RankingClient:
             fetched_at=self._clock(),
         )
 
+    @property
+    def router_skipped(self) -> bool:
+        """A call to the router failed less than ``router_retry_s`` ago: do not wait on it."""
+        return self._clock() < self._router_skip_until
+
+    def note_router_down(self, exc: grpc.aio.AioRpcError) -> None:
+        """Another RPC (the model list) failed as a router that is down or hung would.
+
+        Only those codes: a refusal of that RPC alone (``PERMISSION_DENIED``: a
+        sidecar token with ``rank`` and ``report`` but not ``read``, as ``k8s/``
+        deploys it) says nothing about rankings."""
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            self._router_down(exc.code().name, rpc_detail(exc))
+
     def note_router_ok(self) -> None:
         """Another RPC (outcome delivery) reached the router: stop skipping it."""
         self.router_ok = True

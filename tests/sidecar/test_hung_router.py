@@ -109,3 +109,63 @@ async def test_a_hung_router_is_retried_in_the_background_while_stale_rankings_s
                 router.send_signal(signal.SIGCONT)
             # Back: a background retry finds it, and rankings come from it again.
             await wait_for(ranked_by_the_router_again, timeout=10)
+
+
+async def test_the_model_list_does_not_wait_on_a_router_that_just_failed(stack: Stack) -> None:
+    """Every ``GET /v1/models`` asked the hung router again and waited ``rank_timeout_s``;
+    now, like rankings, it serves the last list while the router is being skipped."""
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    with router_process(str(stack.catalog_path)) as (router, address):
+        sc = await stack.start_sidecar(address, rank_timeout_s=0.5, router_retry_s=30.0)
+        url = sc.base_url + "/models"
+        async with aiohttp.ClientSession() as http:
+
+            async def listed() -> tuple[float, list[str]]:
+                started = time.monotonic()
+                async with http.get(url) as r:
+                    assert r.status == 200
+                    ids = [m["id"] for m in (await r.json())["data"]]
+                return time.monotonic() - started, ids
+
+            _, ids = await listed()
+            assert ids == [MODEL]
+            router.send_signal(signal.SIGSTOP)
+            try:
+                await listed()  # this one finds the router hung (0.5 s)
+                for _ in range(3):
+                    took, again = await listed()
+                    assert again == ids and took < 0.25, took
+            finally:
+                router.send_signal(signal.SIGCONT)
+
+
+async def test_a_model_list_refused_for_its_scope_leaves_rankings_to_the_router(
+    stack: Stack,
+) -> None:
+    """The sidecar's token as ``k8s/`` gives it (``rank``, ``report``; no ``read``): the
+    router refuses ListModels, which must not count as the router being down."""
+    from router_service.security import SecuritySettings
+
+    await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    tokens = stack.tmp / "tokens.yaml"
+    tokens.write_text(
+        "callers:\n  app-sidecars: {token_file: sidecar-token, scopes: [rank, report]}\n"
+    )
+    (stack.tmp / "sidecar-token").write_text("sidecar-token-1\n")
+    router = await stack.start_router(security=SecuritySettings(auth_tokens=str(tokens)))
+    sc = await stack.start_sidecar(
+        router.grpc_address,
+        fallback=True,
+        router_token_file=str(stack.tmp / "sidecar-token"),
+        rank_cache_ttl_s=0.0,
+        router_retry_s=30.0,
+    )
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(sc.base_url + "/models") as r:
+            assert r.status == 200  # the fallback catalog's list
+        async with http.post(sc.base_url + "/chat/completions", json=body) as r:
+            assert r.status == 200
+            assert (await r.json())["routing"]["source"] == "router"
