@@ -579,7 +579,7 @@ class RankingClient:
         """
         hit = self._get(req.cache_key)
         if self._stub is not None and self._clock() >= self._router_skip_until:
-            if self.router_ok is False and self._has_fallback(hit):
+            if self.router_ok is False and self._has_fallback(req, hit):
                 self._refresh_in_background(req)
             else:
                 ranking = await self._ask_router_once(req)
@@ -588,11 +588,12 @@ class RankingClient:
                     return ranking
         return self._fallback(req, hit)
 
-    def _has_fallback(self, stale: Ranking | None) -> bool:
-        """``_fallback`` would answer without a 503."""
+    def _has_fallback(self, req: ParsedRequest, stale: Ranking | None) -> bool:
+        """``_fallback`` would rank this request (a model the fallback catalog does not
+        list is the router's to answer: it may know it)."""
         if stale is not None and self._clock() - stale.fetched_at < self._s.rank_cache_stale_s:
             return True
-        return self.catalog is not None
+        return self.catalog is not None and req.model in self.catalog.models
 
     async def _ask_router_once(self, req: ParsedRequest) -> Ranking | None:
         """``_ask_router``, shared by every caller asking for the same key meanwhile.

@@ -169,3 +169,54 @@ async def test_a_model_list_refused_for_its_scope_leaves_rankings_to_the_router(
         async with http.post(sc.base_url + "/chat/completions", json=body) as r:
             assert r.status == 200
             assert (await r.json())["routing"]["source"] == "router"
+
+
+async def test_a_model_the_fallback_catalog_lacks_is_asked_of_the_router_not_refused(
+    stack: Stack,
+) -> None:
+    """After a failed call, a request the fallback could serve does not wait for the
+    router; one for a model the fallback catalog does not list still asks it (it may
+    know the model) rather than answering a 404 from the catalog."""
+    await stack.add_providers({"alpha": {}})
+    router_catalog = stack.write_catalog()
+    router = await stack.start_router()
+    port = router.grpc_port
+    fallback = stack.tmp / "fallback.yaml"
+    fallback.write_text(router_catalog.read_text().replace(MODEL, "other/model"))
+    stack.catalog_path = fallback
+    sc = await stack.start_sidecar(
+        router.grpc_address,
+        fallback=True,
+        outcome_flush_interval_s=60.0,  # no delivery tells it the router is back
+        outcome_max_backoff_s=60.0,
+        outcome_urgent_min_gap_s=0.0,
+    )
+    stack.catalog_path = router_catalog
+    await stack.stop_router()
+
+    async def ask(model: str) -> tuple[int, dict]:
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(sc.base_url + "/chat/completions", json=body) as r,
+        ):
+            return r.status, await r.json()
+
+    status, answer = await ask("other/model")
+    assert (status, answer["routing"]["source"]) == (200, "catalog")
+    assert sc.ranking.router_ok is False
+    await stack.start_router(port=port)
+
+    async def router_back() -> bool:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(sc.base_url.removesuffix("/v1") + "/readyz") as r,
+        ):
+            return (await r.json())["router_reachable"] is True
+
+    await wait_for(router_back, timeout=10)
+    await wait_for(lambda: not sc.ranking.router_skipped)
+    assert sc.ranking.router_ok is False
+    status, answer = await ask(MODEL)
+    assert status == 200, answer
+    assert answer["routing"]["source"] == "router"
