@@ -963,4 +963,9 @@ def _exc_text(
         return f"connect: {why}"
     if isinstance(exc, aiohttp.ClientResponseError) and exc.message:
         return f"{cls.value}: unreadable response: {exc.message}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        when = "before answering" if cls == ErrorClass.CONNECT else "mid-answer"
+        return f"{cls.value}: the provider closed the connection {when}"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"{cls.value}: the response body broke off"
     return f"{cls.value}: {type(exc).__name__}"

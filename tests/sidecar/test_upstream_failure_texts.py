@@ -7,7 +7,9 @@ request, and an answer that stops arriving were all ``"timeout"``; a provider
 that answered with a status line or headers no HTTP parser reads was
 ``"connect: ClientResponseError"`` (it had connected), and with the lean client
 its oversized headers were httptools' ``User callback error``; a refused
-connection was ``"connect: ClientConnectorError"``; and an attempt cut short by
+connection was ``"connect: ClientConnectorError"``, one closed before any answer
+``"connect: ServerDisconnectedError"``, a body that broke off
+``"server_error: ClientPayloadError"``; and an attempt cut short by
 the request deadline named the first-token wait it never reached ("no first
 token within 30s" after 10 s, found with a hedge whose backup failed at once).
 The attempt's ``error`` (in
@@ -173,3 +175,40 @@ async def test_a_wait_cut_short_by_the_request_deadline_names_the_deadline(
     what = "first token" if stream else "complete answer"
     assert (status, cls) == (504, "timeout")
     assert error == f"no {what} within 0.4s (the request deadline)", error
+
+
+async def closes_at_once(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await _read_head(r)
+    w.close()
+
+
+async def headers_then_reset(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await _read_head(r)
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{")
+    await w.drain()
+    w.transport.abort()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+async def test_a_provider_closing_without_an_answer_says_so(
+    stack: Stack, tmp_path: Path, stream: bool, client: str
+) -> None:
+    """It was ``connect: ServerDisconnectedError``."""
+    async with raw_tcp(closes_at_once) as port:
+        status, cls, error = await _first_attempt_error(
+            stack, tmp_path, f"http://127.0.0.1:{port}/v1", stream, upstream_client=client
+        )
+    assert (status, cls) == (502, "connect")
+    assert error == "connect: the provider closed the connection before answering", error
+
+
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+async def test_a_body_that_breaks_off_says_so(stack: Stack, tmp_path: Path, client: str) -> None:
+    """It was ``server_error: ClientPayloadError``."""
+    async with raw_tcp(headers_then_reset) as port:
+        status, cls, error = await _first_attempt_error(
+            stack, tmp_path, f"http://127.0.0.1:{port}/v1", False, upstream_client=client
+        )
+    assert (status, cls) == (502, "server_error")
+    assert error == "server_error: the response body broke off", error
