@@ -967,5 +967,7 @@ def _exc_text(
         when = "before answering" if cls == ErrorClass.CONNECT else "mid-answer"
         return f"{cls.value}: the provider closed the connection {when}"
     if isinstance(exc, aiohttp.ClientPayloadError):
+        if "decode" in str(exc):  # a corrupt gzip or deflate body
+            return f"{cls.value}: the response body does not decode (Content-Encoding)"
         return f"{cls.value}: the response body broke off"
     return f"{cls.value}: {type(exc).__name__}"

@@ -212,3 +212,26 @@ async def test_a_body_that_breaks_off_says_so(stack: Stack, tmp_path: Path, clie
         )
     assert (status, cls) == (502, "server_error")
     assert error == "server_error: the response body broke off", error
+
+
+async def corrupt_gzip(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await _read_head(r)
+    body = b"\x1f\x8b\x08\x00not-gzip-at-all" * 4
+    w.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    await w.drain()
+
+
+@pytest.mark.parametrize("client", ["lean", "aiohttp"])
+async def test_a_body_that_does_not_decode_says_so(
+    stack: Stack, tmp_path: Path, client: str
+) -> None:
+    """It was ``server_error: ClientPayloadError``, as a body that broke off."""
+    async with raw_tcp(corrupt_gzip) as port:
+        status, cls, error = await _first_attempt_error(
+            stack, tmp_path, f"http://127.0.0.1:{port}/v1", False, upstream_client=client
+        )
+    assert (status, cls) == (502, "server_error")
+    assert error == "server_error: the response body does not decode (Content-Encoding)", error
