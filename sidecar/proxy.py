@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import math
 import time
@@ -65,8 +64,10 @@ from sidecar.upstream import (
     classify_exception,
     classify_status,
     estimate_output_tokens,
+    failure_text,
     parse_retry_after,
     read_error_body,
+    short_here,
     upstream_error_message,
     upstream_headers,
     usage_count,
@@ -599,8 +600,8 @@ class Proxy:
                 rec.finish_error(cls, _timeout_text("no response", started))
                 rec.report = not started.requested  # the app's choice, not the endpoint's fault
                 return None
-            rec.finish_error(cls, _exc_text(exc, cls, self._s.connect_timeout_s, whole))
-            rec.report = not _short_here(exc)
+            rec.finish_error(cls, failure_text(exc, cls, self._s.connect_timeout_s, whole))
+            rec.report = not short_here(exc)
             return None
         if len(data) > self._s.max_upstream_response_bytes:
             rec.finish_error(ErrorClass.SERVER_ERROR, "upstream response too large")
@@ -717,8 +718,8 @@ class Proxy:
                 # A shorter wait the request chose is no evidence against the endpoint.
                 rec.report = not wait.requested
             else:
-                msg = _exc_text(exc, cls, self._s.connect_timeout_s)
-                if _short_here(exc):
+                msg = failure_text(exc, cls, self._s.connect_timeout_s)
+                if short_here(exc):
                     rec.report = False
             rec.finish_error(cls, msg, rec.http_status)
             if resp is not None:
@@ -919,55 +920,3 @@ class _OneWriteStreamResponse(web.StreamResponse):
 def _timeout_text(what: str, wait: AttemptTimeout) -> str:
     why = " (providerTimeouts)" if wait.requested else ""
     return f"{what} within {wait.seconds:g}s{why}"
-
-
-#: errno values that say this process ran short (descriptors, buffers, memory).
-_SHORT_HERE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
-def _short_here(exc: BaseException) -> bool:
-    """The attempt failed for want of this sidecar's own resources, not the provider's.
-
-    Out of file descriptors (an app holding many connections, a low ``ulimit -n``),
-    every attempt failed as ``connect`` and was reported to the router and put the
-    provider in a local cooldown: one sidecar's shortage counted against a
-    healthy provider for the whole fleet. Such an attempt is not reported and
-    cools nothing; the app still gets the failure.
-    """
-    os_error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
-    return isinstance(os_error, OSError) and os_error.errno in _SHORT_HERE
-
-
-def _exc_text(
-    exc: BaseException, cls: ErrorClass, connect_timeout_s: float, timeout: str = "timeout"
-) -> str:
-    """A short description of a transport failure (never the request or the key).
-
-    Says what an operator needs to tell the failures apart: a bare "timeout" was
-    given alike to a connection (or TLS handshake: an https URL on a plain port)
-    that never completed and to an answer that stopped arriving (``timeout``
-    says which wait ran out), and
-    "connect: ClientResponseError" to a provider that did answer, with a status
-    line or headers no HTTP parser reads. The exception's own text is a fixed
-    parser or OS message, never bytes of the request (and the whole attempt text
-    is scrubbed of keys like every routing text).
-    """
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return f"connect: not connected within {connect_timeout_s:g}s"
-    if cls == ErrorClass.TIMEOUT:
-        return timeout
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        why = exc.os_error.strerror or type(exc.os_error).__name__
-        if _short_here(exc):
-            return f"connect: {why} (in this sidecar, not held against the provider)"
-        return f"connect: {why}"
-    if isinstance(exc, aiohttp.ClientResponseError) and exc.message:
-        return f"{cls.value}: unreadable response: {exc.message}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        when = "before answering" if cls == ErrorClass.CONNECT else "mid-answer"
-        return f"{cls.value}: the provider closed the connection {when}"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        if "decode" in str(exc):  # a corrupt gzip or deflate body
-            return f"{cls.value}: the response body does not decode (Content-Encoding)"
-        return f"{cls.value}: the response body broke off"
-    return f"{cls.value}: {type(exc).__name__}"

@@ -30,7 +30,13 @@ from sidecar.defaults import MAX_UPSTREAM_RESPONSE_BYTES
 from sidecar.idle_timeout import IdleTimeout
 from sidecar.redaction import KeyRedactor
 from sidecar.transport import UpstreamResponse
-from sidecar.upstream import AttemptRecord, classify_exception, usage_count, usage_object
+from sidecar.upstream import (
+    AttemptRecord,
+    break_text,
+    classify_exception,
+    usage_count,
+    usage_object,
+)
 
 #: What ``_inspect`` found in a chunk.
 _PLAIN, _FINISH, _USAGE, _EMPTY, _ERROR = range(5)
@@ -710,7 +716,7 @@ async def relay(
             except (aiohttp.ClientError, OSError) as exc:
                 rec.finish_error(
                     classify_exception(exc, True),
-                    f"upstream broke mid-stream: {type(exc).__name__}",
+                    f"upstream broke mid-stream: {break_text(exc, answered=True)}",
                     200,
                     scanner.output_tokens,
                 )

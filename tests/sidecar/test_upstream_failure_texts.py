@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -235,3 +236,46 @@ async def test_a_body_that_does_not_decode_says_so(
         )
     assert (status, cls) == (502, "server_error")
     assert error == "server_error: the response body does not decode (Content-Encoding)", error
+
+
+async def token_then_bad_chunk(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await _read_head(r)
+    event = (
+        b'data: {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up", '
+        b'"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": null}]}\n\n'
+    )
+    w.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n" % len(event)
+        + event
+        + b"\r\n"
+    )
+    await w.drain()
+    await asyncio.sleep(0.05)  # the first token goes out on its own
+    w.write(b"ZZZ\r\nnot a chunk\r\n")
+    await w.drain()
+
+
+async def test_a_stream_that_breaks_after_its_first_token_says_why(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The app's error event said ``upstream broke mid-stream: ClientResponseError``."""
+    async with raw_tcp(token_then_bad_chunk) as port:
+        stack.catalog_path = write_raw_catalog(
+            tmp_path / "catalog.yaml", {"alpha": f"http://127.0.0.1:{port}/v1"}
+        )
+        sc = await stack.start_sidecar(fallback=True)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(sc.base_url + "/chat/completions", json=body) as r,
+        ):
+            text = await r.text()
+    errors = [
+        json.loads(line[5:])["error"]
+        for line in text.splitlines()
+        if line.startswith("data: {") and '"error"' in line
+    ]
+    assert len(errors) == 1, text
+    message = errors[0]["message"]
+    assert "upstream broke mid-stream: unreadable response: " in message, message
