@@ -322,7 +322,15 @@ class SidecarApp:
         try:
             return await handler(request)
         except RequestError as exc:
-            return _error_response(exc.status, exc.message, exc.param, exc.code)
+            response = _error_response(exc.status, exc.message, exc.param, exc.code)
+            if not request.content.is_eof():
+                # Refused before its body was all here (408 body_timeout, a 413 by
+                # Content-Length): the connection cannot carry another request. Without
+                # ``Connection: close`` a keep-alive client (an SDK retrying the 408)
+                # sent its next request on it, whose bytes were read as the rest of
+                # this body, and got a plain-text 400 "Invalid method encountered".
+                response.force_close()
+            return response
         except web.HTTPRequestEntityTooLarge:
             return _error_response(413, "request body too large", None, "body_too_large")
         except web.HTTPException as exc:
