@@ -328,6 +328,11 @@ class SSEScanner:
             self._long = None
             self._tail = b""
 
+    @property
+    def max_line_bytes(self) -> int:
+        """The longest line held, and the most held before the first token."""
+        return self._max_line
+
     def failure_text(self, mid_stream: bool = False) -> str:
         """Why the upstream stream failed: its error event, or a line too long to hold."""
         if self.line_too_long:
@@ -633,6 +638,7 @@ async def read_until_first_token(
     the app yet.
     """
     pending: list[bytes] = []
+    held = 0
     eof = False
     first = True
     while True:
@@ -653,6 +659,17 @@ async def read_until_first_token(
         fwd = scanner.feed(data, now)
         if fwd:
             pending.append(fwd)
+            held += len(fwd)
+            if held > scanner.max_line_bytes and scanner.first_token_at is None:
+                # Comments (keep-alives), role chunks and blank lines are held until the
+                # first token, and nothing bounded them: a provider sending 800 MB of
+                # ": ..." lines took the sidecar to 4.6 GB before relaying all of it.
+                rec.finish_error(  # like a line too long to hold: a server error
+                    ErrorClass.SERVER_ERROR,
+                    f"upstream sent over {scanner.max_line_bytes} bytes before its first token",
+                    200,
+                )
+                return None
         if scanner.error is not None or scanner.first_token_at is not None or scanner.done:
             break
     if scanner.error is not None:
