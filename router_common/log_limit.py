@@ -17,7 +17,12 @@ from typing import Any
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-__all__ = ["LogLimiter", "MalformedHttpLogFilter"]
+__all__ = [
+    "LogLimiter",
+    "MalformedHttpLogFilter",
+    "RateLimitedLogFilter",
+    "install_accept_error_limit",
+]
 
 #: Causes remembered before the table is reset: causes are fixed strings (a
 #: method and a parser error's class name), so this is only a safety net.
@@ -88,3 +93,30 @@ class MalformedHttpLogFilter(logging.Filter):
         record.exc_info = record.exc_text = None
         record.cause, record.suppressed = cause, suppressed
         return True
+
+
+class RateLimitedLogFilter(logging.Filter):
+    """Rate-limits a noisy library logger (asyncio's accept errors under EMFILE)."""
+
+    def __init__(self, limiter: LogLimiter, match: tuple[str, ...]) -> None:
+        super().__init__()
+        self.limiter = limiter
+        self.match = match
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        for needle in self.match:
+            if needle in text:
+                if self.limiter.allow(needle) is None:
+                    return False
+                record.exc_info = None  # one line, never a traceback
+                record.exc_text = None
+                return True
+        return True
+
+
+def install_accept_error_limit(limiter: LogLimiter) -> None:
+    """asyncio logs every failed accept() (EMFILE) with a traceback; limit it."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, RateLimitedLogFilter) for f in logger.filters):
+        logger.addFilter(RateLimitedLogFilter(limiter, ("accept", "Too many open files")))

@@ -19,6 +19,7 @@ from router_common.catalog import CatalogError
 from router_common.cli_env import env_backed, parse_with_env, relabel
 from router_common.cli_help import DefaultsHelpFormatter
 from router_common.json_text import as_json
+from router_common.log_limit import LogLimiter, install_accept_error_limit
 from router_common.logs import LEVELS, configure_logging
 from router_service import defaults
 from router_service.app import RouterApp, Settings
@@ -30,11 +31,7 @@ from router_service.listen import PortInUseError, raise_file_limit
 from router_service.ranking import RankingConfig
 from router_service.replication.cli_args import add_redis_arguments, replication_config
 from router_service.replication.config import RedisSettingsError
-from router_service.rpc_guard import (
-    LogLimiter,
-    install_accept_error_limit,
-    install_unraisable_limit,
-)
+from router_service.rpc_guard import install_unraisable_limit
 from router_service.security_cli import (
     add_connection_flags,
     add_security_flags,

@@ -172,26 +172,6 @@ def _guarded(
     return unary_in
 
 
-class RateLimitedLogFilter(logging.Filter):
-    """Rate-limits a noisy library logger (asyncio's accept errors under EMFILE)."""
-
-    def __init__(self, limiter: LogLimiter, match: tuple[str, ...]) -> None:
-        super().__init__()
-        self.limiter = limiter
-        self.match = match
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        for needle in self.match:
-            if needle in text:
-                if self.limiter.allow(needle) is None:
-                    return False
-                record.exc_info = None  # one line, never a traceback
-                record.exc_text = None
-                return True
-        return True
-
-
 def install_malformed_http_limit(limiter: LogLimiter) -> None:
     """Install MalformedHttpLogFilter on aiohttp's server logger (one filter per
     process; a router started again in the same process brings its own limiter)."""
@@ -201,13 +181,6 @@ def install_malformed_http_limit(limiter: LogLimiter) -> None:
             existing.limiter = limiter
             return
     logger.addFilter(MalformedHttpLogFilter(limiter))
-
-
-def install_accept_error_limit(limiter: LogLimiter) -> None:
-    """asyncio logs every failed accept() (EMFILE) with a traceback; limit it."""
-    logger = logging.getLogger("asyncio")
-    if not any(isinstance(f, RateLimitedLogFilter) for f in logger.filters):
-        logger.addFilter(RateLimitedLogFilter(limiter, ("accept", "Too many open files")))
 
 
 def install_unraisable_limit(limiter: LogLimiter) -> None:

@@ -44,6 +44,11 @@ log = logging.getLogger("sidecar")
 #: After the shutdown grace, how long cancelled requests get to send their error.
 _CUT_WAIT_S = 2.0
 
+#: Keepalive pings to each router replica: how often, and how long an answer may take
+#: before the connection is given up as hung (see GRPC_CHANNEL_OPTIONS).
+ROUTER_KEEPALIVE_TIME_MS = 15_000
+ROUTER_KEEPALIVE_TIMEOUT_MS = 5_000
+
 #: Reconnect quickly after a router restart (gRPC's default backoff grows to 120 s).
 GRPC_CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -53,6 +58,18 @@ GRPC_CHANNEL_OPTIONS = (
     # Spread calls over every address the target resolves to (a headless
     # Service's router replicas via dns:///), and skip a replica that is down.
     ("grpc.service_config", '{"loadBalancingConfig": [{"round_robin": {}}]}'),
+    # A replica that hangs (a stopped process, a frozen node, a path that drops
+    # packets) keeps its TCP connection "up", so round_robin kept sending it every
+    # other call, each failing at its deadline, for as long as it hung. A ping
+    # unanswered within the timeout closes that connection and round_robin skips
+    # the replica until it answers again. 15 s stays above the router's
+    # 10 s minimum between a client's pings (router_service/listen.py).
+    ("grpc.keepalive_time_ms", ROUTER_KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", ROUTER_KEEPALIVE_TIMEOUT_MS),
+    # grpcio 1.85 times a ping by this one (default 60 s), not keepalive_timeout_ms alone.
+    ("grpc.http2.ping_timeout_ms", ROUTER_KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
 )
 
 _STATUS_TYPES = {
@@ -305,7 +322,15 @@ class SidecarApp:
         try:
             return await handler(request)
         except RequestError as exc:
-            return _error_response(exc.status, exc.message, exc.param, exc.code)
+            response = _error_response(exc.status, exc.message, exc.param, exc.code)
+            if not request.content.is_eof():
+                # Refused before its body was all here (408 body_timeout, a 413 by
+                # Content-Length): the connection cannot carry another request. Without
+                # ``Connection: close`` a keep-alive client (an SDK retrying the 408)
+                # sent its next request on it, whose bytes were read as the rest of
+                # this body, and got a plain-text 400 "Invalid method encountered".
+                response.force_close()
+            return response
         except web.HTTPRequestEntityTooLarge:
             return _error_response(413, "request body too large", None, "body_too_large")
         except web.HTTPException as exc:
@@ -437,13 +462,19 @@ class SidecarApp:
         """``{"object": "list", "data": [...]}`` from the router, else the last answer,
         else the fallback catalog; None when there is none of them."""
         data: list[dict[str, Any]] | None = None
-        if self._stub is not None:
+        # Not while the router is being skipped after a failed call (as rankings do):
+        # a hung router made every model list wait ``rank_timeout_s`` for nothing.
+        ranking = self.ranking
+        assert ranking is not None  # started
+        usable = self._models_cache is not None or self.catalog is not None
+        if self._stub is not None and not (usable and ranking.router_skipped):
             try:
                 resp = await self._stub.ListModels(
                     router_pb2.ListModelsRequest(), timeout=self.settings.rank_timeout_s
                 )
                 data = [_model_entry(m.id, {"router": _summary(m)}) for m in resp.models]
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as exc:
+                ranking.note_router_down(exc)
                 data = None
         if data is None and self._models_cache is not None:
             return self._models_cache

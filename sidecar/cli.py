@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from router_common.fd_limit import raise_file_limit
+from router_common.log_limit import LogLimiter, install_accept_error_limit
 from router_common.logs import configure_logging
 from sidecar.app import SidecarApp
 from sidecar.config import SidecarSettings, settings_from_args
@@ -94,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"router-sidecar: {exc}", file=sys.stderr)
         return 2
+    # Out of file descriptors, asyncio logged every failed accept() with a traceback
+    # (thousands of lines a second while the app's connections held them): one line
+    # per 10 s, as the router does.
+    install_accept_error_limit(LogLimiter())
     try:
         asyncio.run(serve(settings))
     except ValueError as exc:  # CatalogError and bad addresses

@@ -166,7 +166,10 @@ class SidecarSettings:
         "reused ranking would otherwise freeze the stale set for its whole TTL (0 = off).",
     )
     router_retry_s: float = _opt(
-        1.0, "After a failed router call, skip the router for this long (use cache/catalog)."
+        1.0,
+        "After a failed router call, skip the router for this long (use cache/catalog); "
+        "then, while a cached ranking or the catalog can serve, ask it again in the "
+        "background.",
     )
     cooldown_s: float = _opt(
         10.0, "An endpoint that failed here is not tried first again for this long."

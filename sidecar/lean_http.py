@@ -235,11 +235,12 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(ClientResponseError(None, (), message="unexpected upgrade"))  # type: ignore[arg-type]
         except httptools.HttpParserError as exc:
-            self._fail(
-                ClientResponseError(None, (), status=400, message=f"invalid response: {exc}")  # type: ignore[arg-type]
-            )
-        except ClientResponseError as exc:  # raised from a callback (headers too large)
-            self._fail(exc)
+            # httptools wraps what a callback raised (headers too large) in its own
+            # "User callback error", the callback's exception as the context.
+            own = exc.__context__
+            if not isinstance(own, ClientResponseError):
+                own = ClientResponseError(None, (), status=400, message=f"invalid response: {exc}")  # type: ignore[arg-type]
+            self._fail(own)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

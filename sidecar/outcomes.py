@@ -189,8 +189,14 @@ class OutcomeReporter:
         if self._stub is not None and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="outcomes")
 
-    async def stop(self, final_flush_timeout_s: float = 1.0) -> None:
-        """Stop the sender, trying one last short flush so a clean shutdown loses little."""
+    async def stop(self, final_flush_timeout_s: float = 4.0) -> None:
+        """Stop the sender, flushing what is left (bounded) so a clean shutdown loses little.
+
+        The whole backlog, call after call while the router takes them: one call
+        carries at most ``batches_per_call`` batches, and a backlog built up while
+        the router was away (up to ``max_queue``) used to lose all but that many at
+        every shutdown, without a word. What could not be delivered is logged.
+        """
         if self._task is None:
             return
         self._task.cancel()
@@ -200,10 +206,17 @@ class OutcomeReporter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(final_flush_timeout_s):
+                while self.backlog:
+                    before = self.backlog
+                    if not await self.flush_once() or self.backlog >= before:
+                        break
         if self.backlog:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(final_flush_timeout_s):
-                    await self.flush_once()
+            log.warning(
+                "outcomes not delivered at shutdown",
+                extra={"outcomes": self.backlog, "timeout_s": final_flush_timeout_s},
+            )
 
     async def _run(self) -> None:
         backoff = self._interval

@@ -64,8 +64,10 @@ from sidecar.upstream import (
     classify_exception,
     classify_status,
     estimate_output_tokens,
+    failure_text,
     parse_retry_after,
     read_error_body,
+    short_here,
     upstream_error_message,
     upstream_headers,
     usage_count,
@@ -551,7 +553,11 @@ class Proxy:
     ) -> dict[str, Any] | UpstreamError | None:
         """One non-streaming attempt; the parsed body on success, else the failure."""
         loop = asyncio.get_running_loop()
-        limit = min(deadline, loop.time() + self._s.nonstream_timeout_s)
+        now = loop.time()
+        limit = min(deadline, now + self._s.nonstream_timeout_s)
+        whole = f"no complete answer within {limit - now:.3g}s"
+        if deadline < now + self._s.nonstream_timeout_s:
+            whole += " (the request deadline)"
         started = response_timeout(
             self._s, route, req.provider_timeouts, self._provider_timeouts or None
         )
@@ -594,7 +600,8 @@ class Proxy:
                 rec.finish_error(cls, _timeout_text("no response", started))
                 rec.report = not started.requested  # the app's choice, not the endpoint's fault
                 return None
-            rec.finish_error(cls, _exc_text(exc, cls))
+            rec.finish_error(cls, failure_text(exc, cls, self._s.connect_timeout_s, whole))
+            rec.report = not short_here(exc)
             return None
         if len(data) > self._s.max_upstream_response_bytes:
             rec.finish_error(ErrorClass.SERVER_ERROR, "upstream response too large")
@@ -657,7 +664,11 @@ class Proxy:
         wait = first_token_timeout(
             self._s, route, req.provider_timeouts, self._provider_timeouts or None
         )
-        limit = min(deadline, loop.time() + wait.seconds)
+        now = loop.time()
+        limit = min(deadline, now + wait.seconds)
+        # When the request's deadline comes first, the error names it, not a wait
+        # it never reached ("no first token within 30s" after 10 s).
+        cut = None if limit >= now + wait.seconds else limit - now
         got_headers = False
         resp: UpstreamResponse | None = None
         scanner = SSEScanner(
@@ -699,11 +710,17 @@ class Proxy:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             cls = classify_exception(exc, got_headers)
             if cls == ErrorClass.TIMEOUT and (got_headers or type(exc) is TimeoutError):
-                msg = _timeout_text("no first token", wait)
+                msg = (
+                    _timeout_text("no first token", wait)
+                    if cut is None
+                    else f"no first token within {cut:.3g}s (the request deadline)"
+                )
                 # A shorter wait the request chose is no evidence against the endpoint.
                 rec.report = not wait.requested
             else:
-                msg = _exc_text(exc, cls)
+                msg = failure_text(exc, cls, self._s.connect_timeout_s)
+                if short_here(exc):
+                    rec.report = False
             rec.finish_error(cls, msg, rec.http_status)
             if resp is not None:
                 resp.close()
@@ -903,10 +920,3 @@ class _OneWriteStreamResponse(web.StreamResponse):
 def _timeout_text(what: str, wait: AttemptTimeout) -> str:
     why = " (providerTimeouts)" if wait.requested else ""
     return f"{what} within {wait.seconds:g}s{why}"
-
-
-def _exc_text(exc: BaseException, cls: ErrorClass) -> str:
-    """A short description of a transport failure (never the request or the key)."""
-    if cls == ErrorClass.TIMEOUT:
-        return "timeout"
-    return f"{cls.value}: {type(exc).__name__}"

@@ -568,14 +568,32 @@ class RankingClient:
         return self.cached(req) or await self.rank_uncached(req)
 
     async def rank_uncached(self, req: ParsedRequest) -> Ranking:
-        """``rank`` once ``cached`` has said None: ask the router, else fall back."""
+        """``rank`` once ``cached`` has said None: ask the router, else fall back.
+
+        When the router's last call failed and there is something to fall back on
+        (a stale ranking, the fallback catalog), the retry after ``router_retry_s``
+        runs in the background and this request is served from the fallback: a
+        router that hangs (stopped, its packets dropped) used to make every request
+        arriving during each retry wait ``rank_timeout_s`` for nothing, so about
+        half the traffic took a second longer for as long as it hung.
+        """
         hit = self._get(req.cache_key)
         if self._stub is not None and self._clock() >= self._router_skip_until:
-            ranking = await self._ask_router_once(req)
-            if ranking is not None:
-                self.on_source("router")
-                return ranking
+            if self.router_ok is False and self._has_fallback(req, hit):
+                self._refresh_in_background(req)
+            else:
+                ranking = await self._ask_router_once(req)
+                if ranking is not None:
+                    self.on_source("router")
+                    return ranking
         return self._fallback(req, hit)
+
+    def _has_fallback(self, req: ParsedRequest, stale: Ranking | None) -> bool:
+        """``_fallback`` would rank this request (a model the fallback catalog does not
+        list is the router's to answer: it may know it)."""
+        if stale is not None and self._clock() - stale.fetched_at < self._s.rank_cache_stale_s:
+            return True
+        return self.catalog is not None and req.model in self.catalog.models
 
     async def _ask_router_once(self, req: ParsedRequest) -> Ranking | None:
         """``_ask_router``, shared by every caller asking for the same key meanwhile.
@@ -801,6 +819,20 @@ class RankingClient:
             },
             fetched_at=self._clock(),
         )
+
+    @property
+    def router_skipped(self) -> bool:
+        """A call to the router failed less than ``router_retry_s`` ago: do not wait on it."""
+        return self._clock() < self._router_skip_until
+
+    def note_router_down(self, exc: grpc.aio.AioRpcError) -> None:
+        """Another RPC (the model list) failed as a router that is down or hung would.
+
+        Only those codes: a refusal of that RPC alone (``PERMISSION_DENIED``: a
+        sidecar token with ``rank`` and ``report`` but not ``read``, as ``k8s/``
+        deploys it) says nothing about rankings."""
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            self._router_down(exc.code().name, rpc_detail(exc))
 
     def note_router_ok(self) -> None:
         """Another RPC (outcome delivery) reached the router: stop skipping it."""

@@ -30,7 +30,13 @@ from sidecar.defaults import MAX_UPSTREAM_RESPONSE_BYTES
 from sidecar.idle_timeout import IdleTimeout
 from sidecar.redaction import KeyRedactor
 from sidecar.transport import UpstreamResponse
-from sidecar.upstream import AttemptRecord, classify_exception, usage_count, usage_object
+from sidecar.upstream import (
+    AttemptRecord,
+    break_text,
+    classify_exception,
+    usage_count,
+    usage_object,
+)
 
 #: What ``_inspect`` found in a chunk.
 _PLAIN, _FINISH, _USAGE, _EMPTY, _ERROR = range(5)
@@ -321,6 +327,11 @@ class SSEScanner:
             self.error = {"message": self.failure_text()}
             self._long = None
             self._tail = b""
+
+    @property
+    def max_line_bytes(self) -> int:
+        """The longest line held, and the most held before the first token."""
+        return self._max_line
 
     def failure_text(self, mid_stream: bool = False) -> str:
         """Why the upstream stream failed: its error event, or a line too long to hold."""
@@ -627,6 +638,7 @@ async def read_until_first_token(
     the app yet.
     """
     pending: list[bytes] = []
+    held = 0
     eof = False
     first = True
     while True:
@@ -647,6 +659,17 @@ async def read_until_first_token(
         fwd = scanner.feed(data, now)
         if fwd:
             pending.append(fwd)
+            held += len(fwd)
+            if held > scanner.max_line_bytes and scanner.first_token_at is None:
+                # Comments (keep-alives), role chunks and blank lines are held until the
+                # first token, and nothing bounded them: a provider sending 800 MB of
+                # ": ..." lines took the sidecar to 4.6 GB before relaying all of it.
+                rec.finish_error(  # like a line too long to hold: a server error
+                    ErrorClass.SERVER_ERROR,
+                    f"upstream sent over {scanner.max_line_bytes} bytes before its first token",
+                    200,
+                )
+                return None
         if scanner.error is not None or scanner.first_token_at is not None or scanner.done:
             break
     if scanner.error is not None:
@@ -710,7 +733,7 @@ async def relay(
             except (aiohttp.ClientError, OSError) as exc:
                 rec.finish_error(
                     classify_exception(exc, True),
-                    f"upstream broke mid-stream: {type(exc).__name__}",
+                    f"upstream broke mid-stream: {break_text(exc, answered=True)}",
                     200,
                     scanner.output_tokens,
                 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
 import math
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,65 @@ def classify_exception(exc: BaseException, got_headers: bool) -> ErrorClass:
     if got_headers:
         return ErrorClass.STREAM_ABORT
     return ErrorClass.CONNECT
+
+
+#: errno values that say this process ran short (descriptors, buffers, memory).
+_SHORT_HERE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def short_here(exc: BaseException) -> bool:
+    """The attempt failed for want of this sidecar's own resources, not the provider's.
+
+    Out of file descriptors (an app holding many connections, a low ``ulimit -n``),
+    every attempt failed as ``connect`` and was reported to the router and put the
+    provider in a local cooldown: one sidecar's shortage counted against a
+    healthy provider for the whole fleet. Such an attempt is not reported and
+    cools nothing; the app still gets the failure.
+    """
+    os_error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    return isinstance(os_error, OSError) and os_error.errno in _SHORT_HERE
+
+
+def failure_text(
+    exc: BaseException, cls: ErrorClass, connect_timeout_s: float, timeout: str = "timeout"
+) -> str:
+    """A short description of a transport failure (never the request or the key).
+
+    Says what an operator needs to tell the failures apart: a bare "timeout" was
+    given alike to a connection (or TLS handshake: an https URL on a plain port)
+    that never completed and to an answer that stopped arriving (``timeout``
+    says which wait ran out), and "connect: ClientResponseError" to a provider
+    that did answer, with a status line or headers no HTTP parser reads. The
+    exception's own text is a fixed parser or OS message, never bytes of the
+    request (and the whole attempt text is scrubbed of keys like every routing
+    text).
+    """
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"connect: not connected within {connect_timeout_s:g}s"
+    if cls == ErrorClass.TIMEOUT:
+        return timeout
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        why = exc.os_error.strerror or type(exc.os_error).__name__
+        if short_here(exc):
+            return f"connect: {why} (in this sidecar, not held against the provider)"
+        return f"connect: {why}"
+    return f"{cls.value}: {break_text(exc, answered=cls != ErrorClass.CONNECT)}"
+
+
+def break_text(exc: BaseException, answered: bool) -> str:
+    """What broke in a response (``answered``: its headers had come), for ``failure_text``
+    and the error event of a stream that broke after its first token."""
+    if isinstance(exc, aiohttp.ClientResponseError) and exc.message:
+        return f"unreadable response: {exc.message}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the provider closed the connection " + (
+            "mid-answer" if answered else "before answering"
+        )
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        if "decode" in str(exc):  # a corrupt gzip or deflate body
+            return "the response body does not decode (Content-Encoding)"
+        return "the response body broke off"
+    return type(exc).__name__
 
 
 def parse_retry_after(

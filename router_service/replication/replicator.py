@@ -28,6 +28,7 @@ from redis.exceptions import (
     AuthenticationError,
     NoPermissionError,
     RedisError,
+    ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -178,6 +179,8 @@ class RedisReplicator:
         self._connected = False
         self._down_since: float | None = None
         self._failures = 0
+        #: The kind of command Redis refused (see _ok), while that is the outage's cause.
+        self._refused: str | None = None
         self._restored = asyncio.Event()
         self._wake = asyncio.Event()
         self._probe_held: set[EndpointKey] = set()
@@ -351,7 +354,18 @@ class RedisReplicator:
 
     # --------------------------------------------------------- connectivity
 
-    def _ok(self) -> None:
+    def _ok(self, kind: str) -> None:
+        """A command of ``kind`` (``read`` or ``write``) succeeded.
+
+        After a refusal (Redis answered with an error: out of memory, read-only,
+        an ACL), only a command of the refused kind ends the outage. A full Redis
+        (``maxmemory``, ``noeviction``) refuses every XADD yet answers XREAD, and
+        taking that read for the end of it logged ``redis connection lost`` and
+        ``restored`` about once a second per replica for as long as it stayed full.
+        """
+        if self._refused is not None and kind != self._refused:
+            return
+        self._refused = None
         self._failures = 0
         if not self._connected:
             self._connected = True
@@ -368,23 +382,29 @@ class RedisReplicator:
                 )
                 self._down_since = None
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException, kind: str) -> None:
+        """A command of ``kind`` failed (see ``_ok`` for what a refusal changes)."""
         self.stats.errors += 1
         self._failures += 1
-        if self._connected or self._down_since is None:
-            self._connected = False
-            self._down_since = time.monotonic()
-            extra = {
-                "redis": self.config.redacted_url,
-                "error": f"{type(exc).__name__}: {str(exc)[:200]}",
-            }
-            if isinstance(exc, AuthenticationError):
-                extra["check"] = "the user and password of --redis or --redis-password-file"
-            elif isinstance(exc, NoPermissionError):
-                extra["check"] = "the ACL of the --redis user (README: keys and commands)"
-            log.error(
-                "redis connection lost: serving from local state, buffering outcomes", extra=extra
-            )
+        refused = kind if isinstance(exc, ResponseError) else None
+        if not (self._connected or self._down_since is None):
+            if refused is None:
+                self._refused = None  # the connection itself failed: any answer ends it
+            return
+        self._refused = refused
+        self._connected = False
+        self._down_since = time.monotonic()
+        extra = {
+            "redis": self.config.redacted_url,
+            "error": f"{type(exc).__name__}: {str(exc)[:200]}",
+        }
+        if isinstance(exc, AuthenticationError):
+            extra["check"] = "the user and password of --redis or --redis-password-file"
+        elif isinstance(exc, NoPermissionError):
+            extra["check"] = "the ACL of the --redis user (README: keys and commands)"
+        log.error(
+            "redis connection lost: serving from local state, buffering outcomes", extra=extra
+        )
 
     async def _backoff(self) -> None:
         cfg = self.config
@@ -422,7 +442,7 @@ class RedisReplicator:
                 try:
                     await self._publish_some()
                 except (RedisError, OSError, TimeoutError) as exc:
-                    self._failed(exc)
+                    self._failed(exc, "write")
                     await self._backoff()
 
     async def _publish_some(self) -> None:
@@ -444,7 +464,7 @@ class RedisReplicator:
                 approximate=True,
             )
         await pipe.execute()
-        self._ok()
+        self._ok("write")
         now = time.monotonic()
         sent = {id(u) for u in units}
         while self._buffer and id(self._buffer[0]) in sent:  # overflow may have dropped some
@@ -470,9 +490,9 @@ class RedisReplicator:
                 reply = await self._client.xread(
                     {self.keys.stream: self._last_id}, count=READ_COUNT, block=block_ms
                 )
-                self._ok()
+                self._ok("read")
             except (RedisError, OSError, TimeoutError) as exc:
-                self._failed(exc)
+                self._failed(exc, "read")
                 await self._backoff()
                 continue
             applied = 0
@@ -588,7 +608,7 @@ class RedisReplicator:
                 )
             if len(entries) < READ_COUNT * 4:
                 break
-        self._ok()
+        self._ok("read")
         self.core.refresh()
         self.stats.restore_seconds = time.monotonic() - started
         self._restored.set()
@@ -645,12 +665,16 @@ class RedisReplicator:
         lease_ms = int(cfg.checkpoint_interval_s * 3 * 1000)
         while True:
             await asyncio.sleep(cfg.checkpoint_interval_s)
-            if not (self._connected and self._restored.is_set()):
+            # While writes are refused (a full Redis) the lease write below is how
+            # this replica sees them accepted again.
+            if not ((self._connected or self._refused == "write") and self._restored.is_set()):
                 continue
             try:
                 client = self._client
                 await self._measure_redis_offset()
-                if not await client.set(self.keys.lease, self.replica_id, nx=True, px=lease_ms):
+                won = await client.set(self.keys.lease, self.replica_id, nx=True, px=lease_ms)
+                self._ok("write")  # accepted (a full Redis refuses SET even when NX fails)
+                if not won:
                     holder = await client.get(self.keys.lease)
                     if holder is None or holder.decode() != self.replica_id:
                         continue
@@ -664,9 +688,9 @@ class RedisReplicator:
                 )
                 await client.expire(self.keys.stream, int(cfg.stream_retention_s))
                 self.stats.checkpoints_written += 1
-                self._ok()
+                self._ok("write")
             except (RedisError, OSError, TimeoutError) as exc:
-                self._failed(exc)
+                self._failed(exc, "write")
 
     async def _probe_loop(self) -> None:
         """Hold a fleet-wide permit for each PROBING endpoint this replica wins."""
@@ -697,7 +721,7 @@ class RedisReplicator:
                     ):
                         self._probe_held.discard(key)  # lost with a Redis restart, and taken
             except (RedisError, OSError, TimeoutError) as exc:
-                self._failed(exc)
+                self._failed(exc, "write")
 
     @property
     def probe_permits_held(self) -> frozenset[EndpointKey]:

@@ -351,18 +351,24 @@ class SidecarProcess:
 
 @contextlib.asynccontextmanager
 async def sidecar_process(
-    env: Mapping[str, str], *flags: str, soft_nofile: int | None = None
+    env: Mapping[str, str],
+    *flags: str,
+    soft_nofile: int | None = None,
+    nofile: int | None = None,
 ) -> AsyncIterator[SidecarProcess]:
     """``python -m sidecar.cli`` on a free loopback port with the router unreachable (the
     fallback catalog in ``env`` serves), plus ``flags``; killed on the way out if still up.
-    ``soft_nofile`` starts it with that soft file-descriptor limit (the hard one kept)."""
+    ``soft_nofile`` starts it with that soft file-descriptor limit (the hard one kept);
+    ``nofile`` with that limit, soft and hard (so it cannot raise it)."""
 
     def lower_soft_limit() -> None:
-        if soft_nofile is not None:
-            import resource
+        import resource
 
+        if soft_nofile is not None:
             _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft_nofile, hard))
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -96,6 +96,30 @@ async def test_a_body_that_never_finishes_is_a_408_naming_the_bound(stack: Stack
         writer.close()
 
 
+async def test_the_408_closes_the_connection_so_a_retry_is_not_read_as_the_old_body(
+    stack: Stack,
+) -> None:
+    """Found by a black-box fault audit: the 408 said nothing of the connection, so a
+    keep-alive client (an SDK retrying the 408) sent its next request on it; its bytes
+    were read as the rest of the unfinished body and it got aiohttp's plain-text 400
+    "Invalid method encountered". The 408 now says ``Connection: close``."""
+    host, port = await _sidecar(stack)
+    reader, writer = await asyncio.open_connection(host, port)
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    head_of = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n"
+    )
+    try:
+        writer.write(head_of % (len(body) + 50) + body.encode())  # 50 bytes never come
+        async with asyncio.timeout(DEADLINE_S):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), head
+        assert b"\r\nconnection: close\r\n" in head.lower(), head
+    finally:
+        writer.close()
+
+
 async def test_the_sidecar_raises_its_soft_file_limit_to_the_hard_one(stack: Stack) -> None:
     await stack.add_providers({"alpha": {}})
     catalog = stack.write_catalog()

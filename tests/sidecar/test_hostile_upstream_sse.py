@@ -127,6 +127,28 @@ async def test_a_line_that_never_ends_before_the_first_token_fails_over(
     assert first["error"] == "upstream sent an SSE line longer than 16384 bytes"
 
 
+async def test_endless_comments_before_the_first_token_are_not_held_without_bound(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Found by a black-box fault audit: comments (keep-alives) and blank lines before
+    the first token were held without bound, each line short: a provider sending 800 MB
+    of them took the sidecar to 4.6 GB. Past ``--max-upstream-response-bytes`` held,
+    the attempt fails like a line too long, and the next provider answers."""
+    comments = [_chunk("", role=True)] + [(b": keep-alive " + b"x" * 1000 + b"\n") * 16] * 8
+    async with over_hostile_alpha(
+        stack,
+        tmp_path,
+        _scripted(lambda: [*comments, _chunk("Hel")]),
+        max_upstream_response_bytes=64 * 1024,
+    ) as sc:
+        text, routing, _, provider = await _stream(sc)
+    assert provider == "beta" and text
+    assert routing is not None
+    first = routing["attempts"][0]
+    assert first["provider"] == "alpha" and first["error_class"] == "server_error"
+    assert first["error"] == "upstream sent over 65536 bytes before its first token"
+
+
 async def test_a_line_that_never_ends_after_the_first_token_ends_the_stream_with_an_error(
     stack: Stack, tmp_path: Path
 ) -> None:
