@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+
+# The suite forks child processes (sidecars, routers, redis-server) from a process whose
+# in-process routers run gRPC threads. gRPC core's fork handlers then ran in the child
+# between fork and exec and, about once in six starts under load, killed it there
+# (``epoll_wait error: Bad file descriptor`` on the child's stderr, "exited early").
+# The children exec at once and need no gRPC state: no handlers. Read when grpc loads.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import grpc
 import pytest
