@@ -15,7 +15,10 @@ is handed with the connection to aiohttp's own ``RequestHandler`` (the
 transport's protocol is swapped and the bytes read so far replayed), so
 other routes, chunked or compressed bodies, ``100-continue``, upgrades and
 malformed requests (its 400) behave exactly as before, and that connection
-stays with aiohttp.
+stays with aiohttp. The head is checked by one regular expression rather than
+httptools: handing a request over needs the byte where it began, which
+httptools' parser does not report, and whatever the strict check refuses is
+judged by aiohttp's own parser.
 
 For a request it serves it keeps what aiohttp's server gave: the handler is
 the app's own (its error middleware and ``_chat``), answers go through
