@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import pytest
 from sidecar_helpers import MODEL, Stack, wait_for
@@ -63,9 +64,8 @@ async def _sidecar(stack: Stack, server: str, **over: object) -> tuple[str, int]
     if not stack.providers:
         await stack.add_providers({"alpha": {}})
     stack.write_catalog()
-    sc = await stack.start_sidecar(
-        fallback=True, client_idle_timeout_s=IDLE_S, http_server=server, **over
-    )
+    over = {"client_idle_timeout_s": IDLE_S, **over}
+    sc = await stack.start_sidecar(fallback=True, http_server=server, **over)
     return "127.0.0.1", sc.port
 
 
@@ -257,3 +257,34 @@ def test_http_server_setting_is_checked() -> None:
     assert check_settings(SidecarSettings(http_server="aiohttp")) is None
     problem = check_settings(SidecarSettings(http_server="nginx"))
     assert problem == '--http-server must be one of ["lean", "aiohttp"], got "nginx"'
+
+
+async def test_a_reader_that_stops_pauses_the_lean_writer_and_loses_nothing(
+    stack: Stack,
+) -> None:
+    """Write backpressure: the transport's pause_writing reaches the lean connection (the
+    relay then waits in aiohttp's StreamWriter.drain), and the whole answer arrives later."""
+    await stack.add_providers({"alpha": {"tokens_per_second": 0.0}})
+    host, port = await _sidecar(stack, "lean", chunk_timeout_s=30.0, client_idle_timeout_s=30.0)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+    try:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 40000,
+            "stream": True,
+        }
+        writer.write(_chat(body))
+        front = stack.sidecar._front if stack.sidecar is not None else None
+        assert front is not None
+        await wait_for(lambda: any(c.writing_paused for c in front.connections), timeout=5)
+        status, _, payload = await _response(reader)  # now read: writing resumes
+        assert status == 200
+        assert payload.endswith(b"data: [DONE]\n\n")
+        assert stack.providers["alpha"].requests[-1].tokens == 40000
+    finally:
+        writer.close()
