@@ -49,6 +49,8 @@ log = logging.getLogger("sidecar.http")
 _REQUEST_LINE = b"POST /v1/chat/completions HTTP/1.1\r\n"
 #: aiohttp's own line limit (max_line_size / max_field_size): a longer head is its to judge.
 _MAX_HEAD = 8190
+#: aiohttp's own limit on header lines (max_headers): more is its to refuse.
+_MAX_FIELDS = 128
 #: Bytes of later (pipelined) requests held while one is answered, before reading pauses.
 _MAX_AHEAD = 65536
 #: Header lines (CRLF-separated) whose names are tokens and whose values hold no control
@@ -361,7 +363,7 @@ class LeanConnection(BaseProtocol):
 
 def _parse_headers(head: bytes) -> tuple[list[tuple[str, str]], int, bool] | None:
     """Fields, Content-Length and keep-alive of a plain head; None: aiohttp's to judge."""
-    if _PLAIN_HEAD.fullmatch(head) is None:
+    if head.count(b"\r\n") >= _MAX_FIELDS or _PLAIN_HEAD.fullmatch(head) is None:
         return None  # a bare CR or LF, a control character, an obs-fold, a non-token name
     fields: list[tuple[str, str]] = []
     length: int | None = None
