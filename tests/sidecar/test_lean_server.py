@@ -4,7 +4,7 @@ Each test runs on both ``--http-server`` values over a raw socket, so what the
 lean front serves itself (plain chat POSTs) and what it hands to aiohttp
 (everything else, on the same connection) are held to the same contract:
 keep-alive reuse, pipelined requests answered in order, chunked bodies,
-``Expect: 100-continue``, an app leaving mid-stream, oversize bodies, malformed
+``Expect: 100-continue``, an app leaving before its first token or mid-stream, oversize bodies, malformed
 requests, request heads that never finish.
 """
 
@@ -288,3 +288,23 @@ async def test_a_reader_that_stops_pauses_the_lean_writer_and_loses_nothing(
         assert stack.providers["alpha"].requests[-1].tokens == 40000
     finally:
         writer.close()
+
+
+@SERVERS
+async def test_app_leaving_before_the_first_token_stops_the_provider(
+    stack: Stack, server: str
+) -> None:
+    """Nothing is written before the first token, so only the handler's cancellation
+    (aiohttp's handler_cancellation, the lean front's connection_lost) can notice."""
+    await stack.add_providers({"alpha": {"ttft_median_ms": 20_000.0}})
+    host, port = await _sidecar(stack, server, first_byte_timeout_s=30.0)
+    fake = stack.providers["alpha"]
+    _reader, writer = await asyncio.open_connection(host, port)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    writer.write(_chat(body))
+    await wait_for(lambda: len(fake.requests) == 1, timeout=5)
+    writer.close()
+    await wait_for(lambda: fake.requests[-1].outcome == "client_disconnected", timeout=3)
+    sc = stack.sidecar
+    assert sc is not None
+    await wait_for(lambda: sc.metrics.requests.labels("499")._value.get() == 1, timeout=3)
