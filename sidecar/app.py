@@ -29,6 +29,7 @@ from router_common.pb import router_pb2, router_pb2_grpc
 from router_common.shutdown import bounded
 from sidecar.config import SidecarSettings
 from sidecar.keys import ProviderKeys
+from sidecar.lean_server import LeanFront
 from sidecar.metrics import CONTENT_TYPE, SidecarMetrics
 from sidecar.outcomes import OutcomeReporter
 from sidecar.preferences import RequestError, parse_request
@@ -132,6 +133,8 @@ class SidecarApp:
         self.port = 0
         self._channel: grpc.aio.Channel | None = None
         self._runner: web.AppRunner | None = None
+        #: ``--http-server lean``: the listener parsing chat POSTs itself (lean_server.py).
+        self._front: LeanFront | None = None
         self._transport: UpstreamTransport | None = None
         self.ranking: RankingClient | None = None
         self.reporter: OutcomeReporter | None = None
@@ -240,9 +243,21 @@ class SidecarApp:
             keepalive_timeout=s.client_idle_timeout_s,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.listen_host, s.listen_port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        if s.http_server == "lean":
+            # The app's own middleware and handler, without aiohttp's request machinery;
+            # every other request is aiohttp's, on the same connection (lean_server.py).
+            assert self._runner.server is not None
+            self._front = LeanFront(
+                partial(self._errors, handler=self._chat),
+                self._runner.server,
+                s.client_idle_timeout_s,
+                s.max_body_bytes,
+            )
+            self.port = await self._front.listen(s.listen_host, s.listen_port)
+        else:
+            site = web.TCPSite(self._runner, s.listen_host, s.listen_port)
+            await site.start()
+            self.port = int(self._runner.addresses[0][1])
         self.reporter.start()
         log.info(
             "sidecar started",
@@ -256,9 +271,18 @@ class SidecarApp:
     async def stop(self) -> None:
         """Stop listening, drain in-flight requests, flush outcomes briefly, close connections."""
         if self._runner is not None:
+            front = self._front
+            if front is not None:
+                front.stop_listening()
+                front.close_idle()
             # cleanup() closes the listening socket first, then waits for handlers.
             cleanup = asyncio.ensure_future(self._runner.cleanup())
             await self._drain_requests()
+            if front is not None:
+                await bounded(
+                    front.wait_closed(_CUT_WAIT_S), 5.0 + _CUT_WAIT_S, "close connections"
+                )
+                self._front = None
             await bounded(cleanup, 5.0 + _CUT_WAIT_S, "close HTTP listener")
             self._runner = None
         if self.proxy is not None:

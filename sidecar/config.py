@@ -81,6 +81,12 @@ class SidecarSettings:
         "lean",
         "HTTP client for provider calls: lean (httptools, less CPU per request) or aiohttp.",
     )
+    http_server: str = _opt(
+        "lean",
+        "HTTP server for apps: lean (chat POSTs with a Content-Length body parsed by the "
+        "sidecar, less CPU per request; every other request goes to aiohttp on the same "
+        "connection) or aiohttp (aiohttp serves every request).",
+    )
     first_byte_timeout_s: float = _opt(
         30.0, "Time from sending the request to response headers and to the first token."
     )
@@ -343,6 +349,8 @@ _POSITIVE = frozenset(
 )
 #: The ``--upstream-client`` values (sidecar/transport.py builds each).
 UPSTREAM_CLIENTS = ("lean", "aiohttp")
+#: The ``--http-server`` values (sidecar/app.py starts each; sidecar/lean_server.py).
+HTTP_SERVERS = ("lean", "aiohttp")
 #: The longest any ``*_s`` setting may be (router_common.limits): ``--rank-timeout-s
 #: 1e300`` made every RankProviders call fail at once with DEADLINE_EXCEEDED, and the
 #: sidecar silently served from its fallback catalog.
@@ -395,6 +403,11 @@ def check_settings(settings: SidecarSettings) -> str | None:
         return (
             f"--upstream-client must be one of {as_json(list(UPSTREAM_CLIENTS))}, "
             f"got {as_json(settings.upstream_client)}"
+        )
+    if settings.http_server not in HTTP_SERVERS:
+        return (
+            f"--http-server must be one of {as_json(list(HTTP_SERVERS))}, "
+            f"got {as_json(settings.http_server)}"
         )
     if settings.default_sort is not None and settings.default_sort.lower() not in SORTS:
         return (

@@ -1,0 +1,337 @@
+"""The lean HTTP front (sidecar/lean_server.py) against aiohttp's server, byte for byte.
+
+Each test runs on both ``--http-server`` values over a raw socket, so what the
+lean front serves itself (plain chat POSTs) and what it hands to aiohttp
+(everything else, on the same connection) are held to the same contract:
+keep-alive reuse, pipelined requests answered in order, chunked bodies,
+``Expect: 100-continue``, an app leaving before its first token or mid-stream,
+oversize bodies, bad request bodies, malformed requests, request heads that
+never finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import pytest
+from sidecar_helpers import MODEL, Stack, wait_for
+
+from sidecar.config import SidecarSettings, check_settings
+
+IDLE_S = 0.5
+DEADLINE_S = 10.0
+SERVERS = pytest.mark.parametrize("server", ["lean", "aiohttp"])
+
+
+def _chat(body: dict[str, object] | None = None, *, extra: bytes = b"") -> bytes:
+    payload = json.dumps(
+        body or {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    ).encode()
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + extra
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response: status, headers (lower-case names), body (de-chunked)."""
+    async with asyncio.timeout(DEADLINE_S):
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                chunk = await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                body += chunk[:-2]
+        else:
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers, body
+
+
+async def _sidecar(stack: Stack, server: str, **over: object) -> tuple[str, int]:
+    if not stack.providers:
+        await stack.add_providers({"alpha": {}})
+    stack.write_catalog()
+    over = {"client_idle_timeout_s": IDLE_S, **over}
+    sc = await stack.start_sidecar(fallback=True, http_server=server, **over)
+    return "127.0.0.1", sc.port
+
+
+def _lean_connections(stack: Stack) -> int:
+    front = stack.sidecar._front if stack.sidecar is not None else None
+    return -1 if front is None else len(front.connections)
+
+
+@SERVERS
+async def test_keep_alive_reuse_then_idle_close(stack: Stack, server: str) -> None:
+    host, port = await _sidecar(stack, server)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        for stream in (False, True, False):
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+            writer.write(_chat({**body, "max_tokens": 4, "stream": stream}))
+            status, headers, payload = await _response(reader)
+            assert status == 200, payload
+            assert headers.get("connection") != "close"
+            if stream:
+                assert payload.endswith(b"data: [DONE]\n\n")
+            else:
+                assert json.loads(payload)["routing"]["provider"] == "alpha"
+        # Three requests on one connection: the provider saw three, the front held one.
+        assert len(stack.providers["alpha"].requests) == 3
+        assert _lean_connections(stack) == (1 if server == "lean" else -1)
+        async with asyncio.timeout(DEADLINE_S):
+            assert await reader.read() == b""  # closed once idle IDLE_S
+    finally:
+        writer.close()
+
+
+@SERVERS
+async def test_pipelined_requests_are_answered_in_order(stack: Stack, server: str) -> None:
+    host, port = await _sidecar(stack, server)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        streamed = {"model": MODEL, "messages": [{"role": "user", "content": "a"}], "stream": True}
+        # Two chat POSTs, then a GET the lean front hands to aiohttp, then a chat POST
+        # that aiohttp serves on what is now its connection: all in one send.
+        writer.write(
+            _chat() + _chat(streamed) + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + _chat()
+        )
+        first = await _response(reader)
+        second = await _response(reader)
+        third = await _response(reader)
+        fourth = await _response(reader)
+        assert [first[0], second[0], third[0], fourth[0]] == [200, 200, 200, 200]
+        assert json.loads(first[2])["object"] == "chat.completion"
+        assert second[1]["content-type"] == "text/event-stream"
+        assert second[2].endswith(b"data: [DONE]\n\n")
+        assert json.loads(third[2]) == {"status": "ok"}
+        assert json.loads(fourth[2])["object"] == "chat.completion"
+    finally:
+        writer.close()
+
+
+@SERVERS
+async def test_chunked_request_body(stack: Stack, server: str) -> None:
+    host, port = await _sidecar(stack, server)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        payload = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+        half = len(payload) // 2
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/json\r\n\r\n"
+            + f"{half:x}\r\n{payload[:half]}\r\n".encode()
+            + f"{len(payload) - half:x}\r\n{payload[half:]}\r\n0\r\n\r\n".encode()
+        )
+        status, _, body = await _response(reader)
+        assert status == 200, body
+        assert json.loads(body)["routing"]["provider"] == "alpha"
+        assert _lean_connections(stack) == (0 if server == "lean" else -1)  # aiohttp's now
+    finally:
+        writer.close()
+
+
+@SERVERS
+async def test_expect_100_continue(stack: Stack, server: str) -> None:
+    host, port = await _sidecar(stack, server)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        request = _chat()
+        head, _, body = request.partition(b"\r\n\r\n")
+        writer.write(head + b"\r\nExpect: 100-continue\r\n\r\n")
+        async with asyncio.timeout(DEADLINE_S):
+            interim = await reader.readuntil(b"\r\n\r\n")
+        assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+        writer.write(body)
+        status, _, answer = await _response(reader)
+        assert status == 200, answer
+    finally:
+        writer.close()
+
+
+@SERVERS
+async def test_app_leaving_mid_stream_stops_the_provider(stack: Stack, server: str) -> None:
+    await stack.add_providers({"alpha": {"tokens_per_second": 20.0}})
+    host, port = await _sidecar(stack, server, chunk_timeout_s=30.0)
+    fake = stack.providers["alpha"]
+    reader, writer = await asyncio.open_connection(host, port)
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 200,
+        "stream": True,
+    }
+    writer.write(_chat(body))
+    async with asyncio.timeout(DEADLINE_S):
+        head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    await wait_for(lambda: fake.requests and fake.requests[-1].tokens >= 3, timeout=5)
+    writer.close()
+    await wait_for(lambda: fake.requests[-1].outcome == "client_disconnected", timeout=3)
+    assert fake.requests[-1].tokens < 200
+    sc = stack.sidecar
+    assert sc is not None
+    await wait_for(lambda: sc.metrics.requests.labels("499")._value.get() == 1, timeout=3)
+
+
+@SERVERS
+async def test_oversize_body_is_a_413_in_openai_shape(stack: Stack, server: str) -> None:
+    host, port = await _sidecar(stack, server, max_body_bytes=1000)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 5000\r\n\r\n" + b"{" * 100
+        )
+        status, headers, body = await _response(reader)
+        assert status == 413
+        assert json.loads(body)["error"]["code"] == "body_too_large"
+        assert headers.get("connection") == "close"  # the rest of that body is not a request
+        assert stack.providers["alpha"].requests == []
+    finally:
+        writer.close()
+
+
+@SERVERS
+async def test_a_bad_request_gets_its_json_error_and_the_connection_serves_the_next(
+    stack: Stack, server: str
+) -> None:
+    """The app's error middleware reads the request's body state (``content.is_eof()``)
+    to decide on ``Connection: close``: the lean request must answer it too, or every
+    400 became a closed connection and an ERROR traceback."""
+    host, port = await _sidecar(stack, server)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        bad = b"{not json"
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(bad)).encode() + b"\r\n\r\n" + bad
+        )
+        status, headers, body = await _response(reader)
+        assert status == 400 and json.loads(body)["error"]["code"] == "invalid_json"
+        assert headers.get("connection") != "close"
+        writer.write(_chat())
+        status, _, body = await _response(reader)
+        assert status == 200, body
+    finally:
+        writer.close()
+
+
+@SERVERS
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n",
+        _chat(extra=b"Content-Length: 3\r\n"),  # and the body's own: two lengths
+        _chat(extra=b"Bad Name: x\r\n"),
+        b"GARBAGE\r\n\r\n",
+        _chat(extra=b"a: b\r\n" * 200),  # aiohttp's max_headers is 128
+    ],
+    ids=["bad-length", "two-lengths", "bad-name", "bad-request-line", "too-many-fields"],
+)
+async def test_malformed_request_is_a_400(stack: Stack, server: str, request_bytes: bytes) -> None:
+    host, port = await _sidecar(stack, server)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request_bytes)
+        async with asyncio.timeout(DEADLINE_S):
+            head = await reader.readuntil(b"\r\n")
+        assert head.split()[1] == b"400", head  # aiohttp's own answer (as HTTP/1.0)
+        assert stack.providers["alpha"].requests == []
+    finally:
+        writer.close()
+
+
+@SERVERS
+async def test_a_chat_head_sent_a_byte_at_a_time_hits_the_idle_timeout(
+    stack: Stack, server: str
+) -> None:
+    host, port = await _sidecar(stack, server)
+    reader, writer = await asyncio.open_connection(host, port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    request = _chat().partition(b"\r\n\r\n")[0] + b"\r\nX-Slow: " + b"a" * 4000
+    closed = asyncio.create_task(reader.read())
+    try:
+        for byte in request:  # a slow-loris on the lean front's own path
+            if closed.done():
+                break
+            writer.write(bytes([byte]))
+            await asyncio.wait([closed], timeout=0.01)
+        assert closed.done(), "the sidecar still held a request head after 40 s of trickle"
+        assert await closed == b""
+        assert loop.time() - started < DEADLINE_S
+    finally:
+        closed.cancel()
+        writer.close()
+
+
+def test_http_server_setting_is_checked() -> None:
+    assert check_settings(SidecarSettings(http_server="aiohttp")) is None
+    problem = check_settings(SidecarSettings(http_server="nginx"))
+    assert problem == '--http-server must be one of ["lean", "aiohttp"], got "nginx"'
+
+
+async def test_a_reader_that_stops_pauses_the_lean_writer_and_loses_nothing(
+    stack: Stack,
+) -> None:
+    """Write backpressure: the transport's pause_writing reaches the lean connection (the
+    relay then waits in aiohttp's StreamWriter.drain), and the whole answer arrives later."""
+    await stack.add_providers({"alpha": {"tokens_per_second": 0.0}})
+    host, port = await _sidecar(stack, "lean", chunk_timeout_s=30.0, client_idle_timeout_s=30.0)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+    try:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 40000,
+            "stream": True,
+        }
+        writer.write(_chat(body))
+        front = stack.sidecar._front if stack.sidecar is not None else None
+        assert front is not None
+        await wait_for(lambda: any(c.writing_paused for c in front.connections), timeout=5)
+        status, _, payload = await _response(reader)  # now read: writing resumes
+        assert status == 200
+        assert payload.endswith(b"data: [DONE]\n\n")
+        assert stack.providers["alpha"].requests[-1].tokens == 40000
+    finally:
+        writer.close()
+
+
+@SERVERS
+async def test_app_leaving_before_the_first_token_stops_the_provider(
+    stack: Stack, server: str
+) -> None:
+    """Nothing is written before the first token, so only the handler's cancellation
+    (aiohttp's handler_cancellation, the lean front's connection_lost) can notice."""
+    await stack.add_providers({"alpha": {"ttft_median_ms": 20_000.0}})
+    host, port = await _sidecar(stack, server, first_byte_timeout_s=30.0)
+    fake = stack.providers["alpha"]
+    _reader, writer = await asyncio.open_connection(host, port)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    writer.write(_chat(body))
+    await wait_for(lambda: len(fake.requests) == 1, timeout=5)
+    writer.close()
+    await wait_for(lambda: fake.requests[-1].outcome == "client_disconnected", timeout=3)
+    sc = stack.sidecar
+    assert sc is not None
+    await wait_for(lambda: sc.metrics.requests.labels("499")._value.get() == 1, timeout=3)
