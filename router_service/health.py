@@ -30,6 +30,10 @@ States::
   elevated (``degraded_failure_rate``) but below ejection. It clears by itself
   when the condition does, including by the evidence ageing out, so that an
   endpoint that gets little traffic because it is degraded is not stuck there.
+  A success whose own TTFT is within the ratio never *newly* degrades by the
+  TTFT rule: the median can still be the incident's while the newest answer
+  says the provider recovered, and degrading it then kept a recovered provider
+  out of the ranking's front for seconds (``_evaluate_degraded``).
 
   Why 2× and peers: a provider whose TTFT triples is *measured* at less than
   3× its baseline, because the connection and proxy time in every TTFT does
@@ -428,7 +432,7 @@ class HealthTracker:
                     st.window_failures -= window.popleft()[1]
                 attempts = len(window)
                 if attempts >= min_attempts and st.window_failures / attempts >= degraded_rate:
-                    self._evaluate_degraded(key, st, now)
+                    self._evaluate_degraded(key, st, now, ttft)
                     continue
                 if items and items[0][0] < ttft_horizon:
                     ttfts.drop_before(ttft_horizon)
@@ -441,7 +445,7 @@ class HealthTracker:
                     p50 = ordered[half] if count % 2 else (ordered[half - 1] + ordered[half]) / 2
                     st.ttft_slowdown = p50 / base
                     if st.ttft_slowdown > ratio:
-                        self._evaluate_degraded(key, st, now)
+                        self._evaluate_degraded(key, st, now, ttft)
 
     def _record(self, outcome: Outcome, baseline_ttft_ms: float | None, now: float) -> None:
         cfg = self._cfg
@@ -543,7 +547,7 @@ class HealthTracker:
             ):
                 self._eject(key, st, now, self._rate_reason(failures, attempts))
                 return
-        self._evaluate_degraded(key, st, now)
+        self._evaluate_degraded(key, st, now, None if failed else outcome.ttft_ms)
 
     def grant_probe(self, key: EndpointKey) -> None:
         """The router sent a request to this PROBING endpoint: take a permit.
@@ -657,8 +661,24 @@ class HealthTracker:
             f"in {_fmt_s(self._cfg.failure_rate_window_s)}"
         )
 
-    def _evaluate_degraded(self, key: EndpointKey, st: _EndpointHealth, now: float) -> None:
-        """Move between HEALTHY and DEGRADED according to the current evidence."""
+    def _evaluate_degraded(
+        self,
+        key: EndpointKey,
+        st: _EndpointHealth,
+        now: float,
+        answered_ttft_ms: float | None = None,
+    ) -> None:
+        """Move between HEALTHY and DEGRADED according to the current evidence.
+
+        ``answered_ttft_ms``: the TTFT of the success being recorded, if any. An
+        answer within ``degraded_ttft_ratio`` of the baseline never newly degrades
+        its endpoint by the TTFT rule, whatever the median of older samples says:
+        a provider that recovered used to be degraded by the batch that carried
+        its first fast answers (its fifth sample in the window, the other four
+        from the incident), after the ranking had seen those answers, so it sat in
+        the degraded tier, unexplored, for seconds (bench/README.md section 9,
+        16f). The next slow answer degrades it as before.
+        """
         cfg = self._cfg
         reasons: list[str] = []
         attempts, failures = self._window_counts(st, now)
@@ -679,7 +699,12 @@ class HealthTracker:
             peers = 1.0
             if st.ttft_slowdown > cfg.degraded_ttft_ratio:
                 peers = self._peer_slowdown(key, now)
-            if st.ttft_slowdown > cfg.degraded_ttft_ratio * peers:
+            contradicted = (
+                st.state is HealthState.HEALTHY
+                and answered_ttft_ms is not None
+                and answered_ttft_ms <= baseline * cfg.degraded_ttft_ratio
+            )
+            if st.ttft_slowdown > cfg.degraded_ttft_ratio * peers and not contradicted:
                 reasons.append(
                     f"TTFT p50 {p50:.0f}ms is {st.ttft_slowdown:.1f}\u00d7 baseline "
                     f"{baseline:.0f}ms" + (f" (peers {peers:.1f}\u00d7)" if peers > 1 else "")
