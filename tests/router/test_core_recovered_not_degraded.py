@@ -15,28 +15,13 @@ import random
 
 from router_common.catalog import load_catalog
 from router_common.domain import EndpointKey, Sort
-from router_common.pb import router_pb2
 from router_service.core import RouterCore
 from router_service.model import HealthState
 from router_service.ranking import RankingConfig, RoutingRequest
 from tests.conftest import EXAMPLE_CATALOG, FakeClock
+from tests.router.test_core_recency import MODEL, ok
 
-MODEL = "zai/glm-4.7"
 FAST, PEER, SLOW = 80.0, 120.0, 480.0
-
-
-def ok(provider: str, at: float, ttft: float) -> router_pb2.Outcome:
-    return router_pb2.Outcome(
-        model=MODEL,
-        provider=provider,
-        started_at=at,
-        success=True,
-        http_status=200,
-        ttft_ms=ttft,
-        tokens_per_second=90.0,
-        output_tokens=20,
-        duration_ms=ttft + 100,
-    )
 
 
 def _after_a_slowdown() -> tuple[RouterCore, FakeClock, EndpointKey, str, str]:

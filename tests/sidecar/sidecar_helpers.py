@@ -276,6 +276,24 @@ async def stream_alpha_then_beta(
     return text, routing, raw.headers
 
 
+async def trickle_until_closed(
+    writer: asyncio.StreamWriter, request: bytes, closed: asyncio.Future[bytes], within_s: float
+) -> None:
+    """Send ``request`` a byte at a time (a slow-loris) until the sidecar closes the
+    connection (``closed``: what was read until then, nothing), which must happen, and
+    within ``within_s``."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for byte in request:
+        if closed.done():
+            break
+        writer.write(bytes([byte]))
+        await asyncio.wait([closed], timeout=0.01)
+    assert closed.done(), "the sidecar still held a request head after the whole trickle"
+    assert await closed == b""
+    assert loop.time() - started < within_s
+
+
 async def router_ttft(address: str, provider: str) -> float | None:
     """The TTFT the router now ranks ``provider`` of ``MODEL`` by (None: it has none)."""
     import grpc

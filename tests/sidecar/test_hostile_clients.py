@@ -14,7 +14,7 @@ import json
 import os
 import signal
 
-from sidecar_helpers import MODEL, Stack, sidecar_process
+from sidecar_helpers import MODEL, Stack, sidecar_process, trickle_until_closed
 
 #: A short bound so the tests are quick; the default is 15 s.
 IDLE_S = 0.5
@@ -53,19 +53,10 @@ async def test_an_idle_keep_alive_connection_is_closed(stack: Stack) -> None:
 async def test_headers_sent_a_byte_at_a_time_do_not_hold_the_connection(stack: Stack) -> None:
     host, port = await _sidecar(stack)
     reader, writer = await asyncio.open_connection(host, port)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 4000
     closed = asyncio.create_task(_closed_by_peer(reader))
     try:
-        for byte in request:  # a slow-loris: never finishes its head
-            if closed.done():
-                break
-            writer.write(bytes([byte]))
-            await asyncio.wait([closed], timeout=0.01)
-        assert closed.done(), "the sidecar still held a request head after 40 s of trickle"
-        assert await closed == b""
-        assert loop.time() - started < DEADLINE_S
+        await trickle_until_closed(writer, request, closed, DEADLINE_S)
     finally:
         closed.cancel()
         writer.close()

@@ -16,7 +16,7 @@ import json
 import socket
 
 import pytest
-from sidecar_helpers import MODEL, Stack, wait_for
+from sidecar_helpers import MODEL, Stack, trickle_until_closed, wait_for
 
 from sidecar.config import SidecarSettings, check_settings
 
@@ -262,19 +262,10 @@ async def test_a_chat_head_sent_a_byte_at_a_time_hits_the_idle_timeout(
 ) -> None:
     host, port = await _sidecar(stack, server)
     reader, writer = await asyncio.open_connection(host, port)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     request = _chat().partition(b"\r\n\r\n")[0] + b"\r\nX-Slow: " + b"a" * 4000
     closed = asyncio.create_task(reader.read())
     try:
-        for byte in request:  # a slow-loris on the lean front's own path
-            if closed.done():
-                break
-            writer.write(bytes([byte]))
-            await asyncio.wait([closed], timeout=0.01)
-        assert closed.done(), "the sidecar still held a request head after 40 s of trickle"
-        assert await closed == b""
-        assert loop.time() - started < DEADLINE_S
+        await trickle_until_closed(writer, request, closed, DEADLINE_S)
     finally:
         closed.cancel()
         writer.close()
