@@ -276,6 +276,15 @@ class RedisReplicator:
             self.stats.dropped += old.count
             self.stats.batch_ids_dropped += old.ids
             self._settle_locally(old.seq)  # its echo will never come
+        excess = self._buffered + self._buffered_ids - cap
+        if excess > 0 and self._buffer and not self._buffer[0].sending:
+            # One unit left, still over: ids riding on it (up to IDS_PER_ENTRY) passed the
+            # cap with no older unit to drop. Its oldest ids go, as an older unit would.
+            unit = self._buffer[0]
+            drop = min(excess, unit.ids)
+            del unit.batch_ids[:drop]
+            self._buffered_ids -= drop
+            self.stats.batch_ids_dropped += drop
 
     def _settle_locally(self, seq: int) -> None:
         item = self._pending.pop(seq, None)

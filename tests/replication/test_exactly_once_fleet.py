@@ -10,6 +10,7 @@ a duplicate. Two in-process routers on loopback, real gRPC, real redis-server.
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,15 +19,18 @@ import grpc
 import orjson
 import pytest
 
+from router_common.catalog import load_catalog
 from router_common.domain import EndpointKey
 from router_common.limits import BATCH_IDS_REMEMBERED, MAX_SENDERS_PER_CALLER, MAX_TRACKED_CALLERS
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_service.app import RouterApp
 from router_service.callers import CallerLimitsConfig
+from router_service.core import RouterCore
 from router_service.replication.codec import decode_outcomes
 from router_service.replication.config import ReplicationConfig
+from router_service.replication.replicator import RedisReplicator
 from router_service.security import SecuritySettings
-from tests.conftest import loopback_router, wait_for
+from tests.conftest import EXAMPLE_CATALOG, FakeClock, loopback_router, wait_for
 from tests.replication.fleet import MODEL, RedisServer, outcome
 
 pytestmark = pytest.mark.timeout(60)
@@ -205,3 +209,20 @@ async def test_ids_buffered_while_redis_is_down_are_bounded_then_published(
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_ids_riding_on_one_unsent_entry_are_bounded_too() -> None:
+    """Batch ids ride on the newest entry not yet sent (up to IDS_PER_ENTRY), and the
+    bound only dropped whole entries, never the last one: with no publish attempt in
+    between (Redis down, the publish loop in its backoff) 149 ids sat in one entry
+    against a bound of 100. Told without a Redis: the replicator is never started."""
+    clock = FakeClock()
+    core = RouterCore(load_catalog(EXAMPLE_CATALOG), "v1", clock, random.Random(1))
+    config = ReplicationConfig(url="redis://127.0.0.1:9/0", buffer_max_outcomes=100)
+    replicator = RedisReplicator(config, core, clock)
+    for sequence in range(1, 151):
+        replicator.publish_batch_id("caller", "sidecar-3", sequence)
+    assert replicator._buffered_ids == 100
+    assert replicator.stats.batch_ids_dropped == 50
+    kept = [key for unit in replicator._buffer for key in unit.batch_ids]
+    assert kept == [("caller", "sidecar-3", s) for s in range(51, 151)]  # the oldest went
