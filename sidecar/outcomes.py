@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -250,13 +251,10 @@ class OutcomeReporter:
         """The first offset to the router's clock is known: everything queued so far
         was stamped on this node's clock alone (sidecar/router_clock.py). A batch
         being sent right now keeps its times if that send succeeds."""
-        for outcome in self._queue:
+        pending = (outcome for batch in self._pending for outcome in batch.outcomes)
+        for outcome in itertools.chain(self._queue, pending):
             if outcome.started_at:
                 outcome.started_at += offset_s
-        for batch in self._pending:
-            for outcome in batch.outcomes:
-                if outcome.started_at:
-                    outcome.started_at += offset_s
 
     def _form_batches(self) -> None:
         """Turn queued outcomes into id-carrying batches, up to one call's worth."""
