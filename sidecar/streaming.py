@@ -619,7 +619,7 @@ class SSEScanner:
 
 @dataclass(slots=True)
 class StreamStart:
-    """An upstream stream that produced its first token (or ended cleanly without one)."""
+    """An upstream stream with its first token, or ended by a finish_reason without one."""
 
     resp: UpstreamResponse
     scanner: SSEScanner
@@ -675,8 +675,12 @@ async def read_until_first_token(
     if scanner.error is not None:
         rec.finish_error(ErrorClass.SERVER_ERROR, scanner.failure_text(), 200)
         return None
-    if scanner.first_token_at is None and not scanner.complete:
-        rec.finish_error(ErrorClass.STREAM_ABORT, _no_token_reason(resp), 200)
+    if scanner.first_token_at is None and not scanner.finish_seen:
+        # Without a token an end is clean only with a finish_reason (an empty answer,
+        # which the model may give). A bare [DONE] says nothing was generated and
+        # nothing why: a broken provider, so the next one is tried, as the contract
+        # promises for a stream that ends before its first token.
+        rec.finish_error(ErrorClass.STREAM_ABORT, _no_token_reason(resp, scanner.done), 200)
         return None
     if scanner.first_token_at is not None:
         rec.ttft_ms = (scanner.first_token_at - rec.t0) * 1000.0
@@ -684,12 +688,14 @@ async def read_until_first_token(
     return StreamStart(resp, scanner, b"".join(pending), eof)
 
 
-def _no_token_reason(resp: UpstreamResponse) -> str:
+def _no_token_reason(resp: UpstreamResponse, done: bool) -> str:
     """Why a 200 stream gave no token: a JSON body is a provider that ignored
     ``stream: true`` (its answer is no SSE), which an operator must be able to tell
-    from a stream that broke."""
+    from a stream that broke, or from one that said [DONE] without an answer."""
     if "json" in resp.headers.get("Content-Type", "").lower():
         return "upstream answered with a JSON body, not an event stream (stream: true ignored)"
+    if done:
+        return "stream ended with [DONE] before its first token and without a finish_reason"
     return "stream ended before the first token"
 
 

@@ -158,3 +158,30 @@ async def test_a_json_answer_to_a_stream_request_fails_over_saying_so(
     assert first["error"] == (
         "upstream answered with a JSON body, not an event stream (stream: true ignored)"
     )
+
+
+async def test_a_stream_that_says_done_without_an_answer_fails_over(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A role chunk and ``[DONE]``, no token and no finish_reason: nothing was
+    generated and nothing says why, so the next provider serves (it was relayed to
+    the app as an empty answer and counted a success)."""
+    role = sse_chunk({"role": "assistant"}, None, usage=None)
+    async with over_hostile_alpha(stack, tmp_path, _scripted([role + b"data: [DONE]\n\n"])) as sc:
+        text, routing, provider = await _stream(sc)
+    assert provider == "beta" and text
+    first = routing["attempts"][0]
+    assert (first["provider"], first["error_class"]) == ("alpha", "stream_abort")
+    assert first["error"] == (
+        "stream ended with [DONE] before its first token and without a finish_reason"
+    )
+
+
+async def test_an_empty_answer_with_a_finish_reason_is_served(stack: Stack, tmp_path: Path) -> None:
+    """An empty answer the model chose (a finish_reason, no content) is an answer:
+    relayed, not failed over."""
+    writes = [_chunk("", None), _chunk(None, "stop") + b"data: [DONE]\n\n"]
+    async with over_hostile_alpha(stack, tmp_path, _scripted(writes)) as sc:
+        text, routing, provider = await _stream(sc)
+    assert (provider, text) == ("alpha", "")
+    assert routing["attempts"][-1]["status"] == "ok"
