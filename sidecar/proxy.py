@@ -488,7 +488,8 @@ class Proxy:
 
         A caller mistake the provider reported (400/404/422) is passed on as it
         is (it would fail the same way anywhere). Otherwise: 429 when every
-        attempt was rate limited (``Retry-After``: the smallest one given), 504
+        attempt was rate limited (``Retry-After``: the smallest one given, at most
+        ``max_cooldown_s``, after which this sidecar calls the provider again), 504
         when every attempt timed out, 503 when no provider could be tried at all,
         502 for any other mix (a provider refusing the sidecar's key included).
 
@@ -532,8 +533,9 @@ class Proxy:
             status, type_, code = 429, "rate_limit_error", "all_providers_rate_limited"
             msg = "every provider is rate limited"
             waits = [r.retry_after_s for r in records if r.retry_after_s is not None]
-            if waits:
-                retry_after = str(max(1, math.ceil(min(waits))))
+            if waits:  # capped: this sidecar tries the provider again after its cooldown
+                wait = min(min(waits), self._s.max_cooldown_s)
+                retry_after = str(max(1, math.ceil(wait)))
         elif classes == {ErrorClass.TIMEOUT}:
             status, type_, code = 504, "api_error", "all_providers_timed_out"
             msg = "every provider timed out"

@@ -146,6 +146,23 @@ async def test_a_zero_retry_after_reaches_the_app_as_one_second(
     assert err.value.response.headers["Retry-After"] == "1"
 
 
+async def test_a_day_long_retry_after_reaches_the_app_capped_at_the_cooldown(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A provider's "come back tomorrow" was told to the app as is, though this sidecar
+    calls the provider again after ``--max-cooldown-s`` (60 s): a client honouring it
+    stopped for a day. The attempt still reports what the provider said."""
+    async with raw_upstream(_rate_limited("86400")) as a:
+        stack.catalog_path = write_raw_catalog(tmp_path / "catalog.yaml", {"alpha": a})
+        router = await stack.start_router()
+        sc = await stack.start_sidecar(router.grpc_address)
+        with pytest.raises(openai.RateLimitError) as err:
+            await openai_client(sc).chat.completions.create(model=MODEL, messages=MSGS)
+    assert err.value.response.headers["Retry-After"] == "60"
+    (attempt,) = err.value.response.json()["routing"]["attempts"]
+    assert attempt["retry_after_s"] == 86400.0
+
+
 async def test_a_retry_after_date_is_counted_on_the_providers_own_clock(
     stack: Stack, tmp_path: Path
 ) -> None:
