@@ -522,6 +522,10 @@ def parse_request(
     so = body.get("stream_options")
     if so is not None and not isinstance(so, dict):
         raise RequestError("stream_options must be an object", "stream_options")
+    if isinstance(so, dict) and so.get("include_usage") is not None:
+        # Checked here because the sidecar overwrites it upstream (it always asks for
+        # usage): a provider never sees the app's value, so it cannot refuse a bad one.
+        _bool(so["include_usage"], "stream_options.include_usage")
     pref_params: Mapping[str, str] | None = None
     if body.get("provider") is None and body.get("providerOptions") is None and variant is None:
         prefs, prefs_key, filters = _default_preferences(default_sort, default_zdr)

@@ -37,6 +37,11 @@ def _body(**kw: object) -> str:
         (json.dumps({"model": MODEL}), 400, "messages"),
         (json.dumps({"model": MODEL, "messages": "hi"}), 400, "messages"),
         (_body(stream="yes"), 400, "stream"),
+        (
+            _body(stream=True, stream_options={"include_usage": "yes"}),
+            400,
+            'stream_options.include_usage must be a boolean, got "yes"',
+        ),
         (_body(max_tokens="many"), 400, "max_tokens"),
         (_body(provider={"order": "alpha"}), 400, "provider.order"),
         (_body(provider={"sort": "fastest"}), 400, "provider.sort"),
