@@ -384,3 +384,48 @@ async def test_allow_fallbacks_false_still_tries_every_provider_named_in_order(
     status, answer = await _post(sc, provider={"allow_fallbacks": False, "sort": "price"})
     assert status == 200 and answer["routing"]["provider"] == "cheap"
     assert [a["provider"] for a in answer["routing"]["attempts"]] == ["cheap"]
+
+
+#: Request bodies as ``@ai-sdk/openai-compatible`` 2.x wrote them (recorded by a
+#: JavaScript audit through the SDK's ``fetch`` hook) for ``generateText`` with
+#: ``maxOutputTokens: 3``. Nested: ``createOpenAICompatible({name: "sidecar"})`` and
+#: ``providerOptions: {sidecar: {providerOptions: {gateway: {only: ["private"]}}}}``.
+#: Flattened: ``{name: "gateway"}`` and ``{gateway: {only: [...], zeroDataRetention: true}}``.
+_AI_SDK_NESTED = {
+    "model": MODEL,
+    "max_tokens": 3,
+    "providerOptions": {"gateway": {"only": ["private"]}},
+    "messages": MSGS,
+}
+_AI_SDK_FLATTENED = {
+    "model": MODEL,
+    "max_tokens": 3,
+    "only": ["private"],
+    "zeroDataRetention": True,
+    "messages": MSGS,
+}
+
+
+async def test_the_bodies_vercels_ai_sdk_sends_are_routed_as_the_readme_says(stack: Stack) -> None:
+    """The README's "From JavaScript" tells AI SDK users to put the sidecar's fields
+    under the provider's own name, and warns that naming the provider ``gateway``
+    spreads them at the top level, where they are unknown fields: forwarded
+    untouched and not routed by. Both halves are pinned here with the SDK's own
+    bytes, so the advice stays true (a JavaScript audit found that
+    ``providerOptions: {gateway: …}`` given to ``generateText`` never reaches the
+    sidecar, which the README did not say)."""
+    sc = await _stack(stack)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{sc.base_url}/chat/completions", json=_AI_SDK_NESTED) as r:
+            assert r.status == 200, await r.text()
+            nested = await r.json()
+        assert nested["routing"]["provider"] == "private"
+        assert nested["routing"]["preferences"] == {"only": ["private"]}
+        assert "providerOptions" not in stack.providers["private"].requests[-1].body
+        async with session.post(f"{sc.base_url}/chat/completions", json=_AI_SDK_FLATTENED) as r:
+            assert r.status == 200, await r.text()
+            flat = await r.json()
+    assert flat["routing"]["preferences"] == {}
+    served = flat["routing"]["provider"]
+    forwarded = stack.providers[served].requests[-1].body
+    assert forwarded["only"] == ["private"] and forwarded["zeroDataRetention"] is True
