@@ -591,7 +591,9 @@ def _gateway(body: dict[str, Any]) -> dict[str, Any] | None:
 def _model_list(value: Any, param: str) -> list[str]:
     """A ``models`` list: 1..MAX_MODELS_PER_REQUEST distinct model ids (checked before use)."""
     if not isinstance(value, list) or not value:
-        raise RequestError(f"{param} must be a non-empty list of model ids", param)
+        raise RequestError(
+            f"{param} must be a non-empty list of model ids, got {as_json(value)}", param
+        )
     if len(value) > MAX_MODELS_PER_REQUEST:
         raise RequestError(
             f"{param} lists {len(value)} models; at most {MAX_MODELS_PER_REQUEST}", param
@@ -665,7 +667,7 @@ def _model_variants(
 
 def _timeout_ms(value: Any, param: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise RequestError(f"{param} must be a number of milliseconds", param)
+        raise RequestError(f"{param} must be a number of milliseconds, got {as_json(value)}", param)
     if not (MIN_PROVIDER_TIMEOUT_MS <= value <= MAX_FIRST_TOKEN_TIMEOUT_MS):
         raise RequestError(
             f"{param} must be between {MIN_PROVIDER_TIMEOUT_MS:g} and "
@@ -688,7 +690,9 @@ def _provider_timeouts_option(body: dict[str, Any]) -> dict[str, float] | None:
     base = "providerOptions.gateway.providerTimeouts"
     block = gateway["providerTimeouts"]
     if not isinstance(block, dict):
-        raise RequestError(f"{base} must be an object of provider: milliseconds", base)
+        raise RequestError(
+            f"{base} must be an object of provider: milliseconds, got {as_json(block)}", base
+        )
     nested = isinstance(block.get("byok"), dict)
     byok: dict[str, Any] = block["byok"] if nested else {}
     if len(block) + len(byok) > MAX_PROVIDER_LIST + 1:  # measured before iterating

@@ -299,6 +299,25 @@ TYPE_ERRORS = [
         "providerOptions.gateway.disallowPromptTraining",
         "providerOptions.gateway.disallowPromptTraining must be a boolean, got [true]",
     ),
+    # These three said only what was expected (a JavaScript audit against the README).
+    ({"models": "mid"}, "models", 'models must be a non-empty list of model ids, got "mid"'),
+    (
+        {"providerOptions": {"gateway": {"models": {}}}},
+        "providerOptions.gateway.models",
+        "providerOptions.gateway.models must be a non-empty list of model ids, got {}",
+    ),
+    (
+        {"providerOptions": {"gateway": {"providerTimeouts": {"byok": {"cheap": "NaN"}}}}},
+        "providerOptions.gateway.providerTimeouts.byok.cheap",
+        "providerOptions.gateway.providerTimeouts.byok.cheap must be a number of milliseconds, "
+        'got "NaN"',
+    ),
+    (
+        {"providerOptions": {"gateway": {"providerTimeouts": [2000]}}},
+        "providerOptions.gateway.providerTimeouts",
+        "providerOptions.gateway.providerTimeouts must be an object of provider: milliseconds, "
+        "got [2000]",
+    ),
 ]
 
 
