@@ -461,6 +461,14 @@ def _estimate_input_tokens(messages: list[Any]) -> int:
     return (message_text_chars(messages) + 3) // 4
 
 
+#: Vercel's privacy options where the AI SDK puts them for a provider named ``gateway``
+#: (spread at the top level of the body). Forwarded, they would reach a provider that
+#: does not read them, and the request would go wherever it ranks, keeping data the app
+#: asked to be kept nowhere: a 400 instead. Other misplaced options (``order``) only
+#: change the order, and are forwarded as any unknown field is.
+_MISPLACED_PRIVACY = ("zeroDataRetention", "disallowPromptTraining")
+
+
 def parse_request(
     body: Any, default_sort: str | None = None, default_zdr: bool = False
 ) -> ParsedRequest:
@@ -526,6 +534,13 @@ def parse_request(
         # Checked here because the sidecar overwrites it upstream (it always asks for
         # usage): a provider never sees the app's value, so it cannot refuse a bad one.
         _bool(so["include_usage"], "stream_options.include_usage")
+    for key in _MISPLACED_PRIVACY:
+        if key in body:
+            raise RequestError(
+                f"{key} at the top level of the body is not read: it is a routing option, "
+                f"written providerOptions.gateway.{key}",
+                key,
+            )
     pref_params: Mapping[str, str] | None = None
     if body.get("provider") is None and body.get("providerOptions") is None and variant is None:
         prefs, prefs_key, filters = _default_preferences(default_sort, default_zdr)

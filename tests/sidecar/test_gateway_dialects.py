@@ -428,11 +428,12 @@ _AI_SDK_FLATTENED = {
 async def test_the_bodies_vercels_ai_sdk_sends_are_routed_as_the_readme_says(stack: Stack) -> None:
     """The README's "From JavaScript" tells AI SDK users to put the sidecar's fields
     under the provider's own name, and warns that naming the provider ``gateway``
-    spreads them at the top level, where they are unknown fields: forwarded
-    untouched and not routed by. Both halves are pinned here with the SDK's own
-    bytes, so the advice stays true (a JavaScript audit found that
-    ``providerOptions: {gateway: …}`` given to ``generateText`` never reaches the
-    sidecar, which the README did not say)."""
+    spreads them at the top level: ``order``/``only`` there are unknown fields,
+    forwarded untouched and not routed by, and a privacy option there is a 400 (it
+    was forwarded too, so a request asking for zero data retention went to any
+    provider). Pinned with the SDK's own bytes, so the advice stays true (a
+    JavaScript audit found that ``providerOptions: {gateway: …}`` given to
+    ``generateText`` never reaches the sidecar, which the README did not say)."""
     sc = await _stack(stack)
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{sc.base_url}/chat/completions", json=_AI_SDK_NESTED) as r:
@@ -441,10 +442,18 @@ async def test_the_bodies_vercels_ai_sdk_sends_are_routed_as_the_readme_says(sta
         assert nested["routing"]["provider"] == "private"
         assert nested["routing"]["preferences"] == {"only": ["private"]}
         assert "providerOptions" not in stack.providers["private"].requests[-1].body
+        served_before = {name: len(p.requests) for name, p in stack.providers.items()}
         async with session.post(f"{sc.base_url}/chat/completions", json=_AI_SDK_FLATTENED) as r:
+            assert r.status == 400, await r.text()
+            refused = (await r.json())["error"]
+        assert refused["param"] == "zeroDataRetention"
+        assert "providerOptions.gateway.zeroDataRetention" in refused["message"]
+        assert {name: len(p.requests) for name, p in stack.providers.items()} == served_before
+        only = {k: v for k, v in _AI_SDK_FLATTENED.items() if k != "zeroDataRetention"}
+        async with session.post(f"{sc.base_url}/chat/completions", json=only) as r:
             assert r.status == 200, await r.text()
             flat = await r.json()
     assert flat["routing"]["preferences"] == {}
     served = flat["routing"]["provider"]
     forwarded = stack.providers[served].requests[-1].body
-    assert forwarded["only"] == ["private"] and forwarded["zeroDataRetention"] is True
+    assert forwarded["only"] == ["private"]
