@@ -29,6 +29,7 @@ from router_common.routing.order import kept_without_fallbacks
 from sidecar.config import SidecarSettings
 from sidecar.hedging import Hedger
 from sidecar.keys import ProviderKeys
+from sidecar.lean_server import LeanStreamResponse
 from sidecar.metrics import SidecarMetrics
 from sidecar.model_fallback import (
     Leg,
@@ -904,7 +905,7 @@ def _stream_answer(provider: str, attempt: int, model: str) -> web.StreamRespons
     )
 
 
-class _OneWriteStreamResponse(web.StreamResponse):
+class _OneWriteStreamResponse(LeanStreamResponse):
     """A stream response whose headers leave with the first body bytes, in one send.
 
     By the time the sidecar commits to a provider it already holds the first
@@ -912,6 +913,7 @@ class _OneWriteStreamResponse(web.StreamResponse):
     syscalls (about 0.1 ms each here) on the app's time to first token.
     ``_send_headers_immediately`` is aiohttp's own switch for this (web.Response
     sets it to False); a test checks the headers and first chunk arrive together.
+    On the lean front (``LeanStreamResponse``) headers always leave with the first bytes.
     """
 
     _send_headers_immediately = False
