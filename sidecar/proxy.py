@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -53,6 +54,7 @@ from sidecar.streaming import (
 )
 from sidecar.timeouts import (
     AttemptTimeout,
+    FirstTokenTimeout,
     first_token_timeout,
     parse_provider_timeouts,
     response_timeout,
@@ -676,19 +678,21 @@ class Proxy:
             req.model, req.wants_usage, self._redact.only(key), self._s.max_upstream_response_bytes
         )
         slow_after = slow_start_after(self._s, req, route)
-        slow_watch = (
+        # One timer: the slow-start watch (a mark, nothing cut), then the wait's limit.
+        waiting = FirstTokenTimeout(
+            limit,
+            None if slow_after is None else now + slow_after,
             None
             if slow_after is None
-            else loop.call_later(
-                slow_after,
+            else partial(
                 self._ranking.cooldowns.slow,
                 req.model,
                 route.provider,
                 self._s.slow_start_cooldown_s,
-            )
+            ),
         )
         try:
-            async with asyncio.timeout_at(limit):
+            async with waiting:
                 resp = await self._transport.post(
                     route.chat_url,
                     self._body_for(req, route),
@@ -726,9 +730,6 @@ class Proxy:
             if resp is not None:
                 resp.close()
             return None
-        finally:
-            if slow_watch is not None:
-                slow_watch.cancel()
         if start is None:
             resp.close()
             return None
