@@ -391,10 +391,13 @@ class SidecarApp:
             if length is not None and length > self.settings.max_body_bytes:
                 raise RequestError("request body too large", None, 413, "body_too_large")
             try:
-                # Bounded: aiohttp sets no limit on reading a body, so an app (or anyone
-                # reaching the port) trickling one byte a second held a handler for days.
-                async with asyncio.timeout(self.settings.client_idle_timeout_s):
+                if request.content.is_eof():  # the whole body is here (most requests): no timer
                     raw = await request.read()
+                else:
+                    # Bounded: aiohttp sets no limit on reading a body, so an app (or anyone
+                    # reaching the port) trickling one byte a second held a handler for days.
+                    async with asyncio.timeout(self.settings.client_idle_timeout_s):
+                        raw = await request.read()
             except TimeoutError:
                 raise RequestError(
                     f"request body not received within {self.settings.client_idle_timeout_s} s",

@@ -21,12 +21,25 @@ httptools' parser does not report, and whatever the strict check refuses is
 judged by aiohttp's own parser.
 
 For a request it serves it keeps what aiohttp's server gave: the handler is
-the app's own (its error middleware and ``_chat``), answers go through
-aiohttp's ``StreamResponse``/``Response`` and ``StreamWriter`` (same headers,
-chunking, write backpressure through ``BaseProtocol``), the app leaving
-cancels the handler (as ``handler_cancellation=True`` did), keep-alive and
-pipelined requests are answered in order, and a connection idle (or with a
-head arriving too slowly) for ``client_idle_timeout_s`` is closed.
+the app's own (its error middleware and ``_chat``), the app leaving cancels
+the handler (as ``handler_cancellation=True`` did), keep-alive and pipelined
+requests are answered in order, and a connection idle (or with a head arriving
+too slowly) for ``client_idle_timeout_s`` is closed.
+
+Answers: what a response says (status, reason, the app's headers) is decided
+by the code that builds the aiohttp ``Response``/``LeanStreamResponse``, the
+same for both servers; only the writing differs. On this front the head is
+composed by ``_response_head`` with aiohttp's own rules for the headers a
+server adds (``Content-Length`` or ``Transfer-Encoding: chunked``,
+``Content-Type`` default, ``Date``, ``Server``, ``Connection: close``) and
+serialised by aiohttp's own ``_serialize_headers`` (same bytes, same refusal
+of a CR or LF in a value), then written with the first body bytes on the
+transport, honouring write backpressure (``pause_writing``, then a drain
+before going on). Why: aiohttp's ``prepare``/``StreamWriter`` path was ~5 % of
+the busy loop per request (issue 13), for two shapes of answer. Anything else
+(cookies, compression, an empty-body status, a preset ``Content-Length``, a
+``Payload`` body) is written by aiohttp's ``StreamResponse`` on a
+``StreamWriter`` as before.
 """
 
 from __future__ import annotations
@@ -37,10 +50,12 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http import HttpVersion11
-from aiohttp.http_writer import StreamWriter
+from aiohttp.client_exceptions import ClientConnectionResetError
+from aiohttp.helpers import EMPTY_BODY_STATUS_CODES, rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.http_writer import StreamWriter, _serialize_headers
 from multidict import CIMultiDict, CIMultiDictProxy
 
 log = logging.getLogger("sidecar.http")
@@ -61,7 +76,12 @@ _PLAIN_HEAD = re.compile(
 )
 #: Headers that make a request aiohttp's: framing, continuations, protocol switches, and
 #: bodies aiohttp decompresses.
-_NOT_OURS = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"content-encoding"))
+_NOT_OURS_AT = tuple(
+    b"\r\n" + name + b":"
+    for name in (b"transfer-encoding", b"expect", b"upgrade", b"content-encoding")
+)
+_LENGTH_AT = b"\r\ncontent-length:"
+_CONNECTION_AT = b"\r\nconnection:"
 
 Handler = Callable[[Any], Awaitable[web.StreamResponse]]
 
@@ -77,12 +97,14 @@ class LeanRequest:
 
     __slots__ = (
         "_body",
+        "_conn",
+        "_head",
+        "_headers",
         "_missing",
-        "_payload_writer",
         "_state",
         "_waiter",
+        "_writer",
         "content_length",
-        "headers",
         "keep_alive",
         "prepared",
         "task",
@@ -92,20 +114,28 @@ class LeanRequest:
     path = "/v1/chat/completions"
     version = HttpVersion11
 
-    def __init__(
-        self, headers: CIMultiDictProxy[str], length: int, keep_alive: bool, writer: StreamWriter
-    ) -> None:
-        self.headers = headers
+    def __init__(self, head: bytes, length: int, keep_alive: bool, conn: LeanConnection) -> None:
+        self._head = head
+        self._headers: CIMultiDictProxy[str] | None = None
         self.content_length = length
         self.keep_alive = keep_alive
         self.task: asyncio.Task[None] | None = None
-        self._payload_writer = writer
+        self._conn = conn
+        self._writer: StreamWriter | None = None
         self._state: dict[Any, Any] = {}
         self._body = bytearray()
         self._missing = length
         self._waiter: asyncio.Future[None] | None = None
         #: A response was started (its headers are written or buffered in the writer).
         self.prepared = False
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """The request's header fields (built on first use: the chat path reads none)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = _fields(self._head)
+        return headers
 
     # -- per-request values (web.Request is a MutableMapping) -------------------
 
@@ -153,8 +183,97 @@ class LeanRequest:
     def is_eof(self) -> bool:
         return self._missing == 0
 
+    @property
+    def _payload_writer(self) -> StreamWriter:
+        """aiohttp's writer, for an answer this front does not write itself (made on use)."""
+        writer = self._writer
+        if writer is None:
+            writer = self._writer = StreamWriter(self._conn, self._conn._loop)
+        return writer
+
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         self.prepared = True
+
+    def start(self, resp: web.StreamResponse) -> LeanWriter | None:
+        """Begin ``resp`` as a chunked answer written here; None: aiohttp's to write."""
+        keep_alive = resp.keep_alive is not False and self.keep_alive
+        head = _response_head(resp, None, keep_alive)
+        if head is None:
+            return None
+        self.prepared = True
+        return LeanWriter(self._conn, head)
+
+
+class LeanWriter:
+    """One chunked answer on a lean connection: the head leaves with the first body bytes.
+
+    As aiohttp's ``StreamWriter`` with headers buffered (``_send_headers_immediately``
+    False): one send per ``write``, the head, chunk and terminator in one send when the
+    whole answer is in ``write_eof``. After a send, a paused transport (the app reads
+    slower than the answer comes) is waited for before going on.
+    """
+
+    __slots__ = ("_conn", "_eof", "_head")
+
+    def __init__(self, conn: LeanConnection, head: bytes) -> None:
+        self._conn = conn
+        self._head = head
+        self._eof = False
+
+    async def write(self, data: bytes) -> None:
+        if self._eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not data:
+            return
+        out = b"".join((self._head, b"%x\r\n" % len(data), data, b"\r\n"))
+        self._head = b""
+        await self._conn.send(out)
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if self._eof:
+            return
+        self._eof = True
+        if data:
+            out = b"".join((self._head, b"%x\r\n" % len(data), data, b"\r\n0\r\n\r\n"))
+        else:
+            out = self._head + b"0\r\n\r\n"
+        self._head = b""
+        await self._conn.send(out)
+
+
+class LeanStreamResponse(web.StreamResponse):
+    """A streamed answer: written by the lean front when its request came through it,
+    by aiohttp's ``StreamWriter`` otherwise; its status and headers are the builder's,
+    the same for both servers."""
+
+    _lean: LeanWriter | None = None
+
+    async def prepare(self, request: Any) -> Any:
+        if self._lean is not None:
+            return None
+        if type(request) is LeanRequest and not super().prepared:
+            self._lean = request.start(self)
+            if self._lean is not None:
+                return None
+        return await super().prepare(request)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        lean = self._lean
+        if lean is None:
+            await super().write(data)
+        else:
+            await lean.write(bytes(data))
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        lean = self._lean
+        if lean is None:
+            await super().write_eof(data)
+        else:
+            await lean.write_eof(data)
+
+    @property
+    def prepared(self) -> bool:
+        return self._lean is not None or super().prepared
 
 
 class LeanFront:
@@ -279,14 +398,13 @@ class LeanConnection(BaseProtocol):
         if parsed is None:
             self._hand_over()
             return
-        fields, length, keep_alive = parsed
+        length, keep_alive = parsed
         if length > self._front.max_body_bytes:
             self._hand_over()
             return
         del buf[: end + 4]
         self._stop_idle()
-        writer = StreamWriter(self, self._front.loop)
-        req = LeanRequest(CIMultiDictProxy(CIMultiDict(fields)), length, keep_alive, writer)
+        req = LeanRequest(head, length, keep_alive, self)
         self._request = req
         if length and buf:
             rest = req._feed(buf)
@@ -298,7 +416,9 @@ class LeanConnection(BaseProtocol):
         keep = False
         try:
             resp = await self._front.handler(req)
-            if resp.prepared or not req.prepared:
+            if not req.prepared and await self._send_whole(req, resp):
+                keep = bool(resp.keep_alive) and req.body_complete
+            elif resp.prepared or not req.prepared:
                 await resp.prepare(req)  # type: ignore[arg-type]
                 await resp.write_eof()
                 keep = bool(resp.keep_alive) and req.keep_alive and req.body_complete
@@ -320,6 +440,37 @@ class LeanConnection(BaseProtocol):
             self._resume_transport_reading()
         self._arm_idle()
         self._next()
+
+    async def _send_whole(self, req: LeanRequest, resp: web.StreamResponse) -> bool:
+        """Write a ``web.Response`` with its body in one send; False: aiohttp's to write."""
+        if type(resp) is not web.Response or resp._compressed_body is not None:
+            return False
+        body = resp._body
+        if body is None:
+            body = b""
+        elif not isinstance(body, (bytes, bytearray)):
+            return False  # a Payload (a file, a stream): aiohttp's writer
+        if resp._chunked or hdrs.CONTENT_LENGTH in resp._headers:
+            return False
+        resp._headers[hdrs.CONTENT_LENGTH] = str(len(body))  # as Response._start does
+        keep_alive = resp.keep_alive is not False and req.keep_alive
+        head = _response_head(resp, len(body), keep_alive)
+        if head is None:
+            del resp._headers[hdrs.CONTENT_LENGTH]
+            return False
+        req.prepared = True
+        resp._eof_sent = True  # what aiohttp's write_eof marks: the answer is complete
+        await self.send(head + body if body else head)
+        return True
+
+    async def send(self, data: bytes) -> None:
+        """Write ``data``; when the transport asks for a pause, wait until it resumes."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        transport.write(data)
+        if self._paused and self.transport is not None:
+            await self._drain_helper()
 
     def _hand_over(self) -> None:
         """Give the connection, and the bytes of the request begun, to aiohttp's handler."""
@@ -376,30 +527,79 @@ class LeanConnection(BaseProtocol):
         self.close()
 
 
-def _parse_headers(head: bytes) -> tuple[list[tuple[str, str]], int, bool] | None:
-    """Fields, Content-Length and keep-alive of a plain head; None: aiohttp's to judge."""
+def _response_head(resp: web.StreamResponse, length: int | None, keep_alive: bool) -> bytes | None:
+    """The status line and headers aiohttp's ``prepare`` would send for ``resp`` on an
+    HTTP/1.1 POST, as bytes; None for what only aiohttp's writer does (cookies,
+    compression, an empty-body status, a preset length on a chunked answer).
+
+    ``length`` None: chunked. The headers added are aiohttp's, in its order
+    (``StreamResponse._prepare_headers``); ``resp.headers`` and ``resp.keep_alive``
+    end as aiohttp leaves them. Serialised by aiohttp's own function.
+    """
+    status = resp.status
+    if resp._cookies or resp._compression or status in EMPTY_BODY_STATUS_CODES:
+        return None
+    headers = resp._headers
+    if length is None:
+        if hdrs.CONTENT_LENGTH in headers:
+            return None
+        headers[hdrs.TRANSFER_ENCODING] = "chunked"
+    if length != 0:
+        headers.setdefault(hdrs.CONTENT_TYPE, "application/octet-stream")
+    if hdrs.DATE not in headers:
+        headers[hdrs.DATE] = rfc822_formatted_time()
+    headers.setdefault(hdrs.SERVER, SERVER_SOFTWARE)
+    if not keep_alive and hdrs.CONNECTION not in headers:
+        headers[hdrs.CONNECTION] = "close"
+    resp._keep_alive = keep_alive
+    head: bytes = _serialize_headers(f"HTTP/1.1 {status} {resp.reason}", headers)
+    return head
+
+
+def _parse_headers(head: bytes) -> tuple[int, bool] | None:
+    """Content-Length and keep-alive of a plain head; None: aiohttp's to judge.
+
+    Once the head is known plain (every line ``token:value``), a header is found by
+    searching the lowered head for ``CRLF name:``: a few C searches instead of a
+    Python loop over every line; the fields themselves are built only if read
+    (``LeanRequest.headers``).
+    """
     if head.count(b"\r\n") >= _MAX_FIELDS or _PLAIN_HEAD.fullmatch(head) is None:
         return None  # a bare CR or LF, a control character, an obs-fold, a non-token name
-    fields: list[tuple[str, str]] = []
-    length: int | None = None
+    lower = b"\r\n" + head.lower()
+    for needle in _NOT_OURS_AT:
+        if needle in lower:
+            return None
+    at = lower.find(_LENGTH_AT)
+    if at < 0 or lower.find(_LENGTH_AT, at + 1) >= 0:
+        return None
+    value = _value_at(lower, at + len(_LENGTH_AT))
+    if not value.isdigit() or len(value) > 18:
+        return None
+    length = int(value)
     keep_alive = True
+    at = lower.find(_CONNECTION_AT)
+    while at >= 0:
+        at += len(_CONNECTION_AT)
+        tokens = {t.strip() for t in _value_at(lower, at).split(b",")}
+        if b"upgrade" in tokens:
+            return None
+        if b"close" in tokens:
+            keep_alive = False
+        at = lower.find(_CONNECTION_AT, at)
+    return length, keep_alive
+
+
+def _value_at(head: bytes, start: int) -> bytes:
+    """The value of the header line whose colon ends at ``start``, without its blanks."""
+    end = head.find(b"\r\n", start)
+    return head[start : end if end >= 0 else len(head)].strip(b" \t")
+
+
+def _fields(head: bytes) -> CIMultiDictProxy[str]:
+    """The header fields of a plain head (checked by ``_parse_headers``), as aiohttp's."""
+    fields: list[tuple[str, str]] = []
     for line in head.split(b"\r\n"):
         name, _, value = line.partition(b":")
-        value = value.strip(b" \t")
-        lname = name.lower()
-        if lname == b"content-length":
-            if length is not None or not value.isdigit() or len(value) > 18:
-                return None
-            length = int(value)
-        elif lname in _NOT_OURS:
-            return None
-        elif lname == b"connection":
-            tokens = {t.strip().lower() for t in value.split(b",")}
-            if b"upgrade" in tokens:
-                return None
-            if b"close" in tokens:
-                keep_alive = False
-        fields.append((name.decode("latin-1"), value.decode("latin-1")))
-    if length is None:
-        return None
-    return fields, length, keep_alive
+        fields.append((name.decode("latin-1"), value.strip(b" \t").decode("latin-1")))
+    return CIMultiDictProxy(CIMultiDict(fields))

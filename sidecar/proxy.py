@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,7 @@ from router_common.routing.order import kept_without_fallbacks
 from sidecar.config import SidecarSettings
 from sidecar.hedging import Hedger
 from sidecar.keys import ProviderKeys
+from sidecar.lean_server import LeanStreamResponse
 from sidecar.metrics import SidecarMetrics
 from sidecar.model_fallback import (
     Leg,
@@ -52,6 +54,7 @@ from sidecar.streaming import (
 )
 from sidecar.timeouts import (
     AttemptTimeout,
+    FirstTokenTimeout,
     first_token_timeout,
     parse_provider_timeouts,
     response_timeout,
@@ -677,19 +680,21 @@ class Proxy:
             req.model, req.wants_usage, self._redact.only(key), self._s.max_upstream_response_bytes
         )
         slow_after = slow_start_after(self._s, req, route)
-        slow_watch = (
+        # One timer: the slow-start watch (a mark, nothing cut), then the wait's limit.
+        waiting = FirstTokenTimeout(
+            limit,
+            None if slow_after is None else now + slow_after,
             None
             if slow_after is None
-            else loop.call_later(
-                slow_after,
+            else partial(
                 self._ranking.cooldowns.slow,
                 req.model,
                 route.provider,
                 self._s.slow_start_cooldown_s,
-            )
+            ),
         )
         try:
-            async with asyncio.timeout_at(limit):
+            async with waiting:
                 resp = await self._transport.post(
                     route.chat_url,
                     self._body_for(req, route),
@@ -727,9 +732,6 @@ class Proxy:
             if resp is not None:
                 resp.close()
             return None
-        finally:
-            if slow_watch is not None:
-                slow_watch.cancel()
         if start is None:
             resp.close()
             return None
@@ -906,7 +908,7 @@ def _stream_answer(provider: str, attempt: int, model: str) -> web.StreamRespons
     )
 
 
-class _OneWriteStreamResponse(web.StreamResponse):
+class _OneWriteStreamResponse(LeanStreamResponse):
     """A stream response whose headers leave with the first body bytes, in one send.
 
     By the time the sidecar commits to a provider it already holds the first
@@ -914,6 +916,7 @@ class _OneWriteStreamResponse(web.StreamResponse):
     syscalls (about 0.1 ms each here) on the app's time to first token.
     ``_send_headers_immediately`` is aiohttp's own switch for this (web.Response
     sets it to False); a test checks the headers and first chunk arrive together.
+    On the lean front (``LeanStreamResponse``) headers always leave with the first bytes.
     """
 
     _send_headers_immediately = False

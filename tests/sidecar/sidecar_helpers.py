@@ -290,7 +290,13 @@ async def trickle_until_closed(
         writer.write(bytes([byte]))
         await asyncio.wait([closed], timeout=0.01)
     assert closed.done(), "the sidecar still held a request head after the whole trickle"
-    assert await closed == b""
+    try:
+        rest = await closed
+    except ConnectionResetError:
+        # Closed while a trickled byte was still unread there: the kernel answers it
+        # with a reset, which is the close as this side sees it.
+        rest = b""
+    assert rest == b""
     assert loop.time() - started < within_s
 
 

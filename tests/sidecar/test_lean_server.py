@@ -6,7 +6,9 @@ lean front serves itself (plain chat POSTs) and what it hands to aiohttp
 keep-alive reuse, pipelined requests answered in order, chunked bodies,
 ``Expect: 100-continue``, an app leaving before its first token or mid-stream,
 oversize bodies, bad request bodies, malformed requests, request heads that
-never finish.
+never finish. What the lean front writes itself is held to aiohttp's bytes
+(every kind of answer compared on both), to write backpressure (a reader that
+stops parks the relay), and to ``Connection: close``.
 """
 
 from __future__ import annotations
@@ -277,37 +279,6 @@ def test_http_server_setting_is_checked() -> None:
     assert problem == '--http-server must be one of ["lean", "aiohttp"], got "nginx"'
 
 
-async def test_a_reader_that_stops_pauses_the_lean_writer_and_loses_nothing(
-    stack: Stack,
-) -> None:
-    """Write backpressure: the transport's pause_writing reaches the lean connection (the
-    relay then waits in aiohttp's StreamWriter.drain), and the whole answer arrives later."""
-    await stack.add_providers({"alpha": {"tokens_per_second": 0.0}})
-    host, port = await _sidecar(stack, "lean", chunk_timeout_s=30.0, client_idle_timeout_s=30.0)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (host, port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
-    try:
-        body = {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": "hi"}],
-            "max_tokens": 40000,
-            "stream": True,
-        }
-        writer.write(_chat(body))
-        front = stack.sidecar._front if stack.sidecar is not None else None
-        assert front is not None
-        await wait_for(lambda: any(c.writing_paused for c in front.connections), timeout=5)
-        status, _, payload = await _response(reader)  # now read: writing resumes
-        assert status == 200
-        assert payload.endswith(b"data: [DONE]\n\n")
-        assert stack.providers["alpha"].requests[-1].tokens == 40000
-    finally:
-        writer.close()
-
-
 @SERVERS
 async def test_app_leaving_before_the_first_token_stops_the_provider(
     stack: Stack, server: str
@@ -326,3 +297,129 @@ async def test_app_leaving_before_the_first_token_stops_the_provider(
     sc = stack.sidecar
     assert sc is not None
     await wait_for(lambda: sc.metrics.requests.labels("499")._value.get() == 1, timeout=3)
+
+
+async def _raw_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One response as sent: its head, and its body with the framing left in."""
+    async with asyncio.timeout(DEADLINE_S):
+        head = await reader.readuntil(b"\r\n\r\n")
+        lower = head.lower()
+        if b"transfer-encoding: chunked" in lower:
+            body = b""
+            while True:
+                line = await reader.readuntil(b"\r\n")
+                size = int(line.strip(), 16)
+                body += line + await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+        else:
+            length = int(lower.split(b"content-length: ")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+    return head, body
+
+
+def _masked(head: bytes, *names: bytes) -> bytes:
+    """``head`` with the values of ``names`` (and always Date) replaced: they change per run."""
+    lines = head.split(b"\r\n")
+    for i, line in enumerate(lines):
+        name, _, _ = line.partition(b":")
+        if name.lower() in (b"date", *names):
+            lines[i] = name + b": *"
+    return b"\r\n".join(lines)
+
+
+async def _answers_on(stack: Stack, server: str) -> dict[str, bytes]:
+    """What one sidecar sends for each kind of answer: heads, and whole errors."""
+    await _sidecar(stack, server, max_body_bytes=2000)
+    sc = stack.sidecar
+    assert sc is not None
+    seen: dict[str, bytes] = {}
+    streamed = {"model": MODEL, "messages": [{"role": "user", "content": "a"}], "stream": True}
+    bad = b"{not json"
+    asks = {
+        "stream": _chat(streamed),
+        "json": _chat(),
+        "invalid-json": b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: " + str(len(bad)).encode() + b"\r\n\r\n" + bad,
+        "unknown-model": _chat({"model": "nope", "messages": [{"role": "user", "content": "a"}]}),
+        "too-large": b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 5000\r\n\r\n" + b"[" * 100,
+        "connection-close": _chat(extra=b"Connection: close\r\n"),
+    }
+    for name, request in asks.items():
+        reader, writer = await asyncio.open_connection("127.0.0.1", sc.port)
+        try:
+            writer.write(request)
+            head, body = await _raw_response(reader)
+            if name in ("stream", "json", "connection-close"):
+                # The answer's id and timing differ per request: the head is compared,
+                # and the body's framing checked here.
+                seen[name] = _masked(head, b"content-length")
+                if name == "stream":
+                    assert body.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), body[-40:]
+                else:
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    assert len(body) == length and json.loads(body)["object"] == "chat.completion"
+            else:
+                seen[name] = _masked(head) + body
+            if name == "connection-close":
+                async with asyncio.timeout(DEADLINE_S):
+                    assert await reader.read() == b""  # and it closes
+        finally:
+            writer.close()
+    await sc.stop()
+    stack.sidecar = None
+    return seen
+
+
+async def test_every_answer_is_the_same_bytes_on_both_servers(stack: Stack) -> None:
+    """The lean front writes answers itself (status line, headers, chunked or
+    Content-Length framing): byte for byte what aiohttp's server sends, Date aside."""
+    lean = await _answers_on(stack, "lean")
+    aio = await _answers_on(stack, "aiohttp")
+    assert lean == aio
+    assert lean["stream"].startswith(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+    assert b"Transfer-Encoding: chunked\r\n" in lean["stream"]
+    assert b"x-router-provider: alpha\r\n" in lean["stream"]
+    assert b"Transfer-Encoding" not in lean["json"] and b"Content-Length: *" in lean["json"]
+    assert b"Connection: close\r\n" in lean["connection-close"]
+    assert b"Connection: close\r\n" in lean["too-large"]
+    assert b"Connection" not in lean["json"] and b"Connection" not in lean["stream"]
+    assert lean["invalid-json"].startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert lean["too-large"].startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n")
+    assert lean["unknown-model"].split(b" ")[1] == b"404", lean["unknown-model"][:200]
+
+
+async def test_a_slow_reader_holds_the_relay_in_the_lean_writer_drain(stack: Stack) -> None:
+    """Backpressure: once the transport pauses, the relay waits for it to resume instead
+    of queueing the rest of the answer in memory (the write buffer stays bounded)."""
+    await stack.add_providers({"alpha": {"tokens_per_second": 0.0}})
+    host, port = await _sidecar(stack, "lean", chunk_timeout_s=30.0, client_idle_timeout_s=30.0)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+    try:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 40000,
+            "stream": True,
+        }
+        writer.write(_chat(body))
+        front = stack.sidecar._front if stack.sidecar is not None else None
+        assert front is not None
+        # The relay is parked on the connection's drain waiter: it stopped writing.
+        await wait_for(
+            lambda: any(c._drain_waiter is not None for c in front.connections), timeout=5
+        )
+        (conn,) = front.connections
+        assert conn.transport is not None
+        assert conn.transport.get_write_buffer_size() < 1 << 20  # 40,000 tokens are ~6 MB
+        status, _, payload = await _response(reader)
+        assert status == 200
+        assert payload.endswith(b"data: [DONE]\n\n")
+        assert stack.providers["alpha"].requests[-1].tokens == 40000
+    finally:
+        writer.close()

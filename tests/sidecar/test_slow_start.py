@@ -3,6 +3,7 @@ router's unmeasured endpoints are redrawn per request and their ranking reused o
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from typing import Any
@@ -13,7 +14,7 @@ from router_service.ranking import RankingConfig
 from sidecar.config import SidecarSettings
 from sidecar.preferences import parse_request
 from sidecar.ranking_client import Cooldowns, Ranking, RankingClient, Route
-from sidecar.timeouts import slow_start_after
+from sidecar.timeouts import FirstTokenTimeout, slow_start_after
 from tests.conftest import FakeClock
 
 MSGS = [{"role": "user", "content": "hi"}]
@@ -212,3 +213,43 @@ def _fields(route: Route) -> dict[str, Any]:
     import dataclasses
 
     return {f.name: getattr(route, f.name) for f in dataclasses.fields(route) if f.init}
+
+
+async def test_one_timer_notes_the_slow_start_then_times_out_at_the_limit() -> None:
+    """The first-token wait and the slow-start watch share one timer: the mark comes
+    at its time and the wait still ends at its limit, as two timers did."""
+    loop = asyncio.get_running_loop()
+    marked: list[float] = []
+    start = loop.time()
+    never: asyncio.Future[None] = loop.create_future()
+    try:
+        async with FirstTokenTimeout(start + 0.2, start + 0.05, lambda: marked.append(loop.time())):
+            await never
+        raise AssertionError("the wait should have timed out")
+    except TimeoutError:
+        pass
+    assert len(marked) == 1 and marked[0] - start >= 0.05  # once, at its time
+    assert loop.time() - start >= 0.2  # and the wait went on to its limit
+    # A first token before the watch's time: no mark, no timeout.
+    done: asyncio.Future[None] = loop.create_future()
+    loop.call_soon(done.set_result, None)
+    async with FirstTokenTimeout(loop.time() + 5, loop.time() + 1, lambda: marked.append(0.0)):
+        await done
+    assert len(marked) == 1
+    # The app leaving (a cancel from outside) is a cancel, not a timeout.
+    entered = asyncio.Event()
+
+    async def wait() -> None:
+        async with FirstTokenTimeout(loop.time() + 5, loop.time() + 1, lambda: None):
+            entered.set()
+            await loop.create_future()
+
+    task = asyncio.create_task(wait())
+    await entered.wait()
+    task.cancel()
+    try:
+        await task
+        raise AssertionError("the cancel should have propagated")
+    except asyncio.CancelledError:
+        pass
+    assert task.cancelled()
