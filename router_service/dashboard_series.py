@@ -184,7 +184,8 @@ class _Bucket(_Counts):
     """A ring's bucket. The ingestion path queues its histogram bins here
     (``ttft_queued``, ``tps_queued``; ``ttft_n``/``tps_n`` already count them) and
     they are counted into ``ttft``/``tps`` in bulk (``settle``): before any read,
-    and whenever a queue reaches ``_QUEUED_MAX``.
+    whenever a queue reaches ``_QUEUED_MAX``, and when the ring's queueing moves
+    on to another bucket.
 
     Why: counting a slice's few bins per endpoint into these histograms (dicts
     of a few hundred bins) cost ~1.9 µs per outcome in the loaded server, about
@@ -209,9 +210,10 @@ class _Bucket(_Counts):
         return self
 
 
-#: Queued bins a bucket holds at most (per metric) before they are counted: a
-#: second or so of one endpoint's outcomes at full ingestion (16 KB of list).
-_QUEUED_MAX = 2048
+#: Queued bins a bucket holds at most (per metric) before they are counted:
+#: ~0.1 s of one endpoint's outcomes at full ingestion, ~20 KB with the ints.
+#: Only one bucket per ring holds any (``_Ring.queued_in``).
+_QUEUED_MAX = 512
 
 
 class _Ring:
@@ -222,6 +224,10 @@ class _Ring:
         self.width = width
         self.size = size
         self.slots: list[_Bucket | None] = [None] * size
+        #: The one bucket that may hold queued bins (the last one queued into):
+        #: queueing into another settles it first, so a ring holds at most
+        #: ``_QUEUED_MAX`` queued bins per metric.
+        self.queued_in: _Bucket | None = None
 
     def get(self, index: int) -> _Bucket | None:
         """The bucket for ``index`` with its queued bins counted (for reading), else None."""
@@ -338,6 +344,10 @@ class DashboardSeries:
                     b.failures += len(counted) - len(good)
                     b.successes += len(good)
                     # Queued, counted in bulk later (``_Bucket`` says why).
+                    if b is not ring.queued_in:
+                        if ring.queued_in is not None:
+                            ring.queued_in.settle()
+                        ring.queued_in = b
                     if ttft_bins:
                         b.ttft_queued += ttft_bins
                         b.ttft_n += len(ttft_bins)

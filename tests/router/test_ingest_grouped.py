@@ -410,26 +410,33 @@ def test_series_grouped_equals_record_many() -> None:
 
 def test_series_queued_bins_stay_bounded_and_are_counted_when_read() -> None:
     """The grouped path queues each bucket's histogram bins instead of counting
-    them per slice; the queue never outgrows ``_QUEUED_MAX`` however long nothing
-    reads the series, and a read sees every value recorded."""
+    them per slice; however long nothing reads the series, only one bucket per
+    ring holds queued bins, fewer than ``_QUEUED_MAX`` per metric (a bucket left
+    behind by the clock has them counted), and a read sees every value recorded."""
     clock = FakeClock(T0)
     key = EndpointKey(MODEL, PROVIDERS[0])
     series = DashboardSeries(clock)
     recorded = 0
     for i in range(3 * _QUEUED_MAX // 16 + 5):  # several queues' worth, 16 a slice
-        group = [Outcome(key, clock(), True, ttft_ms=100.0 + (i + j) % 50) for j in range(16)]
+        group = [
+            Outcome(key, clock(), True, ttft_ms=100.0 + (i + j) % 50, tokens_per_second=80.0)
+            for j in range(16)
+        ]
         series.record_grouped({key: group})
         recorded += len(group)
+        clock.advance(0.25)  # across several 10 s buckets
         for ring in series._endpoints[key].rings.values():
-            for b in ring.slots:
-                assert b is None or len(b.ttft_queued) < _QUEUED_MAX
-    (point,) = series.points(key, "5m", HealthState.HEALTHY, 1)[-1:]
-    assert point["successes"] == recorded
+            holding = [b for b in ring.slots if b is not None and (b.ttft_queued or b.tps_queued)]
+            assert len(holding) <= 1
+            assert all(len(b.ttft_queued) < _QUEUED_MAX for b in holding)
+            assert all(len(b.tps_queued) < _QUEUED_MAX for b in holding)
+    points = series.points(key, "15m", HealthState.HEALTHY, 1)
+    assert sum(p["successes"] for p in points) == recorded
     for ring in series._endpoints[key].rings.values():
-        for b in ring.slots:
-            if b is not None:
-                assert b.ttft_n == recorded
-                assert sum(b.settle().ttft.values()) == recorded
+        buckets = [b.settle() for b in ring.slots if b is not None]
+        assert sum(b.ttft_n for b in buckets) == recorded
+        assert sum(sum(b.ttft.values()) for b in buckets) == recorded
+        assert sum(sum(b.tps.values()) for b in buckets) == recorded
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
