@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import deque
-from collections.abc import Iterable, Mapping
+from collections import _count_elements, deque  # type: ignore[attr-defined]
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from math import floor
 from typing import Any
@@ -132,10 +132,11 @@ class _Counts:
 _AGAINST = frozenset(e for e in ErrorClass if e.counts_against_endpoint)
 
 
-def _count_into(hist: dict[int, int], bins: list[int]) -> None:
-    get = hist.get
-    for index in bins:
-        hist[index] = get(index, 0) + 1
+#: ``hist[index] = hist.get(index, 0) + 1`` for each index of ``bins``, in C: the
+#: loop ``Counter.update`` runs (CPython's ``_collections._count_elements``, with a
+#: pure-Python fallback of the same statement); ~40% cheaper per value than the
+#: Python loop it replaces (``_Bucket.settle`` counts queued bins with it).
+_count_into: Callable[[dict[int, int], Iterable[int]], None] = _count_elements
 
 
 def _tally(
@@ -180,7 +181,39 @@ def _add_counts(into: dict[int, int], counts: dict[int, int]) -> None:
 
 @dataclass(slots=True)
 class _Bucket(_Counts):
+    """A ring's bucket. The ingestion path queues its histogram bins here
+    (``ttft_queued``, ``tps_queued``; ``ttft_n``/``tps_n`` already count them) and
+    they are counted into ``ttft``/``tps`` in bulk (``settle``): before any read,
+    whenever a queue reaches ``_QUEUED_MAX``, and when the ring's queueing moves
+    on to another bucket.
+
+    Why: counting a slice's few bins per endpoint into these histograms (dicts
+    of a few hundred bins) cost ~1.9 µs per outcome in the loaded server, about
+    four times what it costs in process: ranking runs between two slices and the
+    dicts are out of the cache each time. Queued, a slice only extends two lists,
+    and the count runs over hundreds of bins at once, in C. The histograms are
+    counts, so when a bin is counted does not change them.
+    """
+
     index: int = 0
+    ttft_queued: list[int] = field(default_factory=list, compare=False, repr=False)
+    tps_queued: list[int] = field(default_factory=list, compare=False, repr=False)
+
+    def settle(self) -> _Bucket:
+        """Count the queued bins into the histograms; returns the bucket."""
+        if self.ttft_queued:
+            _count_into(self.ttft, self.ttft_queued)
+            self.ttft_queued = []
+        if self.tps_queued:
+            _count_into(self.tps, self.tps_queued)
+            self.tps_queued = []
+        return self
+
+
+#: Queued bins a bucket holds at most (per metric) before they are counted:
+#: ~0.1 s of one endpoint's outcomes at full ingestion, ~20 KB with the ints.
+#: Only one bucket per ring holds any (``_Ring.queued_in``).
+_QUEUED_MAX = 512
 
 
 class _Ring:
@@ -191,10 +224,15 @@ class _Ring:
         self.width = width
         self.size = size
         self.slots: list[_Bucket | None] = [None] * size
+        #: The one bucket that may hold queued bins (the last one queued into):
+        #: queueing into another settles it first, so a ring holds at most
+        #: ``_QUEUED_MAX`` queued bins per metric.
+        self.queued_in: _Bucket | None = None
 
     def get(self, index: int) -> _Bucket | None:
+        """The bucket for ``index`` with its queued bins counted (for reading), else None."""
         b = self.slots[index % self.size]
-        return b if b is not None and b.index == index else None
+        return b.settle() if b is not None and b.index == index else None
 
     def bucket(self, index: int) -> _Bucket:
         """The bucket for ``index``, a fresh one when its slot still holds an older one."""
@@ -263,6 +301,7 @@ class DashboardSeries:
             tallies: dict[tuple[EndpointKey, int, int], _Counts] = {}
             client_error = ErrorClass.CLIENT_ERROR
             inf, log, inv, zero = math.inf, math.log, _INV_LOG_BIN, _ZERO_BIN
+            queued_max = _QUEUED_MAX
             endpoints = self._endpoints
             fine_horizon = int(now // fine_w) - _RINGS["fine"][1]
             hour_horizon = int(now // hour_w) - _RINGS["hour"][1]
@@ -304,12 +343,21 @@ class DashboardSeries:
                     b = ring.bucket(index)
                     b.failures += len(counted) - len(good)
                     b.successes += len(good)
+                    # Queued, counted in bulk later (``_Bucket`` says why).
+                    if b is not ring.queued_in:
+                        if ring.queued_in is not None:
+                            ring.queued_in.settle()
+                        ring.queued_in = b
                     if ttft_bins:
-                        _count_into(b.ttft, ttft_bins)
+                        b.ttft_queued += ttft_bins
                         b.ttft_n += len(ttft_bins)
+                        if len(b.ttft_queued) >= queued_max:
+                            b.settle()
                     if tps_bins:
-                        _count_into(b.tps, tps_bins)
+                        b.tps_queued += tps_bins
                         b.tps_n += len(tps_bins)
+                        if len(b.tps_queued) >= queued_max:
+                            b.settle()
             self._land(tallies, now)
 
     def _land(self, tallies: dict[tuple[EndpointKey, int, int], _Counts], now: float) -> None:

@@ -1,9 +1,9 @@
 """Applies outcome batches exactly once, within each caller's budget, without starving ranking.
 
 Ranking and ingestion share one event loop (and, in the benchmark, one core).
-Applying an outcome costs 9-11 µs of the loop in the server (``GroupedRecorder``;
-it was 18-29 µs), plus ~1.5-2 µs of quantile refresh (mostly adding values to
-digests); four writers at full speed used to take nearly all of the loop and
+Applying an outcome costs 8-10.5 µs of the loop in the server (``GroupedRecorder``
+in slices of 256; it was 18-29 µs), plus ~1.5-2.5 µs of quantile refresh (mostly
+adding values to digests); four writers at full speed used to take nearly all of the loop and
 RankProviders p99 grew 13×. The mechanism here is a *time share*, measured,
 not guessed:
 
@@ -18,7 +18,7 @@ not guessed:
 
 The quantile refresh the outcomes make necessary is charged to the same budget
 (``charge``), so ranking keeps at least ``1 - share`` of the loop whatever the
-writers do, and waits at most one slice (~1 ms) or one refresh step for
+writers do, and waits at most one slice (~2-3 ms) or one refresh step for
 ingestion. bench/bench_router.py
 ``--scenario starvation`` measures both sides.
 
@@ -67,20 +67,28 @@ class IngestPacing:
                                RankProviders calls are being served: ranking keeps
                                the rest, so its throughput falls at most ~1/(1-share)
                                (the starvation target is 2x, and p99 runs above p50).
-                               At the ~9-12 µs of loop an outcome costs in the
-                               server, refresh included (bench/README.md section
-                               7), 0.38 of a core is ~31-37k outcomes/s (the target
-                               is 30k). Measured against 0.45 in interleaved runs:
-                               both targets in 6 of 8 runs against 2 of 8.
+                               At the ~8-10.5 µs of loop an outcome costs in the
+                               server (slices of 256) plus its refresh
+                               (bench/README.md section 7), 0.38 of a core was
+                               28.5-37.6k outcomes/s on a slow evening of the
+                               benchmark machine (the target is 30k). Measured
+                               against 0.45 in interleaved runs: both targets in
+                               6 of 8 runs against 2 of 8.
                                1 disables pacing.
-    slice_outcomes    64       outcomes applied between two yields: ~1 ms, the
-                               longest a ranking call waits for ingestion. Larger
-                               slices give each endpoint more outcomes to apply in
-                               one step (the store's per-endpoint fast path):
-                               in process, 32 cost ~9.8 µs per outcome, 64 ~7.3,
-                               128 ~6.3; in the server 64 and 128 measured alike
-                               (~10 µs), and the benchmark could not tell 32, 64
-                               and 128 apart in ranking's p99.
+    slice_outcomes    256      outcomes applied between two yields: ~2-3 ms, the
+                               longest a ranking call waits for ingestion. Each
+                               slice starts cold: ranking ran in between and
+                               left ingestion's data out of the cache, which
+                               made a slice of 64 cost ~1.5-2x its in-process
+                               time in the loaded server. Fewer, larger slices
+                               pay that less often, and give each endpoint more
+                               outcomes per step (the store's per-endpoint fast
+                               path). Full starvation runs, interleaved, share
+                               0.38: 8.0-10.5 µs of loop per outcome at 256
+                               against 10.8-12.6 at 64, ingestion 28.5-37.6k/s
+                               against 25.1-29.4k/s, and ranking's p99 ratio
+                               no worse (1.54-2.50x against 1.78-2.77x);
+                               bench/README.md section 7.
     ranking_quiet_s   0.25     with no RankProviders call for this long, ingestion
                                is not paced (only yields between slices): nothing
                                to protect, so a backlog drains at full speed.
@@ -88,7 +96,7 @@ class IngestPacing:
     """
 
     share: float = 0.38
-    slice_outcomes: int = 64
+    slice_outcomes: int = 256
     ranking_quiet_s: float = 0.25
 
     def __post_init__(self) -> None:

@@ -24,7 +24,7 @@ from router_common.catalog import load_catalog
 from router_common.domain import EndpointKey, ErrorClass
 from router_common.pb import router_pb2
 from router_service.core import RouterCore
-from router_service.dashboard_series import RANGES, DashboardSeries
+from router_service.dashboard_series import _QUEUED_MAX, RANGES, DashboardSeries
 from router_service.health import HealthConfig, HealthTracker
 from router_service.ingest import GroupedRecorder
 from router_service.model import HealthState, Outcome
@@ -400,7 +400,43 @@ def test_series_grouped_equals_record_many() -> None:
             )
         rings_a, rings_b = reference._endpoints[key].rings, grouped._endpoints[key].rings
         for name in rings_a:
+            # The grouped path queues its bins in a bucket until it is read: count
+            # them in (as every read does) before comparing the histograms.
+            for b in rings_b[name].slots:
+                if b is not None:
+                    b.settle()
             assert rings_a[name].slots == rings_b[name].slots
+
+
+def test_series_queued_bins_stay_bounded_and_are_counted_when_read() -> None:
+    """The grouped path queues each bucket's histogram bins instead of counting
+    them per slice; however long nothing reads the series, only one bucket per
+    ring holds queued bins, fewer than ``_QUEUED_MAX`` per metric (a bucket left
+    behind by the clock has them counted), and a read sees every value recorded."""
+    clock = FakeClock(T0)
+    key = EndpointKey(MODEL, PROVIDERS[0])
+    series = DashboardSeries(clock)
+    recorded = 0
+    for i in range(3 * _QUEUED_MAX // 16 + 5):  # several queues' worth, 16 a slice
+        group = [
+            Outcome(key, clock(), True, ttft_ms=100.0 + (i + j) % 50, tokens_per_second=80.0)
+            for j in range(16)
+        ]
+        series.record_grouped({key: group})
+        recorded += len(group)
+        clock.advance(0.25)  # across several 10 s buckets
+        for ring in series._endpoints[key].rings.values():
+            holding = [b for b in ring.slots if b is not None and (b.ttft_queued or b.tps_queued)]
+            assert len(holding) <= 1
+            assert all(len(b.ttft_queued) < _QUEUED_MAX for b in holding)
+            assert all(len(b.tps_queued) < _QUEUED_MAX for b in holding)
+    points = series.points(key, "15m", HealthState.HEALTHY, 1)
+    assert sum(p["successes"] for p in points) == recorded
+    for ring in series._endpoints[key].rings.values():
+        buckets = [b.settle() for b in ring.slots if b is not None]
+        assert sum(b.ttft_n for b in buckets) == recorded
+        assert sum(sum(b.ttft.values()) for b in buckets) == recorded
+        assert sum(sum(b.tps.values()) for b in buckets) == recorded
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
