@@ -18,13 +18,9 @@ Base64 and percent-encoded forms are fixed byte strings, searched like the key;
 a JSON-escaped form can escape any character, so it is matched by one regular
 expression, run only on blocks holding ``\\u`` or ``\\/``.
 
-Whether a block holds any needle at all is one pass of an Aho-Corasick automaton
-over it (``ahocorasick_rs``, Rust's ``aho-corasick`` crate: a SIMD search for
-all the needles at once), not one ``bytes in`` per needle: each of those reads
-the whole block again (~2 µs per needle per 3 KB relayed, so ~8 µs per block for
-one key's four to six needles). Only a block that holds one is rewritten, by
-the same replacements as before, longest needle first; ``bench/bench_sidecar.py``
-measures the check against a relay without it.
+The check on relayed bytes is a plain ``bytes in`` per needle per forwarded
+block (C speed, no allocation when nothing matches); ``bench/bench_sidecar.py``
+measures it against a relay without it.
 """
 
 from __future__ import annotations
@@ -34,8 +30,6 @@ import logging
 import re
 import urllib.parse
 from collections.abc import Iterable
-
-import ahocorasick_rs
 
 MARK = b"[REDACTED]"
 
@@ -50,7 +44,7 @@ _MAX_KEYS = 1024
 class KeyRedactor:
     """The provider keys in use and the function that removes them from bytes."""
 
-    __slots__ = ("_escaped", "_finder", "_keys", "_needles", "_single")
+    __slots__ = ("_escaped", "_keys", "_needles", "_single")
 
     def __init__(self, keys: Iterable[str] = ()) -> None:
         self._keys: set[str] = set()
@@ -58,8 +52,6 @@ class KeyRedactor:
         self._single: dict[str, KeyRedactor] = {}
         #: Longest first, so a whole key is replaced before its halves.
         self._needles: tuple[bytes, ...] = ()
-        #: Finds whether any needle is in a block, in one pass (None: no key yet).
-        self._finder: ahocorasick_rs.BytesAhoCorasick | None = None
         #: Any JSON-escaped spelling of a key or a half (None: no key yet).
         self._escaped: re.Pattern[bytes] | None = None
         for key in keys:
@@ -78,11 +70,6 @@ class KeyRedactor:
             needles.update(_json_string(part))
         needles.update(_base64_cores(raw))
         self._needles = tuple(sorted(needles, key=len, reverse=True))
-        # Leftmost-first: the kind of match the crate searches with SIMD (Teddy); any
-        # kind finds a match when there is one, which is all that is asked of it.
-        self._finder = ahocorasick_rs.BytesAhoCorasick(
-            list(self._needles), matchkind=ahocorasick_rs.MATCHKIND_LEFTMOST_FIRST
-        )
         # Every needle, base64 ones included: PHP's json_encode writes "/" as "\/".
         self._escaped = re.compile(b"|".join(_json_escaped(n) for n in self._needles))
 
@@ -106,13 +93,9 @@ class KeyRedactor:
 
     def scrub(self, data: bytes) -> bytes:
         """``data`` with every key (and every half of one) replaced by ``[REDACTED]``."""
-        finder = self._finder
-        if finder is None:
-            return data
-        if finder.find_matches_as_indexes(data):
-            for needle in self._needles:
-                if needle in data:
-                    data = data.replace(needle, MARK)
+        for needle in self._needles:
+            if needle in data:
+                data = data.replace(needle, MARK)
         if (
             self._escaped is not None
             and b"\\" in data  # one memchr; most blocks stop here
@@ -122,7 +105,7 @@ class KeyRedactor:
             # decoded, searched like plain bytes, and only when a needle shows is the
             # (slow) pattern of every escaped spelling run over the original.
             view = _ASCII_ESCAPE.sub(_unescape, data)
-            if finder.find_matches_as_indexes(view):
+            if any(needle in view for needle in self._needles):
                 data = self._escaped.sub(MARK, data)
         return data
 
