@@ -22,6 +22,7 @@ second sidecar run from another checkout (e.g. main, unpacked with
     .venv/bin/python bench/bench_sidecar.py [--requests 400] [--concurrency 1 32] \
         [--tps 0] [--runs 3] [--log-level info] [--compare-sidecar /tmp/main]
     .venv/bin/python bench/bench_sidecar.py --relay-scan [--keys 8] [--per-block 4]
+    .venv/bin/python bench/bench_sidecar.py --one-read-scan [--ttft-ms 20]
 
 Not a timed test: the numbers depend on the machine. Results in bench/README.md.
 """
@@ -465,6 +466,96 @@ def relay_scan(keys: int, chunks: int, per_block: int, rounds: int, streams: int
     return "\n".join(out)
 
 
+async def _one_read_answer(ttft_ms: float) -> bytes:
+    """The fake provider's unpaced answer, as the sidecar asks for it (include_usage)."""
+    from fake_provider import FakeProvider, FakeProviderConfig
+
+    fp = FakeProvider(
+        FakeProviderConfig(name="fake", ttft_median_ms=ttft_ms, tokens_per_second=0, seed=1)
+    )
+    await fp.start()
+    body = {**BODY, "model": "m", "stream_options": {"include_usage": True}}
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(fp.base_url + "/chat/completions", json=body) as resp,
+        ):
+            return await resp.read()
+    finally:
+        await fp.stop()
+
+
+def one_read_scan(ttft_ms: float) -> str:
+    """µs per answer for the scan of the bench's exact upstream bytes, in one read.
+
+    The fake provider's answer at ``--tps 0`` (role and first token, 15 deltas, a
+    finish, a usage chunk, [DONE]: ~3.6 KB) as the sidecar relays it: ``feed``
+    (scan, model rewrite, key check), then what the end of the stream asks
+    (``first_read_done``, the counts, ``final_chunks`` with a ``routing`` object);
+    and the key check alone on the forwarded block for the bench's key and for
+    keys shaped like real providers' (random, seeded). Best of many short repeats
+    (the machine is shared: the minimum is the code's cost).
+    """
+    import random
+    import string
+
+    from sidecar.redaction import KeyRedactor
+    from sidecar.streaming import SSEScanner
+
+    data = asyncio.run(_one_read_answer(ttft_ms))
+    key = os.environ.get("BENCH_FAKE_KEY", "bench-key")
+    mine = KeyRedactor([key]).only(key)
+    routing = {"provider": "fake", "attempts": [{"provider": "fake", "status": "ok"}]}
+    out = SSEScanner(MODEL, True, None).feed(data, 1.0)
+    inner = 50
+
+    def best(fn: Any) -> float:
+        low = float("inf")
+        for _ in range(300):
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            low = min(low, time.perf_counter() - t0)
+        return low / inner * 1e6
+
+    def feed() -> None:
+        SSEScanner(MODEL, True, mine).feed(data, 1.0)
+
+    def stream() -> None:
+        sc = SSEScanner(MODEL, False, mine)
+        sc.feed(data, 1.0)
+        sc.first_read_done()
+        _ = (sc.output_tokens, sc.generation_seen)
+        sc.final_chunks(dict(routing))
+
+    rows = [
+        f"answer {len(data)} B in one read, forwarded {len(out)} B; best of 300 × {inner}",
+        "",
+        "| what | µs |",
+        "|---|---:|",
+        f"| `feed` (scan, model rewrite, key check) | {best(feed):.2f} |",
+        f"| the stream as served (`feed`, counts, `final_chunks`) | {best(stream):.2f} |",
+    ]
+    rnd = random.Random(13)
+    url = string.ascii_letters + string.digits + "_-"
+
+    def rand(alphabet: str, n: int) -> str:
+        return "".join(rnd.choice(alphabet) for _ in range(n))
+
+    shapes = {
+        f"the bench's key ({len(key)} chars)": key,
+        "OpenRouter-shaped (73)": "sk-or-v1-" + rand("0123456789abcdef", 64),
+        "Anthropic-shaped (108)": "sk-ant-api03-" + rand(url, 93) + "AA",
+        "Groq-shaped (56)": "gsk_" + rand(string.ascii_letters + string.digits, 52),
+        "OpenAI-project-shaped (164)": "sk-proj-" + rand(url, 156),
+    }
+    for name, k in shapes.items():
+        red = KeyRedactor([k]).only(k)
+        us = best(lambda red=red: red.scrub(out))
+        rows.append(f"| key check of the forwarded block, {name} | {us:.2f} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=400, help="per target per concurrency")
@@ -493,12 +584,21 @@ def main() -> None:
         action="store_true",
         help="instead: the relay's per-block cost with and without the key check (in-process)",
     )
+    ap.add_argument(
+        "--one-read-scan",
+        action="store_true",
+        help="instead: the scan of the fake's whole answer in one read, and the key check "
+        "for keys of real providers' shapes (in-process)",
+    )
     ap.add_argument("--keys", type=int, default=8, help="--relay-scan: provider keys in use")
     ap.add_argument("--per-block", type=int, default=4, help="--relay-scan: chunks per read")
     args = ap.parse_args()
     args.sidecar_loop = "uvloop" if args.uvloop else "asyncio"
     if args.relay_scan:
         print(relay_scan(args.keys, 200, args.per_block, rounds=7, streams=300))
+        return
+    if args.one_read_scan:
+        print(one_read_scan(args.ttft_ms))
         return
 
     os.environ.setdefault("BENCH_FAKE_KEY", "bench-key")  # inherited by the sidecar

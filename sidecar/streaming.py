@@ -94,6 +94,14 @@ def _plain_run(block: bytes, pos: int, end: int) -> int:
     token and its finish; taking them as one slice saves the line-by-line
     loop about a microsecond and a half per chunk.
     """
+    # First guess, from the end: a whole answer's one finish is on its last lines, so
+    # searching backwards finds it in a few hundred bytes, where each forward search
+    # for a marker reads the whole run (three of them cost more than the check).
+    at = block.rfind(_RUN_ENDS[0], pos, end)
+    if at >= 0:
+        stop = block.rfind(b"\n", pos, at) + 1
+        if stop > pos and _plain_deltas(block[pos:stop]):
+            return stop
     stop = end
     for marker in _RUN_ENDS:
         at = block.find(marker, pos, stop)
@@ -134,6 +142,7 @@ class SSEScanner:
 
     __slots__ = (
         "_chunks_at_first_read",
+        "_counted",
         "_finish_obj",
         "_held_finish",
         "_held_usage",
@@ -145,9 +154,10 @@ class SSEScanner:
         "_model_json",
         "_parsed",
         "_redact",
+        "_swapped",
         "_tail",
+        "_uncounted",
         "_usage_obj",
-        "content_chunks",
         "cr_lines",
         "done",
         "error",
@@ -183,8 +193,11 @@ class SSEScanner:
         self.first_token_at: float | None = None
         self.usage_tokens: int | None = None
         self.usage_prompt_tokens: int | None = None
-        self.content_chunks = 0
-        #: ``content_chunks`` when the read that held the first token was scanned.
+        self._counted = 0
+        #: A run of plain deltas not counted yet (see ``_count_later``).
+        self._uncounted: bytes | None = None
+        #: ``content_chunks`` when the read that held the first token was scanned
+        #: (-1: that read ended the stream).
         self._chunks_at_first_read: int | None = None
         self.done = False
         self.finish_seen = False
@@ -197,6 +210,8 @@ class SSEScanner:
         self._model_json = orjson.dumps(model) if model is not None else None
         #: The upstream's ``"model":"..."`` bytes as last seen, replaced by bytes.replace.
         self._model_field: bytes | None = None
+        #: What replaces it: ``"model":`` and the app's id (made once per stream).
+        self._swapped = b'"model":' + self._model_json if self._model_json is not None else b""
         self._redact = redactor
         self._held_finish: bytes | None = None
         self._held_usage: bytes | None = None
@@ -248,7 +263,7 @@ class SSEScanner:
             and _plain_deltas(complete)
         ):
             # The bulk of a stream, counted without splitting it into lines.
-            self.content_chunks += complete.count(_CONTENT) - complete.count(_EMPTY_CONTENT)
+            self._count_later(complete)
             return self._outgoing(complete)
         out: list[bytes] = []
         pos = 0
@@ -314,7 +329,7 @@ class SSEScanner:
                     stop = _plain_run(complete, pos, end)
                     if stop > pos:
                         run = complete[pos:stop]
-                        self.content_chunks += run.count(_CONTENT) - run.count(_EMPTY_CONTENT)
+                        self._count_later(run)
                         out.append(run)
                         pos = stop
             # _EMPTY: a chunk without choices and without usage, or not JSON, is dropped
@@ -350,8 +365,10 @@ class SSEScanner:
         """Every ``"model": "<upstream id>"`` member of ``block`` names the app's model.
 
         The upstream writes the same member in every chunk, so once it has been
-        seen a count and a ``bytes.replace`` do (C speed); the regular expression
-        only runs when a block holds a spelling not seen yet.
+        seen a count and a ``bytes.replace`` do (C speed; the replacements are
+        counted by the length they added, so the block is read twice, not three
+        times); the regular expression only runs when a block holds a spelling not
+        seen yet.
         """
         if self._model_json is None:
             return block
@@ -361,8 +378,15 @@ class SSEScanner:
         field = self._model_field
         if field is None:
             field = self._learn_compact_field(block)
-        if field is not None and keys == block.count(field):
-            return block.replace(field, b'"model":' + self._model_json)
+        if field is not None:
+            swapped = self._swapped
+            grow = len(swapped) - len(field)
+            if grow:  # the replacements are counted by the length they added: no count
+                out = block.replace(field, swapped)
+                if len(out) - len(block) == keys * grow:
+                    return out
+            elif keys == block.count(field):
+                return block.replace(field, swapped)
         return _MODEL_FIELD.sub(self._swap_model, block)
 
     def _learn_compact_field(self, block: bytes) -> bytes | None:
@@ -515,7 +539,7 @@ class SSEScanner:
                 return _PLAIN
             if self.first_token_at is not None:
                 if any(kind in payload for kind in _OTHER_TOKENS):
-                    self.content_chunks += 1
+                    self._counted += 1
                 return _PLAIN
             if (
                 payload.count(_CONTENT) == payload.count(_EMPTY_CONTENT)
@@ -586,14 +610,41 @@ class SSEScanner:
         self.last_id = payload[start:end].decode("utf-8", "replace")
         return True
 
+    def _count_later(self, run: bytes) -> None:
+        """Count ``run``'s content chunks when someone asks (``content_chunks``).
+
+        Two searches of the whole run (~2 µs each per 3 KB), needed only for
+        ``output_tokens`` of a stream without usage or for ``generation_seen``
+        after a read that did not end the stream: a whole answer with usage, the
+        common case, never pays them. One run is held at a time (the one before
+        is counted when the next comes), so what is held stays one read.
+        """
+        pending = self._uncounted
+        self._uncounted = run
+        if pending is not None:
+            self._counted += pending.count(_CONTENT) - pending.count(_EMPTY_CONTENT)
+
+    @property
+    def content_chunks(self) -> int:
+        """Content chunks seen (a chunk holding a tool call, refusal... counts too)."""
+        pending = self._uncounted
+        if pending is not None:
+            self._uncounted = None
+            self._counted += pending.count(_CONTENT) - pending.count(_EMPTY_CONTENT)
+        return self._counted
+
     def _token(self, now: float) -> None:
-        self.content_chunks += 1
+        self._counted += 1
         if self.first_token_at is None:
             self.first_token_at = now
 
     def first_read_done(self) -> None:
-        """The read with the first token is scanned: what follows shows generation."""
-        self._chunks_at_first_read = self.content_chunks
+        """The read with the first token is scanned: what follows shows generation.
+
+        A stream that ended in that read (``done``: ``feed`` takes nothing more)
+        can show none, which is known without counting its chunks (-1).
+        """
+        self._chunks_at_first_read = -1 if self.done else self.content_chunks
 
     @property
     def generation_seen(self) -> bool:
@@ -604,7 +655,9 @@ class SSEScanner:
         this process, not the provider's generation.
         """
         first = self._chunks_at_first_read
-        return first is None or self.content_chunks > first
+        if first is None:
+            return True
+        return first >= 0 and self.content_chunks > first
 
     @property
     def output_tokens(self) -> int:
