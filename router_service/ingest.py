@@ -63,17 +63,19 @@ class IngestPacing:
     ================  =======  ====================================================
     field             default  why
     ================  =======  ====================================================
-    share             0.38     most of the loop's time ingestion takes while
+    share             0.33     most of the loop's time ingestion takes while
                                RankProviders calls are being served: ranking keeps
                                the rest, so its throughput falls at most ~1/(1-share)
                                (the starvation target is 2x, and p99 runs above p50).
                                At the ~8-10.5 µs of loop an outcome costs in the
                                server (slices of 256) plus its refresh
-                               (bench/README.md section 7), 0.38 of a core was
-                               28.5-37.6k outcomes/s on a slow evening of the
-                               benchmark machine (the target is 30k). Measured
-                               against 0.45 in interleaved runs: both targets in
-                               6 of 8 runs against 2 of 8.
+                               (bench/README.md section 7), 0.33 of a core was
+                               25-42k outcomes/s (the target is 30k). Interleaved
+                               full starvation runs, 2026-12-01 evening: both
+                               targets in 4 of 8 runs at 0.33 (p99 ratio <= 2 in
+                               6 of 8), 2 of 11 at 0.38 (the p99 ratio over 2 in
+                               most); earlier, 0.38 against 0.45: 6 of 8 against
+                               2 of 8, when an outcome cost more.
                                1 disables pacing.
     slice_outcomes    256      outcomes applied between two yields: ~2-3 ms, the
                                longest a ranking call waits for ingestion. Each
@@ -95,7 +97,7 @@ class IngestPacing:
     ================  =======  ====================================================
     """
 
-    share: float = 0.38
+    share: float = 0.33
     slice_outcomes: int = 256
     ranking_quiet_s: float = 0.25
 
