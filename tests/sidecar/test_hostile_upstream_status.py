@@ -133,34 +133,28 @@ async def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(
     assert "retry_after_s" not in attempts["alpha"] and attempts["beta"]["retry_after_s"] == 2.5
 
 
-async def test_a_zero_retry_after_reaches_the_app_as_one_second(
-    stack: Stack, tmp_path: Path
+@pytest.mark.parametrize(
+    ("given", "told"),
+    [("0", "1"), ("86400", "60")],
+    ids=["zero-is-one-second", "a-day-is-the-cooldown-cap"],
+)
+async def test_the_retry_after_told_to_the_app_is_rounded_and_bounded(
+    stack: Stack, tmp_path: Path, given: str, told: str
 ) -> None:
-    """The README's rule: the smallest Retry-After given, rounded up, at least 1."""
-    async with raw_upstream(_rate_limited("0")) as a:
+    """The README's rule: the smallest Retry-After given, rounded up, at least 1 and at
+    most ``--max-cooldown-s`` (60 s). A provider's "come back tomorrow" was told to the
+    app as is, though this sidecar calls the provider again after its cooldown: a
+    client honouring it stopped for a day. The attempt still reports what the provider
+    said."""
+    async with raw_upstream(_rate_limited(given)) as a:
         stack.catalog_path = write_raw_catalog(tmp_path / "catalog.yaml", {"alpha": a})
         router = await stack.start_router()
         sc = await stack.start_sidecar(router.grpc_address)
         with pytest.raises(openai.RateLimitError) as err:
             await openai_client(sc).chat.completions.create(model=MODEL, messages=MSGS)
-    assert err.value.response.headers["Retry-After"] == "1"
-
-
-async def test_a_day_long_retry_after_reaches_the_app_capped_at_the_cooldown(
-    stack: Stack, tmp_path: Path
-) -> None:
-    """A provider's "come back tomorrow" was told to the app as is, though this sidecar
-    calls the provider again after ``--max-cooldown-s`` (60 s): a client honouring it
-    stopped for a day. The attempt still reports what the provider said."""
-    async with raw_upstream(_rate_limited("86400")) as a:
-        stack.catalog_path = write_raw_catalog(tmp_path / "catalog.yaml", {"alpha": a})
-        router = await stack.start_router()
-        sc = await stack.start_sidecar(router.grpc_address)
-        with pytest.raises(openai.RateLimitError) as err:
-            await openai_client(sc).chat.completions.create(model=MODEL, messages=MSGS)
-    assert err.value.response.headers["Retry-After"] == "60"
+    assert err.value.response.headers["Retry-After"] == told
     (attempt,) = err.value.response.json()["routing"]["attempts"]
-    assert attempt["retry_after_s"] == 86400.0
+    assert attempt["retry_after_s"] == float(given)
 
 
 async def test_a_retry_after_date_is_counted_on_the_providers_own_clock(
