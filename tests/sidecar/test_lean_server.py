@@ -14,8 +14,10 @@ stops parks the relay), and to ``Connection: close``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+from collections.abc import AsyncIterator
 
 import pytest
 from sidecar_helpers import MODEL, Stack, trickle_until_closed, wait_for
@@ -72,6 +74,19 @@ async def _sidecar(stack: Stack, server: str, **over: object) -> tuple[str, int]
     return "127.0.0.1", sc.port
 
 
+@contextlib.asynccontextmanager
+async def _connected(
+    stack: Stack, server: str, **over: object
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A sidecar on ``server`` and one raw connection to it, closed on the way out."""
+    host, port = await _sidecar(stack, server, **over)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+
+
 def _lean_connections(stack: Stack) -> int:
     front = stack.sidecar._front if stack.sidecar is not None else None
     return -1 if front is None else len(front.connections)
@@ -79,9 +94,7 @@ def _lean_connections(stack: Stack) -> int:
 
 @SERVERS
 async def test_keep_alive_reuse_then_idle_close(stack: Stack, server: str) -> None:
-    host, port = await _sidecar(stack, server)
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
+    async with _connected(stack, server) as (reader, writer):
         for stream in (False, True, False):
             body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
             writer.write(_chat({**body, "max_tokens": 4, "stream": stream}))
@@ -97,15 +110,11 @@ async def test_keep_alive_reuse_then_idle_close(stack: Stack, server: str) -> No
         assert _lean_connections(stack) == (1 if server == "lean" else -1)
         async with asyncio.timeout(DEADLINE_S):
             assert await reader.read() == b""  # closed once idle IDLE_S
-    finally:
-        writer.close()
 
 
 @SERVERS
 async def test_pipelined_requests_are_answered_in_order(stack: Stack, server: str) -> None:
-    host, port = await _sidecar(stack, server)
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
+    async with _connected(stack, server) as (reader, writer):
         streamed = {"model": MODEL, "messages": [{"role": "user", "content": "a"}], "stream": True}
         # Two chat POSTs, then a GET the lean front hands to aiohttp, then a chat POST
         # that aiohttp serves on what is now its connection: all in one send.
@@ -122,15 +131,11 @@ async def test_pipelined_requests_are_answered_in_order(stack: Stack, server: st
         assert second[2].endswith(b"data: [DONE]\n\n")
         assert json.loads(third[2]) == {"status": "ok"}
         assert json.loads(fourth[2])["object"] == "chat.completion"
-    finally:
-        writer.close()
 
 
 @SERVERS
 async def test_chunked_request_body(stack: Stack, server: str) -> None:
-    host, port = await _sidecar(stack, server)
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
+    async with _connected(stack, server) as (reader, writer):
         payload = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
         half = len(payload) // 2
         writer.write(
@@ -143,15 +148,11 @@ async def test_chunked_request_body(stack: Stack, server: str) -> None:
         assert status == 200, body
         assert json.loads(body)["routing"]["provider"] == "alpha"
         assert _lean_connections(stack) == (0 if server == "lean" else -1)  # aiohttp's now
-    finally:
-        writer.close()
 
 
 @SERVERS
 async def test_expect_100_continue(stack: Stack, server: str) -> None:
-    host, port = await _sidecar(stack, server)
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
+    async with _connected(stack, server) as (reader, writer):
         request = _chat()
         head, _, body = request.partition(b"\r\n\r\n")
         writer.write(head + b"\r\nExpect: 100-continue\r\n\r\n")
@@ -161,8 +162,6 @@ async def test_expect_100_continue(stack: Stack, server: str) -> None:
         writer.write(body)
         status, _, answer = await _response(reader)
         assert status == 200, answer
-    finally:
-        writer.close()
 
 
 @SERVERS
@@ -192,9 +191,7 @@ async def test_app_leaving_mid_stream_stops_the_provider(stack: Stack, server: s
 
 @SERVERS
 async def test_oversize_body_is_a_413_in_openai_shape(stack: Stack, server: str) -> None:
-    host, port = await _sidecar(stack, server, max_body_bytes=1000)
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
+    async with _connected(stack, server, max_body_bytes=1000) as (reader, writer):
         writer.write(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 5000\r\n\r\n" + b"{" * 100
@@ -204,8 +201,6 @@ async def test_oversize_body_is_a_413_in_openai_shape(stack: Stack, server: str)
         assert json.loads(body)["error"]["code"] == "body_too_large"
         assert headers.get("connection") == "close"  # the rest of that body is not a request
         assert stack.providers["alpha"].requests == []
-    finally:
-        writer.close()
 
 
 @SERVERS
@@ -215,9 +210,7 @@ async def test_a_bad_request_gets_its_json_error_and_the_connection_serves_the_n
     """The app's error middleware reads the request's body state (``content.is_eof()``)
     to decide on ``Connection: close``: the lean request must answer it too, or every
     400 became a closed connection and an ERROR traceback."""
-    host, port = await _sidecar(stack, server)
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
+    async with _connected(stack, server) as (reader, writer):
         bad = b"{not json"
         writer.write(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -229,8 +222,6 @@ async def test_a_bad_request_gets_its_json_error_and_the_connection_serves_the_n
         writer.write(_chat())
         status, _, body = await _response(reader)
         assert status == 200, body
-    finally:
-        writer.close()
 
 
 @SERVERS
@@ -246,31 +237,25 @@ async def test_a_bad_request_gets_its_json_error_and_the_connection_serves_the_n
     ids=["bad-length", "two-lengths", "bad-name", "bad-request-line", "too-many-fields"],
 )
 async def test_malformed_request_is_a_400(stack: Stack, server: str, request_bytes: bytes) -> None:
-    host, port = await _sidecar(stack, server)
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
+    async with _connected(stack, server) as (reader, writer):
         writer.write(request_bytes)
         async with asyncio.timeout(DEADLINE_S):
             head = await reader.readuntil(b"\r\n")
         assert head.split()[1] == b"400", head  # aiohttp's own answer (as HTTP/1.0)
         assert stack.providers["alpha"].requests == []
-    finally:
-        writer.close()
 
 
 @SERVERS
 async def test_a_chat_head_sent_a_byte_at_a_time_hits_the_idle_timeout(
     stack: Stack, server: str
 ) -> None:
-    host, port = await _sidecar(stack, server)
-    reader, writer = await asyncio.open_connection(host, port)
     request = _chat().partition(b"\r\n\r\n")[0] + b"\r\nX-Slow: " + b"a" * 4000
-    closed = asyncio.create_task(reader.read())
-    try:
-        await trickle_until_closed(writer, request, closed, DEADLINE_S)
-    finally:
-        closed.cancel()
-        writer.close()
+    async with _connected(stack, server) as (reader, writer):
+        closed = asyncio.create_task(reader.read())
+        try:
+            await trickle_until_closed(writer, request, closed, DEADLINE_S)
+        finally:
+            closed.cancel()
 
 
 def test_http_server_setting_is_checked() -> None:

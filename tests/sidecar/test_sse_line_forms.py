@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -58,6 +59,18 @@ async def _stream(sc) -> tuple[str, dict, str]:
     text, routing, headers = await stream_alpha_then_beta(sc, max_tokens=8, messages=MSGS)
     assert routing is not None
     return text, routing, headers["x-router-provider"]
+
+
+async def _alpha_failed_over(stack: Stack, tmp_path: Path, chat: Any) -> str:
+    """Stream with ``chat`` as alpha: beta serves, alpha's attempt is a stream_abort;
+    its error text."""
+    async with over_hostile_alpha(stack, tmp_path, chat) as sc:
+        text, routing, provider = await _stream(sc)
+    assert provider == "beta" and text
+    first = routing["attempts"][0]
+    assert (first["provider"], first["error_class"]) == ("alpha", "stream_abort")
+    error: str = first["error"]
+    return error
 
 
 def _cr(blobs: Sequence[bytes]) -> list[bytes]:
@@ -150,12 +163,7 @@ async def test_a_json_answer_to_a_stream_request_fails_over_saying_so(
             }
         )
 
-    async with over_hostile_alpha(stack, tmp_path, chat) as sc:
-        text, routing, provider = await _stream(sc)
-    assert provider == "beta" and text
-    first = routing["attempts"][0]
-    assert (first["provider"], first["error_class"]) == ("alpha", "stream_abort")
-    assert first["error"] == (
+    assert await _alpha_failed_over(stack, tmp_path, chat) == (
         "upstream answered with a JSON body, not an event stream (stream: true ignored)"
     )
 
@@ -167,12 +175,7 @@ async def test_a_stream_that_says_done_without_an_answer_fails_over(
     generated and nothing says why, so the next provider serves (it was relayed to
     the app as an empty answer and counted a success)."""
     role = sse_chunk({"role": "assistant"}, None, usage=None)
-    async with over_hostile_alpha(stack, tmp_path, _scripted([role + b"data: [DONE]\n\n"])) as sc:
-        text, routing, provider = await _stream(sc)
-    assert provider == "beta" and text
-    first = routing["attempts"][0]
-    assert (first["provider"], first["error_class"]) == ("alpha", "stream_abort")
-    assert first["error"] == (
+    assert await _alpha_failed_over(stack, tmp_path, _scripted([role + b"data: [DONE]\n\n"])) == (
         "stream ended with [DONE] before its first token and without a finish_reason"
     )
 
