@@ -41,6 +41,16 @@ def _chat(body: dict[str, object] | None = None, *, extra: bytes = b"") -> bytes
     )
 
 
+def _streamed(max_tokens: int) -> dict[str, object]:
+    """A streamed chat request's body asking for ``max_tokens``."""
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+
+
 async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 response: status, headers (lower-case names), body (de-chunked)."""
     async with asyncio.timeout(DEADLINE_S):
@@ -170,13 +180,7 @@ async def test_app_leaving_mid_stream_stops_the_provider(stack: Stack, server: s
     host, port = await _sidecar(stack, server, chunk_timeout_s=30.0)
     fake = stack.providers["alpha"]
     reader, writer = await asyncio.open_connection(host, port)
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 200,
-        "stream": True,
-    }
-    writer.write(_chat(body))
+    writer.write(_chat(_streamed(200)))
     async with asyncio.timeout(DEADLINE_S):
         head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ")
@@ -386,13 +390,7 @@ async def test_a_slow_reader_holds_the_relay_in_the_lean_writer_drain(stack: Sta
     await asyncio.get_running_loop().sock_connect(sock, (host, port))
     reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
     try:
-        body = {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": "hi"}],
-            "max_tokens": 40000,
-            "stream": True,
-        }
-        writer.write(_chat(body))
+        writer.write(_chat(_streamed(40000)))
         front = stack.sidecar._front if stack.sidecar is not None else None
         assert front is not None
         # The relay is parked on the connection's drain waiter: it stopped writing.
