@@ -153,10 +153,6 @@ class LeanRequest:
 
     # -- body ---------------------------------------------------------------------
 
-    @property
-    def body_complete(self) -> bool:
-        return self._missing == 0
-
     def _feed(self, data: bytes | bytearray) -> bytes | bytearray:
         """Take this request's body bytes from ``data``; return what follows it."""
         take = min(self._missing, len(data))
@@ -181,6 +177,7 @@ class LeanRequest:
         return self
 
     def is_eof(self) -> bool:
+        """The whole body arrived (the app's check, and whether the connection can serve on)."""
         return self._missing == 0
 
     @property
@@ -417,11 +414,11 @@ class LeanConnection(BaseProtocol):
         try:
             resp = await self._front.handler(req)
             if not req.prepared and await self._send_whole(req, resp):
-                keep = bool(resp.keep_alive) and req.body_complete
+                keep = bool(resp.keep_alive) and req.is_eof()
             elif resp.prepared or not req.prepared:
                 await resp.prepare(req)  # type: ignore[arg-type]
                 await resp.write_eof()
-                keep = bool(resp.keep_alive) and req.keep_alive and req.body_complete
+                keep = bool(resp.keep_alive) and req.keep_alive and req.is_eof()
             # else: another response was started and not ended: the body is cut; close
         except asyncio.CancelledError:
             pass  # the app left (or the shutdown's cut): nothing more can reach it

@@ -619,18 +619,20 @@ class SSEScanner:
         common case, never pays them. One run is held at a time (the one before
         is counted when the next comes), so what is held stays one read.
         """
-        pending = self._uncounted
+        self._count_held()
         self._uncounted = run
+
+    def _count_held(self) -> None:
+        """Count the run held by ``_count_later``, if any."""
+        pending = self._uncounted
         if pending is not None:
+            self._uncounted = None
             self._counted += pending.count(_CONTENT) - pending.count(_EMPTY_CONTENT)
 
     @property
     def content_chunks(self) -> int:
         """Content chunks seen (a chunk holding a tool call, refusal... counts too)."""
-        pending = self._uncounted
-        if pending is not None:
-            self._uncounted = None
-            self._counted += pending.count(_CONTENT) - pending.count(_EMPTY_CONTENT)
+        self._count_held()
         return self._counted
 
     def _token(self, now: float) -> None:
