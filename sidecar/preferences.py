@@ -475,6 +475,12 @@ def parse_request(
     """Validate a chat completion body and split routing options from what goes upstream."""
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
+    if body.get("route") not in (None, "fallback"):
+        raise RequestError(
+            f'route must be "fallback" (OpenRouter\'s older switch for models), '
+            f"got {as_json(body['route'])}",
+            "route",
+        )
     model = body.get("model")
     fallback_models = _models_option(body)
     if model is None and fallback_models:
@@ -515,15 +521,14 @@ def parse_request(
     stream = body.get("stream", False)
     if stream is None:
         stream = False
-    if not isinstance(stream, bool):
-        raise RequestError("stream must be a boolean", "stream")
+    _bool(stream, "stream")
     max_out = 0
     for key in ("max_completion_tokens", "max_tokens"):
         value = body.get(key)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise RequestError(f"{key} must be a non-negative integer", key)
+            raise RequestError(f"{key} must be a non-negative integer, got {as_json(value)}", key)
         if value > MAX_TOKENS:  # the router's bound on the estimate: same 400 from every source
             raise RequestError(f"{key} must be at most {MAX_TOKENS}, got {as_json(value)}", key)
         max_out = max_out or value
@@ -556,7 +561,7 @@ def parse_request(
     timeouts = _provider_timeouts_option(body)
     if any(k in body for k in ROUTING_FIELDS):
         body = {k: v for k, v in body.items() if k not in ROUTING_FIELDS}
-    if body.get("route") == "fallback":  # OpenRouter's older spelling of "use models"
+    if "route" in body:  # read here, never forwarded: no provider's API knows it
         body = {k: v for k, v in body.items() if k != "route"}
     return ParsedRequest(
         model=model,
@@ -621,7 +626,8 @@ def _model_list(value: Any, param: str) -> list[str]:
                 param,
             )
     if len(set(value)) != len(value):
-        raise RequestError(f"{param} lists a model more than once", param)
+        twice = next(item for i, item in enumerate(value) if item in value[:i])
+        raise RequestError(f"{param} lists {as_json(twice)} more than once", param)
     return list(value)
 
 

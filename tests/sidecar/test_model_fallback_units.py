@@ -69,6 +69,7 @@ def test_models_option_chain_and_bounds() -> None:
     assert "models" not in parse_request({**body, "model": "a/x", "models": ["b/y"]}).body
     routed = parse_request({**body, "model": "a/x", "models": ["b/y"], "route": "fallback"})
     assert "route" not in routed.body and routed.models == ("a/x", "b/y")
+    assert "route" not in parse_request({**body, "model": "a/x", "route": None}).body
     assert parse_request({**body, "model": "a/x", "models": ["a/x"]}).models == ()
     # The chain shares the primary's preferences; each leg has its own cache key.
     leg = req.for_model("b/y")

@@ -99,6 +99,12 @@ async def test_request_refusals_read_the_same_from_every_ranking_source(
             'unknown models (not in the catalog): "nobody/a", "nobody/b"',
         ),
         ({"models": [5]}, "models entries must be model ids of 1..256 characters, got 5"),
+        # Found by the JavaScript audit: these three said what was wrong but not with what.
+        ({"models": [MODEL, "b/y", MODEL]}, f'models lists "{MODEL}" more than once'),
+        ({"stream": "true"}, 'stream must be a boolean, got "true"'),
+        ({"max_tokens": -1}, "max_tokens must be a non-negative integer, got -1"),
+        # ... and this one went to the provider, which knows no such field.
+        ({"route": 5}, 'route must be "fallback" (OpenRouter\'s older switch for models), got 5'),
         (
             {"provider": {"sort": "fastest"}},
             "provider.sort must be one of "
