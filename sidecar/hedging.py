@@ -28,6 +28,11 @@ Bounds and accounting:
   use the rest.
 - No hedge without a delay from the router (no data on the endpoint yet),
   nor when the plan has no next provider.
+- One backup in flight at a time. A backup that fails while the first
+  attempt still waits is replaced by the plan's next route for the same
+  model (no further budget: the load is still two attempts): otherwise a
+  fast failure (a 503 in a second) would leave the request on a hung first
+  attempt for its whole first-token timeout, the case hedging is for.
 - Each hedge shows in the response's ``routing.attempts`` (``hedge: true``
   on the backup attempt; ``cancelled: true`` and ``estimated_cost_usd`` on
   the loser: the prompt was sent, so its input tokens are billed) and in
@@ -63,7 +68,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -205,30 +210,36 @@ class Hedger:
         proxy: _ProxyHooks,
         req: ParsedRequest,
         route: Route,
-        backup: Route | None,
+        backups: Sequence[Route],
         key: str | None,
         rec: AttemptRecord,
         deadline: float,
         records: list[AttemptRecord],
         race: bool = False,
-    ) -> tuple[Opened, AttemptRecord, bool]:
-        """Open ``route``, racing ``backup`` if it has no first token by its hedge delay.
+    ) -> tuple[Opened, AttemptRecord, Route, int]:
+        """Open ``route``, racing a backup if it has no first token by its hedge delay.
+
+        ``backups``: the plan's next routes for the same model, in order. The
+        first is the backup; one that fails while ``route`` still waits is
+        replaced by the next, so a fast failure does not leave the request on
+        a hung first attempt until its first-token timeout (one backup in
+        flight at a time, one budget draw per request).
 
         Returns (what ``_open_stream`` returned for the attempt that is the
-        answer, that attempt's record, whether ``backup`` was started). When
-        the backup was started, its record is in ``records`` and is finished
-        here unless it is the returned one; the returned record is the
-        caller's to finish or commit, exactly as without hedging.
+        answer, that attempt's record and route, how many backups were
+        started). Every started backup's record is in ``records`` and is
+        finished here unless it is the returned one; the returned record is
+        the caller's to finish or commit, exactly as without hedging.
 
-        ``race``: ``route`` is an exploration pick and ``backup`` the leader
-        (``races``): both start at once, and the loser is read to its first
-        token in the background and reported (the module docstring).
+        ``race``: ``route`` is an exploration pick and ``backups[0]`` the
+        leader (``races``): both start at once, and the loser is read to its
+        first token in the background and reported (the module docstring).
         """
         first: asyncio.Future[Opened] = asyncio.ensure_future(
             proxy._open_stream(req, route, key, rec, deadline, len(records))
         )
         try:
-            due = backup is not None and (race or await self._hedge_due(first, route))
+            due = bool(backups) and (race or await self._hedge_due(first, route))
         except BaseException:
             # The app left while the hedge delay ran: ``asyncio.wait`` does not cancel
             # what it waits on, and the first attempt would keep its upstream open (the
@@ -236,23 +247,37 @@ class Hedger:
             first.cancel()
             await asyncio.gather(first, return_exceptions=True)
             raise
-        if backup is None or not due:
-            return await first, rec, False
-        brec = AttemptRecord(backup.provider, backup.upstream_model, proxy.started_at())
-        brec.extra = {"race": True} if race else {"hedge": True}
-        records.append(brec)
-        ok, bkey = proxy._key_for(backup, brec)
-        if not ok:
-            proxy._finish_attempt(req, brec)
-            return await first, rec, True
-        second: asyncio.Future[Opened] = asyncio.ensure_future(
-            proxy._open_stream(req, backup, bkey, brec, deadline, len(records))
-        )
-        owners: dict[asyncio.Future[Opened], tuple[AttemptRecord, Route]] = {
-            first: (rec, route),
-            second: (brec, backup),
-        }
-        pending: set[asyncio.Future[Opened]] = {first, second}
+        if not due:
+            return await first, rec, route, 0
+        owners: dict[asyncio.Future[Opened], tuple[AttemptRecord, Route]] = {first: (rec, route)}
+        pending: set[asyncio.Future[Opened]] = {first}
+        started = 0
+        backup_recs: list[AttemptRecord] = []
+
+        def start_backup() -> None:
+            """Start the next backup that has a key (a keyless one is finished at once)."""
+            nonlocal started
+            while started < len(backups):
+                backup = backups[started]
+                started += 1
+                brec = AttemptRecord(backup.provider, backup.upstream_model, proxy.started_at())
+                brec.extra = {"race": True} if race else {"hedge": True}
+                records.append(brec)
+                backup_recs.append(brec)
+                ok, bkey = proxy._key_for(backup, brec)
+                if ok:
+                    fut = asyncio.ensure_future(
+                        proxy._open_stream(req, backup, bkey, brec, deadline, len(records))
+                    )
+                    owners[fut] = (brec, backup)
+                    pending.add(fut)
+                    return
+
+        start_backup()
+        if len(pending) == 1:  # no backup had a key: no race after all
+            for brec in backup_recs:
+                proxy._finish_attempt(req, brec)
+            return await first, rec, route, started
         winner: asyncio.Future[Opened] | None = None
         cost = 0.0
         try:
@@ -261,21 +286,27 @@ class Hedger:
                 for fut in done:
                     result = fut.result()
                     if not isinstance(result, tuple):
-                        continue  # failed: its record is finished as an error already
+                        # Failed (its record is finished as an error already). A backup
+                        # that failed while the first attempt still waits is replaced.
+                        if fut is not first and first in pending and winner is None:
+                            start_backup()
+                        continue
                     if winner is None:
                         winner = fut
                     else:  # both had a first token in the same instant: drop this one
                         result[0].resp.close()
                         cost += _cancelled(*owners[fut], req)
         except BaseException:  # the app went away (or a bug): no attempt may outlive us
-            for fut in (first, second):
+            for fut in owners:
                 fut.cancel()
-            await asyncio.gather(first, second, return_exceptions=True)
+            await asyncio.gather(*owners, return_exceptions=True)
             raise
-        if winner is None:  # both failed: the backup is finished here, the first by the caller
-            proxy._finish_attempt(req, brec)
+        if winner is None:  # all failed: the backups are finished here, the first by the caller
+            for brec in backup_recs:
+                proxy._finish_attempt(req, brec)
             (self.on_race if race else self.on_hedge)("both_failed", 0.0)
-            return first.result(), rec, True
+            return first.result(), rec, route, started
+        won_rec, won_route = owners[winner]
         if race:
             for fut in pending:  # the loser, still without a first token: measured
                 loser, loser_route = owners[fut]
@@ -285,10 +316,12 @@ class Hedger:
                 cost += _cancelled(shown, loser_route, req, "raced")
                 records[next(i for i, r in enumerate(records) if r is loser)] = shown
                 self._measure(proxy, req, fut, loser)
-            if not pending:  # the loser had failed: finished here, like a hedge's
-                proxy._finish_attempt(req, brec if winner is first else rec)
+            measured = {id(owners[fut][0]) for fut in pending}  # records compare by value
+            for other in (rec, *backup_recs):  # the failed ones: finished here, like a hedge's
+                if other is not won_rec and id(other) not in measured:
+                    proxy._finish_attempt(req, other)
             self.on_race("explored_won" if winner is first else "leader_won", cost)
-            return winner.result(), owners[winner][0], True
+            return winner.result(), won_rec, won_route, started
         try:
             for fut in pending:  # the loser: cancelled at once, which closes its upstream
                 fut.cancel()
@@ -301,11 +334,13 @@ class Hedger:
             raise
         # The caller commits the winner; every other attempt's bookkeeping is done here
         # (a cancelled one is not reported to the router; a genuine failure is).
-        proxy._finish_attempt(req, brec if winner is first else rec)
-        self.on_hedge("won" if winner is second else "lost", cost)
-        if winner is second and speed_ordered(req.preferences):
+        for other in (rec, *backup_recs):
+            if other is not won_rec:
+                proxy._finish_attempt(req, other)
+        self.on_hedge("won" if winner is not first else "lost", cost)
+        if winner is not first and speed_ordered(req.preferences):
             self.on_slow(req.model, route.provider)
-        return winner.result(), owners[winner][0], True
+        return winner.result(), won_rec, won_route, started
 
     async def _hedge_due(self, first: asyncio.Future[Opened], route: Route) -> bool:
         """Wait out ``route``'s hedge delay; True when a backup should start (budget taken)."""

@@ -362,18 +362,20 @@ class Proxy:
                         leg_req, route, leg.ranking.metadata.get("exploration_provider")
                     )
                     if hedge or race:
-                        nxt = attempts[i + 1] if i + 1 < len(attempts) else None
-                        backup = nxt[1] if nxt is not None and nxt[0] is leg else None
-                        first_rec = rec
-                        opened, rec, started = await self.hedger.open(
-                            self, leg_req, route, backup, key, rec, deadline, records, race
+                        opened, rec, route, started = await self.hedger.open(
+                            self,
+                            leg_req,
+                            route,
+                            _same_leg(attempts, i),
+                            key,
+                            rec,
+                            deadline,
+                            records,
+                            race,
                         )
-                        if started:
-                            hedged.add(i + 1)
-                            for r in records:
-                                r.model = r.model or leg_req.model
-                            if rec is not first_rec and backup is not None:
-                                route = backup  # the backup won: its prices, its record
+                        hedged.update(range(i + 1, i + 1 + started))
+                        for r in records:  # the backups' records: this leg's model
+                            r.model = r.model or leg_req.model
                     else:
                         opened = await self._open_stream(
                             leg_req, route, key, rec, deadline, len(records)
@@ -925,3 +927,14 @@ class _OneWriteStreamResponse(LeanStreamResponse):
 def _timeout_text(what: str, wait: AttemptTimeout) -> str:
     why = " (providerTimeouts)" if wait.requested else ""
     return f"{what} within {wait.seconds:g}s{why}"
+
+
+def _same_leg(attempts: list[tuple[Leg, Route]], i: int) -> list[Route]:
+    """The routes after attempt ``i`` that serve its model: what a hedge may start."""
+    leg = attempts[i][0]
+    out = []
+    for other, route in attempts[i + 1 :]:
+        if other is not leg:
+            break
+        out.append(route)
+    return out

@@ -93,7 +93,7 @@ async def test_app_leaving_while_the_loser_closes_closes_the_winner() -> None:
     records = [rec]
     hedged = asyncio.ensure_future(
         hedger.open(
-            proxy, req, _route("alpha", 0.001), _route("beta", None), None, rec, 1e12, records
+            proxy, req, _route("alpha", 0.001), [_route("beta", None)], None, rec, 1e12, records
         )
     )
     await asyncio.wait_for(proxy.loser_cancelled.wait(), timeout=5)

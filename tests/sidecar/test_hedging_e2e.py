@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from sidecar_helpers import MODEL, Stack, openai_client, stream_text_and_routing, wait_for
 
+from router_common.domain import ErrorClass
 from router_service.ranking import RankingConfig
 from sidecar.hedging import HedgeBudget, Hedger
 from sidecar.preferences import RequestError, parse_request
@@ -70,6 +71,29 @@ async def test_hedge_first_token_wins_and_the_losers_upstream_is_closed(stack: S
     assert not any(a["provider"] == "gamma" for a in routing["attempts"])
     metrics = sc.metrics.hedges.labels("won")._value.get()
     assert metrics == 1
+
+
+async def test_a_backup_that_fails_while_the_first_attempt_hangs_is_replaced(
+    stack: Stack,
+) -> None:
+    """The backup failed at once (a 503) while the first attempt hung: the hedge used
+    to end there, leaving the request on the hung attempt until its first-token timeout
+    (30 s here) before gamma was even tried. The next provider replaces the backup."""
+    sc, client = await _warm(stack)
+    stack.providers["alpha"].add_incident("hang")
+    stack.providers["beta"].add_incident("fail", status=503)
+    hung_before = len(stack.providers["alpha"].requests)
+    routing = await _stream(client, order=ORDER, hedge=True)
+    assert routing["provider"] == "gamma"
+    first, backup, replacement = routing["attempts"]
+    assert first["provider"] == "alpha" and first["cancelled"] is True  # not timed out
+    assert backup["provider"] == "beta" and backup["hedge"] is True
+    assert backup["status"] != "ok" and "cancelled" not in backup
+    assert replacement["provider"] == "gamma" and replacement["hedge"] is True
+    assert replacement["status"] == "ok"
+    hung = stack.providers["alpha"].requests[hung_before]
+    await wait_for(lambda: hung.duration_ms is not None, timeout=5)  # its upstream closed
+    assert sc.metrics.hedges.labels("won")._value.get() == 1
 
 
 async def test_hedge_budget_caps_hedged_requests(stack: Stack) -> None:
@@ -177,11 +201,11 @@ async def test_a_first_attempt_that_loses_its_race_is_marked_slow_under_speed_or
     fast = Route("fast", "http://127.0.0.1:2/v1", "", False, "m")
     rec = AttemptRecord("slow", "m", 0.0)
     records = [rec]
-    _, winner, started = await hedger.open(
+    _, winner, _, started = await hedger.open(
         _RaceProxy(),
         req,
         slow,
-        fast,
+        [fast],
         None,
         rec,
         1e9,
@@ -189,6 +213,50 @@ async def test_a_first_attempt_that_loses_its_race_is_marked_slow_under_speed_or
     )
     assert started and winner.provider == "fast"
     assert slow_marks == ([(MODEL, "slow")] if marked else [])
+
+
+class _FailingLeaderProxy(_RaceProxy):
+    """An explored pick that never answers, a leader that fails at once, a third that works."""
+
+    async def _open_stream(self, req: Any, route: Any, key: Any, rec: Any, *rest: Any) -> Any:
+        if route.provider == "leader":
+            rec.finish_error(ErrorClass.SERVER_ERROR, "503", 503)
+            return None
+        return await super()._open_stream(req, route, key, rec, *rest)
+
+
+async def test_an_exploration_race_whose_leader_fails_goes_on_to_the_next_provider() -> None:
+    """Under ``sort: ttft`` an exploration pick races the leader; when the leader fails at
+    once, the request must not wait on the pick alone (no data: the configured 30 s)."""
+    from sidecar.config import SidecarSettings
+    from sidecar.ranking_client import Route
+    from sidecar.upstream import AttemptRecord
+
+    proxy = _FailingLeaderProxy()
+    hedger = Hedger(SidecarSettings())
+    req = parse_request({"model": MODEL, "messages": MSGS, "stream": True})
+    routes = [
+        Route(p, f"http://127.0.0.1:{i}/v1", "", False, "m")
+        for i, p in enumerate(("slow", "leader", "third"), start=1)
+    ]
+    rec = AttemptRecord("slow", "m", 0.0)
+    records = [rec]
+    _, winner, route, started = await hedger.open(
+        proxy,
+        req,
+        routes[0],
+        routes[1:],
+        None,
+        rec,
+        1e9,
+        records,
+        race=True,  # type: ignore[arg-type]
+    )
+    assert (winner.provider, route.provider, started) == ("third", "third", 2)
+    assert [r.provider for r in records] == ["slow", "leader", "third"]
+    assert proxy.finished == ["leader"]  # the failure is reported; the pick is still measured
+    assert records[0].extra == {"cancelled": True, "estimated_cost_usd": 0.0}
+    await hedger.close()
 
 
 async def test_attempts_header_counts_the_hedge_when_the_first_attempt_wins(stack: Stack) -> None:
