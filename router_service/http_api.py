@@ -30,6 +30,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
@@ -42,7 +43,7 @@ from router_service.dashboard_series import DEFAULT_RANGE, RANGES
 from router_service.grpc_api import RpcCounter
 from router_service.metrics_json import (
     endpoints_document,
-    models_document,
+    models_document_in_slices,
     not_found_document,
     timeseries_document,
 )
@@ -179,7 +180,15 @@ def build_http_app(
         return web.json_response(body, status=503, headers=NO_STORE)
 
     async def list_models(_: web.Request) -> web.Response:
-        return web.json_response(models_document(core), headers=NO_STORE)
+        document = await models_document_in_slices(core)
+        # orjson: the list of a 10,000-endpoint catalog is ~1 MB, which ``json`` encodes
+        # in ~13 ms of the router's loop, the longest stretch left after the slices.
+        return web.Response(
+            body=orjson.dumps(document),
+            content_type="application/json",
+            charset="utf-8",
+            headers=NO_STORE,
+        )
 
     endpoint_series = EndpointExposition(core)
 
