@@ -28,7 +28,7 @@ from router_common.logs import DirectJsonLog
 from router_common.pb import router_pb2, router_pb2_grpc
 from router_common.shutdown import bounded
 from sidecar.config import SidecarSettings
-from sidecar.keys import ProviderKeys
+from sidecar.keys import EnvThenFiles, ProviderKeys
 from sidecar.lean_server import LeanFront
 from sidecar.metrics import CONTENT_TYPE, SidecarMetrics
 from sidecar.outcomes import OutcomeReporter
@@ -154,9 +154,10 @@ class SidecarApp:
         #: The per-request access line: same JSON fields as every other log line,
         #: written without the logging machinery (see DirectJsonLog), key-scrubbed.
         self._access_log = DirectJsonLog("sidecar", self.redactor.scrub)
-        self.keys = ProviderKeys(
-            settings.env(), self.redactor, self.metrics.providers_without_key.set
-        )
+        environ = settings.env()
+        if settings.provider_keys_dir is not None:
+            environ = EnvThenFiles(environ, settings.provider_keys_dir)
+        self.keys = ProviderKeys(environ, self.redactor, self.metrics.providers_without_key.set)
 
     @property
     def base_url(self) -> str:

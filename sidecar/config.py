@@ -49,6 +49,12 @@ class SidecarSettings:
     router_tls_key: str | None = _opt(
         None, "Client key (PEM, not encrypted) for mTLS to the router (re-read when it changes)."
     )
+    provider_keys_dir: str | None = _opt(
+        None,
+        "Directory of provider API keys, one file per variable name (a Kubernetes Secret "
+        "mounted as a volume): a key not in the environment is read from "
+        "DIR/<api_key_env>, once, at its first use.",
+    )
     listen: str = _opt(
         f"{defaults.LISTEN_HOST}:{defaults.LISTEN_PORT}",
         "Address to serve the OpenAI API on, HOST:PORT (loopback by default; port 0 = any).",
@@ -385,12 +391,21 @@ def check_settings(settings: SidecarSettings) -> str | None:
     # An empty file name (SIDECAR_ROUTER_TLS_KEY= from a missing Secret key) is a
     # mistake, not "unset": an empty --router-tls-key aborted the process in gRPC
     # core (SIGABRT, a C stack trace), and an empty --router-ca alone meant no TLS.
-    for name in ("router_ca", "router_tls_cert", "router_tls_key", "router_token_file"):
+    for name in (
+        "router_ca",
+        "router_tls_cert",
+        "router_tls_key",
+        "router_token_file",
+        "provider_keys_dir",
+    ):
         value = getattr(settings, name)
         if value is not None and not value.strip():
             flag = "--" + name.replace("_", "-")
             # From a variable, cli_env names it and the flag; from a flag, the flag.
             return f"{flag} is empty: name a file, or leave it unset"
+    if settings.provider_keys_dir is not None and not os.path.isdir(settings.provider_keys_dir):
+        shown = as_json(settings.provider_keys_dir, max_chars=1024)
+        return f"--provider-keys-dir {shown} is not a directory"
     if settings.outcome_batch_size > MAX_OUTCOMES_PER_BATCH:
         return (
             f"--outcome-batch-size must be at most {MAX_OUTCOMES_PER_BATCH} (the proto's "

@@ -1,4 +1,11 @@
-"""Provider API keys: read from this process's environment, tracked, and fed to the redactor.
+"""Provider API keys: read from this process's environment (or a directory of key
+files, ``--provider-keys-dir``), tracked, and fed to the redactor.
+
+Why files: a key in an environment variable is readable in ``/proc/<pid>/environ``
+by anything running as the same user, inherited by every child process, and printed
+by any "dump the environment" debugging; a Secret mounted as a volume is a file only
+the process reading it sees. The variable name the catalog gives (``api_key_env``)
+names the file too, so one catalog serves both ways of deploying.
 
 A provider whose key variable is unset cannot be called from this pod. It is
 logged once (at start for the fallback catalog's providers, else the first
@@ -11,7 +18,8 @@ has at least one provider with a key.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from router_common.catalog_model import Catalog
 from sidecar.redaction import KeyRedactor
@@ -22,6 +30,57 @@ log = logging.getLogger("sidecar.keys")
 #: bounded anyway so a misbehaving router cannot grow this).
 _MAX_PROVIDERS = 4096
 _MAX_MODELS = 10_000
+
+
+#: A key file larger than this is not a key (a mistaken mount): treated as unset.
+MAX_KEY_FILE_BYTES = 64 * 1024
+
+
+class EnvThenFiles(Mapping[str, str]):
+    """The environment, then ``directory/<name>`` for a name the environment lacks.
+
+    Only single path components are looked up (the catalog's variable names are
+    ``[A-Za-z_][A-Za-z0-9_]*``; anything else is not a key's name). An unreadable or
+    oversized file is logged once, naming the file, never its content, and counts
+    as unset.
+    """
+
+    def __init__(self, environ: Mapping[str, str], directory: str) -> None:
+        self._environ = environ
+        self._dir = directory
+
+    def __getitem__(self, name: str) -> str:
+        value = self._environ.get(name)
+        if value:
+            return value
+        if not name or name in (".", "..") or "/" in name or "\0" in name:
+            raise KeyError(name)
+        path = os.path.join(self._dir, name)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_KEY_FILE_BYTES + 1)
+        except FileNotFoundError:
+            raise KeyError(name) from None
+        except OSError as exc:
+            log.warning(
+                "API key file unreadable; treated as unset",
+                extra={"api_key_env": name, "path": path, "error": exc.strerror},
+            )
+            raise KeyError(name) from None
+        if len(data) > MAX_KEY_FILE_BYTES:
+            log.warning(
+                "API key file larger than %d bytes; treated as unset",
+                MAX_KEY_FILE_BYTES,
+                extra={"api_key_env": name, "path": path},
+            )
+            raise KeyError(name)
+        return data.decode("utf-8", errors="replace")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._environ)
+
+    def __len__(self) -> int:
+        return len(self._environ)
 
 
 class ProviderKeys:

@@ -641,8 +641,19 @@ def test_sidecar_probes_use_readyz_and_healthz_on_the_listen_port() -> None:
 
 
 def test_sidecar_reads_provider_keys_from_the_secret() -> None:
-    _, c = sidecar()
-    refs = [e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e]
+    """As files (``--provider-keys-dir``): a key in the environment is readable in
+    /proc/<pid>/environ and inherited by child processes. The app container, which
+    shares the pod's network, mounts no key."""
+    owner, c = sidecar()
+    spec = owner["spec"]["template"]["spec"]
+    assert not [e for e in c.get("envFrom", []) if "secretRef" in e]
+    directory = flag(argv(c), "--provider-keys-dir")
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == directory]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    refs = [volume["secret"]["secretName"]]
+    assert mount.get("readOnly") is True and "items" not in volume["secret"]  # every key
+    for app in spec["containers"]:
+        assert mount["name"] not in {m["name"] for m in app.get("volumeMounts", [])}
     (secret,) = _yaml_docs(EXAMPLE_SECRET)
     assert secret["kind"] == "Secret"
     assert refs == [secret["metadata"]["name"]]

@@ -148,8 +148,7 @@ class Stack:
         settings = test_settings(
             router=router,
             fallback_catalog=str(self.catalog_path) if fallback else None,
-            environ=env,
-            **over,
+            **{"environ": env, **over},
         )
         self.sidecar = SidecarApp(settings)
         await self.sidecar.start()
