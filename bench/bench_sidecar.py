@@ -231,11 +231,9 @@ async def measure(
     conc: int,
     round_size: int | None,
     cpu_pids: dict[str, list[int]],
-) -> tuple[dict[str, list[tuple[float, float]]], dict[str, float], dict[str, list[int]]]:
-    """Latencies per target, CPU seconds per process group over the measured phase, and
-    where each target's rounds end in its latencies (for the estimate paired by round)."""
+) -> tuple[dict[str, list[tuple[float, float]]], dict[str, float]]:
+    """Latencies per target, and CPU seconds per process group over the measured phase."""
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in targets}
-    ends: dict[str, list[int]] = {k: [] for k in targets}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         for base in targets.values():  # warm-up: connections, caches, JIT-less imports
             await run_round(session, base, max(conc, 20), conc, [])
@@ -244,31 +242,8 @@ async def measure(
         for _ in range(max(1, requests // per_round)):
             for name, base in targets.items():
                 await run_round(session, base, per_round, conc, results[name])
-                ends[name].append(len(results[name]))
         cpu = {name: cpu_seconds(pids) - cpu0[name] for name, pids in cpu_pids.items()}
-    return results, cpu, ends
-
-
-def added_by_round(
-    res: dict[str, list[tuple[float, float]]], ends: dict[str, list[int]], name: str
-) -> float:
-    """Added TTFT p50 paired by round, ms: the median over rounds of (this target's TTFT
-    p50 in round i − the direct TTFT p50 in round i).
-
-    The targets take turns round by round, so round i of every target ran within a
-    fraction of a second of the others; the plain estimate (the whole run's p50 minus the
-    direct p50 of the whole run) lets load that came and went during the run move a
-    target's p50 and the direct's differently. Every target is treated alike.
-    """
-
-    def medians(target: str) -> list[float]:
-        out, start = [], 0
-        for end in ends[target]:
-            out.append(statistics.median(t for t, _ in res[target][start:end]))
-            start = end
-        return out
-
-    return statistics.median(a - d for a, d in zip(medians(name), medians("direct"), strict=True))
+    return results, cpu
 
 
 #: Which process groups' CPU a target's requests cost (the router serves only sidecars).
@@ -282,9 +257,7 @@ CPU_OF = {
 
 
 def summarise(
-    res: dict[str, list[tuple[float, float]]],
-    cpu: dict[str, float],
-    ends: dict[str, list[int]] | None = None,
+    res: dict[str, list[tuple[float, float]]], cpu: dict[str, float]
 ) -> dict[str, dict[str, float]]:
     """Per target: TTFT/total percentiles, added TTFT p50, CPU ms per request."""
     base_ttft = statistics.median(t for t, _ in res["direct"])
@@ -301,8 +274,6 @@ def summarise(
             "added_ttft": (statistics.median(ttft) - base_ttft) * 1000,
             "added_total": (statistics.median(total) - base_total) * 1000,
         }
-        if ends is not None and name != "direct":
-            row["added_ttft_paired"] = added_by_round(res, ends, name) * 1000
         groups = CPU_OF.get(name, ())
         if groups:
             row["cpu_hop"] = cpu[groups[0]] / len(vals) * 1000
@@ -321,9 +292,8 @@ def table(runs: list[dict[int, dict[str, dict[str, float]]]]) -> str:
     """One row per run, concurrency and target; ratios against the same run's bare proxy."""
     rows = [
         "| run | streams | target | TTFT p50 | TTFT p99 | total p50 | added TTFT p50 "
-        "| ÷ bare | CPU/request (hop) | router CPU/request | hop CPU ÷ bare "
-        "| added TTFT paired by round | ÷ bare |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ÷ bare | CPU/request (hop) | router CPU/request | hop CPU ÷ bare |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, run in enumerate(runs, 1):
         for conc, summary in run.items():
@@ -335,15 +305,10 @@ def table(runs: list[dict[int, dict[str, dict[str, float]]]]) -> str:
                 cpu = r.get("cpu_hop")
                 cpu_ratio = "-" if cpu is None else f"{cpu / bare['cpu_hop']:.2f}×"
                 router = r.get("cpu_router") if name.startswith("sidecar") else None
-                paired = r.get("added_ttft_paired")
-                paired_ratio = (
-                    "-" if paired is None else f"{paired / bare['added_ttft_paired']:.2f}×"
-                )
                 rows.append(
                     f"| {i} | {conc} | {name} | {r['ttft_p50']:.2f} ms | {r['ttft_p99']:.2f} ms "
                     f"| {r['total_p50']:.2f} ms | {_ms(added, True)} | {ratio} "
-                    f"| {_ms(cpu)} | {_ms(router)} | {cpu_ratio} | {_ms(paired, True)} "
-                    f"| {paired_ratio} |"
+                    f"| {_ms(cpu)} | {_ms(router)} | {cpu_ratio} |"
                 )
     return "\n".join(rows)
 
@@ -353,25 +318,20 @@ def ranges(runs: list[dict[int, dict[str, dict[str, float]]]], bare_name: str) -
     rows = [
         f"ratios to {bare_name} of the same run",
         "",
-        "| streams | target | added TTFT p50 ÷ bare | hop CPU ÷ bare | (hop + router) CPU ÷ bare "
-        "| added TTFT p50 paired by round ÷ bare |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| streams | target | added TTFT p50 ÷ bare | hop CPU ÷ bare | (hop + router) CPU ÷ bare |",
+        "|---:|---|---:|---:|---:|",
     ]
     for conc in runs[0]:
         for name in runs[0][conc]:
             if name in ("direct", bare_name):
                 continue
-            lat, hop, both, paired = [], [], [], []
+            lat, hop, both = [], [], []
             for run in runs:
                 r, bare = run[conc][name], run[conc][bare_name]
                 lat.append(r["added_ttft"] / bare["added_ttft"])
                 hop.append(r["cpu_hop"] / bare["cpu_hop"])
                 both.append((r["cpu_hop"] + r["cpu_router"]) / bare["cpu_hop"])
-                paired.append(r["added_ttft_paired"] / bare["added_ttft_paired"])
-            rows.append(
-                f"| {conc} | {name} | {_span(lat)} | {_span(hop)} | {_span(both)} "
-                f"| {_span(paired)} |"
-            )
+            rows.append(f"| {conc} | {name} | {_span(lat)} | {_span(hop)} | {_span(both)} |")
     return "\n".join(rows)
 
 
@@ -731,10 +691,10 @@ def main() -> None:
         for _ in range(args.runs):
             run = {}
             for conc in args.concurrency:
-                res, cpu, ends = asyncio.run(
+                res, cpu = asyncio.run(
                     measure(targets, args.requests, conc, args.round_size, cpu_pids)
                 )
-                run[conc] = summarise(res, cpu, ends)
+                run[conc] = summarise(res, cpu)
             runs.append(run)
         print(
             f"fake provider: TTFT {args.ttft_ms} ms, "
