@@ -757,8 +757,14 @@ class Proxy:
 
         When the whole answer came with the first token (a fast or unpaced
         provider: [DONE] or the end already read), nothing is left to wait
-        for, so headers, answer, ``routing`` and the end of the body leave in
-        one send instead of three.
+        for: headers and answer leave in one send, then ``routing`` and the end
+        of the body in a second (two instead of three). Between the two the task
+        yields once: the streams whose first bytes arrived in the same turn of
+        the event loop send theirs before this one builds its tail (cost,
+        ``routing``) and does its bookkeeping (metrics, outcome, access line),
+        which is work the app's first token does not need. At 32 unpaced streams
+        the answers arrive together, and without the yield the last of a batch
+        waited for every earlier one's tail and bookkeeping (bench/README.md 13i).
         """
         req = leg.req
         whole = start.eof or start.scanner.done
@@ -804,6 +810,24 @@ class Proxy:
                 plan, records, leg, rec.provider, start.scanner.upstream_model
             )
             return await self._end_stream_at_shutdown(app, routing)
+        app_left = False
+        if whole:
+            try:
+                self._observe_added(rec, t_start)
+                if start.pending:
+                    await app.write(start.pending)
+                await asyncio.sleep(0)  # other streams' first bytes before this one's tail
+            except (ConnectionError, RuntimeError):  # the app left first (499); the provider
+                app_left = True  # did answer: costed and reported as answered
+                request[CLIENT_GONE] = True
+            except asyncio.CancelledError:
+                if not self.shutting_down:  # the app left: as during the last write below
+                    request[CLIENT_GONE] = True
+                    start.resp.close()
+                    self._cost_stream(leg, route, rec, start.scanner)
+                    self._finish_attempt(req, rec)
+                    raise
+                _uncancel()  # shutdown: the answer is whole, its tail follows at once
         scanner = start.scanner
         total = self._cost_stream(leg, route, rec, scanner)
         if rec.status == "ok" and scanner.usage_tokens is None:
@@ -829,12 +853,10 @@ class Proxy:
                 b"data: " + _dumps(final) + b"\n\n"
             )
         try:
-            if whole:
-                self._observe_added(rec, t_start)
-                tail = start.pending + tail
-            await app.write_eof(tail + b"data: [DONE]\n\n")  # last chunk and end: one send
+            if not app_left:
+                await app.write_eof(tail + b"data: [DONE]\n\n")  # last chunk and end: one send
         except (ConnectionError, RuntimeError):
-            if whole:  # nothing reached the app: it left first (499), the provider did answer
+            if whole:  # the app left before its whole answer (499), the provider did answer
                 request[CLIENT_GONE] = True
         except asyncio.CancelledError:  # the app left during the last write
             request[CLIENT_GONE] = True
