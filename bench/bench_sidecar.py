@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,29 @@ async def start_bare_proxy(upstream: str) -> web.AppRunner:
             await resp.write_eof()
             return resp
 
+    return await serve_hop(handle, session)
+
+
+def process_spawner(
+    target: Callable[[str, dict[str, Any], Any], None], procs: list[Any]
+) -> Callable[[str, dict[str, Any]], tuple[str, int]]:
+    """``spawn(kind, arg)``: ``target`` in a fresh process (appended to ``procs``); the
+    address it puts on its queue, and its pid."""
+    ctx = mp.get_context("spawn")
+
+    def spawn(kind: str, arg: dict[str, Any]) -> tuple[str, int]:
+        q = ctx.Queue()
+        p = ctx.Process(target=target, args=(kind, arg, q), daemon=True)
+        p.start()
+        procs.append(p)
+        assert p.pid is not None
+        return q.get(timeout=30), p.pid
+
+    return spawn
+
+
+async def serve_hop(handle: Any, session: aiohttp.ClientSession) -> web.AppRunner:
+    """``handle`` on the chat path, on a free loopback port; ``session`` closes with it."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handle)
 
@@ -602,19 +626,11 @@ def main() -> None:
         return
 
     os.environ.setdefault("BENCH_FAKE_KEY", "bench-key")  # inherited by the sidecar
-    ctx = mp.get_context("spawn")
     procs: list[Any] = []
     work = Path(tempfile.mkdtemp(prefix="bench_sidecar_"))
     nginx: subprocess.Popen[bytes] | None = None
     notes: list[str] = []
-
-    def spawn(kind: str, arg: dict[str, Any]) -> tuple[str, int]:
-        q = ctx.Queue()
-        p = ctx.Process(target=_serve, args=(kind, arg, q), daemon=True)
-        p.start()
-        procs.append(p)
-        assert p.pid is not None
-        return q.get(timeout=30), p.pid
+    spawn = process_spawner(_serve, procs)
 
     try:
         fake, _ = spawn("fake", {"ttft_ms": args.ttft_ms, "tps": args.tps})

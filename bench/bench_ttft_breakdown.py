@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import re
 import shutil
@@ -209,17 +208,7 @@ async def start_probed_bare_proxy(upstream: str, records: list[dict[str, Any]]) 
             r["end"] = pc()
             records.append(r)
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handle)
-
-    async def close(_: web.Application) -> None:
-        await session.close()
-
-    app.on_cleanup.append(close)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner
+    return await bs.serve_hop(handle, session)
 
 
 def _serve_probed(kind: str, arg: dict[str, Any], q: Any) -> None:
@@ -376,17 +365,9 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE", help="also write the joined stamps here")
     args = ap.parse_args()
     os.environ.setdefault("BENCH_FAKE_KEY", "bench-key")
-    ctx = mp.get_context("spawn")
     work = Path(tempfile.mkdtemp(prefix="bench_ttft_"))
     procs: list[Any] = []
-
-    def spawn(kind: str, arg: dict[str, Any]) -> tuple[str, int]:
-        q = ctx.Queue()
-        p = ctx.Process(target=_serve_probed, args=(kind, arg, q), daemon=True)
-        p.start()
-        procs.append(p)
-        assert p.pid is not None
-        return q.get(timeout=30), p.pid
+    spawn = bs.process_spawner(_serve_probed, procs)
 
     dumps: dict[str, Path] = {}
     try:
