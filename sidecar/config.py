@@ -172,10 +172,11 @@ class SidecarSettings:
     explore_stale_after_s: float = _opt(
         1.5,
         "Between ranking fetches, an endpoint this sidecar has had no first token from for "
-        "this long (counted from the fetch when it had none) may be explored like one the "
-        "router marked explorable, within the router's exploration_share; endpoints in a "
-        "local cooldown are never explored. The router's own staleness default (1.5 s): a "
-        "reused ranking would otherwise freeze the stale set for its whole TTL (0 = off).",
+        "this long (counted from the later of its last first token here and the fetch) "
+        "may be explored like one the router marked explorable, within the router's "
+        "exploration_share; endpoints in a local cooldown are never explored. The router's "
+        "own staleness default (1.5 s): a reused ranking would otherwise freeze the stale "
+        "set for its whole TTL (0 = off).",
     )
     router_retry_s: float = _opt(
         1.0,
