@@ -235,3 +235,43 @@ def test_count_is_exact_across_add_paths_and_merges(chunks: list[list[float]]) -
     if total:
         flat = [v for c in chunks for v in c]
         assert merged.min == min(flat) and merged.max == max(flat)
+
+
+def _flush_as_before(digest: TDigest, values: list[float]) -> tuple[bytes, bytes]:
+    """The centroids a flush of ``values`` gave before ``_merge_sorted``: a stable
+    argsort of the centroids followed by the values, then one compression pass."""
+    means, weights = digest._means, digest._weights
+    reference = TDigest(digest.compression)
+    reference._set_compressed(
+        np.concatenate([means, np.asarray(values, dtype=np.float64)]),
+        np.concatenate([weights, np.ones(len(values))]),
+    )
+    return reference._means.tobytes(), reference._weights.tobytes()
+
+
+@pytest.mark.parametrize(
+    "kind", ["lognormal", "few distinct values", "signed zeros", "rounded, negative too"]
+)
+def test_a_flush_gives_the_centroids_of_a_stable_sort(kind: str) -> None:
+    """``_flush`` sorts the new values alone and slots the centroids in (faster);
+    the centroids must be those of the stable sort of both, bit for bit: ties
+    between a centroid and equal values (many with few distinct values) decide
+    which band a centroid's weight lands in, and zeros go the old way (-0.0 and
+    0.0 compare equal but are different floats)."""
+    rng = np.random.default_rng(11)
+    draw = {
+        "lognormal": lambda n: rng.lognormal(3.0, 1.0, n),
+        "few distinct values": lambda n: rng.integers(1, 12, n).astype(np.float64),
+        "signed zeros": lambda n: rng.choice([-0.0, 0.0, 1.0, 2.5], n),
+        "rounded, negative too": lambda n: np.round(rng.uniform(-5, 5, n), 1),
+    }[kind]
+    for compression in (10.0, 100.0):
+        digest = TDigest(compression)
+        for n in (1, 7, 300, 800, 1500, 2000, 5, 900):
+            values = draw(n).tolist()
+            expected = _flush_as_before(digest, values)
+            count = digest.count
+            digest._buf = list(values)
+            digest._flush()
+            assert (digest._means.tobytes(), digest._weights.tobytes()) == expected
+            assert digest.count == count + n
