@@ -29,13 +29,14 @@ from router_common.pb import router_pb2, router_pb2_grpc
 from router_common.shutdown import bounded
 from sidecar.config import SidecarSettings
 from sidecar.keys import EnvThenFiles, ProviderKeys
-from sidecar.lean_server import LeanFront
+from sidecar.lean_server import LeanFront, LeanRequest
 from sidecar.metrics import CONTENT_TYPE, SidecarMetrics
 from sidecar.outcomes import OutcomeReporter
 from sidecar.preferences import RequestError, parse_request
 from sidecar.proxy import CLIENT_GONE, SERVED_BY, SHUTDOWN_MESSAGE, Proxy, error_body
 from sidecar.ranking_client import RankingClient
 from sidecar.redaction import KeyRedactor, RedactingLogFilter
+from sidecar.request_id import HEADER, REQUEST_ID, request_id
 from sidecar.router_channel import open_router_channel
 from sidecar.router_clock import RouterClock
 from sidecar.transport import UpstreamTransport, make_transport
@@ -343,6 +344,19 @@ class SidecarApp:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Every answer carries the request's id (``sidecar.request_id``); the stream's
+        is set by the proxy, whose headers leave before this returns."""
+        if isinstance(request, LeanRequest):  # its header fields are built only if read
+            given = request.header(b"x-request-id")
+        else:
+            given = request.headers.get(HEADER)
+        rid = request[REQUEST_ID] = request_id(given)
+        response = await self._answer(request, handler)
+        if not response.prepared:
+            response.headers[HEADER] = rid
+        return response
+
+    async def _answer(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Every failure becomes OpenAI-shaped JSON; no traceback ever reaches the caller."""
         try:
             return await handler(request)
@@ -458,6 +472,7 @@ class SidecarApp:
                     "status": status,
                     "provider": provider,
                     "duration_ms": round((time.perf_counter() - t_start) * 1000, 3),
+                    "request_id": request.get(REQUEST_ID),
                 },
             )
 

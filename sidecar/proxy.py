@@ -43,6 +43,8 @@ from sidecar.model_fallback import (
 from sidecar.preferences import ParsedRequest, preferences_summary
 from sidecar.ranking_client import Ranking, RankingClient, Route
 from sidecar.redaction import KeyRedactor
+from sidecar.request_id import HEADER as REQUEST_ID_HEADER
+from sidecar.request_id import REQUEST_ID
 from sidecar.spend import charge, request_cost
 from sidecar.streaming import (
     AppGone,
@@ -772,6 +774,9 @@ class Proxy:
         # Every attempt made, as routing.attempts lists them: a hedge's or race's other
         # attempt may have started after this one (the header was built when it opened).
         app.headers["x-router-attempts"] = str(len(records))
+        rid = request.get(REQUEST_ID)
+        if rid is not None:
+            app.headers[REQUEST_ID_HEADER] = rid
         try:
             await app.prepare(request)
             if not whole:

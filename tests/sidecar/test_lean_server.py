@@ -308,11 +308,12 @@ async def _raw_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 
 
 def _masked(head: bytes, *names: bytes) -> bytes:
-    """``head`` with the values of ``names`` (and always Date) replaced: they change per run."""
+    """``head`` with the values of ``names`` (and always Date and the made request id)
+    replaced: they change per run."""
     lines = head.split(b"\r\n")
     for i, line in enumerate(lines):
         name, _, _ = line.partition(b":")
-        if name.lower() in (b"date", *names):
+        if name.lower() in (b"date", b"x-request-id", *names):
             lines[i] = name + b": *"
     return b"\r\n".join(lines)
 
@@ -377,6 +378,7 @@ async def test_every_answer_is_the_same_bytes_on_both_servers(stack: Stack) -> N
     assert lean["invalid-json"].startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert lean["too-large"].startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n")
     assert lean["unknown-model"].split(b" ")[1] == b"404", lean["unknown-model"][:200]
+    assert all(b"\r\nx-request-id: *" in answer for answer in lean.values())
 
 
 async def test_a_slow_reader_holds_the_relay_in_the_lean_writer_drain(stack: Stack) -> None:
