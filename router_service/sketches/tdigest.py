@@ -405,17 +405,20 @@ class TDigest:
         self._count += int(values.size)
         self._chunks = []
         self._chunked = 0
-        if values.size < 2 * _ROW and values.all():  # no rows, no zero: ``_merge_sorted``
-            ordered = np.sort(values)
-            self._min = min(self._min, float(ordered[0]))
-            self._max = max(self._max, float(ordered[-1]))
-            self._merge_sorted(ordered)
+        merge_sorted = values.size < 2 * _ROW and values.all()  # no rows, no zero
+        if merge_sorted:
+            values = np.sort(values)
+            lo, hi = values[0], values[-1]
+        else:
+            lo, hi = values.min(), values.max()
+        self._min = min(self._min, float(lo))
+        self._max = max(self._max, float(hi))
+        if merge_sorted:
+            self._merge_sorted(values)
             return
-        self._min = min(self._min, float(values.min()))
-        self._max = max(self._max, float(values.max()))
         bands = self._bands
-        rows = values.size // _ROW if values.size >= 2 * _ROW else 0
         parts_m, parts_w = [self._means], [self._weights]
+        rows = values.size // _ROW if values.size >= 2 * _ROW else 0
         if rows:
             head = np.sort(values[: rows * _ROW].reshape(rows, _ROW), axis=1)
             starts, sizes = _row_layout(_ROW, _ROW_BANDS_FACTOR * bands)
@@ -465,12 +468,15 @@ class TDigest:
             merged_w[at] = weights
         else:
             merged_m, merged_w = values, np.ones(values.size)
-        self._means, self._weights = _compress(merged_m, merged_w, self._bands)
-        self._knots = None
+        self._set_compressed(merged_m, merged_w, ordered=True)
 
-    def _set_compressed(self, means: np.ndarray, weights: np.ndarray) -> None:
-        order = np.argsort(means, kind="stable")  # timsort: inputs are sorted runs
-        means, weights = means[order], weights[order]
+    def _set_compressed(
+        self, means: np.ndarray, weights: np.ndarray, ordered: bool = False
+    ) -> None:
+        """Compress ``means``/``weights`` into the centroids (``ordered``: already sorted)."""
+        if not ordered:
+            order = np.argsort(means, kind="stable")  # timsort: inputs are sorted runs
+            means, weights = means[order], weights[order]
         self._means, self._weights = _compress(means, weights, self._bands)
         self._knots = None
 
