@@ -90,11 +90,45 @@ def test_a_sample_after_a_silence_replaces_the_estimate_a_sample_in_traffic_does
     assert tr.estimate().ttft_ms == pytest.approx(80.0)
 
 
-@pytest.mark.parametrize("field", ["tau_s", "tau_up_s", "tau_fail_s", "replace_after_s"])
+def test_a_first_token_timeout_pulls_the_estimate_toward_its_wait() -> None:
+    tr = RecentTracker()  # timeout_weight 0.5
+    for i in range(100):
+        tr.record(i * 0.05, False, 80.0)
+    before = tr.estimate()
+    tr.record(5.0, True, None, 500.0)  # gave up after 500 ms without a first token
+    after = tr.estimate()
+    assert after.ttft_ms == pytest.approx(80.0 + 0.5 * (500.0 - 80.0), rel=0.02)
+    # not an answer: when it last answered and how many answers it has stay as they were
+    assert (after.ttft_at, after.samples) == (before.ttft_at, before.samples)
+    assert after.failure_ratio > before.failure_ratio
+    tr.record(5.0, True, None, 100.0)  # a wait below the estimate says nothing new
+    tr.record(5.0, True, None, float("nan"))
+    assert tr.estimate().ttft_ms == after.ttft_ms
+    tr.record(5.0 + 2.0, False, 85.0)  # its next answer after a silence stands alone
+    assert tr.estimate().ttft_ms == pytest.approx(85.0)
+
+
+def test_a_timeout_wait_is_capped_and_needs_an_estimate() -> None:
+    tr = RecentTracker(RecentConfig(timeout_weight=1.0))
+    tr.record(0.0, True, None, 500.0)  # nothing measured yet: no level to raise
+    assert tr.estimate().ttft_ms is None
+    tr.record(1.0, False, 100.0)
+    tr.record(1.0, True, None, 1e12)
+    assert tr.estimate().ttft_ms == 600_000.0  # MAX_TTFT_MS, the contract's limit
+
+
+@pytest.mark.parametrize(
+    "field", ["tau_s", "tau_up_s", "tau_fail_s", "replace_after_s", "timeout_weight"]
+)
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), True])
 def test_recent_config_rejects_bad_values(field: str, bad: object) -> None:
     with pytest.raises(ValueError, match=field):
         RecentConfig(**{field: bad})  # type: ignore[arg-type]
+
+
+def test_recent_config_timeout_weight_is_at_most_one() -> None:
+    with pytest.raises(ValueError, match=r"timeout_weight must be <= 1, got 1\.5"):
+        RecentConfig(timeout_weight=1.5)
 
 
 # --------------------------------------------------------------------------- ranking on it

@@ -23,6 +23,14 @@ How (Finagle's Peak EWMA, without the in-flight term the router cannot see):
 - **Warm-up.** The k-th sample after a replace weighs at least ``1/k``: the
   first few samples are averaged equally instead of the first one counting
   like ``tau`` seconds of history (``RecentTracker._warm``).
+- **Timeouts are a lower bound.** An attempt that gave up waiting for its
+  first token after ``W`` ms says its TTFT was more than ``W``: when ``W`` is
+  above the estimate it pulls the estimate toward ``W`` with at least
+  ``timeout_weight`` (``RecentTracker._raise_to``). Counted only as a failure,
+  a 6x slowdown whose first attempts timed out left the estimate where the
+  one or two slow answers before them had put it (1.8x), and a sidecar whose
+  local cooldown had ended sent the provider a share of its traffic on that
+  estimate ten seconds later.
 - **Failures.** A decayed failure ratio with the same clock (``tau_fail``),
   so "recovered" can also mean "answers again".
 
@@ -36,6 +44,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from router_common.limits import MAX_TTFT_MS
 from router_service.model import RecentEstimate
 
 __all__ = ["DEFAULT_RECENT_CONFIG", "RecentConfig", "RecentTracker"]
@@ -71,6 +80,15 @@ class RecentConfig:
                         without traffic for seconds; with 2 s here and staleness at
                         1.5 s, explorations 1.5-2 s apart were averaged and the
                         recovered provider led again only 8-9 s after its recovery
+    timeout_   0.5      in (0, 1]: the least weight with which a first-token timeout
+    weight              after ``W`` ms pulls an estimate below ``W`` toward it. The
+                        sidecar's timeout is twice the endpoint's p99 (at least
+                        500 ms), beyond its normal worst case, so one timeout is
+                        stronger evidence than one slow answer (which weighs ~0.05
+                        in a burst): after one, a 6x slowdown's estimate is past 3x
+                        and out of the near-best band; an answered attempt's TTFT
+                        is never weighted this way (one outlier among many answers
+                        does not flip the estimate)
     =========  =======  ================================================================
     """
 
@@ -78,14 +96,19 @@ class RecentConfig:
     tau_up_s: float = 2.0
     tau_fail_s: float = 5.0
     replace_after_s: float = 1.5
+    timeout_weight: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("tau_s", "tau_up_s", "tau_fail_s", "replace_after_s"):
+        for name in ("tau_s", "tau_up_s", "tau_fail_s", "replace_after_s", "timeout_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"RecentConfig.{name} must be a number, got {value!r}")
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"RecentConfig.{name} must be > 0, got {value!r}")
+        if self.timeout_weight > 1:
+            raise ValueError(
+                f"RecentConfig.timeout_weight must be <= 1, got {self.timeout_weight!r}"
+            )
 
 
 DEFAULT_RECENT_CONFIG = RecentConfig()
@@ -114,8 +137,15 @@ class RecentTracker:
         #: TTFT samples since the estimate was last replaced, up to _RUN_CAP (see _warm).
         self._run = 0
 
-    def record(self, now: float, failed: bool | None, ttft_ms: float | None) -> None:
-        """One attempt at ``now``: ``failed`` None means not counted (the caller's fault)."""
+    def record(
+        self,
+        now: float,
+        failed: bool | None,
+        ttft_ms: float | None,
+        waited_ms: float | None = None,
+    ) -> None:
+        """One attempt at ``now``: ``failed`` None means not counted (the caller's fault);
+        ``waited_ms`` set: it timed out waiting that long for its first token."""
         cfg = self._cfg
         if failed is not None:
             last = self._attempt_at
@@ -125,6 +155,8 @@ class RecentTracker:
                 w = 1.0 - math.exp(-max(0.0, now - last) / cfg.tau_fail_s)
                 self._fail += w * ((1.0 if failed else 0.0) - self._fail)
             self._attempt_at = now if last is None else max(last, now)
+        if waited_ms is not None:
+            self._raise_to(now, waited_ms)
         if not _is_ttft_sample(failed, ttft_ms):
             return
         assert ttft_ms is not None
@@ -139,8 +171,11 @@ class RecentTracker:
         self._ttft_at = now if self._ttft_at is None else max(self._ttft_at, now)
         self._samples += 1
 
-    def record_many(self, now: float, attempts: Iterable[tuple[bool | None, float | None]]) -> None:
-        """``record(now, failed, ttft_ms)`` for each (failed, ttft_ms), in order.
+    def record_many(
+        self, now: float, attempts: Iterable[tuple[bool | None, float | None, float | None]]
+    ) -> None:
+        """``record(now, failed, ttft_ms, waited_ms)`` for each (failed, ttft_ms, waited_ms),
+        in order.
 
         The ingestion path feeds a batch's attempts of one endpoint together,
         all at one ``now``. Once the estimates stand at ``now``, the next
@@ -151,14 +186,15 @@ class RecentTracker:
         """
         cfg = self._cfg
         w_up, w_down = _ttft_weight(0.0, cfg.tau_up_s), _ttft_weight(0.0, cfg.tau_s)
-        for failed, ttft_ms in attempts:
+        for failed, ttft_ms, waited_ms in attempts:
             est = self._ttft
             if (
                 est is None
                 or self._ttft_at != now
                 or (failed is not None and self._attempt_at != now)
+                or waited_ms is not None
             ):
-                self.record(now, failed, ttft_ms)
+                self.record(now, failed, ttft_ms, waited_ms)
                 continue
             if not _is_ttft_sample(failed, ttft_ms):
                 continue
@@ -166,6 +202,23 @@ class RecentTracker:
             w = self._warm(w_up if ttft_ms > est else w_down)
             self._ttft = est + w * (ttft_ms - est)
             self._samples += 1
+
+    def _raise_to(self, now: float, waited_ms: float) -> None:
+        """A timeout after ``waited_ms``: that attempt's TTFT was longer (``timeout_weight``).
+
+        Only ever raises the estimate, and is not a sample: when the endpoint
+        last answered (what staleness, exploration and the replace rule go by)
+        and the warm-up count stay as they were, so its next real answer after
+        a silence still replaces the estimate.
+        """
+        est = self._ttft
+        if est is None or not waited_ms > est:  # also False for NaN
+            return
+        waited_ms = min(waited_ms, MAX_TTFT_MS)
+        at = self._ttft_at
+        w = _ttft_weight(0.0 if at is None else max(0.0, now - at), self._cfg.tau_up_s)
+        floor = self._cfg.timeout_weight
+        self._ttft = est + (w if w > floor else floor) * (waited_ms - est)
 
     def _warm(self, w: float) -> float:
         """The weight of the next sample: ``w``, but at least ``1/k`` for the k-th since a replace.

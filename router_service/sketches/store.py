@@ -273,7 +273,12 @@ class InMemoryStatsStore:
             # Stragglers, or a batch across a bucket edge: bucket by bucket.
             kept = self._record_by_bucket(entry, outcomes, counted, stamps, now)
             attempts = [
-                (None if counted[i] is None else not counted[i], outcomes[i].ttft_ms) for i in kept
+                (
+                    None if counted[i] is None else not counted[i],
+                    outcomes[i].ttft_ms,
+                    _waited(outcomes[i]),
+                )
+                for i in kept
             ]
             newest = max(stamps[i] for i in kept)
         else:
@@ -304,7 +309,11 @@ class InMemoryStatsStore:
                 tpss,
             )
             attempts = [
-                (None if c is None else not c, o.ttft_ms)
+                (
+                    None if c is None else not c,
+                    o.ttft_ms,
+                    _waited(o),
+                )
                 for c, o in zip(counted, outcomes, strict=True)
             ]
             newest = hi
@@ -573,3 +582,11 @@ class InMemoryStatsStore:
                 return []
             self._flush(entry)
             return entry.windows.export(now)
+
+
+def _waited(outcome: Outcome) -> float | None:
+    """How long a first-token timeout waited (a lower bound of that attempt's TTFT),
+    for the recent view; None for every other outcome (``RecentTracker._raise_to``)."""
+    if outcome.error_class is ErrorClass.TIMEOUT and outcome.ttft_ms is None:
+        return outcome.duration_ms
+    return None

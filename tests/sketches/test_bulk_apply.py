@@ -151,24 +151,25 @@ def test_health_bulk_batch_equals_one_by_one() -> None:
                 st.just(math.nan),
                 st.floats(min_value=-5, max_value=5_000),
             ),
+            st.one_of(st.none(), st.none(), st.floats(min_value=0, max_value=5_000)),
         ),
         max_size=40,
     )
 )
 def test_recent_record_many_is_record_one_by_one(attempts) -> None:
     """The burst shortcut (constant weights once the estimates stand at ``now``) gives
-    bit-for-bit the estimate of one ``record`` per attempt."""
+    bit-for-bit the estimate of one ``record`` per attempt, timeouts' waits included."""
     from router_service.sketches.recent import RecentTracker
 
     bulk, single = RecentTracker(), RecentTracker()
     now = 1_000.0
     batch: list = []
-    for step, failed, ttft in attempts:
+    for step, failed, ttft, waited in attempts:
         if step:
             bulk.record_many(now, batch)
             batch = []
             now += step
-        batch.append((failed, ttft))
-        single.record(now, failed, ttft)
+        batch.append((failed, ttft, waited))
+        single.record(now, failed, ttft, waited)
     bulk.record_many(now, batch)
     assert bulk.estimate() == single.estimate()
