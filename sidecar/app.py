@@ -33,7 +33,14 @@ from sidecar.lean_server import LeanFront, LeanRequest
 from sidecar.metrics import CONTENT_TYPE, SidecarMetrics
 from sidecar.outcomes import OutcomeReporter
 from sidecar.preferences import RequestError, parse_request
-from sidecar.proxy import CLIENT_GONE, SERVED_BY, SHUTDOWN_MESSAGE, Proxy, error_body
+from sidecar.proxy import (
+    CLIENT_GONE,
+    SERVED_BY,
+    SHUTDOWN_MESSAGE,
+    STREAM_ERROR,
+    Proxy,
+    error_body,
+)
 from sidecar.ranking_client import RankingClient
 from sidecar.redaction import KeyRedactor, RedactingLogFilter
 from sidecar.request_id import HEADER, REQUEST_ID, request_id
@@ -465,16 +472,17 @@ class SidecarApp:
                 if not self._inflight:
                     self._idle.set()
             self.metrics.count_request(status)
-            self._access_log.info(
-                "request",
-                {
-                    "model": model,
-                    "status": status,
-                    "provider": provider,
-                    "duration_ms": round((time.perf_counter() - t_start) * 1000, 3),
-                    "request_id": request.get(REQUEST_ID),
-                },
-            )
+            line = {
+                "model": model,
+                "status": status,
+                "provider": provider,
+                "duration_ms": round((time.perf_counter() - t_start) * 1000, 3),
+                "request_id": request.get(REQUEST_ID),
+            }
+            broke = request.get(STREAM_ERROR)
+            if broke is not None:  # a 200 whose stream ended in an error event
+                line["stream_error"] = broke
+            self._access_log.info("request", line)
 
     async def _models(self, request: web.Request) -> web.Response:
         """The router's model list (or the fallback catalog's), in OpenAI's shape.

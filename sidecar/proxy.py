@@ -100,6 +100,10 @@ def _uncancel() -> None:
 #: the app leaves mid-stream (then no response returns to read the headers from).
 SERVED_BY: web.RequestKey[tuple[str, str]] = web.RequestKey("router_served_by", tuple)
 
+#: The error class of a stream that broke after its first token (``rec.error_class``'s
+#: value): its status stayed 200, the headers having gone, so the access line names it.
+STREAM_ERROR: web.RequestKey[str] = web.RequestKey("router_stream_error", str)
+
 #: orjson: the request body is re-encoded on every attempt and the routing object
 #: on every answer; it is several times faster than the stdlib here, and emits
 #: compact UTF-8 (no ASCII escaping) as the stdlib encoder used to be told to.
@@ -848,6 +852,7 @@ class Proxy:
         if rec.status == "ok":
             tail = scanner.final_chunks(routing)
         else:
+            request[STREAM_ERROR] = rec.error_class.value
             final = error_body(
                 f"upstream stream failed after it started: {rec.error}",
                 "upstream_error",
