@@ -102,7 +102,9 @@ class RecentEstimate(NamedTuple):
     ``ttft_ms`` is None until a successful TTFT was seen; ``ttft_at`` is when
     it was last updated (the caller's clock). ``failure_ratio`` is the decayed
     share of failed attempts (0 with no attempts); ``samples`` counts TTFT
-    updates since the tracker was made (for "is this estimate more than one sample?").
+    updates since the tracker was made (for "is this estimate more than one sample?");
+    ``lone`` says the estimate is one answer that replaced an older estimate after
+    a silence, with none since (ranking leads with it but does not share traffic on it).
     """
 
     ttft_ms: float | None = None
@@ -110,6 +112,7 @@ class RecentEstimate(NamedTuple):
     failure_ratio: float = 0.0
     attempt_at: float | None = None
     samples: int = 0
+    lone: bool = False
 
 
 EMPTY_RECENT = RecentEstimate()

@@ -270,6 +270,54 @@ def test_endpoints_within_the_equal_tolerance_weigh_the_same() -> None:
     assert w["a"] == pytest.approx((100 / 108) ** 3)
 
 
+def _lone(s: EndpointStats, ttft: float) -> EndpointStats:
+    """``s`` whose recent estimate is one answer given after a silence."""
+    return dataclasses.replace(s, recent=RecentEstimate(ttft, NOW - 0.5, 0.0, NOW - 0.5, 50, True))
+
+
+def test_one_answer_after_a_silence_leads_but_does_not_share_the_band() -> None:
+    base = {n: stats(ttft=100, spread=0) for n in "abc"}
+    # b and c are well known; a answered once after a silence, 5% slower than the best:
+    # within the band by value, but one answer's spread covers that.
+    st_ = dict(base, a=_lone(base["a"], 105.0), b=with_recent(base["b"], 100.0))
+    st_["c"] = with_recent(base["c"], 160.0)
+    firsts = Counter()
+    for seed in range(400):
+        result = run(eps=ABC, st_=st_, sort=Sort.TTFT, seed=seed, config=NO_EXPLORE)
+        w = {e.endpoint.provider.name: e.weight for e in result.ranked}
+        assert w["a"] is None and w["c"] is None, w
+        firsts[names(result)[0]] += 1
+    assert firsts == {"b": 400}
+    # Its second answer makes it an ordinary estimate: back in the band.
+    st_["a"] = with_recent(base["a"], 105.0)
+    w = {
+        e.endpoint.provider.name: e.weight
+        for e in run(eps=ABC, st_=st_, sort=Sort.TTFT, config=NO_EXPLORE).ranked
+    }
+    assert w["a"] == 1.0 and w["b"] == 1.0
+    # The best value leads even when it is lone (a recovered provider), and the band
+    # forms around it as usual.
+    st_["a"] = _lone(base["a"], 95.0)
+    result = run(eps=ABC, st_=st_, sort=Sort.TTFT, config=NO_EXPLORE)
+    w = {e.endpoint.provider.name: e.weight for e in result.ranked}
+    assert w["a"] == 1.0 and w["b"] == 1.0
+    st_["a"] = _lone(base["a"], 60.0)
+    assert names(run(eps=ABC, st_=st_, sort=Sort.TTFT, config=NO_EXPLORE))[0] == "a"
+
+
+def test_the_tracker_marks_a_replacing_answer_lone_until_the_next() -> None:
+    tr = RecentTracker()
+    tr.record(0.0, False, 100.0)
+    assert not tr.estimate().lone  # the first answer ever replaces nothing
+    tr.record(0.05, False, 100.0)
+    tr.record(3.0, False, 120.0)  # after a silence: it replaces the estimate
+    assert tr.estimate().lone and tr.estimate().ttft_ms == 120.0
+    tr.record(3.0, True, None, 500.0)  # a timeout is not an answer
+    assert tr.estimate().lone
+    tr.record_many(3.1, [(False, 110.0, None)])
+    assert not tr.estimate().lone
+
+
 def test_no_spread_weights_under_cost_or_order() -> None:
     st_ = {n: stats(ttft=100) for n in "abc"}
     assert all(e.weight is None for e in run(eps=ABC, st_=st_, sort=Sort.COST).ranked)

@@ -347,7 +347,12 @@ def rank(
             names, tiers, order_pos, keys, weights, config.near_tie_tolerance, rng
         )
         if keys is not None and not order_pos and (sort is Sort.TTFT or sort is Sort.TPS):
-            positions, spread = spread_band(positions, tiers, keys, sort, config, rng)
+            lone = (
+                [row.ttft_window == r.WINDOW_RECENT and row.stats.recent.lone for row in live]
+                if sort is Sort.TTFT
+                else None
+            )
+            positions, spread = spread_band(positions, tiers, keys, sort, config, rng, lone)
             for i, w in spread.items():
                 entries[i] = entries[i]._replace(weight=w)
 

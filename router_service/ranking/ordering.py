@@ -123,6 +123,7 @@ def spread_band(
     sort: Sort,
     config: RankingConfig,
     rng: random.Random,
+    lone: Sequence[bool] | None = None,
 ) -> tuple[list[int], dict[int, float]]:
     """Redraw the near-best head of a ``sort: ttft``/``tps`` order by weight.
 
@@ -131,7 +132,13 @@ def spread_band(
     (``_band_weight``: ``(best/value)**spread_exponent``, tps
     ``(value/best)**...``, and 1 within ``spread_equal_tolerance``) and are
     drawn in a weighted order (Efraimidis-Spirakis), the rest of the run and
-    everything after keep their place. When nothing leads with a value (no
+    everything after keep their place. A candidate whose value is ``lone``
+    (one answer after a silence, ``RecentEstimate.lone``) joins the band only
+    as its best: one answer is enough to lead (a recovered provider is seen on
+    its first answer) but not to share traffic with better-known endpoints
+    within the band's 25%, which one answer's own spread covers (a lognormal
+    TTFT with sigma 0.2 lands within 25% above a provider 25% faster than its
+    own median about 4 times in 10). When nothing leads with a value (no
     data yet), the endpoints without data get weight 1 each (their order is
     already a uniform shuffle). Returns the new positions and the weights by
     candidate index (empty when fewer than two are near-best).
@@ -158,13 +165,20 @@ def spread_band(
     if top <= 0:
         return positions, {}
     weights: dict[int, float] = {}
+    set_aside = False
     for i, v in good.items():
         if v <= 0:  # a throughput of 0: nothing near the best
+            continue
+        if lone is not None and lone[i] and v < top:
+            set_aside = True
             continue
         w = _band_weight(top / v, config)
         if w > 0:
             weights[i] = w
     if len(weights) < 2:
+        if set_aside and weights:  # the near-tie shuffle may have put a lone one first
+            (best,) = weights
+            return [best, *(i for i in positions if i != best)], {}
         return positions, {}
     band = weighted_indices(list(weights), [weights.get(i, 0.0) for i in range(len(tiers))], rng)
     rest = [i for i in positions if i not in weights]

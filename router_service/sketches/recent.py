@@ -15,7 +15,9 @@ How (Finagle's Peak EWMA, without the in-flight term the router cannot see):
   endpoint nobody used) replaces the old value outright: a recovered endpoint
   is seen on its first answer, and one that looked slow because of a passing
   outlier is not locked out of traffic until several probes have averaged the
-  outlier away (its estimate cannot improve while it gets no traffic).
+  outlier away (its estimate cannot improve while it gets no traffic). Such an
+  estimate is marked ``lone`` until the next answer: ranking lets it lead but
+  not share the near-best band (``ordering.spread_band``).
 - **Peak.** A sample above the estimate is taken with ``tau_up`` (shorter),
   so a slowdown is believed faster than a speed-up; that is the asymmetry
   that keeps traffic off an endpoint that got slow (a false "slow" costs one
@@ -121,6 +123,7 @@ class RecentTracker:
         "_attempt_at",
         "_cfg",
         "_fail",
+        "_lone",
         "_run",
         "_samples",
         "_ttft",
@@ -136,6 +139,8 @@ class RecentTracker:
         self._samples = 0
         #: TTFT samples since the estimate was last replaced, up to _RUN_CAP (see _warm).
         self._run = 0
+        #: The estimate is one answer that replaced an older one after a silence.
+        self._lone = False
 
     def record(
         self,
@@ -164,7 +169,9 @@ class RecentTracker:
         if est is None or self._ttft_at is None or now - self._ttft_at >= cfg.replace_after_s:
             self._ttft = ttft_ms
             self._run = 1
+            self._lone = est is not None
         else:
+            self._lone = False
             tau = cfg.tau_up_s if ttft_ms > est else cfg.tau_s
             w = self._warm(_ttft_weight(max(0.0, now - self._ttft_at), tau))
             self._ttft = est + w * (ttft_ms - est)
@@ -202,6 +209,7 @@ class RecentTracker:
             w = self._warm(w_up if ttft_ms > est else w_down)
             self._ttft = est + w * (ttft_ms - est)
             self._samples += 1
+            self._lone = False
 
     def _raise_to(self, now: float, waited_ms: float) -> None:
         """A timeout after ``waited_ms``: that attempt's TTFT was longer (``timeout_weight``).
@@ -238,7 +246,7 @@ class RecentTracker:
 
     def estimate(self) -> RecentEstimate:
         return RecentEstimate(
-            self._ttft, self._ttft_at, self._fail, self._attempt_at, self._samples
+            self._ttft, self._ttft_at, self._fail, self._attempt_at, self._samples, self._lone
         )
 
 
