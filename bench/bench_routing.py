@@ -295,13 +295,21 @@ async def run_oracle(
     """The oracle; with ``go``, its schedule starts when the paired contender's does."""
     providers = await start_providers(TTFT_MS)
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=120)
+        ) as session:
             if go is not None:
                 await go.wait()
             schedule_incidents(providers, 0.5, p)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time() + 0.5  # as drive() counts the schedule from
 
             async def send(i: int, lane: int) -> tuple[float | None, str | None]:
-                phase = min(int(plan[i][0] // p), len(PHASES) - 1)
+                # The phase at the moment of sending, not the planned one: a request
+                # planned just before the hang but sent just after it (a late timer)
+                # went to the hung provider and waited out the client's timeout (an
+                # oracle error, and a run held up for minutes).
+                phase = min(max(0, int((loop.time() - t0) // p)), len(PHASES) - 1)
                 name = ORACLE[phase]
                 body = {
                     "model": f"up-{name}",
