@@ -303,6 +303,15 @@ def test_one_answer_after_a_silence_leads_but_does_not_share_the_band() -> None:
     assert w["a"] == 1.0 and w["b"] == 1.0
     st_["a"] = _lone(base["a"], 60.0)
     assert names(run(eps=ABC, st_=st_, sort=Sort.TTFT, config=NO_EXPLORE))[0] == "a"
+    # When the best is one answer too (an incident just moved the traffic), every value
+    # is a guess: the band is drawn as usual, so answers arrive from both.
+    st_ = dict(base, a=_lone(base["a"], 105.0), b=_lone(base["b"], 100.0))
+    st_["c"] = with_recent(base["c"], 160.0)
+    w = {
+        e.endpoint.provider.name: e.weight
+        for e in run(eps=ABC, st_=st_, sort=Sort.TTFT, config=NO_EXPLORE).ranked
+    }
+    assert w == {"a": 1.0, "b": 1.0, "c": None}
 
 
 def test_the_tracker_marks_a_replacing_answer_lone_until_the_next() -> None:

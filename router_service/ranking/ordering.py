@@ -133,12 +133,13 @@ def spread_band(
     ``(value/best)**...``, and 1 within ``spread_equal_tolerance``) and are
     drawn in a weighted order (Efraimidis-Spirakis), the rest of the run and
     everything after keep their place. A candidate whose value is ``lone``
-    (one answer after a silence, ``RecentEstimate.lone``) joins the band only
-    as its best: one answer is enough to lead (a recovered provider is seen on
-    its first answer) but not to share traffic with better-known endpoints
-    within the band's 25%, which one answer's own spread covers (a lognormal
-    TTFT with sigma 0.2 lands within 25% above a provider 25% faster than its
-    own median about 4 times in 10). When nothing leads with a value (no
+    (one answer after a silence, ``RecentEstimate.lone``) joins a band led by
+    a value that is not lone only as its best: one answer is enough to lead
+    (a recovered provider is seen on its first answer) but not to share
+    traffic with a better-known leader within the band's 25%, which one
+    answer's own spread covers (a lognormal TTFT with sigma 0.2 lands within
+    25% above a provider 25% faster than its own median about 4 times in 10).
+    When the best is lone too, the band is drawn as usual. When nothing leads with a value (no
     data yet), the endpoints without data get weight 1 each (their order is
     already a uniform shuffle). Returns the new positions and the weights by
     candidate index (empty when fewer than two are near-best).
@@ -164,6 +165,11 @@ def spread_band(
     top = max(good.values())
     if top <= 0:
         return positions, {}
+    # A lone value is set aside only beside a best that is not lone itself: when the
+    # best is one answer too (an incident just moved the traffic), every value is a
+    # guess, and sharing gathers the answers that tell them apart the fastest.
+    if lone is not None and any(lone[i] for i, v in good.items() if v == top):
+        lone = None
     weights: dict[int, float] = {}
     set_aside = False
     for i, v in good.items():

@@ -245,8 +245,8 @@ class RankingConfig:
       instead of herding, even though each one's recent estimate is noisy),
       one 5% slower gets 0.86 of the best one's share, one 25% slower 0.51,
       and beyond 25% the order is strict. An estimate that is one answer
-      given after a silence (``RecentEstimate.lone``) joins only as the best
-      (``ordering.spread_band``). The weights
+      given after a silence (``RecentEstimate.lone``) joins a band led by one
+      that is not only as the best (``ordering.spread_band``). The weights
       are sent so a client reusing the ranking redraws per request.
     - ``spread_equal_tolerance`` (0.1): within 10% of the best the weight is
       1. Two recent estimates of equal endpoints differ by a few percent of
