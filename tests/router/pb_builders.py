@@ -48,6 +48,18 @@ def failure(
     )
 
 
+def timeout(
+    provider: str, waited_ms: float, model: str = MODEL, started_at: float | None = None
+) -> router_pb2.Outcome:
+    """A first-token timeout: no token after ``waited_ms`` (a lower bound of its TTFT)."""
+    return router_pb2.Outcome(
+        **_attempt(provider, model, started_at),
+        success=False,
+        error_class=router_pb2.ERROR_CLASS_TIMEOUT,
+        duration_ms=waited_ms,
+    )
+
+
 def rank_request(**prefs: Any) -> router_pb2.RankProvidersRequest:
     """RankProviders for ``MODEL`` (or ``model=``) with ``prefs`` as its preferences."""
     return router_pb2.RankProvidersRequest(

@@ -10,28 +10,20 @@ weights) until its next answers, at its real speed, moved it out again.
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 
-from router_common.catalog import load_catalog
 from router_common.domain import Sort
 from router_service.core import RouterCore
-from router_service.ranking import RankingConfig, RoutingRequest
-from tests.conftest import EXAMPLE_CATALOG, FakeClock
-from tests.router.test_core_recency import MODEL, ok
+from router_service.ranking import RoutingRequest
+from tests.conftest import FakeClock
+from tests.router.test_core_recency import MODEL, ok, quiet_core
 
 LEADER_MS, OTHER_MS, LUCKY_MS, RECOVERED_MS = 160.0, 200.0, 170.0, 100.0
 
 
 def _leader_and_a_silent_peer() -> tuple[RouterCore, FakeClock, str, str]:
     clock = FakeClock()
-    core = RouterCore(
-        load_catalog(EXAMPLE_CATALOG),
-        "v1",
-        clock,
-        random.Random(5),
-        ranking_config=RankingConfig(exploration_share=0, exploration_share_unknown=0),
-    )
+    core = quiet_core(clock, 5)
     ranked = core.rank(RoutingRequest(model=MODEL)).ranked
     leader, other = ranked[0].endpoint.provider.name, ranked[1].endpoint.provider.name
     for _ in range(100):  # 5 s: both measured

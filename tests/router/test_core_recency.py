@@ -16,7 +16,7 @@ from router_common.catalog import load_catalog
 from router_common.domain import Sort
 from router_common.pb import router_pb2
 from router_service.core import RouterCore
-from router_service.ranking import RoutingRequest
+from router_service.ranking import RankingConfig, RoutingRequest
 from tests.conftest import EXAMPLE_CATALOG, FakeClock
 
 MODEL = "zai/glm-4.7"  # cerebras, together, fireworks, deepinfra, baseten
@@ -36,6 +36,17 @@ def ok(provider: str, at: float, ttft: float) -> router_pb2.Outcome:
         tokens_per_second=90.0,
         output_tokens=20,
         duration_ms=ttft + 200,
+    )
+
+
+def quiet_core(clock: FakeClock, seed: int) -> RouterCore:
+    """A core on ``clock`` that never explores: the story's traffic is all there is."""
+    return RouterCore(
+        load_catalog(EXAMPLE_CATALOG),
+        "v1",
+        clock,
+        random.Random(seed),
+        ranking_config=RankingConfig(exploration_share=0, exploration_share_unknown=0),
     )
 
 

@@ -12,41 +12,26 @@ traffic on that estimate.
 
 from __future__ import annotations
 
-import random
-
-from router_common.catalog import load_catalog
 from router_common.domain import Sort
 from router_common.pb import router_pb2
 from router_service.core import RouterCore
-from router_service.ranking import RankingConfig, RoutingRequest
-from tests.conftest import EXAMPLE_CATALOG, FakeClock
-from tests.router.test_core_recency import MODEL, ok
+from router_service.ranking import RoutingRequest
+from tests.conftest import FakeClock
+from tests.router.pb_builders import timeout
+from tests.router.test_core_recency import MODEL, ok, quiet_core
 
 FAST, PEER, SLOW, TIMEOUT_MS = 80.0, 120.0, 480.0, 500.0
 
 
 def timed_out(provider: str, at: float, waited_ms: float) -> router_pb2.Outcome:
-    return router_pb2.Outcome(
-        model=MODEL,
-        provider=provider,
-        started_at=at,
-        success=False,
-        error_class=router_pb2.ERROR_CLASS_TIMEOUT,
-        duration_ms=waited_ms,
-    )
+    return timeout(provider, waited_ms, MODEL, at)
 
 
 def _slowed_then_silent(
     batch_of_slowdown: list[router_pb2.Outcome] | None = None,
 ) -> tuple[RouterCore, FakeClock, str, str]:
     clock = FakeClock()
-    core = RouterCore(
-        load_catalog(EXAMPLE_CATALOG),
-        "v1",
-        clock,
-        random.Random(3),
-        ranking_config=RankingConfig(exploration_share=0, exploration_share_unknown=0),
-    )
+    core = quiet_core(clock, 3)
     ranked = core.rank(RoutingRequest(model=MODEL)).ranked
     fast, peer = ranked[0].endpoint.provider.name, ranked[1].endpoint.provider.name
     for _ in range(200):  # 10 s: both answer at their usual speed
