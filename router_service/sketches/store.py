@@ -304,16 +304,14 @@ class InMemoryStatsStore:
                 lo,
                 now,
                 counted.count(True),
-                counted.count(False),
+                failures := counted.count(False),
                 ttfts,
                 tpss,
             )
+            # Only a failure can be a timeout: a batch without one skips the check.
+            waited = _waited if failures else _not_waited
             attempts = [
-                (
-                    None if c is None else not c,
-                    o.ttft_ms,
-                    _waited(o),
-                )
+                (None if c is None else not c, o.ttft_ms, waited(o))
                 for c, o in zip(counted, outcomes, strict=True)
             ]
             newest = hi
@@ -582,6 +580,11 @@ class InMemoryStatsStore:
                 return []
             self._flush(entry)
             return entry.windows.export(now)
+
+
+def _not_waited(outcome: Outcome) -> None:
+    """``_waited`` for a batch without failures (no timeout in it)."""
+    return None
 
 
 def _waited(outcome: Outcome) -> float | None:
