@@ -139,9 +139,9 @@ def spread_band(
     traffic with a better-known leader within the band's 25%, which one
     answer's own spread covers (a lognormal TTFT with sigma 0.2 lands within
     25% above a provider 25% faster than its own median about 4 times in 10).
-    When the best is lone too, the band is drawn as usual. When nothing leads with a value (no
-    data yet), the endpoints without data get weight 1 each (their order is
-    already a uniform shuffle). Returns the new positions and the weights by
+    When the best is lone too, the band is drawn as usual. When nothing leads
+    with a value (no data yet), the endpoints without data get weight 1 each
+    (their order is already a uniform shuffle). Returns the new positions and the weights by
     candidate index (empty when fewer than two are near-best).
     """
     # Values in "bigger is better" form: 1/ttft or tps; the leading run of tier-OK ones.

@@ -23,10 +23,6 @@ from tests.router.test_core_recency import MODEL, ok, quiet_core
 FAST, PEER, SLOW, TIMEOUT_MS = 80.0, 120.0, 480.0, 500.0
 
 
-def timed_out(provider: str, at: float, waited_ms: float) -> router_pb2.Outcome:
-    return timeout(provider, waited_ms, MODEL, at)
-
-
 def _slowed_then_silent(
     batch_of_slowdown: list[router_pb2.Outcome] | None = None,
 ) -> tuple[RouterCore, FakeClock, str, str]:
@@ -44,8 +40,8 @@ def _slowed_then_silent(
         if batch_of_slowdown is not None
         else [
             ok(fast, clock.now, SLOW),
-            timed_out(fast, clock.now, TIMEOUT_MS),
-            timed_out(fast, clock.now, TIMEOUT_MS),
+            timeout(fast, TIMEOUT_MS, started_at=clock.now),
+            timeout(fast, TIMEOUT_MS, started_at=clock.now),
         ]
     )
     for _ in range(200):  # 10 s: the sidecar backs off it locally; its peer takes everything
@@ -88,7 +84,7 @@ def test_a_wait_shorter_than_the_estimate_changes_nothing() -> None:
     timeout) says nothing new about its speed."""
     core, _, fast, _ = _slowed_then_silent([])
     before = core.rank(RoutingRequest(model=MODEL, sort=Sort.TTFT))
-    core2, _, _, _ = _slowed_then_silent([timed_out(fast, 0.0, FAST / 2)])
+    core2, _, _, _ = _slowed_then_silent([timeout(fast, FAST / 2, started_at=0.0)])
     after = core2.rank(RoutingRequest(model=MODEL, sort=Sort.TTFT))
     ttft = {e.endpoint.provider.name: e.ttft_ms for e in before.ranked}
     assert {e.endpoint.provider.name: e.ttft_ms for e in after.ranked} == ttft
