@@ -40,11 +40,24 @@ class ErrorClass(enum.StrEnum):
     AUTH = "auth"
     CLIENT_ERROR = "client_error"
     STREAM_ABORT = "stream_abort"
+    CANCELLED = "cancelled"
 
     @property
     def counts_against_endpoint(self) -> bool:
-        """A client error (400/422) is the caller's fault, so it never hurts the endpoint."""
-        return self not in (ErrorClass.NONE, ErrorClass.CLIENT_ERROR)
+        """A client error (400/422) is the caller's fault and a cancelled attempt (a
+        hedge's loser) was given up by the caller, so neither hurts the endpoint."""
+        return self not in (ErrorClass.NONE, ErrorClass.CLIENT_ERROR, ErrorClass.CANCELLED)
+
+    @property
+    def is_attempt(self) -> bool:
+        """Whether the outcome counts as an attempt of the endpoint, success or failure.
+
+        A client error (the caller's fault) and a cancelled attempt (the caller
+        stopped waiting because another attempt answered first) say nothing
+        about the endpoint's uptime; a cancelled one's wait still bounds its
+        TTFT (``router_service.sketches.store``).
+        """
+        return self is not ErrorClass.CLIENT_ERROR and self is not ErrorClass.CANCELLED
 
 
 class Sort(enum.StrEnum):

@@ -41,6 +41,7 @@ ERROR_CLASS_FROM_WIRE: dict[router_pb2.ErrorClass, ErrorClass] = {
     router_pb2.ERROR_CLASS_AUTH: ErrorClass.AUTH,
     router_pb2.ERROR_CLASS_CLIENT_ERROR: ErrorClass.CLIENT_ERROR,
     router_pb2.ERROR_CLASS_STREAM_ABORT: ErrorClass.STREAM_ABORT,
+    router_pb2.ERROR_CLASS_CANCELLED: ErrorClass.CANCELLED,
 }
 ERROR_CLASS_TO_WIRE: dict[ErrorClass, router_pb2.ErrorClass] = {
     v: k for k, v in ERROR_CLASS_FROM_WIRE.items()

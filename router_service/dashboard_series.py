@@ -145,11 +145,10 @@ def _tally(
     """Add each outcome to its (endpoint, fine bucket, hour bucket) tally."""
     (fine_w, _), (hour_w, _) = _RINGS["fine"], _RINGS["hour"]
     log = math.log
-    client_error = ErrorClass.CLIENT_ERROR
     for outcome in outcomes:
         error_class = outcome.error_class
-        if error_class is client_error:
-            continue  # the caller's fault: no evidence about the endpoint
+        if not error_class.is_attempt:
+            continue  # the caller's fault, or given up by it: no evidence about the endpoint
         at = outcome.timestamp
         if not 0 < at <= now:
             at = now
@@ -299,14 +298,18 @@ class DashboardSeries:
             now = self._clock()
             (fine_w, _), (hour_w, _) = _RINGS["fine"], _RINGS["hour"]
             tallies: dict[tuple[EndpointKey, int, int], _Counts] = {}
-            client_error = ErrorClass.CLIENT_ERROR
+            client_error, cancelled = ErrorClass.CLIENT_ERROR, ErrorClass.CANCELLED
             inf, log, inv, zero = math.inf, math.log, _INV_LOG_BIN, _ZERO_BIN
             queued_max = _QUEUED_MAX
             endpoints = self._endpoints
             fine_horizon = int(now // fine_w) - _RINGS["fine"][1]
             hour_horizon = int(now // hour_w) - _RINGS["hour"][1]
             for endpoint, outcomes in by_endpoint.items():
-                counted = [o for o in outcomes if o.error_class is not client_error]
+                counted = [
+                    o
+                    for o in outcomes
+                    if (c := o.error_class) is not client_error and c is not cancelled
+                ]
                 if not counted:
                     continue
                 stamps = [o.timestamp for o in counted]

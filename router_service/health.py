@@ -47,7 +47,8 @@ States::
 What counts: an outcome is a *failure* when ``error_class.counts_against_endpoint``
 (timeouts, connection errors, 429, 5xx, 401/403, mid-stream aborts), or when it
 is unsuccessful and unclassified; a *success* when ``success`` is true and its
-error class is NONE; CLIENT_ERROR (400/422) is the caller's fault and is neither.
+error class is NONE; CLIENT_ERROR (400/422) is the caller's fault and CANCELLED
+(a hedge's loser, given up by the caller) is no verdict, so both are neither.
 
 Time: every decision uses the injected clock at the moment an outcome is
 *recorded*, not ``Outcome.timestamp``. Sidecar clocks are not ours and batched
@@ -466,9 +467,10 @@ class HealthTracker:
         ):
             self._update_baseline(st, baseline_ttft_ms, now)
 
-        if outcome.error_class is ErrorClass.CLIENT_ERROR:
-            # The caller's fault: no evidence either way. A probe that ended
-            # this way has still finished, so it gives its permit back.
+        if not outcome.error_class.is_attempt:
+            # The caller's fault, or the caller gave up (a hedge's loser): no
+            # evidence either way. A probe that ended this way has still
+            # finished, so it gives its permit back.
             if st.state is HealthState.PROBING and st.probe_grants:
                 st.probe_grants.popleft()
             return

@@ -38,8 +38,12 @@ Bounds and accounting:
   the loser: the prompt was sent, so its input tokens are billed) and in
   the metrics (``router_sidecar_hedges_total`` by result,
   ``router_sidecar_hedge_cancelled_cost_usd_total``). A cancelled attempt
-  is not reported to the router as an outcome: its TTFT is unknown, and
-  it did not fail.
+  is reported to the router with ``error_class`` CANCELLED: it did not fail
+  (no health or uptime evidence), but it had no first token after waiting
+  ``duration_ms``, which the router takes as a lower bound of its TTFT.
+  Unreported, a slowed leader kept its recent estimate at the router while
+  this sidecar's hedges rescued every request sent to it, and every other
+  sidecar (and this one after its local mark) went on choosing it.
 
 Exploration races (``race_explorations``, on by default) use the same race
 for a different purpose. Under ``sort: ttft`` the router (or the ranking
@@ -172,9 +176,10 @@ class Hedger:
         #: speed-ordered ranking: it had no first token by its p95 plus the backup's
         #: whole TTFT, a slow start by any measure. Its watch (``sidecar.timeouts``)
         #: dies with it when it is cancelled, and a cancelled attempt is not reported
-        #: to the router, so without this a hedged sidecar would go on sending its
-        #: first attempts to a slowed or hung provider, each rescued by a hedge while
-        #: the budget lasts.
+        #: to the router as a failure, so without this a hedged sidecar would go on
+        #: sending its first attempts to a slowed or hung provider, each rescued by
+        #: a hedge while the budget lasts (the router hears of its wait, as a lower
+        #: bound of its TTFT, only once the outcome is delivered).
         self.on_slow = on_slow
         #: Called with the result of an exploration race ("explored_won", "leader_won",
         #: "both_failed") and the estimated cost in USD of the attempt closed after its
@@ -386,9 +391,16 @@ class Hedger:
 
 
 def _cancelled(rec: AttemptRecord, route: Route, req: ParsedRequest, how: str = "hedged") -> float:
-    """Mark a hedge's (or race's) losing attempt; its estimated cost (input tokens, USD)."""
-    rec.finish_error(ErrorClass.CLIENT_ERROR, f"cancelled: the other {how} attempt answered first")
-    rec.report = False
+    """Mark a hedge's (or race's) losing attempt; its estimated cost (input tokens, USD).
+
+    A hedge's loser is reported as CANCELLED: not a failure, but its wait is a
+    lower bound of its TTFT that the router takes like a first-token timeout's
+    (``router_service.sketches.recent``). A race's loser is marked on a copy
+    for ``routing.attempts`` only: its own record runs on and is reported with
+    the TTFT it measures.
+    """
+    rec.finish_error(ErrorClass.CANCELLED, f"cancelled: the other {how} attempt answered first")
+    rec.report = how == "hedged"
     cost = req.estimated_input_tokens * route.input_price_per_million / 1e6
     rec.extra = {**(rec.extra or {}), "cancelled": True, "estimated_cost_usd": round(cost, 9)}
     return cost

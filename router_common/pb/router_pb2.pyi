@@ -44,6 +44,7 @@ class ErrorClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CLASS_AUTH: _ClassVar[ErrorClass]
     ERROR_CLASS_CLIENT_ERROR: _ClassVar[ErrorClass]
     ERROR_CLASS_STREAM_ABORT: _ClassVar[ErrorClass]
+    ERROR_CLASS_CANCELLED: _ClassVar[ErrorClass]
 
 class CostBasis(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -74,6 +75,7 @@ ERROR_CLASS_SERVER_ERROR: ErrorClass
 ERROR_CLASS_AUTH: ErrorClass
 ERROR_CLASS_CLIENT_ERROR: ErrorClass
 ERROR_CLASS_STREAM_ABORT: ErrorClass
+ERROR_CLASS_CANCELLED: ErrorClass
 COST_BASIS_UNSPECIFIED: CostBasis
 COST_BASIS_PER_REQUEST: CostBasis
 COST_BASIS_BLENDED_PER_MILLION_TOKENS: CostBasis

@@ -32,7 +32,10 @@ How (Finagle's Peak EWMA, without the in-flight term the router cannot see):
   a 6x slowdown whose first attempts timed out left the estimate where the
   one or two slow answers before them had put it (1.8x), and a sidecar whose
   local cooldown had ended sent the provider a share of its traffic on that
-  estimate ten seconds later.
+  estimate ten seconds later. A hedge's loser (CANCELLED without a TTFT) is
+  the same evidence: it had no first token by its endpoint's p95 plus the
+  whole TTFT of the backup that beat it. Not reported, a slowed leader kept
+  its estimate while every request to it was rescued by a hedge.
 - **Failures.** A decayed failure ratio with the same clock (``tau_fail``),
   so "recovered" can also mean "answers again".
 
@@ -83,7 +86,9 @@ class RecentConfig:
                         1.5 s, explorations 1.5-2 s apart were averaged and the
                         recovered provider led again only 8-9 s after its recovery
     timeout_   0.5      in (0, 1]: the least weight with which a first-token timeout
-    weight              after ``W`` ms pulls an estimate below ``W`` toward it. The
+    weight              (or a hedge's cancelled loser: the same rule, its wait is past
+                        the p95 plus the winner's TTFT)
+                        after ``W`` ms pulls an estimate below ``W`` toward it. The
                         sidecar's timeout is twice the endpoint's p99 (at least
                         500 ms), beyond its normal worst case, so one timeout is
                         stronger evidence than one slow answer (which weighs ~0.05
@@ -150,7 +155,8 @@ class RecentTracker:
         waited_ms: float | None = None,
     ) -> None:
         """One attempt at ``now``: ``failed`` None means not counted (the caller's fault);
-        ``waited_ms`` set: it timed out waiting that long for its first token."""
+        ``waited_ms`` set: it was given up (a timeout, a hedge's loser) after waiting
+        that long for its first token."""
         cfg = self._cfg
         if failed is not None:
             last = self._attempt_at

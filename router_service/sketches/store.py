@@ -15,8 +15,9 @@ counters, which a peer merges into its own view (digests are mergeable,
 counters add).
 
 Uptime and client errors: an outcome whose ``error_class`` is CLIENT_ERROR
-(400/422: the caller's fault) counts as neither attempt, success nor failure,
-so ``Uptime.successes + failures == attempts`` holds and a misbehaving caller
+(400/422: the caller's fault) or CANCELLED (a hedge's loser, given up by the
+caller) counts as neither attempt, success nor failure, so
+``Uptime.successes + failures == attempts`` holds and a misbehaving caller
 cannot lower an endpoint's uptime. Its TTFT/throughput, if measured, are still
 real observations of the endpoint and are recorded.
 
@@ -260,9 +261,13 @@ class InMemoryStatsStore:
             entry = self._entries[key] = _Entry(
                 EndpointWindows(self._compression), RecentTracker(self._recent_config)
             )
-        client_error = ErrorClass.CLIENT_ERROR
-        # counted: True a success, False a failure, None not counted (the caller's fault).
-        counted = [None if o.error_class is client_error else o.success for o in outcomes]
+        client_error, cancelled = ErrorClass.CLIENT_ERROR, ErrorClass.CANCELLED
+        # counted: True a success, False a failure, None not counted (the caller's
+        # fault, or given up by the caller).
+        counted = [
+            None if (c := o.error_class) is client_error or c is cancelled else o.success
+            for o in outcomes
+        ]
         lo_fine, lo_hour = floor(lo / fine_w), floor(lo / hour_w)
         if (
             lo_day <= oldest_day
@@ -308,8 +313,9 @@ class InMemoryStatsStore:
                 ttfts,
                 tpss,
             )
-            # Only a failure can be a timeout: a batch without one skips the check.
-            waited = _waited if failures else _not_waited
+            # Only a failure (a timeout) or an uncounted outcome (a cancelled one)
+            # can have waited: a batch without either skips the check.
+            waited = _waited if failures or None in counted else _not_waited
             attempts = [
                 (None if c is None else not c, o.ttft_ms, waited(o))
                 for c, o in zip(counted, outcomes, strict=True)
@@ -583,13 +589,19 @@ class InMemoryStatsStore:
 
 
 def _not_waited(outcome: Outcome) -> None:
-    """``_waited`` for a batch without failures (no timeout in it)."""
+    """``_waited`` for a batch without failures or uncounted outcomes (nothing waited)."""
     return None
 
 
+#: Attempts that ended without a first token because someone stopped waiting: the
+#: sidecar's first-token timeout, or the caller giving up on a hedge's loser.
+_GAVE_UP = frozenset({ErrorClass.TIMEOUT, ErrorClass.CANCELLED})
+
+
 def _waited(outcome: Outcome) -> float | None:
-    """How long a first-token timeout waited (a lower bound of that attempt's TTFT),
-    for the recent view; None for every other outcome (``RecentTracker._raise_to``)."""
-    if outcome.error_class is ErrorClass.TIMEOUT and outcome.ttft_ms is None:
+    """How long an attempt given up without a first token waited (a lower bound of
+    its TTFT), for the recent view; None for every other outcome
+    (``RecentTracker._raise_to``)."""
+    if outcome.error_class in _GAVE_UP and outcome.ttft_ms is None:
         return outcome.duration_ms
     return None

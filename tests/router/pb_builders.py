@@ -49,13 +49,19 @@ def failure(
 
 
 def timeout(
-    provider: str, waited_ms: float, model: str = MODEL, started_at: float | None = None
+    provider: str,
+    waited_ms: float,
+    model: str = MODEL,
+    started_at: float | None = None,
+    error_class: router_pb2.ErrorClass = router_pb2.ERROR_CLASS_TIMEOUT,
 ) -> router_pb2.Outcome:
-    """A first-token timeout: no token after ``waited_ms`` (a lower bound of its TTFT)."""
+    """A first-token timeout: no token after ``waited_ms`` (a lower bound of its TTFT).
+
+    ``error_class`` CANCELLED: a hedge's loser, given up after the same wait."""
     return router_pb2.Outcome(
         **_attempt(provider, model, started_at),
         success=False,
-        error_class=router_pb2.ERROR_CLASS_TIMEOUT,
+        error_class=error_class,
         duration_ms=waited_ms,
     )
 

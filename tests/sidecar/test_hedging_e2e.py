@@ -61,6 +61,7 @@ async def test_hedge_first_token_wins_and_the_losers_upstream_is_closed(stack: S
     assert routing["provider"] == "beta"
     first, backup = routing["attempts"]
     assert first["provider"] == "alpha" and first["cancelled"] is True
+    assert first["error_class"] == "cancelled"
     assert first["estimated_cost_usd"] > 0  # the prompt was sent: its input is billed
     assert backup["provider"] == "beta" and backup["hedge"] is True and backup["status"] == "ok"
     # The loser's connection is closed at once: the hung handler sees its client go
@@ -71,6 +72,11 @@ async def test_hedge_first_token_wins_and_the_losers_upstream_is_closed(stack: S
     assert not any(a["provider"] == "gamma" for a in routing["attempts"])
     metrics = sc.metrics.hedges.labels("won")._value.get()
     assert metrics == 1
+    # The loser is reported: no verdict on alpha's health, but its wait (a lower bound
+    # of its TTFT) reaches the router.
+    router = stack.router
+    await wait_for(lambda: router.core.outcomes_by_class["cancelled"] == 1, timeout=5)
+    assert router.core.outcomes_by_class["timeout"] == 0
 
 
 async def test_a_backup_that_fails_while_the_first_attempt_hangs_is_replaced(
