@@ -37,13 +37,14 @@ Bounds and accounting:
   on the backup attempt; ``cancelled: true`` and ``estimated_cost_usd`` on
   the loser: the prompt was sent, so its input tokens are billed) and in
   the metrics (``router_sidecar_hedges_total`` by result,
-  ``router_sidecar_hedge_cancelled_cost_usd_total``). A cancelled attempt
-  is reported to the router with ``error_class`` CANCELLED: it did not fail
-  (no health or uptime evidence), but it had no first token after waiting
-  ``duration_ms``, which the router takes as a lower bound of its TTFT.
-  Unreported, a slowed leader kept its recent estimate at the router while
-  this sidecar's hedges rescued every request sent to it, and every other
-  sidecar (and this one after its local mark) went on choosing it.
+  ``router_sidecar_hedge_cancelled_cost_usd_total``). A first attempt that
+  lost its hedge is reported to the router with ``error_class`` CANCELLED:
+  it did not fail (no health or uptime evidence), but it had no first token
+  after waiting ``duration_ms``, which the router takes as a lower bound of
+  its TTFT. Unreported, a slowed leader kept its recent estimate at the
+  router while this sidecar's hedges rescued every request sent to it, and
+  every other sidecar (and this one after its local mark) went on choosing
+  it. A backup that lost is not reported (``_cancelled`` says why).
 
 Exploration races (``race_explorations``, on by default) use the same race
 for a different purpose. Under ``sort: ttft`` the router (or the ranking
@@ -300,7 +301,7 @@ class Hedger:
                         winner = fut
                     else:  # both had a first token in the same instant: drop this one
                         result[0].resp.close()
-                        cost += _cancelled(*owners[fut], req)
+                        cost += _cancelled(*owners[fut], req, report=True)
         except BaseException:  # the app went away (or a bug): no attempt may outlive us
             for fut in owners:
                 fut.cancel()
@@ -318,7 +319,7 @@ class Hedger:
                 # The app's routing.attempts shows it as a hedge's loser is shown (the
                 # answer no longer waits for it); the record itself runs on and is reported.
                 shown = replace(loser, extra=dict(loser.extra or {}))
-                cost += _cancelled(shown, loser_route, req, "raced")
+                cost += _cancelled(shown, loser_route, req, report=False, how="raced")
                 records[next(i for i, r in enumerate(records) if r is loser)] = shown
                 self._measure(proxy, req, fut, loser)
             measured = {id(owners[fut][0]) for fut in pending}  # records compare by value
@@ -331,7 +332,7 @@ class Hedger:
             for fut in pending:  # the loser: cancelled at once, which closes its upstream
                 fut.cancel()
                 await asyncio.gather(fut, return_exceptions=True)
-                cost += _cancelled(*owners[fut], req)
+                cost += _cancelled(*owners[fut], req, report=fut is first)
         except BaseException:
             # The app left while the loser closed: nobody will read the winner either,
             # and its provider would go on generating until the connection was collected.
@@ -390,17 +391,24 @@ class Hedger:
         task.add_done_callback(self._measuring.discard)
 
 
-def _cancelled(rec: AttemptRecord, route: Route, req: ParsedRequest, how: str = "hedged") -> float:
+def _cancelled(
+    rec: AttemptRecord, route: Route, req: ParsedRequest, report: bool, how: str = "hedged"
+) -> float:
     """Mark a hedge's (or race's) losing attempt; its estimated cost (input tokens, USD).
 
-    A hedge's loser is reported as CANCELLED: not a failure, but its wait is a
-    lower bound of its TTFT that the router takes like a first-token timeout's
-    (``router_service.sketches.recent``). A race's loser is marked on a copy
-    for ``routing.attempts`` only: its own record runs on and is reported with
-    the TTFT it measures.
+    ``report``: whether the router hears of it, as CANCELLED (not a failure).
+    A first attempt that lost its hedge had no first token by its p95 plus the
+    backup's whole TTFT: its wait is a lower bound of its TTFT as strong as a
+    first-token timeout's, and the router takes it as one
+    (``router_service.sketches.recent``). A backup that lost is not reported:
+    its wait is only as long as the first attempt's tail went on, often near
+    its own median, and a lower bound taken at a timeout's weight would push a
+    healthy second choice's estimate up on every routine hedge. A race's loser
+    is marked on a copy for ``routing.attempts`` only: its own record runs on
+    and is reported with the TTFT it measures.
     """
     rec.finish_error(ErrorClass.CANCELLED, f"cancelled: the other {how} attempt answered first")
-    rec.report = how == "hedged"
+    rec.report = report
     cost = req.estimated_input_tokens * route.input_price_per_million / 1e6
     rec.extra = {**(rec.extra or {}), "cancelled": True, "estimated_cost_usd": round(cost, 9)}
     return cost

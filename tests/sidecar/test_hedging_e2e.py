@@ -272,6 +272,8 @@ async def test_attempts_header_counts_the_hedge_when_the_first_attempt_wins(stac
     sc, client = await _warm(stack)
     stack.providers["alpha"].add_incident("slowdown", factor=30.0)  # past its hedge delay
     stack.providers["beta"].add_incident("hang")  # the backup never answers: alpha wins
+    core = stack.router.core
+    answered = core.outcomes_by_class["none"]
     raw = await client.chat.completions.with_raw_response.create(
         model=MODEL,
         messages=MSGS,
@@ -291,6 +293,11 @@ async def test_attempts_header_counts_the_hedge_when_the_first_attempt_wins(stac
     assert sc.metrics.hedge_cancelled_cost._value.get() == pytest.approx(
         backup["estimated_cost_usd"]
     )
+    # A backup that lost is not reported: its wait ended with alpha's answer and says
+    # little about beta (the router would take it as a lower bound of beta's TTFT).
+    # Reported in order, it would have arrived before alpha's answer.
+    await wait_for(lambda: core.outcomes_by_class["none"] > answered, timeout=5)
+    assert core.outcomes_by_class["cancelled"] == 0
 
 
 async def test_app_leaving_while_a_hedge_is_pending_closes_the_first_attempt(
