@@ -321,10 +321,34 @@ def test_the_tracker_marks_a_replacing_answer_lone_until_the_next() -> None:
     tr.record(0.05, False, 100.0)
     tr.record(3.0, False, 120.0)  # after a silence: it replaces the estimate
     assert tr.estimate().lone and tr.estimate().ttft_ms == 120.0
-    tr.record(3.0, True, None, 500.0)  # a timeout is not an answer
+    tr.record(3.0, True, None, 500.0)  # a timeout is not an answer (it raised the estimate)
     assert tr.estimate().lone
-    tr.record_many(3.1, [(False, 110.0, None)])
+    tr.record_many(3.1, [(False, 160.0, None)])
     assert not tr.estimate().lone
+
+
+def test_an_answer_far_below_a_thin_estimate_replaces_it() -> None:
+    """A collapse (below ``collapse_ratio`` of an estimate of at most
+    ``collapse_max_samples`` answers since its replace) is a change: replaced, lone."""
+    tr = RecentTracker()
+    tr.record(0.0, False, 100.0)
+    tr.record(3.0, False, 550.0)  # an exploration during a slowdown: replaces, run 1
+    tr.record(3.5, False, 540.0)  # the next, 0.5 s later: averaged, run 2
+    assert not tr.estimate().lone
+    tr.record(4.0, False, 90.0)  # recovered: half of ~545 or less
+    assert tr.estimate().ttft_ms == 90.0 and tr.estimate().lone
+    # Not below half: averaged as before.
+    tr2 = RecentTracker()
+    tr2.record(0.0, False, 100.0)
+    tr2.record(3.0, False, 550.0)
+    tr2.record(3.5, False, 300.0)
+    assert 300.0 < tr2.estimate().ttft_ms < 550.0 and not tr2.estimate().lone
+    # An estimate resting on more answers (an endpoint with traffic) is only averaged.
+    tr3 = RecentTracker()
+    for i in range(3):
+        tr3.record(3.0 + 0.1 * i, False, 550.0)
+    tr3.record(3.4, False, 90.0)
+    assert tr3.estimate().ttft_ms > 300.0
 
 
 def test_no_spread_weights_under_cost_or_order() -> None:

@@ -85,6 +85,17 @@ class RecentConfig:
                         without traffic for seconds; with 2 s here and staleness at
                         1.5 s, explorations 1.5-2 s apart were averaged and the
                         recovered provider led again only 8-9 s after its recovery
+    collapse_  0.5      in (0, 1): an answer below this fraction of an estimate that rests
+    ratio               on at most ``collapse_max_samples`` samples since its last replace
+                        replaces it (``RecentTracker._collapses``). Under the lognormal
+                        noise of a steady endpoint (sigma 0.2-0.5) an answer at half the
+                        median is a 1-in-4,000 to 1-in-12 draw, and the rule only looks at
+                        estimates of one or two samples (endpoints known from
+                        explorations), where the cost of a lucky draw is that of the
+                        replace after a silence: one answer taken as it came
+    collapse_  2        the most samples since the last replace an estimate may rest on
+    max_                for a collapse to replace it; an endpoint with traffic has
+    samples             hundreds, and its speed-ups are followed by the average alone
     timeout_   0.5      in (0, 1]: the least weight with which a first-token timeout
     weight              (or a hedge's cancelled loser: the same rule, its wait is past
                         the p95 plus the winner's TTFT)
@@ -104,6 +115,8 @@ class RecentConfig:
     tau_fail_s: float = 5.0
     replace_after_s: float = 1.5
     timeout_weight: float = 0.5
+    collapse_ratio: float = 0.5
+    collapse_max_samples: int = 2
 
     def __post_init__(self) -> None:
         for name in ("tau_s", "tau_up_s", "tau_fail_s", "replace_after_s", "timeout_weight"):
@@ -116,6 +129,13 @@ class RecentConfig:
             raise ValueError(
                 f"RecentConfig.timeout_weight must be <= 1, got {self.timeout_weight!r}"
             )
+        if not (0 < self.collapse_ratio < 1):  # also False for NaN
+            raise ValueError(
+                f"RecentConfig.collapse_ratio must be in (0, 1), got {self.collapse_ratio!r}"
+            )
+        n = self.collapse_max_samples
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"RecentConfig.collapse_max_samples must be an int >= 0, got {n!r}")
 
 
 DEFAULT_RECENT_CONFIG = RecentConfig()
@@ -172,7 +192,12 @@ class RecentTracker:
             return
         assert ttft_ms is not None
         est = self._ttft
-        if est is None or self._ttft_at is None or now - self._ttft_at >= cfg.replace_after_s:
+        if (
+            est is None
+            or self._ttft_at is None
+            or now - self._ttft_at >= cfg.replace_after_s
+            or self._collapses(est, ttft_ms)
+        ):
             self._ttft = ttft_ms
             self._run = 1
             self._lone = est is not None
@@ -212,6 +237,10 @@ class RecentTracker:
             if not _is_ttft_sample(failed, ttft_ms):
                 continue
             assert ttft_ms is not None
+            # (The run check first: an endpoint with traffic skips the call.)
+            if self._run <= cfg.collapse_max_samples and self._collapses(est, ttft_ms):
+                self.record(now, failed, ttft_ms, waited_ms)
+                continue
             w = self._warm(w_up if ttft_ms > est else w_down)
             self._ttft = est + w * (ttft_ms - est)
             self._samples += 1
@@ -233,6 +262,21 @@ class RecentTracker:
         w = _ttft_weight(0.0 if at is None else max(0.0, now - at), self._cfg.tau_up_s)
         floor = self._cfg.timeout_weight
         self._ttft = est + (w if w > floor else floor) * (waited_ms - est)
+
+    def _collapses(self, est: float, ttft_ms: float) -> bool:
+        """An answer far below an estimate that rests on few samples: a change, not noise.
+
+        An endpoint without traffic is known only from explorations, and two of
+        them less than ``replace_after_s`` apart are averaged. Measured in
+        bench/bench_routing.py: a provider that had slowed 6x answered at its
+        normal speed 0.4 s after recovering, was averaged with the two slow
+        answers before (545 -> 396 ms), and waited four seconds for its next
+        exploration while its recovery cost the app 1.4-1.75x. Replaced, it
+        leads on that answer (as ``lone``: only as the best), and its traffic
+        confirms or corrects it at once.
+        """
+        cfg = self._cfg
+        return self._run <= cfg.collapse_max_samples and ttft_ms < est * cfg.collapse_ratio
 
     def _warm(self, w: float) -> float:
         """The weight of the next sample: ``w``, but at least ``1/k`` for the k-th since a replace.
