@@ -46,7 +46,7 @@ class ErrorClass(enum.StrEnum):
     def counts_against_endpoint(self) -> bool:
         """A client error (400/422) is the caller's fault and a cancelled attempt (a
         hedge's loser) was given up by the caller, so neither hurts the endpoint."""
-        return self not in (ErrorClass.NONE, ErrorClass.CLIENT_ERROR, ErrorClass.CANCELLED)
+        return self is not ErrorClass.NONE and self.is_attempt
 
     @property
     def is_attempt(self) -> bool:
@@ -55,9 +55,14 @@ class ErrorClass(enum.StrEnum):
         A client error (the caller's fault) and a cancelled attempt (the caller
         stopped waiting because another attempt answered first) say nothing
         about the endpoint's uptime; a cancelled one's wait still bounds its
-        TTFT (``router_service.sketches.store``).
+        TTFT (``router_service.sketches.store``). The classes are ``NOT_ATTEMPTS``.
         """
-        return self is not ErrorClass.CLIENT_ERROR and self is not ErrorClass.CANCELLED
+        return self not in NOT_ATTEMPTS
+
+
+#: The error classes that are no attempt of the endpoint (``ErrorClass.is_attempt``):
+#: the ingestion loops unpack it into names compared with ``is``.
+NOT_ATTEMPTS: tuple[ErrorClass, ErrorClass] = (ErrorClass.CLIENT_ERROR, ErrorClass.CANCELLED)
 
 
 class Sort(enum.StrEnum):

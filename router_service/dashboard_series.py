@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from math import floor
 from typing import Any
 
-from router_common.domain import Clock, EndpointKey, ErrorClass
+from router_common.domain import NOT_ATTEMPTS, Clock, EndpointKey, ErrorClass
 from router_service.health import Transition
 from router_service.model import HealthState, Outcome, rounded_ratio
 
@@ -298,7 +298,7 @@ class DashboardSeries:
             now = self._clock()
             (fine_w, _), (hour_w, _) = _RINGS["fine"], _RINGS["hour"]
             tallies: dict[tuple[EndpointKey, int, int], _Counts] = {}
-            client_error, cancelled = ErrorClass.CLIENT_ERROR, ErrorClass.CANCELLED
+            client_error, cancelled = NOT_ATTEMPTS
             inf, log, inv, zero = math.inf, math.log, _INV_LOG_BIN, _ZERO_BIN
             queued_max = _QUEUED_MAX
             endpoints = self._endpoints

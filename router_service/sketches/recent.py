@@ -231,16 +231,13 @@ class RecentTracker:
                 or self._ttft_at != now
                 or (failed is not None and self._attempt_at != now)
                 or waited_ms is not None
+                or self._run <= cfg.collapse_max_samples  # thin: ``record`` checks for a collapse
             ):
                 self.record(now, failed, ttft_ms, waited_ms)
                 continue
             if not _is_ttft_sample(failed, ttft_ms):
                 continue
             assert ttft_ms is not None
-            # (The run check first: an endpoint with traffic skips the call.)
-            if self._run <= cfg.collapse_max_samples and self._collapses(est, ttft_ms):
-                self.record(now, failed, ttft_ms, waited_ms)
-                continue
             w = self._warm(w_up if ttft_ms > est else w_down)
             self._ttft = est + w * (ttft_ms - est)
             self._samples += 1

@@ -41,7 +41,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
-from router_common.domain import Clock, EndpointKey, ErrorClass
+from router_common.domain import NOT_ATTEMPTS, Clock, EndpointKey, ErrorClass
 from router_service.model import EMPTY_STATS, EndpointStats, Outcome
 from router_service.sketches.recent import DEFAULT_RECENT_CONFIG, RecentConfig, RecentTracker
 from router_service.sketches.tdigest import check_finite
@@ -261,7 +261,7 @@ class InMemoryStatsStore:
             entry = self._entries[key] = _Entry(
                 EndpointWindows(self._compression), RecentTracker(self._recent_config)
             )
-        client_error, cancelled = ErrorClass.CLIENT_ERROR, ErrorClass.CANCELLED
+        client_error, cancelled = NOT_ATTEMPTS
         # counted: True a success, False a failure, None not counted (the caller's
         # fault, or given up by the caller).
         counted = [
