@@ -1,8 +1,8 @@
 """Applies outcome batches exactly once, within each caller's budget, without starving ranking.
 
 Ranking and ingestion share one event loop (and, in the benchmark, one core).
-Applying an outcome costs 8-10.5 µs of the loop in the server (``GroupedRecorder``
-in slices of 256; it was 18-29 µs), plus ~1.5-2.5 µs of quantile refresh (mostly
+Applying an outcome costs 7.5-10.5 µs of the loop in the server (``GroupedRecorder``
+in slices of 512; it was 18-29 µs), plus ~1.5-2.5 µs of quantile refresh (mostly
 adding values to digests); four writers at full speed used to take nearly all of the loop and
 RankProviders p99 grew 13×. The mechanism here is a *time share*, measured,
 not guessed:
@@ -18,7 +18,7 @@ not guessed:
 
 The quantile refresh the outcomes make necessary is charged to the same budget
 (``charge``), so ranking keeps at least ``1 - share`` of the loop whatever the
-writers do, and waits at most one slice (~2-3 ms) or one refresh step for
+writers do, and waits at most one slice (~4-5 ms) or one refresh step for
 ingestion. bench/bench_router.py
 ``--scenario starvation`` measures both sides.
 
@@ -67,8 +67,8 @@ class IngestPacing:
                                RankProviders calls are being served: ranking keeps
                                the rest, so its throughput falls at most ~1/(1-share)
                                (the starvation target is 2x, and p99 runs above p50).
-                               At the ~8-10.5 µs of loop an outcome costs in the
-                               server (slices of 256) plus its refresh
+                               At the ~7.5-10.5 µs of loop an outcome costs in the
+                               server (slices of 512) plus its refresh
                                (bench/README.md section 7), 0.33 of a core was
                                25-42k outcomes/s (the target is 30k). Interleaved
                                full starvation runs, 2026-12-01 evening: both
@@ -77,8 +77,9 @@ class IngestPacing:
                                most); earlier, 0.38 against 0.45: 6 of 8 against
                                2 of 8, when an outcome cost more.
                                1 disables pacing.
-    slice_outcomes    256      outcomes applied between two yields: ~2-3 ms, the
-                               longest a ranking call waits for ingestion. Each
+    slice_outcomes    512      outcomes applied between two yields: ~4-5 ms, the
+                               longest a ranking call waits for ingestion (a
+                               batch holds at most 1,000, so two slices). Each
                                slice starts cold: ranking ran in between and
                                left ingestion's data out of the cache, which
                                made a slice of 64 cost ~1.5-2x its in-process
@@ -89,8 +90,12 @@ class IngestPacing:
                                0.38: 8.0-10.5 µs of loop per outcome at 256
                                against 10.8-12.6 at 64, ingestion 28.5-37.6k/s
                                against 25.1-29.4k/s, and ranking's p99 ratio
-                               no worse (1.54-2.50x against 1.78-2.77x);
-                               bench/README.md section 7.
+                               no worse (1.54-2.50x against 1.78-2.77x). Then
+                               512 against 256, share 0.33, 10 interleaved pairs
+                               (2026-12-02): 9.1 against 10.2 µs per outcome
+                               (medians; lower in 9 of 10 pairs), ingestion
+                               30.0k against 27.4k/s, p99 ratio alike (2.05x
+                               against 2.04x); bench/README.md section 7.
     ranking_quiet_s   0.25     with no RankProviders call for this long, ingestion
                                is not paced (only yields between slices): nothing
                                to protect, so a backlog drains at full speed.
@@ -98,7 +103,7 @@ class IngestPacing:
     """
 
     share: float = 0.33
-    slice_outcomes: int = 256
+    slice_outcomes: int = 512
     ranking_quiet_s: float = 0.25
 
     def __post_init__(self) -> None:
