@@ -36,12 +36,10 @@ async def main(calls: int) -> None:
             load._ranker_cpu, app.grpc_address, 32, calls, load.RANK_TOKEN, None
         )
         elapsed = time.perf_counter() - began
-        latencies.sort()
         rate = len(latencies) / elapsed
         print(
             f"{len(latencies)} calls in {elapsed:.1f} s: {rate:,.0f}/s; "
-            f"p50 {latencies[len(latencies) // 2]:.1f} ms, "
-            f"p99 {latencies[int(len(latencies) * 0.99)]:.1f} ms; "
+            f"p50 {load._pct(latencies, 0.5):.1f} ms, p99 {load._pct(latencies, 0.99):.1f} ms; "
             f"the callers' process used {ranker_cpu:.2f} of a core "
             f"({ranker_cpu / rate * 1e6:,.0f} µs of CPU per call)",
             flush=True,
