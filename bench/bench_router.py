@@ -293,15 +293,19 @@ async def bench_ingest(batches: int, per_batch: int) -> dict[str, float]:
 
 
 def print_starvation(
-    quick: bool, share: float | None = None, slice_outcomes: int | None = None
+    quick: bool,
+    share: float | None = None,
+    slice_outcomes: int | None = None,
+    sketch_worker: bool = True,
 ) -> None:
     from bench_router_load import starvation
 
     calls, rounds = (1_600, 2) if quick else (3_200, 3)
-    r = asyncio.run(starvation(calls, rounds, share, slice_outcomes))
+    r = asyncio.run(starvation(calls, rounds, share, slice_outcomes, sketch_worker))
     shown = "default" if share is None else f"{share:g}"
     if slice_outcomes is not None:
         shown += f", slices of {slice_outcomes}"
+    shown += ", sketch worker" if sketch_worker else ", sketches in process"
     print(
         "## Ranking while 4 StreamOutcomes writers run at full speed (32 callers, "
         f"ingest share {shown})\n"
@@ -324,7 +328,8 @@ def print_starvation(
     )
     print(
         "CPU (share of one core, median of rounds): router alone "
-        f"{r['router_alone_cpu']:.0%}, loaded {r['router_cpu']:.0%}; the 32 callers' process "
+        f"{r['router_alone_cpu']:.0%}, loaded {r['router_cpu']:.0%}, its sketch worker "
+        f"{r['worker_cpu']:.0%}; the 32 callers' process "
         f"alone {r['ranker_alone_cpu']:.0%}, loaded {r['ranker_loaded_cpu']:.0%}; "
         f"the 4 writers {r['writers_cpu']:.0%} together (the machine has 2 cores). "
         f"Loop time per outcome applied: {r['ingest_share'] / r['ingest_per_s'] * 1e6:.1f} µs "
@@ -376,9 +381,15 @@ def main() -> None:
         default=None,
         help="starvation: IngestPacing.slice_outcomes (default: its default)",
     )
+    parser.add_argument(
+        "--sketch-worker",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="starvation: the router's --sketch-worker (default on, as router-service)",
+    )
     args = parser.parse_args()
     if args.scenario in ("all", "starvation"):
-        print_starvation(args.quick, args.ingest_share, args.ingest_slice)
+        print_starvation(args.quick, args.ingest_share, args.ingest_slice, args.sketch_worker)
     if args.scenario in ("all", "auth"):
         print_auth_cost(args.quick)
     if args.scenario not in ("all", "base"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
@@ -194,6 +195,7 @@ class RouterCounters:
             ingestor.busy_cpu_s,
             ingestor.refresh_s,
             time.process_time(),
+            _worker_cpu_s(self.app),
         )
 
     async def _sample(self) -> None:
@@ -207,12 +209,25 @@ class RouterCounters:
         inside = [s for s in self.samples if began <= s[0] <= ended]
         first, last = inside[0], inside[-1]
         span = last[0] - first[0]
-        names = ("accepted", "busy", "busy_cpu", "refresh", "cpu")
+        names = ("accepted", "busy", "busy_cpu", "refresh", "cpu", "worker_cpu")
         return {name: (last[i + 1] - first[i + 1]) / span for i, name in enumerate(names)}
 
 
+def _worker_cpu_s(app: Any) -> float:
+    """CPU seconds the sketch worker process has used (0 without one): /proc/PID/stat."""
+    worker = app.sketch_worker
+    if worker is None or worker.pid is None:
+        return 0.0
+    fields = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 async def _router(
-    directory: Path, share: float | None = None, slice_outcomes: int | None = None, **security: Any
+    directory: Path,
+    share: float | None = None,
+    slice_outcomes: int | None = None,
+    sketch_worker: bool = True,
+    **security: Any,
 ):
     from bench_router import synthetic_catalog
 
@@ -233,6 +248,7 @@ async def _router(
             http_port=0,
             watch_catalog=False,
             seed=1,
+            sketch_worker=sketch_worker,
             security=SecuritySettings(**security),
             ingest_pacing=IngestPacing(
                 share=default.share if share is None else share,
@@ -256,16 +272,25 @@ async def _in_child(target, *args: Any) -> Any:
 
 
 async def starvation(
-    calls: int, rounds: int, share: float | None = None, slice_outcomes: int | None = None
+    calls: int,
+    rounds: int,
+    share: float | None = None,
+    slice_outcomes: int | None = None,
+    sketch_worker: bool = True,
 ) -> dict[str, float]:
     """RankProviders p50/p99 at 32 callers, alone and with 4 writers at full speed.
 
     ``share``: the router's ``IngestPacing.share`` (None: its default; 1: unpaced).
+    ``sketch_worker``: as ``router-service`` runs by default (``--no-sketch-worker``: off).
     """
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         app = await _router(
-            directory, share, slice_outcomes, auth_tokens=str(_tokens_file(directory))
+            directory,
+            share,
+            slice_outcomes,
+            sketch_worker,
+            auth_tokens=str(_tokens_file(directory)),
         )
         address = app.grpc_address
         spawn = multiprocessing.get_context("spawn")
@@ -280,6 +305,7 @@ async def starvation(
         gc_loaded: list[float] = []
         busy_cpu: list[float] = []
         router_cpu: list[float] = []
+        worker_cpu: list[float] = []
         cpu: dict[str, list[float]] = {
             "router_alone": [],
             "ranker_alone": [],
@@ -320,6 +346,7 @@ async def starvation(
             refresh.append(rates["refresh"])
             busy_cpu.append(rates["busy_cpu"])
             router_cpu.append(rates["cpu"])
+            worker_cpu.append(rates["worker_cpu"])
             round_ratios.append(_pct(loaded_round, 0.99) / _pct(alone_round, 0.99))
             ingest_rates.append(rates["accepted"])
             stop.set()
@@ -355,6 +382,7 @@ async def starvation(
         "gc_total_ms": sum(gc_loaded),
         "ingest_cpu_share": statistics.median(busy_cpu),
         "router_cpu": statistics.median(router_cpu),
+        "worker_cpu": statistics.median(worker_cpu),
         **{f"{name}_cpu": statistics.median(values) for name, values in cpu.items()},
     }
 

@@ -49,6 +49,7 @@ from router_service.rpc_guard import (
     install_malformed_http_limit,
 )
 from router_service.security import RouterSecurity, SecuritySettings
+from router_service.sketch_worker.proxy import SketchWorker, SketchWorkerCollector
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,12 @@ class Settings:
     #: Share outcomes, sketches and health with peer replicas through Redis
     #: (router_service.replication); None: single process, in memory.
     replication: ReplicationConfig | None = None
+    #: Keep the latency sketches and the dashboard history in a worker process
+    #: (router_service.sketch_worker), off the loop that serves RankProviders.
+    #: The CLI turns it on (``--sketch-worker``); off here, so an app built in a
+    #: test with an injected clock keeps one clock. Ignored with ``replication``:
+    #: the replicator exports and merges the sketches in process.
+    sketch_worker: bool = False
 
 
 class RouterApp:
@@ -124,6 +131,8 @@ class RouterApp:
         self._refused: str | None = None
         self.http_app: web.Application | None = None
         self.replicator: RedisReplicator | None = None
+        #: The sketch worker, when it runs (``Settings.sketch_worker``).
+        self.sketch_worker: SketchWorker | None = None
         #: SERVING on grpc.health.v1; /readyz answers the same on HTTP.
         self.serving = False
         #: Why not, for /readyz's body: a pod stuck NotReady says what it waits for.
@@ -152,6 +161,7 @@ class RouterApp:
         path = self.settings.config_path
         catalog, version = read_catalog(path)
         rng = random.Random(self.settings.seed)
+        worker = await self._start_sketch_worker()
         self.core = RouterCore(
             catalog,
             version,
@@ -160,6 +170,8 @@ class RouterApp:
             health_config=self.settings.health,
             ranking_config=self.settings.ranking,
             health_rng=fleet_health_rng(self.settings.replication),
+            store=worker.store if worker is not None else None,
+            series=worker.series if worker is not None else None,
         )
         self.security = RouterSecurity(self.settings.security, self.clock)
         # Bare addresses from here on (``--host [::1]`` is ``::1``); host_port brackets them.
@@ -179,6 +191,8 @@ class RouterApp:
             self.security.ledger(self.clock),
             self.settings.ingest_pacing,
         )
+        if worker is not None:
+            self.servicer.ingestor.backpressure = worker.drain
         self.servicer.idle_stream_timeout_s = (
             self.settings.security.connections.idle_stream_timeout_s
         )
@@ -199,6 +213,20 @@ class RouterApp:
             "router started",
             extra={"grpc": self.grpc_address, "http": self.http_url, "config": path},
         )
+
+    async def _start_sketch_worker(self) -> SketchWorker | None:
+        settings = self.settings
+        if not settings.sketch_worker:
+            return None
+        if settings.replication is not None:
+            log.info("sketch worker not used with --redis: the replicator needs the sketches here")
+            return None
+        worker = SketchWorker(
+            self.clock, settings.refresh_min_interval_s, settings.refresh_max_interval_s
+        )
+        await worker.start()
+        self.sketch_worker = worker
+        return worker
 
     async def _start_grpc(self) -> None:
         assert self.servicer is not None
@@ -230,6 +258,7 @@ class RouterApp:
             collectors=[
                 self.security.collector(self.servicer.ledger),
                 IngestCollector(self.servicer.ingestor),
+                *([SketchWorkerCollector(self.sketch_worker)] if self.sketch_worker else []),
             ],
             ready=lambda: self.serving,
             not_ready_reason=lambda: self.not_ready_reason,
@@ -369,6 +398,7 @@ class RouterApp:
     async def stop(self) -> None:
         """Graceful: report NOT_SERVING, drain in-flight RPCs, then close."""
         if self._grpc is None and self._http is None:
+            await self._stop_sketch_worker()  # a start that failed after starting it
             return
         self.not_ready_reason = "draining: shutting down"
         await self._set_serving(False)
@@ -387,4 +417,10 @@ class RouterApp:
         if self._http is not None:
             await bounded(self._http.cleanup(), 5.0, "close HTTP")
             self._http = None
+        await self._stop_sketch_worker()
         log.info("router stopped")
+
+    async def _stop_sketch_worker(self) -> None:
+        if self.sketch_worker is not None:
+            await bounded(self.sketch_worker.stop(), 6.0, "stop the sketch worker")
+            self.sketch_worker = None

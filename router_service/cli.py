@@ -16,7 +16,7 @@ import signal
 import sys
 
 from router_common.catalog import CatalogError
-from router_common.cli_env import env_backed, parse_with_env, relabel
+from router_common.cli_env import env_backed, parse_bool, parse_with_env, relabel
 from router_common.cli_help import DefaultsHelpFormatter
 from router_common.json_text import as_json
 from router_common.log_limit import LogLimiter, install_accept_error_limit
@@ -157,6 +157,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ),
         "ROUTER_INGEST_SHARE",
     )
+    env_backed(
+        parser.add_argument(
+            "--sketch-worker",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="keep the latency sketches and the dashboard history in a worker process, "
+            "off the event loop that answers RankProviders (ignored with --redis; env "
+            "ROUTER_SKETCH_WORKER=true/false, or 1/0, yes/no, on/off; default on)",
+        ),
+        "ROUTER_SKETCH_WORKER",
+        parse_bool,
+    )
     add_security_flags(parser)
     add_connection_flags(parser)
     add_redis_arguments(parser)
@@ -224,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         ranking=ranking,
         replication=replication,
         ingest_pacing=IngestPacing(share=args.ingest_share),
+        sketch_worker=args.sketch_worker,
     )
     return asyncio.run(serve(settings))
 

@@ -20,7 +20,7 @@ from router_common.catalog_model import Catalog, Model, unknown_model_message
 from router_common.domain import Clock, EndpointKey
 from router_common.limits import MAX_REJECTIONS_REPORTED
 from router_common.pb import router_pb2
-from router_service.dashboard_series import DashboardSeries
+from router_service.dashboard_series import DashboardSeries, SeriesSink
 from router_service.health import HealthConfig, HealthTracker
 from router_service.model import EndpointStats, HealthView, Outcome
 from router_service.outcome_validation import Rejection, validate_outcome
@@ -87,12 +87,13 @@ class RouterCore:
         health_config: HealthConfig | None = None,
         ranking_config: RankingConfig | None = None,
         health_rng: random.Random | None = None,
+        series: SeriesSink | None = None,
     ) -> None:
         self.clock = clock
         self.rng = rng or random.Random()
         self.store: StatsStore = store or InMemoryStatsStore(clock=clock)
         #: The dashboard's 10 s / 1 min history (metrics_json reads it).
-        self.series = DashboardSeries(clock)
+        self.series: SeriesSink = series or DashboardSeries(clock)
         self.health = HealthTracker(
             health_config or HealthConfig(),
             clock,

@@ -35,16 +35,40 @@ from __future__ import annotations
 import math
 import threading
 from collections import _count_elements, deque  # type: ignore[attr-defined]
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import floor
-from typing import Any
+from typing import Any, Protocol
 
 from router_common.domain import NOT_ATTEMPTS, Clock, EndpointKey, ErrorClass
 from router_service.health import Transition
 from router_service.model import HealthState, Outcome, rounded_ratio
 
-__all__ = ["RANGES", "DashboardSeries", "RangeSpec"]
+__all__ = ["RANGES", "DashboardSeries", "Points", "RangeSpec", "SeriesSink"]
+
+#: One endpoint's points over a range, oldest first, as JSON-ready dicts.
+Points = list[dict[str, Any]]
+
+
+class SeriesSink(Protocol):
+    """What the router core writes to and the metrics API reads from: a
+    ``DashboardSeries`` in process, or one in the sketch worker
+    (``router_service.sketch_worker``), hence the async read."""
+
+    def record_many(self, outcomes: Iterable[Outcome]) -> None: ...
+
+    def record_grouped(self, by_endpoint: Mapping[EndpointKey, list[Outcome]]) -> None: ...
+
+    def on_transition(self, transition: Transition) -> None: ...
+
+    def retain(self, keys: Iterable[EndpointKey]) -> None: ...
+
+    async def points_of(
+        self, wanted: Sequence[tuple[EndpointKey, HealthState]], range_name: str, min_samples: int
+    ) -> list[Points]:
+        """``DashboardSeries.points`` of each (endpoint, its current health state)."""
+        ...
+
 
 #: Relative width of a histogram bin; the bin's geometric middle is reported.
 BIN_RATIO = 1.02
@@ -396,9 +420,14 @@ class DashboardSeries:
 
     # ------------------------------------------------------------------- reads
 
+    async def points_of(
+        self, wanted: Sequence[tuple[EndpointKey, HealthState]], range_name: str, min_samples: int
+    ) -> list[Points]:
+        return [self.points(key, range_name, current, min_samples) for key, current in wanted]
+
     def points(
         self, key: EndpointKey, range_name: str, current: HealthState, min_samples: int
-    ) -> list[dict[str, Any]]:
+    ) -> Points:
         """The range's buckets for one endpoint, oldest first, as JSON-ready dicts.
 
         Percentiles are null in a bucket with fewer than ``min_samples``

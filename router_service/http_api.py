@@ -168,7 +168,9 @@ def build_http_app(
         if message is not None:
             body = {"error": {"message": message, "type": "invalid_request"}}
             return web.json_response(body, status=400, headers=NO_STORE)
-        return web.json_response(timeseries_document(core, model, range_name), headers=NO_STORE)
+        return web.json_response(
+            await timeseries_document(core, model, range_name), headers=NO_STORE
+        )
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "catalog_version": core.catalog_version})

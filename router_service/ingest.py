@@ -1,11 +1,12 @@
 """Applies outcome batches exactly once, within each caller's budget, without starving ranking.
 
 Ranking and ingestion share one event loop (and, in the benchmark, one core).
-Applying an outcome costs 7.5-10.5 µs of the loop in the server (``GroupedRecorder``
-in slices of 512; it was 18-29 µs), plus ~1.5-2.5 µs of quantile refresh (mostly
-adding values to digests); four writers at full speed used to take nearly all of the loop and
-RankProviders p99 grew 13×. The mechanism here is a *time share*, measured,
-not guessed:
+Applying an outcome costs 5-9 µs of the loop in the server with the sketch
+worker (``router_service.sketch_worker``: validation, health and the hand-off;
+7.5-11.5 µs plus ~1.5-2.5 µs of quantile refresh with the sketches in process,
+and 18-29 µs before ``GroupedRecorder``); four writers at full speed used to take
+nearly all of the loop and RankProviders p99 grew 13×. The mechanism here is a
+*time share*, measured, not guessed:
 
 * batches are applied by one writer at a time (an ``asyncio.Lock``: the others
   wait, and because their handler does not read the next message, gRPC flow
@@ -17,9 +18,10 @@ not guessed:
   yields (``sleep(0)``) and runs at full speed.
 
 The quantile refresh the outcomes make necessary is charged to the same budget
-(``charge``), so ranking keeps at least ``1 - share`` of the loop whatever the
-writers do, and waits at most one slice (~4-5 ms) or one refresh step for
-ingestion. bench/bench_router.py
+(``charge``) when it runs on the loop (no sketch worker), so ranking keeps at
+least ``1 - share`` of the loop whatever the writers do, and waits at most one
+slice (~3-5 ms) or one refresh step for ingestion. With the worker, each slice
+also awaits its socket's bounded buffer (``backpressure``). bench/bench_router.py
 ``--scenario starvation`` measures both sides.
 
 A batch is atomic: once its id is checked and its budget taken, it is applied
@@ -37,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 
@@ -49,6 +51,7 @@ from router_common.pb import router_pb2
 from router_service.callers import CallerLedger
 from router_service.core import IngestResult, RouterCore
 from router_service.outcome_validation import BatchValidator
+from router_service.sketch_worker.proxy import WorkerStore
 from router_service.sketches.store import InMemoryStatsStore
 
 #: Loop time ingestion may bank while it waits (a few slices' worth): enough
@@ -63,20 +66,21 @@ class IngestPacing:
     ================  =======  ====================================================
     field             default  why
     ================  =======  ====================================================
-    share             0.33     most of the loop's time ingestion takes while
+    share             0.25     most of the loop's time ingestion takes while
                                RankProviders calls are being served: ranking keeps
                                the rest, so its throughput falls at most ~1/(1-share)
                                (the starvation target is 2x, and p99 runs above p50).
-                               At the ~7.5-10.5 µs of loop an outcome costs in the
-                               server (slices of 512) plus its refresh
-                               (bench/README.md section 7), 0.33 of a core was
-                               25-42k outcomes/s (the target is 30k). Interleaved
-                               full starvation runs, 2026-12-01 evening: both
-                               targets in 4 of 8 runs at 0.33 (p99 ratio <= 2 in
-                               6 of 8), 2 of 11 at 0.38 (the p99 ratio over 2 in
-                               most); earlier, 0.38 against 0.45: 6 of 8 against
-                               2 of 8, when an outcome cost more.
-                               1 disables pacing.
+                               With the sketch worker an outcome costs 5-9 µs of the
+                               loop in the server (validation, health, the hand-off;
+                               it was 7.5-11.5 µs with the store and the series in
+                               process), so 0.25 of the loop is 28-50k outcomes/s
+                               (the target is 30k). Full starvation runs, 2026-12-02:
+                               p99 ratio 1.61-2.16x at 0.25 against 1.40-1.88x at
+                               0.22 and 1.79-1.84x at 0.20, ingestion 27-34k/s
+                               against 24-41k/s and 25-41k/s; the machine's moment
+                               moved the cost per outcome more than the share did
+                               (bench/README.md section 7). It was 0.33 without the
+                               worker. 1 disables pacing.
     slice_outcomes    512      outcomes applied between two yields: ~4-5 ms, the
                                longest a ranking call waits for ingestion (a
                                batch holds at most 1,000, so two slices). Each
@@ -102,7 +106,7 @@ class IngestPacing:
     ================  =======  ====================================================
     """
 
-    share: float = 0.33
+    share: float = 0.25
     slice_outcomes: int = 512
     ranking_quiet_s: float = 0.25
 
@@ -141,8 +145,12 @@ class Ingestor:
         on_ingested: Callable[[], None],
         pacing: IngestPacing | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        backpressure: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.core = core
+        #: Awaited after each slice: the sketch worker's ``drain`` (its socket's
+        #: buffer is bounded, so a worker behind slows the writers, not memory).
+        self.backpressure = backpressure
         self.ledger = ledger
         self.pacing = pacing or IngestPacing()
         #: Applies each slice: ``RouterCore.record``'s result, faster (GroupedRecorder).
@@ -268,6 +276,8 @@ class Ingestor:
                 pause = self._pause_after(spent)
                 self.paced_s += pause
                 await asyncio.sleep(pause)
+                if self.backpressure is not None:
+                    await self.backpressure()
         del total.rejections[MAX_REJECTIONS_REPORTED:]
         self.ledger.count_accepted(caller, total.accepted)
         if total.accepted:
@@ -276,6 +286,8 @@ class Ingestor:
 
 
 _error_class_of = itemgetter(3)  # Outcome.error_class
+#: Stores that take ``record_grouped`` (in process, or forwarded to the sketch worker).
+_GROUPING_STORES = (InMemoryStatsStore, WorkerStore)
 
 
 class GroupedRecorder:
@@ -293,8 +305,9 @@ class GroupedRecorder:
     semantics: same rejections, same stats, series, health, counters
     (tests/router/test_ingest_grouped.py compares both on random batches).
 
-    With replication on, or a store other than the in-memory one, it is
-    ``RouterCore.record``: those paths need the outcomes as one list.
+    With replication on, or a store other than the in-memory one (or its
+    sketch-worker proxy), it is ``RouterCore.record``: those paths need the
+    outcomes as one list.
     """
 
     def __init__(self, core: RouterCore) -> None:
@@ -304,7 +317,7 @@ class GroupedRecorder:
     def record(self, messages: Sequence[router_pb2.Outcome], first_index: int = 0) -> IngestResult:
         core = self.core
         store = core.store
-        if core.replication is not None or not isinstance(store, InMemoryStatsStore):
+        if core.replication is not None or not isinstance(store, _GROUPING_STORES):
             return core.record(messages, first_index)
         known = core.known_endpoints
         if self._validator.known is not known:  # the catalog was reloaded

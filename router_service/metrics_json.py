@@ -224,7 +224,7 @@ async def models_document_in_slices(core: RouterCore) -> JSON:
             return models_document(core, rows)
 
 
-def timeseries_document(core: RouterCore, model: Model, range_name: str = "15m") -> JSON:
+async def timeseries_document(core: RouterCore, model: Model, range_name: str = "15m") -> JSON:
     """``/v1/models/{id}/timeseries?range=``: per provider, oldest point first.
 
     Each point has attempts, failures, uptime, TTFT and throughput P50/P95
@@ -234,15 +234,13 @@ def timeseries_document(core: RouterCore, model: Model, range_name: str = "15m")
     had no attempts and nothing was wrong.
     """
     spec = RANGES[range_name]
-    series = []
-    for e in model.endpoints:
-        current = core.health.view(e.key).state  # before the series lock: no nesting
-        series.append(
-            {
-                "provider_name": e.provider.name,
-                "points": core.series.points(e.key, range_name, current, MIN_SAMPLES),
-            }
-        )
+    # Health states first, then the series (its lock, or the sketch worker's answer).
+    wanted = [(e.key, core.health.view(e.key).state) for e in model.endpoints]
+    points = await core.series.points_of(wanted, range_name, MIN_SAMPLES)
+    series = [
+        {"provider_name": e.provider.name, "points": p}
+        for e, p in zip(model.endpoints, points, strict=True)
+    ]
     return {
         "data": {
             "id": model.id,

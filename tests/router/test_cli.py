@@ -89,7 +89,7 @@ def test_flags_fall_back_to_environment(monkeypatch) -> None:
 def test_ingest_share_flag_env_and_bounds(monkeypatch, capsys) -> None:
     import pytest
 
-    assert parse_args(["--config", "c.yaml"]).ingest_share == 0.33
+    assert parse_args(["--config", "c.yaml"]).ingest_share == 0.25
     assert parse_args(["--config", "c.yaml", "--ingest-share", "0.7"]).ingest_share == 0.7
     monkeypatch.setenv("ROUTER_INGEST_SHARE", "1")
     assert parse_args(["--config", "c.yaml"]).ingest_share == 1.0
