@@ -29,6 +29,7 @@ processes (tests/replication/fleet.py starts both).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
 import os
 import random
@@ -260,7 +261,7 @@ def fill_one_hour(redis: RedisServer, rate: int, hour_s: float = 3600.0) -> dict
     for key in keys:
         core.health.record(Outcome(key, now, True, ttft_ms=300.0))
     replicator = RedisReplicator(cfg, core)
-    doc = replicator._checkpoint_doc()
+    doc = asyncio.run(replicator._checkpoint_doc())
     client = redis.client()
     client.set(f"{cfg.prefix}:checkpoint", doc)
     tail = rate * 5

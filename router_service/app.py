@@ -103,8 +103,7 @@ class Settings:
     #: Keep the latency sketches and the dashboard history in a worker process
     #: (router_service.sketch_worker), off the loop that serves RankProviders.
     #: The CLI turns it on (``--sketch-worker``); off here, so an app built in a
-    #: test with an injected clock keeps one clock. Ignored with ``replication``:
-    #: the replicator exports and merges the sketches in process.
+    #: test with an injected clock keeps one clock.
     sketch_worker: bool = False
 
 
@@ -191,8 +190,6 @@ class RouterApp:
             self.security.ledger(self.clock),
             self.settings.ingest_pacing,
         )
-        if worker is not None:
-            self.servicer.ingestor.backpressure = worker.drain
         self.servicer.idle_stream_timeout_s = (
             self.settings.security.connections.idle_stream_timeout_s
         )
@@ -217,9 +214,6 @@ class RouterApp:
     async def _start_sketch_worker(self) -> SketchWorker | None:
         settings = self.settings
         if not settings.sketch_worker:
-            return None
-        if settings.replication is not None:
-            log.info("sketch worker not used with --redis: the replicator needs the sketches here")
             return None
         worker = SketchWorker(
             self.clock, settings.refresh_min_interval_s, settings.refresh_max_interval_s

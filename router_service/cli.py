@@ -163,7 +163,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             action=argparse.BooleanOptionalAction,
             default=True,
             help="keep the latency sketches and the dashboard history in a worker process, "
-            "off the event loop that answers RankProviders (ignored with --redis; env "
+            "off the event loop that answers RankProviders (env "
             "ROUTER_SKETCH_WORKER=true/false, or 1/0, yes/no, on/off; default on)",
         ),
         "ROUTER_SKETCH_WORKER",

@@ -21,7 +21,7 @@ The quantile refresh the outcomes make necessary is charged to the same budget
 (``charge``) when it runs on the loop (no sketch worker), so ranking keeps at
 least ``1 - share`` of the loop whatever the writers do, and waits at most one
 slice (~3-5 ms) or one refresh step for ingestion. With the worker, each slice
-also awaits its socket's bounded buffer (``backpressure``). bench/bench_router.py
+also awaits its socket's bounded buffer (``StatsStore.drain``). bench/bench_router.py
 ``--scenario starvation`` measures both sides.
 
 A batch is atomic: once its id is checked and its budget taken, it is applied
@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 
@@ -145,12 +145,8 @@ class Ingestor:
         on_ingested: Callable[[], None],
         pacing: IngestPacing | None = None,
         monotonic: Callable[[], float] = time.monotonic,
-        backpressure: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.core = core
-        #: Awaited after each slice: the sketch worker's ``drain`` (its socket's
-        #: buffer is bounded, so a worker behind slows the writers, not memory).
-        self.backpressure = backpressure
         self.ledger = ledger
         self.pacing = pacing or IngestPacing()
         #: Applies each slice: ``RouterCore.record``'s result, faster (GroupedRecorder).
@@ -276,8 +272,9 @@ class Ingestor:
                 pause = self._pause_after(spent)
                 self.paced_s += pause
                 await asyncio.sleep(pause)
-                if self.backpressure is not None:
-                    await self.backpressure()
+                # The sketch worker's socket buffer is bounded: a worker behind
+                # slows the writers, not the router's memory (in process: no wait).
+                await self.core.store.drain()
         del total.rejections[MAX_REJECTIONS_REPORTED:]
         self.ledger.count_accepted(caller, total.accepted)
         if total.accepted:

@@ -510,6 +510,9 @@ class RedisReplicator:
                     applied += self._apply_entry(entry_id, fields, live=True)
             if applied:
                 self.on_data()
+                # A sketch worker behind (its socket buffer full) slows the reads
+                # here, as it slows the writers, instead of queueing without bound.
+                await self.core.store.drain()
 
     def _apply_entry(
         self,
@@ -615,10 +618,11 @@ class RedisReplicator:
                 replayed += self._apply_entry(
                     entry_id, fields, live=False, writer=writer, horizon=horizon, pending=pending
                 )
+            await self.core.store.drain()  # a replay of an hour must not queue an hour
             if len(entries) < READ_COUNT * 4:
                 break
         self._ok("read")
-        self.core.refresh()
+        await self.core.store.settled()  # the restored sketches, before SERVING
         self.stats.restore_seconds = time.monotonic() - started
         self._restored.set()
         self._wake.set()
@@ -643,31 +647,26 @@ class RedisReplicator:
                 store.absorb(key, decode_buckets(buckets), last_sample_at, now)
         self.core.health.import_state(doc["health"], known)
 
-    def _checkpoint_doc(self) -> bytes:
-        """This replica's full view, consistent with its stream position (one loop tick)."""
+    async def _checkpoint_doc(self) -> bytes:
+        """This replica's full view, consistent with its stream position: the position,
+        health and ids are read in the tick the store's export is asked for, and the
+        export holds every write made before it (the sketch worker's included)."""
         now = self.clock()
-        store = self.core.store
+        head = {
+            "position": self._last_id,
+            "writer": self.replica_id,
+            "horizon": self._seq,
+            "pending": list(self._pending),
+            "seen": [[o, q] for o, q in self._seen.items()],
+            "written_at": now,
+            "health": self.core.health.export_state(),
+        }
+        exported = await self.core.store.export(now)
         endpoints = [
-            [
-                key.model,
-                key.provider,
-                store.stats(key).last_sample_at,
-                encode_buckets(store.bucket_digests(key, now)),
-            ]
-            for key in sorted(store.keys())
+            [key.model, key.provider, last_sample_at, encode_buckets(buckets)]
+            for key, last_sample_at, buckets in exported
         ]
-        return encode_checkpoint(
-            {
-                "position": self._last_id,
-                "writer": self.replica_id,
-                "horizon": self._seq,
-                "pending": list(self._pending),
-                "seen": [[o, q] for o, q in self._seen.items()],
-                "written_at": now,
-                "endpoints": endpoints,
-                "health": self.core.health.export_state(),
-            }
-        )
+        return encode_checkpoint({**head, "endpoints": endpoints})
 
     async def _checkpoint_loop(self) -> None:
         cfg = self.config
@@ -689,7 +688,9 @@ class RedisReplicator:
                         continue
                     await client.pexpire(self.keys.lease, lease_ms)
                 await client.set(
-                    self.keys.checkpoint, self._checkpoint_doc(), ex=int(cfg.checkpoint_ttl_s)
+                    self.keys.checkpoint,
+                    await self._checkpoint_doc(),
+                    ex=int(cfg.checkpoint_ttl_s),
                 )
                 cutoff_ms = int((self._redis_clock() - cfg.stream_retention_s) * 1000)
                 await client.xtrim(

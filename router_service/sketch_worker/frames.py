@@ -8,7 +8,8 @@ reach it).
 
 Outcomes travel as *columns* per endpoint, not as ``Outcome`` tuples:
 pickling 512 NamedTuples took ~1.7 µs per outcome of the serving loop (each
-is rebuilt by class reference), six flat lists ~0.2 µs. The worker rebuilds
+is rebuilt by class reference), transposing them and pickling the columns
+~0.3 µs. The worker rebuilds
 the tuples on its own core. Only the fields the stats store and the
 dashboard series read cross (timestamp, success, error class, TTFT,
 throughput, duration); ``tests/router/test_sketch_worker.py`` checks that the
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import pickle
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
@@ -32,41 +33,36 @@ from router_service.model import Outcome
 MAX_FRAME = 64 << 20
 
 _HEADER = 4
-_ERROR_CLASSES = {e.value: e for e in ErrorClass}
 
 #: One endpoint's outcomes as columns: key, then timestamps, successes, error
-#: classes (their string values), TTFTs, throughputs and durations, in order.
+#: classes, TTFTs, throughputs and durations, in order.
 Columns = tuple[
     EndpointKey,
-    list[float],
-    list[bool],
-    list[str],
-    list[float | None],
-    list[float | None],
-    list[float],
+    Sequence[float],
+    Sequence[bool],
+    Sequence[ErrorClass],
+    Sequence[float | None],
+    Sequence[float | None],
+    Sequence[float],
 ]
 
 
 def columns_of(by_endpoint: Mapping[EndpointKey, list[Outcome]]) -> list[Columns]:
-    """Outcomes grouped by endpoint, as columns (cheap to pickle)."""
-    return [
-        (
-            key,
-            [o.timestamp for o in same],
-            [o.success for o in same],
-            [o.error_class.value for o in same],
-            [o.ttft_ms for o in same],
-            [o.tokens_per_second for o in same],
-            [o.duration_ms for o in same],
-        )
-        for key, same in by_endpoint.items()
-    ]
+    """Outcomes grouped by endpoint, as columns (cheap to pickle).
+
+    ``zip(*outcomes)`` transposes in C (a list comprehension per field cost
+    ~0.9 µs an outcome in all); the error classes cross as enum members,
+    which pickle memoises after the first of each."""
+    out: list[Columns] = []
+    for key, same in by_endpoint.items():
+        _, stamps, successes, classes, _, ttfts, tpss, _, durations, _ = zip(*same, strict=True)
+        out.append((key, stamps, successes, classes, ttfts, tpss, durations))
+    return out
 
 
 def outcomes_of(columns: list[Columns]) -> dict[EndpointKey, list[Outcome]]:
     """``columns_of`` undone: the outcomes by endpoint, in their order (the fields
     that did not cross keep their defaults; nothing downstream reads them)."""
-    error_class = _ERROR_CLASSES.__getitem__  # ErrorClass(value) costs ~1 µs
     out: dict[EndpointKey, list[Outcome]] = {}
     for key, stamps, successes, classes, ttfts, tpss, durations in columns:
         key = EndpointKey(*key)
@@ -77,7 +73,7 @@ def outcomes_of(columns: list[Columns]) -> dict[EndpointKey, list[Outcome]]:
                 repeat(key, n),
                 stamps,
                 successes,
-                map(error_class, classes),
+                classes,
                 repeat(0, n),
                 ttfts,
                 tpss,

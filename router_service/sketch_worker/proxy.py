@@ -12,7 +12,7 @@ What the loop still pays per outcome: building six columns and pickling
 them (~0.3 µs), against ~3 µs of store, series and refresh it no longer runs
 (bench/README.md section 7).
 
-Backpressure: the socket's write buffer is bounded (``_HIGH_WATER``), and
+Backpressure: the socket's write buffer is bounded (``WRITE_HIGH_WATER``), and
 ingestion awaits ``drain`` after each slice, so a worker that falls behind
 slows the StreamOutcomes writers (gRPC flow control reaches the sidecars), as
 a busy loop did before, instead of queueing without bound.
@@ -43,14 +43,14 @@ from router_service.dashboard_series import DashboardSeries, Points
 from router_service.health import Transition
 from router_service.model import EMPTY_STATS, EndpointStats, HealthState, Outcome
 from router_service.sketch_worker.frames import FrameBuffer, FrameError, columns_of, frame
-from router_service.sketches.store import InMemoryStatsStore
+from router_service.sketches.store import EndpointExport, InMemoryStatsStore
 from router_service.sketches.windows import BucketExport, SeriesPoint
 
 log = logging.getLogger(__name__)
 
 #: Bytes the router queues for the worker before ingestion waits (``drain``): ~30
 #: slices of outcomes, tens of milliseconds of the worker's time.
-_HIGH_WATER = 1 << 20
+WRITE_HIGH_WATER = 1 << 20
 _READ = 1 << 20
 #: How long ``stop`` waits for the worker to exit after its socket closes.
 _EXIT_WAIT_S = 2.0
@@ -64,7 +64,7 @@ class SketchWorker:
     """Starts the worker process and carries messages both ways."""
 
     def __init__(self, clock: Clock, min_interval_s: float, max_interval_s: float) -> None:
-        self._clock = clock
+        self.clock = clock
         self._intervals = (min_interval_s, max_interval_s)
         self.store = WorkerStore(self)
         self.series = WorkerSeries(self)
@@ -81,6 +81,12 @@ class SketchWorker:
     def running(self) -> bool:
         """False once the worker was lost and the sketches went back in process."""
         return self.local is None
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes written for the worker and not yet taken by its socket."""
+        writer = self._writer
+        return writer.transport.get_write_buffer_size() if writer is not None else 0
 
     @property
     def pid(self) -> int | None:
@@ -114,7 +120,7 @@ class SketchWorker:
         finally:
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=_READ)
-        writer.transport.set_write_buffer_limits(high=_HIGH_WATER)
+        writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self._writer = writer
         self._reader_task = asyncio.create_task(self._read_loop(reader), name="sketch-worker")
         log.info("sketch worker started", extra={"pid": self._process.pid})
@@ -145,7 +151,7 @@ class SketchWorker:
         writer.writelines(frame(message))
 
     async def drain(self) -> None:
-        """Wait while more than ``_HIGH_WATER`` bytes are queued for the worker."""
+        """Wait while more than ``WRITE_HIGH_WATER`` bytes are queued for the worker."""
         writer = self._writer
         if writer is None or self.local is not None:
             return
@@ -201,8 +207,11 @@ class SketchWorker:
         """The worker is gone: log it once, and go on in process."""
         if self.local is not None:
             return
-        code = self._process.poll() if self._process is not None else None
-        self.local = (InMemoryStatsStore(clock=self._clock), DashboardSeries(self._clock))
+        process = self._process
+        code = process.poll() if process is not None else None
+        if process is not None and code is None:
+            process.kill()  # alive but unusable (its socket failed): no orphan
+        self.local = (InMemoryStatsStore(clock=self.clock), DashboardSeries(self.clock))
         log.error(
             "sketch worker lost; latency sketches and the dashboard history continue "
             "in the router process, from empty",
@@ -218,18 +227,27 @@ class SketchWorker:
 class WorkerStore:
     """``StatsStore`` whose writes go to the worker and whose reads come from its mirror.
 
-    ``timeseries``, ``bucket_digests`` and ``absorb`` are the replication and
-    debugging paths: the router does not run the worker with ``--redis``
-    (the replicator exports and merges buckets in process), so they answer
-    only after a fallback."""
+    With ``--redis`` the replicator's paths cross too: ``absorb`` (a checkpoint
+    at restore) is a message, ``export`` (this replica's checkpoint) a
+    request answered after every write sent before it, so the checkpoint is
+    as consistent with the stream position as in process. ``timeseries`` and
+    ``bucket_digests`` (one endpoint, synchronously) answer only after a
+    fallback; nothing in the router calls them."""
 
     def __init__(self, worker: SketchWorker) -> None:
         self._worker = worker
         self._mirror: dict[EndpointKey, EndpointStats] = {}
+        #: The endpoints of the last ``retain`` (None before any): stats the worker
+        #: sent before it saw that retain must not bring a removed endpoint back.
+        self._kept: frozenset[EndpointKey] | None = None
 
     def mirror(self, changed: Mapping[EndpointKey, EndpointStats]) -> None:
         """The worker's stats of endpoints that changed (one of its refreshes)."""
-        self._mirror.update(changed)
+        kept = self._kept
+        if kept is None:
+            self._mirror.update(changed)
+        else:
+            self._mirror.update((k, v) for k, v in changed.items() if k in kept)
 
     def _local(self) -> InMemoryStatsStore | None:
         local = self._worker.local
@@ -280,7 +298,7 @@ class WorkerStore:
             local[0].retain(keys)
             local[1].retain(keys)
             return
-        keep = frozenset(keys)
+        keep = self._kept = frozenset(keys)
         self._mirror = {k: v for k, v in self._mirror.items() if k in keep}
         self._worker.send(("retain", keep))
 
@@ -302,7 +320,26 @@ class WorkerStore:
         last_sample_at: float | None,
         now: float | None = None,
     ) -> None:
-        self._in_process("absorb").absorb(key, exported, last_sample_at, now)
+        if (local := self._local()) is not None:
+            local.absorb(key, exported, last_sample_at, now)
+        else:
+            now = self._worker.clock() if now is None else now
+            self._worker.send(("absorb", key, list(exported), last_sample_at, now))
+
+    async def export(self, now: float) -> list[EndpointExport]:
+        try:
+            exported: list[EndpointExport] = await self._worker.request("export", now)
+        except WorkerGone:
+            local = self._local()
+            assert local is not None
+            return await local.export(now)
+        return exported
+
+    async def settled(self) -> None:
+        await self._worker.settled()
+
+    async def drain(self) -> None:
+        await self._worker.drain()
 
     def _in_process(self, what: str) -> InMemoryStatsStore:
         local = self._local()

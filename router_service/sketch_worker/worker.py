@@ -32,7 +32,7 @@ from router_common.logs import configure_logging
 from router_service.dashboard_series import DashboardSeries
 from router_service.model import EndpointStats
 from router_service.sketch_worker.frames import FrameBuffer, outcomes_of, send_blocking
-from router_service.sketches.store import InMemoryStatsStore
+from router_service.sketches.store import EndpointExport, InMemoryStatsStore
 
 _READ = 1 << 20
 #: Scheduling niceness added to the worker's: when the router's serving loop and
@@ -77,7 +77,21 @@ class SketchHost:
         if kind == "refresh":  # read-your-writes: everything sent so far, published
             self.store.refresh()
             return ("reply", message[1], None)
+        if kind == "absorb":  # a replica's checkpoint, at restore
+            _, key, exported, last_sample_at, now = message
+            self.store.absorb(key, exported, last_sample_at, now)
+            return None
+        if kind == "export":  # this replica's checkpoint
+            _, request_id, now = message
+            return ("reply", request_id, self._export(now))
         raise ValueError(f"unknown message {kind!r}")
+
+    def _export(self, now: float) -> list[EndpointExport]:
+        store = self.store
+        return [
+            (key, store.last_sample_at(key), store.bucket_digests(key, now))
+            for key in sorted(store.keys())
+        ]
 
     def refresh_steps(self) -> None:
         """The background refresh (``refresh_steps``: its cadence rules keep the hour

@@ -56,7 +56,10 @@ from router_service.sketches.windows import (
     WindowSummary,
 )
 
-__all__ = ["BucketExport", "InMemoryStatsStore", "SeriesPoint", "StatsStore"]
+__all__ = ["BucketExport", "EndpointExport", "InMemoryStatsStore", "SeriesPoint", "StatsStore"]
+
+#: One endpoint in a checkpoint: its key, its newest sample time, its live buckets.
+EndpointExport = tuple[EndpointKey, float | None, list[BucketExport]]
 
 
 @runtime_checkable
@@ -111,6 +114,22 @@ class StatsStore(Protocol):
         now: float | None = None,
     ) -> None:
         """Merge exported buckets of ``key`` (a peer's checkpoint) into this store."""
+        ...
+
+    async def export(self, now: float) -> list[EndpointExport]:
+        """Every endpoint's live buckets and newest sample time, for a checkpoint:
+        consistent with every write made before the call (async: the sketch
+        worker answers it over its socket)."""
+        ...
+
+    async def settled(self) -> None:
+        """Return once every write made before the call is in ``stats``/``snapshot``."""
+        ...
+
+    async def drain(self) -> None:
+        """Wait while writes are queued beyond the store's bound (the sketch worker's
+        socket buffer); writers call it between batches, so they slow down instead
+        of queueing without bound. In process: returns at once."""
         ...
 
 
@@ -543,6 +562,18 @@ class InMemoryStatsStore:
             ):
                 entry.last_sample_at = last_sample_at
             self._dirty.add(key)
+
+    async def export(self, now: float) -> list[EndpointExport]:
+        return [
+            (key, self.last_sample_at(key), self.bucket_digests(key, now))
+            for key in sorted(self.keys())
+        ]
+
+    async def settled(self) -> None:
+        self.refresh()
+
+    async def drain(self) -> None:
+        return None
 
     def last_sample_at(self, key: EndpointKey) -> float | None:
         """When the newest sample of ``key`` was taken (None without data)."""

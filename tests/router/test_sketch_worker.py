@@ -9,6 +9,7 @@ stops its worker; the CLI turns it on by default and off by flag or variable.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -30,6 +31,7 @@ from router_service.sketch_worker.frames import (
     frame,
     outcomes_of,
 )
+from router_service.sketch_worker.proxy import WRITE_HIGH_WATER
 from router_service.sketch_worker.worker import SketchHost
 from router_service.sketches.store import InMemoryStatsStore
 from tests.conftest import FakeClock, loopback_router, wait_for
@@ -106,6 +108,28 @@ def test_the_worker_state_matches_the_in_process_store() -> None:
     assert update is not None and update[0] == "stats"
     assert update[1] == local.snapshot(local.keys())
     assert host.changed() is None  # nothing changed since: nothing to send
+
+
+async def test_a_checkpoint_crosses_to_the_worker_and_back() -> None:
+    """Replication's paths: a checkpoint absorbed by the worker, exported again,
+    says what the in-process store says (same buckets, same newest sample)."""
+    clock = FakeClock()
+    rng = random.Random(17)
+    source = InMemoryStatsStore(clock=clock)
+    source.record_many(_random_outcomes(rng, clock(), 500))
+    checkpoint = await source.export(clock())
+    host = SketchHost(clock)
+    local = InMemoryStatsStore(clock=clock)
+    for key, last_sample_at, buckets in checkpoint:
+        assert host.handle(("absorb", key, buckets, last_sample_at, clock())) is None
+        local.absorb(key, buckets, last_sample_at, clock())
+    more = _grouped(_random_outcomes(rng, clock(), 200))
+    host.handle(("record", columns_of(more)))
+    local.record_grouped(more)
+    reply = host.handle(("export", 4, clock()))
+    assert reply is not None and reply[:2] == ("reply", 4)
+    assert reply[2] == await local.export(clock())
+    assert [key for key, _, _ in reply[2]] == sorted(local.keys())
 
 
 def test_frames_survive_any_split_and_refuse_a_runaway_length() -> None:
@@ -194,10 +218,7 @@ async def _feed_and_read(app, batch: router_pb2.RecordOutcomeRequest) -> dict:
     async with grpc.aio.insecure_channel(app.grpc_address) as channel:
         ack = await router_pb2_grpc.RouterStub(channel).RecordOutcome(batch)
     assert ack.accepted == len(batch.outcomes)
-    if app.sketch_worker is not None:
-        await app.sketch_worker.settled()
-    else:
-        app.refresh_now()
+    await app.core.store.settled()
     async with aiohttp.ClientSession(app.http_url) as http:
         async with http.get(f"{GLM_PATH}/endpoints") as response:
             endpoints = await response.json()
@@ -249,7 +270,7 @@ async def test_a_lost_worker_leaves_a_router_that_serves(tmp_path: Path) -> None
                 assert ack.accepted > 0
                 ranked = await stub.RankProviders(router_pb2.RankProvidersRequest(model=MODEL))
                 assert ranked.endpoints
-            await worker.settled()
+            await app.core.store.settled()
             async with http.get(f"{GLM_PATH}/endpoints") as response:
                 rows = (await response.json())["data"]["endpoints"]
             assert {r["provider_name"]: r["sample_size_last_1h"] for r in rows}["baseten"] > 0
@@ -267,3 +288,83 @@ async def test_stopping_the_router_stops_its_worker(tmp_path: Path) -> None:
     await app.stop()
     assert worker.exit_code == 0
     assert app.sketch_worker is None
+
+
+async def test_a_stalled_worker_slows_ingestion_not_memory(tmp_path: Path) -> None:
+    """A worker that stops reading (SIGSTOP) fills the router's bounded buffer; ingestion
+    then waits in ``drain`` (and so does its caller) instead of queueing every outcome;
+    once the worker resumes, every outcome is counted."""
+    import time
+
+    from router_service.callers import CallerLimitsConfig
+    from router_service.security import SecuritySettings
+
+    limits = CallerLimitsConfig(outcomes_per_second=1e6, outcome_burst=1e6)
+    security = SecuritySettings(caller_limits=limits)
+    app = loopback_router(tmp_path, drain_seconds=1.0, sketch_worker=True, security=security)
+    await app.start()
+    worker = app.sketch_worker
+    assert worker is not None and worker.pid is not None
+    # ~130k outcomes, ~5 MB of columns: several times the buffer and the socket's own.
+    batches = [_batch(time.time())] * 300
+    sent = sum(len(b.outcomes) for b in batches)
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        async with grpc.aio.insecure_channel(app.grpc_address) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+
+            async def report() -> int:
+                return sum([(await stub.RecordOutcome(b)).accepted for b in batches])
+
+            task = asyncio.create_task(report())
+            sizes: list[int] = []
+
+            def stalled() -> bool:
+                sizes.append(worker.queued_bytes)
+                return len(sizes) >= 10 and len(set(sizes[-10:])) == 1 and sizes[-1] > 0
+
+            await wait_for(stalled)
+            assert not task.done()  # waiting for the worker, not finished without it
+            assert WRITE_HIGH_WATER <= max(sizes) <= WRITE_HIGH_WATER + 64 * 1024
+            os.kill(worker.pid, signal.SIGCONT)
+            assert await task == sent
+        await app.core.store.settled()
+        stats = app.core.store.snapshot(app.core.known_endpoints)
+        assert sum(s.uptime_1h.attempts for s in stats.values()) == sent
+        assert worker.running
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+        await app.stop()
+
+
+async def test_a_catalog_reload_drops_a_removed_endpoint_in_the_worker_too(tmp_path: Path) -> None:
+    """Removed, then added back: it starts from nothing, as without the worker; the
+    endpoints that stayed keep their stats."""
+    app = loopback_router(tmp_path, drain_seconds=1.0, sketch_worker=True, watch_catalog=False)
+    await app.start()
+    try:
+        core = app.core
+        cerebras, baseten = EndpointKey(MODEL, "cerebras"), EndpointKey(MODEL, "baseten")
+        async with grpc.aio.insecure_channel(app.grpc_address) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            batch = [outcome("cerebras"), outcome("baseten"), outcome("baseten")]
+            await stub.RecordOutcome(router_pb2.RecordOutcomeRequest(outcomes=batch))
+        await core.store.settled()
+        assert core.store.stats(baseten).uptime_1h.attempts == 2
+        path = Path(app.settings.config_path)
+        original = path.read_text()
+        line = (
+            "      - {provider: baseten, upstream_model: zai-org/GLM-4.7, "
+            "input_price_per_million: 0.60, output_price_per_million: 2.20}\n"
+        )
+        assert line in original
+        path.write_text(original.replace(line, ""))
+        assert app.reload_catalog()
+        assert baseten not in core.store.keys()
+        path.write_text(original)
+        assert app.reload_catalog()
+        await core.store.settled()
+        assert core.store.stats(baseten).uptime_1h.attempts == 0
+        assert core.store.stats(cerebras).uptime_1h.attempts == 1
+    finally:
+        await app.stop()
