@@ -1,9 +1,9 @@
 """Applies outcome batches exactly once, within each caller's budget, without starving ranking.
 
 Ranking and ingestion share one event loop (and, in the benchmark, one core).
-Applying an outcome costs 5-9 µs of the loop in the server with the sketch
+Applying an outcome costs 6-8 µs of the loop in the server with the sketch
 worker (``router_service.sketch_worker``: validation, health and the hand-off;
-7.5-11.5 µs plus ~1.5-2.5 µs of quantile refresh with the sketches in process,
+10-12.5 µs plus its quantile refresh with the sketches in process,
 and 18-29 µs before ``GroupedRecorder``); four writers at full speed used to take
 nearly all of the loop and RankProviders p99 grew 13×. The mechanism here is a
 *time share*, measured, not guessed:
@@ -70,17 +70,16 @@ class IngestPacing:
                                RankProviders calls are being served: ranking keeps
                                the rest, so its throughput falls at most ~1/(1-share)
                                (the starvation target is 2x, and p99 runs above p50).
-                               With the sketch worker an outcome costs 5-9 µs of the
+                               With the sketch worker an outcome costs 6-8 µs of the
                                loop in the server (validation, health, the hand-off;
-                               it was 7.5-11.5 µs with the store and the series in
-                               process), so 0.25 of the loop is 28-50k outcomes/s
-                               (the target is 30k). Full starvation runs, 2026-12-02:
-                               p99 ratio 1.61-2.16x at 0.25 against 1.40-1.88x at
-                               0.22 and 1.79-1.84x at 0.20, ingestion 27-34k/s
-                               against 24-41k/s and 25-41k/s; the machine's moment
-                               moved the cost per outcome more than the share did
-                               (bench/README.md section 7). It was 0.33 without the
-                               worker. 1 disables pacing.
+                               10-12.5 µs plus its refresh with the store and the
+                               series in process), so 0.25 of the loop is 30-40k
+                               outcomes/s (the target is 30k). Full starvation runs,
+                               2026-12-02, final code: both targets in 9 of 10 at
+                               0.25 (p99 ratio 1.40-2.12x, 30.1-39.5k/s), 1 of 4 at
+                               0.22 (fewer outcomes: 24.5-36.7k/s); without the
+                               worker, 0 of 4 at the previous default 0.33
+                               (bench/README.md section 7). 1 disables pacing.
     slice_outcomes    512      outcomes applied between two yields: ~4-5 ms, the
                                longest a ranking call waits for ingestion (a
                                batch holds at most 1,000, so two slices). Each

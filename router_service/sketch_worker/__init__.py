@@ -29,8 +29,8 @@ makes ``settled`` read-your-writes and a replica's checkpoint consistent with
 its stream position. Between refreshes the mirror lags as the in-process
 cache did (at most ``refresh_min_interval_s`` under traffic), plus a hop.
 
-Trade-off. A second interpreter (~40 MB) and its CPU (8 µs an outcome, ~25%
-of a core at 30k/s) for ~40% less loop time per outcome. On a 2-core machine
+Trade-off. A second interpreter (~40 MB) and its CPU (4-8 µs an outcome, 28-36%
+of a core at 30-40k/s) for ~40% less loop time per outcome. On a 2-core machine
 it competes with the router's own threads, hence its niceness. If it dies,
 the router falls back in process (``proxy.py``).
 
