@@ -32,6 +32,7 @@ router_rpc_requests_total                       counter  method, code
 router_ingest_busy_seconds_total                counter
 router_ingest_paced_seconds_total               counter
 router_ingest_refresh_seconds_total             counter
+router_sketch_worker_up                         gauge    (only with the sketch worker)
 router_catalog_info                             gauge    version
 router_catalog_reload_refused                   gauge
 router_catalog_models / router_catalog_endpoints gauge

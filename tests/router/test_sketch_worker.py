@@ -208,8 +208,11 @@ def _figures(endpoints_doc: dict, timeseries_doc: dict) -> dict:
         series[s["provider_name"]] = (
             sum(p["attempts"] for p in points),
             sum(p["failures"] for p in points),
-            sorted((p["ttft_p50"], p["throughput_p95"]) for p in points),
-            sorted({p["health"] for p in s["points"]} - {"no_data"}),
+            [(p["ttft_p50"], p["throughput_p95"]) for p in points],  # oldest first
+            # Which bucket shows the ejection depends on when the router handled the
+            # batch (a 10 s edge may fall between the two routers' runs); that it
+            # shows is what says the transition reached the worker's series.
+            "ejected" in {p["health"] for p in s["points"]},
         )
     return {"rows": rows, "series": series}
 
@@ -246,7 +249,7 @@ async def test_a_router_with_the_worker_answers_as_one_without(tmp_path: Path) -
     assert with_worker == in_process
     assert with_worker["rows"]["baseten"]["sample_size_last_1h"] > 0
     assert with_worker["rows"]["deepinfra"]["status"] == "ejected"
-    assert "ejected" in with_worker["series"]["deepinfra"][3]  # the transition reached it
+    assert with_worker["series"]["deepinfra"][3]  # the transition reached the worker
 
 
 async def test_a_lost_worker_leaves_a_router_that_serves(tmp_path: Path) -> None:
