@@ -177,6 +177,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(settings: Settings) -> int:
     app = RouterApp(settings)
+    # Before start, not after: "router started" is logged inside start(), and a
+    # SIGTERM sent on seeing it (a test, an impatient operator) must drain and exit
+    # 0, not kill the process in the window before the handlers existed.
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
     try:
         await app.start()
     except CatalogError as exc:
@@ -191,10 +198,6 @@ async def serve(settings: Settings) -> int:
         await app.stop()
         return 2
     freeze_startup_heap()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
-    loop.add_signal_handler(signal.SIGINT, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, app.reload_catalog)
     await stopping.wait()
     log.info("shutting down: draining in-flight calls")

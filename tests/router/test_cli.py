@@ -72,6 +72,36 @@ def test_sigterm_drains_and_exits_zero(example_catalog: Path) -> None:
             proc.kill()
 
 
+def test_sigterm_at_the_start_line_still_drains_and_stops_the_worker(
+    example_catalog: Path,
+) -> None:
+    """A SIGTERM sent the moment "router started" is logged (a supervisor, a test)
+    exits 0 through the graceful path, and the sketch worker exits with it."""
+    proc = _router(
+        "--config", str(example_catalog), "--host", "127.0.0.1", "--grpc-port", "0",
+        "--http-port", "0",
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        worker_pid = None
+        for line in proc.stderr:
+            record = json.loads(line)
+            if record["message"] == "sketch worker started":
+                worker_pid = record["pid"]
+            if record["message"] == "router started":
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        assert '"router stopped"' in rest
+        assert worker_pid is not None
+        with pytest.raises(ProcessLookupError):
+            os.kill(worker_pid, 0)  # exited, and reaped by the router
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_flags_fall_back_to_environment(monkeypatch) -> None:
     monkeypatch.setenv("ROUTER_CONFIG", "/etc/router/catalog.yaml")
     monkeypatch.setenv("ROUTER_GRPC_PORT", "6000")
