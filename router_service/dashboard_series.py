@@ -423,6 +423,12 @@ class DashboardSeries:
     async def points_of(
         self, wanted: Sequence[tuple[EndpointKey, HealthState]], range_name: str, min_samples: int
     ) -> list[Points]:
+        return self.points_many(wanted, range_name, min_samples)
+
+    def points_many(
+        self, wanted: Sequence[tuple[EndpointKey, HealthState]], range_name: str, min_samples: int
+    ) -> list[Points]:
+        """``points_of``, synchronously (the sketch worker answers its requests with it)."""
         return [self.points(key, range_name, current, min_samples) for key, current in wanted]
 
     def points(

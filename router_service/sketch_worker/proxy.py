@@ -43,7 +43,7 @@ from router_service.dashboard_series import DashboardSeries, Points
 from router_service.health import Transition
 from router_service.model import EMPTY_STATS, EndpointStats, HealthState, Outcome
 from router_service.sketch_worker.frames import FrameBuffer, FrameError, columns_of, frame
-from router_service.sketches.store import EndpointExport, InMemoryStatsStore
+from router_service.sketches.store import EndpointExport, InMemoryStatsStore, group_by_endpoint
 from router_service.sketches.windows import BucketExport, SeriesPoint
 
 log = logging.getLogger(__name__)
@@ -257,10 +257,7 @@ class WorkerStore:
         self.record_many((outcome,))
 
     def record_many(self, outcomes: Iterable[Outcome]) -> None:
-        by_endpoint: dict[EndpointKey, list[Outcome]] = {}
-        for outcome in outcomes:
-            by_endpoint.setdefault(outcome.endpoint, []).append(outcome)
-        self.record_grouped(by_endpoint)
+        self.record_grouped(group_by_endpoint(outcomes))
 
     def record_grouped(self, by_endpoint: Mapping[EndpointKey, list[Outcome]]) -> None:
         """One message for the worker's store and its series (``WorkerSeries`` records nothing)."""

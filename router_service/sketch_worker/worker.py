@@ -27,12 +27,12 @@ import sys
 import time
 from typing import Any
 
-from router_common.domain import EndpointKey
+from router_common.domain import Clock, EndpointKey
 from router_common.logs import configure_logging
 from router_service.dashboard_series import DashboardSeries
 from router_service.model import EndpointStats
 from router_service.sketch_worker.frames import FrameBuffer, outcomes_of, send_blocking
-from router_service.sketches.store import EndpointExport, InMemoryStatsStore
+from router_service.sketches.store import InMemoryStatsStore
 
 _READ = 1 << 20
 #: Scheduling niceness added to the worker's: when the router's serving loop and
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 class SketchHost:
     """The worker's state and what each message does to it (no I/O: tested directly)."""
 
-    def __init__(self, clock: Any = time.time) -> None:
+    def __init__(self, clock: Clock = time.time) -> None:
         self.store = InMemoryStatsStore(clock=clock)
         self.series = DashboardSeries(clock)
         self._published: dict[EndpointKey, EndpointStats] = {}
@@ -72,8 +72,7 @@ class SketchHost:
             return None
         if kind == "points":
             _, request_id, wanted, range_name, min_samples = message
-            points = [self.series.points(k, range_name, s, min_samples) for k, s in wanted]
-            return ("reply", request_id, points)
+            return ("reply", request_id, self.series.points_many(wanted, range_name, min_samples))
         if kind == "refresh":  # read-your-writes: everything sent so far, published
             self.store.refresh()
             return ("reply", message[1], None)
@@ -83,15 +82,8 @@ class SketchHost:
             return None
         if kind == "export":  # this replica's checkpoint
             _, request_id, now = message
-            return ("reply", request_id, self._export(now))
+            return ("reply", request_id, self.store.export_now(now))
         raise ValueError(f"unknown message {kind!r}")
-
-    def _export(self, now: float) -> list[EndpointExport]:
-        store = self.store
-        return [
-            (key, store.last_sample_at(key), store.bucket_digests(key, now))
-            for key in sorted(store.keys())
-        ]
 
     def refresh_steps(self) -> None:
         """The background refresh (``refresh_steps``: its cadence rules keep the hour

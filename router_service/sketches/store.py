@@ -244,13 +244,7 @@ class InMemoryStatsStore:
         bucket's digest in the same order, same recent view (fed in order: its
         decay depends on it)."""
         now = self._clock()
-        by_endpoint: dict[EndpointKey, list[Outcome]] = {}
-        for outcome in outcomes:
-            same = by_endpoint.get(outcome.endpoint)
-            if same is None:
-                by_endpoint[outcome.endpoint] = [outcome]
-            else:
-                same.append(outcome)
+        by_endpoint = group_by_endpoint(outcomes)
         with self._lock:
             for key, same in by_endpoint.items():
                 self._record_endpoint(key, same, now)
@@ -564,6 +558,10 @@ class InMemoryStatsStore:
             self._dirty.add(key)
 
     async def export(self, now: float) -> list[EndpointExport]:
+        return self.export_now(now)
+
+    def export_now(self, now: float) -> list[EndpointExport]:
+        """``export``, synchronously (the sketch worker answers its requests with it)."""
         return [
             (key, self.last_sample_at(key), self.bucket_digests(key, now))
             for key in sorted(self.keys())
@@ -617,6 +615,18 @@ class InMemoryStatsStore:
                 return []
             self._flush(entry)
             return entry.windows.export(now)
+
+
+def group_by_endpoint(outcomes: Iterable[Outcome]) -> dict[EndpointKey, list[Outcome]]:
+    """Outcomes by endpoint, each list in the order given (what ``record_grouped`` takes)."""
+    by_endpoint: dict[EndpointKey, list[Outcome]] = {}
+    for outcome in outcomes:
+        same = by_endpoint.get(outcome.endpoint)
+        if same is None:
+            by_endpoint[outcome.endpoint] = [outcome]
+        else:
+            same.append(outcome)
+    return by_endpoint
 
 
 def _not_waited(outcome: Outcome) -> None:

@@ -33,7 +33,7 @@ from router_service.sketch_worker.frames import (
 )
 from router_service.sketch_worker.proxy import WRITE_HIGH_WATER
 from router_service.sketch_worker.worker import SketchHost
-from router_service.sketches.store import InMemoryStatsStore
+from router_service.sketches.store import InMemoryStatsStore, group_by_endpoint
 from tests.conftest import FakeClock, loopback_router, wait_for
 from tests.router.pb_builders import MODEL, failure, outcome
 
@@ -63,17 +63,10 @@ def _random_outcomes(rng: random.Random, now: float, n: int) -> list[Outcome]:
     return out
 
 
-def _grouped(outcomes: list[Outcome]) -> dict[EndpointKey, list[Outcome]]:
-    by_endpoint: dict[EndpointKey, list[Outcome]] = {}
-    for o in outcomes:
-        by_endpoint.setdefault(o.endpoint, []).append(o)
-    return by_endpoint
-
-
 def test_columns_rebuild_the_fields_the_sketches_read() -> None:
     rng = random.Random(3)
     sent = _random_outcomes(rng, 1_800_000_000.0, 300)
-    by_endpoint = _grouped(sent)
+    by_endpoint = group_by_endpoint(sent)
     rebuilt = outcomes_of(columns_of(by_endpoint))
     assert list(rebuilt) == list(by_endpoint)
     for key, same in by_endpoint.items():
@@ -98,7 +91,7 @@ def test_the_worker_state_matches_the_in_process_store() -> None:
     host = SketchHost(clock)
     local = InMemoryStatsStore(clock=clock)
     for _ in range(20):
-        by_endpoint = _grouped(_random_outcomes(rng, clock(), rng.randrange(1, 200)))
+        by_endpoint = group_by_endpoint(_random_outcomes(rng, clock(), rng.randrange(1, 200)))
         assert host.handle(("record", columns_of(by_endpoint))) is None
         local.record_grouped(by_endpoint)
         clock.advance(rng.uniform(0, 20))
@@ -123,7 +116,7 @@ async def test_a_checkpoint_crosses_to_the_worker_and_back() -> None:
     for key, last_sample_at, buckets in checkpoint:
         assert host.handle(("absorb", key, buckets, last_sample_at, clock())) is None
         local.absorb(key, buckets, last_sample_at, clock())
-    more = _grouped(_random_outcomes(rng, clock(), 200))
+    more = group_by_endpoint(_random_outcomes(rng, clock(), 200))
     host.handle(("record", columns_of(more)))
     local.record_grouped(more)
     reply = host.handle(("export", 4, clock()))
